@@ -1,0 +1,115 @@
+//! Types that cross the kernel/user boundary between edgewatch's eBPF programs and the sidecar.
+//!
+//! Rules (see ARCHITECTURE.md): fixed-width integers only, explicit padding, no `bool`, enum or
+//! `Option`; every struct has a compile-time size assertion so a layout change cannot slip by.
+//! Event kinds travel as a `u32` tag that user space decodes with `TryFrom`, never `transmute`.
+//! Every event starts with the same [`EventHeader`].
+#![no_std]
+
+use core::mem::size_of;
+
+/// Version of the event layouts below. Bumped whenever one of them changes.
+pub const EVENT_VERSION: u16 = 1;
+
+/// Event kind tags (the `kind` field of [`EventHeader`]).
+pub mod kind {
+    /// A TCP socket entered or left `LISTEN` ([`crate::SockStateEvent`]).
+    pub const LISTEN_CHANGE: u32 = 1;
+}
+
+/// Index into the per-CPU `DROPS` array: why the kernel could not deliver an event.
+pub mod drop_reason {
+    /// `bpf_ringbuf_reserve` failed: user space is not keeping up, or the ring is too small.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Reading a tracepoint field failed (should not happen with a valid layout).
+    pub const FIELD_READ: u32 = 1;
+    /// Number of slots in the array.
+    pub const COUNT: u32 = 2;
+}
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h, also printed in the
+/// `sock:inet_sock_set_state` format file).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+}
+
+/// Common header of every event on the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`kind`].
+    pub kind: u32,
+    /// [`EVENT_VERSION`] of the program that wrote the event.
+    pub version: u16,
+    pub _pad: u16,
+    /// `bpf_ktime_get_boot_ns()` when the event was written (CLOCK_BOOTTIME).
+    pub ts_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 16);
+
+/// A TCP socket state change, from the `sock:inet_sock_set_state` tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockStateEvent {
+    pub header: EventHeader,
+    /// Thread id (low half of `bpf_get_current_pid_tgid`) of the task in whose context the
+    /// change happened; 0 when it happened in softirq context with no meaningful task.
+    pub pid: u32,
+    /// Process id (high half of `bpf_get_current_pid_tgid`).
+    pub tgid: u32,
+    /// `bpf_get_current_cgroup_id()` (cgroup v2 id of the current task).
+    pub cgroup_id: u64,
+    /// The tracepoint's `skaddr`: an opaque identity of the socket, never dereferenced.
+    pub sock_id: u64,
+    pub oldstate: i32,
+    pub newstate: i32,
+    /// Source (local) port, host byte order (the tracepoint already converted it).
+    pub sport: u16,
+    /// Destination (remote) port, host byte order.
+    pub dport: u16,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// IPPROTO_TCP (6), or others the tracepoint reports (SCTP, MPTCP).
+    pub protocol: u16,
+    /// Local address in network byte order: 4 bytes used for AF_INET, 16 for AF_INET6.
+    pub saddr: [u8; 16],
+    /// Remote address, same encoding as `saddr`.
+    pub daddr: [u8; 16],
+    /// `bpf_get_current_comm()`, NUL-padded.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<SockStateEvent>() == 104);
+
+/// Byte offsets of the `sock:inet_sock_set_state` fields this project reads, taken at load
+/// time from the tracepoint's `format` file (kernel ABI) and written into the program's
+/// read-only global `SOCK_STATE_LAYOUT`. `ready` is 0 until user space filled it in; the
+/// program then emits nothing rather than read garbage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockStateLayout {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub ready: u32,
+}
+const _: () = assert!(size_of::<SockStateLayout>() == 48);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are `repr(C)`, made only of integers and byte arrays with explicit
+    // padding, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SockStateEvent {}
+    unsafe impl aya::Pod for super::SockStateLayout {}
+}
