@@ -1,0 +1,342 @@
+//! The sidecar's configuration: a typed TOML file, validated without I/O before anything starts.
+//!
+//! Contract: [`Config::from_toml_str`] either returns a config whose every value has been
+//! checked, or a [`ConfigError`] that names the key and the offending value. Unknown keys are
+//! rejected (`deny_unknown_fields`). Every field has a default, so an empty file (or no file at
+//! all) is the embedded default: watch the Gateway's port 18789.
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::exposure::Proto;
+
+/// The OpenClaw Gateway's conventional port.
+pub const GATEWAY_PORT: u16 = 18789;
+
+/// Errors that stop the sidecar before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config {origin}: key `{key}` = {value}: {reason}")]
+    Invalid {
+        origin: String,
+        key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// Top level of the config file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What counts as exposure drift.
+    pub exposure: ExposureConfig,
+    /// How the netfilter NAT rules (Docker's DNAT port publishing) are read.
+    pub nat: NatConfig,
+    /// The kernel probes.
+    pub probes: ProbeConfig,
+    /// The sidecar's own Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// Exposure policy.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExposureConfig {
+    /// Ports that must be reachable on loopback only (the Gateway's 18789 by default). A
+    /// listener on any other address, or a DNAT rule publishing one of them without a loopback
+    /// destination restriction, is a critical drift.
+    pub watched_ports: Vec<u16>,
+    /// Wildcard or public listeners (and NAT publishes) that are expected, for example the
+    /// proxy on 80/443 and sshd on 22. Anything wildcard or public not listed here is drift.
+    pub allow: Vec<AllowRule>,
+    /// How often the socket inventory is re-read from the kernel (sock_diag) to reconcile it
+    /// with the probe events. UDP sockets, which the TCP tracepoint does not see, are only
+    /// noticed by this rescan.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+}
+
+impl Default for ExposureConfig {
+    fn default() -> Self {
+        Self {
+            watched_ports: vec![GATEWAY_PORT],
+            allow: vec![
+                AllowRule::port(Proto::Tcp, 22, "sshd"),
+                AllowRule::port(Proto::Tcp, 80, "HTTP on the reverse proxy"),
+                AllowRule::port(Proto::Tcp, 443, "HTTPS on the reverse proxy"),
+                AllowRule::port(Proto::Udp, 443, "HTTP/3 on the reverse proxy (Caddy)"),
+                AllowRule::port(Proto::Udp, 68, "DHCP client"),
+                AllowRule::port(Proto::Udp, 546, "DHCPv6 client"),
+            ],
+            rescan_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One allowed exposure. All given fields must match.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// The port (host side for NAT publishes).
+    pub port: u16,
+    /// `tcp` or `udp`; both when absent.
+    #[serde(default)]
+    pub proto: Option<Proto>,
+    /// Only when the owning process has this name (its `comm`, e.g. `caddy`, `nginx`).
+    #[serde(default)]
+    pub process: Option<String>,
+    /// Why this is allowed; shown in the inventory.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl AllowRule {
+    fn port(proto: Proto, port: u16, reason: &str) -> Self {
+        Self {
+            port,
+            proto: Some(proto),
+            process: None,
+            reason: Some(reason.to_owned()),
+        }
+    }
+}
+
+/// Netfilter NAT rule reading.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// Read NAT rules at all.
+    pub enabled: bool,
+    /// How often the rules are re-read to notice changes.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Kernel probe settings.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Size of the kernel-to-user ring buffer in bytes: a power of two, at least 4096
+    /// (one page). Events that do not fit are counted as drops.
+    pub ring_buffer_bytes: u32,
+    /// Where tracefs is mounted (it is mounted there if missing).
+    pub tracefs: String,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: 256 * 1024,
+            tracefs: "/sys/kernel/tracing".to_owned(),
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Address to bind. Loopback by default; port 0 picks a free port (printed at start).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: err.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: &str| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            value,
+            reason: reason.to_owned(),
+        };
+        if let Some(port) = self.exposure.watched_ports.iter().find(|p| **p == 0) {
+            return Err(invalid(
+                "exposure.watched_ports",
+                port.to_string(),
+                "port 0 is not a port a listener can use",
+            ));
+        }
+        for (i, rule) in self.exposure.allow.iter().enumerate() {
+            if rule.port == 0 {
+                return Err(invalid(
+                    &format!("exposure.allow[{i}].port"),
+                    "0".to_owned(),
+                    "port 0 is not a port a listener can use",
+                ));
+            }
+            if self.exposure.watched_ports.contains(&rule.port) {
+                return Err(invalid(
+                    &format!("exposure.allow[{i}].port"),
+                    rule.port.to_string(),
+                    "a watched port must stay loopback-only and cannot also be allowed; \
+                     remove it from exposure.watched_ports if exposing it is intended",
+                ));
+            }
+            if matches!(&rule.process, Some(p) if p.is_empty() || p.len() > 15) {
+                return Err(invalid(
+                    &format!("exposure.allow[{i}].process"),
+                    format!("{:?}", rule.process.as_deref().unwrap_or_default()),
+                    "a process name (comm) has 1 to 15 characters",
+                ));
+            }
+        }
+        if self.exposure.rescan_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "exposure.rescan_interval",
+                humantime::format_duration(self.exposure.rescan_interval).to_string(),
+                "must be at least 100ms",
+            ));
+        }
+        if self.nat.poll_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "nat.poll_interval",
+                humantime::format_duration(self.nat.poll_interval).to_string(),
+                "must be at least 100ms",
+            ));
+        }
+        let rb = self.probes.ring_buffer_bytes;
+        if rb < 4096 || !rb.is_power_of_two() {
+            return Err(invalid(
+                "probes.ring_buffer_bytes",
+                rb.to_string(),
+                "must be a power of two of at least 4096",
+            ));
+        }
+        if !self.probes.tracefs.starts_with('/') {
+            return Err(invalid(
+                "probes.tracefs",
+                format!("{:?}", self.probes.tracefs),
+                "must be an absolute path",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, "test.toml")
+    }
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let config = parse("").expect("empty config");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.exposure.watched_ports, vec![GATEWAY_PORT]);
+        assert!(config.metrics.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let config = parse(
+            r#"
+            [exposure]
+            watched_ports = [18789, 9000]
+            rescan_interval = "2s"
+            allow = [{ port = 443, proto = "tcp", process = "caddy", reason = "edge" }]
+            [nat]
+            poll_interval = "500ms"
+            [probes]
+            ring_buffer_bytes = 1048576
+            [metrics]
+            listen = "127.0.0.1:0"
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(config.exposure.watched_ports, vec![18789, 9000]);
+        assert_eq!(config.exposure.rescan_interval, Duration::from_secs(2));
+        assert_eq!(config.exposure.allow[0].process.as_deref(), Some("caddy"));
+        assert_eq!(config.nat.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.metrics.listen.port(), 0);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[exposure]\nwatched_port = [1]\n").expect_err("unknown key");
+        let text = err.to_string();
+        assert!(text.contains("watched_port"), "{text}");
+        assert!(text.contains("test.toml"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let cases = [
+            ("[exposure]\nwatched_ports = [0]", "exposure.watched_ports", "0"),
+            ("[probes]\nring_buffer_bytes = 5000", "probes.ring_buffer_bytes", "5000"),
+            ("[nat]\npoll_interval = \"1ms\"", "nat.poll_interval", "1ms"),
+            (
+                "[exposure]\nallow = [{ port = 18789 }]",
+                "exposure.allow[0].port",
+                "18789",
+            ),
+        ];
+        for (text, key, value) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+            assert!(err.contains(value), "{err} should name {value}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_are_rejected() {
+        let err = parse("[exposure]\nwatched_ports = [70000]").expect_err("port overflow");
+        assert!(err.to_string().contains("70000"), "{err}");
+        let err = parse("[exposure]\nallow = [{ port = 22, proto = \"sctp\" }]")
+            .expect_err("bad proto")
+            .to_string();
+        assert!(err.contains("sctp"), "{err}");
+        let err = parse("[metrics]\nlisten = \"localhost\"").expect_err("bad addr");
+        assert!(err.to_string().contains("localhost"), "{err}");
+    }
+}

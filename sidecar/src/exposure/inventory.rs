@@ -1,0 +1,267 @@
+//! The current set of exposures, and the changes between successive views of it. Pure.
+//!
+//! Three feeds update it: probe events (one listener opens or closes, any network namespace),
+//! rescans of the sidecar's own namespace (the whole list of host listeners, authoritative for
+//! that namespace), and NAT rule reads (the whole list of publishes).
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{nat::NatPublish, Exposure, ExposureKey, Listener};
+
+/// Whether an exposure appeared or went away.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Added,
+    Removed,
+}
+
+/// Which feed saw the change.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeSource {
+    /// A kernel probe event.
+    Probe,
+    /// A sock_diag rescan.
+    Rescan,
+    /// A NAT rule read.
+    Nat,
+}
+
+/// One change to the inventory.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Change {
+    pub change: ChangeKind,
+    pub source: ChangeSource,
+    pub exposure: Exposure,
+}
+
+/// The exposures known now.
+#[derive(Clone, Debug, Default)]
+pub struct Inventory {
+    listeners: BTreeMap<ExposureKey, Listener>,
+    publishes: BTreeMap<ExposureKey, NatPublish>,
+}
+
+/// Keeps what the newer view lacks (process, inode, cgroup) from the older one.
+fn merge(newer: Listener, older: &Listener) -> Listener {
+    Listener {
+        inode: newer.inode.or(older.inode),
+        uid: newer.uid.or(older.uid),
+        netns: newer.netns.or(older.netns),
+        process: newer.process.or_else(|| older.process.clone()),
+        cgroup_id: newer.cgroup_id.or(older.cgroup_id),
+        family: if newer.family == super::Family::Ipv6 {
+            older.family
+        } else {
+            newer.family
+        },
+        ..newer
+    }
+}
+
+impl Inventory {
+    /// Every exposure, listeners first, in key order.
+    pub fn exposures(&self) -> Vec<Exposure> {
+        self.listeners
+            .values()
+            .cloned()
+            .map(Exposure::Listener)
+            .chain(self.publishes.values().cloned().map(Exposure::NatPublish))
+            .collect()
+    }
+
+    pub fn listener(&self, key: &ExposureKey) -> Option<&Listener> {
+        self.listeners.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.listeners.len() + self.publishes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A listener opened (probe event). Returns the change if it is new.
+    pub fn listener_opened(&mut self, listener: Listener, source: ChangeSource) -> Option<Change> {
+        let key = listener.key();
+        match self.listeners.get(&key) {
+            Some(old) => {
+                let merged = merge(listener, old);
+                self.listeners.insert(key, merged);
+                None
+            }
+            None => {
+                self.listeners.insert(key, listener.clone());
+                Some(Change {
+                    change: ChangeKind::Added,
+                    source,
+                    exposure: Exposure::Listener(listener),
+                })
+            }
+        }
+    }
+
+    /// A listener closed (probe event, after checking no other socket still holds the key).
+    pub fn listener_closed(&mut self, key: &ExposureKey, source: ChangeSource) -> Option<Change> {
+        self.listeners.remove(key).map(|l| Change {
+            change: ChangeKind::Removed,
+            source,
+            exposure: Exposure::Listener(l),
+        })
+    }
+
+    /// A full view of the listeners in the sidecar's own network namespace (a rescan).
+    /// Listeners of other namespaces, known only from probe events, are left alone.
+    pub fn replace_host_listeners(
+        &mut self,
+        current: Vec<Listener>,
+        source: ChangeSource,
+    ) -> Vec<Change> {
+        let mut fresh: BTreeMap<ExposureKey, Listener> = BTreeMap::new();
+        for l in current {
+            let key = l.key();
+            let l = match self.listeners.get(&key) {
+                Some(old) => merge(l, old),
+                None => l,
+            };
+            fresh.entry(key).or_insert(l);
+        }
+        let mut changes = Vec::new();
+        let stale: Vec<ExposureKey> = self
+            .listeners
+            .iter()
+            .filter(|(k, l)| l.host_netns && !fresh.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            changes.extend(self.listener_closed(&key, source));
+        }
+        for (key, l) in fresh {
+            if self.listeners.contains_key(&key) {
+                self.listeners.insert(key, l);
+            } else {
+                changes.extend(self.listener_opened(l, source));
+            }
+        }
+        changes
+    }
+
+    /// A full view of the NAT publishes.
+    pub fn replace_publishes(&mut self, current: Vec<NatPublish>) -> Vec<Change> {
+        let fresh: BTreeMap<ExposureKey, NatPublish> =
+            current.into_iter().map(|p| (p.key(), p)).collect();
+        let mut changes = Vec::new();
+        for (key, p) in &self.publishes {
+            if !fresh.contains_key(key) {
+                changes.push(Change {
+                    change: ChangeKind::Removed,
+                    source: ChangeSource::Nat,
+                    exposure: Exposure::NatPublish(p.clone()),
+                });
+            }
+        }
+        for (key, p) in &fresh {
+            if !self.publishes.contains_key(key) {
+                changes.push(Change {
+                    change: ChangeKind::Added,
+                    source: ChangeSource::Nat,
+                    exposure: Exposure::NatPublish(p.clone()),
+                });
+            }
+        }
+        self.publishes = fresh;
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposure::{classify, Family, ProcessInfo, Proto};
+
+    fn l(addr: &str, port: u16, host: bool) -> Listener {
+        let addr = addr.parse().expect("addr");
+        Listener {
+            proto: Proto::Tcp,
+            addr,
+            port,
+            family: Family::Ipv4,
+            scope: classify(addr),
+            netns: Some(if host { 1 } else { 2 }),
+            host_netns: host,
+            inode: None,
+            uid: None,
+            process: None,
+            cgroup_id: None,
+        }
+    }
+
+    #[test]
+    fn open_close_and_duplicates() {
+        let mut inv = Inventory::default();
+        let a = l("0.0.0.0", 80, true);
+        assert!(inv.listener_opened(a.clone(), ChangeSource::Probe).is_some());
+        // A second socket on the same address (SO_REUSEPORT) is not a new exposure.
+        assert!(inv.listener_opened(a.clone(), ChangeSource::Probe).is_none());
+        assert_eq!(inv.len(), 1);
+        let gone = inv.listener_closed(&a.key(), ChangeSource::Probe).expect("removed");
+        assert_eq!(gone.change, ChangeKind::Removed);
+        assert!(inv.listener_closed(&a.key(), ChangeSource::Probe).is_none());
+        assert!(inv.is_empty());
+    }
+
+    #[test]
+    fn rescan_replaces_host_listeners_only() {
+        let mut inv = Inventory::default();
+        let mut with_process = l("0.0.0.0", 80, true);
+        with_process.process = Some(ProcessInfo {
+            pid: 7,
+            comm: "nginx".into(),
+            ..Default::default()
+        });
+        inv.listener_opened(with_process, ChangeSource::Probe);
+        inv.listener_opened(l("0.0.0.0", 81, true), ChangeSource::Probe);
+        inv.listener_opened(l("0.0.0.0", 82, false), ChangeSource::Probe);
+        let mut rescanned = l("0.0.0.0", 80, true);
+        rescanned.inode = Some(99);
+        let changes = inv.replace_host_listeners(
+            vec![rescanned, l("127.0.0.1", 83, true)],
+            ChangeSource::Rescan,
+        );
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| (c.change, c.exposure.port()))
+            .collect();
+        assert_eq!(summary, vec![(ChangeKind::Removed, 81), (ChangeKind::Added, 83)]);
+        // The other namespace's listener stays; the rescan kept the process it did not know.
+        assert_eq!(inv.len(), 3);
+        let kept = inv.listener(&l("0.0.0.0", 80, true).key()).expect("kept");
+        assert_eq!(kept.inode, Some(99));
+        assert_eq!(kept.comm(), Some("nginx"));
+    }
+
+    #[test]
+    fn publishes_diff() {
+        use crate::exposure::nat::{parse_iptables_save, NatBackend};
+        let rules = |ports: &[u16]| {
+            let text: String = std::iter::once("*nat\n".to_owned())
+                .chain(ports.iter().map(|p| {
+                    format!("-A DOCKER -p tcp --dport {p} -j DNAT --to-destination 172.17.0.2:{p}\n")
+                }))
+                .collect();
+            parse_iptables_save(&text, NatBackend::IptablesNft, "ipv4").publishes
+        };
+        let mut inv = Inventory::default();
+        assert_eq!(inv.replace_publishes(rules(&[1, 2])).len(), 2);
+        assert!(inv.replace_publishes(rules(&[1, 2])).is_empty());
+        let changes = inv.replace_publishes(rules(&[2, 3]));
+        let summary: Vec<_> = changes
+            .iter()
+            .map(|c| (c.change, c.exposure.port()))
+            .collect();
+        assert_eq!(summary, vec![(ChangeKind::Removed, 1), (ChangeKind::Added, 3)]);
+    }
+}

@@ -1,0 +1,334 @@
+//! The live exposure watch (`edgewatch run`) and the one-shot inventory (`edgewatch exposure`):
+//! the I/O loop that feeds the pure exposure model and prints what it says.
+use std::{sync::Arc, time::SystemTime};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    time::MissedTickBehavior,
+};
+
+use crate::{
+    config::Config,
+    exposure::{
+        inventory::{Change, ChangeSource, Inventory},
+        policy::{DriftTracker, Policy},
+        Exposure, ExposureKey, Scope,
+    },
+    metrics::{self, Metrics},
+    output::{unix_ns, Printer},
+    probe::{
+        events::{decode, ListenChange, ProbeEvent},
+        loader::Probes,
+    },
+    sources::{nat::read_nat_rules, snapshot::Attributor},
+};
+
+/// CLOCK_BOOTTIME now, in nanoseconds (the clock the probes stamp events with).
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// State shared by the one-shot and the live paths.
+struct Watch {
+    policy: Policy,
+    inventory: Inventory,
+    tracker: DriftTracker,
+    attributor: Attributor,
+    printer: Printer,
+    metrics: Arc<Metrics>,
+    last_nat_problems: Vec<String>,
+    nat_tools: Vec<&'static str>,
+}
+
+impl Watch {
+    fn new(config: &Config, printer: Printer, metrics: Arc<Metrics>) -> Self {
+        Self {
+            policy: Policy::new(&config.exposure),
+            inventory: Inventory::default(),
+            tracker: DriftTracker::default(),
+            attributor: Attributor::new(),
+            printer,
+            metrics,
+            last_nat_problems: Vec::new(),
+            nat_tools: Vec::new(),
+        }
+    }
+
+    fn rescan(&mut self) -> anyhow::Result<Vec<Change>> {
+        let listeners = self.attributor.host_listeners();
+        self.metrics.rescan(listeners.is_ok());
+        let listeners = listeners.context("reading the socket inventory (sock_diag)")?;
+        Ok(self
+            .inventory
+            .replace_host_listeners(listeners, ChangeSource::Rescan))
+    }
+
+    fn read_nat(&mut self) -> Vec<Change> {
+        let report = read_nat_rules();
+        self.metrics.nat_read(report.problems.len());
+        self.nat_tools = report.tools_used;
+        if report.problems != self.last_nat_problems {
+            for p in &report.problems {
+                tracing::warn!(problem = %p, "NAT rules");
+            }
+            self.last_nat_problems = report.problems;
+        }
+        self.inventory.replace_publishes(report.publishes)
+    }
+
+    /// Prints changes, then the alert transitions they cause.
+    fn publish(&mut self, changes: &[Change]) {
+        let now = unix_ns(SystemTime::now());
+        for c in changes {
+            self.printer.change(c, &self.policy, now);
+        }
+        self.evaluate(now);
+    }
+
+    fn evaluate(&mut self, now: u64) {
+        let exposures = self.inventory.exposures();
+        let alerts = self.tracker.reconcile(&self.policy, &exposures, now);
+        for a in &alerts {
+            self.metrics.alert(
+                a.rule,
+                match a.state {
+                    crate::exposure::policy::AlertState::Firing => "firing",
+                    crate::exposure::policy::AlertState::Resolved => "resolved",
+                },
+                self.tracker.firing(),
+            );
+            self.printer.alert(a);
+        }
+        let count = |s: Scope| {
+            i64::try_from(exposures.iter().filter(|e| e.scope() == s).count()).unwrap_or(0)
+        };
+        self.metrics.set_exposures(&[
+            ("loopback", count(Scope::Loopback)),
+            ("private", count(Scope::Private)),
+            ("public", count(Scope::Public)),
+            ("wildcard", count(Scope::Wildcard)),
+        ]);
+    }
+
+    fn on_listen_change(&mut self, ev: &ListenChange) {
+        let changes: Vec<Change> = if ev.opened {
+            let listener = self.attributor.listener_from_event(ev);
+            self.inventory
+                .listener_opened(listener, ChangeSource::Probe)
+                .into_iter()
+                .collect()
+        } else {
+            let listener = self.attributor.listener_from_event(ev);
+            if listener.host_netns && self.attributor.still_listening(ev.addr, ev.port) {
+                Vec::new()
+            } else {
+                let key = listener.key();
+                let key = if self.inventory.listener(&key).is_some() {
+                    Some(key)
+                } else {
+                    // The process is gone, so its namespace is unknown: find the listener
+                    // this process owned on that address.
+                    self.inventory
+                        .exposures()
+                        .into_iter()
+                        .find_map(|e| match e {
+                            Exposure::Listener(l)
+                                if l.addr == ev.addr
+                                    && l.port == ev.port
+                                    && l.process.as_ref().is_some_and(|p| p.pid == ev.tgid) =>
+                            {
+                                Some(l.key())
+                            }
+                            _ => None,
+                        })
+                };
+                key.and_then(|k: ExposureKey| {
+                    self.inventory.listener_closed(&k, ChangeSource::Probe)
+                })
+                .into_iter()
+                .collect()
+            }
+        };
+        self.publish(&changes);
+    }
+}
+
+#[derive(Serialize)]
+struct ReadyDetail<'a> {
+    probes: &'a [&'static str],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
+    exposures: usize,
+    watched_ports: &'a [u16],
+    nat_tools: &'a [&'static str],
+}
+
+/// `edgewatch exposure`: the classified inventory, once. Needs no BPF.
+pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize> {
+    let mut watch = Watch::new(config, printer, Arc::new(Metrics::new()));
+    watch.rescan()?;
+    if config.nat.enabled {
+        watch.read_nat();
+    }
+    let exposures = watch.inventory.exposures();
+    let now = unix_ns(SystemTime::now());
+    watch.printer.inventory(&exposures, &watch.policy, now);
+    Ok(exposures
+        .iter()
+        .filter(|e| {
+            matches!(
+                watch.policy.assess(e),
+                crate::exposure::policy::Verdict::Drift(_)
+            )
+        })
+        .count())
+}
+
+/// `edgewatch run`: load the probes, print the inventory, then watch until SIGINT/SIGTERM.
+pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let mut watch = Watch::new(&config, printer, metrics.clone());
+
+    // Probes first, so nothing that happens during the initial scan is missed: a listener
+    // opened meanwhile is seen by both and merged by key.
+    let (probes, streams) = Probes::load(&config.probes).context("loading the kernel probes")?;
+    let attached = probes.attached.clone();
+
+    watch.rescan()?;
+    if config.nat.enabled {
+        watch.read_nat();
+    }
+    let nat_tools = watch.nat_tools.clone();
+    let now = unix_ns(SystemTime::now());
+    let exposures = watch.inventory.exposures();
+    watch.printer.inventory(&exposures, &watch.policy, now);
+    watch.evaluate(now);
+
+    let metrics_addr = if config.metrics.enabled {
+        let addr = metrics::serve(metrics.clone(), config.metrics.listen)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {}", config.metrics.listen))?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the metrics endpoint is bound to a non-loopback address");
+        }
+        Some(addr.to_string())
+    } else {
+        None
+    };
+    watch.printer.status(
+        "ready",
+        &format!(
+            "watching ports {:?}; {} exposure(s); probes: {}; metrics: {}",
+            config.exposure.watched_ports,
+            exposures.len(),
+            attached.join(", "),
+            metrics_addr.as_deref().unwrap_or("off")
+        ),
+        &ReadyDetail {
+            probes: &attached,
+            metrics: metrics_addr,
+            exposures: exposures.len(),
+            watched_ports: &config.exposure.watched_ports,
+            nat_tools: &nat_tools,
+        },
+    );
+
+    // SAFETY (both): the RingBuf and the EbpfLogger own their map's file descriptor, which
+    // stays open and unchanged until they are dropped together with the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register_with_interest(streams.events, Interest::READABLE) }
+        .map_err(std::io::Error::from)
+        .context("registering the ring buffer with tokio")?;
+    let mut log_fd = match streams.logger {
+        Some(l) => Some(
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+                .context("registering the eBPF log buffer")?,
+        ),
+        None => None,
+    };
+    let mut rescan = tokio::time::interval(config.exposure.rescan_interval);
+    rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    rescan.reset();
+    let mut nat = tokio::time::interval(config.nat.poll_interval);
+    nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    nat.reset();
+    let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut last_drops = crate::probe::loader::KernelDrops::default();
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                let mut decoded = Vec::new();
+                while let Some(item) = guard.get_inner_mut().next() {
+                    decoded.push(decode(&item));
+                }
+                guard.clear_ready();
+                let now_boot = boot_ns();
+                for result in decoded {
+                    match result {
+                        Ok(ProbeEvent::ListenChange(ev)) => {
+                            let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
+                            metrics.event("listen_change", lag);
+                            tokio::task::block_in_place(|| watch.on_listen_change(&ev));
+                        }
+                        Err(e) => {
+                            metrics.decode_error();
+                            tracing::warn!(error = %e, "dropped a malformed probe record");
+                        }
+                    }
+                }
+            }
+            guard = async {
+                match log_fd.as_mut() {
+                    Some(fd) => fd.readable_mut().await.map(Some),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Ok(Some(mut guard)) = guard {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+            _ = rescan.tick() => {
+                match tokio::task::block_in_place(|| watch.rescan()) {
+                    Ok(changes) => watch.publish(&changes),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "rescan failed"),
+                }
+            }
+            _ = nat.tick(), if config.nat.enabled => {
+                let changes = tokio::task::block_in_place(|| watch.read_nat());
+                watch.publish(&changes);
+            }
+            _ = drops_tick.tick() => {
+                let drops = probes.kernel_drops();
+                metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
+                metrics.kernel_drops_now("field_read", drops.field_read);
+                if drops != last_drops {
+                    tracing::warn!(
+                        ringbuf_full = drops.ringbuf_full,
+                        field_read = drops.field_read,
+                        "the kernel dropped events; the next rescan reconciles the inventory"
+                    );
+                    last_drops = drops;
+                }
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    watch
+        .printer
+        .status("stopped", "edgewatch stopped", &serde_json::json!({}));
+    Ok(())
+}

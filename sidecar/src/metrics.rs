@@ -1,0 +1,203 @@
+//! The sidecar's own counters, served in the Prometheus text format on a loopback HTTP
+//! endpoint (`/metrics`, plus `/healthz`). Every drop anywhere in the pipeline is counted here.
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+type Labels = Vec<(String, String)>;
+
+fn label(key: &str, value: &str) -> Labels {
+    vec![(key.to_owned(), value.to_owned())]
+}
+
+/// All counters; cheap to clone behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    events: Family<Labels, Counter>,
+    kernel_drops: Family<Labels, Counter>,
+    decode_errors: Counter,
+    event_lag: Histogram,
+    exposures: Family<Labels, Gauge>,
+    alerts: Family<Labels, Counter>,
+    alerts_firing: Gauge,
+    rescans: Counter,
+    rescan_errors: Counter,
+    nat_reads: Counter,
+    nat_problems: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("edgewatch");
+        let events = Family::<Labels, Counter>::default();
+        registry.register("events", "Events received from the kernel probes", events.clone());
+        let kernel_drops = Family::<Labels, Counter>::default();
+        registry.register(
+            "kernel_drops",
+            "Events the kernel could not deliver (ring buffer full, field read failure)",
+            kernel_drops.clone(),
+        );
+        let decode_errors = Counter::default();
+        registry.register(
+            "decode_errors",
+            "Ring-buffer records that could not be decoded (dropped)",
+            decode_errors.clone(),
+        );
+        let event_lag = Histogram::new([0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "event_lag_seconds",
+            "Time from the kernel event to its processing in user space",
+            event_lag.clone(),
+        );
+        let exposures = Family::<Labels, Gauge>::default();
+        registry.register("exposures", "Current exposures by scope", exposures.clone());
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register("alerts", "Alert transitions by rule and state", alerts.clone());
+        let alerts_firing = Gauge::default();
+        registry.register("alerts_firing", "Alerts firing now", alerts_firing.clone());
+        let rescans = Counter::default();
+        registry.register("rescans", "Socket inventory rescans", rescans.clone());
+        let rescan_errors = Counter::default();
+        registry.register("rescan_errors", "Failed socket inventory rescans", rescan_errors.clone());
+        let nat_reads = Counter::default();
+        registry.register("nat_reads", "NAT rule reads", nat_reads.clone());
+        let nat_problems = Gauge::default();
+        registry.register(
+            "nat_problems",
+            "Problems in the last NAT rule read (missing tools, rules not understood)",
+            nat_problems.clone(),
+        );
+        Self {
+            registry,
+            events,
+            kernel_drops,
+            decode_errors,
+            event_lag,
+            exposures,
+            alerts,
+            alerts_firing,
+            rescans,
+            rescan_errors,
+            nat_reads,
+            nat_problems,
+        }
+    }
+
+    pub fn event(&self, kind: &str, lag_seconds: f64) {
+        self.events.get_or_create(&label("kind", kind)).inc();
+        self.event_lag.observe(lag_seconds);
+    }
+
+    pub fn decode_error(&self) {
+        self.decode_errors.inc();
+    }
+
+    /// Brings a kernel drop counter up to the kernel's absolute value.
+    pub fn kernel_drops_now(&self, reason: &str, total: u64) {
+        let counter = self.kernel_drops.get_or_create(&label("reason", reason));
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
+    pub fn set_exposures(&self, by_scope: &[(&str, i64)]) {
+        for (scope, n) in by_scope {
+            self.exposures.get_or_create(&label("scope", scope)).set(*n);
+        }
+    }
+
+    pub fn alert(&self, rule: &str, state: &str, firing_now: usize) {
+        self.alerts
+            .get_or_create(&vec![
+                ("rule".to_owned(), rule.to_owned()),
+                ("state".to_owned(), state.to_owned()),
+            ])
+            .inc();
+        self.alerts_firing
+            .set(i64::try_from(firing_now).unwrap_or(i64::MAX));
+    }
+
+    pub fn rescan(&self, ok: bool) {
+        self.rescans.inc();
+        if !ok {
+            self.rescan_errors.inc();
+        }
+    }
+
+    pub fn nat_read(&self, problems: usize) {
+        self.nat_reads.inc();
+        self.nat_problems
+            .set(i64::try_from(problems).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Binds the endpoint and serves it in the background; returns the bound address.
+pub async fn serve(metrics: Arc<Metrics>, listen: SocketAddr) -> std::io::Result<SocketAddr> {
+    use axum::{http::header, routing::get, Router};
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters() {
+        let m = Metrics::new();
+        m.event("listen_change", 0.002);
+        m.kernel_drops_now("ringbuf_full", 5);
+        m.kernel_drops_now("ringbuf_full", 7);
+        m.kernel_drops_now("ringbuf_full", 7);
+        m.decode_error();
+        let text = m.render();
+        assert!(text.contains("edgewatch_events_total{kind=\"listen_change\"} 1"), "{text}");
+        assert!(text.contains("edgewatch_kernel_drops_total{reason=\"ringbuf_full\"} 7"), "{text}");
+        assert!(text.contains("edgewatch_decode_errors_total 1"), "{text}");
+        assert!(text.contains("edgewatch_event_lag_seconds_count 1"), "{text}");
+    }
+}

@@ -1,0 +1,302 @@
+//! How the sidecar talks to its operator on stdout: a table and plain lines for people, or
+//! one JSON object per line for tools. Diagnostics go to stderr through `tracing`.
+use std::{
+    io::Write,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde::Serialize;
+
+use crate::exposure::{
+    inventory::{Change, ChangeKind},
+    policy::{AlertEvent, AlertState, Policy, Verdict},
+    Exposure, Family,
+};
+
+/// Output format chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned tables and one line per event, for a terminal.
+    Text,
+    /// One JSON object per line (`type` says which kind), for tools.
+    Json,
+}
+
+/// Unix time in nanoseconds.
+pub fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn rfc3339(ns: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+}
+
+#[derive(Serialize)]
+struct ExposureLine<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    change: Option<ChangeKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<crate::exposure::inventory::ChangeSource>,
+    exposure: &'a Exposure,
+    watched: bool,
+    verdict: &'a Verdict,
+}
+
+#[derive(Serialize)]
+struct AlertLine<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    time: String,
+    #[serde(flatten)]
+    alert: &'a AlertEvent,
+}
+
+/// Writes everything the sidecar reports.
+pub struct Printer {
+    format: Format,
+    out: Box<dyn Write + Send>,
+}
+
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Ok => "ok (loopback)".to_owned(),
+        Verdict::Internal => "internal".to_owned(),
+        Verdict::Allowed { reason } => match reason {
+            Some(r) => format!("allowed: {r}"),
+            None => "allowed".to_owned(),
+        },
+        Verdict::Drift(f) => format!("DRIFT {} ({:?})", f.rule, f.severity).to_lowercase(),
+    }
+}
+
+fn family_text(f: Family) -> &'static str {
+    match f {
+        Family::Ipv4 => "ipv4",
+        Family::Ipv6Only => "ipv6-only",
+        Family::DualStack => "dual-stack",
+        Family::Ipv6 => "ipv6",
+    }
+}
+
+fn who(e: &Exposure) -> (String, String) {
+    match e {
+        Exposure::Listener(l) => {
+            let process = l
+                .process
+                .as_ref()
+                .map(|p| {
+                    let mut s = format!("{} ({})", p.comm, p.pid);
+                    if let Some(d) = &p.docker_proxy {
+                        s.push_str(&format!(
+                            " -> {}:{}",
+                            d.container_ip, d.container_port
+                        ));
+                    }
+                    s
+                })
+                .unwrap_or_else(|| "?".to_owned());
+            let container = l
+                .process
+                .as_ref()
+                .and_then(|p| p.container.as_ref())
+                .map(|c| format!("{} {}", c.runtime, c.short_id()))
+                .unwrap_or_else(|| {
+                    if l.host_netns {
+                        "-".to_owned()
+                    } else {
+                        format!("netns {}", l.netns.unwrap_or_default())
+                    }
+                });
+            (process, container)
+        }
+        Exposure::NatPublish(p) => (
+            format!("{:?} {} {}", p.backend, p.table, p.chain).to_lowercase(),
+            p.in_iface
+                .as_deref()
+                .map(|i| format!("iif {i}"))
+                .unwrap_or_else(|| "-".to_owned()),
+        ),
+    }
+}
+
+impl Printer {
+    pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
+        Self { format, out }
+    }
+
+    pub fn stdout(format: Format) -> Self {
+        Self::new(format, Box::new(std::io::stdout()))
+    }
+
+    fn line(&mut self, text: &str) {
+        // stdout closed (a pipe that went away): nothing sensible left to do with the line.
+        if writeln!(self.out, "{text}").is_err() || self.out.flush().is_err() {
+            tracing::debug!("stdout closed; output line dropped");
+        }
+    }
+
+    fn json<T: Serialize>(&mut self, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(s) => self.line(&s),
+            Err(e) => tracing::error!(error = %e, "cannot serialise output line"),
+        }
+    }
+
+    /// The classified inventory: a table, or one `exposure` object per line.
+    pub fn inventory(&mut self, exposures: &[Exposure], policy: &Policy, now_ns: u64) {
+        match self.format {
+            Format::Json => {
+                for e in exposures {
+                    let verdict = policy.assess(e);
+                    self.json(&ExposureLine {
+                        ty: "exposure",
+                        time: rfc3339(now_ns),
+                        change: None,
+                        source: None,
+                        exposure: e,
+                        watched: policy.touches_watched(e).is_some(),
+                        verdict: &verdict,
+                    });
+                }
+            }
+            Format::Text => {
+                let mut table = Table::new();
+                table.load_preset(UTF8_BORDERS_ONLY).set_header([
+                    "PROTO", "ADDRESS", "PORT", "SCOPE", "FAMILY", "PROCESS", "CONTAINER",
+                    "VERDICT",
+                ]);
+                for e in exposures {
+                    let (addr, family) = match e {
+                        Exposure::Listener(l) => (l.addr.to_string(), family_text(l.family)),
+                        Exposure::NatPublish(p) => (
+                            format!(
+                                "dnat {} -> {}",
+                                p.dest.as_deref().unwrap_or("*"),
+                                p.key().to_string().rsplit(" -> ").next().unwrap_or("?")
+                            ),
+                            match p.family.as_str() {
+                                "ipv4" => "ipv4",
+                                "ipv6" => "ipv6",
+                                _ => "inet",
+                            },
+                        ),
+                    };
+                    let port = match e {
+                        Exposure::NatPublish(p) if p.port != p.port_end => {
+                            format!("{}-{}", p.port, p.port_end)
+                        }
+                        _ => e.port().to_string(),
+                    };
+                    let (process, container) = who(e);
+                    table.add_row([
+                        e.proto().to_string(),
+                        addr,
+                        port,
+                        e.scope().to_string(),
+                        family.to_owned(),
+                        process,
+                        container,
+                        verdict_text(&policy.assess(e)),
+                    ]);
+                }
+                let text = format!("{table}");
+                self.line(&text);
+                let drift = exposures
+                    .iter()
+                    .filter(|e| matches!(policy.assess(e), Verdict::Drift(_)))
+                    .count();
+                self.line(&format!(
+                    "{} exposure(s), {} drift",
+                    exposures.len(),
+                    drift
+                ));
+            }
+        }
+    }
+
+    /// One inventory change.
+    pub fn change(&mut self, change: &Change, policy: &Policy, now_ns: u64) {
+        let verdict = policy.assess(&change.exposure);
+        match self.format {
+            Format::Json => self.json(&ExposureLine {
+                ty: "change",
+                time: rfc3339(now_ns),
+                change: Some(change.change),
+                source: Some(change.source),
+                exposure: &change.exposure,
+                watched: policy.touches_watched(&change.exposure).is_some(),
+                verdict: &verdict,
+            }),
+            Format::Text => {
+                let sign = match change.change {
+                    ChangeKind::Added => "+",
+                    ChangeKind::Removed => "-",
+                };
+                let (process, container) = who(&change.exposure);
+                self.line(&format!(
+                    "{} {sign} {} {} process={process} container={container} [{}] via {:?}",
+                    rfc3339(now_ns),
+                    change.exposure.key(),
+                    change.exposure.scope(),
+                    verdict_text(&verdict),
+                    change.source
+                ));
+            }
+        }
+    }
+
+    /// One alert transition.
+    pub fn alert(&mut self, alert: &AlertEvent) {
+        match self.format {
+            Format::Json => self.json(&AlertLine {
+                ty: "alert",
+                time: rfc3339(alert.at_ns),
+                alert,
+            }),
+            Format::Text => {
+                let state = match alert.state {
+                    AlertState::Firing => "FIRING",
+                    AlertState::Resolved => "RESOLVED",
+                };
+                self.line(&format!(
+                    "{} ALERT {state} {:?} {}: {}\n    first move: {}",
+                    rfc3339(alert.at_ns),
+                    alert.severity,
+                    alert.rule,
+                    alert.summary,
+                    alert.first_move
+                ));
+            }
+        }
+    }
+
+    /// A status object (`ready`, `problem`, `stopped`, ...).
+    pub fn status<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Status<'a, T> {
+                    #[serde(rename = "type")]
+                    ty: &'static str,
+                    time: String,
+                    message: &'a str,
+                    #[serde(flatten)]
+                    detail: &'a T,
+                }
+                self.json(&Status {
+                    ty,
+                    time: rfc3339(unix_ns(SystemTime::now())),
+                    message: text,
+                    detail,
+                });
+            }
+            Format::Text => self.line(&format!("{} {ty}: {text}", rfc3339(unix_ns(SystemTime::now())))),
+        }
+    }
+}

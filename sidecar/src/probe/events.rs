@@ -1,0 +1,169 @@
+//! Decodes the kernel's ring-buffer records into typed events. Pure: bytes in, events out;
+//! anything malformed is an error the caller counts, never a panic.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use edgewatch_common::{kind, tcp_state, EventHeader, SockStateEvent, EVENT_VERSION};
+
+/// A socket entered or left LISTEN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenChange {
+    /// CLOCK_BOOTTIME nanoseconds when the kernel saw it.
+    pub ts_boot_ns: u64,
+    pub opened: bool,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub sock_id: u64,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub comm: String,
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeEvent {
+    ListenChange(ListenChange),
+}
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than the {need} bytes of its kind")]
+    Short { len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("event version {got}, this sidecar reads version {want}")]
+    Version { got: u16, want: u16 },
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
+    }
+    // SAFETY: length checked above; T is Pod (every bit pattern valid), and
+    // read_unaligned has no alignment requirement.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+    let header: EventHeader = read_pod(bytes)?;
+    if header.version != EVENT_VERSION {
+        return Err(DecodeError::Version {
+            got: header.version,
+            want: EVENT_VERSION,
+        });
+    }
+    match header.kind {
+        kind::LISTEN_CHANGE => {
+            let e: SockStateEvent = read_pod(bytes)?;
+            let addr = match e.family {
+                2 => IpAddr::V4(Ipv4Addr::new(e.saddr[0], e.saddr[1], e.saddr[2], e.saddr[3])),
+                10 => IpAddr::V6(Ipv6Addr::from(e.saddr)),
+                other => return Err(DecodeError::Family(other)),
+            };
+            Ok(ProbeEvent::ListenChange(ListenChange {
+                ts_boot_ns: e.header.ts_ns,
+                opened: e.newstate == tcp_state::LISTEN,
+                pid: e.pid,
+                tgid: e.tgid,
+                cgroup_id: e.cgroup_id,
+                sock_id: e.sock_id,
+                addr,
+                port: e.sport,
+                comm: comm_string(&e.comm),
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(e: &SockStateEvent) -> Vec<u8> {
+        // SAFETY: SockStateEvent is repr(C) plain data; viewing it as bytes is sound.
+        unsafe {
+            std::slice::from_raw_parts(
+                (e as *const SockStateEvent).cast::<u8>(),
+                std::mem::size_of::<SockStateEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn sample(family: u16) -> SockStateEvent {
+        let mut saddr = [0u8; 16];
+        saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"node");
+        SockStateEvent {
+            header: EventHeader {
+                kind: kind::LISTEN_CHANGE,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 5,
+            },
+            pid: 11,
+            tgid: 10,
+            cgroup_id: 3,
+            sock_id: 0xffff_8888,
+            oldstate: tcp_state::CLOSE,
+            newstate: tcp_state::LISTEN,
+            sport: 18789,
+            dport: 0,
+            family,
+            protocol: 6,
+            saddr,
+            daddr: [0; 16],
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_v4_listen() {
+        let ProbeEvent::ListenChange(e) = decode(&bytes_of(&sample(2))).expect("decode");
+        assert!(e.opened);
+        assert_eq!(e.addr, "127.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!((e.port, e.tgid, e.pid), (18789, 10, 11));
+        assert_eq!(e.comm, "node");
+    }
+
+    #[test]
+    fn decodes_v6_close() {
+        let mut s = sample(10);
+        s.saddr = [0; 16];
+        s.oldstate = tcp_state::LISTEN;
+        s.newstate = tcp_state::CLOSE;
+        let ProbeEvent::ListenChange(e) = decode(&bytes_of(&s)).expect("decode");
+        assert!(!e.opened);
+        assert_eq!(e.addr, "::".parse::<IpAddr>().expect("ip"));
+    }
+
+    #[test]
+    fn malformed_records_are_errors() {
+        let good = bytes_of(&sample(2));
+        assert!(matches!(decode(&good[..10]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&good[..40]), Err(DecodeError::Short { need: 104, .. })));
+        let mut bad_kind = sample(2);
+        bad_kind.header.kind = 99;
+        assert_eq!(decode(&bytes_of(&bad_kind)), Err(DecodeError::UnknownKind(99)));
+        let mut bad_version = sample(2);
+        bad_version.header.version = 9;
+        assert!(matches!(decode(&bytes_of(&bad_version)), Err(DecodeError::Version { .. })));
+        assert_eq!(decode(&bytes_of(&sample(1))), Err(DecodeError::Family(1)));
+        assert!(decode(&[]).is_err());
+    }
+}

@@ -1,0 +1,215 @@
+//! Loads edgewatch's eBPF object into the kernel, checks what the kernel offers first, and
+//! attaches the programs. Everything the operator needs to know about a missing feature is
+//! said here, in the error.
+use std::path::Path;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{ProgramType, TracePoint},
+    sys::{is_map_supported, is_program_supported},
+    Ebpf, EbpfLoader,
+};
+use edgewatch_common::drop_reason;
+
+use super::tracefs::{self, FormatError};
+use crate::config::ProbeConfig;
+
+/// The eBPF object built by build.rs from ebpf/edgewatch-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgewatch"));
+
+/// Probe loading failures, each naming what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this kernel does not support BPF {what}; edgewatch needs Linux 5.8 or newer \
+         (tracepoints and the BPF ring buffer)"
+    )]
+    Unsupported { what: &'static str },
+    #[error(
+        "cannot use BPF: {0}; edgewatch must run as root or with CAP_BPF, CAP_PERFMON and \
+         CAP_NET_ADMIN"
+    )]
+    Permission(String),
+    #[error("tracefs: {0}")]
+    Tracefs(#[source] std::io::Error),
+    #[error("cannot read tracepoint format {path}: {source}")]
+    Format {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Layout(#[from] FormatError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program `{name}`: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map `{name}`: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+}
+
+/// The loaded, attached probes. Dropping it detaches them.
+pub struct Probes {
+    // Keeps programs and links alive.
+    _ebpf: Ebpf,
+    drops: PerCpuArray<MapData, u64>,
+    /// What was attached, for the start-up report.
+    pub attached: Vec<&'static str>,
+}
+
+/// What user space reads from the probes, to be polled by the event loop.
+pub struct ProbeStreams {
+    /// Every event (see `super::events`).
+    pub events: RingBuf<MapData>,
+    /// Log records of the eBPF programs (aya-log), when available.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Kernel-side drop counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelDrops {
+    pub ringbuf_full: u64,
+    pub field_read: u64,
+}
+
+fn bump_memlock() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "setrlimit(RLIMIT_MEMLOCK) failed; fine on Linux >= 5.11, where BPF memory is memcg-accounted"
+        );
+    }
+}
+
+fn check_features() -> Result<(), ProbeError> {
+    let permission = |e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        if text.contains("EPERM") || text.contains("Operation not permitted") {
+            ProbeError::Permission(text)
+        } else {
+            ProbeError::Unsupported { what: "feature probing" }
+        }
+    };
+    match is_program_supported(ProgramType::TracePoint) {
+        Ok(true) => {}
+        Ok(false) => return Err(ProbeError::Unsupported { what: "tracepoint programs" }),
+        Err(e) => return Err(permission(&e)),
+    }
+    match is_map_supported(aya::maps::MapType::RingBuf) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ProbeError::Unsupported { what: "ring buffer maps" }),
+        Err(e) => Err(permission(&e)),
+    }
+}
+
+impl Probes {
+    /// Checks kernel features, loads the object with this kernel's tracepoint layouts and
+    /// attaches every program.
+    pub fn load(config: &ProbeConfig) -> Result<(Self, ProbeStreams), ProbeError> {
+        bump_memlock();
+        check_features()?;
+        let tracefs_root = Path::new(&config.tracefs);
+        if tracefs::ensure_tracefs(tracefs_root).map_err(ProbeError::Tracefs)? {
+            tracing::info!(path = %tracefs_root.display(), "mounted tracefs");
+        }
+        let format_path = tracefs_root.join("events/sock/inet_sock_set_state/format");
+        let format = std::fs::read_to_string(&format_path).map_err(|source| ProbeError::Format {
+            path: format_path.display().to_string(),
+            source,
+        })?;
+        let layout = tracefs::sock_state_layout(&format)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SOCK_STATE_LAYOUT", &layout, true)
+            .map_max_entries("EVENTS", config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("EPERM") || text.contains("Operation not permitted") {
+                    ProbeError::Permission(text)
+                } else {
+                    ProbeError::Load(Box::new(e))
+                }
+            })?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF log forwarding unavailable");
+                None
+            }
+        };
+
+        let mut attached = Vec::new();
+        let name = "inet_sock_set_state";
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Program {
+                name,
+                source: Box::new(aya::programs::ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(|e| ProbeError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+        program.load().map_err(|e| ProbeError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+        program
+            .attach("sock", "inet_sock_set_state")
+            .map_err(|e| ProbeError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+        attached.push("tracepoint/sock/inet_sock_set_state");
+
+        let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = RingBuf::try_from(events).map_err(|e| ProbeError::Map {
+            name: "EVENTS",
+            source: Box::new(e),
+        })?;
+        let drops = ebpf.take_map("DROPS").ok_or(ProbeError::MissingMap("DROPS"))?;
+        let drops = PerCpuArray::try_from(drops).map_err(|e| ProbeError::Map {
+            name: "DROPS",
+            source: Box::new(e),
+        })?;
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                drops,
+                attached,
+            },
+            ProbeStreams { events, logger },
+        ))
+    }
+
+    /// Reads the kernel's drop counters.
+    pub fn kernel_drops(&self) -> KernelDrops {
+        let sum = |index: u32| -> u64 {
+            self.drops
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelDrops {
+            ringbuf_full: sum(drop_reason::RINGBUF_FULL),
+            field_read: sum(drop_reason::FIELD_READ),
+        }
+    }
+}
