@@ -312,8 +312,16 @@ mod tests {
     #[test]
     fn bad_values_name_key_and_value() {
         let cases = [
-            ("[exposure]\nwatched_ports = [0]", "exposure.watched_ports", "0"),
-            ("[probes]\nring_buffer_bytes = 5000", "probes.ring_buffer_bytes", "5000"),
+            (
+                "[exposure]\nwatched_ports = [0]",
+                "exposure.watched_ports",
+                "0",
+            ),
+            (
+                "[probes]\nring_buffer_bytes = 5000",
+                "probes.ring_buffer_bytes",
+                "5000",
+            ),
             ("[nat]\npoll_interval = \"1ms\"", "nat.poll_interval", "1ms"),
             (
                 "[exposure]\nallow = [{ port = 18789 }]",

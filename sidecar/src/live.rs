@@ -315,10 +315,17 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
                 metrics.kernel_drops_now("field_read", drops.field_read);
                 if drops != last_drops {
-                    tracing::warn!(
-                        ringbuf_full = drops.ringbuf_full,
-                        field_read = drops.field_read,
-                        "the kernel dropped events; the next rescan reconciles the inventory"
+                    watch.printer.status(
+                        "kernel_drops",
+                        &format!(
+                            "the kernel dropped events (ring buffer full: {}, field reads: {}); \
+                             the next rescan reconciles the inventory",
+                            drops.ringbuf_full, drops.field_read
+                        ),
+                        &serde_json::json!({
+                            "ringbuf_full": drops.ringbuf_full,
+                            "field_read": drops.field_read,
+                        }),
                     );
                     last_drops = drops;
                 }

@@ -40,7 +40,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edgewatch");
         let events = Family::<Labels, Counter>::default();
-        registry.register("events", "Events received from the kernel probes", events.clone());
+        registry.register(
+            "events",
+            "Events received from the kernel probes",
+            events.clone(),
+        );
         let kernel_drops = Family::<Labels, Counter>::default();
         registry.register(
             "kernel_drops",
@@ -62,13 +66,21 @@ impl Metrics {
         let exposures = Family::<Labels, Gauge>::default();
         registry.register("exposures", "Current exposures by scope", exposures.clone());
         let alerts = Family::<Labels, Counter>::default();
-        registry.register("alerts", "Alert transitions by rule and state", alerts.clone());
+        registry.register(
+            "alerts",
+            "Alert transitions by rule and state",
+            alerts.clone(),
+        );
         let alerts_firing = Gauge::default();
         registry.register("alerts_firing", "Alerts firing now", alerts_firing.clone());
         let rescans = Counter::default();
         registry.register("rescans", "Socket inventory rescans", rescans.clone());
         let rescan_errors = Counter::default();
-        registry.register("rescan_errors", "Failed socket inventory rescans", rescan_errors.clone());
+        registry.register(
+            "rescan_errors",
+            "Failed socket inventory rescans",
+            rescan_errors.clone(),
+        );
         let nat_reads = Counter::default();
         registry.register("nat_reads", "NAT rule reads", nat_reads.clone());
         let nat_problems = Gauge::default();
@@ -77,6 +89,10 @@ impl Metrics {
             "Problems in the last NAT rule read (missing tools, rules not understood)",
             nat_problems.clone(),
         );
+        // Present from the start, so a scrape shows zero rather than nothing.
+        for reason in ["ringbuf_full", "field_read"] {
+            kernel_drops.get_or_create(&label("reason", reason)).inc_by(0);
+        }
         Self {
             registry,
             events,
@@ -195,9 +211,18 @@ mod tests {
         m.kernel_drops_now("ringbuf_full", 7);
         m.decode_error();
         let text = m.render();
-        assert!(text.contains("edgewatch_events_total{kind=\"listen_change\"} 1"), "{text}");
-        assert!(text.contains("edgewatch_kernel_drops_total{reason=\"ringbuf_full\"} 7"), "{text}");
+        assert!(
+            text.contains("edgewatch_events_total{kind=\"listen_change\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgewatch_kernel_drops_total{reason=\"ringbuf_full\"} 7"),
+            "{text}"
+        );
         assert!(text.contains("edgewatch_decode_errors_total 1"), "{text}");
-        assert!(text.contains("edgewatch_event_lag_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("edgewatch_event_lag_seconds_count 1"),
+            "{text}"
+        );
     }
 }

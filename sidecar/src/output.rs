@@ -9,7 +9,7 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde::Serialize;
 
 use crate::exposure::{
-    inventory::{Change, ChangeKind},
+    inventory::{Change, ChangeKind, ChangeSource},
     policy::{AlertEvent, AlertState, Policy, Verdict},
     Exposure, Family,
 };
@@ -42,7 +42,7 @@ struct ExposureLine<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     change: Option<ChangeKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<crate::exposure::inventory::ChangeSource>,
+    source: Option<ChangeSource>,
     exposure: &'a Exposure,
     watched: bool,
     verdict: &'a Verdict,
@@ -93,10 +93,7 @@ fn who(e: &Exposure) -> (String, String) {
                 .map(|p| {
                     let mut s = format!("{} ({})", p.comm, p.pid);
                     if let Some(d) = &p.docker_proxy {
-                        s.push_str(&format!(
-                            " -> {}:{}",
-                            d.container_ip, d.container_port
-                        ));
+                        s.push_str(&format!(" -> {}:{}", d.container_ip, d.container_port));
                     }
                     s
                 })
@@ -168,7 +165,13 @@ impl Printer {
             Format::Text => {
                 let mut table = Table::new();
                 table.load_preset(UTF8_BORDERS_ONLY).set_header([
-                    "PROTO", "ADDRESS", "PORT", "SCOPE", "FAMILY", "PROCESS", "CONTAINER",
+                    "PROTO",
+                    "ADDRESS",
+                    "PORT",
+                    "SCOPE",
+                    "FAMILY",
+                    "PROCESS",
+                    "CONTAINER",
                     "VERDICT",
                 ]);
                 for e in exposures {
@@ -211,11 +214,7 @@ impl Printer {
                     .iter()
                     .filter(|e| matches!(policy.assess(e), Verdict::Drift(_)))
                     .count();
-                self.line(&format!(
-                    "{} exposure(s), {} drift",
-                    exposures.len(),
-                    drift
-                ));
+                self.line(&format!("{} exposure(s), {} drift", exposures.len(), drift));
             }
         }
     }
@@ -239,13 +238,21 @@ impl Printer {
                     ChangeKind::Removed => "-",
                 };
                 let (process, container) = who(&change.exposure);
+                let family = match &change.exposure {
+                    Exposure::Listener(l) => family_text(l.family),
+                    Exposure::NatPublish(_) => "dnat",
+                };
+                let source = match change.source {
+                    ChangeSource::Probe => "probe",
+                    ChangeSource::Rescan => "rescan",
+                    ChangeSource::Nat => "nat",
+                };
                 self.line(&format!(
-                    "{} {sign} {} {} process={process} container={container} [{}] via {:?}",
+                    "{} {sign} {} {} {family} process={process} container={container} [{}] via {source}",
                     rfc3339(now_ns),
                     change.exposure.key(),
                     change.exposure.scope(),
                     verdict_text(&verdict),
-                    change.source
                 ));
             }
         }
@@ -264,14 +271,18 @@ impl Printer {
                     AlertState::Firing => "FIRING",
                     AlertState::Resolved => "RESOLVED",
                 };
-                self.line(&format!(
-                    "{} ALERT {state} {:?} {}: {}\n    first move: {}",
+                let mut text = format!(
+                    "{} ALERT {state} {:?} {}: {}",
                     rfc3339(alert.at_ns),
                     alert.severity,
                     alert.rule,
-                    alert.summary,
-                    alert.first_move
-                ));
+                    alert.summary
+                );
+                if alert.state == AlertState::Firing {
+                    text.push_str("\n    first move: ");
+                    text.push_str(alert.first_move);
+                }
+                self.line(&text);
             }
         }
     }
@@ -296,7 +307,10 @@ impl Printer {
                     detail,
                 });
             }
-            Format::Text => self.line(&format!("{} {ty}: {text}", rfc3339(unix_ns(SystemTime::now())))),
+            Format::Text => self.line(&format!(
+                "{} {ty}: {text}",
+                rfc3339(unix_ns(SystemTime::now()))
+            )),
         }
     }
 }

@@ -1,1 +1,258 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | run | test`.
+//!
+//! Each task first makes sure the machine has what the build needs (Debian's rustc-web for
+//! the eBPF target, the `debian-web` rustup link, bpf-linker on LLVM 22, the netfilter tools
+//! the tests use) and installs what is missing, so the README's two commands work on a fresh
+//! machine. Everything is idempotent and quick when already installed.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+    time::Instant,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the build and the tests need.
+const APT_PACKAGES: &[&str] = &[
+    // The eBPF toolchain (../shared/toolchain.md): rustc 1.96 with a precompiled core for
+    // bpfel-unknown-none, and the LLVM that bpf-linker must match.
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    // NAT rule reading at run time, and the DNAT tests.
+    "nftables",
+    "iptables",
+    // `ip netns`, `nsenter`, `mount` for the tests and tracefs.
+    "iproute2",
+    "util-linux",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const TOOLCHAIN: &str = "debian-web";
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "edgewatch project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing: apt packages, the debian-web toolchain link, bpf-linker.
+    Setup,
+    /// Set up, build in release mode and run the sidecar live (as root). Arguments after
+    /// `--` go to `edgewatch` (default: `run`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check and test: fmt, clippy (user space, then the eBPF crate),
+    /// unit and integration tests (as root, with the real probes in the real kernel).
+    Test,
+}
+
+fn step(n: usize, total: usize, what: &str) {
+    eprintln!("xtask [{n}/{total}] {what}");
+}
+
+fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+fn run_ok(cmd: &mut Command) -> Result<()> {
+    let status = run_status(cmd)?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output_of(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn missing_apt_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    let total = 4;
+    step(1, total, "apt packages");
+    let missing = missing_apt_packages();
+    if missing.is_empty() {
+        eprintln!("  all {} present", APT_PACKAGES.len());
+    } else {
+        if !is_root() {
+            bail!(
+                "missing Debian packages {missing:?}; run `cargo xtask setup` as root, or \
+                 `apt-get install {}`",
+                missing.join(" ")
+            );
+        }
+        eprintln!("  installing {}", missing.join(" "));
+        run_ok(Command::new("apt-get").arg("update").arg("-q"))?;
+        run_ok(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+
+    step(
+        2,
+        total,
+        "rustup toolchain link `debian-web` -> /usr (Debian's rustc-web)",
+    );
+    let toolchains = output_of(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (the machine's Rust toolchain)")?;
+    if toolchains.lines().any(|l| l.starts_with(TOOLCHAIN)) {
+        eprintln!("  present");
+    } else {
+        run_ok(Command::new("rustup").args(["toolchain", "link", TOOLCHAIN, "/usr"]))?;
+    }
+
+    step(
+        3,
+        total,
+        &format!("bpf-linker {BPF_LINKER_VERSION} on LLVM 22"),
+    );
+    let have = output_of(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if have.contains(BPF_LINKER_VERSION) {
+        eprintln!("  present ({})", have.trim());
+    } else {
+        eprintln!("  building it (about a minute)");
+        run_ok(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "--locked",
+                    &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                // Without it bpf-linker finds LLVM 14's llvm-config and fails to link.
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )?;
+    }
+
+    step(4, total, "tracefs");
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        eprintln!("  mounted");
+    } else if is_root() {
+        run_ok(Command::new("mount").args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"]))?;
+        eprintln!("  mounted now");
+    } else {
+        eprintln!("  not mounted; edgewatch mounts it when it starts as root");
+    }
+    eprintln!(
+        "xtask setup done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    setup()?;
+    eprintln!("xtask: building edgewatch (release)");
+    run_ok(cargo().args(["build", "--release", "--package", "edgewatch"]))?;
+    if !is_root() {
+        bail!("edgewatch loads eBPF programs: run `cargo xtask run` as root");
+    }
+    let args = if args.is_empty() {
+        vec!["run".to_owned()]
+    } else {
+        args
+    };
+    let bin = workspace_root().join("target/release/edgewatch");
+    eprintln!("xtask: {} {}", bin.display(), args.join(" "));
+    let status = run_status(Command::new(&bin).args(&args))?;
+    if !status.success() {
+        bail!("edgewatch exited with {status}");
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    let started = Instant::now();
+    setup()?;
+    if !is_root() {
+        bail!(
+            "the integration tests load the real probes into the kernel and create network \
+             namespaces: run `cargo xtask test` as root"
+        );
+    }
+    let total = 4;
+    step(1, total, "cargo fmt --check");
+    run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(2, total, "clippy, user space (-D warnings)");
+    run_ok(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "edgewatch-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step(3, total, "clippy, eBPF crate (-D warnings, panic=abort)");
+    // Separately: with feature unification the panic handler would be built twice.
+    run_ok(cargo().args([
+        "clippy",
+        "--package",
+        "edgewatch-ebpf",
+        "--",
+        "-D",
+        "warnings",
+        "-C",
+        "panic=abort",
+    ]))?;
+    step(4, total, "cargo test (unit and integration, real probes)");
+    run_ok(cargo().args(["test", "--workspace", "--exclude", "edgewatch-ebpf"]))?;
+    eprintln!(
+        "xtask test: all passed in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Run { args } => run(args),
+        Task::Test => test(),
+    }
+}

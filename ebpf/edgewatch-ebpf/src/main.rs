@@ -68,7 +68,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         Err(reason) => {
             count_drop(reason);
             if reason == drop_reason::FIELD_READ {
-                warn!(&ctx, "edgewatch: could not read an inet_sock_set_state field");
+                warn!(
+                    &ctx,
+                    "edgewatch: could not read an inet_sock_set_state field"
+                );
             }
             0
         }

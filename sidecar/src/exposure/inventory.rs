@@ -140,10 +140,13 @@ impl Inventory {
             changes.extend(self.listener_closed(&key, source));
         }
         for (key, l) in fresh {
-            if self.listeners.contains_key(&key) {
-                self.listeners.insert(key, l);
-            } else {
-                changes.extend(self.listener_opened(l, source));
+            match self.listeners.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    slot.insert(l);
+                }
+                std::collections::btree_map::Entry::Vacant(_) => {
+                    changes.extend(self.listener_opened(l, source));
+                }
             }
         }
         changes
@@ -203,11 +206,17 @@ mod tests {
     fn open_close_and_duplicates() {
         let mut inv = Inventory::default();
         let a = l("0.0.0.0", 80, true);
-        assert!(inv.listener_opened(a.clone(), ChangeSource::Probe).is_some());
+        assert!(inv
+            .listener_opened(a.clone(), ChangeSource::Probe)
+            .is_some());
         // A second socket on the same address (SO_REUSEPORT) is not a new exposure.
-        assert!(inv.listener_opened(a.clone(), ChangeSource::Probe).is_none());
+        assert!(inv
+            .listener_opened(a.clone(), ChangeSource::Probe)
+            .is_none());
         assert_eq!(inv.len(), 1);
-        let gone = inv.listener_closed(&a.key(), ChangeSource::Probe).expect("removed");
+        let gone = inv
+            .listener_closed(&a.key(), ChangeSource::Probe)
+            .expect("removed");
         assert_eq!(gone.change, ChangeKind::Removed);
         assert!(inv.listener_closed(&a.key(), ChangeSource::Probe).is_none());
         assert!(inv.is_empty());
@@ -235,7 +244,10 @@ mod tests {
             .iter()
             .map(|c| (c.change, c.exposure.port()))
             .collect();
-        assert_eq!(summary, vec![(ChangeKind::Removed, 81), (ChangeKind::Added, 83)]);
+        assert_eq!(
+            summary,
+            vec![(ChangeKind::Removed, 81), (ChangeKind::Added, 83)]
+        );
         // The other namespace's listener stays; the rescan kept the process it did not know.
         assert_eq!(inv.len(), 3);
         let kept = inv.listener(&l("0.0.0.0", 80, true).key()).expect("kept");
@@ -249,7 +261,9 @@ mod tests {
         let rules = |ports: &[u16]| {
             let text: String = std::iter::once("*nat\n".to_owned())
                 .chain(ports.iter().map(|p| {
-                    format!("-A DOCKER -p tcp --dport {p} -j DNAT --to-destination 172.17.0.2:{p}\n")
+                    format!(
+                        "-A DOCKER -p tcp --dport {p} -j DNAT --to-destination 172.17.0.2:{p}\n"
+                    )
                 }))
                 .collect();
             parse_iptables_save(&text, NatBackend::IptablesNft, "ipv4").publishes
@@ -262,6 +276,9 @@ mod tests {
             .iter()
             .map(|c| (c.change, c.exposure.port()))
             .collect();
-        assert_eq!(summary, vec![(ChangeKind::Removed, 1), (ChangeKind::Added, 3)]);
+        assert_eq!(
+            summary,
+            vec![(ChangeKind::Removed, 1), (ChangeKind::Added, 3)]
+        );
     }
 }

@@ -139,12 +139,9 @@ pub fn parse_iptables_save(text: &str, backend: NatBackend, family: &str) -> Nat
             continue;
         }
         match parse_iptables_rule(args) {
-            Ok(Some(rule)) => out.publishes.extend(rule.into_publishes(
-                backend,
-                family,
-                &table,
-                chain,
-            )),
+            Ok(Some(rule)) => out
+                .publishes
+                .extend(rule.into_publishes(backend, family, &table, chain)),
             Ok(None) => {}
             Err(()) => out.unparsed.push(line.to_owned()),
         }
@@ -351,7 +348,12 @@ pub fn parse_nft_json(text: &str) -> Result<NatParse, NatParseError> {
         let Some(rule) = item.get("rule") else {
             continue;
         };
-        let field = |k: &str| rule.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let field = |k: &str| {
+            rule.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let (family, table, chain) = (field("family"), field("table"), field("chain"));
         let Some(exprs) = rule.get("expr").and_then(Value::as_array) else {
             continue;
@@ -434,7 +436,10 @@ fn parse_nft_rule(exprs: &[Value], dnat: &Value) -> Option<RuleMatch> {
         let left = m.get("left")?;
         let right = m.get("right")?;
         if let Some(payload) = left.get("payload") {
-            let protocol = payload.get("protocol").and_then(Value::as_str).unwrap_or("");
+            let protocol = payload
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let field = payload.get("field").and_then(Value::as_str).unwrap_or("");
             match (protocol, field) {
                 ("tcp" | "udp" | "th", "dport") => {
@@ -462,7 +467,11 @@ fn parse_nft_rule(exprs: &[Value], dnat: &Value) -> Option<RuleMatch> {
                 },
                 Some("iifname") => {
                     let name = right.as_str()?;
-                    in_iface = Some(if negated { format!("!{name}") } else { name.to_owned() });
+                    in_iface = Some(if negated {
+                        format!("!{name}")
+                    } else {
+                        name.to_owned()
+                    });
                 }
                 _ => {}
             }
@@ -513,14 +522,23 @@ COMMIT
         assert!(parsed.unparsed.is_empty(), "{:?}", parsed.unparsed);
         let p = &parsed.publishes;
         assert_eq!(p.len(), 4, "{p:#?}");
-        assert_eq!((p[0].proto, p[0].port, p[0].port_end), (Proto::Tcp, 18789, 18789));
+        assert_eq!(
+            (p[0].proto, p[0].port, p[0].port_end),
+            (Proto::Tcp, 18789, 18789)
+        );
         assert_eq!(p[0].scope, Scope::Wildcard);
         assert_eq!(p[0].in_iface.as_deref(), Some("!docker0"));
-        assert_eq!((p[0].to_addr.as_str(), p[0].to_port), ("172.17.0.2", Some(18789)));
+        assert_eq!(
+            (p[0].to_addr.as_str(), p[0].to_port),
+            ("172.17.0.2", Some(18789))
+        );
         assert_eq!(p[1].scope, Scope::Loopback);
         assert_eq!(p[1].dest.as_deref(), Some("127.0.0.1/32"));
         assert_eq!(p[1].target_port(), Some(80));
-        assert_eq!((p[2].proto, p[2].port, p[2].port_end), (Proto::Udp, 5000, 5002));
+        assert_eq!(
+            (p[2].proto, p[2].port, p[2].port_end),
+            (Proto::Udp, 5000, 5002)
+        );
         assert_eq!((p[3].port, p[3].to_port), (6000, None));
         assert_eq!(p[3].target_port(), Some(6000));
         assert!(p[2].publishes_port(5001));
@@ -569,7 +587,10 @@ COMMIT
         assert_eq!((p[1].port, p[2].port), (9100, 9200));
         assert_eq!(p[1].scope, Scope::Wildcard);
         assert_eq!(p[1].target_port(), Some(9100));
-        assert_eq!((p[3].proto, p[3].port, p[3].port_end), (Proto::Udp, 7000, 7010));
+        assert_eq!(
+            (p[3].proto, p[3].port, p[3].port_end),
+            (Proto::Udp, 7000, 7010)
+        );
         assert_eq!(p[3].scope, Scope::Loopback);
         // The output-hook rule only affects local traffic.
         assert!(!p.iter().any(|x| x.port == 9300));

@@ -145,7 +145,9 @@ impl Policy {
                     summary: format!(
                         "watched port {port} is reachable on {} ({scope}){}",
                         exposure.key(),
-                        l.comm().map(|c| format!(", opened by {c}")).unwrap_or_default()
+                        l.comm()
+                            .map(|c| format!(", opened by {c}"))
+                            .unwrap_or_default()
                     ),
                     first_move: MOVE_BIND_LOOPBACK,
                 },
@@ -360,7 +362,10 @@ mod tests {
     #[test]
     fn verdicts() {
         let policy = Policy::new(&ExposureConfig::default());
-        assert_eq!(policy.assess(&listener("127.0.0.1", 18789, "node")), Verdict::Ok);
+        assert_eq!(
+            policy.assess(&listener("127.0.0.1", 18789, "node")),
+            Verdict::Ok
+        );
         assert_eq!(
             rule_of(policy.assess(&listener("0.0.0.0", 18789, "node"))),
             "exposure.watched_port_exposed"
@@ -378,7 +383,10 @@ mod tests {
             rule_of(policy.assess(&listener("::", 9229, "node"))),
             "exposure.unexpected_listener"
         );
-        assert_eq!(policy.assess(&listener("10.0.0.5", 9229, "node")), Verdict::Internal);
+        assert_eq!(
+            policy.assess(&listener("10.0.0.5", 9229, "node")),
+            Verdict::Internal
+        );
         assert_eq!(
             rule_of(policy.assess(&listener("203.0.113.4", 9229, "node"))),
             "exposure.unexpected_listener"
@@ -427,7 +435,10 @@ mod tests {
             "exposure.watched_port_published",
             "forwarding to the watched port counts"
         );
-        assert_eq!(policy.assess(&publish(Some("127.0.0.1/32"), 18789, 18789)), Verdict::Ok);
+        assert_eq!(
+            policy.assess(&publish(Some("127.0.0.1/32"), 18789, 18789)),
+            Verdict::Ok
+        );
         assert_eq!(
             rule_of(policy.assess(&publish(None, 8080, 80))),
             "exposure.unexpected_publish"
@@ -471,7 +482,11 @@ mod tests {
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].state, AlertState::Firing);
         assert_eq!(fired[0].severity, Severity::Critical);
-        assert!(fired[0].dedup_key.contains("0.0.0.0:18789"), "{}", fired[0].dedup_key);
+        assert!(
+            fired[0].dedup_key.contains("0.0.0.0:18789"),
+            "{}",
+            fired[0].dedup_key
+        );
         // The same drift seen again is the same incident: no new alert.
         assert!(tracker.reconcile(&policy, [&ok, &bad], 3).is_empty());
         assert_eq!(tracker.firing(), 1);

@@ -109,9 +109,7 @@ pub fn parse_docker_proxy<S: AsRef<str>>(args: &[S]) -> Option<DockerProxy> {
         if !takes_value {
             continue;
         }
-        let Some(value) = inline.or_else(|| it.next()) else {
-            return None;
-        };
+        let value = inline.or_else(|| it.next())?;
         match name {
             "proto" => {
                 proto = match value {
@@ -175,8 +173,14 @@ mod tests {
 
     #[test]
     fn host_processes_have_no_container() {
-        assert_eq!(container_from_cgroup("0::/system.slice/ssh.service\n"), None);
-        assert_eq!(container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope"), None);
+        assert_eq!(
+            container_from_cgroup("0::/system.slice/ssh.service\n"),
+            None
+        );
+        assert_eq!(
+            container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope"),
+            None
+        );
         assert_eq!(container_from_cgroup("0::/\n"), None);
         assert_eq!(container_from_cgroup("garbage"), None);
         // 64 hex characters not under a known runtime are not assumed to be a container.

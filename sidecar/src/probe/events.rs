@@ -69,7 +69,9 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
         kind::LISTEN_CHANGE => {
             let e: SockStateEvent = read_pod(bytes)?;
             let addr = match e.family {
-                2 => IpAddr::V4(Ipv4Addr::new(e.saddr[0], e.saddr[1], e.saddr[2], e.saddr[3])),
+                2 => IpAddr::V4(Ipv4Addr::new(
+                    e.saddr[0], e.saddr[1], e.saddr[2], e.saddr[3],
+                )),
                 10 => IpAddr::V6(Ipv6Addr::from(e.saddr)),
                 other => return Err(DecodeError::Family(other)),
             };
@@ -155,14 +157,26 @@ mod tests {
     #[test]
     fn malformed_records_are_errors() {
         let good = bytes_of(&sample(2));
-        assert!(matches!(decode(&good[..10]), Err(DecodeError::Short { .. })));
-        assert!(matches!(decode(&good[..40]), Err(DecodeError::Short { need: 104, .. })));
+        assert!(matches!(
+            decode(&good[..10]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            decode(&good[..40]),
+            Err(DecodeError::Short { need: 104, .. })
+        ));
         let mut bad_kind = sample(2);
         bad_kind.header.kind = 99;
-        assert_eq!(decode(&bytes_of(&bad_kind)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&bytes_of(&bad_kind)),
+            Err(DecodeError::UnknownKind(99))
+        );
         let mut bad_version = sample(2);
         bad_version.header.version = 9;
-        assert!(matches!(decode(&bytes_of(&bad_version)), Err(DecodeError::Version { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&bad_version)),
+            Err(DecodeError::Version { .. })
+        ));
         assert_eq!(decode(&bytes_of(&sample(1))), Err(DecodeError::Family(1)));
         assert!(decode(&[]).is_err());
     }

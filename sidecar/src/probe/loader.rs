@@ -102,17 +102,25 @@ fn check_features() -> Result<(), ProbeError> {
         if text.contains("EPERM") || text.contains("Operation not permitted") {
             ProbeError::Permission(text)
         } else {
-            ProbeError::Unsupported { what: "feature probing" }
+            ProbeError::Unsupported {
+                what: "feature probing",
+            }
         }
     };
     match is_program_supported(ProgramType::TracePoint) {
         Ok(true) => {}
-        Ok(false) => return Err(ProbeError::Unsupported { what: "tracepoint programs" }),
+        Ok(false) => {
+            return Err(ProbeError::Unsupported {
+                what: "tracepoint programs",
+            })
+        }
         Err(e) => return Err(permission(&e)),
     }
     match is_map_supported(aya::maps::MapType::RingBuf) {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ProbeError::Unsupported { what: "ring buffer maps" }),
+        Ok(false) => Err(ProbeError::Unsupported {
+            what: "ring buffer maps",
+        }),
         Err(e) => Err(permission(&e)),
     }
 }
@@ -128,10 +136,11 @@ impl Probes {
             tracing::info!(path = %tracefs_root.display(), "mounted tracefs");
         }
         let format_path = tracefs_root.join("events/sock/inet_sock_set_state/format");
-        let format = std::fs::read_to_string(&format_path).map_err(|source| ProbeError::Format {
-            path: format_path.display().to_string(),
-            source,
-        })?;
+        let format =
+            std::fs::read_to_string(&format_path).map_err(|source| ProbeError::Format {
+                path: format_path.display().to_string(),
+                source,
+            })?;
         let layout = tracefs::sock_state_layout(&format)?;
 
         let mut ebpf = EbpfLoader::new()
@@ -179,12 +188,16 @@ impl Probes {
             })?;
         attached.push("tracepoint/sock/inet_sock_set_state");
 
-        let events = ebpf.take_map("EVENTS").ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
         let events = RingBuf::try_from(events).map_err(|e| ProbeError::Map {
             name: "EVENTS",
             source: Box::new(e),
         })?;
-        let drops = ebpf.take_map("DROPS").ok_or(ProbeError::MissingMap("DROPS"))?;
+        let drops = ebpf
+            .take_map("DROPS")
+            .ok_or(ProbeError::MissingMap("DROPS"))?;
         let drops = PerCpuArray::try_from(drops).map_err(|e| ProbeError::Map {
             name: "DROPS",
             source: Box::new(e),

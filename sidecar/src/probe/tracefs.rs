@@ -55,7 +55,11 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
         let Some(name) = decl.split_whitespace().last() else {
             continue;
         };
-        let name = name.split('[').next().unwrap_or(name).trim_start_matches('*');
+        let name = name
+            .split('[')
+            .next()
+            .unwrap_or(name)
+            .trim_start_matches('*');
         fields.insert(name.to_owned(), Field { offset, size });
     }
     fields
@@ -150,7 +154,10 @@ print fmt: \"family=%s ...\"
         let layout = sock_state_layout(FORMAT_6_18).expect("layout");
         assert_eq!(layout.skaddr, 8);
         assert_eq!((layout.oldstate, layout.newstate), (16, 20));
-        assert_eq!((layout.sport, layout.dport, layout.family, layout.protocol), (24, 26, 28, 30));
+        assert_eq!(
+            (layout.sport, layout.dport, layout.family, layout.protocol),
+            (24, 26, 28, 30)
+        );
         assert_eq!((layout.saddr, layout.daddr), (32, 36));
         assert_eq!((layout.saddr_v6, layout.daddr_v6), (40, 56));
         assert_eq!(layout.ready, 1);
@@ -171,11 +178,22 @@ print fmt: \"family=%s ...\"
         let err = sock_state_layout(&FORMAT_6_18.replace("protocol;", "proto;"))
             .expect_err("missing field");
         assert!(err.to_string().contains("`protocol`"), "{err}");
-        let err = sock_state_layout(
-            &FORMAT_6_18.replace("__u16 family;\toffset:28;\tsize:2", "int family;\toffset:28;\tsize:4"),
-        )
+        let err = sock_state_layout(&FORMAT_6_18.replace(
+            "__u16 family;\toffset:28;\tsize:2",
+            "int family;\toffset:28;\tsize:4",
+        ))
         .expect_err("resized");
-        assert!(matches!(err, FormatError::BadSize { size: 4, expected: 2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FormatError::BadSize {
+                    size: 4,
+                    expected: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(sock_state_layout("garbage\nfield:broken").is_err());
     }
 }

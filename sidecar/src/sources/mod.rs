@@ -2,5 +2,5 @@
 //! pure model's types.
 pub mod nat;
 pub mod procs;
-pub mod sockdiag;
 pub mod snapshot;
+pub mod sockdiag;

@@ -72,8 +72,10 @@ pub fn read_nat_rules() -> NatReport {
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             // A legacy table that was never created is not a problem.
-            if !(matches!(tool.kind, ToolKind::IptablesSave(NatBackend::IptablesLegacy, _))
-                && stdout.trim().is_empty())
+            if !(matches!(
+                tool.kind,
+                ToolKind::IptablesSave(NatBackend::IptablesLegacy, _)
+            ) && stdout.trim().is_empty())
             {
                 report.problems.push(format!(
                     "{} {} failed ({}): {}",
@@ -93,9 +95,10 @@ pub fn read_nat_rules() -> NatReport {
                 }
                 let parsed = parse_iptables_save(&stdout, backend, family);
                 for rule in parsed.unparsed {
-                    report
-                        .problems
-                        .push(format!("{}: DNAT rule not understood: {rule}", tool.program));
+                    report.problems.push(format!(
+                        "{}: DNAT rule not understood: {rule}",
+                        tool.program
+                    ));
                 }
                 report.publishes.extend(parsed.publishes);
             }

@@ -1,0 +1,374 @@
+//! Test harness: runs the real `edgewatch` binary, real child processes and real network
+//! namespaces, and synchronises on the lines they print, never on sleeps. The timeouts here
+//! are only safety nets that turn a hang into a failure with the lines seen so far.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "test harness: panics are the failures"
+)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Longest a test waits for one expected line before failing.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn edgewatch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edgewatch"))
+}
+
+/// The integration tests load eBPF programs and create namespaces: they need root. They fail
+/// (not skip) without it, so a green run always means the probes ran.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests load the real probes and need root: run `cargo xtask test` as root"
+    );
+}
+
+/// A port that is free on loopback right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Lines read from a child's stdout, parsed as JSON where possible.
+pub struct Lines {
+    rx: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stdout: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next JSON line matching `pred`; earlier lines are kept in `seen`.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if pred(&v) {
+                            return v;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "timed out waiting for {what}; lines seen:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "output ended before {what}; lines seen:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+
+    /// Every line received so far, parsed.
+    pub fn seen_json(&self) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// A running `edgewatch run --output json`.
+pub struct Sidecar {
+    child: Child,
+    pub lines: Lines,
+    pub ready: Value,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with this config (TOML) and waits for its `ready` line.
+    pub fn start(config: &str) -> Self {
+        Self::start_in(None, config)
+    }
+
+    /// The same, inside a network namespace (through nsenter, which keeps tracefs).
+    pub fn start_in(netns: Option<&Netns>, config: &str) -> Self {
+        require_root();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(config.as_bytes()).unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path())).arg(edgewatch_bin());
+                c
+            }
+            None => Command::new(edgewatch_bin()),
+        };
+        cmd.args(["run", "--output", "json", "--config"])
+            .arg(file.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = Lines::new(child.stdout.take().unwrap());
+        let ready = lines.wait_for("the ready line", |v| v["type"] == "ready");
+        Self {
+            child,
+            lines,
+            ready,
+            _config: file,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The metrics endpoint's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let addr = self.ready["metrics"].as_str().expect("metrics address");
+        ureq::get(&format!("http://{addr}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // SIGTERM so it detaches cleanly; fall back to SIGKILL.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::yield_now();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process (python3) holding a socket, until dropped or `close`d.
+pub struct SocketHolder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub pid: u32,
+    pub comm: String,
+}
+
+const HOLDER: &str = r#"
+import socket, sys
+kind, host, port, v6only = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if fam == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
+s.bind((host, port))
+if kind == "tcp":
+    s.listen(8)
+print("bound", flush=True)
+sys.stdin.read()
+s.close()
+print("closed", flush=True)
+"#;
+
+impl SocketHolder {
+    fn spawn(kind: &str, host: &str, port: u16, v6only: bool, netns: Option<&Netns>) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.path())).arg("python3");
+                c
+            }
+            None => Command::new("python3"),
+        };
+        let mut child = cmd
+            .args(["-c", HOLDER, kind, host, &port.to_string()])
+            .arg(if v6only { "1" } else { "0" })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            "bound",
+            "the socket holder could not bind {host}:{port}"
+        );
+        let pid = child.id();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        // Keep reading so `closed` does not block on a full pipe.
+        std::thread::spawn(move || for _ in out.lines() {});
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            pid,
+            comm,
+        }
+    }
+
+    pub fn tcp(host: &str, port: u16) -> Self {
+        Self::spawn("tcp", host, port, false, None)
+    }
+
+    pub fn tcp6_only(host: &str, port: u16) -> Self {
+        Self::spawn("tcp", host, port, true, None)
+    }
+
+    pub fn udp(host: &str, port: u16) -> Self {
+        Self::spawn("udp", host, port, false, None)
+    }
+
+    pub fn tcp_in(ns: &Netns, host: &str, port: u16) -> Self {
+        Self::spawn("tcp", host, port, false, Some(ns))
+    }
+
+    /// Closes the socket (the process exits after closing it).
+    pub fn close(mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SocketHolder {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A network namespace made for one test, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let name = format!("ew-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs a command inside the namespace; panics if it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs edgewatch inside the namespace and returns (exit code, stdout, stderr).
+    pub fn edgewatch(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .arg(edgewatch_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parses JSON lines (one object per line).
+pub fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// A config that watches these ports, with a free loopback metrics port.
+pub fn config_watching(ports: &[u16], extra: &str) -> String {
+    format!(
+        "[exposure]\nwatched_ports = {ports:?}\nrescan_interval = \"1h\"\n{extra}\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n"
+    )
+}
