@@ -71,7 +71,7 @@ fn verdict_text(v: &Verdict) -> String {
             Some(r) => format!("allowed: {r}"),
             None => "allowed".to_owned(),
         },
-        Verdict::Drift(f) => format!("DRIFT {} ({:?})", f.rule, f.severity).to_lowercase(),
+        Verdict::Drift(f) => format!("drift {} ({})", f.rule, f.severity.as_str()),
     }
 }
 
@@ -272,9 +272,9 @@ impl Printer {
                     AlertState::Resolved => "RESOLVED",
                 };
                 let mut text = format!(
-                    "{} ALERT {state} {:?} {}: {}",
+                    "{} ALERT {state} {} {}: {}",
                     rfc3339(alert.at_ns),
-                    alert.severity,
+                    alert.severity.as_str(),
                     alert.rule,
                     alert.summary
                 );

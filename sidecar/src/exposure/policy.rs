@@ -29,6 +29,15 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// A drift finding on one exposure.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Finding {
