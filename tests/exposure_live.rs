@@ -143,7 +143,9 @@ fn ipv6_wildcard_dual_stack_and_v6only_are_told_apart() {
             "IPv6 wildcard on {port} alerts"
         );
     }
-    assert!(!seen.iter().any(|v| v["type"] == "alert" && v["evidence"]["port"] == lo6));
+    assert!(!seen
+        .iter()
+        .any(|v| v["type"] == "alert" && v["evidence"]["port"] == lo6));
 }
 
 #[test]

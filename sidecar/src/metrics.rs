@@ -91,7 +91,9 @@ impl Metrics {
         );
         // Present from the start, so a scrape shows zero rather than nothing.
         for reason in ["ringbuf_full", "field_read"] {
-            kernel_drops.get_or_create(&label("reason", reason)).inc_by(0);
+            kernel_drops
+                .get_or_create(&label("reason", reason))
+                .inc_by(0);
         }
         Self {
             registry,
