@@ -13,6 +13,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// Debian packages the build and the tests need.
 const APT_PACKAGES: &[&str] = &[
     // The eBPF toolchain (../shared/toolchain.md): rustc 1.96 with a precompiled core for
@@ -51,6 +53,13 @@ enum Task {
     /// Set up, then run every check and test: fmt, clippy (user space, then the eBPF crate),
     /// unit and integration tests (as root, with the real probes in the real kernel).
     Test,
+    /// Measure the live exposure watch (release build, as root): the time from `listen()` on
+    /// a watched port to the alert line, and the sidecar's resident memory while idle.
+    BenchExposure {
+        /// Listen/close rounds to time.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
 }
 
 fn step(n: usize, total: usize, what: &str) {
@@ -62,7 +71,7 @@ fn run_status(cmd: &mut Command) -> Result<ExitStatus> {
         .with_context(|| format!("cannot start {:?}", cmd.get_program()))
 }
 
-fn run_ok(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run_ok(cmd: &mut Command) -> Result<()> {
     let status = run_status(cmd)?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
@@ -77,11 +86,11 @@ fn output_of(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     output_of(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -99,7 +108,7 @@ fn missing_apt_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn setup() -> Result<()> {
+pub(crate) fn setup() -> Result<()> {
     let started = Instant::now();
     let total = 4;
     step(1, total, "apt packages");
@@ -178,7 +187,7 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
@@ -241,12 +250,71 @@ fn test() -> Result<()> {
         "panic=abort",
     ]))?;
     step(4, total, "cargo test (unit and integration, real probes)");
-    run_ok(cargo().args(["test", "--workspace", "--exclude", "edgewatch-ebpf"]))?;
+    let counts = cargo_test()?;
     eprintln!(
-        "xtask test: all passed in {:.0}s",
+        "xtask test: done in {:.0}s",
         started.elapsed().as_secs_f64()
     );
+    // The plain closing line CI reads: totals over every test binary.
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
+    if counts.failed > 0 || counts.passed == 0 {
+        bail!("tests failed or none ran");
+    }
     Ok(())
+}
+
+#[derive(Default)]
+struct TestCounts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Parses libtest's `test result: ok. 35 passed; 0 failed; 0 ignored; ...` line.
+fn parse_test_result(line: &str, into: &mut TestCounts) {
+    let Some(rest) = line.split("test result:").nth(1) else {
+        return;
+    };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().filter(|w| !w.ends_with('.'));
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => into.passed += n,
+            "failed" => into.failed += n,
+            "ignored" => into.ignored += n,
+            _ => {}
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output and adding up its result lines.
+fn cargo_test() -> Result<TestCounts> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cargo()
+        .args(["test", "--workspace", "--exclude", "edgewatch-ebpf"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let mut counts = TestCounts::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            parse_test_result(&line, &mut counts);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() && counts.failed == 0 {
+        // A build failure or a crashed test binary: count it so the summary cannot say 0.
+        counts.failed += 1;
+    }
+    Ok(counts)
 }
 
 fn main() -> Result<()> {
@@ -254,5 +322,26 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Run { args } => run(args),
         Task::Test => test(),
+        Task::BenchExposure { rounds } => bench::exposure(rounds),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_result_lines_add_up() {
+        let mut c = TestCounts::default();
+        parse_test_result(
+            "test result: ok. 35 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            &mut c,
+        );
+        parse_test_result(
+            "test result: FAILED. 5 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+            &mut c,
+        );
+        parse_test_result("test foo ... ok", &mut c);
+        assert_eq!((c.passed, c.failed, c.ignored), (40, 1, 2));
     }
 }

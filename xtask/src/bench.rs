@@ -1,0 +1,125 @@
+//! `cargo xtask bench-exposure`: figures for the live exposure watch, measured on this
+//! machine in this run (never asserted in tests: these machines are noisy).
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::TcpListener,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub fn exposure(rounds: usize) -> Result<()> {
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    crate::setup()?;
+    if !crate::is_root() {
+        bail!("bench-exposure loads the probes: run it as root");
+    }
+    crate::run_ok(crate::cargo().args(["build", "--release", "--package", "edgewatch"]))?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config_path =
+        std::env::temp_dir().join(format!("edgewatch-bench-{}.toml", std::process::id()));
+    std::fs::File::create(&config_path)?.write_all(
+        format!(
+            "[exposure]\nwatched_ports = [{port}]\nrescan_interval = \"1h\"\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n"
+        )
+        .as_bytes(),
+    )?;
+    let bin = crate::workspace_root().join("target/release/edgewatch");
+    let mut child = Command::new(&bin)
+        .args(["run", "--output", "json", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("sidecar stdout")?;
+    let (tx, rx) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let wait = |pred: &dyn Fn(&Value) -> bool| -> Result<Value> {
+        loop {
+            let v = rx
+                .recv_timeout(Duration::from_secs(30))
+                .context("no expected line from the sidecar within 30 s")?;
+            if pred(&v) {
+                return Ok(v);
+            }
+        }
+    };
+    let result = (|| -> Result<()> {
+        wait(&|v| v["type"] == "ready")?;
+        let rss_ready = rss_kib(child.id())?;
+        // Idle: nothing happens on the watched port for a few seconds (a measurement
+        // period, not a synchronisation).
+        std::thread::sleep(Duration::from_secs(5));
+        let rss_idle = rss_kib(child.id())?;
+        let mut latencies = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let started = Instant::now();
+            let listener = TcpListener::bind(("0.0.0.0", port))?;
+            wait(&|v| {
+                v["type"] == "alert" && v["state"] == "firing" && v["evidence"]["port"] == port
+            })?;
+            latencies.push(started.elapsed());
+            drop(listener);
+            wait(&|v| {
+                v["type"] == "alert" && v["state"] == "resolved" && v["evidence"]["port"] == port
+            })?;
+        }
+        let rss_after = rss_kib(child.id())?;
+        latencies.sort();
+        println!(
+            "listen() -> alert line over {rounds} rounds: min {:.2} ms, median {:.2} ms, \
+             p95 {:.2} ms, max {:.2} ms",
+            ms(latencies[0]),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.95)),
+            ms(latencies[latencies.len() - 1]),
+        );
+        println!(
+            "sidecar RSS: {:.1} MiB at ready, {:.1} MiB idle 5 s later, {:.1} MiB after the rounds",
+            rss_ready as f64 / 1024.0,
+            rss_idle as f64 / 1024.0,
+            rss_after as f64 / 1024.0
+        );
+        Ok(())
+    })();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&config_path);
+    result
+}
