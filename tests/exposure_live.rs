@@ -240,3 +240,61 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         .unwrap_or(0);
     assert!(counted > 0, "{metrics}");
 }
+
+#[test]
+fn docker_proxy_in_a_container_cgroup_is_attributed() {
+    // A stand-in for Docker's userland proxy: a process named docker-proxy (a symlink to the
+    // interpreter), with docker-proxy's command line, inside a cgroup named the way Docker's
+    // systemd driver names a container's, listening on 0.0.0.0 and "forwarding" to a watched
+    // container port.
+    let host_port = free_port();
+    let container_port = free_port();
+    let id = format!("{:0>64x}", u128::from(std::process::id()) << 64 | 0xed9e);
+    let cgroup = support::cgroup2_mount().join(format!("edgewatch-test/docker-{id}.scope"));
+    std::fs::create_dir_all(&cgroup).expect("create the test cgroup");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let proxy = dir.path().join("docker-proxy");
+    std::os::unix::fs::symlink(support::python_executable(), &proxy).expect("symlink");
+
+    let mut sidecar = Sidecar::start(&config_watching(&[container_port], ""));
+    let (hp, cp) = (host_port.to_string(), container_port.to_string());
+    let holder = SocketHolder::spawn(support::HolderSpec {
+        kind: "tcp",
+        host: "0.0.0.0",
+        port: host_port,
+        program: Some(&proxy),
+        args: &[
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "0.0.0.0",
+            "-host-port",
+            &hp,
+            "-container-ip",
+            "172.17.0.2",
+            "-container-port",
+            &cp,
+        ],
+        cgroup: Some(&cgroup),
+        ..Default::default()
+    });
+    assert_eq!(holder.comm, "docker-proxy");
+
+    let alert = sidecar.lines.wait_for("the docker-proxy alert", |v| {
+        is_alert(v, "firing", "exposure.watched_port_exposed", host_port)
+    });
+    let process = &alert["evidence"]["process"];
+    assert_eq!(process["comm"], "docker-proxy");
+    assert_eq!(process["container"]["runtime"], "docker");
+    assert_eq!(process["container"]["id"], id.as_str());
+    assert_eq!(process["docker_proxy"]["container_ip"], "172.17.0.2");
+    assert_eq!(process["docker_proxy"]["container_port"], container_port);
+    assert_eq!(process["docker_proxy"]["host_port"], host_port);
+
+    holder.close();
+    sidecar.lines.wait_for("the resolution", |v| {
+        is_alert(v, "resolved", "exposure.watched_port_exposed", host_port)
+    });
+    let _ = std::fs::remove_dir(&cgroup);
+    let _ = cgroup.parent().map(std::fs::remove_dir);
+}

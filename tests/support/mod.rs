@@ -200,9 +200,15 @@ pub struct SocketHolder {
     pub comm: String,
 }
 
+/// What the holder binds; passed in the environment so its argv can look like anything.
 const HOLDER: &str = r#"
-import socket, sys
-kind, host, port, v6only = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+import os, socket, sys
+kind, host, port = os.environ["EW_KIND"], os.environ["EW_HOST"], int(os.environ["EW_PORT"])
+v6only = os.environ.get("EW_V6ONLY") == "1"
+cgroup = os.environ.get("EW_CGROUP")
+if cgroup:
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
 fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -217,19 +223,44 @@ s.close()
 print("closed", flush=True)
 "#;
 
+/// How to start a [`SocketHolder`].
+#[derive(Default)]
+pub struct HolderSpec<'a> {
+    pub kind: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    pub v6only: bool,
+    pub netns: Option<&'a Netns>,
+    /// Run the interpreter through this path (a symlink, to get another `comm`).
+    pub program: Option<&'a std::path::Path>,
+    /// Extra arguments after the script (they only change the command line).
+    pub args: &'a [&'a str],
+    /// A cgroup v2 directory to move into before binding.
+    pub cgroup: Option<&'a std::path::Path>,
+}
+
 impl SocketHolder {
-    fn spawn(kind: &str, host: &str, port: u16, v6only: bool, netns: Option<&Netns>) -> Self {
-        let mut cmd = match netns {
+    pub fn spawn(spec: HolderSpec<'_>) -> Self {
+        let python = PathBuf::from("python3");
+        let program = spec.program.unwrap_or(&python);
+        let mut cmd = match spec.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.path())).arg("python3");
+                c.arg(format!("--net={}", ns.path())).arg(program);
                 c
             }
-            None => Command::new("python3"),
+            None => Command::new(program),
         };
+        cmd.args(["-c", HOLDER])
+            .args(spec.args)
+            .env("EW_KIND", spec.kind)
+            .env("EW_HOST", spec.host)
+            .env("EW_PORT", spec.port.to_string())
+            .env("EW_V6ONLY", if spec.v6only { "1" } else { "0" });
+        if let Some(cg) = spec.cgroup {
+            cmd.env("EW_CGROUP", cg);
+        }
         let mut child = cmd
-            .args(["-c", HOLDER, kind, host, &port.to_string()])
-            .arg(if v6only { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -240,7 +271,9 @@ impl SocketHolder {
         assert_eq!(
             line.trim(),
             "bound",
-            "the socket holder could not bind {host}:{port}"
+            "the socket holder could not bind {}:{}",
+            spec.host,
+            spec.port
         );
         let pid = child.id();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -259,19 +292,41 @@ impl SocketHolder {
     }
 
     pub fn tcp(host: &str, port: u16) -> Self {
-        Self::spawn("tcp", host, port, false, None)
+        Self::spawn(HolderSpec {
+            kind: "tcp",
+            host,
+            port,
+            ..Default::default()
+        })
     }
 
     pub fn tcp6_only(host: &str, port: u16) -> Self {
-        Self::spawn("tcp", host, port, true, None)
+        Self::spawn(HolderSpec {
+            kind: "tcp",
+            host,
+            port,
+            v6only: true,
+            ..Default::default()
+        })
     }
 
     pub fn udp(host: &str, port: u16) -> Self {
-        Self::spawn("udp", host, port, false, None)
+        Self::spawn(HolderSpec {
+            kind: "udp",
+            host,
+            port,
+            ..Default::default()
+        })
     }
 
     pub fn tcp_in(ns: &Netns, host: &str, port: u16) -> Self {
-        Self::spawn("tcp", host, port, false, Some(ns))
+        Self::spawn(HolderSpec {
+            kind: "tcp",
+            host,
+            port,
+            netns: Some(ns),
+            ..Default::default()
+        })
     }
 
     /// Closes the socket (the process exits after closing it).
@@ -287,6 +342,28 @@ impl Drop for SocketHolder {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The real python3 interpreter (not a shim script), so a symlink to it changes `comm`.
+pub fn python_executable() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Where the cgroup v2 hierarchy is mounted (pure v2 or hybrid).
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(dir))
+        })
+        .expect("a cgroup2 mount")
 }
 
 /// A network namespace made for one test, deleted on drop.
