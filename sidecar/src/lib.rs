@@ -5,6 +5,7 @@
 //! I/O. See ARCHITECTURE.md for the data flow.
 pub mod config;
 pub mod exposure;
+pub mod hop;
 pub mod live;
 pub mod metrics;
 pub mod output;

@@ -1,0 +1,583 @@
+//! Streaming HTTP/1.x message framing for one direction of a connection. Pure.
+//!
+//! Heads are parsed with `httparse`; bodies are never kept, only skipped by their framing
+//! (Content-Length, chunked, or until close). A gap inside a body of known length costs
+//! nothing; a gap inside a head or chunk framing loses sync, and the parser waits for a chunk
+//! that starts like a new message (a method, or `HTTP/1.`) to resynchronise.
+use std::collections::VecDeque;
+
+use super::redact::redact_target;
+
+/// Largest head accepted; longer ones lose sync (nginx's default large buffers are 4 x 8k).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+const METHODS: &[&str] = &[
+    "GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE ",
+];
+
+/// What a request head says (credentials never kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub request_id: Option<String>,
+    pub x_forwarded_for: Option<String>,
+    pub x_forwarded_proto: Option<String>,
+    pub upgrade_websocket: bool,
+    pub connection_upgrade: bool,
+}
+
+/// What a response head says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+}
+
+/// Parser output, in stream order. `offset` fields are byte offsets within the chunk fed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpEvent {
+    /// The first byte of a message head.
+    HeadStart,
+    Request(RequestHead),
+    Response(ResponseHead),
+    /// The message (head and body) is complete.
+    MessageEnd,
+    /// The stream switched protocols (after a 101, or a 2xx to CONNECT); the rest of the
+    /// chunk, from `offset`, belongs to the new protocol.
+    Upgraded { offset: usize },
+    /// Sync lost: this many bytes could not be framed.
+    Lost { bytes: u64, why: &'static str },
+    /// A new message start was found after a loss.
+    Resynced,
+}
+
+/// Which kind of messages this direction carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Request,
+    Response,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    Chunked(ChunkState),
+    UntilClose,
+    Upgraded,
+    Lost,
+}
+
+/// What the request said about the response to come, for response framing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    pub head_request: bool,
+    pub connect_request: bool,
+}
+
+/// One direction's HTTP parser.
+#[derive(Debug)]
+pub struct HttpStream {
+    role: Role,
+    state: State,
+    buf: Vec<u8>,
+    expectations: VecDeque<Expectation>,
+}
+
+fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+}
+
+fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .any(|h| {
+            String::from_utf8_lossy(h.value)
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        })
+}
+
+/// Body framing from the headers: chunked, a length, or none given.
+fn framing(headers: &[httparse::Header<'_>]) -> Result<Option<State>, &'static str> {
+    if has_token(headers, "transfer-encoding", "chunked") {
+        return Ok(Some(State::Chunked(ChunkState::Size)));
+    }
+    match header_value(headers, "content-length") {
+        Some(v) => v
+            .parse::<u64>()
+            .map(|n| Some(if n == 0 { State::Head } else { State::Body(n) }))
+            .map_err(|_| "bad content-length"),
+        None => Ok(None),
+    }
+}
+
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf[start..]
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| start + p + 4)
+}
+
+impl HttpStream {
+    pub fn new(role: Role) -> Self {
+        Self {
+            role,
+            state: State::Head,
+            buf: Vec::new(),
+            expectations: VecDeque::new(),
+        }
+    }
+
+    /// A request was seen; the response parser frames its answer with this.
+    pub fn expect(&mut self, e: Expectation) {
+        self.expectations.push_back(e);
+    }
+
+    pub fn is_upgraded(&self) -> bool {
+        self.state == State::Upgraded
+    }
+
+    /// Whether `data` starts like a message (or is a prefix of such a start).
+    fn looks_like_start(&self, data: &[u8]) -> bool {
+        let starts = |m: &[u8]| {
+            if data.len() >= m.len() {
+                data.starts_with(m)
+            } else {
+                m.starts_with(data)
+            }
+        };
+        match self.role {
+            Role::Request => METHODS.iter().any(|m| starts(m.as_bytes())),
+            Role::Response => starts(b"HTTP/1."),
+        }
+    }
+
+    /// Feeds stream bytes; events go to `out`.
+    pub fn feed(&mut self, data: &[u8], out: &mut Vec<HttpEvent>) {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            match self.state.clone() {
+                State::Upgraded => return,
+                State::Lost => {
+                    if pos == 0 && self.looks_like_start(rest) {
+                        out.push(HttpEvent::Resynced);
+                        self.state = State::Head;
+                        self.buf.clear();
+                        continue;
+                    }
+                    return;
+                }
+                State::UntilClose => return,
+                State::Body(n) => {
+                    let take = (n.min(rest.len() as u64)) as usize;
+                    pos += take;
+                    if n - take as u64 == 0 {
+                        self.state = State::Head;
+                        out.push(HttpEvent::MessageEnd);
+                    } else {
+                        self.state = State::Body(n - take as u64);
+                    }
+                }
+                State::Chunked(cs) => match self.chunked(cs, rest, out) {
+                    Ok(used) => pos += used,
+                    Err(why) => {
+                        self.lose(rest.len() as u64, why, out);
+                        return;
+                    }
+                },
+                State::Head => {
+                    if self.buf.is_empty() {
+                        // Blank lines between messages are allowed (RFC 9112 2.2).
+                        let skip = rest.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        if skip > 0 {
+                            pos += skip;
+                            continue;
+                        }
+                        if !self.looks_like_start(rest) {
+                            self.lose(rest.len() as u64, "not an HTTP message start", out);
+                            return;
+                        }
+                        out.push(HttpEvent::HeadStart);
+                    }
+                    let before = self.buf.len();
+                    let Some(end) = find_head_end_in(&self.buf, rest) else {
+                        if before + rest.len() > MAX_HEAD {
+                            self.lose((before + rest.len()) as u64, "head too large", out);
+                            return;
+                        }
+                        self.buf.extend_from_slice(rest);
+                        return;
+                    };
+                    // `end` counts bytes of `rest` that complete the head.
+                    self.buf.extend_from_slice(&rest[..end]);
+                    pos += end;
+                    let head = std::mem::take(&mut self.buf);
+                    if let Err(why) = self.parse_head(&head, out) {
+                        self.lose(head.len() as u64, why, out);
+                        return;
+                    }
+                    if self.state == State::Upgraded {
+                        out.push(HttpEvent::Upgraded { offset: pos });
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes that were never seen.
+    pub fn gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
+        match self.state {
+            State::Body(n) if len <= n => {
+                self.state = if n == len {
+                    out.push(HttpEvent::MessageEnd);
+                    State::Head
+                } else {
+                    State::Body(n - len)
+                };
+            }
+            State::Chunked(ChunkState::Data(n)) if len <= n => {
+                self.state = State::Chunked(if n == len {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(n - len)
+                });
+            }
+            State::UntilClose | State::Upgraded => {}
+            State::Lost => out.push(HttpEvent::Lost {
+                bytes: len,
+                why: "bytes missing while out of sync",
+            }),
+            _ => self.lose(len, "bytes missing inside message framing", out),
+        }
+    }
+
+    fn lose(&mut self, bytes: u64, why: &'static str, out: &mut Vec<HttpEvent>) {
+        self.state = State::Lost;
+        self.buf.clear();
+        out.push(HttpEvent::Lost { bytes, why });
+    }
+
+    fn chunked(
+        &mut self,
+        cs: ChunkState,
+        rest: &[u8],
+        out: &mut Vec<HttpEvent>,
+    ) -> Result<usize, &'static str> {
+        match cs {
+            ChunkState::Data(n) => {
+                let take = (n.min(rest.len() as u64)) as usize;
+                self.state = State::Chunked(if n == take as u64 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(n - take as u64)
+                });
+                Ok(take)
+            }
+            ChunkState::Size | ChunkState::DataEnd | ChunkState::Trailers => {
+                let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
+                    if self.buf.len() + rest.len() > 4096 {
+                        return Err("chunk line too long");
+                    }
+                    self.buf.extend_from_slice(rest);
+                    return Ok(rest.len());
+                };
+                self.buf.extend_from_slice(&rest[..nl]);
+                let line = std::mem::take(&mut self.buf);
+                let line = String::from_utf8_lossy(&line);
+                let line = line.trim_end_matches('\r');
+                self.state = match cs {
+                    ChunkState::DataEnd => {
+                        if !line.is_empty() {
+                            return Err("chunk data not followed by CRLF");
+                        }
+                        State::Chunked(ChunkState::Size)
+                    }
+                    ChunkState::Size => {
+                        let size_text = line.split(';').next().unwrap_or("").trim();
+                        let size =
+                            u64::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+                        if size == 0 {
+                            State::Chunked(ChunkState::Trailers)
+                        } else {
+                            State::Chunked(ChunkState::Data(size))
+                        }
+                    }
+                    _ => {
+                        if line.is_empty() {
+                            out.push(HttpEvent::MessageEnd);
+                            State::Head
+                        } else {
+                            State::Chunked(ChunkState::Trailers)
+                        }
+                    }
+                };
+                Ok(nl + 1)
+            }
+        }
+    }
+
+    fn parse_head(&mut self, head: &[u8], out: &mut Vec<HttpEvent>) -> Result<(), &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        match self.role {
+            Role::Request => {
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(head) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    Ok(httparse::Status::Partial) => return Err("incomplete request head"),
+                    Err(_) => return Err("malformed request head"),
+                }
+                let method = req.method.unwrap_or("").to_owned();
+                let parsed = RequestHead {
+                    path: redact_target(req.path.unwrap_or("")),
+                    host: header_value(req.headers, "host"),
+                    origin: header_value(req.headers, "origin"),
+                    request_id: header_value(req.headers, "x-request-id"),
+                    x_forwarded_for: header_value(req.headers, "x-forwarded-for"),
+                    x_forwarded_proto: header_value(req.headers, "x-forwarded-proto"),
+                    upgrade_websocket: has_token(req.headers, "upgrade", "websocket"),
+                    connection_upgrade: has_token(req.headers, "connection", "upgrade"),
+                    method,
+                };
+                // Requests without framing headers have no body.
+                let next = framing(req.headers)?.unwrap_or(State::Head);
+                out.push(HttpEvent::Request(parsed));
+                if next == State::Head {
+                    out.push(HttpEvent::MessageEnd);
+                }
+                self.state = next;
+            }
+            Role::Response => {
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(head) {
+                    Ok(httparse::Status::Complete(_)) => {}
+                    Ok(httparse::Status::Partial) => return Err("incomplete response head"),
+                    Err(_) => return Err("malformed response head"),
+                }
+                let status = resp.code.unwrap_or(0);
+                out.push(HttpEvent::Response(ResponseHead { status }));
+                if status == 101 {
+                    self.expectations.pop_front();
+                    self.state = State::Upgraded;
+                    return Ok(());
+                }
+                if (100..200).contains(&status) {
+                    // Interim response: the final one follows, for the same request.
+                    self.state = State::Head;
+                    return Ok(());
+                }
+                let expectation = self.expectations.pop_front();
+                if expectation.is_some_and(|e| e.connect_request) && (200..300).contains(&status)
+                {
+                    self.state = State::Upgraded;
+                    return Ok(());
+                }
+                let no_body = expectation.is_some_and(|e| e.head_request)
+                    || status == 204
+                    || status == 304;
+                self.state = if no_body {
+                    State::Head
+                } else {
+                    framing(resp.headers)?.unwrap_or(State::UntilClose)
+                };
+                if self.state == State::Head {
+                    out.push(HttpEvent::MessageEnd);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection closed: a body delimited by the close ends here.
+    pub fn close(&mut self, out: &mut Vec<HttpEvent>) {
+        if self.state == State::UntilClose {
+            out.push(HttpEvent::MessageEnd);
+            self.state = State::Head;
+        }
+    }
+}
+
+/// Where the head that `buf` started ends within `rest` (bytes of `rest` to take).
+fn find_head_end_in(buf: &[u8], rest: &[u8]) -> Option<usize> {
+    if buf.is_empty() {
+        return find_head_end(rest, 0);
+    }
+    // The terminator may straddle the boundary: look at the last 3 bytes of buf + rest.
+    let tail_len = buf.len().min(3);
+    let mut joined = buf[buf.len() - tail_len..].to_vec();
+    joined.extend_from_slice(&rest[..rest.len().min(4096)]);
+    if let Some(end) = find_head_end(&joined, 0) {
+        return Some(end - tail_len);
+    }
+    find_head_end(rest, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed_all(s: &mut HttpStream, parts: &[&[u8]]) -> Vec<HttpEvent> {
+        let mut out = Vec::new();
+        for p in parts {
+            s.feed(p, &mut out);
+        }
+        out
+    }
+
+    const UPGRADE: &[u8] = b"GET /ws?token=s3cret HTTP/1.1\r\nHost: gw.example\r\n\
+        Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://gw.example\r\n\
+        X-Request-ID: 0123456789abcdef0123456789abcdef\r\nX-Forwarded-For: 203.0.113.9\r\n\
+        X-Forwarded-Proto: https\r\nAuthorization: Bearer nope\r\nCookie: a=b\r\n\r\n";
+
+    #[test]
+    fn request_head_fields_and_redaction() {
+        let mut s = HttpStream::new(Role::Request);
+        let out = feed_all(&mut s, &[UPGRADE]);
+        let HttpEvent::Request(r) = &out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(out[0], HttpEvent::HeadStart);
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/ws?token=REDACTED");
+        assert_eq!(r.host.as_deref(), Some("gw.example"));
+        assert_eq!(r.origin.as_deref(), Some("https://gw.example"));
+        assert_eq!(r.request_id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(r.x_forwarded_for.as_deref(), Some("203.0.113.9"));
+        assert_eq!(r.x_forwarded_proto.as_deref(), Some("https"));
+        assert!(r.upgrade_websocket && r.connection_upgrade);
+        assert_eq!(out[2], HttpEvent::MessageEnd);
+        // Nothing of the credentials anywhere in what the parser produced.
+        let all = format!("{out:?}");
+        assert!(!all.contains("s3cret") && !all.contains("Bearer") && !all.contains("a=b"));
+    }
+
+    #[test]
+    fn head_split_anywhere() {
+        for split in 1..UPGRADE.len() {
+            let mut s = HttpStream::new(Role::Request);
+            let out = feed_all(&mut s, &[&UPGRADE[..split], &UPGRADE[split..]]);
+            assert!(
+                matches!(out.get(1), Some(HttpEvent::Request(_))),
+                "split at {split}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_with_bodies() {
+        let mut req = HttpStream::new(Role::Request);
+        let out = feed_all(
+            &mut req,
+            &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n"],
+        );
+        let ends = out.iter().filter(|e| **e == HttpEvent::MessageEnd).count();
+        let reqs = out.iter().filter(|e| matches!(e, HttpEvent::Request(_))).count();
+        assert_eq!((reqs, ends), (2, 2), "{out:?}");
+
+        let mut resp = HttpStream::new(Role::Response);
+        for _ in 0..3 {
+            resp.expect(Expectation {
+                head_request: false,
+                connect_request: false,
+            });
+        }
+        let out = feed_all(
+            &mut resp,
+            &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                b"lo\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+                b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+        );
+        let statuses: Vec<u16> = out
+            .iter()
+            .filter_map(|e| match e {
+                HttpEvent::Response(r) => Some(r.status),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(statuses, vec![200, 204, 200]);
+        assert_eq!(out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(), 3, "{out:?}");
+    }
+
+    #[test]
+    fn upgrade_response_hands_over_the_rest() {
+        let mut resp = HttpStream::new(Role::Response);
+        resp.expect(Expectation {
+            head_request: false,
+            connect_request: false,
+        });
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+        let mut data = head.to_vec();
+        data.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        let out = feed_all(&mut resp, &[&data]);
+        assert!(out.contains(&HttpEvent::Upgraded { offset: head.len() }), "{out:?}");
+        assert!(resp.is_upgraded());
+    }
+
+    #[test]
+    fn gaps_in_bodies_keep_sync_and_gaps_in_heads_lose_it() {
+        let mut resp = HttpStream::new(Role::Response);
+        resp.expect(Expectation {
+            head_request: false,
+            connect_request: false,
+        });
+        resp.expect(Expectation {
+            head_request: false,
+            connect_request: false,
+        });
+        let mut out = Vec::new();
+        resp.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc", &mut out);
+        resp.gap(997, &mut out);
+        resp.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", &mut out);
+        assert_eq!(out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(), 2, "{out:?}");
+
+        let mut req = HttpStream::new(Role::Request);
+        let mut out = Vec::new();
+        req.feed(b"GET /x HTTP/1.1\r\nHo", &mut out);
+        req.gap(10, &mut out);
+        assert!(matches!(out.last(), Some(HttpEvent::Lost { .. })), "{out:?}");
+        req.feed(b"garbage", &mut out);
+        req.feed(b"GET /y HTTP/1.1\r\n\r\n", &mut out);
+        assert!(out.contains(&HttpEvent::Resynced), "{out:?}");
+        assert!(matches!(out.iter().rev().nth(1), Some(HttpEvent::Request(r)) if r.path == "/y"));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let inputs: [&[u8]; 6] = [
+            b"\x00\x01\x02",
+            b"GET \r\n\r\n",
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n",
+        ];
+        for input in inputs {
+            for role in [Role::Request, Role::Response] {
+                let mut s = HttpStream::new(role);
+                let mut out = Vec::new();
+                s.feed(input, &mut out);
+                s.gap(5, &mut out);
+                s.feed(input, &mut out);
+            }
+        }
+    }
+}

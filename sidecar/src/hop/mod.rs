@@ -1,0 +1,217 @@
+//! The proxy-to-upstream hop: TCP segments in, HTTP exchanges, WebSocket sessions and
+//! connection events out. Pure: the live path (TC probes) and `edgewatch replay` (pcap files)
+//! feed the same [`tracker::Tracker`] with [`Segment`]s and get the same records.
+pub mod http;
+pub mod reasm;
+pub mod redact;
+pub mod tracker;
+pub mod ws;
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+/// TCP flags of a segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+impl TcpFlags {
+    /// From the flags byte of the TCP header (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub fn from_byte(b: u8) -> Self {
+        Self {
+            fin: b & 0x01 != 0,
+            syn: b & 0x02 != 0,
+            rst: b & 0x04 != 0,
+            psh: b & 0x08 != 0,
+            ack: b & 0x10 != 0,
+        }
+    }
+}
+
+/// One TCP segment as seen on the wire, possibly with only a prefix of its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment<'a> {
+    /// Capture time, nanoseconds (Unix time for captures; CLOCK_BOOTTIME-based for live).
+    pub ts_ns: u64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    /// Payload length on the wire.
+    pub payload_len: u32,
+    /// The captured payload bytes, starting at `seq`; shorter than `payload_len` when the
+    /// capture was truncated. The missing tail is a gap to the parsers.
+    pub payload: &'a [u8],
+}
+
+/// Which end of a connection.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The proxy (the side that connects).
+    Client,
+    /// The upstream (the side that listens on an upstream port).
+    Server,
+}
+
+/// A connection's identity: its 4-tuple and when it was first seen.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub first_seen_ns: u64,
+}
+
+/// How an HTTP exchange ended.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExchangeOutcome {
+    /// Request and response complete.
+    Complete,
+    /// The response head was seen; the connection switched protocols (101).
+    Upgraded,
+    /// The connection closed or reset before a response.
+    NoResponse,
+    /// Bytes were lost; the exchange could not be followed to its end.
+    Incomplete,
+}
+
+/// One request and its response on the hop.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HttpExchange {
+    pub conn: ConnId,
+    /// 0 for the first request on the connection (keep-alive counts up).
+    pub index: u32,
+    pub request_ts_ns: u64,
+    pub method: String,
+    /// Path and query, credentials redacted.
+    pub path: String,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub request_id: Option<String>,
+    pub x_forwarded_for: Option<String>,
+    pub x_forwarded_proto: Option<String>,
+    /// `Upgrade: websocket` present.
+    pub upgrade_websocket: bool,
+    /// `Connection` contains `upgrade`.
+    pub connection_upgrade: bool,
+    pub status: Option<u16>,
+    /// Request start to the first response byte.
+    pub ttfb_ns: Option<u64>,
+    /// Request start to the end of the response.
+    pub total_ns: Option<u64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub outcome: ExchangeOutcome,
+}
+
+/// Frame counts of one direction of a WebSocket session.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FrameCounts {
+    pub text: u64,
+    pub binary: u64,
+    pub continuation: u64,
+    pub ping: u64,
+    pub pong: u64,
+    pub close: u64,
+    /// Payload bytes (frame headers excluded).
+    pub payload_bytes: u64,
+}
+
+/// A close frame.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CloseFrame {
+    pub from: Side,
+    pub ts_ns: u64,
+    /// The status code, when the frame carried one.
+    pub code: Option<u16>,
+    /// The reason text (at most 123 bytes by RFC 6455).
+    pub reason: String,
+}
+
+/// How the TCP connection under a WebSocket session ended.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum SessionEnd {
+    /// Close frames, then FIN.
+    CloseHandshake { first_close_from: Side },
+    /// A FIN with no close frame before it (what a proxy timeout looks like; clients see 1006).
+    FinWithoutClose { from: Side },
+    /// A reset.
+    Reset { from: Side },
+    /// Still open when the capture or the watch ended.
+    Open,
+}
+
+/// One upgraded connection.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WsSession {
+    pub conn: ConnId,
+    pub request_id: Option<String>,
+    pub path: String,
+    pub origin: Option<String>,
+    /// When the 101 was seen.
+    pub upgraded_ts_ns: u64,
+    pub end_ts_ns: u64,
+    pub duration_ns: u64,
+    pub client_frames: FrameCounts,
+    pub server_frames: FrameCounts,
+    pub closes: Vec<CloseFrame>,
+    pub end: SessionEnd,
+    /// Longest time with no frame in either direction.
+    pub longest_idle_ns: u64,
+    /// Time from the last frame to the end.
+    pub idle_before_end_ns: u64,
+    /// Frame sync was lost in some direction (missing bytes); counts are lower bounds.
+    pub lost_sync: bool,
+}
+
+/// What happened to a connection attempt or an established connection.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ConnEventKind {
+    /// SYN answered by SYN-ACK.
+    Connected { latency_ns: u64 },
+    /// SYN answered by RST: nothing listens on the port.
+    Refused,
+    /// RST on an established connection.
+    Reset { from: Side },
+}
+
+/// A connection event.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ConnEvent {
+    pub conn: ConnId,
+    pub ts_ns: u64,
+    #[serde(flatten)]
+    pub kind: ConnEventKind,
+}
+
+/// Something the tracker could not see, said rather than hidden.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Loss {
+    pub conn: ConnId,
+    pub side: Side,
+    pub ts_ns: u64,
+    /// Bytes that were never seen.
+    pub bytes: u64,
+    /// What the loss broke (`resynchronised http`, `websocket frame sync`, ...).
+    pub effect: String,
+}
+
+/// Every kind of record the tracker produces.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HopRecord {
+    Http(HttpExchange),
+    Websocket(WsSession),
+    Conn(ConnEvent),
+    Loss(Loss),
+}

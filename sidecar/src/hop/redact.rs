@@ -1,0 +1,104 @@
+//! Credential redaction for what the hop records keep: query parameters that carry secrets and
+//! user info in URLs. Headers that carry credentials (Authorization, Cookie, Set-Cookie,
+//! Proxy-Authorization, X-Api-Key) are never kept at all.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "auth",
+    "authorization",
+    "key",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "pass",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+    "session",
+    "sessionid",
+    "code",
+    "jwt",
+];
+
+/// The placeholder written instead of a secret.
+pub const REDACTED: &str = "REDACTED";
+
+fn is_secret(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_PARAMS.contains(&lower.as_str())
+        || lower.ends_with("_token")
+        || lower.ends_with("token")
+        || lower.ends_with("secret")
+        || lower.ends_with("password")
+}
+
+/// Redacts secret query parameter values and URL user info in a request target.
+pub fn redact_target(target: &str) -> String {
+    // Absolute-form targets (`http://user:pass@host/...`).
+    let target = match target.find("://") {
+        Some(scheme_end) => {
+            let rest = &target[scheme_end + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!(
+                    "{}{}@{}",
+                    &target[..scheme_end + 3],
+                    REDACTED,
+                    &rest[at + 1..]
+                ),
+                None => target.to_owned(),
+            }
+        }
+        None => target.to_owned(),
+    };
+    let Some((path, query)) = target.split_once('?') else {
+        return target;
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret(name) => format!("{name}={REDACTED}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let mut out = format!("{path}?{}", redacted.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_secrets() {
+        assert_eq!(redact_target("/ws?token=abc&x=1"), "/ws?token=REDACTED&x=1");
+        assert_eq!(
+            redact_target("/a?Access_Token=1&gatewayToken=2&page=3#frag"),
+            "/a?Access_Token=REDACTED&gatewayToken=REDACTED&page=3#frag"
+        );
+        assert_eq!(redact_target("/plain/path"), "/plain/path");
+        assert_eq!(redact_target("/?flag"), "/?flag");
+        assert_eq!(redact_target("/?password="), "/?password=REDACTED");
+    }
+
+    #[test]
+    fn userinfo() {
+        assert_eq!(
+            redact_target("http://admin:hunter2@example.test/x?key=1"),
+            "http://REDACTED@example.test/x?key=REDACTED"
+        );
+        assert_eq!(redact_target("http://example.test/a@b"), "http://example.test/a@b");
+    }
+}

@@ -1,0 +1,920 @@
+//! The stream tracker: TCP segments of the hop in, [`HopRecord`]s out. Pure.
+//!
+//! A connection is keyed by (client, server) where the server is the end on an upstream port.
+//! Each direction has a [`Reassembler`] and a protocol parser: HTTP until a `101`, WebSocket
+//! after. Requests and responses pair up in order (HTTP/1.1 keep-alive). Retransmissions are
+//! delivered once; out-of-order segments are reordered; bytes never seen become gaps, which
+//! the parsers either skip (inside a body or payload of known length) or report as a
+//! [`Loss`] record, after which HTTP resynchronises on the next message start.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use super::{
+    http::{Expectation, HttpEvent, HttpStream, RequestHead, Role},
+    reasm::{Chunk, Reassembler},
+    ws::{opcode, WsEvent, WsStream},
+    CloseFrame, ConnEvent, ConnEventKind, ConnId, ExchangeOutcome, FrameCounts, HopRecord,
+    HttpExchange, Loss, Segment, SessionEnd, Side, WsSession,
+};
+
+/// Counters of the tracker's own work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub segments: u64,
+    /// Segments on no upstream port, or pure ACKs of unknown connections.
+    pub ignored: u64,
+    pub connections: u64,
+    pub records: u64,
+    pub gap_bytes: u64,
+    pub duplicate_bytes: u64,
+}
+
+enum Proto {
+    Http(HttpStream),
+    Ws(WsStream),
+}
+
+struct Direction {
+    reasm: Reassembler,
+    proto: Proto,
+}
+
+struct PendingExchange {
+    index: u32,
+    request_ts: u64,
+    head: RequestHead,
+    response_start_ts: Option<u64>,
+    status: Option<u16>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+struct WsTrack {
+    request_id: Option<String>,
+    path: String,
+    origin: Option<String>,
+    upgraded_ts: u64,
+    client: FrameCounts,
+    server: FrameCounts,
+    closes: Vec<CloseFrame>,
+    last_frame_ts: u64,
+    longest_idle: u64,
+    lost_sync: bool,
+}
+
+struct Conn {
+    id: ConnId,
+    syn_ts: Option<u64>,
+    synack_seen: bool,
+    c2s: Direction,
+    s2c: Direction,
+    exchanges: VecDeque<PendingExchange>,
+    next_index: u32,
+    request_start_ts: Option<u64>,
+    ws: Option<WsTrack>,
+    first_fin: Option<Side>,
+    fin_client: bool,
+    fin_server: bool,
+    reset_from: Option<Side>,
+    last_ts: u64,
+}
+
+/// Why a connection's records are being finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Closed,
+    EndOfInput,
+}
+
+impl Conn {
+    fn new(id: ConnId) -> Self {
+        Self {
+            id,
+            syn_ts: None,
+            synack_seen: false,
+            c2s: Direction {
+                reasm: Reassembler::default(),
+                proto: Proto::Http(HttpStream::new(Role::Request)),
+            },
+            s2c: Direction {
+                reasm: Reassembler::default(),
+                proto: Proto::Http(HttpStream::new(Role::Response)),
+            },
+            exchanges: VecDeque::new(),
+            next_index: 0,
+            request_start_ts: None,
+            ws: None,
+            first_fin: None,
+            fin_client: false,
+            fin_server: false,
+            reset_from: None,
+            last_ts: 0,
+        }
+    }
+
+    fn dir(&mut self, side: Side) -> &mut Direction {
+        match side {
+            Side::Client => &mut self.c2s,
+            Side::Server => &mut self.s2c,
+        }
+    }
+
+    fn data(&mut self, side: Side, seg: &Segment<'_>, out: &mut Vec<HopRecord>) {
+        let mut reasm = std::mem::take(&mut self.dir(side).reasm);
+        reasm.push(seg.seq, seg.payload_len, seg.payload, &mut |chunk| {
+            self.chunk(side, chunk, seg.ts_ns, out);
+        });
+        self.dir(side).reasm = reasm;
+    }
+
+    /// `side` acknowledged the other direction up to `seg.ack`.
+    fn acked(&mut self, side: Side, seg: &Segment<'_>, out: &mut Vec<HopRecord>) {
+        let other = match side {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        };
+        let mut reasm = std::mem::take(&mut self.dir(other).reasm);
+        reasm.acked(seg.ack, &mut |chunk| self.chunk(other, chunk, seg.ts_ns, out));
+        self.dir(other).reasm = reasm;
+    }
+
+    fn chunk(&mut self, side: Side, chunk: Chunk<'_>, ts: u64, out: &mut Vec<HopRecord>) {
+        let len = match &chunk {
+            Chunk::Data(d) => d.len() as u64,
+            Chunk::Gap(n) => *n,
+        };
+        match side {
+            Side::Client => {
+                if let Some(x) = self.exchanges.back_mut() {
+                    x.request_bytes += len;
+                }
+            }
+            Side::Server => {
+                if let Some(x) = self.exchanges.front_mut() {
+                    x.response_bytes += len;
+                }
+            }
+        }
+        match &mut self.dir(side).proto {
+            Proto::Http(parser) => {
+                let mut events = Vec::new();
+                match chunk {
+                    Chunk::Data(d) => parser.feed(d, &mut events),
+                    Chunk::Gap(n) => parser.gap(n, &mut events),
+                }
+                for ev in events {
+                    if let HttpEvent::Upgraded { offset } = ev {
+                        self.dir(side).proto = Proto::Ws(WsStream::default());
+                        if let Chunk::Data(d) = chunk {
+                            if let Some(rest) = d.get(offset..).filter(|r| !r.is_empty()) {
+                                self.chunk(side, Chunk::Data(rest), ts, out);
+                            }
+                        }
+                        continue;
+                    }
+                    self.http_event(side, ev, ts, out);
+                }
+            }
+            Proto::Ws(parser) => {
+                let mut events = Vec::new();
+                match chunk {
+                    Chunk::Data(d) => parser.feed(d, &mut events),
+                    Chunk::Gap(n) => parser.gap(n, &mut events),
+                }
+                for ev in events {
+                    self.ws_event(side, ev, ts, out);
+                }
+            }
+        }
+    }
+
+    fn http_event(&mut self, side: Side, ev: HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
+        match (side, ev) {
+            (Side::Client, HttpEvent::HeadStart) => self.request_start_ts = Some(ts),
+            (Side::Client, HttpEvent::Request(head)) => {
+                if let Proto::Http(resp) = &mut self.s2c.proto {
+                    resp.expect(Expectation {
+                        head_request: head.method == "HEAD",
+                        connect_request: head.method == "CONNECT",
+                    });
+                }
+                self.exchanges.push_back(PendingExchange {
+                    index: self.next_index,
+                    request_ts: self.request_start_ts.take().unwrap_or(ts),
+                    head,
+                    response_start_ts: None,
+                    status: None,
+                    request_bytes: 0,
+                    response_bytes: 0,
+                });
+                self.next_index += 1;
+            }
+            (Side::Server, HttpEvent::HeadStart) => {
+                if let Some(x) = self.exchanges.front_mut() {
+                    x.response_start_ts.get_or_insert(ts);
+                }
+            }
+            (Side::Server, HttpEvent::Response(head)) => {
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    return;
+                }
+                let Some(x) = self.exchanges.front_mut() else {
+                    return;
+                };
+                x.status = Some(head.status);
+                if head.status == 101 {
+                    if let Some(x) = self.exchanges.pop_front() {
+                        self.ws = Some(WsTrack {
+                            request_id: x.head.request_id.clone(),
+                            path: x.head.path.clone(),
+                            origin: x.head.origin.clone(),
+                            upgraded_ts: ts,
+                            client: FrameCounts::default(),
+                            server: FrameCounts::default(),
+                            closes: Vec::new(),
+                            last_frame_ts: ts,
+                            longest_idle: 0,
+                            lost_sync: false,
+                        });
+                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Upgraded);
+                        out.push(HopRecord::Http(record));
+                    }
+                    // The client speaks WebSocket from now on too.
+                    self.c2s.proto = Proto::Ws(WsStream::default());
+                }
+            }
+            (Side::Server, HttpEvent::MessageEnd) => {
+                if self.exchanges.front().is_some_and(|x| x.status.is_some()) {
+                    if let Some(x) = self.exchanges.pop_front() {
+                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Complete);
+                        out.push(HopRecord::Http(record));
+                    }
+                }
+            }
+            (_, HttpEvent::Lost { bytes, why }) => {
+                out.push(HopRecord::Loss(Loss {
+                    conn: self.id.clone(),
+                    side,
+                    ts_ns: ts,
+                    bytes,
+                    effect: format!("http sync lost: {why}"),
+                }));
+                if side == Side::Server {
+                    // Responses can no longer be paired with requests.
+                    while let Some(x) = self.exchanges.pop_front() {
+                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Incomplete);
+                        out.push(HopRecord::Http(record));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ws_event(&mut self, side: Side, ev: WsEvent, ts: u64, out: &mut Vec<HopRecord>) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        match ev {
+            WsEvent::Frame(f) => {
+                let counts = match side {
+                    Side::Client => &mut ws.client,
+                    Side::Server => &mut ws.server,
+                };
+                match f.opcode {
+                    opcode::TEXT => counts.text += 1,
+                    opcode::BINARY => counts.binary += 1,
+                    opcode::CONTINUATION => counts.continuation += 1,
+                    opcode::PING => counts.ping += 1,
+                    opcode::PONG => counts.pong += 1,
+                    opcode::CLOSE => counts.close += 1,
+                    _ => {}
+                }
+                counts.payload_bytes += f.payload_len;
+                ws.longest_idle = ws.longest_idle.max(ts.saturating_sub(ws.last_frame_ts));
+                ws.last_frame_ts = ts;
+            }
+            WsEvent::Close { code, reason } => ws.closes.push(CloseFrame {
+                from: side,
+                ts_ns: ts,
+                code,
+                reason,
+            }),
+            WsEvent::Lost { bytes, why } => {
+                ws.lost_sync = true;
+                out.push(HopRecord::Loss(Loss {
+                    conn: self.id.clone(),
+                    side,
+                    ts_ns: ts,
+                    bytes,
+                    effect: format!("websocket frame sync lost: {why}"),
+                }));
+            }
+        }
+    }
+
+    fn fin(&mut self, side: Side) {
+        self.first_fin.get_or_insert(side);
+        match side {
+            Side::Client => self.fin_client = true,
+            Side::Server => self.fin_server = true,
+        }
+    }
+
+    /// Emits what is still open on this connection.
+    fn finish(mut self, ts: u64, ending: Ending, out: &mut Vec<HopRecord>) {
+        for side in [Side::Client, Side::Server] {
+            let mut reasm = std::mem::take(&mut self.dir(side).reasm);
+            reasm.finish(&mut |chunk| self.chunk(side, chunk, ts, out));
+        }
+        if let Proto::Http(parser) = &mut self.s2c.proto {
+            let mut events = Vec::new();
+            parser.close(&mut events);
+            for ev in events {
+                self.http_event(Side::Server, ev, ts, out);
+            }
+        }
+        while let Some(x) = self.exchanges.pop_front() {
+            let outcome = match (ending, x.status) {
+                (Ending::Closed, None) => ExchangeOutcome::NoResponse,
+                _ => ExchangeOutcome::Incomplete,
+            };
+            out.push(HopRecord::Http(exchange_record(&self.id, x, ts, outcome)));
+        }
+        if let Some(ws) = self.ws.take() {
+            let end = if let Some(from) = self.reset_from {
+                SessionEnd::Reset { from }
+            } else if let Some(first) = ws.closes.first() {
+                if self.first_fin.is_some() || ending == Ending::Closed {
+                    SessionEnd::CloseHandshake {
+                        first_close_from: first.from,
+                    }
+                } else {
+                    SessionEnd::Open
+                }
+            } else if let Some(from) = self.first_fin {
+                SessionEnd::FinWithoutClose { from }
+            } else {
+                SessionEnd::Open
+            };
+            out.push(HopRecord::Websocket(WsSession {
+                conn: self.id.clone(),
+                request_id: ws.request_id,
+                path: ws.path,
+                origin: ws.origin,
+                upgraded_ts_ns: ws.upgraded_ts,
+                end_ts_ns: ts,
+                duration_ns: ts.saturating_sub(ws.upgraded_ts),
+                client_frames: ws.client,
+                server_frames: ws.server,
+                closes: ws.closes,
+                end,
+                longest_idle_ns: ws.longest_idle.max(ts.saturating_sub(ws.last_frame_ts)),
+                idle_before_end_ns: ts.saturating_sub(ws.last_frame_ts),
+                lost_sync: ws.lost_sync,
+            }));
+        }
+    }
+}
+
+fn exchange_record(conn: &ConnId, x: PendingExchange, ts: u64, outcome: ExchangeOutcome) -> HttpExchange {
+    let done = matches!(outcome, ExchangeOutcome::Complete | ExchangeOutcome::Upgraded);
+    HttpExchange {
+        conn: conn.clone(),
+        index: x.index,
+        request_ts_ns: x.request_ts,
+        method: x.head.method,
+        path: x.head.path,
+        host: x.head.host,
+        origin: x.head.origin,
+        request_id: x.head.request_id,
+        x_forwarded_for: x.head.x_forwarded_for,
+        x_forwarded_proto: x.head.x_forwarded_proto,
+        upgrade_websocket: x.head.upgrade_websocket,
+        connection_upgrade: x.head.connection_upgrade,
+        status: x.status,
+        ttfb_ns: x.response_start_ts.map(|t| t.saturating_sub(x.request_ts)),
+        total_ns: done.then(|| ts.saturating_sub(x.request_ts)),
+        request_bytes: x.request_bytes,
+        response_bytes: x.response_bytes,
+        outcome,
+    }
+}
+
+/// Follows every connection to or from the upstream ports.
+pub struct Tracker {
+    ports: Vec<u16>,
+    conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    pub stats: TrackerStats,
+}
+
+impl Tracker {
+    /// Tracks connections whose server end uses one of `upstream_ports`.
+    pub fn new(upstream_ports: &[u16]) -> Self {
+        Self {
+            ports: upstream_ports.to_vec(),
+            conns: HashMap::new(),
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// Number of connections being followed.
+    pub fn open_connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Processes one segment; finished records are appended to `out`.
+    pub fn segment(&mut self, seg: &Segment<'_>, out: &mut Vec<HopRecord>) {
+        self.stats.segments += 1;
+        let before = out.len();
+        self.segment_inner(seg, out);
+        self.stats.records += (out.len() - before) as u64;
+    }
+
+    fn segment_inner(&mut self, seg: &Segment<'_>, out: &mut Vec<HopRecord>) {
+        let (client, server, from) = if self.ports.contains(&seg.dst.port()) {
+            (seg.src, seg.dst, Side::Client)
+        } else if self.ports.contains(&seg.src.port()) {
+            (seg.dst, seg.src, Side::Server)
+        } else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let key = (client, server);
+        let ts = seg.ts_ns;
+        let new_id = || ConnId {
+            client,
+            server,
+            first_seen_ns: ts,
+        };
+        if seg.flags.syn && !seg.flags.ack && from == Side::Client {
+            if let Some(old) = self.conns.get(&key) {
+                if old.c2s.reasm.next_seq() == Some(seg.seq.wrapping_add(1)) {
+                    return; // a retransmitted SYN
+                }
+            }
+            if let Some(old) = self.conns.remove(&key) {
+                self.account(&old);
+                old.finish(ts, Ending::EndOfInput, out);
+            }
+            let mut conn = Conn::new(new_id());
+            conn.syn_ts = Some(ts);
+            conn.c2s.reasm.start_at(seg.seq.wrapping_add(1));
+            conn.last_ts = ts;
+            self.conns.insert(key, conn);
+            self.stats.connections += 1;
+            return;
+        }
+        if seg.flags.rst {
+            let Some(mut conn) = self.conns.remove(&key) else {
+                out.push(HopRecord::Conn(ConnEvent {
+                    conn: new_id(),
+                    ts_ns: ts,
+                    kind: ConnEventKind::Reset { from },
+                }));
+                return;
+            };
+            if from == Side::Server && conn.syn_ts.is_some() && !conn.synack_seen {
+                out.push(HopRecord::Conn(ConnEvent {
+                    conn: conn.id.clone(),
+                    ts_ns: ts,
+                    kind: ConnEventKind::Refused,
+                }));
+                self.account(&conn);
+                return;
+            }
+            if seg.payload_len > 0 {
+                conn.data(from, seg, out);
+            }
+            out.push(HopRecord::Conn(ConnEvent {
+                conn: conn.id.clone(),
+                ts_ns: ts,
+                kind: ConnEventKind::Reset { from },
+            }));
+            conn.reset_from = Some(from);
+            self.account(&conn);
+            conn.finish(ts, Ending::Closed, out);
+            return;
+        }
+        if !self.conns.contains_key(&key) {
+            if seg.payload_len == 0 {
+                // A pure ACK or FIN of a connection we never saw (or already finished).
+                self.stats.ignored += 1;
+                return;
+            }
+            self.conns.insert(key, Conn::new(new_id()));
+            self.stats.connections += 1;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.last_ts = ts;
+        if seg.flags.syn && seg.flags.ack && from == Side::Server {
+            conn.s2c.reasm.start_at(seg.seq.wrapping_add(1));
+            if !conn.synack_seen {
+                conn.synack_seen = true;
+                if let Some(syn) = conn.syn_ts {
+                    out.push(HopRecord::Conn(ConnEvent {
+                        conn: conn.id.clone(),
+                        ts_ns: ts,
+                        kind: ConnEventKind::Connected {
+                            latency_ns: ts.saturating_sub(syn),
+                        },
+                    }));
+                }
+            }
+            return;
+        }
+        if seg.flags.ack {
+            conn.acked(from, seg, out);
+        }
+        if seg.payload_len > 0 {
+            conn.data(from, seg, out);
+        }
+        if seg.flags.fin {
+            conn.dir(from)
+                .reasm
+                .fin_at(seg.seq.wrapping_add(seg.payload_len));
+            conn.fin(from);
+            if conn.fin_client && conn.fin_server {
+                if let Some(conn) = self.conns.remove(&key) {
+                    self.account(&conn);
+                    conn.finish(ts, Ending::Closed, out);
+                }
+            }
+        }
+    }
+
+    fn account(&mut self, conn: &Conn) {
+        for d in [&conn.c2s, &conn.s2c] {
+            self.stats.gap_bytes += d.reasm.stats.gap_bytes;
+            self.stats.duplicate_bytes += d.reasm.stats.duplicate_bytes;
+        }
+    }
+
+    /// The input ended: emits every connection's records as they stand.
+    pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
+        let mut conns: Vec<Conn> = self.conns.drain().map(|(_, c)| c).collect();
+        conns.sort_by_key(|c| c.id.first_seen_ns);
+        for conn in conns {
+            let ts = conn.last_ts;
+            self.account(&conn);
+            let before = out.len();
+            conn.finish(ts, Ending::EndOfInput, out);
+            self.stats.records += (out.len() - before) as u64;
+        }
+    }
+
+    /// Emits connections idle since before `cutoff_ns` (the live path calls this periodically
+    /// so a connection whose end was never seen does not stay forever).
+    pub fn expire(&mut self, cutoff_ns: u64, out: &mut Vec<HopRecord>) {
+        let stale: Vec<_> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.last_ts < cutoff_ns)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(conn) = self.conns.remove(&key) {
+                let ts = conn.last_ts;
+                self.account(&conn);
+                conn.finish(ts, Ending::EndOfInput, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hop::{ws::encode_frame, TcpFlags};
+
+    /// Builds a TCP conversation with correct sequence numbers.
+    pub(crate) struct Wire {
+        pub client: SocketAddr,
+        pub server: SocketAddr,
+        cseq: u32,
+        sseq: u32,
+        pub ts: u64,
+        pub segs: Vec<(u64, Side, u32, u32, u8, Vec<u8>)>,
+    }
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    const PSH: u8 = 0x08;
+
+    impl Wire {
+        pub(crate) fn new(client_port: u16) -> Self {
+            Self {
+                client: SocketAddr::from(([127, 0, 0, 1], client_port)),
+                server: SocketAddr::from(([127, 0, 0, 1], 18789)),
+                cseq: 1000,
+                sseq: u32::MAX - 10, // exercises wraparound
+                ts: 1_000_000_000,
+                segs: Vec::new(),
+            }
+        }
+        pub(crate) fn tick(&mut self, ns: u64) -> &mut Self {
+            self.ts += ns;
+            self
+        }
+        fn seq_of(&mut self, side: Side) -> &mut u32 {
+            match side {
+                Side::Client => &mut self.cseq,
+                Side::Server => &mut self.sseq,
+            }
+        }
+        pub(crate) fn raw(&mut self, side: Side, flags: u8, data: &[u8]) -> &mut Self {
+            let seq = *self.seq_of(side);
+            let ack = match side {
+                Side::Client => self.sseq,
+                Side::Server => self.cseq,
+            };
+            self.segs.push((self.ts, side, seq, ack, flags, data.to_vec()));
+            let advance = data.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
+            *self.seq_of(side) = seq.wrapping_add(advance);
+            self.ts += 10_000;
+            self
+        }
+        pub(crate) fn handshake(&mut self) -> &mut Self {
+            self.raw(Side::Client, SYN, b"")
+                .raw(Side::Server, SYN | ACK, b"")
+                .raw(Side::Client, ACK, b"")
+        }
+        pub(crate) fn send(&mut self, side: Side, data: &[u8]) -> &mut Self {
+            self.raw(side, ACK | PSH, data)
+        }
+        pub(crate) fn fin(&mut self, side: Side) -> &mut Self {
+            self.raw(side, ACK | FIN, b"")
+        }
+        pub(crate) fn rst(&mut self, side: Side) -> &mut Self {
+            self.raw(side, RST | ACK, b"")
+        }
+        pub(crate) fn segment(&self, i: usize) -> Segment<'_> {
+            let (ts, side, seq, ack, flags, data) = &self.segs[i];
+            let (src, dst) = match side {
+                Side::Client => (self.client, self.server),
+                Side::Server => (self.server, self.client),
+            };
+            Segment {
+                ts_ns: *ts,
+                src,
+                dst,
+                seq: *seq,
+                ack: if flags & ACK != 0 { *ack } else { 0 },
+                flags: TcpFlags::from_byte(*flags),
+                payload_len: data.len() as u32,
+                payload: data,
+            }
+        }
+        pub(crate) fn run_order(&self, order: &[usize]) -> Vec<HopRecord> {
+            let mut t = Tracker::new(&[18789]);
+            let mut out = Vec::new();
+            for &i in order {
+                t.segment(&self.segment(i), &mut out);
+            }
+            t.finish(&mut out);
+            out
+        }
+        pub(crate) fn run(&self) -> Vec<HopRecord> {
+            self.run_order(&(0..self.segs.len()).collect::<Vec<_>>())
+        }
+    }
+
+    pub(crate) const UPGRADE_REQ: &[u8] = b"GET /?token=x HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
+        Connection: upgrade\r\nOrigin: https://gw.example\r\nX-Request-ID: abc123\r\n\r\n";
+    pub(crate) const UPGRADE_RESP: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+    fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+        let mut p = code.to_be_bytes().to_vec();
+        p.extend_from_slice(reason.as_bytes());
+        p
+    }
+
+    fn sessions(out: &[HopRecord]) -> Vec<&WsSession> {
+        out.iter()
+            .filter_map(|r| match r {
+                HopRecord::Websocket(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn exchanges(out: &[HopRecord]) -> Vec<&HttpExchange> {
+        out.iter()
+            .filter_map(|r| match r {
+                HopRecord::Http(x) => Some(x),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn healthy_session() -> Wire {
+        let mut w = Wire::new(40000);
+        w.handshake()
+            .send(Side::Client, UPGRADE_REQ)
+            .tick(2_000_000)
+            .send(Side::Server, UPGRADE_RESP)
+            .send(Side::Server, &encode_frame(true, 1, None, br#"{"event":"connect.challenge"}"#))
+            .send(Side::Client, &encode_frame(true, 1, Some([1, 2, 3, 4]), br#"{"method":"connect"}"#))
+            .send(Side::Server, &encode_frame(true, 1, None, br#"{"ok":true}"#))
+            .tick(5_000_000_000)
+            .send(
+                Side::Client,
+                &encode_frame(true, 8, Some([5, 6, 7, 8]), &close_payload(1000, "bye")),
+            )
+            .send(Side::Server, &encode_frame(true, 8, None, &close_payload(1000, "")))
+            .fin(Side::Server)
+            .fin(Side::Client);
+        w
+    }
+
+    #[test]
+    fn healthy_upgrade_messages_and_clean_close() {
+        let out = healthy_session().run();
+        assert!(matches!(
+            out[0],
+            HopRecord::Conn(ConnEvent {
+                kind: ConnEventKind::Connected { latency_ns: 10_000 },
+                ..
+            })
+        ), "{out:#?}");
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 1);
+        assert_eq!(x[0].status, Some(101));
+        assert_eq!(x[0].outcome, ExchangeOutcome::Upgraded);
+        assert_eq!(x[0].request_id.as_deref(), Some("abc123"));
+        assert_eq!(x[0].path, "/?token=REDACTED");
+        assert!(x[0].upgrade_websocket && x[0].connection_upgrade);
+        assert_eq!(x[0].ttfb_ns, Some(2_010_000));
+        let s = sessions(&out);
+        assert_eq!(s.len(), 1);
+        let s = s[0];
+        assert_eq!((s.client_frames.text, s.client_frames.close), (1, 1));
+        assert_eq!((s.server_frames.text, s.server_frames.close), (2, 1));
+        assert_eq!(s.closes[0].from, Side::Client);
+        assert_eq!(s.closes[0].code, Some(1000));
+        assert_eq!(s.closes[0].reason, "bye");
+        assert_eq!(s.end, SessionEnd::CloseHandshake { first_close_from: Side::Client });
+        assert!(s.longest_idle_ns >= 5_000_000_000);
+        assert_eq!(s.request_id.as_deref(), Some("abc123"));
+        assert!(!s.lost_sync);
+    }
+
+    #[test]
+    fn idle_timeout_fin_without_close_frame() {
+        let mut w = Wire::new(40001);
+        w.handshake()
+            .send(Side::Client, UPGRADE_REQ)
+            .send(Side::Server, UPGRADE_RESP)
+            .send(Side::Server, &encode_frame(true, 1, None, b"{}"))
+            .tick(60_000_000_000)
+            .fin(Side::Client)
+            .fin(Side::Server);
+        let out = w.run();
+        let s = sessions(&out);
+        assert_eq!(s[0].end, SessionEnd::FinWithoutClose { from: Side::Client });
+        assert!(s[0].idle_before_end_ns >= 60_000_000_000, "{:?}", s[0]);
+        assert!(s[0].closes.is_empty());
+    }
+
+    #[test]
+    fn refused_connect() {
+        let mut w = Wire::new(40002);
+        w.raw(Side::Client, SYN, b"").rst(Side::Server);
+        let out = w.run();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(matches!(&out[0], HopRecord::Conn(ConnEvent { kind: ConnEventKind::Refused, .. })));
+    }
+
+    #[test]
+    fn upstream_reset_mid_session() {
+        let mut w = Wire::new(40003);
+        w.handshake()
+            .send(Side::Client, UPGRADE_REQ)
+            .send(Side::Server, UPGRADE_RESP)
+            .send(Side::Client, &encode_frame(true, 1, Some([1, 1, 1, 1]), b"hi"))
+            .rst(Side::Server);
+        let out = w.run();
+        assert!(out.iter().any(|r| matches!(
+            r,
+            HopRecord::Conn(ConnEvent { kind: ConnEventKind::Reset { from: Side::Server }, .. })
+        )));
+        assert_eq!(sessions(&out)[0].end, SessionEnd::Reset { from: Side::Server });
+    }
+
+    #[test]
+    fn keep_alive_requests_and_missing_upgrade_headers() {
+        let mut w = Wire::new(40004);
+        w.handshake()
+            .send(Side::Client, b"GET /a HTTP/1.1\r\nHost: gw\r\nX-Request-ID: r1\r\n\r\n")
+            .tick(1_000_000)
+            .send(Side::Server, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .send(Side::Client, b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .send(Side::Server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            // The runbook's half-path: a WebSocket request that lost its Upgrade header.
+            .send(Side::Client, b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .send(Side::Server, b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+            .fin(Side::Server)
+            .fin(Side::Client);
+        let out = w.run();
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 3, "{out:#?}");
+        assert_eq!((x[0].index, x[1].index, x[2].index), (0, 1, 2));
+        assert_eq!(x[0].request_id.as_deref(), Some("r1"));
+        assert_eq!(x[0].ttfb_ns, Some(1_010_000));
+        assert!(x.iter().all(|x| x.outcome == ExchangeOutcome::Complete));
+        assert_eq!(x[1].method, "POST");
+        assert_eq!(x[2].status, Some(426));
+        assert!(!x[2].upgrade_websocket);
+        assert!(sessions(&out).is_empty());
+    }
+
+    #[test]
+    fn retransmissions_and_reordering_change_nothing() {
+        let w = healthy_session();
+        let clean = w.run();
+        let n = w.segs.len();
+        // Every data segment twice.
+        let doubled: Vec<usize> = (0..n).flat_map(|i| [i, i]).collect();
+        assert_eq!(w.run_order(&doubled), clean);
+        // Swap two data segments of the server (101 and the first frame).
+        let mut swapped: Vec<usize> = (0..n).collect();
+        swapped.swap(4, 5);
+        assert_eq!(w.run_order(&swapped), clean);
+    }
+
+    #[test]
+    fn frame_header_split_across_segments() {
+        let mut w = Wire::new(40005);
+        let frame = encode_frame(true, 2, None, &[9u8; 300]);
+        w.handshake()
+            .send(Side::Client, UPGRADE_REQ)
+            .send(Side::Server, UPGRADE_RESP)
+            .send(Side::Server, &frame[..1])
+            .send(Side::Server, &frame[1..3])
+            .send(Side::Server, &frame[3..])
+            .fin(Side::Server)
+            .fin(Side::Client);
+        let out = w.run();
+        let s = sessions(&out);
+        assert_eq!(s[0].server_frames.binary, 1);
+        assert_eq!(s[0].server_frames.payload_bytes, 300);
+    }
+
+    #[test]
+    fn lost_segment_is_reported_and_http_resynchronises() {
+        let mut w = Wire::new(40006);
+        w.handshake()
+            .send(Side::Client, b"GET /a HTTP/1.1\r\nHo")
+            .send(Side::Client, b"st: gw\r\n\r\n")
+            .send(Side::Client, b"GET /b HTTP/1.1\r\n\r\n")
+            .send(Side::Server, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .fin(Side::Client)
+            .fin(Side::Server);
+        // Drop segment 4 (the middle of the first head).
+        let order: Vec<usize> = (0..w.segs.len()).filter(|i| *i != 4).collect();
+        let out = w.run_order(&order);
+        assert!(
+            out.iter().any(|r| matches!(r, HopRecord::Loss(l) if l.side == Side::Client)),
+            "{out:#?}"
+        );
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 1, "{out:#?}");
+        assert_eq!(x[0].path, "/b");
+        assert_eq!(x[0].status, Some(200));
+    }
+
+    #[test]
+    fn truncated_payloads_skip_bodies_by_length() {
+        // Capture only the first 64 bytes of each segment: bodies are skipped, heads survive.
+        let mut w = Wire::new(40007);
+        let mut body = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".to_vec();
+        body.extend(std::iter::repeat_n(b'x', 5000));
+        w.handshake()
+            .send(Side::Client, b"GET /big HTTP/1.1\r\n\r\n")
+            .send(Side::Server, &body)
+            .send(Side::Client, b"GET /next HTTP/1.1\r\n\r\n")
+            .send(Side::Server, b"HTTP/1.1 204 No Content\r\n\r\n")
+            .fin(Side::Client)
+            .fin(Side::Server);
+        let mut t = Tracker::new(&[18789]);
+        let mut out = Vec::new();
+        for i in 0..w.segs.len() {
+            let mut seg = w.segment(i);
+            seg.payload = &seg.payload[..seg.payload.len().min(64)];
+            t.segment(&seg, &mut out);
+        }
+        t.finish(&mut out);
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 2, "{out:#?}");
+        assert_eq!((x[0].status, x[1].status), (Some(200), Some(204)));
+        assert!(x.iter().all(|x| x.outcome == ExchangeOutcome::Complete));
+        assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
+    }
+}
