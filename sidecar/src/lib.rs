@@ -10,4 +10,5 @@ pub mod live;
 pub mod metrics;
 pub mod output;
 pub mod probe;
+pub mod replay;
 pub mod sources;

@@ -8,6 +8,8 @@ use edgewatch::{
     output::{Format, Printer},
 };
 
+mod replay_cmd;
+
 /// Exit status of `edgewatch exposure` when it found drift.
 const EXIT_DRIFT: u8 = 3;
 
@@ -46,6 +48,23 @@ enum Command {
     /// Print the classified exposure inventory once and exit (no BPF needed). Exit status 0:
     /// no drift; 3: drift found; 1: error.
     Exposure(Common),
+    /// Run a packet capture of the proxy-to-upstream hop (pcap or pcapng, as `tcpdump -w`
+    /// writes it) through the same tracker as the live probes: HTTP exchanges, WebSocket
+    /// sessions, connection events, and what could not be seen. Deterministic.
+    Replay {
+        /// The capture file.
+        capture: PathBuf,
+        /// Upstream port(s): the server side of the hop (default: the config's watched
+        /// ports, 18789).
+        #[arg(long = "port", short, value_name = "PORT")]
+        ports: Vec<u16>,
+        /// TOML config file (for its watched ports).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Output format on stdout.
+        #[arg(long, short, value_enum, default_value = "text")]
+        output: Format,
+    },
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig {
         /// The config file to check.
@@ -101,6 +120,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Replay {
+            capture,
+            ports,
+            config,
+            output,
+        } => {
+            let config = load_config(config.as_ref())?;
+            let ports = if ports.is_empty() {
+                config.exposure.watched_ports.clone()
+            } else {
+                ports
+            };
+            replay_cmd::run(&capture, &ports, output)
         }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;

@@ -13,6 +13,7 @@ use crate::exposure::{
     policy::{AlertEvent, AlertState, Policy, Verdict},
     Exposure, Family,
 };
+use crate::hop::{ConnEventKind, ExchangeOutcome, HopRecord, SessionEnd, Side};
 
 /// Output format chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -287,6 +288,17 @@ impl Printer {
         }
     }
 
+    /// One record of the hop (HTTP exchange, WebSocket session, connection event, loss).
+    pub fn hop(&mut self, record: &HopRecord) {
+        match self.format {
+            Format::Json => self.json(record),
+            Format::Text => {
+                let text = hop_text(record);
+                self.line(&text);
+            }
+        }
+    }
+
     /// A status object (`ready`, `problem`, `stopped`, ...).
     pub fn status<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
         match self.format {
@@ -312,5 +324,132 @@ impl Printer {
                 rfc3339(unix_ns(SystemTime::now()))
             )),
         }
+    }
+}
+
+fn side_name(s: Side) -> &'static str {
+    match s {
+        Side::Client => "client (proxy)",
+        Side::Server => "server (upstream)",
+    }
+}
+
+fn outcome_name(o: ExchangeOutcome) -> &'static str {
+    match o {
+        ExchangeOutcome::Complete => "complete",
+        ExchangeOutcome::Upgraded => "upgraded",
+        ExchangeOutcome::NoResponse => "no_response",
+        ExchangeOutcome::Incomplete => "incomplete",
+    }
+}
+
+fn dur(ns: u64) -> String {
+    if ns >= 1_000_000_000 {
+        format!("{:.2}s", ns as f64 / 1e9)
+    } else {
+        format!("{:.2}ms", ns as f64 / 1e6)
+    }
+}
+
+fn hop_text(record: &HopRecord) -> String {
+    match record {
+        HopRecord::Http(x) => format!(
+            "{} http {} -> {} #{} {} {} {} ttfb={} total={} rid={} upgrade={} {}",
+            rfc3339(x.request_ts_ns),
+            x.conn.client,
+            x.conn.server,
+            x.index,
+            x.method,
+            x.path,
+            x.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            x.ttfb_ns.map(dur).unwrap_or_else(|| "-".into()),
+            x.total_ns.map(dur).unwrap_or_else(|| "-".into()),
+            x.request_id.as_deref().unwrap_or("-"),
+            if x.upgrade_websocket {
+                "websocket"
+            } else {
+                "no"
+            },
+            outcome_name(x.outcome),
+        ),
+        HopRecord::Websocket(s) => {
+            let end = match &s.end {
+                SessionEnd::CloseHandshake { first_close_from } => {
+                    format!(
+                        "close handshake (first close from {})",
+                        side_name(*first_close_from)
+                    )
+                }
+                SessionEnd::FinWithoutClose { from } => {
+                    format!("FIN without close frame from {}", side_name(*from))
+                }
+                SessionEnd::Reset { from } => format!("reset by {}", side_name(*from)),
+                SessionEnd::Open => "still open".to_owned(),
+            };
+            let closes: Vec<String> = s
+                .closes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}{}",
+                        side_name(c.from),
+                        c.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                        if c.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {:?}", c.reason)
+                        }
+                    )
+                })
+                .collect();
+            format!(
+                "{} websocket {} -> {} {} rid={} duration={} frames client={}t/{}b/{}p server={}t/{}b/{}p closes=[{}] end={} longest_idle={} idle_before_end={}{}",
+                rfc3339(s.upgraded_ts_ns),
+                s.conn.client,
+                s.conn.server,
+                s.path,
+                s.request_id.as_deref().unwrap_or("-"),
+                dur(s.duration_ns),
+                s.client_frames.text,
+                s.client_frames.binary,
+                s.client_frames.ping,
+                s.server_frames.text,
+                s.server_frames.binary,
+                s.server_frames.ping,
+                closes.join(", "),
+                end,
+                dur(s.longest_idle_ns),
+                dur(s.idle_before_end_ns),
+                if s.lost_sync { " (frame sync lost: counts are lower bounds)" } else { "" },
+            )
+        }
+        HopRecord::Conn(c) => {
+            let what = match &c.kind {
+                ConnEventKind::Connected { latency_ns } => {
+                    format!("connected in {}", dur(*latency_ns))
+                }
+                ConnEventKind::Refused => {
+                    "REFUSED (SYN answered by RST: nothing listens)".to_owned()
+                }
+                ConnEventKind::Reset { from } => format!("reset by {}", side_name(*from)),
+            };
+            format!(
+                "{} conn {} -> {} {what}",
+                rfc3339(c.ts_ns),
+                c.conn.client,
+                c.conn.server
+            )
+        }
+        HopRecord::Loss(l) => format!(
+            "{} loss {} -> {} {} side: {} bytes unseen; {}",
+            rfc3339(l.ts_ns),
+            l.conn.client,
+            l.conn.server,
+            side_name(l.side),
+            l.bytes,
+            l.effect
+        ),
     }
 }

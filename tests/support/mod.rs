@@ -18,6 +18,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod hop;
+
 /// Longest a test waits for one expected line before failing.
 pub const WAIT: Duration = Duration::from_secs(30);
 

@@ -46,9 +46,14 @@ pub enum HttpEvent {
     MessageEnd,
     /// The stream switched protocols (after a 101, or a 2xx to CONNECT); the rest of the
     /// chunk, from `offset`, belongs to the new protocol.
-    Upgraded { offset: usize },
+    Upgraded {
+        offset: usize,
+    },
     /// Sync lost: this many bytes could not be framed.
-    Lost { bytes: u64, why: &'static str },
+    Lost {
+        bytes: u64,
+        why: &'static str,
+    },
     /// A new message start was found after a loss.
     Resynced,
 }
@@ -205,7 +210,10 @@ impl HttpStream {
                 State::Head => {
                     if self.buf.is_empty() {
                         // Blank lines between messages are allowed (RFC 9112 2.2).
-                        let skip = rest.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        let skip = rest
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
                         if skip > 0 {
                             pos += skip;
                             continue;
@@ -384,14 +392,12 @@ impl HttpStream {
                     return Ok(());
                 }
                 let expectation = self.expectations.pop_front();
-                if expectation.is_some_and(|e| e.connect_request) && (200..300).contains(&status)
-                {
+                if expectation.is_some_and(|e| e.connect_request) && (200..300).contains(&status) {
                     self.state = State::Upgraded;
                     return Ok(());
                 }
-                let no_body = expectation.is_some_and(|e| e.head_request)
-                    || status == 204
-                    || status == 304;
+                let no_body =
+                    expectation.is_some_and(|e| e.head_request) || status == 204 || status == 304;
                 self.state = if no_body {
                     State::Head
                 } else {
@@ -458,7 +464,10 @@ mod tests {
         assert_eq!(r.path, "/ws?token=REDACTED");
         assert_eq!(r.host.as_deref(), Some("gw.example"));
         assert_eq!(r.origin.as_deref(), Some("https://gw.example"));
-        assert_eq!(r.request_id.as_deref(), Some("0123456789abcdef0123456789abcdef"));
+        assert_eq!(
+            r.request_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
         assert_eq!(r.x_forwarded_for.as_deref(), Some("203.0.113.9"));
         assert_eq!(r.x_forwarded_proto.as_deref(), Some("https"));
         assert!(r.upgrade_websocket && r.connection_upgrade);
@@ -488,7 +497,10 @@ mod tests {
             &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n"],
         );
         let ends = out.iter().filter(|e| **e == HttpEvent::MessageEnd).count();
-        let reqs = out.iter().filter(|e| matches!(e, HttpEvent::Request(_))).count();
+        let reqs = out
+            .iter()
+            .filter(|e| matches!(e, HttpEvent::Request(_)))
+            .count();
         assert_eq!((reqs, ends), (2, 2), "{out:?}");
 
         let mut resp = HttpStream::new(Role::Response);
@@ -514,7 +526,11 @@ mod tests {
             })
             .collect();
         assert_eq!(statuses, vec![200, 204, 200]);
-        assert_eq!(out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(), 3, "{out:?}");
+        assert_eq!(
+            out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(),
+            3,
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -528,7 +544,10 @@ mod tests {
         let mut data = head.to_vec();
         data.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
         let out = feed_all(&mut resp, &[&data]);
-        assert!(out.contains(&HttpEvent::Upgraded { offset: head.len() }), "{out:?}");
+        assert!(
+            out.contains(&HttpEvent::Upgraded { offset: head.len() }),
+            "{out:?}"
+        );
         assert!(resp.is_upgraded());
     }
 
@@ -544,16 +563,29 @@ mod tests {
             connect_request: false,
         });
         let mut out = Vec::new();
-        resp.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc", &mut out);
+        resp.feed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc",
+            &mut out,
+        );
         resp.gap(997, &mut out);
-        resp.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", &mut out);
-        assert_eq!(out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(), 2, "{out:?}");
+        resp.feed(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(),
+            2,
+            "{out:?}"
+        );
 
         let mut req = HttpStream::new(Role::Request);
         let mut out = Vec::new();
         req.feed(b"GET /x HTTP/1.1\r\nHo", &mut out);
         req.gap(10, &mut out);
-        assert!(matches!(out.last(), Some(HttpEvent::Lost { .. })), "{out:?}");
+        assert!(
+            matches!(out.last(), Some(HttpEvent::Lost { .. })),
+            "{out:?}"
+        );
         req.feed(b"garbage", &mut out);
         req.feed(b"GET /y HTTP/1.1\r\n\r\n", &mut out);
         assert!(out.contains(&HttpEvent::Resynced), "{out:?}");

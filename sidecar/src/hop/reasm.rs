@@ -109,7 +109,13 @@ impl Reassembler {
     }
 
     /// Delivers a segment that starts at or before `next`.
-    fn deliver(&mut self, seq: u32, payload_len: u32, captured: &[u8], sink: &mut impl FnMut(Chunk<'_>)) {
+    fn deliver(
+        &mut self,
+        seq: u32,
+        payload_len: u32,
+        captured: &[u8],
+        sink: &mut impl FnMut(Chunk<'_>),
+    ) {
         let next = self.next.unwrap_or(seq);
         let overlap = (-rel(seq, next)).max(0) as u64;
         if overlap >= u64::from(payload_len) {
@@ -132,12 +138,7 @@ impl Reassembler {
 
     fn drain_pending(&mut self, sink: &mut impl FnMut(Chunk<'_>)) {
         while let Some(next) = self.next {
-            let Some(seq) = self
-                .pending
-                .keys()
-                .copied()
-                .find(|s| rel(*s, next) <= 0)
-            else {
+            let Some(seq) = self.pending.keys().copied().find(|s| rel(*s, next) <= 0) else {
                 return;
             };
             if let Some(p) = self.pending.remove(&seq) {
@@ -236,8 +237,15 @@ mod tests {
         let mut r = Reassembler::default();
         r.start_at(100);
         assert_eq!(collect(&mut r, 100, 5, b"hello"), vec!["hello"]);
-        assert!(collect(&mut r, 100, 5, b"hello").is_empty(), "full retransmission");
-        assert_eq!(collect(&mut r, 103, 5, b"lo wo"), vec![" wo"], "partial overlap");
+        assert!(
+            collect(&mut r, 100, 5, b"hello").is_empty(),
+            "full retransmission"
+        );
+        assert_eq!(
+            collect(&mut r, 103, 5, b"lo wo"),
+            vec![" wo"],
+            "partial overlap"
+        );
         assert_eq!(r.stats.duplicate_bytes, 7);
         assert_eq!(r.next_seq(), Some(108));
     }

@@ -99,6 +99,9 @@ mod tests {
             redact_target("http://admin:hunter2@example.test/x?key=1"),
             "http://REDACTED@example.test/x?key=REDACTED"
         );
-        assert_eq!(redact_target("http://example.test/a@b"), "http://example.test/a@b");
+        assert_eq!(
+            redact_target("http://example.test/a@b"),
+            "http://example.test/a@b"
+        );
     }
 }

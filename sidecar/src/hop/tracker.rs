@@ -136,7 +136,9 @@ impl Conn {
             Side::Server => Side::Client,
         };
         let mut reasm = std::mem::take(&mut self.dir(other).reasm);
-        reasm.acked(seg.ack, &mut |chunk| self.chunk(other, chunk, seg.ts_ns, out));
+        reasm.acked(seg.ack, &mut |chunk| {
+            self.chunk(other, chunk, seg.ts_ns, out)
+        });
         self.dir(other).reasm = reasm;
     }
 
@@ -245,12 +247,12 @@ impl Conn {
                     self.c2s.proto = Proto::Ws(WsStream::default());
                 }
             }
-            (Side::Server, HttpEvent::MessageEnd) => {
-                if self.exchanges.front().is_some_and(|x| x.status.is_some()) {
-                    if let Some(x) = self.exchanges.pop_front() {
-                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Complete);
-                        out.push(HopRecord::Http(record));
-                    }
+            (Side::Server, HttpEvent::MessageEnd)
+                if self.exchanges.front().is_some_and(|x| x.status.is_some()) =>
+            {
+                if let Some(x) = self.exchanges.pop_front() {
+                    let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Complete);
+                    out.push(HopRecord::Http(record));
                 }
             }
             (_, HttpEvent::Lost { bytes, why }) => {
@@ -379,8 +381,16 @@ impl Conn {
     }
 }
 
-fn exchange_record(conn: &ConnId, x: PendingExchange, ts: u64, outcome: ExchangeOutcome) -> HttpExchange {
-    let done = matches!(outcome, ExchangeOutcome::Complete | ExchangeOutcome::Upgraded);
+fn exchange_record(
+    conn: &ConnId,
+    x: PendingExchange,
+    ts: u64,
+    outcome: ExchangeOutcome,
+) -> HttpExchange {
+    let done = matches!(
+        outcome,
+        ExchangeOutcome::Complete | ExchangeOutcome::Upgraded
+    );
     HttpExchange {
         conn: conn.clone(),
         index: x.index,
@@ -634,7 +644,8 @@ pub(crate) mod tests {
                 Side::Client => self.sseq,
                 Side::Server => self.cseq,
             };
-            self.segs.push((self.ts, side, seq, ack, flags, data.to_vec()));
+            self.segs
+                .push((self.ts, side, seq, ack, flags, data.to_vec()));
             let advance = data.len() as u32 + u32::from(flags & (SYN | FIN) != 0);
             *self.seq_of(side) = seq.wrapping_add(advance);
             self.ts += 10_000;
@@ -685,7 +696,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) const UPGRADE_REQ: &[u8] = b"GET /?token=x HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
+    pub(crate) const UPGRADE_REQ: &[u8] =
+        b"GET /?token=x HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n\
         Connection: upgrade\r\nOrigin: https://gw.example\r\nX-Request-ID: abc123\r\n\r\n";
     pub(crate) const UPGRADE_RESP: &[u8] =
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
@@ -720,15 +732,27 @@ pub(crate) mod tests {
             .send(Side::Client, UPGRADE_REQ)
             .tick(2_000_000)
             .send(Side::Server, UPGRADE_RESP)
-            .send(Side::Server, &encode_frame(true, 1, None, br#"{"event":"connect.challenge"}"#))
-            .send(Side::Client, &encode_frame(true, 1, Some([1, 2, 3, 4]), br#"{"method":"connect"}"#))
-            .send(Side::Server, &encode_frame(true, 1, None, br#"{"ok":true}"#))
+            .send(
+                Side::Server,
+                &encode_frame(true, 1, None, br#"{"event":"connect.challenge"}"#),
+            )
+            .send(
+                Side::Client,
+                &encode_frame(true, 1, Some([1, 2, 3, 4]), br#"{"method":"connect"}"#),
+            )
+            .send(
+                Side::Server,
+                &encode_frame(true, 1, None, br#"{"ok":true}"#),
+            )
             .tick(5_000_000_000)
             .send(
                 Side::Client,
                 &encode_frame(true, 8, Some([5, 6, 7, 8]), &close_payload(1000, "bye")),
             )
-            .send(Side::Server, &encode_frame(true, 8, None, &close_payload(1000, "")))
+            .send(
+                Side::Server,
+                &encode_frame(true, 8, None, &close_payload(1000, "")),
+            )
             .fin(Side::Server)
             .fin(Side::Client);
         w
@@ -737,13 +761,16 @@ pub(crate) mod tests {
     #[test]
     fn healthy_upgrade_messages_and_clean_close() {
         let out = healthy_session().run();
-        assert!(matches!(
-            out[0],
-            HopRecord::Conn(ConnEvent {
-                kind: ConnEventKind::Connected { latency_ns: 10_000 },
-                ..
-            })
-        ), "{out:#?}");
+        assert!(
+            matches!(
+                out[0],
+                HopRecord::Conn(ConnEvent {
+                    kind: ConnEventKind::Connected { latency_ns: 10_000 },
+                    ..
+                })
+            ),
+            "{out:#?}"
+        );
         let x = exchanges(&out);
         assert_eq!(x.len(), 1);
         assert_eq!(x[0].status, Some(101));
@@ -760,7 +787,12 @@ pub(crate) mod tests {
         assert_eq!(s.closes[0].from, Side::Client);
         assert_eq!(s.closes[0].code, Some(1000));
         assert_eq!(s.closes[0].reason, "bye");
-        assert_eq!(s.end, SessionEnd::CloseHandshake { first_close_from: Side::Client });
+        assert_eq!(
+            s.end,
+            SessionEnd::CloseHandshake {
+                first_close_from: Side::Client
+            }
+        );
         assert!(s.longest_idle_ns >= 5_000_000_000);
         assert_eq!(s.request_id.as_deref(), Some("abc123"));
         assert!(!s.lost_sync);
@@ -789,7 +821,13 @@ pub(crate) mod tests {
         w.raw(Side::Client, SYN, b"").rst(Side::Server);
         let out = w.run();
         assert_eq!(out.len(), 1, "{out:?}");
-        assert!(matches!(&out[0], HopRecord::Conn(ConnEvent { kind: ConnEventKind::Refused, .. })));
+        assert!(matches!(
+            &out[0],
+            HopRecord::Conn(ConnEvent {
+                kind: ConnEventKind::Refused,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -798,28 +836,55 @@ pub(crate) mod tests {
         w.handshake()
             .send(Side::Client, UPGRADE_REQ)
             .send(Side::Server, UPGRADE_RESP)
-            .send(Side::Client, &encode_frame(true, 1, Some([1, 1, 1, 1]), b"hi"))
+            .send(
+                Side::Client,
+                &encode_frame(true, 1, Some([1, 1, 1, 1]), b"hi"),
+            )
             .rst(Side::Server);
         let out = w.run();
         assert!(out.iter().any(|r| matches!(
             r,
-            HopRecord::Conn(ConnEvent { kind: ConnEventKind::Reset { from: Side::Server }, .. })
+            HopRecord::Conn(ConnEvent {
+                kind: ConnEventKind::Reset { from: Side::Server },
+                ..
+            })
         )));
-        assert_eq!(sessions(&out)[0].end, SessionEnd::Reset { from: Side::Server });
+        assert_eq!(
+            sessions(&out)[0].end,
+            SessionEnd::Reset { from: Side::Server }
+        );
     }
 
     #[test]
     fn keep_alive_requests_and_missing_upgrade_headers() {
         let mut w = Wire::new(40004);
         w.handshake()
-            .send(Side::Client, b"GET /a HTTP/1.1\r\nHost: gw\r\nX-Request-ID: r1\r\n\r\n")
+            .send(
+                Side::Client,
+                b"GET /a HTTP/1.1\r\nHost: gw\r\nX-Request-ID: r1\r\n\r\n",
+            )
             .tick(1_000_000)
-            .send(Side::Server, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-            .send(Side::Client, b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
-            .send(Side::Server, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            .send(
+                Side::Server,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            )
+            .send(
+                Side::Client,
+                b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            )
+            .send(
+                Side::Server,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            )
             // The runbook's half-path: a WebSocket request that lost its Upgrade header.
-            .send(Side::Client, b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            .send(Side::Server, b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+            .send(
+                Side::Client,
+                b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+            )
+            .send(
+                Side::Server,
+                b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n",
+            )
             .fin(Side::Server)
             .fin(Side::Client);
         let out = w.run();
@@ -874,14 +939,18 @@ pub(crate) mod tests {
             .send(Side::Client, b"GET /a HTTP/1.1\r\nHo")
             .send(Side::Client, b"st: gw\r\n\r\n")
             .send(Side::Client, b"GET /b HTTP/1.1\r\n\r\n")
-            .send(Side::Server, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            .send(
+                Side::Server,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            )
             .fin(Side::Client)
             .fin(Side::Server);
         // Drop segment 4 (the middle of the first head).
         let order: Vec<usize> = (0..w.segs.len()).filter(|i| *i != 4).collect();
         let out = w.run_order(&order);
         assert!(
-            out.iter().any(|r| matches!(r, HopRecord::Loss(l) if l.side == Side::Client)),
+            out.iter()
+                .any(|r| matches!(r, HopRecord::Loss(l) if l.side == Side::Client)),
             "{out:#?}"
         );
         let x = exchanges(&out);

@@ -28,9 +28,15 @@ pub mod opcode {
 pub enum WsEvent {
     Frame(Frame),
     /// A close frame's payload: code (if any) and reason.
-    Close { code: Option<u16>, reason: String },
+    Close {
+        code: Option<u16>,
+        reason: String,
+    },
     /// Sync lost; `bytes` could not be framed.
-    Lost { bytes: u64, why: &'static str },
+    Lost {
+        bytes: u64,
+        why: &'static str,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,13 +273,23 @@ mod tests {
     fn frames_of_every_size_and_split_everywhere() {
         let mut stream = Vec::new();
         stream.extend(encode_frame(true, opcode::TEXT, None, b"hello"));
-        stream.extend(encode_frame(true, opcode::BINARY, Some([1, 2, 3, 4]), &[7u8; 300]));
+        stream.extend(encode_frame(
+            true,
+            opcode::BINARY,
+            Some([1, 2, 3, 4]),
+            &[7u8; 300],
+        ));
         stream.extend(encode_frame(false, opcode::TEXT, None, &[b'a'; 70_000]));
         stream.extend(encode_frame(true, opcode::CONTINUATION, None, b"end"));
         stream.extend(encode_frame(true, opcode::PING, None, b""));
         let mut close = 1000u16.to_be_bytes().to_vec();
         close.extend_from_slice(b"bye");
-        stream.extend(encode_frame(true, opcode::CLOSE, Some([9, 8, 7, 6]), &close));
+        stream.extend(encode_frame(
+            true,
+            opcode::CLOSE,
+            Some([9, 8, 7, 6]),
+            &close,
+        ));
         let want = vec![
             (opcode::TEXT, 5),
             (opcode::BINARY, 300),
@@ -308,7 +324,10 @@ mod tests {
         ws.feed(&big[..100], &mut out);
         ws.gap(big.len() as u64 - 100, &mut out);
         ws.feed(&encode_frame(true, opcode::TEXT, None, b"x"), &mut out);
-        assert_eq!(frames(&out), vec![(opcode::BINARY, 5000), (opcode::TEXT, 1)]);
+        assert_eq!(
+            frames(&out),
+            vec![(opcode::BINARY, 5000), (opcode::TEXT, 1)]
+        );
         ws.feed(&[0x81], &mut out);
         ws.gap(3, &mut out);
         assert!(ws.is_lost());
@@ -317,7 +336,12 @@ mod tests {
 
     #[test]
     fn garbage_is_detected_not_panicked_on() {
-        for garbage in [&[0xffu8, 0x00][..], &[0x83, 0x00], &[0x88, 0x7e, 0x01, 0x00], &[0x09, 0x00]] {
+        for garbage in [
+            &[0xffu8, 0x00][..],
+            &[0x83, 0x00],
+            &[0x88, 0x7e, 0x01, 0x00],
+            &[0x09, 0x00],
+        ] {
             let mut ws = WsStream::default();
             let mut out = Vec::new();
             ws.feed(garbage, &mut out);
@@ -326,6 +350,12 @@ mod tests {
         let mut ws = WsStream::default();
         let mut out = Vec::new();
         ws.feed(&encode_frame(true, opcode::CLOSE, None, &[]), &mut out);
-        assert_eq!(out.last(), Some(&WsEvent::Close { code: None, reason: String::new() }));
+        assert_eq!(
+            out.last(),
+            Some(&WsEvent::Close {
+                code: None,
+                reason: String::new()
+            })
+        );
     }
 }

@@ -1,0 +1,163 @@
+//! Replay of the committed captures (recorded by `hop_replay` with real nginx, a real
+//! WebSocket upstream and real clients; refresh them with
+//! `EDGEWATCH_SAVE_CAPTURES=tests/fixtures/hop cargo test --test hop_replay`). No root needed:
+//! these pin the tracker's output on real traffic, deterministically, and check that damaged
+//! captures give an error or a counted drop, never a panic.
+use std::path::PathBuf;
+
+use edgewatch::{
+    hop::{ConnEventKind, ExchangeOutcome, HopRecord, SessionEnd, Side},
+    replay::{capture::CaptureError, replay, ReplaySummary},
+};
+
+fn fixture(name: &str) -> (Vec<u8>, u16) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
+    let file = std::fs::read_dir(&dir)
+        .expect("fixtures dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{name}.")))
+        })
+        .unwrap_or_else(|| panic!("fixture {name}"));
+    // NAME.PORT.pcap(ng): the upstream port is in the name.
+    let port = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit('.').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port in fixture name");
+    (std::fs::read(&file).expect("read fixture"), port)
+}
+
+fn run(bytes: &[u8], port: u16) -> (Vec<HopRecord>, ReplaySummary) {
+    let mut records = Vec::new();
+    let summary = replay(bytes, &[port], |r| records.push(r.clone()), |_| {}).expect("replay");
+    (records, summary)
+}
+
+fn sessions(records: &[HopRecord]) -> Vec<&edgewatch::hop::WsSession> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            HopRecord::Websocket(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_fixture_gives_the_records_of_its_incident() {
+    let (bytes, port) = fixture("healthy");
+    let (records, summary) = run(&bytes, port);
+    assert_eq!(summary.gap_bytes, 0);
+    let s = sessions(&records);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        s[0].end,
+        SessionEnd::CloseHandshake {
+            first_close_from: Side::Client
+        }
+    );
+    assert_eq!((s[0].client_frames.text, s[0].server_frames.text), (3, 4));
+
+    let (bytes, port) = fixture("idle_timeout");
+    let (records, _) = run(&bytes, port);
+    let s = sessions(&records);
+    assert_eq!(s[0].end, SessionEnd::FinWithoutClose { from: Side::Client });
+    assert!(s[0].idle_before_end_ns >= 1_500_000_000);
+
+    let (bytes, port) = fixture("half_path");
+    let (records, _) = run(&bytes, port);
+    assert!(records.iter().any(|r| matches!(r,
+        HopRecord::Http(x) if x.status == Some(426) && !x.upgrade_websocket)));
+
+    let (bytes, port) = fixture("refused");
+    let (records, _) = run(&bytes, port);
+    assert!(records.iter().any(|r| matches!(r,
+        HopRecord::Conn(c) if c.kind == ConnEventKind::Refused)));
+
+    let (bytes, port) = fixture("reset");
+    let (records, _) = run(&bytes, port);
+    assert_eq!(
+        sessions(&records)[0].end,
+        SessionEnd::Reset { from: Side::Server }
+    );
+
+    let (bytes, port) = fixture("die");
+    let (records, _) = run(&bytes, port);
+    assert_eq!(
+        sessions(&records)[0].end,
+        SessionEnd::FinWithoutClose { from: Side::Server }
+    );
+
+    let (bytes, port) = fixture("keepalive");
+    let (records, _) = run(&bytes, port);
+    let n = records
+        .iter()
+        .filter(|r| matches!(r, HopRecord::Http(x) if x.outcome == ExchangeOutcome::Complete))
+        .count();
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn replay_is_deterministic() {
+    for name in ["healthy", "keepalive", "reset"] {
+        let (bytes, port) = fixture(name);
+        assert_eq!(run(&bytes, port).0, run(&bytes, port).0, "{name}");
+    }
+}
+
+#[test]
+fn pcapng_gives_the_same_records_as_pcap() {
+    let (pcap, port) = fixture("healthy");
+    let (pcapng, ng_port) = fixture("healthy_ng");
+    assert_eq!(port, ng_port);
+    assert_eq!(run(&pcap, port).0, run(&pcapng, port).0);
+}
+
+#[test]
+fn truncated_capture_keeps_what_came_before() {
+    let (bytes, port) = fixture("healthy");
+    for cut in [30, 100, bytes.len() / 3, bytes.len() / 2, bytes.len() - 7] {
+        let (records, summary) = run(&bytes[..cut], port);
+        assert!(summary.truncated_at.is_some(), "cut at {cut}");
+        if cut > bytes.len() / 2 {
+            assert!(
+                records.iter().any(|r| matches!(r, HopRecord::Http(_))),
+                "cut at {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn not_a_capture_is_a_clear_error() {
+    let err =
+        replay(&b"this is not a pcap file at all"[..], &[1], |_| {}, |_| {}).expect_err("garbage");
+    assert!(matches!(err, CaptureError::NotACapture), "{err}");
+    let err = replay(&[][..], &[1], |_| {}, |_| {}).expect_err("empty");
+    assert!(matches!(err, CaptureError::NotACapture), "{err}");
+}
+
+#[test]
+fn corrupted_packets_are_counted_drops_never_panics() {
+    let (bytes, port) = fixture("healthy");
+    // Flip bytes all over the packet area (past the 24-byte file header and first record
+    // header): each variant must replay to the end or fail cleanly.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200 {
+        let mut damaged = bytes.clone();
+        for _ in 0..20 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = 40 + (state as usize % (damaged.len() - 40));
+            damaged[at] = (state >> 32) as u8;
+        }
+        let mut n = 0usize;
+        let _ = replay(&damaged[..], &[port], |_| n += 1, |_| {});
+    }
+}

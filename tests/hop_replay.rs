@@ -1,0 +1,245 @@
+//! The hop, recorded for real: real nginx in front of a real WebSocket upstream, real
+//! WebSocket clients, tcpdump on `lo`, then `edgewatch replay` on the recording. Each scenario
+//! is one of the runbook's failures; the records must say what happened.
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::hop::{replay_json, start_upstream, ws_connect, Capture, Nginx, NginxSite};
+use tokio_tungstenite::tungstenite::{protocol::CloseFrame, Message};
+
+fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == ty).collect()
+}
+
+fn site(upstream: std::net::SocketAddr) -> NginxSite<'static> {
+    NginxSite {
+        upstream,
+        websocket_headers: true,
+        read_timeout: "60s",
+        upstream_keepalive: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_upgrade_messages_and_clean_close() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&site(upstream));
+    let capture = Capture::start(nginx.dir.path(), "healthy", upstream.port());
+
+    let mut ws = ws_connect(nginx.port, "/?token=secret-value")
+        .await
+        .expect("upgrade");
+    let challenge = ws.next().await.expect("challenge").expect("frame");
+    assert!(challenge
+        .to_text()
+        .expect("text")
+        .contains("connect.challenge"));
+    let big = "x".repeat(100_000);
+    for text in ["one", "two", big.as_str()] {
+        ws.send(Message::text(text)).await.expect("send");
+        let echo = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(echo.to_text().expect("text").len(), text.len());
+    }
+    ws.close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, upstream.port());
+    let http = of_type(&records, "http");
+    assert_eq!(http.len(), 1, "{records:#?}");
+    let x = http[0];
+    assert_eq!(x["status"], 101);
+    assert_eq!(x["outcome"], "upgraded");
+    assert_eq!(x["upgrade_websocket"], true);
+    assert_eq!(x["connection_upgrade"], true);
+    assert_eq!(x["path"], "/?token=REDACTED");
+    let rid = x["request_id"]
+        .as_str()
+        .expect("nginx forwards $request_id");
+    assert_eq!(rid.len(), 32, "{rid}");
+    assert!(nginx.access_log().contains("101"));
+    let ws_records = of_type(&records, "websocket");
+    assert_eq!(ws_records.len(), 1, "{records:#?}");
+    let s = ws_records[0];
+    assert_eq!(s["request_id"], rid);
+    assert_eq!(s["client_frames"]["text"], 3);
+    assert_eq!(s["server_frames"]["text"], 4);
+    assert_eq!(s["client_frames"]["close"], 1);
+    assert_eq!(s["server_frames"]["close"], 1);
+    assert!(s["server_frames"]["payload_bytes"].as_u64().expect("bytes") > 100_000);
+    assert_eq!(s["closes"][0]["from"], "client");
+    assert_eq!(s["closes"][0]["code"], 1000);
+    assert_eq!(s["closes"][0]["reason"], "bye");
+    assert_eq!(s["end"]["how"], "close_handshake");
+    assert_eq!(s["lost_sync"], false);
+    let conns = of_type(&records, "conn");
+    assert!(conns.iter().any(|c| c["event"] == "connected"), "{conns:?}");
+    // Never the payload: the 100 kB message and the token are nowhere in the output.
+    let all = serde_json::to_string(&records).expect("json");
+    assert!(!all.contains("xxxxxxxxxx") && !all.contains("secret-value"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_without_upgrade_headers_breaks_the_handshake() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        websocket_headers: false,
+        ..site(upstream)
+    });
+    let capture = Capture::start(nginx.dir.path(), "half_path", upstream.port());
+    let err = ws_connect(nginx.port, "/")
+        .await
+        .expect_err("no 101 through this proxy");
+    assert!(err.to_string().contains("426"), "{err}");
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, upstream.port());
+    let http = of_type(&records, "http");
+    assert_eq!(http.len(), 1, "{records:#?}");
+    assert_eq!(
+        http[0]["upgrade_websocket"], false,
+        "the hop never saw Upgrade"
+    );
+    assert_eq!(http[0]["status"], 426);
+    assert!(of_type(&records, "websocket").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_read_timeout_closes_idle_session_without_close_frame() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        read_timeout: "2s",
+        ..site(upstream)
+    });
+    let capture = Capture::start(nginx.dir.path(), "idle_timeout", upstream.port());
+    let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
+    ws.next().await.expect("challenge").expect("frame");
+    // Idle: nginx ends the tunnel after its read timeout; the client sees the stream end
+    // without a close frame (what browsers report as 1006).
+    let mut saw_close_frame = false;
+    while let Some(msg) = ws.next().await {
+        if let Ok(Message::Close(_)) = msg {
+            saw_close_frame = true;
+        }
+        if msg.is_err() {
+            break;
+        }
+    }
+    assert!(!saw_close_frame);
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, upstream.port());
+    let s = of_type(&records, "websocket");
+    assert_eq!(s.len(), 1, "{records:#?}");
+    assert_eq!(s[0]["end"]["how"], "fin_without_close");
+    assert_eq!(
+        s[0]["end"]["from"], "client",
+        "the proxy (the hop's client) ended it"
+    );
+    assert!(s[0]["closes"].as_array().expect("closes").is_empty());
+    let idle = s[0]["idle_before_end_ns"].as_u64().expect("idle");
+    assert!(
+        idle >= 1_500_000_000,
+        "idle {idle} ns before the proxy's 2 s timeout fired"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_upstream_port_is_refused() {
+    support::require_root();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let nginx = Nginx::start(&site(dead));
+    let capture = Capture::start(nginx.dir.path(), "refused", dead.port());
+    let err = ws_connect(nginx.port, "/").await.expect_err("502");
+    assert!(err.to_string().contains("502"), "{err}");
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, dead.port());
+    let conns = of_type(&records, "conn");
+    assert!(!conns.is_empty(), "{records:#?}");
+    assert!(conns.iter().all(|c| c["event"] == "refused"), "{conns:#?}");
+    assert!(of_type(&records, "http").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_dying_mid_session_with_fin_and_with_rst() {
+    support::require_root();
+    for (word, how) in [("die", "fin_without_close"), ("reset", "reset")] {
+        let upstream = start_upstream().await;
+        let nginx = Nginx::start(&site(upstream));
+        let capture = Capture::start(nginx.dir.path(), word, upstream.port());
+        let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
+        ws.next().await.expect("challenge").expect("frame");
+        ws.send(Message::text(word)).await.expect("send");
+        while let Some(Ok(_)) = ws.next().await {}
+        let pcap = capture.stop();
+
+        let records = replay_json(&pcap, upstream.port());
+        let s = of_type(&records, "websocket");
+        assert_eq!(s.len(), 1, "{word}: {records:#?}");
+        assert_eq!(s[0]["end"]["how"], how, "{word}: {:#?}", s[0]);
+        assert_eq!(s[0]["end"]["from"], "server", "{word}");
+        if word == "reset" {
+            assert!(of_type(&records, "conn")
+                .iter()
+                .any(|c| c["event"] == "reset" && c["from"] == "server"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_share_one_upstream_connection() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        websocket_headers: false,
+        upstream_keepalive: true,
+        ..site(upstream)
+    });
+    let capture = Capture::start(nginx.dir.path(), "keepalive", upstream.port());
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nginx.port))
+            .await
+            .expect("connect");
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("read");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    }
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, upstream.port());
+    let http = of_type(&records, "http");
+    assert_eq!(http.len(), 3, "{records:#?}");
+    let conn = &http[0]["conn"];
+    assert!(
+        http.iter().all(|x| &x["conn"] == conn),
+        "one upstream connection"
+    );
+    let indexes: Vec<u64> = http
+        .iter()
+        .map(|x| x["index"].as_u64().expect("index"))
+        .collect();
+    assert_eq!(indexes, vec![0, 1, 2]);
+    assert!(http
+        .iter()
+        .all(|x| x["status"] == 200 && x["outcome"] == "complete"));
+    let ids: std::collections::HashSet<&str> = http
+        .iter()
+        .map(|x| x["request_id"].as_str().expect("rid"))
+        .collect();
+    assert_eq!(ids.len(), 3, "one request id per request");
+}

@@ -1,0 +1,375 @@
+//! Real parts for hop tests: a WebSocket upstream (tungstenite framing), real nginx in front
+//! of it, real WebSocket clients, and tcpdump recording the upstream hop on `lo`.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    reason = "test harness: panics are the failures"
+)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role, Message},
+    WebSocketStream,
+};
+
+/// The WebSocket upstream: speaks first like the Gateway (a `connect.challenge` event),
+/// echoes text, and on request ends the connection the way a crash would.
+/// - text `die`: drop the socket (FIN, no close frame);
+/// - text `reset`: drop it with SO_LINGER 0 (RST).
+///
+/// Plain HTTP: `/health` answers 200 (keep-alive); anything else that is not an upgrade
+/// answers 426.
+pub async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+    }
+    Some(head)
+}
+
+async fn serve(mut stream: TcpStream) {
+    loop {
+        let Some(head) = read_head(&mut stream).await else {
+            return;
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if req.parse(&head).is_err() {
+            return;
+        }
+        let header = |name: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
+        let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let key = header("sec-websocket-key");
+        match (upgrade, key) {
+            (true, Some(key)) => {
+                let response = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    derive_accept_key(key.as_bytes())
+                );
+                stream.write_all(response.as_bytes()).await.unwrap();
+                websocket(stream).await;
+                return;
+            }
+            _ if req.path == Some("/health") => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+            _ => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
+        }
+    }
+}
+
+async fn websocket(stream: TcpStream) {
+    let raw = stream.into_std().unwrap();
+    let keep = raw.try_clone().unwrap();
+    let stream = TcpStream::from_std(raw).unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    let challenge = r#"{"type":"event","event":"connect.challenge","payload":{"nonce":"n"}}"#;
+    if ws.send(Message::text(challenge)).await.is_err() {
+        return;
+    }
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Text(t) if t.as_str() == "die" => {
+                drop(ws);
+                drop(keep);
+                return;
+            }
+            Message::Text(t) if t.as_str() == "reset" => {
+                socket2_linger_zero(&keep);
+                drop(ws);
+                drop(keep);
+                return;
+            }
+            Message::Text(t) => {
+                let echo = Message::text(t.as_str().to_owned());
+                if ws.send(echo).await.is_err() {
+                    return;
+                }
+            }
+            Message::Binary(b) => {
+                let echo = Message::binary(b);
+                if ws.send(echo).await.is_err() {
+                    return;
+                }
+            }
+            Message::Close(_) => {}
+            _ => {}
+        }
+    }
+}
+
+fn socket2_linger_zero(stream: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+}
+
+/// What nginx puts in front of the upstream.
+pub struct NginxSite<'a> {
+    pub upstream: SocketAddr,
+    /// Forward Upgrade/Connection (the runbook's correct config); false reproduces the
+    /// "WebSocket half-path".
+    pub websocket_headers: bool,
+    pub read_timeout: &'a str,
+    /// Keep upstream connections alive between requests.
+    pub upstream_keepalive: bool,
+}
+
+/// A real nginx (Debian's), in its own prefix, in the foreground.
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub fn start(site: &NginxSite<'_>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let d = dir.path().display();
+        let ws_headers = if site.websocket_headers {
+            "proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";"
+        } else if site.upstream_keepalive {
+            "proxy_set_header Connection \"\";"
+        } else {
+            ""
+        };
+        let (upstream_block, pass) = if site.upstream_keepalive {
+            (
+                format!("upstream gw {{ server {}; keepalive 4; }}", site.upstream),
+                "http://gw".to_owned(),
+            )
+        } else {
+            (String::new(), format!("http://{}", site.upstream))
+        };
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n\
+               access_log {d}/access.log;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               {upstream_block}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{\n\
+                   proxy_pass {pass};\n\
+                   proxy_http_version 1.1;\n\
+                   {ws_headers}\n\
+                   proxy_set_header Host $host;\n\
+                   proxy_set_header X-Request-ID $request_id;\n\
+                   proxy_set_header X-Forwarded-For $remote_addr;\n\
+                   proxy_set_header X-Forwarded-Proto $scheme;\n\
+                   proxy_read_timeout {timeout};\n\
+                 }}\n\
+               }}\n\
+             }}\n",
+            timeout = site.read_timeout
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("nginx (cargo xtask setup installs nginx-light)");
+        // Ready when its port accepts a connection.
+        let deadline = Instant::now() + super::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start; see {d}/error.log"
+            );
+            std::thread::yield_now();
+        }
+        Self { child, port, dir }
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// tcpdump recording one upstream port on `lo` into a pcap file.
+pub struct Capture {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    marker_port: u16,
+    pub path: PathBuf,
+}
+
+impl Capture {
+    /// Starts recording and returns once tcpdump is listening.
+    pub fn start(dir: &Path, name: &str, upstream_port: u16) -> Self {
+        let path = dir.join(format!("{name}.pcap"));
+        let marker_port = super::free_port();
+        let mut child = Command::new("tcpdump")
+            .args(["-i", "lo", "-n", "-U", "-l", "--print", "-w"])
+            .arg(&path)
+            .arg(format!(
+                "tcp port {upstream_port} or udp port {marker_port}"
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump (cargo xtask setup installs it)");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx2.send(l);
+            }
+        });
+        let capture = Self {
+            child,
+            lines: rx,
+            marker_port,
+            path,
+        };
+        capture.wait_line("listening on", |l| l.contains("listening on"));
+        capture
+    }
+
+    fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if pred(&l) => return,
+                Ok(_) => {}
+                Err(_) => panic!("tcpdump: timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Stops after every packet so far is written: a marker datagram goes through the same
+    /// capture, and tcpdump printing it means everything before it is in the file.
+    pub fn stop(mut self) -> PathBuf {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.send_to(b"edgewatch-capture-marker", ("127.0.0.1", self.marker_port))
+            .unwrap();
+        let port = self.marker_port.to_string();
+        self.wait_line("the marker", |l| l.contains("UDP") && l.contains(&port));
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        // `EDGEWATCH_SAVE_CAPTURES=tests/fixtures/hop cargo test --test hop_replay` refreshes
+        // the committed fixtures.
+        if let Some(dir) = std::env::var_os("EDGEWATCH_SAVE_CAPTURES") {
+            let dest = Path::new(&dir).join(self.path.file_name().unwrap());
+            std::fs::copy(&self.path, &dest).unwrap();
+        }
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real WebSocket client through nginx.
+pub async fn ws_connect(
+    port: u16,
+    path: &str,
+) -> Result<
+    WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let url = format!("ws://127.0.0.1:{port}{path}");
+    tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Replays a capture through the real binary and returns its JSON records.
+pub fn replay_json(capture: &Path, upstream_port: u16) -> Vec<serde_json::Value> {
+    let out = Command::new(super::edgewatch_bin())
+        .arg("replay")
+        .arg(capture)
+        .args(["--port", &upstream_port.to_string(), "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    super::json_lines(&String::from_utf8_lossy(&out.stdout))
+}
