@@ -4,9 +4,73 @@
 mod support;
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use support::hop::{replay_json, start_upstream, ws_connect, Capture, Nginx, NginxSite};
+use serde_json::{json, Value};
+use support::{
+    hop::{replay_json, start_upstream, ws_connect, Capture, Nginx, NginxSite},
+    Sidecar,
+};
 use tokio_tungstenite::tungstenite::{protocol::CloseFrame, Message};
+
+/// The sidecar, live, on the hop of this upstream port.
+fn live(upstream_port: u16) -> Sidecar {
+    Sidecar::start(&format!(
+        "[hop]\nports = [{upstream_port}]\ndocker_bridges = false\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+}
+
+/// What makes a record the same record whichever way it was seen (timestamps and durations
+/// differ between the TC hook and tcpdump).
+fn essence(r: &Value) -> Value {
+    let conn = json!([r["conn"]["client"], r["conn"]["server"]]);
+    match r["type"].as_str() {
+        Some("http") => json!({
+            "type": "http", "conn": conn, "index": r["index"], "method": r["method"],
+            "path": r["path"], "host": r["host"], "request_id": r["request_id"],
+            "upgrade": [r["upgrade_websocket"], r["connection_upgrade"]],
+            "status": r["status"], "outcome": r["outcome"],
+        }),
+        Some("websocket") => json!({
+            "type": "websocket", "conn": conn, "request_id": r["request_id"],
+            "client_frames": r["client_frames"], "server_frames": r["server_frames"],
+            "closes": r["closes"].as_array().map(|c| c.iter().map(|c| json!([c["from"], c["code"], c["reason"]])).collect::<Vec<_>>()),
+            "end": r["end"], "lost_sync": r["lost_sync"],
+        }),
+        Some("conn") => {
+            json!({"type": "conn", "conn": conn, "event": r["event"], "from": r["from"]})
+        }
+        Some("loss") => {
+            json!({"type": "loss", "conn": conn, "side": r["side"], "effect": r["effect"]})
+        }
+        _ => Value::Null,
+    }
+}
+
+/// Stops the live sidecar and checks it saw exactly what the capture shows.
+fn assert_live_agrees(mut sidecar: Sidecar, replayed: &[Value]) {
+    sidecar.signal("TERM");
+    sidecar
+        .lines
+        .wait_for("the stop", |v| v["type"] == "stopped");
+    let mut live: Vec<String> = sidecar
+        .lines
+        .seen_json()
+        .iter()
+        .map(essence)
+        .filter(|v| !v.is_null())
+        .map(|v| v.to_string())
+        .collect();
+    let mut replay: Vec<String> = replayed
+        .iter()
+        .map(essence)
+        .filter(|v| !v.is_null())
+        .map(|v| v.to_string())
+        .collect();
+    live.sort();
+    replay.sort();
+    assert_eq!(live, replay, "live and replay disagree");
+}
 
 fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == ty).collect()
@@ -27,6 +91,7 @@ async fn healthy_upgrade_messages_and_clean_close() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&site(upstream));
     let capture = Capture::start(nginx.dir.path(), "healthy", upstream.port());
+    let sidecar = live(upstream.port());
 
     let mut ws = ws_connect(nginx.port, "/?token=secret-value")
         .await
@@ -85,6 +150,7 @@ async fn healthy_upgrade_messages_and_clean_close() {
     // Never the payload: the 100 kB message and the token are nowhere in the output.
     let all = serde_json::to_string(&records).expect("json");
     assert!(!all.contains("xxxxxxxxxx") && !all.contains("secret-value"));
+    assert_live_agrees(sidecar, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,6 +162,7 @@ async fn proxy_without_upgrade_headers_breaks_the_handshake() {
         ..site(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "half_path", upstream.port());
+    let sidecar = live(upstream.port());
     let err = ws_connect(nginx.port, "/")
         .await
         .expect_err("no 101 through this proxy");
@@ -111,6 +178,7 @@ async fn proxy_without_upgrade_headers_breaks_the_handshake() {
     );
     assert_eq!(http[0]["status"], 426);
     assert!(of_type(&records, "websocket").is_empty());
+    assert_live_agrees(sidecar, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,6 +190,7 @@ async fn short_read_timeout_closes_idle_session_without_close_frame() {
         ..site(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "idle_timeout", upstream.port());
+    let sidecar = live(upstream.port());
     let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
     ws.next().await.expect("challenge").expect("frame");
     // Idle: nginx ends the tunnel after its read timeout; the client sees the stream end
@@ -152,6 +221,7 @@ async fn short_read_timeout_closes_idle_session_without_close_frame() {
         idle >= 1_500_000_000,
         "idle {idle} ns before the proxy's 2 s timeout fired"
     );
+    assert_live_agrees(sidecar, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,6 +230,7 @@ async fn stale_upstream_port_is_refused() {
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let nginx = Nginx::start(&site(dead));
     let capture = Capture::start(nginx.dir.path(), "refused", dead.port());
+    let sidecar = live(dead.port());
     let err = ws_connect(nginx.port, "/").await.expect_err("502");
     assert!(err.to_string().contains("502"), "{err}");
     let pcap = capture.stop();
@@ -169,6 +240,7 @@ async fn stale_upstream_port_is_refused() {
     assert!(!conns.is_empty(), "{records:#?}");
     assert!(conns.iter().all(|c| c["event"] == "refused"), "{conns:#?}");
     assert!(of_type(&records, "http").is_empty());
+    assert_live_agrees(sidecar, &records);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,6 +250,7 @@ async fn upstream_dying_mid_session_with_fin_and_with_rst() {
         let upstream = start_upstream().await;
         let nginx = Nginx::start(&site(upstream));
         let capture = Capture::start(nginx.dir.path(), word, upstream.port());
+        let sidecar = live(upstream.port());
         let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
         ws.next().await.expect("challenge").expect("frame");
         ws.send(Message::text(word)).await.expect("send");
@@ -194,6 +267,7 @@ async fn upstream_dying_mid_session_with_fin_and_with_rst() {
                 .iter()
                 .any(|c| c["event"] == "reset" && c["from"] == "server"));
         }
+        assert_live_agrees(sidecar, &records);
     }
 }
 
@@ -207,6 +281,7 @@ async fn keep_alive_requests_share_one_upstream_connection() {
         ..site(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "keepalive", upstream.port());
+    let sidecar = live(upstream.port());
     for _ in 0..3 {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nginx.port))
             .await
@@ -242,4 +317,5 @@ async fn keep_alive_requests_share_one_upstream_connection() {
         .map(|x| x["request_id"].as_str().expect("rid"))
         .collect();
     assert_eq!(ids.len(), 3, "one request id per request");
+    assert_live_agrees(sidecar, &records);
 }

@@ -41,6 +41,8 @@ pub struct Config {
     pub exposure: ExposureConfig,
     /// How the netfilter NAT rules (Docker's DNAT port publishing) are read.
     pub nat: NatConfig,
+    /// The proxy-to-upstream hop (TC probes on the interfaces it crosses).
+    pub hop: HopConfig,
     /// The kernel probes.
     pub probes: ProbeConfig,
     /// The sidecar's own Prometheus endpoint.
@@ -130,6 +132,36 @@ impl Default for NatConfig {
     }
 }
 
+/// The hop watch.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HopConfig {
+    /// Watch the hop at all (needs TC: CAP_NET_ADMIN and CAP_BPF).
+    pub enabled: bool,
+    /// The upstream ports: connections to these are the hop (the Gateway's 18789).
+    pub ports: Vec<u16>,
+    /// Interfaces the hop crosses. On `lo` only ingress is watched (every loopback packet
+    /// passes it once); elsewhere both directions.
+    pub interfaces: Vec<String>,
+    /// Also watch Docker bridges (`docker0`, `br-*`) present at start.
+    pub docker_bridges: bool,
+    /// A connection with no packet for this long is reported as it stands and forgotten.
+    #[serde(with = "humantime_serde")]
+    pub idle_expiry: Duration,
+}
+
+impl Default for HopConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ports: vec![GATEWAY_PORT],
+            interfaces: vec!["lo".to_owned()],
+            docker_bridges: true,
+            idle_expiry: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
 /// Kernel probe settings.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -144,7 +176,7 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         Self {
-            ring_buffer_bytes: 256 * 1024,
+            ring_buffer_bytes: 4 * 1024 * 1024,
             tracefs: "/sys/kernel/tracing".to_owned(),
         }
     }
@@ -242,6 +274,46 @@ impl Config {
                 "must be at least 100ms",
             ));
         }
+        if self.hop.enabled && self.hop.ports.is_empty() {
+            return Err(invalid(
+                "hop.ports",
+                "[]".to_owned(),
+                "give at least one upstream port, or set hop.enabled = false",
+            ));
+        }
+        if let Some(port) = self.hop.ports.iter().find(|p| **p == 0) {
+            return Err(invalid(
+                "hop.ports",
+                port.to_string(),
+                "port 0 is not a port",
+            ));
+        }
+        if self.hop.ports.len() > 64 {
+            return Err(invalid(
+                "hop.ports",
+                format!("{} ports", self.hop.ports.len()),
+                "at most 64 upstream ports",
+            ));
+        }
+        if let Some(name) = self
+            .hop
+            .interfaces
+            .iter()
+            .find(|i| i.is_empty() || i.len() > 15 || i.contains('/'))
+        {
+            return Err(invalid(
+                "hop.interfaces",
+                format!("{name:?}"),
+                "not an interface name (1 to 15 characters, no '/')",
+            ));
+        }
+        if self.hop.idle_expiry < Duration::from_secs(1) {
+            return Err(invalid(
+                "hop.idle_expiry",
+                humantime::format_duration(self.hop.idle_expiry).to_string(),
+                "must be at least 1s",
+            ));
+        }
         let rb = self.probes.ring_buffer_bytes;
         if rb < 4096 || !rb.is_power_of_two() {
             return Err(invalid(
@@ -323,6 +395,8 @@ mod tests {
                 "5000",
             ),
             ("[nat]\npoll_interval = \"1ms\"", "nat.poll_interval", "1ms"),
+            ("[hop]\nports = [0]", "hop.ports", "0"),
+            ("[hop]\ninterfaces = [\"a/b\"]", "hop.interfaces", "a/b"),
             (
                 "[exposure]\nallow = [{ port = 18789 }]",
                 "exposure.allow[0].port",

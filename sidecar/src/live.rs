@@ -16,6 +16,7 @@ use crate::{
         policy::{DriftTracker, Policy},
         Exposure, ExposureKey, Scope,
     },
+    hop::tracker::Tracker,
     metrics::{self, Metrics},
     output::{unix_ns, Printer},
     probe::{
@@ -163,7 +164,7 @@ impl Watch {
 
 #[derive(Serialize)]
 struct ReadyDetail<'a> {
-    probes: &'a [&'static str],
+    probes: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<String>,
     exposures: usize,
@@ -199,7 +200,8 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
 
     // Probes first, so nothing that happens during the initial scan is missed: a listener
     // opened meanwhile is seen by both and merged by key.
-    let (probes, streams) = Probes::load(&config.probes).context("loading the kernel probes")?;
+    let (probes, streams) =
+        Probes::load(&config.probes, &config.hop).context("loading the kernel probes")?;
     let attached = probes.attached.clone();
 
     watch.rescan()?;
@@ -261,6 +263,12 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     nat.reset();
     let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut hop = Tracker::new(&config.hop.ports);
+    let mut hop_records = Vec::new();
+    // Probe timestamps are CLOCK_BOOTTIME; records carry Unix time.
+    let boot_to_unix = unix_ns(SystemTime::now()).saturating_sub(boot_ns());
+    let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    expire_tick.reset();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut last_drops = crate::probe::loader::KernelDrops::default();
@@ -277,6 +285,15 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 let now_boot = boot_ns();
                 for result in decoded {
                     match result {
+                        Ok(ProbeEvent::Hop(packet)) => {
+                            let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
+                            metrics.event("hop_segment", lag);
+                            let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
+                            hop.segment(&packet.segment(ts), &mut hop_records);
+                            for r in hop_records.drain(..) {
+                                watch.printer.hop(&r);
+                            }
+                        }
                         Ok(ProbeEvent::ListenChange(ev)) => {
                             let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
                             metrics.event("listen_change", lag);
@@ -314,25 +331,54 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 let drops = probes.kernel_drops();
                 metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
                 metrics.kernel_drops_now("field_read", drops.field_read);
+                metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
+                metrics.kernel_drops_now("hop_parse", drops.hop_parse);
                 if drops != last_drops {
                     watch.printer.status(
                         "kernel_drops",
                         &format!(
-                            "the kernel dropped events (ring buffer full: {}, field reads: {}); \
-                             the next rescan reconciles the inventory",
-                            drops.ringbuf_full, drops.field_read
+                            "the kernel dropped events (ring buffer full: {}, field reads: {}, \
+                             hop segments: {}, unparsable hop packets: {}); the next rescan \
+                             reconciles the inventory, and the hop tracker reports the gaps",
+                            drops.ringbuf_full, drops.field_read, drops.hop_ringbuf_full, drops.hop_parse
                         ),
                         &serde_json::json!({
                             "ringbuf_full": drops.ringbuf_full,
                             "field_read": drops.field_read,
+                            "hop_ringbuf_full": drops.hop_ringbuf_full,
+                            "hop_parse": drops.hop_parse,
                         }),
                     );
                     last_drops = drops;
                 }
             }
+            _ = expire_tick.tick() => {
+                let cutoff = unix_ns(SystemTime::now())
+                    .saturating_sub(u64::try_from(config.hop.idle_expiry.as_nanos()).unwrap_or(u64::MAX));
+                hop.expire(cutoff, &mut hop_records);
+                for r in hop_records.drain(..) {
+                    watch.printer.hop(&r);
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+    }
+    // Events already in the ring buffer are not lost on shutdown.
+    while let Some(item) = ring.get_mut().next() {
+        match decode(&item) {
+            Ok(ProbeEvent::Hop(packet)) => {
+                let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
+                hop.segment(&packet.segment(ts), &mut hop_records);
+            }
+            Ok(ProbeEvent::ListenChange(_)) => {}
+            Err(_) => metrics.decode_error(),
+        }
+    }
+    // What is still open is reported as it stands (sessions end `open`).
+    hop.finish(&mut hop_records);
+    for r in hop_records.drain(..) {
+        watch.printer.hop(&r);
     }
     watch
         .printer

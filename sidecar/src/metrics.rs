@@ -90,7 +90,12 @@ impl Metrics {
             nat_problems.clone(),
         );
         // Present from the start, so a scrape shows zero rather than nothing.
-        for reason in ["ringbuf_full", "field_read"] {
+        for reason in [
+            "ringbuf_full",
+            "field_read",
+            "hop_ringbuf_full",
+            "hop_parse",
+        ] {
             kernel_drops
                 .get_or_create(&label("reason", reason))
                 .inc_by(0);

@@ -15,7 +15,15 @@ pub const EVENT_VERSION: u16 = 1;
 pub mod kind {
     /// A TCP socket entered or left `LISTEN` ([`crate::SockStateEvent`]).
     pub const LISTEN_CHANGE: u32 = 1;
+    /// A TCP segment on the hop with no payload ([`crate::HopSegmentHeader`] only).
+    pub const HOP_SEGMENT: u32 = 2;
+    /// A TCP segment on the hop with payload ([`crate::HopSegmentEvent`]).
+    pub const HOP_SEGMENT_DATA: u32 = 3;
 }
+
+/// Payload bytes copied per segment at most: enough for HTTP heads and the frame headers at
+/// the start of a segment. (One less than the buffer, see the eBPF copy routine.)
+pub const HOP_CAPTURE_BYTES: usize = 2048;
 
 /// Index into the per-CPU `DROPS` array: why the kernel could not deliver an event.
 pub mod drop_reason {
@@ -23,8 +31,12 @@ pub mod drop_reason {
     pub const RINGBUF_FULL: u32 = 0;
     /// Reading a tracepoint field failed (should not happen with a valid layout).
     pub const FIELD_READ: u32 = 1;
+    /// A hop segment could not be reserved on the ring buffer.
+    pub const HOP_RINGBUF_FULL: u32 = 2;
+    /// A hop packet's headers could not be read (truncated or malformed).
+    pub const HOP_PARSE: u32 = 3;
     /// Number of slots in the array.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h, also printed in the
@@ -105,11 +117,52 @@ pub struct SockStateLayout {
 }
 const _: () = assert!(size_of::<SockStateLayout>() == 48);
 
+/// A TCP segment to or from an upstream port, seen by the TC programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSegmentHeader {
+    pub header: EventHeader,
+    /// Interface index the program is attached to.
+    pub ifindex: u32,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload length on the wire.
+    pub payload_len: u32,
+    /// Payload bytes copied into [`HopSegmentEvent::data`] (0 for [`kind::HOP_SEGMENT`]).
+    pub cap_len: u32,
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub tcp_flags: u8,
+    /// 0 ingress, 1 egress.
+    pub direction: u8,
+    /// Network byte order; 4 bytes used for AF_INET.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<HopSegmentHeader>() == 80);
+
+/// A hop segment with the first bytes of its payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSegmentEvent {
+    pub hdr: HopSegmentHeader,
+    pub data: [u8; HOP_CAPTURE_BYTES],
+}
+const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are `repr(C)`, made only of integers and byte arrays with explicit
+    // SAFETY: all of them are `repr(C)`, made only of integers and byte arrays with explicit
     // padding, so every bit pattern is valid.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SockStateEvent {}
     unsafe impl aya::Pod for super::SockStateLayout {}
+    unsafe impl aya::Pod for super::HopSegmentHeader {}
+    unsafe impl aya::Pod for super::HopSegmentEvent {}
 }

@@ -2,7 +2,9 @@
 //! anything malformed is an error the caller counts, never a panic.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use edgewatch_common::{kind, tcp_state, EventHeader, SockStateEvent, EVENT_VERSION};
+use edgewatch_common::{
+    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, SockStateEvent, EVENT_VERSION,
+};
 
 /// A socket entered or left LISTEN.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,10 +21,42 @@ pub struct ListenChange {
     pub comm: String,
 }
 
+/// A TCP segment of the hop, as the TC programs saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopPacket {
+    pub ts_boot_ns: u64,
+    pub ifindex: u32,
+    pub src: std::net::SocketAddr,
+    pub dst: std::net::SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub tcp_flags: u8,
+    pub payload_len: u32,
+    /// The first bytes of the payload (at most `HOP_CAPTURE_BYTES - 1`).
+    pub data: Vec<u8>,
+}
+
+impl HopPacket {
+    /// As a tracker segment, stamped with `ts_ns`.
+    pub fn segment(&self, ts_ns: u64) -> crate::hop::Segment<'_> {
+        crate::hop::Segment {
+            ts_ns,
+            src: self.src,
+            dst: self.dst,
+            seq: self.seq,
+            ack: self.ack,
+            flags: crate::hop::TcpFlags::from_byte(self.tcp_flags),
+            payload_len: self.payload_len,
+            payload: &self.data,
+        }
+    }
+}
+
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent {
     ListenChange(ListenChange),
+    Hop(HopPacket),
 }
 
 /// Why a record could not be decoded.
@@ -87,6 +121,42 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 comm: comm_string(&e.comm),
             }))
         }
+        kind::HOP_SEGMENT | kind::HOP_SEGMENT_DATA => {
+            let h: HopSegmentHeader = read_pod(bytes)?;
+            let data = if header.kind == kind::HOP_SEGMENT_DATA {
+                let e: HopSegmentEvent = read_pod(bytes)?;
+                let n = (e.hdr.cap_len as usize).min(e.data.len());
+                e.data[..n].to_vec()
+            } else {
+                Vec::new()
+            };
+            let (src, dst) = match h.family {
+                2 => (
+                    IpAddr::V4(Ipv4Addr::new(
+                        h.saddr[0], h.saddr[1], h.saddr[2], h.saddr[3],
+                    )),
+                    IpAddr::V4(Ipv4Addr::new(
+                        h.daddr[0], h.daddr[1], h.daddr[2], h.daddr[3],
+                    )),
+                ),
+                10 => (
+                    IpAddr::V6(Ipv6Addr::from(h.saddr)),
+                    IpAddr::V6(Ipv6Addr::from(h.daddr)),
+                ),
+                other => return Err(DecodeError::Family(other)),
+            };
+            Ok(ProbeEvent::Hop(HopPacket {
+                ts_boot_ns: h.header.ts_ns,
+                ifindex: h.ifindex,
+                src: std::net::SocketAddr::new(src, h.sport),
+                dst: std::net::SocketAddr::new(dst, h.dport),
+                seq: h.seq,
+                ack: h.ack,
+                tcp_flags: h.tcp_flags,
+                payload_len: h.payload_len,
+                data,
+            }))
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -136,7 +206,9 @@ mod tests {
 
     #[test]
     fn decodes_v4_listen() {
-        let ProbeEvent::ListenChange(e) = decode(&bytes_of(&sample(2))).expect("decode");
+        let Ok(ProbeEvent::ListenChange(e)) = decode(&bytes_of(&sample(2))) else {
+            panic!("decode")
+        };
         assert!(e.opened);
         assert_eq!(e.addr, "127.0.0.1".parse::<IpAddr>().expect("ip"));
         assert_eq!((e.port, e.tgid, e.pid), (18789, 10, 11));
@@ -149,7 +221,9 @@ mod tests {
         s.saddr = [0; 16];
         s.oldstate = tcp_state::LISTEN;
         s.newstate = tcp_state::CLOSE;
-        let ProbeEvent::ListenChange(e) = decode(&bytes_of(&s)).expect("decode");
+        let Ok(ProbeEvent::ListenChange(e)) = decode(&bytes_of(&s)) else {
+            panic!("decode")
+        };
         assert!(!e.opened);
         assert_eq!(e.addr, "::".parse::<IpAddr>().expect("ip"));
     }

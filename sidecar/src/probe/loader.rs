@@ -4,15 +4,16 @@
 use std::path::Path;
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramType, TracePoint},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{tc, ProgramType, SchedClassifier, TcAttachType, TracePoint},
     sys::{is_map_supported, is_program_supported},
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use edgewatch_common::drop_reason;
 
 use super::tracefs::{self, FormatError};
-use crate::config::ProbeConfig;
+use crate::config::{HopConfig, ProbeConfig};
 
 /// The eBPF object built by build.rs from ebpf/edgewatch-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgewatch"));
@@ -56,6 +57,16 @@ pub enum ProbeError {
     },
     #[error("map `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(
+        "cannot attach the hop probe to interface `{interface}` ({direction}): {source}; \
+         check the name (hop.interfaces) and that CAP_NET_ADMIN is granted"
+    )]
+    Attach {
+        interface: String,
+        direction: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
 }
 
 /// The loaded, attached probes. Dropping it detaches them.
@@ -64,7 +75,7 @@ pub struct Probes {
     _ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
     /// What was attached, for the start-up report.
-    pub attached: Vec<&'static str>,
+    pub attached: Vec<String>,
 }
 
 /// What user space reads from the probes, to be polled by the event loop.
@@ -80,6 +91,8 @@ pub struct ProbeStreams {
 pub struct KernelDrops {
     pub ringbuf_full: u64,
     pub field_read: u64,
+    pub hop_ringbuf_full: u64,
+    pub hop_parse: u64,
 }
 
 fn bump_memlock() {
@@ -94,6 +107,90 @@ fn bump_memlock() {
             "setrlimit(RLIMIT_MEMLOCK) failed; fine on Linux >= 5.11, where BPF memory is memcg-accounted"
         );
     }
+}
+
+/// The interfaces the hop probe goes on: the configured ones, plus Docker bridges present now.
+pub fn hop_interfaces(hop: &HopConfig) -> Vec<String> {
+    let mut out = hop.interfaces.clone();
+    if hop.docker_bridges {
+        if let Ok(dir) = std::fs::read_dir("/sys/class/net") {
+            let mut bridges: Vec<String> = dir
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n == "docker0" || n.starts_with("br-"))
+                .filter(|n| !out.contains(n))
+                .collect();
+            bridges.sort();
+            out.extend(bridges);
+        }
+    }
+    out
+}
+
+fn attach_hop(
+    ebpf: &mut Ebpf,
+    hop: &HopConfig,
+    attached: &mut Vec<String>,
+) -> Result<(), ProbeError> {
+    let mut ports: BpfHashMap<_, u16, u8> = ebpf
+        .map_mut("HOP_PORTS")
+        .ok_or(ProbeError::MissingMap("HOP_PORTS"))?
+        .try_into()
+        .map_err(|e| ProbeError::Map {
+            name: "HOP_PORTS",
+            source: Box::new(e),
+        })?;
+    for port in &hop.ports {
+        ports.insert(port, 1, 0).map_err(|e| ProbeError::Map {
+            name: "HOP_PORTS",
+            source: Box::new(e),
+        })?;
+    }
+    // TCX (Linux >= 6.6) needs no qdisc; older kernels attach through a clsact qdisc.
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    let interfaces = hop_interfaces(hop);
+    for (name, attach_type, label) in [
+        ("hop_ingress", TcAttachType::Ingress, "ingress"),
+        ("hop_egress", TcAttachType::Egress, "egress"),
+    ] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Program {
+                name,
+                source: Box::new(aya::programs::ProgramError::NotLoaded),
+            })?
+            .try_into()
+            .map_err(|e| ProbeError::Program {
+                name,
+                source: Box::new(e),
+            })?;
+        program.load().map_err(|e| ProbeError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+        for iface in &interfaces {
+            // Every packet on loopback passes ingress once: egress would see it twice.
+            if iface == "lo" && attach_type == TcAttachType::Egress {
+                continue;
+            }
+            if !tcx {
+                // Already present is fine.
+                let _ = tc::qdisc_add_clsact(iface);
+            }
+            program
+                .attach(iface, attach_type)
+                .map_err(|e| ProbeError::Attach {
+                    interface: iface.clone(),
+                    direction: label,
+                    source: Box::new(e),
+                })?;
+            attached.push(format!(
+                "{} {iface} {label}",
+                if tcx { "tcx" } else { "tc clsact" }
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_features() -> Result<(), ProbeError> {
@@ -128,7 +225,7 @@ fn check_features() -> Result<(), ProbeError> {
 impl Probes {
     /// Checks kernel features, loads the object with this kernel's tracepoint layouts and
     /// attaches every program.
-    pub fn load(config: &ProbeConfig) -> Result<(Self, ProbeStreams), ProbeError> {
+    pub fn load(config: &ProbeConfig, hop: &HopConfig) -> Result<(Self, ProbeStreams), ProbeError> {
         bump_memlock();
         check_features()?;
         let tracefs_root = Path::new(&config.tracefs);
@@ -186,7 +283,10 @@ impl Probes {
                 name,
                 source: Box::new(e),
             })?;
-        attached.push("tracepoint/sock/inet_sock_set_state");
+        attached.push("tracepoint/sock/inet_sock_set_state".to_owned());
+        if hop.enabled {
+            attach_hop(&mut ebpf, hop, &mut attached)?;
+        }
 
         let events = ebpf
             .take_map("EVENTS")
@@ -223,6 +323,8 @@ impl Probes {
         KernelDrops {
             ringbuf_full: sum(drop_reason::RINGBUF_FULL),
             field_read: sum(drop_reason::FIELD_READ),
+            hop_ringbuf_full: sum(drop_reason::HOP_RINGBUF_FULL),
+            hop_parse: sum(drop_reason::HOP_PARSE),
         }
     }
 }
