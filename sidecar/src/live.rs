@@ -17,10 +17,11 @@ use crate::{
         Exposure, ExposureKey, Scope,
     },
     hop::tracker::Tracker,
+    hop::HopRecord,
     metrics::{self, Metrics},
     output::{unix_ns, Printer},
     probe::{
-        events::{decode, ListenChange, ProbeEvent},
+        events::{decode, DecodeError, ListenChange, ProbeEvent},
         loader::Probes,
     },
     sources::{nat::read_nat_rules, snapshot::Attributor},
@@ -47,6 +48,10 @@ struct Watch {
     metrics: Arc<Metrics>,
     last_nat_problems: Vec<String>,
     nat_tools: Vec<&'static str>,
+    hop: Tracker,
+    hop_records: Vec<HopRecord>,
+    /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
+    boot_to_unix: u64,
 }
 
 impl Watch {
@@ -60,6 +65,9 @@ impl Watch {
             metrics,
             last_nat_problems: Vec::new(),
             nat_tools: Vec::new(),
+            hop: Tracker::new(&config.hop.ports),
+            hop_records: Vec::new(),
+            boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
         }
     }
 
@@ -117,6 +125,34 @@ impl Watch {
             ("public", count(Scope::Public)),
             ("wildcard", count(Scope::Wildcard)),
         ]);
+    }
+
+    /// One record from the ring buffer.
+    fn on_event(&mut self, result: Result<ProbeEvent, DecodeError>, now_boot: u64) {
+        match result {
+            Ok(ProbeEvent::Hop(packet)) => {
+                let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
+                self.metrics.event("hop_segment", lag);
+                let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
+                self.hop.segment(&packet.segment(ts), &mut self.hop_records);
+                self.print_hop_records();
+            }
+            Ok(ProbeEvent::ListenChange(ev)) => {
+                let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
+                self.metrics.event("listen_change", lag);
+                tokio::task::block_in_place(|| self.on_listen_change(&ev));
+            }
+            Err(e) => {
+                self.metrics.decode_error();
+                tracing::warn!(error = %e, "dropped a malformed probe record");
+            }
+        }
+    }
+
+    fn print_hop_records(&mut self) {
+        for r in self.hop_records.drain(..) {
+            self.printer.hop(&r);
+        }
     }
 
     fn on_listen_change(&mut self, ev: &ListenChange) {
@@ -182,6 +218,7 @@ pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize>
     let exposures = watch.inventory.exposures();
     let now = unix_ns(SystemTime::now());
     watch.printer.inventory(&exposures, &watch.policy, now);
+    watch.printer.flush();
     Ok(exposures
         .iter()
         .filter(|e| {
@@ -263,18 +300,28 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     nat.reset();
     let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut hop = Tracker::new(&config.hop.ports);
-    let mut hop_records = Vec::new();
-    // Probe timestamps are CLOCK_BOOTTIME; records carry Unix time.
-    let boot_to_unix = unix_ns(SystemTime::now()).saturating_sub(boot_ns());
     let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     expire_tick.reset();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut last_drops = crate::probe::loader::KernelDrops::default();
 
+    // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
+    // than the probe itself); this timer drains them. Exposure events still wake at once.
+    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
+            _ = drain_tick.tick() => {
+                let now_boot = boot_ns();
+                let mut decoded = Vec::new();
+                while let Some(item) = ring.get_mut().next() {
+                    decoded.push(decode(&item));
+                }
+                for result in decoded {
+                    watch.on_event(result, now_boot);
+                }
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 let mut decoded = Vec::new();
@@ -284,26 +331,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 guard.clear_ready();
                 let now_boot = boot_ns();
                 for result in decoded {
-                    match result {
-                        Ok(ProbeEvent::Hop(packet)) => {
-                            let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
-                            metrics.event("hop_segment", lag);
-                            let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
-                            hop.segment(&packet.segment(ts), &mut hop_records);
-                            for r in hop_records.drain(..) {
-                                watch.printer.hop(&r);
-                            }
-                        }
-                        Ok(ProbeEvent::ListenChange(ev)) => {
-                            let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
-                            metrics.event("listen_change", lag);
-                            tokio::task::block_in_place(|| watch.on_listen_change(&ev));
-                        }
-                        Err(e) => {
-                            metrics.decode_error();
-                            tracing::warn!(error = %e, "dropped a malformed probe record");
-                        }
-                    }
+                    watch.on_event(result, now_boot);
                 }
             }
             guard = async {
@@ -355,31 +383,26 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
             _ = expire_tick.tick() => {
                 let cutoff = unix_ns(SystemTime::now())
                     .saturating_sub(u64::try_from(config.hop.idle_expiry.as_nanos()).unwrap_or(u64::MAX));
-                hop.expire(cutoff, &mut hop_records);
-                for r in hop_records.drain(..) {
-                    watch.printer.hop(&r);
-                }
+                watch.hop.expire(cutoff, &mut watch.hop_records);
+                watch.print_hop_records();
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+        watch.printer.flush();
     }
     // Events already in the ring buffer are not lost on shutdown.
+    let now_boot = boot_ns();
+    let mut decoded = Vec::new();
     while let Some(item) = ring.get_mut().next() {
-        match decode(&item) {
-            Ok(ProbeEvent::Hop(packet)) => {
-                let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
-                hop.segment(&packet.segment(ts), &mut hop_records);
-            }
-            Ok(ProbeEvent::ListenChange(_)) => {}
-            Err(_) => metrics.decode_error(),
-        }
+        decoded.push(decode(&item));
+    }
+    for result in decoded {
+        watch.on_event(result, now_boot);
     }
     // What is still open is reported as it stands (sessions end `open`).
-    hop.finish(&mut hop_records);
-    for r in hop_records.drain(..) {
-        watch.printer.hop(&r);
-    }
+    watch.hop.finish(&mut watch.hop_records);
+    watch.print_hop_records();
     watch
         .printer
         .status("stopped", "edgewatch stopped", &serde_json::json!({}));

@@ -18,6 +18,8 @@ fn label(key: &str, value: &str) -> Labels {
 pub struct Metrics {
     registry: Registry,
     events: Family<Labels, Counter>,
+    hop_segments: Counter,
+    listen_changes: Counter,
     kernel_drops: Family<Labels, Counter>,
     decode_errors: Counter,
     event_lag: Histogram,
@@ -100,9 +102,15 @@ impl Metrics {
                 .get_or_create(&label("reason", reason))
                 .inc_by(0);
         }
+        let hop_segments = events.get_or_create(&label("kind", "hop_segment")).clone();
+        let listen_changes = events
+            .get_or_create(&label("kind", "listen_change"))
+            .clone();
         Self {
             registry,
             events,
+            hop_segments,
+            listen_changes,
             kernel_drops,
             decode_errors,
             event_lag,
@@ -116,8 +124,18 @@ impl Metrics {
         }
     }
 
-    pub fn event(&self, kind: &str, lag_seconds: f64) {
-        self.events.get_or_create(&label("kind", kind)).inc();
+    /// Counts one probe event (`kind` is a fixed name; the counter handle is cached).
+    pub fn event(&self, kind: &'static str, lag_seconds: f64) {
+        let counter = match kind {
+            "hop_segment" => &self.hop_segments,
+            "listen_change" => &self.listen_changes,
+            other => {
+                self.events.get_or_create(&label("kind", other)).inc();
+                self.event_lag.observe(lag_seconds);
+                return;
+            }
+        };
+        counter.inc();
         self.event_lag.observe(lag_seconds);
     }
 

@@ -123,19 +123,40 @@ fn who(e: &Exposure) -> (String, String) {
     }
 }
 
+impl Drop for Printer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 impl Printer {
     pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
         Self { format, out }
     }
 
+    /// Buffered stdout: lines go out in batches; [`Printer::flush`] (called after each batch,
+    /// and by alerts and status lines themselves) pushes them.
     pub fn stdout(format: Format) -> Self {
-        Self::new(format, Box::new(std::io::stdout()))
+        Self::new(
+            format,
+            Box::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
+        )
     }
 
     fn line(&mut self, text: &str) {
         // stdout closed (a pipe that went away): nothing sensible left to do with the line.
-        if writeln!(self.out, "{text}").is_err() || self.out.flush().is_err() {
+        if writeln!(self.out, "{text}").is_err() {
             tracing::debug!("stdout closed; output line dropped");
+        }
+    }
+
+    /// Writes out every buffered line.
+    pub fn flush(&mut self) {
+        if self.out.flush().is_err() {
+            tracing::debug!("stdout closed; output dropped");
         }
     }
 
@@ -259,8 +280,13 @@ impl Printer {
         }
     }
 
-    /// One alert transition.
+    /// One alert transition (written out at once).
     pub fn alert(&mut self, alert: &AlertEvent) {
+        self.alert_line(alert);
+        self.flush();
+    }
+
+    fn alert_line(&mut self, alert: &AlertEvent) {
         match self.format {
             Format::Json => self.json(&AlertLine {
                 ty: "alert",
@@ -299,8 +325,13 @@ impl Printer {
         }
     }
 
-    /// A status object (`ready`, `problem`, `stopped`, ...).
+    /// A status object (`ready`, `problem`, `stopped`, ...), written out at once.
     pub fn status<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
+        self.status_line(ty, text, detail);
+        self.flush();
+    }
+
+    fn status_line<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
         match self.format {
             Format::Json => {
                 #[derive(Serialize)]

@@ -24,6 +24,7 @@ pub mod hop;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 pub fn edgewatch_bin() -> PathBuf {
+    // Set by cargo for integration tests and benches.
     PathBuf::from(env!("CARGO_BIN_EXE_edgewatch"))
 }
 

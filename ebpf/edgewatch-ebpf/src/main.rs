@@ -8,6 +8,7 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_boot_ns, bpf_skb_load_bytes,
@@ -93,9 +94,13 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
     }
     let oldstate: i32 = read(ctx, layout.oldstate)?;
     let newstate: i32 = read(ctx, layout.newstate)?;
-    // The exposure watch needs sockets entering and leaving LISTEN only; everything else is
-    // filtered here so it never costs a ring-buffer slot.
-    if oldstate != tcp_state::LISTEN && newstate != tcp_state::LISTEN {
+    // The exposure watch needs sockets entering LISTEN and listeners closing; everything else
+    // is filtered here so it never costs a ring-buffer slot. A connection accepted from a
+    // listener also reports LISTEN -> SYN_RECV (the child socket starts as a copy of the
+    // listener): that is not the listener closing.
+    let opened = newstate == tcp_state::LISTEN;
+    let closed = oldstate == tcp_state::LISTEN && newstate == tcp_state::CLOSE;
+    if !opened && !closed {
         return Ok(());
     }
     let family: u16 = read(ctx, layout.family)?;
@@ -184,10 +189,32 @@ fn fits(copied: u32, n: u32) -> bool {
     copied + n <= HOP_CAPTURE_BYTES as u32
 }
 
+/// Reads a header field: straight from the linear packet data when it is there (the common
+/// case, and far cheaper than a helper call), through `bpf_skb_load_bytes` otherwise.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, offset: u32) -> Result<T, u32> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let at = start + offset as usize;
+    if at + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above (the verifier checks it too).
+        return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
+    }
     ctx.load::<T>(offset as usize)
         .map_err(|_| drop_reason::HOP_PARSE)
+}
+
+/// Submit flags for hop segments: no wake-up per event (user space drains the ring on a short
+/// timer), unless the ring is a quarter full.
+#[inline(always)]
+fn hop_submit_flags() -> u64 {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    if avail > size / 4 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
@@ -264,7 +291,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
         return match EVENTS.reserve::<HopSegmentHeader>(0) {
             Some(mut entry) => {
                 entry.write(hdr);
-                entry.submit(0);
+                entry.submit(hop_submit_flags());
                 Ok(())
             }
             None => Err(drop_reason::HOP_RINGBUF_FULL),
@@ -331,7 +358,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
         hdr.cap_len = copied;
         core::ptr::addr_of_mut!((*event).hdr).write(hdr);
     }
-    entry.submit(0);
+    entry.submit(hop_submit_flags());
     Ok(())
 }
 

@@ -124,9 +124,16 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
         kind::HOP_SEGMENT | kind::HOP_SEGMENT_DATA => {
             let h: HopSegmentHeader = read_pod(bytes)?;
             let data = if header.kind == kind::HOP_SEGMENT_DATA {
-                let e: HopSegmentEvent = read_pod(bytes)?;
-                let n = (e.hdr.cap_len as usize).min(e.data.len());
-                e.data[..n].to_vec()
+                let need = std::mem::size_of::<HopSegmentEvent>();
+                if bytes.len() < need {
+                    return Err(DecodeError::Short {
+                        len: bytes.len(),
+                        need,
+                    });
+                }
+                let start = std::mem::size_of::<HopSegmentHeader>();
+                let n = (h.cap_len as usize).min(need - start);
+                bytes[start..start + n].to_vec()
             } else {
                 Vec::new()
             };

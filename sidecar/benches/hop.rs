@@ -1,0 +1,262 @@
+//! `cargo bench --bench hop` (as root): the hop's two performance claims, measured in one run
+//! on this machine, printed as ratios against a baseline measured in the same run.
+//!
+//! 1. Replay throughput on a large capture of real WebSocket traffic (real nginx, a real
+//!    WebSocket upstream and clients, recorded with tcpdump) versus
+//!    `tshark -r CAPTURE -Y websocket` on the same file. Goal: at least 20x faster.
+//! 2. The live probes' cost: wrk through nginx to an upstream on loopback, with and without the
+//!    sidecar attached, interleaved. Goal: throughput with the sidecar at least 97% of without.
+//!    Also the probes' own run time per packet (kernel.bpf_stats_enabled: run_time_ns and
+//!    run_cnt of each program).
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark: a failure is a panic with a message"
+)]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{
+    hop::{start_upstream, ws_connect, Capture, Nginx, NginxSite},
+    Sidecar,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+const SESSIONS: usize = 4;
+const MESSAGES_PER_SESSION: usize = 5_000;
+const WRK_SECONDS: u32 = 5;
+const WRK_PAIRS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn time_cmd(cmd: &mut Command) -> f64 {
+    let start = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{cmd:?} failed");
+    start.elapsed().as_secs_f64()
+}
+
+async fn make_capture(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        upstream,
+        websocket_headers: true,
+        read_timeout: "60s",
+        upstream_keepalive: false,
+    });
+    let capture = Capture::start(dir, "bench", upstream.port());
+    let mut tasks = Vec::new();
+    for s in 0..SESSIONS {
+        let port = nginx.port;
+        tasks.push(tokio::spawn(async move {
+            let mut ws = ws_connect(port, "/bench").await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            let mut x: u32 = 0x9e37_79b9 ^ s as u32;
+            for _ in 0..MESSAGES_PER_SESSION {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // JSON-like text frames of 64 B to 4 KiB, like the Gateway's events.
+                let len = 64 + (x % 4032) as usize;
+                ws.send(Message::text("e".repeat(len))).await.unwrap();
+                ws.next().await.unwrap().unwrap();
+            }
+            ws.close(None).await.unwrap();
+            while ws.next().await.is_some() {}
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let path = capture.stop();
+    drop(nginx);
+    (path, upstream.port())
+}
+
+fn wrk_rps(port: u16) -> f64 {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c8", &format!("-d{WRK_SECONDS}s")])
+        .arg(format!("http://127.0.0.1:{port}/health"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk output: {text}"))
+}
+
+/// run_time_ns and run_cnt of the sidecar's BPF programs, from /proc/PID/fdinfo.
+fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_owned())
+        };
+        if let (Some(tag), Some(t), Some(c)) =
+            (field("prog_tag:"), field("run_time_ns:"), field("run_cnt:"))
+        {
+            let kind = field("prog_type:").unwrap_or_default();
+            out.push((
+                format!("{kind} {tag}"),
+                t.parse().unwrap_or(0),
+                c.parse().unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful here.
+    support::require_root();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    println!("== replay throughput vs tshark");
+    let (capture, port) = runtime.block_on(make_capture(dir.path()));
+    let size = std::fs::metadata(&capture).unwrap().len() as f64 / 1e6;
+    let bin = support::edgewatch_bin();
+    let ours = median(
+        (0..3)
+            .map(|_| {
+                time_cmd(Command::new(&bin).arg("replay").arg(&capture).args([
+                    "--port",
+                    &port.to_string(),
+                    "--output",
+                    "json",
+                ]))
+            })
+            .collect(),
+    );
+    // The replay must have seen every message: a fast wrong answer is no benchmark.
+    let out = Command::new(&bin)
+        .arg("replay")
+        .arg(&capture)
+        .args(["--port", &port.to_string(), "--output", "json"])
+        .output()
+        .unwrap();
+    let (mut client_text, mut server_text) = (0u64, 0u64);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "websocket" {
+            client_text += v["client_frames"]["text"].as_u64().unwrap();
+            server_text += v["server_frames"]["text"].as_u64().unwrap();
+        }
+    }
+    let messages = (SESSIONS * MESSAGES_PER_SESSION) as u64;
+    assert_eq!(client_text, messages, "client frames seen by replay");
+    assert_eq!(
+        server_text,
+        messages + SESSIONS as u64,
+        "server frames (+ challenges)"
+    );
+    let tshark = time_cmd(Command::new("tshark").arg("-r").arg(&capture).args([
+        "-d",
+        &format!("tcp.port=={port},http"),
+        "-Y",
+        "websocket",
+    ]));
+    println!(
+        "capture: {size:.1} MB, {} WebSocket messages each way",
+        SESSIONS * MESSAGES_PER_SESSION
+    );
+    println!("edgewatch replay: {ours:.2} s ({:.0} MB/s)", size / ours);
+    println!(
+        "tshark -Y websocket: {tshark:.2} s ({:.1} MB/s)",
+        size / tshark
+    );
+    println!(
+        "ratio: edgewatch is {:.1}x faster (goal: >= 20x)",
+        tshark / ours
+    );
+
+    println!("== live probe cost (wrk through nginx, interleaved)");
+    let upstream = runtime.block_on(start_upstream());
+    let nginx = Nginx::start(&NginxSite {
+        upstream,
+        websocket_headers: false,
+        read_timeout: "60s",
+        upstream_keepalive: true,
+    });
+    let _ = Command::new("sysctl")
+        .args(["-q", "-w", "kernel.bpf_stats_enabled=1"])
+        .status();
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut stats = Vec::new();
+    let mut sidecar_cpu = Vec::new();
+    for _ in 0..WRK_PAIRS {
+        without.push(wrk_rps(nginx.port));
+        let sidecar = Sidecar::start(&format!(
+            "[hop]\nports = [{}]\ndocker_bridges = false\n[exposure]\nrescan_interval = \"1h\"\n\
+             [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            upstream.port()
+        ));
+        let cpu_before = cpu_ticks(sidecar.pid());
+        with.push(wrk_rps(nginx.port));
+        let cpu = cpu_ticks(sidecar.pid()) - cpu_before;
+        sidecar_cpu.push(cpu as f64 / ticks_per_second() / f64::from(WRK_SECONDS) * 100.0);
+        stats = prog_stats(sidecar.pid());
+        drop(sidecar);
+    }
+    let _ = Command::new("sysctl")
+        .args(["-q", "-w", "kernel.bpf_stats_enabled=0"])
+        .status();
+    let (w, wo) = (median(with.clone()), median(without.clone()));
+    println!("without sidecar: {without:.0?} req/s (median {wo:.0})");
+    println!("with sidecar:    {with:.0?} req/s (median {w:.0})");
+    println!(
+        "ratio: {:.1}% of the throughput without (goal: >= 97%)",
+        100.0 * w / wo
+    );
+    println!("sidecar user-space CPU during the runs: {sidecar_cpu:.1?} % of one core");
+    for (name, ns, cnt) in stats {
+        if cnt > 0 {
+            println!(
+                "probe {name}: {cnt} runs, {:.0} ns per run",
+                ns as f64 / cnt as f64
+            );
+        }
+    }
+    drop(nginx);
+}
