@@ -80,6 +80,35 @@ fn wildcard_listener_on_watched_port_fires_then_resolves() {
 }
 
 #[test]
+fn accepted_connections_do_not_look_like_a_closed_listener() {
+    // The kernel reports each accepted connection as its child socket going LISTEN ->
+    // SYN_RECV; only LISTEN -> CLOSE is the listener going away.
+    let port = free_port();
+    let marker = free_port();
+    let mut sidecar = Sidecar::start(&config_watching(&[port, marker], ""));
+    let _holder = SocketHolder::tcp("127.0.0.1", port);
+    sidecar
+        .lines
+        .wait_for("the listener", |v| is_change(v, "added", port));
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    // A later event proves everything before it was processed.
+    let _m = SocketHolder::tcp("127.0.0.1", marker);
+    sidecar
+        .lines
+        .wait_for("the marker listener", |v| is_change(v, "added", marker));
+    let removed: Vec<Value> = sidecar
+        .lines
+        .seen_json()
+        .into_iter()
+        .filter(|v| is_change(v, "removed", port))
+        .collect();
+    assert!(removed.is_empty(), "{removed:?}");
+    drop(clients);
+}
+
+#[test]
 fn loopback_listener_gives_no_alert() {
     let quiet = free_port();
     let loud = free_port();
