@@ -91,7 +91,7 @@ async fn healthy_upgrade_messages_and_clean_close() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&site(upstream));
     let capture = Capture::start(nginx.dir.path(), "healthy", upstream.port());
-    let sidecar = live(upstream.port());
+    let mut sidecar = live(upstream.port());
 
     let mut ws = ws_connect(nginx.port, "/?token=secret-value")
         .await
@@ -101,6 +101,11 @@ async fn healthy_upgrade_messages_and_clean_close() {
         .to_text()
         .expect("text")
         .contains("connect.challenge"));
+    // The sidecar has seen the 101 (and armed the kernel's frame follower) once it reports
+    // the upgrade.
+    sidecar.lines.wait_for("the live upgrade record", |v| {
+        v["type"] == "http" && v["outcome"] == "upgraded"
+    });
     let big = "x".repeat(100_000);
     for text in ["one", "two", big.as_str()] {
         ws.send(Message::text(text)).await.expect("send");
@@ -150,6 +155,17 @@ async fn healthy_upgrade_messages_and_clean_close() {
     // Never the payload: the 100 kB message and the token are nowhere in the output.
     let all = serde_json::to_string(&records).expect("json");
     assert!(!all.contains("xxxxxxxxxx") && !all.contains("secret-value"));
+    // After the 101 the kernel followed the frames: it sent headers, not payloads.
+    let metrics = sidecar.metrics();
+    let followed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgewatch_hop_followed_segments_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        followed > 0,
+        "no segment followed by the kernel:\n{metrics}"
+    );
     assert_live_agrees(sidecar, &records);
 }
 

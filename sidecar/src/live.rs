@@ -22,7 +22,7 @@ use crate::{
     output::{unix_ns, Printer},
     probe::{
         events::{decode, DecodeError, ListenChange, ProbeEvent},
-        loader::Probes,
+        loader::{Probes, WsFlows},
     },
     sources::{nat::read_nat_rules, snapshot::Attributor},
 };
@@ -38,6 +38,29 @@ fn boot_ns() -> u64 {
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
+fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_common::FlowKey {
+    fn bytes(ip: std::net::IpAddr) -> ([u8; 16], u16) {
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, 2)
+            }
+            std::net::IpAddr::V6(a) => (a.octets(), 10),
+        }
+    }
+    let (saddr, family) = bytes(src.ip());
+    let (daddr, _) = bytes(dst.ip());
+    edgewatch_common::FlowKey {
+        saddr,
+        daddr,
+        sport: src.port(),
+        dport: dst.port(),
+        family,
+        _pad: 0,
+    }
+}
+
 /// State shared by the one-shot and the live paths.
 struct Watch {
     policy: Policy,
@@ -50,6 +73,8 @@ struct Watch {
     nat_tools: Vec<&'static str>,
     hop: Tracker,
     hop_records: Vec<HopRecord>,
+    /// The kernel frame follower's map (live with the hop probe only).
+    ws_flows: Option<WsFlows>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
     boot_to_unix: u64,
 }
@@ -65,8 +90,9 @@ impl Watch {
             metrics,
             last_nat_problems: Vec::new(),
             nat_tools: Vec::new(),
-            hop: Tracker::new(&config.hop.ports),
+            hop: Tracker::new(&config.hop.ports).with_kernel_hints(),
             hop_records: Vec::new(),
+            ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
         }
     }
@@ -134,7 +160,13 @@ impl Watch {
                 let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
                 self.metrics.event("hop_segment", lag);
                 let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
-                self.hop.segment(&packet.segment(ts), &mut self.hop_records);
+                if packet.pieces.is_some() {
+                    self.metrics.followed_segment();
+                }
+                for segment in packet.segments(ts) {
+                    self.hop.segment(&segment, &mut self.hop_records);
+                }
+                self.arm_ws_follower();
                 self.print_hop_records();
             }
             Ok(ProbeEvent::ListenChange(ev)) => {
@@ -145,6 +177,26 @@ impl Watch {
             Err(e) => {
                 self.metrics.decode_error();
                 tracing::warn!(error = %e, "dropped a malformed probe record");
+            }
+        }
+    }
+
+    /// Tells the kernel where the next frame header of each WebSocket direction starts, so it
+    /// copies only frame headers from then on.
+    fn arm_ws_follower(&mut self) {
+        let hints = self.hop.take_hints();
+        let Some(map) = self.ws_flows.as_mut() else {
+            return;
+        };
+        for h in hints {
+            let key = flow_key(h.src, h.dst);
+            let value = edgewatch_common::WsFlow {
+                next_header_seq: h.next_header_seq,
+                _pad: 0,
+            };
+            if let Err(e) = map.insert(key, value, 0) {
+                self.metrics.ws_follow_error();
+                tracing::debug!(error = %e, "cannot arm the kernel frame follower");
             }
         }
     }
@@ -240,6 +292,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let (probes, streams) =
         Probes::load(&config.probes, &config.hop).context("loading the kernel probes")?;
     let attached = probes.attached.clone();
+    watch.ws_flows = streams.ws_flows;
 
     watch.rescan()?;
     if config.nat.enabled {

@@ -22,6 +22,8 @@ pub struct Metrics {
     listen_changes: Counter,
     kernel_drops: Family<Labels, Counter>,
     decode_errors: Counter,
+    ws_follow_errors: Counter,
+    followed_segments: Counter,
     event_lag: Histogram,
     exposures: Family<Labels, Gauge>,
     alerts: Family<Labels, Counter>,
@@ -58,6 +60,18 @@ impl Metrics {
             "decode_errors",
             "Ring-buffer records that could not be decoded (dropped)",
             decode_errors.clone(),
+        );
+        let ws_follow_errors = Counter::default();
+        registry.register(
+            "ws_follow_errors",
+            "Failed writes to the kernel's WebSocket frame follower map",
+            ws_follow_errors.clone(),
+        );
+        let followed_segments = Counter::default();
+        registry.register(
+            "hop_followed_segments",
+            "WebSocket segments of which the kernel sent only frame headers (no payload)",
+            followed_segments.clone(),
         );
         let event_lag = Histogram::new([0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0]);
         registry.register(
@@ -113,6 +127,8 @@ impl Metrics {
             listen_changes,
             kernel_drops,
             decode_errors,
+            ws_follow_errors,
+            followed_segments,
             event_lag,
             exposures,
             alerts,
@@ -141,6 +157,16 @@ impl Metrics {
 
     pub fn decode_error(&self) {
         self.decode_errors.inc();
+    }
+
+    /// A hop segment arrived with only its frame headers (the kernel followed the frames).
+    pub fn followed_segment(&self) {
+        self.followed_segments.inc();
+    }
+
+    /// A write to the kernel's frame follower map failed (it then copies payload prefixes).
+    pub fn ws_follow_error(&self) {
+        self.ws_follow_errors.inc();
     }
 
     /// Brings a kernel drop counter up to the kernel's absolute value.

@@ -19,7 +19,18 @@ pub mod kind {
     pub const HOP_SEGMENT: u32 = 2;
     /// A TCP segment on the hop with payload ([`crate::HopSegmentEvent`]).
     pub const HOP_SEGMENT_DATA: u32 = 3;
+    /// A segment of an upgraded (WebSocket) stream: only its frame headers and a close frame's
+    /// payload ([`crate::HopWsEvent`]).
+    pub const HOP_SEGMENT_WS: u32 = 4;
 }
+
+/// Frame headers one [`HopWsEvent`] carries at most; a segment with more falls back to a
+/// payload prefix.
+pub const WS_MAX_HEADERS: usize = 8;
+/// Bytes reserved per frame header (the longest is 14).
+pub const WS_HEADER_SLOT: usize = 16;
+/// Bytes of a close frame's payload kept (RFC 6455 caps control payloads at 125).
+pub const WS_CLOSE_BYTES: usize = 128;
 
 /// Payload bytes copied per segment at most: enough for HTTP heads and the frame headers at
 /// the start of a segment. (One less than the buffer, see the eBPF copy routine.)
@@ -156,6 +167,49 @@ pub struct HopSegmentEvent {
 }
 const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
 
+/// A direction of an upgraded stream whose frame headers the TC program follows. Key of the
+/// `WS_FLOWS` map (source to destination, addresses in network order, ports in host order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of the `WS_FLOWS` map: where the next frame header starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WsFlow {
+    /// TCP sequence number of the next frame header's first byte.
+    pub next_header_seq: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<WsFlow>() == 8);
+
+/// A segment of a followed WebSocket direction: the frame headers found in it (each at an
+/// offset within the segment's payload) and the payload of a close frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopWsEvent {
+    pub hdr: HopSegmentHeader,
+    /// Frame headers found (entries of `header_off` / `header_len` / `headers` used).
+    pub n_headers: u32,
+    /// Offset of the close payload within the segment payload, when `close_len` > 0.
+    pub close_off: u32,
+    pub close_len: u32,
+    pub _pad: u32,
+    pub header_off: [u32; WS_MAX_HEADERS],
+    pub header_len: [u32; WS_MAX_HEADERS],
+    pub headers: [[u8; WS_HEADER_SLOT]; WS_MAX_HEADERS],
+    pub close: [u8; WS_CLOSE_BYTES],
+}
+const _: () = assert!(size_of::<HopWsEvent>() == 80 + 16 + 32 + 32 + 128 + 128);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of them are `repr(C)`, made only of integers and byte arrays with explicit
@@ -165,4 +219,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockStateLayout {}
     unsafe impl aya::Pod for super::HopSegmentHeader {}
     unsafe impl aya::Pod for super::HopSegmentEvent {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::WsFlow {}
+    unsafe impl aya::Pod for super::HopWsEvent {}
 }

@@ -14,14 +14,15 @@ use aya_ebpf::{
         bpf_ktime_get_boot_ns, bpf_skb_load_bytes,
     },
     macros::{classifier, map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, TracePointContext},
     Global,
 };
 use aya_log_ebpf::warn;
 use edgewatch_common::{
-    drop_reason, kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, SockStateEvent,
-    SockStateLayout, EVENT_VERSION, HOP_CAPTURE_BYTES,
+    drop_reason, kind, tcp_state, EventHeader, FlowKey, HopSegmentEvent, HopSegmentHeader,
+    HopWsEvent, SockStateEvent, SockStateLayout, WsFlow, EVENT_VERSION, HOP_CAPTURE_BYTES,
+    WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
@@ -153,6 +154,16 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
 #[map]
 static HOP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
+/// Directions of upgraded streams whose frame headers the TC program follows, and where the
+/// next header starts. User space adds an entry when it sees a `101` (and whenever it knows the
+/// position again after the program lost it); the program removes it when it loses track.
+#[map]
+static WS_FLOWS: LruHashMap<FlowKey, WsFlow> = LruHashMap::with_max_entries(16384, 0);
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+
 /// TC_ACT_UNSPEC / TCX_NEXT: an observer never decides a packet's fate.
 const TC_NEXT: i32 = -1;
 const ETH_HLEN: u32 = 14;
@@ -190,7 +201,8 @@ fn fits(copied: u32, n: u32) -> bool {
 }
 
 /// Reads a header field: straight from the linear packet data when it is there (the common
-/// case, and far cheaper than a helper call), through `bpf_skb_load_bytes` otherwise.
+/// case, and far cheaper than a helper call), through `bpf_skb_load_bytes` otherwise. Only for
+/// the Ethernet, IP and TCP headers, whose offsets the verifier can bound.
 #[inline(always)]
 fn load<T>(ctx: &TcContext, offset: u32) -> Result<T, u32> {
     let start = ctx.data();
@@ -200,6 +212,12 @@ fn load<T>(ctx: &TcContext, offset: u32) -> Result<T, u32> {
         // SAFETY: bounds checked against data_end just above (the verifier checks it too).
         return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
     }
+    load_any(ctx, offset)
+}
+
+/// Reads bytes at any offset (inside the payload) through `bpf_skb_load_bytes`.
+#[inline(always)]
+fn load_any<T>(ctx: &TcContext, offset: u32) -> Result<T, u32> {
     ctx.load::<T>(offset as usize)
         .map_err(|_| drop_reason::HOP_PARSE)
 }
@@ -287,6 +305,32 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     hdr.tcp_flags = off_flags[1];
     let payload_off = l4_off + tcp_hlen;
     hdr.payload_len = l4_len.saturating_sub(tcp_hlen);
+    let key = FlowKey {
+        saddr: hdr.saddr,
+        daddr: hdr.daddr,
+        sport: hdr.sport,
+        dport: hdr.dport,
+        family: hdr.family,
+        _pad: 0,
+    };
+    if hdr.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        // A new or reset connection on this 4-tuple starts untracked (ENOENT when it was not
+        // tracked is the common case, not an error).
+        let _ = WS_FLOWS.remove(key);
+    }
+    if hdr.payload_len > 0 {
+        if let Some(flow) = WS_FLOWS.get_ptr_mut(key) {
+            if ws_segment(ctx, &hdr, flow, payload_off)? {
+                if hdr.tcp_flags & TCP_FIN != 0 {
+                    let _ = WS_FLOWS.remove(key);
+                }
+                return Ok(());
+            }
+            // Lost track: fall back to the payload prefix; user space re-arms the entry
+            // once it knows where the next header is.
+            let _ = WS_FLOWS.remove(key);
+        }
+    }
     if hdr.payload_len == 0 {
         return match EVENTS.reserve::<HopSegmentHeader>(0) {
             Some(mut entry) => {
@@ -360,6 +404,166 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     }
     entry.submit(hop_submit_flags());
     Ok(())
+}
+
+/// Copies up to 125 bytes of a close frame's payload into `dst` (WS_CLOSE_BYTES long).
+///
+/// # Safety
+/// `dst` must point to `WS_CLOSE_BYTES` writable bytes.
+#[inline(always)]
+unsafe fn copy_close(ctx: &TcContext, off: u32, dst: *mut u8, len: u32) -> u32 {
+    let mut done = 0u32;
+    for n in [64u32, 32, 16, 8, 4, 2, 1] {
+        if len & n != 0 && done + n <= WS_CLOSE_BYTES as u32 {
+            // SAFETY: done + n <= WS_CLOSE_BYTES, checked just above.
+            let rc = unsafe {
+                bpf_skb_load_bytes(
+                    ctx.skb.skb as *const _,
+                    off + done,
+                    dst.add(done as usize).cast(),
+                    n,
+                )
+            };
+            if rc != 0 {
+                return done;
+            }
+            done += n;
+        }
+    }
+    done
+}
+
+/// Follows the frame headers of one segment of an upgraded stream and sends only them (and a
+/// close frame's payload). Returns `Ok(false)` when it cannot: the next header lies before
+/// this segment (a gap), a header is split across segments, or the segment has more headers
+/// than one event holds; the caller then sends the payload prefix instead.
+fn ws_segment(
+    ctx: &TcContext,
+    hdr: &HopSegmentHeader,
+    flow: *mut WsFlow,
+    payload_off: u32,
+) -> Result<bool, u32> {
+    // SAFETY: `flow` came from a map lookup in this program run.
+    let next = unsafe { (*flow).next_header_seq };
+    let rel = next.wrapping_sub(hdr.seq) as i32;
+    if rel < 0 {
+        return Ok(false);
+    }
+    let len = hdr.payload_len;
+    let Some(mut entry) = EVENTS.reserve::<HopWsEvent>(0) else {
+        return Err(drop_reason::HOP_RINGBUF_FULL);
+    };
+    let ev = entry.as_mut_ptr();
+    let mut off = rel as u32;
+    let mut n: u32 = 0;
+    let mut close_at = 0u32;
+    let mut close_want = 0u32;
+    let mut ok = true;
+    // Each header is read with at most three fixed-size loads (first two bytes, extended
+    // length, mask) and written from the stack: no variable-length copy inside the loop keeps
+    // the verifier's work small.
+    // SAFETY: `ev` points to a reserved HopWsEvent; every write stays inside its arrays.
+    unsafe {
+        for i in 0..WS_MAX_HEADERS {
+            if off >= len {
+                break;
+            }
+            let remaining = len - off;
+            let at = payload_off + off;
+            let b: [u8; 2] = match load_any(ctx, at) {
+                Ok(b) if remaining >= 2 => b,
+                _ => {
+                    ok = false;
+                    break;
+                }
+            };
+            let masked = b[1] & 0x80 != 0;
+            let mut slot = [0u8; WS_HEADER_SLOT];
+            slot[0] = b[0];
+            slot[1] = b[1];
+            let (ext, plen) = match b[1] & 0x7f {
+                126 => match load_any::<[u8; 2]>(ctx, at + 2) {
+                    Ok(v) => {
+                        slot[2] = v[0];
+                        slot[3] = v[1];
+                        (2u32, u64::from(u16::from_be_bytes(v)))
+                    }
+                    Err(_) => (2, u64::MAX),
+                },
+                127 => match load_any::<[u8; 8]>(ctx, at + 2) {
+                    Ok(v) => {
+                        let mut j = 0;
+                        while j < 8 {
+                            slot[2 + j] = v[j];
+                            j += 1;
+                        }
+                        (8, u64::from_be_bytes(v))
+                    }
+                    Err(_) => (8, u64::MAX),
+                },
+                short => (0, u64::from(short)),
+            };
+            let hlen = 2 + ext + if masked { 4 } else { 0 };
+            if remaining < hlen || plen > u64::from(u32::MAX / 2) {
+                ok = false;
+                break;
+            }
+            if masked {
+                match load_any::<[u8; 4]>(ctx, at + 2 + ext) {
+                    Ok(m) => {
+                        // Constant offsets (2, 4 or 10) keep the stack writes verifiable.
+                        let k = match ext {
+                            0 => 2,
+                            2 => 4,
+                            _ => 10,
+                        };
+                        slot[k] = m[0];
+                        slot[k + 1] = m[1];
+                        slot[k + 2] = m[2];
+                        slot[k + 3] = m[3];
+                    }
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            core::ptr::addr_of_mut!((*ev).headers[i]).write(slot);
+            (*ev).header_off[i] = off;
+            (*ev).header_len[i] = hlen;
+            n += 1;
+            let start = off + hlen;
+            if b[0] & 0x0f == 0x8 && plen > 0 && close_want == 0 && start < len {
+                close_at = start;
+                close_want = (plen as u32).min(len - start).min(125);
+            }
+            off = start + plen as u32;
+        }
+        if ok && close_want > 0 {
+            let close = core::ptr::addr_of_mut!((*ev).close).cast::<u8>();
+            let got = copy_close(ctx, payload_off + close_at, close, close_want);
+            (*ev).close_off = close_at;
+            (*ev).close_len = got;
+        } else {
+            (*ev).close_off = 0;
+            (*ev).close_len = 0;
+        }
+    }
+    if !ok || (n as usize == WS_MAX_HEADERS && off < len) {
+        entry.discard(0);
+        return Ok(false);
+    }
+    let mut h = *hdr;
+    h.header.kind = kind::HOP_SEGMENT_WS;
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::addr_of_mut!((*ev).hdr).write(h);
+        (*ev).n_headers = n;
+        (*ev)._pad = 0;
+        (*flow).next_header_seq = hdr.seq.wrapping_add(off);
+    }
+    entry.submit(hop_submit_flags());
+    Ok(true)
 }
 
 #[cfg(not(test))]

@@ -49,6 +49,49 @@ pub struct Segment<'a> {
     /// The captured payload bytes, starting at `seq`; shorter than `payload_len` when the
     /// capture was truncated. The missing tail is a gap to the parsers.
     pub payload: &'a [u8],
+    /// Cut by the kernel's WebSocket frame follower (only frame headers were copied). Tells
+    /// the tracker the kernel still follows this direction.
+    pub followed: bool,
+}
+
+/// Splits a segment whose payload the kernel sent as pieces (frame headers and a close
+/// payload, at offsets within the payload) into one segment per piece; the payload between
+/// pieces becomes the uncopied tail of each, so the tracker sees it as a gap. Control flags
+/// (SYN, FIN, RST) stay on the last one.
+pub fn split_followed<'a>(base: Segment<'a>, pieces: &'a [(u32, Vec<u8>)]) -> Vec<Segment<'a>> {
+    let len = base.payload_len;
+    let mut bounds: Vec<(u32, &'a [u8])> = pieces
+        .iter()
+        .filter(|(off, _)| *off < len)
+        .map(|(off, bytes)| (*off, bytes.as_slice()))
+        .collect();
+    bounds.sort_by_key(|b| b.0);
+    if bounds.first().is_none_or(|b| b.0 > 0) {
+        bounds.insert(0, (0, &[]));
+    }
+    let quiet = TcpFlags {
+        syn: false,
+        fin: false,
+        rst: false,
+        ..base.flags
+    };
+    let last = bounds.len() - 1;
+    bounds
+        .iter()
+        .enumerate()
+        .map(|(i, (off, bytes))| {
+            let end = bounds.get(i + 1).map_or(len, |n| n.0);
+            let piece_len = end.saturating_sub(*off);
+            Segment {
+                seq: base.seq.wrapping_add(*off),
+                payload_len: piece_len,
+                payload: &bytes[..bytes.len().min(piece_len as usize)],
+                flags: if i == last { base.flags } else { quiet },
+                followed: true,
+                ..base.clone()
+            }
+        })
+        .collect()
 }
 
 /// Which end of a connection.

@@ -39,6 +39,17 @@ enum Proto {
 struct Direction {
     reasm: Reassembler,
     proto: Proto,
+    /// The kernel follows this (WebSocket) direction's frame headers, as far as we know.
+    kernel_follows: bool,
+}
+
+/// Where the next frame header of a WebSocket direction starts, for the kernel's frame
+/// follower (live only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WsHint {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub next_header_seq: u32,
 }
 
 struct PendingExchange {
@@ -97,10 +108,12 @@ impl Conn {
             c2s: Direction {
                 reasm: Reassembler::default(),
                 proto: Proto::Http(HttpStream::new(Role::Request)),
+                kernel_follows: false,
             },
             s2c: Direction {
                 reasm: Reassembler::default(),
                 proto: Proto::Http(HttpStream::new(Role::Response)),
+                kernel_follows: false,
             },
             exchanges: VecDeque::new(),
             next_index: 0,
@@ -317,6 +330,36 @@ impl Conn {
         }
     }
 
+    /// Hints for WebSocket directions the kernel does not follow but whose next header
+    /// position is known now.
+    fn hints(&mut self, out: &mut Vec<WsHint>) {
+        let (client, server) = (self.id.client, self.id.server);
+        for (dir, src, dst) in [
+            (&mut self.c2s, client, server),
+            (&mut self.s2c, server, client),
+        ] {
+            if dir.kernel_follows {
+                continue;
+            }
+            let Proto::Ws(ws) = &dir.proto else {
+                continue;
+            };
+            let (Some(ahead), Some(next)) = (ws.bytes_to_next_header(), dir.reasm.next_seq())
+            else {
+                continue;
+            };
+            let Ok(ahead) = u32::try_from(ahead) else {
+                continue;
+            };
+            out.push(WsHint {
+                src,
+                dst,
+                next_header_seq: next.wrapping_add(ahead),
+            });
+            dir.kernel_follows = true;
+        }
+    }
+
     fn fin(&mut self, side: Side) {
         self.first_fin.get_or_insert(side);
         match side {
@@ -417,6 +460,9 @@ fn exchange_record(
 pub struct Tracker {
     ports: Vec<u16>,
     conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    /// Produce [`WsHint`]s (live, where a kernel follower exists).
+    hints_enabled: bool,
+    hints: Vec<WsHint>,
     pub stats: TrackerStats,
 }
 
@@ -426,8 +472,22 @@ impl Tracker {
         Self {
             ports: upstream_ports.to_vec(),
             conns: HashMap::new(),
+            hints_enabled: false,
+            hints: Vec::new(),
             stats: TrackerStats::default(),
         }
+    }
+
+    /// Also produce [`WsHint`]s for the kernel's frame follower (take them with
+    /// [`Tracker::take_hints`]).
+    pub fn with_kernel_hints(mut self) -> Self {
+        self.hints_enabled = true;
+        self
+    }
+
+    /// Hints produced since the last call.
+    pub fn take_hints(&mut self) -> Vec<WsHint> {
+        std::mem::take(&mut self.hints)
     }
 
     /// Number of connections being followed.
@@ -541,7 +601,14 @@ impl Tracker {
             conn.acked(from, seg, out);
         }
         if seg.payload_len > 0 {
+            if !seg.followed {
+                // Payload prefix: the kernel does not follow this direction (any more).
+                conn.dir(from).kernel_follows = false;
+            }
             conn.data(from, seg, out);
+            if self.hints_enabled {
+                conn.hints(&mut self.hints);
+            }
         }
         if seg.flags.fin {
             conn.dir(from)
@@ -680,6 +747,7 @@ pub(crate) mod tests {
                 flags: TcpFlags::from_byte(*flags),
                 payload_len: data.len() as u32,
                 payload: data,
+                followed: false,
             }
         }
         pub(crate) fn run_order(&self, order: &[usize]) -> Vec<HopRecord> {

@@ -102,6 +102,16 @@ impl WsStream {
         self.state == State::Lost
     }
 
+    /// Bytes from the current stream position to the next frame header, when known: 0 at a
+    /// header boundary, the rest of the payload inside one; `None` inside a header or lost.
+    pub fn bytes_to_next_header(&self) -> Option<u64> {
+        match &self.state {
+            State::Header if self.header.is_empty() => Some(0),
+            State::Payload { remaining, .. } => Some(*remaining),
+            _ => None,
+        }
+    }
+
     /// Feeds stream bytes.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<WsEvent>) {
         let mut pos = 0;

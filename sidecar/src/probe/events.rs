@@ -3,7 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgewatch_common::{
-    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, SockStateEvent, EVENT_VERSION,
+    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, HopWsEvent, SockStateEvent,
+    EVENT_VERSION, WS_MAX_HEADERS,
 };
 
 /// A socket entered or left LISTEN.
@@ -34,21 +35,32 @@ pub struct HopPacket {
     pub payload_len: u32,
     /// The first bytes of the payload (at most `HOP_CAPTURE_BYTES - 1`).
     pub data: Vec<u8>,
+    /// For a WebSocket direction the kernel follows: the frame headers (and a close frame's
+    /// payload) at their offsets within the payload; `data` is then empty.
+    pub pieces: Option<Vec<(u32, Vec<u8>)>>,
 }
 
 impl HopPacket {
-    /// As a tracker segment, stamped with `ts_ns`.
-    pub fn segment(&self, ts_ns: u64) -> crate::hop::Segment<'_> {
-        crate::hop::Segment {
+    /// As tracker segments, stamped with `ts_ns`: one for a payload prefix, or one per piece
+    /// for a followed WebSocket segment (the bytes between pieces are payload never copied,
+    /// which the tracker skips as gaps).
+    pub fn segments(&self, ts_ns: u64) -> Vec<crate::hop::Segment<'_>> {
+        let flags = crate::hop::TcpFlags::from_byte(self.tcp_flags);
+        let base = crate::hop::Segment {
             ts_ns,
             src: self.src,
             dst: self.dst,
             seq: self.seq,
             ack: self.ack,
-            flags: crate::hop::TcpFlags::from_byte(self.tcp_flags),
+            flags,
             payload_len: self.payload_len,
             payload: &self.data,
-        }
+            followed: false,
+        };
+        let Some(pieces) = &self.pieces else {
+            return vec![base];
+        };
+        crate::hop::split_followed(base, pieces)
     }
 }
 
@@ -121,8 +133,25 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 comm: comm_string(&e.comm),
             }))
         }
-        kind::HOP_SEGMENT | kind::HOP_SEGMENT_DATA => {
+        kind::HOP_SEGMENT | kind::HOP_SEGMENT_DATA | kind::HOP_SEGMENT_WS => {
             let h: HopSegmentHeader = read_pod(bytes)?;
+            let mut pieces = None;
+            if header.kind == kind::HOP_SEGMENT_WS {
+                let e: HopWsEvent = read_pod(bytes)?;
+                let n = (e.n_headers as usize).min(WS_MAX_HEADERS);
+                let mut list: Vec<(u32, Vec<u8>)> = (0..n)
+                    .map(|i| {
+                        let len = (e.header_len[i] as usize).min(e.headers[i].len());
+                        (e.header_off[i], e.headers[i][..len].to_vec())
+                    })
+                    .collect();
+                if e.close_len > 0 {
+                    let len = (e.close_len as usize).min(e.close.len());
+                    list.push((e.close_off, e.close[..len].to_vec()));
+                }
+                list.sort_by_key(|p| p.0);
+                pieces = Some(list);
+            }
             let data = if header.kind == kind::HOP_SEGMENT_DATA {
                 let need = std::mem::size_of::<HopSegmentEvent>();
                 if bytes.len() < need {
@@ -162,6 +191,7 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 tcp_flags: h.tcp_flags,
                 payload_len: h.payload_len,
                 data,
+                pieces,
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),

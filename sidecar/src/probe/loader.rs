@@ -78,8 +78,13 @@ pub struct Probes {
     pub attached: Vec<String>,
 }
 
+/// The kernel's WebSocket frame follower state, written by user space.
+pub type WsFlows = BpfHashMap<MapData, edgewatch_common::FlowKey, edgewatch_common::WsFlow>;
+
 /// What user space reads from the probes, to be polled by the event loop.
 pub struct ProbeStreams {
+    /// Where the kernel's frame follower resumes (present when the hop probe is loaded).
+    pub ws_flows: Option<WsFlows>,
     /// Every event (see `super::events`).
     pub events: RingBuf<MapData>,
     /// Log records of the eBPF programs (aya-log), when available.
@@ -302,13 +307,26 @@ impl Probes {
             name: "DROPS",
             source: Box::new(e),
         })?;
+        let ws_flows = match ebpf.take_map("WS_FLOWS") {
+            Some(map) if hop.enabled => {
+                Some(WsFlows::try_from(map).map_err(|e| ProbeError::Map {
+                    name: "WS_FLOWS",
+                    source: Box::new(e),
+                })?)
+            }
+            _ => None,
+        };
         Ok((
             Self {
                 _ebpf: ebpf,
                 drops,
                 attached,
             },
-            ProbeStreams { events, logger },
+            ProbeStreams {
+                events,
+                logger,
+                ws_flows,
+            },
         ))
     }
 

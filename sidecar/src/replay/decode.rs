@@ -142,6 +142,7 @@ pub fn decode(linktype: i32, ts_ns: u64, data: &[u8]) -> Result<Segment<'_>, Ski
         flags,
         payload_len: u32::try_from(payload_len.max(payload.len())).unwrap_or(u32::MAX),
         payload: &payload[..payload.len().min(payload_len.max(payload.len()))],
+        followed: false,
     })
 }
 
