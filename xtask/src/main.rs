@@ -56,6 +56,15 @@ enum Task {
     /// Set up, then run every check and test: fmt, clippy (user space, then the eBPF crate),
     /// unit and integration tests (as root, with the real probes in the real kernel).
     Test,
+    /// Run the fuzz targets (cargo-fuzz, nightly) for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+    /// Install the benchmark tools (tshark, wrk) and run every benchmark: `cargo bench --bench
+    /// hop` (replay vs tshark, live probe cost with wrk) and `bench-exposure`.
+    Bench,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.
     BenchExposure {
@@ -226,7 +235,7 @@ fn test() -> Result<()> {
              namespaces: run `cargo xtask test` as root"
         );
     }
-    let total = 4;
+    let total = 5;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(2, total, "clippy, user space (-D warnings)");
@@ -252,7 +261,9 @@ fn test() -> Result<()> {
         "-C",
         "panic=abort",
     ]))?;
-    step(4, total, "cargo test (unit and integration, real probes)");
+    step(4, total, "fuzz smoke: every fuzz target for 20 s");
+    fuzz(20)?;
+    step(5, total, "cargo test (unit and integration, real probes)");
     let counts = cargo_test()?;
     eprintln!(
         "xtask test: done in {:.0}s",
@@ -265,6 +276,74 @@ fn test() -> Result<()> {
     );
     if counts.failed > 0 || counts.passed == 0 {
         bail!("tests failed or none ran");
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("  installing {}", missing.join(" "));
+    run_ok(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_ok(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+const FUZZ_TARGETS: &[&str] = &["hop_tracker", "replay_capture"];
+
+/// Runs each fuzz target for `seconds` (cargo-fuzz needs the nightly toolchain; it is
+/// installed on first use). The replay target starts from the committed captures.
+fn fuzz(seconds: u32) -> Result<()> {
+    let toolchains =
+        output_of(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        bail!(
+            "the fuzz targets need a nightly toolchain (rustup toolchain list shows none); \
+             this machine kind ships one, so its absence is a broken set-up"
+        );
+    }
+    let have = output_of(Command::new("cargo").args(["fuzz", "--version"])).unwrap_or_default();
+    if !have.contains("cargo-fuzz") {
+        eprintln!("  installing cargo-fuzz (about a minute)");
+        run_ok(Command::new("cargo").args(["install", "--locked", "cargo-fuzz@0.13.2"]))?;
+    }
+    let root = workspace_root();
+    for target in FUZZ_TARGETS {
+        let corpus = root.join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        if *target == "replay_capture" {
+            for entry in std::fs::read_dir(root.join("tests/fixtures/hop"))? {
+                let path = entry?.path();
+                if let Some(name) = path.file_name() {
+                    std::fs::copy(&path, corpus.join(name))?;
+                }
+            }
+        }
+        eprintln!("  fuzzing {target} for {seconds} s");
+        run_ok(
+            Command::new("cargo")
+                .current_dir(root.join("sidecar"))
+                .args(["+nightly", "fuzz", "run", target])
+                .arg(&corpus)
+                .arg("--")
+                .arg(format!("-max_total_time={seconds}")),
+        )
+        .with_context(|| {
+            format!("fuzz target {target} found a failure (see sidecar/fuzz/artifacts)")
+        })?;
     }
     Ok(())
 }
@@ -326,6 +405,13 @@ fn main() -> Result<()> {
         Task::Run { args } => run(args),
         Task::Test => test(),
         Task::BenchExposure { rounds } => bench::exposure(rounds),
+        Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Bench => {
+            setup()?;
+            apt_install(&["tshark", "wrk"])?;
+            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "hop"]))?;
+            bench::exposure(50)
+        }
     }
 }
 

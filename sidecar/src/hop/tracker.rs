@@ -1076,15 +1076,24 @@ mod follow_tests {
         assert_eq!(hints.len(), 2, "{hints:?}");
         // The server's next header starts right after the 101 head; the client's right after
         // its request.
-        let server = hints.iter().find(|h| h.src == w.server).expect("server hint");
+        let server = hints
+            .iter()
+            .find(|h| h.src == w.server)
+            .expect("server hint");
         let s2c_resp = w.segment(4);
         assert_eq!(
             server.next_header_seq,
             s2c_resp.seq.wrapping_add(s2c_resp.payload_len)
         );
-        let client = hints.iter().find(|h| h.src == w.client).expect("client hint");
+        let client = hints
+            .iter()
+            .find(|h| h.src == w.client)
+            .expect("client hint");
         let c2s_req = w.segment(3);
-        assert_eq!(client.next_header_seq, c2s_req.seq.wrapping_add(c2s_req.payload_len));
+        assert_eq!(
+            client.next_header_seq,
+            c2s_req.seq.wrapping_add(c2s_req.payload_len)
+        );
         // Once armed, no new hint until the kernel falls back to prefixes again.
         assert!(t.take_hints().is_empty());
         // Mid-payload: the hint points past the rest of the frame.
@@ -1097,7 +1106,10 @@ mod follow_tests {
         t.segment(&seg, &mut out);
         let h = t.take_hints();
         assert_eq!(h.len(), 1);
-        assert_eq!(h[0].next_header_seq, seg.seq.wrapping_add(frame.len() as u32));
+        assert_eq!(
+            h[0].next_header_seq,
+            seg.seq.wrapping_add(frame.len() as u32)
+        );
         assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
         // Replay (no kernel) produces none.
         let mut plain = Tracker::new(&[18789]);

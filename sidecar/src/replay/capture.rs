@@ -56,7 +56,7 @@ pub fn read_capture<R: Read + Send>(
     mut on_packet: impl FnMut(Packet<'_>),
     mut progress: impl FnMut(u64),
 ) -> Result<CaptureSummary, CaptureError> {
-    let mut reader = match create_reader(1 << 20, input) {
+    let mut reader = match create_reader(64 * 1024, input) {
         Ok(r) => r,
         Err(PcapError::HeaderNotRecognized) | Err(PcapError::Eof) => {
             return Err(CaptureError::NotACapture)
