@@ -47,15 +47,15 @@ fn essence(r: &Value) -> Value {
     }
 }
 
-/// Stops the live sidecar and checks it saw exactly what the capture shows.
-fn assert_live_agrees(mut sidecar: Sidecar, replayed: &[Value]) {
+/// Stops the live sidecar, checks it saw exactly what the capture shows, and returns its
+/// records.
+fn assert_live_agrees(mut sidecar: Sidecar, replayed: &[Value]) -> Vec<Value> {
     sidecar.signal("TERM");
     sidecar
         .lines
         .wait_for("the stop", |v| v["type"] == "stopped");
-    let mut live: Vec<String> = sidecar
-        .lines
-        .seen_json()
+    let records = sidecar.lines.seen_json();
+    let mut live: Vec<String> = records
         .iter()
         .map(essence)
         .filter(|v| !v.is_null())
@@ -70,6 +70,7 @@ fn assert_live_agrees(mut sidecar: Sidecar, replayed: &[Value]) {
     live.sort();
     replay.sort();
     assert_eq!(live, replay, "live and replay disagree");
+    records
 }
 
 fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
@@ -256,7 +257,14 @@ async fn stale_upstream_port_is_refused() {
     assert!(!conns.is_empty(), "{records:#?}");
     assert!(conns.iter().all(|c| c["event"] == "refused"), "{conns:#?}");
     assert!(of_type(&records, "http").is_empty());
-    assert_live_agrees(sidecar, &records);
+    let live = assert_live_agrees(sidecar, &records);
+    // Live, the kernel names the process that tried to connect: the proxy.
+    let refused = of_type(&live, "conn");
+    assert!(!refused.is_empty());
+    assert!(
+        refused.iter().all(|c| c["process"]["comm"] == "nginx"),
+        "{refused:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +291,17 @@ async fn upstream_dying_mid_session_with_fin_and_with_rst() {
                 .iter()
                 .any(|c| c["event"] == "reset" && c["from"] == "server"));
         }
-        assert_live_agrees(sidecar, &records);
+        let live = assert_live_agrees(sidecar, &records);
+        if word == "reset" {
+            // The kernel sent that reset for the upstream process (this test binary).
+            let me = std::process::id();
+            assert!(
+                of_type(&live, "conn")
+                    .iter()
+                    .any(|c| c["event"] == "reset" && c["process"]["pid"] == me),
+                "{live:#?}"
+            );
+        }
     }
 }
 

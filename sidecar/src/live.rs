@@ -17,11 +17,11 @@ use crate::{
         Exposure, ExposureKey, Scope,
     },
     hop::tracker::Tracker,
-    hop::HopRecord,
+    hop::{owners::Owners, HopRecord, ProcessRef},
     metrics::{self, Metrics},
     output::{unix_ns, Printer},
     probe::{
-        events::{decode, DecodeError, ListenChange, ProbeEvent},
+        events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::{Probes, WsFlows},
     },
     sources::{nat::read_nat_rules, snapshot::Attributor},
@@ -73,6 +73,7 @@ struct Watch {
     nat_tools: Vec<&'static str>,
     hop: Tracker,
     hop_records: Vec<HopRecord>,
+    owners: Owners,
     /// The kernel frame follower's map (live with the hop probe only).
     ws_flows: Option<WsFlows>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
@@ -92,6 +93,7 @@ impl Watch {
             nat_tools: Vec::new(),
             hop: Tracker::new(&config.hop.ports).with_kernel_hints(),
             hop_records: Vec::new(),
+            owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
         }
@@ -167,7 +169,32 @@ impl Watch {
                     self.hop.segment(&segment, &mut self.hop_records);
                 }
                 self.arm_ws_follower();
-                self.print_hop_records();
+                // Records are printed after the whole batch, so connection traces that the
+                // kernel wrote just after the packet can still name the process.
+            }
+            Ok(ProbeEvent::Conn(trace)) => {
+                let lag = now_boot.saturating_sub(trace.ts_boot_ns) as f64 / 1e9;
+                self.metrics.event("conn_trace", lag);
+                let process = ProcessRef {
+                    pid: trace.pid,
+                    comm: trace.comm,
+                };
+                tracing::debug!(?trace.what, %trace.local, %trace.remote, pid = process.pid, comm = %process.comm, "connection trace");
+                match trace.what {
+                    ConnTraceKind::ConnectStart => {
+                        self.owners.connect_start(trace.sock_id, process)
+                    }
+                    ConnTraceKind::ConnectEnd => {
+                        self.owners
+                            .connect_end(trace.sock_id, trace.local, trace.remote)
+                    }
+                    ConnTraceKind::ResetSent => {
+                        self.owners.reset_sent(trace.local, trace.remote, process)
+                    }
+                    // Received resets run in whatever context the packet arrived in: the
+                    // packet already says who sent it.
+                    ConnTraceKind::ResetReceived => {}
+                }
             }
             Ok(ProbeEvent::ListenChange(ev)) => {
                 let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
@@ -202,7 +229,8 @@ impl Watch {
     }
 
     fn print_hop_records(&mut self) {
-        for r in self.hop_records.drain(..) {
+        for mut r in self.hop_records.drain(..) {
+            self.owners.enrich(&mut r);
             self.printer.hop(&r);
         }
     }
@@ -374,6 +402,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 for result in decoded {
                     watch.on_event(result, now_boot);
                 }
+                watch.print_hop_records();
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -386,6 +415,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 for result in decoded {
                     watch.on_event(result, now_boot);
                 }
+                watch.print_hop_records();
             }
             guard = async {
                 match log_fd.as_mut() {

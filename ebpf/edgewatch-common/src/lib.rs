@@ -22,6 +22,16 @@ pub mod kind {
     /// A segment of an upgraded (WebSocket) stream: only its frame headers and a close frame's
     /// payload ([`crate::HopWsEvent`]).
     pub const HOP_SEGMENT_WS: u32 = 4;
+    /// A connect() to an upstream port started (`CLOSE -> SYN_SENT`), in the connecting
+    /// process's context ([`crate::SockStateEvent`]).
+    pub const CONNECT_START: u32 = 5;
+    /// The kernel sent a reset on an upstream-port connection ([`crate::ResetEvent`]).
+    pub const RESET_SENT: u32 = 6;
+    /// The kernel received a reset on an upstream-port connection ([`crate::ResetEvent`]).
+    pub const RESET_RECEIVED: u32 = 7;
+    /// A connect() to an upstream port ended (`SYN_SENT -> ESTABLISHED` or `-> CLOSE`), now
+    /// with its local port ([`crate::SockStateEvent`]; joined to the start by `sock_id`).
+    pub const CONNECT_END: u32 = 8;
 }
 
 /// Frame headers one [`HopWsEvent`] carries at most; a segment with more falls back to a
@@ -210,6 +220,42 @@ pub struct HopWsEvent {
 }
 const _: () = assert!(size_of::<HopWsEvent>() == 80 + 16 + 32 + 32 + 128 + 128);
 
+/// How to read addresses and ports out of `tcp:tcp_send_reset` / `tcp:tcp_receive_reset`,
+/// from their format files: their layouts differ between the two and across kernel versions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetLayout {
+    /// 0: not available; 1: separate `sport`/`dport`/`family`/`saddr`/`daddr`/`saddr_v6`/
+    /// `daddr_v6` fields; 2: `saddr`/`daddr` as 28-byte `struct sockaddr_in{,6}`.
+    pub mode: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+const _: () = assert!(size_of::<ResetLayout>() == 32);
+
+/// A reset on an upstream-port connection, with the task the kernel ran it for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetEvent {
+    pub header: EventHeader,
+    pub pid: u32,
+    pub tgid: u32,
+    /// Local (source) port, host order.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ResetEvent>() == 80);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of them are `repr(C)`, made only of integers and byte arrays with explicit
@@ -222,4 +268,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::WsFlow {}
     unsafe impl aya::Pod for super::HopWsEvent {}
+    unsafe impl aya::Pod for super::ResetLayout {}
+    unsafe impl aya::Pod for super::ResetEvent {}
 }

@@ -21,8 +21,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use edgewatch_common::{
     drop_reason, kind, tcp_state, EventHeader, FlowKey, HopSegmentEvent, HopSegmentHeader,
-    HopWsEvent, SockStateEvent, SockStateLayout, WsFlow, EVENT_VERSION, HOP_CAPTURE_BYTES,
-    WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
+    HopWsEvent, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout, WsFlow, EVENT_VERSION,
+    HOP_CAPTURE_BYTES, WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
@@ -101,9 +101,28 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
     // listener): that is not the listener closing.
     let opened = newstate == tcp_state::LISTEN;
     let closed = oldstate == tcp_state::LISTEN && newstate == tcp_state::CLOSE;
-    if !opened && !closed {
+    // A connect() to an upstream port starting: this runs in the connecting process (the
+    // proxy), which names who opened each hop connection.
+    // (Its local port is not chosen yet: the end of the connect, joined by socket, has it.)
+    let connecting = oldstate == tcp_state::CLOSE && newstate == tcp_state::SYN_SENT;
+    let connected = oldstate == tcp_state::SYN_SENT
+        && (newstate == tcp_state::ESTABLISHED || newstate == tcp_state::CLOSE);
+    let kind = if opened || closed {
+        kind::LISTEN_CHANGE
+    } else if connecting || connected {
+        let dport: u16 = read(ctx, layout.dport)?;
+        // SAFETY: map lookup with a stack key.
+        if unsafe { HOP_PORTS.get(dport).is_none() } {
+            return Ok(());
+        }
+        if connecting {
+            kind::CONNECT_START
+        } else {
+            kind::CONNECT_END
+        }
+    } else {
         return Ok(());
-    }
+    };
     let family: u16 = read(ctx, layout.family)?;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
@@ -119,7 +138,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = SockStateEvent {
         header: EventHeader {
-            kind: kind::LISTEN_CHANGE,
+            kind,
             version: EVENT_VERSION,
             _pad: 0,
             // SAFETY: helper without preconditions.
@@ -141,6 +160,115 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
         comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
     };
     match EVENTS.reserve::<SockStateEvent>(0) {
+        Some(mut entry) => {
+            entry.write(event);
+            entry.submit(0);
+            Ok(())
+        }
+        None => Err(drop_reason::RINGBUF_FULL),
+    }
+}
+
+/// Field layouts of `tcp:tcp_send_reset` and `tcp:tcp_receive_reset`, from their format files.
+#[no_mangle]
+static SEND_RESET_LAYOUT: Global<ResetLayout> = Global::new(RESET_LAYOUT_NONE);
+#[no_mangle]
+static RECV_RESET_LAYOUT: Global<ResetLayout> = Global::new(RESET_LAYOUT_NONE);
+const RESET_LAYOUT_NONE: ResetLayout = ResetLayout {
+    mode: 0,
+    sport: 0,
+    dport: 0,
+    family: 0,
+    saddr: 0,
+    daddr: 0,
+    saddr_v6: 0,
+    daddr_v6: 0,
+};
+
+/// Kernel interface: tracepoint `tcp:tcp_send_reset` (include/trace/events/tcp.h), fields
+/// located through its format file (its layout changed in 6.x).
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    if let Err(reason) = try_reset(&ctx, SEND_RESET_LAYOUT.load(), kind::RESET_SENT) {
+        count_drop(reason);
+    }
+    0
+}
+
+/// Kernel interface: tracepoint `tcp:tcp_receive_reset`, fields from its format file.
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    if let Err(reason) = try_reset(&ctx, RECV_RESET_LAYOUT.load(), kind::RESET_RECEIVED) {
+        count_drop(reason);
+    }
+    0
+}
+
+fn try_reset(ctx: &TracePointContext, layout: ResetLayout, which: u32) -> Result<(), u32> {
+    let (family, sport, dport, saddr, daddr) = match layout.mode {
+        1 => {
+            let family: u16 = read(ctx, layout.family)?;
+            let sport: u16 = read(ctx, layout.sport)?;
+            let dport: u16 = read(ctx, layout.dport)?;
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            if family == AF_INET {
+                let a: [u8; 4] = read(ctx, layout.saddr)?;
+                let b: [u8; 4] = read(ctx, layout.daddr)?;
+                s[..4].copy_from_slice(&a);
+                d[..4].copy_from_slice(&b);
+            } else {
+                s = read(ctx, layout.saddr_v6)?;
+                d = read(ctx, layout.daddr_v6)?;
+            }
+            (family, sport, dport, s, d)
+        }
+        2 => {
+            // struct sockaddr_in / sockaddr_in6: family (host order), port (network order),
+            // then the IPv4 address at 4 or (after flowinfo) the IPv6 address at 8.
+            let sa: [u8; 28] = read(ctx, layout.saddr)?;
+            let da: [u8; 28] = read(ctx, layout.daddr)?;
+            let family = u16::from_ne_bytes([sa[0], sa[1]]);
+            let sport = u16::from_be_bytes([sa[2], sa[3]]);
+            let dport = u16::from_be_bytes([da[2], da[3]]);
+            let mut s = [0u8; 16];
+            let mut d = [0u8; 16];
+            if family == AF_INET {
+                s[..4].copy_from_slice(&sa[4..8]);
+                d[..4].copy_from_slice(&da[4..8]);
+            } else {
+                s.copy_from_slice(&sa[8..24]);
+                d.copy_from_slice(&da[8..24]);
+            }
+            (family, sport, dport, s, d)
+        }
+        _ => return Ok(()),
+    };
+    // SAFETY: map lookups with stack keys.
+    let hop = unsafe { HOP_PORTS.get(sport).is_some() || HOP_PORTS.get(dport).is_some() };
+    if !hop {
+        return Ok(());
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = ResetEvent {
+        header: EventHeader {
+            kind: which,
+            version: EVENT_VERSION,
+            _pad: 0,
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_boot_ns() },
+        },
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        sport,
+        dport,
+        family,
+        _pad: 0,
+        saddr,
+        daddr,
+        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+    };
+    match EVENTS.reserve::<ResetEvent>(0) {
         Some(mut entry) => {
             entry.write(event);
             entry.submit(0);

@@ -2,6 +2,7 @@
 //! connection events out. Pure: the live path (TC probes) and `edgewatch replay` (pcap files)
 //! feed the same [`tracker::Tracker`] with [`Segment`]s and get the same records.
 pub mod http;
+pub mod owners;
 pub mod reasm;
 pub mod redact;
 pub mod tracker;
@@ -228,6 +229,13 @@ pub enum ConnEventKind {
     Reset { from: Side },
 }
 
+/// A process as the kernel named it in an event.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+}
+
 /// A connection event.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ConnEvent {
@@ -235,6 +243,10 @@ pub struct ConnEvent {
     pub ts_ns: u64,
     #[serde(flatten)]
     pub kind: ConnEventKind,
+    /// Live only: the process that connected (connects, refusals), or the one the kernel sent
+    /// the reset for (resets), where the kernel knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessRef>,
 }
 
 /// Something the tracker could not see, said rather than hidden.

@@ -543,6 +543,7 @@ impl Tracker {
                     conn: new_id(),
                     ts_ns: ts,
                     kind: ConnEventKind::Reset { from },
+                    process: None,
                 }));
                 return;
             };
@@ -551,6 +552,7 @@ impl Tracker {
                     conn: conn.id.clone(),
                     ts_ns: ts,
                     kind: ConnEventKind::Refused,
+                    process: None,
                 }));
                 self.account(&conn);
                 return;
@@ -562,6 +564,7 @@ impl Tracker {
                 conn: conn.id.clone(),
                 ts_ns: ts,
                 kind: ConnEventKind::Reset { from },
+                process: None,
             }));
             conn.reset_from = Some(from);
             self.account(&conn);
@@ -592,6 +595,7 @@ impl Tracker {
                         kind: ConnEventKind::Connected {
                             latency_ns: ts.saturating_sub(syn),
                         },
+                        process: None,
                     }));
                 }
             }

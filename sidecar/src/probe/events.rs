@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgewatch_common::{
-    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, HopWsEvent, SockStateEvent,
-    EVENT_VERSION, WS_MAX_HEADERS,
+    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, HopWsEvent, ResetEvent,
+    SockStateEvent, EVENT_VERSION, WS_MAX_HEADERS,
 };
 
 /// A socket entered or left LISTEN.
@@ -64,11 +64,46 @@ impl HopPacket {
     }
 }
 
+/// A kernel event about a hop connection, with the task it ran for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnTrace {
+    pub ts_boot_ns: u64,
+    pub what: ConnTraceKind,
+    /// The kernel's socket identity (joins a connect's start and end).
+    pub sock_id: u64,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// What the kernel saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnTraceKind {
+    /// connect() started (in the connecting process; no local port yet).
+    ConnectStart,
+    /// connect() ended (established or failed), with the local port.
+    ConnectEnd,
+    ResetSent,
+    ResetReceived,
+}
+
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent {
     ListenChange(ListenChange),
     Hop(HopPacket),
+    Conn(ConnTrace),
+}
+
+fn addr(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        2 => Ok(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        10 => Ok(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        other => Err(DecodeError::Family(other)),
+    }
 }
 
 /// Why a record could not be decoded.
@@ -130,6 +165,38 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 sock_id: e.sock_id,
                 addr,
                 port: e.sport,
+                comm: comm_string(&e.comm),
+            }))
+        }
+        kind::CONNECT_START | kind::CONNECT_END => {
+            let e: SockStateEvent = read_pod(bytes)?;
+            Ok(ProbeEvent::Conn(ConnTrace {
+                ts_boot_ns: e.header.ts_ns,
+                what: if header.kind == kind::CONNECT_START {
+                    ConnTraceKind::ConnectStart
+                } else {
+                    ConnTraceKind::ConnectEnd
+                },
+                sock_id: e.sock_id,
+                local: std::net::SocketAddr::new(addr(e.family, &e.saddr)?, e.sport),
+                remote: std::net::SocketAddr::new(addr(e.family, &e.daddr)?, e.dport),
+                pid: e.tgid,
+                comm: comm_string(&e.comm),
+            }))
+        }
+        kind::RESET_SENT | kind::RESET_RECEIVED => {
+            let e: ResetEvent = read_pod(bytes)?;
+            Ok(ProbeEvent::Conn(ConnTrace {
+                ts_boot_ns: e.header.ts_ns,
+                what: if header.kind == kind::RESET_SENT {
+                    ConnTraceKind::ResetSent
+                } else {
+                    ConnTraceKind::ResetReceived
+                },
+                sock_id: 0,
+                local: std::net::SocketAddr::new(addr(e.family, &e.saddr)?, e.sport),
+                remote: std::net::SocketAddr::new(addr(e.family, &e.daddr)?, e.dport),
+                pid: e.tgid,
                 comm: comm_string(&e.comm),
             }))
         }

@@ -244,9 +244,29 @@ impl Probes {
                 source,
             })?;
         let layout = tracefs::sock_state_layout(&format)?;
+        // The reset tracepoints are optional: without them resets are still seen in the
+        // packets, only without the process that sent them.
+        let reset = |name: &str| -> edgewatch_common::ResetLayout {
+            let path = tracefs_root.join(format!("events/tcp/{name}/format"));
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    tracefs::reset_layout(&format!("tcp:{name}"), &f).map_err(|e| e.to_string())
+                }) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(tracepoint = name, error = %e, "reset tracepoint unavailable: resets are reported without their process");
+                    edgewatch_common::ResetLayout::default()
+                }
+            }
+        };
+        let send_reset = reset("tcp_send_reset");
+        let recv_reset = reset("tcp_receive_reset");
 
         let mut ebpf = EbpfLoader::new()
             .override_global("SOCK_STATE_LAYOUT", &layout, true)
+            .override_global("SEND_RESET_LAYOUT", &send_reset, true)
+            .override_global("RECV_RESET_LAYOUT", &recv_reset, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -291,6 +311,36 @@ impl Probes {
         attached.push("tracepoint/sock/inet_sock_set_state".to_owned());
         if hop.enabled {
             attach_hop(&mut ebpf, hop, &mut attached)?;
+            for (name, layout) in [
+                ("tcp_send_reset", send_reset),
+                ("tcp_receive_reset", recv_reset),
+            ] {
+                if layout.mode == 0 {
+                    continue;
+                }
+                let program: &mut TracePoint = ebpf
+                    .program_mut(name)
+                    .ok_or(ProbeError::Program {
+                        name: "reset tracepoint",
+                        source: Box::new(aya::programs::ProgramError::NotLoaded),
+                    })?
+                    .try_into()
+                    .map_err(|e| ProbeError::Program {
+                        name: "reset tracepoint",
+                        source: Box::new(e),
+                    })?;
+                program.load().map_err(|e| ProbeError::Program {
+                    name: "reset tracepoint",
+                    source: Box::new(e),
+                })?;
+                program
+                    .attach("tcp", name)
+                    .map_err(|e| ProbeError::Program {
+                        name: "reset tracepoint",
+                        source: Box::new(e),
+                    })?;
+                attached.push(format!("tracepoint/tcp/{name}"));
+            }
         }
 
         let events = ebpf

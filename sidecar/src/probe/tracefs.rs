@@ -2,7 +2,7 @@
 //! tracepoints the probes read. The parser is pure; [`ensure_tracefs`] does the I/O.
 use std::{collections::HashMap, path::Path};
 
-use edgewatch_common::SockStateLayout;
+use edgewatch_common::{ResetLayout, SockStateLayout};
 
 /// One field of a tracepoint record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +99,46 @@ pub fn sock_state_layout(format: &str) -> Result<SockStateLayout, FormatError> {
     })
 }
 
+/// The layout of `tcp:tcp_send_reset` or `tcp:tcp_receive_reset`: either separate port and
+/// address fields (older kernels, and `tcp_receive_reset` on 6.x) or 28-byte sockaddr fields
+/// (`tcp_send_reset` on 6.x).
+pub fn reset_layout(tracepoint: &str, format: &str) -> Result<ResetLayout, FormatError> {
+    let fields = parse_format(format);
+    let field = |name: &str, size: u32| -> Result<u32, FormatError> {
+        let f = fields.get(name).ok_or_else(|| FormatError::MissingField {
+            tracepoint: tracepoint.into(),
+            field: name.into(),
+        })?;
+        if f.size != size {
+            return Err(FormatError::BadSize {
+                tracepoint: tracepoint.into(),
+                field: name.into(),
+                size: f.size,
+                expected: size,
+            });
+        }
+        Ok(f.offset)
+    };
+    if fields.contains_key("sport") {
+        return Ok(ResetLayout {
+            mode: 1,
+            sport: field("sport", 2)?,
+            dport: field("dport", 2)?,
+            family: field("family", 2)?,
+            saddr: field("saddr", 4)?,
+            daddr: field("daddr", 4)?,
+            saddr_v6: field("saddr_v6", 16)?,
+            daddr_v6: field("daddr_v6", 16)?,
+        });
+    }
+    Ok(ResetLayout {
+        mode: 2,
+        saddr: field("saddr", 28)?,
+        daddr: field("daddr", 28)?,
+        ..ResetLayout::default()
+    })
+}
+
 /// Makes sure tracefs is mounted at `path` (mounting it if needed) and returns whether this
 /// call mounted it.
 pub fn ensure_tracefs(path: &Path) -> std::io::Result<bool> {
@@ -161,6 +201,31 @@ print fmt: \"family=%s ...\"
         assert_eq!((layout.saddr, layout.daddr), (32, 36));
         assert_eq!((layout.saddr_v6, layout.daddr_v6), (40, 56));
         assert_eq!(layout.ready, 1);
+    }
+
+    #[test]
+    fn reset_layouts_of_both_shapes() {
+        // Linux 6.18's tcp_send_reset (sockaddr fields) and tcp_receive_reset (port fields).
+        let send = "\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;";
+        let l = reset_layout("tcp:tcp_send_reset", send).expect("send layout");
+        assert_eq!((l.mode, l.saddr, l.daddr), (2, 32, 60));
+        let recv = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:20;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:22;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:26;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:30;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:46;\tsize:16;\tsigned:0;";
+        let l = reset_layout("tcp:tcp_receive_reset", recv).expect("receive layout");
+        assert_eq!((l.mode, l.sport, l.dport, l.family), (1, 16, 18, 20));
+        assert_eq!((l.saddr_v6, l.daddr_v6), (30, 46));
+        assert!(reset_layout("x", "field:int nothing;\toffset:8;\tsize:4;").is_err());
     }
 
     #[test]
