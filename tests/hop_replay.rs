@@ -9,7 +9,16 @@ use support::{
     hop::{replay_json, start_upstream, ws_connect, Capture, Nginx, NginxSite},
     Sidecar,
 };
-use tokio_tungstenite::tungstenite::{protocol::CloseFrame, Message};
+use tokio_tungstenite::tungstenite::{
+    protocol::{
+        frame::{
+            coding::{Data, OpCode},
+            Frame,
+        },
+        CloseFrame,
+    },
+    Message,
+};
 
 /// The sidecar, live, on the hop of this upstream port.
 fn live(upstream_port: u16) -> Sidecar {
@@ -113,6 +122,17 @@ async fn healthy_upgrade_messages_and_clean_close() {
         let echo = ws.next().await.expect("echo").expect("frame");
         assert_eq!(echo.to_text().expect("text").len(), text.len());
     }
+    // A message in two fragments (text, then continuation): the upstream echoes it whole.
+    for (op, part, fin) in [
+        (Data::Text, "frag", false),
+        (Data::Continue, "mented", true),
+    ] {
+        ws.send(Message::Frame(Frame::message(part, OpCode::Data(op), fin)))
+            .await
+            .expect("fragment");
+    }
+    let echo = ws.next().await.expect("echo").expect("frame");
+    assert_eq!(echo.to_text().expect("text"), "fragmented");
     ws.close(Some(CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
@@ -141,8 +161,12 @@ async fn healthy_upgrade_messages_and_clean_close() {
     assert_eq!(ws_records.len(), 1, "{records:#?}");
     let s = ws_records[0];
     assert_eq!(s["request_id"], rid);
-    assert_eq!(s["client_frames"]["text"], 3);
-    assert_eq!(s["server_frames"]["text"], 4);
+    assert_eq!(
+        s["client_frames"]["text"], 4,
+        "3 messages and a first fragment"
+    );
+    assert_eq!(s["client_frames"]["continuation"], 1);
+    assert_eq!(s["server_frames"]["text"], 5);
     assert_eq!(s["client_frames"]["close"], 1);
     assert_eq!(s["server_frames"]["close"], 1);
     assert!(s["server_frames"]["payload_bytes"].as_u64().expect("bytes") > 100_000);
