@@ -329,6 +329,78 @@ async fn upstream_dying_mid_session_with_fin_and_with_rst() {
     }
 }
 
+/// The upstream as a process of its own (the `ws_upstream` example, built by `cargo test`).
+struct UpstreamProcess {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl UpstreamProcess {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("test binary path");
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("examples/ws_upstream"))
+            .expect("target dir");
+        let mut child = std::process::Command::new(&bin)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; a plain `cargo test` builds the examples (a filtered run may not: \
+                     `cargo build --examples` first)",
+                    bin.display()
+                )
+            });
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("listening PORT");
+        Self {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the upstream");
+        self.child.wait().expect("reap");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_process_killed_mid_session() {
+    support::require_root();
+    let upstream = UpstreamProcess::start();
+    let nginx = Nginx::start(&site(upstream.addr));
+    let capture = Capture::start(nginx.dir.path(), "killed", upstream.addr.port());
+    let sidecar = live(upstream.addr.port());
+    let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
+    ws.next().await.expect("challenge").expect("frame");
+    ws.send(Message::text("still here?")).await.expect("send");
+    ws.next().await.expect("echo").expect("frame");
+    // SIGKILL: the kernel closes the dead process's socket (FIN: nothing unread was waiting).
+    let port = upstream.addr.port();
+    upstream.kill();
+    while let Some(Ok(_)) = ws.next().await {}
+    let pcap = capture.stop();
+
+    let records = replay_json(&pcap, port);
+    let s = of_type(&records, "websocket");
+    assert_eq!(s.len(), 1, "{records:#?}");
+    assert_eq!(s[0]["end"]["how"], "fin_without_close", "{:#?}", s[0]);
+    assert_eq!(s[0]["end"]["from"], "server");
+    assert!(s[0]["closes"].as_array().expect("closes").is_empty());
+    assert_live_agrees(sidecar, &records);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_requests_share_one_upstream_connection() {
     support::require_root();
