@@ -270,7 +270,10 @@ impl Capture {
         let path = dir.join(format!("{name}.pcap"));
         let marker_port = super::free_port();
         let mut child = Command::new("tcpdump")
-            .args(["-i", "lo", "-n", "-U", "-l", "--print", "-w"])
+            // A 128 MiB capture buffer: bursts on loopback must not be dropped by the capture.
+            .args([
+                "-i", "lo", "-n", "-U", "-l", "--print", "-B", "131072", "-w",
+            ])
             .arg(&path)
             .arg(format!(
                 "tcp port {upstream_port} or udp port {marker_port}"

@@ -52,23 +52,45 @@ pub fn free_port() -> u16 {
 pub struct Lines {
     rx: Receiver<String>,
     seen: Vec<String>,
+    discard: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Lines {
     pub fn new(stdout: impl std::io::Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
+        let discard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = discard.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Keep draining, cheaply, so the child never blocks on a full pipe.
+                    let _ = std::io::copy(&mut reader, &mut std::io::sink());
                     break;
+                }
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line.trim_end_matches('\n').to_owned()).is_err() {
+                            break;
+                        }
+                    }
                 }
             }
         });
         Self {
             rx,
             seen: Vec::new(),
+            discard,
         }
+    }
+
+    /// From now on the output is drained and thrown away (benchmarks: the consumer of the
+    /// sidecar's output is not the sidecar's cost).
+    pub fn discard_from_now(&self) {
+        self.discard
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for the next JSON line matching `pred`; earlier lines are kept in `seen`.
