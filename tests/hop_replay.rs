@@ -133,6 +133,10 @@ async fn healthy_upgrade_messages_and_clean_close() {
     }
     let echo = ws.next().await.expect("echo").expect("frame");
     assert_eq!(echo.to_text().expect("text"), "fragmented");
+    // A frame whose header the upstream splits across two segments.
+    ws.send(Message::text("split")).await.expect("send");
+    let echo = ws.next().await.expect("split answer").expect("frame");
+    assert_eq!(echo.to_text().expect("text"), "split-ok");
     ws.close(Some(CloseFrame {
         code: 1000.into(),
         reason: "bye".into(),
@@ -162,11 +166,28 @@ async fn healthy_upgrade_messages_and_clean_close() {
     let s = ws_records[0];
     assert_eq!(s["request_id"], rid);
     assert_eq!(
-        s["client_frames"]["text"], 4,
-        "3 messages and a first fragment"
+        s["client_frames"]["text"], 5,
+        "4 messages and a first fragment"
     );
     assert_eq!(s["client_frames"]["continuation"], 1);
-    assert_eq!(s["server_frames"]["text"], 5);
+    assert_eq!(s["server_frames"]["text"], 6);
+    // The recording really holds the split: a 1-byte segment from the upstream (0x81).
+    let bytes = std::fs::read(&pcap).expect("pcap");
+    let mut split_seen = false;
+    edgewatch::replay::capture::read_capture(
+        &bytes[..],
+        |p| {
+            if let Ok(seg) = edgewatch::replay::decode::decode(p.linktype, p.ts_ns, p.data) {
+                split_seen |= seg.src.port() == upstream.port() && seg.payload == [0x81];
+            }
+        },
+        |_| {},
+    )
+    .expect("read capture");
+    assert!(
+        split_seen,
+        "no frame header split across segments in the capture"
+    );
     assert_eq!(s["client_frames"]["close"], 1);
     assert_eq!(s["server_frames"]["close"], 1);
     assert!(s["server_frames"]["payload_bytes"].as_u64().expect("bytes") > 100_000);

@@ -27,7 +27,8 @@ use tokio_tungstenite::{
 /// The WebSocket upstream: speaks first like the Gateway (a `connect.challenge` event),
 /// echoes text, and on request ends the connection the way a crash would.
 /// - text `die`: drop the socket (FIN, no close frame);
-/// - text `reset`: drop it with SO_LINGER 0 (RST).
+/// - text `reset`: drop it with SO_LINGER 0 (RST);
+/// - text `split`: answer `split-ok` with its frame header split across two TCP segments.
 ///
 /// Plain HTTP: `/health` answers 200 (keep-alive); anything else that is not an upgrade
 /// answers 426.
@@ -115,6 +116,18 @@ async fn websocket(stream: TcpStream) {
                 drop(ws);
                 drop(keep);
                 return;
+            }
+            Message::Text(t) if t.as_str() == "split" => {
+                // A text frame whose header is split across two TCP segments: two writes
+                // with Nagle off, each sent at once on loopback.
+                use std::io::Write;
+                let payload = b"split-ok";
+                let mut raw = &keep;
+                raw.set_nodelay(true).unwrap();
+                raw.write_all(&[0x81]).unwrap();
+                let mut rest = vec![payload.len() as u8];
+                rest.extend_from_slice(payload);
+                raw.write_all(&rest).unwrap();
             }
             Message::Text(t) if t.as_str() == "reset" => {
                 socket2_linger_zero(&keep);
