@@ -278,6 +278,19 @@ impl Watch {
     }
 }
 
+/// Handles every event waiting in the ring buffer, then prints the hop records of the batch.
+fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
+    let now_boot = boot_ns();
+    let mut decoded = Vec::new();
+    while let Some(item) = ring.next() {
+        decoded.push(decode(&item));
+    }
+    for result in decoded {
+        watch.on_event(result, now_boot);
+    }
+    watch.print_hop_records();
+}
+
 #[derive(Serialize)]
 struct ReadyDetail<'a> {
     probes: &'a [String],
@@ -393,29 +406,11 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
-            _ = drain_tick.tick() => {
-                let now_boot = boot_ns();
-                let mut decoded = Vec::new();
-                while let Some(item) = ring.get_mut().next() {
-                    decoded.push(decode(&item));
-                }
-                for result in decoded {
-                    watch.on_event(result, now_boot);
-                }
-                watch.print_hop_records();
-            }
+            _ = drain_tick.tick() => drain(ring.get_mut(), &mut watch),
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                let mut decoded = Vec::new();
-                while let Some(item) = guard.get_inner_mut().next() {
-                    decoded.push(decode(&item));
-                }
+                drain(guard.get_inner_mut(), &mut watch);
                 guard.clear_ready();
-                let now_boot = boot_ns();
-                for result in decoded {
-                    watch.on_event(result, now_boot);
-                }
-                watch.print_hop_records();
             }
             guard = async {
                 match log_fd.as_mut() {
@@ -475,14 +470,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         watch.printer.flush();
     }
     // Events already in the ring buffer are not lost on shutdown.
-    let now_boot = boot_ns();
-    let mut decoded = Vec::new();
-    while let Some(item) = ring.get_mut().next() {
-        decoded.push(decode(&item));
-    }
-    for result in decoded {
-        watch.on_event(result, now_boot);
-    }
+    drain(ring.get_mut(), &mut watch);
     // What is still open is reported as it stands (sessions end `open`).
     watch.hop.finish(&mut watch.hop_records);
     watch.print_hop_records();

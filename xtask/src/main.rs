@@ -109,41 +109,11 @@ pub(crate) fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn missing_apt_packages() -> Vec<&'static str> {
-    APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            output_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .is_none_or(|s| !s.contains("install ok installed"))
-        })
-        .collect()
-}
-
 pub(crate) fn setup() -> Result<()> {
     let started = Instant::now();
     let total = 4;
     step(1, total, "apt packages");
-    let missing = missing_apt_packages();
-    if missing.is_empty() {
-        eprintln!("  all {} present", APT_PACKAGES.len());
-    } else {
-        if !is_root() {
-            bail!(
-                "missing Debian packages {missing:?}; run `cargo xtask setup` as root, or \
-                 `apt-get install {}`",
-                missing.join(" ")
-            );
-        }
-        eprintln!("  installing {}", missing.join(" "));
-        run_ok(Command::new("apt-get").arg("update").arg("-q"))?;
-        run_ok(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-    }
+    apt_install(APT_PACKAGES)?;
 
     step(
         2,
@@ -280,6 +250,7 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// Installs the Debian packages that are missing (apt-get update first, only then).
 fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -290,7 +261,14 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
+        eprintln!("  all {} present", packages.len());
         return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}; run as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
     }
     eprintln!("  installing {}", missing.join(" "));
     run_ok(Command::new("apt-get").arg("update").arg("-q"))?;

@@ -114,6 +114,60 @@ fn bump_memlock() {
     }
 }
 
+/// Finds, converts and loads one program of the object.
+fn load_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, ProbeError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    P: ProgramLoad,
+{
+    let err = |e| ProbeError::Program {
+        name,
+        source: Box::new(e),
+    };
+    let program: &mut P = ebpf
+        .program_mut(name)
+        .ok_or(aya::programs::ProgramError::NotLoaded)
+        .map_err(err)?
+        .try_into()
+        .map_err(err)?;
+    program.load_it().map_err(err)?;
+    Ok(program)
+}
+
+/// The `load()` every program kind has, under one name.
+trait ProgramLoad {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl ProgramLoad for TracePoint {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl ProgramLoad for SchedClassifier {
+    fn load_it(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+/// Loads a tracepoint program and attaches it to `category:event`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    event: &str,
+) -> Result<(), ProbeError> {
+    let program: &mut TracePoint = load_program(ebpf, name)?;
+    program
+        .attach(category, event)
+        .map_err(|e| ProbeError::Program {
+            name,
+            source: Box::new(e),
+        })?;
+    Ok(())
+}
+
 /// The interfaces the hop probe goes on: the configured ones, plus Docker bridges present now.
 pub fn hop_interfaces(hop: &HopConfig) -> Vec<String> {
     let mut out = hop.interfaces.clone();
@@ -158,21 +212,7 @@ fn attach_hop(
         ("hop_ingress", TcAttachType::Ingress, "ingress"),
         ("hop_egress", TcAttachType::Egress, "egress"),
     ] {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::Program {
-                name,
-                source: Box::new(aya::programs::ProgramError::NotLoaded),
-            })?
-            .try_into()
-            .map_err(|e| ProbeError::Program {
-                name,
-                source: Box::new(e),
-            })?;
-        program.load().map_err(|e| ProbeError::Program {
-            name,
-            source: Box::new(e),
-        })?;
+        let program: &mut SchedClassifier = load_program(ebpf, name)?;
         for iface in &interfaces {
             // Every packet on loopback passes ingress once: egress would see it twice.
             if iface == "lo" && attach_type == TcAttachType::Egress {
@@ -286,28 +326,12 @@ impl Probes {
         };
 
         let mut attached = Vec::new();
-        let name = "inet_sock_set_state";
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProbeError::Program {
-                name,
-                source: Box::new(aya::programs::ProgramError::NotLoaded),
-            })?
-            .try_into()
-            .map_err(|e| ProbeError::Program {
-                name,
-                source: Box::new(e),
-            })?;
-        program.load().map_err(|e| ProbeError::Program {
-            name,
-            source: Box::new(e),
-        })?;
-        program
-            .attach("sock", "inet_sock_set_state")
-            .map_err(|e| ProbeError::Program {
-                name,
-                source: Box::new(e),
-            })?;
+        attach_tracepoint(
+            &mut ebpf,
+            "inet_sock_set_state",
+            "sock",
+            "inet_sock_set_state",
+        )?;
         attached.push("tracepoint/sock/inet_sock_set_state".to_owned());
         if hop.enabled {
             attach_hop(&mut ebpf, hop, &mut attached)?;
@@ -318,27 +342,7 @@ impl Probes {
                 if layout.mode == 0 {
                     continue;
                 }
-                let program: &mut TracePoint = ebpf
-                    .program_mut(name)
-                    .ok_or(ProbeError::Program {
-                        name: "reset tracepoint",
-                        source: Box::new(aya::programs::ProgramError::NotLoaded),
-                    })?
-                    .try_into()
-                    .map_err(|e| ProbeError::Program {
-                        name: "reset tracepoint",
-                        source: Box::new(e),
-                    })?;
-                program.load().map_err(|e| ProbeError::Program {
-                    name: "reset tracepoint",
-                    source: Box::new(e),
-                })?;
-                program
-                    .attach("tcp", name)
-                    .map_err(|e| ProbeError::Program {
-                        name: "reset tracepoint",
-                        source: Box::new(e),
-                    })?;
+                attach_tracepoint(&mut ebpf, name, "tcp", name)?;
                 attached.push(format!("tracepoint/tcp/{name}"));
             }
         }

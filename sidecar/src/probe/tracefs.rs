@@ -65,24 +65,32 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
     fields
 }
 
+/// The offset of `name` in a parsed format, checked to have `size` bytes.
+fn field_offset(
+    fields: &HashMap<String, Field>,
+    tracepoint: &str,
+    name: &str,
+    size: u32,
+) -> Result<u32, FormatError> {
+    let f = fields.get(name).ok_or_else(|| FormatError::MissingField {
+        tracepoint: tracepoint.into(),
+        field: name.into(),
+    })?;
+    if f.size != size {
+        return Err(FormatError::BadSize {
+            tracepoint: tracepoint.into(),
+            field: name.into(),
+            size: f.size,
+            expected: size,
+        });
+    }
+    Ok(f.offset)
+}
+
 /// The `sock:inet_sock_set_state` layout the eBPF program needs, checked field by field.
 pub fn sock_state_layout(format: &str) -> Result<SockStateLayout, FormatError> {
     let fields = parse_format(format);
-    let get = |name: &str, expected: u32| -> Result<u32, FormatError> {
-        let f = fields.get(name).ok_or_else(|| FormatError::MissingField {
-            tracepoint: "sock:inet_sock_set_state".into(),
-            field: name.into(),
-        })?;
-        if f.size != expected {
-            return Err(FormatError::BadSize {
-                tracepoint: "sock:inet_sock_set_state".into(),
-                field: name.into(),
-                size: f.size,
-                expected,
-            });
-        }
-        Ok(f.offset)
-    };
+    let get = |name: &str, size: u32| field_offset(&fields, "sock:inet_sock_set_state", name, size);
     Ok(SockStateLayout {
         skaddr: get("skaddr", 8)?,
         oldstate: get("oldstate", 4)?,
@@ -104,21 +112,7 @@ pub fn sock_state_layout(format: &str) -> Result<SockStateLayout, FormatError> {
 /// (`tcp_send_reset` on 6.x).
 pub fn reset_layout(tracepoint: &str, format: &str) -> Result<ResetLayout, FormatError> {
     let fields = parse_format(format);
-    let field = |name: &str, size: u32| -> Result<u32, FormatError> {
-        let f = fields.get(name).ok_or_else(|| FormatError::MissingField {
-            tracepoint: tracepoint.into(),
-            field: name.into(),
-        })?;
-        if f.size != size {
-            return Err(FormatError::BadSize {
-                tracepoint: tracepoint.into(),
-                field: name.into(),
-                size: f.size,
-                expected: size,
-            });
-        }
-        Ok(f.offset)
-    };
+    let field = |name: &str, size: u32| field_offset(&fields, tracepoint, name, size);
     if fields.contains_key("sport") {
         return Ok(ResetLayout {
             mode: 1,
