@@ -73,6 +73,8 @@ struct Watch {
     nat_tools: Vec<&'static str>,
     hop: Tracker,
     hop_records: Vec<HopRecord>,
+    /// Connection events waiting one batch for their process.
+    deferred: Vec<HopRecord>,
     owners: Owners,
     /// The kernel frame follower's map (live with the hop probe only).
     ws_flows: Option<WsFlows>,
@@ -93,6 +95,7 @@ impl Watch {
             nat_tools: Vec::new(),
             hop: Tracker::new(&config.hop.ports).with_kernel_hints(),
             hop_records: Vec::new(),
+            deferred: Vec::new(),
             owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
@@ -228,9 +231,27 @@ impl Watch {
         }
     }
 
+    /// Prints the batch's hop records. A connection event the kernel has not named a process
+    /// for yet waits one batch: the trace can land just after the packet that ended a batch.
     fn print_hop_records(&mut self) {
-        for mut r in self.hop_records.drain(..) {
+        for mut r in std::mem::take(&mut self.deferred) {
             self.owners.enrich(&mut r);
+            self.printer.hop(&r);
+        }
+        for mut r in std::mem::take(&mut self.hop_records) {
+            self.owners.enrich(&mut r);
+            if matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
+                self.deferred.push(r);
+            } else {
+                self.printer.hop(&r);
+            }
+        }
+    }
+
+    /// Prints everything, deferred records included (at shutdown).
+    fn print_all_hop_records(&mut self) {
+        self.print_hop_records();
+        for r in std::mem::take(&mut self.deferred) {
             self.printer.hop(&r);
         }
     }
@@ -473,7 +494,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     drain(ring.get_mut(), &mut watch);
     // What is still open is reported as it stands (sessions end `open`).
     watch.hop.finish(&mut watch.hop_records);
-    watch.print_hop_records();
+    watch.print_all_hop_records();
     watch
         .printer
         .status("stopped", "edgewatch stopped", &serde_json::json!({}));
