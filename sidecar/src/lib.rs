@@ -4,6 +4,7 @@
 //! gives data out; the edges (`probe::loader`, `sources`, `metrics`, `output`, `live`) do the
 //! I/O. See ARCHITECTURE.md for the data flow.
 pub mod config;
+pub mod edge;
 pub mod exposure;
 pub mod hop;
 pub mod live;

@@ -1,0 +1,537 @@
+//! Joins edge access-log records with the hop's exchanges and WebSocket sessions. Pure:
+//! records and a clock in, joined requests out, deterministic for replay.
+//!
+//! - Exact: the edge record and the hop exchange carry the same request id (nginx
+//!   `$request_id` / Caddy `{http.request.uuid}` forwarded as X-Request-ID). An upgraded
+//!   exchange also waits for its WebSocket session (same request id), which ends about when the
+//!   edge logs the request.
+//! - Inferred (no request id on one side): same method and path, the hop request inside the
+//!   edge request's time span (with a slack), and the same upstream address when the edge
+//!   logged one.
+//! - Unmatched records are still emitted once `window` has passed, with the reason; an edge
+//!   502/504 with no exchange is joined to a refused connect to its upstream in its time span.
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::EdgeRecord;
+use crate::hop::{ConnEvent, ConnEventKind, ExchangeOutcome, HopRecord, HttpExchange, WsSession};
+
+/// How a joined request was put together.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Matched {
+    /// By request id.
+    Exact,
+    /// By time, method, path and upstream (no request id on one side).
+    Inferred,
+    /// Only the edge saw it.
+    EdgeOnly,
+    /// Only the hop saw it.
+    HopOnly,
+}
+
+/// One request with both views.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct JoinedRequest {
+    pub request_id: Option<String>,
+    pub matched: Matched,
+    /// Why something is missing, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub edge: Option<EdgeRecord>,
+    pub hop: Option<HttpExchange>,
+    pub websocket: Option<WsSession>,
+    /// The refused connect that explains an edge 502/504 with no exchange.
+    pub refused: Option<ConnEvent>,
+}
+
+struct HopEntry {
+    exchange: HttpExchange,
+    ws: Option<WsSession>,
+    seen_ns: u64,
+}
+
+impl HopEntry {
+    fn complete(&self) -> bool {
+        self.exchange.outcome != ExchangeOutcome::Upgraded || self.ws.is_some()
+    }
+}
+
+/// Time a hop request may lie outside the edge request's span and still be inferred to be it
+/// (clocks: the proxy's log time and the probe's are both the host's).
+const SLACK_NS: u64 = 5_000_000;
+
+/// The join state.
+pub struct Joiner {
+    window_ns: u64,
+    edges: HashMap<String, (EdgeRecord, u64)>,
+    hops: HashMap<String, HopEntry>,
+    edges_without_id: VecDeque<(EdgeRecord, u64)>,
+    hops_without_id: VecDeque<HopEntry>,
+    /// Sessions whose exchange has not been seen (yet), by request id.
+    orphan_ws: HashMap<String, (WsSession, u64)>,
+    refused: VecDeque<(ConnEvent, u64)>,
+}
+
+impl Joiner {
+    /// Records wait at most `window_ns` for their other half.
+    pub fn new(window_ns: u64) -> Self {
+        Self {
+            window_ns,
+            edges: HashMap::new(),
+            hops: HashMap::new(),
+            edges_without_id: VecDeque::new(),
+            hops_without_id: VecDeque::new(),
+            orphan_ws: HashMap::new(),
+            refused: VecDeque::new(),
+        }
+    }
+
+    /// Records waiting for their other half.
+    pub fn pending(&self) -> usize {
+        self.edges.len()
+            + self.hops.len()
+            + self.edges_without_id.len()
+            + self.hops_without_id.len()
+            + self.orphan_ws.len()
+    }
+
+    /// An edge access-log record arrived.
+    pub fn edge(&mut self, rec: EdgeRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        let Some(rid) = rec.request_id.clone() else {
+            if let Some(i) = self
+                .hops_without_id
+                .iter()
+                .position(|h| infers(&rec, &h.exchange))
+            {
+                if let Some(h) = self.hops_without_id.remove(i) {
+                    out.push(joined(Some(rec), Some(h), Matched::Inferred, None));
+                }
+                return;
+            }
+            self.edges_without_id.push_back((rec, now_ns));
+            return;
+        };
+        match self.hops.get(&rid) {
+            Some(h) if h.complete() => {
+                let h = self.hops.remove(&rid);
+                out.push(joined(Some(rec), h, Matched::Exact, None));
+            }
+            _ => {
+                self.edges.insert(rid, (rec, now_ns));
+            }
+        }
+    }
+
+    /// A hop record arrived (exchanges and WebSocket sessions are used, and refused connects
+    /// are remembered to explain edge 502s).
+    pub fn hop(&mut self, rec: &HopRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        match rec {
+            HopRecord::Http(x) => {
+                let mut entry = HopEntry {
+                    exchange: x.clone(),
+                    ws: None,
+                    seen_ns: now_ns,
+                };
+                let Some(rid) = x.request_id.clone() else {
+                    if let Some(i) = self
+                        .edges_without_id
+                        .iter()
+                        .position(|(e, _)| infers(e, &entry.exchange))
+                    {
+                        if let Some((e, _)) = self.edges_without_id.remove(i) {
+                            out.push(joined(Some(e), Some(entry), Matched::Inferred, None));
+                        }
+                        return;
+                    }
+                    self.hops_without_id.push_back(entry);
+                    return;
+                };
+                if let Some((ws, _)) = self.orphan_ws.remove(&rid) {
+                    entry.ws = Some(ws);
+                }
+                if entry.complete() {
+                    if let Some((e, _)) = self.edges.remove(&rid) {
+                        out.push(joined(Some(e), Some(entry), Matched::Exact, None));
+                        return;
+                    }
+                }
+                self.hops.insert(rid, entry);
+            }
+            HopRecord::Websocket(s) => {
+                let Some(rid) = s.request_id.clone() else {
+                    return;
+                };
+                match self.hops.get_mut(&rid) {
+                    Some(h) => {
+                        h.ws = Some(s.clone());
+                        h.seen_ns = now_ns;
+                        if self.edges.contains_key(&rid) {
+                            let h = self.hops.remove(&rid);
+                            let e = self.edges.remove(&rid).map(|(e, _)| e);
+                            out.push(joined(e, h, Matched::Exact, None));
+                        }
+                    }
+                    None => {
+                        self.orphan_ws.insert(rid, (s.clone(), now_ns));
+                    }
+                }
+            }
+            HopRecord::Conn(c) if c.kind == ConnEventKind::Refused => {
+                self.refused.push_back((c.clone(), now_ns));
+            }
+            _ => {}
+        }
+    }
+
+    /// Emits what waited longer than the window, with the reason.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        let cutoff = now_ns.saturating_sub(self.window_ns);
+        let old_edges: Vec<String> = self
+            .edges
+            .iter()
+            .filter(|(_, (_, seen))| *seen < cutoff)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for rid in old_edges {
+            if let Some((e, _)) = self.edges.remove(&rid) {
+                let h = self.hops.remove(&rid);
+                out.push(self.edge_unmatched_or_partial(e, h));
+            }
+        }
+        let old_hops: Vec<String> = self
+            .hops
+            .iter()
+            .filter(|(_, h)| h.seen_ns < cutoff && h.complete())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for rid in old_hops {
+            if let Some(h) = self.hops.remove(&rid) {
+                out.push(joined(
+                    None,
+                    Some(h),
+                    Matched::HopOnly,
+                    Some("no edge log line with this request id".into()),
+                ));
+            }
+        }
+        while self
+            .edges_without_id
+            .front()
+            .is_some_and(|(_, s)| *s < cutoff)
+        {
+            if let Some((e, _)) = self.edges_without_id.pop_front() {
+                out.push(self.edge_unmatched_or_partial(e, None));
+            }
+        }
+        while self
+            .hops_without_id
+            .front()
+            .is_some_and(|h| h.seen_ns < cutoff)
+        {
+            if let Some(h) = self.hops_without_id.pop_front() {
+                out.push(joined(
+                    None,
+                    Some(h),
+                    Matched::HopOnly,
+                    Some("no request id and no edge line matched by time, method and path".into()),
+                ));
+            }
+        }
+        self.orphan_ws.retain(|_, (_, s)| *s >= cutoff);
+        // Refused connects are only needed for the edge lines that may still come.
+        let keep_from = cutoff.saturating_sub(self.window_ns);
+        while self.refused.front().is_some_and(|(_, s)| *s < keep_from) {
+            self.refused.pop_front();
+        }
+    }
+
+    /// The input ended: everything still waiting is emitted.
+    pub fn finish(&mut self, out: &mut Vec<JoinedRequest>) {
+        self.expire(u64::MAX, out);
+        // Upgraded exchanges whose session never ended.
+        let rest: Vec<String> = self.hops.keys().cloned().collect();
+        for rid in rest {
+            if let Some(h) = self.hops.remove(&rid) {
+                out.push(joined(
+                    None,
+                    Some(h),
+                    Matched::HopOnly,
+                    Some("websocket still open, no edge log line yet".into()),
+                ));
+            }
+        }
+    }
+
+    fn edge_unmatched_or_partial(&mut self, e: EdgeRecord, h: Option<HopEntry>) -> JoinedRequest {
+        if let Some(h) = h {
+            // The exchange came but its WebSocket session did not.
+            return joined(
+                Some(e),
+                Some(h),
+                Matched::Exact,
+                Some("websocket session end not seen on the hop".into()),
+            );
+        }
+        if matches!(e.status, 502 | 504) {
+            if let Some(c) = self.refused_for(&e) {
+                return JoinedRequest {
+                    request_id: e.request_id.clone(),
+                    matched: Matched::Inferred,
+                    reason: Some(format!(
+                        "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
+                        c.conn.server
+                    )),
+                    edge: Some(e),
+                    hop: None,
+                    websocket: None,
+                    refused: Some(c),
+                };
+            }
+        }
+        let reason = if e.request_id.is_some() {
+            "no exchange on the hop with this request id (not forwarded upstream, or the upstream was not watched)"
+        } else {
+            "no request id and no hop exchange matched by time, method and path"
+        };
+        joined(Some(e), None, Matched::EdgeOnly, Some(reason.into()))
+    }
+
+    fn refused_for(&mut self, e: &EdgeRecord) -> Option<ConnEvent> {
+        let start = e
+            .start_ts_ns()
+            .unwrap_or(e.end_ts_ns)
+            .saturating_sub(SLACK_NS);
+        let end = e.end_ts_ns + SLACK_NS;
+        let i = self.refused.iter().position(|(c, _)| {
+            (start..=end).contains(&c.ts_ns)
+                && e.upstream_addr
+                    .as_deref()
+                    .is_none_or(|u| u.contains(&c.conn.server.to_string()))
+        })?;
+        self.refused.remove(i).map(|(c, _)| c)
+    }
+}
+
+/// Whether an edge record without request id (or a hop exchange without one) is plausibly the
+/// same request.
+fn infers(e: &EdgeRecord, x: &HttpExchange) -> bool {
+    let same_method = e.method.as_deref() == Some(x.method.as_str());
+    let same_path = e.path.as_deref() == Some(x.path.as_str());
+    let same_upstream = e
+        .upstream_addr
+        .as_deref()
+        .is_none_or(|u| u.contains(&x.conn.server.to_string()));
+    let start = e
+        .start_ts_ns()
+        .unwrap_or(e.end_ts_ns)
+        .saturating_sub(SLACK_NS);
+    let in_span = (start..=e.end_ts_ns + SLACK_NS).contains(&x.request_ts_ns);
+    same_method && same_path && same_upstream && in_span
+}
+
+fn joined(
+    e: Option<EdgeRecord>,
+    h: Option<HopEntry>,
+    matched: Matched,
+    reason: Option<String>,
+) -> JoinedRequest {
+    let (hop, websocket) = match h {
+        Some(h) => (Some(h.exchange), h.ws),
+        None => (None, None),
+    };
+    JoinedRequest {
+        request_id: e
+            .as_ref()
+            .and_then(|e| e.request_id.clone())
+            .or_else(|| hop.as_ref().and_then(|x| x.request_id.clone())),
+        matched,
+        reason,
+        edge: e,
+        hop,
+        websocket,
+        refused: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        edge::EdgeFormat,
+        hop::{ConnId, FrameCounts, SessionEnd, Side},
+    };
+
+    const S: u64 = 1_000_000_000;
+
+    fn conn(server_port: u16) -> ConnId {
+        ConnId {
+            client: "127.0.0.1:40000".parse().expect("addr"),
+            server: format!("127.0.0.1:{server_port}").parse().expect("addr"),
+            first_seen_ns: 100 * S,
+        }
+    }
+
+    fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> EdgeRecord {
+        EdgeRecord {
+            format: EdgeFormat::NginxJson,
+            end_ts_ns: end,
+            request_id: rid.map(str::to_owned),
+            client: Some("203.0.113.9".into()),
+            host: Some("gw".into()),
+            method: Some("GET".into()),
+            path: Some(path.into()),
+            status,
+            request_time_ns: Some(S / 10),
+            upstream_addr: Some("127.0.0.1:18789".into()),
+            upstream_connect_ns: Some(0),
+            upstream_header_ns: Some(S / 100),
+            upstream_response_ns: Some(S / 10),
+            bytes_sent: Some(2),
+        }
+    }
+
+    fn exchange(rid: Option<&str>, status: u16, path: &str, ts: u64) -> HopRecord {
+        HopRecord::Http(HttpExchange {
+            conn: conn(18789),
+            index: 0,
+            request_ts_ns: ts,
+            method: "GET".into(),
+            path: path.into(),
+            host: Some("gw".into()),
+            origin: None,
+            request_id: rid.map(str::to_owned),
+            x_forwarded_for: None,
+            x_forwarded_proto: None,
+            upgrade_websocket: status == 101,
+            connection_upgrade: status == 101,
+            status: Some(status),
+            ttfb_ns: Some(S / 100),
+            total_ns: Some(S / 50),
+            request_bytes: 100,
+            response_bytes: 50,
+            outcome: if status == 101 {
+                ExchangeOutcome::Upgraded
+            } else {
+                ExchangeOutcome::Complete
+            },
+        })
+    }
+
+    fn session(rid: &str) -> HopRecord {
+        HopRecord::Websocket(WsSession {
+            conn: conn(18789),
+            request_id: Some(rid.into()),
+            path: "/ws".into(),
+            origin: None,
+            upgraded_ts_ns: 100 * S,
+            end_ts_ns: 160 * S,
+            duration_ns: 60 * S,
+            client_frames: FrameCounts::default(),
+            server_frames: FrameCounts::default(),
+            closes: Vec::new(),
+            end: SessionEnd::FinWithoutClose { from: Side::Client },
+            longest_idle_ns: 60 * S,
+            idle_before_end_ns: 60 * S,
+            lost_sync: false,
+        })
+    }
+
+    #[test]
+    fn exact_join_in_either_order() {
+        for edge_first in [true, false] {
+            let mut j = Joiner::new(10 * S);
+            let mut out = Vec::new();
+            let e = edge(Some("r1"), 200, "/a", 101 * S);
+            let h = exchange(Some("r1"), 200, "/a", 100 * S + S / 20);
+            if edge_first {
+                j.edge(e, 101 * S, &mut out);
+                j.hop(&h, 101 * S, &mut out);
+            } else {
+                j.hop(&h, 101 * S, &mut out);
+                j.edge(e, 101 * S, &mut out);
+            }
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].matched, Matched::Exact);
+            assert!(out[0].edge.is_some() && out[0].hop.is_some());
+            assert_eq!(j.pending(), 0);
+        }
+    }
+
+    #[test]
+    fn upgrades_wait_for_their_session() {
+        let mut j = Joiner::new(10 * S);
+        let mut out = Vec::new();
+        j.hop(
+            &exchange(Some("w1"), 101, "/ws", 100 * S),
+            100 * S,
+            &mut out,
+        );
+        j.edge(edge(Some("w1"), 101, "/ws", 160 * S), 160 * S, &mut out);
+        assert!(out.is_empty(), "the session has not ended yet");
+        j.hop(&session("w1"), 160 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].websocket.is_some());
+        assert_eq!(out[0].matched, Matched::Exact);
+    }
+
+    #[test]
+    fn unmatched_records_are_emitted_with_a_reason() {
+        let mut j = Joiner::new(10 * S);
+        let mut out = Vec::new();
+        j.edge(edge(Some("e1"), 200, "/a", 100 * S), 100 * S, &mut out);
+        j.hop(&exchange(Some("h1"), 200, "/b", 100 * S), 100 * S, &mut out);
+        j.expire(105 * S, &mut out);
+        assert!(out.is_empty(), "still inside the window");
+        j.expire(111 * S, &mut out);
+        assert_eq!(out.len(), 2);
+        let kinds: Vec<Matched> = out.iter().map(|r| r.matched).collect();
+        assert!(kinds.contains(&Matched::EdgeOnly) && kinds.contains(&Matched::HopOnly));
+        assert!(out.iter().all(|r| r.reason.is_some()));
+    }
+
+    #[test]
+    fn edge_502_is_explained_by_a_refused_connect() {
+        let mut j = Joiner::new(10 * S);
+        let mut out = Vec::new();
+        let refused = HopRecord::Conn(ConnEvent {
+            conn: conn(18789),
+            ts_ns: 100 * S - S / 20,
+            kind: ConnEventKind::Refused,
+            process: None,
+        });
+        j.hop(&refused, 100 * S, &mut out);
+        j.edge(edge(Some("x"), 502, "/", 100 * S), 100 * S, &mut out);
+        j.expire(200 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].refused.is_some());
+        assert!(out[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("refused")));
+    }
+
+    #[test]
+    fn without_request_ids_the_fallback_infers() {
+        let mut j = Joiner::new(10 * S);
+        let mut out = Vec::new();
+        j.hop(
+            &exchange(None, 200, "/a", 100 * S - S / 20),
+            100 * S,
+            &mut out,
+        );
+        // Wrong path: not this one.
+        j.edge(edge(None, 200, "/other", 100 * S), 100 * S, &mut out);
+        assert!(out.is_empty());
+        j.edge(edge(None, 200, "/a", 100 * S), 100 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].matched, Matched::Inferred);
+        // Out of the edge request's time span: not inferred.
+        j.hop(&exchange(None, 200, "/other", 300 * S), 300 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        j.finish(&mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(j.pending(), 0);
+    }
+}

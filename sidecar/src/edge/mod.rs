@@ -1,0 +1,132 @@
+//! The edge proxy's access logs: one [`EdgeRecord`] per line, from nginx JSON, nginx's combined
+//! format with edgewatch's appended fields, or Caddy's JSON access log. Pure: lines in,
+//! records or a [`LineError`] out (the caller counts and reports errors, never stops on one).
+pub mod caddy;
+pub mod join;
+pub mod nginx;
+
+use serde::Serialize;
+
+/// Which layout a line was read with.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeFormat {
+    NginxJson,
+    NginxCombined,
+    CaddyJson,
+}
+
+/// One request as the edge proxy logged it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EdgeRecord {
+    pub format: EdgeFormat,
+    /// When the proxy finished the request (logged at the end), Unix nanoseconds.
+    pub end_ts_ns: u64,
+    /// The request id the proxy forwarded upstream (nginx `$request_id`, Caddy
+    /// `{http.request.uuid}`).
+    pub request_id: Option<String>,
+    pub client: Option<String>,
+    pub host: Option<String>,
+    pub method: Option<String>,
+    /// Request target, credentials redacted.
+    pub path: Option<String>,
+    /// 0 when the proxy logged none (Caddy 2.6 logs WebSocket requests with status 0).
+    pub status: u16,
+    /// Total time at the edge (`$request_time`, Caddy `duration`).
+    pub request_time_ns: Option<u64>,
+    /// The upstream the proxy used, as logged (`$upstream_addr`).
+    pub upstream_addr: Option<String>,
+    /// `$upstream_connect_time` (the last attempt's, when the proxy retried).
+    pub upstream_connect_ns: Option<u64>,
+    /// `$upstream_header_time`.
+    pub upstream_header_ns: Option<u64>,
+    /// `$upstream_response_time`.
+    pub upstream_response_ns: Option<u64>,
+    pub bytes_sent: Option<u64>,
+}
+
+impl EdgeRecord {
+    /// When the request started at the edge, when the log says how long it took.
+    pub fn start_ts_ns(&self) -> Option<u64> {
+        self.request_time_ns
+            .map(|t| self.end_ts_ns.saturating_sub(t))
+    }
+}
+
+/// Why a line gave no record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LineError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("field `{0}` missing")]
+    Missing(&'static str),
+    #[error("field `{field}` has an unusable value {value:?}")]
+    Bad { field: &'static str, value: String },
+    #[error("not in the expected layout: {0}")]
+    Layout(&'static str),
+}
+
+/// Seconds as nginx and Caddy print them (`0.123`; nginx prints `-` for none and a
+/// comma/colon-separated list when it tried several upstreams: the last one counts).
+pub fn seconds_to_ns(text: &str) -> Option<u64> {
+    let last = text.rsplit([',', ':']).next().unwrap_or(text).trim();
+    if last.is_empty() || last == "-" {
+        return None;
+    }
+    if last.contains(['e', 'E']) {
+        // Exponent notation (JSON numbers of small durations): f64 is exact enough there.
+        let secs: f64 = last.parse().ok()?;
+        return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1e9).round() as u64);
+    }
+    // Exact decimal arithmetic: epoch seconds do not fit an f64 to the nanosecond.
+    let (whole, frac) = last.split_once('.').unwrap_or((last, ""));
+    if whole.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || !all_digits(frac) {
+        return None;
+    }
+    let secs: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let mut nanos: u64 = 0;
+    for (i, b) in frac.bytes().take(9).enumerate() {
+        nanos += u64::from(b - b'0') * 10u64.pow(8 - i as u32);
+    }
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// `Some` for a value that is there (not empty, not `-`).
+fn present(v: &str) -> Option<String> {
+    let v = v.trim();
+    (!v.is_empty() && v != "-").then(|| v.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_time_values() {
+        assert_eq!(seconds_to_ns("0.123"), Some(123_000_000));
+        assert_eq!(seconds_to_ns("-"), None);
+        assert_eq!(seconds_to_ns(""), None);
+        assert_eq!(seconds_to_ns("0.001, 0.004"), Some(4_000_000));
+        assert_eq!(seconds_to_ns("0.002 : 0.003"), Some(3_000_000));
+        assert_eq!(seconds_to_ns("abc"), None);
+        assert_eq!(seconds_to_ns("-1"), None);
+        assert_eq!(
+            seconds_to_ns("1795280000.123"),
+            Some(1_795_280_000_123_000_000)
+        );
+        assert_eq!(seconds_to_ns("12"), Some(12_000_000_000));
+        assert_eq!(seconds_to_ns(".5"), Some(500_000_000));
+        assert_eq!(seconds_to_ns("1.0000000019"), Some(1_000_000_001));
+        assert_eq!(seconds_to_ns("2.1e-5"), Some(21_000));
+        assert_eq!(seconds_to_ns("-1e3"), None);
+        assert_eq!(seconds_to_ns("1.2.3"), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! nginx access-log lines: JSON (`log_format edgewatch escape=json ...`, field names
+//! configurable) and the combined format with edgewatch's fields appended.
+//!
+//! The JSON layout edgewatch documents (README) is:
+//! ```text
+//! log_format edgewatch escape=json '{"msec":"$msec","request_id":"$request_id",'
+//!   '"remote_addr":"$remote_addr","host":"$host","request_method":"$request_method",'
+//!   '"request_uri":"$request_uri","status":"$status","request_time":"$request_time",'
+//!   '"upstream_addr":"$upstream_addr","upstream_connect_time":"$upstream_connect_time",'
+//!   '"upstream_header_time":"$upstream_header_time",'
+//!   '"upstream_response_time":"$upstream_response_time","body_bytes_sent":"$body_bytes_sent"}';
+//! ```
+//! and the combined one:
+//! ```text
+//! log_format edgewatch_combined '$remote_addr - $remote_user [$time_local] "$request" '
+//!   '$status $body_bytes_sent "$http_referer" "$http_user_agent" $msec $request_id '
+//!   '$request_time $upstream_addr $upstream_connect_time $upstream_header_time '
+//!   '$upstream_response_time';
+//! ```
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{present, seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
+use crate::hop::redact::redact_target;
+
+/// Which JSON keys hold which value (for layouts other than edgewatch's).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JsonFields {
+    /// Seconds since the epoch with milliseconds (`$msec`), the request's end.
+    pub time: String,
+    pub request_id: String,
+    pub client: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub status: String,
+    pub request_time: String,
+    pub upstream_addr: String,
+    pub upstream_connect_time: String,
+    pub upstream_header_time: String,
+    pub upstream_response_time: String,
+    pub bytes_sent: String,
+}
+
+impl Default for JsonFields {
+    fn default() -> Self {
+        Self {
+            time: "msec".into(),
+            request_id: "request_id".into(),
+            client: "remote_addr".into(),
+            host: "host".into(),
+            method: "request_method".into(),
+            path: "request_uri".into(),
+            status: "status".into(),
+            request_time: "request_time".into(),
+            upstream_addr: "upstream_addr".into(),
+            upstream_connect_time: "upstream_connect_time".into(),
+            upstream_header_time: "upstream_header_time".into(),
+            upstream_response_time: "upstream_response_time".into(),
+            bytes_sent: "body_bytes_sent".into(),
+        }
+    }
+}
+
+/// A JSON value as text (nginx writes every value as a string; other tools write numbers).
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => present(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses one nginx JSON access-log line.
+pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or(LineError::Layout("not a JSON object"))?;
+    let get = |key: &str| obj.get(key).and_then(text);
+    let time = get(&fields.time).ok_or(LineError::Missing("time"))?;
+    let end_ts_ns = seconds_to_ns(&time).ok_or_else(|| LineError::Bad {
+        field: "time",
+        value: time.clone(),
+    })?;
+    let status_text = get(&fields.status).ok_or(LineError::Missing("status"))?;
+    let status = status_text.parse().map_err(|_| LineError::Bad {
+        field: "status",
+        value: status_text.clone(),
+    })?;
+    Ok(EdgeRecord {
+        format: EdgeFormat::NginxJson,
+        end_ts_ns,
+        request_id: get(&fields.request_id),
+        client: get(&fields.client),
+        host: get(&fields.host),
+        method: get(&fields.method),
+        path: get(&fields.path).map(|p| redact_target(&p)),
+        status,
+        request_time_ns: get(&fields.request_time).and_then(|t| seconds_to_ns(&t)),
+        upstream_addr: get(&fields.upstream_addr),
+        upstream_connect_ns: get(&fields.upstream_connect_time).and_then(|t| seconds_to_ns(&t)),
+        upstream_header_ns: get(&fields.upstream_header_time).and_then(|t| seconds_to_ns(&t)),
+        upstream_response_ns: get(&fields.upstream_response_time).and_then(|t| seconds_to_ns(&t)),
+        bytes_sent: get(&fields.bytes_sent).and_then(|b| b.parse().ok()),
+    })
+}
+
+/// Splits a combined-format line into fields: bare words, `"quoted strings"` (with `\"`
+/// escapes) and `[bracketed times]`.
+fn tokens(line: &str) -> Result<Vec<String>, LineError> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut tok = String::new();
+        match c {
+            '"' => {
+                chars.next();
+                let mut closed = false;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => {
+                            if let Some(n) = chars.next() {
+                                tok.push(n);
+                            }
+                        }
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        c => tok.push(c),
+                    }
+                }
+                if !closed {
+                    return Err(LineError::Layout("unterminated quoted field"));
+                }
+            }
+            '[' => {
+                chars.next();
+                let mut closed = false;
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        closed = true;
+                        break;
+                    }
+                    tok.push(c);
+                }
+                if !closed {
+                    return Err(LineError::Layout("unterminated [time] field"));
+                }
+            }
+            _ => {
+                while let Some(&c) = chars.peek() {
+                    if c.is_whitespace() {
+                        break;
+                    }
+                    tok.push(c);
+                    chars.next();
+                }
+            }
+        }
+        out.push(tok);
+    }
+    Ok(out)
+}
+
+/// Parses one line of the `edgewatch_combined` layout.
+pub fn parse_combined(line: &str) -> Result<EdgeRecord, LineError> {
+    let t = tokens(line)?;
+    // remote_addr - remote_user [time] "request" status bytes "referer" "ua" msec request_id
+    // request_time upstream_addr connect header response
+    if t.len() < 15 {
+        return Err(LineError::Layout(
+            "fewer fields than the edgewatch_combined format has",
+        ));
+    }
+    let mut request = t[4].splitn(3, ' ');
+    let method = request.next().and_then(present);
+    let path = request.next().and_then(present).map(|p| redact_target(&p));
+    let status = t[5].parse().map_err(|_| LineError::Bad {
+        field: "status",
+        value: t[5].clone(),
+    })?;
+    let end_ts_ns = seconds_to_ns(&t[9]).ok_or_else(|| LineError::Bad {
+        field: "msec",
+        value: t[9].clone(),
+    })?;
+    Ok(EdgeRecord {
+        format: EdgeFormat::NginxCombined,
+        end_ts_ns,
+        request_id: present(&t[10]),
+        client: present(&t[0]),
+        host: None,
+        method,
+        path,
+        status,
+        request_time_ns: seconds_to_ns(&t[11]),
+        upstream_addr: present(&t[12]),
+        upstream_connect_ns: seconds_to_ns(&t[13]),
+        upstream_header_ns: seconds_to_ns(&t[14]),
+        upstream_response_ns: t.get(15).and_then(|v| seconds_to_ns(v)),
+        bytes_sent: t[6].parse().ok(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // As nginx 1.22 writes the documented log_format (escape=json).
+    const JSON_LINE: &str = r#"{"msec":"1795280000.123","request_id":"a183594643e1bf34965a7337028330bc","remote_addr":"203.0.113.9","host":"gw.example","request_method":"GET","request_uri":"/ws?token=abc","status":"101","request_time":"61.004","upstream_addr":"127.0.0.1:18789","upstream_connect_time":"0.000","upstream_header_time":"0.002","upstream_response_time":"61.003","body_bytes_sent":"1234"}"#;
+
+    #[test]
+    fn json_line() {
+        let r = parse_json(JSON_LINE, &JsonFields::default()).expect("line");
+        assert_eq!(r.end_ts_ns, 1_795_280_000_123_000_000);
+        assert_eq!(
+            r.request_id.as_deref(),
+            Some("a183594643e1bf34965a7337028330bc")
+        );
+        assert_eq!(r.status, 101);
+        assert_eq!(r.path.as_deref(), Some("/ws?token=REDACTED"));
+        assert_eq!(r.request_time_ns, Some(61_004_000_000));
+        assert_eq!(r.upstream_header_ns, Some(2_000_000));
+        assert_eq!(
+            r.start_ts_ns(),
+            Some(1_795_280_000_123_000_000 - 61_004_000_000)
+        );
+        assert_eq!(r.bytes_sent, Some(1234));
+    }
+
+    #[test]
+    fn json_with_other_field_names() {
+        let fields = JsonFields {
+            time: "ts".into(),
+            request_id: "rid".into(),
+            status: "code".into(),
+            ..JsonFields::default()
+        };
+        let r = parse_json(r#"{"ts":1795280000.5,"rid":"x1","code":502}"#, &fields)
+            .expect("mapped line");
+        assert_eq!((r.status, r.request_id.as_deref()), (502, Some("x1")));
+        assert_eq!(r.upstream_addr, None);
+    }
+
+    #[test]
+    fn bad_json_lines_are_errors() {
+        let f = JsonFields::default();
+        assert!(matches!(
+            parse_json("not json", &f),
+            Err(LineError::Json(_))
+        ));
+        assert!(matches!(parse_json("[1,2]", &f), Err(LineError::Layout(_))));
+        assert_eq!(
+            parse_json(r#"{"status":"200"}"#, &f),
+            Err(LineError::Missing("time"))
+        );
+        assert!(matches!(
+            parse_json(r#"{"msec":"1.0","status":"OK"}"#, &f),
+            Err(LineError::Bad {
+                field: "status",
+                ..
+            })
+        ));
+        assert!(
+            parse_json(r#"{"msec":"1.0","status":"200""#, &f).is_err(),
+            "partial line"
+        );
+    }
+
+    #[test]
+    fn combined_line() {
+        let line = r#"203.0.113.9 - - [21/Nov/2026:17:05:44 +0000] "GET /health?key=s HTTP/1.1" 502 157 "-" "curl/8.5 \"x\"" 1795280000.250 f21815902ca10442e4c97ad52defe3bf 0.001 127.0.0.1:18790 - - 0.001"#;
+        let r = parse_combined(line).expect("line");
+        assert_eq!(r.status, 502);
+        assert_eq!(r.method.as_deref(), Some("GET"));
+        assert_eq!(r.path.as_deref(), Some("/health?key=REDACTED"));
+        assert_eq!(
+            r.request_id.as_deref(),
+            Some("f21815902ca10442e4c97ad52defe3bf")
+        );
+        assert_eq!(r.upstream_addr.as_deref(), Some("127.0.0.1:18790"));
+        assert_eq!(r.upstream_connect_ns, None);
+        assert_eq!(r.upstream_response_ns, Some(1_000_000));
+        assert_eq!(r.end_ts_ns, 1_795_280_000_250_000_000);
+    }
+
+    #[test]
+    fn bad_combined_lines_are_errors() {
+        assert!(parse_combined("").is_err());
+        assert!(parse_combined(r#"1.2.3.4 - - [x] "GET / HTTP/1.1"#).is_err());
+        assert!(
+            parse_combined("a b c d e f g h i j k l m n o").is_err(),
+            "status not a number"
+        );
+    }
+}
