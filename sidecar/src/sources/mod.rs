@@ -4,3 +4,4 @@ pub mod nat;
 pub mod procs;
 pub mod snapshot;
 pub mod sockdiag;
+pub mod tail;
