@@ -102,3 +102,49 @@ fn exposure_once_lists_and_classifies_and_exits_3_on_drift() {
     );
     assert!(row.contains("python3"), "{row}");
 }
+
+#[test]
+fn replay_join_counts_malformed_access_log_lines() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
+    let pcap = std::fs::read_dir(&dir)
+        .expect("fixtures")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("keepalive."))
+        .expect("keepalive fixture");
+    let port = pcap
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit('.').next())
+        .expect("port")
+        .to_owned();
+    let mut log = tempfile::NamedTempFile::new().expect("log");
+    log.write_all(b"garbage line\n{\"msec\":\"oops\",\"status\":\"200\"}\n\n")
+        .expect("write");
+    let (code, out, err) = edgewatch(&[
+        "replay",
+        pcap.to_str().expect("path"),
+        "--port",
+        &port,
+        "--access-log",
+        log.path().to_str().expect("path"),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines = json_lines(&out);
+    let summary = lines
+        .iter()
+        .find(|v| v["type"] == "join_summary")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(summary["lines"], 2);
+    assert_eq!(summary["parsed"], 0);
+    let malformed: u64 = summary["malformed"]
+        .as_object()
+        .expect("malformed")
+        .values()
+        .map(|v| v.as_u64().expect("count"))
+        .sum();
+    assert_eq!(malformed, 2);
+    assert_eq!(summary["requests"]["hop_only"], 3, "{summary}");
+}

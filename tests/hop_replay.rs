@@ -6,7 +6,7 @@ mod support;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::{
-    hop::{replay_json, start_upstream, ws_connect, Capture, Nginx, NginxSite},
+    hop::{replay_json, replay_with_logs, start_upstream, ws_connect, Capture, Nginx, NginxSite},
     Sidecar,
 };
 use tokio_tungstenite::tungstenite::{
@@ -160,7 +160,18 @@ async fn healthy_upgrade_messages_and_clean_close() {
         .as_str()
         .expect("nginx forwards $request_id");
     assert_eq!(rid.len(), 32, "{rid}");
-    assert!(nginx.access_log().contains("101"));
+    // Joined with nginx's access log (the README's log_format): one request, by request id,
+    // with its WebSocket session.
+    let log = nginx.wait_log_lines(1);
+    let joined = replay_with_logs(&pcap, upstream.port(), &[&log]);
+    let requests = of_type(&joined, "request");
+    assert_eq!(requests.len(), 1, "{joined:#?}");
+    assert_eq!(requests[0]["matched"], "exact");
+    assert_eq!(requests[0]["request_id"], rid);
+    assert_eq!(requests[0]["edge"]["status"], 101);
+    assert_eq!(requests[0]["edge"]["path"], "/?token=REDACTED");
+    assert!(requests[0]["websocket"].is_object());
+    assert!(requests[0]["edge"]["request_time_ns"].as_u64().is_some());
     let ws_records = of_type(&records, "websocket");
     assert_eq!(ws_records.len(), 1, "{records:#?}");
     let s = ws_records[0];
@@ -240,6 +251,13 @@ async fn proxy_without_upgrade_headers_breaks_the_handshake() {
     );
     assert_eq!(http[0]["status"], 426);
     assert!(of_type(&records, "websocket").is_empty());
+    let log = nginx.wait_log_lines(1);
+    let joined = replay_with_logs(&pcap, upstream.port(), &[&log]);
+    let requests = of_type(&joined, "request");
+    assert_eq!(requests.len(), 1, "{joined:#?}");
+    assert_eq!(requests[0]["matched"], "exact");
+    assert_eq!(requests[0]["edge"]["status"], 426);
+    assert_eq!(requests[0]["hop"]["upgrade_websocket"], false);
     assert_live_agrees(sidecar, &records);
 }
 
@@ -302,6 +320,16 @@ async fn stale_upstream_port_is_refused() {
     assert!(!conns.is_empty(), "{records:#?}");
     assert!(conns.iter().all(|c| c["event"] == "refused"), "{conns:#?}");
     assert!(of_type(&records, "http").is_empty());
+    // The edge's 502 is joined to the refused connect that caused it.
+    let log = nginx.wait_log_lines(1);
+    let joined = replay_with_logs(&pcap, dead.port(), &[&log]);
+    let requests = of_type(&joined, "request");
+    assert_eq!(requests.len(), 1, "{joined:#?}");
+    assert_eq!(requests[0]["edge"]["status"], 502);
+    assert!(requests[0]["refused"].is_object(), "{:#?}", requests[0]);
+    assert!(requests[0]["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("refused")));
     let live = assert_live_agrees(sidecar, &records);
     // Live, the kernel names the process that tried to connect: the proxy.
     let refused = of_type(&live, "conn");
@@ -468,5 +496,12 @@ async fn keep_alive_requests_share_one_upstream_connection() {
         .map(|x| x["request_id"].as_str().expect("rid"))
         .collect();
     assert_eq!(ids.len(), 3, "one request id per request");
+    let log = nginx.wait_log_lines(3);
+    let joined = replay_with_logs(&pcap, upstream.port(), &[&log]);
+    let requests = of_type(&joined, "request");
+    assert_eq!(requests.len(), 3, "{joined:#?}");
+    assert!(requests.iter().all(|r| r["matched"] == "exact"
+        && r["edge"]["status"] == 200
+        && r["hop"]["status"] == 200));
     assert_live_agrees(sidecar, &records);
 }

@@ -61,6 +61,14 @@ enum Command {
         /// TOML config file (for its watched ports).
         #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The edge proxy's access log(s) of the same period (nginx JSON, edgewatch_combined,
+        /// or Caddy JSON; detected per line): each request is joined with the hop by request
+        /// id and printed as a `request` record.
+        #[arg(long = "access-log", value_name = "FILE")]
+        access_logs: Vec<PathBuf>,
+        /// How long a record waits for its other half, in the data's time.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        join_window: std::time::Duration,
         /// Output format on stdout.
         #[arg(long, short, value_enum, default_value = "text")]
         output: Format,
@@ -125,6 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             capture,
             ports,
             config,
+            access_logs,
+            join_window,
             output,
         } => {
             let config = load_config(config.as_ref())?;
@@ -133,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ports
             };
-            replay_cmd::run(&capture, &ports, output)
+            replay_cmd::run(&capture, &ports, &access_logs, join_window, output)
         }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;

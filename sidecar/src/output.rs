@@ -325,6 +325,49 @@ impl Printer {
         }
     }
 
+    /// One joined request (edge log + hop).
+    pub fn request(&mut self, r: &crate::edge::join::JoinedRequest) {
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Line<'a> {
+                    #[serde(rename = "type")]
+                    ty: &'static str,
+                    #[serde(flatten)]
+                    r: &'a crate::edge::join::JoinedRequest,
+                }
+                self.json(&Line { ty: "request", r });
+            }
+            Format::Text => {
+                let edge = r.edge.as_ref();
+                let hop = r.hop.as_ref();
+                let text = format!(
+                    "{} request {} {:?} rid={} edge={} {} {} total={} wire: status={} ttfb={} total={}{}{}",
+                    edge.map(|e| rfc3339(e.end_ts_ns))
+                        .or_else(|| hop.map(|h| rfc3339(h.request_ts_ns)))
+                        .unwrap_or_default(),
+                    edge.and_then(|e| e.client.as_deref()).unwrap_or("-"),
+                    r.matched,
+                    r.request_id.as_deref().unwrap_or("-"),
+                    edge.map(|e| e.status.to_string()).unwrap_or_else(|| "-".into()),
+                    edge.and_then(|e| e.method.as_deref())
+                        .or(hop.map(|h| h.method.as_str()))
+                        .unwrap_or("-"),
+                    edge.and_then(|e| e.path.as_deref())
+                        .or(hop.map(|h| h.path.as_str()))
+                        .unwrap_or("-"),
+                    edge.and_then(|e| e.request_time_ns).map(dur).unwrap_or_else(|| "-".into()),
+                    hop.and_then(|h| h.status).map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    hop.and_then(|h| h.ttfb_ns).map(dur).unwrap_or_else(|| "-".into()),
+                    hop.and_then(|h| h.total_ns).map(dur).unwrap_or_else(|| "-".into()),
+                    if r.websocket.is_some() { " +websocket" } else { "" },
+                    r.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default(),
+                );
+                self.line(&text);
+            }
+        }
+    }
+
     /// A status object (`ready`, `problem`, `stopped`, ...), written out at once.
     pub fn status<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
         self.status_line(ty, text, detail);

@@ -1,14 +1,31 @@
 //! The `edgewatch replay` command: file, progress bar and summary around `edgewatch::replay`.
-use std::{fs::File, io::BufReader, path::Path, process::ExitCode};
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use edgewatch::{
+    edge::{
+        join::{join_all, Matched},
+        parse_any,
+    },
+    hop::HopRecord,
     output::{Format, Printer},
     replay::replay,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub fn run(capture: &Path, ports: &[u16], format: Format) -> anyhow::Result<ExitCode> {
+pub fn run(
+    capture: &Path,
+    ports: &[u16],
+    access_logs: &[PathBuf],
+    join_window: std::time::Duration,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let file = File::open(capture).with_context(|| format!("opening {}", capture.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     // Drawn only when stderr is a terminal; hidden in pipes and tests.
@@ -18,10 +35,17 @@ pub fn run(capture: &Path, ports: &[u16], format: Format) -> anyhow::Result<Exit
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut printer = Printer::stdout(format);
+    let mut kept = Vec::new();
+    let keep = !access_logs.is_empty();
     let summary = replay(
         BufReader::with_capacity(1 << 20, file),
         ports,
-        |record| printer.hop(record),
+        |record| {
+            printer.hop(record);
+            if keep {
+                kept.push(record.clone());
+            }
+        },
         |done| bar.set_position(done),
     )
     .with_context(|| format!("replaying {}", capture.display()))?;
@@ -49,6 +73,9 @@ pub fn run(capture: &Path, ports: &[u16], format: Format) -> anyhow::Result<Exit
         ),
         &summary,
     );
+    if keep {
+        join_logs(&mut printer, &kept, access_logs, join_window)?;
+    }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
             truncated_at = ?summary.truncated_at,
@@ -57,4 +84,73 @@ pub fn run(capture: &Path, ports: &[u16], format: Format) -> anyhow::Result<Exit
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the access logs, joins them with the hop records and prints the requests and a
+/// `join_summary` (malformed lines are counted and shown, never fatal).
+fn join_logs(
+    printer: &mut Printer,
+    hop: &[HopRecord],
+    logs: &[PathBuf],
+    window: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut edges = Vec::new();
+    let mut lines = 0u64;
+    let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut examples = Vec::new();
+    for path in logs {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.with_context(|| format!("reading {}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            lines += 1;
+            match parse_any(&line) {
+                Ok(rec) => edges.push(rec),
+                Err(e) => {
+                    *malformed.entry(e.to_string()).or_default() += 1;
+                    if examples.len() < 3 {
+                        examples.push(format!("{}:{}: {e}", path.display(), n + 1));
+                    }
+                }
+            }
+        }
+    }
+    let parsed = edges.len();
+    let joined = join_all(
+        hop,
+        edges,
+        u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+    );
+    let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for r in &joined {
+        printer.request(r);
+        let k = match r.matched {
+            Matched::Exact => "exact",
+            Matched::Inferred => "inferred",
+            Matched::EdgeOnly => "edge_only",
+            Matched::HopOnly => "hop_only",
+        };
+        *by_kind.entry(k).or_default() += 1;
+    }
+    let bad: u64 = malformed.values().sum();
+    printer.status(
+        "join_summary",
+        &format!(
+            "{lines} access-log lines, {parsed} parsed, {bad} malformed; requests {by_kind:?}{}",
+            if examples.is_empty() {
+                String::new()
+            } else {
+                format!("; e.g. {}", examples.join("; "))
+            }
+        ),
+        &serde_json::json!({
+            "lines": lines,
+            "parsed": parsed,
+            "malformed": malformed,
+            "requests": by_kind,
+        }),
+    );
+    Ok(())
 }

@@ -183,6 +183,22 @@ pub struct NginxSite<'a> {
     pub upstream_keepalive: bool,
 }
 
+/// A configuration snippet from README.md (the block after `<!-- snippet:NAME -->`), so the
+/// tests run exactly what the documentation tells users to write.
+pub fn readme_snippet(name: &str) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let marker = format!("<!-- snippet:{name} -->");
+    let after = readme
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))
+        .1;
+    let block = after.split_once("```").unwrap().1;
+    let body = block.split_once('\n').unwrap().1;
+    body.split_once("```").unwrap().0.to_owned()
+}
+
 /// A real nginx (Debian's), in its own prefix, in the foreground.
 pub struct Nginx {
     child: Child,
@@ -214,7 +230,8 @@ impl Nginx {
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n\
-               access_log {d}/access.log;\n\
+               {log_format}\n\
+               access_log {d}/access.log edgewatch;\n\
                client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                {upstream_block}\n\
@@ -232,7 +249,8 @@ impl Nginx {
                  }}\n\
                }}\n\
              }}\n",
-            timeout = site.read_timeout
+            timeout = site.read_timeout,
+            log_format = readme_snippet("nginx-log-format"),
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -258,7 +276,22 @@ impl Nginx {
     }
 
     pub fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+        std::fs::read_to_string(self.access_log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the access log has `n` lines (nginx writes a WebSocket request's line when
+    /// the tunnel closes, about when the client sees the close).
+    pub fn wait_log_lines(&self, n: usize) -> PathBuf {
+        let deadline = Instant::now() + super::WAIT;
+        while self.access_log().lines().count() < n {
+            assert!(Instant::now() < deadline, "nginx did not log {n} lines");
+            std::thread::yield_now();
+        }
+        self.access_log_path()
+    }
+
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
     }
 }
 
@@ -376,12 +409,23 @@ pub async fn ws_connect(
 
 /// Replays a capture through the real binary and returns its JSON records.
 pub fn replay_json(capture: &Path, upstream_port: u16) -> Vec<serde_json::Value> {
-    let out = Command::new(super::edgewatch_bin())
-        .arg("replay")
+    replay_with_logs(capture, upstream_port, &[])
+}
+
+/// The same, joined with access logs.
+pub fn replay_with_logs(
+    capture: &Path,
+    upstream_port: u16,
+    logs: &[&Path],
+) -> Vec<serde_json::Value> {
+    let mut cmd = Command::new(super::edgewatch_bin());
+    cmd.arg("replay")
         .arg(capture)
-        .args(["--port", &upstream_port.to_string(), "--output", "json"])
-        .output()
-        .unwrap();
+        .args(["--port", &upstream_port.to_string(), "--output", "json"]);
+    for log in logs {
+        cmd.arg("--access-log").arg(log);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "replay failed: {}",

@@ -355,6 +355,49 @@ fn joined(
     }
 }
 
+/// Joins whole sets offline (`edgewatch replay --access-log`): both sides merged in time
+/// order, the window measured in the data's own time, so the result is deterministic.
+pub fn join_all(
+    hop: &[HopRecord],
+    mut edges: Vec<EdgeRecord>,
+    window_ns: u64,
+) -> Vec<JoinedRequest> {
+    edges.sort_by_key(|e| e.end_ts_ns);
+    let mut hop_sorted: Vec<&HopRecord> = hop.iter().collect();
+    hop_sorted.sort_by_key(|r| r.end_ts_ns());
+    let mut joiner = Joiner::new(window_ns);
+    let mut out = Vec::new();
+    let mut edges = edges.into_iter().peekable();
+    let mut hops = hop_sorted.into_iter().peekable();
+    loop {
+        let next_edge = edges.peek().map(|e| e.end_ts_ns);
+        let next_hop = hops.peek().map(|r| r.end_ts_ns());
+        match (next_edge, next_hop) {
+            (None, None) => break,
+            (Some(e), Some(h)) if h <= e => {
+                if let Some(r) = hops.next() {
+                    joiner.hop(r, h, &mut out);
+                    joiner.expire(h, &mut out);
+                }
+            }
+            (Some(e), _) => {
+                if let Some(rec) = edges.next() {
+                    joiner.edge(rec, e, &mut out);
+                    joiner.expire(e, &mut out);
+                }
+            }
+            (None, Some(h)) => {
+                if let Some(r) = hops.next() {
+                    joiner.hop(r, h, &mut out);
+                    joiner.expire(h, &mut out);
+                }
+            }
+        }
+    }
+    joiner.finish(&mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -66,6 +66,19 @@ pub enum LineError {
     Layout(&'static str),
 }
 
+/// Parses a line of any supported layout: Caddy JSON (has a `logger`), nginx JSON (other
+/// JSON objects, with the default field names), else the `edgewatch_combined` layout.
+pub fn parse_any(line: &str) -> Result<EdgeRecord, LineError> {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('{') {
+        if trimmed.contains("\"logger\"") {
+            return caddy::parse(trimmed);
+        }
+        return nginx::parse_json(trimmed, &nginx::JsonFields::default());
+    }
+    nginx::parse_combined(trimmed)
+}
+
 /// Seconds as nginx and Caddy print them (`0.123`; nginx prints `-` for none and a
 /// comma/colon-separated list when it tried several upstreams: the last one counts).
 pub fn seconds_to_ns(text: &str) -> Option<u64> {

@@ -270,3 +270,15 @@ pub enum HopRecord {
     Conn(ConnEvent),
     Loss(Loss),
 }
+
+impl HopRecord {
+    /// When what the record describes ended (for ordering against other sources).
+    pub fn end_ts_ns(&self) -> u64 {
+        match self {
+            HopRecord::Http(x) => x.request_ts_ns + x.total_ns.or(x.ttfb_ns).unwrap_or(0),
+            HopRecord::Websocket(s) => s.end_ts_ns,
+            HopRecord::Conn(c) => c.ts_ns,
+            HopRecord::Loss(l) => l.ts_ns,
+        }
+    }
+}
