@@ -29,6 +29,32 @@ fn live(upstream_port: u16) -> Sidecar {
     ))
 }
 
+/// The same, also following an access log (checkpoints in `state`).
+fn live_with_log(upstream_port: u16, log: &std::path::Path, state: &std::path::Path) -> Sidecar {
+    Sidecar::start(&format!(
+        "[hop]\nports = [{upstream_port}]\ndocker_bridges = false\n\
+         [edge]\naccess_logs = [{log:?}]\nstate_dir = {state:?}\npoll_interval = \"50ms\"\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+}
+
+/// Plain requests through nginx, each on its own client connection.
+async fn get_health(port: u16, n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("read");
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    }
+}
+
 /// What makes a record the same record whichever way it was seen (timestamps and durations
 /// differ between the TC hook and tcpdump).
 fn essence(r: &Value) -> Value {
@@ -448,6 +474,54 @@ async fn upstream_process_killed_mid_session() {
     assert_eq!(s[0]["end"]["from"], "server");
     assert!(s[0]["closes"].as_array().expect("closes").is_empty());
     assert_live_agrees(sidecar, &records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_join_survives_log_rotation_exactly_once() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        websocket_headers: false,
+        upstream_keepalive: true,
+        ..site(upstream)
+    });
+    let state = tempfile::tempdir().expect("state dir");
+    let log = nginx.access_log_path();
+    std::fs::write(&log, b"").expect("create the log");
+    let mut sidecar = live_with_log(upstream.port(), &log, state.path());
+    get_health(nginx.port, 3).await;
+    nginx.wait_log_lines(3);
+    // logrotate's way: rename, then tell nginx to reopen (USR1); more traffic meanwhile.
+    std::fs::rename(&log, log.with_extension("log.1")).expect("rotate");
+    get_health(nginx.port, 2).await;
+    nginx.reopen_logs();
+    get_health(nginx.port, 3).await;
+    nginx.wait_log_lines(3);
+    let mut ids = std::collections::HashMap::new();
+    while ids.len() < 8 {
+        let r = sidecar
+            .lines
+            .wait_for("a joined request", |v| v["type"] == "request");
+        assert_eq!(r["matched"], "exact", "{r}");
+        let rid = r["request_id"].as_str().expect("rid").to_owned();
+        *ids.entry(rid).or_insert(0) += 1;
+    }
+    assert!(ids.values().all(|n| *n == 1), "each request once: {ids:?}");
+    // Garbage lines are counted, not fatal.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"not a log line\n"))
+        .expect("append garbage");
+    get_health(nginx.port, 1).await;
+    sidecar
+        .lines
+        .wait_for("the request after the garbage", |v| v["type"] == "request");
+    let metrics = sidecar.metrics();
+    assert!(
+        metrics.contains("edgewatch_edge_lines_total{result=\"malformed\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

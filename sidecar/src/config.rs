@@ -43,6 +43,8 @@ pub struct Config {
     pub nat: NatConfig,
     /// The proxy-to-upstream hop (TC probes on the interfaces it crosses).
     pub hop: HopConfig,
+    /// The edge proxy's access logs, joined with the hop by request id.
+    pub edge: EdgeConfig,
     /// The kernel probes.
     pub probes: ProbeConfig,
     /// The sidecar's own Prometheus endpoint.
@@ -128,6 +130,34 @@ impl Default for NatConfig {
         Self {
             enabled: true,
             poll_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Access logs to follow and join.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Access-log files (nginx JSON, edgewatch_combined, or Caddy JSON; detected per line).
+    /// None by default.
+    pub access_logs: Vec<std::path::PathBuf>,
+    /// How long a record waits for its other half before it is reported unmatched.
+    #[serde(with = "humantime_serde")]
+    pub join_window: Duration,
+    /// How often the logs are read.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Where reading positions are kept, so a restart neither loses nor repeats lines.
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            access_logs: Vec::new(),
+            join_window: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            state_dir: "/var/lib/edgewatch".into(),
         }
     }
 }
@@ -312,6 +342,27 @@ impl Config {
                 "hop.idle_expiry",
                 humantime::format_duration(self.hop.idle_expiry).to_string(),
                 "must be at least 1s",
+            ));
+        }
+        if let Some(p) = self.edge.access_logs.iter().find(|p| !p.is_absolute()) {
+            return Err(invalid(
+                "edge.access_logs",
+                format!("{:?}", p.display().to_string()),
+                "must be an absolute path",
+            ));
+        }
+        if !self.edge.state_dir.is_absolute() {
+            return Err(invalid(
+                "edge.state_dir",
+                format!("{:?}", self.edge.state_dir.display().to_string()),
+                "must be an absolute path",
+            ));
+        }
+        if self.edge.poll_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "edge.poll_interval",
+                humantime::format_duration(self.edge.poll_interval).to_string(),
+                "must be at least 10ms",
             ));
         }
         let rb = self.probes.ring_buffer_bytes;

@@ -11,6 +11,7 @@ use tokio::{
 
 use crate::{
     config::Config,
+    edge::join::{JoinedRequest, Joiner},
     exposure::{
         inventory::{Change, ChangeSource, Inventory},
         policy::{DriftTracker, Policy},
@@ -24,7 +25,11 @@ use crate::{
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::{Probes, WsFlows},
     },
-    sources::{nat::read_nat_rules, snapshot::Attributor},
+    sources::{
+        nat::read_nat_rules,
+        snapshot::Attributor,
+        tail::{StartAt, Tailer},
+    },
 };
 
 /// CLOCK_BOOTTIME now, in nanoseconds (the clock the probes stamp events with).
@@ -75,6 +80,9 @@ struct Watch {
     hop_records: Vec<HopRecord>,
     /// Connection events waiting one batch for their process.
     deferred: Vec<HopRecord>,
+    /// Joins access-log records with hop records (when access logs are configured).
+    joiner: Option<Joiner>,
+    joined: Vec<JoinedRequest>,
     owners: Owners,
     /// The kernel frame follower's map (live with the hop probe only).
     ws_flows: Option<WsFlows>,
@@ -96,6 +104,10 @@ impl Watch {
             hop: Tracker::new(&config.hop.ports).with_kernel_hints(),
             hop_records: Vec::new(),
             deferred: Vec::new(),
+            joiner: (!config.edge.access_logs.is_empty()).then(|| {
+                Joiner::new(u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX))
+            }),
+            joined: Vec::new(),
             owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
@@ -236,15 +248,55 @@ impl Watch {
     fn print_hop_records(&mut self) {
         for mut r in std::mem::take(&mut self.deferred) {
             self.owners.enrich(&mut r);
-            self.printer.hop(&r);
+            self.emit_hop(&r);
         }
         for mut r in std::mem::take(&mut self.hop_records) {
             self.owners.enrich(&mut r);
             if matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
                 self.deferred.push(r);
             } else {
-                self.printer.hop(&r);
+                self.emit_hop(&r);
             }
+        }
+        self.print_joined();
+    }
+
+    fn emit_hop(&mut self, r: &HopRecord) {
+        self.printer.hop(r);
+        if let Some(j) = self.joiner.as_mut() {
+            j.hop(r, unix_ns(SystemTime::now()), &mut self.joined);
+        }
+    }
+
+    /// New access-log lines: parsed (malformed ones counted and reported), then joined.
+    fn on_edge_lines(&mut self, lines: &[String]) {
+        let now = unix_ns(SystemTime::now());
+        for line in lines {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match crate::edge::parse_any(line) {
+                Ok(rec) => {
+                    self.metrics.edge_line(true);
+                    if let Some(j) = self.joiner.as_mut() {
+                        j.edge(rec, now, &mut self.joined);
+                    }
+                }
+                Err(e) => {
+                    self.metrics.edge_line(false);
+                    tracing::warn!(error = %e, "malformed access-log line (counted, skipped)");
+                }
+            }
+        }
+        if let Some(j) = self.joiner.as_mut() {
+            j.expire(now, &mut self.joined);
+        }
+        self.print_joined();
+    }
+
+    fn print_joined(&mut self) {
+        for r in std::mem::take(&mut self.joined) {
+            self.printer.request(&r);
         }
     }
 
@@ -252,8 +304,12 @@ impl Watch {
     fn print_all_hop_records(&mut self) {
         self.print_hop_records();
         for r in std::mem::take(&mut self.deferred) {
-            self.printer.hop(&r);
+            self.emit_hop(&r);
         }
+        if let Some(j) = self.joiner.as_mut() {
+            j.finish(&mut self.joined);
+        }
+        self.print_joined();
     }
 
     fn on_listen_change(&mut self, ev: &ListenChange) {
@@ -415,6 +471,22 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     nat.reset();
     let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tailers: Vec<Tailer> = Vec::new();
+    if !config.edge.access_logs.is_empty() {
+        std::fs::create_dir_all(&config.edge.state_dir).with_context(|| {
+            format!(
+                "creating edge.state_dir {}",
+                config.edge.state_dir.display()
+            )
+        })?;
+        for path in &config.edge.access_logs {
+            let name = path.to_string_lossy().replace('/', "_");
+            let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
+            tailers.push(Tailer::new(path, Some(&checkpoint), StartAt::End));
+        }
+    }
+    let mut edge_tick = tokio::time::interval(config.edge.poll_interval);
+    edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     expire_tick.reset();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -478,6 +550,15 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                     );
                     last_drops = drops;
                 }
+            }
+            _ = edge_tick.tick(), if !tailers.is_empty() => {
+                let mut lines = Vec::new();
+                for t in &mut tailers {
+                    if let Err(e) = t.poll(&mut lines) {
+                        tracing::warn!(log = %t.path().display(), error = %e, "cannot read access log");
+                    }
+                }
+                watch.on_edge_lines(&lines);
             }
             _ = expire_tick.tick() => {
                 let cutoff = unix_ns(SystemTime::now())

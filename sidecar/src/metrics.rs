@@ -24,6 +24,7 @@ pub struct Metrics {
     decode_errors: Counter,
     ws_follow_errors: Counter,
     followed_segments: Counter,
+    edge_lines: Family<Labels, Counter>,
     event_lag: Histogram,
     exposures: Family<Labels, Gauge>,
     alerts: Family<Labels, Counter>,
@@ -72,6 +73,12 @@ impl Metrics {
             "hop_followed_segments",
             "WebSocket segments of which the kernel sent only frame headers (no payload)",
             followed_segments.clone(),
+        );
+        let edge_lines = Family::<Labels, Counter>::default();
+        registry.register(
+            "edge_lines",
+            "Access-log lines read, parsed or malformed",
+            edge_lines.clone(),
         );
         let event_lag = Histogram::new([0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0]);
         registry.register(
@@ -129,6 +136,7 @@ impl Metrics {
             decode_errors,
             ws_follow_errors,
             followed_segments,
+            edge_lines,
             event_lag,
             exposures,
             alerts,
@@ -157,6 +165,13 @@ impl Metrics {
 
     pub fn decode_error(&self) {
         self.decode_errors.inc();
+    }
+
+    /// An access-log line was read (`ok`: parsed; otherwise counted as malformed).
+    pub fn edge_line(&self, ok: bool) {
+        self.edge_lines
+            .get_or_create(&label("result", if ok { "parsed" } else { "malformed" }))
+            .inc();
     }
 
     /// A hop segment arrived with only its frame headers (the kernel followed the frames).

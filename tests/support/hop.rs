@@ -290,6 +290,21 @@ impl Nginx {
         self.access_log_path()
     }
 
+    /// What logrotate's postrotate does: USR1, nginx reopens its logs.
+    pub fn reopen_logs(&self) {
+        let status = Command::new("kill")
+            .args(["-USR1", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Reopened once the new file exists.
+        let deadline = Instant::now() + super::WAIT;
+        while !self.access_log_path().exists() {
+            assert!(Instant::now() < deadline, "nginx did not reopen its log");
+            std::thread::yield_now();
+        }
+    }
+
     pub fn access_log_path(&self) -> PathBuf {
         self.dir.path().join("access.log")
     }
