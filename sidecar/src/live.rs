@@ -433,6 +433,27 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     } else {
         None
     };
+    let mut tailers: Vec<Tailer> = Vec::new();
+    if !config.edge.access_logs.is_empty() {
+        std::fs::create_dir_all(&config.edge.state_dir).with_context(|| {
+            format!(
+                "creating edge.state_dir {}",
+                config.edge.state_dir.display()
+            )
+        })?;
+        for path in &config.edge.access_logs {
+            let name = path.to_string_lossy().replace('/', "_");
+            let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
+            tailers.push(Tailer::new(path, Some(&checkpoint), StartAt::End));
+        }
+    }
+    // Position every log now, before `ready`: lines the proxy writes from here on are read.
+    let mut initial = Vec::new();
+    for t in &mut tailers {
+        t.poll(&mut initial)
+            .with_context(|| format!("reading access log {}", t.path().display()))?;
+    }
+    watch.on_edge_lines(&initial);
     watch.printer.status(
         "ready",
         &format!(
@@ -471,20 +492,6 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     nat.reset();
     let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut tailers: Vec<Tailer> = Vec::new();
-    if !config.edge.access_logs.is_empty() {
-        std::fs::create_dir_all(&config.edge.state_dir).with_context(|| {
-            format!(
-                "creating edge.state_dir {}",
-                config.edge.state_dir.display()
-            )
-        })?;
-        for path in &config.edge.access_logs {
-            let name = path.to_string_lossy().replace('/', "_");
-            let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
-            tailers.push(Tailer::new(path, Some(&checkpoint), StartAt::End));
-        }
-    }
     let mut edge_tick = tokio::time::interval(config.edge.poll_interval);
     edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));

@@ -317,6 +317,73 @@ impl Drop for Nginx {
     }
 }
 
+/// A real Caddy (Debian's 2.6), configured with the README's Caddyfile (site address, upstream
+/// and log path substituted; plain HTTP and no admin endpoint for the test).
+pub struct Caddy {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    pub fn start(upstream: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let site = readme_snippet("caddyfile")
+            .replace("gw.example.com", &format!("http://127.0.0.1:{port}"))
+            .replace("127.0.0.1:18789", &upstream.to_string())
+            .replace(
+                "/var/log/caddy/access.log",
+                &dir.path().join("access.log").display().to_string(),
+            );
+        let caddyfile = dir.path().join("Caddyfile");
+        std::fs::write(&caddyfile, format!("{{\n\tadmin off\n}}\n{site}")).unwrap();
+        let child = Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&caddyfile)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("caddy (cargo xtask setup installs it)");
+        let deadline = Instant::now() + super::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "caddy did not start");
+            std::thread::yield_now();
+        }
+        Self { child, port, dir }
+    }
+
+    /// Waits until the access log has `n` lines and returns its path.
+    pub fn wait_log_lines(&self, n: usize) -> PathBuf {
+        let path = self.dir.path().join("access.log");
+        let deadline = Instant::now() + super::WAIT;
+        while std::fs::read_to_string(&path)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+            < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "caddy did not log {n} lines: {:?}",
+                std::fs::read_to_string(&path)
+            );
+            std::thread::yield_now();
+        }
+        path
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// tcpdump recording one upstream port on `lo` into a pcap file.
 pub struct Capture {
     child: Child,

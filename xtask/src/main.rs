@@ -29,8 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     // `ip netns`, `nsenter`, `mount` for the tests and tracefs.
     "iproute2",
     "util-linux",
-    // The hop tests: a real reverse proxy, and captures of the hop.
+    // The hop and join tests: real reverse proxies, and captures of the hop.
     "nginx-light",
+    "caddy",
     "tcpdump",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,9 +1,10 @@
 //! Caddy's JSON access log (`log` directive, `http.log.access` logger).
 //!
-//! Caddy 2.6 has no request-id field of its own; edgewatch's documented Caddyfile sets one on
-//! the request before proxying (`request_header X-Request-ID {http.request.uuid}`), so it is
-//! both forwarded upstream and logged with the request headers. WebSocket requests are logged
-//! with status 0 and size 0 when the tunnel closes.
+//! Caddy 2.6 has no request-id field of its own, and it logs the request headers as they
+//! arrived (before `request_header` changes them). edgewatch's documented Caddyfile sets the
+//! same `{http.request.uuid}` on the proxied request (`request_header X-Request-ID ...`) and on
+//! the response (`header X-Request-ID ...`), which the access log does show in `resp_headers`.
+//! WebSocket requests are logged with status 0 and size 0 when the tunnel closes.
 use serde_json::Value;
 
 use super::{seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
@@ -37,6 +38,7 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
     let request = v.get("request").ok_or(LineError::Missing("request"))?;
     let s = |k: &str| request.get(k).and_then(Value::as_str).map(str::to_owned);
     let headers = request.get("headers");
+    let resp_headers = v.get("resp_headers");
     let status = v
         .get("status")
         .and_then(Value::as_u64)
@@ -50,7 +52,9 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
     Ok(EdgeRecord {
         format: EdgeFormat::CaddyJson,
         end_ts_ns,
-        request_id: header(headers, "x-request-id").map(str::to_owned),
+        request_id: header(resp_headers, "x-request-id")
+            .or_else(|| header(headers, "x-request-id"))
+            .map(str::to_owned),
         client: s("client_ip").or_else(|| s("remote_ip")),
         host: s("host"),
         method: s("method"),
@@ -69,7 +73,8 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
 mod tests {
     use super::*;
 
-    const LINE: &str = r#"{"level":"info","ts":1795280000.25,"logger":"http.log.access.log0","msg":"handled request","request":{"remote_ip":"127.0.0.1","remote_port":"41234","proto":"HTTP/1.1","method":"GET","host":"gw.example","uri":"/?token=x","headers":{"User-Agent":["curl/7.88.1"],"X-Request-Id":["6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c"],"Authorization":["REDACTED"]}},"user_id":"","duration":0.0021,"size":0,"status":0,"resp_headers":{}}"#;
+    // Caddy 2.6.2 with the README's Caddyfile (status and size as it logs a WebSocket).
+    const LINE: &str = r#"{"level":"info","ts":1795280000.25,"logger":"http.log.access.log0","msg":"handled request","request":{"remote_ip":"127.0.0.1","remote_port":"50334","proto":"HTTP/1.1","method":"GET","host":"127.0.0.1:28443","uri":"/?token=x","headers":{"Accept-Encoding":["identity"],"User-Agent":["Python-urllib/3.11"],"Connection":["close"]}},"user_id":"","duration":0.0021,"size":0,"status":0,"resp_headers":{"Server":["Caddy"],"X-Request-Id":["6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c"],"Content-Length":["2"]}}"#;
 
     #[test]
     fn access_line() {

@@ -56,6 +56,8 @@ pub struct Tailer {
     /// before that line got its newline).
     partial: Vec<u8>,
     start_at: StartAt,
+    /// The file did not exist at the first look: when it appears, all of it is new.
+    appeared_later: bool,
     /// Rotations noticed (rename or truncate).
     pub rotations: u64,
 }
@@ -70,6 +72,7 @@ impl Tailer {
             offset: 0,
             partial: Vec::new(),
             start_at,
+            appeared_later: false,
             rotations: 0,
         }
     }
@@ -102,7 +105,10 @@ impl Tailer {
     fn open(&mut self, first: bool) -> std::io::Result<bool> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.appeared_later = true;
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
@@ -110,6 +116,7 @@ impl Tailer {
         self.offset = if first {
             match self.load_checkpoint() {
                 Some(cp) if cp.inode == meta.ino() && cp.offset <= meta.len() => cp.offset,
+                _ if self.appeared_later => 0,
                 _ => match self.start_at {
                     StartAt::Beginning => 0,
                     StartAt::End => line_start_before_end(&file, meta.len())?,
@@ -221,6 +228,16 @@ mod tests {
         append(&log, "o\r\nthree\n");
         assert_eq!(poll(&mut t), vec!["two", "three"]);
         assert!(poll(&mut t).is_empty());
+    }
+
+    #[test]
+    fn a_log_created_after_start_is_read_from_its_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let mut t = Tailer::new(&log, None, StartAt::End);
+        assert!(poll(&mut t).is_empty());
+        append(&log, "first\nsecond\n");
+        assert_eq!(poll(&mut t), vec!["first", "second"]);
     }
 
     #[test]
