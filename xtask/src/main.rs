@@ -63,8 +63,9 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Install the benchmark tools (tshark, wrk) and run every benchmark: `cargo bench --bench
-    /// hop` (replay vs tshark, live probe cost with wrk) and `bench-exposure`.
+    /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark: `cargo bench
+    /// --bench hop` (replay vs tshark, live probe cost with wrk), `--bench edge` (log parsing
+    /// and join vs jq) and `bench-exposure`.
     Bench,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.
@@ -387,8 +388,9 @@ fn main() -> Result<()> {
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Bench => {
             setup()?;
-            apt_install(&["tshark", "wrk"])?;
+            apt_install(&["tshark", "wrk", "jq"])?;
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "hop"]))?;
+            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "edge"]))?;
             bench::exposure(50)
         }
     }

@@ -72,8 +72,83 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// The README's layout, deserialised straight into borrowed strings (no intermediate JSON
+/// tree): the fast path when the field names are the defaults.
+#[derive(Deserialize)]
+struct DefaultLine<'a> {
+    #[serde(borrow)]
+    msec: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    remote_addr: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    host: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    request_method: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    request_uri: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    request_time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    upstream_addr: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    upstream_connect_time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    upstream_header_time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    upstream_response_time: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    body_bytes_sent: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
+    let l: DefaultLine<'_> =
+        serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
+    let opt = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(present);
+    let secs = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(seconds_to_ns);
+    let time = l.msec.as_deref().ok_or(LineError::Missing("time"))?;
+    let end_ts_ns = seconds_to_ns(time).ok_or_else(|| LineError::Bad {
+        field: "time",
+        value: time.to_owned(),
+    })?;
+    let status_text = l.status.as_deref().ok_or(LineError::Missing("status"))?;
+    let status = status_text.trim().parse().map_err(|_| LineError::Bad {
+        field: "status",
+        value: status_text.to_owned(),
+    })?;
+    Ok(EdgeRecord {
+        format: EdgeFormat::NginxJson,
+        end_ts_ns,
+        request_id: opt(&l.request_id),
+        client: opt(&l.remote_addr),
+        host: opt(&l.host),
+        method: opt(&l.request_method),
+        path: l
+            .request_uri
+            .as_deref()
+            .and_then(present)
+            .map(|p| redact_target(&p)),
+        status,
+        request_time_ns: secs(&l.request_time),
+        upstream_addr: opt(&l.upstream_addr),
+        upstream_connect_ns: secs(&l.upstream_connect_time),
+        upstream_header_ns: secs(&l.upstream_header_time),
+        upstream_response_ns: secs(&l.upstream_response_time),
+        bytes_sent: l.body_bytes_sent.as_deref().and_then(|b| b.parse().ok()),
+    })
+}
+
 /// Parses one nginx JSON access-log line.
 pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineError> {
+    if *fields == JsonFields::default() {
+        // Other JSON shapes (numbers instead of strings) fall back to the general path.
+        if let Ok(rec) = parse_default(line) {
+            return Ok(rec);
+        }
+    }
     let v: Value = serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
     let obj = v
         .as_object()

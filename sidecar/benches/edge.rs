@@ -1,0 +1,122 @@
+//! `cargo bench --bench edge`: access-log parsing plus join throughput on one core, in lines
+//! per second, on a large log in the real nginx JSON format (the README's log_format), against
+//! `jq -c .` over the same file, measured in the same run. Goal: >= 1 million lines/s/core.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark: a failure is a panic with a message"
+)]
+
+use std::{io::Write, process::Command, time::Instant};
+
+use edgewatch::{
+    edge::{join::Joiner, nginx::parse_json, nginx::JsonFields},
+    hop::{ConnId, ExchangeOutcome, HopRecord, HttpExchange},
+};
+
+const LINES: usize = 1_000_000;
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut hop = Vec::with_capacity(LINES);
+    let base = 1_795_280_000u64;
+    for i in 0..LINES {
+        let rid = format!(
+            "{:032x}",
+            0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 1)
+        );
+        let secs = base + (i / 1000) as u64;
+        let ms = i % 1000;
+        // One line exactly as nginx 1.22 writes the README's format.
+        writeln!(
+            f,
+            r#"{{"msec":"{secs}.{ms:03}","request_id":"{rid}","remote_addr":"203.0.113.{}","host":"gw.example","request_method":"GET","request_uri":"/api/v1/items/{i}?page=2","status":"200","request_time":"0.004","upstream_addr":"127.0.0.1:18789","upstream_connect_time":"0.000","upstream_header_time":"0.003","upstream_response_time":"0.004","body_bytes_sent":"512"}}"#,
+            i % 250
+        )
+        .unwrap();
+        hop.push(HopRecord::Http(HttpExchange {
+            conn: ConnId {
+                client: "127.0.0.1:40000".parse().unwrap(),
+                server: "127.0.0.1:18789".parse().unwrap(),
+                first_seen_ns: 0,
+            },
+            index: 0,
+            request_ts_ns: secs * 1_000_000_000 + ms as u64 * 1_000_000 - 3_000_000,
+            method: "GET".into(),
+            path: format!("/api/v1/items/{i}?page=2"),
+            host: Some("gw.example".into()),
+            origin: None,
+            request_id: Some(rid),
+            x_forwarded_for: None,
+            x_forwarded_proto: None,
+            upgrade_websocket: false,
+            connection_upgrade: false,
+            status: Some(200),
+            ttfb_ns: Some(3_000_000),
+            total_ns: Some(3_500_000),
+            request_bytes: 200,
+            response_bytes: 600,
+            outcome: ExchangeOutcome::Complete,
+        }));
+    }
+    f.flush().unwrap();
+    drop(f);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let size_mb = text.len() as f64 / 1e6;
+
+    // Parse + join, one thread, streaming as live: each request's hop exchange arrives just
+    // before its log line; joined requests are counted and dropped (they would be written out).
+    let fields = JsonFields::default();
+    let mut joiner = Joiner::new(30_000_000_000);
+    let mut out = Vec::new();
+    let mut joined = 0usize;
+    let mut parsed = 0usize;
+    let start = Instant::now();
+    for (line, r) in text.lines().zip(&hop) {
+        joiner.hop(r, r.end_ts_ns(), &mut out);
+        let rec = parse_json(line, &fields).unwrap();
+        let now = rec.end_ts_ns;
+        joiner.edge(rec, now, &mut out);
+        parsed += 1;
+        joined += out.len();
+        out.clear();
+    }
+    let ours = start.elapsed().as_secs_f64();
+    assert_eq!(parsed, LINES);
+    assert_eq!(joined, LINES, "every line joined");
+    assert_eq!(joiner.pending(), 0);
+    // The parser alone, for the record.
+    let start = Instant::now();
+    for line in text.lines() {
+        std::hint::black_box(parse_json(line, &fields).unwrap());
+    }
+    let parse_only = start.elapsed().as_secs_f64();
+
+    let jq_start = Instant::now();
+    let status = Command::new("jq")
+        .args(["-c", "."])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("jq (cargo xtask bench installs it)");
+    assert!(status.success());
+    let jq = jq_start.elapsed().as_secs_f64();
+
+    println!("log: {LINES} nginx JSON lines, {size_mb:.0} MB");
+    println!(
+        "edgewatch parse + join: {ours:.2} s, {:.0} lines/s on one core (parse alone: {:.0} lines/s)",
+        LINES as f64 / ours,
+        LINES as f64 / parse_only
+    );
+    println!("jq -c .: {jq:.2} s, {:.0} lines/s", LINES as f64 / jq);
+    println!(
+        "ratio: edgewatch is {:.1}x jq; goal >= 1,000,000 lines/s/core: {}",
+        jq / ours,
+        if LINES as f64 / ours >= 1e6 {
+            "met"
+        } else {
+            "not met"
+        }
+    );
+}
