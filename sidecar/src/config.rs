@@ -149,6 +149,9 @@ pub struct EdgeConfig {
     pub poll_interval: Duration,
     /// Where reading positions are kept, so a restart neither loses nor repeats lines.
     pub state_dir: std::path::PathBuf,
+    /// Which JSON keys of a non-Caddy JSON log hold which value, for layouts other than the
+    /// README's (`time` must be seconds since the epoch, like nginx's `$msec`).
+    pub json_fields: crate::edge::nginx::JsonFields,
 }
 
 impl Default for EdgeConfig {
@@ -158,6 +161,7 @@ impl Default for EdgeConfig {
             join_window: Duration::from_secs(30),
             poll_interval: Duration::from_millis(250),
             state_dir: "/var/lib/edgewatch".into(),
+            json_fields: crate::edge::nginx::JsonFields::default(),
         }
     }
 }
@@ -414,9 +418,17 @@ mod tests {
             ring_buffer_bytes = 1048576
             [metrics]
             listen = "127.0.0.1:0"
+            [edge]
+            access_logs = ["/var/log/nginx/access.log"]
+            json_fields = { time = "ts", request_id = "rid" }
             "#,
         )
         .expect("valid config");
+        assert_eq!(config.edge.json_fields.time, "ts");
+        assert_eq!(
+            config.edge.json_fields.status, "status",
+            "unmapped keys keep defaults"
+        );
         assert_eq!(config.exposure.watched_ports, vec![18789, 9000]);
         assert_eq!(config.exposure.rescan_interval, Duration::from_secs(2));
         assert_eq!(config.exposure.allow[0].process.as_deref(), Some("caddy"));

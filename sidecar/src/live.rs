@@ -83,6 +83,7 @@ struct Watch {
     /// Joins access-log records with hop records (when access logs are configured).
     joiner: Option<Joiner>,
     joined: Vec<JoinedRequest>,
+    json_fields: crate::edge::nginx::JsonFields,
     owners: Owners,
     /// The kernel frame follower's map (live with the hop probe only).
     ws_flows: Option<WsFlows>,
@@ -108,6 +109,7 @@ impl Watch {
                 Joiner::new(u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX))
             }),
             joined: Vec::new(),
+            json_fields: config.edge.json_fields.clone(),
             owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
@@ -275,7 +277,7 @@ impl Watch {
             if line.trim().is_empty() {
                 continue;
             }
-            match crate::edge::parse_any(line) {
+            match crate::edge::parse_any(line, &self.json_fields) {
                 Ok(rec) => {
                     self.metrics.edge_line(true);
                     if let Some(j) = self.joiner.as_mut() {

@@ -143,7 +143,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ports
             };
-            replay_cmd::run(&capture, &ports, &access_logs, join_window, output)
+            replay_cmd::run(
+                &capture,
+                &ports,
+                &access_logs,
+                join_window,
+                &config.edge.json_fields,
+                output,
+            )
         }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;

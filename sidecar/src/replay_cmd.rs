@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use edgewatch::{
     edge::{
         join::{join_all, Matched},
+        nginx::JsonFields,
         parse_any,
     },
     hop::HopRecord,
@@ -24,6 +25,7 @@ pub fn run(
     ports: &[u16],
     access_logs: &[PathBuf],
     join_window: std::time::Duration,
+    fields: &JsonFields,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
     let file = File::open(capture).with_context(|| format!("opening {}", capture.display()))?;
@@ -74,7 +76,7 @@ pub fn run(
         &summary,
     );
     if keep {
-        join_logs(&mut printer, &kept, access_logs, join_window)?;
+        join_logs(&mut printer, &kept, access_logs, join_window, fields)?;
     }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
@@ -93,6 +95,7 @@ fn join_logs(
     hop: &[HopRecord],
     logs: &[PathBuf],
     window: std::time::Duration,
+    fields: &JsonFields,
 ) -> anyhow::Result<()> {
     let mut edges = Vec::new();
     let mut lines = 0u64;
@@ -106,7 +109,7 @@ fn join_logs(
                 continue;
             }
             lines += 1;
-            match parse_any(&line) {
+            match parse_any(&line, fields) {
                 Ok(rec) => edges.push(rec),
                 Err(e) => {
                     *malformed.entry(e.to_string()).or_default() += 1;

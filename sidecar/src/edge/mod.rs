@@ -66,15 +66,15 @@ pub enum LineError {
     Layout(&'static str),
 }
 
-/// Parses a line of any supported layout: Caddy JSON (has a `logger`), nginx JSON (other
-/// JSON objects, with the default field names), else the `edgewatch_combined` layout.
-pub fn parse_any(line: &str) -> Result<EdgeRecord, LineError> {
+/// Parses a line of any supported layout: Caddy JSON (has a `logger`), other JSON objects
+/// with `fields` (the README's nginx layout by default), else the `edgewatch_combined` layout.
+pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, LineError> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('{') {
         if trimmed.contains("\"logger\"") {
             return caddy::parse(trimmed);
         }
-        return nginx::parse_json(trimmed, &nginx::JsonFields::default());
+        return nginx::parse_json(trimmed, fields);
     }
     nginx::parse_combined(trimmed)
 }
