@@ -73,8 +73,9 @@ fn main() {
     let mut joined = 0usize;
     let mut parsed = 0usize;
     let start = Instant::now();
-    for (line, r) in text.lines().zip(&hop) {
-        joiner.hop(r, r.end_ts_ns(), &mut out);
+    for (line, r) in text.lines().zip(hop) {
+        let at = r.end_ts_ns();
+        joiner.hop(r, at, &mut out);
         let rec = parse_json(line, &fields).unwrap();
         let now = rec.end_ts_ns;
         joiner.edge(rec, now, &mut out);

@@ -250,21 +250,21 @@ impl Watch {
     fn print_hop_records(&mut self) {
         for mut r in std::mem::take(&mut self.deferred) {
             self.owners.enrich(&mut r);
-            self.emit_hop(&r);
+            self.emit_hop(r);
         }
         for mut r in std::mem::take(&mut self.hop_records) {
             self.owners.enrich(&mut r);
             if matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
                 self.deferred.push(r);
             } else {
-                self.emit_hop(&r);
+                self.emit_hop(r);
             }
         }
         self.print_joined();
     }
 
-    fn emit_hop(&mut self, r: &HopRecord) {
-        self.printer.hop(r);
+    fn emit_hop(&mut self, r: HopRecord) {
+        self.printer.hop(&r);
         if let Some(j) = self.joiner.as_mut() {
             j.hop(r, unix_ns(SystemTime::now()), &mut self.joined);
         }
@@ -306,7 +306,7 @@ impl Watch {
     fn print_all_hop_records(&mut self) {
         self.print_hop_records();
         for r in std::mem::take(&mut self.deferred) {
-            self.emit_hop(&r);
+            self.emit_hop(r);
         }
         if let Some(j) = self.joiner.as_mut() {
             j.finish(&mut self.joined);

@@ -76,7 +76,7 @@ pub fn run(
         &summary,
     );
     if keep {
-        join_logs(&mut printer, &kept, access_logs, join_window, fields)?;
+        join_logs(&mut printer, kept, access_logs, join_window, fields)?;
     }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
@@ -92,7 +92,7 @@ pub fn run(
 /// `join_summary` (malformed lines are counted and shown, never fatal).
 fn join_logs(
     printer: &mut Printer,
-    hop: &[HopRecord],
+    hop: Vec<HopRecord>,
     logs: &[PathBuf],
     window: std::time::Duration,
     fields: &JsonFields,

@@ -10,7 +10,9 @@
 //!   logged one.
 //! - Unmatched records are still emitted once `window` has passed, with the reason; an edge
 //!   502/504 with no exchange is joined to a refused connect to its upstream in its time span.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
@@ -79,11 +81,11 @@ impl Joiner {
     pub fn new(window_ns: u64) -> Self {
         Self {
             window_ns,
-            edges: HashMap::new(),
-            hops: HashMap::new(),
+            edges: HashMap::default(),
+            hops: HashMap::default(),
             edges_without_id: VecDeque::new(),
             hops_without_id: VecDeque::new(),
-            orphan_ws: HashMap::new(),
+            orphan_ws: HashMap::default(),
             refused: VecDeque::new(),
         }
     }
@@ -99,7 +101,7 @@ impl Joiner {
 
     /// An edge access-log record arrived.
     pub fn edge(&mut self, rec: EdgeRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
-        let Some(rid) = rec.request_id.clone() else {
+        let Some(rid) = rec.request_id.as_deref() else {
             if let Some(i) = self
                 .hops_without_id
                 .iter()
@@ -113,28 +115,26 @@ impl Joiner {
             self.edges_without_id.push_back((rec, now_ns));
             return;
         };
-        match self.hops.get(&rid) {
-            Some(h) if h.complete() => {
-                let h = self.hops.remove(&rid);
-                out.push(joined(Some(rec), h, Matched::Exact, None));
-            }
-            _ => {
-                self.edges.insert(rid, (rec, now_ns));
-            }
+        if self.hops.get(rid).is_some_and(HopEntry::complete) {
+            let h = self.hops.remove(rid);
+            out.push(joined(Some(rec), h, Matched::Exact, None));
+        } else {
+            let rid = rid.to_owned();
+            self.edges.insert(rid, (rec, now_ns));
         }
     }
 
     /// A hop record arrived (exchanges and WebSocket sessions are used, and refused connects
     /// are remembered to explain edge 502s).
-    pub fn hop(&mut self, rec: &HopRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+    pub fn hop(&mut self, rec: HopRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
         match rec {
             HopRecord::Http(x) => {
                 let mut entry = HopEntry {
-                    exchange: x.clone(),
+                    exchange: x,
                     ws: None,
                     seen_ns: now_ns,
                 };
-                let Some(rid) = x.request_id.clone() else {
+                let Some(rid) = entry.exchange.request_id.clone() else {
                     if let Some(i) = self
                         .edges_without_id
                         .iter()
@@ -165,7 +165,7 @@ impl Joiner {
                 };
                 match self.hops.get_mut(&rid) {
                     Some(h) => {
-                        h.ws = Some(s.clone());
+                        h.ws = Some(s);
                         h.seen_ns = now_ns;
                         if self.edges.contains_key(&rid) {
                             let h = self.hops.remove(&rid);
@@ -174,12 +174,12 @@ impl Joiner {
                         }
                     }
                     None => {
-                        self.orphan_ws.insert(rid, (s.clone(), now_ns));
+                        self.orphan_ws.insert(rid, (s, now_ns));
                     }
                 }
             }
             HopRecord::Conn(c) if c.kind == ConnEventKind::Refused => {
-                self.refused.push_back((c.clone(), now_ns));
+                self.refused.push_back((c, now_ns));
             }
             _ => {}
         }
@@ -358,13 +358,13 @@ fn joined(
 /// Joins whole sets offline (`edgewatch replay --access-log`): both sides merged in time
 /// order, the window measured in the data's own time, so the result is deterministic.
 pub fn join_all(
-    hop: &[HopRecord],
+    mut hop: Vec<HopRecord>,
     mut edges: Vec<EdgeRecord>,
     window_ns: u64,
 ) -> Vec<JoinedRequest> {
     edges.sort_by_key(|e| e.end_ts_ns);
-    let mut hop_sorted: Vec<&HopRecord> = hop.iter().collect();
-    hop_sorted.sort_by_key(|r| r.end_ts_ns());
+    hop.sort_by_key(HopRecord::end_ts_ns);
+    let hop_sorted = hop;
     let mut joiner = Joiner::new(window_ns);
     let mut out = Vec::new();
     let mut edges = edges.into_iter().peekable();
@@ -490,9 +490,9 @@ mod tests {
             let h = exchange(Some("r1"), 200, "/a", 100 * S + S / 20);
             if edge_first {
                 j.edge(e, 101 * S, &mut out);
-                j.hop(&h, 101 * S, &mut out);
+                j.hop(h.clone(), 101 * S, &mut out);
             } else {
-                j.hop(&h, 101 * S, &mut out);
+                j.hop(h.clone(), 101 * S, &mut out);
                 j.edge(e, 101 * S, &mut out);
             }
             assert_eq!(out.len(), 1);
@@ -506,14 +506,10 @@ mod tests {
     fn upgrades_wait_for_their_session() {
         let mut j = Joiner::new(10 * S);
         let mut out = Vec::new();
-        j.hop(
-            &exchange(Some("w1"), 101, "/ws", 100 * S),
-            100 * S,
-            &mut out,
-        );
+        j.hop(exchange(Some("w1"), 101, "/ws", 100 * S), 100 * S, &mut out);
         j.edge(edge(Some("w1"), 101, "/ws", 160 * S), 160 * S, &mut out);
         assert!(out.is_empty(), "the session has not ended yet");
-        j.hop(&session("w1"), 160 * S, &mut out);
+        j.hop(session("w1"), 160 * S, &mut out);
         assert_eq!(out.len(), 1);
         assert!(out[0].websocket.is_some());
         assert_eq!(out[0].matched, Matched::Exact);
@@ -524,7 +520,7 @@ mod tests {
         let mut j = Joiner::new(10 * S);
         let mut out = Vec::new();
         j.edge(edge(Some("e1"), 200, "/a", 100 * S), 100 * S, &mut out);
-        j.hop(&exchange(Some("h1"), 200, "/b", 100 * S), 100 * S, &mut out);
+        j.hop(exchange(Some("h1"), 200, "/b", 100 * S), 100 * S, &mut out);
         j.expire(105 * S, &mut out);
         assert!(out.is_empty(), "still inside the window");
         j.expire(111 * S, &mut out);
@@ -544,7 +540,7 @@ mod tests {
             kind: ConnEventKind::Refused,
             process: None,
         });
-        j.hop(&refused, 100 * S, &mut out);
+        j.hop(refused, 100 * S, &mut out);
         j.edge(edge(Some("x"), 502, "/", 100 * S), 100 * S, &mut out);
         j.expire(200 * S, &mut out);
         assert_eq!(out.len(), 1);
@@ -560,7 +556,7 @@ mod tests {
         let mut j = Joiner::new(10 * S);
         let mut out = Vec::new();
         j.hop(
-            &exchange(None, 200, "/a", 100 * S - S / 20),
+            exchange(None, 200, "/a", 100 * S - S / 20),
             100 * S,
             &mut out,
         );
@@ -571,7 +567,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].matched, Matched::Inferred);
         // Out of the edge request's time span: not inferred.
-        j.hop(&exchange(None, 200, "/other", 300 * S), 300 * S, &mut out);
+        j.hop(exchange(None, 200, "/other", 300 * S), 300 * S, &mut out);
         assert_eq!(out.len(), 1);
         j.finish(&mut out);
         assert_eq!(out.len(), 3);

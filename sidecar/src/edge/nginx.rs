@@ -129,8 +129,9 @@ fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
         path: l
             .request_uri
             .as_deref()
-            .and_then(present)
-            .map(|p| redact_target(&p)),
+            .map(str::trim)
+            .filter(|p| !p.is_empty() && *p != "-")
+            .map(redact_target),
         status,
         request_time_ns: secs(&l.request_time),
         upstream_addr: opt(&l.upstream_addr),

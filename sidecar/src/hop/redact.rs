@@ -38,6 +38,10 @@ fn is_secret(name: &str) -> bool {
 
 /// Redacts secret query parameter values and URL user info in a request target.
 pub fn redact_target(target: &str) -> String {
+    // Most targets have neither a query nor an authority: nothing to look at.
+    if !target.contains('?') && !target.contains("://") {
+        return target.to_owned();
+    }
     // Absolute-form targets (`http://user:pass@host/...`).
     let target = match target.find("://") {
         Some(scheme_end) => {
