@@ -539,18 +539,7 @@ async fn keep_alive_requests_share_one_upstream_connection() {
     });
     let capture = Capture::start(nginx.dir.path(), "keepalive", upstream.port());
     let sidecar = live(upstream.port());
-    for _ in 0..3 {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", nginx.port))
-            .await
-            .expect("connect");
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.expect("read");
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    }
+    get_health(nginx.port, 3).await;
     let pcap = capture.stop();
 
     let records = replay_json(&pcap, upstream.port());

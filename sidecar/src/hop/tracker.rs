@@ -490,11 +490,6 @@ impl Tracker {
         std::mem::take(&mut self.hints)
     }
 
-    /// Number of connections being followed.
-    pub fn open_connections(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Processes one segment; finished records are appended to `out`.
     pub fn segment(&mut self, seg: &Segment<'_>, out: &mut Vec<HopRecord>) {
         self.stats.segments += 1;
