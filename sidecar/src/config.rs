@@ -49,6 +49,8 @@ pub struct Config {
     pub probes: ProbeConfig,
     /// The sidecar's own Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// Where records are kept: ClickHouse (an embedded one by default).
+    pub store: StoreConfig,
 }
 
 /// Exposure policy.
@@ -235,6 +237,104 @@ impl Default for MetricsConfig {
     }
 }
 
+/// ClickHouse, where every record is kept.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Ship records at all.
+    pub enabled: bool,
+    /// The server's HTTP(S) URL, e.g. `https://clickhouse.example:8443`. Empty (the default):
+    /// the embedded ClickHouse that edgewatch fetches once, starts and stops itself.
+    pub url: String,
+    pub database: String,
+    /// The user (the environment variable EDGEWATCH_CLICKHOUSE_USER wins over it).
+    pub user: String,
+    /// A file whose first line is the password. The environment variable
+    /// EDGEWATCH_CLICKHOUSE_PASSWORD wins over it. Never on the command line.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Extra CA certificates (PEM) trusted for https URLs, besides the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Days rows are kept (table TTL); 0 keeps them forever. Changing it alters the tables
+    /// at the next start.
+    pub ttl_days: u32,
+    /// A cluster name: tables are created `ON CLUSTER` as Replicated `*_local` tables with
+    /// Distributed tables over them. Empty: one server.
+    pub cluster: String,
+    /// This machine's name in every row (`node`); the host name when empty.
+    pub node: String,
+    /// A batch is sealed and sent at this many rows...
+    pub batch_rows: u64,
+    /// ... or this many bytes ...
+    pub batch_bytes: u64,
+    /// ... or when its first row is this old.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_age: Duration,
+    /// Where rows wait for ClickHouse (an outage, a restart).
+    pub spool_dir: std::path::PathBuf,
+    /// The most the spool may hold; beyond it the oldest batches are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Timeout of one request to ClickHouse.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the whole exposure inventory is written as a snapshot.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// The embedded ClickHouse (used when `url` is empty).
+    pub embedded: EmbeddedStoreConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: String::new(),
+            database: "edgewatch".to_owned(),
+            user: "default".to_owned(),
+            password_file: None,
+            ca_file: None,
+            ttl_days: 30,
+            cluster: String::new(),
+            node: String::new(),
+            batch_rows: 50_000,
+            batch_bytes: 16 << 20,
+            batch_max_age: Duration::from_secs(1),
+            spool_dir: "/var/lib/edgewatch/spool".into(),
+            spool_max_bytes: 1 << 30,
+            timeout: Duration::from_secs(30),
+            snapshot_interval: Duration::from_secs(600),
+            embedded: EmbeddedStoreConfig::default(),
+        }
+    }
+}
+
+/// The embedded ClickHouse.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {
+    /// Where its data lives.
+    pub data_dir: std::path::PathBuf,
+    /// Where the fetched ClickHouse build is cached.
+    pub cache_dir: std::path::PathBuf,
+    /// A libchdb.so already on the machine (no fetch).
+    pub library: Option<std::path::PathBuf>,
+    /// Its HTTP port (on 127.0.0.1 only).
+    pub http_port: u16,
+    /// Its native TCP port (on 127.0.0.1 only), for clickhouse-client and Grafana.
+    pub tcp_port: u16,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "/var/lib/edgewatch/clickhouse".into(),
+            cache_dir: "/var/cache/edgewatch".into(),
+            library: None,
+            http_port: 18123,
+            tcp_port: 19000,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -375,6 +475,68 @@ impl Config {
                 "probes.ring_buffer_bytes",
                 rb.to_string(),
                 "must be a power of two of at least 4096",
+            ));
+        }
+        let st = &self.store;
+        if !st.url.is_empty() && !(st.url.starts_with("http://") || st.url.starts_with("https://")) {
+            return Err(invalid(
+                "store.url",
+                format!("{:?}", st.url),
+                "must be an http:// or https:// URL (ClickHouse's HTTP interface), or empty for the embedded store",
+            ));
+        }
+        if st.url.contains('@') {
+            return Err(invalid(
+                "store.url",
+                "(hidden: it holds credentials)".to_owned(),
+                "credentials do not belong in the URL; use store.user and store.password_file or EDGEWATCH_CLICKHOUSE_PASSWORD",
+            ));
+        }
+        if st.database.is_empty()
+            || !st
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(invalid(
+                "store.database",
+                format!("{:?}", st.database),
+                "letters, digits and underscores only",
+            ));
+        }
+        if st.batch_rows == 0 || st.batch_bytes < 4096 {
+            return Err(invalid(
+                "store.batch_rows",
+                format!("{} rows / {} bytes", st.batch_rows, st.batch_bytes),
+                "batches need at least 1 row and 4096 bytes",
+            ));
+        }
+        if st.spool_max_bytes < st.batch_bytes {
+            return Err(invalid(
+                "store.spool_max_bytes",
+                st.spool_max_bytes.to_string(),
+                "must hold at least one batch (store.batch_bytes)",
+            ));
+        }
+        if !st.spool_dir.is_absolute() {
+            return Err(invalid(
+                "store.spool_dir",
+                format!("{:?}", st.spool_dir.display().to_string()),
+                "must be an absolute path",
+            ));
+        }
+        if st.batch_max_age < Duration::from_millis(10) {
+            return Err(invalid(
+                "store.batch_max_age",
+                humantime::format_duration(st.batch_max_age).to_string(),
+                "must be at least 10ms",
+            ));
+        }
+        if st.embedded.http_port == 0 || st.embedded.tcp_port == 0 {
+            return Err(invalid(
+                "store.embedded.http_port",
+                format!("{}/{}", st.embedded.http_port, st.embedded.tcp_port),
+                "the embedded server needs fixed ports",
             ));
         }
         if !self.probes.tracefs.starts_with('/') {

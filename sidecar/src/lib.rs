@@ -13,3 +13,4 @@ pub mod output;
 pub mod probe;
 pub mod replay;
 pub mod sources;
+pub mod store;

@@ -25,6 +25,7 @@ use crate::{
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::{Probes, WsFlows},
     },
+    store::{ship::StoreEvent, Store},
     sources::{
         nat::read_nat_rules,
         snapshot::Attributor,
@@ -89,6 +90,8 @@ struct Watch {
     ws_flows: Option<WsFlows>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
     boot_to_unix: u64,
+    /// ClickHouse (live with `store.enabled` only).
+    store: Option<Store>,
 }
 
 impl Watch {
@@ -113,6 +116,7 @@ impl Watch {
             owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
+            store: None,
         }
     }
 
@@ -143,6 +147,9 @@ impl Watch {
         let now = unix_ns(SystemTime::now());
         for c in changes {
             self.printer.change(c, &self.policy, now);
+            if let Some(st) = self.store.as_mut() {
+                st.change(now, c, &self.policy);
+            }
         }
         self.evaluate(now);
     }
@@ -160,6 +167,9 @@ impl Watch {
                 self.tracker.firing(),
             );
             self.printer.alert(a);
+            if let Some(st) = self.store.as_mut() {
+                st.alert(a);
+            }
         }
         let count = |s: Scope| {
             i64::try_from(exposures.iter().filter(|e| e.scope() == s).count()).unwrap_or(0)
@@ -265,6 +275,9 @@ impl Watch {
 
     fn emit_hop(&mut self, r: HopRecord) {
         self.printer.hop(&r);
+        if let Some(st) = self.store.as_mut() {
+            st.hop(&r);
+        }
         if let Some(j) = self.joiner.as_mut() {
             j.hop(r, unix_ns(SystemTime::now()), &mut self.joined);
         }
@@ -280,6 +293,9 @@ impl Watch {
             match crate::edge::parse_any(line, &self.json_fields) {
                 Ok(rec) => {
                     self.metrics.edge_line(true);
+                    if let Some(st) = self.store.as_mut() {
+                        st.edge(&rec);
+                    }
                     if let Some(j) = self.joiner.as_mut() {
                         j.edge(rec, now, &mut self.joined);
                     }
@@ -299,6 +315,9 @@ impl Watch {
     fn print_joined(&mut self) {
         for r in std::mem::take(&mut self.joined) {
             self.printer.request(&r);
+            if let Some(st) = self.store.as_mut() {
+                st.request(&r);
+            }
         }
     }
 
@@ -312,6 +331,58 @@ impl Watch {
             j.finish(&mut self.joined);
         }
         self.print_joined();
+    }
+
+    /// Writes this turn's rows to the spool and prints what the store reported.
+    fn flush_store(&mut self) {
+        let Some(st) = self.store.as_mut() else {
+            return;
+        };
+        st.flush(&self.metrics);
+        while let Ok(ev) = st.events.try_recv() {
+            match &ev {
+                StoreEvent::Sent { .. } => {
+                    self.metrics.set_store_up(true);
+                    continue;
+                }
+                StoreEvent::Ready { .. } | StoreEvent::Recovered { .. } => {
+                    self.metrics.set_store_up(true)
+                }
+                StoreEvent::Unavailable { .. } | StoreEvent::Incompatible { .. } => {
+                    self.metrics.set_store_up(false)
+                }
+                StoreEvent::Rejected { .. } => {}
+            }
+            let text = match &ev {
+                StoreEvent::Ready {
+                    server_version,
+                    schema_version,
+                    url,
+                } => format!("ClickHouse {server_version} at {url} ready (schema version {schema_version})"),
+                StoreEvent::Incompatible { reason } => {
+                    format!("ClickHouse cannot be used: {reason}; rows wait in the spool")
+                }
+                StoreEvent::Unavailable { reason } => {
+                    format!("ClickHouse unavailable ({reason}); rows wait in the spool and are retried")
+                }
+                StoreEvent::Recovered { after_failures } => {
+                    format!("ClickHouse is back after {after_failures} failed attempt(s); sending the spool")
+                }
+                StoreEvent::Rejected {
+                    table,
+                    rows,
+                    reason,
+                    moved_to,
+                } => format!(
+                    "ClickHouse refused a batch of {rows} {table} row(s) for good ({reason}); set aside in {moved_to}"
+                ),
+                StoreEvent::Sent { .. } => String::new(),
+            };
+            if matches!(ev, StoreEvent::Rejected { .. } | StoreEvent::Incompatible { .. }) {
+                tracing::error!("{text}");
+            }
+            self.printer.status("store", &text, &ev);
+        }
     }
 
     fn on_listen_change(&mut self, ev: &ListenChange) {
@@ -406,6 +477,12 @@ pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize>
 pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut watch = Watch::new(&config, printer, metrics.clone());
+    if config.store.enabled {
+        let store = Store::start(&config.store)
+            .await
+            .context("starting the ClickHouse store")?;
+        watch.store = Some(store);
+    }
 
     // Probes first, so nothing that happens during the initial scan is missed: a listener
     // opened meanwhile is seen by both and merged by key.
@@ -422,6 +499,9 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let now = unix_ns(SystemTime::now());
     let exposures = watch.inventory.exposures();
     watch.printer.inventory(&exposures, &watch.policy, now);
+    if let Some(st) = watch.store.as_mut() {
+        st.inventory(now, &exposures, &watch.policy);
+    }
     watch.evaluate(now);
 
     let metrics_addr = if config.metrics.enabled {
@@ -498,6 +578,12 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     expire_tick.reset();
+    let mut snapshot_tick = tokio::time::interval(config.store.snapshot_interval);
+    snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    snapshot_tick.reset();
+    // Store reports (and aged batches) are looked at even when nothing else happens.
+    let mut store_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    store_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let mut last_drops = crate::probe::loader::KernelDrops::default();
@@ -575,9 +661,18 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 watch.hop.expire(cutoff, &mut watch.hop_records);
                 watch.print_hop_records();
             }
+            _ = snapshot_tick.tick(), if watch.store.is_some() => {
+                let now = unix_ns(SystemTime::now());
+                let exposures = watch.inventory.exposures();
+                if let Some(st) = watch.store.as_mut() {
+                    st.inventory(now, &exposures, &watch.policy);
+                }
+            }
+            _ = store_tick.tick(), if watch.store.is_some() => {}
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+        watch.flush_store();
         watch.printer.flush();
     }
     // Events already in the ring buffer are not lost on shutdown.
@@ -585,6 +680,18 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     // What is still open is reported as it stands (sessions end `open`).
     watch.hop.finish(&mut watch.hop_records);
     watch.print_all_hop_records();
+    watch.flush_store();
+    if let Some(st) = watch.store.take() {
+        let totals = st.shutdown(config.store.timeout).await;
+        watch.printer.status(
+            "store_summary",
+            &format!(
+                "ClickHouse: {} row(s) spooled this run, {} sent, {} rejected, {} dropped; {} left in the spool for the next start",
+                totals.spooled, totals.sent, totals.rejected, totals.dropped, totals.backlog_rows
+            ),
+            &totals,
+        );
+    }
     watch
         .printer
         .status("stopped", "edgewatch stopped", &serde_json::json!({}));

@@ -73,6 +73,18 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "text")]
         output: Format,
     },
+    /// Internal: the embedded ClickHouse server process that `run` starts and stops.
+    #[command(hide = true)]
+    EmbeddedClickhouse {
+        #[arg(long)]
+        library: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        http_port: u16,
+        #[arg(long)]
+        tcp_port: u16,
+    },
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig {
         /// The config file to check.
@@ -151,6 +163,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &config.edge.json_fields,
                 output,
             )
+        }
+        Command::EmbeddedClickhouse {
+            library,
+            data_dir,
+            http_port,
+            tcp_port,
+        } => {
+            edgewatch::store::embedded::run_server(&library, &data_dir, http_port, tcp_port)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;

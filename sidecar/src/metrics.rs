@@ -33,6 +33,10 @@ pub struct Metrics {
     rescan_errors: Counter,
     nat_reads: Counter,
     nat_problems: Gauge,
+    store_rows: Family<Labels, Counter>,
+    store_backlog_rows: Gauge,
+    store_backlog_bytes: Gauge,
+    store_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +116,34 @@ impl Metrics {
             "Problems in the last NAT rule read (missing tools, rules not understood)",
             nat_problems.clone(),
         );
+        let store_rows = Family::<Labels, Counter>::default();
+        registry.register(
+            "store_rows",
+            "Rows for ClickHouse by outcome: spooled (accepted on disk), sent, rejected (set \
+             aside for good), dropped (spool full or unwritable)",
+            store_rows.clone(),
+        );
+        for result in ["spooled", "sent", "rejected", "dropped"] {
+            store_rows.get_or_create(&label("result", result)).inc_by(0);
+        }
+        let store_backlog_rows = Gauge::default();
+        registry.register(
+            "store_backlog_rows",
+            "Rows waiting in sealed spool batches",
+            store_backlog_rows.clone(),
+        );
+        let store_backlog_bytes = Gauge::default();
+        registry.register(
+            "store_backlog_bytes",
+            "Bytes of sealed spool batches waiting to be sent",
+            store_backlog_bytes.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while ClickHouse accepts inserts, 0 while rows wait in the spool",
+            store_up.clone(),
+        );
         // Present from the start, so a scrape shows zero rather than nothing.
         for reason in [
             "ringbuf_full",
@@ -145,7 +177,31 @@ impl Metrics {
             rescan_errors,
             nat_reads,
             nat_problems,
+            store_rows,
+            store_backlog_rows,
+            store_backlog_bytes,
+            store_up,
         }
+    }
+
+    /// Brings a store row counter up to an absolute total.
+    pub fn store_rows_now(&self, result: &str, total: u64) {
+        let counter = self.store_rows.get_or_create(&label("result", result));
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
+    pub fn set_store_backlog(&self, rows: u64, bytes: u64) {
+        self.store_backlog_rows
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
+        self.store_backlog_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     /// Counts one probe event (`kind` is a fixed name; the counter handle is cached).

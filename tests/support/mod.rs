@@ -151,6 +151,10 @@ impl Sidecar {
         require_root();
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(config.as_bytes()).unwrap();
+        // Tests of other parts run without the ClickHouse store unless they configure one.
+        if !config.contains("[store]") {
+            file.write_all(b"\n[store]\nenabled = false\n").unwrap();
+        }
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");

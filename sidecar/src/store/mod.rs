@@ -1,0 +1,302 @@
+//! ClickHouse: the schema (`schema`, pure), records as rows (`rows`, pure), the on-disk spool
+//! (`spool`), the sender (`ship`) and the embedded default server (`embedded`).
+//!
+//! Data flow: the pipeline hands records to [`Store`], which turns them into rows and appends
+//! them to the spool (the rows are then safe from a killed process); sealed batches are sent
+//! by a background task, oldest first, each with a deduplication token, and deleted once
+//! ClickHouse has them.
+pub mod embedded;
+pub mod rows;
+pub mod schema;
+pub mod ship;
+pub mod spool;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    config::StoreConfig,
+    edge::{join::JoinedRequest, EdgeRecord},
+    exposure::{inventory::Change, policy::AlertEvent, policy::Policy, Exposure},
+    hop::HopRecord,
+    metrics::Metrics,
+};
+use rows::{AlertRow, AnyRow, EdgeRow, ExposureRow, RequestRow};
+use ship::{Endpoint, PrepareError, Sender, SenderStats, StoreEvent};
+use spool::{Spool, SpoolLimits};
+
+/// The machine's host name (the default `node`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The user and password: from the environment or a file, never from arguments.
+pub fn credentials(cfg: &StoreConfig) -> anyhow::Result<(String, Option<String>)> {
+    let user = std::env::var("EDGEWATCH_CLICKHOUSE_USER").unwrap_or_else(|_| cfg.user.clone());
+    if let Ok(p) = std::env::var("EDGEWATCH_CLICKHOUSE_PASSWORD") {
+        return Ok((user, Some(p)));
+    }
+    match &cfg.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading store.password_file {}", path.display()))?;
+            Ok((user, Some(text.lines().next().unwrap_or_default().to_owned())))
+        }
+        None => Ok((user, None)),
+    }
+}
+
+/// The schema options of a config.
+pub fn schema_options(cfg: &StoreConfig) -> schema::SchemaOptions {
+    schema::SchemaOptions {
+        database: cfg.database.clone(),
+        ttl_days: cfg.ttl_days,
+        cluster: (!cfg.cluster.is_empty()).then(|| cfg.cluster.clone()),
+    }
+}
+
+/// Starts (or finds running) the embedded server, fetching ClickHouse first if needed.
+pub fn start_embedded(cfg: &StoreConfig) -> anyhow::Result<embedded::EmbeddedServer> {
+    let e = &cfg.embedded;
+    let library = match &e.library {
+        Some(l) => l.clone(),
+        None => embedded::ensure_library(&e.cache_dir)?,
+    };
+    let exe = std::env::current_exe().context("finding the edgewatch binary")?;
+    embedded::EmbeddedServer::start(
+        &exe,
+        &embedded::EmbeddedOptions {
+            library,
+            data_dir: e.data_dir.clone(),
+            http_port: e.http_port,
+            tcp_port: e.tcp_port,
+        },
+        Duration::from_secs(120),
+    )
+}
+
+/// The pipeline's handle on the store.
+pub struct Store {
+    node: String,
+    spool: Spool,
+    /// What the sender reports; the pipeline prints it.
+    pub events: tokio::sync::mpsc::UnboundedReceiver<StoreEvent>,
+    done: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    embedded: Option<embedded::EmbeddedServer>,
+    sender_stats: Arc<Mutex<SenderStats>>,
+    /// Rows the spool could not write (disk full, I/O error): dropped, counted.
+    write_errors: u64,
+    pub url: String,
+}
+
+impl Store {
+    /// Opens the spool, starts the embedded server when no URL is configured, checks the
+    /// server (an incompatible one is an error here, at start) and starts the sender. An
+    /// unreachable server is not an error: rows wait in the spool until it answers.
+    pub async fn start(cfg: &StoreConfig) -> anyhow::Result<Self> {
+        let node = if cfg.node.is_empty() {
+            hostname()
+        } else {
+            cfg.node.clone()
+        };
+        let (embedded, url) = if cfg.url.is_empty() {
+            let server = tokio::task::spawn_blocking({
+                let cfg = cfg.clone();
+                move || start_embedded(&cfg)
+            })
+            .await
+            .context("starting the embedded ClickHouse")??;
+            let url = server.url.clone();
+            tracing::info!(%url, pid = server.pid(), "embedded ClickHouse up");
+            (Some(server), url)
+        } else {
+            (None, cfg.url.clone())
+        };
+        let (user, password) = credentials(cfg)?;
+        let endpoint = Endpoint {
+            url: url.clone(),
+            user,
+            password,
+            ca_file: cfg.ca_file.clone(),
+            timeout: cfg.timeout,
+        };
+        let client = endpoint.client(&cfg.database)?;
+        let opts = schema_options(cfg);
+        match tokio::time::timeout(Duration::from_secs(10), ship::prepare(&client, &opts, &node)).await {
+            Ok(Ok(version)) => tracing::info!(%version, %url, "ClickHouse ready"),
+            Ok(Err(PrepareError::Incompatible(reason))) => {
+                anyhow::bail!("ClickHouse at {url} cannot be used: {reason}")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, %url, "ClickHouse not reachable yet; records wait in the spool"),
+            Err(_) => tracing::warn!(%url, "ClickHouse did not answer within 10s; records wait in the spool"),
+        }
+        let spool = Spool::open(
+            &cfg.spool_dir,
+            SpoolLimits {
+                batch_rows: cfg.batch_rows,
+                batch_bytes: cfg.batch_bytes,
+                batch_max_age: cfg.batch_max_age,
+                max_bytes: cfg.spool_max_bytes,
+                fsync: true,
+            },
+        )
+        .with_context(|| format!("opening the spool {}", cfg.spool_dir.display()))?;
+        let recovered = spool.stats().recovered_rows;
+        if recovered > 0 {
+            tracing::info!(rows = recovered, "recovered rows a previous run had spooled");
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done, done_rx) = tokio::sync::watch::channel(false);
+        let sender_stats = Arc::new(Mutex::new(SenderStats::default()));
+        let sender = Sender {
+            client,
+            opts,
+            node: node.clone(),
+            shared: spool.shared(),
+            events: tx,
+            url: url.clone(),
+            stats: sender_stats.clone(),
+        };
+        let task = tokio::spawn(sender.run(done_rx));
+        Ok(Self {
+            node,
+            spool,
+            events: rx,
+            done,
+            task: Some(task),
+            embedded,
+            sender_stats,
+            write_errors: 0,
+            url,
+        })
+    }
+
+    fn push(&mut self, row: AnyRow) {
+        if let Err(e) = self.spool.push(&row) {
+            self.write_errors += 1;
+            if self.write_errors == 1 || self.write_errors.is_power_of_two() {
+                tracing::error!(error = %e, dropped = self.write_errors, "cannot spool a row (dropped, counted)");
+            }
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// A snapshot of the whole inventory.
+    pub fn inventory(&mut self, ts: u64, exposures: &[Exposure], policy: &Policy) {
+        for e in exposures {
+            let row = ExposureRow::snapshot(ts, &self.node, e, policy);
+            self.push(AnyRow::Exposure(row));
+        }
+    }
+
+    pub fn change(&mut self, ts: u64, c: &Change, policy: &Policy) {
+        let row = ExposureRow::change(ts, &self.node, c, policy);
+        self.push(AnyRow::ExposureChange(row));
+    }
+
+    pub fn alert(&mut self, a: &AlertEvent) {
+        let row = AlertRow::new(&self.node, a);
+        self.push(AnyRow::Alert(row));
+    }
+
+    pub fn hop(&mut self, r: &HopRecord) {
+        let row = rows::hop_row(&self.node, r);
+        self.push(row);
+    }
+
+    pub fn edge(&mut self, e: &EdgeRecord) {
+        let row = EdgeRow::new(&self.node, e);
+        self.push(AnyRow::Edge(row));
+    }
+
+    pub fn request(&mut self, r: &JoinedRequest) {
+        let row = RequestRow::new(&self.node, r);
+        self.push(AnyRow::Request(row));
+    }
+
+    /// Writes this turn's rows to disk and seals old batches; updates the metrics.
+    pub fn flush(&mut self, metrics: &Metrics) {
+        if let Err(e) = self.spool.flush() {
+            self.write_errors += 1;
+            tracing::error!(error = %e, "cannot write the spool");
+        }
+        self.export(metrics);
+    }
+
+    /// Totals for metrics and reports.
+    pub fn totals(&self) -> StoreTotals {
+        let sp = self.spool.stats();
+        let se = *self
+            .sender_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let shared = self.spool.shared();
+        let (batches, bytes) = shared.backlog();
+        StoreTotals {
+            spooled: sp.accepted_rows,
+            sent: se.sent_rows,
+            rejected: se.rejected_rows,
+            dropped: sp.dropped_rows + self.write_errors,
+            recovered: sp.recovered_rows,
+            backlog_batches: batches as u64,
+            backlog_rows: shared.backlog_rows(),
+            backlog_bytes: bytes,
+        }
+    }
+
+    fn export(&self, metrics: &Metrics) {
+        let t = self.totals();
+        metrics.store_rows_now("spooled", t.spooled);
+        metrics.store_rows_now("sent", t.sent);
+        metrics.store_rows_now("rejected", t.rejected);
+        metrics.store_rows_now("dropped", t.dropped);
+        metrics.set_store_backlog(t.backlog_rows, t.backlog_bytes);
+    }
+
+    /// Seals everything and gives the sender up to `drain` to send it; what is left stays in
+    /// the spool for the next start. Stops the embedded server.
+    pub async fn shutdown(mut self, drain: Duration) -> StoreTotals {
+        if let Err(e) = self.spool.seal_all() {
+            tracing::error!(error = %e, "cannot seal the spool");
+        }
+        let _ = self.done.send(true);
+        if let Some(task) = self.task.take() {
+            if tokio::time::timeout(drain, task).await.is_err() {
+                tracing::warn!(
+                    rows = self.spool.shared().backlog_rows(),
+                    "ClickHouse did not take every row in time; they stay in the spool for the next start"
+                );
+            }
+        }
+        let totals = self.totals();
+        if let Some(mut e) = self.embedded.take() {
+            tokio::task::spawn_blocking(move || e.stop()).await.ok();
+        }
+        totals
+    }
+}
+
+/// What the store did, in rows.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct StoreTotals {
+    pub spooled: u64,
+    pub sent: u64,
+    pub rejected: u64,
+    pub dropped: u64,
+    pub recovered: u64,
+    pub backlog_batches: u64,
+    pub backlog_rows: u64,
+    pub backlog_bytes: u64,
+}

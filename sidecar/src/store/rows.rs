@@ -1,0 +1,745 @@
+//! Records as ClickHouse rows. Pure: each record kind maps to one row type whose fields are
+//! the columns of its table in [`super::schema`] (checked by a test, and by the `clickhouse`
+//! crate's schema validation at insert time).
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    edge::{join::JoinedRequest, EdgeFormat, EdgeRecord},
+    exposure::{
+        inventory::{Change, ChangeKind, ChangeSource},
+        policy::{AlertEvent, AlertState, Policy, Verdict},
+        Exposure, Family,
+    },
+    hop::{ConnEvent, ConnEventKind, ConnId, HttpExchange, Loss, SessionEnd, Side, WsSession},
+};
+
+fn ns(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn side(s: Side) -> String {
+    match s {
+        Side::Client => "client".into(),
+        Side::Server => "server".into(),
+    }
+}
+
+/// `exposures` and `exposure_changes`.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct ExposureRow {
+    pub ts: i64,
+    pub node: String,
+    pub change: String,
+    pub source: String,
+    pub kind: String,
+    pub proto: String,
+    pub address: String,
+    pub port: u16,
+    pub port_end: u16,
+    pub scope: String,
+    pub family: String,
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: String,
+    pub container: String,
+    pub netns: u64,
+    pub exposure_key: String,
+    pub verdict: String,
+    pub rule: String,
+    pub severity: String,
+    pub watched: bool,
+    pub detail: String,
+}
+
+impl ExposureRow {
+    fn new(ts: u64, node: &str, e: &Exposure, policy: &Policy, change: &str, source: &str) -> Self {
+        let verdict = policy.assess(e);
+        let (verdict_s, rule, severity) = match &verdict {
+            Verdict::Ok => ("ok", "", ""),
+            Verdict::Internal => ("internal", "", ""),
+            Verdict::Allowed { .. } => ("allowed", "", ""),
+            Verdict::Drift(f) => ("drift", f.rule, f.severity.as_str()),
+        };
+        let (kind, address, port_end, family, pid, comm, cmdline, container, netns) = match e {
+            Exposure::Listener(l) => {
+                let p = l.process.as_ref();
+                (
+                    "listener",
+                    l.addr.to_string(),
+                    l.port,
+                    match l.family {
+                        Family::Ipv4 => "ipv4",
+                        Family::Ipv6Only => "ipv6_only",
+                        Family::DualStack => "dual_stack",
+                        Family::Ipv6 => "ipv6",
+                    },
+                    p.map(|p| p.pid).unwrap_or(0),
+                    p.map(|p| p.comm.clone()).unwrap_or_default(),
+                    p.map(|p| p.cmdline.clone()).unwrap_or_default(),
+                    p.and_then(|p| p.container.as_ref())
+                        .map(|c| format!("{}://{}", c.runtime, c.id))
+                        .unwrap_or_default(),
+                    l.netns.unwrap_or(0),
+                )
+            }
+            Exposure::NatPublish(n) => (
+                "nat_publish",
+                n.dest.clone().unwrap_or_else(|| "*".into()),
+                n.port_end,
+                match n.family.as_str() {
+                    "ipv4" => "ipv4",
+                    "ipv6" => "ipv6",
+                    _ => "inet",
+                },
+                0,
+                String::new(),
+                String::new(),
+                String::new(),
+                0,
+            ),
+        };
+        Self {
+            ts: ns(ts),
+            node: node.to_owned(),
+            change: change.to_owned(),
+            source: source.to_owned(),
+            kind: kind.to_owned(),
+            proto: e.proto().to_string(),
+            address,
+            port: e.port(),
+            port_end,
+            scope: e.scope().to_string(),
+            family: family.to_owned(),
+            pid,
+            comm,
+            cmdline,
+            container,
+            netns,
+            exposure_key: e.key().to_string(),
+            verdict: verdict_s.to_owned(),
+            rule: rule.to_owned(),
+            severity: severity.to_owned(),
+            watched: policy.touches_watched(e).is_some(),
+            detail: serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+
+    /// One row of an inventory snapshot.
+    pub fn snapshot(ts: u64, node: &str, e: &Exposure, policy: &Policy) -> Self {
+        Self::new(ts, node, e, policy, "snapshot", "scan")
+    }
+
+    /// One inventory change.
+    pub fn change(ts: u64, node: &str, c: &Change, policy: &Policy) -> Self {
+        let change = match c.change {
+            ChangeKind::Added => "added",
+            ChangeKind::Removed => "removed",
+        };
+        let source = match c.source {
+            ChangeSource::Probe => "probe",
+            ChangeSource::Rescan => "rescan",
+            ChangeSource::Nat => "nat",
+        };
+        Self::new(ts, node, &c.exposure, policy, change, source)
+    }
+}
+
+/// `conn_events`: connects, refusals, resets and capture losses.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct ConnRow {
+    pub ts: i64,
+    pub node: String,
+    pub kind: String,
+    pub client_addr: String,
+    pub client_port: u16,
+    pub server_addr: String,
+    pub server_port: u16,
+    pub conn_start: i64,
+    pub latency_ns: Option<u64>,
+    pub side: String,
+    pub pid: u32,
+    pub comm: String,
+    pub lost_bytes: u64,
+    pub effect: String,
+}
+
+fn conn_cols(c: &ConnId) -> (String, u16, String, u16, i64) {
+    (
+        c.client.ip().to_string(),
+        c.client.port(),
+        c.server.ip().to_string(),
+        c.server.port(),
+        ns(c.first_seen_ns),
+    )
+}
+
+impl ConnRow {
+    pub fn from_event(node: &str, e: &ConnEvent) -> Self {
+        let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&e.conn);
+        let (kind, latency_ns, side_s) = match &e.kind {
+            ConnEventKind::Connected { latency_ns } => ("connected", Some(*latency_ns), String::new()),
+            ConnEventKind::Refused => ("refused", None, String::new()),
+            ConnEventKind::Reset { from } => ("reset", None, side(*from)),
+        };
+        Self {
+            ts: ns(e.ts_ns),
+            node: node.to_owned(),
+            kind: kind.to_owned(),
+            client_addr,
+            client_port,
+            server_addr,
+            server_port,
+            conn_start,
+            latency_ns,
+            side: side_s,
+            pid: e.process.as_ref().map(|p| p.pid).unwrap_or(0),
+            comm: e.process.as_ref().map(|p| p.comm.clone()).unwrap_or_default(),
+            lost_bytes: 0,
+            effect: String::new(),
+        }
+    }
+
+    pub fn from_loss(node: &str, l: &Loss) -> Self {
+        let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&l.conn);
+        Self {
+            ts: ns(l.ts_ns),
+            node: node.to_owned(),
+            kind: "loss".into(),
+            client_addr,
+            client_port,
+            server_addr,
+            server_port,
+            conn_start,
+            latency_ns: None,
+            side: side(l.side),
+            pid: 0,
+            comm: String::new(),
+            lost_bytes: l.bytes,
+            effect: l.effect.clone(),
+        }
+    }
+}
+
+/// `http_exchanges`.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct HttpRow {
+    pub ts: i64,
+    pub node: String,
+    pub client_addr: String,
+    pub client_port: u16,
+    pub server_addr: String,
+    pub server_port: u16,
+    pub conn_start: i64,
+    pub idx: u32,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub origin: String,
+    pub request_id: String,
+    pub x_forwarded_for: String,
+    pub x_forwarded_proto: String,
+    pub upgrade_websocket: bool,
+    pub connection_upgrade: bool,
+    pub status: Option<u16>,
+    pub ttfb_ns: Option<u64>,
+    pub total_ns: Option<u64>,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub outcome: String,
+}
+
+impl HttpRow {
+    pub fn new(node: &str, x: &HttpExchange) -> Self {
+        let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&x.conn);
+        Self {
+            ts: ns(x.request_ts_ns),
+            node: node.to_owned(),
+            client_addr,
+            client_port,
+            server_addr,
+            server_port,
+            conn_start,
+            idx: x.index,
+            method: x.method.clone(),
+            path: x.path.clone(),
+            host: x.host.clone().unwrap_or_default(),
+            origin: x.origin.clone().unwrap_or_default(),
+            request_id: x.request_id.clone().unwrap_or_default(),
+            x_forwarded_for: x.x_forwarded_for.clone().unwrap_or_default(),
+            x_forwarded_proto: x.x_forwarded_proto.clone().unwrap_or_default(),
+            upgrade_websocket: x.upgrade_websocket,
+            connection_upgrade: x.connection_upgrade,
+            status: x.status,
+            ttfb_ns: x.ttfb_ns,
+            total_ns: x.total_ns,
+            request_bytes: x.request_bytes,
+            response_bytes: x.response_bytes,
+            outcome: serde_json::to_value(x.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `ws_sessions`.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct WsRow {
+    pub ts: i64,
+    pub node: String,
+    pub end_ts: i64,
+    pub client_addr: String,
+    pub client_port: u16,
+    pub server_addr: String,
+    pub server_port: u16,
+    pub conn_start: i64,
+    pub request_id: String,
+    pub path: String,
+    pub origin: String,
+    pub duration_ns: u64,
+    pub longest_idle_ns: u64,
+    pub idle_before_end_ns: u64,
+    pub end_kind: String,
+    pub end_from: String,
+    pub lost_sync: bool,
+    pub client_text: u64,
+    pub client_binary: u64,
+    pub client_continuation: u64,
+    pub client_ping: u64,
+    pub client_pong: u64,
+    pub client_close: u64,
+    pub client_payload_bytes: u64,
+    pub server_text: u64,
+    pub server_binary: u64,
+    pub server_continuation: u64,
+    pub server_ping: u64,
+    pub server_pong: u64,
+    pub server_close: u64,
+    pub server_payload_bytes: u64,
+    pub close_from: Vec<String>,
+    pub close_ts: Vec<i64>,
+    pub close_code: Vec<Option<u16>>,
+    pub close_reason: Vec<String>,
+}
+
+/// How a session ended, as (end_kind, end_from).
+pub fn session_end(end: &SessionEnd) -> (&'static str, String) {
+    match end {
+        SessionEnd::CloseHandshake { first_close_from } => {
+            ("close_handshake", side(*first_close_from))
+        }
+        SessionEnd::FinWithoutClose { from } => ("fin_without_close", side(*from)),
+        SessionEnd::Reset { from } => ("reset", side(*from)),
+        SessionEnd::Open => ("open", String::new()),
+    }
+}
+
+impl WsRow {
+    pub fn new(node: &str, s: &WsSession) -> Self {
+        let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&s.conn);
+        let (end_kind, end_from) = session_end(&s.end);
+        let c = &s.client_frames;
+        let v = &s.server_frames;
+        Self {
+            ts: ns(s.upgraded_ts_ns),
+            node: node.to_owned(),
+            end_ts: ns(s.end_ts_ns),
+            client_addr,
+            client_port,
+            server_addr,
+            server_port,
+            conn_start,
+            request_id: s.request_id.clone().unwrap_or_default(),
+            path: s.path.clone(),
+            origin: s.origin.clone().unwrap_or_default(),
+            duration_ns: s.duration_ns,
+            longest_idle_ns: s.longest_idle_ns,
+            idle_before_end_ns: s.idle_before_end_ns,
+            end_kind: end_kind.to_owned(),
+            end_from,
+            lost_sync: s.lost_sync,
+            client_text: c.text,
+            client_binary: c.binary,
+            client_continuation: c.continuation,
+            client_ping: c.ping,
+            client_pong: c.pong,
+            client_close: c.close,
+            client_payload_bytes: c.payload_bytes,
+            server_text: v.text,
+            server_binary: v.binary,
+            server_continuation: v.continuation,
+            server_ping: v.ping,
+            server_pong: v.pong,
+            server_close: v.close,
+            server_payload_bytes: v.payload_bytes,
+            close_from: s.closes.iter().map(|c| side(c.from)).collect(),
+            close_ts: s.closes.iter().map(|c| ns(c.ts_ns)).collect(),
+            close_code: s.closes.iter().map(|c| c.code).collect(),
+            close_reason: s.closes.iter().map(|c| c.reason.clone()).collect(),
+        }
+    }
+}
+
+/// `edge_logs`.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct EdgeRow {
+    pub ts: i64,
+    pub node: String,
+    pub format: String,
+    pub request_id: String,
+    pub client: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub request_time_ns: Option<u64>,
+    pub upstream_addr: String,
+    pub upstream_connect_ns: Option<u64>,
+    pub upstream_header_ns: Option<u64>,
+    pub upstream_response_ns: Option<u64>,
+    pub bytes_sent: Option<u64>,
+}
+
+impl EdgeRow {
+    pub fn new(node: &str, e: &EdgeRecord) -> Self {
+        Self {
+            ts: ns(e.end_ts_ns),
+            node: node.to_owned(),
+            format: match e.format {
+                EdgeFormat::NginxJson => "nginx_json",
+                EdgeFormat::NginxCombined => "nginx_combined",
+                EdgeFormat::CaddyJson => "caddy_json",
+            }
+            .to_owned(),
+            request_id: e.request_id.clone().unwrap_or_default(),
+            client: e.client.clone().unwrap_or_default(),
+            host: e.host.clone().unwrap_or_default(),
+            method: e.method.clone().unwrap_or_default(),
+            path: e.path.clone().unwrap_or_default(),
+            status: e.status,
+            request_time_ns: e.request_time_ns,
+            upstream_addr: e.upstream_addr.clone().unwrap_or_default(),
+            upstream_connect_ns: e.upstream_connect_ns,
+            upstream_header_ns: e.upstream_header_ns,
+            upstream_response_ns: e.upstream_response_ns,
+            bytes_sent: e.bytes_sent,
+        }
+    }
+}
+
+/// `requests`: the joined view.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct RequestRow {
+    pub ts: i64,
+    pub node: String,
+    pub request_id: String,
+    pub matched: String,
+    pub reason: String,
+    pub client: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub edge_status: Option<u16>,
+    pub edge_request_time_ns: Option<u64>,
+    pub upstream_addr: String,
+    pub upstream_connect_ns: Option<u64>,
+    pub upstream_header_ns: Option<u64>,
+    pub upstream_response_ns: Option<u64>,
+    pub wire_status: Option<u16>,
+    pub wire_ttfb_ns: Option<u64>,
+    pub wire_total_ns: Option<u64>,
+    pub upgrade_requested: bool,
+    pub websocket: bool,
+    pub ws_duration_ns: Option<u64>,
+    pub ws_end_kind: String,
+    pub ws_end_from: String,
+    pub refused: bool,
+    pub hop_client: String,
+}
+
+impl RequestRow {
+    pub fn new(node: &str, r: &JoinedRequest) -> Self {
+        let e = r.edge.as_ref();
+        let h = r.hop.as_ref();
+        let ts = e
+            .map(|e| e.start_ts_ns().unwrap_or(e.end_ts_ns))
+            .or(h.map(|h| h.request_ts_ns))
+            .or(r.refused.as_ref().map(|c| c.ts_ns))
+            .unwrap_or(0);
+        let (ws_end_kind, ws_end_from) = r
+            .websocket
+            .as_ref()
+            .map(|w| {
+                let (k, f) = session_end(&w.end);
+                (k.to_owned(), f)
+            })
+            .unwrap_or_default();
+        Self {
+            ts: ns(ts),
+            node: node.to_owned(),
+            request_id: r.request_id.clone().unwrap_or_default(),
+            matched: serde_json::to_value(r.matched)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            reason: r.reason.clone().unwrap_or_default(),
+            client: e.and_then(|e| e.client.clone()).unwrap_or_default(),
+            host: e
+                .and_then(|e| e.host.clone())
+                .or(h.and_then(|h| h.host.clone()))
+                .unwrap_or_default(),
+            method: e
+                .and_then(|e| e.method.clone())
+                .or(h.map(|h| h.method.clone()))
+                .unwrap_or_default(),
+            path: e
+                .and_then(|e| e.path.clone())
+                .or(h.map(|h| h.path.clone()))
+                .unwrap_or_default(),
+            edge_status: e.map(|e| e.status),
+            edge_request_time_ns: e.and_then(|e| e.request_time_ns),
+            upstream_addr: e.and_then(|e| e.upstream_addr.clone()).unwrap_or_default(),
+            upstream_connect_ns: e.and_then(|e| e.upstream_connect_ns),
+            upstream_header_ns: e.and_then(|e| e.upstream_header_ns),
+            upstream_response_ns: e.and_then(|e| e.upstream_response_ns),
+            wire_status: h.and_then(|h| h.status),
+            wire_ttfb_ns: h.and_then(|h| h.ttfb_ns),
+            wire_total_ns: h.and_then(|h| h.total_ns),
+            upgrade_requested: h.map(|h| h.upgrade_websocket).unwrap_or(false),
+            websocket: r.websocket.is_some(),
+            ws_duration_ns: r.websocket.as_ref().map(|w| w.duration_ns),
+            ws_end_kind,
+            ws_end_from,
+            refused: r.refused.is_some(),
+            hop_client: h
+                .map(|h| h.conn.client.to_string())
+                .or(r.refused.as_ref().map(|c| c.conn.client.to_string()))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `alerts`.
+#[derive(Clone, Debug, PartialEq, Row, Serialize, Deserialize)]
+pub struct AlertRow {
+    pub ts: i64,
+    pub node: String,
+    pub state: String,
+    pub rule: String,
+    pub severity: String,
+    pub dedup_key: String,
+    pub summary: String,
+    pub first_move: String,
+    pub fired_at: i64,
+    pub evidence: String,
+}
+
+impl AlertRow {
+    pub fn new(node: &str, a: &AlertEvent) -> Self {
+        Self {
+            ts: ns(a.at_ns),
+            node: node.to_owned(),
+            state: match a.state {
+                AlertState::Firing => "firing",
+                AlertState::Resolved => "resolved",
+            }
+            .to_owned(),
+            rule: a.rule.to_owned(),
+            severity: a.severity.as_str().to_owned(),
+            dedup_key: a.dedup_key.clone(),
+            summary: a.summary.clone(),
+            first_move: a.first_move.to_owned(),
+            fired_at: ns(a.fired_at_ns),
+            evidence: serde_json::to_string(&a.evidence).unwrap_or_default(),
+        }
+    }
+}
+
+/// Every row kind, tagged with its table: what the spool holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AnyRow {
+    Exposure(ExposureRow),
+    ExposureChange(ExposureRow),
+    Conn(ConnRow),
+    Http(HttpRow),
+    Ws(WsRow),
+    Edge(EdgeRow),
+    Request(RequestRow),
+    Alert(AlertRow),
+}
+
+/// The tables rows go to, in a fixed order (an index into [`TABLE_NAMES`]).
+pub const TABLE_NAMES: [&str; 8] = [
+    "exposures",
+    "exposure_changes",
+    "conn_events",
+    "http_exchanges",
+    "ws_sessions",
+    "edge_logs",
+    "requests",
+    "alerts",
+];
+
+impl AnyRow {
+    /// Index of the row's table in [`TABLE_NAMES`].
+    pub fn table_index(&self) -> usize {
+        match self {
+            AnyRow::Exposure(_) => 0,
+            AnyRow::ExposureChange(_) => 1,
+            AnyRow::Conn(_) => 2,
+            AnyRow::Http(_) => 3,
+            AnyRow::Ws(_) => 4,
+            AnyRow::Edge(_) => 5,
+            AnyRow::Request(_) => 6,
+            AnyRow::Alert(_) => 7,
+        }
+    }
+
+    /// The row's table.
+    pub fn table(&self) -> &'static str {
+        TABLE_NAMES[self.table_index()]
+    }
+}
+
+/// The rows of one hop record.
+pub fn hop_row(node: &str, r: &crate::hop::HopRecord) -> AnyRow {
+    use crate::hop::HopRecord;
+    match r {
+        HopRecord::Http(x) => AnyRow::Http(HttpRow::new(node, x)),
+        HopRecord::Websocket(s) => AnyRow::Ws(WsRow::new(node, s)),
+        HopRecord::Conn(c) => AnyRow::Conn(ConnRow::from_event(node, c)),
+        HopRecord::Loss(l) => AnyRow::Conn(ConnRow::from_loss(node, l)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serde field names of a row type, in order (what the crate sends as columns).
+    fn fields<T: Serialize>(row: &T) -> Vec<String> {
+        match serde_json::to_value(row).expect("row serialises") {
+            serde_json::Value::Object(m) => m.keys().cloned().collect(),
+            _ => panic!("row is not a struct"),
+        }
+    }
+
+    fn check<T: Serialize>(table: &str, row: &T) {
+        let def = super::super::schema::table(table).expect("table exists");
+        let mut want: Vec<&str> = def.columns.iter().map(|c| c.name).collect();
+        let mut have = fields(row);
+        want.sort_unstable();
+        have.sort_unstable();
+        assert_eq!(have, want, "row fields and columns of {table} differ");
+    }
+
+    fn conn() -> ConnId {
+        ConnId {
+            client: "127.0.0.1:40000".parse().expect("addr"),
+            server: "127.0.0.1:18789".parse().expect("addr"),
+            first_seen_ns: 5,
+        }
+    }
+
+    #[test]
+    fn row_fields_are_the_table_columns() {
+        let x = HttpExchange {
+            conn: conn(),
+            index: 0,
+            request_ts_ns: 10,
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            origin: None,
+            request_id: Some("r1".into()),
+            x_forwarded_for: None,
+            x_forwarded_proto: None,
+            upgrade_websocket: false,
+            connection_upgrade: false,
+            status: Some(200),
+            ttfb_ns: Some(1),
+            total_ns: Some(2),
+            request_bytes: 1,
+            response_bytes: 2,
+            outcome: crate::hop::ExchangeOutcome::Complete,
+        };
+        let http = HttpRow::new("n", &x);
+        assert_eq!(http.outcome, "complete");
+        assert_eq!(http.request_id, "r1");
+        check("http_exchanges", &http);
+        let ev = ConnEvent {
+            conn: conn(),
+            ts_ns: 7,
+            kind: ConnEventKind::Reset { from: Side::Server },
+            process: None,
+        };
+        let c = ConnRow::from_event("n", &ev);
+        assert_eq!((c.kind.as_str(), c.side.as_str()), ("reset", "server"));
+        check("conn_events", &c);
+        let ws = WsSession {
+            conn: conn(),
+            request_id: None,
+            path: "/ws".into(),
+            origin: None,
+            upgraded_ts_ns: 1,
+            end_ts_ns: 2,
+            duration_ns: 1,
+            client_frames: Default::default(),
+            server_frames: Default::default(),
+            closes: vec![crate::hop::CloseFrame {
+                from: Side::Client,
+                ts_ns: 2,
+                code: Some(1000),
+                reason: "bye".into(),
+            }],
+            end: SessionEnd::FinWithoutClose { from: Side::Client },
+            longest_idle_ns: 0,
+            idle_before_end_ns: 0,
+            lost_sync: false,
+        };
+        let w = WsRow::new("n", &ws);
+        assert_eq!((w.end_kind.as_str(), w.end_from.as_str()), ("fin_without_close", "client"));
+        assert_eq!(w.close_code, vec![Some(1000)]);
+        check("ws_sessions", &w);
+        let edge = EdgeRecord {
+            format: EdgeFormat::CaddyJson,
+            end_ts_ns: 100,
+            request_id: Some("r1".into()),
+            client: Some("1.2.3.4".into()),
+            host: None,
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            status: 502,
+            request_time_ns: Some(40),
+            upstream_addr: None,
+            upstream_connect_ns: None,
+            upstream_header_ns: None,
+            upstream_response_ns: None,
+            bytes_sent: None,
+        };
+        check("edge_logs", &EdgeRow::new("n", &edge));
+        let joined = JoinedRequest {
+            request_id: Some("r1".into()),
+            matched: crate::edge::join::Matched::Exact,
+            reason: None,
+            edge: Some(edge),
+            hop: Some(x),
+            websocket: Some(ws),
+            refused: None,
+        };
+        let r = RequestRow::new("n", &joined);
+        assert_eq!(r.ts, 60, "a joined request starts when the edge started it");
+        assert_eq!(r.matched, "exact");
+        assert!(r.websocket);
+        check("requests", &r);
+    }
+
+    #[test]
+    fn table_names_match_the_schema() {
+        for name in TABLE_NAMES {
+            assert!(super::super::schema::table(name).is_some(), "{name}");
+        }
+        assert_eq!(TABLE_NAMES.len(), super::super::schema::TABLES.len());
+    }
+}

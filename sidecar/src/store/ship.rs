@@ -1,0 +1,544 @@
+//! The sending side: connects to ClickHouse, applies the migrations, checks the tables, and
+//! sends sealed spool batches oldest first, each with its deduplication token. I/O only; what
+//! to send and how rows look is decided elsewhere.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clickhouse::{Client, Row};
+use serde::Serialize;
+
+use super::{
+    rows::{AnyRow, TABLE_NAMES},
+    schema::{self, SchemaOptions},
+    spool::{read_frames, BatchInfo, Shared},
+};
+
+/// How to reach the server.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub url: String,
+    pub user: String,
+    /// From the environment or a file, never from the command line.
+    pub password: Option<String>,
+    /// Extra trusted CA certificates (PEM) for https URLs.
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    /// The `clickhouse` crate's client: RowBinary over HTTP(S) with LZ4, rustls for https
+    /// (the platform's web roots plus `ca_file`).
+    pub fn client(&self, database: &str) -> anyhow::Result<Client> {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(self.timeout));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &self.ca_file {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let mut n = 0;
+            for cert in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading store.ca_file {}", ca.display()))?
+            {
+                let cert = cert.with_context(|| format!("parsing store.ca_file {}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("adding a CA from {}", ca.display()))?;
+                n += 1;
+            }
+            anyhow::ensure!(n > 0, "store.ca_file {} holds no PEM certificate", ca.display());
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let hyper = hyper_util::client::legacy::Client::builder(
+            hyper_util::rt::TokioExecutor::new(),
+        )
+        .pool_idle_timeout(Duration::from_millis(2_500))
+        .build(https);
+        let mut client = Client::with_http_client(hyper)
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_database(database)
+            .with_compression(clickhouse::Compression::Lz4);
+        if let Some(p) = &self.password {
+            client = client.with_password(p);
+        }
+        Ok(client)
+    }
+}
+
+/// An error's ClickHouse exception code, when the server sent one.
+pub fn error_code(e: &clickhouse::error::Error) -> Option<u32> {
+    let text = e.to_string();
+    let at = text.find("Code: ")? + 6;
+    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Whether retrying can help. Errors in the data or the schema will not heal by themselves
+/// (the codes the Vector ClickHouse sink also refuses to retry, and their neighbours).
+pub fn is_permanent(e: &clickhouse::error::Error) -> bool {
+    use clickhouse::error::Error as E;
+    match e {
+        E::SchemaMismatch(_) => true,
+        E::Network(_) | E::TimedOut => false,
+        _ => matches!(
+            error_code(e),
+            Some(
+                16  // NO_SUCH_COLUMN_IN_TABLE
+                | 27 // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+                | 33 // CANNOT_READ_ALL_DATA
+                | 44 // ILLEGAL_COLUMN
+                | 47 // UNKNOWN_IDENTIFIER
+                | 53 // TYPE_MISMATCH
+                | 60 // UNKNOWN_TABLE
+                | 62 // SYNTAX_ERROR
+                | 70 // CANNOT_CONVERT_TYPE
+                | 81 // UNKNOWN_DATABASE
+                | 117 // INCORRECT_DATA
+            )
+        ),
+    }
+}
+
+/// What the sender tells the pipeline (printed as `store` lines, counted in metrics).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum StoreEvent {
+    /// Connected, migrated and checked.
+    Ready {
+        server_version: String,
+        schema_version: u32,
+        url: String,
+    },
+    /// The server cannot be used (too old, schema mismatch): nothing is sent until the
+    /// operator fixes it; rows wait in the spool.
+    Incompatible { reason: String },
+    /// The server stopped answering or failed an insert; rows wait in the spool.
+    Unavailable { reason: String },
+    /// It answers again.
+    Recovered { after_failures: u64 },
+    /// A batch was set aside for good.
+    Rejected {
+        table: String,
+        rows: u64,
+        reason: String,
+        moved_to: String,
+    },
+    /// A batch was sent.
+    Sent { table: String, rows: u64 },
+}
+
+/// Connects, checks the version, applies the migrations and checks every table's columns.
+/// Returns the server's version. Every error says what to do.
+pub async fn prepare(
+    client: &Client,
+    opts: &SchemaOptions,
+    node: &str,
+) -> Result<String, PrepareError> {
+    // The version query works on every server (old ones included): plain text, no
+    // compression, no schema validation.
+    let plain = client
+        .clone()
+        .with_compression(clickhouse::Compression::None)
+        .with_validation(false)
+        .with_database("default");
+    let mut cursor = plain
+        .query("SELECT version()")
+        .fetch_bytes("TabSeparated")
+        .map_err(PrepareError::Unreachable)?;
+    let bytes = cursor
+        .collect()
+        .await
+        .map_err(PrepareError::Unreachable)?;
+    let version = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let (major, minor) = schema::parse_version(&version).ok_or_else(|| {
+        PrepareError::Incompatible(format!(
+            "cannot read the server version from {version:?}"
+        ))
+    })?;
+    if (major, minor) < schema::MIN_SERVER {
+        return Err(PrepareError::Incompatible(format!(
+            "ClickHouse {version} is too old: edgewatch needs {}.{} or newer (DateTime64, TTL, \
+             codecs, bloom-filter indexes, insert_deduplication_token)",
+            schema::MIN_SERVER.0,
+            schema::MIN_SERVER.1
+        )));
+    }
+    let admin = client.clone().with_database("default");
+    let ddl = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            // Two sidecars creating the same table at once: the loser may be told it exists.
+            for attempt in 0..3 {
+                match admin.query(&sql).execute().await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if error_code(&e) == Some(57) && attempt < 2 => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    };
+    for sql in opts.migrations_table() {
+        ddl(sql).await.map_err(|e| fail("creating the migrations table", e))?;
+    }
+    let mig_table = format!(
+        "{}.{}",
+        schema::ident(&opts.database),
+        schema::ident(schema::MIGRATIONS_TABLE)
+    );
+    let applied: Vec<u32> = admin
+        .query(&format!("SELECT DISTINCT version FROM {mig_table} ORDER BY version"))
+        .fetch_all()
+        .await
+        .map_err(|e| fail("reading applied migrations", e))?;
+    let latest = schema::latest_version();
+    if let Some(newer) = applied.iter().find(|v| **v > latest) {
+        return Err(PrepareError::Incompatible(format!(
+            "database {} has schema version {newer}, newer than this edgewatch knows ({latest}): \
+             upgrade edgewatch or use another database",
+            opts.database
+        )));
+    }
+    for m in opts.migrations() {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        for sql in m.statements {
+            ddl(sql)
+                .await
+                .map_err(|e| fail(&format!("applying migration {} ({})", m.version, m.name), e))?;
+        }
+        admin
+            .query(&format!(
+                "INSERT INTO {mig_table} (version, name, applied_at, applied_by) VALUES (?, ?, now64(3), ?)"
+            ))
+            .bind(m.version)
+            .bind(m.name)
+            .bind(node)
+            .execute()
+            .await
+            .map_err(|e| fail("recording a migration", e))?;
+        tracing::info!(version = m.version, name = m.name, "applied schema migration");
+    }
+    // TTL follows the config.
+    for table in SchemaOptions::ttl_tables() {
+        let storage = opts.storage_table(table);
+        let engine: String = admin
+            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+            .bind(&opts.database)
+            .bind(&storage)
+            .fetch_one()
+            .await
+            .map_err(|e| fail(&format!("reading the definition of {storage}"), e))?;
+        let want = format!("toIntervalDay({})", opts.ttl_days);
+        let has_ttl = engine.contains(" TTL ");
+        let right = if opts.ttl_days == 0 {
+            !has_ttl
+        } else {
+            engine.contains(&want)
+        };
+        if !right {
+            ddl(opts.ttl_statement(table))
+                .await
+                .map_err(|e| fail(&format!("setting the TTL of {storage}"), e))?;
+            tracing::info!(table = storage, days = opts.ttl_days, "changed the table TTL");
+        }
+    }
+    check_columns(&admin, opts).await?;
+    Ok(version)
+}
+
+/// Compares each table's columns with what this build writes.
+async fn check_columns(admin: &Client, opts: &SchemaOptions) -> Result<(), PrepareError> {
+    #[derive(Row, serde::Deserialize)]
+    struct Col {
+        table: String,
+        name: String,
+        #[serde(rename = "type")]
+        ty: String,
+    }
+    let names: Vec<String> = schema::TABLES.iter().map(|t| t.name.to_owned()).collect();
+    let cols: Vec<Col> = admin
+        .query("SELECT table, name, type FROM system.columns WHERE database = ? AND table IN ?")
+        .bind(&opts.database)
+        .bind(&names)
+        .fetch_all()
+        .await
+        .map_err(|e| fail("reading the table columns", e))?;
+    let mut problems = Vec::new();
+    for t in schema::TABLES {
+        for c in t.columns {
+            match cols.iter().find(|x| x.table == t.name && x.name == c.name) {
+                None => problems.push(format!("{}.{}: column missing", t.name, c.name)),
+                Some(x) if x.ty != c.ty => problems.push(format!(
+                    "{}.{}: is {}, edgewatch writes {}",
+                    t.name, c.name, x.ty, c.ty
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PrepareError::Incompatible(format!(
+            "schema mismatch in database {}: {}; fix the tables (or drop them to have them \
+             recreated) or use another database",
+            opts.database,
+            problems.join("; ")
+        )))
+    }
+}
+
+fn fail(what: &str, e: clickhouse::error::Error) -> PrepareError {
+    if is_permanent(&e) || matches!(error_code(&e), Some(516 | 497 | 192 | 194)) {
+        PrepareError::Incompatible(format!("{what}: {e}"))
+    } else {
+        PrepareError::Unreachable(e)
+    }
+}
+
+/// Why the store could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("ClickHouse is not reachable: {0}")]
+    Unreachable(#[source] clickhouse::error::Error),
+    #[error("{0}")]
+    Incompatible(String),
+}
+
+async fn insert_typed<T>(
+    client: &Client,
+    table: &str,
+    token: &str,
+    rows: Vec<T>,
+) -> clickhouse::error::Result<()>
+where
+    T: Row + Serialize + for<'a> Row<Value<'a> = T>,
+{
+    let mut insert = client
+        .insert::<T>(table)
+        .await?
+        .with_setting("insert_deduplication_token", token)
+        .with_setting("insert_deduplicate", "1");
+    for r in &rows {
+        insert.write(r).await?;
+    }
+    insert.end().await
+}
+
+macro_rules! unwrap_rows {
+    ($rows:expr, $variant:ident) => {
+        $rows
+            .into_iter()
+            .filter_map(|r| match r {
+                AnyRow::$variant(x) => Some(x),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
+/// Sends one batch of rows of one table.
+pub async fn insert_rows(
+    client: &Client,
+    table: usize,
+    token: &str,
+    rows: Vec<AnyRow>,
+) -> clickhouse::error::Result<()> {
+    let name = TABLE_NAMES[table];
+    match table {
+        0 => insert_typed(client, name, token, unwrap_rows!(rows, Exposure)).await,
+        1 => insert_typed(client, name, token, unwrap_rows!(rows, ExposureChange)).await,
+        2 => insert_typed(client, name, token, unwrap_rows!(rows, Conn)).await,
+        3 => insert_typed(client, name, token, unwrap_rows!(rows, Http)).await,
+        4 => insert_typed(client, name, token, unwrap_rows!(rows, Ws)).await,
+        5 => insert_typed(client, name, token, unwrap_rows!(rows, Edge)).await,
+        6 => insert_typed(client, name, token, unwrap_rows!(rows, Request)).await,
+        _ => insert_typed(client, name, token, unwrap_rows!(rows, Alert)).await,
+    }
+}
+
+/// The sender's running totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    pub sent_rows: u64,
+    pub sent_batches: u64,
+    pub rejected_rows: u64,
+    pub failures: u64,
+}
+
+/// Sends sealed batches until `stop` is set and the spool is empty (or `stop` is forced).
+pub struct Sender {
+    pub client: Client,
+    pub opts: SchemaOptions,
+    pub node: String,
+    pub shared: Arc<Shared>,
+    pub events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
+    pub url: String,
+    pub stats: Arc<std::sync::Mutex<SenderStats>>,
+}
+
+fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats)) {
+    f(&mut stats.lock().unwrap_or_else(|p| p.into_inner()));
+}
+
+impl Sender {
+    /// Runs until `done` resolves true (drain mode: it returns once the spool is empty after
+    /// that) or forever.
+    pub async fn run(self, mut done: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        let max_backoff = Duration::from_secs(30);
+        // Connect, migrate, check: retried while unreachable, reported once when incompatible
+        // (and retried slowly, in case the operator fixes it).
+        let mut reported_down = false;
+        loop {
+            match prepare(&self.client, &self.opts, &self.node).await {
+                Ok(version) => {
+                    let _ = self.events.send(StoreEvent::Ready {
+                        server_version: version,
+                        schema_version: schema::latest_version(),
+                        url: self.url.clone(),
+                    });
+                    break;
+                }
+                Err(PrepareError::Incompatible(reason)) => {
+                    if !reported_down {
+                        let _ = self.events.send(StoreEvent::Incompatible { reason });
+                        reported_down = true;
+                    }
+                    backoff = max_backoff;
+                }
+                Err(PrepareError::Unreachable(e)) => {
+                    if !reported_down {
+                        let _ = self.events.send(StoreEvent::Unavailable {
+                            reason: e.to_string(),
+                        });
+                        reported_down = true;
+                    }
+                }
+            }
+            if *done.borrow() && self.shared.backlog().0 == 0 {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = done.changed() => {}
+            }
+            backoff = (backoff * 2).min(max_backoff);
+        }
+        backoff = Duration::from_millis(200);
+        let mut failures = 0u64;
+        loop {
+            let Some(batch) = self.shared.next_batch() else {
+                if *done.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = self.shared.notify.notified() => {}
+                    _ = done.changed() => {}
+                    // Batches sealed by a restart's recovery need no wake-up; this is a
+                    // safety net, not the pace.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            match self.send(&batch).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        let _ = self.events.send(StoreEvent::Recovered {
+                            after_failures: failures,
+                        });
+                        failures = 0;
+                    }
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) if is_permanent(&e) => {
+                    self.client.clear_cached_metadata().await;
+                    let moved_to = match self.shared.reject(&batch) {
+                        Ok(p) => p.display().to_string(),
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot set a rejected batch aside");
+                            let _ = self.shared.done(&batch);
+                            "(deleted: could not be moved)".to_owned()
+                        }
+                    };
+                    bump(&self.stats, |s| s.rejected_rows += batch.rows);
+                    let _ = self.events.send(StoreEvent::Rejected {
+                        table: TABLE_NAMES[batch.table].to_owned(),
+                        rows: batch.rows,
+                        reason: e.to_string(),
+                        moved_to,
+                    });
+                }
+                Err(e) => {
+                    self.shared.release();
+                    self.client.clear_cached_metadata().await;
+                    if failures == 0 {
+                        let _ = self.events.send(StoreEvent::Unavailable {
+                            reason: e.to_string(),
+                        });
+                    }
+                    failures += 1;
+                    bump(&self.stats, |s| s.failures += 1);
+                    // A forced stop ends retries; the batch stays in the spool for next time.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = done.changed() => {}
+                    }
+                    if *done.borrow() && failures > 3 {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    async fn send(&self, batch: &BatchInfo) -> clickhouse::error::Result<()> {
+        let path = batch.path.clone();
+        let frames = match tokio::task::spawn_blocking(move || read_frames(&path)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                // The file went bad on disk: set it aside like a refused batch.
+                return Err(clickhouse::error::Error::SchemaMismatch(format!(
+                    "unreadable spool batch: {e}"
+                )));
+            }
+            Err(e) => return Err(clickhouse::error::Error::Custom(e.to_string())),
+        };
+        let rows = frames.rows.len() as u64;
+        insert_rows(
+            &self.client,
+            batch.table,
+            &self.shared.token(batch),
+            frames.rows,
+        )
+        .await?;
+        if let Err(e) = self.shared.done(batch) {
+            tracing::warn!(error = %e, "sent batch could not be deleted (it will be deduplicated if resent)");
+        }
+        bump(&self.stats, |s| {
+            s.sent_rows += rows;
+            s.sent_batches += 1;
+        });
+        let _ = self.events.send(StoreEvent::Sent {
+            table: TABLE_NAMES[batch.table].to_owned(),
+            rows,
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,709 @@
+//! The on-disk spool between the pipeline and ClickHouse: every row is written here first, so
+//! an outage, a slow server or a restart (kill -9 included) loses nothing the spool accepted.
+//!
+//! Layout of the spool directory:
+//! - Every batch file starts with a magic and the random id of the run that wrote it; that id
+//!   and the batch's sequence number form its `insert_deduplication_token`, so a batch sent
+//!   twice (the sidecar died between the insert and the deletion of the file) is stored once,
+//!   and a new run never reuses a token for other rows.
+//! - `<seq>-<table>.open`: the batch being filled, one per table. Rows are appended as frames
+//!   (`u32` length, `u32` CRC-32, postcard bytes) at every [`Spool::flush`] (each pipeline
+//!   turn), so they are in the kernel's page cache, safe from a killed process, within one
+//!   turn. On start, an `.open` file is recovered up to its last whole frame and sealed.
+//! - `<seq>-<table>.batch`: sealed batches (by rows, bytes or age; fsynced), sent oldest first
+//!   and deleted once ClickHouse has them. Never rewritten, so a retry sends the same rows.
+//! - `rejected/`: batches ClickHouse refused for good (schema mismatch, unknown table), kept
+//!   for the operator and reported, never retried.
+//!
+//! The spool is bounded: when sealed batches exceed `max_bytes`, the oldest are deleted and
+//! their rows counted as dropped.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File, OpenOptions},
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use super::rows::{AnyRow, TABLE_NAMES};
+
+const MAGIC: &[u8; 8] = b"EWSPOOL1";
+/// Length of the run id after the magic.
+const RUN_ID: usize = 32;
+const HEADER: usize = MAGIC.len() + RUN_ID;
+const FRAME_HEADER: usize = 8;
+/// A frame larger than this is corruption, not a row.
+const MAX_FRAME: u32 = 16 * 1024 * 1024;
+
+/// Why the spool could not do something.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spool batch {path} is corrupt: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A sealed batch waiting to be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub seq: u64,
+    /// The id of the run that wrote the batch.
+    pub run: String,
+    pub table: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+/// Counters the spool keeps (exported as metrics, reported on change).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Rows written to the spool.
+    pub accepted_rows: u64,
+    /// Rows deleted unsent because the spool was full.
+    pub dropped_rows: u64,
+    pub dropped_batches: u64,
+    /// Rows recovered from batches that were open when the sidecar last stopped.
+    pub recovered_rows: u64,
+    /// Bytes cut from the end of recovered batches (a frame half written when it died).
+    pub truncated_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sealed: BTreeMap<u64, BatchInfo>,
+    sealed_bytes: u64,
+    in_flight: Option<u64>,
+    stats: SpoolStats,
+}
+
+/// What the spool's writer and its sender share.
+#[derive(Debug)]
+pub struct Shared {
+    state: Mutex<State>,
+    /// Woken when a batch is sealed.
+    pub notify: tokio::sync::Notify,
+    dir: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than stopping would: keep going with what is there.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest sealed batch, marked in flight (it is not evicted while being sent).
+    pub fn next_batch(&self) -> Option<BatchInfo> {
+        let mut s = self.lock();
+        let b = s.sealed.values().next().cloned()?;
+        s.in_flight = Some(b.seq);
+        Some(b)
+    }
+
+    /// The batch is in ClickHouse: forget it and delete its file.
+    pub fn done(&self, b: &BatchInfo) -> Result<(), SpoolError> {
+        self.forget(b);
+        match fs::remove_file(&b.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&b.path)(e)),
+        }
+    }
+
+    /// ClickHouse refused the batch for good: move it to `rejected/`. Returns where it went.
+    pub fn reject(&self, b: &BatchInfo) -> Result<PathBuf, SpoolError> {
+        self.forget(b);
+        let dir = self.dir.join("rejected");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let to = dir.join(b.path.file_name().unwrap_or_default());
+        fs::rename(&b.path, &to).map_err(io(&b.path))?;
+        Ok(to)
+    }
+
+    /// Sending stopped without an outcome (it will be retried).
+    pub fn release(&self) {
+        self.lock().in_flight = None;
+    }
+
+    fn forget(&self, b: &BatchInfo) {
+        let mut s = self.lock();
+        if s.sealed.remove(&b.seq).is_some() {
+            s.sealed_bytes = s.sealed_bytes.saturating_sub(b.bytes);
+        }
+        if s.in_flight == Some(b.seq) {
+            s.in_flight = None;
+        }
+    }
+
+    /// The deduplication token of a batch: stable across restarts and retries.
+    pub fn token(&self, b: &BatchInfo) -> String {
+        format!("edgewatch-{}-{}", b.run, b.seq)
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.lock().stats
+    }
+
+    /// Sealed batches and their bytes waiting to be sent.
+    pub fn backlog(&self) -> (usize, u64) {
+        let s = self.lock();
+        (s.sealed.len(), s.sealed_bytes)
+    }
+
+    /// Rows waiting in sealed batches.
+    pub fn backlog_rows(&self) -> u64 {
+        self.lock().sealed.values().map(|b| b.rows).sum()
+    }
+}
+
+struct OpenBatch {
+    seq: u64,
+    run: String,
+    path: PathBuf,
+    file: File,
+    rows: u64,
+    bytes: u64,
+    buf: Vec<u8>,
+    opened: Instant,
+}
+
+/// Limits of the spool.
+#[derive(Clone, Copy, Debug)]
+pub struct SpoolLimits {
+    pub batch_rows: u64,
+    pub batch_bytes: u64,
+    pub batch_max_age: Duration,
+    pub max_bytes: u64,
+    /// fsync sealed batches (survives power loss, not only a killed process).
+    pub fsync: bool,
+}
+
+/// The writing side: the pipeline pushes rows here.
+pub struct Spool {
+    shared: Arc<Shared>,
+    limits: SpoolLimits,
+    open: Vec<Option<OpenBatch>>,
+    next_seq: u64,
+    /// This run's id (new at every open).
+    run: String,
+}
+
+fn file_name(seq: u64, table: usize, ext: &str) -> String {
+    format!("{seq:016}-{}.{ext}", TABLE_NAMES[table])
+}
+
+fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    let (seq, table) = stem.split_once('-')?;
+    let seq = seq.parse().ok()?;
+    let table = TABLE_NAMES.iter().position(|t| *t == table)?;
+    Some((seq, table, ext))
+}
+
+/// A batch file as read back.
+pub struct Frames {
+    pub run: String,
+    pub rows: Vec<AnyRow>,
+    /// Bytes up to the end of the last whole, valid frame.
+    pub valid: u64,
+    /// Bytes after it (a frame cut short by a crash, or corruption).
+    pub cut: u64,
+}
+
+/// Reads a batch file.
+pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
+    let mut data = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io(path))?;
+    let corrupt = |reason: &str| SpoolError::Corrupt {
+        path: path.display().to_string(),
+        reason: reason.to_owned(),
+    };
+    if data.len() < HEADER || &data[..MAGIC.len()] != MAGIC {
+        return Err(corrupt("not a spool batch (bad header)"));
+    }
+    let run = std::str::from_utf8(&data[MAGIC.len()..HEADER])
+        .ok()
+        .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| corrupt("bad run id"))?
+        .to_owned();
+    let mut rows = Vec::new();
+    let mut at = HEADER;
+    while data.len() - at >= FRAME_HEADER {
+        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        if len > MAX_FRAME {
+            break;
+        }
+        let start = at + FRAME_HEADER;
+        let Some(payload) = data.get(start..start + len as usize) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        match postcard::from_bytes::<AnyRow>(payload) {
+            Ok(r) => rows.push(r),
+            Err(_) => break,
+        }
+        at = start + len as usize;
+    }
+    let valid = at as u64;
+    Ok(Frames {
+        run,
+        rows,
+        valid,
+        cut: data.len() as u64 - valid,
+    })
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, recovering what a previous run left.
+    pub fn open(dir: &Path, limits: SpoolLimits) -> Result<Self, SpoolError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut state = State::default();
+        let mut next_seq = 0;
+        let mut entries: Vec<(u64, usize, String, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some((seq, table, ext)) = parse_name(&name) {
+                entries.push((seq, table, ext.to_owned(), entry.path()));
+            }
+        }
+        entries.sort();
+        for (seq, table, ext, path) in entries {
+            next_seq = next_seq.max(seq + 1);
+            match ext.as_str() {
+                "batch" => {
+                    let frames = match read_frames(&path) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable spool batch set aside");
+                            let dir = dir.join("rejected");
+                            fs::create_dir_all(&dir).map_err(io(&dir))?;
+                            let _ = fs::rename(&path, dir.join(path.file_name().unwrap_or_default()));
+                            continue;
+                        }
+                    };
+                    state.sealed_bytes += frames.valid;
+                    state.sealed.insert(
+                        seq,
+                        BatchInfo {
+                            seq,
+                            run: frames.run,
+                            table,
+                            rows: frames.rows.len() as u64,
+                            bytes: frames.valid,
+                            path,
+                        },
+                    );
+                }
+                "open" => {
+                    // Recover what a stopped (or killed) run had written.
+                    let frames = match read_frames(&path) {
+                        Ok(f) if !f.rows.is_empty() => f,
+                        _ => {
+                            let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                    };
+                    let (valid, cut, rows) = (frames.valid, frames.cut, frames.rows.len() as u64);
+                    let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                    f.set_len(valid).map_err(io(&path))?;
+                    f.sync_all().map_err(io(&path))?;
+                    let sealed = dir.join(file_name(seq, table, "batch"));
+                    fs::rename(&path, &sealed).map_err(io(&path))?;
+                    state.stats.recovered_rows += rows;
+                    state.stats.truncated_bytes += cut;
+                    state.sealed_bytes += valid;
+                    state.sealed.insert(
+                        seq,
+                        BatchInfo {
+                            seq,
+                            run: frames.run,
+                            table,
+                            rows,
+                            bytes: valid,
+                            path: sealed,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            notify: tokio::sync::Notify::new(),
+            dir: dir.to_owned(),
+        });
+        let mut spool = Self {
+            shared,
+            limits,
+            open: (0..TABLE_NAMES.len()).map(|_| None).collect(),
+            next_seq,
+            run: new_id(),
+        };
+        spool.enforce_bound();
+        Ok(spool)
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Appends one row (buffered until [`Spool::flush`] or until its batch is full).
+    pub fn push(&mut self, row: &AnyRow) -> Result<(), SpoolError> {
+        let table = row.table_index();
+        if self.open[table].is_none() {
+            self.open[table] = Some(self.new_batch(table)?);
+        }
+        let full = {
+            let Some(b) = self.open[table].as_mut() else {
+                return Ok(());
+            };
+            let at = b.buf.len();
+            b.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+            match postcard::to_extend(row, std::mem::take(&mut b.buf)) {
+                Ok(buf) => b.buf = buf,
+                Err(e) => {
+                    // Serialising owned plain data cannot fail short of running out of
+                    // memory; say so rather than hide it.
+                    tracing::error!(error = %e, "cannot encode a row for the spool");
+                    b.buf.truncate(at);
+                    return Ok(());
+                }
+            }
+            let len = (b.buf.len() - at - FRAME_HEADER) as u32;
+            let crc = crc32fast::hash(&b.buf[at + FRAME_HEADER..]);
+            b.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            b.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+            b.rows += 1;
+            b.rows >= self.limits.batch_rows
+                || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
+        };
+        self.shared.lock().stats.accepted_rows += 1;
+        if full {
+            self.seal(table)?;
+        } else if self.open[table]
+            .as_ref()
+            .is_some_and(|b| b.buf.len() >= 1 << 20)
+        {
+            self.write_out(table)?;
+        }
+        Ok(())
+    }
+
+    fn new_batch(&mut self, table: usize) -> Result<OpenBatch, SpoolError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let path = self.shared.dir.join(file_name(seq, table, "open"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(self.run.as_bytes());
+        file.write_all(&header).map_err(io(&path))?;
+        Ok(OpenBatch {
+            seq,
+            run: self.run.clone(),
+            path,
+            file,
+            rows: 0,
+            bytes: HEADER as u64,
+            buf: Vec::with_capacity(64 * 1024),
+            opened: Instant::now(),
+        })
+    }
+
+    fn write_out(&mut self, table: usize) -> Result<(), SpoolError> {
+        if let Some(b) = self.open[table].as_mut() {
+            if !b.buf.is_empty() {
+                b.file.write_all(&b.buf).map_err(io(&b.path))?;
+                b.bytes += b.buf.len() as u64;
+                b.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self, table: usize) -> Result<(), SpoolError> {
+        self.write_out(table)?;
+        let Some(b) = self.open[table].take() else {
+            return Ok(());
+        };
+        if self.limits.fsync {
+            b.file.sync_data().map_err(io(&b.path))?;
+        }
+        let sealed = self.shared.dir.join(file_name(b.seq, table, "batch"));
+        fs::rename(&b.path, &sealed).map_err(io(&b.path))?;
+        {
+            let mut s = self.shared.lock();
+            s.sealed_bytes += b.bytes;
+            s.sealed.insert(
+                b.seq,
+                BatchInfo {
+                    seq: b.seq,
+                    run: b.run,
+                    table,
+                    rows: b.rows,
+                    bytes: b.bytes,
+                    path: sealed,
+                },
+            );
+        }
+        self.enforce_bound();
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Deletes the oldest sealed batches (not the one being sent) while over the bound.
+    fn enforce_bound(&mut self) {
+        let mut s = self.shared.lock();
+        while s.sealed_bytes > self.limits.max_bytes {
+            let in_flight = s.in_flight;
+            let Some(victim) = s
+                .sealed
+                .values()
+                .find(|b| Some(b.seq) != in_flight)
+                .cloned()
+            else {
+                break;
+            };
+            s.sealed.remove(&victim.seq);
+            s.sealed_bytes = s.sealed_bytes.saturating_sub(victim.bytes);
+            s.stats.dropped_rows += victim.rows;
+            s.stats.dropped_batches += 1;
+            if let Err(e) = fs::remove_file(&victim.path) {
+                tracing::warn!(path = %victim.path.display(), error = %e, "cannot delete an evicted spool batch");
+            }
+            tracing::warn!(
+                rows = victim.rows,
+                table = TABLE_NAMES[victim.table],
+                "spool full: dropped the oldest batch"
+            );
+        }
+    }
+
+    /// Writes buffered rows to their files and seals batches that are old enough. Call once
+    /// per pipeline turn.
+    pub fn flush(&mut self) -> Result<(), SpoolError> {
+        for table in 0..self.open.len() {
+            self.write_out(table)?;
+            let old = self.open[table]
+                .as_ref()
+                .is_some_and(|b| b.rows > 0 && b.opened.elapsed() >= self.limits.batch_max_age);
+            if old {
+                self.seal(table)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals every open batch (at shutdown, or when a caller wants everything sent).
+    pub fn seal_all(&mut self) -> Result<(), SpoolError> {
+        for table in 0..self.open.len() {
+            if self.open[table].as_ref().is_some_and(|b| b.rows > 0) {
+                self.seal(table)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.shared.stats()
+    }
+}
+
+/// A new run id: 32 hex digits from the kernel's random UUID (the clock and pid if that is
+/// unreadable: uniqueness is what matters).
+fn new_id() -> String {
+    let id = fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().replace('-', ""))
+        .unwrap_or_default();
+    if id.len() == RUN_ID && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return id;
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:024x}{:08x}", t & ((1u128 << 96) - 1), std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::rows::AlertRow;
+
+    fn row(i: u64) -> AnyRow {
+        AnyRow::Alert(AlertRow {
+            ts: i as i64,
+            node: "n".into(),
+            state: "firing".into(),
+            rule: "r".into(),
+            severity: "critical".into(),
+            dedup_key: format!("k{i}"),
+            summary: "s".into(),
+            first_move: "m".into(),
+            fired_at: 0,
+            evidence: "{}".into(),
+        })
+    }
+
+    fn limits() -> SpoolLimits {
+        SpoolLimits {
+            batch_rows: 10,
+            batch_bytes: 1 << 20,
+            batch_max_age: Duration::from_secs(3600),
+            max_bytes: 1 << 30,
+            fsync: false,
+        }
+    }
+
+    #[test]
+    fn batches_seal_by_rows_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), limits()).expect("open");
+        for i in 0..25 {
+            s.push(&row(i)).expect("push");
+        }
+        s.flush().expect("flush");
+        let shared = s.shared();
+        assert_eq!(shared.backlog().0, 2, "two full batches sealed");
+        let token = shared.token(&shared.next_batch().expect("batch"));
+        shared.release();
+        // "Crash": drop without sealing; the 5 rows of the open batch are on disk.
+        drop(s);
+        let s = Spool::open(dir.path(), limits()).expect("reopen");
+        let shared = s.shared();
+        assert_eq!(shared.backlog().0, 3);
+        assert_eq!(shared.backlog_rows(), 25);
+        assert_eq!(s.stats().recovered_rows, 5);
+        let first = shared.next_batch().expect("batch");
+        assert_eq!(shared.token(&first), token, "tokens are stable across restarts");
+        let f = read_frames(&first.path).expect("read");
+        assert_eq!(f.rows.len(), 10);
+        assert_eq!(f.rows[0], row(0));
+        assert_eq!(f.cut, 0);
+        shared.done(&first).expect("done");
+        assert!(!first.path.exists());
+        assert_eq!(shared.backlog().0, 2);
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_cut_on_recovery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), limits()).expect("open");
+        for i in 0..3 {
+            s.push(&row(i)).expect("push");
+        }
+        s.flush().expect("flush");
+        drop(s);
+        let open: PathBuf = fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "open"))
+            .expect("open batch");
+        // Half a frame, as if the process died inside a write.
+        let mut f = OpenOptions::new().append(true).open(&open).expect("append");
+        f.write_all(&[40, 0, 0, 0, 1, 2]).expect("write");
+        drop(f);
+        let s = Spool::open(dir.path(), limits()).expect("reopen");
+        assert_eq!(s.stats().recovered_rows, 3);
+        assert_eq!(s.stats().truncated_bytes, 6);
+        let b = s.shared().next_batch().expect("batch");
+        assert_eq!(read_frames(&b.path).expect("read").rows.len(), 3);
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = limits();
+        l.max_bytes = 2000;
+        let mut s = Spool::open(dir.path(), l).expect("open");
+        for i in 0..200 {
+            s.push(&row(i)).expect("push");
+        }
+        s.flush().expect("flush");
+        let st = s.stats();
+        assert!(st.dropped_rows > 0, "{st:?}");
+        assert_eq!(st.dropped_rows % 10, 0, "whole batches go");
+        let shared = s.shared();
+        assert!(shared.backlog().1 <= 2000);
+        assert_eq!(st.accepted_rows, 200);
+        assert_eq!(shared.backlog_rows() + st.dropped_rows, 200, "kept + dropped = all");
+        // The oldest went: what is left is the newest.
+        let b = shared.next_batch().expect("batch");
+        let f = read_frames(&b.path).expect("read");
+        assert_eq!(f.rows[0], row(st.dropped_rows));
+    }
+
+    #[test]
+    fn rejected_batches_are_set_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), limits()).expect("open");
+        for i in 0..10 {
+            s.push(&row(i)).expect("push");
+        }
+        let shared = s.shared();
+        let b = shared.next_batch().expect("batch");
+        let to = shared.reject(&b).expect("reject");
+        assert!(to.starts_with(dir.path().join("rejected")) && to.exists());
+        assert!(shared.next_batch().is_none());
+        drop(s);
+        let s = Spool::open(dir.path(), limits()).expect("reopen");
+        assert!(s.shared().next_batch().is_none(), "rejected batches are not resent");
+    }
+
+    #[test]
+    fn garbage_in_the_spool_is_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("0000000000000007-alerts.batch"), b"garbage").expect("write");
+        fs::write(dir.path().join("0000000000000008-alerts.open"), b"EWSPOOL1\xff\xff").expect("write");
+        let mut s1 = Spool::open(dir.path(), limits()).expect("open");
+        let t1 = {
+            for i in 0..10 {
+                s1.push(&row(i)).expect("push");
+            }
+            let sh = s1.shared();
+            let b = sh.next_batch().expect("batch");
+            let t = sh.token(&b);
+            sh.done(&b).expect("done");
+            t
+        };
+        drop(s1);
+        let mut s2 = Spool::open(dir.path(), limits()).expect("open");
+        for i in 0..10 {
+            s2.push(&row(i)).expect("push");
+        }
+        let sh = s2.shared();
+        let b = sh.next_batch().expect("batch");
+        assert_ne!(sh.token(&b), t1, "a new run never reuses a token");
+        sh.done(&b).expect("done");
+        drop(s2);
+        let s = Spool::open(dir.path(), limits()).expect("open");
+        assert!(s.shared().next_batch().is_none());
+        assert!(dir.path().join("rejected/0000000000000007-alerts.batch").exists());
+    }
+}
