@@ -6,7 +6,7 @@
 //! `chdb_query_cmdline` runs clickhouse-local with the given arguments; in 26.7 that can open
 //! the HTTP and native listeners, which stay up while the call runs. edgewatch runs it in a
 //! child process of its own binary (`edgewatch embedded-clickhouse`, hidden), so a crash of
-//! one never takes the other down, and the child dies with its parent (PR_SET_PDEATHSIG).
+//! one never takes the other down; the child stops when its parent is gone.
 use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
@@ -93,7 +93,17 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let mut response = ureq::get(url)
+    // The machine's trust store (corporate proxies and egress gateways add their CA there).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
         .call()
         .with_context(|| format!("downloading {url} (set store.url to use a ClickHouse server you run, or store.embedded.library to a libchdb.so you have)"))?;
     let total: Option<u64> = response
@@ -168,16 +178,9 @@ impl EmbeddedServer {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("log file")?)
             .stderr(log_file);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // The child watches its parent and stops when it is gone (PR_SET_PDEATHSIG would fire
+        // when the forking *thread* ends, which a runtime's blocking pool does when idle).
+        cmd.env("EDGEWATCH_PARENT_PID", std::process::id().to_string());
         let child = cmd.spawn().context("starting the embedded ClickHouse")?;
         let mut server = Self {
             child,
@@ -293,6 +296,22 @@ pub fn run_server(library: &Path, data_dir: &Path, http_port: u16, tcp_port: u16
         )
     };
     tracing::info!(http_port, tcp_port, data = %data_dir.display(), "embedded ClickHouse starting");
+    if let Some(parent) = std::env::var("EDGEWATCH_PARENT_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != parent {
+                eprintln!("edgewatch (the parent) is gone; stopping the embedded ClickHouse");
+                // SAFETY: ending our own process; ClickHouse's data is crash-safe.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                std::thread::sleep(Duration::from_secs(10));
+                std::process::exit(1);
+            }
+        });
+    }
     let argc = c_int::try_from(argv.len()).context("argc")?;
     // SAFETY: argv holds argc valid C strings that outlive the call.
     let result = unsafe { query(argc, argv.as_mut_ptr()) };

@@ -108,6 +108,21 @@ impl Store {
         } else {
             cfg.node.clone()
         };
+        let spool = Spool::open(
+            &cfg.spool_dir,
+            SpoolLimits {
+                batch_rows: cfg.batch_rows,
+                batch_bytes: cfg.batch_bytes,
+                batch_max_age: cfg.batch_max_age,
+                max_bytes: cfg.spool_max_bytes,
+                fsync: true,
+            },
+        )
+        .with_context(|| format!("opening the spool {}", cfg.spool_dir.display()))?;
+        let recovered = spool.stats().recovered_rows;
+        if recovered > 0 {
+            tracing::info!(rows = recovered, "recovered rows a previous run had spooled");
+        }
         let (embedded, url) = if cfg.url.is_empty() {
             let server = tokio::task::spawn_blocking({
                 let cfg = cfg.clone();
@@ -138,21 +153,6 @@ impl Store {
             }
             Ok(Err(e)) => tracing::warn!(error = %e, %url, "ClickHouse not reachable yet; records wait in the spool"),
             Err(_) => tracing::warn!(%url, "ClickHouse did not answer within 10s; records wait in the spool"),
-        }
-        let spool = Spool::open(
-            &cfg.spool_dir,
-            SpoolLimits {
-                batch_rows: cfg.batch_rows,
-                batch_bytes: cfg.batch_bytes,
-                batch_max_age: cfg.batch_max_age,
-                max_bytes: cfg.spool_max_bytes,
-                fsync: true,
-            },
-        )
-        .with_context(|| format!("opening the spool {}", cfg.spool_dir.display()))?;
-        let recovered = spool.stats().recovered_rows;
-        if recovered > 0 {
-            tracing::info!(rows = recovered, "recovered rows a previous run had spooled");
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (done, done_rx) = tokio::sync::watch::channel(false);

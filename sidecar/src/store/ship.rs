@@ -20,7 +20,8 @@ pub struct Endpoint {
     pub user: String,
     /// From the environment or a file, never from the command line.
     pub password: Option<String>,
-    /// Extra trusted CA certificates (PEM) for https URLs.
+    /// Extra trusted CA certificates (PEM) for https URLs (besides the web roots and the
+    /// machine's trust store).
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -33,8 +34,12 @@ impl Endpoint {
         http.set_keepalive(Some(Duration::from_secs(60)));
         http.enforce_http(false);
         http.set_connect_timeout(Some(self.timeout));
+        // The public web roots, the machine's trust store, and `ca_file`.
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, errors = native.errors.len(), "loaded the machine's CA certificates");
         if let Some(ca) = &self.ca_file {
             use rustls::pki_types::{pem::PemObject, CertificateDer};
             let mut n = 0;

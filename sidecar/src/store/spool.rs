@@ -194,6 +194,8 @@ pub struct SpoolLimits {
 
 /// The writing side: the pipeline pushes rows here.
 pub struct Spool {
+    /// Held for the spool's lifetime: one writer per spool directory.
+    _lock: File,
     shared: Arc<Shared>,
     limits: SpoolLimits,
     open: Vec<Option<OpenBatch>>,
@@ -276,6 +278,20 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<Self, SpoolError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join("spool.lock");
+        let lock = File::create(&lock_path).map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Io {
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other(
+                        "in use by another edgewatch (each sidecar needs its own store.spool_dir)",
+                    ),
+                })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
         let mut state = State::default();
         let mut next_seq = 0;
         let mut entries: Vec<(u64, usize, String, PathBuf)> = Vec::new();
@@ -353,6 +369,7 @@ impl Spool {
             dir: dir.to_owned(),
         });
         let mut spool = Self {
+            _lock: lock,
             shared,
             limits,
             open: (0..TABLE_NAMES.len()).map(|_| None).collect(),
@@ -608,6 +625,14 @@ mod tests {
         shared.done(&first).expect("done");
         assert!(!first.path.exists());
         assert_eq!(shared.backlog().0, 2);
+    }
+
+    #[test]
+    fn one_writer_per_spool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _first = Spool::open(dir.path(), limits()).expect("open");
+        let err = Spool::open(dir.path(), limits()).err().expect("second open fails");
+        assert!(err.to_string().contains("in use by another edgewatch"), "{err}");
     }
 
     #[test]
