@@ -157,6 +157,14 @@ impl Watch {
     fn evaluate(&mut self, now: u64) {
         let exposures = self.inventory.exposures();
         let alerts = self.tracker.reconcile(&self.policy, &exposures, now);
+        if let Some(st) = self.store.as_mut() {
+            for a in &alerts {
+                st.alert(a);
+            }
+            if !alerts.is_empty() {
+                st.write_now();
+            }
+        }
         for a in &alerts {
             self.metrics.alert(
                 a.rule,
@@ -167,9 +175,6 @@ impl Watch {
                 self.tracker.firing(),
             );
             self.printer.alert(a);
-            if let Some(st) = self.store.as_mut() {
-                st.alert(a);
-            }
         }
         let count = |s: Scope| {
             i64::try_from(exposures.iter().filter(|e| e.scope() == s).count()).unwrap_or(0)

@@ -69,6 +69,11 @@ enum Command {
         /// How long a record waits for its other half, in the data's time.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         join_window: std::time::Duration,
+        /// Also ship every record (hop, access-log and joined) to the store configured in
+        /// `[store]` (the embedded ClickHouse by default), wait until it has them, and print a
+        /// `store_summary`. Uses its own spool (`<store.spool_dir>-replay`).
+        #[arg(long)]
+        store: bool,
         /// Output format on stdout.
         #[arg(long, short, value_enum, default_value = "text")]
         output: Format,
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             access_logs,
             join_window,
+            store,
             output,
         } => {
             let config = load_config(config.as_ref())?;
@@ -160,7 +166,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &ports,
                 &access_logs,
                 join_window,
-                &config.edge.json_fields,
+                &config,
+                store,
                 output,
             )
         }

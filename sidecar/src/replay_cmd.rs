@@ -9,14 +9,17 @@ use std::{
 
 use anyhow::Context as _;
 use edgewatch::{
+    config::Config,
     edge::{
-        join::{join_all, Matched},
+        join::{join_all, JoinedRequest, Matched},
         nginx::JsonFields,
-        parse_any,
+        parse_any, EdgeRecord,
     },
     hop::HopRecord,
+    metrics::Metrics,
     output::{Format, Printer},
     replay::replay,
+    store::Store,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -25,9 +28,11 @@ pub fn run(
     ports: &[u16],
     access_logs: &[PathBuf],
     join_window: std::time::Duration,
-    fields: &JsonFields,
+    config: &Config,
+    to_store: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    let fields = &config.edge.json_fields;
     let file = File::open(capture).with_context(|| format!("opening {}", capture.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     // Drawn only when stderr is a terminal; hidden in pipes and tests.
@@ -38,7 +43,7 @@ pub fn run(
     );
     let mut printer = Printer::stdout(format);
     let mut kept = Vec::new();
-    let keep = !access_logs.is_empty();
+    let keep = !access_logs.is_empty() || to_store;
     let summary = replay(
         BufReader::with_capacity(1 << 20, file),
         ports,
@@ -75,8 +80,20 @@ pub fn run(
         ),
         &summary,
     );
-    if keep {
-        join_logs(&mut printer, kept, access_logs, join_window, fields)?;
+    let (edges, joined) = if access_logs.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        join_logs(
+            &mut printer,
+            if to_store { kept.clone() } else { std::mem::take(&mut kept) },
+            access_logs,
+            join_window,
+            fields,
+            to_store,
+        )?
+    };
+    if to_store {
+        ship(&mut printer, config, &kept, &edges, &joined)?;
     }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
@@ -96,7 +113,8 @@ fn join_logs(
     logs: &[PathBuf],
     window: std::time::Duration,
     fields: &JsonFields,
-) -> anyhow::Result<()> {
+    keep: bool,
+) -> anyhow::Result<(Vec<EdgeRecord>, Vec<JoinedRequest>)> {
     let mut edges = Vec::new();
     let mut lines = 0u64;
     let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
@@ -121,6 +139,7 @@ fn join_logs(
         }
     }
     let parsed = edges.len();
+    let kept_edges = if keep { edges.clone() } else { Vec::new() };
     let joined = join_all(
         hop,
         edges,
@@ -154,6 +173,58 @@ fn join_logs(
             "malformed": malformed,
             "requests": by_kind,
         }),
+    );
+    Ok((kept_edges, if keep { joined } else { Vec::new() }))
+}
+
+/// Ships the replay's records to the configured store and waits until it has them.
+fn ship(
+    printer: &mut Printer,
+    config: &Config,
+    hop: &[HopRecord],
+    edges: &[EdgeRecord],
+    joined: &[JoinedRequest],
+) -> anyhow::Result<()> {
+    let mut cfg = config.store.clone();
+    // Its own spool: a live sidecar may hold the main one.
+    let mut name = cfg.spool_dir.file_name().unwrap_or_default().to_os_string();
+    name.push("-replay");
+    cfg.spool_dir = cfg.spool_dir.with_file_name(name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let metrics = Metrics::new();
+    let totals = runtime.block_on(async {
+        let mut store = Store::start(&cfg).await?;
+        for r in hop {
+            store.hop(r);
+        }
+        for e in edges {
+            store.edge(e);
+        }
+        for j in joined {
+            store.request(j);
+        }
+        store.flush(&metrics);
+        let totals = store.shutdown(std::time::Duration::from_secs(600)).await;
+        anyhow::Ok(totals)
+    })?;
+    printer.status(
+        "store_summary",
+        &format!(
+            "ClickHouse: {} row(s) spooled, {} sent, {} rejected, {} dropped; {} left in the spool",
+            totals.spooled, totals.sent, totals.rejected, totals.dropped, totals.backlog_rows
+        ),
+        &totals,
+    );
+    anyhow::ensure!(
+        totals.backlog_rows == 0 && totals.rejected == 0 && totals.dropped == 0,
+        "not every record reached ClickHouse ({} waiting in {}, {} rejected, {} dropped)",
+        totals.backlog_rows,
+        cfg.spool_dir.display(),
+        totals.rejected,
+        totals.dropped
     );
     Ok(())
 }

@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub mod hop;
+pub mod store;
 
 /// Longest a test waits for one expected line before failing.
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -123,7 +123,12 @@ impl Store {
         if recovered > 0 {
             tracing::info!(rows = recovered, "recovered rows a previous run had spooled");
         }
-        let (embedded, url) = if cfg.url.is_empty() {
+        let (embedded, url) = if cfg.url.is_empty() && embedded::ping(cfg.embedded.http_port) {
+            // Another edgewatch (the live sidecar, when this is a replay) runs it already.
+            let url = format!("http://127.0.0.1:{}", cfg.embedded.http_port);
+            tracing::info!(%url, "using the embedded ClickHouse that is already running");
+            (None, url)
+        } else if cfg.url.is_empty() {
             let server = tokio::task::spawn_blocking({
                 let cfg = cfg.clone();
                 move || start_embedded(&cfg)
@@ -224,6 +229,15 @@ impl Store {
     pub fn request(&mut self, r: &JoinedRequest) {
         let row = RequestRow::new(&self.node, r);
         self.push(AnyRow::Request(row));
+    }
+
+    /// Writes buffered rows to disk now (before an alert is shown, so nothing the operator
+    /// saw can be lost to a crash).
+    pub fn write_now(&mut self) {
+        if let Err(e) = self.spool.flush() {
+            self.write_errors += 1;
+            tracing::error!(error = %e, "cannot write the spool");
+        }
     }
 
     /// Writes this turn's rows to disk and seals old batches; updates the metrics.

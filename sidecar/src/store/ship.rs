@@ -410,6 +410,7 @@ impl Sender {
         // Connect, migrate, check: retried while unreachable, reported once when incompatible
         // (and retried slowly, in case the operator fixes it).
         let mut reported_down = false;
+        let mut attempts = 0u32;
         loop {
             match prepare(&self.client, &self.opts, &self.node).await {
                 Ok(version) => {
@@ -436,7 +437,9 @@ impl Sender {
                     }
                 }
             }
-            if *done.borrow() && self.shared.backlog().0 == 0 {
+            attempts += 1;
+            // Stopping: give up after a few tries; the spool keeps the rows for next time.
+            if *done.borrow() && (self.shared.backlog().0 == 0 || attempts > 3) {
                 return;
             }
             tokio::select! {

@@ -1,0 +1,674 @@
+//! The ClickHouse store against a real ClickHouse 26.7 (the embedded build edgewatch runs by
+//! default) and, for the version check, Debian's real clickhouse-server 18.16. Every test
+//! uses its own database; the outage test its own server.
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use edgewatch::store::{
+    rows::{AnyRow, ConnRow},
+    schema::SchemaOptions,
+    ship::{self, Endpoint},
+};
+use serde_json::Value;
+use support::{
+    json_lines,
+    store::{store_config, ClickHouse},
+    Sidecar, SocketHolder,
+};
+
+fn server() -> &'static ClickHouse {
+    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
+    SERVER.get_or_init(ClickHouse::start)
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/../tests/fixtures/hop/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `edgewatch replay ... --store` with this config; returns (exit code, stdout JSON, stderr).
+fn replay_store(config: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, config.as_bytes()).unwrap();
+    let out = Command::new(support::edgewatch_bin())
+        .arg("replay")
+        .args(args)
+        .args(["--store", "--output", "json", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        json_lines(&String::from_utf8_lossy(&out.stdout)),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn count_types(lines: &[Value]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l["type"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+    }
+    m
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn client(url: &str, db: &str) -> clickhouse::Client {
+    Endpoint {
+        url: url.to_owned(),
+        user: "default".into(),
+        password: None,
+        ca_file: None,
+        timeout: Duration::from_secs(10),
+    }
+    .client(db)
+    .unwrap()
+}
+
+/// Now, in Unix nanoseconds (rows older than the TTL are dropped on insert).
+fn now_ns() -> i64 {
+    i64::try_from(edgewatch::output::unix_ns(std::time::SystemTime::now())).unwrap()
+}
+
+fn opts(db: &str) -> SchemaOptions {
+    SchemaOptions {
+        database: db.to_owned(),
+        ttl_days: 30,
+        cluster: None,
+    }
+}
+
+#[test]
+fn hop_edge_and_joined_records_round_trip() {
+    let ch = server();
+    let db = "t_roundtrip";
+    let spool = tempfile::tempdir().unwrap();
+    let config = format!("{}ttl_days = 0\n", store_config(&ch.url(), db, spool.path()));
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first_http: Option<Value> = None;
+    // Every incident of the hop fixtures, each replayed into the same database.
+    for (name, port) in [
+        ("healthy.37883.pcap", "37883"),
+        ("half_path.39327.pcap", "39327"),
+        ("idle_timeout.35057.pcap", "35057"),
+        ("refused.43527.pcap", "43527"),
+        ("reset.46005.pcap", "46005"),
+        ("die.38453.pcap", "38453"),
+    ] {
+        let (code, lines, err) = replay_store(&config, &[&fixture(name), "--port", port]);
+        assert_eq!(code, 0, "{name}: {err}");
+        for (k, v) in count_types(&lines) {
+            *expected.entry(k).or_default() += v;
+        }
+        let summary = lines
+            .iter()
+            .find(|l| l["type"] == "store_summary")
+            .unwrap_or_else(|| panic!("no store_summary for {name}: {err}"));
+        assert_eq!(summary["backlog_rows"], 0, "{summary}");
+        assert_eq!(summary["rejected"], 0, "{summary}");
+        if first_http.is_none() {
+            first_http = lines.iter().find(|l| l["type"] == "http").cloned();
+        }
+    }
+    // The keep-alive capture with an access log whose lines carry its request ids.
+    let (_, plain, _) = replay_store(
+        &store_config(&ch.url(), "t_roundtrip_probe", spool.path()),
+        &[&fixture("keepalive.44379.pcap"), "--port", "44379"],
+    );
+    let http: Vec<&Value> = plain.iter().filter(|l| l["type"] == "http").collect();
+    assert_eq!(http.len(), 3);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut text = String::new();
+    for h in &http {
+        let ts = h["request_ts_ns"].as_u64().unwrap() + h["total_ns"].as_u64().unwrap();
+        text.push_str(&format!(
+            "{{\"msec\":\"{}.{:09}\",\"request_id\":\"{}\",\"remote_addr\":\"203.0.113.7\",\"host\":\"gw.example\",\"request_method\":\"GET\",\"request_uri\":\"/health\",\"status\":\"200\",\"request_time\":\"0.001\",\"upstream_addr\":\"127.0.0.1:44379\",\"upstream_connect_time\":\"0.000\",\"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\"body_bytes_sent\":\"40\"}}\n",
+            ts / 1_000_000_000,
+            ts % 1_000_000_000,
+            h["request_id"].as_str().unwrap()
+        ));
+    }
+    text.push_str("this line is garbage\n");
+    std::fs::write(log.path(), text).unwrap();
+    let (code, lines, err) = replay_store(
+        &config,
+        &[
+            &fixture("keepalive.44379.pcap"),
+            "--port",
+            "44379",
+            "--access-log",
+            log.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    for (k, v) in count_types(&lines) {
+        *expected.entry(k).or_default() += v;
+    }
+    let requests: Vec<&Value> = lines.iter().filter(|l| l["type"] == "request").collect();
+    assert_eq!(requests.len(), 3);
+    assert!(requests.iter().all(|r| r["matched"] == "exact"));
+
+    let n = |table: &str| ch.count(&format!("SELECT count() FROM {db}.{table}"));
+    let want = |k: &str| expected.get(k).copied().unwrap_or(0);
+    assert!(want("http") > 0 && want("websocket") > 0 && want("conn") > 0, "{expected:?}");
+    assert_eq!(n("http_exchanges"), want("http"), "{expected:?}");
+    assert_eq!(n("ws_sessions"), want("websocket"), "{expected:?}");
+    assert_eq!(n("conn_events"), want("conn") + want("loss"), "{expected:?}");
+    assert_eq!(n("edge_logs"), 3, "the garbage line is not a record");
+    assert_eq!(n("requests"), 3);
+    assert_eq!(
+        ch.count(&format!("SELECT count() FROM {db}.requests WHERE matched = 'exact' AND edge_status = 200 AND wire_status = 200 AND client = '203.0.113.7'")),
+        3
+    );
+
+    // Field by field, one exchange.
+    let h = first_http.expect("an http record");
+    let rid = h["request_id"].as_str().unwrap();
+    let row = ch.query(&format!(
+        "SELECT method, path, status, ttfb_ns, request_id, server_port, toUnixTimestamp64Nano(ts) FROM {db}.http_exchanges WHERE request_id = '{rid}' FORMAT JSONEachRow"
+    ));
+    let row: Value = serde_json::from_str(row.trim()).unwrap();
+    assert_eq!(row["method"], h["method"]);
+    assert_eq!(row["path"], h["path"]);
+    assert_eq!(row["status"], h["status"]);
+    let num = |v: &Value| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+    assert_eq!(num(&row["ttfb_ns"]), h["ttfb_ns"].as_u64(), "{row}");
+    assert_eq!(row["server_port"], h["conn"]["server"].as_str().unwrap().rsplit(':').next().unwrap().parse::<u64>().unwrap());
+    assert_eq!(num(&row["toUnixTimestamp64Nano(ts)"]), h["request_ts_ns"].as_u64(), "{row}");
+    // A WebSocket session's close frames survive as arrays.
+    let ws = ch.query(&format!(
+        "SELECT end_kind, end_from, close_code, close_from FROM {db}.ws_sessions WHERE end_kind = 'close_handshake' FORMAT TSV"
+    ));
+    assert!(ws.contains("close_handshake\tclient\t[1000"), "{ws}");
+
+    // The request id lookup saw the joined request in three tables.
+    let joined_rid = requests[0]["request_id"].as_str().unwrap();
+    let sources = ch.query(&format!(
+        "SELECT groupUniqArray(source) FROM {db}.request_index WHERE request_id = '{joined_rid}' FORMAT TSV"
+    ));
+    for s in ["http_exchanges", "edge_logs", "requests"] {
+        assert!(sources.contains(s), "{sources}");
+    }
+}
+
+/// One listener opened and closed on loopback; returns once the sidecar printed both changes.
+fn bounce_listener(sidecar: &mut Sidecar, port: u16) {
+    let holder = SocketHolder::tcp("127.0.0.1", port);
+    sidecar.lines.wait_for("the listener's change", |v| {
+        v["type"] == "change" && v["change"] == "added" && v["exposure"]["port"] == port
+    });
+    holder.close();
+    sidecar.lines.wait_for("the listener's close", |v| {
+        v["type"] == "change" && v["change"] == "removed" && v["exposure"]["port"] == port
+    });
+}
+
+/// The (key, change) of every change line printed.
+fn printed_changes(lines: &[Value]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .filter(|v| v["type"] == "change")
+        .map(|v| {
+            let e = &v["exposure"];
+            let key = format!("{}:{}", e["addr"].as_str().unwrap_or(""), e["port"]);
+            (key, v["change"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn stored_changes(ch: &ClickHouse, db: &str) -> Vec<(String, String)> {
+    ch.query(&format!(
+        "SELECT address, port, change FROM {db}.exposure_changes WHERE kind = 'listener' FORMAT TSV"
+    ))
+    .lines()
+    .map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (format!("{}:{}", f[0], f[1]), f[2].to_owned())
+    })
+    .collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn run_config(ch_url: &str, db: &str, spool: &Path) -> String {
+    format!(
+        "[hop]\nenabled = false\n[nat]\nenabled = false\n[exposure]\nrescan_interval = \"1h\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{}snapshot_interval = \"1h\"\n",
+        store_config(ch_url, db, spool)
+    )
+}
+
+#[test]
+fn live_exposure_changes_and_alerts_reach_clickhouse() {
+    let ch = server();
+    let db = "t_live";
+    let spool = tempfile::tempdir().unwrap();
+    let watched = support::free_port();
+    let config = run_config(&ch.url(), db, spool.path()).replace(
+        "[exposure]\n",
+        &format!("[exposure]\nwatched_ports = [{watched}]\n"),
+    );
+    let mut sidecar = Sidecar::start(&config);
+    sidecar
+        .lines
+        .wait_for("the store ready line", |v| v["type"] == "store" && v["event"] == "ready");
+    let holder = SocketHolder::tcp("0.0.0.0", watched);
+    sidecar.lines.wait_for("the drift alert", |v| {
+        v["type"] == "alert" && v["state"] == "firing" && v["evidence"]["port"] == watched
+    });
+    holder.close();
+    let resolved = sidecar.lines.wait_for("the resolution", |v| {
+        v["type"] == "alert" && v["state"] == "resolved" && v["evidence"]["port"] == watched
+    });
+    sidecar.signal("TERM");
+    let summary = sidecar
+        .lines
+        .wait_for("the store summary", |v| v["type"] == "store_summary");
+    assert_eq!(summary["backlog_rows"], 0, "{summary}");
+    let key = resolved["dedup_key"].as_str().unwrap();
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT groupArray(state) FROM (SELECT state FROM {db}.alerts WHERE dedup_key = '{key}' ORDER BY ts) FORMAT TSV"
+        ))
+        .trim(),
+        "['firing','resolved']"
+    );
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT groupArray(change) FROM (SELECT change FROM {db}.exposure_changes WHERE port = {watched} ORDER BY ts) FORMAT TSV"
+        ))
+        .trim(),
+        "['added','removed']"
+    );
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM {db}.exposure_changes WHERE port = {watched} AND verdict = 'drift' AND rule = 'exposure.watched_port_exposed' AND scope = 'wildcard'"
+        )),
+        2,
+        "{}",
+        ch.query(&format!("SELECT change, verdict, rule, severity, scope, watched FROM {db}.exposure_changes WHERE port = {watched}"))
+    );
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM {db}.exposure_changes WHERE port = {watched} AND change = 'added' AND comm = 'python3' AND pid > 0"
+        )),
+        1,
+        "the added listener names its process"
+    );
+    let inventory = sidecar.ready["exposures"].as_u64().unwrap();
+    assert_eq!(
+        ch.count(&format!("SELECT count() FROM {db}.exposures WHERE change = 'snapshot'")),
+        inventory,
+        "the inventory snapshot at start"
+    );
+}
+
+#[test]
+fn an_outage_delays_rows_but_delivers_each_exactly_once() {
+    // Its own server: this test stops it.
+    let mut ch = ClickHouse::start();
+    let db = "t_outage";
+    let spool = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::start(&run_config(&ch.url(), db, spool.path()));
+    sidecar
+        .lines
+        .wait_for("the store ready line", |v| v["type"] == "store" && v["event"] == "ready");
+    for _ in 0..5 {
+        bounce_listener(&mut sidecar, support::free_port());
+    }
+    ch.stop();
+    // Changes while ClickHouse is down: the next batch fails and waits in the spool.
+    let mut during = 0;
+    loop {
+        bounce_listener(&mut sidecar, support::free_port());
+        during += 1;
+        if sidecar
+            .lines
+            .seen_json()
+            .iter()
+            .any(|v| v["type"] == "store" && v["event"] == "unavailable")
+        {
+            break;
+        }
+        assert!(during < 200, "the outage was never noticed");
+    }
+    for _ in 0..5 {
+        bounce_listener(&mut sidecar, support::free_port());
+    }
+    ch.restart();
+    sidecar.lines.wait_for("the recovery", |v| {
+        v["type"] == "store" && v["event"] == "recovered"
+    });
+    for _ in 0..5 {
+        bounce_listener(&mut sidecar, support::free_port());
+    }
+    sidecar.signal("TERM");
+    let summary = sidecar
+        .lines
+        .wait_for("the store summary", |v| v["type"] == "store_summary");
+    assert_eq!(summary["backlog_rows"], 0, "{summary}");
+    assert_eq!(summary["dropped"], 0, "{summary}");
+    let printed = sorted(printed_changes(&sidecar.lines.seen_json()));
+    let stored = sorted(stored_changes(&ch, db));
+    assert!(printed.len() >= 2 * (15 + during));
+    assert_eq!(stored, printed, "every change exactly once");
+}
+
+#[test]
+fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
+    let ch = server();
+    let db = "t_kill9";
+    let spool = tempfile::tempdir().unwrap();
+    let config = run_config(&ch.url(), db, spool.path());
+    let mut first = Sidecar::start(&config);
+    for _ in 0..10 {
+        bounce_listener(&mut first, support::free_port());
+    }
+    first.signal("KILL");
+    let mut printed = printed_changes(&first.lines.seen_json());
+    drop(first);
+    let mut second = Sidecar::start(&config);
+    for _ in 0..5 {
+        bounce_listener(&mut second, support::free_port());
+    }
+    second.signal("TERM");
+    let summary = second
+        .lines
+        .wait_for("the store summary", |v| v["type"] == "store_summary");
+    assert_eq!(summary["backlog_rows"], 0, "{summary}");
+    printed.extend(printed_changes(&second.lines.seen_json()));
+    let stored = stored_changes(&ch, db);
+    // Nothing doubled: no row twice (the same change at the same instant).
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM (SELECT ts, exposure_key, change, count() c FROM {db}.exposure_changes GROUP BY ts, exposure_key, change HAVING c > 1)"
+        )),
+        0
+    );
+    // Nothing lost: everything either run printed is stored, once.
+    let mut stored_counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for s in stored {
+        *stored_counts.entry(s).or_default() += 1;
+    }
+    for p in &printed {
+        let n = stored_counts.entry(p.clone()).or_default();
+        *n -= 1;
+        assert!(*n >= 0, "{p:?} printed more often than stored");
+    }
+    assert!(printed.len() >= 30);
+}
+
+#[test]
+fn a_retried_batch_is_stored_once() {
+    let ch = server();
+    let db = "t_dedup";
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&ch.url(), db);
+        ship::prepare(&c, &opts(db), "test").await.unwrap();
+        let rows = |n: u16| -> Vec<AnyRow> {
+            (0..n)
+                .map(|i| {
+                    AnyRow::Conn(ConnRow {
+                        ts: now_ns() + i64::from(i),
+                        node: "test".into(),
+                        kind: "refused".into(),
+                        client_addr: "127.0.0.1".into(),
+                        client_port: 40000 + i,
+                        server_addr: "127.0.0.1".into(),
+                        server_port: 18789,
+                        conn_start: 0,
+                        latency_ns: None,
+                        side: String::new(),
+                        pid: 0,
+                        comm: String::new(),
+                        lost_bytes: 0,
+                        effect: String::new(),
+                    })
+                })
+                .collect()
+        };
+        ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
+        ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
+        assert_eq!(ch.count(&format!("SELECT count() FROM {db}.conn_events")), 100);
+        ship::insert_rows(&c, 2, "tok-b", rows(100)).await.unwrap();
+        assert_eq!(
+            ch.count(&format!("SELECT count() FROM {db}.conn_events")),
+            200,
+            "another token is another batch"
+        );
+    });
+}
+
+#[test]
+fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
+    let ch = server();
+    let db = "t_migrate";
+    let rt = runtime();
+    rt.block_on(async {
+        let a = client(&ch.url(), db);
+        let b = client(&ch.url(), db);
+        let o = opts(db);
+        let (ra, rb) = tokio::join!(ship::prepare(&a, &o, "a"), ship::prepare(&b, &o, "b"));
+        ra.unwrap();
+        rb.unwrap();
+        ship::prepare(&a, &opts(db), "a").await.unwrap();
+    });
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT groupArray(version) FROM (SELECT DISTINCT version FROM {db}.schema_migrations ORDER BY version) FORMAT TSV"
+        ))
+        .trim(),
+        "[1,2]"
+    );
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM system.tables WHERE database = '{db}' AND engine LIKE '%MergeTree'"
+        )),
+        // 8 record tables, the lookup, the migrations.
+        10
+    );
+    // TTL follows the config: 30 days now, 7 after a restart with another setting.
+    rt.block_on(async {
+        let mut o = opts(db);
+        o.ttl_days = 7;
+        ship::prepare(&client(&ch.url(), db), &o, "a").await.unwrap();
+    });
+    let engine = ch.query(&format!(
+        "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'alerts' FORMAT TSV"
+    ));
+    assert!(engine.contains("toIntervalDay(7)"), "{engine}");
+}
+
+#[test]
+fn cluster_ddl_parses_on_the_real_server() {
+    let ch = server();
+    let o = SchemaOptions {
+        database: "edgewatch".into(),
+        ttl_days: 30,
+        cluster: Some("prod".into()),
+    };
+    let mut all = o.migrations_table();
+    all.extend(o.migrations().into_iter().flat_map(|m| m.statements));
+    all.push(o.ttl_statement("alerts"));
+    assert!(all.len() > 20);
+    for sql in &all {
+        let formatted = ch.query(&format!(
+            "SELECT formatQuerySingleLine({}) FORMAT TSV",
+            edgewatch::store::schema::literal(sql)
+        ));
+        assert!(formatted.contains("ON CLUSTER prod"), "{sql}\n=> {formatted}");
+    }
+}
+
+#[test]
+fn a_schema_mismatch_is_a_clear_error_at_start() {
+    let ch = server();
+    let db = "t_mismatch";
+    let spool = tempfile::tempdir().unwrap();
+    let config = store_config(&ch.url(), db, spool.path());
+    let (code, _, err) = replay_store(&config, &[&fixture("refused.43527.pcap"), "--port", "43527"]);
+    assert_eq!(code, 0, "{err}");
+    ch.query(&format!("ALTER TABLE {db}.http_exchanges MODIFY COLUMN idx String"));
+    let (code, _, err) = replay_store(&config, &[&fixture("refused.43527.pcap"), "--port", "43527"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("schema mismatch")
+            && err.contains("http_exchanges.idx: is String, edgewatch writes UInt32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_refused_for_good_is_set_aside_and_reported() {
+    let ch = server();
+    let db = "t_reject";
+    let spool_dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&ch.url(), db);
+        ship::prepare(&c, &opts(db), "test").await.unwrap();
+        let mut spool = edgewatch::store::spool::Spool::open(
+            spool_dir.path(),
+            edgewatch::store::spool::SpoolLimits {
+                batch_rows: 1,
+                batch_bytes: 1 << 20,
+                batch_max_age: Duration::from_secs(3600),
+                max_bytes: 1 << 30,
+                fsync: false,
+            },
+        )
+        .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let sender = ship::Sender {
+            client: c.clone(),
+            opts: opts(db),
+            node: "test".into(),
+            shared: spool.shared(),
+            events: tx,
+            url: ch.url(),
+            stats: Default::default(),
+        };
+        let task = tokio::spawn(sender.run(done_rx));
+        assert!(matches!(rx.recv().await, Some(ship::StoreEvent::Ready { .. })));
+        // The table goes away under the running sender.
+        ch.query(&format!("DROP TABLE {db}.alerts"));
+        let alert = AnyRow::Alert(edgewatch::store::rows::AlertRow {
+            ts: now_ns(),
+            node: "test".into(),
+            state: "firing".into(),
+            rule: "r".into(),
+            severity: "critical".into(),
+            dedup_key: "k".into(),
+            summary: "s".into(),
+            first_move: "m".into(),
+            fired_at: 1,
+            evidence: "{}".into(),
+        });
+        spool.push(&alert).unwrap();
+        let rejected = loop {
+            match rx.recv().await {
+                Some(ev @ ship::StoreEvent::Rejected { .. }) => break ev,
+                Some(_) => continue,
+                None => panic!("sender ended"),
+            }
+        };
+        let ship::StoreEvent::Rejected { table, rows, reason, moved_to } = rejected else {
+            unreachable!()
+        };
+        assert_eq!((table.as_str(), rows), ("alerts", 1));
+        assert!(reason.contains("UNKNOWN_TABLE") || reason.contains("Code: 60"), "{reason}");
+        assert!(Path::new(&moved_to).exists(), "{moved_to}");
+        // The pipeline goes on: the next batch of another table arrives.
+        let (_, conn) = (0, AnyRow::Conn(ConnRow {
+            ts: now_ns(),
+            node: "test".into(),
+            kind: "refused".into(),
+            client_addr: "127.0.0.1".into(),
+            client_port: 1,
+            server_addr: "127.0.0.1".into(),
+            server_port: 2,
+            conn_start: 0,
+            latency_ns: None,
+            side: String::new(),
+            pid: 0,
+            comm: String::new(),
+            lost_bytes: 0,
+            effect: String::new(),
+        }));
+        spool.push(&conn).unwrap();
+        loop {
+            match rx.recv().await {
+                Some(ship::StoreEvent::Sent { table, rows }) if table == "conn_events" => {
+                    assert_eq!(rows, 1);
+                    break;
+                }
+                Some(_) => continue,
+                None => panic!("sender ended"),
+            }
+        }
+        done_tx.send(true).unwrap();
+        task.await.unwrap();
+    });
+    assert_eq!(ch.count(&format!("SELECT count() FROM {db}.conn_events")), 1);
+}
+
+#[test]
+fn an_old_server_is_refused_with_a_clear_error() {
+    // Debian's clickhouse-server 18.16 (installed by `cargo xtask test`).
+    let bin = Path::new("/usr/sbin/clickhouse-server");
+    assert!(bin.exists(), "clickhouse-server 18.16 is not installed: run `cargo xtask test`");
+    let dir = tempfile::tempdir().unwrap();
+    let http = support::free_port();
+    let tcp = support::free_port();
+    let d = dir.path().display();
+    std::fs::write(
+        dir.path().join("config.xml"),
+        format!(
+            "<yandex><logger><level>warning</level><console>1</console></logger>\
+             <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port>\
+             <listen_host>127.0.0.1</listen_host><path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path>\
+             <users_config>/etc/clickhouse-server/users.xml</users_config>\
+             <default_profile>default</default_profile><default_database>default</default_database>\
+             <mark_cache_size>536870912</mark_cache_size></yandex>"
+        ),
+    )
+    .unwrap();
+    let mut old = Command::new(bin)
+        .arg(format!("--config-file={d}/config.xml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !edgewatch::store::embedded::ping(http) {
+        assert!(std::time::Instant::now() < deadline, "clickhouse-server 18.16 did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let (code, _, err) = replay_store(
+        &store_config(&format!("http://127.0.0.1:{http}"), "t_old", spool.path()),
+        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+    );
+    let _ = old.kill();
+    let _ = old.wait();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("ClickHouse 18.16") && err.contains("too old"), "{err}");
+}
