@@ -1,15 +1,13 @@
 //! The ClickHouse store against a real ClickHouse 26.7 (the embedded build edgewatch runs by
 //! default) and, for the version check, Debian's real clickhouse-server 18.16. Every test
 //! uses its own database; the outage test its own server.
+#![allow(
+    clippy::unwrap_used,
+    reason = "integration tests: a panic is the failure"
+)]
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::Command,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock, time::Duration};
 
 use edgewatch::store::{
     rows::{AnyRow, ConnRow},
@@ -29,7 +27,10 @@ fn server() -> &'static ClickHouse {
 }
 
 fn fixture(name: &str) -> String {
-    format!("{}/../tests/fixtures/hop/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../tests/fixtures/hop/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 /// `edgewatch replay ... --store` with this config; returns (exit code, stdout JSON, stderr).
@@ -53,7 +54,8 @@ fn replay_store(config: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
 fn count_types(lines: &[Value]) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for l in lines {
-        *m.entry(l["type"].as_str().unwrap_or("").to_owned()).or_default() += 1;
+        *m.entry(l["type"].as_str().unwrap_or("").to_owned())
+            .or_default() += 1;
     }
     m
 }
@@ -96,7 +98,10 @@ fn hop_edge_and_joined_records_round_trip() {
     let ch = server();
     let db = "t_roundtrip";
     let spool = tempfile::tempdir().unwrap();
-    let config = format!("{}ttl_days = 0\n", store_config(&ch.url(), db, spool.path()));
+    let config = format!(
+        "{}ttl_days = 0\n",
+        store_config(&ch.url(), db, spool.path())
+    );
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_http: Option<Value> = None;
     // Every incident of the hop fixtures, each replayed into the same database.
@@ -163,10 +168,17 @@ fn hop_edge_and_joined_records_round_trip() {
 
     let n = |table: &str| ch.count(&format!("SELECT count() FROM {db}.{table}"));
     let want = |k: &str| expected.get(k).copied().unwrap_or(0);
-    assert!(want("http") > 0 && want("websocket") > 0 && want("conn") > 0, "{expected:?}");
+    assert!(
+        want("http") > 0 && want("websocket") > 0 && want("conn") > 0,
+        "{expected:?}"
+    );
     assert_eq!(n("http_exchanges"), want("http"), "{expected:?}");
     assert_eq!(n("ws_sessions"), want("websocket"), "{expected:?}");
-    assert_eq!(n("conn_events"), want("conn") + want("loss"), "{expected:?}");
+    assert_eq!(
+        n("conn_events"),
+        want("conn") + want("loss"),
+        "{expected:?}"
+    );
     assert_eq!(n("edge_logs"), 3, "the garbage line is not a record");
     assert_eq!(n("requests"), 3);
     assert_eq!(
@@ -184,10 +196,27 @@ fn hop_edge_and_joined_records_round_trip() {
     assert_eq!(row["method"], h["method"]);
     assert_eq!(row["path"], h["path"]);
     assert_eq!(row["status"], h["status"]);
-    let num = |v: &Value| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()));
+    let num = |v: &Value| {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    };
     assert_eq!(num(&row["ttfb_ns"]), h["ttfb_ns"].as_u64(), "{row}");
-    assert_eq!(row["server_port"], h["conn"]["server"].as_str().unwrap().rsplit(':').next().unwrap().parse::<u64>().unwrap());
-    assert_eq!(num(&row["toUnixTimestamp64Nano(ts)"]), h["request_ts_ns"].as_u64(), "{row}");
+    assert_eq!(
+        row["server_port"],
+        h["conn"]["server"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    );
+    assert_eq!(
+        num(&row["toUnixTimestamp64Nano(ts)"]),
+        h["request_ts_ns"].as_u64(),
+        "{row}"
+    );
     // A WebSocket session's close frames survive as arrays.
     let ws = ch.query(&format!(
         "SELECT end_kind, end_from, close_code, close_from FROM {db}.ws_sessions WHERE end_kind = 'close_handshake' FORMAT TSV"
@@ -265,9 +294,9 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
         &format!("[exposure]\nwatched_ports = [{watched}]\n"),
     );
     let mut sidecar = Sidecar::start(&config);
-    sidecar
-        .lines
-        .wait_for("the store ready line", |v| v["type"] == "store" && v["event"] == "ready");
+    sidecar.lines.wait_for("the store ready line", |v| {
+        v["type"] == "store" && v["event"] == "ready"
+    });
     let holder = SocketHolder::tcp("0.0.0.0", watched);
     sidecar.lines.wait_for("the drift alert", |v| {
         v["type"] == "alert" && v["state"] == "firing" && v["evidence"]["port"] == watched
@@ -313,7 +342,9 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     );
     let inventory = sidecar.ready["exposures"].as_u64().unwrap();
     assert_eq!(
-        ch.count(&format!("SELECT count() FROM {db}.exposures WHERE change = 'snapshot'")),
+        ch.count(&format!(
+            "SELECT count() FROM {db}.exposures WHERE change = 'snapshot'"
+        )),
         inventory,
         "the inventory snapshot at start"
     );
@@ -326,9 +357,9 @@ fn an_outage_delays_rows_but_delivers_each_exactly_once() {
     let db = "t_outage";
     let spool = tempfile::tempdir().unwrap();
     let mut sidecar = Sidecar::start(&run_config(&ch.url(), db, spool.path()));
-    sidecar
-        .lines
-        .wait_for("the store ready line", |v| v["type"] == "store" && v["event"] == "ready");
+    sidecar.lines.wait_for("the store ready line", |v| {
+        v["type"] == "store" && v["event"] == "ready"
+    });
     for _ in 0..5 {
         bounce_listener(&mut sidecar, support::free_port());
     }
@@ -393,7 +424,7 @@ fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
         .wait_for("the store summary", |v| v["type"] == "store_summary");
     assert_eq!(summary["backlog_rows"], 0, "{summary}");
     printed.extend(printed_changes(&second.lines.seen_json()));
-    let stored = stored_changes(&ch, db);
+    let stored = stored_changes(ch, db);
     // Nothing doubled: no row twice (the same change at the same instant).
     assert_eq!(
         ch.count(&format!(
@@ -446,7 +477,10 @@ fn a_retried_batch_is_stored_once() {
         };
         ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
         ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
-        assert_eq!(ch.count(&format!("SELECT count() FROM {db}.conn_events")), 100);
+        assert_eq!(
+            ch.count(&format!("SELECT count() FROM {db}.conn_events")),
+            100
+        );
         ship::insert_rows(&c, 2, "tok-b", rows(100)).await.unwrap();
         assert_eq!(
             ch.count(&format!("SELECT count() FROM {db}.conn_events")),
@@ -488,7 +522,9 @@ fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
     rt.block_on(async {
         let mut o = opts(db);
         o.ttl_days = 7;
-        ship::prepare(&client(&ch.url(), db), &o, "a").await.unwrap();
+        ship::prepare(&client(&ch.url(), db), &o, "a")
+            .await
+            .unwrap();
     });
     let engine = ch.query(&format!(
         "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'alerts' FORMAT TSV"
@@ -513,7 +549,10 @@ fn cluster_ddl_parses_on_the_real_server() {
             "SELECT formatQuerySingleLine({}) FORMAT TSV",
             edgewatch::store::schema::literal(sql)
         ));
-        assert!(formatted.contains("ON CLUSTER prod"), "{sql}\n=> {formatted}");
+        assert!(
+            formatted.contains("ON CLUSTER prod"),
+            "{sql}\n=> {formatted}"
+        );
     }
 }
 
@@ -523,10 +562,18 @@ fn a_schema_mismatch_is_a_clear_error_at_start() {
     let db = "t_mismatch";
     let spool = tempfile::tempdir().unwrap();
     let config = store_config(&ch.url(), db, spool.path());
-    let (code, _, err) = replay_store(&config, &[&fixture("refused.43527.pcap"), "--port", "43527"]);
+    let (code, _, err) = replay_store(
+        &config,
+        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+    );
     assert_eq!(code, 0, "{err}");
-    ch.query(&format!("ALTER TABLE {db}.http_exchanges MODIFY COLUMN idx String"));
-    let (code, _, err) = replay_store(&config, &[&fixture("refused.43527.pcap"), "--port", "43527"]);
+    ch.query(&format!(
+        "ALTER TABLE {db}.http_exchanges MODIFY COLUMN idx String"
+    ));
+    let (code, _, err) = replay_store(
+        &config,
+        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("schema mismatch")
@@ -567,7 +614,10 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
             stats: Default::default(),
         };
         let task = tokio::spawn(sender.run(done_rx));
-        assert!(matches!(rx.recv().await, Some(ship::StoreEvent::Ready { .. })));
+        assert!(matches!(
+            rx.recv().await,
+            Some(ship::StoreEvent::Ready { .. })
+        ));
         // The table goes away under the running sender.
         ch.query(&format!("DROP TABLE {db}.alerts"));
         let alert = AnyRow::Alert(edgewatch::store::rows::AlertRow {
@@ -590,29 +640,41 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
                 None => panic!("sender ended"),
             }
         };
-        let ship::StoreEvent::Rejected { table, rows, reason, moved_to } = rejected else {
+        let ship::StoreEvent::Rejected {
+            table,
+            rows,
+            reason,
+            moved_to,
+        } = rejected
+        else {
             unreachable!()
         };
         assert_eq!((table.as_str(), rows), ("alerts", 1));
-        assert!(reason.contains("UNKNOWN_TABLE") || reason.contains("Code: 60"), "{reason}");
+        assert!(
+            reason.contains("UNKNOWN_TABLE") || reason.contains("Code: 60"),
+            "{reason}"
+        );
         assert!(Path::new(&moved_to).exists(), "{moved_to}");
         // The pipeline goes on: the next batch of another table arrives.
-        let (_, conn) = (0, AnyRow::Conn(ConnRow {
-            ts: now_ns(),
-            node: "test".into(),
-            kind: "refused".into(),
-            client_addr: "127.0.0.1".into(),
-            client_port: 1,
-            server_addr: "127.0.0.1".into(),
-            server_port: 2,
-            conn_start: 0,
-            latency_ns: None,
-            side: String::new(),
-            pid: 0,
-            comm: String::new(),
-            lost_bytes: 0,
-            effect: String::new(),
-        }));
+        let (_, conn) = (
+            0,
+            AnyRow::Conn(ConnRow {
+                ts: now_ns(),
+                node: "test".into(),
+                kind: "refused".into(),
+                client_addr: "127.0.0.1".into(),
+                client_port: 1,
+                server_addr: "127.0.0.1".into(),
+                server_port: 2,
+                conn_start: 0,
+                latency_ns: None,
+                side: String::new(),
+                pid: 0,
+                comm: String::new(),
+                lost_bytes: 0,
+                effect: String::new(),
+            }),
+        );
         spool.push(&conn).unwrap();
         loop {
             match rx.recv().await {
@@ -627,14 +689,20 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
         done_tx.send(true).unwrap();
         task.await.unwrap();
     });
-    assert_eq!(ch.count(&format!("SELECT count() FROM {db}.conn_events")), 1);
+    assert_eq!(
+        ch.count(&format!("SELECT count() FROM {db}.conn_events")),
+        1
+    );
 }
 
 #[test]
 fn an_old_server_is_refused_with_a_clear_error() {
     // Debian's clickhouse-server 18.16 (installed by `cargo xtask test`).
     let bin = Path::new("/usr/sbin/clickhouse-server");
-    assert!(bin.exists(), "clickhouse-server 18.16 is not installed: run `cargo xtask test`");
+    assert!(
+        bin.exists(),
+        "clickhouse-server 18.16 is not installed: run `cargo xtask test`"
+    );
     let dir = tempfile::tempdir().unwrap();
     let http = support::free_port();
     let tcp = support::free_port();
@@ -659,7 +727,10 @@ fn an_old_server_is_refused_with_a_clear_error() {
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !edgewatch::store::embedded::ping(http) {
-        assert!(std::time::Instant::now() < deadline, "clickhouse-server 18.16 did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clickhouse-server 18.16 did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let spool = tempfile::tempdir().unwrap();
@@ -670,5 +741,191 @@ fn an_old_server_is_refused_with_a_clear_error() {
     let _ = old.kill();
     let _ = old.wait();
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("ClickHouse 18.16") && err.contains("too old"), "{err}");
+    assert!(
+        err.contains("ClickHouse 18.16") && err.contains("too old"),
+        "{err}"
+    );
+}
+
+/// A TLS-terminating nginx in front of the test server, with a certificate from a private CA.
+struct TlsProxy {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsProxy {
+    fn start(backend_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display().to_string();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=edgewatch test CA",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "srv.key",
+                    "-out",
+                    "srv.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        let port = support::free_port();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n access_log off;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               server {{\n listen 127.0.0.1:{port} ssl;\n\
+                 ssl_certificate {d}/srv.pem;\n ssl_certificate_key {d}/srv.key;\n\
+                 client_max_body_size 0;\n\
+                 location / {{ proxy_pass http://127.0.0.1:{backend_port}; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_request_buffering off; }}\n\
+               }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (cargo xtask setup installs nginx-light)");
+        let deadline = std::time::Instant::now() + support::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not start; see {d}/error.log"
+            );
+            std::thread::yield_now();
+        }
+        Self { child, port, dir }
+    }
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn https_with_a_private_ca_from_the_config() {
+    let ch = server();
+    let proxy = TlsProxy::start(ch.http_port);
+    let db = "t_tls";
+    let url = format!("https://127.0.0.1:{}", proxy.port);
+    let endpoint = |ca: Option<std::path::PathBuf>| Endpoint {
+        url: url.clone(),
+        user: "default".into(),
+        password: None,
+        ca_file: ca,
+        timeout: Duration::from_secs(10),
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        // Without the CA the server is not trusted.
+        let err = ship::prepare(&endpoint(None).client(db).unwrap(), &opts(db), "t")
+            .await
+            .expect_err("an untrusted certificate must fail");
+        assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+        // With store.ca_file it is, and rows go through TLS (LZ4 inside).
+        let c = endpoint(Some(proxy.dir.path().join("ca.pem")))
+            .client(db)
+            .unwrap();
+        ship::prepare(&c, &opts(db), "t").await.unwrap();
+        let row = AnyRow::Conn(ConnRow {
+            ts: now_ns(),
+            node: "tls".into(),
+            kind: "connected".into(),
+            client_addr: "127.0.0.1".into(),
+            client_port: 1,
+            server_addr: "127.0.0.1".into(),
+            server_port: 2,
+            conn_start: 0,
+            latency_ns: Some(5),
+            side: String::new(),
+            pid: 0,
+            comm: String::new(),
+            lost_bytes: 0,
+            effect: String::new(),
+        });
+        ship::insert_rows(&c, 2, "tls-1", vec![row]).await.unwrap();
+    });
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM {db}.conn_events WHERE node = 'tls' AND latency_ns = 5"
+        )),
+        1
+    );
+    // A CA file without a certificate is a clear error.
+    let empty = proxy.dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let err = endpoint(Some(empty))
+        .client(db)
+        .expect_err("no certificate");
+    assert!(
+        err.to_string().contains("holds no PEM certificate"),
+        "{err}"
+    );
 }

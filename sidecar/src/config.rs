@@ -478,7 +478,7 @@ impl Config {
             ));
         }
         let st = &self.store;
-        if !st.url.is_empty() && !(st.url.starts_with("http://") || st.url.starts_with("https://")) {
+        if !(st.url.is_empty() || st.url.starts_with("http://") || st.url.starts_with("https://")) {
             return Err(invalid(
                 "store.url",
                 format!("{:?}", st.url),

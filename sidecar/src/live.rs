@@ -25,12 +25,12 @@ use crate::{
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::{Probes, WsFlows},
     },
-    store::{ship::StoreEvent, Store},
     sources::{
         nat::read_nat_rules,
         snapshot::Attributor,
         tail::{StartAt, Tailer},
     },
+    store::{ship::StoreEvent, Store},
 };
 
 /// CLOCK_BOOTTIME now, in nanoseconds (the clock the probes stamp events with).
@@ -383,7 +383,10 @@ impl Watch {
                 ),
                 StoreEvent::Sent { .. } => String::new(),
             };
-            if matches!(ev, StoreEvent::Rejected { .. } | StoreEvent::Incompatible { .. }) {
+            if matches!(
+                ev,
+                StoreEvent::Rejected { .. } | StoreEvent::Incompatible { .. }
+            ) {
                 tracing::error!("{text}");
             }
             self.printer.status("store", &text, &ev);

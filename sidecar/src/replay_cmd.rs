@@ -85,7 +85,11 @@ pub fn run(
     } else {
         join_logs(
             &mut printer,
-            if to_store { kept.clone() } else { std::mem::take(&mut kept) },
+            if to_store {
+                kept.clone()
+            } else {
+                std::mem::take(&mut kept)
+            },
             access_logs,
             join_window,
             fields,

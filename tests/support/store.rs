@@ -107,7 +107,10 @@ impl ClickHouse {
             .unwrap();
         let status = resp.status();
         let body = resp.body_mut().read_to_string().unwrap();
-        assert!(status.is_success(), "query failed ({status}): {sql}\n{body}");
+        assert!(
+            status.is_success(),
+            "query failed ({status}): {sql}\n{body}"
+        );
         body
     }
 

@@ -65,7 +65,8 @@ enum Task {
     },
     /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark: `cargo bench
     /// --bench hop` (replay vs tshark, live probe cost with wrk), `--bench edge` (log parsing
-    /// and join vs jq) and `bench-exposure`.
+    /// and join vs jq), `--bench store` (records into ClickHouse vs the raw crate insert) and
+    /// `bench-exposure`.
     Bench,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.
@@ -207,6 +208,9 @@ fn test() -> Result<()> {
              namespaces: run `cargo xtask test` as root"
         );
     }
+    // The store tests: Debian's old ClickHouse (the version check) and openssl (a private CA
+    // for the TLS test). The ClickHouse 26.7 build is fetched by the tests on first use.
+    apt_install(&["clickhouse-server", "clickhouse-client", "openssl"])?;
     let total = 5;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -391,6 +395,7 @@ fn main() -> Result<()> {
             apt_install(&["tshark", "wrk", "jq"])?;
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "hop"]))?;
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "edge"]))?;
+            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "store"]))?;
             bench::exposure(50)
         }
     }

@@ -60,18 +60,29 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     if lib.exists() {
         return Ok(lib);
     }
-    tracing::info!(url = TARBALL, "fetching ClickHouse {VERSION} for the embedded store (once, ~178 MB)");
+    tracing::info!(
+        url = TARBALL,
+        "fetching ClickHouse {VERSION} for the embedded store (once, ~178 MB)"
+    );
     let started = Instant::now();
     let tgz = dir.join("package.tgz.part");
     fetch(TARBALL, &tgz)?;
     let tmp_lib = dir.join("libchdb.so.part");
     {
-        let file = std::fs::File::open(&tgz).with_context(|| format!("opening {}", tgz.display()))?;
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+        let file =
+            std::fs::File::open(&tgz).with_context(|| format!("opening {}", tgz.display()))?;
+        let mut archive =
+            tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
         let mut found = false;
-        for entry in archive.entries().context("reading the ClickHouse package")? {
+        for entry in archive
+            .entries()
+            .context("reading the ClickHouse package")?
+        {
             let mut entry = entry.context("reading the ClickHouse package")?;
-            let path = entry.path().context("reading the ClickHouse package")?.into_owned();
+            let path = entry
+                .path()
+                .context("reading the ClickHouse package")?
+                .into_owned();
             if path == Path::new("package/libchdb.so") {
                 let mut out = std::fs::File::create(&tmp_lib)
                     .with_context(|| format!("creating {}", tmp_lib.display()))?;
@@ -112,13 +123,16 @@ fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut body = response.body_mut().with_config().limit(1 << 31).reader();
-    let mut out = std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut out =
+        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
     let mut hasher = sha2::Sha512::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     let mut next_report = 0u64;
     loop {
-        let n = body.read(&mut buf).with_context(|| format!("downloading {url}"))?;
+        let n = body
+            .read(&mut buf)
+            .with_context(|| format!("downloading {url}"))?;
         if n == 0 {
             break;
         }
@@ -137,7 +151,9 @@ fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     out.sync_all().context("writing the ClickHouse package")?;
     if !verify(&hasher.finalize()) {
         let _ = std::fs::remove_file(to);
-        bail!("the downloaded ClickHouse package does not match its registry checksum; not using it");
+        bail!(
+            "the downloaded ClickHouse package does not match its registry checksum; not using it"
+        );
     }
     Ok(())
 }
@@ -164,7 +180,8 @@ impl EmbeddedServer {
         std::fs::create_dir_all(&o.data_dir)
             .with_context(|| format!("creating {}", o.data_dir.display()))?;
         let log = o.data_dir.join("edgewatch-clickhouse.log");
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("embedded-clickhouse")
             .arg("--library")
@@ -252,8 +269,7 @@ pub fn ping(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    if s.write_all(b"GET /ping HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         .is_err()
     {
         return false;
@@ -265,7 +281,12 @@ pub fn ping(port: u16) -> bool {
 
 /// The child's side: loads the library and runs the server until killed. Never returns on
 /// success.
-pub fn run_server(library: &Path, data_dir: &Path, http_port: u16, tcp_port: u16) -> anyhow::Result<()> {
+pub fn run_server(
+    library: &Path,
+    data_dir: &Path,
+    http_port: u16,
+    tcp_port: u16,
+) -> anyhow::Result<()> {
     use std::ffi::{c_char, c_int, c_void, CString};
     type QueryCmdline = unsafe extern "C" fn(c_int, *mut *mut c_char) -> *mut c_void;
     type ResultError = unsafe extern "C" fn(*mut c_void) -> *const c_char;
@@ -289,10 +310,15 @@ pub fn run_server(library: &Path, data_dir: &Path, http_port: u16, tcp_port: u16
     let lib = unsafe { libloading::Library::new(library) }
         .with_context(|| format!("loading {}", library.display()))?;
     // SAFETY: the symbols have these C signatures in chDB's public header.
-    let (query, error): (libloading::Symbol<'_, QueryCmdline>, libloading::Symbol<'_, ResultError>) = unsafe {
+    let (query, error): (
+        libloading::Symbol<'_, QueryCmdline>,
+        libloading::Symbol<'_, ResultError>,
+    ) = unsafe {
         (
-            lib.get(b"chdb_query_cmdline\0").context("chdb_query_cmdline")?,
-            lib.get(b"chdb_result_error\0").context("chdb_result_error")?,
+            lib.get(b"chdb_query_cmdline\0")
+                .context("chdb_query_cmdline")?,
+            lib.get(b"chdb_result_error\0")
+                .context("chdb_result_error")?,
         )
     };
     tracing::info!(http_port, tcp_port, data = %data_dir.display(), "embedded ClickHouse starting");
@@ -322,7 +348,9 @@ pub fn run_server(library: &Path, data_dir: &Path, http_port: u16, tcp_port: u16
     let err = unsafe { error(result) };
     if !err.is_null() {
         // SAFETY: chdb returns a NUL-terminated string that lives with the result.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned();
+        let msg = unsafe { std::ffi::CStr::from_ptr(err) }
+            .to_string_lossy()
+            .into_owned();
         bail!("the embedded ClickHouse stopped: {msg}");
     }
     bail!("the embedded ClickHouse stopped")

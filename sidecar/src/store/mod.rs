@@ -48,7 +48,10 @@ pub fn credentials(cfg: &StoreConfig) -> anyhow::Result<(String, Option<String>)
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading store.password_file {}", path.display()))?;
-            Ok((user, Some(text.lines().next().unwrap_or_default().to_owned())))
+            Ok((
+                user,
+                Some(text.lines().next().unwrap_or_default().to_owned()),
+            ))
         }
         None => Ok((user, None)),
     }
@@ -121,7 +124,10 @@ impl Store {
         .with_context(|| format!("opening the spool {}", cfg.spool_dir.display()))?;
         let recovered = spool.stats().recovered_rows;
         if recovered > 0 {
-            tracing::info!(rows = recovered, "recovered rows a previous run had spooled");
+            tracing::info!(
+                rows = recovered,
+                "recovered rows a previous run had spooled"
+            );
         }
         let (embedded, url) = if cfg.url.is_empty() && embedded::ping(cfg.embedded.http_port) {
             // Another edgewatch (the live sidecar, when this is a replay) runs it already.
@@ -151,13 +157,22 @@ impl Store {
         };
         let client = endpoint.client(&cfg.database)?;
         let opts = schema_options(cfg);
-        match tokio::time::timeout(Duration::from_secs(10), ship::prepare(&client, &opts, &node)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            ship::prepare(&client, &opts, &node),
+        )
+        .await
+        {
             Ok(Ok(version)) => tracing::info!(%version, %url, "ClickHouse ready"),
             Ok(Err(PrepareError::Incompatible(reason))) => {
                 anyhow::bail!("ClickHouse at {url} cannot be used: {reason}")
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, %url, "ClickHouse not reachable yet; records wait in the spool"),
-            Err(_) => tracing::warn!(%url, "ClickHouse did not answer within 10s; records wait in the spool"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %url, "ClickHouse not reachable yet; records wait in the spool")
+            }
+            Err(_) => {
+                tracing::warn!(%url, "ClickHouse did not answer within 10s; records wait in the spool")
+            }
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (done, done_rx) = tokio::sync::watch::channel(false);
@@ -252,10 +267,7 @@ impl Store {
     /// Totals for metrics and reports.
     pub fn totals(&self) -> StoreTotals {
         let sp = self.spool.stats();
-        let se = *self
-            .sender_stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let se = *self.sender_stats.lock().unwrap_or_else(|p| p.into_inner());
         let shared = self.spool.shared();
         let (batches, bytes) = shared.backlog();
         StoreTotals {

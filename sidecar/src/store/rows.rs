@@ -178,7 +178,9 @@ impl ConnRow {
     pub fn from_event(node: &str, e: &ConnEvent) -> Self {
         let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&e.conn);
         let (kind, latency_ns, side_s) = match &e.kind {
-            ConnEventKind::Connected { latency_ns } => ("connected", Some(*latency_ns), String::new()),
+            ConnEventKind::Connected { latency_ns } => {
+                ("connected", Some(*latency_ns), String::new())
+            }
             ConnEventKind::Refused => ("refused", None, String::new()),
             ConnEventKind::Reset { from } => ("reset", None, side(*from)),
         };
@@ -194,7 +196,11 @@ impl ConnRow {
             latency_ns,
             side: side_s,
             pid: e.process.as_ref().map(|p| p.pid).unwrap_or(0),
-            comm: e.process.as_ref().map(|p| p.comm.clone()).unwrap_or_default(),
+            comm: e
+                .process
+                .as_ref()
+                .map(|p| p.comm.clone())
+                .unwrap_or_default(),
             lost_bytes: 0,
             effect: String::new(),
         }
@@ -699,7 +705,10 @@ mod tests {
             lost_sync: false,
         };
         let w = WsRow::new("n", &ws);
-        assert_eq!((w.end_kind.as_str(), w.end_from.as_str()), ("fin_without_close", "client"));
+        assert_eq!(
+            (w.end_kind.as_str(), w.end_from.as_str()),
+            ("fin_without_close", "client")
+        );
         assert_eq!(w.close_code, vec![Some(1000)]);
         check("ws_sessions", &w);
         let edge = EdgeRecord {

@@ -139,7 +139,7 @@ pub const TABLES: &[Table] = &[
             CONN_COLUMNS[4],
             col("idx", "UInt32"),
             col("method", "LowCardinality(String)"),
-            col_c("path", "String", "ZSTD(3)"),
+            col_c("path", "String", "ZSTD(1)"),
             col("host", "LowCardinality(String)"),
             col("origin", "LowCardinality(String)"),
             col("request_id", "String"),
@@ -155,7 +155,7 @@ pub const TABLES: &[Table] = &[
             col("outcome", "LowCardinality(String)"),
         ],
         order_by: "(server_port, ts)",
-        bloom: &["request_id", "x_forwarded_for"],
+        bloom: &["request_id"],
         shard_by: "cityHash64(request_id)",
     },
     Table {
@@ -171,7 +171,7 @@ pub const TABLES: &[Table] = &[
             CONN_COLUMNS[3],
             CONN_COLUMNS[4],
             col("request_id", "String"),
-            col_c("path", "String", "ZSTD(3)"),
+            col_c("path", "String", "ZSTD(1)"),
             col("origin", "LowCardinality(String)"),
             col_c("duration_ns", "UInt64", "T64, ZSTD(1)"),
             col_c("longest_idle_ns", "UInt64", "T64, ZSTD(1)"),
@@ -213,7 +213,7 @@ pub const TABLES: &[Table] = &[
             col("client", "String"),
             col("host", "LowCardinality(String)"),
             col("method", "LowCardinality(String)"),
-            col_c("path", "String", "ZSTD(3)"),
+            col_c("path", "String", "ZSTD(1)"),
             col("status", "UInt16"),
             col_c("request_time_ns", "Nullable(UInt64)", "T64, ZSTD(1)"),
             col("upstream_addr", "LowCardinality(String)"),
@@ -238,7 +238,7 @@ pub const TABLES: &[Table] = &[
             col("client", "String"),
             col("host", "LowCardinality(String)"),
             col("method", "LowCardinality(String)"),
-            col_c("path", "String", "ZSTD(3)"),
+            col_c("path", "String", "ZSTD(1)"),
             col("edge_status", "Nullable(UInt16)"),
             col_c("edge_request_time_ns", "Nullable(UInt64)", "T64, ZSTD(1)"),
             col("upstream_addr", "LowCardinality(String)"),
@@ -565,7 +565,10 @@ mod tests {
                 .find(|s| s.contains(&format!("`ew`.`{}`\n", t.name)))
                 .unwrap_or_else(|| panic!("no DDL for {}", t.name));
             assert!(ddl.contains("PARTITION BY toYYYYMMDD(ts)"), "{ddl}");
-            assert!(ddl.contains("TTL toDateTime(ts) + INTERVAL 14 DAY"), "{ddl}");
+            assert!(
+                ddl.contains("TTL toDateTime(ts) + INTERVAL 14 DAY"),
+                "{ddl}"
+            );
             assert!(ddl.contains("non_replicated_deduplication_window"), "{ddl}");
             assert!(ddl.contains("ENGINE = MergeTree()"), "{ddl}");
         }
@@ -577,10 +580,7 @@ mod tests {
             http.contains("INDEX `idx_request_id` `request_id` TYPE bloom_filter"),
             "{http}"
         );
-        assert!(
-            http.contains("`method` LowCardinality(String)"),
-            "{http}"
-        );
+        assert!(http.contains("`method` LowCardinality(String)"), "{http}");
         assert!(
             all.iter().any(|s| s.contains("MATERIALIZED VIEW IF NOT EXISTS `ew`.`requests_request_index_mv` TO `ew`.`request_index`")),
             "lookup view"
@@ -628,7 +628,9 @@ mod tests {
             "{mv}"
         );
         assert!(o.migrations_table()[1].contains("ReplicatedReplacingMergeTree"));
-        assert!(o.ttl_statement("alerts").contains("`alerts_local` ON CLUSTER `prod`"));
+        assert!(o
+            .ttl_statement("alerts")
+            .contains("`alerts_local` ON CLUSTER `prod`"));
     }
 
     #[test]

@@ -39,20 +39,29 @@ impl Endpoint {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let native = rustls_native_certs::load_native_certs();
         let (added, _) = roots.add_parsable_certificates(native.certs);
-        tracing::debug!(added, errors = native.errors.len(), "loaded the machine's CA certificates");
+        tracing::debug!(
+            added,
+            errors = native.errors.len(),
+            "loaded the machine's CA certificates"
+        );
         if let Some(ca) = &self.ca_file {
             use rustls::pki_types::{pem::PemObject, CertificateDer};
             let mut n = 0;
             for cert in CertificateDer::pem_file_iter(ca)
                 .with_context(|| format!("reading store.ca_file {}", ca.display()))?
             {
-                let cert = cert.with_context(|| format!("parsing store.ca_file {}", ca.display()))?;
+                let cert =
+                    cert.with_context(|| format!("parsing store.ca_file {}", ca.display()))?;
                 roots
                     .add(cert)
                     .with_context(|| format!("adding a CA from {}", ca.display()))?;
                 n += 1;
             }
-            anyhow::ensure!(n > 0, "store.ca_file {} holds no PEM certificate", ca.display());
+            anyhow::ensure!(
+                n > 0,
+                "store.ca_file {} holds no PEM certificate",
+                ca.display()
+            );
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -66,11 +75,10 @@ impl Endpoint {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let hyper = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .pool_idle_timeout(Duration::from_millis(2_500))
-        .build(https);
+        let hyper =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_millis(2_500))
+                .build(https);
         let mut client = Client::with_http_client(hyper)
             .with_url(&self.url)
             .with_user(&self.user)
@@ -87,7 +95,10 @@ impl Endpoint {
 pub fn error_code(e: &clickhouse::error::Error) -> Option<u32> {
     let text = e.to_string();
     let at = text.find("Code: ")? + 6;
-    let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -163,15 +174,10 @@ pub async fn prepare(
         .query("SELECT version()")
         .fetch_bytes("TabSeparated")
         .map_err(PrepareError::Unreachable)?;
-    let bytes = cursor
-        .collect()
-        .await
-        .map_err(PrepareError::Unreachable)?;
+    let bytes = cursor.collect().await.map_err(PrepareError::Unreachable)?;
     let version = String::from_utf8_lossy(&bytes).trim().to_owned();
     let (major, minor) = schema::parse_version(&version).ok_or_else(|| {
-        PrepareError::Incompatible(format!(
-            "cannot read the server version from {version:?}"
-        ))
+        PrepareError::Incompatible(format!("cannot read the server version from {version:?}"))
     })?;
     if (major, minor) < schema::MIN_SERVER {
         return Err(PrepareError::Incompatible(format!(
@@ -197,7 +203,9 @@ pub async fn prepare(
         }
     };
     for sql in opts.migrations_table() {
-        ddl(sql).await.map_err(|e| fail("creating the migrations table", e))?;
+        ddl(sql)
+            .await
+            .map_err(|e| fail("creating the migrations table", e))?;
     }
     let mig_table = format!(
         "{}.{}",
@@ -205,7 +213,9 @@ pub async fn prepare(
         schema::ident(schema::MIGRATIONS_TABLE)
     );
     let applied: Vec<u32> = admin
-        .query(&format!("SELECT DISTINCT version FROM {mig_table} ORDER BY version"))
+        .query(&format!(
+            "SELECT DISTINCT version FROM {mig_table} ORDER BY version"
+        ))
         .fetch_all()
         .await
         .map_err(|e| fail("reading applied migrations", e))?;
@@ -236,7 +246,11 @@ pub async fn prepare(
             .execute()
             .await
             .map_err(|e| fail("recording a migration", e))?;
-        tracing::info!(version = m.version, name = m.name, "applied schema migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied schema migration"
+        );
     }
     // TTL follows the config.
     for table in SchemaOptions::ttl_tables() {
@@ -259,7 +273,11 @@ pub async fn prepare(
             ddl(opts.ttl_statement(table))
                 .await
                 .map_err(|e| fail(&format!("setting the TTL of {storage}"), e))?;
-            tracing::info!(table = storage, days = opts.ttl_days, "changed the table TTL");
+            tracing::info!(
+                table = storage,
+                days = opts.ttl_days,
+                "changed the table TTL"
+            );
         }
     }
     check_columns(&admin, opts).await?;
@@ -450,8 +468,27 @@ impl Sender {
         }
         backoff = Duration::from_millis(200);
         let mut failures = 0u64;
+        let mut inflight = tokio::task::JoinSet::new();
         loop {
-            let Some(batch) = self.shared.next_batch() else {
+            // Two inserts at a time while healthy (ClickHouse parses one insert on one core);
+            // one at a time while failing.
+            let limit = if failures == 0 { PARALLEL_INSERTS } else { 1 };
+            while inflight.len() < limit {
+                let Some(batch) = self.shared.next_batch() else {
+                    break;
+                };
+                let job = SendJob {
+                    client: self.client.clone(),
+                    shared: self.shared.clone(),
+                    events: self.events.clone(),
+                    stats: self.stats.clone(),
+                };
+                inflight.spawn(async move {
+                    let result = job.send(&batch).await;
+                    (batch, result)
+                });
+            }
+            let Some(joined) = inflight.join_next().await else {
                 if *done.borrow() {
                     return;
                 }
@@ -464,7 +501,11 @@ impl Sender {
                 }
                 continue;
             };
-            match self.send(&batch).await {
+            let Ok((batch, result)) = joined else {
+                tracing::error!("a ClickHouse insert task failed; its batch stays in the spool");
+                continue;
+            };
+            match result {
                 Ok(()) => {
                     if failures > 0 {
                         let _ = self.events.send(StoreEvent::Recovered {
@@ -474,26 +515,12 @@ impl Sender {
                     }
                     backoff = Duration::from_millis(200);
                 }
-                Err(e) if is_permanent(&e) => {
-                    self.client.clear_cached_metadata().await;
-                    let moved_to = match self.shared.reject(&batch) {
-                        Ok(p) => p.display().to_string(),
-                        Err(err) => {
-                            tracing::error!(error = %err, "cannot set a rejected batch aside");
-                            let _ = self.shared.done(&batch);
-                            "(deleted: could not be moved)".to_owned()
-                        }
-                    };
-                    bump(&self.stats, |s| s.rejected_rows += batch.rows);
-                    let _ = self.events.send(StoreEvent::Rejected {
-                        table: TABLE_NAMES[batch.table].to_owned(),
-                        rows: batch.rows,
-                        reason: e.to_string(),
-                        moved_to,
-                    });
+                Err(SendError::Unreadable(reason)) => self.set_aside(&batch, reason).await,
+                Err(SendError::Insert(e)) if is_permanent(&e) => {
+                    self.set_aside(&batch, e.to_string()).await
                 }
-                Err(e) => {
-                    self.shared.release();
+                Err(SendError::Insert(e)) => {
+                    self.shared.release(&batch);
                     self.client.clear_cached_metadata().await;
                     if failures == 0 {
                         let _ = self.events.send(StoreEvent::Unavailable {
@@ -502,6 +529,12 @@ impl Sender {
                     }
                     failures += 1;
                     bump(&self.stats, |s| s.failures += 1);
+                    // Let the other insert in flight finish before retrying.
+                    while let Some(Ok((other, r))) = inflight.join_next().await {
+                        if r.is_err() {
+                            self.shared.release(&other);
+                        }
+                    }
                     // A forced stop ends retries; the batch stays in the spool for next time.
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -516,17 +549,56 @@ impl Sender {
         }
     }
 
-    async fn send(&self, batch: &BatchInfo) -> clickhouse::error::Result<()> {
+    async fn set_aside(&self, batch: &BatchInfo, reason: String) {
+        self.client.clear_cached_metadata().await;
+        let moved_to = match self.shared.reject(batch) {
+            Ok(p) => p.display().to_string(),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot set a rejected batch aside");
+                let _ = self.shared.done(batch);
+                "(deleted: could not be moved)".to_owned()
+            }
+        };
+        bump(&self.stats, |s| s.rejected_rows += batch.rows);
+        let _ = self.events.send(StoreEvent::Rejected {
+            table: TABLE_NAMES[batch.table].to_owned(),
+            rows: batch.rows,
+            reason,
+            moved_to,
+        });
+    }
+}
+
+/// How many inserts run at once while ClickHouse is healthy.
+const PARALLEL_INSERTS: usize = 2;
+
+/// Why a batch was not sent.
+#[derive(Debug)]
+enum SendError {
+    /// The spool file cannot be read back (set aside, never retried).
+    Unreadable(String),
+    Insert(clickhouse::error::Error),
+}
+
+/// What one insert task needs.
+struct SendJob {
+    client: Client,
+    shared: Arc<Shared>,
+    events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
+    stats: Arc<std::sync::Mutex<SenderStats>>,
+}
+
+impl SendJob {
+    async fn send(&self, batch: &BatchInfo) -> Result<(), SendError> {
         let path = batch.path.clone();
         let frames = match tokio::task::spawn_blocking(move || read_frames(&path)).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                // The file went bad on disk: set it aside like a refused batch.
-                return Err(clickhouse::error::Error::SchemaMismatch(format!(
+                return Err(SendError::Unreadable(format!(
                     "unreadable spool batch: {e}"
-                )));
+                )))
             }
-            Err(e) => return Err(clickhouse::error::Error::Custom(e.to_string())),
+            Err(e) => return Err(SendError::Unreadable(e.to_string())),
         };
         let rows = frames.rows.len() as u64;
         insert_rows(
@@ -535,7 +607,8 @@ impl Sender {
             &self.shared.token(batch),
             frames.rows,
         )
-        .await?;
+        .await
+        .map_err(SendError::Insert)?;
         if let Err(e) = self.shared.done(batch) {
             tracing::warn!(error = %e, "sent batch could not be deleted (it will be deduplicated if resent)");
         }

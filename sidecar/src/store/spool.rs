@@ -86,7 +86,7 @@ pub struct SpoolStats {
 struct State {
     sealed: BTreeMap<u64, BatchInfo>,
     sealed_bytes: u64,
-    in_flight: Option<u64>,
+    in_flight: std::collections::BTreeSet<u64>,
     stats: SpoolStats,
 }
 
@@ -106,11 +106,16 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The oldest sealed batch, marked in flight (it is not evicted while being sent).
+    /// The oldest sealed batch not being sent, marked in flight (it is not evicted while
+    /// being sent).
     pub fn next_batch(&self) -> Option<BatchInfo> {
         let mut s = self.lock();
-        let b = s.sealed.values().next().cloned()?;
-        s.in_flight = Some(b.seq);
+        let b = s
+            .sealed
+            .values()
+            .find(|b| !s.in_flight.contains(&b.seq))
+            .cloned()?;
+        s.in_flight.insert(b.seq);
         Some(b)
     }
 
@@ -135,8 +140,8 @@ impl Shared {
     }
 
     /// Sending stopped without an outcome (it will be retried).
-    pub fn release(&self) {
-        self.lock().in_flight = None;
+    pub fn release(&self, b: &BatchInfo) {
+        self.lock().in_flight.remove(&b.seq);
     }
 
     fn forget(&self, b: &BatchInfo) {
@@ -144,9 +149,7 @@ impl Shared {
         if s.sealed.remove(&b.seq).is_some() {
             s.sealed_bytes = s.sealed_bytes.saturating_sub(b.bytes);
         }
-        if s.in_flight == Some(b.seq) {
-            s.in_flight = None;
-        }
+        s.in_flight.remove(&b.seq);
     }
 
     /// The deduplication token of a batch: stable across restarts and retries.
@@ -313,7 +316,8 @@ impl Spool {
                             tracing::warn!(error = %e, "unreadable spool batch set aside");
                             let dir = dir.join("rejected");
                             fs::create_dir_all(&dir).map_err(io(&dir))?;
-                            let _ = fs::rename(&path, dir.join(path.file_name().unwrap_or_default()));
+                            let _ =
+                                fs::rename(&path, dir.join(path.file_name().unwrap_or_default()));
                             continue;
                         }
                     };
@@ -340,7 +344,10 @@ impl Spool {
                         }
                     };
                     let (valid, cut, rows) = (frames.valid, frames.cut, frames.rows.len() as u64);
-                    let f = OpenOptions::new().write(true).open(&path).map_err(io(&path))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(io(&path))?;
                     f.set_len(valid).map_err(io(&path))?;
                     f.sync_all().map_err(io(&path))?;
                     let sealed = dir.join(file_name(seq, table, "batch"));
@@ -497,11 +504,10 @@ impl Spool {
     fn enforce_bound(&mut self) {
         let mut s = self.shared.lock();
         while s.sealed_bytes > self.limits.max_bytes {
-            let in_flight = s.in_flight;
             let Some(victim) = s
                 .sealed
                 .values()
-                .find(|b| Some(b.seq) != in_flight)
+                .find(|b| !s.in_flight.contains(&b.seq))
                 .cloned()
             else {
                 break;
@@ -607,8 +613,9 @@ mod tests {
         s.flush().expect("flush");
         let shared = s.shared();
         assert_eq!(shared.backlog().0, 2, "two full batches sealed");
-        let token = shared.token(&shared.next_batch().expect("batch"));
-        shared.release();
+        let b = shared.next_batch().expect("batch");
+        let token = shared.token(&b);
+        shared.release(&b);
         // "Crash": drop without sealing; the 5 rows of the open batch are on disk.
         drop(s);
         let s = Spool::open(dir.path(), limits()).expect("reopen");
@@ -617,7 +624,11 @@ mod tests {
         assert_eq!(shared.backlog_rows(), 25);
         assert_eq!(s.stats().recovered_rows, 5);
         let first = shared.next_batch().expect("batch");
-        assert_eq!(shared.token(&first), token, "tokens are stable across restarts");
+        assert_eq!(
+            shared.token(&first),
+            token,
+            "tokens are stable across restarts"
+        );
         let f = read_frames(&first.path).expect("read");
         assert_eq!(f.rows.len(), 10);
         assert_eq!(f.rows[0], row(0));
@@ -631,8 +642,13 @@ mod tests {
     fn one_writer_per_spool() {
         let dir = tempfile::tempdir().expect("tempdir");
         let _first = Spool::open(dir.path(), limits()).expect("open");
-        let err = Spool::open(dir.path(), limits()).err().expect("second open fails");
-        assert!(err.to_string().contains("in use by another edgewatch"), "{err}");
+        let err = Spool::open(dir.path(), limits())
+            .err()
+            .expect("second open fails");
+        assert!(
+            err.to_string().contains("in use by another edgewatch"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -677,7 +693,11 @@ mod tests {
         let shared = s.shared();
         assert!(shared.backlog().1 <= 2000);
         assert_eq!(st.accepted_rows, 200);
-        assert_eq!(shared.backlog_rows() + st.dropped_rows, 200, "kept + dropped = all");
+        assert_eq!(
+            shared.backlog_rows() + st.dropped_rows,
+            200,
+            "kept + dropped = all"
+        );
         // The oldest went: what is left is the newest.
         let b = shared.next_batch().expect("batch");
         let f = read_frames(&b.path).expect("read");
@@ -698,14 +718,21 @@ mod tests {
         assert!(shared.next_batch().is_none());
         drop(s);
         let s = Spool::open(dir.path(), limits()).expect("reopen");
-        assert!(s.shared().next_batch().is_none(), "rejected batches are not resent");
+        assert!(
+            s.shared().next_batch().is_none(),
+            "rejected batches are not resent"
+        );
     }
 
     #[test]
     fn garbage_in_the_spool_is_not_a_panic() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("0000000000000007-alerts.batch"), b"garbage").expect("write");
-        fs::write(dir.path().join("0000000000000008-alerts.open"), b"EWSPOOL1\xff\xff").expect("write");
+        fs::write(
+            dir.path().join("0000000000000008-alerts.open"),
+            b"EWSPOOL1\xff\xff",
+        )
+        .expect("write");
         let mut s1 = Spool::open(dir.path(), limits()).expect("open");
         let t1 = {
             for i in 0..10 {
@@ -729,6 +756,9 @@ mod tests {
         drop(s2);
         let s = Spool::open(dir.path(), limits()).expect("open");
         assert!(s.shared().next_batch().is_none());
-        assert!(dir.path().join("rejected/0000000000000007-alerts.batch").exists());
+        assert!(dir
+            .path()
+            .join("rejected/0000000000000007-alerts.batch")
+            .exists());
     }
 }

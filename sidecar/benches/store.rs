@@ -1,0 +1,281 @@
+//! `cargo bench --bench store`: records per second from the pipeline into a real ClickHouse
+//! 26.7 on loopback (the embedded build), against the raw insert rate of the `clickhouse`
+//! crate measured in the same run on the same server:
+//! - raw: pre-built rows, `Client::insert` in batches of 50,000 (RowBinary, LZ4);
+//! - end to end: hop records through [`Store`] (row conversion, spool on disk, sender,
+//!   deduplication tokens) until ClickHouse confirmed every one;
+//! - drain: the same records spooled while ClickHouse was unreachable, then sent by a
+//!   restarted store.
+//!
+//! Goal: at least 500,000 records per second end to end.
+#![allow(
+    clippy::unwrap_used,
+    reason = "a benchmark: a failure is a panic with a message"
+)]
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use edgewatch::{
+    config::StoreConfig,
+    hop::{ConnId, ExchangeOutcome, HopRecord, HttpExchange},
+    metrics::Metrics,
+    store::{
+        rows::HttpRow,
+        ship::{self, Endpoint},
+        Store,
+    },
+};
+
+const RECORDS: usize = 2_000_000;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn records(now_ns: u64) -> Vec<HopRecord> {
+    (0..RECORDS)
+        .map(|i| {
+            HopRecord::Http(HttpExchange {
+                conn: ConnId {
+                    client: format!("127.0.0.1:{}", 30000 + i % 30000).parse().unwrap(),
+                    server: "127.0.0.1:18789".parse().unwrap(),
+                    first_seen_ns: now_ns,
+                },
+                index: (i % 7) as u32,
+                request_ts_ns: now_ns + i as u64 * 1000,
+                method: "GET".into(),
+                path: format!("/api/v1/items/{}?page=2", i % 5000),
+                host: Some("gw.example".into()),
+                origin: None,
+                request_id: Some(format!(
+                    "{:032x}",
+                    0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 1)
+                )),
+                x_forwarded_for: Some("203.0.113.7".into()),
+                x_forwarded_proto: Some("https".into()),
+                upgrade_websocket: false,
+                connection_upgrade: false,
+                status: Some(200),
+                ttfb_ns: Some(3_000_000 + (i % 1000) as u64),
+                total_ns: Some(3_500_000),
+                request_bytes: 200,
+                response_bytes: 600,
+                outcome: ExchangeOutcome::Complete,
+            })
+        })
+        .collect()
+}
+
+fn store_config(url: &str, db: &str, spool: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        url: url.to_owned(),
+        database: db.to_owned(),
+        spool_dir: spool.to_owned(),
+        spool_max_bytes: 8 << 30,
+        timeout: Duration::from_secs(5),
+        ..StoreConfig::default()
+    }
+}
+
+fn count(url: &str, sql: &str) -> u64 {
+    ureq::post(url)
+        .send(sql)
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Pushes every record as the live pipeline does (a flush per 20 ms turn's worth), then waits
+/// until the sender has delivered all of them. Returns the elapsed time and the rows sent.
+async fn pipeline(store: &mut Store, recs: &[HopRecord], metrics: &Metrics) {
+    for chunk in recs.chunks(10_000) {
+        for r in chunk {
+            store.hop(r);
+        }
+        store.flush(metrics);
+        // Let the sender run (the live loop yields between turns too).
+        tokio::task::yield_now().await;
+    }
+}
+
+fn main() {
+    let lib =
+        edgewatch::store::embedded::ensure_library(std::path::Path::new("/var/cache/edgewatch"))
+            .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+        .arg("embedded-clickhouse")
+        .arg("--library")
+        .arg(&lib)
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--http-port", &http_port.to_string()])
+        .args(["--tcp-port", &free_port().to_string()])
+        .env("EDGEWATCH_PARENT_PID", std::process::id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while !edgewatch::store::embedded::ping(http_port) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{http_port}");
+    let now = edgewatch::output::unix_ns(SystemTime::now());
+    let recs = records(now);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let metrics = Metrics::new();
+    let node = "bench";
+
+    // 1. Raw crate inserts of ready rows.
+    let rows: Vec<HttpRow> = recs
+        .iter()
+        .map(|r| match r {
+            HopRecord::Http(x) => HttpRow::new(node, x),
+            _ => unreachable!(),
+        })
+        .collect();
+    let raw_db = "bench_raw";
+    let raw = rt.block_on(async {
+        let client = Endpoint {
+            url: url.clone(),
+            user: "default".into(),
+            password: None,
+            ca_file: None,
+            timeout: Duration::from_secs(30),
+        }
+        .client(raw_db)
+        .unwrap();
+        ship::prepare(
+            &client,
+            &edgewatch::store::schema::SchemaOptions {
+                database: raw_db.into(),
+                ttl_days: 30,
+                cluster: None,
+            },
+            node,
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        for chunk in rows.chunks(50_000) {
+            let mut insert = client.insert::<HttpRow>("http_exchanges").await.unwrap();
+            for r in chunk {
+                insert.write(r).await.unwrap();
+            }
+            insert.end().await.unwrap();
+        }
+        started.elapsed()
+    });
+    drop(rows);
+    assert_eq!(
+        count(
+            &url,
+            &format!("SELECT count() FROM {raw_db}.http_exchanges")
+        ),
+        RECORDS as u64
+    );
+    let raw_rate = RECORDS as f64 / raw.as_secs_f64();
+
+    // 2. End to end through the store.
+    let e2e_db = "bench_e2e";
+    let spool = tempfile::tempdir().unwrap();
+    let e2e = rt.block_on(async {
+        let mut store = Store::start(&store_config(&url, e2e_db, spool.path()))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        pipeline(&mut store, &recs, &metrics).await;
+        let totals = store.shutdown(Duration::from_secs(600)).await;
+        assert_eq!(totals.sent, RECORDS as u64, "{totals:?}");
+        started.elapsed()
+    });
+    assert_eq!(
+        count(
+            &url,
+            &format!("SELECT count() FROM {e2e_db}.http_exchanges")
+        ),
+        RECORDS as u64
+    );
+    let e2e_rate = RECORDS as f64 / e2e.as_secs_f64();
+
+    // 3. Spooled during an outage (nothing listens on the URL), then drained.
+    let drain_db = "bench_drain";
+    let spool = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (spool_time, drain) = rt.block_on(async {
+        let mut store = Store::start(&store_config(&dead, drain_db, spool.path()))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        pipeline(&mut store, &recs, &metrics).await;
+        let spooled = started.elapsed();
+        let totals = store.shutdown(Duration::from_secs(5)).await;
+        assert_eq!(totals.backlog_rows, RECORDS as u64, "{totals:?}");
+        let started = Instant::now();
+        let store = Store::start(&store_config(&url, drain_db, spool.path()))
+            .await
+            .unwrap();
+        let totals = store.shutdown(Duration::from_secs(600)).await;
+        assert_eq!(totals.sent, RECORDS as u64, "{totals:?}");
+        (spooled, started.elapsed())
+    });
+    assert_eq!(
+        count(
+            &url,
+            &format!("SELECT count() FROM {drain_db}.http_exchanges")
+        ),
+        RECORDS as u64
+    );
+    let drain_rate = RECORDS as f64 / drain.as_secs_f64();
+    let spool_rate = RECORDS as f64 / spool_time.as_secs_f64();
+
+    println!("store benchmark: {RECORDS} HTTP exchange records, ClickHouse 26.7 on loopback");
+    println!(
+        "  raw clickhouse crate insert (baseline): {:>10.0} rows/s ({:.2}s)",
+        raw_rate,
+        raw.as_secs_f64()
+    );
+    println!(
+        "  end to end through the store:           {:>10.0} rows/s ({:.2}s) = {:.2}x raw",
+        e2e_rate,
+        e2e.as_secs_f64(),
+        e2e_rate / raw_rate
+    );
+    println!(
+        "  spooling while ClickHouse is down:      {:>10.0} rows/s ({:.2}s)",
+        spool_rate,
+        spool_time.as_secs_f64()
+    );
+    println!(
+        "  spool drain after the outage:           {:>10.0} rows/s ({:.2}s) = {:.2}x raw",
+        drain_rate,
+        drain.as_secs_f64(),
+        drain_rate / raw_rate
+    );
+    println!(
+        "  goal >= 500000 rows/s end to end: {}",
+        if e2e_rate >= 500_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
