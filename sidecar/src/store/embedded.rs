@@ -116,7 +116,7 @@ fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     let mut response = agent
         .get(url)
         .call()
-        .with_context(|| format!("downloading {url} (set store.url to use a ClickHouse server you run, or store.embedded.library to a libchdb.so you have)"))?;
+        .with_context(|| format!("downloading {url} (or set store.url to a ClickHouse server you run, store.embedded.library to a libchdb.so you have, or store.enabled = false to run without a store)"))?;
     let total: Option<u64> = response
         .headers()
         .get("content-length")
