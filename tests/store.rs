@@ -226,7 +226,7 @@ fn hop_edge_and_joined_records_round_trip() {
     // The request id lookup saw the joined request in three tables.
     let joined_rid = requests[0]["request_id"].as_str().unwrap();
     let sources = ch.query(&format!(
-        "SELECT groupUniqArray(source) FROM {db}.request_index WHERE request_id = '{joined_rid}' FORMAT TSV"
+        "SELECT groupUniqArray(source) FROM {db}.request_index WHERE rid = cityHash64('{joined_rid}') FORMAT TSV"
     ));
     for s in ["http_exchanges", "edge_logs", "requests"] {
         assert!(sources.contains(s), "{sources}");
