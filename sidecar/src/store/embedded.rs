@@ -179,6 +179,11 @@ impl EmbeddedServer {
     pub fn start(exe: &Path, o: &EmbeddedOptions, wait: Duration) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&o.data_dir)
             .with_context(|| format!("creating {}", o.data_dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&o.data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", o.data_dir.display()))?;
+        }
         let log = o.data_dir.join("edgewatch-clickhouse.log");
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

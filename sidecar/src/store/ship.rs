@@ -14,7 +14,7 @@ use super::{
 };
 
 /// How to reach the server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Endpoint {
     pub url: String,
     pub user: String,
@@ -24,6 +24,19 @@ pub struct Endpoint {
     /// machine's trust store).
     pub ca_file: Option<PathBuf>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Endpoint {
@@ -621,5 +634,43 @@ impl SendJob {
             rows,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clickhouse::error::Error;
+
+    #[test]
+    fn errors_that_cannot_heal_are_permanent() {
+        let unknown = Error::BadResponse(
+            "Code: 60. DB::Exception: Unknown table expression identifier 'x.y'. (UNKNOWN_TABLE)"
+                .into(),
+        );
+        assert_eq!(error_code(&unknown), Some(60));
+        assert!(is_permanent(&unknown));
+        assert!(is_permanent(&Error::SchemaMismatch("x".into())));
+        let busy =
+            Error::BadResponse("Code: 252. DB::Exception: Too many parts. (TOO_MANY_PARTS)".into());
+        assert!(!is_permanent(&busy), "a busy server heals");
+        assert!(!is_permanent(&Error::TimedOut));
+        assert_eq!(error_code(&Error::BadResponse("no code here".into())), None);
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let e = Endpoint {
+            url: "https://ch.example".into(),
+            user: "u".into(),
+            password: Some("hunter2".into()),
+            ca_file: None,
+            timeout: Duration::from_secs(1),
+        };
+        let text = format!("{e:?}");
+        assert!(
+            !text.contains("hunter2") && text.contains("(set)"),
+            "{text}"
+        );
     }
 }

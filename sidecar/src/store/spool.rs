@@ -281,6 +281,11 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, recovering what a previous run left.
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<Self, SpoolError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
+        // Rows name processes and clients: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        }
         let lock_path = dir.join("spool.lock");
         let lock = File::create(&lock_path).map_err(io(&lock_path))?;
         match lock.try_lock() {
