@@ -85,6 +85,26 @@ fn now_ns() -> i64 {
     i64::try_from(edgewatch::output::unix_ns(std::time::SystemTime::now())).unwrap()
 }
 
+/// A connection-event row (the smallest kind) for direct inserts.
+fn conn_row(ts: i64, node: &str, kind: &str, client_port: u16, latency_ns: Option<u64>) -> AnyRow {
+    AnyRow::Conn(ConnRow {
+        ts,
+        node: node.into(),
+        kind: kind.into(),
+        client_addr: "127.0.0.1".into(),
+        client_port,
+        server_addr: "127.0.0.1".into(),
+        server_port: 18789,
+        conn_start: 0,
+        latency_ns,
+        side: String::new(),
+        pid: 0,
+        comm: String::new(),
+        lost_bytes: 0,
+        effect: String::new(),
+    })
+}
+
 fn opts(db: &str) -> SchemaOptions {
     SchemaOptions {
         database: db.to_owned(),
@@ -455,24 +475,7 @@ fn a_retried_batch_is_stored_once() {
         ship::prepare(&c, &opts(db), "test").await.unwrap();
         let rows = |n: u16| -> Vec<AnyRow> {
             (0..n)
-                .map(|i| {
-                    AnyRow::Conn(ConnRow {
-                        ts: now_ns() + i64::from(i),
-                        node: "test".into(),
-                        kind: "refused".into(),
-                        client_addr: "127.0.0.1".into(),
-                        client_port: 40000 + i,
-                        server_addr: "127.0.0.1".into(),
-                        server_port: 18789,
-                        conn_start: 0,
-                        latency_ns: None,
-                        side: String::new(),
-                        pid: 0,
-                        comm: String::new(),
-                        lost_bytes: 0,
-                        effect: String::new(),
-                    })
-                })
+                .map(|i| conn_row(now_ns() + i64::from(i), "test", "refused", 40000 + i, None))
                 .collect()
         };
         ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
@@ -894,22 +897,7 @@ fn https_with_a_private_ca_from_the_config() {
             .client(db)
             .unwrap();
         ship::prepare(&c, &opts(db), "t").await.unwrap();
-        let row = AnyRow::Conn(ConnRow {
-            ts: now_ns(),
-            node: "tls".into(),
-            kind: "connected".into(),
-            client_addr: "127.0.0.1".into(),
-            client_port: 1,
-            server_addr: "127.0.0.1".into(),
-            server_port: 2,
-            conn_start: 0,
-            latency_ns: Some(5),
-            side: String::new(),
-            pid: 0,
-            comm: String::new(),
-            lost_bytes: 0,
-            effect: String::new(),
-        });
+        let row = conn_row(now_ns(), "tls", "connected", 1, Some(5));
         ship::insert_rows(&c, 2, "tls-1", vec![row]).await.unwrap();
     });
     assert_eq!(
