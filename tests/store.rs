@@ -659,25 +659,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
         );
         assert!(Path::new(&moved_to).exists(), "{moved_to}");
         // The pipeline goes on: the next batch of another table arrives.
-        let (_, conn) = (
-            0,
-            AnyRow::Conn(ConnRow {
-                ts: now_ns(),
-                node: "test".into(),
-                kind: "refused".into(),
-                client_addr: "127.0.0.1".into(),
-                client_port: 1,
-                server_addr: "127.0.0.1".into(),
-                server_port: 2,
-                conn_start: 0,
-                latency_ns: None,
-                side: String::new(),
-                pid: 0,
-                comm: String::new(),
-                lost_bytes: 0,
-                effect: String::new(),
-            }),
-        );
+        let conn = conn_row(now_ns(), "test", "refused", 1, None);
         spool.push(&conn).unwrap();
         loop {
             match rx.recv().await {
