@@ -43,7 +43,10 @@ struct Common {
 #[derive(Subcommand)]
 enum Command {
     /// Load the kernel probes and watch live: print the exposure inventory, then one line per
-    /// change and an alert line when a drift starts or ends. Stops on SIGINT/SIGTERM.
+    /// change and an alert line when a drift starts or ends, and the hop's records. Every
+    /// record also goes to ClickHouse (`[store]`): by default a local ClickHouse 26.7 that
+    /// edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123 and stops; set `store.url`
+    /// for your own server, `store.enabled = false` for none. Stops on SIGINT/SIGTERM.
     Run(Common),
     /// Print the classified exposure inventory once and exit (no BPF needed). Exit status 0:
     /// no drift; 3: drift found; 1: error.
