@@ -67,32 +67,41 @@ fn main() {
 
     // Parse + join, one thread, streaming as live: each request's hop exchange arrives just
     // before its log line; joined requests are counted and dropped (they would be written out).
+    // Three passes (this machine is noisy); the median is the figure, the goal is judged on it.
     let fields = JsonFields::default();
-    let mut joiner = Joiner::new(30_000_000_000);
-    let mut out = Vec::new();
-    let mut joined = 0usize;
-    let mut parsed = 0usize;
-    let start = Instant::now();
-    for (line, r) in text.lines().zip(hop) {
-        let at = r.end_ts_ns();
-        joiner.hop(r, at, &mut out);
-        let rec = parse_json(line, &fields).unwrap();
-        let now = rec.end_ts_ns;
-        joiner.edge(rec, now, &mut out);
-        parsed += 1;
-        joined += out.len();
-        out.clear();
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let hop_run = hop.clone();
+        let mut joiner = Joiner::new(30_000_000_000);
+        let mut out = Vec::new();
+        let mut joined = 0usize;
+        let mut parsed = 0usize;
+        let start = Instant::now();
+        for (line, r) in text.lines().zip(hop_run) {
+            let at = r.end_ts_ns();
+            joiner.hop(r, at, &mut out);
+            let rec = parse_json(line, &fields).unwrap();
+            let now = rec.end_ts_ns;
+            joiner.edge(rec, now, &mut out);
+            parsed += 1;
+            joined += out.len();
+            out.clear();
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(parsed, LINES);
+        assert_eq!(joined, LINES, "every line joined");
+        assert_eq!(joiner.pending(), 0);
+        rates.push(LINES as f64 / secs);
     }
-    let ours = start.elapsed().as_secs_f64();
-    assert_eq!(parsed, LINES);
-    assert_eq!(joined, LINES, "every line joined");
-    assert_eq!(joiner.pending(), 0);
+    rates.sort_by(f64::total_cmp);
+    let median = rates[1];
     // The parser alone, for the record.
     let start = Instant::now();
     for line in text.lines() {
         std::hint::black_box(parse_json(line, &fields).unwrap());
     }
     let parse_only = start.elapsed().as_secs_f64();
+    let ours = LINES as f64 / median;
 
     let jq_start = Instant::now();
     let status = Command::new("jq")
@@ -106,15 +115,17 @@ fn main() {
 
     println!("log: {LINES} nginx JSON lines, {size_mb:.0} MB");
     println!(
-        "edgewatch parse + join: {ours:.2} s, {:.0} lines/s on one core (parse alone: {:.0} lines/s)",
-        LINES as f64 / ours,
+        "edgewatch parse + join: median {median:.0} lines/s on one core (runs: {:.0}, {:.0}, {:.0}; parse alone: {:.0} lines/s)",
+        rates[0],
+        rates[1],
+        rates[2],
         LINES as f64 / parse_only
     );
     println!("jq -c .: {jq:.2} s, {:.0} lines/s", LINES as f64 / jq);
     println!(
         "ratio: edgewatch is {:.1}x jq; goal >= 1,000,000 lines/s/core: {}",
         jq / ours,
-        if LINES as f64 / ours >= 1e6 {
+        if median >= 1e6 {
             "met"
         } else {
             "not met"

@@ -43,14 +43,15 @@ pub struct JoinedRequest {
     pub reason: Option<String>,
     pub edge: Option<EdgeRecord>,
     pub hop: Option<HttpExchange>,
-    pub websocket: Option<WsSession>,
+    /// Boxed, like `refused`: they are rare and large, and requests move around a lot.
+    pub websocket: Option<Box<WsSession>>,
     /// The refused connect that explains an edge 502/504 with no exchange.
-    pub refused: Option<ConnEvent>,
+    pub refused: Option<Box<ConnEvent>>,
 }
 
 struct HopEntry {
     exchange: HttpExchange,
-    ws: Option<WsSession>,
+    ws: Option<Box<WsSession>>,
     seen_ns: u64,
 }
 
@@ -115,12 +116,23 @@ impl Joiner {
             self.edges_without_id.push_back((rec, now_ns));
             return;
         };
-        if self.hops.get(rid).is_some_and(HopEntry::complete) {
-            let h = self.hops.remove(rid);
-            out.push(joined(Some(rec), h, Matched::Exact, None));
-        } else {
-            let rid = rid.to_owned();
-            self.edges.insert(rid, (rec, now_ns));
+        // One lookup in the common case (the exchange is there and complete).
+        match self.hops.remove_entry(rid) {
+            Some((key, h)) if h.complete() => {
+                // The map's key becomes the record's id: no copy.
+                let mut j = joined_without_id(Some(rec), Some(h), Matched::Exact, None);
+                j.request_id = Some(key);
+                out.push(j);
+            }
+            Some((key, h)) => {
+                // An upgrade still waiting for its session: both wait.
+                self.hops.insert(key.clone(), h);
+                self.edges.insert(key, (rec, now_ns));
+            }
+            None => {
+                let rid = rid.to_owned();
+                self.edges.insert(rid, (rec, now_ns));
+            }
         }
     }
 
@@ -148,10 +160,13 @@ impl Joiner {
                     self.hops_without_id.push_back(entry);
                     return;
                 };
-                if let Some((ws, _)) = self.orphan_ws.remove(&rid) {
-                    entry.ws = Some(ws);
+                // (Empty maps are skipped: hashing the id is the join's main cost.)
+                if !self.orphan_ws.is_empty() {
+                    if let Some((ws, _)) = self.orphan_ws.remove(&rid) {
+                        entry.ws = Some(Box::new(ws));
+                    }
                 }
-                if entry.complete() {
+                if entry.complete() && !self.edges.is_empty() {
                     if let Some((e, _)) = self.edges.remove(&rid) {
                         out.push(joined(Some(e), Some(entry), Matched::Exact, None));
                         return;
@@ -165,7 +180,7 @@ impl Joiner {
                 };
                 match self.hops.get_mut(&rid) {
                     Some(h) => {
-                        h.ws = Some(s);
+                        h.ws = Some(Box::new(s));
                         h.seen_ns = now_ns;
                         if self.edges.contains_key(&rid) {
                             let h = self.hops.remove(&rid);
@@ -286,7 +301,7 @@ impl Joiner {
                     edge: Some(e),
                     hop: None,
                     websocket: None,
-                    refused: Some(c),
+                    refused: Some(Box::new(c)),
                 };
             }
         }
@@ -337,15 +352,28 @@ fn joined(
     matched: Matched,
     reason: Option<String>,
 ) -> JoinedRequest {
+    let mut j = joined_without_id(e, h, matched, reason);
+    j.request_id = j
+        .edge
+        .as_ref()
+        .and_then(|e| e.request_id.clone())
+        .or_else(|| j.hop.as_ref().and_then(|x| x.request_id.clone()));
+    j
+}
+
+/// [`joined`] with `request_id` left for the caller to set.
+fn joined_without_id(
+    e: Option<EdgeRecord>,
+    h: Option<HopEntry>,
+    matched: Matched,
+    reason: Option<String>,
+) -> JoinedRequest {
     let (hop, websocket) = match h {
         Some(h) => (Some(h.exchange), h.ws),
         None => (None, None),
     };
     JoinedRequest {
-        request_id: e
-            .as_ref()
-            .and_then(|e| e.request_id.clone())
-            .or_else(|| hop.as_ref().and_then(|x| x.request_id.clone())),
+        request_id: None,
         matched,
         reason,
         edge: e,

@@ -82,33 +82,46 @@ pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, L
 /// Seconds as nginx and Caddy print them (`0.123`; nginx prints `-` for none and a
 /// comma/colon-separated list when it tried several upstreams: the last one counts).
 pub fn seconds_to_ns(text: &str) -> Option<u64> {
-    let last = text.rsplit([',', ':']).next().unwrap_or(text).trim();
+    let bytes = text.as_bytes();
+    let start = bytes
+        .iter()
+        .rposition(|&c| c == b',' || c == b':')
+        .map_or(0, |i| i + 1);
+    let last = text[start..].trim();
     if last.is_empty() || last == "-" {
         return None;
     }
-    if last.contains(['e', 'E']) {
-        // Exponent notation (JSON numbers of small durations): f64 is exact enough there.
-        let secs: f64 = last.parse().ok()?;
-        return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1e9).round() as u64);
-    }
-    // Exact decimal arithmetic: epoch seconds do not fit an f64 to the nanosecond.
-    let (whole, frac) = last.split_once('.').unwrap_or((last, ""));
-    if whole.is_empty() && frac.is_empty() {
-        return None;
-    }
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(whole) || !all_digits(frac) {
-        return None;
-    }
-    let secs: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
+    // Exact decimal arithmetic in one pass: epoch seconds do not fit an f64 to the nanosecond.
+    let mut secs: u64 = 0;
     let mut nanos: u64 = 0;
-    for (i, b) in frac.bytes().take(9).enumerate() {
-        nanos += u64::from(b - b'0') * 10u64.pow(8 - i as u32);
+    let mut frac_digits = 0u32;
+    let mut seen_dot = false;
+    let mut digits = 0usize;
+    for &c in last.as_bytes() {
+        match c {
+            b'0'..=b'9' => {
+                digits += 1;
+                let d = u64::from(c - b'0');
+                if !seen_dot {
+                    secs = secs.checked_mul(10)?.checked_add(d)?;
+                } else if frac_digits < 9 {
+                    nanos = nanos * 10 + d;
+                    frac_digits += 1;
+                }
+            }
+            b'.' if !seen_dot => seen_dot = true,
+            b'e' | b'E' => {
+                // Exponent notation (JSON numbers of small durations): f64 is exact enough.
+                let secs: f64 = last.parse().ok()?;
+                return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1e9).round() as u64);
+            }
+            _ => return None,
+        }
     }
+    if digits == 0 {
+        return None;
+    }
+    nanos *= 10u64.pow(9 - frac_digits);
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
 }
 

@@ -63,6 +63,25 @@ impl Default for JsonFields {
     }
 }
 
+impl JsonFields {
+    /// Whether these are the README's names (checked per line, so without allocating).
+    pub fn is_default(&self) -> bool {
+        self.time == "msec"
+            && self.request_id == "request_id"
+            && self.client == "remote_addr"
+            && self.host == "host"
+            && self.method == "request_method"
+            && self.path == "request_uri"
+            && self.status == "status"
+            && self.request_time == "request_time"
+            && self.upstream_addr == "upstream_addr"
+            && self.upstream_connect_time == "upstream_connect_time"
+            && self.upstream_header_time == "upstream_header_time"
+            && self.upstream_response_time == "upstream_response_time"
+            && self.bytes_sent == "body_bytes_sent"
+    }
+}
+
 /// A JSON value as text (nginx writes every value as a string; other tools write numbers).
 fn text(v: &Value) -> Option<String> {
     match v {
@@ -144,7 +163,7 @@ fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
 
 /// Parses one nginx JSON access-log line.
 pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineError> {
-    if *fields == JsonFields::default() {
+    if fields.is_default() {
         // Other JSON shapes (numbers instead of strings) fall back to the general path.
         if let Ok(rec) = parse_default(line) {
             return Ok(rec);
@@ -327,6 +346,12 @@ mod tests {
     #[test]
     fn bad_json_lines_are_errors() {
         let f = JsonFields::default();
+        assert!(f.is_default());
+        assert!(!JsonFields {
+            bytes_sent: "bytes".into(),
+            ..JsonFields::default()
+        }
+        .is_default());
         assert!(matches!(
             parse_json("not json", &f),
             Err(LineError::Json(_))

@@ -28,18 +28,36 @@ const SECRET_PARAMS: &[&str] = &[
 pub const REDACTED: &str = "REDACTED";
 
 fn is_secret(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    SECRET_PARAMS.contains(&lower.as_str())
-        || lower.ends_with("_token")
-        || lower.ends_with("token")
-        || lower.ends_with("secret")
-        || lower.ends_with("password")
+    // Byte-wise and case-insensitive: no allocation per parameter.
+    let b = name.as_bytes();
+    let ends = |suffix: &str| {
+        b.len() >= suffix.len() && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
+        || ends("token")
+        || ends("secret")
+        || ends("password")
+}
+
+/// Whether a target holds anything to redact (user info, or a secret query parameter).
+fn needs_redaction(target: &str) -> bool {
+    let userinfo = target.find("://").is_some_and(|scheme_end| {
+        let rest = &target[scheme_end + 3..];
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        rest[..authority_end].contains('@')
+    });
+    userinfo
+        || target.split_once('?').is_some_and(|(_, q)| {
+            let q = q.split_once('#').map_or(q, |(q, _)| q);
+            q.split('&')
+                .any(|pair| pair.split_once('=').is_some_and(|(n, _)| is_secret(n)))
+        })
 }
 
 /// Redacts secret query parameter values and URL user info in a request target.
 pub fn redact_target(target: &str) -> String {
-    // Most targets have neither a query nor an authority: nothing to look at.
-    if !target.contains('?') && !target.contains("://") {
+    // Most targets have no secret in them: one copy, nothing else.
+    if !needs_redaction(target) {
         return target.to_owned();
     }
     // Absolute-form targets (`http://user:pass@host/...`).
@@ -95,6 +113,11 @@ mod tests {
         assert_eq!(redact_target("/plain/path"), "/plain/path");
         assert_eq!(redact_target("/?flag"), "/?flag");
         assert_eq!(redact_target("/?password="), "/?password=REDACTED");
+        // Case-insensitive, and safe on names that are not ASCII.
+        assert_eq!(redact_target("/?API_KEY=k&a=1"), "/?API_KEY=REDACTED&a=1");
+        assert_eq!(redact_target("/?ÄccessToken=t"), "/?ÄccessToken=REDACTED");
+        assert_eq!(redact_target("/?é=1&ü"), "/?é=1&ü");
+        assert_eq!(redact_target("/p?page=2#frag"), "/p?page=2#frag");
     }
 
     #[test]

@@ -734,7 +734,7 @@ mod tests {
             reason: None,
             edge: Some(edge),
             hop: Some(x),
-            websocket: Some(ws),
+            websocket: Some(Box::new(ws)),
             refused: None,
         };
         let r = RequestRow::new("n", &joined);
