@@ -125,10 +125,6 @@ fn main() {
     println!(
         "ratio: edgewatch is {:.1}x jq; goal >= 1,000,000 lines/s/core: {}",
         jq / ours,
-        if median >= 1e6 {
-            "met"
-        } else {
-            "not met"
-        }
+        if median >= 1e6 { "met" } else { "not met" }
     );
 }

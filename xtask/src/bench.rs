@@ -39,13 +39,24 @@ pub fn exposure(rounds: usize) -> Result<()> {
         bail!("bench-exposure loads the probes: run it as root");
     }
     crate::run_ok(crate::cargo().args(["build", "--release", "--package", "edgewatch"]))?;
+    // The watch alone, then with the default store (the embedded ClickHouse, a process of
+    // its own whose memory is not the sidecar's).
+    measure(
+        rounds,
+        "without a store ([store] enabled = false)",
+        "[store]\nenabled = false\n",
+    )?;
+    measure(rounds, "with the default store (embedded ClickHouse)", "")
+}
+
+fn measure(rounds: usize, label: &str, store: &str) -> Result<()> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config_path =
         std::env::temp_dir().join(format!("edgewatch-bench-{}.toml", std::process::id()));
     std::fs::File::create(&config_path)?.write_all(
         format!(
             "[exposure]\nwatched_ports = [{port}]\nrescan_interval = \"1h\"\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n"
+             [metrics]\nlisten = \"127.0.0.1:0\"\n{store}"
         )
         .as_bytes(),
     )?;
@@ -100,8 +111,9 @@ pub fn exposure(rounds: usize) -> Result<()> {
         }
         let rss_after = rss_kib(child.id())?;
         latencies.sort();
+        println!("{label}:");
         println!(
-            "listen() -> alert line over {rounds} rounds: min {:.2} ms, median {:.2} ms, \
+            "  listen() -> alert line over {rounds} rounds: min {:.2} ms, median {:.2} ms, \
              p95 {:.2} ms, max {:.2} ms",
             ms(latencies[0]),
             ms(percentile(&latencies, 0.5)),
@@ -109,7 +121,7 @@ pub fn exposure(rounds: usize) -> Result<()> {
             ms(latencies[latencies.len() - 1]),
         );
         println!(
-            "sidecar RSS: {:.1} MiB at ready, {:.1} MiB idle 5 s later, {:.1} MiB after the rounds",
+            "  sidecar RSS: {:.1} MiB at ready, {:.1} MiB idle 5 s later, {:.1} MiB after the rounds",
             rss_ready as f64 / 1024.0,
             rss_idle as f64 / 1024.0,
             rss_after as f64 / 1024.0

@@ -31,7 +31,8 @@ fn is_secret(name: &str) -> bool {
     // Byte-wise and case-insensitive: no allocation per parameter.
     let b = name.as_bytes();
     let ends = |suffix: &str| {
-        b.len() >= suffix.len() && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+        b.len() >= suffix.len()
+            && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
     };
     SECRET_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(name))
         || ends("token")
