@@ -627,12 +627,36 @@ mod tests {
                 "exposure.allow[0].port",
                 "18789",
             ),
+            (
+                "[store]\nurl = \"tcp://ch:9000\"",
+                "store.url",
+                "tcp://ch:9000",
+            ),
+            ("[store]\ndatabase = \"a-b\"", "store.database", "a-b"),
+            ("[store]\nspool_dir = \"spool\"", "store.spool_dir", "spool"),
+            (
+                "[store]\nspool_max_bytes = 1000",
+                "store.spool_max_bytes",
+                "1000",
+            ),
         ];
         for (text, key, value) in cases {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(key), "{err} should name {key}");
             assert!(err.contains(value), "{err} should name {value}");
         }
+    }
+
+    #[test]
+    fn credentials_in_the_store_url_are_refused_and_not_echoed() {
+        let err = parse("[store]\nurl = \"https://u:hunter2@ch.example\"")
+            .expect_err("credentials in the URL")
+            .to_string();
+        assert!(
+            err.contains("store.url") && err.contains("password_file"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
