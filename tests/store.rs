@@ -615,6 +615,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
             events: tx,
             url: ch.url(),
             stats: Default::default(),
+            timeout: Duration::from_secs(10),
         };
         let task = tokio::spawn(sender.run(done_rx));
         assert!(matches!(
@@ -897,5 +898,98 @@ fn https_with_a_private_ca_from_the_config() {
     assert!(
         err.to_string().contains("holds no PEM certificate"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_server_that_never_answers_is_a_timeout_and_rows_wait_in_the_spool() {
+    // Accepts connections and never answers (a hung server, a black-holing proxy).
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hole.incoming().take(64) {
+            match c {
+                Ok(c) => conns.push(c),
+                Err(_) => break,
+            }
+        }
+    });
+    let spool = tempfile::tempdir().unwrap();
+    let config = store_config(&format!("http://127.0.0.1:{port}"), "t_hole", spool.path())
+        .replace("timeout = \"10s\"", "timeout = \"1s\"");
+    let started = std::time::Instant::now();
+    let (code, lines, err) = replay_store(
+        &config,
+        &[&fixture("keepalive.44379.pcap"), "--port", "44379"],
+    );
+    // It gives up after a few timed-out attempts instead of hanging, and says so.
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("not every record reached ClickHouse"), "{err}");
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "store_summary")
+        .expect("a store summary");
+    let records = lines
+        .iter()
+        .filter(|l| {
+            ["http", "conn", "websocket", "loss"].contains(&l["type"].as_str().unwrap_or(""))
+        })
+        .count() as u64;
+    assert_eq!(summary["backlog_rows"], records, "{summary}");
+    assert_eq!(summary["sent"], 0);
+    drop(held);
+}
+
+#[test]
+fn a_full_spool_drops_the_oldest_rows_and_counts_them() {
+    // Nothing listens: every batch waits, and the spool only holds so much.
+    let spool = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let config = format!(
+        "{}batch_rows = 1\nbatch_bytes = 4096\nspool_max_bytes = 4096\n",
+        store_config(&dead, "t_full", spool.path())
+            .replace("timeout = \"10s\"", "timeout = \"1s\"")
+    );
+    // 60 access-log lines: 60 edge rows and 60 (edge-only) requests, well over 4 KiB.
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let text: String = (0..60)
+        .map(|i| format!(
+            "{{\"msec\":\"1795280000.{i:03}\",\"request_id\":\"{i:032x}\",\"remote_addr\":\"203.0.113.7\",\"host\":\"gw.example\",\"request_method\":\"GET\",\"request_uri\":\"/a/{i}\",\"status\":\"200\",\"request_time\":\"0.001\"}}\n"
+        ))
+        .collect();
+    std::fs::write(log.path(), text).unwrap();
+    let (code, lines, err) = replay_store(
+        &config,
+        &[
+            &fixture("healthy.37883.pcap"),
+            "--port",
+            "37883",
+            "--access-log",
+            log.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    let summary = lines
+        .iter()
+        .find(|l| l["type"] == "store_summary")
+        .expect("a store summary");
+    let spooled = summary["spooled"].as_u64().unwrap();
+    let dropped = summary["dropped"].as_u64().unwrap();
+    let left = summary["backlog_rows"].as_u64().unwrap();
+    assert!(dropped > 0, "{summary}");
+    assert_eq!(
+        dropped + left,
+        spooled,
+        "every row is either kept or counted: {summary}"
+    );
+    assert!(
+        summary["backlog_bytes"].as_u64().unwrap() <= 4096,
+        "{summary}"
     );
 }

@@ -157,12 +157,8 @@ impl Store {
         };
         let client = endpoint.client(&cfg.database)?;
         let opts = schema_options(cfg);
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            ship::prepare(&client, &opts, &node),
-        )
-        .await
-        {
+        let first_wait = cfg.timeout.min(Duration::from_secs(10));
+        match tokio::time::timeout(first_wait, ship::prepare(&client, &opts, &node)).await {
             Ok(Ok(version)) => tracing::info!(%version, %url, "ClickHouse ready"),
             Ok(Err(PrepareError::Incompatible(reason))) => {
                 anyhow::bail!("ClickHouse at {url} cannot be used: {reason}")
@@ -171,7 +167,7 @@ impl Store {
                 tracing::warn!(error = %e, %url, "ClickHouse not reachable yet; records wait in the spool")
             }
             Err(_) => {
-                tracing::warn!(%url, "ClickHouse did not answer within 10s; records wait in the spool")
+                tracing::warn!(%url, ?first_wait, "ClickHouse did not answer in time; records wait in the spool")
             }
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -185,6 +181,7 @@ impl Store {
             events: tx,
             url: url.clone(),
             stats: sender_stats.clone(),
+            timeout: cfg.timeout,
         };
         let task = tokio::spawn(sender.run(done_rx));
         Ok(Self {

@@ -426,6 +426,9 @@ pub struct Sender {
     pub events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
     pub url: String,
     pub stats: Arc<std::sync::Mutex<SenderStats>>,
+    /// Longest a request may take (a server that accepts and never answers is a failure,
+    /// retried like any other, not a hang).
+    pub timeout: Duration,
 }
 
 fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats)) {
@@ -443,7 +446,13 @@ impl Sender {
         let mut reported_down = false;
         let mut attempts = 0u32;
         loop {
-            match prepare(&self.client, &self.opts, &self.node).await {
+            let attempt =
+                tokio::time::timeout(self.timeout, prepare(&self.client, &self.opts, &self.node))
+                    .await
+                    .unwrap_or(Err(PrepareError::Unreachable(
+                        clickhouse::error::Error::TimedOut,
+                    )));
+            match attempt {
                 Ok(version) => {
                     let _ = self.events.send(StoreEvent::Ready {
                         server_version: version,
@@ -495,6 +504,7 @@ impl Sender {
                     shared: self.shared.clone(),
                     events: self.events.clone(),
                     stats: self.stats.clone(),
+                    timeout: self.timeout,
                 };
                 inflight.spawn(async move {
                     let result = job.send(&batch).await;
@@ -599,6 +609,7 @@ struct SendJob {
     shared: Arc<Shared>,
     events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
     stats: Arc<std::sync::Mutex<SenderStats>>,
+    timeout: Duration,
 }
 
 impl SendJob {
@@ -614,13 +625,17 @@ impl SendJob {
             Err(e) => return Err(SendError::Unreadable(e.to_string())),
         };
         let rows = frames.rows.len() as u64;
-        insert_rows(
-            &self.client,
-            batch.table,
-            &self.shared.token(batch),
-            frames.rows,
+        tokio::time::timeout(
+            self.timeout,
+            insert_rows(
+                &self.client,
+                batch.table,
+                &self.shared.token(batch),
+                frames.rows,
+            ),
         )
         .await
+        .unwrap_or(Err(clickhouse::error::Error::TimedOut))
         .map_err(SendError::Insert)?;
         if let Err(e) = self.shared.done(batch) {
             tracing::warn!(error = %e, "sent batch could not be deleted (it will be deduplicated if resent)");
