@@ -993,3 +993,39 @@ fn a_full_spool_drops_the_oldest_rows_and_counts_them() {
         "{summary}"
     );
 }
+
+#[test]
+fn live_spool_overflow_is_reported_not_silent() {
+    let spool = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let config = format!(
+        "{}batch_rows = 1\nbatch_bytes = 4096\nspool_max_bytes = 4096\n",
+        run_config(&dead, "t_overflow", spool.path())
+            .replace("timeout = \"10s\"", "timeout = \"1s\"")
+    );
+    let mut sidecar = Sidecar::start(&config);
+    // Each change row carries the exposure's details: a few of them overflow 4 KiB.
+    let mut bounced = 0;
+    while !sidecar
+        .lines
+        .seen_json()
+        .iter()
+        .any(|v| v["type"] == "store" && v["event"] == "dropped")
+    {
+        bounce_listener(&mut sidecar, support::free_port());
+        bounced += 1;
+        assert!(bounced < 100, "the overflow was never reported");
+    }
+    let line = sidecar.lines.wait_for("the drop report", |v| {
+        v["type"] == "store" && v["event"] == "dropped"
+    });
+    assert!(line["rows"].as_u64().unwrap() > 0, "{line}");
+    let metrics = sidecar.metrics();
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("edgewatch_store_rows_total{result=\"dropped\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+}

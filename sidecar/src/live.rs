@@ -92,6 +92,9 @@ struct Watch {
     boot_to_unix: u64,
     /// ClickHouse (live with `store.enabled` only).
     store: Option<Store>,
+    /// Store rows dropped so far as last reported, and when (at most one line per 10 s).
+    store_dropped: u64,
+    store_dropped_at: Option<std::time::Instant>,
 }
 
 impl Watch {
@@ -117,6 +120,8 @@ impl Watch {
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
             store: None,
+            store_dropped: 0,
+            store_dropped_at: None,
         }
     }
 
@@ -344,6 +349,24 @@ impl Watch {
             return;
         };
         st.flush(&self.metrics);
+        let dropped = st.totals().dropped;
+        let quiet = self
+            .store_dropped_at
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10));
+        if dropped > self.store_dropped && !quiet {
+            let text = format!(
+                "{} row(s) dropped so far: the spool is full (store.spool_max_bytes) or cannot be written; the oldest went first",
+                dropped
+            );
+            tracing::error!("{text}");
+            self.printer.status(
+                "store",
+                &text,
+                &serde_json::json!({ "event": "dropped", "rows": dropped }),
+            );
+            self.store_dropped = dropped;
+            self.store_dropped_at = Some(std::time::Instant::now());
+        }
         while let Ok(ev) = st.events.try_recv() {
             match &ev {
                 StoreEvent::Sent { .. } => {
