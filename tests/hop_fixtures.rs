@@ -161,3 +161,59 @@ fn corrupted_packets_are_counted_drops_never_panics() {
         let _ = replay(&damaged[..], &[port], |_| n += 1, |_| {});
     }
 }
+
+/// The hop rules on the recorded incidents, through the real `edgewatch replay`: the refused
+/// connect names the stale port; the healthy session and the clean keep-alive fire nothing.
+#[test]
+fn replay_reports_the_hop_rules_alerts() {
+    let run = |name: &str| -> Vec<serde_json::Value> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
+        let (_, port) = fixture(name);
+        let path = std::fs::read_dir(&dir)
+            .expect("fixtures dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}.")) && n.ends_with(".pcap"))
+            })
+            .expect("fixture");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .arg("replay")
+            .arg(&path)
+            .args(["--port", &port.to_string(), "--output", "json"])
+            .output()
+            .expect("edgewatch replay");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "alert")
+            .collect()
+    };
+    let refused = run("refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let a = &refused[0];
+    assert_eq!(a["rule"], "hop.stale_upstream_port");
+    assert_eq!(a["state"], "firing");
+    assert_eq!(a["severity"], "critical");
+    let port = fixture("refused").1;
+    assert!(
+        a["summary"]
+            .as_str()
+            .expect("summary")
+            .contains(&port.to_string()),
+        "{a}"
+    );
+    assert_eq!(
+        a["evidence"]["items"][0]["upstream"],
+        format!("127.0.0.1:{port}")
+    );
+    assert!(run("healthy").is_empty());
+    assert!(run("keepalive").is_empty());
+}

@@ -199,6 +199,17 @@ fn hop_edge_and_joined_records_round_trip() {
         want("conn") + want("loss"),
         "{expected:?}"
     );
+    assert!(
+        want("alert") >= 1,
+        "the refused capture fires the stale-port rule"
+    );
+    assert_eq!(n("alerts"), want("alert"), "{expected:?}");
+    assert_eq!(
+        ch.count(&format!(
+            "SELECT count() FROM {db}.alerts WHERE rule = 'hop.stale_upstream_port' AND state = 'firing' AND JSONExtractUInt(evidence, 'matches') >= 1"
+        )),
+        1
+    );
     assert_eq!(n("edge_logs"), 3, "the garbage line is not a record");
     assert_eq!(n("requests"), 3);
     assert_eq!(

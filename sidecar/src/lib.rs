@@ -3,6 +3,7 @@
 //! The pure core (`config`, `exposure`, `probe::events`, `probe::tracefs`) takes data in and
 //! gives data out; the edges (`probe::loader`, `sources`, `metrics`, `output`, `live`) do the
 //! I/O. See ARCHITECTURE.md for the data flow.
+pub mod alerts;
 pub mod config;
 pub mod edge;
 pub mod exposure;

@@ -314,6 +314,49 @@ impl Printer {
         }
     }
 
+    /// One transition of a hop rule's alert (written out at once).
+    pub fn rule_alert(&mut self, a: &crate::alerts::Alert) {
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Line<'a> {
+                    #[serde(rename = "type")]
+                    ty: &'static str,
+                    time: String,
+                    #[serde(flatten)]
+                    alert: &'a crate::alerts::Alert,
+                }
+                self.json(&Line {
+                    ty: "alert",
+                    time: rfc3339(a.at_ns),
+                    alert: a,
+                });
+            }
+            Format::Text => {
+                let state = match a.state {
+                    crate::alerts::State::Firing => "FIRING",
+                    crate::alerts::State::Resolved => "RESOLVED",
+                };
+                let severity = match a.severity {
+                    crate::alerts::Severity::Warning => "warning",
+                    crate::alerts::Severity::Critical => "critical",
+                };
+                let mut text = format!(
+                    "{} ALERT {state} {severity} {}: {}",
+                    rfc3339(a.at_ns),
+                    a.rule,
+                    a.summary
+                );
+                if a.state == crate::alerts::State::Firing {
+                    text.push_str("\n    first move: ");
+                    text.push_str(a.first_move);
+                }
+                self.line(&text);
+            }
+        }
+        self.flush();
+    }
+
     /// One record of the hop (HTTP exchange, WebSocket session, connection event, loss).
     pub fn hop(&mut self, record: &HopRecord) {
         match self.format {

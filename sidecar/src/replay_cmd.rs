@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use edgewatch::{
+    alerts::{Alert, Engine, Rules},
     config::Config,
     edge::{
         join::{join_all, JoinedRequest, Matched},
@@ -43,12 +44,16 @@ pub fn run(
     );
     let mut printer = Printer::stdout(format);
     let mut kept = Vec::new();
+    // The hop rules, in the capture's own time.
+    let mut engine = Engine::new(Rules::default());
+    let mut alerts = Vec::new();
     let keep = !access_logs.is_empty() || to_store;
     let summary = replay(
         BufReader::with_capacity(1 << 20, file),
         ports,
         |record| {
             printer.hop(record);
+            engine.hop(record, &mut alerts);
             if keep {
                 kept.push(record.clone());
             }
@@ -57,6 +62,10 @@ pub fn run(
     )
     .with_context(|| format!("replaying {}", capture.display()))?;
     bar.finish_and_clear();
+    // Incidents still open when the capture ends are reported as firing.
+    for a in &alerts {
+        printer.rule_alert(a);
+    }
     let drops: u64 = summary
         .skipped
         .iter()
@@ -97,7 +106,7 @@ pub fn run(
         )?
     };
     if to_store {
-        ship(&mut printer, config, &kept, &edges, &joined)?;
+        ship(&mut printer, config, &kept, &edges, &joined, &alerts)?;
     }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
@@ -188,6 +197,7 @@ fn ship(
     hop: &[HopRecord],
     edges: &[EdgeRecord],
     joined: &[JoinedRequest],
+    alerts: &[Alert],
 ) -> anyhow::Result<()> {
     let mut cfg = config.store.clone();
     // Its own spool: a live sidecar may hold the main one.
@@ -209,6 +219,9 @@ fn ship(
         }
         for j in joined {
             store.request(j);
+        }
+        for a in alerts {
+            store.rule_alert(a);
         }
         store.flush(&metrics);
         let totals = store.shutdown(std::time::Duration::from_secs(600)).await;

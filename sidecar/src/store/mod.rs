@@ -228,6 +228,11 @@ impl Store {
         self.push(AnyRow::Alert(row));
     }
 
+    pub fn rule_alert(&mut self, a: &crate::alerts::Alert) {
+        let row = AlertRow::from_rule(&self.node, a);
+        self.push(AnyRow::Alert(row));
+    }
+
     pub fn hop(&mut self, r: &HopRecord) {
         let row = rows::hop_row(&self.node, r);
         self.push(row);

@@ -562,6 +562,32 @@ impl AlertRow {
     }
 }
 
+impl AlertRow {
+    /// A hop rule's alert.
+    pub fn from_rule(node: &str, a: &crate::alerts::Alert) -> Self {
+        Self {
+            ts: ns(a.at_ns),
+            node: node.to_owned(),
+            state: match a.state {
+                crate::alerts::State::Firing => "firing",
+                crate::alerts::State::Resolved => "resolved",
+            }
+            .to_owned(),
+            rule: a.rule.to_owned(),
+            severity: match a.severity {
+                crate::alerts::Severity::Warning => "warning",
+                crate::alerts::Severity::Critical => "critical",
+            }
+            .to_owned(),
+            dedup_key: a.dedup_key.clone(),
+            summary: a.summary.clone(),
+            first_move: a.first_move.to_owned(),
+            fired_at: ns(a.fired_at_ns),
+            evidence: a.evidence.to_string(),
+        }
+    }
+}
+
 /// Every row kind, tagged with its table: what the spool holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AnyRow {
