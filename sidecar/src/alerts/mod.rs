@@ -270,8 +270,11 @@ impl Engine {
         });
         self.idle_closes
             .push_back((s.end_ts_ns, s.idle_before_end_ns, evidence.clone()));
-        // Keep a day of them at most (the cluster is looked for among recent ones).
-        while self.idle_closes.len() > 1000 {
+        // The cluster is looked for among the sessions of the last quiet period (bounded).
+        let since = s.end_ts_ns.saturating_sub(self.rules.quiet_ns);
+        while self.idle_closes.front().is_some_and(|(t, _, _)| *t < since)
+            || self.idle_closes.len() > 1000
+        {
             self.idle_closes.pop_front();
         }
         let idle = s.idle_before_end_ns as f64;
@@ -466,6 +469,17 @@ mod tests {
                 &mut out,
             );
         }
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn sessions_far_apart_do_not_cluster() {
+        let mut e = Engine::new(Rules::default());
+        let mut out = Vec::new();
+        let fin = SessionEnd::FinWithoutClose { from: Side::Client };
+        let apart = Rules::default().quiet_ns + S;
+        e.hop(&session(1, 100 * S, 60 * S, fin.clone()), &mut out);
+        e.hop(&session(2, 100 * S + apart, 60 * S, fin), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 
