@@ -10,7 +10,8 @@ use edgewatch::{
     replay::{capture::CaptureError, replay, ReplaySummary},
 };
 
-fn fixture(name: &str) -> (Vec<u8>, u16) {
+/// A committed capture (NAME.PORT.pcap) and its upstream port.
+fn fixture_path(name: &str) -> (PathBuf, u16) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
     let file = std::fs::read_dir(&dir)
         .expect("fixtures dir")
@@ -29,6 +30,11 @@ fn fixture(name: &str) -> (Vec<u8>, u16) {
         .and_then(|s| s.rsplit('.').next())
         .and_then(|p| p.parse().ok())
         .expect("port in fixture name");
+    (file, port)
+}
+
+fn fixture(name: &str) -> (Vec<u8>, u16) {
+    let (file, port) = fixture_path(name);
     (std::fs::read(&file).expect("read fixture"), port)
 }
 
@@ -167,18 +173,7 @@ fn corrupted_packets_are_counted_drops_never_panics() {
 #[test]
 fn replay_reports_the_hop_rules_alerts() {
     let run = |name: &str| -> Vec<serde_json::Value> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
-        let (_, port) = fixture(name);
-        let path = std::fs::read_dir(&dir)
-            .expect("fixtures dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}.")) && n.ends_with(".pcap"))
-            })
-            .expect("fixture");
+        let (path, port) = fixture_path(name);
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgewatch"))
             .arg("replay")
             .arg(&path)

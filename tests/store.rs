@@ -627,6 +627,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
             url: ch.url(),
             stats: Default::default(),
             timeout: Duration::from_secs(10),
+            prepared: None,
         };
         let task = tokio::spawn(sender.run(done_rx));
         assert!(matches!(
@@ -707,7 +708,7 @@ fn an_old_server_is_refused_with_a_clear_error() {
     std::fs::write(
         dir.path().join("config.xml"),
         format!(
-            "<yandex><logger><level>warning</level><console>1</console></logger>\
+            "<yandex><logger><level>information</level><console>1</console></logger>\
              <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port>\
              <listen_host>127.0.0.1</listen_host><path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path>\
              <users_config>/etc/clickhouse-server/users.xml</users_config>\
@@ -719,17 +720,15 @@ fn an_old_server_is_refused_with_a_clear_error() {
     let mut old = Command::new(bin)
         .arg(format!("--config-file={d}/config.xml"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !edgewatch::store::embedded::ping(http) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "clickhouse-server 18.16 did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // It logs "Ready for connections." once it listens (read on; the pipe stays drained).
+    let mut lines = support::Lines::new(old.stderr.take().unwrap());
+    lines.wait_for_text("clickhouse-server 18.16 ready", |l| {
+        l.contains("Ready for connections")
+    });
+    lines.discard_from_now();
     let spool = tempfile::tempdir().unwrap();
     let (code, _, err) = replay_store(
         &store_config(&format!("http://127.0.0.1:{http}"), "t_old", spool.path()),

@@ -13,10 +13,10 @@
     reason = "a benchmark: a failure is a panic with a message"
 )]
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime},
-};
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant, SystemTime};
 
 use edgewatch::{
     config::StoreConfig,
@@ -30,14 +30,6 @@ use edgewatch::{
 };
 
 const RECORDS: usize = 2_000_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn records(now_ns: u64) -> Vec<HopRecord> {
     (0..RECORDS)
@@ -84,18 +76,6 @@ fn store_config(url: &str, db: &str, spool: &std::path::Path) -> StoreConfig {
     }
 }
 
-fn count(url: &str, sql: &str) -> u64 {
-    ureq::post(url)
-        .send(sql)
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Pushes every record as the live pipeline does (a flush per 20 ms turn's worth), then waits
 /// until the sender has delivered all of them. Returns the elapsed time and the rows sent.
 async fn pipeline(store: &mut Store, recs: &[HopRecord], metrics: &Metrics) {
@@ -110,28 +90,9 @@ async fn pipeline(store: &mut Store, recs: &[HopRecord], metrics: &Metrics) {
 }
 
 fn main() {
-    let lib =
-        edgewatch::store::embedded::ensure_library(std::path::Path::new("/var/cache/edgewatch"))
-            .unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let http_port = free_port();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_edgewatch"))
-        .arg("embedded-clickhouse")
-        .arg("--library")
-        .arg(&lib)
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--http-port", &http_port.to_string()])
-        .args(["--tcp-port", &free_port().to_string()])
-        .env("EDGEWATCH_PARENT_PID", std::process::id().to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while !edgewatch::store::embedded::ping(http_port) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("http://127.0.0.1:{http_port}");
+    // The same embedded server the tests use (fetched once into the cache).
+    let server = support::store::ClickHouse::start();
+    let url = server.url();
     let now = edgewatch::output::unix_ns(SystemTime::now());
     let recs = records(now);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,10 +145,7 @@ fn main() {
     });
     drop(rows);
     assert_eq!(
-        count(
-            &url,
-            &format!("SELECT count() FROM {raw_db}.http_exchanges")
-        ),
+        server.count(&format!("SELECT count() FROM {raw_db}.http_exchanges")),
         RECORDS as u64
     );
     let raw_rate = RECORDS as f64 / raw.as_secs_f64();
@@ -206,10 +164,7 @@ fn main() {
         started.elapsed()
     });
     assert_eq!(
-        count(
-            &url,
-            &format!("SELECT count() FROM {e2e_db}.http_exchanges")
-        ),
+        server.count(&format!("SELECT count() FROM {e2e_db}.http_exchanges")),
         RECORDS as u64
     );
     let e2e_rate = RECORDS as f64 / e2e.as_secs_f64();
@@ -217,7 +172,7 @@ fn main() {
     // 3. Spooled during an outage (nothing listens on the URL), then drained.
     let drain_db = "bench_drain";
     let spool = tempfile::tempdir().unwrap();
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
     let (spool_time, drain) = rt.block_on(async {
         let mut store = Store::start(&store_config(&dead, drain_db, spool.path()))
             .await
@@ -236,10 +191,7 @@ fn main() {
         (spooled, started.elapsed())
     });
     assert_eq!(
-        count(
-            &url,
-            &format!("SELECT count() FROM {drain_db}.http_exchanges")
-        ),
+        server.count(&format!("SELECT count() FROM {drain_db}.http_exchanges")),
         RECORDS as u64
     );
     let drain_rate = RECORDS as f64 / drain.as_secs_f64();
@@ -276,6 +228,5 @@ fn main() {
             "NOT met"
         }
     );
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }

@@ -348,8 +348,7 @@ impl Watch {
         let Some(st) = self.store.as_mut() else {
             return;
         };
-        st.flush(&self.metrics);
-        let dropped = st.totals().dropped;
+        let dropped = st.flush(&self.metrics).dropped;
         let quiet = self
             .store_dropped_at
             .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10));

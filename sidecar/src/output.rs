@@ -13,7 +13,7 @@ use crate::exposure::{
     policy::{AlertEvent, AlertState, Policy, Verdict},
     Exposure, Family,
 };
-use crate::hop::{ConnEventKind, ExchangeOutcome, HopRecord, SessionEnd, Side};
+use crate::hop::{ConnEventKind, HopRecord, SessionEnd, Side};
 
 /// Output format chosen on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -294,21 +294,14 @@ impl Printer {
                 alert,
             }),
             Format::Text => {
-                let state = match alert.state {
-                    AlertState::Firing => "FIRING",
-                    AlertState::Resolved => "RESOLVED",
-                };
-                let mut text = format!(
-                    "{} ALERT {state} {} {}: {}",
-                    rfc3339(alert.at_ns),
-                    alert.severity.as_str(),
+                let text = alert_text(
+                    alert.at_ns,
+                    alert.state,
+                    alert.severity,
                     alert.rule,
-                    alert.summary
+                    &alert.summary,
+                    alert.first_move,
                 );
-                if alert.state == AlertState::Firing {
-                    text.push_str("\n    first move: ");
-                    text.push_str(alert.first_move);
-                }
                 self.line(&text);
             }
         }
@@ -333,24 +326,14 @@ impl Printer {
                 });
             }
             Format::Text => {
-                let state = match a.state {
-                    crate::alerts::State::Firing => "FIRING",
-                    crate::alerts::State::Resolved => "RESOLVED",
-                };
-                let severity = match a.severity {
-                    crate::alerts::Severity::Warning => "warning",
-                    crate::alerts::Severity::Critical => "critical",
-                };
-                let mut text = format!(
-                    "{} ALERT {state} {severity} {}: {}",
-                    rfc3339(a.at_ns),
+                let text = alert_text(
+                    a.at_ns,
+                    a.state,
+                    a.severity,
                     a.rule,
-                    a.summary
+                    &a.summary,
+                    a.first_move,
                 );
-                if a.state == crate::alerts::State::Firing {
-                    text.push_str("\n    first move: ");
-                    text.push_str(a.first_move);
-                }
                 self.line(&text);
             }
         }
@@ -451,13 +434,26 @@ fn side_name(s: Side) -> &'static str {
     }
 }
 
-fn outcome_name(o: ExchangeOutcome) -> &'static str {
-    match o {
-        ExchangeOutcome::Complete => "complete",
-        ExchangeOutcome::Upgraded => "upgraded",
-        ExchangeOutcome::NoResponse => "no_response",
-        ExchangeOutcome::Incomplete => "incomplete",
+/// An alert transition for a terminal (exposure drift and hop rules alike).
+fn alert_text(
+    at_ns: u64,
+    state: AlertState,
+    severity: crate::exposure::policy::Severity,
+    rule: &str,
+    summary: &str,
+    first_move: &str,
+) -> String {
+    let mut text = format!(
+        "{} ALERT {} {} {rule}: {summary}",
+        rfc3339(at_ns),
+        state.as_str().to_uppercase(),
+        severity.as_str(),
+    );
+    if state == AlertState::Firing {
+        text.push_str("\n    first move: ");
+        text.push_str(first_move);
     }
+    text
 }
 
 fn dur(ns: u64) -> String {
@@ -489,7 +485,7 @@ fn hop_text(record: &HopRecord) -> String {
             } else {
                 "no"
             },
-            outcome_name(x.outcome),
+            x.outcome.as_str(),
         ),
         HopRecord::Websocket(s) => {
             let end = match &s.end {

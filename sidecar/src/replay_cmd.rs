@@ -12,7 +12,7 @@ use edgewatch::{
     alerts::{Alert, Engine, Rules},
     config::Config,
     edge::{
-        join::{join_all, JoinedRequest, Matched},
+        join::{join_all, JoinedRequest},
         nginx::JsonFields,
         parse_any, EdgeRecord,
     },
@@ -161,13 +161,7 @@ fn join_logs(
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
     for r in &joined {
         printer.request(r);
-        let k = match r.matched {
-            Matched::Exact => "exact",
-            Matched::Inferred => "inferred",
-            Matched::EdgeOnly => "edge_only",
-            Matched::HopOnly => "hop_only",
-        };
-        *by_kind.entry(k).or_default() += 1;
+        *by_kind.entry(r.matched.as_str()).or_default() += 1;
     }
     let bad: u64 = malformed.values().sum();
     printer.status(

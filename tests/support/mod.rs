@@ -98,28 +98,44 @@ impl Lines {
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + WAIT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                        if pred(&v) {
-                            return v;
-                        }
-                    }
+            let line = self.next_line(what, deadline);
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if pred(&v) {
+                    return v;
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "timed out waiting for {what}; lines seen:\n{}",
-                        self.seen.join("\n")
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "output ended before {what}; lines seen:\n{}",
-                        self.seen.join("\n")
-                    )
-                }
+            }
+        }
+    }
+
+    /// Waits for a plain-text line (a server's log) that satisfies `pred`.
+    pub fn wait_for_text(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = self.next_line(what, deadline);
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn next_line(&mut self, what: &str, deadline: Instant) -> String {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "timed out waiting for {what}; lines seen:\n{}",
+                    self.seen.join("\n")
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "output ended before {what}; lines seen:\n{}",
+                    self.seen.join("\n")
+                )
             }
         }
     }

@@ -4,8 +4,10 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use edgewatch::store::embedded;
 
 use super::{edgewatch_bin, free_port};
 
@@ -14,8 +16,7 @@ pub const CACHE_DIR: &str = "/var/cache/edgewatch";
 
 /// The cached library, fetched on first use.
 pub fn library() -> PathBuf {
-    edgewatch::store::embedded::ensure_library(Path::new(CACHE_DIR))
-        .expect("fetching ClickHouse for the tests")
+    embedded::ensure_library(Path::new(CACHE_DIR)).expect("fetching ClickHouse for the tests")
 }
 
 pub struct ClickHouse {
@@ -50,20 +51,20 @@ impl ClickHouse {
             // Stops with the test process.
             .env("EDGEWATCH_PARENT_PID", std::process::id().to_string())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        let mut child = child;
+        // The server says when its listener answers.
+        let ready = embedded::wait_ready(child.stdout.take().unwrap(), Duration::from_secs(120));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !edgewatch::store::embedded::ping(self.http_port) {
-            assert!(
-                Instant::now() < deadline,
-                "ClickHouse did not start: {}",
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert_eq!(
+            ready,
+            embedded::Ready::Ready,
+            "ClickHouse did not start: {}",
+            std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        );
     }
 
     pub fn url(&self) -> String {
@@ -73,21 +74,7 @@ impl ClickHouse {
     /// Stops the server (SIGTERM) and waits until it is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            embedded::terminate(&mut c, Duration::from_secs(20));
         }
     }
 

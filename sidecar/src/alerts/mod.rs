@@ -13,23 +13,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
+pub use crate::exposure::policy::{AlertState as State, Severity};
 use crate::hop::{ConnEventKind, HopRecord, SessionEnd, Side, WsSession};
-
-/// How bad an alert is.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Warning,
-    Critical,
-}
-
-/// Whether an incident starts or ends.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Firing,
-    Resolved,
-}
 
 /// One alert transition.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -33,6 +33,18 @@ pub enum Matched {
     HopOnly,
 }
 
+impl Matched {
+    /// The name used in output and in ClickHouse (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Matched::Exact => "exact",
+            Matched::Inferred => "inferred",
+            Matched::EdgeOnly => "edge_only",
+            Matched::HopOnly => "hop_only",
+        }
+    }
+}
+
 /// One request with both views.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct JoinedRequest {

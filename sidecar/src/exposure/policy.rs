@@ -214,6 +214,15 @@ pub enum AlertState {
     Resolved,
 }
 
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+}
+
 /// One alert transition.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct AlertEvent {

@@ -127,6 +127,18 @@ pub enum ExchangeOutcome {
     Incomplete,
 }
 
+impl ExchangeOutcome {
+    /// The name used in output and in ClickHouse (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeOutcome::Complete => "complete",
+            ExchangeOutcome::Upgraded => "upgraded",
+            ExchangeOutcome::NoResponse => "no_response",
+            ExchangeOutcome::Incomplete => "incomplete",
+        }
+    }
+}
+
 /// One request and its response on the hop.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HttpExchange {

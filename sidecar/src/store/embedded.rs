@@ -198,39 +198,36 @@ impl EmbeddedServer {
             .arg("--tcp-port")
             .arg(o.tcp_port.to_string())
             .stdin(Stdio::null())
-            .stdout(log_file.try_clone().context("log file")?)
+            // stdout carries the ready line; everything else goes to the log.
+            .stdout(Stdio::piped())
             .stderr(log_file);
         // The child watches its parent and stops when it is gone (PR_SET_PDEATHSIG would fire
         // when the forking *thread* ends, which a runtime's blocking pool does when idle).
         cmd.env("EDGEWATCH_PARENT_PID", std::process::id().to_string());
-        let child = cmd.spawn().context("starting the embedded ClickHouse")?;
+        let mut child = cmd.spawn().context("starting the embedded ClickHouse")?;
+        let ready = child.stdout.take().map(|out| wait_ready(out, wait));
         let mut server = Self {
             child,
             url: format!("http://127.0.0.1:{}", o.http_port),
             log,
         };
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(status) = server.child.try_wait().context("embedded ClickHouse")? {
+        match ready {
+            Some(Ready::Ready) => Ok(server),
+            Some(Ready::Exited) | None => {
+                server.stop();
                 let tail = std::fs::read_to_string(&server.log).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(5).collect();
                 bail!(
-                    "the embedded ClickHouse exited ({status}) before answering: {}",
+                    "the embedded ClickHouse exited before answering: {}",
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-                );
+                )
             }
-            if ping(o.http_port) {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the embedded ClickHouse did not answer on 127.0.0.1:{} within {:?} (log: {})",
-                    o.http_port,
-                    wait,
-                    server.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            Some(Ready::TimedOut) => bail!(
+                "the embedded ClickHouse did not answer on 127.0.0.1:{} within {:?} (log: {})",
+                o.http_port,
+                wait,
+                server.log.display()
+            ),
         }
     }
 
@@ -240,22 +237,7 @@ impl EmbeddedServer {
 
     /// Stops the server and waits for it.
     pub fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -263,6 +245,59 @@ impl Drop for EmbeddedServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What the server child prints on stdout once its HTTP listener answers.
+pub const READY_LINE: &str = "edgewatch-clickhouse: ready";
+
+/// How waiting for the ready line ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ready {
+    Ready,
+    /// stdout closed first: the child exited.
+    Exited,
+    TimedOut,
+}
+
+/// Waits for [`READY_LINE`] on a server child's stdout (read to its end in the background).
+pub fn wait_ready(stdout: std::process::ChildStdout, wait: Duration) -> Ready {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) if l.trim() == READY_LINE => {
+                    let _ = tx.send(Ready::Ready);
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = tx.send(Ready::Exited);
+    });
+    rx.recv_timeout(wait).unwrap_or(Ready::TimedOut)
+}
+
+/// SIGTERM, then wait for the child; SIGKILL if it is still there after `grace`.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: plain kill(2) on our own, not yet reaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        if rx.recv_timeout(grace) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: the child is not reaped until the wait below returns.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let _ = child.wait();
+    let _ = tx.send(());
+    let _ = killer.join();
 }
 
 /// `GET /ping` answers `Ok.`.
@@ -327,6 +362,16 @@ pub fn run_server(
         )
     };
     tracing::info!(http_port, tcp_port, data = %data_dir.display(), "embedded ClickHouse starting");
+    // Tells the parent when the listener answers (the query below never returns).
+    std::thread::spawn(move || loop {
+        if ping(http_port) {
+            println!("{READY_LINE}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
     if let Some(parent) = std::env::var("EDGEWATCH_PARENT_PID")
         .ok()
         .and_then(|p| p.parse::<i32>().ok())

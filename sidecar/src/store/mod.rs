@@ -158,8 +158,12 @@ impl Store {
         let client = endpoint.client(&cfg.database)?;
         let opts = schema_options(cfg);
         let first_wait = cfg.timeout.min(Duration::from_secs(10));
+        let mut prepared = None;
         match tokio::time::timeout(first_wait, ship::prepare(&client, &opts, &node)).await {
-            Ok(Ok(version)) => tracing::info!(%version, %url, "ClickHouse ready"),
+            Ok(Ok(version)) => {
+                tracing::info!(%version, %url, "ClickHouse ready");
+                prepared = Some(version);
+            }
             Ok(Err(PrepareError::Incompatible(reason))) => {
                 anyhow::bail!("ClickHouse at {url} cannot be used: {reason}")
             }
@@ -182,6 +186,7 @@ impl Store {
             url: url.clone(),
             stats: sender_stats.clone(),
             timeout: cfg.timeout,
+            prepared,
         };
         let task = tokio::spawn(sender.run(done_rx));
         Ok(Self {
@@ -257,13 +262,17 @@ impl Store {
         }
     }
 
-    /// Writes this turn's rows to disk and seals old batches; updates the metrics.
-    pub fn flush(&mut self, metrics: &Metrics) {
-        if let Err(e) = self.spool.flush() {
-            self.write_errors += 1;
-            tracing::error!(error = %e, "cannot write the spool");
-        }
-        self.export(metrics);
+    /// Writes this turn's rows to disk and seals old batches; updates the metrics and
+    /// returns the totals it exported.
+    pub fn flush(&mut self, metrics: &Metrics) -> StoreTotals {
+        self.write_now();
+        let t = self.totals();
+        metrics.store_rows_now("spooled", t.spooled);
+        metrics.store_rows_now("sent", t.sent);
+        metrics.store_rows_now("rejected", t.rejected);
+        metrics.store_rows_now("dropped", t.dropped);
+        metrics.set_store_backlog(t.backlog_rows, t.backlog_bytes);
+        t
     }
 
     /// Totals for metrics and reports.
@@ -282,15 +291,6 @@ impl Store {
             backlog_rows: shared.backlog_rows(),
             backlog_bytes: bytes,
         }
-    }
-
-    fn export(&self, metrics: &Metrics) {
-        let t = self.totals();
-        metrics.store_rows_now("spooled", t.spooled);
-        metrics.store_rows_now("sent", t.sent);
-        metrics.store_rows_now("rejected", t.rejected);
-        metrics.store_rows_now("dropped", t.dropped);
-        metrics.set_store_backlog(t.backlog_rows, t.backlog_bytes);
     }
 
     /// Seals everything and gives the sender up to `drain` to send it; what is left stays in

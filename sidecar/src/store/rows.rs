@@ -8,7 +8,7 @@ use crate::{
     edge::{join::JoinedRequest, EdgeFormat, EdgeRecord},
     exposure::{
         inventory::{Change, ChangeKind, ChangeSource},
-        policy::{AlertEvent, AlertState, Policy, Verdict},
+        policy::{AlertEvent, Policy, Verdict},
         Exposure, Family,
     },
     hop::{ConnEvent, ConnEventKind, ConnId, HttpExchange, Loss, SessionEnd, Side, WsSession},
@@ -281,10 +281,7 @@ impl HttpRow {
             total_ns: x.total_ns,
             request_bytes: x.request_bytes,
             response_bytes: x.response_bytes,
-            outcome: serde_json::to_value(x.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            outcome: x.outcome.as_str().to_owned(),
         }
     }
 }
@@ -485,10 +482,7 @@ impl RequestRow {
             ts: ns(ts),
             node: node.to_owned(),
             request_id: r.request_id.clone().unwrap_or_default(),
-            matched: serde_json::to_value(r.matched)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            matched: r.matched.as_str().to_owned(),
             reason: r.reason.clone().unwrap_or_default(),
             client: e.and_then(|e| e.client.clone()).unwrap_or_default(),
             host: e
@@ -546,11 +540,7 @@ impl AlertRow {
         Self {
             ts: ns(a.at_ns),
             node: node.to_owned(),
-            state: match a.state {
-                AlertState::Firing => "firing",
-                AlertState::Resolved => "resolved",
-            }
-            .to_owned(),
+            state: a.state.as_str().to_owned(),
             rule: a.rule.to_owned(),
             severity: a.severity.as_str().to_owned(),
             dedup_key: a.dedup_key.clone(),
@@ -560,25 +550,15 @@ impl AlertRow {
             evidence: serde_json::to_string(&a.evidence).unwrap_or_default(),
         }
     }
-}
 
-impl AlertRow {
     /// A hop rule's alert.
     pub fn from_rule(node: &str, a: &crate::alerts::Alert) -> Self {
         Self {
             ts: ns(a.at_ns),
             node: node.to_owned(),
-            state: match a.state {
-                crate::alerts::State::Firing => "firing",
-                crate::alerts::State::Resolved => "resolved",
-            }
-            .to_owned(),
+            state: a.state.as_str().to_owned(),
             rule: a.rule.to_owned(),
-            severity: match a.severity {
-                crate::alerts::Severity::Warning => "warning",
-                crate::alerts::Severity::Critical => "critical",
-            }
-            .to_owned(),
+            severity: a.severity.as_str().to_owned(),
             dedup_key: a.dedup_key.clone(),
             summary: a.summary.clone(),
             first_move: a.first_move.to_owned(),

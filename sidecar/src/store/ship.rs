@@ -429,6 +429,9 @@ pub struct Sender {
     /// Longest a request may take (a server that accepts and never answers is a failure,
     /// retried like any other, not a hang).
     pub timeout: Duration,
+    /// The server version when the caller already prepared the server (no second round of
+    /// checks at start).
+    pub prepared: Option<String>,
 }
 
 fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats)) {
@@ -445,13 +448,17 @@ impl Sender {
         // (and retried slowly, in case the operator fixes it).
         let mut reported_down = false;
         let mut attempts = 0u32;
+        let mut prepared = self.prepared.clone();
         loop {
-            let attempt =
+            let attempt = if let Some(version) = prepared.take() {
+                Ok(version)
+            } else {
                 tokio::time::timeout(self.timeout, prepare(&self.client, &self.opts, &self.node))
                     .await
                     .unwrap_or(Err(PrepareError::Unreachable(
                         clickhouse::error::Error::TimedOut,
-                    )));
+                    )))
+            };
             match attempt {
                 Ok(version) => {
                     let _ = self.events.send(StoreEvent::Ready {

@@ -71,7 +71,7 @@ pub struct BatchInfo {
 /// Counters the spool keeps (exported as metrics, reported on change).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpoolStats {
-    /// Rows written to the spool.
+    /// Rows written to the spool (by this writer; [`Spool::stats`] fills it in).
     pub accepted_rows: u64,
     /// Rows deleted unsent because the spool was full.
     pub dropped_rows: u64,
@@ -86,8 +86,26 @@ pub struct SpoolStats {
 struct State {
     sealed: BTreeMap<u64, BatchInfo>,
     sealed_bytes: u64,
+    sealed_rows: u64,
     in_flight: std::collections::BTreeSet<u64>,
     stats: SpoolStats,
+}
+
+impl State {
+    /// A sealed batch joins the backlog.
+    fn add(&mut self, b: BatchInfo) {
+        self.sealed_bytes += b.bytes;
+        self.sealed_rows += b.rows;
+        self.sealed.insert(b.seq, b);
+    }
+
+    /// A batch leaves the backlog (sent, set aside or evicted).
+    fn take(&mut self, seq: u64) -> Option<BatchInfo> {
+        let b = self.sealed.remove(&seq)?;
+        self.sealed_bytes = self.sealed_bytes.saturating_sub(b.bytes);
+        self.sealed_rows = self.sealed_rows.saturating_sub(b.rows);
+        Some(b)
+    }
 }
 
 /// What the spool's writer and its sender share.
@@ -146,9 +164,7 @@ impl Shared {
 
     fn forget(&self, b: &BatchInfo) {
         let mut s = self.lock();
-        if s.sealed.remove(&b.seq).is_some() {
-            s.sealed_bytes = s.sealed_bytes.saturating_sub(b.bytes);
-        }
+        s.take(b.seq);
         s.in_flight.remove(&b.seq);
     }
 
@@ -169,7 +185,7 @@ impl Shared {
 
     /// Rows waiting in sealed batches.
     pub fn backlog_rows(&self) -> u64 {
-        self.lock().sealed.values().map(|b| b.rows).sum()
+        self.lock().sealed_rows
     }
 }
 
@@ -205,6 +221,8 @@ pub struct Spool {
     next_seq: u64,
     /// This run's id (new at every open).
     run: String,
+    /// Rows accepted by this writer (kept here: no lock per row).
+    accepted_rows: u64,
 }
 
 fn file_name(seq: u64, table: usize, ext: &str) -> String {
@@ -326,18 +344,14 @@ impl Spool {
                             continue;
                         }
                     };
-                    state.sealed_bytes += frames.valid;
-                    state.sealed.insert(
+                    state.add(BatchInfo {
                         seq,
-                        BatchInfo {
-                            seq,
-                            run: frames.run,
-                            table,
-                            rows: frames.rows.len() as u64,
-                            bytes: frames.valid,
-                            path,
-                        },
-                    );
+                        run: frames.run,
+                        table,
+                        rows: frames.rows.len() as u64,
+                        bytes: frames.valid,
+                        path,
+                    });
                 }
                 "open" => {
                     // Recover what a stopped (or killed) run had written.
@@ -359,18 +373,14 @@ impl Spool {
                     fs::rename(&path, &sealed).map_err(io(&path))?;
                     state.stats.recovered_rows += rows;
                     state.stats.truncated_bytes += cut;
-                    state.sealed_bytes += valid;
-                    state.sealed.insert(
+                    state.add(BatchInfo {
                         seq,
-                        BatchInfo {
-                            seq,
-                            run: frames.run,
-                            table,
-                            rows,
-                            bytes: valid,
-                            path: sealed,
-                        },
-                    );
+                        run: frames.run,
+                        table,
+                        rows,
+                        bytes: valid,
+                        path: sealed,
+                    });
                 }
                 _ => {}
             }
@@ -387,6 +397,7 @@ impl Spool {
             open: (0..TABLE_NAMES.len()).map(|_| None).collect(),
             next_seq,
             run: new_id(),
+            accepted_rows: 0,
         };
         spool.enforce_bound();
         Ok(spool)
@@ -426,7 +437,7 @@ impl Spool {
             b.rows >= self.limits.batch_rows
                 || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
         };
-        self.shared.lock().stats.accepted_rows += 1;
+        self.accepted_rows += 1;
         if full {
             self.seal(table)?;
         } else if self.open[table]
@@ -485,21 +496,14 @@ impl Spool {
         }
         let sealed = self.shared.dir.join(file_name(b.seq, table, "batch"));
         fs::rename(&b.path, &sealed).map_err(io(&b.path))?;
-        {
-            let mut s = self.shared.lock();
-            s.sealed_bytes += b.bytes;
-            s.sealed.insert(
-                b.seq,
-                BatchInfo {
-                    seq: b.seq,
-                    run: b.run,
-                    table,
-                    rows: b.rows,
-                    bytes: b.bytes,
-                    path: sealed,
-                },
-            );
-        }
+        self.shared.lock().add(BatchInfo {
+            seq: b.seq,
+            run: b.run,
+            table,
+            rows: b.rows,
+            bytes: b.bytes,
+            path: sealed,
+        });
         self.enforce_bound();
         self.shared.notify.notify_one();
         Ok(())
@@ -509,16 +513,17 @@ impl Spool {
     fn enforce_bound(&mut self) {
         let mut s = self.shared.lock();
         while s.sealed_bytes > self.limits.max_bytes {
-            let Some(victim) = s
+            let Some(seq) = s
                 .sealed
-                .values()
-                .find(|b| !s.in_flight.contains(&b.seq))
-                .cloned()
+                .keys()
+                .find(|seq| !s.in_flight.contains(seq))
+                .copied()
             else {
                 break;
             };
-            s.sealed.remove(&victim.seq);
-            s.sealed_bytes = s.sealed_bytes.saturating_sub(victim.bytes);
+            let Some(victim) = s.take(seq) else {
+                break;
+            };
             s.stats.dropped_rows += victim.rows;
             s.stats.dropped_batches += 1;
             if let Err(e) = fs::remove_file(&victim.path) {
@@ -558,7 +563,10 @@ impl Spool {
     }
 
     pub fn stats(&self) -> SpoolStats {
-        self.shared.stats()
+        SpoolStats {
+            accepted_rows: self.accepted_rows,
+            ..self.shared.stats()
+        }
     }
 }
 
