@@ -522,12 +522,10 @@ impl Sender {
                 if *done.borrow() {
                     return;
                 }
+                // A seal while we were busy left a permit (notify_one): no wake-up is lost.
                 tokio::select! {
                     _ = self.shared.notify.notified() => {}
                     _ = done.changed() => {}
-                    // Batches sealed by a restart's recovery need no wake-up; this is a
-                    // safety net, not the pace.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
             };
