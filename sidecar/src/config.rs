@@ -51,6 +51,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where records are kept: ClickHouse (an embedded one by default).
     pub store: StoreConfig,
+    /// Alert rules, their lifecycle and webhooks.
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 /// Exposure policy.
@@ -539,12 +541,91 @@ impl Config {
                 "the embedded server needs fixed ports",
             ));
         }
+        self.validate_alerts(&invalid)?;
         if !self.probes.tracefs.starts_with('/') {
             return Err(invalid(
                 "probes.tracefs",
                 format!("{:?}", self.probes.tracefs),
                 "must be an absolute path",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_alerts(
+        &self,
+        invalid: &dyn Fn(&str, String, &str) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let a = &self.alerts;
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let positive = [
+            ("alerts.quiet_period", a.quiet_period),
+            (
+                "alerts.timeout_disconnect.min_idle",
+                a.timeout_disconnect.min_idle,
+            ),
+            ("alerts.reload_burst.window", a.reload_burst.window),
+            ("alerts.reset_storm.window", a.reset_storm.window),
+            (
+                "alerts.upstream_slowness.window",
+                a.upstream_slowness.window,
+            ),
+            (
+                "alerts.upstream_slowness.threshold",
+                a.upstream_slowness.threshold,
+            ),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(key, dur(d), "must be more than 0s"));
+            }
+        }
+        let counts = [
+            (
+                "alerts.timeout_disconnect.min_sessions",
+                a.timeout_disconnect.min_sessions,
+            ),
+            (
+                "alerts.reload_burst.min_sessions",
+                a.reload_burst.min_sessions,
+            ),
+            ("alerts.reset_storm.count", a.reset_storm.count),
+            (
+                "alerts.upstream_slowness.min_samples",
+                a.upstream_slowness.min_samples,
+            ),
+        ];
+        for (key, n) in counts {
+            if n == 0 {
+                return Err(invalid(key, "0".into(), "must be at least 1"));
+            }
+        }
+        let tol = a.timeout_disconnect.tolerance;
+        if !(0.0..1.0).contains(&tol) {
+            return Err(invalid(
+                "alerts.timeout_disconnect.tolerance",
+                tol.to_string(),
+                "a fraction from 0 up to (not including) 1, e.g. 0.1 for 10%",
+            ));
+        }
+        let pct = a.upstream_slowness.percentile;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(invalid(
+                "alerts.upstream_slowness.percentile",
+                pct.to_string(),
+                "a percentile above 0 and at most 100, e.g. 95",
+            ));
+        }
+        for (i, w) in a.webhooks.iter().enumerate() {
+            if let Err(reason) = w.check() {
+                return Err(invalid(
+                    &format!("alerts.webhooks[{i}].url"),
+                    format!("{:?}", w.display_url()),
+                    &reason,
+                ));
+            }
         }
         Ok(())
     }
@@ -599,6 +680,45 @@ mod tests {
     }
 
     #[test]
+    fn alert_rules_are_tuned_and_switched_off_in_the_config() {
+        let config = parse(
+            r#"
+            [alerts]
+            quiet_period = "30s"
+            cooldown = "0s"
+            [alerts.reload_burst]
+            enabled = false
+            [alerts.origin_rejected]
+            allowed_origins = ["https://gw.example.com"]
+            [alerts.upstream_slowness]
+            percentile = 99
+            threshold = "500ms"
+            [[alerts.webhooks]]
+            url = "http://127.0.0.1:9093/api/v2/alerts"
+            bearer_token_env = "EDGEWATCH_WEBHOOK_TOKEN"
+            [[alerts.webhooks]]
+            url = "https://hooks.example/edgewatch"
+            format = "json"
+            "#,
+        )
+        .expect("valid alerts config");
+        let a = &config.alerts;
+        assert_eq!(a.quiet_period, Duration::from_secs(30));
+        assert!(!a.reload_burst.enabled);
+        assert!(a.timeout_disconnect.enabled, "others stay on");
+        assert_eq!(
+            a.origin_rejected.allowed_origins,
+            ["https://gw.example.com"]
+        );
+        assert_eq!(a.upstream_slowness.threshold, Duration::from_millis(500));
+        assert_eq!(a.webhooks.len(), 2);
+        assert_eq!(
+            a.webhooks[1].format,
+            crate::alerts::webhook::WebhookFormat::Json
+        );
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = parse("[exposure]\nwatched_port = [1]\n").expect_err("unknown key");
         let text = err.to_string();
@@ -638,6 +758,26 @@ mod tests {
                 "[store]\nspool_max_bytes = 1000",
                 "store.spool_max_bytes",
                 "1000",
+            ),
+            (
+                "[alerts.upstream_slowness]\npercentile = 120",
+                "alerts.upstream_slowness.percentile",
+                "120",
+            ),
+            (
+                "[alerts.reload_burst]\nmin_sessions = 0",
+                "alerts.reload_burst.min_sessions",
+                "0",
+            ),
+            (
+                "[alerts]\nquiet_period = \"0s\"",
+                "alerts.quiet_period",
+                "0s",
+            ),
+            (
+                "[[alerts.webhooks]]\nurl = \"https://u:pw@hooks.example/x?k=1\"",
+                "alerts.webhooks[0].url",
+                "bearer_token",
             ),
         ];
         for (text, key, value) in cases {

@@ -10,6 +10,7 @@ use tokio::{
 };
 
 use crate::{
+    alerts::{webhook::Webhook, Alert, Engine},
     config::Config,
     edge::join::{JoinedRequest, Joiner},
     exposure::{
@@ -95,6 +96,10 @@ struct Watch {
     /// Store rows dropped so far as last reported, and when (at most one line per 10 s).
     store_dropped: u64,
     store_dropped_at: Option<std::time::Instant>,
+    /// The alert rules (hop, joined requests, and drift passing through) and their sinks.
+    alerts: Engine,
+    alert_out: Vec<Alert>,
+    webhooks: Vec<Webhook>,
 }
 
 impl Watch {
@@ -122,6 +127,106 @@ impl Watch {
             store: None,
             store_dropped: 0,
             store_dropped_at: None,
+            alerts: Engine::new(config.alerts.clone()),
+            alert_out: Vec::new(),
+            webhooks: Vec::new(),
+        }
+    }
+
+    /// Starts the configured webhooks (a missing token stops the start).
+    fn start_webhooks(&mut self, config: &Config) -> anyhow::Result<()> {
+        let node = if config.store.node.is_empty() {
+            crate::store::hostname()
+        } else {
+            config.store.node.clone()
+        };
+        for w in &config.alerts.webhooks {
+            let hook = Webhook::start(w.clone(), node.clone()).map_err(anyhow::Error::msg)?;
+            self.webhooks.push(hook);
+        }
+        Ok(())
+    }
+
+    /// Moves the rules' clock on and sends this turn's alert transitions to every sink: the
+    /// output, ClickHouse, the metrics and the webhooks.
+    fn emit_alerts(&mut self, now: u64) {
+        self.alerts.advance(now, &mut self.alert_out);
+        if !self.alert_out.is_empty() {
+            let alerts = std::mem::take(&mut self.alert_out);
+            let firing = self.tracker.firing() + self.alerts.firing();
+            for a in &alerts {
+                self.metrics.alert(a.rule, a.state.as_str(), firing);
+                if let Some(st) = self.store.as_mut() {
+                    st.alert(a);
+                }
+            }
+            if let Some(st) = self.store.as_mut() {
+                st.write_now();
+            }
+            for a in &alerts {
+                self.printer.alert(a);
+            }
+            for w in &self.webhooks {
+                w.send(&alerts);
+            }
+        }
+        let (tracker, engine) = (&self.tracker, &self.alerts);
+        for w in &mut self.webhooks {
+            w.resend(|| {
+                let mut open: Vec<Alert> =
+                    tracker.firing_events(now).iter().map(Alert::from).collect();
+                open.extend(engine.open_alerts(now));
+                open
+            });
+        }
+        self.webhook_reports();
+    }
+
+    /// Prints what the webhooks reported and brings their counters up to date.
+    fn webhook_reports(&mut self) {
+        if self.webhooks.is_empty() {
+            return;
+        }
+        let total = |f: fn(&crate::alerts::webhook::Stats) -> u64| -> u64 {
+            self.webhooks.iter().map(|w| f(w.stats())).sum()
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        self.metrics
+            .webhook_alerts_now("sent", total(|s| s.sent.load(Relaxed)));
+        self.metrics
+            .webhook_alerts_now("failed", total(|s| s.failed.load(Relaxed)));
+        self.metrics
+            .webhook_alerts_now("dropped", total(|s| s.dropped.load(Relaxed)));
+        for w in &self.webhooks {
+            for ev in w.take_events() {
+                use crate::alerts::webhook::WebhookEvent as E;
+                let text = match &ev {
+                    E::Retrying {
+                        url,
+                        alerts,
+                        attempt,
+                        reason,
+                        retry_in_ms,
+                    } => format!(
+                        "webhook {url}: attempt {attempt} for {alerts} alert(s) failed ({reason}); retrying in {:.1} s",
+                        *retry_in_ms as f64 / 1000.0
+                    ),
+                    E::Recovered {
+                        url,
+                        after_attempts,
+                    } => format!("webhook {url}: delivered after {after_attempts} attempts"),
+                    E::Failed {
+                        url,
+                        alerts,
+                        reason,
+                    } => {
+                        let text = format!("webhook {url}: gave up on {alerts} alert(s): {reason}");
+                        tracing::error!("{text}");
+                        text
+                    }
+                };
+                self.printer.status("webhook", &text, &ev);
+            }
         }
     }
 
@@ -161,26 +266,10 @@ impl Watch {
 
     fn evaluate(&mut self, now: u64) {
         let exposures = self.inventory.exposures();
-        let alerts = self.tracker.reconcile(&self.policy, &exposures, now);
-        if let Some(st) = self.store.as_mut() {
-            for a in &alerts {
-                st.alert(a);
-            }
-            if !alerts.is_empty() {
-                st.write_now();
-            }
+        for a in self.tracker.reconcile(&self.policy, &exposures, now) {
+            self.alerts.drift(&a, &mut self.alert_out);
         }
-        for a in &alerts {
-            self.metrics.alert(
-                a.rule,
-                match a.state {
-                    crate::exposure::policy::AlertState::Firing => "firing",
-                    crate::exposure::policy::AlertState::Resolved => "resolved",
-                },
-                self.tracker.firing(),
-            );
-            self.printer.alert(a);
-        }
+        self.emit_alerts(now);
         let count = |s: Scope| {
             i64::try_from(exposures.iter().filter(|e| e.scope() == s).count()).unwrap_or(0)
         };
@@ -285,6 +374,7 @@ impl Watch {
 
     fn emit_hop(&mut self, r: HopRecord) {
         self.printer.hop(&r);
+        self.alerts.hop(&r, &mut self.alert_out);
         if let Some(st) = self.store.as_mut() {
             st.hop(&r);
         }
@@ -325,6 +415,7 @@ impl Watch {
     fn print_joined(&mut self) {
         for r in std::mem::take(&mut self.joined) {
             self.printer.request(&r);
+            self.alerts.request(&r, &mut self.alert_out);
             if let Some(st) = self.store.as_mut() {
                 st.request(&r);
             }
@@ -507,6 +598,7 @@ pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize>
 pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let mut watch = Watch::new(&config, printer, metrics.clone());
+    watch.start_webhooks(&config)?;
     if config.store.enabled {
         let store = Store::start(&config.store)
             .await
@@ -702,6 +794,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
+        watch.emit_alerts(unix_ns(SystemTime::now()));
         watch.flush_store();
         watch.printer.flush();
     }
@@ -710,7 +803,19 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     // What is still open is reported as it stands (sessions end `open`).
     watch.hop.finish(&mut watch.hop_records);
     watch.print_all_hop_records();
+    watch.emit_alerts(unix_ns(SystemTime::now()));
     watch.flush_store();
+    let undelivered: u64 = std::mem::take(&mut watch.webhooks)
+        .into_iter()
+        .map(|w| w.shutdown(std::time::Duration::from_secs(5)))
+        .sum();
+    if undelivered > 0 {
+        watch.printer.status(
+            "webhook",
+            &format!("{undelivered} alert(s) not delivered to webhooks before stopping"),
+            &serde_json::json!({ "event": "undelivered", "alerts": undelivered }),
+        );
+    }
     if let Some(st) = watch.store.take() {
         let totals = st.shutdown(config.store.timeout).await;
         watch.printer.status(

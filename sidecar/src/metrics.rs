@@ -10,6 +10,14 @@ use prometheus_client::{
 
 type Labels = Vec<(String, String)>;
 
+/// Brings a counter up to an absolute total (counters the sidecar reads elsewhere).
+fn raise_to(counter: &Counter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
 fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_owned(), value.to_owned())]
 }
@@ -34,6 +42,7 @@ pub struct Metrics {
     nat_reads: Counter,
     nat_problems: Gauge,
     store_rows: Family<Labels, Counter>,
+    webhook_alerts: Family<Labels, Counter>,
     store_backlog_rows: Gauge,
     store_backlog_bytes: Gauge,
     store_up: Gauge,
@@ -126,6 +135,13 @@ impl Metrics {
         for result in ["spooled", "sent", "rejected", "dropped"] {
             store_rows.get_or_create(&label("result", result)).inc_by(0);
         }
+        let webhook_alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhook_alerts",
+            "Alert transitions for webhooks by outcome: sent, failed (given up after retries, or \
+             refused), dropped (the delivery queue was full)",
+            webhook_alerts.clone(),
+        );
         let store_backlog_rows = Gauge::default();
         registry.register(
             "store_backlog_rows",
@@ -178,6 +194,7 @@ impl Metrics {
             nat_reads,
             nat_problems,
             store_rows,
+            webhook_alerts,
             store_backlog_rows,
             store_backlog_bytes,
             store_up,
@@ -186,11 +203,18 @@ impl Metrics {
 
     /// Brings a store row counter up to an absolute total.
     pub fn store_rows_now(&self, result: &str, total: u64) {
-        let counter = self.store_rows.get_or_create(&label("result", result));
-        let seen = counter.get();
-        if total > seen {
-            counter.inc_by(total - seen);
-        }
+        raise_to(
+            &self.store_rows.get_or_create(&label("result", result)),
+            total,
+        );
+    }
+
+    /// Brings a webhook counter (summed over the webhooks) up to an absolute total.
+    pub fn webhook_alerts_now(&self, result: &str, total: u64) {
+        raise_to(
+            &self.webhook_alerts.get_or_create(&label("result", result)),
+            total,
+        );
     }
 
     pub fn set_store_backlog(&self, rows: u64, bytes: u64) {
@@ -242,11 +266,10 @@ impl Metrics {
 
     /// Brings a kernel drop counter up to the kernel's absolute value.
     pub fn kernel_drops_now(&self, reason: &str, total: u64) {
-        let counter = self.kernel_drops.get_or_create(&label("reason", reason));
-        let seen = counter.get();
-        if total > seen {
-            counter.inc_by(total - seen);
-        }
+        raise_to(
+            &self.kernel_drops.get_or_create(&label("reason", reason)),
+            total,
+        );
     }
 
     pub fn set_exposures(&self, by_scope: &[(&str, i64)]) {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::exposure::{
     inventory::{Change, ChangeKind, ChangeSource},
-    policy::{AlertEvent, AlertState, Policy, Verdict},
+    policy::{AlertState, Policy, Verdict},
     Exposure, Family,
 };
 use crate::hop::{ConnEventKind, HopRecord, SessionEnd, Side};
@@ -31,7 +31,7 @@ pub fn unix_ns(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn rfc3339(ns: u64) -> String {
+pub(crate) fn rfc3339(ns: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
@@ -47,15 +47,6 @@ struct ExposureLine<'a> {
     exposure: &'a Exposure,
     watched: bool,
     verdict: &'a Verdict,
-}
-
-#[derive(Serialize)]
-struct AlertLine<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    time: String,
-    #[serde(flatten)]
-    alert: &'a AlertEvent,
 }
 
 /// Writes everything the sidecar reports.
@@ -280,35 +271,8 @@ impl Printer {
         }
     }
 
-    /// One alert transition (written out at once).
-    pub fn alert(&mut self, alert: &AlertEvent) {
-        self.alert_line(alert);
-        self.flush();
-    }
-
-    fn alert_line(&mut self, alert: &AlertEvent) {
-        match self.format {
-            Format::Json => self.json(&AlertLine {
-                ty: "alert",
-                time: rfc3339(alert.at_ns),
-                alert,
-            }),
-            Format::Text => {
-                let text = alert_text(
-                    alert.at_ns,
-                    alert.state,
-                    alert.severity,
-                    alert.rule,
-                    &alert.summary,
-                    alert.first_move,
-                );
-                self.line(&text);
-            }
-        }
-    }
-
-    /// One transition of a hop rule's alert (written out at once).
-    pub fn rule_alert(&mut self, a: &crate::alerts::Alert) {
+    /// One alert transition, any rule (written out at once).
+    pub fn alert(&mut self, a: &crate::alerts::Alert) {
         match self.format {
             Format::Json => {
                 #[derive(Serialize)]

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 use edgewatch::{
-    alerts::{Alert, Engine, Rules},
+    alerts::{Alert, Engine},
     config::Config,
     edge::{
         join::{join_all, JoinedRequest},
@@ -44,8 +44,8 @@ pub fn run(
     );
     let mut printer = Printer::stdout(format);
     let mut kept = Vec::new();
-    // The hop rules, in the capture's own time.
-    let mut engine = Engine::new(Rules::default());
+    // The alert rules, in the capture's own time.
+    let mut engine = Engine::new(config.alerts.clone());
     let mut alerts = Vec::new();
     let keep = !access_logs.is_empty() || to_store;
     let summary = replay(
@@ -53,6 +53,7 @@ pub fn run(
         ports,
         |record| {
             printer.hop(record);
+            engine.advance(record.end_ts_ns(), &mut alerts);
             engine.hop(record, &mut alerts);
             if keep {
                 kept.push(record.clone());
@@ -62,10 +63,6 @@ pub fn run(
     )
     .with_context(|| format!("replaying {}", capture.display()))?;
     bar.finish_and_clear();
-    // Incidents still open when the capture ends are reported as firing.
-    for a in &alerts {
-        printer.rule_alert(a);
-    }
     let drops: u64 = summary
         .skipped
         .iter()
@@ -105,6 +102,13 @@ pub fn run(
             to_store,
         )?
     };
+    for j in &joined {
+        engine.request(j, &mut alerts);
+    }
+    // Incidents still open when the capture ends are reported as firing.
+    for a in &alerts {
+        printer.alert(a);
+    }
     if to_store {
         ship(&mut printer, config, &kept, &edges, &joined, &alerts)?;
     }
@@ -215,7 +219,7 @@ fn ship(
             store.request(j);
         }
         for a in alerts {
-            store.rule_alert(a);
+            store.alert(a);
         }
         store.flush(&metrics);
         let totals = store.shutdown(std::time::Duration::from_secs(600)).await;

@@ -66,6 +66,7 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
         upstream_header_ns: None,
         upstream_response_ns: None,
         bytes_sent: v.get("size").and_then(Value::as_u64),
+        upgrade: header(headers, "upgrade").map(str::to_owned),
     })
 }
 

@@ -472,6 +472,7 @@ mod tests {
             upstream_header_ns: Some(S / 100),
             upstream_response_ns: Some(S / 10),
             bytes_sent: Some(2),
+            upgrade: None,
         }
     }
 

@@ -43,9 +43,19 @@ pub struct EdgeRecord {
     /// `$upstream_response_time`.
     pub upstream_response_ns: Option<u64>,
     pub bytes_sent: Option<u64>,
+    /// The `Upgrade` header the client sent (nginx `$http_upgrade`, Caddy's logged request
+    /// headers): an upgrade requested at the edge.
+    pub upgrade: Option<String>,
 }
 
 impl EdgeRecord {
+    /// The client asked the edge for a WebSocket upgrade.
+    pub fn upgrade_requested(&self) -> bool {
+        self.upgrade
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    }
+
     /// When the request started at the edge, when the log says how long it took.
     pub fn start_ts_ns(&self) -> Option<u64> {
         self.request_time_ns

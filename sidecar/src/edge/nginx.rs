@@ -8,7 +8,8 @@
 //!   '"request_uri":"$request_uri","status":"$status","request_time":"$request_time",'
 //!   '"upstream_addr":"$upstream_addr","upstream_connect_time":"$upstream_connect_time",'
 //!   '"upstream_header_time":"$upstream_header_time",'
-//!   '"upstream_response_time":"$upstream_response_time","body_bytes_sent":"$body_bytes_sent"}';
+//!   '"upstream_response_time":"$upstream_response_time","body_bytes_sent":"$body_bytes_sent",'
+//!   '"http_upgrade":"$http_upgrade"}';
 //! ```
 //! and the combined one:
 //! ```text
@@ -41,6 +42,8 @@ pub struct JsonFields {
     pub upstream_header_time: String,
     pub upstream_response_time: String,
     pub bytes_sent: String,
+    /// `$http_upgrade`: the Upgrade header the client sent.
+    pub upgrade: String,
 }
 
 impl Default for JsonFields {
@@ -59,6 +62,7 @@ impl Default for JsonFields {
             upstream_header_time: "upstream_header_time".into(),
             upstream_response_time: "upstream_response_time".into(),
             bytes_sent: "body_bytes_sent".into(),
+            upgrade: "http_upgrade".into(),
         }
     }
 }
@@ -79,6 +83,7 @@ impl JsonFields {
             && self.upstream_header_time == "upstream_header_time"
             && self.upstream_response_time == "upstream_response_time"
             && self.bytes_sent == "body_bytes_sent"
+            && self.upgrade == "http_upgrade"
     }
 }
 
@@ -121,6 +126,8 @@ struct DefaultLine<'a> {
     upstream_response_time: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     body_bytes_sent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    http_upgrade: Option<std::borrow::Cow<'a, str>>,
 }
 
 fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
@@ -158,6 +165,7 @@ fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
         upstream_header_ns: secs(&l.upstream_header_time),
         upstream_response_ns: secs(&l.upstream_response_time),
         bytes_sent: l.body_bytes_sent.as_deref().and_then(|b| b.parse().ok()),
+        upgrade: opt(&l.http_upgrade),
     })
 }
 
@@ -199,6 +207,7 @@ pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineErr
         upstream_header_ns: get(&fields.upstream_header_time).and_then(|t| seconds_to_ns(&t)),
         upstream_response_ns: get(&fields.upstream_response_time).and_then(|t| seconds_to_ns(&t)),
         bytes_sent: get(&fields.bytes_sent).and_then(|b| b.parse().ok()),
+        upgrade: get(&fields.upgrade),
     })
 }
 
@@ -299,6 +308,7 @@ pub fn parse_combined(line: &str) -> Result<EdgeRecord, LineError> {
         upstream_connect_ns: seconds_to_ns(&t[13]),
         upstream_header_ns: seconds_to_ns(&t[14]),
         upstream_response_ns: t.get(15).and_then(|v| seconds_to_ns(v)),
+        upgrade: None,
         bytes_sent: t[6].parse().ok(),
     })
 }

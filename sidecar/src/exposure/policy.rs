@@ -301,6 +301,14 @@ impl DriftTracker {
     pub fn firing(&self) -> usize {
         self.active.len()
     }
+
+    /// The firing alerts as they stand (to send them again), stamped `now_ns`.
+    pub fn firing_events(&self, now_ns: u64) -> Vec<AlertEvent> {
+        self.active
+            .iter()
+            .map(|(k, a)| event(AlertState::Firing, k, a.clone(), now_ns))
+            .collect()
+    }
 }
 
 fn event(

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use crate::{
     config::StoreConfig,
     edge::{join::JoinedRequest, EdgeRecord},
-    exposure::{inventory::Change, policy::AlertEvent, policy::Policy, Exposure},
+    exposure::{inventory::Change, policy::Policy, Exposure},
     hop::HopRecord,
     metrics::Metrics,
 };
@@ -228,13 +228,9 @@ impl Store {
         self.push(AnyRow::ExposureChange(row));
     }
 
-    pub fn alert(&mut self, a: &AlertEvent) {
+    /// An alert transition (any rule).
+    pub fn alert(&mut self, a: &crate::alerts::Alert) {
         let row = AlertRow::new(&self.node, a);
-        self.push(AnyRow::Alert(row));
-    }
-
-    pub fn rule_alert(&mut self, a: &crate::alerts::Alert) {
-        let row = AlertRow::from_rule(&self.node, a);
         self.push(AnyRow::Alert(row));
     }
 

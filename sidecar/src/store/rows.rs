@@ -8,7 +8,7 @@ use crate::{
     edge::{join::JoinedRequest, EdgeFormat, EdgeRecord},
     exposure::{
         inventory::{Change, ChangeKind, ChangeSource},
-        policy::{AlertEvent, Policy, Verdict},
+        policy::{Policy, Verdict},
         Exposure, Family,
     },
     hop::{ConnEvent, ConnEventKind, ConnId, HttpExchange, Loss, SessionEnd, Side, WsSession},
@@ -536,23 +536,7 @@ pub struct AlertRow {
 }
 
 impl AlertRow {
-    pub fn new(node: &str, a: &AlertEvent) -> Self {
-        Self {
-            ts: ns(a.at_ns),
-            node: node.to_owned(),
-            state: a.state.as_str().to_owned(),
-            rule: a.rule.to_owned(),
-            severity: a.severity.as_str().to_owned(),
-            dedup_key: a.dedup_key.clone(),
-            summary: a.summary.clone(),
-            first_move: a.first_move.to_owned(),
-            fired_at: ns(a.fired_at_ns),
-            evidence: serde_json::to_string(&a.evidence).unwrap_or_default(),
-        }
-    }
-
-    /// A hop rule's alert.
-    pub fn from_rule(node: &str, a: &crate::alerts::Alert) -> Self {
+    pub fn new(node: &str, a: &crate::alerts::Alert) -> Self {
         Self {
             ts: ns(a.at_ns),
             node: node.to_owned(),
@@ -732,6 +716,7 @@ mod tests {
             upstream_header_ns: None,
             upstream_response_ns: None,
             bytes_sent: None,
+            upgrade: None,
         };
         check("edge_logs", &EdgeRow::new("n", &edge));
         let joined = JoinedRequest {
