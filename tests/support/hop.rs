@@ -30,10 +30,19 @@ use tokio_tungstenite::{
 /// - text `reset`: drop it with SO_LINGER 0 (RST);
 /// - text `split`: answer `split-ok` with its frame header split across two TCP segments.
 ///
-/// Plain HTTP: `/health` answers 200 (keep-alive); anything else that is not an upgrade
-/// answers 426.
+/// Plain HTTP: `/health` answers 200 (keep-alive), `/slow` the same after 300 ms (a slow
+/// upstream); anything else that is not an upgrade answers 426.
+///
+/// Origins, like the Gateway's allowedOrigins: an upgrade whose Origin contains `forbidden`
+/// is answered 403; one whose Origin contains `blocked` gets its 101, and the client's first
+/// message is answered with close code 1008 ("origin not allowed"), as the Gateway does.
 pub async fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_upstream_on(0).await
+}
+
+/// The same on a given loopback port (0: any).
+pub async fn start_upstream_on(port: u16) -> SocketAddr {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -76,7 +85,13 @@ async fn serve(mut stream: TcpStream) {
         };
         let upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         let key = header("sec-websocket-key");
+        let origin = header("origin").unwrap_or_default();
         match (upgrade, key) {
+            (true, Some(_)) if origin.contains("forbidden") => {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            }
             (true, Some(key)) => {
                 let response = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -84,8 +99,14 @@ async fn serve(mut stream: TcpStream) {
                     derive_accept_key(key.as_bytes())
                 );
                 stream.write_all(response.as_bytes()).await.unwrap();
-                websocket(stream).await;
+                websocket(stream, origin.contains("blocked")).await;
                 return;
+            }
+            _ if req.path == Some("/slow") => {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
             }
             _ if req.path == Some("/health") => {
                 let _ = stream
@@ -101,7 +122,7 @@ async fn serve(mut stream: TcpStream) {
     }
 }
 
-async fn websocket(stream: TcpStream) {
+async fn websocket(stream: TcpStream, origin_blocked: bool) {
     let raw = stream.into_std().unwrap();
     let keep = raw.try_clone().unwrap();
     let stream = TcpStream::from_std(raw).unwrap();
@@ -111,6 +132,21 @@ async fn websocket(stream: TcpStream) {
         return;
     }
     while let Some(Ok(msg)) = ws.next().await {
+        if origin_blocked && matches!(msg, Message::Text(_)) {
+            use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+            let _ = ws
+                .send(Message::text(
+                    r#"{"type":"res","ok":false,"error":{"message":"origin not allowed"}}"#,
+                ))
+                .await;
+            let _ = ws
+                .close(Some(CloseFrame {
+                    code: CloseCode::Policy,
+                    reason: "origin not allowed".into(),
+                }))
+                .await;
+            continue;
+        }
         match msg {
             Message::Text(t) if t.as_str() == "die" => {
                 drop(ws);
@@ -327,6 +363,33 @@ pub struct Caddy {
 
 impl Caddy {
     pub fn start(upstream: SocketAddr) -> Self {
+        Self::start_with(upstream, None)
+    }
+
+    /// With its admin endpoint on a port of its own, so the test can `caddy reload` it.
+    pub fn start_reloadable(upstream: SocketAddr) -> (Self, u16) {
+        let admin = super::free_port();
+        (Self::start_with(upstream, Some(admin)), admin)
+    }
+
+    /// `caddy reload --force` through the admin endpoint (what a deploy does).
+    pub fn reload(&self, admin: u16) {
+        let out = Command::new("caddy")
+            .args(["reload", "--force", "--adapter", "caddyfile", "--address"])
+            .arg(format!("127.0.0.1:{admin}"))
+            .arg("--config")
+            .arg(self.dir.path().join("Caddyfile"))
+            .env("HOME", self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "caddy reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn start_with(upstream: SocketAddr, admin: Option<u16>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let site = readme_snippet("caddyfile")
@@ -337,7 +400,8 @@ impl Caddy {
                 &dir.path().join("access.log").display().to_string(),
             );
         let caddyfile = dir.path().join("Caddyfile");
-        std::fs::write(&caddyfile, format!("{{\n\tadmin off\n}}\n{site}")).unwrap();
+        let admin = admin.map_or("off".to_owned(), |p| format!("127.0.0.1:{p}"));
+        std::fs::write(&caddyfile, format!("{{\n\tadmin {admin}\n}}\n{site}")).unwrap();
         let child = Command::new("caddy")
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&caddyfile)
@@ -485,6 +549,25 @@ pub async fn ws_connect(
 > {
     let url = format!("ws://127.0.0.1:{port}{path}");
     tokio_tungstenite::connect_async(url)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A real WebSocket client through the proxy, sending this Origin (as a browser does).
+pub async fn ws_connect_origin(
+    port: u16,
+    path: &str,
+    origin: &str,
+) -> Result<
+    WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}{path}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("Origin", origin.parse().unwrap());
+    tokio_tungstenite::connect_async(req)
         .await
         .map(|(ws, _)| ws)
 }

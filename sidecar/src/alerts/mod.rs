@@ -935,7 +935,9 @@ impl Engine {
             .take(5)
             .map(|(at, t, id)| json!({ "request_id": id, "ttfb_s": secs(*t), "at_ns": at }))
             .collect();
+        let slow_in_window = slowest.len() as u64;
         let this_slow = ttfb > threshold;
+        let opening = !self.open.contains_key(&key);
         let evidence = if this_slow {
             vec![exchange_evidence(x, None)]
         } else {
@@ -955,7 +957,15 @@ impl Engine {
                 first_move: MOVE_SLOW,
                 at_ns: x.request_ts_ns,
                 evidence,
-                counts: vec![("slow_exchanges", u64::from(this_slow))],
+                // Opening: every slow exchange in the window; joining: this one.
+                counts: vec![(
+                    "slow_exchanges",
+                    if opening {
+                        slow_in_window
+                    } else {
+                        u64::from(this_slow)
+                    },
+                )],
                 detail: json!({
                     "port": port,
                     "percentile": pct,

@@ -73,6 +73,22 @@ impl HopEntry {
     }
 }
 
+/// An edge 502/504 explained by a refused connect.
+fn refused_join(e: EdgeRecord, c: ConnEvent) -> JoinedRequest {
+    JoinedRequest {
+        request_id: e.request_id.clone(),
+        matched: Matched::Inferred,
+        reason: Some(format!(
+            "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
+            c.conn.server
+        )),
+        edge: Some(e),
+        hop: None,
+        websocket: None,
+        refused: Some(Box::new(c)),
+    }
+}
+
 /// Time a hop request may lie outside the edge request's span and still be inferred to be it
 /// (clocks: the proxy's log time and the probe's are both the host's).
 const SLACK_NS: u64 = 5_000_000;
@@ -142,6 +158,13 @@ impl Joiner {
                 self.edges.insert(key, (rec, now_ns));
             }
             None => {
+                // A 502/504 that a refused connect already explains: no exchange will come.
+                if matches!(rec.status, 502 | 504) {
+                    if let Some(c) = self.refused_for(&rec) {
+                        out.push(refused_join(rec, c));
+                        return;
+                    }
+                }
                 let rid = rid.to_owned();
                 self.edges.insert(rid, (rec, now_ns));
             }
@@ -303,18 +326,7 @@ impl Joiner {
         }
         if matches!(e.status, 502 | 504) {
             if let Some(c) = self.refused_for(&e) {
-                return JoinedRequest {
-                    request_id: e.request_id.clone(),
-                    matched: Matched::Inferred,
-                    reason: Some(format!(
-                        "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
-                        c.conn.server
-                    )),
-                    edge: Some(e),
-                    hop: None,
-                    websocket: None,
-                    refused: Some(Box::new(c)),
-                };
+                return refused_join(e, c);
             }
         }
         let reason = if e.request_id.is_some() {
@@ -325,6 +337,7 @@ impl Joiner {
         joined(Some(e), None, Matched::EdgeOnly, Some(reason.into()))
     }
 
+    /// Finds (and takes) a refused connect to the edge record's upstream in its time span.
     fn refused_for(&mut self, e: &EdgeRecord) -> Option<ConnEvent> {
         let start = e
             .start_ts_ns()
@@ -583,6 +596,7 @@ mod tests {
         });
         j.hop(refused, 100 * S, &mut out);
         j.edge(edge(Some("x"), 502, "/", 100 * S), 100 * S, &mut out);
+        assert_eq!(out.len(), 1, "explained at once: no exchange will come");
         j.expire(200 * S, &mut out);
         assert_eq!(out.len(), 1);
         assert!(out[0].refused.is_some());
