@@ -320,10 +320,16 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     let db = "t_live";
     let spool = tempfile::tempdir().unwrap();
     let watched = support::free_port();
-    let config = run_config(&ch.url(), db, spool.path()).replace(
-        "[exposure]\n",
-        &format!("[exposure]\nwatched_ports = [{watched}]\n"),
-    );
+    let dead = support::free_port();
+    let config = run_config(&ch.url(), db, spool.path())
+        .replace(
+            "[exposure]\n",
+            &format!("[exposure]\nwatched_ports = [{watched}]\n"),
+        )
+        .replace(
+            "[hop]\nenabled = false\n",
+            &format!("[hop]\nports = [{dead}]\ndocker_bridges = false\n"),
+        );
     let mut sidecar = Sidecar::start(&config);
     sidecar.lines.wait_for("the store ready line", |v| {
         v["type"] == "store" && v["event"] == "ready"
@@ -335,6 +341,11 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     holder.close();
     let resolved = sidecar.lines.wait_for("the resolution", |v| {
         v["type"] == "alert" && v["state"] == "resolved" && v["evidence"]["port"] == watched
+    });
+    // A hop rule's alert goes to the same table.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", dead)).is_err());
+    sidecar.lines.wait_for("the stale-port alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port"
     });
     sidecar.signal("TERM");
     let summary = sidecar
@@ -348,6 +359,13 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
         ))
         .trim(),
         "['firing','resolved']"
+    );
+    assert_eq!(
+        ch.query(&format!(
+            "SELECT state, JSONExtractString(evidence, 'items', 1, 'upstream') FROM {db}.alerts WHERE rule = 'hop.stale_upstream_port' FORMAT TSV"
+        ))
+        .trim(),
+        format!("firing\t127.0.0.1:{dead}")
     );
     assert_eq!(
         ch.query(&format!(

@@ -716,6 +716,11 @@ mod tests {
             a.webhooks[1].format,
             crate::alerts::webhook::WebhookFormat::Json
         );
+        let err = parse("[[alerts.webhooks]]\nurl = \"https://u:pw@hooks.example/\"")
+            .expect_err("credentials in the URL")
+            .to_string();
+        assert!(err.contains("bearer_token_env"), "{err}");
+        assert!(!err.contains("pw"), "the password is not echoed: {err}");
     }
 
     #[test]
@@ -777,7 +782,7 @@ mod tests {
             (
                 "[[alerts.webhooks]]\nurl = \"https://u:pw@hooks.example/x?k=1\"",
                 "alerts.webhooks[0].url",
-                "bearer_token",
+                "https://REDACTED@hooks.example/x?REDACTED",
             ),
         ];
         for (text, key, value) in cases {

@@ -99,12 +99,19 @@ impl WebhookConfig {
         Ok(())
     }
 
-    /// The URL with any query string hidden (for messages).
+    /// The URL with credentials and any query string hidden (for messages).
     pub fn display_url(&self) -> String {
-        match self.url.split_once('?') {
+        let mut url = match self.url.split_once('?') {
             Some((base, _)) => format!("{base}?REDACTED"),
             None => self.url.clone(),
+        };
+        if let Some((scheme, rest)) = url.split_once("://") {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            if let Some(at) = rest[..end].rfind('@') {
+                url = format!("{scheme}://REDACTED@{}", &rest[at + 1..]);
+            }
         }
+        url
     }
 
     /// The bearer token, from the environment or the file.
@@ -508,6 +515,10 @@ mod tests {
         assert_eq!(
             c("https://hooks.example/x?token=1").display_url(),
             "https://hooks.example/x?REDACTED"
+        );
+        assert_eq!(
+            c("https://user:pw@hooks.example/x").display_url(),
+            "https://REDACTED@hooks.example/x"
         );
     }
 
