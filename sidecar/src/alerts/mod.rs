@@ -328,6 +328,8 @@ struct Incident {
     silenced: bool,
 }
 
+type TtfbWindow = (VecDeque<(u64, u64, Option<String>)>, u64);
+
 /// The rules' state.
 #[derive(Debug, Default)]
 pub struct Engine {
@@ -340,8 +342,9 @@ pub struct Engine {
     /// Proxy-closed sessions: (end, port, evidence).
     proxy_closes: VecDeque<(u64, u16, Value)>,
     resets: VecDeque<(u64, u16, Value)>,
-    /// Time to first byte per upstream port: (request time, ttfb, request id).
-    ttfb: BTreeMap<u16, VecDeque<(u64, u64, Option<String>)>>,
+    /// Time to first byte per upstream port: (request time, ttfb, request id), and when the
+    /// percentile was last computed.
+    ttfb: BTreeMap<u16, TtfbWindow>,
     /// Origins refused per incident key.
     origins: BTreeMap<String, BTreeSet<String>>,
 }
@@ -907,23 +910,40 @@ impl Engine {
         let (window, threshold, pct, min) =
             (ns(r.window), ns(r.threshold), r.percentile, r.min_samples);
         let port = x.conn.server.port();
-        let samples = self.ttfb.entry(port).or_default();
-        samples.push_back((x.request_ts_ns, ttfb, x.request_id.clone()));
-        let since = x.request_ts_ns.saturating_sub(window);
+        let at = x.request_ts_ns;
+        let this_slow = ttfb > threshold;
+        // A slow exchange joins an open incident at once (counted, evidence kept).
+        if this_slow {
+            if let Some(inc) = self.open.get_mut(&format!("{}:{port}", rule::SLOWNESS)) {
+                *inc.counts.entry("slow_exchanges").or_default() += 1;
+                inc.last_match_ns = inc.last_match_ns.max(at);
+                if inc.evidence.len() < MAX_EVIDENCE {
+                    inc.evidence.push(exchange_evidence(x, None));
+                }
+            }
+        }
+        let (samples, last_eval) = self.ttfb.entry(port).or_default();
+        samples.push_back((at, ttfb, x.request_id.clone()));
+        let since = at.saturating_sub(window);
         while samples.front().is_some_and(|(t, ..)| *t < since) || samples.len() > MAX_SAMPLES {
             samples.pop_front();
         }
-        if samples.len() < min.max(1) {
+        // The percentile is computed for every exchange while the window is small, and at
+        // most once a second (of record time) when it is large.
+        if samples.len() < min.max(1)
+            || (samples.len() > 1000 && at < last_eval.saturating_add(1_000_000_000))
+        {
             return;
         }
-        let mut sorted: Vec<u64> = samples.iter().map(|(_, t, _)| *t).collect();
-        sorted.sort_unstable();
-        let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
-        let value = sorted[rank.clamp(1, sorted.len()) - 1];
+        *last_eval = at;
+        let mut values: Vec<u64> = samples.iter().map(|(_, t, _)| *t).collect();
+        let rank = ((pct / 100.0) * values.len() as f64).ceil() as usize;
+        let rank = rank.clamp(1, values.len()) - 1;
+        let value = *values.select_nth_unstable(rank).1;
         let key = format!("{}:{port}", rule::SLOWNESS);
         if value <= threshold {
             // Back under the threshold.
-            self.resolve(&key, x.request_ts_ns, out);
+            self.resolve(&key, at, out);
             return;
         }
         let mut slowest: Vec<&(u64, u64, Option<String>)> =
@@ -936,12 +956,18 @@ impl Engine {
             .map(|(at, t, id)| json!({ "request_id": id, "ttfb_s": secs(*t), "at_ns": at }))
             .collect();
         let slow_in_window = slowest.len() as u64;
-        let this_slow = ttfb > threshold;
         let opening = !self.open.contains_key(&key);
-        let evidence = if this_slow {
-            vec![exchange_evidence(x, None)]
+        // Opening: every slow exchange in the window, this one as evidence; an open incident
+        // counted its slow exchanges as they came and only takes the new figures.
+        let (counts, evidence) = if opening {
+            let evidence = if this_slow {
+                vec![exchange_evidence(x, None)]
+            } else {
+                Vec::new()
+            };
+            (vec![("slow_exchanges", slow_in_window)], evidence)
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         self.matched(
             Match {
@@ -955,17 +981,9 @@ impl Engine {
                     secs(threshold)
                 ),
                 first_move: MOVE_SLOW,
-                at_ns: x.request_ts_ns,
+                at_ns: at,
                 evidence,
-                // Opening: every slow exchange in the window; joining: this one.
-                counts: vec![(
-                    "slow_exchanges",
-                    if opening {
-                        slow_in_window
-                    } else {
-                        u64::from(this_slow)
-                    },
-                )],
+                counts,
                 detail: json!({
                     "port": port,
                     "percentile": pct,
@@ -1515,6 +1533,32 @@ mod tests {
         }
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(out[1].state, State::Resolved);
+    }
+
+    #[test]
+    fn a_busy_upstream_is_judged_once_a_second_and_every_slow_exchange_counted() {
+        let mut cfg = AlertsConfig::default();
+        cfg.upstream_slowness.threshold = Duration::from_millis(200);
+        let mut e = Engine::new(cfg);
+        let mut out = Vec::new();
+        let mut t = 0;
+        for i in 0..1500u16 {
+            t += S / 100;
+            e.hop(&HopRecord::Http(http(i, t, false, 200, S / 100)), &mut out);
+        }
+        assert!(out.is_empty());
+        for i in 0..200u16 {
+            t += S / 100;
+            e.hop(&HopRecord::Http(http(2000 + i, t, false, 200, S)), &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].rule, rule::SLOWNESS);
+        e.advance(t + quiet(), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1].evidence["counts"]["slow_exchanges"], 200,
+            "each slow exchange once, judged or not"
+        );
     }
 
     #[test]
