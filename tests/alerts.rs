@@ -78,15 +78,6 @@ fn items(a: &Value) -> &Vec<Value> {
     a["evidence"]["items"].as_array().expect("evidence items")
 }
 
-fn nginx_site(upstream: std::net::SocketAddr) -> NginxSite<'static> {
-    NginxSite {
-        upstream,
-        websocket_headers: true,
-        read_timeout: "60s",
-        upstream_keepalive: false,
-    }
-}
-
 /// One plain request through the proxy; returns the status line.
 async fn get(port: u16, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -105,7 +96,7 @@ async fn idle_timeout_of_nginx_is_named_with_its_setting_and_value() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite {
         read_timeout: "2s",
-        ..nginx_site(upstream)
+        ..NginxSite::new(upstream)
     });
     let (mut sc, _state) = sidecar(upstream.port(), None, "");
     // Two sessions go idle; nginx ends both after its 2 s read timeout (no close frame).
@@ -190,7 +181,7 @@ async fn nginx_dropping_upgrade_headers_is_the_half_path_until_fixed() {
     let upstream = start_upstream().await;
     let broken = Nginx::start(&NginxSite {
         websocket_headers: false,
-        ..nginx_site(upstream)
+        ..NginxSite::new(upstream)
     });
     let (mut sc, _state) = sidecar(upstream.port(), Some(&broken.access_log_path()), "");
     let err = ws_connect(broken.port, "/ws").await.expect_err("no 101");
@@ -220,7 +211,7 @@ async fn nginx_dropping_upgrade_headers_is_the_half_path_until_fixed() {
         v["type"] == "request" && v["edge"]["upgrade"] == "websocket" && v["edge"]["status"] == 426
     });
     // The fix: a location that forwards the headers. The first upgrade that works resolves it.
-    let fixed = Nginx::start(&nginx_site(upstream));
+    let fixed = Nginx::start(&NginxSite::new(upstream));
     let mut ws = ws_connect(fixed.port, "/ws").await.expect("upgrade");
     ws.next().await.expect("challenge").expect("frame");
     let resolved = alert(&mut sc.lines, "hop.upgrade_failure", "resolved");
@@ -233,7 +224,7 @@ async fn origins_the_upstream_refuses_are_listed_with_the_missing_one() {
     support::require_root();
     let upstream = start_upstream().await;
     let caddy = Caddy::start(upstream);
-    let nginx = Nginx::start(&nginx_site(upstream));
+    let nginx = Nginx::start(&NginxSite::new(upstream));
     let (mut sc, _state) = sidecar(
         upstream.port(),
         None,
@@ -296,7 +287,7 @@ async fn origins_the_upstream_refuses_are_listed_with_the_missing_one() {
 async fn a_stale_upstream_port_explains_the_edge_502_and_resolves_when_it_listens() {
     support::require_root();
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let nginx = Nginx::start(&nginx_site(dead));
+    let nginx = Nginx::start(&NginxSite::new(dead));
     let (mut sc, _state) = sidecar(dead.port(), Some(&nginx.access_log_path()), "");
     assert_eq!(get(nginx.port, "/").await, "HTTP/1.1 502 Bad Gateway");
     let fired = alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
@@ -359,7 +350,7 @@ async fn an_upstream_resetting_its_sessions_is_a_reset_storm() {
 async fn a_slow_upstream_fires_over_the_percentile_and_resolves_when_fast() {
     support::require_root();
     let upstream = start_upstream().await;
-    let nginx = Nginx::start(&nginx_site(upstream));
+    let nginx = Nginx::start(&NginxSite::new(upstream));
     let (mut sc, _state) = sidecar(
         upstream.port(),
         None,
@@ -522,7 +513,7 @@ async fn webhooks_get_alertmanager_and_json_payloads_retried_after_a_failure() {
 async fn a_healthy_run_with_many_clients_fires_no_alert() {
     support::require_root();
     let upstream = start_upstream().await;
-    let nginx = Nginx::start(&nginx_site(upstream));
+    let nginx = Nginx::start(&NginxSite::new(upstream));
     let caddy = Caddy::start(upstream);
     let (mut sc, _state) = sidecar(upstream.port(), Some(&nginx.access_log_path()), "");
     let mut tasks = Vec::new();

@@ -116,20 +116,11 @@ fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
     records.iter().filter(|r| r["type"] == ty).collect()
 }
 
-fn site(upstream: std::net::SocketAddr) -> NginxSite<'static> {
-    NginxSite {
-        upstream,
-        websocket_headers: true,
-        read_timeout: "60s",
-        upstream_keepalive: false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_upgrade_messages_and_clean_close() {
     support::require_root();
     let upstream = start_upstream().await;
-    let nginx = Nginx::start(&site(upstream));
+    let nginx = Nginx::start(&NginxSite::new(upstream));
     let capture = Capture::start(nginx.dir.path(), "healthy", upstream.port());
     let mut sidecar = live(upstream.port());
 
@@ -262,7 +253,7 @@ async fn proxy_without_upgrade_headers_breaks_the_handshake() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
-        ..site(upstream)
+        ..NginxSite::new(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "half_path", upstream.port());
     let sidecar = live(upstream.port());
@@ -297,7 +288,7 @@ async fn short_read_timeout_closes_idle_session_without_close_frame() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite {
         read_timeout: "2s",
-        ..site(upstream)
+        ..NginxSite::new(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "idle_timeout", upstream.port());
     let sidecar = live(upstream.port());
@@ -338,7 +329,7 @@ async fn short_read_timeout_closes_idle_session_without_close_frame() {
 async fn stale_upstream_port_is_refused() {
     support::require_root();
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let nginx = Nginx::start(&site(dead));
+    let nginx = Nginx::start(&NginxSite::new(dead));
     let capture = Capture::start(nginx.dir.path(), "refused", dead.port());
     let sidecar = live(dead.port());
     let err = ws_connect(nginx.port, "/").await.expect_err("502");
@@ -375,7 +366,7 @@ async fn upstream_dying_mid_session_with_fin_and_with_rst() {
     support::require_root();
     for (word, how) in [("die", "fin_without_close"), ("reset", "reset")] {
         let upstream = start_upstream().await;
-        let nginx = Nginx::start(&site(upstream));
+        let nginx = Nginx::start(&NginxSite::new(upstream));
         let capture = Capture::start(nginx.dir.path(), word, upstream.port());
         let sidecar = live(upstream.port());
         let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
@@ -458,7 +449,7 @@ impl UpstreamProcess {
 async fn upstream_process_killed_mid_session() {
     support::require_root();
     let upstream = UpstreamProcess::start();
-    let nginx = Nginx::start(&site(upstream.addr));
+    let nginx = Nginx::start(&NginxSite::new(upstream.addr));
     let capture = Capture::start(nginx.dir.path(), "killed", upstream.addr.port());
     let sidecar = live(upstream.addr.port());
     let mut ws = ws_connect(nginx.port, "/").await.expect("upgrade");
@@ -487,7 +478,7 @@ async fn live_join_survives_log_rotation_exactly_once() {
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
         upstream_keepalive: true,
-        ..site(upstream)
+        ..NginxSite::new(upstream)
     });
     let state = tempfile::tempdir().expect("state dir");
     let log = nginx.access_log_path();
@@ -535,7 +526,7 @@ async fn keep_alive_requests_share_one_upstream_connection() {
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
         upstream_keepalive: true,
-        ..site(upstream)
+        ..NginxSite::new(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "keepalive", upstream.port());
     let sidecar = live(upstream.port());

@@ -51,12 +51,7 @@ fn time_cmd(cmd: &mut Command) -> f64 {
 
 async fn make_capture(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
     let upstream = start_upstream().await;
-    let nginx = Nginx::start(&NginxSite {
-        upstream,
-        websocket_headers: true,
-        read_timeout: "60s",
-        upstream_keepalive: false,
-    });
+    let nginx = Nginx::start(&NginxSite::new(upstream));
     let capture = Capture::start(dir, "bench", upstream.port());
     let mut tasks = Vec::new();
     for s in 0..SESSIONS {
@@ -221,10 +216,9 @@ fn main() {
     println!("== live probe cost (wrk through nginx, interleaved)");
     let upstream = runtime.block_on(start_upstream());
     let nginx = Nginx::start(&NginxSite {
-        upstream,
         websocket_headers: false,
-        read_timeout: "60s",
         upstream_keepalive: true,
+        ..NginxSite::new(upstream)
     });
     let config = format!(
         "[hop]\nports = [{}]\ndocker_bridges = false\n[exposure]\nrescan_interval = \"1h\"\n\

@@ -4,6 +4,7 @@
 //! gives data out; the edges (`probe::loader`, `sources`, `metrics`, `output`, `live`) do the
 //! I/O. See ARCHITECTURE.md for the data flow.
 pub mod alerts;
+pub mod check;
 pub mod config;
 pub mod edge;
 pub mod exposure;

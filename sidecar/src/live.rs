@@ -23,6 +23,7 @@ use crate::{
     metrics::{self, Metrics},
     output::{unix_ns, Printer},
     probe::{
+        boot_ns,
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::{Probes, WsFlows},
     },
@@ -33,17 +34,6 @@ use crate::{
     },
     store::{ship::StoreEvent, Store},
 };
-
-/// CLOCK_BOOTTIME now, in nanoseconds (the clock the probes stamp events with).
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
-}
 
 fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_common::FlowKey {
     fn bytes(ip: std::net::IpAddr) -> ([u8; 16], u16) {

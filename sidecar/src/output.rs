@@ -358,6 +358,63 @@ impl Printer {
         }
     }
 
+    /// One step of `edgewatch check`, as it completes (JSON: a `check_step` object).
+    pub fn check_step(&mut self, step: &crate::check::Step) {
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Line<'a> {
+                    #[serde(rename = "type")]
+                    ty: &'static str,
+                    #[serde(flatten)]
+                    step: &'a crate::check::Step,
+                }
+                self.json(&Line {
+                    ty: "check_step",
+                    step,
+                });
+            }
+            Format::Text => {
+                let mut text = format!(
+                    "{:<6} {:<10} {}",
+                    step.status.as_str().to_uppercase(),
+                    step.step,
+                    step.summary
+                );
+                if let Some(m) = &step.first_move {
+                    text.push_str("\n                  first move: ");
+                    text.push_str(m);
+                }
+                self.line(&text);
+            }
+        }
+        self.flush();
+    }
+
+    /// The end of `edgewatch check` (JSON: a `check` object with every step).
+    pub fn check_summary(&mut self, url: &str, steps: &[crate::check::Step], exit: u8) {
+        let count = |st: crate::check::Status| steps.iter().filter(|s| s.status == st).count();
+        let (pass, warn, fail, skip) = (
+            count(crate::check::Status::Pass),
+            count(crate::check::Status::Warn),
+            count(crate::check::Status::Fail),
+            count(crate::check::Status::Skip),
+        );
+        let text = format!(
+            "{url}: {pass} passed, {warn} warning(s), {fail} failed, {skip} skipped{}",
+            match exit {
+                0 => "",
+                2 => " (exit 2: warnings)",
+                _ => " (exit 1: failed)",
+            }
+        );
+        self.status(
+            "check",
+            &text,
+            &serde_json::json!({ "url": url, "exit": exit, "pass": pass, "warn": warn, "fail": fail, "skip": skip }),
+        );
+    }
+
     /// A status object (`ready`, `problem`, `stopped`, ...), written out at once.
     pub fn status<T: Serialize>(&mut self, ty: &'static str, text: &str, detail: &T) {
         self.status_line(ty, text, detail);

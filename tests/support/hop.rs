@@ -42,7 +42,12 @@ pub async fn start_upstream() -> SocketAddr {
 
 /// The same on a given loopback port (0: any).
 pub async fn start_upstream_on(port: u16) -> SocketAddr {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    start_upstream_at(SocketAddr::from(([127, 0, 0, 1], port))).await
+}
+
+/// The same on any address (`0.0.0.0:PORT` reproduces an exposed Gateway).
+pub async fn start_upstream_at(addr: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -217,6 +222,21 @@ pub struct NginxSite<'a> {
     pub read_timeout: &'a str,
     /// Keep upstream connections alive between requests.
     pub upstream_keepalive: bool,
+    /// Serve HTTPS for `gw.test` with this certificate file (what the server sends) and key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl NginxSite<'static> {
+    /// The runbook's correct location: WebSocket headers, 60 s read timeout, plain HTTP.
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            websocket_headers: true,
+            read_timeout: "60s",
+            upstream_keepalive: false,
+            tls: None,
+        }
+    }
 }
 
 /// A configuration snippet from README.md (the block after `<!-- snippet:NAME -->`), so the
@@ -272,7 +292,7 @@ impl Nginx {
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                {upstream_block}\n\
                server {{\n\
-                 listen 127.0.0.1:{port};\n\
+                 {listen}\n\
                  location / {{\n\
                    proxy_pass {pass};\n\
                    proxy_http_version 1.1;\n\
@@ -286,6 +306,14 @@ impl Nginx {
                }}\n\
              }}\n",
             timeout = site.read_timeout,
+            listen = match &site.tls {
+                Some((cert, key)) => format!(
+                    "listen 127.0.0.1:{port} ssl; server_name gw.test; ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+                None => format!("listen 127.0.0.1:{port};"),
+            },
             log_format = readme_snippet("nginx-log-format"),
         );
         let conf_path = dir.path().join("nginx.conf");
@@ -389,19 +417,52 @@ impl Caddy {
         );
     }
 
+    /// HTTPS for `gw.test` on loopback with this certificate file and key (no ACME).
+    pub fn start_tls(upstream: SocketAddr, cert: &Path, key: &Path) -> Self {
+        Self::start_site(upstream, None, Some((cert, key)))
+    }
+
     fn start_with(upstream: SocketAddr, admin: Option<u16>) -> Self {
+        Self::start_site(upstream, admin, None)
+    }
+
+    fn start_site(upstream: SocketAddr, admin: Option<u16>, tls: Option<(&Path, &Path)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let site = readme_snippet("caddyfile")
-            .replace("gw.example.com", &format!("http://127.0.0.1:{port}"))
+        let address = match tls {
+            Some(_) => format!("https://gw.test:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let mut site = readme_snippet("caddyfile")
+            .replace("gw.example.com", &address)
             .replace("127.0.0.1:18789", &upstream.to_string())
             .replace(
                 "/var/log/caddy/access.log",
                 &dir.path().join("access.log").display().to_string(),
             );
         let caddyfile = dir.path().join("Caddyfile");
+        if let Some((cert, key)) = tls {
+            site = site.replacen(
+                "{\n",
+                &format!(
+                    "{{\n\tbind 127.0.0.1\n\ttls {} {}\n",
+                    cert.display(),
+                    key.display()
+                ),
+                1,
+            );
+        }
         let admin = admin.map_or("off".to_owned(), |p| format!("127.0.0.1:{p}"));
-        std::fs::write(&caddyfile, format!("{{\n\tadmin {admin}\n}}\n{site}")).unwrap();
+        let globals = if tls.is_some() {
+            "\tauto_https disable_redirects\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &caddyfile,
+            format!("{{\n\tadmin {admin}\n{globals}}}\n{site}"),
+        )
+        .unwrap();
         let child = Command::new("caddy")
             .args(["run", "--adapter", "caddyfile", "--config"])
             .arg(&caddyfile)

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub mod hop;
 pub mod store;
+pub mod tls;
 
 /// Longest a test waits for one expected line before failing.
 pub const WAIT: Duration = Duration::from_secs(30);

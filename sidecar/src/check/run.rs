@@ -1,0 +1,557 @@
+//! `edgewatch check`'s I/O: the inventory, the TLS handshakes, a request and an upgrade
+//! through the edge, the idle hold, and the hop probes watching meanwhile. The verdicts come
+//! from the pure functions of `check`.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+use super::{
+    bind_step, http_step, idle_step,
+    tls::{roots, tls_step, Connector},
+    ws_step, ClientResponse, HopView, IdleEnd, Status, Step, WsClient,
+};
+use crate::{
+    config::Config,
+    exposure::{inventory::ChangeSource, inventory::Inventory, policy::Policy},
+    hop::{tracker::Tracker, HopRecord},
+    output::unix_ns,
+    probe::{
+        boot_ns,
+        events::{decode, ProbeEvent},
+        loader::Probes,
+    },
+    sources::{nat::read_nat_rules, snapshot::Attributor},
+};
+
+/// What to check.
+#[derive(Clone, Debug)]
+pub struct CheckArgs {
+    /// `https://HOST[:PORT][/PATH]`.
+    pub url: String,
+    /// The Origin of the upgrade (default: the URL's https origin).
+    pub origin: Option<String>,
+    /// `HOST:ADDR`: connect to ADDR (an IP, or IP:PORT) instead of resolving HOST.
+    pub resolve: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    /// A certificate expiring within this many days is a warning.
+    pub expiry_warn_days: u32,
+    /// Hold the session idle this long (step 5); none: skipped.
+    pub idle: Option<Duration>,
+    /// The Gateway's port (default: the config's first hop port).
+    pub upstream_port: Option<u16>,
+    /// Watch the hop with the kernel probes (needs root).
+    pub passive: bool,
+    /// How long one network operation may take.
+    pub timeout: Duration,
+}
+
+/// The URL's parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("https://")
+            .with_context(|| format!("--url {url:?} must start with https://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        anyhow::ensure!(!authority.contains('@'), "--url must not carry credentials");
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse()
+                    .with_context(|| format!("--url port {p:?} is not a port"))?,
+            ),
+            _ => (authority, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        anyhow::ensure!(!host.is_empty(), "--url {url:?} has no host");
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The `Host` header and the browser's origin.
+    fn authority(&self) -> String {
+        if self.port == 443 {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn origin(&self) -> String {
+        format!("https://{}", self.authority())
+    }
+
+    /// The path with the check's marker added to the query (so the hop record is found).
+    fn marked(&self, nonce: &str) -> String {
+        let sep = if self.path.contains('?') { '&' } else { '?' };
+        format!("{}{sep}edgewatch_check={nonce}", self.path)
+    }
+}
+
+/// The address to connect to.
+async fn address(t: &Target, resolve: Option<&str>) -> anyhow::Result<SocketAddr> {
+    if let Some(r) = resolve {
+        let (host, addr) = r
+            .split_once(':')
+            .with_context(|| format!("--resolve {r:?} must be HOST:ADDR"))?;
+        anyhow::ensure!(
+            host.eq_ignore_ascii_case(&t.host),
+            "--resolve is for {host}, but the URL's host is {}",
+            t.host
+        );
+        if let Ok(a) = addr.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let ip: std::net::IpAddr = addr
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .with_context(|| format!("--resolve address {addr:?} is not an IP address"))?;
+        return Ok(SocketAddr::new(ip, t.port));
+    }
+    tokio::net::lookup_host((t.host.as_str(), t.port))
+        .await
+        .with_context(|| format!("resolving {}", t.host))?
+        .next()
+        .with_context(|| format!("{} has no address", t.host))
+}
+
+/// The kernel's hop probes, feeding a tracker, for the duration of the check.
+struct HopWatch {
+    records: Arc<Mutex<Vec<HopRecord>>>,
+    task: tokio::task::JoinHandle<()>,
+    _probes: Probes,
+}
+
+impl HopWatch {
+    fn start(config: &Config, port: u16) -> anyhow::Result<Self> {
+        let mut hop = config.hop.clone();
+        hop.enabled = true;
+        hop.ports = vec![port];
+        let (probes, streams) =
+            Probes::load(&config.probes, &hop).context("loading the kernel probes")?;
+        let mut ring = streams.events;
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let boot_to_unix = unix_ns(SystemTime::now()).saturating_sub(boot_ns());
+        let task = tokio::spawn(async move {
+            let mut tracker = Tracker::new(&[port]);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                let mut out = Vec::new();
+                while let Some(item) = ring.next() {
+                    if let Ok(ProbeEvent::Hop(packet)) = decode(&item) {
+                        let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
+                        for segment in packet.segments(ts) {
+                            tracker.segment(&segment, &mut out);
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    if let Ok(mut r) = sink.lock() {
+                        r.extend(out);
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            records,
+            task,
+            _probes: probes,
+        })
+    }
+
+    fn snapshot(&self) -> Vec<HopRecord> {
+        self.records.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `pred` holds for what the hop saw.
+    async fn wait(&self, within: Duration, pred: impl Fn(&[HopRecord]) -> bool) {
+        let deadline = Instant::now() + within;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while Instant::now() < deadline {
+            tick.tick().await;
+            if self.records.lock().map(|r| pred(&r)).unwrap_or(false) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for HopWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn view(watch: &Option<HopWatch>, why: &Option<String>) -> HopView {
+    HopView {
+        available: watch.is_some(),
+        why: why.clone(),
+        records: watch.as_ref().map(HopWatch::snapshot).unwrap_or_default(),
+    }
+}
+
+fn nonce() -> String {
+    let t = unix_ns(SystemTime::now());
+    format!("{:016x}{:08x}", t, std::process::id())
+}
+
+/// Runs the golden path; each step is reported through `report` as it completes.
+pub async fn check(
+    config: &Config,
+    args: &CheckArgs,
+    mut report: impl FnMut(&Step),
+) -> anyhow::Result<Vec<Step>> {
+    let target = Target::parse(&args.url)?;
+    let addr = address(&target, args.resolve.as_deref()).await?;
+    let port = args
+        .upstream_port
+        .or_else(|| config.hop.ports.first().copied())
+        .unwrap_or(crate::config::GATEWAY_PORT);
+    let roots = roots(args.ca_file.as_deref())?;
+    let mut steps = Vec::new();
+    let mut push = |s: Step, steps: &mut Vec<Step>| {
+        report(&s);
+        steps.push(s);
+    };
+
+    let (watch, why) = if args.passive {
+        match HopWatch::start(config, port) {
+            Ok(w) => (Some(w), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        }
+    } else {
+        (None, Some("--no-passive".to_owned()))
+    };
+
+    // 1. Bind.
+    let mut exposure = config.exposure.clone();
+    exposure.watched_ports = vec![port];
+    let policy = Policy::new(&exposure);
+    let mut inventory = Inventory::default();
+    let listeners = Attributor::new()
+        .host_listeners()
+        .context("reading the socket inventory (sock_diag)")?;
+    inventory.replace_host_listeners(listeners, ChangeSource::Rescan);
+    if config.nat.enabled {
+        inventory.replace_publishes(read_nat_rules().publishes);
+    }
+    push(bind_step(port, &inventory.exposures(), &policy), &mut steps);
+
+    // 2. TLS.
+    let connector = Connector::new(roots.clone(), true)?;
+    let tls = tokio::time::timeout(args.timeout, connector.connect(addr, &target.host)).await;
+    let (facts, tls_ok) = match tls {
+        Ok(Ok(stream)) => (connector.facts(Some(&stream), None), true),
+        Ok(Err(e)) => (connector.facts(None, Some(format!("{e:#}"))), false),
+        Err(_) => (
+            connector.facts(None, Some(format!("no answer within {:?}", args.timeout))),
+            false,
+        ),
+    };
+    let now = i64::try_from(unix_ns(SystemTime::now()) / 1_000_000_000).unwrap_or(i64::MAX);
+    push(
+        tls_step(&target.host, &facts, now, args.expiry_warn_days),
+        &mut steps,
+    );
+    if !tls_ok {
+        for (step, why) in [
+            ("http", "no TLS connection"),
+            ("websocket", "no TLS connection"),
+        ] {
+            push(
+                Step::new(step, Status::Skip, why.to_owned(), serde_json::Value::Null),
+                &mut steps,
+            );
+        }
+        return Ok(steps);
+    }
+
+    // 3. HTTP through the edge.
+    let n = nonce();
+    let client = http_once(&connector, addr, &target, &target.marked(&n), args.timeout).await;
+    if let Some(w) = &watch {
+        w.wait(Duration::from_secs(3), |r| {
+            r.iter()
+                .any(|x| matches!(x, HopRecord::Http(e) if e.path.contains(&n)))
+                || r.iter().any(|x| {
+                    matches!(x, HopRecord::Conn(c) if c.kind == crate::hop::ConnEventKind::Refused)
+                })
+        })
+        .await;
+    }
+    push(
+        http_step(&client, &view(&watch, &why), &n, port),
+        &mut steps,
+    );
+
+    // 4. WebSocket through the edge.
+    let origin = args.origin.clone().unwrap_or_else(|| target.origin());
+    let wn = nonce() + "ws";
+    let (ws_client, ws) = upgrade(
+        &connector,
+        addr,
+        &target,
+        &target.marked(&wn),
+        &origin,
+        args.timeout,
+    )
+    .await;
+    if let Some(w) = &watch {
+        w.wait(Duration::from_secs(3), |r| {
+            r.iter()
+                .any(|x| matches!(x, HopRecord::Http(e) if e.path.contains(&wn)))
+                || r.iter().any(|x| {
+                    matches!(x, HopRecord::Conn(c) if c.kind == crate::hop::ConnEventKind::Refused)
+                })
+        })
+        .await;
+    }
+    let ws_verdict = ws_step(&ws_client, &view(&watch, &why), &wn, port);
+    let upgraded = ws_verdict.status == Status::Pass;
+    push(ws_verdict, &mut steps);
+
+    // 5. Idle survival.
+    match (args.idle, ws) {
+        (Some(idle), Some(mut ws)) if upgraded => {
+            let start = Instant::now();
+            let mut close_code = None;
+            let ended = loop {
+                match tokio::time::timeout_at((start + idle).into(), ws.next()).await {
+                    Err(_) => break false,
+                    Ok(Some(Ok(Message::Close(c)))) => {
+                        close_code = c.map(|c| u16::from(c.code));
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_))) | Ok(None) => break true,
+                }
+            };
+            let end = if ended {
+                let after_s = start.elapsed().as_secs_f64();
+                if let Some(w) = &watch {
+                    w.wait(Duration::from_secs(3), |r| {
+                        r.iter()
+                            .any(|x| matches!(x, HopRecord::Websocket(s) if s.path.contains(&wn)))
+                    })
+                    .await;
+                }
+                IdleEnd::Ended {
+                    after_s,
+                    close_code,
+                }
+            } else {
+                let _ = ws.close(None).await;
+                IdleEnd::Survived {
+                    seconds: idle.as_secs_f64(),
+                }
+            };
+            push(idle_step(&end, &view(&watch, &why), &wn), &mut steps);
+        }
+        (Some(_), _) => push(
+            Step::new(
+                "idle",
+                Status::Skip,
+                "no WebSocket session to hold".to_owned(),
+                serde_json::Value::Null,
+            ),
+            &mut steps,
+        ),
+        (None, ws) => {
+            if let Some(mut ws) = ws {
+                let _ = ws.close(None).await;
+            }
+            push(
+                Step::new(
+                    "idle",
+                    Status::Skip,
+                    "not requested (--idle SECONDS)".to_owned(),
+                    serde_json::Value::Null,
+                ),
+                &mut steps,
+            );
+        }
+    }
+    Ok(steps)
+}
+
+/// One GET through the edge; the response head is read, the body is not kept.
+async fn http_once(
+    connector: &Connector,
+    addr: SocketAddr,
+    t: &Target,
+    path: &str,
+    timeout: Duration,
+) -> ClientResponse {
+    let attempt = async {
+        let mut s = connector.connect(addr, &t.host).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgewatch-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            t.authority()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await?;
+            anyhow::ensure!(
+                n > 0 || !head.is_empty(),
+                "the edge closed without answering"
+            );
+            head.extend_from_slice(&buf[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&head) {
+                Ok(httparse::Status::Complete(_)) => {
+                    let rid = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+                    return Ok::<_, anyhow::Error>((resp.code, rid));
+                }
+                Ok(httparse::Status::Partial) if n > 0 && head.len() < 64 * 1024 => {}
+                Ok(httparse::Status::Partial) => anyhow::bail!("incomplete response head"),
+                Err(e) => anyhow::bail!("not an HTTP response: {e}"),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok((status, request_id))) => ClientResponse {
+            status,
+            error: None,
+            request_id,
+        },
+        Ok(Err(e)) => ClientResponse {
+            status: None,
+            error: Some(format!("{e:#}")),
+            request_id: None,
+        },
+        Err(_) => ClientResponse {
+            status: None,
+            error: Some(format!("no answer within {timeout:?}")),
+            request_id: None,
+        },
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A real upgrade through the edge with `origin`; after a 101, a heartbeat (ping), and what the
+/// server says first (the Gateway speaks first; a refused origin is closed with 1008).
+async fn upgrade(
+    connector: &Connector,
+    addr: SocketAddr,
+    t: &Target,
+    path: &str,
+    origin: &str,
+    timeout: Duration,
+) -> (WsClient, Option<Ws>) {
+    let mut client = WsClient {
+        origin: origin.to_owned(),
+        ..WsClient::default()
+    };
+    let attempt = async {
+        let stream = connector.connect(addr, &t.host).await?;
+        let mut req = format!("wss://{}{path}", t.authority()).into_client_request()?;
+        req.headers_mut().insert(
+            "Origin",
+            origin
+                .parse()
+                .context("--origin is not a valid header value")?,
+        );
+        Ok::<_, anyhow::Error>(tokio_tungstenite::client_async(req, stream).await)
+    };
+    let ws = match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(Ok((ws, resp)))) => {
+            client.status = Some(resp.status().as_u16());
+            ws
+        }
+        Ok(Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp)))) => {
+            client.status = Some(resp.status().as_u16());
+            return (client, None);
+        }
+        Ok(Ok(Err(e))) => {
+            client.error = Some(e.to_string());
+            return (client, None);
+        }
+        Ok(Err(e)) => {
+            client.error = Some(format!("{e:#}"));
+            return (client, None);
+        }
+        Err(_) => {
+            client.error = Some(format!("no answer within {timeout:?}"));
+            return (client, None);
+        }
+    };
+    let mut ws = ws;
+    let _ = ws.send(Message::Ping(b"edgewatch".to_vec().into())).await;
+    // Up to 2 s (or the pong) for an early close.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => {
+                client.closed_with = Some(
+                    c.map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((1005, String::new())),
+                );
+                return (client, None);
+            }
+            Ok(Some(Ok(Message::Pong(_)))) | Err(_) => break,
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => {
+                client.closed_with = Some((1006, e.to_string()));
+                return (client, None);
+            }
+            Ok(None) => {
+                client.closed_with = Some((1006, "the connection ended".to_owned()));
+                return (client, None);
+            }
+        }
+    }
+    (client, Some(ws))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_with_their_port_and_path() {
+        let t = Target::parse("https://gw.example.com").expect("url");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("gw.example.com", 443, "/")
+        );
+        assert_eq!(t.origin(), "https://gw.example.com");
+        let t = Target::parse("https://gw.test:8443/ui?x=1").expect("url");
+        assert_eq!((t.port, t.path.as_str()), (8443, "/ui?x=1"));
+        assert_eq!(t.origin(), "https://gw.test:8443");
+        assert_eq!(t.marked("n"), "/ui?x=1&edgewatch_check=n");
+        assert!(Target::parse("http://gw.test").is_err());
+        assert!(Target::parse("https://u:p@gw.test").is_err());
+        assert!(Target::parse("https://gw.test:x").is_err());
+    }
+}
