@@ -260,7 +260,40 @@ pub async fn check(
     }
     push(bind_step(port, &inventory.exposures(), &policy), &mut steps);
 
-    // 2. TLS.
+    // 2. TLS (first: can the edge be reached at all).
+    let reach = tokio::time::timeout(args.timeout, tokio::net::TcpStream::connect(addr)).await;
+    let unreachable = match reach {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {:?}", args.timeout)),
+    };
+    if let Some(e) = unreachable {
+        push(
+            Step::new(
+                "tls",
+                Status::Fail,
+                format!("cannot reach the edge at {addr}: {e}"),
+                serde_json::json!({ "address": addr.to_string() }),
+            )
+            .with_move(
+                "Is the reverse proxy running and listening there (`edgewatch exposure`), does \
+                 the host name resolve to this machine, and does a firewall let it through?",
+            ),
+            &mut steps,
+        );
+        for step in ["http", "websocket", "idle"] {
+            push(
+                Step::new(
+                    step,
+                    Status::Skip,
+                    "the edge is unreachable".to_owned(),
+                    serde_json::Value::Null,
+                ),
+                &mut steps,
+            );
+        }
+        return Ok(steps);
+    }
     let connector = Connector::new(roots.clone(), true)?;
     let tls = tokio::time::timeout(args.timeout, connector.connect(addr, &target.host)).await;
     let (facts, tls_ok) = match tls {
@@ -277,12 +310,14 @@ pub async fn check(
         &mut steps,
     );
     if !tls_ok {
-        for (step, why) in [
-            ("http", "no TLS connection"),
-            ("websocket", "no TLS connection"),
-        ] {
+        for step in ["http", "websocket", "idle"] {
             push(
-                Step::new(step, Status::Skip, why.to_owned(), serde_json::Value::Null),
+                Step::new(
+                    step,
+                    Status::Skip,
+                    "no TLS connection".to_owned(),
+                    serde_json::Value::Null,
+                ),
                 &mut steps,
             );
         }
