@@ -100,37 +100,8 @@ enum Command {
     /// when every step passes, 2 with warnings only, 1 when a step fails: usable as a deploy
     /// gate.
     Check {
-        /// The public URL users open: https://HOST[:PORT][/PATH].
-        #[arg(long, value_name = "URL")]
-        url: String,
-        /// The Origin of the WebSocket upgrade (default: the URL's https origin, what a
-        /// browser sends).
-        #[arg(long, value_name = "ORIGIN")]
-        origin: Option<String>,
-        /// Connect to this address instead of resolving HOST (HOST:IP or HOST:IP:PORT), like
-        /// curl's --resolve.
-        #[arg(long, value_name = "HOST:ADDR")]
-        resolve: Option<String>,
-        /// Extra CA certificates (PEM) to trust, for a private CA.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<PathBuf>,
-        /// Warn when the certificate expires within this many days.
-        #[arg(long, default_value_t = 14, value_name = "DAYS")]
-        expiry_warn_days: u32,
-        /// Hold the WebSocket idle this long and report whether and by whom it was closed
-        /// (reveals a too-short proxy read timeout), e.g. 90 or 90s.
-        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
-        idle: Option<std::time::Duration>,
-        /// The Gateway's port on the upstream side (default: the config's first hop port,
-        /// 18789).
-        #[arg(long, value_name = "PORT")]
-        upstream_port: Option<u16>,
-        /// Do not load the kernel probes (no root needed; failures are then not localised).
-        #[arg(long)]
-        no_passive: bool,
-        /// Time limit of each network operation.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
+        #[command(flatten)]
+        args: edgewatch::check::run::CheckArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -140,14 +111,6 @@ enum Command {
         #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
-}
-
-/// Seconds as a bare number (`90`) or a duration (`90s`, `2m`).
-fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
-    match text.parse::<u64>() {
-        Ok(s) => Ok(std::time::Duration::from_secs(s)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
-    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -232,30 +195,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             edgewatch::store::embedded::run_server(&library, &data_dir, http_port, tcp_port)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check {
-            url,
-            origin,
-            resolve,
-            ca_file,
-            expiry_warn_days,
-            idle,
-            upstream_port,
-            no_passive,
-            timeout,
-            common,
-        } => {
+        Command::Check { args, common } => {
             let config = load_config(common.config.as_ref())?;
-            let args = edgewatch::check::run::CheckArgs {
-                url,
-                origin,
-                resolve,
-                ca_file,
-                expiry_warn_days,
-                idle,
-                upstream_port,
-                passive: !no_passive,
-                timeout,
-            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()

@@ -31,26 +31,48 @@ use crate::{
     sources::{nat::read_nat_rules, snapshot::Attributor},
 };
 
-/// What to check.
-#[derive(Clone, Debug)]
+/// What to check (the command line of `edgewatch check`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct CheckArgs {
-    /// `https://HOST[:PORT][/PATH]`.
+    /// The public URL users open: https://HOST[:PORT][/PATH].
+    #[arg(long, value_name = "URL")]
     pub url: String,
-    /// The Origin of the upgrade (default: the URL's https origin).
+    /// The Origin of the WebSocket upgrade (default: the URL's https origin, what a browser
+    /// sends).
+    #[arg(long, value_name = "ORIGIN")]
     pub origin: Option<String>,
-    /// `HOST:ADDR`: connect to ADDR (an IP, or IP:PORT) instead of resolving HOST.
+    /// Connect to this address instead of resolving HOST (HOST:IP or HOST:IP:PORT), like
+    /// curl's --resolve.
+    #[arg(long, value_name = "HOST:ADDR")]
     pub resolve: Option<String>,
+    /// Extra CA certificates (PEM) to trust, for a private CA.
+    #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
-    /// A certificate expiring within this many days is a warning.
+    /// Warn when the certificate expires within this many days.
+    #[arg(long, default_value_t = 14, value_name = "DAYS")]
     pub expiry_warn_days: u32,
-    /// Hold the session idle this long (step 5); none: skipped.
+    /// Hold the WebSocket idle this long and report whether and by whom it was closed
+    /// (reveals a too-short proxy read timeout), e.g. 90 or 90s.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub idle: Option<Duration>,
-    /// The Gateway's port (default: the config's first hop port).
+    /// The Gateway's port on the upstream side (default: the config's first hop port,
+    /// 18789).
+    #[arg(long, value_name = "PORT")]
     pub upstream_port: Option<u16>,
-    /// Watch the hop with the kernel probes (needs root).
-    pub passive: bool,
-    /// How long one network operation may take.
+    /// Do not load the kernel probes (no root needed; failures are then not localised).
+    #[arg(long)]
+    pub no_passive: bool,
+    /// Time limit of each network operation.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// Seconds as a bare number (`90`) or a duration (`90s`, `2m`).
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(s) => Ok(Duration::from_secs(s)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
 }
 
 /// The URL's parts.
@@ -213,6 +235,14 @@ fn view(watch: &Option<HopWatch>, why: &Option<String>) -> HopView {
     }
 }
 
+/// The steps after TLS, skipped for `why`.
+fn skipped(why: &str) -> Vec<Step> {
+    ["http", "websocket", "idle"]
+        .into_iter()
+        .map(|step| Step::new(step, Status::Skip, why.to_owned(), serde_json::Value::Null))
+        .collect()
+}
+
 fn nonce() -> String {
     let t = unix_ns(SystemTime::now());
     format!("{:016x}{:08x}", t, std::process::id())
@@ -237,7 +267,7 @@ pub async fn check(
         steps.push(s);
     };
 
-    let (watch, why) = if args.passive {
+    let (watch, why) = if !args.no_passive {
         match HopWatch::start(config, port) {
             Ok(w) => (Some(w), None),
             Err(e) => (None, Some(format!("{e:#}"))),
@@ -281,16 +311,8 @@ pub async fn check(
             ),
             &mut steps,
         );
-        for step in ["http", "websocket", "idle"] {
-            push(
-                Step::new(
-                    step,
-                    Status::Skip,
-                    "the edge is unreachable".to_owned(),
-                    serde_json::Value::Null,
-                ),
-                &mut steps,
-            );
+        for s in skipped("the edge is unreachable") {
+            push(s, &mut steps);
         }
         return Ok(steps);
     }
@@ -310,16 +332,8 @@ pub async fn check(
         &mut steps,
     );
     if !tls_ok {
-        for step in ["http", "websocket", "idle"] {
-            push(
-                Step::new(
-                    step,
-                    Status::Skip,
-                    "no TLS connection".to_owned(),
-                    serde_json::Value::Null,
-                ),
-                &mut steps,
-            );
+        for s in skipped("no TLS connection") {
+            push(s, &mut steps);
         }
         return Ok(steps);
     }
