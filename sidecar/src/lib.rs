@@ -16,3 +16,4 @@ pub mod probe;
 pub mod replay;
 pub mod sources;
 pub mod store;
+pub mod timeline;

@@ -9,6 +9,7 @@ use edgewatch::{
 };
 
 mod replay_cmd;
+mod timeline_cmd;
 
 /// Exit status of `edgewatch exposure` when it found drift.
 const EXIT_DRIFT: u8 = 3;
@@ -105,6 +106,12 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Reconstruct what happened in a time range (or to one request): exposure changes,
+    /// alerts, edge log records, hop exchanges, WebSocket sessions, refused connects, resets
+    /// and slow connects, in order and grouped by request and connection, with a summary on
+    /// top. From ClickHouse (`[store]`, the embedded one by default), or offline from a
+    /// capture and access logs with --pcap.
+    Timeline(timeline_cmd::TimelineArgs),
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig {
         /// The config file to check.
@@ -209,6 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             printer.check_summary(&args.url, &steps, code);
             Ok(ExitCode::from(code))
         }
+        Command::Timeline(args) => timeline_cmd::run(&args),
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config)?);

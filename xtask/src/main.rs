@@ -209,8 +209,14 @@ fn test() -> Result<()> {
         );
     }
     // The store tests: Debian's old ClickHouse (the version check) and openssl (a private CA
-    // for the TLS test). The ClickHouse 26.7 build is fetched by the tests on first use.
-    apt_install(&["clickhouse-server", "clickhouse-client", "openssl"])?;
+    // for the TLS test); the timeline test opens its HTML page in Debian's Chromium. The
+    // ClickHouse 26.7 build is fetched by the tests on first use.
+    apt_install(&[
+        "clickhouse-server",
+        "clickhouse-client",
+        "openssl",
+        "chromium",
+    ])?;
     let total = 5;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -38,6 +38,44 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// The server to talk to: the configured URL; or, with none, the embedded ClickHouse, the one
+/// already running (the live sidecar's) or one started now (returned: it runs until dropped).
+pub async fn server(
+    cfg: &StoreConfig,
+) -> anyhow::Result<(Option<embedded::EmbeddedServer>, String)> {
+    if !cfg.url.is_empty() {
+        return Ok((None, cfg.url.clone()));
+    }
+    if embedded::ping(cfg.embedded.http_port) {
+        // Another edgewatch (the live sidecar, when this is a replay) runs it already.
+        let url = format!("http://127.0.0.1:{}", cfg.embedded.http_port);
+        tracing::info!(%url, "using the embedded ClickHouse that is already running");
+        return Ok((None, url));
+    }
+    let server = tokio::task::spawn_blocking({
+        let cfg = cfg.clone();
+        move || start_embedded(&cfg)
+    })
+    .await
+    .context("starting the embedded ClickHouse")??;
+    let url = server.url.clone();
+    tracing::info!(%url, pid = server.pid(), "embedded ClickHouse up");
+    Ok((Some(server), url))
+}
+
+/// A client for the server at `url` with the credentials and TLS settings of `[store]`.
+pub fn client_for(cfg: &StoreConfig, url: &str) -> anyhow::Result<clickhouse::Client> {
+    let (user, password) = credentials(cfg)?;
+    Endpoint {
+        url: url.to_owned(),
+        user,
+        password,
+        ca_file: cfg.ca_file.clone(),
+        timeout: cfg.timeout,
+    }
+    .client(&cfg.database)
+}
+
 /// The user and password: from the environment or a file, never from arguments.
 pub fn credentials(cfg: &StoreConfig) -> anyhow::Result<(String, Option<String>)> {
     let user = std::env::var("EDGEWATCH_CLICKHOUSE_USER").unwrap_or_else(|_| cfg.user.clone());
@@ -129,33 +167,8 @@ impl Store {
                 "recovered rows a previous run had spooled"
             );
         }
-        let (embedded, url) = if cfg.url.is_empty() && embedded::ping(cfg.embedded.http_port) {
-            // Another edgewatch (the live sidecar, when this is a replay) runs it already.
-            let url = format!("http://127.0.0.1:{}", cfg.embedded.http_port);
-            tracing::info!(%url, "using the embedded ClickHouse that is already running");
-            (None, url)
-        } else if cfg.url.is_empty() {
-            let server = tokio::task::spawn_blocking({
-                let cfg = cfg.clone();
-                move || start_embedded(&cfg)
-            })
-            .await
-            .context("starting the embedded ClickHouse")??;
-            let url = server.url.clone();
-            tracing::info!(%url, pid = server.pid(), "embedded ClickHouse up");
-            (Some(server), url)
-        } else {
-            (None, cfg.url.clone())
-        };
-        let (user, password) = credentials(cfg)?;
-        let endpoint = Endpoint {
-            url: url.clone(),
-            user,
-            password,
-            ca_file: cfg.ca_file.clone(),
-            timeout: cfg.timeout,
-        };
-        let client = endpoint.client(&cfg.database)?;
+        let (embedded, url) = server(cfg).await?;
+        let client = client_for(cfg, &url)?;
         let opts = schema_options(cfg);
         let first_wait = cfg.timeout.min(Duration::from_secs(10));
         let mut prepared = None;

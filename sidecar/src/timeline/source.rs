@@ -1,0 +1,184 @@
+//! Where a timeline's rows come from: ClickHouse (the configured server or the embedded one),
+//! or, offline, a capture of the hop and the proxy's access logs run through the same
+//! pipeline as live (tracker, join, alert rules) and turned into the same rows.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use clickhouse::Row;
+
+use super::{Filter, Rows};
+use crate::{
+    alerts::{AlertsConfig, Engine},
+    config::StoreConfig,
+    edge::{join::join_all, nginx::JsonFields, parse_any},
+    store::rows::{self, AlertRow, AnyRow, EdgeRow, RequestRow},
+};
+
+impl Rows {
+    /// Files a row under its table.
+    pub fn push(&mut self, row: AnyRow) {
+        match row {
+            AnyRow::ExposureChange(r) => self.exposure_changes.push(r),
+            AnyRow::Exposure(_) => {}
+            AnyRow::Conn(r) => self.conns.push(r),
+            AnyRow::Http(r) => self.http.push(r),
+            AnyRow::Ws(r) => self.ws.push(r),
+            AnyRow::Edge(r) => self.edge.push(r),
+            AnyRow::Request(r) => self.requests.push(r),
+            AnyRow::Alert(r) => self.alerts.push(r),
+        }
+    }
+}
+
+/// What the offline source could not use (said, never hidden).
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct OfflineReport {
+    pub hop_records: usize,
+    pub edge_lines: usize,
+    pub malformed_lines: usize,
+    pub capture_truncated_at: Option<u64>,
+}
+
+/// A capture (and access logs) through the tracker, the join and the alert rules, as rows.
+pub fn offline(
+    pcap: &Path,
+    ports: &[u16],
+    logs: &[PathBuf],
+    fields: &JsonFields,
+    alerts: &AlertsConfig,
+    join_window_ns: u64,
+) -> anyhow::Result<(Rows, OfflineReport)> {
+    const NODE: &str = "offline";
+    let file = std::fs::File::open(pcap).with_context(|| format!("opening {}", pcap.display()))?;
+    let mut hop = Vec::new();
+    let summary = crate::replay::replay(
+        BufReader::with_capacity(1 << 20, file),
+        ports,
+        |r| hop.push(r.clone()),
+        |_| {},
+    )
+    .with_context(|| format!("replaying {}", pcap.display()))?;
+    let mut report = OfflineReport {
+        hop_records: hop.len(),
+        capture_truncated_at: summary.truncated_at,
+        ..OfflineReport::default()
+    };
+    let mut edges = Vec::new();
+    for log in logs {
+        let f = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
+        for line in BufReader::new(f).lines() {
+            let line = line.with_context(|| format!("reading {}", log.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_any(&line, fields) {
+                Ok(r) => {
+                    report.edge_lines += 1;
+                    edges.push(r);
+                }
+                Err(_) => report.malformed_lines += 1,
+            }
+        }
+    }
+    let mut engine = Engine::new(alerts.clone());
+    let mut fired = Vec::new();
+    let mut rows = Rows::default();
+    for r in &hop {
+        engine.advance(r.end_ts_ns(), &mut fired);
+        engine.hop(r, &mut fired);
+        rows.push(rows::hop_row(NODE, r));
+    }
+    for e in &edges {
+        rows.push(AnyRow::Edge(EdgeRow::new(NODE, e)));
+    }
+    let joined = if edges.is_empty() {
+        Vec::new()
+    } else {
+        join_all(hop, edges, join_window_ns)
+    };
+    for j in &joined {
+        engine.request(j, &mut fired);
+        rows.push(AnyRow::Request(RequestRow::new(NODE, j)));
+    }
+    for a in &fired {
+        rows.push(AnyRow::Alert(AlertRow::new(NODE, a)));
+    }
+    Ok((rows, report))
+}
+
+/// Rows per table at most (a larger range is cut, and said).
+pub const MAX_ROWS: u64 = 200_000;
+
+async fn fetch<T: clickhouse::RowOwned + clickhouse::RowRead>(
+    client: &clickhouse::Client,
+    table: &str,
+    since: i64,
+    until: i64,
+    also_end_ts: bool,
+    cut: &mut Vec<String>,
+) -> anyhow::Result<Vec<T>> {
+    let range = if also_end_ts {
+        "((ts >= fromUnixTimestamp64Nano(?) AND ts <= fromUnixTimestamp64Nano(?)) OR (end_ts >= fromUnixTimestamp64Nano(?) AND end_ts <= fromUnixTimestamp64Nano(?)))"
+    } else {
+        "ts >= fromUnixTimestamp64Nano(?) AND ts <= fromUnixTimestamp64Nano(?)"
+    };
+    let sql = format!(
+        "SELECT ?fields FROM {table} WHERE {range} ORDER BY ts LIMIT {}",
+        MAX_ROWS + 1
+    );
+    let mut q = client.query(&sql).bind(since).bind(until);
+    if also_end_ts {
+        q = q.bind(since).bind(until);
+    }
+    let mut rows: Vec<T> = q
+        .fetch_all()
+        .await
+        .with_context(|| format!("reading {table} from ClickHouse"))?;
+    if rows.len() as u64 > MAX_ROWS {
+        rows.truncate(usize::try_from(MAX_ROWS).unwrap_or(usize::MAX));
+        cut.push(table.to_owned());
+    }
+    Ok(rows)
+}
+
+/// The time range a request id's rows lie in (from the request-id lookup), if it is known.
+pub async fn request_range(
+    client: &clickhouse::Client,
+    request_id: &str,
+) -> anyhow::Result<Option<(i64, i64)>> {
+    #[derive(Row, serde::Deserialize)]
+    struct Span {
+        n: u64,
+        lo: i64,
+        hi: i64,
+    }
+    let span: Span = client
+        .query("SELECT count() AS n, toUnixTimestamp64Nano(min(ts)) AS lo, toUnixTimestamp64Nano(max(ts)) AS hi FROM request_index WHERE rid = cityHash64(?)")
+        .bind(request_id)
+        .fetch_one()
+        .await
+        .context("looking the request id up in request_index")?;
+    Ok((span.n > 0).then_some((span.lo, span.hi)))
+}
+
+/// The rows of `filter`'s time range from ClickHouse; the tables cut at [`MAX_ROWS`] are
+/// named in the second value.
+pub async fn clickhouse(cfg: &StoreConfig, filter: &Filter) -> anyhow::Result<(Rows, Vec<String>)> {
+    let (_server, url) = crate::store::server(cfg).await?;
+    let client = crate::store::client_for(cfg, &url)?;
+    let (a, b) = (filter.since_ns, filter.until_ns);
+    let mut cut = Vec::new();
+    let rows = Rows {
+        exposure_changes: fetch(&client, "exposure_changes", a, b, false, &mut cut).await?,
+        alerts: fetch(&client, "alerts", a, b, false, &mut cut).await?,
+        conns: fetch(&client, "conn_events", a, b, false, &mut cut).await?,
+        http: fetch(&client, "http_exchanges", a, b, false, &mut cut).await?,
+        ws: fetch(&client, "ws_sessions", a, b, true, &mut cut).await?,
+        edge: fetch(&client, "edge_logs", a, b, false, &mut cut).await?,
+        requests: fetch(&client, "requests", a, b, false, &mut cut).await?,
+    };
+    Ok((rows, cut))
+}

@@ -1,0 +1,171 @@
+//! Timelines of the committed recordings (real nginx in front of a real WebSocket upstream,
+//! see tests/hop_replay.rs), built offline.
+use super::{build, source::offline, Filter, Lane, Timeline};
+use crate::alerts::AlertsConfig;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/hop")
+        .join(name)
+}
+
+fn timeline(name: &str, port: u16) -> Timeline {
+    let mut alerts = AlertsConfig::default();
+    // One recorded session is enough evidence here.
+    alerts.timeout_disconnect.min_sessions = 1;
+    let (rows, report) = offline(
+        &fixture(name),
+        &[port],
+        &[],
+        &Default::default(),
+        &alerts,
+        30_000_000_000,
+    )
+    .expect("fixture");
+    assert!(report.hop_records > 0);
+    build(
+        &rows,
+        &Filter {
+            since_ns: 0,
+            until_ns: i64::MAX,
+            ..Filter::default()
+        },
+    )
+}
+
+fn position(t: &Timeline, pred: impl Fn(&super::Event) -> bool) -> usize {
+    t.events
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("no such event in {:#?}", t.events))
+}
+
+#[test]
+fn idle_timeout_upgrade_then_the_proxy_closes_and_the_cause_is_the_read_timeout() {
+    let t = timeline("idle_timeout.35057.pcap", 35057);
+    let up = position(&t, |e| e.kind == "upgrade" && e.text.contains("-> 101"));
+    let end = position(&t, |e| {
+        e.kind == "ws_end" && e.text.contains("fin without close by the proxy")
+    });
+    let alert = position(&t, |e| e.kind == "alert");
+    assert!(up < end && end <= alert, "{:#?}", t.events);
+    assert_eq!(t.events[end].lane, Lane::Upstream);
+    assert!(t.events[end].notable);
+    assert!(
+        t.summary.headline.contains("hop.timeout_disconnect"),
+        "{}",
+        t.summary.headline
+    );
+    assert!(t
+        .summary
+        .likely_cause
+        .as_deref()
+        .is_some_and(|c| c.contains("proxy_read_timeout")));
+    // The session and its upgrade are one request.
+    let rid = &t.events[up].request_id;
+    assert!(!rid.is_empty());
+    assert_eq!(&t.events[end].request_id, rid);
+    assert!(t
+        .groups
+        .iter()
+        .any(|g| g.kind == "request" && &g.key == rid && g.events.len() >= 2));
+}
+
+#[test]
+fn the_half_path_shows_the_426_and_names_the_missing_headers() {
+    let t = timeline("half_path.39327.pcap", 39327);
+    let x = position(&t, |e| e.kind == "http" && e.text.contains("426"));
+    assert!(t.events[x].notable);
+    assert!(
+        t.events[x].text.contains("no Upgrade header on the hop"),
+        "{}",
+        t.events[x].text
+    );
+    assert!(
+        t.summary.headline.contains("hop.upgrade_failure"),
+        "{}",
+        t.summary.headline
+    );
+    assert!(t
+        .summary
+        .likely_cause
+        .as_deref()
+        .is_some_and(|c| c.contains("proxy_set_header Upgrade")));
+}
+
+#[test]
+fn a_stale_port_is_refused_connects_and_a_critical_incident() {
+    let t = timeline("refused.43527.pcap", 43527);
+    let r = position(&t, |e| e.kind == "refused");
+    let a = position(&t, |e| e.kind == "alert");
+    assert!(r <= a);
+    assert_eq!(t.summary.incidents[0]["severity"], "critical");
+    assert!(t.summary.headline.contains("hop.stale_upstream_port"));
+}
+
+#[test]
+fn an_upstream_crash_ends_sessions_from_the_upstream_side() {
+    let t = timeline("die.38453.pcap", 38453);
+    let end = position(&t, |e| {
+        e.kind == "ws_end" && e.text.contains("by the upstream") && e.notable
+    });
+    assert!(t.events[..end].iter().any(|e| e.kind == "upgrade"));
+    assert!(
+        t.summary.headline.contains("notable"),
+        "{}",
+        t.summary.headline
+    );
+}
+
+#[test]
+fn a_request_id_filter_keeps_that_request_only() {
+    // A keep-alive connection with several requests.
+    let all = timeline("keepalive.44379.pcap", 44379);
+    let rid = all
+        .events
+        .iter()
+        .find(|e| !e.request_id.is_empty())
+        .map(|e| e.request_id.clone())
+        .expect("a request id");
+    let mut alerts = AlertsConfig::default();
+    alerts.timeout_disconnect.min_sessions = 1;
+    let (rows, _) = offline(
+        &fixture("keepalive.44379.pcap"),
+        &[44379],
+        &[],
+        &Default::default(),
+        &alerts,
+        30_000_000_000,
+    )
+    .expect("fixture");
+    let one = build(
+        &rows,
+        &Filter {
+            since_ns: 0,
+            until_ns: i64::MAX,
+            request_id: Some(rid.clone()),
+            ..Filter::default()
+        },
+    );
+    assert!(!one.events.is_empty());
+    assert!(one.events.len() < all.events.len());
+    assert!(
+        one.events.iter().all(|e| e.request_id == rid),
+        "{:#?}",
+        one.events
+    );
+}
+
+#[test]
+fn events_are_in_time_order_and_the_html_is_self_contained() {
+    let t = timeline("healthy.37883.pcap", 37883);
+    assert!(t.events.windows(2).all(|w| w[0].ts <= w[1].ts));
+    let page = super::render::html(&t);
+    assert!(page.starts_with("<!DOCTYPE html>"));
+    assert!(
+        !page.contains("http://") && !page.contains("https://") && !page.contains("<script"),
+        "no network access and no script needed to view it"
+    );
+    let text = super::render::text(&t, false);
+    assert!(text.contains("what broke:"));
+}
