@@ -586,6 +586,7 @@ pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize>
 
 /// `edgewatch run`: load the probes, print the inventory, then watch until SIGINT/SIGTERM.
 pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
+    crate::probe::caps::require()?;
     let metrics = Arc::new(Metrics::new());
     let mut watch = Watch::new(&config, printer, metrics.clone());
     watch.start_webhooks(&config)?;

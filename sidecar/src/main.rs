@@ -112,6 +112,17 @@ enum Command {
     /// top. From ClickHouse (`[store]`, the embedded one by default), or offline from a
     /// capture and access logs with --pcap.
     Timeline(timeline_cmd::TimelineArgs),
+    /// Ask a running sidecar whether it is up (its loopback /healthz): exit 0 when it
+    /// answers, 1 when not. The container's healthcheck.
+    Health {
+        /// The sidecar's metrics address (default: `metrics.listen` of the config,
+        /// 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        addr: Option<std::net::SocketAddr>,
+        /// TOML config file (for `metrics.listen`).
+        #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Validate a config file and print the effective configuration (defaults filled in).
     CheckConfig {
         /// The config file to check.
@@ -217,6 +228,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(code))
         }
         Command::Timeline(args) => timeline_cmd::run(&args),
+        Command::Health { addr, config } => {
+            let config = load_config(config.as_ref())?;
+            let addr = addr.unwrap_or(config.metrics.listen);
+            let url = format!("http://{addr}/healthz");
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(3)))
+                .build()
+                .into();
+            match agent.get(&url).call() {
+                Ok(r) if r.status().is_success() => {
+                    println!("edgewatch at {addr} is up");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(r) => anyhow::bail!("{url} answered {}", r.status()),
+                Err(e) => anyhow::bail!("{url}: {e}"),
+            }
+        }
         Command::CheckConfig { config } => {
             let config = load_config(config.as_ref())?;
             print!("{}", toml::to_string_pretty(&config)?);

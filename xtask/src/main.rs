@@ -209,13 +209,16 @@ fn test() -> Result<()> {
         );
     }
     // The store tests: Debian's old ClickHouse (the version check) and openssl (a private CA
-    // for the TLS test); the timeline test opens its HTML page in Debian's Chromium. The
-    // ClickHouse 26.7 build is fetched by the tests on first use.
+    // for the TLS test); the timeline test opens its HTML page in Debian's Chromium; the
+    // container test drops capabilities with capsh and reads the compose file with PyYAML.
+    // The ClickHouse 26.7 build is fetched by the tests on first use.
     apt_install(&[
         "clickhouse-server",
         "clickhouse-client",
         "openssl",
         "chromium",
+        "libcap2-bin",
+        "python3-yaml",
     ])?;
     let total = 5;
     step(1, total, "cargo fmt --check");

@@ -1,5 +1,6 @@
 //! The kernel probes: loading and attaching them (`loader`), the tracepoint layouts they
 //! rely on (`tracefs`), and decoding what they send (`events`).
+pub mod caps;
 pub mod events;
 pub mod loader;
 pub mod tracefs;
