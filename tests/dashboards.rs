@@ -4,7 +4,7 @@
 //! an exposure drift), and returns what the scenario implies.
 mod support;
 
-use std::{collections::BTreeMap, path::Path, sync::OnceLock};
+use std::{collections::BTreeMap, path::Path};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -15,11 +15,6 @@ use support::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-
-fn server() -> &'static ClickHouse {
-    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
-    SERVER.get_or_init(ClickHouse::start)
-}
 
 /// Every dashboard file, parsed (a file that is not JSON fails here).
 fn dashboards() -> Vec<(String, Value)> {
@@ -149,7 +144,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
     }
 
     // The scenario.
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_dashboards";
     let spool = tempfile::tempdir().expect("spool");
     let state = tempfile::tempdir().expect("state");

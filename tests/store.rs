@@ -7,7 +7,7 @@
 )]
 mod support;
 
-use std::{collections::BTreeMap, path::Path, process::Command, sync::OnceLock, time::Duration};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use edgewatch::store::{
     rows::{AnyRow, ConnRow},
@@ -20,18 +20,6 @@ use support::{
     store::{store_config, ClickHouse},
     Sidecar, SocketHolder,
 };
-
-fn server() -> &'static ClickHouse {
-    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
-    SERVER.get_or_init(ClickHouse::start)
-}
-
-fn fixture(name: &str) -> String {
-    format!(
-        "{}/../tests/fixtures/hop/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
 
 /// `edgewatch replay ... --store` with this config; returns (exit code, stdout JSON, stderr).
 fn replay_store(config: &str, args: &[&str]) -> (i32, Vec<Value>, String) {
@@ -115,7 +103,7 @@ fn opts(db: &str) -> SchemaOptions {
 
 #[test]
 fn hop_edge_and_joined_records_round_trip() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_roundtrip";
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
@@ -133,7 +121,7 @@ fn hop_edge_and_joined_records_round_trip() {
         ("reset.46005.pcap", "46005"),
         ("die.38453.pcap", "38453"),
     ] {
-        let (code, lines, err) = replay_store(&config, &[&fixture(name), "--port", port]);
+        let (code, lines, err) = replay_store(&config, &[&support::fixture(name), "--port", port]);
         assert_eq!(code, 0, "{name}: {err}");
         for (k, v) in count_types(&lines) {
             *expected.entry(k).or_default() += v;
@@ -151,7 +139,7 @@ fn hop_edge_and_joined_records_round_trip() {
     // The keep-alive capture with an access log whose lines carry its request ids.
     let (_, plain, _) = replay_store(
         &store_config(&ch.url(), "t_roundtrip_probe", spool.path()),
-        &[&fixture("keepalive.44379.pcap"), "--port", "44379"],
+        &[&support::fixture("keepalive.44379.pcap"), "--port", "44379"],
     );
     let http: Vec<&Value> = plain.iter().filter(|l| l["type"] == "http").collect();
     assert_eq!(http.len(), 3);
@@ -171,7 +159,7 @@ fn hop_edge_and_joined_records_round_trip() {
     let (code, lines, err) = replay_store(
         &config,
         &[
-            &fixture("keepalive.44379.pcap"),
+            &support::fixture("keepalive.44379.pcap"),
             "--port",
             "44379",
             "--access-log",
@@ -316,7 +304,7 @@ fn run_config(ch_url: &str, db: &str, spool: &Path) -> String {
 
 #[test]
 fn live_exposure_changes_and_alerts_reach_clickhouse() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_live";
     let spool = tempfile::tempdir().unwrap();
     let watched = support::free_port();
@@ -452,7 +440,7 @@ fn an_outage_delays_rows_but_delivers_each_exactly_once() {
 
 #[test]
 fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_kill9";
     let spool = tempfile::tempdir().unwrap();
     let config = run_config(&ch.url(), db, spool.path());
@@ -496,7 +484,7 @@ fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
 
 #[test]
 fn a_retried_batch_is_stored_once() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_dedup";
     let rt = runtime();
     rt.block_on(async {
@@ -524,7 +512,7 @@ fn a_retried_batch_is_stored_once() {
 
 #[test]
 fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_migrate";
     let rt = runtime();
     rt.block_on(async {
@@ -566,7 +554,7 @@ fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
 
 #[test]
 fn cluster_ddl_parses_on_the_real_server() {
-    let ch = server();
+    let ch = support::store::shared();
     let o = SchemaOptions {
         database: "edgewatch".into(),
         ttl_days: 30,
@@ -590,13 +578,13 @@ fn cluster_ddl_parses_on_the_real_server() {
 
 #[test]
 fn a_schema_mismatch_is_a_clear_error_at_start() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_mismatch";
     let spool = tempfile::tempdir().unwrap();
     let config = store_config(&ch.url(), db, spool.path());
     let (code, _, err) = replay_store(
         &config,
-        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+        &[&support::fixture("refused.43527.pcap"), "--port", "43527"],
     );
     assert_eq!(code, 0, "{err}");
     ch.query(&format!(
@@ -604,7 +592,7 @@ fn a_schema_mismatch_is_a_clear_error_at_start() {
     ));
     let (code, _, err) = replay_store(
         &config,
-        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+        &[&support::fixture("refused.43527.pcap"), "--port", "43527"],
     );
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -616,7 +604,7 @@ fn a_schema_mismatch_is_a_clear_error_at_start() {
 
 #[test]
 fn a_batch_refused_for_good_is_set_aside_and_reported() {
-    let ch = server();
+    let ch = support::store::shared();
     let db = "t_reject";
     let spool_dir = tempfile::tempdir().unwrap();
     let rt = runtime();
@@ -750,7 +738,7 @@ fn an_old_server_is_refused_with_a_clear_error() {
     let spool = tempfile::tempdir().unwrap();
     let (code, _, err) = replay_store(
         &store_config(&format!("http://127.0.0.1:{http}"), "t_old", spool.path()),
-        &[&fixture("refused.43527.pcap"), "--port", "43527"],
+        &[&support::fixture("refused.43527.pcap"), "--port", "43527"],
     );
     let _ = old.kill();
     let _ = old.wait();
@@ -885,7 +873,7 @@ impl Drop for TlsProxy {
 
 #[test]
 fn https_with_a_private_ca_from_the_config() {
-    let ch = server();
+    let ch = support::store::shared();
     let proxy = TlsProxy::start(ch.http_port);
     let db = "t_tls";
     let url = format!("https://127.0.0.1:{}", proxy.port);
@@ -949,7 +937,7 @@ fn a_server_that_never_answers_is_a_timeout_and_rows_wait_in_the_spool() {
     let started = std::time::Instant::now();
     let (code, lines, err) = replay_store(
         &config,
-        &[&fixture("keepalive.44379.pcap"), "--port", "44379"],
+        &[&support::fixture("keepalive.44379.pcap"), "--port", "44379"],
     );
     // It gives up after a few timed-out attempts instead of hanging, and says so.
     assert_eq!(code, 1, "{err}");
@@ -995,7 +983,7 @@ fn a_full_spool_drops_the_oldest_rows_and_counts_them() {
     let (code, lines, err) = replay_store(
         &config,
         &[
-            &fixture("healthy.37883.pcap"),
+            &support::fixture("healthy.37883.pcap"),
             "--port",
             "37883",
             "--access-log",

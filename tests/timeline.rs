@@ -3,23 +3,10 @@
 //! the same timeline either way; the HTML page is opened in headless Chromium.
 mod support;
 
-use std::{path::Path, process::Command, sync::OnceLock};
+use std::{path::Path, process::Command};
 
 use serde_json::Value;
-use support::{store::ClickHouse, Sidecar, SocketHolder};
-
-/// One ClickHouse for this test binary (each test uses its own database).
-fn server() -> &'static ClickHouse {
-    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
-    SERVER.get_or_init(ClickHouse::start)
-}
-
-fn fixture(name: &str) -> String {
-    format!(
-        "{}/../tests/fixtures/hop/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
+use support::{Sidecar, SocketHolder};
 
 fn edgewatch(args: &[&str], config: Option<&Path>) -> String {
     let mut cmd = Command::new(support::edgewatch_bin());
@@ -60,7 +47,7 @@ fn essence(t: &Value) -> Vec<Value> {
 
 #[test]
 fn offline_and_clickhouse_give_the_same_timeline() {
-    let ch = server();
+    let ch = support::store::shared();
     let spool = tempfile::tempdir().expect("spool");
     let db = "t_timeline";
     // Recorded rows keep their recording time: no TTL, so none is dropped as old.
@@ -68,7 +55,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
         "{}ttl_days = 0\n[alerts.timeout_disconnect]\nmin_sessions = 1\n",
         support::store::store_config(&ch.url(), db, spool.path())
     ));
-    let pcap = fixture("idle_timeout.35057.pcap");
+    let pcap = support::fixture("idle_timeout.35057.pcap");
     let offline: Value = serde_json::from_str(&edgewatch(
         &[
             "timeline",
@@ -137,7 +124,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
 
 #[test]
 fn live_exposure_drift_reads_back_in_order_with_its_cause() {
-    let ch = server();
+    let ch = support::store::shared();
     let spool = tempfile::tempdir().expect("spool");
     let db = "t_timeline_live";
     let watched = support::free_port();
@@ -239,7 +226,7 @@ fn the_html_page_renders_in_headless_chromium() {
         &[
             "timeline",
             "--pcap",
-            &fixture("refused.43527.pcap"),
+            &support::fixture("refused.43527.pcap"),
             "--upstream-port",
             "43527",
             "--format",

@@ -151,6 +151,18 @@ impl Printer {
         }
     }
 
+    /// One JSON line `{"type": ty, ...value}`.
+    fn tagged<T: Serialize>(&mut self, ty: &'static str, value: &T) {
+        #[derive(Serialize)]
+        struct Tagged<'a, T> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            #[serde(flatten)]
+            value: &'a T,
+        }
+        self.json(&Tagged { ty, value });
+    }
+
     fn json<T: Serialize>(&mut self, value: &T) {
         match serde_json::to_string(value) {
             Ok(s) => self.line(&s),
@@ -276,18 +288,18 @@ impl Printer {
         match self.format {
             Format::Json => {
                 #[derive(Serialize)]
-                struct Line<'a> {
-                    #[serde(rename = "type")]
-                    ty: &'static str,
+                struct Timed<'a> {
                     time: String,
                     #[serde(flatten)]
                     alert: &'a crate::alerts::Alert,
                 }
-                self.json(&Line {
-                    ty: "alert",
-                    time: rfc3339(a.at_ns),
-                    alert: a,
-                });
+                self.tagged(
+                    "alert",
+                    &Timed {
+                        time: rfc3339(a.at_ns),
+                        alert: a,
+                    },
+                );
             }
             Format::Text => {
                 let text = alert_text(
@@ -318,16 +330,7 @@ impl Printer {
     /// One joined request (edge log + hop).
     pub fn request(&mut self, r: &crate::edge::join::JoinedRequest) {
         match self.format {
-            Format::Json => {
-                #[derive(Serialize)]
-                struct Line<'a> {
-                    #[serde(rename = "type")]
-                    ty: &'static str,
-                    #[serde(flatten)]
-                    r: &'a crate::edge::join::JoinedRequest,
-                }
-                self.json(&Line { ty: "request", r });
-            }
+            Format::Json => self.tagged("request", r),
             Format::Text => {
                 let edge = r.edge.as_ref();
                 let hop = r.hop.as_ref();
@@ -361,19 +364,7 @@ impl Printer {
     /// One step of `edgewatch check`, as it completes (JSON: a `check_step` object).
     pub fn check_step(&mut self, step: &crate::check::Step) {
         match self.format {
-            Format::Json => {
-                #[derive(Serialize)]
-                struct Line<'a> {
-                    #[serde(rename = "type")]
-                    ty: &'static str,
-                    #[serde(flatten)]
-                    step: &'a crate::check::Step,
-                }
-                self.json(&Line {
-                    ty: "check_step",
-                    step,
-                });
-            }
+            Format::Json => self.tagged("check_step", step),
             Format::Text => {
                 let mut text = format!(
                     "{:<6} {:<10} {}",

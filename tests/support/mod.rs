@@ -483,6 +483,14 @@ pub fn run(cmd: &mut Command) {
 }
 
 /// Parses JSON lines (one object per line).
+/// A committed recording of the hop (tests/fixtures/hop/NAME).
+pub fn fixture(name: &str) -> String {
+    format!(
+        "{}/../tests/fixtures/hop/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
 pub fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

@@ -4,6 +4,7 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -13,6 +14,12 @@ use super::{edgewatch_bin, free_port};
 
 /// Where `cargo xtask test` (and edgewatch itself) cache the ClickHouse build.
 pub const CACHE_DIR: &str = "/var/cache/edgewatch";
+
+/// One server for the whole test binary (each test uses its own database).
+pub fn shared() -> &'static ClickHouse {
+    static SERVER: OnceLock<ClickHouse> = OnceLock::new();
+    SERVER.get_or_init(ClickHouse::start)
+}
 
 /// The cached library, fetched on first use.
 pub fn library() -> PathBuf {
