@@ -20,6 +20,16 @@ use tokio_tungstenite::tungstenite::Message;
 /// The live sidecar on this upstream port (also the watched port), following `log` when
 /// given; incidents resolve after 3 s without evidence, no cooldown; `extra` tunes rules.
 fn sidecar(upstream_port: u16, log: Option<&Path>, extra: &str) -> (Sidecar, tempfile::TempDir) {
+    sidecar_quiet(upstream_port, log, "3s", extra)
+}
+
+/// The same with another quiet period (for incidents the test resolves itself).
+fn sidecar_quiet(
+    upstream_port: u16,
+    log: Option<&Path>,
+    quiet: &str,
+    extra: &str,
+) -> (Sidecar, tempfile::TempDir) {
     let state = tempfile::tempdir().expect("state dir");
     let edge = log.map_or(String::new(), |log| {
         format!(
@@ -31,7 +41,7 @@ fn sidecar(upstream_port: u16, log: Option<&Path>, extra: &str) -> (Sidecar, tem
         "[hop]\nports = [{upstream_port}]\ndocker_bridges = false\n{edge}\
          [exposure]\nwatched_ports = [{upstream_port}]\nrescan_interval = \"1h\"\n\
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [alerts]\nquiet_period = \"3s\"\ncooldown = \"0s\"\n{extra}\n"
+         [alerts]\nquiet_period = \"{quiet}\"\ncooldown = \"0s\"\n{extra}\n"
     ));
     (s, state)
 }
@@ -183,7 +193,9 @@ async fn nginx_dropping_upgrade_headers_is_the_half_path_until_fixed() {
         websocket_headers: false,
         ..NginxSite::new(upstream)
     });
-    let (mut sc, _state) = sidecar(upstream.port(), Some(&broken.access_log_path()), "");
+    // Resolved by the fix below, not by a quiet period.
+    let (mut sc, _state) =
+        sidecar_quiet(upstream.port(), Some(&broken.access_log_path()), "10m", "");
     let err = ws_connect(broken.port, "/ws").await.expect_err("no 101");
     assert!(err.to_string().contains("426"), "{err}");
     let fired = alert(&mut sc.lines, "hop.upgrade_failure", "firing");
@@ -288,7 +300,8 @@ async fn a_stale_upstream_port_explains_the_edge_502_and_resolves_when_it_listen
     support::require_root();
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let nginx = Nginx::start(&NginxSite::new(dead));
-    let (mut sc, _state) = sidecar(dead.port(), Some(&nginx.access_log_path()), "");
+    // Resolved by the fix below, not by a quiet period.
+    let (mut sc, _state) = sidecar_quiet(dead.port(), Some(&nginx.access_log_path()), "10m", "");
     assert_eq!(get(nginx.port, "/").await, "HTTP/1.1 502 Bad Gateway");
     let fired = alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
     assert_eq!(fired["severity"], "critical");
@@ -351,9 +364,11 @@ async fn a_slow_upstream_fires_over_the_percentile_and_resolves_when_fast() {
     support::require_root();
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite::new(upstream));
-    let (mut sc, _state) = sidecar(
+    // Resolved by fast answers, not by a quiet period.
+    let (mut sc, _state) = sidecar_quiet(
         upstream.port(),
         None,
+        "10m",
         "[alerts.upstream_slowness]\npercentile = 50\nthreshold = \"100ms\"\nmin_samples = 3\nwindow = \"1m\"\n",
     );
     for _ in 0..3 {
@@ -456,9 +471,10 @@ async fn webhooks_get_alertmanager_and_json_payloads_retried_after_a_failure() {
     let token_file = tempfile::NamedTempFile::new().expect("token file");
     std::fs::write(token_file.path(), "s3cret-token\n").expect("write token");
     let dead = support::free_port();
-    let (mut sc, _state) = sidecar(
+    let (mut sc, _state) = sidecar_quiet(
         dead,
         None,
+        "10m",
         &format!(
             "[[alerts.webhooks]]\nurl = \"http://127.0.0.1:{am_port}/api/v2/alerts\"\n\
              bearer_token_file = {:?}\nmax_backoff = \"1s\"\n\

@@ -230,6 +230,27 @@ impl Joiner {
             }
             HopRecord::Conn(c) if c.kind == ConnEventKind::Refused => {
                 self.refused.push_back((c, now_ns));
+                // An edge 502/504 that came first and waits for an exchange that will not come.
+                let explained: Vec<String> = self
+                    .edges
+                    .iter()
+                    .filter(|(rid, (e, _))| {
+                        matches!(e.status, 502 | 504)
+                            && !self.hops.contains_key(*rid)
+                            && self.refused_position(e).is_some()
+                    })
+                    .map(|(rid, _)| rid.clone())
+                    .collect();
+                for rid in explained {
+                    if let Some((e, seen)) = self.edges.remove(&rid) {
+                        match self.refused_for(&e) {
+                            Some(c) => out.push(refused_join(e, c)),
+                            None => {
+                                self.edges.insert(rid, (e, seen));
+                            }
+                        }
+                    }
+                }
             }
             _ => {}
         }
@@ -337,19 +358,24 @@ impl Joiner {
         joined(Some(e), None, Matched::EdgeOnly, Some(reason.into()))
     }
 
-    /// Finds (and takes) a refused connect to the edge record's upstream in its time span.
-    fn refused_for(&mut self, e: &EdgeRecord) -> Option<ConnEvent> {
+    /// Where the refused connect to the edge record's upstream in its time span is.
+    fn refused_position(&self, e: &EdgeRecord) -> Option<usize> {
         let start = e
             .start_ts_ns()
             .unwrap_or(e.end_ts_ns)
             .saturating_sub(SLACK_NS);
         let end = e.end_ts_ns + SLACK_NS;
-        let i = self.refused.iter().position(|(c, _)| {
+        self.refused.iter().position(|(c, _)| {
             (start..=end).contains(&c.ts_ns)
                 && e.upstream_addr
                     .as_deref()
                     .is_none_or(|u| u.contains(&c.conn.server.to_string()))
-        })?;
+        })
+    }
+
+    /// Finds (and takes) a refused connect to the edge record's upstream in its time span.
+    fn refused_for(&mut self, e: &EdgeRecord) -> Option<ConnEvent> {
+        let i = self.refused_position(e)?;
         self.refused.remove(i).map(|(c, _)| c)
     }
 }
@@ -594,11 +620,19 @@ mod tests {
             kind: ConnEventKind::Refused,
             process: None,
         });
-        j.hop(refused, 100 * S, &mut out);
+        j.hop(refused.clone(), 100 * S, &mut out);
         j.edge(edge(Some("x"), 502, "/", 100 * S), 100 * S, &mut out);
         assert_eq!(out.len(), 1, "explained at once: no exchange will come");
         j.expire(200 * S, &mut out);
         assert_eq!(out.len(), 1);
+        // The other order: the log line is read before the refused connect arrives.
+        let mut j = Joiner::new(10 * S);
+        j.edge(edge(Some("y"), 502, "/", 100 * S), 100 * S, &mut out);
+        assert_eq!(out.len(), 1, "waits");
+        j.hop(refused, 100 * S, &mut out);
+        assert_eq!(out.len(), 2, "joined as soon as the refusal is seen");
+        assert_eq!(out[1].request_id.as_deref(), Some("y"));
+        assert!(out[1].refused.is_some());
         assert!(out[0].refused.is_some());
         assert!(out[0]
             .reason
