@@ -9,6 +9,7 @@ pub mod config;
 pub mod edge;
 pub mod exposure;
 pub mod hop;
+pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod output;

@@ -125,11 +125,7 @@ impl Watch {
 
     /// Starts the configured webhooks (a missing token stops the start).
     fn start_webhooks(&mut self, config: &Config) -> anyhow::Result<()> {
-        let node = if config.store.node.is_empty() {
-            crate::store::hostname()
-        } else {
-            config.store.node.clone()
-        };
+        let node = crate::store::node_name(&config.store);
         for w in &config.alerts.webhooks {
             let hook = Webhook::start(w.clone(), node.clone()).map_err(anyhow::Error::msg)?;
             self.webhooks.push(hook);

@@ -232,10 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             let addr = addr.unwrap_or(config.metrics.listen);
             let url = format!("http://{addr}/healthz");
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(std::time::Duration::from_secs(3)))
-                .build()
-                .into();
+            let agent = edgewatch::http::agent(Some(std::time::Duration::from_secs(3)), true);
             match agent.get(&url).call() {
                 Ok(r) if r.status().is_success() => {
                     println!("edgewatch at {addr} is up");

@@ -352,16 +352,7 @@ fn post(agent: &ureq::Agent, cfg: &WebhookConfig, token: Option<&str>, body: &Va
 }
 
 fn deliver(cfg: &WebhookConfig, node: &str, token: Option<&str>, shared: &Shared) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(cfg.timeout))
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into();
+    let agent = crate::http::agent(Some(cfg.timeout), false);
     let report = |e: WebhookEvent| {
         if let Ok(mut ev) = shared.events.lock() {
             ev.push(e);

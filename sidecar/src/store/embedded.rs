@@ -104,15 +104,7 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    // The machine's trust store (corporate proxies and egress gateways add their CA there).
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into();
+    let agent = crate::http::agent(None, true);
     let mut response = agent
         .get(url)
         .call()

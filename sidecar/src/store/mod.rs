@@ -76,6 +76,15 @@ pub fn client_for(cfg: &StoreConfig, url: &str) -> anyhow::Result<clickhouse::Cl
     .client(&cfg.database)
 }
 
+/// This machine's name in rows and alerts: `store.node`, or the host name.
+pub fn node_name(cfg: &StoreConfig) -> String {
+    if cfg.node.is_empty() {
+        hostname()
+    } else {
+        cfg.node.clone()
+    }
+}
+
 /// The user and password: from the environment or a file, never from arguments.
 pub fn credentials(cfg: &StoreConfig) -> anyhow::Result<(String, Option<String>)> {
     let user = std::env::var("EDGEWATCH_CLICKHOUSE_USER").unwrap_or_else(|_| cfg.user.clone());
@@ -144,11 +153,7 @@ impl Store {
     /// server (an incompatible one is an error here, at start) and starts the sender. An
     /// unreachable server is not an error: rows wait in the spool until it answers.
     pub async fn start(cfg: &StoreConfig) -> anyhow::Result<Self> {
-        let node = if cfg.node.is_empty() {
-            hostname()
-        } else {
-            cfg.node.clone()
-        };
+        let node = node_name(cfg);
         let spool = Spool::open(
             &cfg.spool_dir,
             SpoolLimits {
