@@ -68,7 +68,7 @@ async fn next_body_with(
     pred: impl Fn(&Value) -> bool,
 ) -> (String, Option<String>, Value) {
     loop {
-        let (path, auth, body) = tokio::time::timeout(support::WAIT, rx.recv())
+        let (path, auth, body) = tokio::time::timeout(support::wait_limit(), rx.recv())
             .await
             .unwrap_or_else(|_| panic!("no webhook body with {rule} in time"))
             .expect("receiver running");

@@ -854,7 +854,7 @@ impl TlsProxy {
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("nginx (cargo xtask setup installs nginx-light)");
-        let deadline = std::time::Instant::now() + support::WAIT;
+        let deadline = std::time::Instant::now() + support::wait_limit();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,

@@ -286,7 +286,15 @@ impl Watch {
             }
             Ok(ProbeEvent::Conn(trace)) => {
                 let lag = now_boot.saturating_sub(trace.ts_boot_ns) as f64 / 1e9;
-                self.metrics.event("conn_trace", lag);
+                self.metrics.event(
+                    match trace.what {
+                        ConnTraceKind::ConnectStart => "connect_start",
+                        ConnTraceKind::ConnectEnd => "connect_end",
+                        ConnTraceKind::ResetSent => "reset_sent",
+                        ConnTraceKind::ResetReceived => "reset_received",
+                    },
+                    lag,
+                );
                 let process = ProcessRef {
                     pid: trace.pid,
                     comm: trace.comm,
@@ -551,6 +559,7 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
 #[derive(Serialize)]
 struct ReadyDetail<'a> {
     probes: &'a [String],
+    kernel: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<String>,
     exposures: usize,
@@ -598,7 +607,10 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let (probes, streams) =
         Probes::load(&config.probes, &config.hop).context("loading the kernel probes")?;
     let attached = probes.attached.clone();
+    let kernel = probes.kernel.clone();
     watch.ws_flows = streams.ws_flows;
+    // What this kernel offers, and every fallback, said before anything else.
+    watch.printer.status("kernel", &kernel.summary(), &kernel);
 
     watch.rescan()?;
     if config.nat.enabled {
@@ -656,6 +668,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         ),
         &ReadyDetail {
             probes: &attached,
+            kernel: &kernel.release,
             metrics: metrics_addr,
             exposures: exposures.len(),
             watched_ports: &config.exposure.watched_ports,

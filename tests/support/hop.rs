@@ -328,7 +328,7 @@ impl Nginx {
             .spawn()
             .expect("nginx (cargo xtask setup installs nginx-light)");
         // Ready when its port accepts a connection.
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -346,7 +346,7 @@ impl Nginx {
     /// Waits until the access log has `n` lines (nginx writes a WebSocket request's line when
     /// the tunnel closes, about when the client sees the close).
     pub fn wait_log_lines(&self, n: usize) -> PathBuf {
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         while self.access_log().lines().count() < n {
             assert!(Instant::now() < deadline, "nginx did not log {n} lines");
             std::thread::yield_now();
@@ -362,7 +362,7 @@ impl Nginx {
             .unwrap();
         assert!(status.success());
         // Reopened once the new file exists.
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         while !self.access_log_path().exists() {
             assert!(Instant::now() < deadline, "nginx did not reopen its log");
             std::thread::yield_now();
@@ -474,7 +474,7 @@ impl Caddy {
             .stderr(Stdio::null())
             .spawn()
             .expect("caddy (cargo xtask setup installs it)");
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "caddy did not start");
             std::thread::yield_now();
@@ -485,7 +485,7 @@ impl Caddy {
     /// Waits until the access log has `n` lines and returns its path.
     pub fn wait_log_lines(&self, n: usize) -> PathBuf {
         let path = self.dir.path().join("access.log");
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         while std::fs::read_to_string(&path)
             .map(|t| t.lines().count())
             .unwrap_or(0)
@@ -560,7 +560,7 @@ impl Capture {
     }
 
     fn wait_line(&self, what: &str, pred: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + super::WAIT;
+        let deadline = Instant::now() + super::wait_limit();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {

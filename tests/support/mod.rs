@@ -22,8 +22,14 @@ pub mod hop;
 pub mod store;
 pub mod tls;
 
-/// Longest a test waits for one expected line before failing.
-pub const WAIT: Duration = Duration::from_secs(30);
+/// Longest a test waits for one expected line before failing: 30 s, or
+/// `EDGEWATCH_TEST_WAIT_SECS` (the qemu guest runs under software emulation, many times slower).
+pub fn wait_limit() -> Duration {
+    std::env::var("EDGEWATCH_TEST_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+}
 
 pub fn edgewatch_bin() -> PathBuf {
     // Set by cargo for integration tests and benches.
@@ -97,7 +103,7 @@ impl Lines {
 
     /// Waits for the next JSON line matching `pred`; earlier lines are kept in `seen`.
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_limit();
         loop {
             let line = self.next_line(what, deadline);
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
@@ -110,7 +116,7 @@ impl Lines {
 
     /// Waits for a plain-text line (a server's log) that satisfies `pred`.
     pub fn wait_for_text(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait_limit();
         loop {
             let line = self.next_line(what, deadline);
             if pred(&line) {

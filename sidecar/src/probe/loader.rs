@@ -76,6 +76,59 @@ pub struct Probes {
     drops: PerCpuArray<MapData, u64>,
     /// What was attached, for the start-up report.
     pub attached: Vec<String>,
+    /// What this kernel offered, and what the probes fell back to.
+    pub kernel: KernelReport,
+}
+
+/// What the running kernel offers the probes, found at load time (never assumed from a
+/// version alone where the kernel can be asked).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelReport {
+    /// `uname -r`.
+    pub release: String,
+    /// How the hop programs attach: `tcx` (Linux >= 6.6) or `clsact` (a clsact qdisc over
+    /// netlink); empty when the hop probe is off.
+    pub tc_attach: &'static str,
+    /// The layout of `tcp:tcp_send_reset` read from its format file: `ports` (separate port
+    /// and address fields, Linux < 6.10), `sockaddr` (6.10+), or `missing`.
+    pub send_reset_layout: &'static str,
+    /// The same for `tcp:tcp_receive_reset`.
+    pub receive_reset_layout: &'static str,
+    /// Plain sentences: every fallback taken and every feature missing.
+    pub fallbacks: Vec<String>,
+}
+
+impl KernelReport {
+    /// One line for a terminal.
+    pub fn summary(&self) -> String {
+        let mut text = format!("Linux {}", self.release);
+        if !self.tc_attach.is_empty() {
+            text.push_str(&format!("; hop programs attach through {}", self.tc_attach));
+        }
+        if self.fallbacks.is_empty() {
+            text.push_str("; every probe feature available");
+        } else {
+            text.push_str("; ");
+            text.push_str(&self.fallbacks.join("; "));
+        }
+        text
+    }
+}
+
+/// The kernel release (`uname -r`).
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// The name of a reset tracepoint layout mode (see `tracefs::reset_layout`).
+fn reset_layout_name(mode: u32) -> &'static str {
+    match mode {
+        1 => "ports",
+        2 => "sockaddr",
+        _ => "missing",
+    }
 }
 
 /// The kernel's WebSocket frame follower state, written by user space.
@@ -190,6 +243,7 @@ fn attach_hop(
     ebpf: &mut Ebpf,
     hop: &HopConfig,
     attached: &mut Vec<String>,
+    report: &mut KernelReport,
 ) -> Result<(), ProbeError> {
     let mut ports: BpfHashMap<_, u16, u8> = ebpf
         .map_mut("HOP_PORTS")
@@ -206,7 +260,16 @@ fn attach_hop(
         })?;
     }
     // TCX (Linux >= 6.6) needs no qdisc; older kernels attach through a clsact qdisc.
+    // aya decides the same way (`KernelVersion::at_least(6, 6, 0)`).
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    report.tc_attach = if tcx { "tcx" } else { "clsact" };
+    if !tcx {
+        report.fallbacks.push(
+            "no TCX on this kernel (it needs Linux 6.6): the hop programs attach through a \
+             clsact qdisc over netlink instead (same packets; the qdisc is left in place)"
+                .to_owned(),
+        );
+    }
     let interfaces = hop_interfaces(hop);
     for (name, attach_type, label) in [
         ("hop_ingress", TcAttachType::Ingress, "ingress"),
@@ -219,8 +282,10 @@ fn attach_hop(
                 continue;
             }
             if !tcx {
-                // Already present is fine.
-                let _ = tc::qdisc_add_clsact(iface);
+                // Already present is fine; anything else shows in the attach error below.
+                if let Err(e) = tc::qdisc_add_clsact(iface) {
+                    tracing::debug!(interface = %iface, error = %e, "adding the clsact qdisc");
+                }
             }
             program
                 .attach(iface, attach_type)
@@ -286,7 +351,12 @@ impl Probes {
         let layout = tracefs::sock_state_layout(&format)?;
         // The reset tracepoints are optional: without them resets are still seen in the
         // packets, only without the process that sent them.
-        let reset = |name: &str| -> edgewatch_common::ResetLayout {
+        let mut report = KernelReport {
+            release: kernel_release(),
+            ..KernelReport::default()
+        };
+        let mut missing_resets = Vec::new();
+        let mut reset = |name: &'static str| -> edgewatch_common::ResetLayout {
             let path = tracefs_root.join(format!("events/tcp/{name}/format"));
             match std::fs::read_to_string(&path)
                 .map_err(|e| e.to_string())
@@ -296,12 +366,33 @@ impl Probes {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(tracepoint = name, error = %e, "reset tracepoint unavailable: resets are reported without their process");
+                    missing_resets.push(format!("tcp:{name} ({e})"));
                     edgewatch_common::ResetLayout::default()
                 }
             }
         };
         let send_reset = reset("tcp_send_reset");
         let recv_reset = reset("tcp_receive_reset");
+        report.send_reset_layout = reset_layout_name(send_reset.mode);
+        report.receive_reset_layout = reset_layout_name(recv_reset.mode);
+        if hop.enabled {
+            for missing in missing_resets {
+                report.fallbacks.push(format!(
+                    "{missing} is unavailable: resets are still seen in the hop's packets, \
+                     without the process that sent them"
+                ));
+            }
+            if send_reset.mode == 1 {
+                // Before Linux 6.10 the tracepoint fires only for resets a socket sends
+                // (an abort, a close with unread data), not for a SYN to a closed port.
+                report.fallbacks.push(
+                    "tcp:tcp_send_reset has its pre-6.10 layout: it names the process for \
+                     resets a socket sends, while a refused connect is seen from the packets \
+                     and tcp:tcp_receive_reset on the connecting side"
+                        .to_owned(),
+                );
+            }
+        }
 
         let mut ebpf = EbpfLoader::new()
             .override_global("SOCK_STATE_LAYOUT", &layout, true)
@@ -334,7 +425,7 @@ impl Probes {
         )?;
         attached.push("tracepoint/sock/inet_sock_set_state".to_owned());
         if hop.enabled {
-            attach_hop(&mut ebpf, hop, &mut attached)?;
+            attach_hop(&mut ebpf, hop, &mut attached, &mut report)?;
             for (name, layout) in [
                 ("tcp_send_reset", send_reset),
                 ("tcp_receive_reset", recv_reset),
@@ -375,6 +466,7 @@ impl Probes {
                 _ebpf: ebpf,
                 drops,
                 attached,
+                kernel: report,
             },
             ProbeStreams {
                 events,

@@ -1,0 +1,273 @@
+//! Every probe, loaded into the running kernel by the real sidecar and checked by its events:
+//! the exposure tracepoint, the hop's TC programs (HTTP and a WebSocket upgrade on `lo`) and
+//! the reset tracepoints. Needs nothing but the kernel and this binary (no proxies, no
+//! Python, no ClickHouse), so `cargo xtask vm-test` runs the same binary inside Debian 12's
+//! 6.1 kernel under qemu, and `cargo test` runs it on the host's kernel.
+//!
+//! Each test is one probe family; libtest's `test NAME ... ok` lines are the per-probe
+//! verdicts the VM runner reports.
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use support::{free_port, hop::start_upstream, Sidecar};
+use tokio_tungstenite::tungstenite::{protocol::CloseFrame, Message};
+
+/// The WebSocket path as the hop records show it: the token in the query redacted.
+const GATEWAY: &str = "/gateway?token=REDACTED";
+
+/// The kernel release, as the sidecar reads it.
+fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("osrelease")
+        .trim()
+        .to_owned()
+}
+
+/// Whether this kernel has TCX (Linux 6.6), from its release string.
+fn has_tcx() -> bool {
+    let r = release();
+    let mut parts = r.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 6)
+}
+
+/// The sidecar with the hop probe on `lo` for these upstream ports, without the store.
+fn sidecar(hop_ports: &[u16], watched: &[u16]) -> Sidecar {
+    Sidecar::start(&format!(
+        "[hop]\nports = {hop_ports:?}\ninterfaces = [\"lo\"]\ndocker_bridges = false\n\
+         [exposure]\nwatched_ports = {watched:?}\nrescan_interval = \"1h\"\n\
+         [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+}
+
+/// A counter of the sidecar's metrics, 0 when absent.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `kernel` line the sidecar prints before `ready`, checked against this kernel.
+fn check_kernel_line(sidecar: &Sidecar) -> Value {
+    let kernel = sidecar
+        .lines
+        .seen_json()
+        .into_iter()
+        .find(|v| v["type"] == "kernel")
+        .expect("a kernel line before ready");
+    assert_eq!(kernel["release"], release().as_str(), "{kernel}");
+    assert_eq!(sidecar.ready["kernel"], release().as_str());
+    let fallbacks = kernel["fallbacks"].as_array().expect("fallbacks").clone();
+    let said_clsact = fallbacks
+        .iter()
+        .any(|f| f.as_str().is_some_and(|f| f.contains("clsact")));
+    if has_tcx() {
+        assert_eq!(kernel["tc_attach"], "tcx", "{kernel}");
+        assert!(!said_clsact, "{kernel}");
+    } else {
+        assert_eq!(kernel["tc_attach"], "clsact", "{kernel}");
+        assert!(said_clsact, "the clsact fallback is said: {kernel}");
+    }
+    // Both reset tracepoints exist on every supported kernel (4.16+); their layout is read.
+    for field in ["send_reset_layout", "receive_reset_layout"] {
+        assert!(
+            kernel[field] == "ports" || kernel[field] == "sockaddr",
+            "{field}: {kernel}"
+        );
+    }
+    kernel
+}
+
+#[test]
+fn exposure_probe_reports_a_wildcard_listener() {
+    support::require_root();
+    let (wild, local) = (free_port(), free_port());
+    let mut sidecar = sidecar(&[free_port()], &[wild, local]);
+    check_kernel_line(&sidecar);
+
+    let loopback = TcpListener::bind(("127.0.0.1", local)).expect("bind loopback");
+    let added = sidecar.lines.wait_for("the loopback listener", |v| {
+        v["type"] == "change" && v["change"] == "added" && v["exposure"]["port"] == local
+    });
+    assert_eq!(added["source"], "probe", "seen by the tracepoint: {added}");
+    assert_eq!(added["exposure"]["scope"], "loopback", "{added}");
+
+    let wildcard = TcpListener::bind(("0.0.0.0", wild)).expect("bind wildcard");
+    let added = sidecar.lines.wait_for("the wildcard listener", |v| {
+        v["type"] == "change" && v["change"] == "added" && v["exposure"]["port"] == wild
+    });
+    assert_eq!(added["source"], "probe", "seen by the tracepoint: {added}");
+    let exposure = &added["exposure"];
+    assert_eq!(exposure["addr"], "0.0.0.0");
+    assert_eq!(exposure["scope"], "wildcard");
+    assert_eq!(exposure["process"]["pid"], std::process::id());
+    assert_eq!(added["verdict"]["status"], "drift", "{added}");
+    sidecar.lines.wait_for("the drift alert", |v| {
+        v["type"] == "alert" && v["state"] == "firing" && v["evidence"]["port"] == wild
+    });
+
+    drop(wildcard);
+    sidecar
+        .lines
+        .wait_for("the wildcard listener closing", |v| {
+            v["type"] == "change" && v["change"] == "removed" && v["exposure"]["port"] == wild
+        });
+    drop(loopback);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_probes_see_an_http_request_and_a_websocket_upgrade() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let port = upstream.port();
+    let mut sidecar = sidecar(&[port], &[]);
+    check_kernel_line(&sidecar);
+    let hook = if has_tcx() {
+        "tcx lo ingress"
+    } else {
+        "tc clsact lo ingress"
+    };
+    let probes = sidecar.ready["probes"].as_array().expect("probes");
+    assert!(
+        probes.iter().any(|p| p == hook),
+        "{hook} attached: {probes:?}"
+    );
+
+    // A plain request straight to the upstream port (the proxy's side of the hop).
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(upstream).expect("connect");
+        s.write_all(
+            b"GET /health HTTP/1.1\r\nHost: gateway\r\n\
+              X-Request-ID: vm-probe-1\r\nConnection: close\r\n\r\n",
+        )
+        .expect("write");
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .expect("request");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let http = sidecar.lines.wait_for("the HTTP exchange", |v| {
+        v["type"] == "http" && v["request_id"] == "vm-probe-1"
+    });
+    assert_eq!(http["method"], "GET");
+    assert_eq!(http["path"], "/health");
+    assert_eq!(http["status"], 200);
+    assert!(http["ttfb_ns"].as_u64().is_some(), "{http}");
+
+    // A WebSocket upgrade, a message each way and a clean close.
+    let url = format!("ws://{upstream}/gateway?token=kernel-secret");
+    let (mut ws, response) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    ws.next().await.expect("challenge").expect("frame");
+    sidecar.lines.wait_for("the upgrade", |v| {
+        v["type"] == "http" && v["outcome"] == "upgraded" && v["path"] == GATEWAY
+    });
+    ws.send(Message::text("hello")).await.expect("send");
+    let echo = ws.next().await.expect("echo").expect("frame");
+    assert_eq!(echo.to_text().expect("text"), "hello");
+    ws.close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "done".into(),
+    }))
+    .await
+    .expect("close");
+    while ws.next().await.is_some() {}
+    // The session record comes when the TCP connection is gone.
+    drop(ws);
+    let session = sidecar.lines.wait_for("the WebSocket session", |v| {
+        v["type"] == "websocket" && v["path"] == GATEWAY
+    });
+    assert_eq!(session["client_frames"]["text"], 1, "{session}");
+    assert_eq!(
+        session["server_frames"]["text"], 2,
+        "challenge and echo: {session}"
+    );
+    assert_eq!(session["closes"][0]["code"], 1000, "{session}");
+    assert_eq!(session["closes"][0]["from"], "client", "{session}");
+    assert_eq!(session["end"]["how"], "close_handshake", "{session}");
+    let metrics = sidecar.metrics();
+    assert!(
+        counter(
+            &metrics,
+            "edgewatch_kernel_drops_total{reason=\"hop_ringbuf_full\"}"
+        ) == 0,
+        "{metrics}"
+    );
+}
+
+#[test]
+fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
+    support::require_root();
+    let dead = free_port();
+    let live_listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let live = live_listener.local_addr().expect("addr").port();
+    let mut sidecar = sidecar(&[dead, live], &[]);
+    let kernel = check_kernel_line(&sidecar);
+    let (dead_addr, live_addr) = (format!("127.0.0.1:{dead}"), format!("127.0.0.1:{live}"));
+
+    // A connect to a port with no listener: SYN answered by RST.
+    let err = TcpStream::connect(("127.0.0.1", dead)).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let refused = sidecar.lines.wait_for("the refused connect", |v| {
+        v["type"] == "conn" && v["event"] == "refused" && v["conn"]["server"] == dead_addr.as_str()
+    });
+    // The connect's start (sock:inet_sock_set_state) named this process.
+    assert_eq!(refused["process"]["pid"], std::process::id(), "{refused}");
+
+    // An abort: the client closes an established connection with SO_LINGER 0.
+    let client = TcpStream::connect(("127.0.0.1", live)).expect("connect");
+    let (_server_side, _) = live_listener.accept().expect("accept");
+    abort(client);
+    let reset = sidecar.lines.wait_for("the abort's reset", |v| {
+        v["type"] == "conn" && v["event"] == "reset" && v["conn"]["server"] == live_addr.as_str()
+    });
+    assert_eq!(reset["from"], "client", "{reset}");
+    // tcp:tcp_send_reset ran in this process and named it.
+    assert_eq!(reset["process"]["pid"], std::process::id(), "{reset}");
+
+    // tcp:tcp_receive_reset fired for the refused connect's socket and the aborted peer.
+    let metrics = sidecar.metrics();
+    let received = counter(&metrics, "edgewatch_events_total{kind=\"reset_received\"}");
+    let sent = counter(&metrics, "edgewatch_events_total{kind=\"reset_sent\"}");
+    assert!(received >= 2, "received {received}: {metrics}");
+    assert!(sent >= 1, "sent {sent}: {metrics}");
+    // From 6.10 tcp_send_reset also fires for the SYN refused without a socket.
+    if kernel["send_reset_layout"] == "sockaddr" {
+        assert!(sent >= 2, "sent {sent} with the 6.10 layout: {metrics}");
+    }
+}
+
+/// Closes with SO_LINGER 0: the kernel sends RST instead of FIN.
+fn abort(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd and a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER");
+    drop(stream);
+}
