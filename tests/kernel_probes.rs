@@ -65,6 +65,8 @@ fn check_kernel_line(sidecar: &Sidecar) -> Value {
         .into_iter()
         .find(|v| v["type"] == "kernel")
         .expect("a kernel line before ready");
+    // Echoed for `cargo xtask vm-test`, which shows it in its report.
+    eprintln!("sidecar kernel line: {kernel}");
     assert_eq!(kernel["release"], release().as_str(), "{kernel}");
     assert_eq!(sidecar.ready["kernel"], release().as_str());
     let fallbacks = kernel["fallbacks"].as_array().expect("fallbacks").clone();

@@ -32,7 +32,11 @@ pub fn wait_limit() -> Duration {
 }
 
 pub fn edgewatch_bin() -> PathBuf {
-    // Set by cargo for integration tests and benches.
+    // `EDGEWATCH_BIN` where the test binary runs away from its build tree (the qemu guest of
+    // `cargo xtask vm-test`); otherwise the binary cargo built beside the tests.
+    if let Some(bin) = std::env::var_os("EDGEWATCH_BIN") {
+        return PathBuf::from(bin);
+    }
     PathBuf::from(env!("CARGO_BIN_EXE_edgewatch"))
 }
 

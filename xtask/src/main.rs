@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod vm;
 
 /// Debian packages the build and the tests need.
 const APT_PACKAGES: &[&str] = &[
@@ -57,6 +58,10 @@ enum Task {
     /// Set up, then run every check and test: fmt, clippy (user space, then the eBPF crate),
     /// unit and integration tests (as root, with the real probes in the real kernel).
     Test,
+    /// Boot Debian 12's stock 6.1 kernel under qemu (software emulation) and run the
+    /// `kernel_probes` test binary there: every probe loaded, attached and checked by its
+    /// events. Reports pass or fail per probe and the kernel version. Part of `test`.
+    VmTest(vm::VmArgs),
     /// Run the fuzz targets (cargo-fuzz, nightly) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -94,7 +99,7 @@ pub(crate) fn run_ok(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn output_of(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output_of(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()
@@ -220,7 +225,7 @@ fn test() -> Result<()> {
         "libcap2-bin",
         "python3-yaml",
     ])?;
-    let total = 5;
+    let total = 6;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(2, total, "clippy, user space (-D warnings)");
@@ -249,7 +254,22 @@ fn test() -> Result<()> {
     step(4, total, "fuzz smoke: every fuzz target for 20 s");
     fuzz(20)?;
     step(5, total, "cargo test (unit and integration, real probes)");
-    let counts = cargo_test()?;
+    let mut counts = cargo_test()?;
+    step(
+        6,
+        total,
+        "vm-test: the probes on Debian 12's 6.1 kernel under qemu",
+    );
+    match vm::vm_test(&vm::VmArgs::parse_from(["vm-test"])) {
+        Ok(vm) => {
+            counts.passed += vm.passed;
+            counts.failed += vm.failed;
+        }
+        Err(e) => {
+            eprintln!("vm-test failed: {e:#}");
+            counts.failed += 1;
+        }
+    }
     eprintln!(
         "xtask test: done in {:.0}s",
         started.elapsed().as_secs_f64()
@@ -266,7 +286,7 @@ fn test() -> Result<()> {
 }
 
 /// Installs the Debian packages that are missing (apt-get update first, only then).
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -399,6 +419,21 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::BenchExposure { rounds } => bench::exposure(rounds),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::VmTest(args) => {
+            setup()?;
+            if !is_root() {
+                bail!("vm-test unpacks a kernel into /var/cache and installs qemu: run it as root");
+            }
+            let outcome = vm::vm_test(&args)?;
+            println!(
+                "vm-test: {} passed, {} failed on Linux {}",
+                outcome.passed, outcome.failed, outcome.kernel
+            );
+            if outcome.failed > 0 {
+                bail!("probes failed on Linux {}", outcome.kernel);
+            }
+            Ok(())
+        }
         Task::Bench => {
             setup()?;
             apt_install(&["tshark", "wrk", "jq"])?;

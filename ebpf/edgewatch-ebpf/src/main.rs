@@ -22,7 +22,7 @@ use aya_log_ebpf::warn;
 use edgewatch_common::{
     drop_reason, kind, tcp_state, EventHeader, FlowKey, HopSegmentEvent, HopSegmentHeader,
     HopWsEvent, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout, WsFlow, EVENT_VERSION,
-    HOP_CAPTURE_BYTES, WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
+    HOP_CAPTURE_BYTES, WS_CLOSE_BYTES, WS_MAX_HEADERS,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
@@ -322,12 +322,6 @@ fn hop(ctx: &TcContext, direction: u8) -> i32 {
     TC_NEXT
 }
 
-/// Whether `n` more bytes fit in a segment's data buffer after `copied`.
-#[inline(always)]
-fn fits(copied: u32, n: u32) -> bool {
-    copied + n <= HOP_CAPTURE_BYTES as u32
-}
-
 /// Reads a header field: straight from the linear packet data when it is there (the common
 /// case, and far cheaper than a helper call), through `bpf_skb_load_bytes` otherwise. Only for
 /// the Ethernet, IP and TCP headers, whose offsets the verifier can bound.
@@ -479,54 +473,20 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     };
     hdr.header.kind = kind::HOP_SEGMENT_DATA;
     let event = entry.as_mut_ptr();
-    // Copy `cap` bytes (< 2048) as a sum of power-of-two chunks: every helper call has a
-    // constant length, and the verifier can bound each destination offset (the sum of the
-    // larger chunks) below the buffer's end.
-    let mut copied: u32 = 0;
-    let mut ok = true;
-    // SAFETY: `event` points to a reserved, writable HopSegmentEvent; every chunk lands
-    // inside `data` (copied + chunk <= cap < HOP_CAPTURE_BYTES).
+    // One helper call with a bounded variable length: `len` is in [1, HOP_CAPTURE_BYTES] by
+    // construction (the mask makes the bound visible to the verifier whatever the compiler
+    // did with `cap` before), and equals `cap` for every `cap` in [1, HOP_CAPTURE_BYTES).
+    let len = (cap.wrapping_sub(1) & (HOP_CAPTURE_BYTES as u32 - 1)) + 1;
+    // SAFETY: `event` points to a reserved, writable HopSegmentEvent; `len` bytes fit in
+    // `data` (HOP_CAPTURE_BYTES long).
     unsafe {
         let data = core::ptr::addr_of_mut!((*event).data).cast::<u8>();
-        macro_rules! chunk {
-            ($n:expr) => {
-                if ok && cap & $n != 0 && fits(copied, $n) {
-                    if bpf_skb_load_bytes(
-                        ctx.skb.skb as *const _,
-                        payload_off + copied,
-                        data.add(copied as usize).cast(),
-                        $n,
-                    ) != 0
-                    {
-                        ok = false;
-                    } else {
-                        copied += $n;
-                    }
-                }
+        let copied =
+            if bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off, data.cast(), len) == 0 {
+                len
+            } else {
+                0
             };
-        }
-        chunk!(1024);
-        chunk!(512);
-        chunk!(256);
-        chunk!(128);
-        chunk!(64);
-        chunk!(32);
-        chunk!(16);
-        chunk!(8);
-        chunk!(4);
-        chunk!(2);
-        if ok
-            && cap & 1 != 0
-            && fits(copied, 1)
-            && bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
-                payload_off + copied,
-                data.add(copied as usize).cast(),
-                1,
-            ) == 0
-        {
-            copied += 1;
-        }
         hdr.cap_len = copied;
         core::ptr::addr_of_mut!((*event).hdr).write(hdr);
     }
@@ -544,21 +504,28 @@ unsafe fn copy_close(ctx: &TcContext, off: u32, dst: *mut u8, len: u32) -> u32 {
     for n in [64u32, 32, 16, 8, 4, 2, 1] {
         if len & n != 0 && done + n <= WS_CLOSE_BYTES as u32 {
             // SAFETY: done + n <= WS_CLOSE_BYTES, checked just above.
-            let rc = unsafe {
-                bpf_skb_load_bytes(
-                    ctx.skb.skb as *const _,
-                    off + done,
-                    dst.add(done as usize).cast(),
-                    n,
-                )
-            };
-            if rc != 0 {
+            if unsafe { skb_bytes(ctx, off + done, dst.add(done as usize), n) }.is_err() {
                 return done;
             }
             done += n;
         }
     }
     done
+}
+
+/// `bpf_skb_load_bytes` of `len` bytes at `off` into `dst`.
+///
+/// # Safety
+/// `dst` must point to `len` writable bytes (the verifier checks the bound too).
+#[inline(always)]
+unsafe fn skb_bytes(ctx: &TcContext, off: u32, dst: *mut u8, len: u32) -> Result<(), ()> {
+    // SAFETY: as documented; the helper fails cleanly outside the packet.
+    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, dst.cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 /// Follows the frame headers of one segment of an upgraded stream and sends only them (and a
@@ -588,8 +555,9 @@ fn ws_segment(
     let mut close_want = 0u32;
     let mut ok = true;
     // Each header is read with at most three fixed-size loads (first two bytes, extended
-    // length, mask) and written from the stack: no variable-length copy inside the loop keeps
-    // the verifier's work small.
+    // length, mask) straight into its slot of the reserved event, at constant offsets: no
+    // stack buffer and no variable-length copy in the loop, so the states the verifier must
+    // tell apart stay few (Linux 6.1's verifier gives up past a million instructions).
     // SAFETY: `ev` points to a reserved HopWsEvent; every write stays inside its arrays.
     unsafe {
         for i in 0..WS_MAX_HEADERS {
@@ -598,70 +566,65 @@ fn ws_segment(
             }
             let remaining = len - off;
             let at = payload_off + off;
-            let b: [u8; 2] = match load_any(ctx, at) {
-                Ok(b) if remaining >= 2 => b,
-                _ => {
+            let slot = core::ptr::addr_of_mut!((*ev).headers[i]).cast::<u8>();
+            if remaining < 2 || skb_bytes(ctx, at, slot, 2).is_err() {
+                ok = false;
+                break;
+            }
+            let b0 = *slot;
+            let b1 = *slot.add(1);
+            let masked = b1 & 0x80 != 0;
+            let code = b1 & 0x7f;
+            let ext: u32 = if code == 126 {
+                2
+            } else if code == 127 {
+                8
+            } else {
+                0
+            };
+            let hlen = 2 + ext + if masked { 4 } else { 0 };
+            if remaining < hlen {
+                ok = false;
+                break;
+            }
+            let plen: u64 = if code == 126 {
+                if skb_bytes(ctx, at + 2, slot.add(2), 2).is_err() {
                     ok = false;
                     break;
                 }
+                u64::from(u16::from_be_bytes([*slot.add(2), *slot.add(3)]))
+            } else if code == 127 {
+                if skb_bytes(ctx, at + 2, slot.add(2), 8).is_err() {
+                    ok = false;
+                    break;
+                }
+                u64::from_be_bytes(core::ptr::read_unaligned(slot.add(2).cast::<[u8; 8]>()))
+            } else {
+                u64::from(code)
             };
-            let masked = b[1] & 0x80 != 0;
-            let mut slot = [0u8; WS_HEADER_SLOT];
-            slot[0] = b[0];
-            slot[1] = b[1];
-            let (ext, plen) = match b[1] & 0x7f {
-                126 => match load_any::<[u8; 2]>(ctx, at + 2) {
-                    Ok(v) => {
-                        slot[2] = v[0];
-                        slot[3] = v[1];
-                        (2u32, u64::from(u16::from_be_bytes(v)))
-                    }
-                    Err(_) => (2, u64::MAX),
-                },
-                127 => match load_any::<[u8; 8]>(ctx, at + 2) {
-                    Ok(v) => {
-                        let mut j = 0;
-                        while j < 8 {
-                            slot[2 + j] = v[j];
-                            j += 1;
-                        }
-                        (8, u64::from_be_bytes(v))
-                    }
-                    Err(_) => (8, u64::MAX),
-                },
-                short => (0, u64::from(short)),
-            };
-            let hlen = 2 + ext + if masked { 4 } else { 0 };
-            if remaining < hlen || plen > u64::from(u32::MAX / 2) {
+            if plen > u64::from(u32::MAX / 2) {
                 ok = false;
                 break;
             }
             if masked {
-                match load_any::<[u8; 4]>(ctx, at + 2 + ext) {
-                    Ok(m) => {
-                        // Constant offsets (2, 4 or 10) keep the stack writes verifiable.
-                        let k = match ext {
-                            0 => 2,
-                            2 => 4,
-                            _ => 10,
-                        };
-                        slot[k] = m[0];
-                        slot[k + 1] = m[1];
-                        slot[k + 2] = m[2];
-                        slot[k + 3] = m[3];
-                    }
-                    Err(_) => {
-                        ok = false;
-                        break;
-                    }
+                // The key sits at 2, 4 or 10: three constant destinations.
+                let r = if ext == 0 {
+                    skb_bytes(ctx, at + 2, slot.add(2), 4)
+                } else if ext == 2 {
+                    skb_bytes(ctx, at + 4, slot.add(4), 4)
+                } else {
+                    skb_bytes(ctx, at + 10, slot.add(10), 4)
+                };
+                if r.is_err() {
+                    ok = false;
+                    break;
                 }
             }
-            core::ptr::addr_of_mut!((*ev).headers[i]).write(slot);
             (*ev).header_off[i] = off;
             (*ev).header_len[i] = hlen;
             n += 1;
             let start = off + hlen;
-            if b[0] & 0x0f == 0x8 && plen > 0 && close_want == 0 && start < len {
+            if b0 & 0x0f == 0x8 && plen > 0 && close_want == 0 && start < len {
                 close_at = start;
                 close_want = (plen as u32).min(len - start).min(125);
             }

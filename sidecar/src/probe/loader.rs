@@ -96,6 +96,9 @@ pub struct KernelReport {
     pub receive_reset_layout: &'static str,
     /// Plain sentences: every fallback taken and every feature missing.
     pub fallbacks: Vec<String>,
+    /// Instructions the verifier processed per loaded program (Linux 5.16+ reports it), for
+    /// judging the headroom under its limit of 1,000,000 on other kernels.
+    pub verified_insns: std::collections::BTreeMap<String, u32>,
 }
 
 impl KernelReport {
@@ -438,6 +441,15 @@ impl Probes {
             }
         }
 
+        for (name, program) in ebpf.programs() {
+            if let Some(n) = program
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count())
+            {
+                report.verified_insns.insert(name.to_owned(), n);
+            }
+        }
         let events = ebpf
             .take_map("EVENTS")
             .ok_or(ProbeError::MissingMap("EVENTS"))?;
