@@ -178,9 +178,14 @@ async fn hop_probes_see_an_http_request_and_a_websocket_upgrade() {
     sidecar.lines.wait_for("the upgrade", |v| {
         v["type"] == "http" && v["outcome"] == "upgraded" && v["path"] == GATEWAY
     });
-    ws.send(Message::text("hello")).await.expect("send");
-    let echo = ws.next().await.expect("echo").expect("frame");
-    assert_eq!(echo.to_text().expect("text"), "hello");
+    // A small message, then one far larger than a packet: after the 101 the kernel follows
+    // the frame headers and copies those alone.
+    let big = "x".repeat(70_000);
+    for text in ["hello", big.as_str()] {
+        ws.send(Message::text(text)).await.expect("send");
+        let echo = ws.next().await.expect("echo").expect("frame");
+        assert_eq!(echo.to_text().expect("text").len(), text.len());
+    }
     ws.close(Some(CloseFrame {
         code: 1000.into(),
         reason: "done".into(),
@@ -193,22 +198,37 @@ async fn hop_probes_see_an_http_request_and_a_websocket_upgrade() {
     let session = sidecar.lines.wait_for("the WebSocket session", |v| {
         v["type"] == "websocket" && v["path"] == GATEWAY
     });
-    assert_eq!(session["client_frames"]["text"], 1, "{session}");
+    assert_eq!(session["client_frames"]["text"], 2, "{session}");
     assert_eq!(
-        session["server_frames"]["text"], 2,
-        "challenge and echo: {session}"
+        session["server_frames"]["text"], 3,
+        "challenge and echoes: {session}"
     );
+    assert!(
+        session["server_frames"]["payload_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 70_000),
+        "{session}"
+    );
+    assert_eq!(session["lost_sync"], false, "{session}");
     assert_eq!(session["closes"][0]["code"], 1000, "{session}");
     assert_eq!(session["closes"][0]["from"], "client", "{session}");
     assert_eq!(session["end"]["how"], "close_handshake", "{session}");
     let metrics = sidecar.metrics();
     assert!(
+        counter(&metrics, "edgewatch_hop_followed_segments_total") > 0,
+        "the kernel followed no frame header: {metrics}"
+    );
+    assert_eq!(
         counter(
             &metrics,
             "edgewatch_kernel_drops_total{reason=\"hop_ringbuf_full\"}"
-        ) == 0,
+        ),
+        0,
         "{metrics}"
     );
+    // Never the payload, and the token redacted.
+    let text = serde_json::to_string(&sidecar.lines.seen_json()).expect("json");
+    assert!(!text.contains("xxxxxxxxxx") && !text.contains("kernel-secret"));
 }
 
 #[test]
