@@ -12,7 +12,9 @@ mod hop;
 use std::{path::PathBuf, time::Duration};
 
 // What the shared harness module expects from its parent.
-const WAIT: Duration = Duration::from_secs(30);
+fn wait_limit() -> Duration {
+    Duration::from_secs(30)
+}
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -31,7 +33,7 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let _ = (WAIT, free_port, edgewatch_bin, json_lines);
+    let _ = (wait_limit, free_port, edgewatch_bin, json_lines);
     let addr = hop::start_upstream().await;
     println!("listening {}", addr.port());
     std::future::pending::<()>().await;

@@ -5,9 +5,11 @@ use std::path::Path;
 
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{tc, ProgramType, SchedClassifier, TcAttachType, TracePoint},
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions},
+        LinkOrder, ProgramType, SchedClassifier, TcAttachType, TracePoint,
+    },
     sys::{is_map_supported, is_program_supported},
-    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use edgewatch_common::drop_reason;
@@ -262,17 +264,10 @@ fn attach_hop(
             source: Box::new(e),
         })?;
     }
-    // TCX (Linux >= 6.6) needs no qdisc; older kernels attach through a clsact qdisc.
-    // aya decides the same way (`KernelVersion::at_least(6, 6, 0)`).
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    report.tc_attach = if tcx { "tcx" } else { "clsact" };
-    if !tcx {
-        report.fallbacks.push(
-            "no TCX on this kernel (it needs Linux 6.6): the hop programs attach through a \
-             clsact qdisc over netlink instead (same packets; the qdisc is left in place)"
-                .to_owned(),
-        );
-    }
+    // TCX (Linux 6.6) needs no qdisc; without it the programs attach through a clsact
+    // qdisc over netlink. Asked of the kernel, not inferred from its version (distribution
+    // kernels backport): the first attach tries TCX, and a refusal switches to clsact.
+    let mut tcx: Option<bool> = None;
     let interfaces = hop_interfaces(hop);
     for (name, attach_type, label) in [
         ("hop_ingress", TcAttachType::Ingress, "ingress"),
@@ -284,25 +279,53 @@ fn attach_hop(
             if iface == "lo" && attach_type == TcAttachType::Egress {
                 continue;
             }
-            if !tcx {
-                // Already present is fine; anything else shows in the attach error below.
-                if let Err(e) = tc::qdisc_add_clsact(iface) {
-                    tracing::debug!(interface = %iface, error = %e, "adding the clsact qdisc");
+            let attach_error = |e| ProbeError::Attach {
+                interface: iface.clone(),
+                direction: label,
+                source: Box::new(e),
+            };
+            if tcx != Some(false) {
+                match program.attach_with_options(
+                    iface,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                ) {
+                    Ok(_) => {
+                        tcx = Some(true);
+                        attached.push(format!("tcx {iface} {label}"));
+                        continue;
+                    }
+                    // Once TCX worked, a failure is about this interface.
+                    Err(e) if tcx == Some(true) => return Err(attach_error(e)),
+                    Err(e) => {
+                        tcx = Some(false);
+                        report.fallbacks.push(format!(
+                            "no TCX on this kernel (it needs Linux 6.6; the kernel said: {e}): \
+                             the hop programs attach through a clsact qdisc over netlink \
+                             instead (same packets; the qdisc is left in place)"
+                        ));
+                    }
                 }
             }
+            // Already present is fine; anything else shows in the attach error below.
+            if let Err(e) = tc::qdisc_add_clsact(iface) {
+                tracing::debug!(interface = %iface, error = %e, "adding the clsact qdisc");
+            }
             program
-                .attach(iface, attach_type)
-                .map_err(|e| ProbeError::Attach {
-                    interface: iface.clone(),
-                    direction: label,
-                    source: Box::new(e),
-                })?;
-            attached.push(format!(
-                "{} {iface} {label}",
-                if tcx { "tcx" } else { "tc clsact" }
-            ));
+                .attach_with_options(
+                    iface,
+                    attach_type,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(attach_error)?;
+            attached.push(format!("tc clsact {iface} {label}"));
         }
     }
+    report.tc_attach = match tcx {
+        Some(true) => "tcx",
+        Some(false) => "clsact",
+        None => "",
+    };
     Ok(())
 }
 
