@@ -253,7 +253,9 @@ fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
     // An abort: the client closes an established connection with SO_LINGER 0.
     let client = TcpStream::connect(("127.0.0.1", live)).expect("connect");
     let (_server_side, _) = live_listener.accept().expect("accept");
-    abort(client);
+    // Closed with SO_LINGER 0: the kernel sends RST instead of FIN.
+    support::hop::socket2_linger_zero(&client);
+    drop(client);
     let reset = sidecar.lines.wait_for("the abort's reset", |v| {
         v["type"] == "conn" && v["event"] == "reset" && v["conn"]["server"] == live_addr.as_str()
     });
@@ -271,25 +273,4 @@ fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
     if kernel["send_reset_layout"] == "sockaddr" {
         assert!(sent >= 2, "sent {sent} with the 6.10 layout: {metrics}");
     }
-}
-
-/// Closes with SO_LINGER 0: the kernel sends RST instead of FIN.
-fn abort(stream: TcpStream) {
-    use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: valid fd and a correctly sized option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_LINGER");
-    drop(stream);
 }

@@ -194,7 +194,8 @@ async fn websocket(stream: TcpStream, origin_blocked: bool) {
     }
 }
 
-fn socket2_linger_zero(stream: &std::net::TcpStream) {
+/// Sets SO_LINGER 0: closing the socket then sends RST instead of FIN.
+pub fn socket2_linger_zero(stream: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,

@@ -273,12 +273,18 @@ fn attach_hop(
         ("hop_ingress", TcAttachType::Ingress, "ingress"),
         ("hop_egress", TcAttachType::Egress, "egress"),
     ] {
+        // Every packet on loopback passes ingress once: egress would see it twice.
+        let targets: Vec<&String> = interfaces
+            .iter()
+            .filter(|iface| !(*iface == "lo" && attach_type == TcAttachType::Egress))
+            .collect();
+        if targets.is_empty() {
+            // Not loaded at all: verifying an unused program costs start-up time (seconds
+            // on older kernels, whose verifier works harder).
+            continue;
+        }
         let program: &mut SchedClassifier = load_program(ebpf, name)?;
-        for iface in &interfaces {
-            // Every packet on loopback passes ingress once: egress would see it twice.
-            if iface == "lo" && attach_type == TcAttachType::Egress {
-                continue;
-            }
+        for iface in targets {
             let attach_error = |e| ProbeError::Attach {
                 interface: iface.clone(),
                 direction: label,
