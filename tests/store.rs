@@ -9,10 +9,13 @@ mod support;
 
 use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
-use edgewatch::store::{
-    rows::{AnyRow, ConnRow},
-    schema::SchemaOptions,
-    ship::{self, Endpoint},
+use edgewatch::{
+    config::WireFormat,
+    store::{
+        rows::{AnyRow, ConnRow},
+        schema::SchemaOptions,
+        ship::{self, Endpoint},
+    },
 };
 use serde_json::Value;
 use support::{
@@ -101,6 +104,98 @@ fn opts(db: &str) -> SchemaOptions {
     }
 }
 
+/// An access log (JSON lines, one garbage line) for the keep-alive capture's three requests,
+/// with the request ids the capture carries (read by a replay into a scratch database).
+fn keepalive_access_log(url: &str, spool: &Path) -> tempfile::NamedTempFile {
+    let (_, plain, _) = replay_store(
+        &store_config(url, "t_roundtrip_probe", spool),
+        &[&support::fixture("keepalive.44379.pcap"), "--port", "44379"],
+    );
+    let http: Vec<&Value> = plain.iter().filter(|l| l["type"] == "http").collect();
+    assert_eq!(http.len(), 3);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut text = String::new();
+    for h in &http {
+        let ts = h["request_ts_ns"].as_u64().unwrap() + h["total_ns"].as_u64().unwrap();
+        text.push_str(&format!(
+            "{{\"msec\":\"{}.{:09}\",\"request_id\":\"{}\",\"remote_addr\":\"203.0.113.7\",\"host\":\"gw.example\",\"request_method\":\"GET\",\"request_uri\":\"/health\",\"status\":\"200\",\"request_time\":\"0.001\",\"upstream_addr\":\"127.0.0.1:44379\",\"upstream_connect_time\":\"0.000\",\"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\"body_bytes_sent\":\"40\"}}\n",
+            ts / 1_000_000_000,
+            ts % 1_000_000_000,
+            h["request_id"].as_str().unwrap()
+        ));
+    }
+    text.push_str("this line is garbage\n");
+    std::fs::write(log.path(), text).unwrap();
+    log
+}
+
+/// The same records sent as Native blocks (the default to a loopback server) and as
+/// RowBinary with LZ4 (the default to any other) are the same rows, column for column.
+#[test]
+fn native_and_rowbinary_store_the_same_rows() {
+    let ch = support::store::shared();
+    let spool = tempfile::tempdir().unwrap();
+    let log = keepalive_access_log(&ch.url(), spool.path());
+    for (db, format) in [("t_fmt_native", "native"), ("t_fmt_rowbinary", "rowbinary")] {
+        let spool = tempfile::tempdir().unwrap();
+        let config = format!(
+            "{}ttl_days = 0\nformat = {format:?}\n",
+            store_config(&ch.url(), db, spool.path())
+        );
+        for args in [
+            vec![
+                support::fixture("healthy.37883.pcap"),
+                "--port".into(),
+                "37883".into(),
+            ],
+            vec![
+                support::fixture("die.38453.pcap"),
+                "--port".into(),
+                "38453".into(),
+            ],
+            vec![
+                support::fixture("refused.43527.pcap"),
+                "--port".into(),
+                "43527".into(),
+            ],
+            vec![
+                support::fixture("keepalive.44379.pcap"),
+                "--port".into(),
+                "44379".into(),
+                "--access-log".into(),
+                log.path().to_str().unwrap().into(),
+            ],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, lines, err) = replay_store(&config, &args);
+            assert_eq!(code, 0, "{format} {args:?}: {err}");
+            let summary = lines.iter().find(|l| l["type"] == "store_summary").unwrap();
+            assert_eq!(summary["format"], format, "{summary}");
+            assert_eq!(summary["backlog_rows"], 0, "{summary}");
+            assert_eq!(summary["rejected"], 0, "{summary}");
+        }
+    }
+    for table in [
+        "conn_events",
+        "http_exchanges",
+        "ws_sessions",
+        "edge_logs",
+        "requests",
+        "alerts",
+    ] {
+        let rows = |db: &str| {
+            ch.query(&format!(
+                "SELECT * FROM {db}.{table} ORDER BY ALL FORMAT TSV"
+            ))
+        };
+        let native = rows("t_fmt_native");
+        assert_eq!(native, rows("t_fmt_rowbinary"), "{table} differs");
+        if table != "alerts" {
+            assert!(!native.is_empty(), "no {table} rows");
+        }
+    }
+}
+
 #[test]
 fn hop_edge_and_joined_records_round_trip() {
     let ch = support::store::shared();
@@ -137,25 +232,7 @@ fn hop_edge_and_joined_records_round_trip() {
         }
     }
     // The keep-alive capture with an access log whose lines carry its request ids.
-    let (_, plain, _) = replay_store(
-        &store_config(&ch.url(), "t_roundtrip_probe", spool.path()),
-        &[&support::fixture("keepalive.44379.pcap"), "--port", "44379"],
-    );
-    let http: Vec<&Value> = plain.iter().filter(|l| l["type"] == "http").collect();
-    assert_eq!(http.len(), 3);
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut text = String::new();
-    for h in &http {
-        let ts = h["request_ts_ns"].as_u64().unwrap() + h["total_ns"].as_u64().unwrap();
-        text.push_str(&format!(
-            "{{\"msec\":\"{}.{:09}\",\"request_id\":\"{}\",\"remote_addr\":\"203.0.113.7\",\"host\":\"gw.example\",\"request_method\":\"GET\",\"request_uri\":\"/health\",\"status\":\"200\",\"request_time\":\"0.001\",\"upstream_addr\":\"127.0.0.1:44379\",\"upstream_connect_time\":\"0.000\",\"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\"body_bytes_sent\":\"40\"}}\n",
-            ts / 1_000_000_000,
-            ts % 1_000_000_000,
-            h["request_id"].as_str().unwrap()
-        ));
-    }
-    text.push_str("this line is garbage\n");
-    std::fs::write(log.path(), text).unwrap();
+    let log = keepalive_access_log(&ch.url(), spool.path());
     let (code, lines, err) = replay_store(
         &config,
         &[
@@ -487,29 +564,40 @@ fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
 #[test]
 fn a_retried_batch_is_stored_once() {
     let ch = support::store::shared();
-    let db = "t_dedup";
     let rt = runtime();
-    rt.block_on(async {
-        let c = client(&ch.url(), db);
-        ship::prepare(&c, &opts(db), "test").await.unwrap();
-        let rows = |n: u16| -> Vec<AnyRow> {
-            (0..n)
-                .map(|i| conn_row(now_ns() + i64::from(i), "test", "refused", 40000 + i, None))
-                .collect()
-        };
-        ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
-        ship::insert_rows(&c, 2, "tok-a", rows(100)).await.unwrap();
-        assert_eq!(
-            ch.count(&format!("SELECT count() FROM {db}.conn_events")),
-            100
-        );
-        ship::insert_rows(&c, 2, "tok-b", rows(100)).await.unwrap();
-        assert_eq!(
-            ch.count(&format!("SELECT count() FROM {db}.conn_events")),
-            200,
-            "another token is another batch"
-        );
-    });
+    for (db, format) in [
+        ("t_dedup_native", WireFormat::Native),
+        ("t_dedup_rowbinary", WireFormat::RowBinary),
+    ] {
+        rt.block_on(async {
+            let c = client(&ch.url(), db);
+            ship::prepare(&c, &opts(db), "test").await.unwrap();
+            let rows = |n: u16| -> Vec<AnyRow> {
+                (0..n)
+                    .map(|i| conn_row(now_ns() + i64::from(i), "test", "refused", 40000 + i, None))
+                    .collect()
+            };
+            ship::insert_rows(&c, format, 2, "tok-a", rows(100))
+                .await
+                .unwrap();
+            ship::insert_rows(&c, format, 2, "tok-a", rows(100))
+                .await
+                .unwrap();
+            assert_eq!(
+                ch.count(&format!("SELECT count() FROM {db}.conn_events")),
+                100,
+                "{format:?}: the same token again is the same batch"
+            );
+            ship::insert_rows(&c, format, 2, "tok-b", rows(100))
+                .await
+                .unwrap();
+            assert_eq!(
+                ch.count(&format!("SELECT count() FROM {db}.conn_events")),
+                200,
+                "{format:?}: another token is another batch"
+            );
+        });
+    }
 }
 
 #[test]
@@ -636,6 +724,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
             stats: Default::default(),
             timeout: Duration::from_secs(10),
             prepared: None,
+            format: WireFormat::Native,
         };
         let task = tokio::spawn(sender.run(done_rx));
         assert!(matches!(
@@ -899,7 +988,9 @@ fn https_with_a_private_ca_from_the_config() {
             .unwrap();
         ship::prepare(&c, &opts(db), "t").await.unwrap();
         let row = conn_row(now_ns(), "tls", "connected", 1, Some(5));
-        ship::insert_rows(&c, 2, "tls-1", vec![row]).await.unwrap();
+        ship::insert_rows(&c, WireFormat::RowBinary, 2, "tls-1", vec![row])
+            .await
+            .unwrap();
     });
     assert_eq!(
         ch.count(&format!(

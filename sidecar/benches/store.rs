@@ -1,9 +1,11 @@
 //! `cargo bench --bench store`: records per second from the pipeline into a real ClickHouse
 //! 26.7 on loopback (the embedded build), against the raw insert rate of the `clickhouse`
 //! crate measured in the same run on the same server:
-//! - raw: pre-built rows, `Client::insert` in batches of 50,000 (RowBinary, LZ4);
+//! - raw: pre-built rows, `Client::insert` in batches of `store.batch_rows` (RowBinary, LZ4), and the
+//!   same rows as pre-built Native blocks through `Client::insert_native`;
 //! - end to end: hop records through [`Store`] (row conversion, spool on disk, sender,
-//!   deduplication tokens) until ClickHouse confirmed every one;
+//!   deduplication tokens; Native blocks, the default on loopback) until ClickHouse
+//!   confirmed every one;
 //! - drain: the same records spooled while ClickHouse was unreachable, then sent by a
 //!   restarted store.
 //!
@@ -23,7 +25,7 @@ use edgewatch::{
     hop::{ConnId, ExchangeOutcome, HopRecord, HttpExchange},
     metrics::Metrics,
     store::{
-        rows::HttpRow,
+        rows::{HttpRow, NativeRow},
         ship::{self, Endpoint},
         Store,
     },
@@ -63,6 +65,11 @@ fn records(now_ns: u64) -> Vec<HopRecord> {
             })
         })
         .collect()
+}
+
+/// The store's default batch size, for the baselines too.
+fn batch_rows() -> u64 {
+    StoreConfig::default().batch_rows
 }
 
 fn store_config(url: &str, db: &str, spool: &std::path::Path) -> StoreConfig {
@@ -112,7 +119,7 @@ fn main() {
         })
         .collect();
     let raw_db = "bench_raw";
-    let raw = rt.block_on(async {
+    let (raw, raw_native) = rt.block_on(async {
         let client = Endpoint {
             url: url.clone(),
             user: "default".into(),
@@ -134,26 +141,57 @@ fn main() {
         .await
         .unwrap();
         let started = Instant::now();
-        for chunk in rows.chunks(50_000) {
+        for chunk in rows.chunks(batch_rows() as usize) {
             let mut insert = client.insert::<HttpRow>("http_exchanges").await.unwrap();
             for r in chunk {
                 insert.write(r).await.unwrap();
             }
             insert.end().await.unwrap();
         }
-        started.elapsed()
+        let rowbinary = started.elapsed();
+        // The same rows as the crate's Native blocks, built ahead (the format the store uses
+        // on loopback).
+        let native_db = "bench_raw_native";
+        let native_client = client.clone().with_database(native_db);
+        ship::prepare(
+            &native_client,
+            &edgewatch::store::schema::SchemaOptions {
+                database: native_db.into(),
+                ttl_days: 30,
+                cluster: None,
+            },
+            node,
+        )
+        .await
+        .unwrap();
+        let blocks: Vec<_> = rows
+            .chunks(batch_rows() as usize)
+            .map(|c| <HttpRow as NativeRow>::block(c).unwrap())
+            .collect();
+        let started = Instant::now();
+        for block in &blocks {
+            let mut insert = native_client.insert_native("http_exchanges");
+            insert.write(block).await.unwrap();
+            insert.end().await.unwrap();
+        }
+        (rowbinary, started.elapsed())
     });
     drop(rows);
     assert_eq!(
         server.count(&format!("SELECT count() FROM {raw_db}.http_exchanges")),
         RECORDS as u64
     );
+    assert_eq!(
+        server.count("SELECT count() FROM bench_raw_native.http_exchanges"),
+        RECORDS as u64
+    );
     let raw_rate = RECORDS as f64 / raw.as_secs_f64();
+    let raw_native_rate = RECORDS as f64 / raw_native.as_secs_f64();
 
     // 2. End to end through the store.
     let e2e_db = "bench_e2e";
     let spool = tempfile::tempdir().unwrap();
-    let e2e = rt.block_on(async {
+    let (e2e, format) = rt.block_on(async {
         let mut store = Store::start(&store_config(&url, e2e_db, spool.path()))
             .await
             .unwrap();
@@ -161,7 +199,7 @@ fn main() {
         pipeline(&mut store, &recs, &metrics).await;
         let totals = store.shutdown(Duration::from_secs(600)).await;
         assert_eq!(totals.sent, RECORDS as u64, "{totals:?}");
-        started.elapsed()
+        (started.elapsed(), totals.format)
     });
     assert_eq!(
         server.count(&format!("SELECT count() FROM {e2e_db}.http_exchanges")),
@@ -203,6 +241,12 @@ fn main() {
         raw_rate,
         raw.as_secs_f64()
     );
+    println!(
+        "  raw clickhouse crate Native blocks:     {:>10.0} rows/s ({:.2}s), built ahead",
+        raw_native_rate,
+        raw_native.as_secs_f64()
+    );
+    println!("  the store sends rows as {format} (store.format = auto, loopback)");
     println!(
         "  end to end through the store:           {:>10.0} rows/s ({:.2}s) = {:.2}x raw",
         e2e_rate,

@@ -278,6 +278,11 @@ pub struct StoreConfig {
     /// Timeout of one request to ClickHouse.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How rows travel to ClickHouse: `native` (its columnar format: the least work for the
+    /// server, sent uncompressed), `rowbinary` (row format, LZ4-compressed: the fewest bytes on
+    /// a network) or `auto`: native to a server on this machine (a loopback URL, the embedded
+    /// one), rowbinary to any other.
+    pub format: WireFormat,
     /// How often the whole exposure inventory is written as a snapshot.
     #[serde(with = "humantime_serde")]
     pub snapshot_interval: Duration,
@@ -297,14 +302,68 @@ impl Default for StoreConfig {
             ttl_days: 30,
             cluster: String::new(),
             node: String::new(),
-            batch_rows: 50_000,
-            batch_bytes: 16 << 20,
+            batch_rows: 200_000,
+            batch_bytes: 64 << 20,
             batch_max_age: Duration::from_secs(1),
             spool_dir: "/var/lib/edgewatch/spool".into(),
             spool_max_bytes: 1 << 30,
             timeout: Duration::from_secs(30),
+            format: WireFormat::Auto,
             snapshot_interval: Duration::from_secs(600),
             embedded: EmbeddedStoreConfig::default(),
+        }
+    }
+}
+
+/// How rows travel to ClickHouse (`store.format`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// Native to a loopback URL, RowBinary to any other.
+    #[default]
+    Auto,
+    /// ClickHouse's columnar Native format, uncompressed.
+    Native,
+    /// RowBinary with LZ4.
+    RowBinary,
+}
+
+impl WireFormat {
+    /// The format used for a server at `url` (`auto` decided).
+    pub fn for_url(self, url: &str) -> Self {
+        match self {
+            Self::Auto => {
+                let host = url
+                    .split_once("://")
+                    .map_or(url, |(_, rest)| rest)
+                    .split(['/', '?'])
+                    .next()
+                    .unwrap_or_default();
+                // Strip the port (IPv6 literals are bracketed).
+                let host = match host.rsplit_once(':') {
+                    Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+                    _ => host,
+                };
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if loopback {
+                    Self::Native
+                } else {
+                    Self::RowBinary
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::RowBinary => "rowbinary",
         }
     }
 }
@@ -634,6 +693,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_format_is_native_on_loopback_only() {
+        for url in [
+            "http://127.0.0.1:18123",
+            "http://localhost:8123/",
+            "https://[::1]:8443",
+            "http://127.0.0.2",
+        ] {
+            assert_eq!(WireFormat::Auto.for_url(url), WireFormat::Native, "{url}");
+        }
+        for url in [
+            "https://clickhouse.example:8443",
+            "http://10.0.0.5:8123",
+            "https://[2001:db8::1]:8443/",
+            "http://localhost.example.com",
+        ] {
+            assert_eq!(
+                WireFormat::Auto.for_url(url),
+                WireFormat::RowBinary,
+                "{url}"
+            );
+        }
+        assert_eq!(
+            WireFormat::RowBinary.for_url("http://127.0.0.1"),
+            WireFormat::RowBinary
+        );
+        assert_eq!(
+            WireFormat::Native.for_url("https://remote.example"),
+            WireFormat::Native
+        );
+        let cfg: Config =
+            toml::from_str("[store]\nformat = \"rowbinary\"\n").expect("format parses");
+        assert_eq!(cfg.store.format, WireFormat::RowBinary);
+        assert!(toml::from_str::<Config>("[store]\nformat = \"csv\"\n").is_err());
+    }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, "test.toml")

@@ -470,7 +470,8 @@ impl Watch {
                     server_version,
                     schema_version,
                     url,
-                } => format!("ClickHouse {server_version} at {url} ready (schema version {schema_version})"),
+                    format,
+                } => format!("ClickHouse {server_version} at {url} ready (schema version {schema_version}; rows go as {format})"),
                 StoreEvent::Incompatible { reason } => {
                     format!("ClickHouse cannot be used: {reason}; rows wait in the spool")
                 }
@@ -821,8 +822,8 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         watch.printer.status(
             "store_summary",
             &format!(
-                "ClickHouse: {} row(s) spooled this run, {} sent, {} rejected, {} dropped; {} left in the spool for the next start",
-                totals.spooled, totals.sent, totals.rejected, totals.dropped, totals.backlog_rows
+                "ClickHouse: {} row(s) spooled this run, {} sent (as {}), {} rejected, {} dropped; {} left in the spool for the next start",
+                totals.spooled, totals.sent, totals.format, totals.rejected, totals.dropped, totals.backlog_rows
             ),
             &totals,
         );

@@ -228,8 +228,8 @@ fn ship(
     printer.status(
         "store_summary",
         &format!(
-            "ClickHouse: {} row(s) spooled, {} sent, {} rejected, {} dropped; {} left in the spool",
-            totals.spooled, totals.sent, totals.rejected, totals.dropped, totals.backlog_rows
+            "ClickHouse: {} row(s) spooled, {} sent (as {}), {} rejected, {} dropped; {} left in the spool",
+            totals.spooled, totals.sent, totals.format, totals.rejected, totals.dropped, totals.backlog_rows
         ),
         &totals,
     );

@@ -19,7 +19,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::StoreConfig,
+    config::{StoreConfig, WireFormat},
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Exposure},
     hop::HopRecord,
@@ -146,6 +146,8 @@ pub struct Store {
     /// Rows the spool could not write (disk full, I/O error): dropped, counted.
     write_errors: u64,
     pub url: String,
+    /// How rows travel (`auto` decided from the URL).
+    pub format: WireFormat,
 }
 
 impl Store {
@@ -195,6 +197,7 @@ impl Store {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (done, done_rx) = tokio::sync::watch::channel(false);
         let sender_stats = Arc::new(Mutex::new(SenderStats::default()));
+        let format = cfg.format.for_url(&url);
         let sender = Sender {
             client,
             opts,
@@ -205,6 +208,7 @@ impl Store {
             stats: sender_stats.clone(),
             timeout: cfg.timeout,
             prepared,
+            format,
         };
         let task = tokio::spawn(sender.run(done_rx));
         Ok(Self {
@@ -217,6 +221,7 @@ impl Store {
             sender_stats,
             write_errors: 0,
             url,
+            format,
         })
     }
 
@@ -304,6 +309,7 @@ impl Store {
             backlog_batches: batches as u64,
             backlog_rows: shared.backlog_rows(),
             backlog_bytes: bytes,
+            format: self.format.as_str(),
         }
     }
 
@@ -341,4 +347,6 @@ pub struct StoreTotals {
     pub backlog_batches: u64,
     pub backlog_rows: u64,
     pub backlog_bytes: u64,
+    /// How rows travel: `native` or `rowbinary`.
+    pub format: &'static str,
 }

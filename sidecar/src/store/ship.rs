@@ -7,8 +7,10 @@ use anyhow::Context as _;
 use clickhouse::{Client, Row};
 use serde::Serialize;
 
+use crate::config::WireFormat;
+
 use super::{
-    rows::{AnyRow, TABLE_NAMES},
+    rows::{self, AnyRow, TABLE_NAMES},
     schema::{self, SchemaOptions},
     spool::{read_frames, BatchInfo, Shared},
 };
@@ -40,7 +42,7 @@ impl std::fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// The `clickhouse` crate's client: RowBinary over HTTP(S) with LZ4, rustls for https
+    /// The `clickhouse` crate's client: HTTP(S) with LZ4 for RowBinary inserts, rustls for https
     /// (the platform's web roots plus `ca_file`).
     pub fn client(&self, database: &str) -> anyhow::Result<Client> {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -150,6 +152,8 @@ pub enum StoreEvent {
         server_version: String,
         schema_version: u32,
         url: String,
+        /// `native` or `rowbinary`.
+        format: &'static str,
     },
     /// The server cannot be used (too old, schema mismatch): nothing is sent until the
     /// operator fixes it; rows wait in the spool.
@@ -388,13 +392,36 @@ macro_rules! unwrap_rows {
     };
 }
 
-/// Sends one batch of rows of one table.
-pub async fn insert_rows(
+/// One Native block (the crate's `insert_native`, uncompressed as the crate sends it).
+async fn insert_native_block(
     client: &Client,
     table: usize,
     token: &str,
     rows: Vec<AnyRow>,
 ) -> clickhouse::error::Result<()> {
+    // A block that does not fit its table is a bug, not a passing condition: set aside.
+    let block = rows::native_block(table, rows)
+        .map_err(|e| clickhouse::error::Error::SchemaMismatch(e.to_string()))?;
+    let mut insert = client
+        .insert_native(TABLE_NAMES[table])
+        .with_setting("insert_deduplication_token", token)
+        .with_setting("insert_deduplicate", "1");
+    insert.write(&block).await?;
+    insert.end().await
+}
+
+/// Sends one batch of rows of one table in `format` (`auto` is decided by the caller; here
+/// it means Native).
+pub async fn insert_rows(
+    client: &Client,
+    format: WireFormat,
+    table: usize,
+    token: &str,
+    rows: Vec<AnyRow>,
+) -> clickhouse::error::Result<()> {
+    if format != WireFormat::RowBinary {
+        return insert_native_block(client, table, token, rows).await;
+    }
     let name = TABLE_NAMES[table];
     match table {
         0 => insert_typed(client, name, token, unwrap_rows!(rows, Exposure)).await,
@@ -432,6 +459,8 @@ pub struct Sender {
     /// The server version when the caller already prepared the server (no second round of
     /// checks at start).
     pub prepared: Option<String>,
+    /// How rows travel (`auto` already decided from the URL).
+    pub format: WireFormat,
 }
 
 fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats)) {
@@ -465,6 +494,7 @@ impl Sender {
                         server_version: version,
                         schema_version: schema::latest_version(),
                         url: self.url.clone(),
+                        format: self.format.as_str(),
                     });
                     break;
                 }
@@ -508,6 +538,7 @@ impl Sender {
                 };
                 let job = SendJob {
                     client: self.client.clone(),
+                    format: self.format,
                     shared: self.shared.clone(),
                     events: self.events.clone(),
                     stats: self.stats.clone(),
@@ -611,6 +642,7 @@ enum SendError {
 /// What one insert task needs.
 struct SendJob {
     client: Client,
+    format: WireFormat,
     shared: Arc<Shared>,
     events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
     stats: Arc<std::sync::Mutex<SenderStats>>,
@@ -634,6 +666,7 @@ impl SendJob {
             self.timeout,
             insert_rows(
                 &self.client,
+                self.format,
                 batch.table,
                 &self.shared.token(batch),
                 frames.rows,
