@@ -268,7 +268,7 @@ impl Watch {
     }
 
     /// One record from the ring buffer.
-    fn on_event(&mut self, result: Result<ProbeEvent, DecodeError>, now_boot: u64) {
+    fn on_event(&mut self, result: Result<ProbeEvent<'_>, DecodeError>, now_boot: u64) {
         match result {
             Ok(ProbeEvent::Hop(packet)) => {
                 let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
@@ -277,8 +277,13 @@ impl Watch {
                 if packet.pieces.is_some() {
                     self.metrics.followed_segment();
                 }
-                for segment in packet.segments(ts) {
-                    self.hop.segment(&segment, &mut self.hop_records);
+                if packet.pieces.is_none() {
+                    // The common case, one segment: no list to build.
+                    self.hop.segment(&packet.segment(ts), &mut self.hop_records);
+                } else {
+                    for segment in packet.segments(ts) {
+                        self.hop.segment(&segment, &mut self.hop_records);
+                    }
                 }
                 self.arm_ws_follower();
                 // Records are printed after the whole batch, so connection traces that the
@@ -547,12 +552,10 @@ impl Watch {
 /// Handles every event waiting in the ring buffer, then prints the hop records of the batch.
 fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
     let now_boot = boot_ns();
-    let mut decoded = Vec::new();
+    // Each record is handled in place (its payload bytes borrowed from the ring, no copy)
+    // and released to the kernel as soon as it is done.
     while let Some(item) = ring.next() {
-        decoded.push(decode(&item));
-    }
-    for result in decoded {
-        watch.on_event(result, now_boot);
+        watch.on_event(decode(&item), now_boot);
     }
     watch.print_hop_records();
 }

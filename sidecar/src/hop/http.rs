@@ -122,11 +122,17 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Option<State>, &'static s
     if has_token(headers, "transfer-encoding", "chunked") {
         return Ok(Some(State::Chunked(ChunkState::Size)));
     }
-    match header_value(headers, "content-length") {
+    // Read in place: framing is decided for every message, no copy needed.
+    let length = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| std::str::from_utf8(h.value).map(str::trim));
+    match length {
         Some(v) => v
-            .parse::<u64>()
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
             .map(|n| Some(if n == 0 { State::Head } else { State::Body(n) }))
-            .map_err(|_| "bad content-length"),
+            .ok_or("bad content-length"),
         None => Ok(None),
     }
 }

@@ -24,7 +24,7 @@ pub struct ListenChange {
 
 /// A TCP segment of the hop, as the TC programs saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HopPacket {
+pub struct HopPacket<'a> {
     pub ts_boot_ns: u64,
     pub ifindex: u32,
     pub src: std::net::SocketAddr,
@@ -33,20 +33,31 @@ pub struct HopPacket {
     pub ack: u32,
     pub tcp_flags: u8,
     pub payload_len: u32,
-    /// The first bytes of the payload (at most `HOP_CAPTURE_BYTES - 1`).
-    pub data: Vec<u8>,
+    /// The first bytes of the payload (at most `HOP_CAPTURE_BYTES - 1`), borrowed from the
+    /// ring-buffer record (no copy per packet).
+    pub data: &'a [u8],
     /// For a WebSocket direction the kernel follows: the frame headers (and a close frame's
     /// payload) at their offsets within the payload; `data` is then empty.
     pub pieces: Option<Vec<(u32, Vec<u8>)>>,
 }
 
-impl HopPacket {
+impl HopPacket<'_> {
     /// As tracker segments, stamped with `ts_ns`: one for a payload prefix, or one per piece
     /// for a followed WebSocket segment (the bytes between pieces are payload never copied,
     /// which the tracker skips as gaps).
     pub fn segments(&self, ts_ns: u64) -> Vec<crate::hop::Segment<'_>> {
+        let base = self.segment(ts_ns);
+        let Some(pieces) = &self.pieces else {
+            return vec![base];
+        };
+        crate::hop::split_followed(base, pieces)
+    }
+
+    /// The packet as one tracker segment (its payload prefix; for a followed WebSocket
+    /// segment use [`HopPacket::segments`]).
+    pub fn segment(&self, ts_ns: u64) -> crate::hop::Segment<'_> {
         let flags = crate::hop::TcpFlags::from_byte(self.tcp_flags);
-        let base = crate::hop::Segment {
+        crate::hop::Segment {
             ts_ns,
             src: self.src,
             dst: self.dst,
@@ -54,13 +65,9 @@ impl HopPacket {
             ack: self.ack,
             flags,
             payload_len: self.payload_len,
-            payload: &self.data,
+            payload: self.data,
             followed: false,
-        };
-        let Some(pieces) = &self.pieces else {
-            return vec![base];
-        };
-        crate::hop::split_followed(base, pieces)
+        }
     }
 }
 
@@ -90,9 +97,9 @@ pub enum ConnTraceKind {
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProbeEvent {
+pub enum ProbeEvent<'a> {
     ListenChange(ListenChange),
-    Hop(HopPacket),
+    Hop(HopPacket<'a>),
     Conn(ConnTrace),
 }
 
@@ -138,7 +145,7 @@ fn comm_string(comm: &[u8; 16]) -> String {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
     let header: EventHeader = read_pod(bytes)?;
     if header.version != EVENT_VERSION {
         return Err(DecodeError::Version {
@@ -229,9 +236,9 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
                 }
                 let start = std::mem::size_of::<HopSegmentHeader>();
                 let n = (h.cap_len as usize).min(need - start);
-                bytes[start..start + n].to_vec()
+                &bytes[start..start + n]
             } else {
-                Vec::new()
+                &[]
             };
             let (src, dst) = match h.family {
                 2 => (
