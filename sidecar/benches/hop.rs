@@ -35,9 +35,15 @@ const WRK_SECONDS: u32 = 4;
 /// (ABBA), so a drift of the machine's speed during the benchmark weighs on both sides.
 const WRK_PAIRS: usize = 6;
 
+/// The median (the mean of the two middle values for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    let n = v.len();
+    if n.is_multiple_of(2) {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    } else {
+        v[n / 2]
+    }
 }
 
 fn time_cmd(cmd: &mut Command) -> f64 {
