@@ -399,6 +399,10 @@ async fn insert_native_block(
     token: &str,
     rows: Vec<AnyRow>,
 ) -> clickhouse::error::Result<()> {
+    if rows.is_empty() {
+        // Nothing to send (a Native block cannot be empty; RowBinary would send nothing).
+        return Ok(());
+    }
     // A block that does not fit its table is a bug, not a passing condition: set aside.
     let block = rows::native_block(table, rows)
         .map_err(|e| clickhouse::error::Error::SchemaMismatch(e.to_string()))?;
