@@ -96,6 +96,21 @@ async fn pipeline(store: &mut Store, recs: &[HopRecord], metrics: &Metrics) {
     }
 }
 
+/// The schema in `database`, as the store creates it.
+async fn prepare(client: &clickhouse::Client, database: &str, node: &str) {
+    ship::prepare(
+        client,
+        &edgewatch::store::schema::SchemaOptions {
+            database: database.into(),
+            ttl_days: 30,
+            cluster: None,
+        },
+        node,
+    )
+    .await
+    .unwrap();
+}
+
 fn main() {
     // The same embedded server the tests use (fetched once into the cache).
     let server = support::store::ClickHouse::start();
@@ -129,17 +144,7 @@ fn main() {
         }
         .client(raw_db)
         .unwrap();
-        ship::prepare(
-            &client,
-            &edgewatch::store::schema::SchemaOptions {
-                database: raw_db.into(),
-                ttl_days: 30,
-                cluster: None,
-            },
-            node,
-        )
-        .await
-        .unwrap();
+        prepare(&client, raw_db, node).await;
         let started = Instant::now();
         for chunk in rows.chunks(batch_rows() as usize) {
             let mut insert = client.insert::<HttpRow>("http_exchanges").await.unwrap();
@@ -153,20 +158,10 @@ fn main() {
         // on loopback).
         let native_db = "bench_raw_native";
         let native_client = client.clone().with_database(native_db);
-        ship::prepare(
-            &native_client,
-            &edgewatch::store::schema::SchemaOptions {
-                database: native_db.into(),
-                ttl_days: 30,
-                cluster: None,
-            },
-            node,
-        )
-        .await
-        .unwrap();
+        prepare(&native_client, native_db, node).await;
         let blocks: Vec<_> = rows
             .chunks(batch_rows() as usize)
-            .map(|c| <HttpRow as NativeRow>::block(c).unwrap())
+            .map(|c| HttpRow::block("http_exchanges", c).unwrap())
             .collect();
         let started = Instant::now();
         for block in &blocks {

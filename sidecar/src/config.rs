@@ -333,22 +333,15 @@ impl WireFormat {
     pub fn for_url(self, url: &str) -> Self {
         match self {
             Self::Auto => {
-                let host = url
-                    .split_once("://")
-                    .map_or(url, |(_, rest)| rest)
-                    .split(['/', '?'])
-                    .next()
-                    .unwrap_or_default();
-                // Strip the port (IPv6 literals are bracketed).
-                let host = match host.rsplit_once(':') {
-                    Some((h, p)) if !h.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
-                    _ => host,
+                let loopback = match url::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host().map(|h| h.to_owned()))
+                {
+                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
                 };
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                let loopback = host.eq_ignore_ascii_case("localhost")
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
                 if loopback {
                     Self::Native
                 } else {

@@ -277,14 +277,8 @@ impl Watch {
                 if packet.pieces.is_some() {
                     self.metrics.followed_segment();
                 }
-                if packet.pieces.is_none() {
-                    // The common case, one segment: no list to build.
-                    self.hop.segment(&packet.segment(ts), &mut self.hop_records);
-                } else {
-                    for segment in packet.segments(ts) {
-                        self.hop.segment(&segment, &mut self.hop_records);
-                    }
-                }
+                let (hop, records) = (&mut self.hop, &mut self.hop_records);
+                packet.each_segment(ts, |segment| hop.segment(segment, records));
                 self.arm_ws_follower();
                 // Records are printed after the whole batch, so connection traces that the
                 // kernel wrote just after the packet can still name the process.

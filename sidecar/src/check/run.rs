@@ -185,9 +185,7 @@ impl HopWatch {
                 while let Some(item) = ring.next() {
                     if let Ok(ProbeEvent::Hop(packet)) = decode(&item) {
                         let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
-                        for segment in packet.segments(ts) {
-                            tracker.segment(&segment, &mut out);
-                        }
+                        packet.each_segment(ts, |segment| tracker.segment(segment, &mut out));
                     }
                 }
                 if !out.is_empty() {

@@ -42,20 +42,20 @@ pub struct HopPacket<'a> {
 }
 
 impl HopPacket<'_> {
-    /// As tracker segments, stamped with `ts_ns`: one for a payload prefix, or one per piece
-    /// for a followed WebSocket segment (the bytes between pieces are payload never copied,
-    /// which the tracker skips as gaps).
-    pub fn segments(&self, ts_ns: u64) -> Vec<crate::hop::Segment<'_>> {
+    /// Calls `f` with the packet as tracker segments, stamped with `ts_ns`: one for a payload
+    /// prefix (the common case; no list is built), or one per piece for a followed WebSocket
+    /// segment (the bytes between pieces are payload never copied, which the tracker skips
+    /// as gaps).
+    pub fn each_segment(&self, ts_ns: u64, mut f: impl FnMut(&crate::hop::Segment<'_>)) {
         let base = self.segment(ts_ns);
-        let Some(pieces) = &self.pieces else {
-            return vec![base];
-        };
-        crate::hop::split_followed(base, pieces)
+        match &self.pieces {
+            None => f(&base),
+            Some(pieces) => crate::hop::split_followed(base, pieces).iter().for_each(f),
+        }
     }
 
-    /// The packet as one tracker segment (its payload prefix; for a followed WebSocket
-    /// segment use [`HopPacket::segments`]).
-    pub fn segment(&self, ts_ns: u64) -> crate::hop::Segment<'_> {
+    /// The packet as one segment, its payload prefix.
+    fn segment(&self, ts_ns: u64) -> crate::hop::Segment<'_> {
         let flags = crate::hop::TcpFlags::from_byte(self.tcp_flags);
         crate::hop::Segment {
             ts_ns,

@@ -652,124 +652,79 @@ fn add_column<T: Encode>(
 }
 
 /// Rows of one table as one block of ClickHouse's columnar Native format: what the server
-/// ingests at the least cost (no per-row parsing).
+/// ingests at the least cost (no per-row parsing). `table` names the table in errors.
 pub trait NativeRow: Sized {
-    const TABLE: &'static str;
-    fn block(rows: &[Self]) -> Result<Block, NativeError>;
+    fn block(table: &'static str, rows: &[Self]) -> Result<Block, NativeError>;
 }
 
-/// `native_block!(Type, "table"; field, field = |r| expr, ...)`: one column per field, named
-/// after it, in order; `= map` converts the value (timestamps to [`Nanos`]).
+/// `native_block!(Type; field, field = |r| expr, ...)`: one column per field, named after it,
+/// in order; `= map` converts the value (timestamps to [`Nanos`]).
 macro_rules! native_block {
-    ($ty:ty, $table:literal; $($name:ident $(= $map:expr)?),* $(,)?) => {
+    ($ty:ty; $($name:ident $(= $map:expr)?),* $(,)?) => {
         impl NativeRow for $ty {
-            const TABLE: &'static str = $table;
-            fn block(rows: &[Self]) -> Result<Block, NativeError> {
+            fn block(table: &'static str, rows: &[Self]) -> Result<Block, NativeError> {
                 let mut b = BlockBuilder::new();
-                $( native_block!(@col b, rows, $table, $name $(, $map)?); )*
+                $( native_block!(@col b, rows, table, $name $(, $map)?); )*
                 b.build().map_err(|e| NativeError {
-                    table: $table,
+                    table,
                     reason: e.to_string(),
                 })
             }
         }
     };
-    (@col $b:ident, $rows:ident, $table:literal, $name:ident) => {
+    (@col $b:ident, $rows:ident, $table:ident, $name:ident) => {
         add_column(&mut $b, $table, stringify!($name), $rows.iter().map(|r| &r.$name))?
     };
-    (@col $b:ident, $rows:ident, $table:literal, $name:ident, $map:expr) => {
+    (@col $b:ident, $rows:ident, $table:ident, $name:ident, $map:expr) => {
         add_column(&mut $b, $table, stringify!($name), $rows.iter().map($map))?
     };
 }
 
-/// `exposures` and `exposure_changes` hold the same row type.
-fn exposure_block(table: &'static str, rows: &[ExposureRow]) -> Result<Block, NativeError> {
-    let mut b = BlockBuilder::new();
-    add_column(&mut b, table, "ts", rows.iter().map(|r| Nanos(r.ts)))?;
-    macro_rules! cols {
-        ($($name:ident),*) => {
-            $( add_column(&mut b, table, stringify!($name), rows.iter().map(|r| &r.$name))?; )*
-        };
-    }
-    cols!(
-        node,
-        change,
-        source,
-        kind,
-        proto,
-        address,
-        port,
-        port_end,
-        scope,
-        family,
-        pid,
-        comm,
-        cmdline,
-        container,
-        netns,
-        exposure_key,
-        verdict,
-        rule,
-        severity,
-        watched,
-        detail
-    );
-    b.build().map_err(|e| NativeError {
-        table,
-        reason: e.to_string(),
-    })
-}
-
-/// The Native block of rows of table `table` (an index into [`TABLE_NAMES`]); rows of
-/// another table are skipped (a batch holds one table's rows).
-pub fn native_block(table: usize, rows: Vec<AnyRow>) -> Result<Block, NativeError> {
-    macro_rules! typed {
-        ($variant:ident, $ty:ty) => {
-            <$ty>::block(
-                &rows
-                    .into_iter()
-                    .filter_map(|r| match r {
-                        AnyRow::$variant(x) => Some(x),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
-    }
-    let exposures = |variant_is_change: bool, rows: Vec<AnyRow>| {
-        let list: Vec<ExposureRow> = rows
+/// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
+macro_rules! rows_of {
+    ($rows:expr, $variant:ident) => {
+        $rows
             .into_iter()
             .filter_map(|r| match r {
-                AnyRow::Exposure(x) if !variant_is_change => Some(x),
-                AnyRow::ExposureChange(x) if variant_is_change => Some(x),
+                AnyRow::$variant(x) => Some(x),
                 _ => None,
             })
-            .collect();
-        exposure_block(TABLE_NAMES[usize::from(variant_is_change)], &list)
+            .collect::<Vec<_>>()
     };
+}
+pub(crate) use rows_of;
+
+/// The Native block of rows of table `table` (an index into [`TABLE_NAMES`]).
+pub fn native_block(table: usize, rows: Vec<AnyRow>) -> Result<Block, NativeError> {
+    let name = TABLE_NAMES[table];
     match table {
-        0 => exposures(false, rows),
-        1 => exposures(true, rows),
-        2 => typed!(Conn, ConnRow),
-        3 => typed!(Http, HttpRow),
-        4 => typed!(Ws, WsRow),
-        5 => typed!(Edge, EdgeRow),
-        6 => typed!(Request, RequestRow),
-        _ => typed!(Alert, AlertRow),
+        0 => ExposureRow::block(name, &rows_of!(rows, Exposure)),
+        1 => ExposureRow::block(name, &rows_of!(rows, ExposureChange)),
+        2 => ConnRow::block(name, &rows_of!(rows, Conn)),
+        3 => HttpRow::block(name, &rows_of!(rows, Http)),
+        4 => WsRow::block(name, &rows_of!(rows, Ws)),
+        5 => EdgeRow::block(name, &rows_of!(rows, Edge)),
+        6 => RequestRow::block(name, &rows_of!(rows, Request)),
+        _ => AlertRow::block(name, &rows_of!(rows, Alert)),
     }
 }
 
-native_block!(ConnRow, "conn_events";
+native_block!(ExposureRow;
+    ts = |r| Nanos(r.ts), node, change, source, kind, proto, address, port, port_end, scope,
+    family, pid, comm, cmdline, container, netns, exposure_key, verdict, rule, severity,
+    watched, detail,
+);
+native_block!(ConnRow;
     ts = |r| Nanos(r.ts), node, kind, client_addr, client_port, server_addr, server_port,
     conn_start = |r| Nanos(r.conn_start), latency_ns, side, pid, comm, lost_bytes, effect,
 );
-native_block!(HttpRow, "http_exchanges";
+native_block!(HttpRow;
     ts = |r| Nanos(r.ts), node, client_addr, client_port, server_addr, server_port,
     conn_start = |r| Nanos(r.conn_start), idx, method, path, host, origin, request_id,
     x_forwarded_for, x_forwarded_proto, upgrade_websocket, connection_upgrade, status, ttfb_ns,
     total_ns, request_bytes, response_bytes, outcome,
 );
-native_block!(WsRow, "ws_sessions";
+native_block!(WsRow;
     ts = |r| Nanos(r.ts), node, end_ts = |r| Nanos(r.end_ts), client_addr, client_port,
     server_addr, server_port, conn_start = |r| Nanos(r.conn_start), request_id, path, origin,
     duration_ns, longest_idle_ns, idle_before_end_ns, end_kind, end_from, lost_sync,
@@ -779,18 +734,18 @@ native_block!(WsRow, "ws_sessions";
     close_ts = |r| r.close_ts.iter().map(|t| Nanos(*t)).collect::<Vec<_>>(),
     close_code, close_reason,
 );
-native_block!(EdgeRow, "edge_logs";
+native_block!(EdgeRow;
     ts = |r| Nanos(r.ts), node, format, request_id, client, host, method, path, status,
     request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
     upstream_response_ns, bytes_sent,
 );
-native_block!(RequestRow, "requests";
+native_block!(RequestRow;
     ts = |r| Nanos(r.ts), node, request_id, matched, reason, client, host, method, path,
     edge_status, edge_request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
     upstream_response_ns, wire_status, wire_ttfb_ns, wire_total_ns, upgrade_requested,
     websocket, ws_duration_ns, ws_end_kind, ws_end_from, refused, hop_client,
 );
-native_block!(AlertRow, "alerts";
+native_block!(AlertRow;
     ts = |r| Nanos(r.ts), node, state, rule, severity, dedup_key, summary, first_move,
     fired_at = |r| Nanos(r.fired_at), evidence,
 );

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::config::WireFormat;
 
 use super::{
-    rows::{self, AnyRow, TABLE_NAMES},
+    rows::{self, rows_of, AnyRow, TABLE_NAMES},
     schema::{self, SchemaOptions},
     spool::{read_frames, BatchInfo, Shared},
 };
@@ -380,18 +380,6 @@ where
     insert.end().await
 }
 
-macro_rules! unwrap_rows {
-    ($rows:expr, $variant:ident) => {
-        $rows
-            .into_iter()
-            .filter_map(|r| match r {
-                AnyRow::$variant(x) => Some(x),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
-}
-
 /// One Native block (the crate's `insert_native`, uncompressed as the crate sends it).
 async fn insert_native_block(
     client: &Client,
@@ -428,14 +416,14 @@ pub async fn insert_rows(
     }
     let name = TABLE_NAMES[table];
     match table {
-        0 => insert_typed(client, name, token, unwrap_rows!(rows, Exposure)).await,
-        1 => insert_typed(client, name, token, unwrap_rows!(rows, ExposureChange)).await,
-        2 => insert_typed(client, name, token, unwrap_rows!(rows, Conn)).await,
-        3 => insert_typed(client, name, token, unwrap_rows!(rows, Http)).await,
-        4 => insert_typed(client, name, token, unwrap_rows!(rows, Ws)).await,
-        5 => insert_typed(client, name, token, unwrap_rows!(rows, Edge)).await,
-        6 => insert_typed(client, name, token, unwrap_rows!(rows, Request)).await,
-        _ => insert_typed(client, name, token, unwrap_rows!(rows, Alert)).await,
+        0 => insert_typed(client, name, token, rows_of!(rows, Exposure)).await,
+        1 => insert_typed(client, name, token, rows_of!(rows, ExposureChange)).await,
+        2 => insert_typed(client, name, token, rows_of!(rows, Conn)).await,
+        3 => insert_typed(client, name, token, rows_of!(rows, Http)).await,
+        4 => insert_typed(client, name, token, rows_of!(rows, Ws)).await,
+        5 => insert_typed(client, name, token, rows_of!(rows, Edge)).await,
+        6 => insert_typed(client, name, token, rows_of!(rows, Request)).await,
+        _ => insert_typed(client, name, token, rows_of!(rows, Alert)).await,
     }
 }
 
