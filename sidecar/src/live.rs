@@ -350,11 +350,15 @@ impl Watch {
     /// Prints the batch's hop records. A connection event the kernel has not named a process
     /// for yet waits one batch: the trace can land just after the packet that ended a batch.
     fn print_hop_records(&mut self) {
-        for mut r in std::mem::take(&mut self.deferred) {
+        // The vectors are drained, not replaced: they keep their capacity from batch to
+        // batch (a record is large; regrowing them every 20 ms showed in profiles).
+        let mut deferred = std::mem::take(&mut self.deferred);
+        for mut r in deferred.drain(..) {
             self.owners.enrich(&mut r);
             self.emit_hop(r);
         }
-        for mut r in std::mem::take(&mut self.hop_records) {
+        let mut records = std::mem::take(&mut self.hop_records);
+        for mut r in records.drain(..) {
             self.owners.enrich(&mut r);
             if matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
                 self.deferred.push(r);
@@ -362,6 +366,10 @@ impl Watch {
                 self.emit_hop(r);
             }
         }
+        if self.deferred.is_empty() {
+            self.deferred = deferred;
+        }
+        self.hop_records = records;
         self.print_joined();
     }
 
@@ -406,13 +414,15 @@ impl Watch {
     }
 
     fn print_joined(&mut self) {
-        for r in std::mem::take(&mut self.joined) {
+        let mut joined = std::mem::take(&mut self.joined);
+        for r in joined.drain(..) {
             self.printer.request(&r);
             self.alerts.request(&r, &mut self.alert_out);
             if let Some(st) = self.store.as_mut() {
                 st.request(&r);
             }
         }
+        self.joined = joined;
     }
 
     /// Prints everything, deferred records included (at shutdown).
@@ -706,6 +716,11 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     store_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // Made once, outside the loop: a listener made anew each turn (`ctrl_c()` in the select)
+    // misses a SIGINT that arrives while the loop body runs, and the sidecar ignored Ctrl-C
+    // when it came during a busy drain.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
     let mut last_drops = crate::probe::loader::KernelDrops::default();
 
     // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
@@ -789,7 +804,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 }
             }
             _ = store_tick.tick(), if watch.store.is_some() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         watch.emit_alerts(unix_ns(SystemTime::now()));

@@ -42,6 +42,9 @@ pub const WS_HEADER_SLOT: usize = 16;
 /// Bytes of a close frame's payload kept (RFC 6455 caps control payloads at 125).
 pub const WS_CLOSE_BYTES: usize = 128;
 
+/// Words of the `HOP_PORTS` bitmap: one bit per TCP port.
+pub const HOP_PORT_WORDS: u32 = 65536 / 64;
+
 /// Payload bytes copied per segment at most: enough for HTTP heads and the frame headers at
 /// the start of a segment. (One less than the buffer, see the eBPF copy routine.)
 pub const HOP_CAPTURE_BYTES: usize = 2048;

@@ -1,6 +1,8 @@
 //! Puts process names on connection events (live only): the kernel names the process that
 //! called connect() and the one a reset was sent for; the packets name neither. Pure.
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{ConnEventKind, HopRecord, ProcessRef};
 

@@ -6,10 +6,11 @@
 //! delivered once; out-of-order segments are reordered; bytes never seen become gaps, which
 //! the parsers either skip (inside a body or payload of known length) or report as a
 //! [`Loss`] record, after which HTTP resynchronises on the next message start.
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+// Fx, not SipHash: the keys are the hop's own 4-tuples (loopback addresses and ports the
+// kernel chose for the proxy), looked up for every packet.
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     http::{Expectation, HttpEvent, HttpStream, RequestHead, Role},
@@ -471,7 +472,7 @@ impl Tracker {
     pub fn new(upstream_ports: &[u16]) -> Self {
         Self {
             ports: upstream_ports.to_vec(),
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             hints_enabled: false,
             hints: Vec::new(),
             stats: TrackerStats::default(),

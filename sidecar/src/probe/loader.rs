@@ -244,13 +244,22 @@ pub fn hop_interfaces(hop: &HopConfig) -> Vec<String> {
     out
 }
 
+/// The non-zero words of the `HOP_PORTS` bitmap: bit `port % 64` of word `port / 64`.
+fn port_bitmap(ports: &[u16]) -> Vec<(u32, u64)> {
+    let mut words = std::collections::BTreeMap::new();
+    for &port in ports {
+        *words.entry(u32::from(port >> 6)).or_insert(0u64) |= 1u64 << (port & 63);
+    }
+    words.into_iter().collect()
+}
+
 fn attach_hop(
     ebpf: &mut Ebpf,
     hop: &HopConfig,
     attached: &mut Vec<String>,
     report: &mut KernelReport,
 ) -> Result<(), ProbeError> {
-    let mut ports: BpfHashMap<_, u16, u8> = ebpf
+    let mut ports: aya::maps::Array<_, u64> = ebpf
         .map_mut("HOP_PORTS")
         .ok_or(ProbeError::MissingMap("HOP_PORTS"))?
         .try_into()
@@ -258,8 +267,8 @@ fn attach_hop(
             name: "HOP_PORTS",
             source: Box::new(e),
         })?;
-    for port in &hop.ports {
-        ports.insert(port, 1, 0).map_err(|e| ProbeError::Map {
+    for (word, bits) in port_bitmap(&hop.ports) {
+        ports.set(word, bits, 0).map_err(|e| ProbeError::Map {
             name: "HOP_PORTS",
             source: Box::new(e),
         })?;
@@ -530,6 +539,28 @@ impl Probes {
             field_read: sum(drop_reason::FIELD_READ),
             hop_ringbuf_full: sum(drop_reason::HOP_RINGBUF_FULL),
             hop_parse: sum(drop_reason::HOP_PARSE),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_bitmap;
+
+    #[test]
+    fn port_bitmap_sets_one_bit_per_port() {
+        let words = port_bitmap(&[18789, 0, 63, 64, 65535, 18789]);
+        // 18789 = 293 * 64 + 37.
+        assert_eq!(
+            words,
+            vec![(0, 1 | 1 << 63), (1, 1), (293, 1 << 37), (1023, 1 << 63)]
+        );
+        for (word, bits) in words {
+            for bit in 0..64u32 {
+                let port = word * 64 + bit;
+                let expected = [18789u32, 0, 63, 64, 65535].contains(&port);
+                assert_eq!(bits & (1u64 << bit) != 0, expected, "port {port}");
+            }
         }
     }
 }
