@@ -369,6 +369,8 @@ impl Watch {
         if self.deferred.is_empty() {
             self.deferred = deferred;
         }
+        // Only the tracker adds records, and it does not run while they are emitted.
+        debug_assert!(self.hop_records.is_empty());
         self.hop_records = records;
         self.print_joined();
     }

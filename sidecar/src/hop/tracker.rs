@@ -8,8 +8,9 @@
 //! [`Loss`] record, after which HTTP resynchronises on the next message start.
 use std::{collections::VecDeque, net::SocketAddr};
 
-// Fx, not SipHash: the keys are the hop's own 4-tuples (loopback addresses and ports the
-// kernel chose for the proxy), looked up for every packet.
+// Fx, not SipHash: looked up for every packet, and the keys are the hop's own 4-tuples (the
+// proxy's connections to the upstream ports, local ports chosen by the kernel). A crafted
+// capture given to `replay` could at worst slow that replay down.
 use rustc_hash::FxHashMap as HashMap;
 
 use super::{
