@@ -173,7 +173,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(live::run(config, Printer::stdout(common.output)))?;
+            // Spawned, not run by `block_on` itself: a future given to `block_on` runs on
+            // this thread while the workers drive the timers and the ring buffer's fd, so
+            // every drain tick would wake a worker and then this thread. A task wakes once.
+            runtime.block_on(async move {
+                tokio::spawn(live::run(config, Printer::stdout(common.output)))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the watch loop failed: {e}"))?
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exposure(common) => {

@@ -53,6 +53,8 @@ struct ExposureLine<'a> {
 pub struct Printer {
     format: Format,
     out: Box<dyn Write + Send>,
+    /// One JSON line being built (reused).
+    buf: Vec<u8>,
 }
 
 fn verdict_text(v: &Verdict) -> String {
@@ -122,7 +124,11 @@ impl Drop for Printer {
 
 impl Printer {
     pub fn new(format: Format, out: Box<dyn Write + Send>) -> Self {
-        Self { format, out }
+        Self {
+            format,
+            out,
+            buf: Vec::new(),
+        }
     }
 
     /// Buffered stdout: lines go out in batches; [`Printer::flush`] (called after each batch,
@@ -164,10 +170,20 @@ impl Printer {
     }
 
     fn json<T: Serialize>(&mut self, value: &T) {
-        match serde_json::to_string(value) {
-            Ok(s) => self.line(&s),
+        // Serialised into a buffer kept from line to line (one line per HTTP exchange on a
+        // busy hop: no allocation and no `fmt` pass each), then written whole.
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        match serde_json::to_writer(&mut buf, value) {
+            Ok(()) => {
+                buf.push(b'\n');
+                if self.out.write_all(&buf).is_err() {
+                    tracing::debug!("stdout closed; output line dropped");
+                }
+            }
             Err(e) => tracing::error!(error = %e, "cannot serialise output line"),
         }
+        self.buf = buf;
     }
 
     /// The classified inventory: a table, or one `exposure` object per line.

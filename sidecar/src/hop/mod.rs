@@ -108,9 +108,43 @@ pub enum Side {
 /// A connection's identity: its 4-tuple and when it was first seen.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
 pub struct ConnId {
+    #[serde(serialize_with = "addr_str")]
     pub client: SocketAddr,
+    #[serde(serialize_with = "addr_str")]
     pub server: SocketAddr,
     pub first_seen_ns: u64,
+}
+
+/// Serializes a socket address as its `Display` does (`127.0.0.1:18789`, `[::1]:18789`), but
+/// an IPv4 one without `core::fmt` (every hop record carries two addresses; formatting them
+/// through `Display` was a tenth of the live path's output cost).
+fn addr_str<S: serde::Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+    use std::io::Write as _;
+    let SocketAddr::V4(v4) = addr else {
+        return s.collect_str(addr);
+    };
+    // "255.255.255.255:65535" is 21 bytes.
+    let mut buf = [0u8; 21];
+    let free = {
+        let mut w = &mut buf[..];
+        let mut digits = itoa::Buffer::new();
+        let [a, b, c, d] = v4.ip().octets();
+        // Writes into a slice long enough for the longest address: they cannot fail.
+        let _ = w.write_all(digits.format(a).as_bytes());
+        for octet in [b, c, d] {
+            let _ = w.write_all(b".");
+            let _ = w.write_all(digits.format(octet).as_bytes());
+        }
+        let _ = w.write_all(b":");
+        let _ = w.write_all(digits.format(v4.port()).as_bytes());
+        w.len()
+    };
+    let used = &buf[..buf.len() - free];
+    match std::str::from_utf8(used) {
+        Ok(text) => s.serialize_str(text),
+        // Not reachable (digits, dots and a colon), but never worth a panic.
+        Err(_) => s.collect_str(addr),
+    }
 }
 
 /// How an HTTP exchange ended.
@@ -291,6 +325,37 @@ impl HopRecord {
             HopRecord::Websocket(s) => s.end_ts_ns,
             HopRecord::Conn(c) => c.ts_ns,
             HopRecord::Loss(l) => l.ts_ns,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_serialize_as_display_does() {
+        let addrs = [
+            "0.0.0.0:0",
+            "127.0.0.1:18789",
+            "10.20.30.40:8080",
+            "255.255.255.255:65535",
+            "1.2.3.4:5",
+            "[::1]:18789",
+            "[2001:db8::1]:443",
+            "[::ffff:127.0.0.1]:80",
+        ];
+        for a in addrs {
+            let addr: SocketAddr = a.parse().expect("a valid address");
+            let id = ConnId {
+                client: addr,
+                server: addr,
+                first_seen_ns: 7,
+            };
+            let json = serde_json::to_value(&id).expect("serialisable");
+            assert_eq!(json["client"], addr.to_string(), "{a}");
+            assert_eq!(json["server"], a, "{a}");
+            assert_eq!(json["first_seen_ns"], 7);
         }
     }
 }

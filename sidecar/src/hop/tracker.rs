@@ -92,6 +92,9 @@ struct Conn {
     fin_server: bool,
     reset_from: Option<Side>,
     last_ts: u64,
+    /// The parsers' events of one chunk (kept from chunk to chunk: no allocation each).
+    http_events: Vec<HttpEvent>,
+    ws_events: Vec<WsEvent>,
 }
 
 /// Why a connection's records are being finished.
@@ -126,6 +129,8 @@ impl Conn {
             fin_server: false,
             reset_from: None,
             last_ts: 0,
+            http_events: Vec::new(),
+            ws_events: Vec::new(),
         }
     }
 
@@ -174,14 +179,17 @@ impl Conn {
                 }
             }
         }
+        // Taken out for the chunk and put back after it (an upgrade's recursive call below
+        // starts from empty vectors).
+        let mut http_events = std::mem::take(&mut self.http_events);
+        let mut ws_events = std::mem::take(&mut self.ws_events);
         match &mut self.dir(side).proto {
             Proto::Http(parser) => {
-                let mut events = Vec::new();
                 match chunk {
-                    Chunk::Data(d) => parser.feed(d, &mut events),
-                    Chunk::Gap(n) => parser.gap(n, &mut events),
+                    Chunk::Data(d) => parser.feed(d, &mut http_events),
+                    Chunk::Gap(n) => parser.gap(n, &mut http_events),
                 }
-                for ev in events {
+                for ev in http_events.drain(..) {
                     if let HttpEvent::Upgraded { offset } = ev {
                         self.dir(side).proto = Proto::Ws(WsStream::default());
                         if let Chunk::Data(d) = chunk {
@@ -195,16 +203,17 @@ impl Conn {
                 }
             }
             Proto::Ws(parser) => {
-                let mut events = Vec::new();
                 match chunk {
-                    Chunk::Data(d) => parser.feed(d, &mut events),
-                    Chunk::Gap(n) => parser.gap(n, &mut events),
+                    Chunk::Data(d) => parser.feed(d, &mut ws_events),
+                    Chunk::Gap(n) => parser.gap(n, &mut ws_events),
                 }
-                for ev in events {
+                for ev in ws_events.drain(..) {
                     self.ws_event(side, ev, ts, out);
                 }
             }
         }
+        self.http_events = http_events;
+        self.ws_events = ws_events;
     }
 
     fn http_event(&mut self, side: Side, ev: HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
