@@ -240,11 +240,22 @@ impl HttpStream {
                         return;
                     };
                     // `end` counts bytes of `rest` that complete the head.
-                    self.buf.extend_from_slice(&rest[..end]);
                     pos += end;
-                    let head = std::mem::take(&mut self.buf);
-                    if let Err(why) = self.parse_head(&head, out) {
-                        self.lose(head.len() as u64, why, out);
+                    let parsed = if before == 0 {
+                        // The whole head is in this chunk (the common case): parsed where it
+                        // lies, without a copy.
+                        self.parse_head(&rest[..end], out)
+                    } else {
+                        self.buf.extend_from_slice(&rest[..end]);
+                        let head = std::mem::take(&mut self.buf);
+                        let parsed = self.parse_head(&head, out);
+                        // Put back empty, its capacity kept for the next split head.
+                        self.buf = head;
+                        self.buf.clear();
+                        parsed
+                    };
+                    if let Err(why) = parsed {
+                        self.lose((before + end) as u64, why, out);
                         return;
                     }
                     if self.state == State::Upgraded {
@@ -493,6 +504,35 @@ mod tests {
                 "split at {split}: {out:?}"
             );
         }
+    }
+
+    #[test]
+    fn split_and_whole_heads_alternate_on_one_stream() {
+        // A split head is assembled in the stream's buffer, a whole one parsed in place: the
+        // buffer must come back empty each time, whatever the order.
+        let mut s = HttpStream::new(Role::Request);
+        let a = b"GET /one HTTP/1.1\r\nHost: a\r\nX-Request-ID: r1\r\n\r\n";
+        let b = b"GET /two HTTP/1.1\r\nHost: b\r\nX-Request-ID: r2\r\n\r\n";
+        let c = b"GET /three HTTP/1.1\r\nHost: c\r\nX-Request-ID: r3\r\n\r\n";
+        let out = feed_all(&mut s, &[&a[..7], &a[7..], b, &c[..30], &c[30..]]);
+        let got: Vec<(String, Option<String>, Option<String>)> = out
+            .iter()
+            .filter_map(|e| match e {
+                HttpEvent::Request(r) => {
+                    Some((r.path.clone(), r.host.clone(), r.request_id.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let want = [
+            ("/one", "a", "r1"),
+            ("/two", "b", "r2"),
+            ("/three", "c", "r3"),
+        ]
+        .map(|(p, h, r)| (p.to_owned(), Some(h.to_owned()), Some(r.to_owned())));
+        assert_eq!(got, want, "{out:?}");
+        let ends = out.iter().filter(|e| **e == HttpEvent::MessageEnd).count();
+        assert_eq!(ends, 3, "{out:?}");
     }
 
     #[test]
