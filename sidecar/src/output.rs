@@ -172,18 +172,16 @@ impl Printer {
     fn json<T: Serialize>(&mut self, value: &T) {
         // Serialised into a buffer kept from line to line (one line per HTTP exchange on a
         // busy hop: no allocation and no `fmt` pass each), then written whole.
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        match serde_json::to_writer(&mut buf, value) {
+        self.buf.clear();
+        match serde_json::to_writer(&mut self.buf, value) {
             Ok(()) => {
-                buf.push(b'\n');
-                if self.out.write_all(&buf).is_err() {
+                self.buf.push(b'\n');
+                if self.out.write_all(&self.buf).is_err() {
                     tracing::debug!("stdout closed; output line dropped");
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot serialise output line"),
         }
-        self.buf = buf;
     }
 
     /// The classified inventory: a table, or one `exposure` object per line.
