@@ -7,7 +7,10 @@
 //! 2. The live probes' cost: wrk through nginx to an upstream on loopback, with and without the
 //!    sidecar attached, in ten pairs whose order alternates. Goal: throughput with the sidecar at least 97% of without.
 //!    Also the probes' own run time per packet (kernel.bpf_stats_enabled: run_time_ns and
-//!    run_cnt of each program).
+//!    run_cnt of each program), and a control: ten more pairs in which a thread that only spins,
+//!    using the same CPU as the sidecar did, takes the sidecar's place. It tells what that much
+//!    CPU costs this machine's throughput whoever spends it (this harness's noise is a few
+//!    percent on a median of ten pairs, so read it as a rough guide, not a precise figure).
 #![allow(
     clippy::unwrap_used,
     reason = "a benchmark: a failure is a panic with a message"
@@ -32,7 +35,7 @@ const SESSIONS: usize = 4;
 const MESSAGES_PER_SESSION: usize = 10_000;
 const WRK_SECONDS: u32 = 4;
 /// Timed replays of the capture (the median is taken).
-const REPLAY_RUNS: usize = 9;
+const REPLAY_RUNS: usize = 15;
 /// Pairs of runs, without and with the sidecar, the order alternating from pair to pair
 /// (ABBA), so a drift of the machine's speed during the benchmark weighs on both sides.
 const WRK_PAIRS: usize = 10;
@@ -122,7 +125,12 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         if let (Some(tag), Some(t), Some(c)) =
             (field("prog_tag:"), field("run_time_ns:"), field("run_cnt:"))
         {
-            let kind = field("prog_type:").unwrap_or_default();
+            // enum bpf_prog_type: the hop classifier is SCHED_CLS, the others tracepoints.
+            let kind = match field("prog_type:").as_deref() {
+                Some("3") => "tc".to_owned(),
+                Some("5") => "tracepoint".to_owned(),
+                other => format!("type {}", other.unwrap_or("?")),
+            };
             out.push((
                 format!("{kind} {tag}"),
                 t.parse().unwrap_or(0),
@@ -145,6 +153,50 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// A control for the live cost: a thread that does nothing but spin, `share` of one core, in
+/// slices at the start of each 20 ms period (the sidecar drains its ring on a 20 ms tick), and
+/// sleeps the rest. Run in place of the sidecar, it shows what the same amount of CPU costs this
+/// machine's throughput whoever uses it. Returns the CPU it actually used, in % of one core.
+fn spin_control(share: f64, run: impl FnOnce() -> f64) -> (f64, f64) {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    use std::time::Duration;
+    const PERIOD: Duration = Duration::from_millis(20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let burn = PERIOD.mul_f64(share.clamp(0.0, 1.0));
+    let spinner = std::thread::spawn(move || {
+        let started = Instant::now();
+        let cpu0 = thread_cpu_seconds();
+        let mut next = Instant::now();
+        while !flag.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            while t.elapsed() < burn {
+                std::hint::spin_loop();
+            }
+            next += PERIOD;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        100.0 * (thread_cpu_seconds() - cpu0) / started.elapsed().as_secs_f64()
+    });
+    let rps = run();
+    stop.store(true, Ordering::Relaxed);
+    (rps, spinner.join().unwrap())
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 fn main() {
@@ -282,6 +334,22 @@ fn main() {
     let _ = Command::new("sysctl")
         .args(["-q", "-w", "kernel.bpf_stats_enabled=0"])
         .status();
+    // The control, in pairs of its own (ABBA as above): the same CPU as the sidecar used,
+    // spent by a thread that observes nothing.
+    let share = median(sidecar_cpu.clone()) / 100.0;
+    let mut control_ratios = Vec::new();
+    let mut control_cpu = Vec::new();
+    for pair in 0..WRK_PAIRS {
+        let with_first = pair % 2 == 1;
+        let mut base = None;
+        if !with_first {
+            base = Some(wrk_rps(nginx.port));
+        }
+        let (attached, used) = spin_control(share, || wrk_rps(nginx.port));
+        let base = base.unwrap_or_else(|| wrk_rps(nginx.port));
+        control_ratios.push(100.0 * attached / base);
+        control_cpu.push(used);
+    }
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!("without sidecar: {without:.0?} req/s (median {wo:.0})");
     println!("with sidecar:    {with:.0?} req/s (median {w:.0})");
@@ -293,7 +361,21 @@ fn main() {
         "per-pair ratios: {ratios:.1?} % (median {:.1}%)",
         median(ratios.clone())
     );
-    println!("sidecar user-space CPU during the runs: {sidecar_cpu:.1?} % of one core");
+    println!(
+        "sidecar CPU (user + system time of its process) during the runs: \
+         {sidecar_cpu:.1?} % of one core"
+    );
+    let sidecar_share = median(sidecar_cpu.clone());
+    println!(
+        "sidecar CPU per proxied request: {:.1} us",
+        sidecar_share / 100.0 * 1e6 / w
+    );
+    let control = median(control_ratios.clone());
+    let control_share = median(control_cpu.clone());
+    println!(
+        "control (a thread that only spins, {control_share:.1}% of one core in 20 ms slices, \
+         no sidecar): per-pair ratios {control_ratios:.1?} % (median {control:.1}%)"
+    );
     for (name, ns, cnt) in stats {
         if cnt > 0 {
             println!(
