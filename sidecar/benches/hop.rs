@@ -195,7 +195,8 @@ fn thread_cpu_seconds() -> f64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid clock id and a pointer to a timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
