@@ -155,6 +155,24 @@ fn ticks_per_second() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
+/// `WRK_PAIRS` pairs of wrk runs, without and with something attached, the order alternating
+/// from pair to pair (ABBA). `attached` sets its thing up, runs wrk, tears it down and returns
+/// the throughput and a figure of its own. Yields (without, with, figure) per pair.
+fn abba_pairs<T>(port: u16, mut attached: impl FnMut() -> (f64, T)) -> Vec<(f64, f64, T)> {
+    (0..WRK_PAIRS)
+        .map(|pair| {
+            let with_first = pair % 2 == 1;
+            let mut base = None;
+            if !with_first {
+                base = Some(wrk_rps(port));
+            }
+            let (rps, figure) = attached();
+            let base = base.unwrap_or_else(|| wrk_rps(port));
+            (base, rps, figure)
+        })
+        .collect()
+}
+
 /// A control for the live cost: a thread that does nothing but spin, `share` of one core, in
 /// slices at the start of each 20 ms period (the sidecar drains its ring on a 20 ms tick), and
 /// sleeps the rest. Run in place of the sidecar, it shows what the same amount of CPU costs this
@@ -303,12 +321,7 @@ fn main() {
     let mut with = Vec::new();
     let mut sidecar_cpu = Vec::new();
     let mut ratios = Vec::new();
-    for pair in 0..WRK_PAIRS {
-        let with_first = pair % 2 == 1;
-        let mut base = None;
-        if !with_first {
-            base = Some(wrk_rps(nginx.port));
-        }
+    for (base, attached, cpu) in abba_pairs(nginx.port, || {
         let sidecar = Sidecar::start(&config);
         // Its output goes to a log in production; here it is drained and discarded, so the
         // reader's cost is not counted as the sidecar's.
@@ -316,9 +329,12 @@ fn main() {
         let cpu_before = cpu_ticks(sidecar.pid());
         let attached = wrk_rps(nginx.port);
         let cpu = cpu_ticks(sidecar.pid()) - cpu_before;
-        sidecar_cpu.push(cpu as f64 / ticks_per_second() / f64::from(WRK_SECONDS) * 100.0);
-        drop(sidecar);
-        let base = base.unwrap_or_else(|| wrk_rps(nginx.port));
+        (
+            attached,
+            cpu as f64 / ticks_per_second() / f64::from(WRK_SECONDS) * 100.0,
+        )
+    }) {
+        sidecar_cpu.push(cpu);
         without.push(base);
         with.push(attached);
         ratios.push(100.0 * attached / base);
@@ -340,14 +356,9 @@ fn main() {
     let share = median(sidecar_cpu.clone()) / 100.0;
     let mut control_ratios = Vec::new();
     let mut control_cpu = Vec::new();
-    for pair in 0..WRK_PAIRS {
-        let with_first = pair % 2 == 1;
-        let mut base = None;
-        if !with_first {
-            base = Some(wrk_rps(nginx.port));
-        }
-        let (attached, used) = spin_control(share, || wrk_rps(nginx.port));
-        let base = base.unwrap_or_else(|| wrk_rps(nginx.port));
+    for (base, attached, used) in
+        abba_pairs(nginx.port, || spin_control(share, || wrk_rps(nginx.port)))
+    {
         control_ratios.push(100.0 * attached / base);
         control_cpu.push(used);
     }
