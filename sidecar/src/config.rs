@@ -371,10 +371,19 @@ pub struct EmbeddedStoreConfig {
     pub cache_dir: std::path::PathBuf,
     /// A libchdb.so already on the machine (no fetch).
     pub library: Option<std::path::PathBuf>,
-    /// Its HTTP port (on 127.0.0.1 only).
+    /// Its HTTP port (on 127.0.0.1 only; every request but `/ping` must authenticate as user
+    /// `edgewatch` with the password in `secret_file`).
     pub http_port: u16,
-    /// Its native TCP port (on 127.0.0.1 only), for clickhouse-client and Grafana.
-    pub tcp_port: u16,
+    /// No longer used: the native TCP port is not opened (its protocol cannot be limited to
+    /// edgewatch's user). Accepted so that older config files still load; a warning says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// The password of the server's `edgewatch` user: generated on first start (256 random
+    /// bits), readable by root only. `edgewatch timeline` and `replay --store` read it too.
+    pub secret_file: std::path::PathBuf,
+    /// The unprivileged account the server runs as (created with `useradd --system` if
+    /// missing; where that is impossible, uid/gid 64206).
+    pub run_as: String,
 }
 
 impl Default for EmbeddedStoreConfig {
@@ -384,9 +393,27 @@ impl Default for EmbeddedStoreConfig {
             cache_dir: "/var/cache/edgewatch".into(),
             library: None,
             http_port: 18123,
-            tcp_port: 19000,
+            tcp_port: None,
+            secret_file: "/var/lib/edgewatch/clickhouse.secret".into(),
+            run_as: "edgewatch-ch".to_owned(),
         }
     }
+}
+
+/// Which credential a URL carries, if any: `user:password@` in the authority, or a
+/// password-like query parameter (ClickHouse takes `?user=..&password=..`).
+pub fn url_credentials(raw: &str) -> Option<&'static str> {
+    let url = url::Url::parse(raw).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("user:password@");
+    }
+    url.query_pairs().find_map(|(k, _)| {
+        match k.to_ascii_lowercase().as_str() {
+            "password" | "pass" | "passwd" => Some("?password="),
+            "token" | "access_token" | "key" | "api_key" | "apikey" => Some("a token parameter"),
+            _ => None,
+        }
+    })
 }
 
 impl Config {
@@ -539,6 +566,13 @@ impl Config {
                 "must be an http:// or https:// URL (ClickHouse's HTTP interface), or empty for the embedded store",
             ));
         }
+        if let Some(key) = url_credentials(&st.url) {
+            return Err(invalid(
+                "store.url",
+                "(hidden: it holds credentials)".to_owned(),
+                &format!("credentials do not belong in the URL ({key}); use store.user and store.password_file or EDGEWATCH_CLICKHOUSE_PASSWORD"),
+            ));
+        }
         if st.url.contains('@') {
             return Err(invalid(
                 "store.url",
@@ -586,11 +620,25 @@ impl Config {
                 "must be at least 10ms",
             ));
         }
-        if st.embedded.http_port == 0 || st.embedded.tcp_port == 0 {
+        if st.embedded.http_port == 0 {
             return Err(invalid(
                 "store.embedded.http_port",
-                format!("{}/{}", st.embedded.http_port, st.embedded.tcp_port),
-                "the embedded server needs fixed ports",
+                "0".to_owned(),
+                "the embedded server needs a fixed port",
+            ));
+        }
+        if !st.embedded.secret_file.is_absolute() {
+            return Err(invalid(
+                "store.embedded.secret_file",
+                format!("{:?}", st.embedded.secret_file.display().to_string()),
+                "must be an absolute path",
+            ));
+        }
+        if st.embedded.run_as.is_empty() || st.embedded.run_as == "root" {
+            return Err(invalid(
+                "store.embedded.run_as",
+                format!("{:?}", st.embedded.run_as),
+                "must name an unprivileged account",
             ));
         }
         self.validate_alerts(&invalid)?;

@@ -88,7 +88,9 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "text")]
         output: Format,
     },
-    /// Internal: the embedded ClickHouse server process that `run` starts and stops.
+    /// Internal: the embedded ClickHouse server process that `run` starts and stops. Started
+    /// as root; verifies the library, writes the locked-down configuration, then drops to
+    /// `--run-as` before loading it.
     #[command(hide = true)]
     EmbeddedClickhouse {
         #[arg(long)]
@@ -97,8 +99,18 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         http_port: u16,
+        /// The password file (root only); only its SHA-256 reaches the server.
         #[arg(long)]
-        tcp_port: u16,
+        secret_file: PathBuf,
+        /// The database the `edgewatch` user may use (a trailing `*`: a prefix).
+        #[arg(long)]
+        database: String,
+        /// The unprivileged account to run as (created if missing).
+        #[arg(long)]
+        run_as: String,
+        /// Stop when this process is no longer the parent.
+        #[arg(long)]
+        parent_pid: Option<i32>,
     },
     /// The runbook's golden path as one command: walks bind, TLS, HTTP, WebSocket and (with
     /// --idle) idle survival through the edge, each step pass/warn/fail with its evidence and
@@ -221,9 +233,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             library,
             data_dir,
             http_port,
-            tcp_port,
+            secret_file,
+            database,
+            run_as,
+            parent_pid,
         } => {
-            edgewatch::store::embedded::run_server(&library, &data_dir, http_port, tcp_port)?;
+            edgewatch::store::embedded::run_server(&edgewatch::store::embedded::ServerArgs {
+                library,
+                data_dir,
+                http_port,
+                secret_file,
+                database,
+                run_as,
+                parent_pid,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { args, common } => {

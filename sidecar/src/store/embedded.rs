@@ -1,14 +1,37 @@
 //! The embedded default store: a local ClickHouse 26.7 that edgewatch fetches once, caches,
-//! starts and stops, so the main command gives a working store on a fresh machine.
+//! starts and stops, so the main command gives a working store on a fresh machine, locked down
+//! so that it widens nobody's reach on the machine.
 //!
 //! The server is the complete ClickHouse build that chDB ships as `libchdb.so` in the npm
-//! package `@chdb/lib-linux-x64-gnu` (pinned, checked against the registry's SHA-512). Its
-//! `chdb_query_cmdline` runs clickhouse-local with the given arguments; in 26.7 that can open
-//! the HTTP and native listeners, which stay up while the call runs. edgewatch runs it in a
+//! package `@chdb/lib-linux-x64-gnu` (pinned: the package is checked against the registry's
+//! SHA-512 when fetched, the library against its own pinned SHA-512 at every start, before it
+//! is loaded). Its `chdb_query_cmdline` runs clickhouse-local with the given arguments; in 26.7
+//! that can open the HTTP listener, which stays up while the call runs. edgewatch runs it in a
 //! child process of its own binary (`edgewatch embedded-clickhouse`, hidden), so a crash of
 //! one never takes the other down; the child stops when its parent is gone.
+//!
+//! The lockdown (README, "The embedded store"):
+//! - **A secret.** edgewatch generates a random password (256 bits) on first start and keeps it
+//!   in `store.embedded.secret_file` (root only, 0600). The child reads it and writes only its
+//!   SHA-256 into the server's users file; it never travels in argv or the environment.
+//! - **One way in.** The HTTP interface answers `/ping` and, for everything else, only requests
+//!   that authenticate as user `edgewatch` (X-ClickHouse-User/X-ClickHouse-Key, or Basic);
+//!   anything else gets a 403 before ClickHouse looks at a user (`http_handlers`). The
+//!   native TCP port is not opened: its protocol cannot be limited that way.
+//! - **No way out of the tables.** `edgewatch` may read and write its database and nothing
+//!   else: no file(), url(), remote(), s3() or other sources (their READ/WRITE grants are not
+//!   given), no dictionaries, no SYSTEM, no access management; remote hosts are denied. The
+//!   `default` user (which the in-process session that opens the listener must use) has only
+//!   `SYSTEM LISTEN` and `system.numbers`, and HTTP cannot reach it.
+//! - **Least privilege.** The child verifies the library, reads the secret and prepares its
+//!   directories as root, then drops to an unprivileged user (`store.embedded.run_as`, created
+//!   if missing) with no capabilities (bounding set included) and `PR_SET_NO_NEW_PRIVS`, and
+//!   only then loads the library (through the file descriptor it verified). Its environment is
+//!   empty; its data directory is owned by that user, mode 0700.
 use std::{
+    ffi::CString,
     io::{Read, Write},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,6 +46,14 @@ const TARBALL: &str =
 /// `dist.integrity` of that version in the npm registry.
 const INTEGRITY: &str =
     "sha512-XP97mMqnc5tZpKQywR8N7cLTsHNiTmHr30pC5mzo3jWmukjKn2IBa60c2B/gWUNcuFjOMjWoorQICCqBVj5wpw==";
+/// SHA-512 of `package/libchdb.so` in that package: checked at every start, before loading.
+const LIBRARY_SHA512: &str = "0a5e6af5cf57034116d34a39480989a160dd105f372d85aa748f8d2b0a5ebd52a90d913737d7ae86f6f597d37fe06d3a4d22125c13c5aa961d91aa93d034751e";
+
+/// The ClickHouse user edgewatch's store uses on the embedded server.
+pub const USER: &str = "edgewatch";
+/// The uid and gid the embedded server runs as when `run_as` does not exist and cannot be
+/// created (a read-only /etc, as in the container), used only if no account has that uid.
+pub const FALLBACK_ID: u32 = 64_206;
 
 /// Where the library lives in the cache.
 pub fn library_path(cache_dir: &Path) -> PathBuf {
@@ -42,16 +73,71 @@ fn verify(data_sha512: &[u8]) -> bool {
         .is_ok_and(|want| want == data_sha512)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Creates `dir` (and its parents) if missing, then makes sure it is ours and private enough:
+/// owned by this process's user, not writable by group or others, with `mode` applied when it
+/// was just created. A directory that fails the check is refused, never silently fixed (it
+/// may hold what someone else put there).
+pub fn ensure_private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    check_private(dir)
+}
+
+/// Refuses a path (file or directory, not followed if a symlink) that is not owned by this
+/// process's user or that group or others may write.
+pub fn check_private(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("checking {}", path.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.file_type().is_symlink() {
+        bail!("refusing {}: it is a symbolic link", path.display());
+    }
+    if meta.uid() != me {
+        bail!(
+            "refusing {}: owned by uid {}, not by edgewatch's user (uid {me}); fix: chown {me} {}",
+            path.display(),
+            meta.uid(),
+            path.display()
+        );
+    }
+    if meta.mode() & 0o022 != 0 {
+        bail!(
+            "refusing {}: group or others may write it (mode {:o}); fix: chmod go-w {}",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Returns the cached library, fetching it first when missing (one process fetches at a
-/// time; the others wait for it). Progress goes to the log.
+/// time; the others wait for it). Progress goes to the log. The cache is private (0700).
 pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     let lib = library_path(cache_dir);
+    let dir = lib.parent().unwrap_or(cache_dir).to_owned();
+    ensure_private_dir(cache_dir, 0o700)?;
+    ensure_private_dir(&dir, 0o700)?;
     if lib.exists() {
         return Ok(lib);
     }
-    let dir = lib.parent().unwrap_or(cache_dir).to_owned();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating the ClickHouse cache {}", dir.display()))?;
     let lock_path = dir.join(".fetch.lock");
     let lock = std::fs::File::create(&lock_path)
         .with_context(|| format!("creating {}", lock_path.display()))?;
@@ -84,7 +170,14 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
                 .context("reading the ClickHouse package")?
                 .into_owned();
             if path == Path::new("package/libchdb.so") {
-                let mut out = std::fs::File::create(&tmp_lib)
+                // 0644: the server's unprivileged user loads it (through a descriptor opened
+                // here by root: the 0700 cache directories stay closed to it).
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o644)
+                    .open(&tmp_lib)
                     .with_context(|| format!("creating {}", tmp_lib.display()))?;
                 std::io::copy(&mut entry, &mut out).context("unpacking libchdb.so")?;
                 out.sync_all().context("writing libchdb.so")?;
@@ -102,9 +195,26 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(lib)
 }
 
+/// The download agent: bounded waits, so a registry that hangs fails the start with a message
+/// instead of hanging it.
+fn download_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(20)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_recv_body(Some(Duration::from_secs(15 * 60)))
+        .http_status_as_error(true)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
+        .build()
+        .into()
+}
+
 fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let agent = crate::http::agent(None, true);
+    let agent = download_agent();
     let mut response = agent
         .get(url)
         .call()
@@ -115,8 +225,13 @@ fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let mut body = response.body_mut().with_config().limit(1 << 31).reader();
-    let mut out =
-        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
     let mut hasher = sha2::Sha512::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
@@ -150,13 +265,352 @@ fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens the library and checks it against its pinned SHA-512; the returned descriptor is what
+/// gets loaded (no window between the check and the load for the file to change).
+pub fn open_verified_library(path: &Path) -> anyhow::Result<std::fs::File> {
+    use sha2::Digest as _;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("opening the ClickHouse library {}", path.display()))?;
+    let mut hasher = sha2::Sha512::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let got = hex(&hasher.finalize());
+    if got != LIBRARY_SHA512 {
+        bail!(
+            "the ClickHouse library {} is not the pinned build {VERSION} (SHA-512 {}..., expected {}...): \
+             corrupted or replaced; not loading it. Delete it and edgewatch fetches it again",
+            path.display(),
+            &got[..16],
+            &LIBRARY_SHA512[..16]
+        );
+    }
+    Ok(file)
+}
+
+/// The secret, from `path`; created first (256 random bits, hex, mode 0600) when missing.
+pub fn load_or_create_secret(path: &Path) -> anyhow::Result<String> {
+    if let Some(dir) = path.parent() {
+        ensure_private_dir(dir, 0o711)?;
+    }
+    if !path.exists() {
+        let mut bytes = [0u8; 32];
+        getrandom(&mut bytes)?;
+        let secret = hex(&bytes);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(mut f) => {
+                f.write_all(secret.as_bytes())
+                    .and_then(|()| f.write_all(b"\n"))
+                    .and_then(|()| f.sync_all())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                tracing::info!(path = %path.display(), "generated the embedded store's secret");
+            }
+            // Another edgewatch created it meanwhile: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    read_secret(path)
+}
+
+/// Reads the secret, refusing a file that others could read or write.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    check_private(path)?;
+    let meta = std::fs::metadata(path).with_context(|| format!("checking {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "refusing the secret {}: group or others may read it (mode {:o}); fix: chmod 600 {}",
+            path.display(),
+            meta.mode() & 0o7777,
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading the embedded store's secret {} (as root: it is readable by root only)",
+            path.display()
+        )
+    })?;
+    let secret = text.lines().next().unwrap_or_default().trim().to_owned();
+    if secret.len() < 32 {
+        bail!(
+            "the secret in {} is shorter than 128 bits; delete it and edgewatch makes a new one",
+            path.display()
+        );
+    }
+    Ok(secret)
+}
+
+fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: writes at most `buf.len() - filled` bytes into the rest of `buf`.
+        let n = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr().cast(),
+                buf.len() - filled,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("getrandom");
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// The account the embedded server runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Looks `name` up in the user database.
+pub fn lookup_user(name: &str) -> Option<RunAs> {
+    let cname = CString::new(name).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives the use of `pwd`'s strings,
+    // none of which is read.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then(|| RunAs {
+        name: name.to_owned(),
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+    })
+}
+
+fn uid_taken(uid: u32) -> bool {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as in lookup_user.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    rc == 0 && !result.is_null()
+}
+
+/// The account for the server: `name` if it exists; else created as a system user with
+/// `useradd`; else (a read-only /etc) the fixed [`FALLBACK_ID`] if no account has it.
+pub fn resolve_user(name: &str) -> anyhow::Result<RunAs> {
+    if name == "root" {
+        bail!("store.embedded.run_as must not be root");
+    }
+    if let Some(u) = lookup_user(name) {
+        if u.uid == 0 {
+            bail!("store.embedded.run_as {name:?} has uid 0");
+        }
+        return Ok(u);
+    }
+    let created = Command::new("useradd")
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--comment",
+            "edgewatch embedded ClickHouse",
+            name,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if created {
+        if let Some(u) = lookup_user(name) {
+            tracing::info!(user = name, uid = u.uid, "created the embedded store's system user");
+            return Ok(u);
+        }
+    }
+    if uid_taken(FALLBACK_ID) {
+        bail!(
+            "no account {name:?} for the embedded store, useradd could not create it, and uid \
+             {FALLBACK_ID} (the fallback) belongs to another account: create {name:?} or set \
+             store.embedded.run_as to an unprivileged account"
+        );
+    }
+    Ok(RunAs {
+        name: format!("uid {FALLBACK_ID}"),
+        uid: FALLBACK_ID,
+        gid: FALLBACK_ID,
+    })
+}
+
+/// The uid the embedded server would run as, without creating anything (None: no such user,
+/// and the fallback uid is another account's).
+pub fn expected_uid(run_as: &str) -> Option<u32> {
+    match lookup_user(run_as) {
+        Some(u) => Some(u.uid),
+        None => (!uid_taken(FALLBACK_ID)).then_some(FALLBACK_ID),
+    }
+}
+
+/// Checks a grant target: a database name, or a prefix followed by `*` (the tests' servers).
+pub fn check_database_pattern(db: &str) -> anyhow::Result<()> {
+    let name = db.strip_suffix('*').unwrap_or(db);
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        bail!("database {db:?}: letters, digits and underscores only (a trailing * for a prefix)");
+    }
+    Ok(())
+}
+
+/// The server's `config.xml` (in `etc`): one way in over HTTP (see the module doc), remote
+/// hosts denied, no user scripts.
+pub fn config_xml(etc: &Path) -> String {
+    format!(
+        r#"<clickhouse>
+    <!-- Written by edgewatch at every start of its embedded ClickHouse; edits are lost. -->
+    <users_config>users.xml</users_config>
+    <!-- Present and empty: url(), s3() and the like may reach no host. -->
+    <remote_url_allow_hosts></remote_url_allow_hosts>
+    <!-- A directory that does not exist, inside the root-owned configuration directory: the
+         server's account cannot create it, so executable() has nothing to run. -->
+    <user_scripts_path>{}/no-user-scripts/</user_scripts_path>
+    <http_handlers>
+        <rule>
+            <url>/ping</url>
+            <methods>GET,HEAD</methods>
+            <handler><type>static</type><response_content>Ok.
+</response_content></handler>
+        </rule>
+        <rule>
+            <headers><X-ClickHouse-User>{USER}</X-ClickHouse-User></headers>
+            <handler><type>dynamic_query_handler</type><query_param_name>query</query_param_name></handler>
+        </rule>
+        <rule>
+            <!-- Basic credentials whose user is exactly "{USER}": base64 of "{USER}:" then
+                 the password's first byte (the ':' fixes the 13th character and the top bits
+                 of the 14th). -->
+            <headers><Authorization>regex:^Basic ZWRnZXdhdGNoO[g-v].*$</Authorization></headers>
+            <handler><type>dynamic_query_handler</type><query_param_name>query</query_param_name></handler>
+        </rule>
+        <rule>
+            <handler>
+                <type>static</type>
+                <status>403</status>
+                <content_type>text/plain; charset=UTF-8</content_type>
+                <response_content>edgewatch's embedded ClickHouse: authenticate as user {USER} with the password in edgewatch's secret file (see edgewatch's README, "The embedded store").
+</response_content>
+            </handler>
+        </rule>
+    </http_handlers>
+</clickhouse>
+"#,
+        xml_escape(&etc.display().to_string())
+    )
+}
+
+/// The server's `users.xml`: `edgewatch` with the secret's SHA-256, limited to `database`;
+/// `default` only for the in-process session that opens the listener.
+pub fn users_xml(password_sha256_hex: &str, database: &str) -> String {
+    format!(
+        r#"<clickhouse>
+    <!-- Written by edgewatch at every start of its embedded ClickHouse; edits are lost. -->
+    <profiles><default></default></profiles>
+    <quotas><default></default></quotas>
+    <users>
+        <default>
+            <!-- The session inside the server process that runs SYSTEM START LISTEN and keeps
+                 the call alive; HTTP requests never reach this user (config.xml's handlers). -->
+            <password></password>
+            <networks><ip>127.0.0.1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <access_management>0</access_management>
+            <grants>
+                <query>GRANT SYSTEM LISTEN ON *.*</query>
+                <query>GRANT SELECT ON system.numbers</query>
+            </grants>
+        </default>
+        <{USER}>
+            <password_sha256_hex>{password_sha256_hex}</password_sha256_hex>
+            <networks><ip>127.0.0.1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <access_management>0</access_management>
+            <named_collection_control>0</named_collection_control>
+            <grants>
+                <query>GRANT SELECT, INSERT, ALTER TABLE, CREATE DATABASE, CREATE TABLE, CREATE VIEW, OPTIMIZE ON {database}.*</query>
+                <query>GRANT TABLE ENGINE ON MergeTree</query>
+                <query>GRANT TABLE ENGINE ON ReplacingMergeTree</query>
+                <query>GRANT TABLE ENGINE ON MaterializedView</query>
+            </grants>
+        </{USER}>
+    </users>
+</clickhouse>
+"#
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// Settings of the managed server.
 #[derive(Clone, Debug)]
 pub struct EmbeddedOptions {
     pub library: PathBuf,
     pub data_dir: PathBuf,
     pub http_port: u16,
-    pub tcp_port: u16,
+    /// The password file (root only).
+    pub secret_file: PathBuf,
+    /// The database `edgewatch` may use (or a prefix with `*`).
+    pub database: String,
+    /// The unprivileged account the server runs as.
+    pub run_as: String,
+}
+
+/// Where the server's generated configuration lives: beside the data directory (in the
+/// root-owned state directory), never inside it (the server's user owns that one).
+pub fn etc_dir(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "clickhouse".to_owned());
+    data_dir.with_file_name(format!("{name}.etc"))
+}
+
+/// The server's log (stderr): beside the data directory, for the same reason.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "clickhouse".to_owned());
+    data_dir.with_file_name(format!("{name}.log"))
 }
 
 /// A running embedded server; stopped (SIGTERM, then waited for) when dropped.
@@ -167,18 +621,24 @@ pub struct EmbeddedServer {
 }
 
 impl EmbeddedServer {
-    /// Starts the server with `exe embedded-clickhouse ...` and waits until it answers.
+    /// Starts the server with `exe embedded-clickhouse ...` (as root: the child drops to
+    /// `run_as` itself) and waits until it answers. Creates the secret on first start.
     pub fn start(exe: &Path, o: &EmbeddedOptions, wait: Duration) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&o.data_dir)
-            .with_context(|| format!("creating {}", o.data_dir.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&o.data_dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("restricting {}", o.data_dir.display()))?;
+        load_or_create_secret(&o.secret_file)?;
+        if let Some(parent) = o.data_dir.parent() {
+            // Traversable (the server's user reaches its data directory through it), not
+            // listable, writable by root only.
+            ensure_private_dir(parent, 0o711)?;
         }
-        let log = o.data_dir.join("edgewatch-clickhouse.log");
-        let log_file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log = log_path(&o.data_dir);
+        let log_file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.arg("embedded-clickhouse")
             .arg("--library")
@@ -187,15 +647,22 @@ impl EmbeddedServer {
             .arg(&o.data_dir)
             .arg("--http-port")
             .arg(o.http_port.to_string())
-            .arg("--tcp-port")
-            .arg(o.tcp_port.to_string())
+            .arg("--secret-file")
+            .arg(&o.secret_file)
+            .arg("--database")
+            .arg(&o.database)
+            .arg("--run-as")
+            .arg(&o.run_as)
+            // The child watches its parent and stops when it is gone (PR_SET_PDEATHSIG would
+            // fire when the forking *thread* ends, which a runtime's blocking pool does).
+            .arg("--parent-pid")
+            .arg(std::process::id().to_string())
+            // Nothing of ours leaks into the server: no environment at all.
+            .env_clear()
             .stdin(Stdio::null())
             // stdout carries the ready line; everything else goes to the log.
             .stdout(Stdio::piped())
             .stderr(log_file);
-        // The child watches its parent and stops when it is gone (PR_SET_PDEATHSIG would fire
-        // when the forking *thread* ends, which a runtime's blocking pool does when idle).
-        cmd.env("EDGEWATCH_PARENT_PID", std::process::id().to_string());
         let mut child = cmd.spawn().context("starting the embedded ClickHouse")?;
         let ready = child.stdout.take().map(|out| wait_ready(out, wait));
         let mut server = Self {
@@ -311,25 +778,202 @@ pub fn ping(port: u16) -> bool {
     buf.starts_with("HTTP/1.") && buf.contains(" 200 ") && buf.ends_with("Ok.\n")
 }
 
-/// The child's side: loads the library and runs the server until killed. Never returns on
-/// success.
-pub fn run_server(
-    library: &Path,
-    data_dir: &Path,
-    http_port: u16,
-    tcp_port: u16,
-) -> anyhow::Result<()> {
-    use std::ffi::{c_char, c_int, c_void, CString};
+/// Whether the listener on 127.0.0.1:`port` is edgewatch's embedded server, judged without
+/// sending it anything: its socket must belong to the server's account (`run_as`), which only
+/// root can run processes as. Err names who holds it otherwise.
+pub fn listener_is_ours(port: u16, run_as: &str) -> anyhow::Result<()> {
+    let sockets = crate::sources::sockdiag::listeners()
+        .context("listing listening sockets (sock_diag) to check who holds the embedded port")?;
+    let holder = sockets.iter().find(|s| {
+        s.proto == crate::exposure::Proto::Tcp
+            && s.port == port
+            && (s.addr == std::net::IpAddr::from([127, 0, 0, 1]) || s.addr.is_unspecified())
+    });
+    let Some(holder) = holder else {
+        bail!("nothing listens on 127.0.0.1:{port} any more");
+    };
+    match expected_uid(run_as) {
+        Some(uid) if uid == holder.uid && holder.addr.is_loopback() => Ok(()),
+        _ => bail!(
+            "127.0.0.1:{port} (store.embedded.http_port) is held by another program (socket of uid {} on {}), \
+             not by edgewatch's embedded ClickHouse (account {run_as:?}); not sending it the secret or any rows. \
+             Stop that program or choose another store.embedded.http_port",
+            holder.uid,
+            holder.addr
+        ),
+    }
+}
+
+/// What the child needs (all from its command line: nothing from the environment).
+#[derive(Clone, Debug)]
+pub struct ServerArgs {
+    pub library: PathBuf,
+    pub data_dir: PathBuf,
+    pub http_port: u16,
+    pub secret_file: PathBuf,
+    pub database: String,
+    pub run_as: String,
+    pub parent_pid: Option<i32>,
+}
+
+/// Gives the data directory to `user` (mode 0700). A directory that root owned (an embedded
+/// store of an earlier edgewatch, which ran it as root) is handed over whole, entry by entry
+/// without following links, so no row is lost.
+fn prepare_data_dir(dir: &Path, user: &RunAs) -> anyhow::Result<()> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        bail!("refusing {}: not a directory", dir.display());
+    }
+    if meta.uid() == 0 {
+        let mut moved = 0u64;
+        chown_tree(dir, user, &mut moved)?;
+        if moved > 1 {
+            tracing::info!(dir = %dir.display(), entries = moved, user = %user.name, "handed the existing embedded data directory to the server's own account");
+        }
+    } else if meta.uid() != user.uid {
+        bail!(
+            "refusing {}: owned by uid {}, neither root nor the server's account {} (uid {})",
+            dir.display(),
+            meta.uid(),
+            user.name,
+            user.uid
+        );
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))?;
+    Ok(())
+}
+
+fn chown_tree(path: &Path, user: &RunAs, moved: &mut u64) -> anyhow::Result<()> {
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    // Only what root owns: the earlier, root-run server's files.
+    if meta.uid() == 0 {
+        std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+        *moved += 1;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+            let entry = entry.with_context(|| format!("listing {}", path.display()))?;
+            chown_tree(&entry.path(), user, moved)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the generated configuration, root-owned and readable by the server's group only.
+fn write_etc(etc: &Path, user: &RunAs, users: &str) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(etc).is_ok() {
+        std::fs::remove_dir_all(etc).with_context(|| format!("replacing {}", etc.display()))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o750)
+        .create(etc)
+        .with_context(|| format!("creating {}", etc.display()))?;
+    std::os::unix::fs::chown(etc, Some(0), Some(user.gid))
+        .with_context(|| format!("chown {}", etc.display()))?;
+    std::fs::set_permissions(etc, std::fs::Permissions::from_mode(0o750))?;
+    for (name, text) in [("config.xml", config_xml(etc)), ("users.xml", users.to_owned())] {
+        let path = etc.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::os::unix::fs::fchown(&f, Some(0), Some(user.gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Becomes `user` for good: no supplementary groups, real/effective/saved ids all the user's,
+/// no capabilities in any set (the bounding set too, when CAP_SETPCAP allows), and
+/// no-new-privs. Checked afterwards from /proc/self/status.
+fn drop_privileges(user: &RunAs) -> anyhow::Result<()> {
+    use caps::CapSet;
+    // Best effort: emptying the bounding set needs CAP_SETPCAP (a container may lack it);
+    // without it no-new-privs and the non-root ids still keep every capability out of reach.
+    let _ = caps::clear(None, CapSet::Bounding);
+    let _ = caps::clear(None, CapSet::Ambient);
+    let _ = caps::clear(None, CapSet::Inheritable);
+    // SAFETY: plain credential syscalls with valid arguments; the process is single-threaded
+    // here apart from threads that do not depend on its credentials.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setgroups (needs CAP_SETGID)");
+        }
+        if libc::setresgid(user.gid, user.gid, user.gid) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setresgid (needs CAP_SETGID)");
+        }
+        if libc::setresuid(user.uid, user.uid, user.uid) != 0 {
+            return Err(std::io::Error::last_os_error()).context("setresuid (needs CAP_SETUID)");
+        }
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("PR_SET_NO_NEW_PRIVS");
+        }
+    }
+    let status = std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?;
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(set))
+            .map(str::trim)
+            .unwrap_or("?");
+        if u64::from_str_radix(value, 16) != Ok(0) {
+            bail!("the embedded ClickHouse still holds capabilities after dropping them ({set} {value})");
+        }
+    }
+    // SAFETY: getuid/geteuid have no preconditions.
+    if unsafe { libc::getuid() } == 0 || unsafe { libc::geteuid() } == 0 {
+        bail!("the embedded ClickHouse is still root after dropping privileges");
+    }
+    Ok(())
+}
+
+/// The child's side: verifies and opens the library, writes the locked-down configuration,
+/// drops to the server's account and runs the server until killed. Never returns on success.
+pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    use std::ffi::{c_char, c_int, c_void};
+    use std::os::fd::AsRawFd as _;
     type QueryCmdline = unsafe extern "C" fn(c_int, *mut *mut c_char) -> *mut c_void;
     type ResultError = unsafe extern "C" fn(*mut c_void) -> *const c_char;
+
+    check_database_pattern(&a.database)?;
+    // As root: what the server's account must not be able to touch or read.
+    let library = open_verified_library(&a.library)?;
+    let secret = read_secret(&a.secret_file)?;
+    let user = resolve_user(&a.run_as)?;
+    prepare_data_dir(&a.data_dir, &user)?;
+    let etc = etc_dir(&a.data_dir);
+    let hash = hex(&sha2::Sha256::digest(secret.as_bytes()));
+    drop(secret);
+    write_etc(&etc, &user, &users_xml(&hash, &a.database))?;
+    std::env::set_current_dir(&a.data_dir)
+        .with_context(|| format!("entering {}", a.data_dir.display()))?;
+
+    drop_privileges(&user)?;
+
     let args = [
         "clickhouse".to_owned(),
-        format!("--path={}", data_dir.display()),
+        format!("--config-file={}", etc.join("config.xml").display()),
+        format!("--path={}", a.data_dir.display()),
         "--listen_host=127.0.0.1".to_owned(),
-        format!("--http_port={http_port}"),
-        format!("--tcp_port={tcp_port}"),
+        format!("--http_port={}", a.http_port),
         "--multiquery".to_owned(),
-        "--query=SYSTEM START LISTEN HTTP; SYSTEM START LISTEN TCP; SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0".to_owned(),
+        "--query=SYSTEM START LISTEN HTTP; SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0".to_owned(),
     ];
     let cargs: Vec<CString> = args
         .iter()
@@ -337,10 +981,13 @@ pub fn run_server(
         .collect::<Result<_, _>>()
         .context("argument with a NUL byte")?;
     let mut argv: Vec<*mut c_char> = cargs.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    // Loaded through the descriptor that was verified (the cache directory stays closed to
+    // this account; the magic link reaches the very file that was hashed).
+    let fd_path = format!("/proc/self/fd/{}", library.as_raw_fd());
     // SAFETY: loading a library runs its initialisers; this is the pinned, checksummed
-    // ClickHouse build, loaded in a process of its own that does nothing else.
-    let lib = unsafe { libloading::Library::new(library) }
-        .with_context(|| format!("loading {}", library.display()))?;
+    // ClickHouse build, loaded in a process of its own, unprivileged, that does nothing else.
+    let lib = unsafe { libloading::Library::new(&fd_path) }
+        .with_context(|| format!("loading {} ({fd_path})", a.library.display()))?;
     // SAFETY: the symbols have these C signatures in chDB's public header.
     let (query, error): (
         libloading::Symbol<'_, QueryCmdline>,
@@ -353,21 +1000,18 @@ pub fn run_server(
                 .context("chdb_result_error")?,
         )
     };
-    tracing::info!(http_port, tcp_port, data = %data_dir.display(), "embedded ClickHouse starting");
+    let http_port = a.http_port;
+    tracing::info!(http_port, data = %a.data_dir.display(), user = %user.name, uid = user.uid, "embedded ClickHouse starting");
     // Tells the parent when the listener answers (the query below never returns).
     std::thread::spawn(move || loop {
         if ping(http_port) {
             println!("{READY_LINE}");
-            use std::io::Write as _;
             let _ = std::io::stdout().flush();
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     });
-    if let Some(parent) = std::env::var("EDGEWATCH_PARENT_PID")
-        .ok()
-        .and_then(|p| p.parse::<i32>().ok())
-    {
+    if let Some(parent) = a.parent_pid {
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(500));
             // SAFETY: getppid has no preconditions.
@@ -415,5 +1059,51 @@ mod tests {
             p,
             Path::new("/var/cache/edgewatch/clickhouse/26.7.3-stable.1/libchdb.so")
         );
+    }
+
+    #[test]
+    fn generated_files_live_beside_the_data_directory() {
+        let d = Path::new("/var/lib/edgewatch/clickhouse");
+        assert_eq!(etc_dir(d), Path::new("/var/lib/edgewatch/clickhouse.etc"));
+        assert_eq!(log_path(d), Path::new("/var/lib/edgewatch/clickhouse.log"));
+    }
+
+    #[test]
+    fn users_file_grants_one_database_and_no_sources() {
+        let x = users_xml(&"ab".repeat(32), "edgewatch");
+        assert!(x.contains("ON edgewatch.*"), "{x}");
+        assert!(x.contains(&"ab".repeat(32)));
+        let edgewatch_part = &x[x.find("<edgewatch>").expect("the user")..];
+        for forbidden in ["*.*", "FILE", "URL", "S3", "REMOTE", "SOURCES", "ALL", "SYSTEM", "access_management>1"] {
+            assert!(!edgewatch_part.contains(forbidden), "{forbidden} in {edgewatch_part}");
+        }
+    }
+
+    #[test]
+    fn database_patterns() {
+        assert!(check_database_pattern("edgewatch").is_ok());
+        assert!(check_database_pattern("t_*").is_ok());
+        assert!(check_database_pattern("*").is_err());
+        assert!(check_database_pattern("a.b").is_err());
+        assert!(check_database_pattern("a*b").is_err());
+    }
+
+    #[test]
+    fn basic_auth_rule_matches_exactly_the_user() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+        // Every first password byte keeps the 14th character in g..v; other users never match
+        // the 13-character prefix.
+        for first in 0u8..=255 {
+            let mut raw = b"edgewatch:".to_vec();
+            raw.push(first);
+            raw.push(b'x');
+            let enc = base64::engine::general_purpose::STANDARD.encode(&raw);
+            assert!(enc.starts_with("ZWRnZXdhdGNoO"), "{enc}");
+            assert!((b'g'..=b'v').contains(&enc.as_bytes()[13]), "{enc}");
+        }
+        for other in ["edgewatchx:a", "edgewatc:ab", "default:", "Edgewatch:a"] {
+            assert!(!b64(other).starts_with("ZWRnZXdhdGNoO"), "{other}");
+        }
     }
 }

@@ -39,16 +39,37 @@ pub fn hostname() -> String {
 }
 
 /// The server to talk to: the configured URL; or, with none, the embedded ClickHouse, the one
-/// already running (the live sidecar's) or one started now (returned: it runs until dropped).
+/// already running (the live sidecar's, once its listener is shown to be the embedded
+/// server's account and it accepts the secret) or one started now (returned: it runs until
+/// dropped).
 pub async fn server(
     cfg: &StoreConfig,
 ) -> anyhow::Result<(Option<embedded::EmbeddedServer>, String)> {
     if !cfg.url.is_empty() {
         return Ok((None, cfg.url.clone()));
     }
-    if embedded::ping(cfg.embedded.http_port) {
-        // Another edgewatch (the live sidecar, when this is a replay) runs it already.
-        let url = format!("http://127.0.0.1:{}", cfg.embedded.http_port);
+    let e = &cfg.embedded;
+    if e.tcp_port.is_some() {
+        tracing::warn!("store.embedded.tcp_port is no longer used: the embedded server opens no native port (its protocol cannot be limited to edgewatch's user); remove the key");
+    }
+    if embedded::ping(e.http_port) {
+        // Another edgewatch (the live sidecar, when this is a replay) runs it already, or
+        // another program holds the port: tell them apart before sending any secret.
+        embedded::listener_is_ours(e.http_port, &e.run_as)?;
+        let url = format!("http://127.0.0.1:{}", e.http_port);
+        let client = client_for(cfg, &url)?;
+        let user: String = tokio::time::timeout(
+            cfg.timeout,
+            client.query("SELECT currentUser()").fetch_one(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the embedded ClickHouse at {url} did not answer in time"))?
+        .with_context(|| format!("the ClickHouse at {url} does not accept edgewatch's secret ({}); not sending it rows", e.secret_file.display()))?;
+        anyhow::ensure!(
+            user == embedded::USER,
+            "the ClickHouse at {url} answered as user {user:?}, not {:?}; not sending it rows",
+            embedded::USER
+        );
         tracing::info!(%url, "using the embedded ClickHouse that is already running");
         return Ok((None, url));
     }
@@ -85,8 +106,13 @@ pub fn node_name(cfg: &StoreConfig) -> String {
     }
 }
 
-/// The user and password: from the environment or a file, never from arguments.
+/// The user and password: for the embedded server, its own user and the secret file; for a
+/// configured server, from the environment or a file, never from arguments.
 pub fn credentials(cfg: &StoreConfig) -> anyhow::Result<(String, Option<String>)> {
+    if cfg.url.is_empty() {
+        let secret = embedded::read_secret(&cfg.embedded.secret_file)?;
+        return Ok((embedded::USER.to_owned(), Some(secret)));
+    }
     let user = std::env::var("EDGEWATCH_CLICKHOUSE_USER").unwrap_or_else(|_| cfg.user.clone());
     if let Ok(p) = std::env::var("EDGEWATCH_CLICKHOUSE_PASSWORD") {
         return Ok((user, Some(p)));
@@ -127,7 +153,9 @@ pub fn start_embedded(cfg: &StoreConfig) -> anyhow::Result<embedded::EmbeddedSer
             library,
             data_dir: e.data_dir.clone(),
             http_port: e.http_port,
-            tcp_port: e.tcp_port,
+            secret_file: e.secret_file.clone(),
+            database: cfg.database.clone(),
+            run_as: e.run_as.clone(),
         },
         Duration::from_secs(120),
     )
@@ -156,6 +184,11 @@ impl Store {
     /// unreachable server is not an error: rows wait in the spool until it answers.
     pub async fn start(cfg: &StoreConfig) -> anyhow::Result<Self> {
         let node = node_name(cfg);
+        // The spool holds every row before ClickHouse has it: ours alone, checked before use.
+        if let Some(parent) = cfg.spool_dir.parent() {
+            embedded::ensure_private_dir(parent, 0o711)?;
+        }
+        embedded::ensure_private_dir(&cfg.spool_dir, 0o700)?;
         let spool = Spool::open(
             &cfg.spool_dir,
             SpoolLimits {
