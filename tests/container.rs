@@ -6,7 +6,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 
-use edgewatch::probe::caps::REQUIRED;
+use edgewatch::probe::caps::{EMBEDDED_STORE, REQUIRED};
 use support::{Lines, SocketHolder};
 
 /// Every capability this kernel knows, as capsh names them.
@@ -80,6 +80,34 @@ fn exactly_the_granted_capabilities_are_enough() {
         Some(4),
         "every probe attached: {ready}"
     );
+    // Once loaded it keeps only what watching needs (no store here, so no CAP_KILL; no
+    // CAP_DAC_READ_SEARCH either: not granted), in every thread, with no-new-privs.
+    assert_eq!(
+        ready["privileges"]["kept"],
+        serde_json::json!(["CAP_NET_ADMIN", "CAP_SYS_PTRACE"]),
+        "{ready}"
+    );
+    let want = (1u64 << 12) | (1u64 << 19);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("tasks");
+    let mut seen = 0;
+    for t in tasks {
+        let status = std::fs::read_to_string(t.expect("task").path().join("status"))
+            .unwrap_or_default();
+        if status.is_empty() {
+            continue;
+        }
+        seen += 1;
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        };
+        assert_eq!(field("CapEff:"), Some(want), "{status}");
+        assert_eq!(field("CapPrm:"), Some(want), "{status}");
+        assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    }
+    assert!(seen >= 2, "the runtime's threads were checked");
     // It works: a drift is seen within the second, with the process that opened it (which
     // takes CAP_SYS_PTRACE, the holder having more capabilities than the sidecar).
     let holder = SocketHolder::tcp("0.0.0.0", watched);
@@ -158,7 +186,13 @@ fn the_dockerfile_and_compose_example_match_the_code() {
         .iter()
         .map(|v| format!("CAP_{}", v.as_str().unwrap_or("")))
         .collect();
-    let needed: Vec<String> = REQUIRED.iter().map(|c| c.name.to_owned()).collect();
+    // The compose file runs the embedded store (no store.url): the probes' capabilities, then
+    // the store's.
+    let needed: Vec<String> = REQUIRED
+        .iter()
+        .chain(&EMBEDDED_STORE)
+        .map(|c| c.name.to_owned())
+        .collect();
     assert_eq!(
         granted, needed,
         "compose grants exactly what the sidecar checks for"

@@ -81,16 +81,14 @@ fn expand(sql: &str, v: &Values<'_>) -> String {
 }
 
 fn query(ch: &ClickHouse, db: &str, sql: &str) -> Vec<Value> {
-    let mut resp = ureq::post(&format!("{}/?database={db}", ch.url()))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(format!("{sql}\nFORMAT JSON"))
-        .expect("ClickHouse answers");
-    let status = resp.status();
-    let body = resp.body_mut().read_to_string().expect("body");
+    let (status, body) = ch.request(
+        &format!("{}/?database={db}", ch.url()),
+        &format!("{sql}\nFORMAT JSON"),
+        Some(edgewatch::store::embedded::USER),
+        Some(&ch.secret),
+    );
     assert!(
-        status.is_success(),
+        status == 200,
         "panel query failed ({status}):\n{sql}\n{body}"
     );
     let v: Value = serde_json::from_str(&body).expect("JSON result");
@@ -162,7 +160,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
         upstream.port(),
         state.path(),
         upstream.port(),
-        support::store::store_config(&ch.url(), db, spool.path())
+        ch.store_config(db, spool.path())
     ));
     sidecar.lines.wait_for("the store", |v| {
         v["type"] == "store" && v["event"] == "ready"

@@ -59,11 +59,11 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn client(url: &str, db: &str) -> clickhouse::Client {
+fn client(ch: &ClickHouse, db: &str) -> clickhouse::Client {
     Endpoint {
-        url: url.to_owned(),
-        user: "default".into(),
-        password: None,
+        url: ch.url(),
+        user: edgewatch::store::embedded::USER.into(),
+        password: Some(ch.secret.clone()),
         ca_file: None,
         timeout: Duration::from_secs(10),
     }
@@ -106,9 +106,9 @@ fn opts(db: &str) -> SchemaOptions {
 
 /// An access log (JSON lines, one garbage line) for the keep-alive capture's three requests,
 /// with the request ids the capture carries (read by a replay into a scratch database).
-fn keepalive_access_log(url: &str, spool: &Path) -> tempfile::NamedTempFile {
+fn keepalive_access_log(ch: &ClickHouse, spool: &Path) -> tempfile::NamedTempFile {
     let (_, plain, _) = replay_store(
-        &store_config(url, "t_roundtrip_probe", spool),
+        &ch.store_config("t_roundtrip_probe", spool),
         &[&support::fixture("keepalive.44379.pcap"), "--port", "44379"],
     );
     let http: Vec<&Value> = plain.iter().filter(|l| l["type"] == "http").collect();
@@ -135,12 +135,12 @@ fn keepalive_access_log(url: &str, spool: &Path) -> tempfile::NamedTempFile {
 fn native_and_rowbinary_store_the_same_rows() {
     let ch = support::store::shared();
     let spool = tempfile::tempdir().unwrap();
-    let log = keepalive_access_log(&ch.url(), spool.path());
+    let log = keepalive_access_log(ch, spool.path());
     for (db, format) in [("t_fmt_native", "native"), ("t_fmt_rowbinary", "rowbinary")] {
         let spool = tempfile::tempdir().unwrap();
         let config = format!(
             "{}ttl_days = 0\nformat = {format:?}\n",
-            store_config(&ch.url(), db, spool.path())
+            ch.store_config(db, spool.path())
         );
         let log_path = log.path().to_str().unwrap();
         for (capture, port) in [
@@ -185,7 +185,7 @@ fn hop_edge_and_joined_records_round_trip() {
     let spool = tempfile::tempdir().unwrap();
     let config = format!(
         "{}ttl_days = 0\n",
-        store_config(&ch.url(), db, spool.path())
+        ch.store_config(db, spool.path())
     );
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_http: Option<Value> = None;
@@ -214,7 +214,7 @@ fn hop_edge_and_joined_records_round_trip() {
         }
     }
     // The keep-alive capture with an access log whose lines carry its request ids.
-    let log = keepalive_access_log(&ch.url(), spool.path());
+    let log = keepalive_access_log(ch, spool.path());
     let (code, lines, err) = replay_store(
         &config,
         &[
@@ -353,11 +353,11 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
-fn run_config(ch_url: &str, db: &str, spool: &Path) -> String {
+/// A live sidecar's config around a `[store]` section.
+fn run_config(store: &str) -> String {
     format!(
         "[hop]\nenabled = false\n[nat]\nenabled = false\n[exposure]\nrescan_interval = \"1h\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n{}snapshot_interval = \"1h\"\n",
-        store_config(ch_url, db, spool)
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{store}snapshot_interval = \"1h\"\n"
     )
 }
 
@@ -368,7 +368,7 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     let spool = tempfile::tempdir().unwrap();
     let watched = support::free_port();
     let dead = support::free_port();
-    let config = run_config(&ch.url(), db, spool.path())
+    let config = run_config(&ch.store_config(db, spool.path()))
         .replace(
             "[exposure]\n",
             &format!("[exposure]\nwatched_ports = [{watched}]\n"),
@@ -454,7 +454,7 @@ fn an_outage_delays_rows_but_delivers_each_exactly_once() {
     let mut ch = ClickHouse::start();
     let db = "t_outage";
     let spool = tempfile::tempdir().unwrap();
-    let mut sidecar = Sidecar::start(&run_config(&ch.url(), db, spool.path()));
+    let mut sidecar = Sidecar::start(&run_config(&ch.store_config(db, spool.path())));
     sidecar.lines.wait_for("the store ready line", |v| {
         v["type"] == "store" && v["event"] == "ready"
     });
@@ -504,7 +504,7 @@ fn kill_9_mid_run_loses_nothing_and_doubles_nothing() {
     let ch = support::store::shared();
     let db = "t_kill9";
     let spool = tempfile::tempdir().unwrap();
-    let config = run_config(&ch.url(), db, spool.path());
+    let config = run_config(&ch.store_config(db, spool.path()));
     let mut first = Sidecar::start(&config);
     for _ in 0..10 {
         bounce_listener(&mut first, support::free_port());
@@ -552,7 +552,7 @@ fn a_retried_batch_is_stored_once() {
         ("t_dedup_rowbinary", WireFormat::RowBinary),
     ] {
         rt.block_on(async {
-            let c = client(&ch.url(), db);
+            let c = client(ch, db);
             ship::prepare(&c, &opts(db), "test").await.unwrap();
             let rows = |n: u16| -> Vec<AnyRow> {
                 (0..n)
@@ -588,8 +588,8 @@ fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
     let db = "t_migrate";
     let rt = runtime();
     rt.block_on(async {
-        let a = client(&ch.url(), db);
-        let b = client(&ch.url(), db);
+        let a = client(ch, db);
+        let b = client(ch, db);
         let o = opts(db);
         let (ra, rb) = tokio::join!(ship::prepare(&a, &o, "a"), ship::prepare(&b, &o, "b"));
         ra.unwrap();
@@ -614,7 +614,7 @@ fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
     rt.block_on(async {
         let mut o = opts(db);
         o.ttl_days = 7;
-        ship::prepare(&client(&ch.url(), db), &o, "a")
+        ship::prepare(&client(ch, db), &o, "a")
             .await
             .unwrap();
     });
@@ -653,7 +653,7 @@ fn a_schema_mismatch_is_a_clear_error_at_start() {
     let ch = support::store::shared();
     let db = "t_mismatch";
     let spool = tempfile::tempdir().unwrap();
-    let config = store_config(&ch.url(), db, spool.path());
+    let config = ch.store_config(db, spool.path());
     let (code, _, err) = replay_store(
         &config,
         &[&support::fixture("refused.43527.pcap"), "--port", "43527"],
@@ -681,7 +681,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
     let spool_dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     rt.block_on(async {
-        let c = client(&ch.url(), db);
+        let c = client(ch, db);
         ship::prepare(&c, &opts(db), "test").await.unwrap();
         let mut spool = edgewatch::store::spool::Spool::open(
             spool_dir.path(),
@@ -952,8 +952,8 @@ fn https_with_a_private_ca_from_the_config() {
     let url = format!("https://127.0.0.1:{}", proxy.port);
     let endpoint = |ca: Option<std::path::PathBuf>| Endpoint {
         url: url.clone(),
-        user: "default".into(),
-        password: None,
+        user: edgewatch::store::embedded::USER.into(),
+        password: Some(ch.secret.clone()),
         ca_file: ca,
         timeout: Duration::from_secs(10),
     };
@@ -1091,7 +1091,7 @@ fn live_spool_overflow_is_reported_not_silent() {
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let config = format!(
         "{}batch_rows = 1\nbatch_bytes = 4096\nspool_max_bytes = 4096\n",
-        run_config(&dead, "t_overflow", spool.path())
+        run_config(&store_config(&dead, "t_overflow", spool.path()))
             .replace("timeout = \"10s\"", "timeout = \"1s\"")
     );
     let mut sidecar = Sidecar::start(&config);

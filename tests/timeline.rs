@@ -53,7 +53,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
     // Recorded rows keep their recording time: no TTL, so none is dropped as old.
     let config = config_file(&format!(
         "{}ttl_days = 0\n[alerts.timeout_disconnect]\nmin_sessions = 1\n",
-        support::store::store_config(&ch.url(), db, spool.path())
+        ch.store_config(db, spool.path())
     ));
     let pcap = support::fixture("idle_timeout.35057.pcap");
     let offline: Value = serde_json::from_str(&edgewatch(
@@ -128,7 +128,7 @@ fn live_exposure_drift_reads_back_in_order_with_its_cause() {
     let spool = tempfile::tempdir().expect("spool");
     let db = "t_timeline_live";
     let watched = support::free_port();
-    let store = support::store::store_config(&ch.url(), db, spool.path());
+    let store = ch.store_config(db, spool.path());
     let mut sidecar = Sidecar::start(&format!(
         "[hop]\nenabled = false\n[nat]\nenabled = false\n\
          [exposure]\nwatched_ports = [{watched}]\nrescan_interval = \"1h\"\n\

@@ -72,9 +72,16 @@ fn batch_rows() -> u64 {
     StoreConfig::default().batch_rows
 }
 
-fn store_config(url: &str, db: &str, spool: &std::path::Path) -> StoreConfig {
+fn store_config(
+    server: &support::store::ClickHouse,
+    url: &str,
+    db: &str,
+    spool: &std::path::Path,
+) -> StoreConfig {
     StoreConfig {
         url: url.to_owned(),
+        user: edgewatch::store::embedded::USER.to_owned(),
+        password_file: Some(server.secret_file()),
         database: db.to_owned(),
         spool_dir: spool.to_owned(),
         spool_max_bytes: 8 << 30,
@@ -133,12 +140,12 @@ fn main() {
             _ => unreachable!(),
         })
         .collect();
-    let raw_db = "bench_raw";
+    let raw_db = "t_bench_raw";
     let (raw, raw_native) = rt.block_on(async {
         let client = Endpoint {
             url: url.clone(),
-            user: "default".into(),
-            password: None,
+            user: edgewatch::store::embedded::USER.into(),
+            password: Some(server.secret.clone()),
             ca_file: None,
             timeout: Duration::from_secs(30),
         }
@@ -156,7 +163,7 @@ fn main() {
         let rowbinary = started.elapsed();
         // The same rows as the crate's Native blocks, built ahead (the format the store uses
         // on loopback).
-        let native_db = "bench_raw_native";
+        let native_db = "t_bench_raw_native";
         let native_client = client.clone().with_database(native_db);
         prepare(&native_client, native_db, node).await;
         let blocks: Vec<_> = rows
@@ -177,17 +184,17 @@ fn main() {
         RECORDS as u64
     );
     assert_eq!(
-        server.count("SELECT count() FROM bench_raw_native.http_exchanges"),
+        server.count("SELECT count() FROM t_bench_raw_native.http_exchanges"),
         RECORDS as u64
     );
     let raw_rate = RECORDS as f64 / raw.as_secs_f64();
     let raw_native_rate = RECORDS as f64 / raw_native.as_secs_f64();
 
     // 2. End to end through the store.
-    let e2e_db = "bench_e2e";
+    let e2e_db = "t_bench_e2e";
     let spool = tempfile::tempdir().unwrap();
     let (e2e, format) = rt.block_on(async {
-        let mut store = Store::start(&store_config(&url, e2e_db, spool.path()))
+        let mut store = Store::start(&store_config(&server, &url, e2e_db, spool.path()))
             .await
             .unwrap();
         let started = Instant::now();
@@ -203,11 +210,11 @@ fn main() {
     let e2e_rate = RECORDS as f64 / e2e.as_secs_f64();
 
     // 3. Spooled during an outage (nothing listens on the URL), then drained.
-    let drain_db = "bench_drain";
+    let drain_db = "t_bench_drain";
     let spool = tempfile::tempdir().unwrap();
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let (spool_time, drain) = rt.block_on(async {
-        let mut store = Store::start(&store_config(&dead, drain_db, spool.path()))
+        let mut store = Store::start(&store_config(&server, &dead, drain_db, spool.path()))
             .await
             .unwrap();
         let started = Instant::now();
@@ -216,7 +223,7 @@ fn main() {
         let totals = store.shutdown(Duration::from_secs(5)).await;
         assert_eq!(totals.backlog_rows, RECORDS as u64, "{totals:?}");
         let started = Instant::now();
-        let store = Store::start(&store_config(&url, drain_db, spool.path()))
+        let store = Store::start(&store_config(&server, &url, drain_db, spool.path()))
             .await
             .unwrap();
         let totals = store.shutdown(Duration::from_secs(600)).await;

@@ -568,6 +568,8 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
 
 #[derive(Serialize)]
 struct ReadyDetail<'a> {
+    /// The capabilities the running sidecar kept after loading the probes.
+    privileges: &'a crate::probe::caps::Kept,
     probes: &'a [String],
     kernel: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -601,7 +603,8 @@ pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize>
 
 /// `edgewatch run`: load the probes, print the inventory, then watch until SIGINT/SIGTERM.
 pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
-    crate::probe::caps::require()?;
+    let embedded_store = config.store.enabled && config.store.url.is_empty();
+    crate::probe::caps::require(embedded_store)?;
     let metrics = Arc::new(Metrics::new());
     let mut watch = Watch::new(&config, printer, metrics.clone());
     watch.start_webhooks(&config)?;
@@ -621,6 +624,11 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     watch.ws_flows = streams.ws_flows;
     // What this kernel offers, and every fallback, said before anything else.
     watch.printer.status("kernel", &kernel.summary(), &kernel);
+    // Loaded: from here on the sidecar keeps only what watching needs, in every thread.
+    let kept = crate::probe::caps::drop_unneeded(crate::probe::caps::needed_after_load(
+        watch.store.as_ref().is_some_and(Store::runs_embedded),
+    ))
+    .context("dropping the capabilities the running sidecar no longer needs")?;
 
     watch.rescan()?;
     if config.nat.enabled {
@@ -670,13 +678,15 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     watch.printer.status(
         "ready",
         &format!(
-            "watching ports {:?}; {} exposure(s); probes: {}; metrics: {}",
+            "watching ports {:?}; {} exposure(s); probes: {}; metrics: {}; {}",
             config.exposure.watched_ports,
             exposures.len(),
             attached.join(", "),
-            metrics_addr.as_deref().unwrap_or("off")
+            metrics_addr.as_deref().unwrap_or("off"),
+            kept.summary()
         ),
         &ReadyDetail {
+            privileges: &kept,
             probes: &attached,
             kernel: &kernel.release,
             metrics: metrics_addr,

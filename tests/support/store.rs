@@ -1,7 +1,10 @@
 //! A real ClickHouse 26.7 for the tests: the same embedded server edgewatch runs by default
-//! (`edgewatch embedded-clickhouse`, the chDB build fetched once into the cache), on free
-//! loopback ports with a data directory of its own. Each test uses its own database.
+//! (`edgewatch embedded-clickhouse`, the chDB build fetched once into the cache), locked down
+//! the same way (a secret, user `edgewatch`, an unprivileged account), on a free loopback port
+//! with a data directory of its own. Each test uses its own database, named `t_*`: the
+//! `edgewatch` user of these servers may use any database with that prefix.
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::OnceLock,
@@ -26,23 +29,44 @@ pub fn library() -> PathBuf {
     embedded::ensure_library(Path::new(CACHE_DIR)).expect("fetching ClickHouse for the tests")
 }
 
+/// The account the tests' servers run as (the default of `store.embedded.run_as`).
+pub const RUN_AS: &str = "edgewatch-ch";
+
 pub struct ClickHouse {
     child: Option<Child>,
     pub http_port: u16,
-    pub tcp_port: u16,
     pub dir: tempfile::TempDir,
+    /// The password of user `edgewatch`.
+    pub secret: String,
 }
 
 impl ClickHouse {
     pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Traversable by the server's account, as /var/lib/edgewatch is.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let secret = embedded::load_or_create_secret(&dir.path().join("secret")).unwrap();
         let mut ch = Self {
             child: None,
             http_port: free_port(),
-            tcp_port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            secret,
         };
         ch.spawn();
         ch
+    }
+
+    pub fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("secret")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn spawn(&mut self) {
@@ -52,11 +76,14 @@ impl ClickHouse {
             .arg("--library")
             .arg(library())
             .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
+            .arg(self.data_dir())
             .args(["--http-port", &self.http_port.to_string()])
-            .args(["--tcp-port", &self.tcp_port.to_string()])
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .args(["--database", "t_*", "--run-as", RUN_AS])
             // Stops with the test process.
-            .env("EDGEWATCH_PARENT_PID", std::process::id().to_string())
+            .args(["--parent-pid", &std::process::id().to_string()])
+            .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -85,27 +112,61 @@ impl ClickHouse {
         }
     }
 
-    /// Starts it again on the same ports and data.
+    /// Starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
     }
 
-    /// Runs a query and returns its TabSeparated output.
+    /// Runs a query as user `edgewatch` and returns its TabSeparated output.
     pub fn query(&self, sql: &str) -> String {
-        let mut resp = ureq::post(&self.url())
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .send(sql)
-            .unwrap();
-        let status = resp.status();
-        let body = resp.body_mut().read_to_string().unwrap();
+        let (status, body) = self.try_query(sql, Some(embedded::USER), Some(&self.secret));
         assert!(
-            status.is_success(),
+            status == 200,
             "query failed ({status}): {sql}\n{body}"
         );
         body
+    }
+
+    /// Runs a query with the given credentials (X-ClickHouse-User/Key when given) and
+    /// returns the status and body, whatever they are.
+    pub fn try_query(&self, sql: &str, user: Option<&str>, key: Option<&str>) -> (u16, String) {
+        self.request(&self.url(), sql, user, key)
+    }
+
+    /// POSTs `sql` to `url` (which may carry a query string) with the given credentials.
+    pub fn request(
+        &self,
+        url: &str,
+        sql: &str,
+        user: Option<&str>,
+        key: Option<&str>,
+    ) -> (u16, String) {
+        let mut req = ureq::post(url)
+            .config()
+            .http_status_as_error(false)
+            .build();
+        if let Some(u) = user {
+            req = req.header("X-ClickHouse-User", u);
+        }
+        if let Some(k) = key {
+            req = req.header("X-ClickHouse-Key", k);
+        }
+        let mut resp = req.send(sql).unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap();
+        (status, body)
+    }
+
+    /// A `[store]` section for this server (user `edgewatch`, the password from its file),
+    /// database and spool, with small, quick batches.
+    pub fn store_config(&self, database: &str, spool: &Path) -> String {
+        format!(
+            "{}user = {:?}\npassword_file = {:?}\n",
+            store_config(&self.url(), database, spool),
+            embedded::USER,
+            self.secret_file().display().to_string()
+        )
     }
 
     /// A single number.

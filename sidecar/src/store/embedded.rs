@@ -562,7 +562,7 @@ pub fn users_xml(password_sha256_hex: &str, database: &str) -> String {
             <access_management>0</access_management>
             <named_collection_control>0</named_collection_control>
             <grants>
-                <query>GRANT SELECT, INSERT, ALTER TABLE, CREATE DATABASE, CREATE TABLE, CREATE VIEW, OPTIMIZE ON {database}.*</query>
+                <query>GRANT SELECT, INSERT, ALTER TABLE, CREATE DATABASE, CREATE TABLE, CREATE VIEW, DROP TABLE, DROP VIEW, OPTIMIZE ON {database}.*</query>
                 <query>GRANT TABLE ENGINE ON MergeTree</query>
                 <query>GRANT TABLE ENGINE ON ReplacingMergeTree</query>
                 <query>GRANT TABLE ENGINE ON MaterializedView</query>

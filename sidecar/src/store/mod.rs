@@ -185,9 +185,6 @@ impl Store {
     pub async fn start(cfg: &StoreConfig) -> anyhow::Result<Self> {
         let node = node_name(cfg);
         // The spool holds every row before ClickHouse has it: ours alone, checked before use.
-        if let Some(parent) = cfg.spool_dir.parent() {
-            embedded::ensure_private_dir(parent, 0o711)?;
-        }
         embedded::ensure_private_dir(&cfg.spool_dir, 0o700)?;
         let spool = Spool::open(
             &cfg.spool_dir,
@@ -256,6 +253,11 @@ impl Store {
             url,
             format,
         })
+    }
+
+    /// Whether this store runs the embedded server (a child edgewatch stops at the end).
+    pub fn runs_embedded(&self) -> bool {
+        self.embedded.is_some()
     }
 
     fn push(&mut self, row: AnyRow) {
