@@ -938,6 +938,34 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
+        for (url, named) in [
+            ("https://ch.example:8443/?user=ew&password=hunter2", "?password="),
+            ("https://ch.example:8443/?PASSWORD=hunter2", "?password="),
+            ("https://ch.example:8443/?access_token=hunter2", "token"),
+            ("https://default@ch.example:8443/", "user:password@"),
+        ] {
+            let err = parse(&format!("[store]\nurl = {url:?}"))
+                .expect_err(url)
+                .to_string();
+            assert!(err.contains("store.url") && err.contains(named), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert!(parse("[store]\nurl = \"https://ch.example:8443/?database=ew\"").is_ok());
+    }
+
+    #[test]
+    fn embedded_store_keys_are_checked() {
+        for (text, key) in [
+            ("[store.embedded]\nrun_as = \"root\"", "store.embedded.run_as"),
+            ("[store.embedded]\nsecret_file = \"secret\"", "store.embedded.secret_file"),
+            ("[store.embedded]\nhttp_port = 0", "store.embedded.http_port"),
+        ] {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        // An older config's tcp_port still loads (a warning at start says it is unused).
+        let c = parse("[store.embedded]\ntcp_port = 19000").expect("old key accepted");
+        assert_eq!(c.store.embedded.tcp_port, Some(19000));
     }
 
     #[test]

@@ -656,12 +656,10 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     };
     let mut tailers: Vec<Tailer> = Vec::new();
     if !config.edge.access_logs.is_empty() {
-        std::fs::create_dir_all(&config.edge.state_dir).with_context(|| {
-            format!(
-                "creating edge.state_dir {}",
-                config.edge.state_dir.display()
-            )
-        })?;
+        // The log checkpoints: ours alone, checked before use (traversable: the embedded
+        // store's data directory may live under the same state directory).
+        crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711)
+            .context("edge.state_dir")?;
         for path in &config.edge.access_logs {
             let name = path.to_string_lossy().replace('/', "_");
             let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));

@@ -279,7 +279,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::CheckConfig { config } => {
-            let config = load_config(config.as_ref())?;
+            let mut config = load_config(config.as_ref())?;
+            // Printed, so with the webhooks' secrets hidden (tokens in paths and queries).
+            for w in &mut config.alerts.webhooks {
+                w.url = w.display_url();
+            }
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -73,6 +73,39 @@ impl Default for WebhookConfig {
     }
 }
 
+/// A URL with its secrets hidden: `user:password@`, the whole query string, the fragment, and
+/// every path segment that does not look like a plain word. Chat and incident webhooks carry
+/// their token in the path (`/services/T0/B0/XXXX`, `/api/webhooks/ID/TOKEN`): a segment is
+/// kept only when it is short lowercase text with few digits (`api`, `v2`, `alerts`).
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "(an unparsable URL)".to_owned();
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = url.set_password(None);
+        let _ = url.set_username("REDACTED");
+    }
+    if url.query().is_some() {
+        url.set_query(Some("REDACTED"));
+    }
+    url.set_fragment(None);
+    let plain = |seg: &str| {
+        seg.len() <= 20
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+            && seg.bytes().filter(u8::is_ascii_digit).count() <= 4
+    };
+    let path: Option<Vec<String>> = url.path_segments().map(|segs| {
+        segs.map(|seg| if plain(seg) { seg.to_owned() } else { "REDACTED".to_owned() })
+            .collect()
+    });
+    if let Some(path) = path {
+        url.set_path(&path.join("/"));
+    }
+    url.to_string()
+}
+
 impl WebhookConfig {
     /// Checks what can be checked without I/O; the error names the problem.
     pub fn check(&self) -> Result<(), String> {
@@ -99,19 +132,10 @@ impl WebhookConfig {
         Ok(())
     }
 
-    /// The URL with credentials and any query string hidden (for messages).
+    /// The URL with its secrets hidden (for every message and printout): credentials, the
+    /// query string, and path segments that look like tokens (see [`redact_url`]).
     pub fn display_url(&self) -> String {
-        let mut url = match self.url.split_once('?') {
-            Some((base, _)) => format!("{base}?REDACTED"),
-            None => self.url.clone(),
-        };
-        if let Some((scheme, rest)) = url.split_once("://") {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            if let Some(at) = rest[..end].rfind('@') {
-                url = format!("{scheme}://REDACTED@{}", &rest[at + 1..]);
-            }
-        }
-        url
+        redact_url(&self.url)
     }
 
     /// The bearer token, from the environment or the file.
@@ -511,6 +535,25 @@ mod tests {
             c("https://user:pw@hooks.example/x").display_url(),
             "https://REDACTED@hooks.example/x"
         );
+        // Tokens in the path, as chat and incident webhooks carry them.
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T0AB12CD3/B0ABCDEF1/Xy12AbCdEfGhIjKlMnOpQrSt"),
+            "https://hooks.slack.com/services/REDACTED/REDACTED/REDACTED"
+        );
+        assert_eq!(
+            redact_url("https://discord.com/api/webhooks/123456789012345678/abc-DEF_ghi"),
+            "https://discord.com/api/webhooks/REDACTED/REDACTED"
+        );
+        assert_eq!(
+            redact_url("https://events.example/v2/enqueue/0123456789abcdef0123456789abcdef"),
+            "https://events.example/v2/enqueue/REDACTED"
+        );
+        // Plain paths stay readable.
+        assert_eq!(
+            redact_url("http://127.0.0.1:9093/api/v2/alerts"),
+            "http://127.0.0.1:9093/api/v2/alerts"
+        );
+        assert_eq!(redact_url("not a url"), "(an unparsable URL)");
     }
 
     #[test]

@@ -629,6 +629,11 @@ impl EmbeddedServer {
             // Traversable (the server's user reaches its data directory through it), not
             // listable, writable by root only.
             ensure_private_dir(parent, 0o711)?;
+            let mode = std::fs::metadata(parent)?.mode() & 0o7777;
+            if mode & 0o011 != 0o011 {
+                std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o011))
+                    .with_context(|| format!("making {} traversable", parent.display()))?;
+            }
         }
         let log = log_path(&o.data_dir);
         let log_file = std::fs::OpenOptions::new()
