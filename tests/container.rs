@@ -91,8 +91,8 @@ fn exactly_the_granted_capabilities_are_enough() {
     let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("tasks");
     let mut seen = 0;
     for t in tasks {
-        let status = std::fs::read_to_string(t.expect("task").path().join("status"))
-            .unwrap_or_default();
+        let status =
+            std::fs::read_to_string(t.expect("task").path().join("status")).unwrap_or_default();
         if status.is_empty() {
             continue;
         }

@@ -183,10 +183,7 @@ fn hop_edge_and_joined_records_round_trip() {
     let ch = support::store::shared();
     let db = "t_roundtrip";
     let spool = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{}ttl_days = 0\n",
-        ch.store_config(db, spool.path())
-    );
+    let config = format!("{}ttl_days = 0\n", ch.store_config(db, spool.path()));
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_http: Option<Value> = None;
     // Every incident of the hop fixtures, each replayed into the same database.
@@ -614,9 +611,7 @@ fn migrations_are_idempotent_and_safe_from_two_sidecars_at_once() {
     rt.block_on(async {
         let mut o = opts(db);
         o.ttl_days = 7;
-        ship::prepare(&client(ch, db), &o, "a")
-            .await
-            .unwrap();
+        ship::prepare(&client(ch, db), &o, "a").await.unwrap();
     });
     let engine = ch.query(&format!(
         "SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 'alerts' FORMAT TSV"

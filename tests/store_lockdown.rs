@@ -4,6 +4,10 @@
 //! unprivileged with an empty environment, a foreign listener on its port gets neither the
 //! secret nor rows, a corrupted library is refused before it is loaded, and a data directory
 //! an earlier (root-run) edgewatch left is handed over without losing rows.
+#![allow(
+    clippy::unwrap_used,
+    reason = "integration tests: a panic is the failure"
+)]
 mod support;
 
 use std::{
@@ -39,7 +43,11 @@ fn assert_unprivileged(pid: u32, data_dir: &Path, secret: &str) {
     for gid in status_field(&status, "Gid:").split_whitespace() {
         assert_ne!(gid, "0", "{status}");
     }
-    assert_eq!(status_field(&status, "Groups:"), "", "no supplementary groups");
+    assert_eq!(
+        status_field(&status, "Groups:"),
+        "",
+        "no supplementary groups"
+    );
     for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
         assert_eq!(
             status_field(&status, set),
@@ -83,7 +91,10 @@ fn assert_refused_without_the_secret(ch_url: &str, request: impl Fn(&str, &str) 
         for (how, url) in [
             ("no credentials", ch_url.to_owned()),
             ("?user=default", format!("{ch_url}/?user=default&password=")),
-            ("?user=edgewatch without password", format!("{ch_url}/?user={USER}")),
+            (
+                "?user=edgewatch without password",
+                format!("{ch_url}/?user={USER}"),
+            ),
         ] {
             let (status, body) = request(&url, sql);
             assert_eq!(status, 403, "{how}: {sql}: {body}");
@@ -203,9 +214,18 @@ fn with_the_secret_there_is_no_way_out_of_the_tables() {
         ("SYSTEM SHUTDOWN".into(), "SYSTEM SHUTDOWN"),
         ("SYSTEM STOP LISTEN HTTP".into(), "SYSTEM LISTEN"),
         ("SYSTEM DROP DNS CACHE".into(), "SYSTEM DROP DNS CACHE"),
-        ("SELECT * FROM system.users".into(), "SELECT ON system.users"),
-        ("SELECT * FROM system.processes".into(), "SELECT ON system.processes"),
-        ("CREATE USER intruder IDENTIFIED BY 'x'".into(), "CREATE USER"),
+        (
+            "SELECT * FROM system.users".into(),
+            "SELECT ON system.users",
+        ),
+        (
+            "SELECT * FROM system.processes".into(),
+            "SELECT ON system.processes",
+        ),
+        (
+            "CREATE USER intruder IDENTIFIED BY 'x'".into(),
+            "CREATE USER",
+        ),
         ("GRANT ALL ON *.* TO edgewatch".into(), "GRANT"),
         ("CREATE DATABASE other".into(), "CREATE DATABASE ON other"),
     ];
@@ -216,7 +236,10 @@ fn with_the_secret_there_is_no_way_out_of_the_tables() {
     }
     assert!(!out.exists(), "a file was written through the server");
     // Still serving after all that.
-    assert_eq!(ch.query(&format!("SELECT count() FROM {db}.own")).trim(), "1");
+    assert_eq!(
+        ch.query(&format!("SELECT count() FROM {db}.own")).trim(),
+        "1"
+    );
 }
 
 #[test]
@@ -251,7 +274,12 @@ fn a_corrupted_library_is_refused_before_it_is_loaded() {
         .args(["--http-port", &port.to_string()])
         .arg("--secret-file")
         .arg(&secret)
-        .args(["--database", "edgewatch", "--run-as", support::store::RUN_AS])
+        .args([
+            "--database",
+            "edgewatch",
+            "--run-as",
+            support::store::RUN_AS,
+        ])
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -289,7 +317,11 @@ fn a_root_owned_data_directory_is_handed_over_without_losing_rows() {
         .args(["-user", "root"])
         .output()
         .expect("find");
-    assert_eq!(String::from_utf8_lossy(&found.stdout), "", "root-owned entries left");
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout),
+        "",
+        "root-owned entries left"
+    );
 }
 
 /// A config for the default store (no `url`) in `dir`, on `port`.
@@ -318,9 +350,9 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
     let watched = support::free_port();
     let config = default_store_config(dir.path(), port, watched);
     let mut sidecar = Sidecar::start(&config);
-    sidecar
-        .lines
-        .wait_for("the store", |v| v["type"] == "store" && v["event"] == "ready");
+    sidecar.lines.wait_for("the store", |v| {
+        v["type"] == "store" && v["event"] == "ready"
+    });
     // The secret was made on first start: root's alone.
     let secret_file = dir.path().join("state/clickhouse.secret");
     let meta = std::fs::metadata(&secret_file).expect("secret file");
@@ -351,7 +383,12 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
     let kept = &sidecar.ready["privileges"]["kept"];
     assert_eq!(
         kept,
-        &serde_json::json!(["CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]),
+        &serde_json::json!([
+            "CAP_DAC_READ_SEARCH",
+            "CAP_KILL",
+            "CAP_NET_ADMIN",
+            "CAP_SYS_PTRACE"
+        ]),
         "{}",
         sidecar.ready
     );
@@ -384,7 +421,13 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
     let wait_rows = std::time::Instant::now();
     let timeline = loop {
         let out = Command::new(support::edgewatch_bin())
-            .args(["timeline", "--since", "-10m", "--port", &watched.to_string()])
+            .args([
+                "timeline",
+                "--since",
+                "-10m",
+                "--port",
+                &watched.to_string(),
+            ])
             .args(["--format", "json", "--config"])
             .arg(cfg.path())
             .output()
@@ -419,7 +462,8 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
 
     // A foreign program on the embedded port (root's, not the server's account): it answers
     // /ping like ClickHouse, and would log any request it gets.
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free again");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -434,7 +478,9 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
                 head.push_str(&line);
             }
             let _ = tx.send(head);
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nOk.\n");
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nOk.\n",
+            );
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest);
         }
@@ -448,7 +494,10 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("held by another program"), "{stderr}");
-    assert!(stderr.contains("not sending it the secret or any rows"), "{stderr}");
+    assert!(
+        stderr.contains("not sending it the secret or any rows"),
+        "{stderr}"
+    );
     let heads: Vec<String> = rx.try_iter().collect();
     assert!(
         heads.iter().all(|h| h.starts_with("GET /ping")),

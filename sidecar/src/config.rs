@@ -407,13 +407,12 @@ pub fn url_credentials(raw: &str) -> Option<&'static str> {
     if !url.username().is_empty() || url.password().is_some() {
         return Some("user:password@");
     }
-    url.query_pairs().find_map(|(k, _)| {
-        match k.to_ascii_lowercase().as_str() {
+    url.query_pairs()
+        .find_map(|(k, _)| match k.to_ascii_lowercase().as_str() {
             "password" | "pass" | "passwd" => Some("?password="),
             "token" | "access_token" | "key" | "api_key" | "apikey" => Some("a token parameter"),
             _ => None,
-        }
-    })
+        })
 }
 
 impl Config {
@@ -939,7 +938,10 @@ mod tests {
         );
         assert!(!err.contains("hunter2"), "{err}");
         for (url, named) in [
-            ("https://ch.example:8443/?user=ew&password=hunter2", "?password="),
+            (
+                "https://ch.example:8443/?user=ew&password=hunter2",
+                "?password=",
+            ),
             ("https://ch.example:8443/?PASSWORD=hunter2", "?password="),
             ("https://ch.example:8443/?access_token=hunter2", "token"),
             ("https://default@ch.example:8443/", "user:password@"),
@@ -956,9 +958,18 @@ mod tests {
     #[test]
     fn embedded_store_keys_are_checked() {
         for (text, key) in [
-            ("[store.embedded]\nrun_as = \"root\"", "store.embedded.run_as"),
-            ("[store.embedded]\nsecret_file = \"secret\"", "store.embedded.secret_file"),
-            ("[store.embedded]\nhttp_port = 0", "store.embedded.http_port"),
+            (
+                "[store.embedded]\nrun_as = \"root\"",
+                "store.embedded.run_as",
+            ),
+            (
+                "[store.embedded]\nsecret_file = \"secret\"",
+                "store.embedded.secret_file",
+            ),
+            (
+                "[store.embedded]\nhttp_port = 0",
+                "store.embedded.http_port",
+            ),
         ] {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(key), "{err}");

@@ -29,7 +29,9 @@ const EXIT_DRIFT: u8 = 3;
         wildcard or public addresses, and ports Docker publishes through netfilter DNAT with no \
         socket at all) and alerts within a second when the Gateway's port (18789 by default) \
         drifts off loopback.\n\nRun it as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and \
-        CAP_SYS_PTRACE) in the host's network and PID namespaces.",
+        CAP_SYS_PTRACE, plus CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL for the embedded \
+        store) in the host's network and PID namespaces; once the probes are loaded it keeps \
+        only what watching needs.",
     after_help = "Logs go to stderr; set EDGEWATCH_LOG (e.g. debug) to change their level."
 )]
 struct Cli {
@@ -52,7 +54,8 @@ enum Command {
     /// Load the kernel probes and watch live: print the exposure inventory, then one line per
     /// change and an alert line when a drift starts or ends, and the hop's records. Every
     /// record also goes to ClickHouse (`[store]`): by default a local ClickHouse 26.7 that
-    /// edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123 and stops; set `store.url`
+    /// edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123 (password-protected, see
+    /// the README's "The embedded store") and stops; set `store.url`
     /// for your own server, `store.enabled = false` for none. Stops on SIGINT/SIGTERM.
     Run(Common),
     /// Print the classified exposure inventory once and exit (no BPF needed). Exit status 0:

@@ -121,10 +121,7 @@ impl ClickHouse {
     /// Runs a query as user `edgewatch` and returns its TabSeparated output.
     pub fn query(&self, sql: &str) -> String {
         let (status, body) = self.try_query(sql, Some(embedded::USER), Some(&self.secret));
-        assert!(
-            status == 200,
-            "query failed ({status}): {sql}\n{body}"
-        );
+        assert!(status == 200, "query failed ({status}): {sql}\n{body}");
         body
     }
 
@@ -142,10 +139,7 @@ impl ClickHouse {
         user: Option<&str>,
         key: Option<&str>,
     ) -> (u16, String) {
-        let mut req = ureq::post(url)
-            .config()
-            .http_status_as_error(false)
-            .build();
+        let mut req = ureq::post(url).config().http_status_as_error(false).build();
         if let Some(u) = user {
             req = req.header("X-ClickHouse-User", u);
         }

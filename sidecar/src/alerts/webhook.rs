@@ -97,8 +97,14 @@ pub fn redact_url(raw: &str) -> String {
             && seg.bytes().filter(u8::is_ascii_digit).count() <= 4
     };
     let path: Option<Vec<String>> = url.path_segments().map(|segs| {
-        segs.map(|seg| if plain(seg) { seg.to_owned() } else { "REDACTED".to_owned() })
-            .collect()
+        segs.map(|seg| {
+            if plain(seg) {
+                seg.to_owned()
+            } else {
+                "REDACTED".to_owned()
+            }
+        })
+        .collect()
     });
     if let Some(path) = path {
         url.set_path(&path.join("/"));
@@ -537,7 +543,9 @@ mod tests {
         );
         // Tokens in the path, as chat and incident webhooks carry them.
         assert_eq!(
-            redact_url("https://hooks.slack.com/services/T0AB12CD3/B0ABCDEF1/Xy12AbCdEfGhIjKlMnOpQrSt"),
+            redact_url(
+                "https://hooks.slack.com/services/T0AB12CD3/B0ABCDEF1/Xy12AbCdEfGhIjKlMnOpQrSt"
+            ),
             "https://hooks.slack.com/services/REDACTED/REDACTED/REDACTED"
         );
         assert_eq!(

@@ -125,15 +125,47 @@ pub fn require(embedded_store: bool) -> anyhow::Result<()> {
 /// The name of a capability bit, as the kernel's headers spell it.
 pub fn name(bit: u32) -> &'static str {
     const NAMES: [&str; 41] = [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-        "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-        "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-        "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-        "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-        "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-        "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-        "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
     ];
     NAMES.get(bit as usize).copied().unwrap_or("CAP_UNKNOWN")
 }
@@ -153,7 +185,10 @@ pub fn needed_after_load(embedded_store: bool) -> u64 {
 
 /// The names of the bits set in `mask`.
 pub fn names(mask: u64) -> Vec<&'static str> {
-    (0..64).filter(|b| mask & (1u64 << b) != 0).map(name).collect()
+    (0..64)
+        .filter(|b| mask & (1u64 << b) != 0)
+        .map(name)
+        .collect()
 }
 
 /// What [`drop_unneeded`] left.
@@ -174,7 +209,11 @@ impl Kept {
         format!(
             "capabilities kept: {}{}; no-new-privs",
             self.kept.join(", "),
-            if self.bounding_cut { "" } else { " (bounding set unchanged: no CAP_SETPCAP)" }
+            if self.bounding_cut {
+                ""
+            } else {
+                " (bounding set unchanged: no CAP_SETPCAP)"
+            }
         )
     }
 }
@@ -217,7 +256,13 @@ mod drop_impl {
                     }
                 }
             }
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
             let mut header = Header {
                 version: VERSION_3,
                 pid: 0,
@@ -234,11 +279,8 @@ mod drop_impl {
                     inheritable: 0,
                 },
             ];
-            let ok = libc::syscall(
-                libc::SYS_capset,
-                &mut header as *mut Header,
-                data.as_ptr(),
-            ) == 0;
+            let ok =
+                libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) == 0;
             let nnp = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0;
             ok && nnp
         }
@@ -302,7 +344,9 @@ pub fn drop_unneeded(wanted: u64) -> anyhow::Result<Kept> {
         status_field(status, "CapEff:") == Some(keep)
             && status_field(status, "CapPrm:") == Some(keep)
             && status_field(status, "CapAmb:") == Some(0)
-            && status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
+            && status
+                .lines()
+                .any(|l| l.starts_with("NoNewPrivs:") && l.trim_end().ends_with('1'))
     };
     let mut threads = 0usize;
     // Threads may be created meanwhile (by threads that still hold everything): scan until
@@ -317,7 +361,8 @@ pub fn drop_unneeded(wanted: u64) -> anyhow::Result<Kept> {
             if tid == me {
                 continue;
             }
-            let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")) else {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/self/task/{tid}/status"))
+            else {
                 continue; // gone
             };
             if conforms(&status) {
@@ -346,10 +391,9 @@ pub fn drop_unneeded(wanted: u64) -> anyhow::Result<Kept> {
     // Every thread, checked.
     for entry in std::fs::read_dir("/proc/self/task")? {
         let tid = entry?.file_name();
-        let Ok(status) = std::fs::read_to_string(format!(
-            "/proc/self/task/{}/status",
-            tid.to_string_lossy()
-        )) else {
+        let Ok(status) =
+            std::fs::read_to_string(format!("/proc/self/task/{}/status", tid.to_string_lossy()))
+        else {
             continue;
         };
         if !conforms(&status) {
@@ -391,7 +435,12 @@ mod tests {
         }
         assert_eq!(
             names(needed_after_load(true)),
-            ["CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+            [
+                "CAP_DAC_READ_SEARCH",
+                "CAP_KILL",
+                "CAP_NET_ADMIN",
+                "CAP_SYS_PTRACE"
+            ]
         );
         let no_bpf = all & !(1u64 << 39);
         assert_eq!(missing(no_bpf)[0].name, "CAP_BPF");

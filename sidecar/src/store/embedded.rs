@@ -31,7 +31,9 @@
 use std::{
     ffi::CString,
     io::{Read, Write},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -102,8 +104,8 @@ pub fn ensure_private_dir(dir: &Path, mode: u32) -> anyhow::Result<()> {
 /// Refuses a path (file or directory, not followed if a symlink) that is not owned by this
 /// process's user or that group or others may write.
 pub fn check_private(path: &Path) -> anyhow::Result<()> {
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("checking {}", path.display()))?;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("checking {}", path.display()))?;
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     if meta.file_type().is_symlink() {
@@ -358,13 +360,8 @@ fn getrandom(buf: &mut [u8]) -> anyhow::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         // SAFETY: writes at most `buf.len() - filled` bytes into the rest of `buf`.
-        let n = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                buf.len() - filled,
-                0,
-            )
-        };
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -450,7 +447,11 @@ pub fn resolve_user(name: &str) -> anyhow::Result<RunAs> {
         .is_ok_and(|s| s.success());
     if created {
         if let Some(u) = lookup_user(name) {
-            tracing::info!(user = name, uid = u.uid, "created the embedded store's system user");
+            tracing::info!(
+                user = name,
+                uid = u.uid,
+                "created the embedded store's system user"
+            );
             return Ok(u);
         }
     }
@@ -866,7 +867,9 @@ fn chown_tree(path: &Path, user: &RunAs, moved: &mut u64) -> anyhow::Result<()> 
         *moved += 1;
     }
     if meta.is_dir() {
-        for entry in std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))? {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?
+        {
             let entry = entry.with_context(|| format!("listing {}", path.display()))?;
             chown_tree(&entry.path(), user, moved)?;
         }
@@ -886,7 +889,10 @@ fn write_etc(etc: &Path, user: &RunAs, users: &str) -> anyhow::Result<()> {
     std::os::unix::fs::chown(etc, Some(0), Some(user.gid))
         .with_context(|| format!("chown {}", etc.display()))?;
     std::fs::set_permissions(etc, std::fs::Permissions::from_mode(0o750))?;
-    for (name, text) in [("config.xml", config_xml(etc)), ("users.xml", users.to_owned())] {
+    for (name, text) in [
+        ("config.xml", config_xml(etc)),
+        ("users.xml", users.to_owned()),
+    ] {
         let path = etc.join(name);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -1079,8 +1085,21 @@ mod tests {
         assert!(x.contains("ON edgewatch.*"), "{x}");
         assert!(x.contains(&"ab".repeat(32)));
         let edgewatch_part = &x[x.find("<edgewatch>").expect("the user")..];
-        for forbidden in ["*.*", "FILE", "URL", "S3", "REMOTE", "SOURCES", "ALL", "SYSTEM", "access_management>1"] {
-            assert!(!edgewatch_part.contains(forbidden), "{forbidden} in {edgewatch_part}");
+        for forbidden in [
+            "*.*",
+            "FILE",
+            "URL",
+            "S3",
+            "REMOTE",
+            "SOURCES",
+            "ALL",
+            "SYSTEM",
+            "access_management>1",
+        ] {
+            assert!(
+                !edgewatch_part.contains(forbidden),
+                "{forbidden} in {edgewatch_part}"
+            );
         }
     }
 
