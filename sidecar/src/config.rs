@@ -156,16 +156,35 @@ pub struct EdgeConfig {
     /// Which JSON keys of a non-Caddy JSON log hold which value, for layouts other than the
     /// README's (`time` must be seconds since the epoch, like nginx's `$msec`).
     pub json_fields: crate::edge::nginx::JsonFields,
+    /// Records waiting for their other half in the join, all kinds together; beyond it the
+    /// oldest eighth is reported unmatched at once (counted: `edgewatch_limit_drops_total`).
+    pub max_pending: usize,
+    /// Of those, records without a request id (each new one is compared with every waiting
+    /// one to infer its match).
+    pub max_without_id: usize,
 }
 
 impl Default for EdgeConfig {
     fn default() -> Self {
+        let limits = crate::edge::join::JoinLimits::default();
         Self {
             access_logs: Vec::new(),
             join_window: Duration::from_secs(30),
             poll_interval: Duration::from_millis(250),
             state_dir: "/var/lib/edgewatch".into(),
             json_fields: crate::edge::nginx::JsonFields::default(),
+            max_pending: limits.max_pending,
+            max_without_id: limits.max_without_id,
+        }
+    }
+}
+
+impl EdgeConfig {
+    /// The join's count limits.
+    pub fn limits(&self) -> crate::edge::join::JoinLimits {
+        crate::edge::join::JoinLimits {
+            max_pending: self.max_pending,
+            max_without_id: self.max_without_id,
         }
     }
 }
@@ -186,16 +205,39 @@ pub struct HopConfig {
     /// A connection with no packet for this long is reported as it stands and forgotten.
     #[serde(with = "humantime_serde")]
     pub idle_expiry: Duration,
+    /// Connections followed at once; beyond it the least recently active eighth is reported
+    /// as it stands and forgotten (counted: `edgewatch_limit_drops_total`).
+    pub max_connections: usize,
+    /// Requests on one connection waiting for their responses; beyond it pairing is given up
+    /// for that connection (a `loss` record says so).
+    pub max_pending_exchanges: usize,
+    /// Close frames kept per WebSocket session (all are counted).
+    pub max_close_frames: usize,
 }
 
 impl Default for HopConfig {
     fn default() -> Self {
+        let limits = crate::hop::tracker::TrackerLimits::default();
         Self {
             enabled: true,
             ports: vec![GATEWAY_PORT],
             interfaces: vec!["lo".to_owned()],
             docker_bridges: true,
             idle_expiry: Duration::from_secs(2 * 3600),
+            max_connections: limits.max_connections,
+            max_pending_exchanges: limits.max_pending_exchanges,
+            max_close_frames: limits.max_close_frames,
+        }
+    }
+}
+
+impl HopConfig {
+    /// The tracker's count limits.
+    pub fn limits(&self) -> crate::hop::tracker::TrackerLimits {
+        crate::hop::tracker::TrackerLimits {
+            max_connections: self.max_connections,
+            max_pending_exchanges: self.max_pending_exchanges,
+            max_close_frames: self.max_close_frames,
         }
     }
 }
@@ -548,6 +590,17 @@ impl Config {
                 humantime::format_duration(self.edge.poll_interval).to_string(),
                 "must be at least 10ms",
             ));
+        }
+        for (key, value) in [
+            ("hop.max_connections", self.hop.max_connections),
+            ("hop.max_pending_exchanges", self.hop.max_pending_exchanges),
+            ("hop.max_close_frames", self.hop.max_close_frames),
+            ("edge.max_pending", self.edge.max_pending),
+            ("edge.max_without_id", self.edge.max_without_id),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "0".to_owned(), "must be at least 1"));
+            }
         }
         let rb = self.probes.ring_buffer_bytes;
         if rb < 4096 || !rb.is_power_of_two() {

@@ -103,11 +103,16 @@ impl Watch {
             metrics,
             last_nat_problems: Vec::new(),
             nat_tools: Vec::new(),
-            hop: Tracker::new(&config.hop.ports).with_kernel_hints(),
+            hop: Tracker::new(&config.hop.ports)
+                .with_limits(config.hop.limits())
+                .with_kernel_hints(),
             hop_records: Vec::new(),
             deferred: Vec::new(),
             joiner: (!config.edge.access_logs.is_empty()).then(|| {
-                Joiner::new(u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX))
+                Joiner::with_limits(
+                    u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX),
+                    config.edge.limits(),
+                )
             }),
             joined: Vec::new(),
             json_fields: config.edge.json_fields.clone(),
@@ -772,6 +777,14 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 metrics.kernel_drops_now("field_read", drops.field_read);
                 metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
                 metrics.kernel_drops_now("hop_parse", drops.hop_parse);
+                let t = &watch.hop.stats;
+                metrics.limit_drops_now("hop_connections", t.evicted_connections);
+                metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);
+                metrics.limit_drops_now("hop_close_frames", t.dropped_close_frames);
+                if let Some(j) = watch.joiner.as_ref() {
+                    metrics.limit_drops_now("join_pending", j.stats.shed);
+                    metrics.limit_drops_now("join_duplicate_request_ids", j.stats.duplicate_request_ids);
+                }
                 if drops != last_drops {
                     watch.printer.status(
                         "kernel_drops",

@@ -29,6 +29,7 @@ pub struct Metrics {
     hop_segments: Counter,
     listen_changes: Counter,
     kernel_drops: Family<Labels, Counter>,
+    limit_drops: Family<Labels, Counter>,
     decode_errors: Counter,
     ws_follow_errors: Counter,
     followed_segments: Counter,
@@ -69,6 +70,22 @@ impl Metrics {
             "Events the kernel could not deliver (ring buffer full, field read failure)",
             kernel_drops.clone(),
         );
+        let limit_drops = Family::<Labels, Counter>::default();
+        registry.register(
+            "limit_drops",
+            "What was given up at a count limit (strangers choose the counts): connections \
+             reported early and forgotten, requests left unpaired, close frames not kept",
+            limit_drops.clone(),
+        );
+        for limit in [
+            "hop_connections",
+            "hop_pending_exchanges",
+            "hop_close_frames",
+            "join_pending",
+            "join_duplicate_request_ids",
+        ] {
+            limit_drops.get_or_create(&label("limit", limit)).inc_by(0);
+        }
         let decode_errors = Counter::default();
         registry.register(
             "decode_errors",
@@ -181,6 +198,7 @@ impl Metrics {
             hop_segments,
             listen_changes,
             kernel_drops,
+            limit_drops,
             decode_errors,
             ws_follow_errors,
             followed_segments,
@@ -268,6 +286,14 @@ impl Metrics {
     pub fn kernel_drops_now(&self, reason: &str, total: u64) {
         raise_to(
             &self.kernel_drops.get_or_create(&label("reason", reason)),
+            total,
+        );
+    }
+
+    /// A count limit's running total of what it gave up (see `hop::tracker::TrackerLimits`).
+    pub fn limit_drops_now(&self, limit: &str, total: u64) {
+        raise_to(
+            &self.limit_drops.get_or_create(&label("limit", limit)),
             total,
         );
     }

@@ -144,6 +144,9 @@ impl Printer {
     }
 
     fn line(&mut self, text: &str) {
+        // Paths, Origins, close reasons and log fields are chosen by strangers: a raw ESC
+        // could rewrite the operator's terminal. Control characters are shown escaped.
+        let text = escape_controls(text);
         // stdout closed (a pipe that went away): nothing sensible left to do with the line.
         if writeln!(self.out, "{text}").is_err() {
             tracing::debug!("stdout closed; output line dropped");
@@ -453,6 +456,30 @@ impl Printer {
     }
 }
 
+/// `text` with every control character (C0 but newline and tab, DEL, C1) written as `\x1b`
+/// or `\u{9b}`; borrowed when there is none (the common case).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let is_control =
+        |c: char| (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.chars().any(is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_control(c) {
+            let n = u32::from(c);
+            if n < 0x80 {
+                out.push_str(&format!("\\x{n:02x}"));
+            } else {
+                out.push_str(&format!("\\u{{{n:x}}}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn side_name(s: Side) -> &'static str {
     match s {
         Side::Client => "client (proxy)",
@@ -590,5 +617,49 @@ fn hop_text(record: &HopRecord) -> String {
             l.bytes,
             l.effect
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .map_err(|_| std::io::ErrorKind::Other)?
+                .extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn control_characters_reach_the_terminal_escaped() {
+        assert_eq!(escape_controls("plain /path\tx"), "plain /path\tx");
+        assert_eq!(escape_controls("a\u{1b}[31mred\u{7}"), "a\\x1b[31mred\\x07");
+        assert_eq!(escape_controls("csi\u{9b}2J é"), "csi\\u{9b}2J é");
+        let shared = Shared::default();
+        {
+            let mut p = Printer::new(Format::Text, Box::new(shared.clone()));
+            p.status(
+                "store",
+                "closed: \u{1b}]0;owned\u{7} reason",
+                &serde_json::json!({}),
+            );
+        }
+        let text = String::from_utf8(shared.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\x1b]0;owned\\x07"), "{text:?}");
     }
 }

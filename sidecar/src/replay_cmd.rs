@@ -2,7 +2,7 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::{BufRead, BufReader},
+    io::BufReader,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -12,14 +12,14 @@ use edgewatch::{
     alerts::{Alert, Engine},
     config::Config,
     edge::{
-        join::{join_all, JoinedRequest},
+        join::{join_all_limited, JoinLimits, JoinedRequest},
         nginx::JsonFields,
         parse_any, EdgeRecord,
     },
     hop::HopRecord,
     metrics::Metrics,
     output::{Format, Printer},
-    replay::replay,
+    replay::replay_limited,
     store::Store,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,9 +48,10 @@ pub fn run(
     let mut engine = Engine::new(config.alerts.clone());
     let mut alerts = Vec::new();
     let keep = !access_logs.is_empty() || to_store;
-    let summary = replay(
+    let summary = replay_limited(
         BufReader::with_capacity(1 << 20, file),
         ports,
+        config.hop.limits(),
         |record| {
             printer.hop(record);
             engine.advance(record.end_ts_ns(), &mut alerts);
@@ -99,6 +100,7 @@ pub fn run(
             access_logs,
             join_window,
             fields,
+            config.edge.limits(),
             to_store,
         )?
     };
@@ -130,37 +132,37 @@ fn join_logs(
     logs: &[PathBuf],
     window: std::time::Duration,
     fields: &JsonFields,
+    limits: JoinLimits,
     keep: bool,
 ) -> anyhow::Result<(Vec<EdgeRecord>, Vec<JoinedRequest>)> {
     let mut edges = Vec::new();
     let mut lines = 0u64;
     let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
     let mut examples = Vec::new();
+    let mut non_utf8 = 0u64;
     for path in logs {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            lines += 1;
-            match parse_any(&line, fields) {
+        let stats = edgewatch::sources::logfile::for_each_line(path, |n, line| {
+            match parse_any(line, fields) {
                 Ok(rec) => edges.push(rec),
                 Err(e) => {
                     *malformed.entry(e.to_string()).or_default() += 1;
                     if examples.len() < 3 {
-                        examples.push(format!("{}:{}: {e}", path.display(), n + 1));
+                        examples.push(format!("{}:{n}: {e}", path.display()));
                     }
                 }
             }
-        }
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+        lines += stats.lines;
+        non_utf8 += stats.non_utf8;
     }
     let parsed = edges.len();
     let kept_edges = if keep { edges.clone() } else { Vec::new() };
-    let joined = join_all(
+    let (joined, join_stats) = join_all_limited(
         hop,
         edges,
         u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+        limits,
     );
     let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
     for r in &joined {
@@ -171,7 +173,7 @@ fn join_logs(
     printer.status(
         "join_summary",
         &format!(
-            "{lines} access-log lines, {parsed} parsed, {bad} malformed; requests {by_kind:?}{}",
+            "{lines} access-log lines ({non_utf8} not UTF-8, decoded lossily), {parsed} parsed, {bad} malformed; requests {by_kind:?}{}",
             if examples.is_empty() {
                 String::new()
             } else {
@@ -180,6 +182,9 @@ fn join_logs(
         ),
         &serde_json::json!({
             "lines": lines,
+            "non_utf8_lines": non_utf8,
+            "duplicate_request_ids": join_stats.duplicate_request_ids,
+            "shed_at_limit": join_stats.shed,
             "parsed": parsed,
             "malformed": malformed,
             "requests": by_kind,

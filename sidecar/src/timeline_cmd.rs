@@ -75,18 +75,17 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
         } else {
             args.upstream_ports.clone()
         };
-        let (rows, report) = source::offline(
-            pcap,
-            &ports,
-            &args.access_logs,
-            &config.edge.json_fields,
-            &config.alerts,
-            u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX),
-        )?;
+        let (rows, report) = source::offline(pcap, &ports, &args.access_logs, &config)?;
         if report.malformed_lines > 0 {
             eprintln!(
                 "edgewatch: {} access-log line(s) could not be read and were skipped",
                 report.malformed_lines
+            );
+        }
+        if report.non_utf8_lines > 0 {
+            eprintln!(
+                "edgewatch: {} access-log line(s) were not UTF-8; read with the bad bytes replaced (U+FFFD)",
+                report.non_utf8_lines
             );
         }
         if let Some(at) = report.capture_truncated_at {

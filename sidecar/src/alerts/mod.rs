@@ -345,8 +345,61 @@ pub struct Engine {
     /// Time to first byte per upstream port: (request time, ttfb, request id), and when the
     /// percentile was last computed.
     ttfb: BTreeMap<u16, TtfbWindow>,
-    /// Origins refused per incident key.
-    origins: BTreeMap<String, BTreeSet<String>>,
+    /// Origins refused per incident key (bounded: the sender chooses them).
+    origins: BTreeMap<String, DistinctValues>,
+}
+
+/// The distinct values an incident lists, bounded: strangers choose them (an Origin header),
+/// so at most [`MAX_DISTINCT_VALUES`] are kept, each cut to [`MAX_VALUE_LEN`] bytes, and the
+/// matches with any other value are counted as "more".
+#[derive(Debug, Default)]
+struct DistinctValues {
+    kept: BTreeSet<String>,
+    /// Matches whose value was not among the kept ones once the set was full.
+    more: u64,
+}
+
+/// Distinct values an incident keeps (origins); beyond it, a count.
+const MAX_DISTINCT_VALUES: usize = 32;
+/// Bytes kept of one such value.
+const MAX_VALUE_LEN: usize = 200;
+
+impl DistinctValues {
+    /// Adds a value; true when the text listing them changes (a new kept value, or the first
+    /// one beyond the limit).
+    fn add(&mut self, value: &str) -> bool {
+        let value = truncate_value(value);
+        if self.kept.contains(value.as_ref()) {
+            return false;
+        }
+        if self.kept.len() >= MAX_DISTINCT_VALUES {
+            self.more += 1;
+            return self.more == 1;
+        }
+        self.kept.insert(value.into_owned());
+        true
+    }
+
+    /// "a, b, c", or "a, b, c and others" once the limit is reached (the detail counts them).
+    fn list(&self) -> String {
+        let mut text = self.kept.iter().cloned().collect::<Vec<_>>().join(", ");
+        if self.more > 0 {
+            text.push_str(" and others");
+        }
+        text
+    }
+}
+
+/// A value cut to [`MAX_VALUE_LEN`] bytes (at a character boundary), marked when cut.
+fn truncate_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.len() <= MAX_VALUE_LEN {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let mut end = MAX_VALUE_LEN;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...", &v[..end]))
 }
 
 impl Engine {
@@ -384,8 +437,13 @@ impl Engine {
                     inc.evidence.push(e);
                 }
             }
-            inc.summary = m.summary;
-            inc.detail = m.detail;
+            // A rule with nothing new to say passes an empty summary and a null detail.
+            if !m.summary.is_empty() {
+                inc.summary = m.summary;
+            }
+            if !m.detail.is_null() {
+                inc.detail = m.detail;
+            }
             if inc.silenced && until.is_none_or(|u| m.at_ns >= u) {
                 // It outlasted the cooldown: announce it now.
                 inc.silenced = false;
@@ -706,16 +764,45 @@ impl Engine {
     ) {
         let key = format!("{}:{port}", rule::ORIGIN_REJECTED);
         let seen = self.origins.entry(key.clone()).or_default();
-        seen.insert(origin.unwrap_or("(none)").to_owned());
+        let changed = seen.add(origin.unwrap_or("(none)"));
+        if !changed && self.open.contains_key(&key) {
+            // Nothing new to say: the match is counted and its evidence kept (see `matched`:
+            // an empty summary and a null detail leave the incident's text as it is); only
+            // the count of other origins moves.
+            let more = seen.more;
+            if let Some(d) = self
+                .open
+                .get_mut(&key)
+                .and_then(|inc| inc.detail.as_object_mut())
+            {
+                d.insert("more_origins".into(), json!(more));
+            }
+            self.matched(
+                Match {
+                    key,
+                    rule: rule::ORIGIN_REJECTED,
+                    severity: Severity::Warning,
+                    summary: String::new(),
+                    first_move: MOVE_ORIGIN,
+                    at_ns,
+                    evidence: vec![evidence],
+                    counts,
+                    detail: Value::Null,
+                },
+                out,
+            );
+            return;
+        }
         let allowed = &self.cfg.origin_rejected.allowed_origins;
         let missing: Vec<&String> = if allowed.is_empty() {
             Vec::new()
         } else {
-            seen.iter()
+            seen.kept
+                .iter()
                 .filter(|o| !allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
                 .collect()
         };
-        let list = seen.iter().cloned().collect::<Vec<_>>().join(", ");
+        let list = seen.list();
         let summary = if missing.is_empty() {
             format!(
                 "the upstream on port {port} refuses WebSocket upgrades (403 or close 1008) for Origin {list}"
@@ -732,7 +819,8 @@ impl Engine {
         };
         let detail = json!({
             "port": port,
-            "origins": seen,
+            "origins": seen.kept,
+            "more_origins": seen.more,
             "missing_from_allowed_origins": missing,
             "allowed_origins": allowed,
         });
@@ -1386,6 +1474,32 @@ mod tests {
             "{}",
             out[0].summary
         );
+    }
+
+    #[test]
+    fn a_flood_of_distinct_origins_keeps_a_bounded_list_and_counts_the_rest() {
+        let mut e = Engine::new(AlertsConfig::default());
+        let mut out = Vec::new();
+        let n = 5_000u64;
+        for i in 0..n {
+            let mut x = http((i % 60_000) as u16, S + i * 1_000, true, 403, S / 100);
+            x.origin = Some(format!("https://attacker-{i}.example/{}", "x".repeat(500)));
+            e.hop(&HopRecord::Http(x), &mut out);
+        }
+        assert_eq!(out.len(), 1, "one incident, announced once");
+        let open = e.open_alerts(2_000_000_000);
+        let a = &open[0];
+        let origins = a.evidence["detail"]["origins"].as_array().expect("origins");
+        assert_eq!(origins.len(), MAX_DISTINCT_VALUES);
+        assert!(origins
+            .iter()
+            .all(|o| o.as_str().is_some_and(|s| s.len() <= MAX_VALUE_LEN + 3)));
+        assert_eq!(
+            a.evidence["detail"]["more_origins"],
+            n - MAX_DISTINCT_VALUES as u64
+        );
+        assert!(a.summary.ends_with(" and others"), "{}", a.summary);
+        assert!(a.summary.len() < 10_000, "{}", a.summary.len());
     }
 
     #[test]

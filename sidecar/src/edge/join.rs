@@ -93,30 +93,158 @@ fn refused_join(e: EdgeRecord, c: ConnEvent) -> JoinedRequest {
 /// (clocks: the proxy's log time and the probe's are both the host's).
 const SLACK_NS: u64 = 5_000_000;
 
+/// Count limits of the join: request ids and how many of them come are chosen by strangers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinLimits {
+    /// Records waiting for their other half, all kinds together. Beyond it the oldest eighth
+    /// is emitted at once, unmatched, with the reason, and counted.
+    pub max_pending: usize,
+    /// Records without a request id waiting to be inferred (each new one is compared with
+    /// every waiting one, so this bound also bounds that work).
+    pub max_without_id: usize,
+}
+
+impl Default for JoinLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 50_000,
+            max_without_id: 2_048,
+        }
+    }
+}
+
+/// What the join gave up or noticed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct JoinStats {
+    /// A second record with a request id already waiting: the earlier one was emitted, unmatched,
+    /// instead of being replaced silently.
+    pub duplicate_request_ids: u64,
+    /// Records emitted before their window ended, to stay within [`JoinLimits`].
+    pub shed: u64,
+}
+
 /// The join state.
 pub struct Joiner {
     window_ns: u64,
+    limits: JoinLimits,
+    pub stats: JoinStats,
     edges: HashMap<String, (EdgeRecord, u64)>,
     hops: HashMap<String, HopEntry>,
+    /// When to look at a waiting record again, oldest first: expiry pops these instead of
+    /// scanning the maps (linear in the records, however many wait).
+    edge_due: VecDeque<(u64, String)>,
+    hop_due: VecDeque<(u64, String)>,
     edges_without_id: VecDeque<(EdgeRecord, u64)>,
     hops_without_id: VecDeque<HopEntry>,
     /// Sessions whose exchange has not been seen (yet), by request id.
     orphan_ws: HashMap<String, (WsSession, u64)>,
+    orphan_due: VecDeque<(u64, String)>,
     refused: VecDeque<(ConnEvent, u64)>,
+    /// Waiting edge records with status 502/504 (a refused connect may explain them).
+    waiting_5xx: usize,
 }
 
 impl Joiner {
     /// Records wait at most `window_ns` for their other half.
     pub fn new(window_ns: u64) -> Self {
+        Self::with_limits(window_ns, JoinLimits::default())
+    }
+
+    /// The same, with other count limits.
+    pub fn with_limits(window_ns: u64, limits: JoinLimits) -> Self {
         Self {
             window_ns,
+            limits,
+            stats: JoinStats::default(),
             edges: HashMap::default(),
             hops: HashMap::default(),
+            edge_due: VecDeque::new(),
+            hop_due: VecDeque::new(),
             edges_without_id: VecDeque::new(),
             hops_without_id: VecDeque::new(),
             orphan_ws: HashMap::default(),
+            orphan_due: VecDeque::new(),
             refused: VecDeque::new(),
+            waiting_5xx: 0,
         }
+    }
+
+    /// Keeps an edge record waiting under `rid`; one already waiting under it is emitted.
+    fn wait_edge(
+        &mut self,
+        rid: String,
+        rec: EdgeRecord,
+        now_ns: u64,
+        out: &mut Vec<JoinedRequest>,
+    ) {
+        if matches!(rec.status, 502 | 504) {
+            self.waiting_5xx += 1;
+        }
+        self.edge_due.push_back((now_ns, rid.clone()));
+        if let Some((old, _)) = self.edges.insert(rid, (rec, now_ns)) {
+            self.stats.duplicate_request_ids += 1;
+            self.edge_left(&old);
+            let mut j = self.edge_unmatched_or_partial(old, None);
+            j.reason = Some(format!(
+                "another edge log line carried the same request id; {}",
+                j.reason.as_deref().unwrap_or("")
+            ));
+            out.push(j);
+        }
+        self.shed_if_full(now_ns, out);
+    }
+
+    /// Keeps a hop exchange waiting under `rid`; one already waiting under it is emitted.
+    fn wait_hop(&mut self, rid: String, entry: HopEntry, out: &mut Vec<JoinedRequest>) {
+        let now_ns = entry.seen_ns;
+        self.hop_due.push_back((now_ns, rid.clone()));
+        if let Some(old) = self.hops.insert(rid, entry) {
+            self.stats.duplicate_request_ids += 1;
+            out.push(joined(
+                None,
+                Some(old),
+                Matched::HopOnly,
+                Some("a later exchange on the hop carried the same request id".into()),
+            ));
+        }
+        self.shed_if_full(now_ns, out);
+    }
+
+    /// An edge record stops waiting.
+    fn edge_left(&mut self, e: &EdgeRecord) {
+        if matches!(e.status, 502 | 504) {
+            self.waiting_5xx = self.waiting_5xx.saturating_sub(1);
+        }
+    }
+
+    /// Takes the edge record waiting under `rid`.
+    fn take_edge(&mut self, rid: &str) -> Option<(EdgeRecord, u64)> {
+        let e = self.edges.remove(rid)?;
+        self.edge_left(&e.0);
+        Some(e)
+    }
+
+    /// Over [`JoinLimits::max_pending`]: the oldest eighth of what waits goes out now.
+    fn shed_if_full(&mut self, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        let max = self.limits.max_pending.max(8);
+        if self.pending() <= max {
+            return;
+        }
+        let mut seen: Vec<u64> = self
+            .edges
+            .values()
+            .map(|(_, s)| *s)
+            .chain(self.hops.values().map(|h| h.seen_ns))
+            .chain(self.orphan_ws.values().map(|(_, s)| *s))
+            .chain(self.edges_without_id.iter().map(|(_, s)| *s))
+            .chain(self.hops_without_id.iter().map(|h| h.seen_ns))
+            .collect();
+        let k = (max / 8).clamp(1, seen.len());
+        seen.select_nth_unstable(k - 1);
+        let cutoff = seen[k - 1].saturating_add(1).min(now_ns.saturating_add(1));
+        let before = out.len();
+        self.expire_before(cutoff, true, out);
+        self.stats.shed += (out.len() - before) as u64;
     }
 
     /// Records waiting for their other half.
@@ -141,7 +269,14 @@ impl Joiner {
                 }
                 return;
             }
+            if self.edges_without_id.len() >= self.limits.max_without_id {
+                if let Some((e, _)) = self.edges_without_id.pop_front() {
+                    self.stats.shed += 1;
+                    out.push(self.edge_unmatched_or_partial(e, None));
+                }
+            }
             self.edges_without_id.push_back((rec, now_ns));
+            self.shed_if_full(now_ns, out);
             return;
         };
         // One lookup in the common case (the exchange is there and complete).
@@ -155,7 +290,7 @@ impl Joiner {
             Some((key, h)) => {
                 // An upgrade still waiting for its session: both wait.
                 self.hops.insert(key.clone(), h);
-                self.edges.insert(key, (rec, now_ns));
+                self.wait_edge(key, rec, now_ns, out);
             }
             None => {
                 // A 502/504 that a refused connect already explains: no exchange will come.
@@ -166,7 +301,7 @@ impl Joiner {
                     }
                 }
                 let rid = rid.to_owned();
-                self.edges.insert(rid, (rec, now_ns));
+                self.wait_edge(rid, rec, now_ns, out);
             }
         }
     }
@@ -192,7 +327,19 @@ impl Joiner {
                         }
                         return;
                     }
+                    if self.hops_without_id.len() >= self.limits.max_without_id {
+                        if let Some(h) = self.hops_without_id.pop_front() {
+                            self.stats.shed += 1;
+                            out.push(joined(
+                                None,
+                                Some(h),
+                                Matched::HopOnly,
+                                Some("no request id; given up early (too many waiting)".into()),
+                            ));
+                        }
+                    }
                     self.hops_without_id.push_back(entry);
+                    self.shed_if_full(now_ns, out);
                     return;
                 };
                 // (Empty maps are skipped: hashing the id is the join's main cost.)
@@ -202,12 +349,12 @@ impl Joiner {
                     }
                 }
                 if entry.complete() && !self.edges.is_empty() {
-                    if let Some((e, _)) = self.edges.remove(&rid) {
+                    if let Some((e, _)) = self.take_edge(&rid) {
                         out.push(joined(Some(e), Some(entry), Matched::Exact, None));
                         return;
                     }
                 }
-                self.hops.insert(rid, entry);
+                self.wait_hop(rid, entry, out);
             }
             HopRecord::Websocket(s) => {
                 let Some(rid) = s.request_id.clone() else {
@@ -219,17 +366,28 @@ impl Joiner {
                         h.seen_ns = now_ns;
                         if self.edges.contains_key(&rid) {
                             let h = self.hops.remove(&rid);
-                            let e = self.edges.remove(&rid).map(|(e, _)| e);
+                            let e = self.take_edge(&rid).map(|(e, _)| e);
                             out.push(joined(e, h, Matched::Exact, None));
+                        } else {
+                            self.hop_due.push_back((now_ns, rid));
                         }
                     }
                     None => {
+                        self.orphan_due.push_back((now_ns, rid.clone()));
                         self.orphan_ws.insert(rid, (s, now_ns));
+                        self.shed_if_full(now_ns, out);
                     }
                 }
             }
             HopRecord::Conn(c) if c.kind == ConnEventKind::Refused => {
                 self.refused.push_back((c, now_ns));
+                if self.refused.len() > self.limits.max_pending {
+                    self.refused.pop_front();
+                    self.stats.shed += 1;
+                }
+                if self.waiting_5xx == 0 {
+                    return;
+                }
                 // An edge 502/504 that came first and waits for an exchange that will not come.
                 let explained: Vec<String> = self
                     .edges
@@ -244,7 +402,10 @@ impl Joiner {
                 for rid in explained {
                     if let Some((e, seen)) = self.edges.remove(&rid) {
                         match self.refused_for(&e) {
-                            Some(c) => out.push(refused_join(e, c)),
+                            Some(c) => {
+                                self.edge_left(&e);
+                                out.push(refused_join(e, c));
+                            }
                             None => {
                                 self.edges.insert(rid, (e, seen));
                             }
@@ -259,34 +420,58 @@ impl Joiner {
     /// Emits what waited longer than the window, with the reason.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<JoinedRequest>) {
         let cutoff = now_ns.saturating_sub(self.window_ns);
-        let old_edges: Vec<String> = self
-            .edges
-            .iter()
-            .filter(|(_, (_, seen))| *seen < cutoff)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for rid in old_edges {
-            if let Some((e, _)) = self.edges.remove(&rid) {
-                let h = self.hops.remove(&rid);
-                out.push(self.edge_unmatched_or_partial(e, h));
+        self.expire_before(cutoff, false, out);
+        // Refused connects are only needed for the edge lines that may still come.
+        let keep_from = cutoff.saturating_sub(self.window_ns);
+        while self.refused.front().is_some_and(|(_, s)| *s < keep_from) {
+            self.refused.pop_front();
+        }
+    }
+
+    /// Emits what has waited since before `cutoff`: from the due queues, oldest first, so the
+    /// work is proportional to what is emitted (plus reminders of records already gone).
+    /// `all`: upgraded exchanges still waiting for their session go too (shedding).
+    fn expire_before(&mut self, cutoff: u64, all: bool, out: &mut Vec<JoinedRequest>) {
+        while self.edge_due.front().is_some_and(|(t, _)| *t < cutoff) {
+            let Some((_, rid)) = self.edge_due.pop_front() else {
+                break;
+            };
+            // A newer reminder exists for a record that waits since later.
+            if self.edges.get(&rid).is_some_and(|(_, s)| *s < cutoff) {
+                if let Some((e, _)) = self.take_edge(&rid) {
+                    let h = self.hops.remove(&rid);
+                    out.push(self.edge_unmatched_or_partial(e, h));
+                }
             }
         }
-        let old_hops: Vec<String> = self
-            .hops
-            .iter()
-            .filter(|(_, h)| h.seen_ns < cutoff && h.complete())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for rid in old_hops {
+        let mut again = Vec::new();
+        while self.hop_due.front().is_some_and(|(t, _)| *t < cutoff) {
+            let Some((_, rid)) = self.hop_due.pop_front() else {
+                break;
+            };
+            let Some(h) = self.hops.get(&rid) else {
+                continue;
+            };
+            if h.seen_ns >= cutoff {
+                continue;
+            }
+            if !h.complete() && !all {
+                // An upgrade whose session goes on: looked at again a window later.
+                again.push(rid);
+                continue;
+            }
             if let Some(h) = self.hops.remove(&rid) {
-                out.push(joined(
-                    None,
-                    Some(h),
-                    Matched::HopOnly,
-                    Some("no edge log line with this request id".into()),
-                ));
+                let reason = if h.complete() {
+                    "no edge log line with this request id"
+                } else {
+                    "websocket still open, no edge log line yet; given up early (too many waiting)"
+                };
+                out.push(joined(None, Some(h), Matched::HopOnly, Some(reason.into())));
             }
         }
+        let recheck = cutoff.saturating_add(self.window_ns);
+        self.hop_due
+            .extend(again.into_iter().map(|rid| (recheck, rid)));
         while self
             .edges_without_id
             .front()
@@ -310,11 +495,13 @@ impl Joiner {
                 ));
             }
         }
-        self.orphan_ws.retain(|_, (_, s)| *s >= cutoff);
-        // Refused connects are only needed for the edge lines that may still come.
-        let keep_from = cutoff.saturating_sub(self.window_ns);
-        while self.refused.front().is_some_and(|(_, s)| *s < keep_from) {
-            self.refused.pop_front();
+        while self.orphan_due.front().is_some_and(|(t, _)| *t < cutoff) {
+            let Some((_, rid)) = self.orphan_due.pop_front() else {
+                break;
+            };
+            if self.orphan_ws.get(&rid).is_some_and(|(_, s)| *s < cutoff) {
+                self.orphan_ws.remove(&rid);
+            }
         }
     }
 
@@ -436,15 +623,21 @@ fn joined_without_id(
 
 /// Joins whole sets offline (`edgewatch replay --access-log`): both sides merged in time
 /// order, the window measured in the data's own time, so the result is deterministic.
-pub fn join_all(
+pub fn join_all(hop: Vec<HopRecord>, edges: Vec<EdgeRecord>, window_ns: u64) -> Vec<JoinedRequest> {
+    join_all_limited(hop, edges, window_ns, JoinLimits::default()).0
+}
+
+/// [`join_all`] with the count limits of the config (`[edge]`), and what the join gave up.
+pub fn join_all_limited(
     mut hop: Vec<HopRecord>,
     mut edges: Vec<EdgeRecord>,
     window_ns: u64,
-) -> Vec<JoinedRequest> {
+    limits: JoinLimits,
+) -> (Vec<JoinedRequest>, JoinStats) {
     edges.sort_by_key(|e| e.end_ts_ns);
     hop.sort_by_key(HopRecord::end_ts_ns);
     let hop_sorted = hop;
-    let mut joiner = Joiner::new(window_ns);
+    let mut joiner = Joiner::with_limits(window_ns, limits);
     let mut out = Vec::new();
     let mut edges = edges.into_iter().peekable();
     let mut hops = hop_sorted.into_iter().peekable();
@@ -474,7 +667,7 @@ pub fn join_all(
         }
     }
     joiner.finish(&mut out);
-    out
+    (out, joiner.stats)
 }
 
 #[cfg(test)]
@@ -661,5 +854,80 @@ mod tests {
         j.finish(&mut out);
         assert_eq!(out.len(), 3);
         assert_eq!(j.pending(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_request_id_is_emitted_and_counted_not_replaced() {
+        let mut j = Joiner::new(30 * S);
+        let mut out = Vec::new();
+        j.edge(edge(Some("dup"), 200, "/a", 100 * S), 100 * S, &mut out);
+        j.edge(edge(Some("dup"), 200, "/b", 101 * S), 101 * S, &mut out);
+        assert_eq!(out.len(), 1, "the first one is reported at once");
+        assert_eq!(
+            out[0].edge.as_ref().and_then(|e| e.path.as_deref()),
+            Some("/a")
+        );
+        assert!(out[0]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("same request id")));
+        assert_eq!(j.stats.duplicate_request_ids, 1);
+        // The second still joins its exchange.
+        j.hop(exchange(Some("dup"), 200, "/b", 101 * S), 101 * S, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].matched, Matched::Exact);
+        // The same on the hop side.
+        j.hop(exchange(Some("h"), 200, "/c", 102 * S), 102 * S, &mut out);
+        j.hop(exchange(Some("h"), 200, "/d", 103 * S), 103 * S, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2].matched, Matched::HopOnly);
+        assert_eq!(j.stats.duplicate_request_ids, 2);
+    }
+
+    #[test]
+    fn a_flood_of_unmatched_ids_stays_within_the_limit_and_loses_no_record() {
+        let limits = JoinLimits {
+            max_pending: 1_000,
+            max_without_id: 100,
+        };
+        let mut j = Joiner::with_limits(3_600 * S, limits);
+        let mut out = Vec::new();
+        let n = 20_000u64;
+        for i in 0..n {
+            let t = 100 * S + i;
+            j.edge(edge(Some(&format!("rid-{i}")), 200, "/", t), t, &mut out);
+            j.hop(
+                exchange(Some(&format!("other-{i}")), 200, "/", t),
+                t,
+                &mut out,
+            );
+            j.edge(edge(None, 200, &format!("/x{i}"), t), t, &mut out);
+            j.expire(t, &mut out);
+            assert!(j.pending() <= 1_000 + 1, "{}", j.pending());
+        }
+        assert!(j.stats.shed > 0);
+        j.finish(&mut out);
+        // Every record came out exactly once, matched or not.
+        assert_eq!(out.len() as u64, 3 * n);
+        assert_eq!(j.pending(), 0);
+    }
+
+    #[test]
+    fn expiry_is_by_due_time_and_keeps_open_upgrades() {
+        let mut j = Joiner::new(30 * S);
+        let mut out = Vec::new();
+        j.hop(exchange(Some("ws"), 101, "/ws", 100 * S), 100 * S, &mut out);
+        j.edge(edge(Some("late"), 200, "/", 100 * S), 100 * S, &mut out);
+        j.expire(200 * S, &mut out);
+        // The edge line expired; the upgrade waits for its session.
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].matched, Matched::EdgeOnly);
+        j.expire(400 * S, &mut out);
+        assert_eq!(out.len(), 1);
+        j.hop(session("ws"), 401 * S, &mut out);
+        j.expire(500 * S, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].matched, Matched::HopOnly);
+        assert!(out[1].websocket.is_some());
     }
 }

@@ -76,36 +76,57 @@ impl Reassembler {
             return;
         }
         let captured = &captured[..captured.len().min(payload_len as usize)];
-        let next = *self.next.get_or_insert(seq);
-        let offset = rel(seq, next);
-        if offset > 0 {
-            self.stats.out_of_order += 1;
-            if self.pending.len() >= MAX_PENDING_SEGMENTS
-                || self.pending_bytes + captured.len() > MAX_PENDING_BYTES
+        let mut counted = false;
+        // A loop, not a recursion: each turn either keeps or delivers the segment, or gives
+        // up the first hole (which delivers at least one pending segment), so it ends; a
+        // crafted segment can neither spin nor overflow the stack.
+        loop {
+            let next = *self.next.get_or_insert(seq);
+            let offset = rel(seq, next);
+            if offset <= 0 {
+                break;
+            }
+            if !counted {
+                self.stats.out_of_order += 1;
+                counted = true;
+            }
+            if self.pending.len() < MAX_PENDING_SEGMENTS
+                && self.pending_bytes + captured.len() <= MAX_PENDING_BYTES
             {
-                // Too much waiting on a hole: give the hole up as a gap.
-                self.skip_to_first_pending(sink);
-                self.push(seq, payload_len, captured, sink);
+                self.keep_pending(seq, payload_len, captured);
                 return;
             }
-            self.pending_bytes += captured.len();
-            let entry = self.pending.entry(seq).or_insert(Pending {
-                payload_len: 0,
-                captured: Vec::new(),
-            });
-            if payload_len > entry.payload_len {
-                self.pending_bytes -= entry.captured.len();
-                *entry = Pending {
-                    payload_len,
-                    captured: captured.to_vec(),
-                };
-            } else {
-                self.pending_bytes -= captured.len();
+            // Too much waiting on a hole: give the hole up as a gap.
+            if self.pending.is_empty() {
+                // Only this segment waits (it alone is over the limit): the hole before it
+                // is given up now, and it is delivered.
+                self.stats.gap_bytes += offset as u64;
+                sink(Chunk::Gap(offset as u64));
+                self.next = Some(seq);
+                break;
             }
-            return;
+            self.skip_to_first_pending(sink);
         }
         self.deliver(seq, payload_len, captured, sink);
         self.drain_pending(sink);
+    }
+
+    /// Keeps an out-of-order segment until its hole fills (the longer copy wins).
+    fn keep_pending(&mut self, seq: u32, payload_len: u32, captured: &[u8]) {
+        self.pending_bytes += captured.len();
+        let entry = self.pending.entry(seq).or_insert(Pending {
+            payload_len: 0,
+            captured: Vec::new(),
+        });
+        if payload_len > entry.payload_len {
+            self.pending_bytes -= entry.captured.len();
+            *entry = Pending {
+                payload_len,
+                captured: captured.to_vec(),
+            };
+        } else {
+            self.pending_bytes -= captured.len();
+        }
     }
 
     /// Delivers a segment that starts at or before `next`.
@@ -310,6 +331,30 @@ mod tests {
         assert_eq!(collect(&mut r, u32::MAX - 1, 4, b"wrap"), vec!["wrap"]);
         assert_eq!(r.next_seq(), Some(2));
         assert_eq!(collect(&mut r, 2, 2, b"ok"), vec!["ok"]);
+    }
+
+    #[test]
+    fn an_oversized_out_of_order_segment_with_nothing_pending_is_delivered_after_a_gap() {
+        // A crafted capture (an IPv6 packet whose payload length field is 0 takes the rest of
+        // the frame as payload): more than the pending limit, ahead of a hole, nothing pending.
+        // It used to make `push` call itself forever.
+        let mut r = Reassembler::default();
+        r.start_at(1000);
+        let big = vec![b'x'; MAX_PENDING_BYTES + 10];
+        let mut out = Vec::new();
+        r.push(1100, big.len() as u32, &big, &mut |c| {
+            out.push(match c {
+                Chunk::Data(d) => format!("data {}", d.len()),
+                Chunk::Gap(n) => format!("gap {n}"),
+            })
+        });
+        assert_eq!(
+            out,
+            vec!["gap 100".to_owned(), format!("data {}", big.len())]
+        );
+        assert_eq!(r.next_seq(), Some(1100 + big.len() as u32));
+        assert_eq!(r.stats.gap_bytes, 100);
+        assert_eq!(r.stats.out_of_order, 1);
     }
 
     #[test]

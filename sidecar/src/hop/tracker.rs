@@ -31,6 +31,39 @@ pub struct TrackerStats {
     pub records: u64,
     pub gap_bytes: u64,
     pub duplicate_bytes: u64,
+    /// Connections reported as they stood and forgotten to stay within
+    /// [`TrackerLimits::max_connections`].
+    pub evicted_connections: u64,
+    /// Requests given up as incomplete to stay within
+    /// [`TrackerLimits::max_pending_exchanges`].
+    pub dropped_exchanges: u64,
+    /// Close frames counted but not kept, beyond [`TrackerLimits::max_close_frames`].
+    pub dropped_close_frames: u64,
+}
+
+/// Count limits on what the tracker keeps: strangers choose how many connections, pipelined
+/// requests and close frames there are. At each limit something is given up and counted in
+/// [`TrackerStats`]; nothing grows without bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrackerLimits {
+    /// Connections followed at once. Beyond it the least recently active eighth is reported
+    /// as it stands and forgotten (amortised: one scan per eviction round).
+    pub max_connections: usize,
+    /// Requests on one connection still waiting for their response. Beyond it the oldest is
+    /// reported `incomplete` (a proxy does not pipeline this deep; an attacker might).
+    pub max_pending_exchanges: usize,
+    /// Close frames kept per WebSocket session (the first ones); the rest are only counted.
+    pub max_close_frames: usize,
+}
+
+impl Default for TrackerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 65_536,
+            max_pending_exchanges: 256,
+            max_close_frames: 8,
+        }
+    }
 }
 
 enum Proto {
@@ -95,6 +128,12 @@ struct Conn {
     /// The parsers' events of one chunk (kept from chunk to chunk: no allocation each).
     http_events: Vec<HttpEvent>,
     ws_events: Vec<WsEvent>,
+    limits: TrackerLimits,
+    /// Pairing given up (too many requests waited): requests and responses only counted.
+    unpaired: bool,
+    /// Requests and close frames given up at the limits (added to the tracker's stats).
+    dropped_exchanges: u64,
+    dropped_close_frames: u64,
 }
 
 /// Why a connection's records are being finished.
@@ -105,9 +144,13 @@ enum Ending {
 }
 
 impl Conn {
-    fn new(id: ConnId) -> Self {
+    fn new(id: ConnId, limits: TrackerLimits) -> Self {
         Self {
             id,
+            limits,
+            unpaired: false,
+            dropped_exchanges: 0,
+            dropped_close_frames: 0,
             syn_ts: None,
             synack_seen: false,
             c2s: Direction {
@@ -226,6 +269,32 @@ impl Conn {
                         connect_request: head.method == "CONNECT",
                     });
                 }
+                if self.unpaired {
+                    self.dropped_exchanges += 1;
+                    return;
+                }
+                if self.exchanges.len() >= self.limits.max_pending_exchanges {
+                    // Deeper than any proxy pipelines: pairing responses with requests is
+                    // given up for the rest of this connection (never guessed wrong), the
+                    // waiting requests are reported incomplete, and it is said.
+                    self.unpaired = true;
+                    self.dropped_exchanges += 1 + self.exchanges.len() as u64;
+                    out.push(HopRecord::Loss(Loss {
+                        conn: self.id.clone(),
+                        side,
+                        ts_ns: ts,
+                        bytes: 0,
+                        effect: format!(
+                            "more than {} requests waiting for responses: the rest of this connection is not paired",
+                            self.limits.max_pending_exchanges
+                        ),
+                    }));
+                    while let Some(x) = self.exchanges.pop_front() {
+                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Incomplete);
+                        out.push(HopRecord::Http(record));
+                    }
+                    return;
+                }
                 self.exchanges.push_back(PendingExchange {
                     index: self.next_index,
                     request_ts: self.request_start_ts.take().unwrap_or(ts),
@@ -322,12 +391,18 @@ impl Conn {
                 ws.longest_idle = ws.longest_idle.max(ts.saturating_sub(ws.last_frame_ts));
                 ws.last_frame_ts = ts;
             }
-            WsEvent::Close { code, reason } => ws.closes.push(CloseFrame {
-                from: side,
-                ts_ns: ts,
-                code,
-                reason,
-            }),
+            WsEvent::Close { code, reason } => {
+                if ws.closes.len() < self.limits.max_close_frames {
+                    ws.closes.push(CloseFrame {
+                        from: side,
+                        ts_ns: ts,
+                        code,
+                        reason,
+                    });
+                } else {
+                    self.dropped_close_frames += 1;
+                }
+            }
             WsEvent::Lost { bytes, why } => {
                 ws.lost_sync = true;
                 out.push(HopRecord::Loss(Loss {
@@ -471,6 +546,7 @@ fn exchange_record(
 pub struct Tracker {
     ports: Vec<u16>,
     conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    limits: TrackerLimits,
     /// Produce [`WsHint`]s (live, where a kernel follower exists).
     hints_enabled: bool,
     hints: Vec<WsHint>,
@@ -483,9 +559,41 @@ impl Tracker {
         Self {
             ports: upstream_ports.to_vec(),
             conns: HashMap::default(),
+            limits: TrackerLimits::default(),
             hints_enabled: false,
             hints: Vec::new(),
             stats: TrackerStats::default(),
+        }
+    }
+
+    /// Other count limits than the defaults.
+    pub fn with_limits(mut self, limits: TrackerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// At [`TrackerLimits::max_connections`]: reports the least recently active eighth of
+    /// the connections as they stand and forgets them (counted).
+    fn make_room(&mut self, out: &mut Vec<HopRecord>) {
+        let max = self.limits.max_connections.max(1);
+        if self.conns.len() < max {
+            return;
+        }
+        let mut by_age: Vec<(u64, (SocketAddr, SocketAddr))> =
+            self.conns.iter().map(|(k, c)| (c.last_ts, *k)).collect();
+        let evict = (max / 8).max(1).min(by_age.len());
+        by_age.select_nth_unstable(evict - 1);
+        by_age.truncate(evict);
+        by_age.sort_unstable();
+        for (_, key) in by_age {
+            if let Some(conn) = self.conns.remove(&key) {
+                let ts = conn.last_ts;
+                self.account(&conn);
+                self.stats.evicted_connections += 1;
+                let before = out.len();
+                conn.finish(ts, Ending::EndOfInput, out);
+                self.stats.records += (out.len() - before) as u64;
+            }
         }
     }
 
@@ -535,7 +643,8 @@ impl Tracker {
                 self.account(&old);
                 old.finish(ts, Ending::EndOfInput, out);
             }
-            let mut conn = Conn::new(new_id());
+            self.make_room(out);
+            let mut conn = Conn::new(new_id(), self.limits);
             conn.syn_ts = Some(ts);
             conn.c2s.reasm.start_at(seg.seq.wrapping_add(1));
             conn.last_ts = ts;
@@ -583,7 +692,8 @@ impl Tracker {
                 self.stats.ignored += 1;
                 return;
             }
-            self.conns.insert(key, Conn::new(new_id()));
+            self.make_room(out);
+            self.conns.insert(key, Conn::new(new_id(), self.limits));
             self.stats.connections += 1;
         }
         let Some(conn) = self.conns.get_mut(&key) else {
@@ -635,6 +745,8 @@ impl Tracker {
     }
 
     fn account(&mut self, conn: &Conn) {
+        self.stats.dropped_exchanges += conn.dropped_exchanges;
+        self.stats.dropped_close_frames += conn.dropped_close_frames;
         for d in [&conn.c2s, &conn.s2c] {
             self.stats.gap_bytes += d.reasm.stats.gap_bytes;
             self.stats.duplicate_bytes += d.reasm.stats.duplicate_bytes;
@@ -760,6 +872,17 @@ pub(crate) mod tests {
                 followed: false,
             }
         }
+        /// Runs every segment through a tracker with `limits`; returns its records and stats.
+        pub(crate) fn run_limited(&self, limits: TrackerLimits) -> (Vec<HopRecord>, TrackerStats) {
+            let mut t = Tracker::new(&[18789]).with_limits(limits);
+            let mut out = Vec::new();
+            for i in 0..self.segs.len() {
+                t.segment(&self.segment(i), &mut out);
+            }
+            t.finish(&mut out);
+            (out, t.stats)
+        }
+
         pub(crate) fn run_order(&self, order: &[usize]) -> Vec<HopRecord> {
             let mut t = Tracker::new(&[18789]);
             let mut out = Vec::new();
@@ -1063,6 +1186,88 @@ pub(crate) mod tests {
         assert_eq!((x[0].status, x[1].status), (Some(200), Some(204)));
         assert!(x.iter().all(|x| x.outcome == ExchangeOutcome::Complete));
         assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
+    }
+    #[test]
+    fn close_frames_beyond_the_limit_are_counted_not_kept() {
+        let mut w = Wire::new(40001);
+        w.handshake()
+            .send(Side::Client, UPGRADE_REQ)
+            .send(Side::Server, UPGRADE_RESP);
+        for i in 0..50u16 {
+            w.send(
+                Side::Server,
+                &encode_frame(true, 8, None, &close_payload(1000 + i, "bye")),
+            );
+        }
+        let limits = TrackerLimits {
+            max_close_frames: 4,
+            ..TrackerLimits::default()
+        };
+        let (out, stats) = w.run_limited(limits);
+        let s = sessions(&out);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].closes.len(), 4);
+        assert_eq!(
+            s[0].server_frames.close, 50,
+            "every close frame still counted"
+        );
+        assert_eq!(stats.dropped_close_frames, 46);
+    }
+
+    #[test]
+    fn requests_pipelined_beyond_the_limit_give_up_pairing_and_say_so() {
+        let mut w = Wire::new(40002);
+        w.handshake();
+        for i in 0..10 {
+            w.send(
+                Side::Client,
+                format!("GET /r{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+        }
+        // Responses come back: none may be paired with the wrong request.
+        for _ in 0..10 {
+            w.send(
+                Side::Server,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            );
+        }
+        let limits = TrackerLimits {
+            max_pending_exchanges: 4,
+            ..TrackerLimits::default()
+        };
+        let (out, stats) = w.run_limited(limits);
+        let xs = exchanges(&out);
+        assert_eq!(xs.len(), 4, "the four waiting requests are reported");
+        assert!(xs
+            .iter()
+            .all(|x| x.outcome == ExchangeOutcome::Incomplete && x.status.is_none()));
+        assert!(out
+            .iter()
+            .any(|r| matches!(r, HopRecord::Loss(l) if l.effect.contains("not paired"))));
+        assert_eq!(stats.dropped_exchanges, 10);
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_reported_early_and_counted() {
+        let limits = TrackerLimits {
+            max_connections: 16,
+            ..TrackerLimits::default()
+        };
+        let mut t = Tracker::new(&[18789]).with_limits(limits);
+        let mut out = Vec::new();
+        for port in 0..1000u16 {
+            let mut w = Wire::new(20000 + port);
+            w.tick(u64::from(port) * 1_000).handshake();
+            w.send(Side::Client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            for i in 0..w.segs.len() {
+                t.segment(&w.segment(i), &mut out);
+            }
+            assert!(t.conns.len() <= 16, "{}", t.conns.len());
+        }
+        assert!(t.stats.evicted_connections >= 1000 - 16);
+        t.finish(&mut out);
+        // Every connection's request is reported once, evicted or not.
+        assert_eq!(exchanges(&out).len(), 1000);
     }
 }
 

@@ -6,7 +6,10 @@ pub mod decode;
 
 use std::collections::BTreeMap;
 
-use crate::hop::{tracker::Tracker, HopRecord};
+use crate::hop::{
+    tracker::{Tracker, TrackerLimits},
+    HopRecord,
+};
 use capture::{read_capture, CaptureError, CaptureSummary};
 use decode::decode;
 
@@ -23,16 +26,37 @@ pub struct ReplaySummary {
     pub duplicate_bytes: u64,
     pub truncated_at: Option<u64>,
     pub unknown_interface: u64,
+    /// What the tracker gave up at its count limits (`hop::tracker::TrackerLimits`).
+    pub evicted_connections: u64,
+    pub dropped_exchanges: u64,
+    pub dropped_close_frames: u64,
 }
 
 /// Replays a capture: every record goes to `on_record` in the order the tracker finished it.
 pub fn replay<R: std::io::Read + Send>(
     input: R,
     upstream_ports: &[u16],
+    on_record: impl FnMut(&HopRecord),
+    progress: impl FnMut(u64),
+) -> Result<ReplaySummary, CaptureError> {
+    replay_limited(
+        input,
+        upstream_ports,
+        TrackerLimits::default(),
+        on_record,
+        progress,
+    )
+}
+
+/// [`replay`] with the tracker's count limits of the config (`[hop]`).
+pub fn replay_limited<R: std::io::Read + Send>(
+    input: R,
+    upstream_ports: &[u16],
+    limits: TrackerLimits,
     mut on_record: impl FnMut(&HopRecord),
     progress: impl FnMut(u64),
 ) -> Result<ReplaySummary, CaptureError> {
-    let mut tracker = Tracker::new(upstream_ports);
+    let mut tracker = Tracker::new(upstream_ports).with_limits(limits);
     let mut summary = ReplaySummary::default();
     let mut out = Vec::new();
     let capture: CaptureSummary = read_capture(
@@ -60,5 +84,8 @@ pub fn replay<R: std::io::Read + Send>(
     summary.records = tracker.stats.records;
     summary.gap_bytes = tracker.stats.gap_bytes;
     summary.duplicate_bytes = tracker.stats.duplicate_bytes;
+    summary.evicted_connections = tracker.stats.evicted_connections;
+    summary.dropped_exchanges = tracker.stats.dropped_exchanges;
+    summary.dropped_close_frames = tracker.stats.dropped_close_frames;
     Ok(summary)
 }

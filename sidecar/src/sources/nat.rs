@@ -53,6 +53,42 @@ const TOOLS: &[Tool] = &[
     },
 ];
 
+/// Longest a NAT tool may run: a hung `nft` (a wedged netlink socket, a lock) must not stall
+/// the watch loop that waits for it.
+pub const TOOL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `cmd.output()`, but the child is killed and an error (TimedOut) returned after `limit`.
+pub fn output_within(
+    cmd: &mut Command,
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(result) => result,
+        Err(_) => {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill(2) on our child, not reaped until wait_with_output returns
+                // (which this kill makes it do).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {limit:?}; killed"),
+            ))
+        }
+    }
+}
+
 /// Runs every available tool. Never fails as a whole: what could not be read is listed in
 /// `problems`.
 pub fn read_nat_rules() -> NatReport {
@@ -60,7 +96,7 @@ pub fn read_nat_rules() -> NatReport {
     let mut xt_skipped = 0;
     let mut iptables_nft_ok = false;
     for tool in TOOLS {
-        let output = match Command::new(tool.program).args(tool.args).output() {
+        let output = match output_within(Command::new(tool.program).args(tool.args), TOOL_TIMEOUT) {
             Ok(o) => o,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -130,4 +166,27 @@ pub fn read_nat_rules() -> NatReport {
         );
     }
     report
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_that_hangs_is_killed_and_reported() {
+        let started = std::time::Instant::now();
+        let err = output_within(
+            Command::new("sleep").arg("30"),
+            std::time::Duration::from_millis(200),
+        )
+        .expect_err("a hung tool");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let ok = output_within(
+            Command::new("echo").arg("hi"),
+            std::time::Duration::from_secs(20),
+        )
+        .expect("echo");
+        assert_eq!(String::from_utf8_lossy(&ok.stdout), "hi\n");
+    }
 }

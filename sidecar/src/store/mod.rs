@@ -171,7 +171,8 @@ pub struct Store {
     task: Option<tokio::task::JoinHandle<()>>,
     embedded: Option<embedded::EmbeddedServer>,
     sender_stats: Arc<Mutex<SenderStats>>,
-    /// Rows the spool could not write (disk full, I/O error): dropped, counted.
+    /// Spool writes that failed (disk full, I/O error), for the log: the spool itself keeps
+    /// the rows for another try or counts them as dropped.
     write_errors: u64,
     pub url: String,
     /// How rows travel (`auto` decided from the URL).
@@ -264,7 +265,7 @@ impl Store {
         if let Err(e) = self.spool.push(&row) {
             self.write_errors += 1;
             if self.write_errors == 1 || self.write_errors.is_power_of_two() {
-                tracing::error!(error = %e, dropped = self.write_errors, "cannot spool a row (dropped, counted)");
+                tracing::error!(error = %e, failures = self.write_errors, "spool write failed (rows kept for the next try, or dropped and counted)");
             }
         }
     }
@@ -339,7 +340,8 @@ impl Store {
             spooled: sp.accepted_rows,
             sent: se.sent_rows,
             rejected: se.rejected_rows,
-            dropped: sp.dropped_rows + self.write_errors,
+            // The spool counts every row it could not keep; a failed write alone loses none.
+            dropped: sp.dropped_rows,
             recovered: sp.recovered_rows,
             backlog_batches: batches as u64,
             backlog_rows: shared.backlog_rows(),

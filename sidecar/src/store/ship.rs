@@ -653,6 +653,16 @@ impl SendJob {
             }
             Err(e) => return Err(SendError::Unreadable(e.to_string())),
         };
+        if frames.corrupt_regions > 0 {
+            self.shared
+                .count_corrupt(frames.corrupt_regions, frames.corrupt_bytes);
+            tracing::warn!(
+                path = %batch.path.display(),
+                regions = frames.corrupt_regions,
+                bytes = frames.corrupt_bytes,
+                "corrupt stretches in a spool batch skipped (their rows are lost, counted)"
+            );
+        }
         let rows = frames.rows.len() as u64;
         tokio::time::timeout(
             self.timeout,

@@ -80,6 +80,14 @@ pub struct SpoolStats {
     pub recovered_rows: u64,
     /// Bytes cut from the end of recovered batches (a frame half written when it died).
     pub truncated_bytes: u64,
+    /// Corrupt stretches found inside batches and skipped to the next valid frame, and their
+    /// bytes (their rows are lost; every other frame of the batch is kept).
+    pub corrupt_regions: u64,
+    pub corrupt_bytes: u64,
+    /// Batches ClickHouse refused (kept in `rejected/`) deleted to stay within the bound.
+    pub dropped_rejected: u64,
+    /// Failed writes rolled back to the last whole frame (disk full, I/O error).
+    pub write_rollbacks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +96,9 @@ struct State {
     sealed_bytes: u64,
     sealed_rows: u64,
     in_flight: std::collections::BTreeSet<u64>,
+    /// Files in `rejected/`, oldest first, and their bytes (they count against the bound).
+    rejected: std::collections::VecDeque<(PathBuf, u64)>,
+    rejected_bytes: u64,
     stats: SpoolStats,
 }
 
@@ -154,6 +165,9 @@ impl Shared {
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let to = dir.join(b.path.file_name().unwrap_or_default());
         fs::rename(&b.path, &to).map_err(io(&b.path))?;
+        let mut s = self.lock();
+        s.rejected.push_back((to.clone(), b.bytes));
+        s.rejected_bytes += b.bytes;
         Ok(to)
     }
 
@@ -177,6 +191,13 @@ impl Shared {
         self.lock().stats
     }
 
+    /// A reader found corrupt stretches in a batch (see [`read_frames`]).
+    pub fn count_corrupt(&self, regions: u64, bytes: u64) {
+        let mut s = self.lock();
+        s.stats.corrupt_regions += regions;
+        s.stats.corrupt_bytes += bytes;
+    }
+
     /// Sealed batches and their bytes waiting to be sent.
     pub fn backlog(&self) -> (usize, u64) {
         let s = self.lock();
@@ -195,10 +216,17 @@ struct OpenBatch {
     path: PathBuf,
     file: File,
     rows: u64,
+    /// Bytes in the file: always the end of a whole frame.
     bytes: u64,
     buf: Vec<u8>,
+    /// Rows in `buf`, not yet in the file.
+    buf_rows: u64,
     opened: Instant,
 }
+
+/// Rows kept in memory for another try after a failed write, at most (beyond, they are
+/// dropped and counted: the disk stays full, memory must not fill too).
+const MAX_RETRY_BUF: usize = 8 << 20;
 
 /// Limits of the spool.
 #[derive(Clone, Copy, Debug)]
@@ -245,6 +273,9 @@ pub struct Frames {
     pub valid: u64,
     /// Bytes after it (a frame cut short by a crash, or corruption).
     pub cut: u64,
+    /// Corrupt stretches skipped between valid frames, and their bytes.
+    pub corrupt_regions: u64,
+    pub corrupt_bytes: u64,
 }
 
 /// Reads a batch file.
@@ -267,32 +298,52 @@ pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
         .to_owned();
     let mut rows = Vec::new();
     let mut at = HEADER;
+    let mut valid = HEADER;
+    let (mut corrupt_regions, mut corrupt_bytes) = (0u64, 0u64);
     while data.len() - at >= FRAME_HEADER {
-        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
-        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
-        if len > MAX_FRAME {
-            break;
+        if let Some((row, next)) = frame_at(&data, at) {
+            rows.push(row);
+            at = next;
+            valid = at;
+            continue;
         }
-        let start = at + FRAME_HEADER;
-        let Some(payload) = data.get(start..start + len as usize) else {
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            break;
+        // Frames are findable: a length, a CRC-32 of the payload and a payload that decodes.
+        // A bad stretch in the middle (a bit flip, a torn write another run left) is skipped
+        // to the next valid frame and counted; with none after it, it is a torn tail.
+        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(&data, *p).is_some()) {
+            Some(p) => {
+                corrupt_regions += 1;
+                corrupt_bytes += (p - at) as u64;
+                at = p;
+            }
+            None => break,
         }
-        match postcard::from_bytes::<AnyRow>(payload) {
-            Ok(r) => rows.push(r),
-            Err(_) => break,
-        }
-        at = start + len as usize;
     }
-    let valid = at as u64;
     Ok(Frames {
         run,
         rows,
-        valid,
-        cut: data.len() as u64 - valid,
+        valid: valid as u64,
+        cut: (data.len() - valid) as u64,
+        corrupt_regions,
+        corrupt_bytes,
     })
+}
+
+/// The frame at `at` and where the next one starts, if it is whole and valid.
+fn frame_at(data: &[u8], at: usize) -> Option<(AnyRow, usize)> {
+    let head = data.get(at..at + FRAME_HEADER)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 || len > MAX_FRAME {
+        return None;
+    }
+    let start = at + FRAME_HEADER;
+    let payload = data.get(start..start + len as usize)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let row = postcard::from_bytes::<AnyRow>(payload).ok()?;
+    Some((row, start + len as usize))
 }
 
 impl Spool {
@@ -344,6 +395,8 @@ impl Spool {
                             continue;
                         }
                     };
+                    state.stats.corrupt_regions += frames.corrupt_regions;
+                    state.stats.corrupt_bytes += frames.corrupt_bytes;
                     state.add(BatchInfo {
                         seq,
                         run: frames.run,
@@ -373,6 +426,8 @@ impl Spool {
                     fs::rename(&path, &sealed).map_err(io(&path))?;
                     state.stats.recovered_rows += rows;
                     state.stats.truncated_bytes += cut;
+                    state.stats.corrupt_regions += frames.corrupt_regions;
+                    state.stats.corrupt_bytes += frames.corrupt_bytes;
                     state.add(BatchInfo {
                         seq,
                         run: frames.run,
@@ -383,6 +438,28 @@ impl Spool {
                     });
                 }
                 _ => {}
+            }
+        }
+        // Batches set aside earlier count against the bound too, oldest first.
+        let rejected_dir = dir.join("rejected");
+        if let Ok(list) = fs::read_dir(&rejected_dir) {
+            let mut files: Vec<(String, PathBuf, u64)> = list
+                .filter_map(Result::ok)
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    meta.is_file().then(|| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            e.path(),
+                            meta.len(),
+                        )
+                    })
+                })
+                .collect();
+            files.sort();
+            for (_, path, bytes) in files {
+                state.rejected_bytes += bytes;
+                state.rejected.push_back((path, bytes));
             }
         }
         let shared = Arc::new(Shared {
@@ -411,7 +488,14 @@ impl Spool {
     pub fn push(&mut self, row: &AnyRow) -> Result<(), SpoolError> {
         let table = row.table_index();
         if self.open[table].is_none() {
-            self.open[table] = Some(self.new_batch(table)?);
+            match self.new_batch(table) {
+                Ok(b) => self.open[table] = Some(b),
+                Err(e) => {
+                    // The row has nowhere to go: dropped, and counted.
+                    self.shared.lock().stats.dropped_rows += 1;
+                    return Err(e);
+                }
+            }
         }
         let full = {
             let Some(b) = self.open[table].as_mut() else {
@@ -434,6 +518,7 @@ impl Spool {
             b.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
             b.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
             b.rows += 1;
+            b.buf_rows += 1;
             b.rows >= self.limits.batch_rows
                 || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
         };
@@ -471,19 +556,48 @@ impl Spool {
             rows: 0,
             bytes: HEADER as u64,
             buf: Vec::with_capacity(64 * 1024),
+            buf_rows: 0,
             opened: Instant::now(),
         })
     }
 
+    /// Appends the buffered frames to the batch file. A failed write (disk full) is rolled
+    /// back to the last whole frame, so the file never holds a torn frame in its middle; the
+    /// rows stay buffered for the next try, up to [`MAX_RETRY_BUF`] (then dropped, counted).
     fn write_out(&mut self, table: usize) -> Result<(), SpoolError> {
-        if let Some(b) = self.open[table].as_mut() {
-            if !b.buf.is_empty() {
-                b.file.write_all(&b.buf).map_err(io(&b.path))?;
+        let Some(b) = self.open[table].as_mut() else {
+            return Ok(());
+        };
+        if b.buf.is_empty() {
+            return Ok(());
+        }
+        match b.file.write_all(&b.buf) {
+            Ok(()) => {
                 b.bytes += b.buf.len() as u64;
                 b.buf.clear();
+                b.buf_rows = 0;
+                Ok(())
+            }
+            Err(e) => {
+                use std::io::Seek as _;
+                let rolled = b
+                    .file
+                    .set_len(b.bytes)
+                    .and_then(|()| b.file.seek(std::io::SeekFrom::Start(b.bytes)).map(drop));
+                let mut st = self.shared.lock();
+                st.stats.write_rollbacks += 1;
+                if rolled.is_err() || b.buf.len() > MAX_RETRY_BUF {
+                    st.stats.dropped_rows += b.buf_rows;
+                    b.rows -= b.buf_rows;
+                    b.buf.clear();
+                    b.buf_rows = 0;
+                }
+                if let Err(r) = rolled {
+                    tracing::error!(path = %b.path.display(), error = %r, "cannot roll a failed spool write back");
+                }
+                Err(io(&b.path)(e))
             }
         }
-        Ok(())
     }
 
     fn seal(&mut self, table: usize) -> Result<(), SpoolError> {
@@ -496,6 +610,12 @@ impl Spool {
         }
         let sealed = self.shared.dir.join(file_name(b.seq, table, "batch"));
         fs::rename(&b.path, &sealed).map_err(io(&b.path))?;
+        if self.limits.fsync {
+            // The rename itself is durable only once the directory is.
+            File::open(&self.shared.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.shared.dir))?;
+        }
         self.shared.lock().add(BatchInfo {
             seq: b.seq,
             run: b.run,
@@ -509,10 +629,27 @@ impl Spool {
         Ok(())
     }
 
-    /// Deletes the oldest sealed batches (not the one being sent) while over the bound.
+    /// Deletes what is oldest while the spool is over its bound: batches ClickHouse refused
+    /// (`rejected/`) first, then sealed batches (not the one being sent). The open batches
+    /// count too.
     fn enforce_bound(&mut self) {
+        let open: u64 = self
+            .open
+            .iter()
+            .flatten()
+            .map(|b| b.bytes + b.buf.len() as u64)
+            .sum();
         let mut s = self.shared.lock();
-        while s.sealed_bytes > self.limits.max_bytes {
+        while s.sealed_bytes + s.rejected_bytes + open > self.limits.max_bytes {
+            if let Some((path, bytes)) = s.rejected.pop_front() {
+                s.rejected_bytes = s.rejected_bytes.saturating_sub(bytes);
+                s.stats.dropped_rejected += 1;
+                if let Err(e) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a rejected spool batch");
+                }
+                tracing::warn!(path = %path.display(), "spool full: deleted the oldest rejected batch");
+                continue;
+            }
             let Some(seq) = s
                 .sealed
                 .keys()
@@ -773,5 +910,133 @@ mod tests {
             .path()
             .join("rejected/0000000000000007-alerts.batch")
             .exists());
+    }
+
+    #[test]
+    fn a_corrupt_frame_in_the_middle_is_skipped_to_the_next_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Spool::open(dir.path(), limits()).expect("open");
+        for i in 0..10 {
+            s.push(&row(i)).expect("push");
+        }
+        s.flush().expect("flush");
+        let b = s.shared().next_batch().expect("a sealed batch of 10");
+        drop(s);
+        let mut data = fs::read(&b.path).expect("read");
+        // A bit flip inside the fifth frame's payload.
+        let mut at = HEADER;
+        for _ in 0..4 {
+            let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
+            at += FRAME_HEADER + len as usize;
+        }
+        data[at + FRAME_HEADER + 2] ^= 0x40;
+        fs::write(&b.path, &data).expect("write");
+        let f = read_frames(&b.path).expect("readable");
+        assert_eq!(f.rows.len(), 9, "every frame but the bad one");
+        assert_eq!(f.corrupt_regions, 1);
+        assert!(f.corrupt_bytes > 0);
+        assert_eq!(f.cut, 0);
+        let kept: Vec<String> = f
+            .rows
+            .iter()
+            .map(|r| match r {
+                AnyRow::Alert(a) => a.dedup_key.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert!(!kept.contains(&"k4".to_owned()) && kept.contains(&"k5".to_owned()));
+        // Reopening counts it too.
+        let s = Spool::open(dir.path(), limits()).expect("reopen");
+        assert_eq!(s.stats().corrupt_regions, 1);
+    }
+
+    #[test]
+    fn rejected_batches_count_against_the_bound_and_go_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = limits();
+        let mut s = Spool::open(dir.path(), l).expect("open");
+        for i in 0..10 {
+            s.push(&row(i)).expect("push");
+        }
+        let shared = s.shared();
+        let b = shared.next_batch().expect("batch");
+        let rejected = shared.reject(&b).expect("reject");
+        assert!(rejected.exists());
+        let batch_bytes = b.bytes;
+        drop(s);
+        // A bound that holds the rejected batch and one more, not two: the rejected one
+        // goes first.
+        l.max_bytes = batch_bytes * 2 + batch_bytes / 2;
+        let mut s = Spool::open(dir.path(), l).expect("reopen");
+        for i in 10..30 {
+            s.push(&row(i)).expect("push");
+        }
+        assert!(!rejected.exists(), "the rejected batch was deleted first");
+        assert_eq!(s.stats().dropped_rejected, 1);
+        assert_eq!(s.stats().dropped_batches, 0, "no sealed batch was needed");
+    }
+
+    /// A small tmpfs the test mounts (root): writes fail with ENOSPC for real.
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn new(bytes: u64) -> Option<Self> {
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                return None;
+            }
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "mount tmpfs (the tests run as root)");
+            Some(Self(dir))
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_full_disk_rolls_a_write_back_and_leaves_no_torn_frame() {
+        let Some(fs_) = SmallFs::new(256 * 1024) else {
+            panic!("this test mounts a tmpfs: run the tests as root (cargo xtask test)");
+        };
+        let dir = fs_.0.path().join("spool");
+        let mut l = limits();
+        l.batch_rows = 1_000_000;
+        let mut s = Spool::open(&dir, l).expect("open");
+        // A filler takes most of the space.
+        let filler = fs_.0.path().join("filler");
+        fs::write(&filler, vec![0u8; 200 * 1024]).expect("filler");
+        let mut failed = false;
+        let mut pushed = 0u64;
+        for i in 0..20_000u64 {
+            pushed += 1;
+            if s.push(&row(i)).is_err() || s.flush().is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "the disk filled up");
+        assert!(s.stats().write_rollbacks >= 1);
+        // Space comes back; the buffered rows go out with the next flush.
+        fs::remove_file(&filler).expect("free");
+        s.flush().expect("flush after space came back");
+        s.seal_all().expect("seal");
+        let dropped = s.stats().dropped_rows;
+        let b = s.shared().next_batch().expect("batch");
+        let f = read_frames(&b.path).expect("read");
+        assert_eq!(f.corrupt_regions, 0, "no torn frame in the middle");
+        assert_eq!(f.cut, 0);
+        // Every row pushed is in the batch, or was dropped and counted: none lost silently.
+        assert_eq!(f.rows.len() as u64 + dropped, pushed);
     }
 }

@@ -2,7 +2,7 @@
 //! or, offline, a capture of the hop and the proxy's access logs run through the same
 //! pipeline as live (tracker, join, alert rules) and turned into the same rows.
 use std::{
-    io::{BufRead, BufReader},
+    io::BufReader,
     path::{Path, PathBuf},
 };
 
@@ -11,9 +11,9 @@ use clickhouse::Row;
 
 use super::{Filter, Rows};
 use crate::{
-    alerts::{AlertsConfig, Engine},
+    alerts::Engine,
     config::StoreConfig,
-    edge::{join::join_all, nginx::JsonFields, parse_any},
+    edge::parse_any,
     store::rows::{self, AlertRow, AnyRow, EdgeRow, RequestRow},
 };
 
@@ -39,6 +39,8 @@ pub struct OfflineReport {
     pub hop_records: usize,
     pub edge_lines: usize,
     pub malformed_lines: usize,
+    /// Lines that were not UTF-8 (decoded lossily, then parsed).
+    pub non_utf8_lines: usize,
     pub capture_truncated_at: Option<u64>,
 }
 
@@ -47,16 +49,18 @@ pub fn offline(
     pcap: &Path,
     ports: &[u16],
     logs: &[PathBuf],
-    fields: &JsonFields,
-    alerts: &AlertsConfig,
-    join_window_ns: u64,
+    config: &crate::config::Config,
 ) -> anyhow::Result<(Rows, OfflineReport)> {
+    let fields = &config.edge.json_fields;
+    let alerts = &config.alerts;
+    let join_window_ns = u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX);
     const NODE: &str = "offline";
     let file = std::fs::File::open(pcap).with_context(|| format!("opening {}", pcap.display()))?;
     let mut hop = Vec::new();
-    let summary = crate::replay::replay(
+    let summary = crate::replay::replay_limited(
         BufReader::with_capacity(1 << 20, file),
         ports,
+        config.hop.limits(),
         |r| hop.push(r.clone()),
         |_| {},
     )
@@ -68,20 +72,16 @@ pub fn offline(
     };
     let mut edges = Vec::new();
     for log in logs {
-        let f = std::fs::File::open(log).with_context(|| format!("opening {}", log.display()))?;
-        for line in BufReader::new(f).lines() {
-            let line = line.with_context(|| format!("reading {}", log.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            match parse_any(&line, fields) {
+        let stats =
+            crate::sources::logfile::for_each_line(log, |_, line| match parse_any(line, fields) {
                 Ok(r) => {
                     report.edge_lines += 1;
                     edges.push(r);
                 }
                 Err(_) => report.malformed_lines += 1,
-            }
-        }
+            })
+            .with_context(|| format!("reading {}", log.display()))?;
+        report.non_utf8_lines += stats.non_utf8 as usize;
     }
     let mut engine = Engine::new(alerts.clone());
     let mut fired = Vec::new();
@@ -97,7 +97,7 @@ pub fn offline(
     let joined = if edges.is_empty() {
         Vec::new()
     } else {
-        join_all(hop, edges, join_window_ns)
+        crate::edge::join::join_all_limited(hop, edges, join_window_ns, config.edge.limits()).0
     };
     for j in &joined {
         engine.request(j, &mut fired);

@@ -1,7 +1,6 @@
 //! Timelines of the committed recordings (real nginx in front of a real WebSocket upstream,
 //! see tests/hop_replay.rs), built offline.
 use super::{build, source::offline, Filter, Lane, Timeline};
-use crate::alerts::AlertsConfig;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -10,18 +9,10 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 fn timeline(name: &str, port: u16) -> Timeline {
-    let mut alerts = AlertsConfig::default();
+    let mut config = crate::config::Config::default();
     // One recorded session is enough evidence here.
-    alerts.timeout_disconnect.min_sessions = 1;
-    let (rows, report) = offline(
-        &fixture(name),
-        &[port],
-        &[],
-        &Default::default(),
-        &alerts,
-        30_000_000_000,
-    )
-    .expect("fixture");
+    config.alerts.timeout_disconnect.min_sessions = 1;
+    let (rows, report) = offline(&fixture(name), &[port], &[], &config).expect("fixture");
     assert!(report.hop_records > 0);
     build(
         &rows,
@@ -127,17 +118,10 @@ fn a_request_id_filter_keeps_that_request_only() {
         .find(|e| !e.request_id.is_empty())
         .map(|e| e.request_id.clone())
         .expect("a request id");
-    let mut alerts = AlertsConfig::default();
-    alerts.timeout_disconnect.min_sessions = 1;
-    let (rows, _) = offline(
-        &fixture("keepalive.44379.pcap"),
-        &[44379],
-        &[],
-        &Default::default(),
-        &alerts,
-        30_000_000_000,
-    )
-    .expect("fixture");
+    let mut config = crate::config::Config::default();
+    config.alerts.timeout_disconnect.min_sessions = 1;
+    let (rows, _) =
+        offline(&fixture("keepalive.44379.pcap"), &[44379], &[], &config).expect("fixture");
     let one = build(
         &rows,
         &Filter {
