@@ -1115,3 +1115,120 @@ fn live_spool_overflow_is_reported_not_silent() {
         "{metrics}"
     );
 }
+
+/// One nginx JSON access-log line (the README's format) with request id `i`.
+fn log_line(i: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!(
+        "{{\"msec\":\"{}.{:03}\",\"request_id\":\"{i:032x}\",\"remote_addr\":\"203.0.113.7\",\"host\":\"gw.example\",\"request_method\":\"GET\",\"request_uri\":\"/r{i}\",\"status\":\"200\",\"request_time\":\"0.001\",\"upstream_addr\":\"127.0.0.1:18789\",\"upstream_connect_time\":\"0.000\",\"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\"body_bytes_sent\":\"2\"}}\n",
+        now.as_secs(),
+        now.subsec_millis()
+    )
+}
+
+/// Appends lines `from..to` to the log.
+fn write_lines(log: &Path, from: u64, to: u64) {
+    let text: String = (from..to).map(log_line).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+}
+
+#[test]
+fn access_log_lines_reach_clickhouse_exactly_once_across_kill_9_and_rotations() {
+    let ch = support::store::shared();
+    let db = "t_log_once";
+    let spool = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("access.log");
+    // The proxy's log exists when the sidecar first starts (it is read from its end then).
+    std::fs::write(&log, "").unwrap();
+    let config = format!(
+        "{}[edge]\naccess_logs = [{:?}]\nstate_dir = {:?}\njoin_window = \"50ms\"\npoll_interval = \"20ms\"\n",
+        run_config(&ch.store_config(db, spool.path())),
+        log.display().to_string(),
+        state.path().display().to_string()
+    );
+    // A small deterministic generator: kill points and burst sizes vary, runs repeat.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut written = 0u64;
+    let mut rotations = 0;
+    let mut rotate = |log: &Path| {
+        rotations += 1;
+        std::fs::rename(log, log.with_extension(format!("log.{rotations}"))).unwrap();
+    };
+    for round in 0..6u64 {
+        // While stopped: lines, and in odd rounds a rotation first (the checkpoint then names
+        // a file the path no longer names).
+        // (Not before the first start: with no checkpoint yet, a log's history is not read.)
+        if round % 2 == 1 {
+            rotate(&log);
+        }
+        if round > 0 {
+            let burst = 50 + next(250);
+            write_lines(&log, written, written + burst);
+            written += burst;
+        }
+        let mut sidecar = Sidecar::start(&config);
+        // While running: more lines, and in some rounds a rotation in the middle.
+        let burst = 50 + next(250);
+        write_lines(&log, written, written + burst);
+        written += burst;
+        if round % 3 == 0 {
+            rotate(&log);
+            let burst = 20 + next(100);
+            write_lines(&log, written, written + burst);
+            written += burst;
+        }
+        // Killed at a point that varies: after some of this run's requests came out.
+        let kill_after = 1 + next(100);
+        let seen = std::cell::Cell::new(0);
+        sidecar.lines.wait_for("requests before the kill", |v| {
+            if v["type"] == "request" {
+                seen.set(seen.get() + 1);
+            }
+            seen.get() >= kill_after
+        });
+        sidecar.signal("KILL");
+        drop(sidecar);
+    }
+    // A last run reads the rest, and a last burst (lines are read in order: once the last
+    // one's request is out, every earlier line was read by this run or one before), then
+    // stops cleanly.
+    let mut sidecar = Sidecar::start(&config);
+    write_lines(&log, written, written + 20);
+    written += 20;
+    let last = format!("{:032x}", written - 1);
+    sidecar.lines.wait_for("the last line's request", |v| {
+        v["type"] == "request" && v["request_id"] == last.as_str()
+    });
+    sidecar.signal("TERM");
+    let summary = sidecar
+        .lines
+        .wait_for("the store summary", |v| v["type"] == "store_summary");
+    assert_eq!(summary["backlog_rows"], 0, "{summary}");
+    // Every line once: none lost, none doubled.
+    assert_eq!(
+        ch.count(&format!("SELECT uniqExact(request_id) FROM {db}.edge_logs")),
+        written,
+        "lines lost"
+    );
+    assert_eq!(
+        ch.count(&format!("SELECT count() FROM {db}.edge_logs")),
+        written,
+        "lines stored twice"
+    );
+    assert!(rotations >= 4);
+}

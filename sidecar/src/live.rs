@@ -392,6 +392,57 @@ impl Watch {
     }
 
     /// New access-log lines: parsed (malformed ones counted and reported), then joined.
+    /// Reads the access logs (a bounded piece of each, more rounds while one is behind),
+    /// hands the lines to the pipeline, then moves the logs' checkpoints: with a store, only
+    /// once the lines' rows and a mark of each log's position are written through to the
+    /// spool (exactly once across kill -9: see `sources::tail`).
+    fn read_logs(&mut self, tailers: &mut [Tailer]) {
+        for _ in 0..8 {
+            let mut lines = Vec::new();
+            for t in tailers.iter_mut() {
+                if let Err(e) = t.poll(&mut lines) {
+                    tracing::warn!(log = %t.path().display(), error = %e, "cannot read access log");
+                }
+            }
+            self.on_edge_lines(&lines);
+            if let Some(st) = self.store.as_mut() {
+                let mut marked = false;
+                for t in tailers.iter().filter(|t| t.moved()) {
+                    if let Some(p) = t.position() {
+                        st.tail_mark(t.path(), p);
+                        marked = true;
+                    }
+                }
+                if marked {
+                    if let Err(e) = st.write_through() {
+                        // The checkpoints stay: the lines are read again, and their rows
+                        // deduplicated by the marks, once the spool can be written.
+                        tracing::warn!(error = %format!("{e:#}"), "log checkpoints not moved");
+                        return;
+                    }
+                }
+            }
+            for t in tailers.iter_mut() {
+                if let Err(e) = t.commit() {
+                    tracing::warn!(log = %t.path().display(), error = %e, "cannot save the log checkpoint");
+                }
+            }
+            let t = tailers.iter().fold((0, 0, 0), |a, t| {
+                (
+                    a.0 + t.non_utf8_lines,
+                    a.1 + t.overlong_lines,
+                    a.2 + t.lost_rotations,
+                )
+            });
+            self.metrics.edge_lines_non_utf8_now(t.0);
+            self.metrics.limit_drops_now("edge_overlong_lines", t.1);
+            self.metrics.limit_drops_now("edge_lost_rotations", t.2);
+            if !tailers.iter().any(Tailer::behind) {
+                break;
+            }
+        }
+    }
+
     fn on_edge_lines(&mut self, lines: &[String]) {
         let now = unix_ns(SystemTime::now());
         for line in lines {
@@ -668,16 +719,22 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         for path in &config.edge.access_logs {
             let name = path.to_string_lossy().replace('/', "_");
             let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
-            tailers.push(Tailer::new(path, Some(&checkpoint), StartAt::End));
+            let mut t = Tailer::new(path, Some(&checkpoint), StartAt::End);
+            // A position the spool holds beside the rows of its lines is newer than the
+            // checkpoint file when the last run died between the two.
+            if let Some(p) = watch
+                .store
+                .as_ref()
+                .and_then(|st| st.spooled_tail_position(path))
+            {
+                t.resume_from(p);
+            }
+            tailers.push(t);
         }
     }
-    // Position every log now, before `ready`: lines the proxy writes from here on are read.
-    let mut initial = Vec::new();
-    for t in &mut tailers {
-        t.poll(&mut initial)
-            .with_context(|| format!("reading access log {}", t.path().display()))?;
-    }
-    watch.on_edge_lines(&initial);
+    // Position every log now, before `ready`: lines the proxy writes from here on are read
+    // (and a backlog since the checkpoint, in bounded pieces).
+    watch.read_logs(&mut tailers);
     watch.printer.status(
         "ready",
         &format!(
@@ -805,13 +862,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 }
             }
             _ = edge_tick.tick(), if !tailers.is_empty() => {
-                let mut lines = Vec::new();
-                for t in &mut tailers {
-                    if let Err(e) = t.poll(&mut lines) {
-                        tracing::warn!(log = %t.path().display(), error = %e, "cannot read access log");
-                    }
-                }
-                watch.on_edge_lines(&lines);
+                watch.read_logs(&mut tailers);
             }
             _ = expire_tick.tick() => {
                 let cutoff = unix_ns(SystemTime::now())

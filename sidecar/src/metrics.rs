@@ -73,8 +73,10 @@ impl Metrics {
         let limit_drops = Family::<Labels, Counter>::default();
         registry.register(
             "limit_drops",
-            "What was given up at a count limit (strangers choose the counts): connections \
-             reported early and forgotten, requests left unpaired, close frames not kept",
+            "What was given up, by where: at a count limit (connections reported early and \
+             forgotten, requests left unpaired, close frames not kept, join records shed, \
+             duplicate request ids), or unreadable (overlong log lines, rotated logs gone \
+             while stopped, corrupt spool stretches)",
             limit_drops.clone(),
         );
         for limit in [
@@ -83,6 +85,9 @@ impl Metrics {
             "hop_close_frames",
             "join_pending",
             "join_duplicate_request_ids",
+            "edge_overlong_lines",
+            "edge_lost_rotations",
+            "spool_corrupt_regions",
         ] {
             limit_drops.get_or_create(&label("limit", limit)).inc_by(0);
         }
@@ -270,6 +275,14 @@ impl Metrics {
         self.edge_lines
             .get_or_create(&label("result", if ok { "parsed" } else { "malformed" }))
             .inc();
+    }
+
+    /// Access-log lines so far that were not UTF-8 (read lossily, then parsed).
+    pub fn edge_lines_non_utf8_now(&self, total: u64) {
+        raise_to(
+            &self.edge_lines.get_or_create(&label("result", "non_utf8")),
+            total,
+        );
     }
 
     /// A hop segment arrived with only its frame headers (the kernel followed the frames).

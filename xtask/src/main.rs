@@ -70,7 +70,8 @@ enum Task {
     },
     /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark: `cargo bench
     /// --bench hop` (replay vs tshark, live probe cost with wrk), `--bench edge` (log parsing
-    /// and join vs jq), `--bench store` (records into ClickHouse vs the raw crate insert) and
+    /// and join vs jq), `--bench store` (records into ClickHouse vs the raw crate insert),
+    /// `--bench floods` (hostile floods at 1x-8x: the cost of each doubling) and
     /// `bench-exposure`.
     Bench,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
@@ -315,10 +316,62 @@ pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     )
 }
 
-const FUZZ_TARGETS: &[&str] = &["hop_tracker", "replay_capture"];
+/// Every parser of outside data has a target: packets (the tracker, whole captures, the
+/// probes' ring-buffer records), access-log lines, spool files and the config.
+const FUZZ_TARGETS: &[&str] = &[
+    "hop_tracker",
+    "replay_capture",
+    "probe_event",
+    "access_log_line",
+    "spool_frames",
+    "config",
+];
+
+/// Largest input the fuzzer builds: several MiB, so limits that only large inputs reach
+/// (the reassembler's 1 MiB of pending data, a 4 MiB log chunk) are reached too.
+const FUZZ_MAX_LEN: usize = 6 << 20;
+
+/// Seeds for the text targets: real nginx and Caddy lines, and a config with every section.
+const SEEDS: &[(&str, &str, &str)] = &[
+    (
+        "access_log_line",
+        "nginx_json",
+        r#"{"msec":"1764600000.123","request_id":"0123456789abcdef0123456789abcdef","remote_addr":"203.0.113.7","host":"gw.example","request_method":"GET","request_uri":"/ws?token=x","status":"101","request_time":"61.002","upstream_addr":"127.0.0.1:18789","upstream_connect_time":"0.000","upstream_header_time":"0.002","upstream_response_time":"61.002","body_bytes_sent":"0","http_upgrade":"websocket"}"#,
+    ),
+    (
+        "access_log_line",
+        "caddy_json",
+        r#"{"level":"info","ts":1764600000.5,"logger":"http.log.access","msg":"handled request","request":{"remote_ip":"203.0.113.9","proto":"HTTP/1.1","method":"GET","host":"gw.example","uri":"/","headers":{"X-Request-Id":["f00"]}},"duration":0.01,"size":2,"status":200,"resp_headers":{}}"#,
+    ),
+    (
+        "access_log_line",
+        "combined",
+        r#"203.0.113.7 - - [02/Dec/2026:07:00:00 +0000] "GET / HTTP/1.1" 200 2 "-" "curl/8" rid=abc rt=0.001 uct=0.000 uht=0.001 urt=0.001 ua=127.0.0.1:18789"#,
+    ),
+    (
+        "config",
+        "full",
+        r#"[exposure]
+watched_ports = [18789]
+[hop]
+ports = [18789]
+max_connections = 100
+[edge]
+access_logs = ["/var/log/nginx/access.log"]
+join_window = "30s"
+[store]
+enabled = false
+[alerts]
+cooldown = "5m"
+[[alerts.webhooks]]
+url = "https://hooks.example/x"
+"#,
+    ),
+];
 
 /// Runs each fuzz target for `seconds` (cargo-fuzz needs the nightly toolchain; it is
-/// installed on first use). The replay target starts from the committed captures.
+/// installed on first use). The replay target starts from the committed captures, the text
+/// targets from [`SEEDS`].
 fn fuzz(seconds: u32) -> Result<()> {
     let toolchains =
         output_of(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
@@ -337,6 +390,11 @@ fn fuzz(seconds: u32) -> Result<()> {
     for target in FUZZ_TARGETS {
         let corpus = root.join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
+        for (t, name, text) in SEEDS {
+            if t == target {
+                std::fs::write(corpus.join(name), text)?;
+            }
+        }
         if *target == "replay_capture" {
             for entry in std::fs::read_dir(root.join("tests/fixtures/hop"))? {
                 let path = entry?.path();
@@ -352,7 +410,8 @@ fn fuzz(seconds: u32) -> Result<()> {
                 .args(["+nightly", "fuzz", "run", target])
                 .arg(&corpus)
                 .arg("--")
-                .arg(format!("-max_total_time={seconds}")),
+                .arg(format!("-max_total_time={seconds}"))
+                .arg(format!("-max_len={FUZZ_MAX_LEN}")),
         )
         .with_context(|| {
             format!("fuzz target {target} found a failure (see sidecar/fuzz/artifacts)")
@@ -440,6 +499,7 @@ fn main() -> Result<()> {
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "hop"]))?;
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "edge"]))?;
             run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "store"]))?;
+            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "floods"]))?;
             bench::exposure(50)
         }
     }

@@ -1,26 +1,47 @@
-//! Follows an access log the way `tail -F` does, exactly once across rotations and restarts.
+//! Follows an access log the way `tail -F` does, exactly once across rotations, restarts and
+//! crashes.
 //!
 //! - Rename-and-create rotation (logrotate's default, then nginx reopens on USR1): the old file
 //!   is read to its end through the descriptor still open, then the new file from its start.
+//! - Rotation while edgewatch was stopped: the checkpoint names the file by device and inode;
+//!   if the path now names another file, the old one is looked for in the same directory
+//!   (`access.log.1`, `access.log-20261202`, ...), read from the checkpoint to its end, then
+//!   the new file from its start. If it is gone, that is said (and counted), never silent.
 //! - copytruncate: the file shrinks under the offset; reading restarts at 0.
 //! - A partial last line waits until its newline arrives.
-//! - A checkpoint (inode and offset of the last complete line consumed) is written atomically
-//!   after every read that consumed lines; on start it is honoured when it still describes the
-//!   file, so a restart neither loses nor repeats lines.
+//! - Bounded memory: at most [`CHUNK`] bytes are read per call ([`Tailer::behind`] says that
+//!   more is waiting); a line longer than that is skipped and counted.
+//! - The position moves when lines are handed out, and becomes the checkpoint only at
+//!   [`Tailer::commit`], which the caller makes once the lines' records are durable (the live
+//!   sidecar: in the spool, with a mark of the position beside them; see ARCHITECTURE.md). The
+//!   checkpoint file is written atomically and fsynced, with its directory.
 use std::{
     fs::File,
-    io::{Read, Seek, SeekFrom},
+    io::{Read, Seek, SeekFrom, Write as _},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
-/// Where reading stood.
+/// Bytes read from a log per call: a large backlog is read in pieces this size.
+pub const CHUNK: u64 = 4 << 20;
+
+/// Where reading stood: the file (device and inode) and the offset after the last complete
+/// line handed out.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Checkpoint {
+    /// 0 in checkpoints written before the device was recorded (then only the inode counts).
+    #[serde(default)]
+    pub dev: u64,
     pub inode: u64,
     pub offset: u64,
+}
+
+impl Checkpoint {
+    fn names(&self, meta: &std::fs::Metadata) -> bool {
+        self.inode == meta.ino() && (self.dev == 0 || self.dev == meta.dev())
+    }
 }
 
 /// Where to start without a usable checkpoint.
@@ -45,21 +66,97 @@ fn line_start_before_end(file: &File, len: u64) -> std::io::Result<u64> {
     })
 }
 
+/// The file in `dir` with this device and inode (a log rotated away while we were stopped).
+fn find_by_inode(dir: &Path, cp: &Checkpoint) -> Option<(PathBuf, File)> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_file() && cp.names(&meta) {
+            let path = entry.path();
+            return File::open(&path).ok().map(|f| (path, f));
+        }
+    }
+    None
+}
+
+/// Files that rotation made of the log after `after` (rotated more than once while we were
+/// stopped): named like the log plus a suffix (`access.log.1`, `access.log-20261202`), not
+/// compressed, not the current file, and changed (renamed, written) no earlier than `after`
+/// was: the inode change time, which a rename sets, orders rotations (the modification time
+/// does not: two files written within one clock tick share it); oldest first.
+fn rotated_since(log: &Path, after: &std::fs::Metadata, current: Option<u64>) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let changed = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
+    let mut found: Vec<((i64, i64), PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let suffix = file.strip_prefix(name.as_ref())?;
+            if !(suffix.starts_with('.') || suffix.starts_with('-')) {
+                return None;
+            }
+            if [".gz", ".bz2", ".xz", ".zst", ".lz4", ".z"]
+                .iter()
+                .any(|c| file.ends_with(c))
+            {
+                return None;
+            }
+            let meta = e.metadata().ok()?;
+            let same = meta.ino() == after.ino() && meta.dev() == after.dev();
+            (meta.is_file()
+                && !same
+                && Some(meta.ino()) != current
+                && changed(&meta) >= changed(after))
+            .then(|| (changed(&meta), e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// What reading one file has reached.
+struct Reading {
+    file: File,
+    dev: u64,
+    inode: u64,
+    offset: u64,
+    /// Inside a line longer than [`CHUNK`], being skipped up to its newline.
+    skipping: bool,
+}
+
 /// One followed file.
 pub struct Tailer {
     path: PathBuf,
     checkpoint_path: Option<PathBuf>,
-    file: Option<File>,
-    inode: u64,
-    offset: u64,
+    /// The file the path names (once opened).
+    current: Option<Reading>,
+    /// A file rotated away while we were stopped, read to its end first.
+    rotated: Option<Reading>,
+    /// Files rotated after it (more than one rotation while stopped), read next, in order.
+    rotated_next: std::collections::VecDeque<PathBuf>,
     /// The unfinished last line of the last read (only used when the file is rotated away
     /// before that line got its newline).
     partial: Vec<u8>,
     start_at: StartAt,
+    /// A position to resume from that is newer than the checkpoint file (see [`Tailer::resume_from`]).
+    resume: Option<Checkpoint>,
     /// The file did not exist at the first look: when it appears, all of it is new.
     appeared_later: bool,
+    /// More data was waiting when the last read stopped at [`CHUNK`].
+    behind: bool,
+    committed: Option<Checkpoint>,
     /// Rotations noticed (rename or truncate).
     pub rotations: u64,
+    /// Lines longer than [`CHUNK`], skipped.
+    pub overlong_lines: u64,
+    /// Lines that were not UTF-8 (decoded lossily).
+    pub non_utf8_lines: u64,
+    /// Rotations while stopped whose old file was gone: its unread lines were lost.
+    pub lost_rotations: u64,
 }
 
 impl Tailer {
@@ -67,18 +164,51 @@ impl Tailer {
         Self {
             path: path.to_owned(),
             checkpoint_path: checkpoint_path.map(Path::to_owned),
-            file: None,
-            inode: 0,
-            offset: 0,
+            current: None,
+            rotated: None,
+            rotated_next: std::collections::VecDeque::new(),
             partial: Vec::new(),
             start_at,
+            resume: None,
             appeared_later: false,
+            behind: false,
+            committed: None,
             rotations: 0,
+            overlong_lines: 0,
+            non_utf8_lines: 0,
+            lost_rotations: 0,
         }
+    }
+
+    /// Resume from `cp` rather than from the checkpoint file, when it is newer: the live
+    /// sidecar's spool keeps a mark of the position beside the rows of the lines before it,
+    /// so a crash between the two never repeats lines.
+    pub fn resume_from(&mut self, cp: Checkpoint) {
+        self.resume = Some(cp);
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether more data was waiting when the last [`Tailer::poll`] stopped.
+    pub fn behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The position after the last line handed out.
+    pub fn position(&self) -> Option<Checkpoint> {
+        let r = self.rotated.as_ref().or(self.current.as_ref())?;
+        Some(Checkpoint {
+            dev: r.dev,
+            inode: r.inode,
+            offset: r.offset,
+        })
+    }
+
+    /// Whether the position moved since the last [`Tailer::commit`].
+    pub fn moved(&self) -> bool {
+        self.position() != self.committed
     }
 
     fn load_checkpoint(&self) -> Option<Checkpoint> {
@@ -86,22 +216,42 @@ impl Tailer {
         serde_json::from_str(&text).ok()
     }
 
-    fn save_checkpoint(&self) -> std::io::Result<()> {
-        let Some(path) = &self.checkpoint_path else {
+    /// Makes the position the checkpoint (atomically: a temporary file, fsynced, renamed,
+    /// then the directory fsynced).
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        let Some(cp) = self.position() else {
             return Ok(());
         };
-        let tmp = path.with_extension("tmp");
-        let cp = Checkpoint {
-            inode: self.inode,
-            offset: self.offset,
-        };
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(&cp).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, path)
+        if self.committed == Some(cp) {
+            return Ok(());
+        }
+        if let Some(path) = &self.checkpoint_path {
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec(&cp).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
+        self.committed = Some(cp);
+        Ok(())
     }
 
+    fn reading(file: File, offset: u64) -> std::io::Result<Reading> {
+        let meta = file.metadata()?;
+        Ok(Reading {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            offset,
+            skipping: false,
+            file,
+        })
+    }
+
+    /// Opens the path. On the first open, the start comes from the checkpoint (or the spool's
+    /// mark), following a rotation that happened while stopped.
     fn open(&mut self, first: bool) -> std::io::Result<bool> {
         let file = match File::open(&self.path) {
             Ok(f) => f,
@@ -112,88 +262,204 @@ impl Tailer {
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
-        self.inode = meta.ino();
-        self.offset = if first {
-            match self.load_checkpoint() {
-                Some(cp) if cp.inode == meta.ino() && cp.offset <= meta.len() => cp.offset,
-                _ if self.appeared_later => 0,
-                _ => match self.start_at {
-                    StartAt::Beginning => 0,
-                    StartAt::End => line_start_before_end(&file, meta.len())?,
-                },
+        let mut offset = 0;
+        if first {
+            let saved = self.resume.take().or_else(|| self.load_checkpoint());
+            match saved {
+                Some(cp) if cp.names(&meta) => {
+                    // The same file: where we were (unless it was truncated meanwhile).
+                    offset = if cp.offset <= meta.len() {
+                        cp.offset
+                    } else {
+                        0
+                    };
+                    self.committed = Some(cp);
+                }
+                Some(cp) => {
+                    // Rotated while we were stopped: finish the old file first.
+                    let dir = self.path.parent().unwrap_or(Path::new("."));
+                    match find_by_inode(dir, &cp) {
+                        Some((old, f)) => {
+                            let old_meta = f.metadata()?;
+                            self.rotated_next =
+                                rotated_since(&self.path, &old_meta, Some(meta.ino())).into();
+                            tracing::info!(log = %self.path.display(), rotated = %old.display(), then = ?self.rotated_next, "the log rotated while edgewatch was stopped: reading the rest of the old file first");
+                            self.rotated = Some(Self::reading(f, cp.offset)?);
+                        }
+                        None => {
+                            self.lost_rotations += 1;
+                            tracing::warn!(log = %self.path.display(), "the log rotated while edgewatch was stopped and the old file is gone (deleted or compressed): its lines after the checkpoint are lost; the new file is read from its start");
+                        }
+                    }
+                    self.rotations += 1;
+                    self.committed = Some(cp);
+                }
+                None if self.appeared_later => {}
+                None => {
+                    offset = match self.start_at {
+                        StartAt::Beginning => 0,
+                        StartAt::End => line_start_before_end(&file, meta.len())?,
+                    };
+                }
             }
-        } else {
-            0
-        };
+        }
         self.partial.clear();
-        self.file = Some(file);
+        self.current = Some(Self::reading(file, offset)?);
         Ok(true)
     }
 
-    /// Reads what was appended since the last call; complete lines go to `out`.
+    /// Reads what was appended since the last call (at most [`CHUNK`] bytes); complete lines
+    /// go to `out`. The checkpoint does not move: see [`Tailer::commit`].
     pub fn poll(&mut self, out: &mut Vec<String>) -> std::io::Result<()> {
-        if self.file.is_none() && !self.open(true)? {
+        if self.current.is_none() && !self.open(true)? {
             return Ok(());
         }
-        let before = out.len();
-        self.read_to_end(out)?;
+        self.behind = false;
+        // Files rotated away while we were stopped, each to its end, oldest first.
+        while let Some(r) = self.rotated.as_mut() {
+            let more = read_lines(
+                r,
+                &mut self.partial,
+                out,
+                &mut self.overlong_lines,
+                &mut self.non_utf8_lines,
+            )?;
+            if more {
+                self.behind = true;
+                return Ok(());
+            }
+            self.end_of_old_file(out);
+            self.rotated = None;
+            while let Some(next) = self.rotated_next.pop_front() {
+                match File::open(&next) {
+                    Ok(f) => {
+                        self.rotated = Some(Self::reading(f, 0)?);
+                        break;
+                    }
+                    Err(e) => {
+                        self.lost_rotations += 1;
+                        tracing::warn!(file = %next.display(), error = %e, "a rotated log could not be read: its lines are lost");
+                    }
+                }
+            }
+        }
+        let Some(r) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let len = r.file.metadata()?.len();
+        if len < r.offset {
+            // copytruncate: the file was emptied (and maybe written again) under us.
+            self.rotations += 1;
+            r.offset = 0;
+            r.skipping = false;
+            self.partial.clear();
+        }
+        if read_lines(
+            r,
+            &mut self.partial,
+            out,
+            &mut self.overlong_lines,
+            &mut self.non_utf8_lines,
+        )? {
+            self.behind = true;
+            return Ok(());
+        }
         // Rotated by rename: the path now names another file. The old one was read to its
         // end just above; continue with the new one from its start.
         match std::fs::metadata(&self.path) {
-            Ok(meta) if meta.ino() != self.inode => {
+            Ok(meta) if meta.ino() != r.inode || meta.dev() != r.dev => {
                 self.rotations += 1;
-                if !self.partial.is_empty() {
-                    // The old file ended without a newline: that last line is complete.
-                    let line = String::from_utf8_lossy(&self.partial).into_owned();
-                    out.push(line);
-                    self.partial.clear();
-                }
+                self.end_of_old_file(out);
                 if self.open(false)? {
-                    self.read_to_end(out)?;
+                    if let Some(r) = self.current.as_mut() {
+                        self.behind = read_lines(
+                            r,
+                            &mut self.partial,
+                            out,
+                            &mut self.overlong_lines,
+                            &mut self.non_utf8_lines,
+                        )?;
+                    }
                 }
             }
             _ => {}
         }
-        if out.len() > before {
-            self.save_checkpoint()?;
-        }
         Ok(())
     }
 
-    fn read_to_end(&mut self, out: &mut Vec<String>) -> std::io::Result<()> {
-        let Some(file) = self.file.as_mut() else {
-            return Ok(());
-        };
-        let len = file.metadata()?.len();
-        if len < self.offset {
-            // copytruncate: the file was emptied (and maybe written again) under us.
-            self.rotations += 1;
-            self.offset = 0;
+    /// An old file ended without a newline: that last line is complete.
+    fn end_of_old_file(&mut self, out: &mut Vec<String>) {
+        if !self.partial.is_empty() {
+            out.push(decode_line(&self.partial, &mut self.non_utf8_lines));
             self.partial.clear();
         }
-        if len == self.offset {
-            return Ok(());
+    }
+}
+
+fn decode_line(line: &[u8], non_utf8: &mut u64) -> String {
+    match std::str::from_utf8(line) {
+        Ok(s) => s.to_owned(),
+        Err(_) => {
+            *non_utf8 += 1;
+            String::from_utf8_lossy(line).into_owned()
         }
-        file.seek(SeekFrom::Start(self.offset))?;
-        let mut buf = Vec::with_capacity((len - self.offset).min(1 << 20) as usize);
-        file.take(len - self.offset).read_to_end(&mut buf)?;
-        // Complete lines are consumed; the remainder (a line still being written) is read
-        // again next time, from the offset, so nothing needs carrying between reads.
-        let mut consumed = 0;
-        for (i, b) in buf.iter().enumerate() {
-            if *b == b'\n' {
-                let mut line = &buf[consumed..i];
-                if line.last() == Some(&b'\r') {
-                    line = &line[..line.len() - 1];
-                }
-                out.push(String::from_utf8_lossy(line).into_owned());
+    }
+}
+
+/// Reads complete lines from `r.offset` (at most [`CHUNK`] bytes); true when more is waiting.
+fn read_lines(
+    r: &mut Reading,
+    partial: &mut Vec<u8>,
+    out: &mut Vec<String>,
+    overlong: &mut u64,
+    non_utf8: &mut u64,
+) -> std::io::Result<bool> {
+    let len = r.file.metadata()?.len();
+    if len <= r.offset {
+        return Ok(false);
+    }
+    let want = (len - r.offset).min(CHUNK);
+    r.file.seek(SeekFrom::Start(r.offset))?;
+    let mut buf = Vec::with_capacity(want as usize);
+    (&mut r.file).take(want).read_to_end(&mut buf)?;
+    let mut consumed = 0;
+    if r.skipping {
+        // The rest of an overlong line.
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => {
                 consumed = i + 1;
+                r.skipping = false;
+            }
+            None => {
+                r.offset += buf.len() as u64;
+                return Ok(r.offset < len);
             }
         }
-        self.offset += consumed as u64;
-        self.partial = buf[consumed..].to_vec();
-        Ok(())
     }
+    for (i, b) in buf.iter().enumerate().skip(consumed) {
+        if *b == b'\n' {
+            let mut line = &buf[consumed..i];
+            if line.last() == Some(&b'\r') {
+                line = &line[..line.len() - 1];
+            }
+            out.push(decode_line(line, non_utf8));
+            consumed = i + 1;
+        }
+    }
+    if consumed == 0 && buf.len() as u64 == CHUNK {
+        // A whole chunk without a newline: a line no proxy writes. Skipped to its end.
+        *overlong += 1;
+        r.skipping = true;
+        r.offset += buf.len() as u64;
+        partial.clear();
+        return Ok(r.offset < len);
+    }
+    // Complete lines are consumed; the remainder (a line still being written) is read
+    // again next time, from the offset, so nothing needs carrying between reads.
+    r.offset += consumed as u64;
+    partial.clear();
+    partial.extend_from_slice(&buf[consumed..]);
+    Ok(r.offset + ((buf.len() - consumed) as u64) < len)
 }
 
 #[cfg(test)]
@@ -211,9 +477,12 @@ mod tests {
         f.write_all(text.as_bytes()).expect("append");
     }
 
+    /// Reads what is there and commits it (what the live loop does once the records are
+    /// durable).
     fn poll(t: &mut Tailer) -> Vec<String> {
         let mut out = Vec::new();
         t.poll(&mut out).expect("poll");
+        t.commit().expect("commit");
         out
     }
 
@@ -297,5 +566,105 @@ mod tests {
         drop(again);
         let mut third = Tailer::new(&log, Some(&cp), StartAt::Beginning);
         assert_eq!(poll(&mut third), vec!["6"]);
+    }
+
+    #[test]
+    fn lines_not_committed_are_read_again_and_a_spooled_mark_wins() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let cp = dir.path().join("cp");
+        append(&log, "1\n2\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(poll(&mut t), vec!["1", "2"]);
+        append(&log, "3\n4\n");
+        let mut out = Vec::new();
+        t.poll(&mut out).expect("poll");
+        assert_eq!(out, vec!["3", "4"]);
+        let mark = t.position().expect("position");
+        drop(t); // killed before the commit
+        let mut again = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(
+            poll(&mut again),
+            vec!["3", "4"],
+            "not committed: read again"
+        );
+        // With the position the spool kept beside their rows, they are not.
+        let mut third = Tailer::new(&log, Some(&dir.path().join("old-cp")), StartAt::Beginning);
+        third.resume_from(mark);
+        append(&log, "5\n");
+        assert_eq!(poll(&mut third), vec!["5"]);
+    }
+
+    #[test]
+    fn a_rotation_while_stopped_resumes_in_the_old_file_then_the_new() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let cp = dir.path().join("cp");
+        append(&log, "a\nb\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(poll(&mut t), vec!["a", "b"]);
+        drop(t);
+        // While stopped: more lines, a rotation, lines in the new file.
+        append(&log, "c\nd\n");
+        std::fs::rename(&log, dir.path().join("access.log-20261202")).expect("rotate");
+        append(&log, "e\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
+        assert_eq!(poll(&mut t), vec!["c", "d", "e"]);
+        assert_eq!(t.lost_rotations, 0);
+        // Rotated twice while stopped: both old files, in order, then the new one.
+        drop(t);
+        append(&log, "e2\n");
+        std::fs::rename(&log, dir.path().join("access.log.1")).expect("rotate");
+        append(&log, "e3\n");
+        std::fs::rename(&log, dir.path().join("access.log.2")).expect("rotate again");
+        append(&log, "e4\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
+        assert_eq!(poll(&mut t), vec!["e2", "e3", "e4"]);
+        // Rotated twice while stopped, the old file compressed away: said and counted, and
+        // the new file is read from its start (not its end).
+        drop(t);
+        append(&log, "f\n");
+        std::fs::rename(&log, dir.path().join("gone")).expect("rotate");
+        std::fs::remove_file(dir.path().join("gone")).expect("compress away");
+        append(&log, "g\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
+        assert_eq!(poll(&mut t), vec!["g"]);
+        assert_eq!(t.lost_rotations, 1);
+    }
+
+    #[test]
+    fn a_backlog_is_read_in_bounded_pieces_and_an_overlong_line_is_skipped() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let line = format!("{}\n", "x".repeat(999));
+        let n = (3 * CHUNK as usize) / line.len();
+        append(&log, &line.repeat(n));
+        let mut t = Tailer::new(&log, None, StartAt::Beginning);
+        let mut total = 0;
+        let mut rounds = 0;
+        loop {
+            let mut out = Vec::new();
+            t.poll(&mut out).expect("poll");
+            assert!(out.len() as u64 * 1000 <= CHUNK, "one piece at most");
+            total += out.len();
+            rounds += 1;
+            if !t.behind() {
+                break;
+            }
+        }
+        assert_eq!(total, n);
+        assert!(rounds >= 3, "{rounds}");
+        // A line longer than a piece: skipped, counted; the next line is read.
+        append(&log, &"y".repeat(CHUNK as usize + 10));
+        append(&log, "\nafter\n");
+        let mut got = Vec::new();
+        loop {
+            t.poll(&mut got).expect("poll");
+            if !t.behind() {
+                break;
+            }
+        }
+        assert_eq!(got, vec!["after"]);
+        assert_eq!(t.overlong_lines, 1);
     }
 }

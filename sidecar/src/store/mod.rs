@@ -298,6 +298,39 @@ impl Store {
         self.push(row);
     }
 
+    /// Records where an access log had been read to, beside the edge rows of its lines (see
+    /// `sources::tail`).
+    pub fn tail_mark(&mut self, path: &std::path::Path, cp: crate::sources::tail::Checkpoint) {
+        self.push(AnyRow::TailMark(rows::TailMarkRow {
+            path: path.display().to_string(),
+            dev: cp.dev,
+            inode: cp.inode,
+            offset: cp.offset,
+        }));
+    }
+
+    /// The position a previous run had spooled for the access log `path`, if any.
+    pub fn spooled_tail_position(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<crate::sources::tail::Checkpoint> {
+        self.spool.tail_mark(&path.display().to_string()).map(|m| {
+            crate::sources::tail::Checkpoint {
+                dev: m.dev,
+                inode: m.inode,
+                offset: m.offset,
+            }
+        })
+    }
+
+    /// Writes the buffered rows (and marks) to the spool's files and fsyncs them, sealing
+    /// nothing: after it, a tail checkpoint may move past their lines.
+    pub fn write_through(&mut self) -> anyhow::Result<()> {
+        self.spool
+            .write_through()
+            .context("writing the spool through before a log checkpoint")
+    }
+
     pub fn edge(&mut self, e: &EdgeRecord) {
         let row = EdgeRow::new(&self.node, e);
         self.push(AnyRow::Edge(row));
@@ -326,6 +359,7 @@ impl Store {
         metrics.store_rows_now("sent", t.sent);
         metrics.store_rows_now("rejected", t.rejected);
         metrics.store_rows_now("dropped", t.dropped);
+        metrics.limit_drops_now("spool_corrupt_regions", self.spool.stats().corrupt_regions);
         metrics.set_store_backlog(t.backlog_rows, t.backlog_bytes);
         t
     }

@@ -559,7 +559,21 @@ impl AlertRow {
     }
 }
 
-/// Every row kind, tagged with its table: what the spool holds.
+/// Where an access log had been read to when the edge rows before this mark were spooled:
+/// not a row of any table (the sender skips it), but kept in the edge batch beside those rows,
+/// so that a crash after they reached the spool and before the tail's checkpoint moved does
+/// not read (and store) the same lines again. See `sources::tail`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailMarkRow {
+    /// The access log's configured path.
+    pub path: String,
+    pub dev: u64,
+    pub inode: u64,
+    pub offset: u64,
+}
+
+/// Every row kind, tagged with its table: what the spool holds. New kinds go at the end (the
+/// spool's frames name the kind by its position).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AnyRow {
     Exposure(ExposureRow),
@@ -570,6 +584,7 @@ pub enum AnyRow {
     Edge(EdgeRow),
     Request(RequestRow),
     Alert(AlertRow),
+    TailMark(TailMarkRow),
 }
 
 /// The tables rows go to, in a fixed order (an index into [`TABLE_NAMES`]).
@@ -593,7 +608,7 @@ impl AnyRow {
             AnyRow::Conn(_) => 2,
             AnyRow::Http(_) => 3,
             AnyRow::Ws(_) => 4,
-            AnyRow::Edge(_) => 5,
+            AnyRow::Edge(_) | AnyRow::TailMark(_) => 5,
             AnyRow::Request(_) => 6,
             AnyRow::Alert(_) => 7,
         }

@@ -663,7 +663,12 @@ impl SendJob {
                 "corrupt stretches in a spool batch skipped (their rows are lost, counted)"
             );
         }
-        let rows = frames.rows.len() as u64;
+        // Tail marks ride along in edge batches; they are not rows of any table.
+        let rows = frames
+            .rows
+            .iter()
+            .filter(|r| !matches!(r, AnyRow::TailMark(_)))
+            .count() as u64;
         tokio::time::timeout(
             self.timeout,
             insert_rows(

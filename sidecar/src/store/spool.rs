@@ -222,6 +222,8 @@ struct OpenBatch {
     /// Rows in `buf`, not yet in the file.
     buf_rows: u64,
     opened: Instant,
+    /// The directory was fsynced since this file was created.
+    dir_synced: bool,
 }
 
 /// Rows kept in memory for another try after a failed write, at most (beyond, they are
@@ -251,6 +253,8 @@ pub struct Spool {
     run: String,
     /// Rows accepted by this writer (kept here: no lock per row).
     accepted_rows: u64,
+    /// The newest tail mark of each access log found in the batches at open.
+    tail_marks: BTreeMap<String, super::rows::TailMarkRow>,
 }
 
 fn file_name(seq: u64, table: usize, ext: &str) -> String {
@@ -284,24 +288,29 @@ pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;
-    let corrupt = |reason: &str| SpoolError::Corrupt {
+    parse_frames(&data).map_err(|reason| SpoolError::Corrupt {
         path: path.display().to_string(),
         reason: reason.to_owned(),
-    };
+    })
+}
+
+/// Parses a batch file's bytes (pure: the fuzz target's entry point). An error only for a
+/// missing or bad header; anything wrong after it is skipped or cut, and counted.
+pub fn parse_frames(data: &[u8]) -> Result<Frames, &'static str> {
     if data.len() < HEADER || &data[..MAGIC.len()] != MAGIC {
-        return Err(corrupt("not a spool batch (bad header)"));
+        return Err("not a spool batch (bad header)");
     }
     let run = std::str::from_utf8(&data[MAGIC.len()..HEADER])
         .ok()
         .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| corrupt("bad run id"))?
+        .ok_or("bad run id")?
         .to_owned();
     let mut rows = Vec::new();
     let mut at = HEADER;
     let mut valid = HEADER;
     let (mut corrupt_regions, mut corrupt_bytes) = (0u64, 0u64);
     while data.len() - at >= FRAME_HEADER {
-        if let Some((row, next)) = frame_at(&data, at) {
+        if let Some((row, next)) = frame_at(data, at) {
             rows.push(row);
             at = next;
             valid = at;
@@ -310,7 +319,7 @@ pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
         // Frames are findable: a length, a CRC-32 of the payload and a payload that decodes.
         // A bad stretch in the middle (a bit flip, a torn write another run left) is skipped
         // to the next valid frame and counted; with none after it, it is a torn tail.
-        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(&data, *p).is_some()) {
+        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(data, *p).is_some()) {
             Some(p) => {
                 corrupt_regions += 1;
                 corrupt_bytes += (p - at) as u64;
@@ -327,6 +336,15 @@ pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
         corrupt_regions,
         corrupt_bytes,
     })
+}
+
+/// Keeps the newest tail mark of each log (frames are read in order, batches in sequence).
+fn collect_marks(rows: &[AnyRow], into: &mut BTreeMap<String, super::rows::TailMarkRow>) {
+    for r in rows {
+        if let AnyRow::TailMark(m) = r {
+            into.insert(m.path.clone(), m.clone());
+        }
+    }
 }
 
 /// The frame at `at` and where the next one starts, if it is whole and valid.
@@ -370,6 +388,7 @@ impl Spool {
             Err(fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
         }
         let mut state = State::default();
+        let mut tail_marks = BTreeMap::new();
         let mut next_seq = 0;
         let mut entries: Vec<(u64, usize, String, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
@@ -397,6 +416,7 @@ impl Spool {
                     };
                     state.stats.corrupt_regions += frames.corrupt_regions;
                     state.stats.corrupt_bytes += frames.corrupt_bytes;
+                    collect_marks(&frames.rows, &mut tail_marks);
                     state.add(BatchInfo {
                         seq,
                         run: frames.run,
@@ -415,6 +435,7 @@ impl Spool {
                             continue;
                         }
                     };
+                    collect_marks(&frames.rows, &mut tail_marks);
                     let (valid, cut, rows) = (frames.valid, frames.cut, frames.rows.len() as u64);
                     let f = OpenOptions::new()
                         .write(true)
@@ -475,6 +496,7 @@ impl Spool {
             next_seq,
             run: new_id(),
             accepted_rows: 0,
+            tail_marks,
         };
         spool.enforce_bound();
         Ok(spool)
@@ -482,6 +504,35 @@ impl Spool {
 
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The newest tail mark of the access log `path` that a previous run left in the spool.
+    pub fn tail_mark(&self, path: &str) -> Option<&super::rows::TailMarkRow> {
+        self.tail_marks.get(path)
+    }
+
+    /// Writes every buffered frame to its batch file and fsyncs the files written (and the
+    /// directory when a batch file is new), without sealing anything: what a tail checkpoint
+    /// may then rely on.
+    pub fn write_through(&mut self) -> Result<(), SpoolError> {
+        let mut new_file = false;
+        for table in 0..self.open.len() {
+            let had = self.open[table].as_ref().is_some_and(|b| !b.buf.is_empty());
+            self.write_out(table)?;
+            if let Some(b) = self.open[table].as_mut() {
+                if had {
+                    b.file.sync_data().map_err(io(&b.path))?;
+                    new_file |= !b.dir_synced;
+                    b.dir_synced = true;
+                }
+            }
+        }
+        if new_file {
+            File::open(&self.shared.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.shared.dir))?;
+        }
+        Ok(())
     }
 
     /// Appends one row (buffered until [`Spool::flush`] or until its batch is full).
@@ -522,7 +573,9 @@ impl Spool {
             b.rows >= self.limits.batch_rows
                 || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
         };
-        self.accepted_rows += 1;
+        if !matches!(row, AnyRow::TailMark(_)) {
+            self.accepted_rows += 1;
+        }
         if full {
             self.seal(table)?;
         } else if self.open[table]
@@ -558,6 +611,7 @@ impl Spool {
             buf: Vec::with_capacity(64 * 1024),
             buf_rows: 0,
             opened: Instant::now(),
+            dir_synced: false,
         })
     }
 

@@ -22,7 +22,7 @@ impl Rows {
     pub fn push(&mut self, row: AnyRow) {
         match row {
             AnyRow::ExposureChange(r) => self.exposure_changes.push(r),
-            AnyRow::Exposure(_) => {}
+            AnyRow::Exposure(_) | AnyRow::TailMark(_) => {}
             AnyRow::Conn(r) => self.conns.push(r),
             AnyRow::Http(r) => self.http.push(r),
             AnyRow::Ws(r) => self.ws.push(r),

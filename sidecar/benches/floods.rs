@@ -1,0 +1,235 @@
+//! Hostile floods at 1x, 2x, 4x and 8x, timed in the same run: the cost of each doubling is
+//! printed as a ratio (linear cost gives ~2.0x; the goal is at most ~2.2x). Pure code only,
+//! no I/O, so the figures are the pipeline's own:
+//!
+//! - `origins`: WebSocket upgrades refused with 403, each with a new Origin (the alert engine);
+//! - `connections`: new connections that never end (the tracker, past its connection limit);
+//! - `request_ids`: edge log records whose request id never appears on the hop (the join);
+//! - `close_frames`: one WebSocket session that sends close frame after close frame.
+//!
+//! `cargo bench --bench floods` (no root needed). Figures are printed, never asserted.
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use edgewatch::{
+    alerts::{AlertsConfig, Engine},
+    edge::{join::Joiner, EdgeFormat, EdgeRecord},
+    hop::{tracker::Tracker, ConnId, ExchangeOutcome, HopRecord, HttpExchange, Segment, TcpFlags},
+};
+
+const S: u64 = 1_000_000_000;
+
+fn exchange(i: u64) -> HttpExchange {
+    HttpExchange {
+        conn: ConnId {
+            client: SocketAddr::from(([203, 0, 113, (i % 250) as u8], 1024 + (i % 60_000) as u16)),
+            server: SocketAddr::from(([127, 0, 0, 1], 18789)),
+            first_seen_ns: S + i * 1_000,
+        },
+        index: 0,
+        request_ts_ns: S + i * 1_000,
+        method: "GET".into(),
+        path: "/ws".into(),
+        host: Some("gw.example".into()),
+        origin: Some(format!("https://attacker-{i}.example")),
+        request_id: Some(format!("{i:032x}")),
+        x_forwarded_for: None,
+        x_forwarded_proto: None,
+        upgrade_websocket: true,
+        connection_upgrade: true,
+        status: Some(403),
+        ttfb_ns: Some(1_000_000),
+        total_ns: Some(2_000_000),
+        request_bytes: 300,
+        response_bytes: 100,
+        outcome: ExchangeOutcome::Complete,
+    }
+}
+
+fn origins(n: u64) -> Duration {
+    let records: Vec<HopRecord> = (0..n).map(|i| HopRecord::Http(exchange(i))).collect();
+    let mut engine = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for r in &records {
+        engine.hop(r, &mut out);
+    }
+    started.elapsed()
+}
+
+fn segment<'a>(
+    ts: u64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    flags: u8,
+    payload: &'a [u8],
+) -> Segment<'a> {
+    Segment {
+        ts_ns: ts,
+        src,
+        dst,
+        seq,
+        ack: 1,
+        flags: TcpFlags::from_byte(flags),
+        payload_len: payload.len() as u32,
+        payload,
+        followed: false,
+    }
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const PSH_ACK: u8 = 0x18;
+
+fn connections(n: u64) -> Duration {
+    let server = SocketAddr::from(([127, 0, 0, 1], 18789));
+    let request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n";
+    let mut tracker = Tracker::new(&[18789]);
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for i in 0..n {
+        let client = SocketAddr::from((
+            [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            40_000 + (i % 20_000) as u16,
+        ));
+        let ts = S + i * 1_000;
+        tracker.segment(&segment(ts, client, server, 100, SYN, &[]), &mut out);
+        tracker.segment(
+            &segment(ts + 1, server, client, 500, SYN | ACK, &[]),
+            &mut out,
+        );
+        tracker.segment(
+            &segment(ts + 2, client, server, 101, PSH_ACK, request),
+            &mut out,
+        );
+        out.clear();
+    }
+    started.elapsed()
+}
+
+fn request_ids(n: u64) -> Duration {
+    let records: Vec<EdgeRecord> = (0..n)
+        .map(|i| EdgeRecord {
+            format: EdgeFormat::NginxJson,
+            end_ts_ns: S + i * 1_000,
+            request_id: Some(format!("{i:032x}")),
+            client: Some("203.0.113.7".into()),
+            host: Some("gw.example".into()),
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            status: 200,
+            request_time_ns: Some(1_000_000),
+            upstream_addr: Some("127.0.0.1:18789".into()),
+            upstream_connect_ns: Some(0),
+            upstream_header_ns: Some(1_000_000),
+            upstream_response_ns: Some(1_000_000),
+            bytes_sent: Some(2),
+            upgrade: None,
+        })
+        .collect();
+    // A window long enough that nothing expires by time: only the count limit bounds it.
+    let mut joiner = Joiner::new(3_600 * S);
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for r in records {
+        let t = r.end_ts_ns;
+        joiner.edge(r, t, &mut out);
+        joiner.expire(t, &mut out);
+        out.clear();
+    }
+    started.elapsed()
+}
+
+fn close_frames(n: u64) -> Duration {
+    let client = SocketAddr::from(([127, 0, 0, 1], 45_000));
+    let server = SocketAddr::from(([127, 0, 0, 1], 18789));
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let switched =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    // A close frame from the server: code 1000, a 40-byte reason.
+    let mut frame = vec![0x88, 42, 0x03, 0xe8];
+    frame.extend_from_slice(&[b'r'; 40]);
+    let frames: Vec<u8> = frame.repeat(n as usize);
+    let mut tracker = Tracker::new(&[18789]);
+    let mut out = Vec::new();
+    tracker.segment(&segment(S, client, server, 100, SYN, &[]), &mut out);
+    tracker.segment(
+        &segment(S + 1, server, client, 500, SYN | ACK, &[]),
+        &mut out,
+    );
+    tracker.segment(
+        &segment(S + 2, client, server, 101, PSH_ACK, upgrade),
+        &mut out,
+    );
+    tracker.segment(
+        &segment(S + 3, server, client, 501, PSH_ACK, switched),
+        &mut out,
+    );
+    let started = Instant::now();
+    let mut seq = 501 + switched.len() as u32;
+    for (k, chunk) in frames.chunks(1_400).enumerate() {
+        tracker.segment(
+            &segment(S + 4 + k as u64, server, client, seq, PSH_ACK, chunk),
+            &mut out,
+        );
+        seq = seq.wrapping_add(chunk.len() as u32);
+        out.clear();
+    }
+    tracker.finish(&mut out);
+    started.elapsed()
+}
+
+/// One flood: its name, the function that builds and times it at a size, its 1x size.
+type Flood = (&'static str, fn(u64) -> Duration, u64);
+
+/// The median of three runs.
+fn median(f: impl Fn(u64) -> Duration, n: u64) -> Duration {
+    let mut runs: Vec<Duration> = (0..3).map(|_| f(n)).collect();
+    runs.sort();
+    runs[1]
+}
+
+fn main() {
+    let floods: [Flood; 4] = [
+        ("origins", origins, 4_000),
+        ("connections", connections, 20_000),
+        ("request_ids", request_ids, 20_000),
+        ("close_frames", close_frames, 20_000),
+    ];
+    println!("floods: time per scale (median of 3) and the ratio of each doubling (goal <= ~2.2x)");
+    let mut worst = 0.0f64;
+    for (name, f, base) in floods {
+        let times: Vec<Duration> = [1, 2, 4, 8].iter().map(|k| median(f, base * k)).collect();
+        let ratios: Vec<f64> = times
+            .windows(2)
+            .map(|w| w[1].as_secs_f64() / w[0].as_secs_f64().max(1e-9))
+            .collect();
+        worst = ratios.iter().copied().fold(worst, f64::max);
+        println!(
+            "  {name:<13} n={base:>6}..{:>6}: {} | doublings {}",
+            base * 8,
+            times
+                .iter()
+                .map(|t| format!("{:.1} ms", t.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "floods: worst doubling {worst:.2}x ({})",
+        if worst <= 2.2 {
+            "met: linear"
+        } else {
+            "NOT met: above 2.2x"
+        }
+    );
+}
