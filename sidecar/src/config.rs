@@ -597,6 +597,7 @@ impl Config {
             ("hop.max_close_frames", self.hop.max_close_frames),
             ("edge.max_pending", self.edge.max_pending),
             ("edge.max_without_id", self.edge.max_without_id),
+            ("alerts.max_listed_values", self.alerts.max_listed_values),
         ] {
             if value == 0 {
                 return Err(invalid(key, "0".to_owned(), "must be at least 1"));

@@ -76,6 +76,9 @@ pub struct AlertsConfig {
     /// tracked, and announced if it outlasts the cooldown). Not applied to exposure drift.
     #[serde(with = "humantime_serde")]
     pub cooldown: Duration,
+    /// Distinct values one incident lists (Origins; strangers choose them): beyond it the
+    /// rest are only counted (`more_origins`).
+    pub max_listed_values: usize,
     /// The exposure policy's findings (`exposure.*` rules; the policy is `[exposure]`).
     pub exposure_drift: Toggle,
     /// WebSocket sessions the proxy ended without a close frame after an idle gap, clustering
@@ -104,6 +107,7 @@ impl Default for AlertsConfig {
             enabled: true,
             quiet_period: Duration::from_secs(600),
             cooldown: Duration::from_secs(300),
+            max_listed_values: MAX_DISTINCT_VALUES,
             exposure_drift: Toggle::on(),
             timeout_disconnect: TimeoutRule::default(),
             reload_burst: BurstRule::default(),
@@ -350,7 +354,7 @@ pub struct Engine {
 }
 
 /// The distinct values an incident lists, bounded: strangers choose them (an Origin header),
-/// so at most [`MAX_DISTINCT_VALUES`] are kept, each cut to [`MAX_VALUE_LEN`] bytes, and the
+/// so at most `alerts.max_listed_values` are kept, each cut to [`MAX_VALUE_LEN`] bytes, and the
 /// matches with any other value are counted as "more".
 #[derive(Debug, Default)]
 struct DistinctValues {
@@ -359,7 +363,7 @@ struct DistinctValues {
     more: u64,
 }
 
-/// Distinct values an incident keeps (origins); beyond it, a count.
+/// The default of `alerts.max_listed_values`.
 const MAX_DISTINCT_VALUES: usize = 32;
 /// Bytes kept of one such value.
 const MAX_VALUE_LEN: usize = 200;
@@ -367,12 +371,12 @@ const MAX_VALUE_LEN: usize = 200;
 impl DistinctValues {
     /// Adds a value; true when the text listing them changes (a new kept value, or the first
     /// one beyond the limit).
-    fn add(&mut self, value: &str) -> bool {
+    fn add(&mut self, value: &str, max: usize) -> bool {
         let value = truncate_value(value);
         if self.kept.contains(value.as_ref()) {
             return false;
         }
-        if self.kept.len() >= MAX_DISTINCT_VALUES {
+        if self.kept.len() >= max {
             self.more += 1;
             return self.more == 1;
         }
@@ -764,7 +768,7 @@ impl Engine {
     ) {
         let key = format!("{}:{port}", rule::ORIGIN_REJECTED);
         let seen = self.origins.entry(key.clone()).or_default();
-        let changed = seen.add(origin.unwrap_or("(none)"));
+        let changed = seen.add(origin.unwrap_or("(none)"), self.cfg.max_listed_values);
         if !changed && self.open.contains_key(&key) {
             // Nothing new to say: the match is counted and its evidence kept (see `matched`:
             // an empty summary and a null detail leave the incident's text as it is); only
