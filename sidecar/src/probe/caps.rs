@@ -351,7 +351,7 @@ pub fn drop_unneeded(wanted: u64) -> anyhow::Result<Kept> {
     let mut threads = 0usize;
     // Threads may be created meanwhile (by threads that still hold everything): scan until
     // every thread conforms.
-    for round in 0..50 {
+    for round in 0..10 {
         let mut asked = 0usize;
         let before = drop_impl::DONE.load(Ordering::SeqCst);
         for entry in std::fs::read_dir("/proc/self/task")? {
@@ -377,7 +377,7 @@ pub fn drop_unneeded(wanted: u64) -> anyhow::Result<Kept> {
             break;
         }
         threads += asked;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
         while drop_impl::DONE.load(Ordering::SeqCst) < before + asked
             && std::time::Instant::now() < deadline
         {

@@ -323,11 +323,11 @@ impl Store {
         })
     }
 
-    /// Writes the buffered rows (and marks) to the spool's files and fsyncs them, sealing
+    /// Writes the buffered edge rows and tail marks to the spool's file and fsyncs it, sealing
     /// nothing: after it, a tail checkpoint may move past their lines.
     pub fn write_through(&mut self) -> anyhow::Result<()> {
         self.spool
-            .write_through()
+            .write_through(rows::EDGE_TABLE)
             .context("writing the spool through before a log checkpoint")
     }
 

@@ -599,6 +599,9 @@ pub const TABLE_NAMES: [&str; 8] = [
     "alerts",
 ];
 
+/// The index of `edge_logs` in [`TABLE_NAMES`] (where tail marks ride too).
+pub const EDGE_TABLE: usize = 5;
+
 impl AnyRow {
     /// Index of the row's table in [`TABLE_NAMES`].
     pub fn table_index(&self) -> usize {
@@ -608,7 +611,7 @@ impl AnyRow {
             AnyRow::Conn(_) => 2,
             AnyRow::Http(_) => 3,
             AnyRow::Ws(_) => 4,
-            AnyRow::Edge(_) | AnyRow::TailMark(_) => 5,
+            AnyRow::Edge(_) | AnyRow::TailMark(_) => EDGE_TABLE,
             AnyRow::Request(_) => 6,
             AnyRow::Alert(_) => 7,
         }

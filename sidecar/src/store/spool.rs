@@ -511,20 +511,20 @@ impl Spool {
         self.tail_marks.get(path)
     }
 
-    /// Writes every buffered frame to its batch file and fsyncs the files written (and the
-    /// directory when a batch file is new), without sealing anything: what a tail checkpoint
-    /// may then rely on.
-    pub fn write_through(&mut self) -> Result<(), SpoolError> {
+    /// Writes the buffered frames of one table to its open batch file and fsyncs it (and the
+    /// directory when the file is new), without sealing anything: what a tail checkpoint may
+    /// then rely on (its marks and the edge rows before them are in that table's batch).
+    pub fn write_through(&mut self, table: usize) -> Result<(), SpoolError> {
+        let had = self.open[table]
+            .as_ref()
+            .is_some_and(|b| !b.buf.is_empty());
+        self.write_out(table)?;
         let mut new_file = false;
-        for table in 0..self.open.len() {
-            let had = self.open[table].as_ref().is_some_and(|b| !b.buf.is_empty());
-            self.write_out(table)?;
-            if let Some(b) = self.open[table].as_mut() {
-                if had {
-                    b.file.sync_data().map_err(io(&b.path))?;
-                    new_file |= !b.dir_synced;
-                    b.dir_synced = true;
-                }
+        if let Some(b) = self.open[table].as_mut() {
+            if had {
+                b.file.sync_data().map_err(io(&b.path))?;
+                new_file = !b.dir_synced;
+                b.dir_synced = true;
             }
         }
         if new_file {
