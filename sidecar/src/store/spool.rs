@@ -515,9 +515,7 @@ impl Spool {
     /// directory when the file is new), without sealing anything: what a tail checkpoint may
     /// then rely on (its marks and the edge rows before them are in that table's batch).
     pub fn write_through(&mut self, table: usize) -> Result<(), SpoolError> {
-        let had = self.open[table]
-            .as_ref()
-            .is_some_and(|b| !b.buf.is_empty());
+        let had = self.open[table].as_ref().is_some_and(|b| !b.buf.is_empty());
         self.write_out(table)?;
         let mut new_file = false;
         if let Some(b) = self.open[table].as_mut() {
