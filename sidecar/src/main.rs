@@ -95,26 +95,7 @@ enum Command {
     /// as root; verifies the library, writes the locked-down configuration, then drops to
     /// `--run-as` before loading it.
     #[command(hide = true)]
-    EmbeddedClickhouse {
-        #[arg(long)]
-        library: PathBuf,
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long)]
-        http_port: u16,
-        /// The password file (root only); only its SHA-256 reaches the server.
-        #[arg(long)]
-        secret_file: PathBuf,
-        /// The database the `edgewatch` user may use (a trailing `*`: a prefix).
-        #[arg(long)]
-        database: String,
-        /// The unprivileged account to run as (created if missing).
-        #[arg(long)]
-        run_as: String,
-        /// Stop when this process is no longer the parent.
-        #[arg(long)]
-        parent_pid: Option<i32>,
-    },
+    EmbeddedClickhouse(edgewatch::store::embedded::ServerArgs),
     /// The runbook's golden path as one command: walks bind, TLS, HTTP, WebSocket and (with
     /// --idle) idle survival through the edge, each step pass/warn/fail with its evidence and
     /// the first move, while the kernel probes watch the hop to say which layer failed (run
@@ -232,24 +213,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 output,
             )
         }
-        Command::EmbeddedClickhouse {
-            library,
-            data_dir,
-            http_port,
-            secret_file,
-            database,
-            run_as,
-            parent_pid,
-        } => {
-            edgewatch::store::embedded::run_server(&edgewatch::store::embedded::ServerArgs {
-                library,
-                data_dir,
-                http_port,
-                secret_file,
-                database,
-                run_as,
-                parent_pid,
-            })?;
+        Command::EmbeddedClickhouse(args) => {
+            edgewatch::store::embedded::run_server(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { args, common } => {

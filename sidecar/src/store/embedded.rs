@@ -197,26 +197,9 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(lib)
 }
 
-/// The download agent: bounded waits, so a registry that hangs fails the start with a message
-/// instead of hanging it.
-fn download_agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(20)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_recv_body(Some(Duration::from_secs(15 * 60)))
-        .http_status_as_error(true)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .build()
-        .into()
-}
-
 fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let agent = download_agent();
+    let agent = crate::http::download_agent();
     let mut response = agent
         .get(url)
         .call()
@@ -810,15 +793,28 @@ pub fn listener_is_ours(port: u16, run_as: &str) -> anyhow::Result<()> {
     }
 }
 
-/// What the child needs (all from its command line: nothing from the environment).
-#[derive(Clone, Debug)]
+/// What the child needs (all from its command line: nothing from the environment); the
+/// hidden `edgewatch embedded-clickhouse` command's arguments.
+#[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
+    /// The ClickHouse library (checked against its pinned SHA-512 before it is loaded).
+    #[arg(long)]
     pub library: PathBuf,
+    #[arg(long)]
     pub data_dir: PathBuf,
+    #[arg(long)]
     pub http_port: u16,
+    /// The password file (root only); only its SHA-256 reaches the server.
+    #[arg(long)]
     pub secret_file: PathBuf,
+    /// The database the `edgewatch` user may use (a trailing `*`: a prefix).
+    #[arg(long)]
     pub database: String,
+    /// The unprivileged account to run as (created if missing).
+    #[arg(long)]
     pub run_as: String,
+    /// Stop when this process is no longer the parent.
+    #[arg(long)]
     pub parent_pid: Option<i32>,
 }
 
