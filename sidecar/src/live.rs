@@ -415,10 +415,11 @@ impl Watch {
                 }
                 if marked {
                     if let Err(e) = st.write_through() {
-                        // The checkpoints stay: the lines are read again, and their rows
-                        // deduplicated by the marks, once the spool can be written.
+                        // The checkpoints stay where they were. The lines' rows (and the
+                        // marks) stay buffered in the spool for its next write; a restart
+                        // before then reads the lines again from the old checkpoint.
                         tracing::warn!(error = %format!("{e:#}"), "log checkpoints not moved");
-                        return;
+                        break;
                     }
                 }
             }
@@ -427,20 +428,20 @@ impl Watch {
                     tracing::warn!(log = %t.path().display(), error = %e, "cannot save the log checkpoint");
                 }
             }
-            let t = tailers.iter().fold((0, 0, 0), |a, t| {
-                (
-                    a.0 + t.non_utf8_lines,
-                    a.1 + t.overlong_lines,
-                    a.2 + t.lost_rotations,
-                )
-            });
-            self.metrics.edge_lines_non_utf8_now(t.0);
-            self.metrics.limit_drops_now("edge_overlong_lines", t.1);
-            self.metrics.limit_drops_now("edge_lost_rotations", t.2);
             if !tailers.iter().any(Tailer::behind) {
                 break;
             }
         }
+        let t = tailers.iter().fold((0, 0, 0), |a, t| {
+            (
+                a.0 + t.non_utf8_lines,
+                a.1 + t.overlong_lines,
+                a.2 + t.lost_rotations,
+            )
+        });
+        self.metrics.edge_lines_non_utf8_now(t.0);
+        self.metrics.limit_drops_now("edge_overlong_lines", t.1);
+        self.metrics.limit_drops_now("edge_lost_rotations", t.2);
     }
 
     fn on_edge_lines(&mut self, lines: &[String]) {
