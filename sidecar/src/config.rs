@@ -458,6 +458,23 @@ pub fn url_credentials(raw: &str) -> Option<&'static str> {
 }
 
 impl Config {
+    /// The settings of the record pipeline (`crate::pipeline`): the sections of the
+    /// components it owns.
+    pub fn pipeline(&self) -> crate::pipeline::Settings {
+        crate::pipeline::Settings {
+            exposure: self.exposure.clone(),
+            hop_ports: self.hop.ports.clone(),
+            hop_limits: self.hop.limits(),
+            join: !self.edge.access_logs.is_empty(),
+            join_window_ns: u64::try_from(self.edge.join_window.as_nanos()).unwrap_or(u64::MAX),
+            join_limits: self.edge.limits(),
+            json_fields: self.edge.json_fields.clone(),
+            alerts: self.alerts.clone(),
+        }
+    }
+}
+
+impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -13,6 +13,7 @@ pub mod http;
 pub mod live;
 pub mod metrics;
 pub mod output;
+pub mod pipeline;
 pub mod probe;
 pub mod replay;
 pub mod sources;

@@ -10,18 +10,14 @@ use tokio::{
 };
 
 use crate::{
-    alerts::{webhook::Webhook, Alert, Engine},
+    alerts::{webhook::Webhook, Alert},
     config::Config,
-    edge::join::{JoinedRequest, Joiner},
-    exposure::{
-        inventory::{Change, ChangeSource, Inventory},
-        policy::{DriftTracker, Policy},
-        Exposure, ExposureKey, Scope,
-    },
-    hop::tracker::Tracker,
-    hop::{owners::Owners, HopRecord, ProcessRef},
+    edge::{join::JoinedRequest, EdgeRecord},
+    exposure::{inventory::Change, policy::Policy, Scope},
+    hop::HopRecord,
     metrics::{self, Metrics},
     output::{unix_ns, Printer},
+    pipeline::{Mode, Pipeline, Sink},
     probe::{
         boot_ns,
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
@@ -58,72 +54,91 @@ fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_c
     }
 }
 
-/// State shared by the one-shot and the live paths.
-struct Watch {
-    policy: Policy,
-    inventory: Inventory,
-    tracker: DriftTracker,
-    attributor: Attributor,
+/// Where the live pipeline's products go: the output, ClickHouse, the metrics; alert
+/// transitions wait for the end of the turn (`Watch::emit_alerts`), which also sends them to
+/// the webhooks.
+struct Sinks {
     printer: Printer,
     metrics: Arc<Metrics>,
+    /// ClickHouse (live with `store.enabled` only).
+    store: Option<Store>,
+    /// This turn's alert transitions.
+    alerts: Vec<Alert>,
+}
+
+impl Sink for Sinks {
+    fn hop(&mut self, r: &HopRecord) {
+        self.printer.hop(r);
+        if let Some(st) = self.store.as_mut() {
+            st.hop(r);
+        }
+    }
+    fn edge(&mut self, r: &EdgeRecord) {
+        if let Some(st) = self.store.as_mut() {
+            st.edge(r);
+        }
+    }
+    fn request(&mut self, r: &JoinedRequest) {
+        self.printer.request(r);
+        if let Some(st) = self.store.as_mut() {
+            st.request(r);
+        }
+    }
+    fn change(&mut self, c: &Change, policy: &Policy, at_ns: u64) {
+        self.printer.change(c, policy, at_ns);
+        if let Some(st) = self.store.as_mut() {
+            st.change(at_ns, c, policy);
+        }
+    }
+    fn alert(&mut self, a: &Alert) {
+        self.alerts.push(a.clone());
+    }
+}
+
+/// The live sinks without the inventory's changes: the first reads are printed as the
+/// inventory, whole.
+struct Unchanged<'a>(&'a mut Sinks);
+
+impl Sink for Unchanged<'_> {
+    fn alert(&mut self, a: &Alert) {
+        self.0.alert(a);
+    }
+}
+
+/// State shared by the one-shot and the live paths: the pipeline and its I/O.
+struct Watch {
+    pipeline: Pipeline,
+    out: Sinks,
+    attributor: Attributor,
     last_nat_problems: Vec<String>,
     nat_tools: Vec<&'static str>,
-    hop: Tracker,
-    hop_records: Vec<HopRecord>,
-    /// Connection events waiting one batch for their process.
-    deferred: Vec<HopRecord>,
-    /// Joins access-log records with hop records (when access logs are configured).
-    joiner: Option<Joiner>,
-    joined: Vec<JoinedRequest>,
-    json_fields: crate::edge::nginx::JsonFields,
-    owners: Owners,
     /// The kernel frame follower's map (live with the hop probe only).
     ws_flows: Option<WsFlows>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
     boot_to_unix: u64,
-    /// ClickHouse (live with `store.enabled` only).
-    store: Option<Store>,
     /// Store rows dropped so far as last reported, and when (at most one line per 10 s).
     store_dropped: u64,
     store_dropped_at: Option<std::time::Instant>,
-    /// The alert rules (hop, joined requests, and drift passing through) and their sinks.
-    alerts: Engine,
-    alert_out: Vec<Alert>,
     webhooks: Vec<Webhook>,
 }
 
 impl Watch {
     fn new(config: &Config, printer: Printer, metrics: Arc<Metrics>) -> Self {
         Self {
-            policy: Policy::new(&config.exposure),
-            inventory: Inventory::default(),
-            tracker: DriftTracker::default(),
+            pipeline: Pipeline::new(&config.pipeline(), Mode::Live),
+            out: Sinks {
+                printer,
+                metrics,
+                store: None,
+                alerts: Vec::new(),
+            },
             attributor: Attributor::new(),
-            printer,
-            metrics,
             last_nat_problems: Vec::new(),
             nat_tools: Vec::new(),
-            hop: Tracker::new(&config.hop.ports)
-                .with_limits(config.hop.limits())
-                .with_kernel_hints(),
-            hop_records: Vec::new(),
-            deferred: Vec::new(),
-            joiner: (!config.edge.access_logs.is_empty()).then(|| {
-                Joiner::with_limits(
-                    u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX),
-                    config.edge.limits(),
-                )
-            }),
-            joined: Vec::new(),
-            json_fields: config.edge.json_fields.clone(),
-            owners: Owners::default(),
             ws_flows: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
-            store: None,
             store_dropped: 0,
             store_dropped_at: None,
-            alerts: Engine::new(config.alerts.clone()),
-            alert_out: Vec::new(),
             webhooks: Vec::new(),
         }
     }
@@ -141,34 +156,29 @@ impl Watch {
     /// Moves the rules' clock on and sends this turn's alert transitions to every sink: the
     /// output, ClickHouse, the metrics and the webhooks.
     fn emit_alerts(&mut self, now: u64) {
-        self.alerts.advance(now, &mut self.alert_out);
-        if !self.alert_out.is_empty() {
-            let alerts = std::mem::take(&mut self.alert_out);
-            let firing = self.tracker.firing() + self.alerts.firing();
+        self.pipeline.tick(now, &mut self.out);
+        if !self.out.alerts.is_empty() {
+            let alerts = std::mem::take(&mut self.out.alerts);
+            let firing = self.pipeline.firing();
             for a in &alerts {
-                self.metrics.alert(a.rule, a.state.as_str(), firing);
-                if let Some(st) = self.store.as_mut() {
+                self.out.metrics.alert(a.rule, a.state.as_str(), firing);
+                if let Some(st) = self.out.store.as_mut() {
                     st.alert(a);
                 }
             }
-            if let Some(st) = self.store.as_mut() {
+            if let Some(st) = self.out.store.as_mut() {
                 st.write_now();
             }
             for a in &alerts {
-                self.printer.alert(a);
+                self.out.printer.alert(a);
             }
             for w in &self.webhooks {
                 w.send(&alerts);
             }
         }
-        let (tracker, engine) = (&self.tracker, &self.alerts);
+        let pipeline = &self.pipeline;
         for w in &mut self.webhooks {
-            w.resend(|| {
-                let mut open: Vec<Alert> =
-                    tracker.firing_events(now).iter().map(Alert::from).collect();
-                open.extend(engine.open_alerts(now));
-                open
-            });
+            w.resend(|| pipeline.incidents(now));
         }
         self.webhook_reports();
     }
@@ -182,11 +192,12 @@ impl Watch {
             self.webhooks.iter().map(|w| f(w.stats())).sum()
         };
         use std::sync::atomic::Ordering::Relaxed;
-        self.metrics
+        let metrics = &self.out.metrics;
+        metrics
             .webhook_alerts_now("sent", total(|s| s.sent.load(Relaxed)));
-        self.metrics
+        metrics
             .webhook_alerts_now("failed", total(|s| s.failed.load(Relaxed)));
-        self.metrics
+        metrics
             .webhook_alerts_now("dropped", total(|s| s.dropped.load(Relaxed)));
         for w in &self.webhooks {
             for ev in w.take_events() {
@@ -216,23 +227,32 @@ impl Watch {
                         text
                     }
                 };
-                self.printer.status("webhook", &text, &ev);
+                self.out.printer.status("webhook", &text, &ev);
             }
         }
     }
 
-    fn rescan(&mut self) -> anyhow::Result<Vec<Change>> {
+    /// Reads the sidecar's own namespace's listeners (sock_diag) into the pipeline. The
+    /// first read is the inventory, printed whole, not as changes.
+    fn rescan(&mut self, initial: bool) -> anyhow::Result<()> {
         let listeners = self.attributor.host_listeners();
-        self.metrics.rescan(listeners.is_ok());
+        self.out.metrics.rescan(listeners.is_ok());
         let listeners = listeners.context("reading the socket inventory (sock_diag)")?;
-        Ok(self
-            .inventory
-            .replace_host_listeners(listeners, ChangeSource::Rescan))
+        let now = unix_ns(SystemTime::now());
+        if initial {
+            self.pipeline
+                .host_listeners(listeners, now, &mut Unchanged(&mut self.out));
+        } else {
+            self.pipeline.host_listeners(listeners, now, &mut self.out);
+        }
+        self.exposure_metrics();
+        Ok(())
     }
 
-    fn read_nat(&mut self) -> Vec<Change> {
+    /// Reads the NAT rules (iptables/nftables) into the pipeline.
+    fn read_nat(&mut self, initial: bool) {
         let report = read_nat_rules();
-        self.metrics.nat_read(report.problems.len());
+        self.out.metrics.nat_read(report.problems.len());
         self.nat_tools = report.tools_used;
         if report.problems != self.last_nat_problems {
             for p in &report.problems {
@@ -240,31 +260,22 @@ impl Watch {
             }
             self.last_nat_problems = report.problems;
         }
-        self.inventory.replace_publishes(report.publishes)
-    }
-
-    /// Prints changes, then the alert transitions they cause.
-    fn publish(&mut self, changes: &[Change]) {
         let now = unix_ns(SystemTime::now());
-        for c in changes {
-            self.printer.change(c, &self.policy, now);
-            if let Some(st) = self.store.as_mut() {
-                st.change(now, c, &self.policy);
-            }
+        if initial {
+            self.pipeline
+                .publishes(report.publishes, now, &mut Unchanged(&mut self.out));
+        } else {
+            self.pipeline.publishes(report.publishes, now, &mut self.out);
         }
-        self.evaluate(now);
+        self.exposure_metrics();
     }
 
-    fn evaluate(&mut self, now: u64) {
-        let exposures = self.inventory.exposures();
-        for a in self.tracker.reconcile(&self.policy, &exposures, now) {
-            self.alerts.drift(&a, &mut self.alert_out);
-        }
-        self.emit_alerts(now);
+    fn exposure_metrics(&self) {
+        let exposures = self.pipeline.exposures();
         let count = |s: Scope| {
             i64::try_from(exposures.iter().filter(|e| e.scope() == s).count()).unwrap_or(0)
         };
-        self.metrics.set_exposures(&[
+        self.out.metrics.set_exposures(&[
             ("loopback", count(Scope::Loopback)),
             ("private", count(Scope::Private)),
             ("public", count(Scope::Public)),
@@ -274,23 +285,24 @@ impl Watch {
 
     /// One record from the ring buffer.
     fn on_event(&mut self, result: Result<ProbeEvent<'_>, DecodeError>, now_boot: u64) {
+        let metrics = &self.out.metrics;
         match result {
             Ok(ProbeEvent::Hop(packet)) => {
                 let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
-                self.metrics.event("hop_segment", lag);
-                let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
+                metrics.event("hop_segment", lag);
                 if packet.pieces.is_some() {
-                    self.metrics.followed_segment();
+                    metrics.followed_segment();
                 }
-                let (hop, records) = (&mut self.hop, &mut self.hop_records);
-                packet.each_segment(ts, |segment| hop.segment(segment, records));
+                let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
+                self.pipeline.hop_packet(&packet, ts);
                 self.arm_ws_follower();
-                // Records are printed after the whole batch, so connection traces that the
-                // kernel wrote just after the packet can still name the process.
+                // Records go out after the whole batch (`Pipeline::end_batch`), so connection
+                // traces that the kernel wrote just after the packet can still name the
+                // process.
             }
             Ok(ProbeEvent::Conn(trace)) => {
                 let lag = now_boot.saturating_sub(trace.ts_boot_ns) as f64 / 1e9;
-                self.metrics.event(
+                metrics.event(
                     match trace.what {
                         ConnTraceKind::ConnectStart => "connect_start",
                         ConnTraceKind::ConnectEnd => "connect_end",
@@ -299,34 +311,16 @@ impl Watch {
                     },
                     lag,
                 );
-                let process = ProcessRef {
-                    pid: trace.pid,
-                    comm: trace.comm,
-                };
-                tracing::debug!(?trace.what, %trace.local, %trace.remote, pid = process.pid, comm = %process.comm, "connection trace");
-                match trace.what {
-                    ConnTraceKind::ConnectStart => {
-                        self.owners.connect_start(trace.sock_id, process)
-                    }
-                    ConnTraceKind::ConnectEnd => {
-                        self.owners
-                            .connect_end(trace.sock_id, trace.local, trace.remote)
-                    }
-                    ConnTraceKind::ResetSent => {
-                        self.owners.reset_sent(trace.local, trace.remote, process)
-                    }
-                    // Received resets run in whatever context the packet arrived in: the
-                    // packet already says who sent it.
-                    ConnTraceKind::ResetReceived => {}
-                }
+                tracing::debug!(?trace.what, %trace.local, %trace.remote, pid = trace.pid, comm = %trace.comm, "connection trace");
+                self.pipeline.conn_trace(&trace);
             }
             Ok(ProbeEvent::ListenChange(ev)) => {
                 let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
-                self.metrics.event("listen_change", lag);
+                metrics.event("listen_change", lag);
                 tokio::task::block_in_place(|| self.on_listen_change(&ev));
             }
             Err(e) => {
-                self.metrics.decode_error();
+                metrics.decode_error();
                 tracing::warn!(error = %e, "dropped a malformed probe record");
             }
         }
@@ -335,7 +329,7 @@ impl Watch {
     /// Tells the kernel where the next frame header of each WebSocket direction starts, so it
     /// copies only frame headers from then on.
     fn arm_ws_follower(&mut self) {
-        let hints = self.hop.take_hints();
+        let hints = self.pipeline.take_ws_hints();
         let Some(map) = self.ws_flows.as_mut() else {
             return;
         };
@@ -346,52 +340,18 @@ impl Watch {
                 _pad: 0,
             };
             if let Err(e) = map.insert(key, value, 0) {
-                self.metrics.ws_follow_error();
+                self.out.metrics.ws_follow_error();
                 tracing::debug!(error = %e, "cannot arm the kernel frame follower");
             }
         }
     }
 
-    /// Prints the batch's hop records. A connection event the kernel has not named a process
-    /// for yet waits one batch: the trace can land just after the packet that ended a batch.
-    fn print_hop_records(&mut self) {
-        // The vectors are drained, not replaced: they keep their capacity from batch to
-        // batch (a record is large; regrowing them every 20 ms showed in profiles).
-        let mut deferred = std::mem::take(&mut self.deferred);
-        for mut r in deferred.drain(..) {
-            self.owners.enrich(&mut r);
-            self.emit_hop(r);
-        }
-        let mut records = std::mem::take(&mut self.hop_records);
-        for mut r in records.drain(..) {
-            self.owners.enrich(&mut r);
-            if matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
-                self.deferred.push(r);
-            } else {
-                self.emit_hop(r);
-            }
-        }
-        if self.deferred.is_empty() {
-            self.deferred = deferred;
-        }
-        // Only the tracker adds records, and it does not run while they are emitted.
-        debug_assert!(self.hop_records.is_empty());
-        self.hop_records = records;
-        self.print_joined();
+    /// The end of a ring-buffer batch: its records go out.
+    fn end_batch(&mut self) {
+        self.pipeline
+            .end_batch(unix_ns(SystemTime::now()), &mut self.out);
     }
 
-    fn emit_hop(&mut self, r: HopRecord) {
-        self.printer.hop(&r);
-        self.alerts.hop(&r, &mut self.alert_out);
-        if let Some(st) = self.store.as_mut() {
-            st.hop(&r);
-        }
-        if let Some(j) = self.joiner.as_mut() {
-            j.hop(r, unix_ns(SystemTime::now()), &mut self.joined);
-        }
-    }
-
-    /// New access-log lines: parsed (malformed ones counted and reported), then joined.
     /// Reads the access logs (a bounded piece of each, more rounds while one is behind),
     /// hands the lines to the pipeline, then moves the logs' checkpoints: with a store, only
     /// once the lines' rows and a mark of each log's position are written through to the
@@ -405,7 +365,7 @@ impl Watch {
                 }
             }
             self.on_edge_lines(&lines);
-            if let Some(st) = self.store.as_mut() {
+            if let Some(st) = self.out.store.as_mut() {
                 let mut marked = false;
                 for t in tailers.iter().filter(|t| t.moved()) {
                     if let Some(p) = t.position() {
@@ -439,69 +399,34 @@ impl Watch {
                 a.2 + t.lost_rotations,
             )
         });
-        self.metrics.edge_lines_non_utf8_now(t.0);
-        self.metrics.limit_drops_now("edge_overlong_lines", t.1);
-        self.metrics.limit_drops_now("edge_lost_rotations", t.2);
+        let metrics = &self.out.metrics;
+        metrics.edge_lines_non_utf8_now(t.0);
+        metrics.limit_drops_now("edge_overlong_lines", t.1);
+        metrics.limit_drops_now("edge_lost_rotations", t.2);
     }
 
+    /// New access-log lines: parsed (malformed ones counted and reported), then joined.
     fn on_edge_lines(&mut self, lines: &[String]) {
         let now = unix_ns(SystemTime::now());
         for line in lines {
             if line.trim().is_empty() {
                 continue;
             }
-            match crate::edge::parse_any(line, &self.json_fields) {
-                Ok(rec) => {
-                    self.metrics.edge_line(true);
-                    if let Some(st) = self.store.as_mut() {
-                        st.edge(&rec);
-                    }
-                    if let Some(j) = self.joiner.as_mut() {
-                        j.edge(rec, now, &mut self.joined);
-                    }
-                }
-                Err(e) => {
-                    self.metrics.edge_line(false);
-                    tracing::warn!(error = %e, "malformed access-log line (counted, skipped)");
-                }
+            let parsed = self.pipeline.edge_line(line, now, &mut self.out);
+            self.out.metrics.edge_line(parsed.is_ok());
+            if let Err(e) = parsed {
+                tracing::warn!(error = %e, "malformed access-log line (counted, skipped)");
             }
         }
-        if let Some(j) = self.joiner.as_mut() {
-            j.expire(now, &mut self.joined);
-        }
-        self.print_joined();
-    }
-
-    fn print_joined(&mut self) {
-        let mut joined = std::mem::take(&mut self.joined);
-        for r in joined.drain(..) {
-            self.printer.request(&r);
-            self.alerts.request(&r, &mut self.alert_out);
-            if let Some(st) = self.store.as_mut() {
-                st.request(&r);
-            }
-        }
-        self.joined = joined;
-    }
-
-    /// Prints everything, deferred records included (at shutdown).
-    fn print_all_hop_records(&mut self) {
-        self.print_hop_records();
-        for r in std::mem::take(&mut self.deferred) {
-            self.emit_hop(r);
-        }
-        if let Some(j) = self.joiner.as_mut() {
-            j.finish(&mut self.joined);
-        }
-        self.print_joined();
+        self.pipeline.tick(now, &mut self.out);
     }
 
     /// Writes this turn's rows to the spool and prints what the store reported.
     fn flush_store(&mut self) {
-        let Some(st) = self.store.as_mut() else {
+        let Some(st) = self.out.store.as_mut() else {
             return;
         };
-        let dropped = st.flush(&self.metrics).dropped;
+        let dropped = st.flush(&self.out.metrics).dropped;
         let quiet = self
             .store_dropped_at
             .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(10));
@@ -511,7 +436,7 @@ impl Watch {
                 dropped
             );
             tracing::error!("{text}");
-            self.printer.status(
+            self.out.printer.status(
                 "store",
                 &text,
                 &serde_json::json!({ "event": "dropped", "rows": dropped }),
@@ -522,14 +447,14 @@ impl Watch {
         while let Ok(ev) = st.events.try_recv() {
             match &ev {
                 StoreEvent::Sent { .. } => {
-                    self.metrics.set_store_up(true);
+                    self.out.metrics.set_store_up(true);
                     continue;
                 }
                 StoreEvent::Ready { .. } | StoreEvent::Recovered { .. } => {
-                    self.metrics.set_store_up(true)
+                    self.out.metrics.set_store_up(true)
                 }
                 StoreEvent::Unavailable { .. } | StoreEvent::Incompatible { .. } => {
-                    self.metrics.set_store_up(false)
+                    self.out.metrics.set_store_up(false)
                 }
                 StoreEvent::Rejected { .. } => {}
             }
@@ -565,50 +490,20 @@ impl Watch {
             ) {
                 tracing::error!("{text}");
             }
-            self.printer.status("store", &text, &ev);
+            self.out.printer.status("store", &text, &ev);
         }
     }
 
     fn on_listen_change(&mut self, ev: &ListenChange) {
-        let changes: Vec<Change> = if ev.opened {
-            let listener = self.attributor.listener_from_event(ev);
-            self.inventory
-                .listener_opened(listener, ChangeSource::Probe)
-                .into_iter()
-                .collect()
-        } else {
-            let listener = self.attributor.listener_from_event(ev);
-            if listener.host_netns && self.attributor.still_listening(ev.addr, ev.port) {
-                Vec::new()
-            } else {
-                let key = listener.key();
-                let key = if self.inventory.listener(&key).is_some() {
-                    Some(key)
-                } else {
-                    // The process is gone, so its namespace is unknown: find the listener
-                    // this process owned on that address.
-                    self.inventory
-                        .exposures()
-                        .into_iter()
-                        .find_map(|e| match e {
-                            Exposure::Listener(l)
-                                if l.addr == ev.addr
-                                    && l.port == ev.port
-                                    && l.process.as_ref().is_some_and(|p| p.pid == ev.tgid) =>
-                            {
-                                Some(l.key())
-                            }
-                            _ => None,
-                        })
-                };
-                key.and_then(|k: ExposureKey| {
-                    self.inventory.listener_closed(&k, ChangeSource::Probe)
-                })
-                .into_iter()
-                .collect()
-            }
-        };
-        self.publish(&changes);
+        let now = unix_ns(SystemTime::now());
+        let listener = self.attributor.listener_from_event(ev);
+        if ev.opened {
+            self.pipeline.listener_opened(listener, now, &mut self.out);
+        } else if !(listener.host_netns && self.attributor.still_listening(ev.addr, ev.port)) {
+            self.pipeline
+                .listener_closed(&listener, ev.tgid, now, &mut self.out);
+        }
+        self.exposure_metrics();
     }
 }
 
@@ -620,7 +515,7 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
     while let Some(item) = ring.next() {
         watch.on_event(decode(&item), now_boot);
     }
-    watch.print_hop_records();
+    watch.end_batch();
 }
 
 #[derive(Serialize)]
@@ -639,19 +534,22 @@ struct ReadyDetail<'a> {
 /// `edgewatch exposure`: the classified inventory, once. Needs no BPF.
 pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize> {
     let mut watch = Watch::new(config, printer, Arc::new(Metrics::new()));
-    watch.rescan()?;
+    watch.rescan(true)?;
     if config.nat.enabled {
-        watch.read_nat();
+        watch.read_nat(true);
     }
-    let exposures = watch.inventory.exposures();
+    let exposures = watch.pipeline.exposures();
     let now = unix_ns(SystemTime::now());
-    watch.printer.inventory(&exposures, &watch.policy, now);
-    watch.printer.flush();
+    watch
+        .out
+        .printer
+        .inventory(&exposures, watch.pipeline.policy(), now);
+    watch.out.printer.flush();
     Ok(exposures
         .iter()
         .filter(|e| {
             matches!(
-                watch.policy.assess(e),
+                watch.pipeline.policy().assess(e),
                 crate::exposure::policy::Verdict::Drift(_)
             )
         })
@@ -669,7 +567,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         let store = Store::start(&config.store)
             .await
             .context("starting the ClickHouse store")?;
-        watch.store = Some(store);
+        watch.out.store = Some(store);
     }
 
     // Probes first, so nothing that happens during the initial scan is missed: a listener
@@ -680,25 +578,30 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let kernel = probes.kernel.clone();
     watch.ws_flows = streams.ws_flows;
     // What this kernel offers, and every fallback, said before anything else.
-    watch.printer.status("kernel", &kernel.summary(), &kernel);
+    watch
+        .out
+        .printer
+        .status("kernel", &kernel.summary(), &kernel);
     // Loaded: from here on the sidecar keeps only what watching needs, in every thread.
     let kept = crate::probe::caps::drop_unneeded(crate::probe::caps::needed_after_load(
-        watch.store.as_ref().is_some_and(Store::runs_embedded),
+        watch.out.store.as_ref().is_some_and(Store::runs_embedded),
     ))
     .context("dropping the capabilities the running sidecar no longer needs")?;
 
-    watch.rescan()?;
+    watch.rescan(true)?;
     if config.nat.enabled {
-        watch.read_nat();
+        watch.read_nat(true);
     }
     let nat_tools = watch.nat_tools.clone();
     let now = unix_ns(SystemTime::now());
-    let exposures = watch.inventory.exposures();
-    watch.printer.inventory(&exposures, &watch.policy, now);
-    if let Some(st) = watch.store.as_mut() {
-        st.inventory(now, &exposures, &watch.policy);
+    let exposures = watch.pipeline.exposures();
+    let policy = watch.pipeline.policy();
+    watch.out.printer.inventory(&exposures, policy, now);
+    if let Some(st) = watch.out.store.as_mut() {
+        st.inventory(now, &exposures, policy);
     }
-    watch.evaluate(now);
+    // The drift the first reads found.
+    watch.emit_alerts(now);
 
     let metrics_addr = if config.metrics.enabled {
         let addr = metrics::serve(metrics.clone(), config.metrics.listen)
@@ -724,6 +627,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
             // A position the spool holds beside the rows of its lines is newer than the
             // checkpoint file when the last run died between the two.
             if let Some(p) = watch
+                .out
                 .store
                 .as_ref()
                 .and_then(|st| st.spooled_tail_position(path))
@@ -736,7 +640,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     // Position every log now, before `ready`: lines the proxy writes from here on are read
     // (and a backlog since the checkpoint, in bounded pieces).
     watch.read_logs(&mut tailers);
-    watch.printer.status(
+    watch.out.printer.status(
         "ready",
         &format!(
             "watching ports {:?}; {} exposure(s); probes: {}; metrics: {}; {}",
@@ -820,14 +724,12 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 }
             }
             _ = rescan.tick() => {
-                match tokio::task::block_in_place(|| watch.rescan()) {
-                    Ok(changes) => watch.publish(&changes),
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "rescan failed"),
+                if let Err(e) = tokio::task::block_in_place(|| watch.rescan(false)) {
+                    tracing::warn!(error = %format!("{e:#}"), "rescan failed");
                 }
             }
             _ = nat.tick(), if config.nat.enabled => {
-                let changes = tokio::task::block_in_place(|| watch.read_nat());
-                watch.publish(&changes);
+                tokio::task::block_in_place(|| watch.read_nat(false));
             }
             _ = drops_tick.tick() => {
                 let drops = probes.kernel_drops();
@@ -835,16 +737,16 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 metrics.kernel_drops_now("field_read", drops.field_read);
                 metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
                 metrics.kernel_drops_now("hop_parse", drops.hop_parse);
-                let t = &watch.hop.stats;
+                let t = watch.pipeline.hop_stats();
                 metrics.limit_drops_now("hop_connections", t.evicted_connections);
                 metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);
                 metrics.limit_drops_now("hop_close_frames", t.dropped_close_frames);
-                if let Some(j) = watch.joiner.as_ref() {
-                    metrics.limit_drops_now("join_pending", j.stats.shed);
-                    metrics.limit_drops_now("join_duplicate_request_ids", j.stats.duplicate_request_ids);
+                if let Some(j) = watch.pipeline.join_stats() {
+                    metrics.limit_drops_now("join_pending", j.shed);
+                    metrics.limit_drops_now("join_duplicate_request_ids", j.duplicate_request_ids);
                 }
                 if drops != last_drops {
-                    watch.printer.status(
+                    watch.out.printer.status(
                         "kernel_drops",
                         &format!(
                             "the kernel dropped events (ring buffer full: {}, field reads: {}, \
@@ -866,47 +768,47 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
                 watch.read_logs(&mut tailers);
             }
             _ = expire_tick.tick() => {
-                let cutoff = unix_ns(SystemTime::now())
-                    .saturating_sub(u64::try_from(config.hop.idle_expiry.as_nanos()).unwrap_or(u64::MAX));
-                watch.hop.expire(cutoff, &mut watch.hop_records);
-                watch.print_hop_records();
-            }
-            _ = snapshot_tick.tick(), if watch.store.is_some() => {
                 let now = unix_ns(SystemTime::now());
-                let exposures = watch.inventory.exposures();
-                if let Some(st) = watch.store.as_mut() {
-                    st.inventory(now, &exposures, &watch.policy);
+                let cutoff = now
+                    .saturating_sub(u64::try_from(config.hop.idle_expiry.as_nanos()).unwrap_or(u64::MAX));
+                watch.pipeline.expire_idle(cutoff, now, &mut watch.out);
+            }
+            _ = snapshot_tick.tick(), if watch.out.store.is_some() => {
+                let now = unix_ns(SystemTime::now());
+                let exposures = watch.pipeline.exposures();
+                if let Some(st) = watch.out.store.as_mut() {
+                    st.inventory(now, &exposures, watch.pipeline.policy());
                 }
             }
-            _ = store_tick.tick(), if watch.store.is_some() => {}
+            _ = store_tick.tick(), if watch.out.store.is_some() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         watch.emit_alerts(unix_ns(SystemTime::now()));
         watch.flush_store();
-        watch.printer.flush();
+        watch.out.printer.flush();
     }
     // Events already in the ring buffer are not lost on shutdown.
     drain(ring.get_mut(), &mut watch);
     // What is still open is reported as it stands (sessions end `open`).
-    watch.hop.finish(&mut watch.hop_records);
-    watch.print_all_hop_records();
-    watch.emit_alerts(unix_ns(SystemTime::now()));
+    let now = unix_ns(SystemTime::now());
+    watch.pipeline.finish(now, &mut watch.out);
+    watch.emit_alerts(now);
     watch.flush_store();
     let undelivered: u64 = std::mem::take(&mut watch.webhooks)
         .into_iter()
         .map(|w| w.shutdown(std::time::Duration::from_secs(5)))
         .sum();
     if undelivered > 0 {
-        watch.printer.status(
+        watch.out.printer.status(
             "webhook",
             &format!("{undelivered} alert(s) not delivered to webhooks before stopping"),
             &serde_json::json!({ "event": "undelivered", "alerts": undelivered }),
         );
     }
-    if let Some(st) = watch.store.take() {
+    if let Some(st) = watch.out.store.take() {
         let totals = st.shutdown(config.store.timeout).await;
-        watch.printer.status(
+        watch.out.printer.status(
             "store_summary",
             &format!(
                 "ClickHouse: {} row(s) spooled this run, {} sent (as {}), {} rejected, {} dropped; {} left in the spool for the next start",
@@ -916,6 +818,7 @@ pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
         );
     }
     watch
+        .out
         .printer
         .status("stopped", "edgewatch stopped", &serde_json::json!({}));
     Ok(())

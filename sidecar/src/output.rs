@@ -333,6 +333,47 @@ impl Printer {
         self.flush();
     }
 
+    /// An incident still open at the end of an offline run, as it stands then: its evidence
+    /// and counts so far, every distinct value kept (`type: incident`).
+    pub fn incident(&mut self, a: &crate::alerts::Alert) {
+        match self.format {
+            Format::Json => {
+                #[derive(Serialize)]
+                struct Open<'a> {
+                    time: String,
+                    fired: String,
+                    #[serde(flatten)]
+                    alert: &'a crate::alerts::Alert,
+                }
+                self.tagged(
+                    "incident",
+                    &Open {
+                        time: rfc3339(a.at_ns),
+                        fired: rfc3339(a.fired_at_ns),
+                        alert: a,
+                    },
+                );
+            }
+            Format::Text => {
+                let text = format!(
+                    "{} still open at the end (since {}): {}",
+                    a.rule,
+                    rfc3339(a.fired_at_ns),
+                    alert_text(
+                        a.at_ns,
+                        a.state,
+                        a.severity,
+                        a.rule,
+                        &a.summary,
+                        a.first_move
+                    )
+                );
+                self.line(&text);
+            }
+        }
+        self.flush();
+    }
+
     /// One record of the hop (HTTP exchange, WebSocket session, connection event, loss).
     pub fn hop(&mut self, record: &HopRecord) {
         match self.format {

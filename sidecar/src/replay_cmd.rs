@@ -1,4 +1,6 @@
-//! The `edgewatch replay` command: file, progress bar and summary around `edgewatch::replay`.
+//! The `edgewatch replay` command: a capture and access logs through the one pipeline
+//! (`edgewatch::pipeline::offline`), with a progress bar, the records and alerts as they come,
+//! the incidents as they stand at the end, and summaries.
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -9,20 +11,55 @@ use std::{
 
 use anyhow::Context as _;
 use edgewatch::{
-    alerts::{Alert, Engine},
+    alerts::Alert,
     config::Config,
-    edge::{
-        join::{join_all_limited, JoinLimits, JoinedRequest},
-        nginx::JsonFields,
-        parse_any, EdgeRecord,
-    },
+    edge::{join::JoinedRequest, nginx::JsonFields, parse_any, EdgeRecord},
     hop::HopRecord,
     metrics::Metrics,
     output::{Format, Printer},
-    replay::replay_limited,
+    pipeline::{offline, Mode, Pipeline, Sink},
     store::Store,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// What `replay` does with the pipeline's products: prints them, counts the requests by how
+/// they matched, and keeps them all for `--store`.
+struct ReplaySink {
+    printer: Printer,
+    requests: BTreeMap<&'static str, u64>,
+    keep: bool,
+    hop: Vec<HopRecord>,
+    edges: Vec<EdgeRecord>,
+    joined: Vec<JoinedRequest>,
+    alerts: Vec<Alert>,
+}
+
+impl Sink for ReplaySink {
+    fn hop(&mut self, r: &HopRecord) {
+        self.printer.hop(r);
+        if self.keep {
+            self.hop.push(r.clone());
+        }
+    }
+    fn edge(&mut self, r: &EdgeRecord) {
+        if self.keep {
+            self.edges.push(r.clone());
+        }
+    }
+    fn request(&mut self, r: &JoinedRequest) {
+        self.printer.request(r);
+        *self.requests.entry(r.matched.as_str()).or_default() += 1;
+        if self.keep {
+            self.joined.push(r.clone());
+        }
+    }
+    fn alert(&mut self, a: &Alert) {
+        self.printer.alert(a);
+        if self.keep {
+            self.alerts.push(a.clone());
+        }
+    }
+}
 
 pub fn run(
     capture: &Path,
@@ -33,33 +70,34 @@ pub fn run(
     to_store: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let fields = &config.edge.json_fields;
     let file = File::open(capture).with_context(|| format!("opening {}", capture.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut logs = read_logs(access_logs, &config.edge.json_fields)?;
+    let mut settings = config.pipeline();
+    settings.hop_ports = ports.to_vec();
+    settings.join = !access_logs.is_empty();
+    settings.join_window_ns = u64::try_from(join_window.as_nanos()).unwrap_or(u64::MAX);
+    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
+    let mut sink = ReplaySink {
+        printer: Printer::stdout(format),
+        requests: BTreeMap::new(),
+        keep: to_store,
+        hop: Vec::new(),
+        edges: Vec::new(),
+        joined: Vec::new(),
+        alerts: Vec::new(),
+    };
     // Drawn only when stderr is a terminal; hidden in pipes and tests.
     let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let mut printer = Printer::stdout(format);
-    let mut kept = Vec::new();
-    // The alert rules, in the capture's own time.
-    let mut engine = Engine::new(config.alerts.clone());
-    let mut alerts = Vec::new();
-    let keep = !access_logs.is_empty() || to_store;
-    let summary = replay_limited(
+    let summary = offline::run(
         BufReader::with_capacity(1 << 20, file),
-        ports,
-        config.hop.limits(),
-        |record| {
-            printer.hop(record);
-            engine.advance(record.end_ts_ns(), &mut alerts);
-            engine.hop(record, &mut alerts);
-            if keep {
-                kept.push(record.clone());
-            }
-        },
+        std::mem::take(&mut logs.records),
+        &mut pipeline,
+        &mut sink,
         |done| bar.set_position(done),
     )
     .with_context(|| format!("replaying {}", capture.display()))?;
@@ -70,6 +108,7 @@ pub fn run(
         .filter(|(k, _)| **k != "not_tcp")
         .map(|(_, v)| v)
         .sum();
+    let printer = &mut sink.printer;
     printer.status(
         "replay_summary",
         &format!(
@@ -87,32 +126,16 @@ pub fn run(
         ),
         &summary,
     );
-    let (edges, joined) = if access_logs.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        join_logs(
-            &mut printer,
-            if to_store {
-                kept.clone()
-            } else {
-                std::mem::take(&mut kept)
-            },
-            access_logs,
-            join_window,
-            fields,
-            config.edge.limits(),
-            to_store,
-        )?
-    };
-    for j in &joined {
-        engine.request(j, &mut alerts);
+    if !access_logs.is_empty() {
+        let join = pipeline.join_stats().cloned().unwrap_or_default();
+        logs.summary(printer, &sink.requests, &join);
     }
-    // Incidents still open when the capture ends are reported as firing.
-    for a in &alerts {
-        printer.alert(a);
+    // The incidents as they stand when the capture ends: final evidence and counts.
+    for a in pipeline.incidents(summary.end_ns) {
+        printer.incident(&a);
     }
     if to_store {
-        ship(&mut printer, config, &kept, &edges, &joined, &alerts)?;
+        ship(&mut sink, config)?;
     }
     if summary.truncated_at.is_some() || drops > 0 {
         tracing::warn!(
@@ -124,84 +147,81 @@ pub fn run(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads the access logs, joins them with the hop records and prints the requests and a
-/// `join_summary` (malformed lines are counted and shown, never fatal).
-fn join_logs(
-    printer: &mut Printer,
-    hop: Vec<HopRecord>,
-    logs: &[PathBuf],
-    window: std::time::Duration,
-    fields: &JsonFields,
-    limits: JoinLimits,
-    keep: bool,
-) -> anyhow::Result<(Vec<EdgeRecord>, Vec<JoinedRequest>)> {
-    let mut edges = Vec::new();
-    let mut lines = 0u64;
-    let mut malformed: BTreeMap<String, u64> = BTreeMap::new();
-    let mut examples = Vec::new();
-    let mut non_utf8 = 0u64;
-    for path in logs {
+/// The access logs, parsed (malformed lines counted with a few examples, never fatal).
+struct Logs {
+    records: Vec<EdgeRecord>,
+    parsed: usize,
+    lines: u64,
+    non_utf8: u64,
+    malformed: BTreeMap<String, u64>,
+    examples: Vec<String>,
+}
+
+fn read_logs(paths: &[PathBuf], fields: &JsonFields) -> anyhow::Result<Logs> {
+    let mut logs = Logs {
+        records: Vec::new(),
+        parsed: 0,
+        lines: 0,
+        non_utf8: 0,
+        malformed: BTreeMap::new(),
+        examples: Vec::new(),
+    };
+    for path in paths {
         let stats = edgewatch::sources::logfile::for_each_line(path, |n, line| {
             match parse_any(line, fields) {
-                Ok(rec) => edges.push(rec),
+                Ok(rec) => logs.records.push(rec),
                 Err(e) => {
-                    *malformed.entry(e.to_string()).or_default() += 1;
-                    if examples.len() < 3 {
-                        examples.push(format!("{}:{n}: {e}", path.display()));
+                    *logs.malformed.entry(e.to_string()).or_default() += 1;
+                    if logs.examples.len() < 3 {
+                        logs.examples.push(format!("{}:{n}: {e}", path.display()));
                     }
                 }
             }
         })
         .with_context(|| format!("reading {}", path.display()))?;
-        lines += stats.lines;
-        non_utf8 += stats.non_utf8;
+        logs.lines += stats.lines;
+        logs.parsed = logs.records.len();
+        logs.non_utf8 += stats.non_utf8;
     }
-    let parsed = edges.len();
-    let kept_edges = if keep { edges.clone() } else { Vec::new() };
-    let (joined, join_stats) = join_all_limited(
-        hop,
-        edges,
-        u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
-        limits,
-    );
-    let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for r in &joined {
-        printer.request(r);
-        *by_kind.entry(r.matched.as_str()).or_default() += 1;
+    Ok(logs)
+}
+
+impl Logs {
+    /// The `join_summary` line.
+    fn summary(
+        &self,
+        printer: &mut Printer,
+        by_kind: &BTreeMap<&'static str, u64>,
+        join: &edgewatch::edge::join::JoinStats,
+    ) {
+        let bad: u64 = self.malformed.values().sum();
+        let (lines, non_utf8) = (self.lines, self.non_utf8);
+        let parsed = self.parsed;
+        printer.status(
+            "join_summary",
+            &format!(
+                "{lines} access-log lines ({non_utf8} not UTF-8, decoded lossily), {parsed} parsed, {bad} malformed; requests {by_kind:?}{}",
+                if self.examples.is_empty() {
+                    String::new()
+                } else {
+                    format!("; e.g. {}", self.examples.join("; "))
+                }
+            ),
+            &serde_json::json!({
+                "lines": lines,
+                "non_utf8_lines": non_utf8,
+                "duplicate_request_ids": join.duplicate_request_ids,
+                "shed_at_limit": join.shed,
+                "parsed": parsed,
+                "malformed": self.malformed,
+                "requests": by_kind,
+            }),
+        );
     }
-    let bad: u64 = malformed.values().sum();
-    printer.status(
-        "join_summary",
-        &format!(
-            "{lines} access-log lines ({non_utf8} not UTF-8, decoded lossily), {parsed} parsed, {bad} malformed; requests {by_kind:?}{}",
-            if examples.is_empty() {
-                String::new()
-            } else {
-                format!("; e.g. {}", examples.join("; "))
-            }
-        ),
-        &serde_json::json!({
-            "lines": lines,
-            "non_utf8_lines": non_utf8,
-            "duplicate_request_ids": join_stats.duplicate_request_ids,
-            "shed_at_limit": join_stats.shed,
-            "parsed": parsed,
-            "malformed": malformed,
-            "requests": by_kind,
-        }),
-    );
-    Ok((kept_edges, if keep { joined } else { Vec::new() }))
 }
 
 /// Ships the replay's records to the configured store and waits until it has them.
-fn ship(
-    printer: &mut Printer,
-    config: &Config,
-    hop: &[HopRecord],
-    edges: &[EdgeRecord],
-    joined: &[JoinedRequest],
-    alerts: &[Alert],
-) -> anyhow::Result<()> {
+fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
     let mut cfg = config.store.clone();
     // Its own spool: a live sidecar may hold the main one.
     let mut name = cfg.spool_dir.file_name().unwrap_or_default().to_os_string();
@@ -214,23 +234,23 @@ fn ship(
     let metrics = Metrics::new();
     let totals = runtime.block_on(async {
         let mut store = Store::start(&cfg).await?;
-        for r in hop {
+        for r in &sink.hop {
             store.hop(r);
         }
-        for e in edges {
+        for e in &sink.edges {
             store.edge(e);
         }
-        for j in joined {
+        for j in &sink.joined {
             store.request(j);
         }
-        for a in alerts {
+        for a in &sink.alerts {
             store.alert(a);
         }
         store.flush(&metrics);
         let totals = store.shutdown(std::time::Duration::from_secs(600)).await;
         anyhow::Ok(totals)
     })?;
-    printer.status(
+    sink.printer.status(
         "store_summary",
         &format!(
             "ClickHouse: {} row(s) spooled, {} sent (as {}), {} rejected, {} dropped; {} left in the spool",

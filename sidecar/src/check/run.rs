@@ -21,7 +21,8 @@ use super::{
 use crate::{
     config::Config,
     exposure::{inventory::ChangeSource, inventory::Inventory, policy::Policy},
-    hop::{tracker::Tracker, HopRecord},
+    hop::HopRecord,
+    pipeline::{Mode, Pipeline, Sink},
     output::unix_ns,
     probe::{
         boot_ns,
@@ -176,21 +177,38 @@ impl HopWatch {
         let records = Arc::new(Mutex::new(Vec::new()));
         let sink = records.clone();
         let boot_to_unix = unix_ns(SystemTime::now()).saturating_sub(boot_ns());
+        let mut settings = config.pipeline();
+        settings.hop_ports = vec![port];
+        settings.join = false;
         let task = tokio::spawn(async move {
-            let mut tracker = Tracker::new(&[port]);
+            // The same pipeline as the live watch, its hop records only.
+            struct Records(Vec<HopRecord>);
+            impl Sink for Records {
+                fn hop(&mut self, r: &HopRecord) {
+                    self.0.push(r.clone());
+                }
+            }
+            let mut pipeline = Pipeline::new(&settings, Mode::Live);
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             loop {
                 tick.tick().await;
-                let mut out = Vec::new();
+                let mut out = Records(Vec::new());
                 while let Some(item) = ring.next() {
-                    if let Ok(ProbeEvent::Hop(packet)) = decode(&item) {
-                        let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
-                        packet.each_segment(ts, |segment| tracker.segment(segment, &mut out));
+                    match decode(&item) {
+                        Ok(ProbeEvent::Hop(packet)) => {
+                            let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
+                            pipeline.hop_packet(&packet, ts);
+                        }
+                        Ok(ProbeEvent::Conn(trace)) => pipeline.conn_trace(&trace),
+                        _ => {}
                     }
                 }
-                if !out.is_empty() {
+                // No kernel frame follower to arm here.
+                drop(pipeline.take_ws_hints());
+                pipeline.end_batch(unix_ns(SystemTime::now()), &mut out);
+                if !out.0.is_empty() {
                     if let Ok(mut r) = sink.lock() {
-                        r.extend(out);
+                        r.extend(out.0);
                     }
                 }
             }

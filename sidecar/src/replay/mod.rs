@@ -1,17 +1,17 @@
 //! `edgewatch replay`: a packet capture through the same hop tracker as the live probes.
 //! `capture` reads pcap/pcapng, `decode` turns packets into TCP segments (both pure over their
-//! input); [`replay`] wires them to the tracker and reports what it skipped.
+//! input); [`replay`] runs them through the pipeline's hop tracker and reports what it
+//! skipped.
 pub mod capture;
 pub mod decode;
 
 use std::collections::BTreeMap;
 
-use crate::hop::{
-    tracker::{Tracker, TrackerLimits},
-    HopRecord,
+use crate::{
+    hop::{tracker::TrackerLimits, HopRecord},
+    pipeline::{offline, Mode, Pipeline, Settings, Sink},
 };
-use capture::{read_capture, CaptureError, CaptureSummary};
-use decode::decode;
+use capture::CaptureError;
 
 /// What a replay saw and skipped, for the summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -25,6 +25,8 @@ pub struct ReplaySummary {
     pub gap_bytes: u64,
     pub duplicate_bytes: u64,
     pub truncated_at: Option<u64>,
+    /// The time the capture (and its access logs) ended at: the last packet or log record.
+    pub end_ns: u64,
     pub unknown_interface: u64,
     /// What the tracker gave up at its count limits (`hop::tracker::TrackerLimits`).
     pub evicted_connections: u64,
@@ -48,44 +50,32 @@ pub fn replay<R: std::io::Read + Send>(
     )
 }
 
-/// [`replay`] with the tracker's count limits of the config (`[hop]`).
+/// [`replay`] with the tracker's count limits of the config (`[hop]`): the capture through
+/// the one pipeline (`crate::pipeline`), its hop records handed to `on_record`.
 pub fn replay_limited<R: std::io::Read + Send>(
     input: R,
     upstream_ports: &[u16],
     limits: TrackerLimits,
-    mut on_record: impl FnMut(&HopRecord),
+    on_record: impl FnMut(&HopRecord),
     progress: impl FnMut(u64),
 ) -> Result<ReplaySummary, CaptureError> {
-    let mut tracker = Tracker::new(upstream_ports).with_limits(limits);
-    let mut summary = ReplaySummary::default();
-    let mut out = Vec::new();
-    let capture: CaptureSummary = read_capture(
-        input,
-        |packet| match decode(packet.linktype, packet.ts_ns, packet.data) {
-            Ok(segment) => {
-                summary.tcp_segments += 1;
-                tracker.segment(&segment, &mut out);
-                for r in out.drain(..) {
-                    on_record(&r);
-                }
-            }
-            Err(skip) => *summary.skipped.entry(skip.as_str()).or_default() += 1,
-        },
-        progress,
-    )?;
-    tracker.finish(&mut out);
-    for r in out.drain(..) {
-        on_record(&r);
+    struct Records<F>(F);
+    impl<F: FnMut(&HopRecord)> Sink for Records<F> {
+        fn hop(&mut self, r: &HopRecord) {
+            (self.0)(r);
+        }
     }
-    summary.packets = capture.packets;
-    summary.truncated_at = capture.truncated_at;
-    summary.unknown_interface = capture.unknown_interface;
-    summary.hop_segments = tracker.stats.segments - tracker.stats.ignored;
-    summary.records = tracker.stats.records;
-    summary.gap_bytes = tracker.stats.gap_bytes;
-    summary.duplicate_bytes = tracker.stats.duplicate_bytes;
-    summary.evicted_connections = tracker.stats.evicted_connections;
-    summary.dropped_exchanges = tracker.stats.dropped_exchanges;
-    summary.dropped_close_frames = tracker.stats.dropped_close_frames;
-    Ok(summary)
+    let settings = Settings {
+        hop_ports: upstream_ports.to_vec(),
+        hop_limits: limits,
+        ..Settings::default()
+    };
+    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
+    offline::run(
+        input,
+        Vec::new(),
+        &mut pipeline,
+        &mut Records(on_record),
+        progress,
+    )
 }

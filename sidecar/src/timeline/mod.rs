@@ -23,6 +23,9 @@ pub struct Rows {
     pub ws: Vec<WsRow>,
     pub edge: Vec<EdgeRow>,
     pub requests: Vec<RequestRow>,
+    /// Incidents still open at the end of an offline run, as they stood then (ClickHouse
+    /// holds transitions only: there, the last transition in the range stands for it).
+    pub open_incidents: Vec<AlertRow>,
 }
 
 /// What to keep.
@@ -524,7 +527,7 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
         events[i].request_id = id;
     }
     let groups = groups(&events, rows);
-    let summary = summarize(&events);
+    let summary = summarize(&events, &rows.open_incidents);
     // An open range shows the data's own span.
     let since_ns = match events.first() {
         Some(e) if filter.since_ns <= 0 => e.ts,
@@ -576,10 +579,28 @@ fn groups(events: &[Event], rows: &Rows) -> Vec<Group> {
     out
 }
 
-fn summarize(events: &[Event]) -> Summary {
+fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
     let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
     for e in events {
         *counts.entry(e.kind).or_default() += 1;
+    }
+    // Each incident as it stands: its last transition in the range, or how it stood at the
+    // end of an offline run (evidence and counts are the ones gathered until then).
+    let mut standing: BTreeMap<&str, Value> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind == "alert") {
+        standing.insert(
+            e.detail["dedup_key"].as_str().unwrap_or(""),
+            json!({ "state": e.detail["state"], "at_ns": e.ts, "evidence": e.detail["evidence"] }),
+        );
+    }
+    for a in open {
+        if let Some(v) = standing.get_mut(a.dedup_key.as_str()) {
+            *v = json!({
+                "state": "open",
+                "at_ns": a.ts,
+                "evidence": serde_json::from_str::<Value>(&a.evidence).unwrap_or(Value::Null),
+            });
+        }
     }
     // One entry per incident: its first transition in the range.
     let mut seen = std::collections::BTreeSet::new();
@@ -597,6 +618,10 @@ fn summarize(events: &[Event]) -> Summary {
                     "at_ns": e.ts,
                     "summary": e.detail["summary"],
                     "first_move": e.detail["first_move"],
+                    "standing": standing
+                        .get(e.detail["dedup_key"].as_str().unwrap_or(""))
+                        .cloned()
+                        .unwrap_or(Value::Null),
                 }),
             )
         })

@@ -11,9 +11,11 @@ use clickhouse::Row;
 
 use super::{Filter, Rows};
 use crate::{
-    alerts::Engine,
+    alerts::Alert,
     config::StoreConfig,
-    edge::parse_any,
+    edge::{join::JoinedRequest, parse_any, EdgeRecord},
+    hop::HopRecord,
+    pipeline::{Mode, Pipeline, Sink},
     store::rows::{self, AlertRow, AnyRow, EdgeRow, RequestRow},
 };
 
@@ -44,7 +46,30 @@ pub struct OfflineReport {
     pub capture_truncated_at: Option<u64>,
 }
 
-/// A capture (and access logs) through the tracker, the join and the alert rules, as rows.
+/// The pipeline's products as timeline rows.
+struct RowSink {
+    rows: Rows,
+}
+
+const NODE: &str = "offline";
+
+impl Sink for RowSink {
+    fn hop(&mut self, r: &HopRecord) {
+        self.rows.push(rows::hop_row(NODE, r));
+    }
+    fn edge(&mut self, r: &EdgeRecord) {
+        self.rows.push(AnyRow::Edge(EdgeRow::new(NODE, r)));
+    }
+    fn request(&mut self, r: &JoinedRequest) {
+        self.rows.push(AnyRow::Request(RequestRow::new(NODE, r)));
+    }
+    fn alert(&mut self, a: &Alert) {
+        self.rows.push(AnyRow::Alert(AlertRow::new(NODE, a)));
+    }
+}
+
+/// A capture (and access logs) through the one pipeline (`crate::pipeline::offline`, as
+/// `replay` runs it), as rows; the incidents still open at the end as they stood then.
 pub fn offline(
     pcap: &Path,
     ports: &[u16],
@@ -52,24 +77,8 @@ pub fn offline(
     config: &crate::config::Config,
 ) -> anyhow::Result<(Rows, OfflineReport)> {
     let fields = &config.edge.json_fields;
-    let alerts = &config.alerts;
-    let join_window_ns = u64::try_from(config.edge.join_window.as_nanos()).unwrap_or(u64::MAX);
-    const NODE: &str = "offline";
     let file = std::fs::File::open(pcap).with_context(|| format!("opening {}", pcap.display()))?;
-    let mut hop = Vec::new();
-    let summary = crate::replay::replay_limited(
-        BufReader::with_capacity(1 << 20, file),
-        ports,
-        config.hop.limits(),
-        |r| hop.push(r.clone()),
-        |_| {},
-    )
-    .with_context(|| format!("replaying {}", pcap.display()))?;
-    let mut report = OfflineReport {
-        hop_records: hop.len(),
-        capture_truncated_at: summary.truncated_at,
-        ..OfflineReport::default()
-    };
+    let mut report = OfflineReport::default();
     let mut edges = Vec::new();
     for log in logs {
         let stats =
@@ -83,30 +92,29 @@ pub fn offline(
             .with_context(|| format!("reading {}", log.display()))?;
         report.non_utf8_lines += stats.non_utf8 as usize;
     }
-    let mut engine = Engine::new(alerts.clone());
-    let mut fired = Vec::new();
-    let mut rows = Rows::default();
-    for r in &hop {
-        engine.advance(r.end_ts_ns(), &mut fired);
-        engine.hop(r, &mut fired);
-        rows.push(rows::hop_row(NODE, r));
-    }
-    for e in &edges {
-        rows.push(AnyRow::Edge(EdgeRow::new(NODE, e)));
-    }
-    let joined = if edges.is_empty() {
-        Vec::new()
-    } else {
-        crate::edge::join::join_all_limited(hop, edges, join_window_ns, config.edge.limits()).0
+    let mut settings = config.pipeline();
+    settings.hop_ports = ports.to_vec();
+    settings.join = !logs.is_empty();
+    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
+    let mut sink = RowSink {
+        rows: Rows::default(),
     };
-    for j in &joined {
-        engine.request(j, &mut fired);
-        rows.push(AnyRow::Request(RequestRow::new(NODE, j)));
-    }
-    for a in &fired {
-        rows.push(AnyRow::Alert(AlertRow::new(NODE, a)));
-    }
-    Ok((rows, report))
+    let summary = crate::pipeline::offline::run(
+        BufReader::with_capacity(1 << 20, file),
+        edges,
+        &mut pipeline,
+        &mut sink,
+        |_| {},
+    )
+    .with_context(|| format!("replaying {}", pcap.display()))?;
+    report.hop_records = usize::try_from(summary.records).unwrap_or(usize::MAX);
+    report.capture_truncated_at = summary.truncated_at;
+    sink.rows.open_incidents = pipeline
+        .incidents(summary.end_ns)
+        .iter()
+        .map(|a| AlertRow::new(NODE, a))
+        .collect();
+    Ok((sink.rows, report))
 }
 
 /// Rows per table at most (a larger range is cut, and said).
@@ -179,6 +187,7 @@ pub async fn clickhouse(cfg: &StoreConfig, filter: &Filter) -> anyhow::Result<(R
         ws: fetch(&client, "ws_sessions", a, b, true, &mut cut).await?,
         edge: fetch(&client, "edge_logs", a, b, false, &mut cut).await?,
         requests: fetch(&client, "requests", a, b, false, &mut cut).await?,
+        open_incidents: Vec::new(),
     };
     Ok((rows, cut))
 }

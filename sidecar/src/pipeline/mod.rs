@@ -1,0 +1,410 @@
+//! The one record path, from probe records and access-log lines to alerts. Pure: inputs go in
+//! in the order they happened, each with the time it happened at, and everything a step
+//! produced comes out through a [`Sink`] at once. The live watch, `replay`, the offline
+//! `timeline` and `check` are drivers around it (I/O, clocks and sinks only), so they cannot
+//! disagree about what a capture means.
+//!
+//! What it owns: the hop tracker, the process owners of connections, the join with the
+//! access logs, the exposure inventory with its drift tracker, and the alert engine.
+//! [`offline`] is the driver half every offline command shares: a capture and access-log
+//! records merged by time, as live sees them.
+pub mod offline;
+
+use std::net::IpAddr;
+
+use crate::{
+    alerts::{Alert, AlertsConfig, Engine},
+    config::ExposureConfig,
+    edge::{
+        join::{JoinLimits, JoinStats, JoinedRequest, Joiner},
+        nginx::JsonFields,
+        EdgeRecord, LineError,
+    },
+    exposure::{
+        inventory::{Change, ChangeSource, Inventory},
+        nat::NatPublish,
+        policy::{DriftTracker, Policy},
+        Exposure, ExposureKey, Listener,
+    },
+    hop::{
+        owners::Owners,
+        tracker::{Tracker, TrackerLimits, TrackerStats, WsHint},
+        HopRecord, ProcessRef, Segment,
+    },
+    probe::events::{ConnTrace, ConnTraceKind, HopPacket},
+};
+
+/// Where a step's products go. Every method has an empty default: a driver implements what
+/// it forwards (printer, store, metrics, webhooks; or rows, or a list in tests).
+pub trait Sink {
+    /// A finished hop record (connect, exchange, WebSocket session, reset).
+    fn hop(&mut self, _record: &HopRecord) {}
+    /// A parsed access-log record.
+    fn edge(&mut self, _record: &EdgeRecord) {}
+    /// A request joined across the edge and the hop.
+    fn request(&mut self, _request: &JoinedRequest) {}
+    /// A change of the exposure inventory, judged by `policy`.
+    fn change(&mut self, _change: &Change, _policy: &Policy, _at_ns: u64) {}
+    /// An alert transition (firing or resolved).
+    fn alert(&mut self, _alert: &Alert) {}
+}
+
+/// Discards everything.
+impl Sink for () {}
+
+/// Everything a step produced, owned, in order (tests, and drivers that keep it all).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Hop(HopRecord),
+    Edge(EdgeRecord),
+    Request(JoinedRequest),
+    Change { change: Change, at_ns: u64 },
+    Alert(Alert),
+}
+
+impl Sink for Vec<Output> {
+    fn hop(&mut self, r: &HopRecord) {
+        self.push(Output::Hop(r.clone()));
+    }
+    fn edge(&mut self, r: &EdgeRecord) {
+        self.push(Output::Edge(r.clone()));
+    }
+    fn request(&mut self, r: &JoinedRequest) {
+        self.push(Output::Request(r.clone()));
+    }
+    fn change(&mut self, c: &Change, _policy: &Policy, at_ns: u64) {
+        self.push(Output::Change {
+            change: c.clone(),
+            at_ns,
+        });
+    }
+    fn alert(&mut self, a: &Alert) {
+        self.push(Output::Alert(a.clone()));
+    }
+}
+
+/// What the pipeline is built from: the config sections of the components it owns.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub exposure: ExposureConfig,
+    /// The hop ports to track.
+    pub hop_ports: Vec<u16>,
+    pub hop_limits: TrackerLimits,
+    /// Join access-log records with the hop (there are access logs to read).
+    pub join: bool,
+    pub join_window_ns: u64,
+    pub join_limits: JoinLimits,
+    pub json_fields: JsonFields,
+    pub alerts: AlertsConfig,
+}
+
+/// Live or offline: the only two differences between them, stated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Kernel probes: the tracker tells the kernel where WebSocket frame headers start, and a
+    /// connection record the kernel has not named a process for yet waits one batch (the
+    /// trace can land just after the packet that ended a batch).
+    Live,
+    /// A capture: no kernel to hint, and no process traces to wait for.
+    Offline,
+}
+
+/// The record path's state.
+pub struct Pipeline {
+    mode: Mode,
+    policy: Policy,
+    inventory: Inventory,
+    drift: DriftTracker,
+    tracker: Tracker,
+    owners: Owners,
+    joiner: Option<Joiner>,
+    engine: Engine,
+    json_fields: JsonFields,
+    /// Records the tracker finished in this batch (vectors kept for their capacity: a
+    /// record is large, and regrowing them every batch showed in profiles).
+    fresh: Vec<HopRecord>,
+    /// Connection records waiting one batch for their process (live).
+    deferred: Vec<HopRecord>,
+    joined: Vec<JoinedRequest>,
+    alerts: Vec<Alert>,
+}
+
+impl Pipeline {
+    pub fn new(settings: &Settings, mode: Mode) -> Self {
+        let mut tracker = Tracker::new(&settings.hop_ports).with_limits(settings.hop_limits);
+        if mode == Mode::Live {
+            tracker = tracker.with_kernel_hints();
+        }
+        Self {
+            mode,
+            policy: Policy::new(&settings.exposure),
+            inventory: Inventory::default(),
+            drift: DriftTracker::default(),
+            tracker,
+            owners: Owners::default(),
+            joiner: settings
+                .join
+                .then(|| Joiner::with_limits(settings.join_window_ns, settings.join_limits)),
+            engine: Engine::new(settings.alerts.clone()),
+            json_fields: settings.json_fields.clone(),
+            fresh: Vec::new(),
+            deferred: Vec::new(),
+            joined: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The exposures known now.
+    pub fn exposures(&self) -> Vec<Exposure> {
+        self.inventory.exposures()
+    }
+
+    /// What the tracker saw, skipped and gave up.
+    pub fn hop_stats(&self) -> &TrackerStats {
+        &self.tracker.stats
+    }
+
+    /// What the join gave up (when access logs are joined).
+    pub fn join_stats(&self) -> Option<&JoinStats> {
+        self.joiner.as_ref().map(|j| &j.stats)
+    }
+
+    /// Open incidents, exposure drift included.
+    pub fn firing(&self) -> usize {
+        self.drift.firing() + self.engine.firing()
+    }
+
+    /// The open incidents as they stand at `now_ns` (their evidence and counts so far), as
+    /// firing alerts: to send them again, or to end an offline run with them.
+    pub fn incidents(&self, now_ns: u64) -> Vec<Alert> {
+        let mut open: Vec<Alert> = self
+            .drift
+            .firing_events(now_ns)
+            .iter()
+            .map(Alert::from)
+            .collect();
+        open.extend(self.engine.open_alerts(now_ns));
+        open
+    }
+
+    /// Where the kernel should look for the next WebSocket frame headers (live).
+    pub fn take_ws_hints(&mut self) -> Vec<WsHint> {
+        self.tracker.take_hints()
+    }
+
+    /// One TCP segment of the hop. Its records come out at [`Pipeline::end_batch`].
+    pub fn segment(&mut self, segment: &Segment<'_>) {
+        self.tracker.segment(segment, &mut self.fresh);
+    }
+
+    /// One hop packet from the kernel, stamped `ts_ns` (Unix time).
+    pub fn hop_packet(&mut self, packet: &HopPacket<'_>, ts_ns: u64) {
+        let (tracker, fresh) = (&mut self.tracker, &mut self.fresh);
+        packet.each_segment(ts_ns, |s| tracker.segment(s, fresh));
+    }
+
+    /// A connect or reset trace from the kernel: who owns the connection.
+    pub fn conn_trace(&mut self, trace: &ConnTrace) {
+        let process = ProcessRef {
+            pid: trace.pid,
+            comm: trace.comm.clone(),
+        };
+        match trace.what {
+            ConnTraceKind::ConnectStart => self.owners.connect_start(trace.sock_id, process),
+            ConnTraceKind::ConnectEnd => {
+                self.owners
+                    .connect_end(trace.sock_id, trace.local, trace.remote)
+            }
+            ConnTraceKind::ResetSent => self.owners.reset_sent(trace.local, trace.remote, process),
+            // Received resets run in whatever context the packet arrived in: the packet
+            // already says who sent it.
+            ConnTraceKind::ResetReceived => {}
+        }
+    }
+
+    /// Emits the records of the batch (with their processes), then what they caused.
+    pub fn end_batch(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        let mut deferred = std::mem::take(&mut self.deferred);
+        for mut r in deferred.drain(..) {
+            self.owners.enrich(&mut r);
+            self.emit_hop(r, now_ns, sink);
+        }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        for mut r in fresh.drain(..) {
+            self.owners.enrich(&mut r);
+            if self.mode == Mode::Live && matches!(&r, HopRecord::Conn(c) if c.process.is_none())
+            {
+                self.deferred.push(r);
+            } else {
+                self.emit_hop(r, now_ns, sink);
+            }
+        }
+        if self.deferred.is_empty() {
+            self.deferred = deferred;
+        }
+        // Only the tracker adds to `fresh`, and it does not run while records are emitted.
+        debug_assert!(self.fresh.is_empty());
+        self.fresh = fresh;
+        self.emit_joined(sink);
+    }
+
+    fn emit_hop(&mut self, r: HopRecord, now_ns: u64, sink: &mut impl Sink) {
+        sink.hop(&r);
+        self.engine.hop(&r, &mut self.alerts);
+        self.emit_alerts(sink);
+        if let Some(j) = self.joiner.as_mut() {
+            j.hop(r, now_ns, &mut self.joined);
+        }
+    }
+
+    fn emit_joined(&mut self, sink: &mut impl Sink) {
+        let mut joined = std::mem::take(&mut self.joined);
+        for r in joined.drain(..) {
+            sink.request(&r);
+            self.engine.request(&r, &mut self.alerts);
+            self.emit_alerts(sink);
+        }
+        self.joined = joined;
+    }
+
+    fn emit_alerts(&mut self, sink: &mut impl Sink) {
+        for a in self.alerts.drain(..) {
+            sink.alert(&a);
+        }
+    }
+
+    /// One access-log line; a malformed one is the caller's to count and report.
+    pub fn edge_line(
+        &mut self,
+        line: &str,
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), LineError> {
+        let record = crate::edge::parse_any(line, &self.json_fields)?;
+        self.edge_record(record, now_ns, sink);
+        Ok(())
+    }
+
+    /// One access-log record.
+    pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
+        sink.edge(&record);
+        if let Some(j) = self.joiner.as_mut() {
+            j.edge(record, now_ns, &mut self.joined);
+        }
+        self.emit_joined(sink);
+    }
+
+    /// Moves time on: requests whose other side did not come within the join window go out
+    /// alone, and incidents quiet for their quiet period resolve.
+    pub fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        if let Some(j) = self.joiner.as_mut() {
+            j.expire(now_ns, &mut self.joined);
+        }
+        self.emit_joined(sink);
+        self.engine.advance(now_ns, &mut self.alerts);
+        self.emit_alerts(sink);
+    }
+
+    /// Reports the hop connections idle since `cutoff_ns` as they stand, and forgets them.
+    pub fn expire_idle(&mut self, cutoff_ns: u64, now_ns: u64, sink: &mut impl Sink) {
+        self.tracker.expire(cutoff_ns, &mut self.fresh);
+        self.end_batch(now_ns, sink);
+    }
+
+    /// The end of the input: what is still open is reported as it stands (sessions end
+    /// `open`, waiting records go out, unjoined requests go out alone), then time moves on.
+    pub fn finish(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        self.tracker.finish(&mut self.fresh);
+        self.end_batch(now_ns, sink);
+        for r in std::mem::take(&mut self.deferred) {
+            self.emit_hop(r, now_ns, sink);
+        }
+        if let Some(j) = self.joiner.as_mut() {
+            j.finish(&mut self.joined);
+        }
+        self.emit_joined(sink);
+        self.tick(now_ns, sink);
+    }
+
+    /// A rescan of the sidecar's own namespace: the whole list of its listeners.
+    pub fn host_listeners(&mut self, listeners: Vec<Listener>, now_ns: u64, sink: &mut impl Sink) {
+        let changes = self
+            .inventory
+            .replace_host_listeners(listeners, ChangeSource::Rescan);
+        self.changed(&changes, now_ns, sink);
+    }
+
+    /// A read of the NAT rules: the whole list of publishes.
+    pub fn publishes(&mut self, publishes: Vec<NatPublish>, now_ns: u64, sink: &mut impl Sink) {
+        let changes = self.inventory.replace_publishes(publishes);
+        self.changed(&changes, now_ns, sink);
+    }
+
+    /// A listener opened (a probe event, any namespace).
+    pub fn listener_opened(&mut self, listener: Listener, now_ns: u64, sink: &mut impl Sink) {
+        let changes: Vec<Change> = self
+            .inventory
+            .listener_opened(listener, ChangeSource::Probe)
+            .into_iter()
+            .collect();
+        self.changed(&changes, now_ns, sink);
+    }
+
+    /// A listener closed (a probe event). `listener` is what the event says; when its
+    /// process is gone its namespace is unknown, so the listener that process (`tgid`) owned
+    /// on that address is the one closed.
+    pub fn listener_closed(
+        &mut self,
+        listener: &Listener,
+        tgid: u32,
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) {
+        let key = listener.key();
+        let key = if self.inventory.listener(&key).is_some() {
+            Some(key)
+        } else {
+            self.owned_listener(listener.addr, listener.port, tgid)
+        };
+        let changes: Vec<Change> = key
+            .and_then(|k| self.inventory.listener_closed(&k, ChangeSource::Probe))
+            .into_iter()
+            .collect();
+        self.changed(&changes, now_ns, sink);
+    }
+
+    fn owned_listener(&self, addr: IpAddr, port: u16, tgid: u32) -> Option<ExposureKey> {
+        self.inventory.exposures().into_iter().find_map(|e| match e {
+            Exposure::Listener(l)
+                if l.addr == addr
+                    && l.port == port
+                    && l.process.as_ref().is_some_and(|p| p.pid == tgid) =>
+            {
+                Some(l.key())
+            }
+            _ => None,
+        })
+    }
+
+    /// Judges the inventory again (changes, or only time passing) and passes drift
+    /// transitions to the alert engine.
+    fn changed(&mut self, changes: &[Change], now_ns: u64, sink: &mut impl Sink) {
+        for c in changes {
+            sink.change(c, &self.policy, now_ns);
+        }
+        self.reconcile(now_ns, sink);
+    }
+
+    /// Exposure drift judged against the inventory as it is now.
+    pub fn reconcile(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        let exposures = self.inventory.exposures();
+        for a in self.drift.reconcile(&self.policy, &exposures, now_ns) {
+            self.engine.drift(&a, &mut self.alerts);
+        }
+        self.emit_alerts(sink);
+    }
+}
