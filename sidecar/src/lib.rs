@@ -1,21 +1,21 @@
 //! edgewatch: an eBPF sidecar that watches a WebSocket gateway's exposure and traffic.
 //!
-//! The pure core (`config`, `exposure`, `probe::events`, `probe::tracefs`) takes data in and
-//! gives data out; the edges (`probe::loader`, `sources`, `metrics`, `output`, `live`) do the
-//! I/O. See ARCHITECTURE.md for the data flow.
-pub mod alerts;
+//! This crate holds the drivers (`cmd`: live, replay, timeline, check), the probes
+//! (`probe`), the sources (`sources`: sock_diag, NAT rules, access logs) and the sinks
+//! (`output`, `store`, `webhook`, `metrics`). Everything that gives records their meaning is
+//! in the pure core crate, `edgewatch_core`, re-exported here under its own module names.
+//! See ARCHITECTURE.md for the data flow.
+pub use edgewatch_core::{alerts, edge, exposure, hop, pipeline, replay};
+
 pub mod check;
+pub mod cmd;
 pub mod config;
-pub mod edge;
-pub mod exposure;
-pub mod hop;
-pub mod http;
-pub mod live;
 pub mod metrics;
+pub mod metrics_config;
+pub mod outbound;
 pub mod output;
-pub mod pipeline;
 pub mod probe;
-pub mod replay;
 pub mod sources;
 pub mod store;
 pub mod timeline;
+pub mod webhook;

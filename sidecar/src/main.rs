@@ -4,12 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use edgewatch::{
     config::Config,
-    live,
     output::{Format, Printer},
 };
-
-mod replay_cmd;
-mod timeline_cmd;
 
 /// mimalloc instead of glibc's malloc: the live path allocates a few short strings per
 /// HTTP exchange and frees them a batch later, a pattern on which glibc leaves its per-thread
@@ -104,7 +100,7 @@ enum Command {
     /// gate.
     Check {
         #[command(flatten)]
-        args: edgewatch::check::run::CheckArgs,
+        args: edgewatch::cmd::check::CheckArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -113,7 +109,7 @@ enum Command {
     /// and slow connects, in order and grouped by request and connection, with a summary on
     /// top. From ClickHouse (`[store]`, the embedded one by default), or offline from a
     /// capture and access logs with --pcap.
-    Timeline(timeline_cmd::TimelineArgs),
+    Timeline(edgewatch::cmd::timeline::TimelineArgs),
     /// Ask a running sidecar whether it is up (its loopback /healthz): exit 0 when it
     /// answers, 1 when not. The container's healthcheck.
     Health {
@@ -173,15 +169,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // this thread while the workers drive the timers and the ring buffer's fd, so
             // every drain tick would wake a worker and then this thread. A task wakes once.
             runtime.block_on(async move {
-                tokio::spawn(live::run(config, Printer::stdout(common.output)))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("the watch loop failed: {e}"))?
+                tokio::spawn(edgewatch::cmd::run::run(
+                    config,
+                    Printer::stdout(common.output),
+                ))
+                .await
+                .map_err(|e| anyhow::anyhow!("the watch loop failed: {e}"))?
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exposure(common) => {
             let config = load_config(common.config.as_ref())?;
-            let drift = live::exposure_once(&config, Printer::stdout(common.output))?;
+            let drift = edgewatch::cmd::exposure::run(&config, Printer::stdout(common.output))?;
             Ok(if drift > 0 {
                 ExitCode::from(EXIT_DRIFT)
             } else {
@@ -203,7 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ports
             };
-            replay_cmd::run(
+            edgewatch::cmd::replay::run(
                 &capture,
                 &ports,
                 &access_logs,
@@ -224,19 +223,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let mut printer = Printer::stdout(common.output);
-            let steps = runtime.block_on(edgewatch::check::run::check(&config, &args, |s| {
+            let steps = runtime.block_on(edgewatch::cmd::check::check(&config, &args, |s| {
                 printer.check_step(s)
             }))?;
             let code = edgewatch::check::exit_code(&steps);
             printer.check_summary(&args.url, &steps, code);
             Ok(ExitCode::from(code))
         }
-        Command::Timeline(args) => timeline_cmd::run(&args),
+        Command::Timeline(args) => edgewatch::cmd::timeline::run(&args),
         Command::Health { addr, config } => {
             let config = load_config(config.as_ref())?;
             let addr = addr.unwrap_or(config.metrics.listen);
             let url = format!("http://{addr}/healthz");
-            let agent = edgewatch::http::agent(Some(std::time::Duration::from_secs(3)), true);
+            let agent = edgewatch::outbound::agent(Some(std::time::Duration::from_secs(3)), true);
             match agent.get(&url).call() {
                 Ok(r) if r.status().is_success() => {
                     println!("edgewatch at {addr} is up");

@@ -2,7 +2,7 @@
 //! one JSON object per line for tools. Diagnostics go to stderr through `tracing`.
 use std::{
     io::Write,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
@@ -31,9 +31,7 @@ pub fn unix_ns(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
-}
+pub use edgewatch_core::time::rfc3339;
 
 #[derive(Serialize)]
 struct ExposureLine<'a> {

@@ -2,7 +2,6 @@
 //! facts in (the exposure inventory, the certificate chain the edge served and what verifying
 //! it said, what the client got, what the passive probes saw on the hop), steps with a
 //! verdict, evidence and the runbook's first move out. `run` does the I/O.
-pub mod run;
 pub mod tls;
 
 use serde::Serialize;
@@ -51,7 +50,7 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(step: &'static str, status: Status, summary: String, evidence: Value) -> Self {
+    pub fn new(step: &'static str, status: Status, summary: String, evidence: Value) -> Self {
         Self {
             step,
             status,
@@ -61,7 +60,7 @@ impl Step {
         }
     }
 
-    fn with_move(mut self, first_move: &str) -> Self {
+    pub fn with_move(mut self, first_move: &str) -> Self {
         self.first_move = Some(first_move.to_owned());
         self
     }

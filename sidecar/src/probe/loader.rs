@@ -15,7 +15,7 @@ use aya::{
 use edgewatch_common::drop_reason;
 
 use super::tracefs::{self, FormatError};
-use crate::config::{HopConfig, ProbeConfig};
+use crate::{hop::config::HopConfig, probe::config::ProbeConfig};
 
 /// The eBPF object built by build.rs from ebpf/edgewatch-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/edgewatch"));

@@ -1,7 +1,9 @@
 //! The kernel probes: loading and attaching them (`loader`), the tracepoint layouts they
-//! rely on (`tracefs`), and decoding what they send (`events`).
+//! rely on (`tracefs`), their config section (`config`); decoding what they send is the
+//! core's (`events`).
 pub mod caps;
-pub mod events;
+pub mod config;
+pub use edgewatch_core::probe::events;
 pub mod loader;
 pub mod tracefs;
 

@@ -2,6 +2,7 @@
 //! pure model's types.
 pub mod logfile;
 pub mod nat;
+pub mod nat_config;
 pub mod procs;
 pub mod snapshot;
 pub mod sockdiag;

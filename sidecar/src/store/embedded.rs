@@ -199,7 +199,7 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
 
 fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let agent = crate::http::download_agent();
+    let agent = crate::outbound::download_agent();
     let mut response = agent
         .get(url)
         .call()

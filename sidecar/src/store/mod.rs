@@ -1,15 +1,15 @@
-//! ClickHouse: the schema (`schema`, pure), records as rows (`rows`, pure), the on-disk spool
+//! ClickHouse: the schema and records as rows (`schema`, `rows`: the core's), the on-disk spool
 //! (`spool`), the sender (`ship`) and the embedded default server (`embedded`).
 //!
 //! Data flow: the pipeline hands records to [`Store`], which turns them into rows and appends
 //! them to the spool (the rows are then safe from a killed process); sealed batches are sent
 //! by a background task, oldest first, each with a deduplication token, and deleted once
 //! ClickHouse has them.
+pub mod config;
 pub mod embedded;
-pub mod rows;
-pub mod schema;
 pub mod ship;
 pub mod spool;
+pub use edgewatch_core::store::{rows, schema};
 
 use std::{
     sync::{Arc, Mutex},
@@ -19,11 +19,11 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    config::{StoreConfig, WireFormat},
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Exposure},
     hop::HopRecord,
     metrics::Metrics,
+    store::config::{StoreConfig, WireFormat},
 };
 use rows::{AlertRow, AnyRow, EdgeRow, ExposureRow, RequestRow};
 use ship::{Endpoint, PrepareError, Sender, SenderStats, StoreEvent};

@@ -7,10 +7,11 @@ use anyhow::Context as _;
 use clickhouse::{Client, Row};
 use serde::Serialize;
 
-use crate::config::WireFormat;
+use super::config::WireFormat;
+use edgewatch_core::rows_of;
 
 use super::{
-    rows::{self, rows_of, AnyRow, TABLE_NAMES},
+    rows::{self, AnyRow, TABLE_NAMES},
     schema::{self, SchemaOptions},
     spool::{read_frames, BatchInfo, Shared},
 };

@@ -10,30 +10,7 @@ use anyhow::Context as _;
 use clickhouse::Row;
 
 use super::{Filter, Rows};
-use crate::{
-    alerts::Alert,
-    config::StoreConfig,
-    edge::{join::JoinedRequest, parse_any, EdgeRecord},
-    hop::HopRecord,
-    pipeline::{Mode, Pipeline, Sink},
-    store::rows::{self, AlertRow, AnyRow, EdgeRow, RequestRow},
-};
-
-impl Rows {
-    /// Files a row under its table.
-    pub fn push(&mut self, row: AnyRow) {
-        match row {
-            AnyRow::ExposureChange(r) => self.exposure_changes.push(r),
-            AnyRow::Exposure(_) | AnyRow::TailMark(_) => {}
-            AnyRow::Conn(r) => self.conns.push(r),
-            AnyRow::Http(r) => self.http.push(r),
-            AnyRow::Ws(r) => self.ws.push(r),
-            AnyRow::Edge(r) => self.edge.push(r),
-            AnyRow::Request(r) => self.requests.push(r),
-            AnyRow::Alert(r) => self.alerts.push(r),
-        }
-    }
-}
+use crate::{edge::parse_any, store::config::StoreConfig};
 
 /// What the offline source could not use (said, never hidden).
 #[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
@@ -44,28 +21,6 @@ pub struct OfflineReport {
     /// Lines that were not UTF-8 (decoded lossily, then parsed).
     pub non_utf8_lines: usize,
     pub capture_truncated_at: Option<u64>,
-}
-
-/// The pipeline's products as timeline rows.
-struct RowSink {
-    rows: Rows,
-}
-
-const NODE: &str = "offline";
-
-impl Sink for RowSink {
-    fn hop(&mut self, r: &HopRecord) {
-        self.rows.push(rows::hop_row(NODE, r));
-    }
-    fn edge(&mut self, r: &EdgeRecord) {
-        self.rows.push(AnyRow::Edge(EdgeRow::new(NODE, r)));
-    }
-    fn request(&mut self, r: &JoinedRequest) {
-        self.rows.push(AnyRow::Request(RequestRow::new(NODE, r)));
-    }
-    fn alert(&mut self, a: &Alert) {
-        self.rows.push(AnyRow::Alert(AlertRow::new(NODE, a)));
-    }
 }
 
 /// A capture (and access logs) through the one pipeline (`crate::pipeline::offline`, as
@@ -95,26 +50,15 @@ pub fn offline(
     let mut settings = config.pipeline();
     settings.hop_ports = ports.to_vec();
     settings.join = !logs.is_empty();
-    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
-    let mut sink = RowSink {
-        rows: Rows::default(),
-    };
-    let summary = crate::pipeline::offline::run(
+    let (rows, summary) = edgewatch_core::timeline::offline::rows(
         BufReader::with_capacity(1 << 20, file),
         edges,
-        &mut pipeline,
-        &mut sink,
-        |_| {},
+        &settings,
     )
     .with_context(|| format!("replaying {}", pcap.display()))?;
     report.hop_records = usize::try_from(summary.records).unwrap_or(usize::MAX);
     report.capture_truncated_at = summary.truncated_at;
-    sink.rows.open_incidents = pipeline
-        .incidents(summary.end_ns)
-        .iter()
-        .map(|a| AlertRow::new(NODE, a))
-        .collect();
-    Ok((sink.rows, report))
+    Ok((rows, report))
 }
 
 /// Rows per table at most (a larger range is cut, and said).

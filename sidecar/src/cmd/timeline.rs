@@ -1,14 +1,14 @@
-//! The `edgewatch timeline` command: sources, filter and format around `edgewatch::timeline`.
+//! The `edgewatch timeline` command: sources, filter and format around `crate::timeline`.
 use std::{
     io::IsTerminal as _, io::Write as _, path::PathBuf, process::ExitCode, time::SystemTime,
 };
 
-use anyhow::Context as _;
-use clap::{Args, ValueEnum};
-use edgewatch::{
+use crate::{
     output::unix_ns,
     timeline::{build, parse_time, render, source, Filter},
 };
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum TimelineFormat {
@@ -59,8 +59,8 @@ pub struct TimelineArgs {
 
 pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
     let config = match &args.config {
-        Some(p) => edgewatch::config::Config::load(p)?,
-        None => edgewatch::config::Config::default(),
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
     };
     let now = i64::try_from(unix_ns(SystemTime::now())).unwrap_or(i64::MAX);
     let time = |t: &Option<String>, default: i64| -> anyhow::Result<i64> {
@@ -108,8 +108,8 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
             let mut since = time(&args.since, now - 3_600_000_000_000)?;
             let mut until = time(&args.until, now)?;
             if let (Some(id), None) = (&args.request_id, &args.since) {
-                let (_server, url) = edgewatch::store::server(&config.store).await?;
-                let client = edgewatch::store::client_for(&config.store, &url)?;
+                let (_server, url) = crate::store::server(&config.store).await?;
+                let client = crate::store::client_for(&config.store, &url)?;
                 match source::request_range(&client, id).await? {
                     // That request's span, with a minute either side for its context.
                     Some((lo, hi)) => {

@@ -2,6 +2,7 @@
 //! format with edgewatch's appended fields, or Caddy's JSON access log. Pure: lines in,
 //! records or a [`LineError`] out (the caller counts and reports errors, never stops on one).
 pub mod caddy;
+pub mod config;
 pub mod join;
 pub mod nginx;
 

@@ -14,12 +14,12 @@ use std::net::IpAddr;
 
 use crate::{
     alerts::{Alert, AlertsConfig, Engine},
-    config::ExposureConfig,
     edge::{
         join::{JoinLimits, JoinStats, JoinedRequest, Joiner},
         nginx::JsonFields,
         EdgeRecord, LineError,
     },
+    exposure::config::ExposureConfig,
     exposure::{
         inventory::{Change, ChangeSource, Inventory},
         nat::NatPublish,
@@ -236,8 +236,7 @@ impl Pipeline {
         let mut fresh = std::mem::take(&mut self.fresh);
         for mut r in fresh.drain(..) {
             self.owners.enrich(&mut r);
-            if self.mode == Mode::Live && matches!(&r, HopRecord::Conn(c) if c.process.is_none())
-            {
+            if self.mode == Mode::Live && matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
                 self.deferred.push(r);
             } else {
                 self.emit_hop(r, now_ns, sink);
@@ -378,16 +377,19 @@ impl Pipeline {
     }
 
     fn owned_listener(&self, addr: IpAddr, port: u16, tgid: u32) -> Option<ExposureKey> {
-        self.inventory.exposures().into_iter().find_map(|e| match e {
-            Exposure::Listener(l)
-                if l.addr == addr
-                    && l.port == port
-                    && l.process.as_ref().is_some_and(|p| p.pid == tgid) =>
-            {
-                Some(l.key())
-            }
-            _ => None,
-        })
+        self.inventory
+            .exposures()
+            .into_iter()
+            .find_map(|e| match e {
+                Exposure::Listener(l)
+                    if l.addr == addr
+                        && l.port == port
+                        && l.process.as_ref().is_some_and(|p| p.pid == tgid) =>
+                {
+                    Some(l.key())
+                }
+                _ => None,
+            })
     }
 
     /// Judges the inventory again (changes, or only time passing) and passes drift

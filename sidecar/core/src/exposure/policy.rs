@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{AllowRule, ExposureConfig};
 use super::{Exposure, ExposureKey, Scope};
-use crate::config::{AllowRule, ExposureConfig};
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]

@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
-use super::{
+use crate::check::{
     bind_step, http_step, idle_step,
     tls::{roots, tls_step, Connector},
     ws_step, ClientResponse, HopView, IdleEnd, Status, Step, WsClient,
@@ -22,8 +22,8 @@ use crate::{
     config::Config,
     exposure::{inventory::ChangeSource, inventory::Inventory, policy::Policy},
     hop::HopRecord,
-    pipeline::{Mode, Pipeline, Sink},
     output::unix_ns,
+    pipeline::{Mode, Pipeline, Sink},
     probe::{
         boot_ns,
         events::{decode, ProbeEvent},
@@ -275,7 +275,7 @@ pub async fn check(
     let port = args
         .upstream_port
         .or_else(|| config.hop.ports.first().copied())
-        .unwrap_or(crate::config::GATEWAY_PORT);
+        .unwrap_or(crate::exposure::config::GATEWAY_PORT);
     let roots = roots(args.ca_file.as_deref())?;
     let mut steps = Vec::new();
     let mut push = |s: Step, steps: &mut Vec<Step>| {

@@ -4,6 +4,7 @@
 //! the one-shot `edgewatch exposure` command feed it what the kernel, /proc and the NAT rules
 //! say; tests feed it built values.
 pub mod classify;
+pub mod config;
 pub mod inventory;
 pub mod nat;
 pub mod policy;

@@ -1,6 +1,7 @@
 //! The proxy-to-upstream hop: TCP segments in, HTTP exchanges, WebSocket sessions and
 //! connection events out. Pure: the live path (TC probes) and `edgewatch replay` (pcap files)
 //! feed the same [`tracker::Tracker`] with [`Segment`]s and get the same records.
+pub mod config;
 pub mod http;
 pub mod owners;
 pub mod reasm;

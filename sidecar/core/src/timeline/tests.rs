@@ -1,19 +1,30 @@
 //! Timelines of the committed recordings (real nginx in front of a real WebSocket upstream,
 //! see tests/hop_replay.rs), built offline.
-use super::{build, source::offline, Filter, Lane, Timeline};
+use super::{build, Filter, Lane, Rows, Timeline};
+use crate::pipeline::Settings;
+
+/// A recording through the offline pipeline, as rows.
+fn offline(path: &std::path::Path, port: u16) -> Rows {
+    let mut settings = Settings {
+        hop_ports: vec![port],
+        ..Settings::default()
+    };
+    // One recorded session is enough evidence here.
+    settings.alerts.timeout_disconnect.min_sessions = 1;
+    let file = std::fs::File::open(path).expect("fixture");
+    let (rows, summary) = super::offline::rows(file, Vec::new(), &settings).expect("fixture");
+    assert!(summary.records > 0);
+    rows
+}
 
 fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hop")
+        .join("../../tests/fixtures/hop")
         .join(name)
 }
 
 fn timeline(name: &str, port: u16) -> Timeline {
-    let mut config = crate::config::Config::default();
-    // One recorded session is enough evidence here.
-    config.alerts.timeout_disconnect.min_sessions = 1;
-    let (rows, report) = offline(&fixture(name), &[port], &[], &config).expect("fixture");
-    assert!(report.hop_records > 0);
+    let rows = offline(&fixture(name), port);
     build(
         &rows,
         &Filter {
@@ -118,10 +129,7 @@ fn a_request_id_filter_keeps_that_request_only() {
         .find(|e| !e.request_id.is_empty())
         .map(|e| e.request_id.clone())
         .expect("a request id");
-    let mut config = crate::config::Config::default();
-    config.alerts.timeout_disconnect.min_sessions = 1;
-    let (rows, _) =
-        offline(&fixture("keepalive.44379.pcap"), &[44379], &[], &config).expect("fixture");
+    let rows = offline(&fixture("keepalive.44379.pcap"), 44379);
     let one = build(
         &rows,
         &Filter {

@@ -126,7 +126,21 @@ pub enum DecodeError {
     Family(u16),
 }
 
-fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// The kernel's records (`edgewatch_common`): `#[repr(C)]` structs of integers and byte
+/// arrays, for which every bit pattern is a valid value.
+///
+/// # Safety
+/// Only for such plain-old-data types.
+unsafe trait Record: Copy {}
+// SAFETY (all): repr(C) structs of integers and integer arrays, no padding-dependent
+// invariants (the same types aya reads as `Pod`).
+unsafe impl Record for EventHeader {}
+unsafe impl Record for SockStateEvent {}
+unsafe impl Record for ResetEvent {}
+unsafe impl Record for HopSegmentHeader {}
+unsafe impl Record for HopWsEvent {}
+
+fn read_pod<T: Record>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -134,7 +148,7 @@ fn read_pod<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
             need,
         });
     }
-    // SAFETY: length checked above; T is Pod (every bit pattern valid), and
+    // SAFETY: length checked above; T is a Record (every bit pattern valid), and
     // read_unaligned has no alignment requirement.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }

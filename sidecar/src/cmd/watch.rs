@@ -1,34 +1,27 @@
-//! The live exposure watch (`edgewatch run`) and the one-shot inventory (`edgewatch exposure`):
-//! the I/O loop that feeds the pure exposure model and prints what it says.
+//! The live driver's state: the pipeline, its sinks (output, ClickHouse, metrics,
+//! webhooks) and the I/O that feeds it (the ring buffer, sock_diag, NAT rules, access logs).
+//! Used by `edgewatch run` and `edgewatch exposure`.
 use std::{sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
-use serde::Serialize;
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    time::MissedTickBehavior,
-};
 
 use crate::{
-    alerts::{webhook::Webhook, Alert},
+    alerts::Alert,
     config::Config,
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Scope},
     hop::HopRecord,
-    metrics::{self, Metrics},
+    metrics::Metrics,
     output::{unix_ns, Printer},
     pipeline::{Mode, Pipeline, Sink},
     probe::{
         boot_ns,
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
-        loader::{Probes, WsFlows},
+        loader::WsFlows,
     },
-    sources::{
-        nat::read_nat_rules,
-        snapshot::Attributor,
-        tail::{StartAt, Tailer},
-    },
+    sources::{nat::read_nat_rules, snapshot::Attributor, tail::Tailer},
     store::{ship::StoreEvent, Store},
+    webhook::Webhook,
 };
 
 fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_common::FlowKey {
@@ -57,13 +50,13 @@ fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_c
 /// Where the live pipeline's products go: the output, ClickHouse, the metrics; alert
 /// transitions wait for the end of the turn (`Watch::emit_alerts`), which also sends them to
 /// the webhooks.
-struct Sinks {
-    printer: Printer,
-    metrics: Arc<Metrics>,
+pub(super) struct Sinks {
+    pub(super) printer: Printer,
+    pub(super) metrics: Arc<Metrics>,
     /// ClickHouse (live with `store.enabled` only).
-    store: Option<Store>,
+    pub(super) store: Option<Store>,
     /// This turn's alert transitions.
-    alerts: Vec<Alert>,
+    pub(super) alerts: Vec<Alert>,
 }
 
 impl Sink for Sinks {
@@ -106,24 +99,24 @@ impl Sink for Unchanged<'_> {
 }
 
 /// State shared by the one-shot and the live paths: the pipeline and its I/O.
-struct Watch {
-    pipeline: Pipeline,
-    out: Sinks,
-    attributor: Attributor,
-    last_nat_problems: Vec<String>,
-    nat_tools: Vec<&'static str>,
+pub(super) struct Watch {
+    pub(super) pipeline: Pipeline,
+    pub(super) out: Sinks,
+    pub(super) attributor: Attributor,
+    pub(super) last_nat_problems: Vec<String>,
+    pub(super) nat_tools: Vec<&'static str>,
     /// The kernel frame follower's map (live with the hop probe only).
-    ws_flows: Option<WsFlows>,
+    pub(super) ws_flows: Option<WsFlows>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
-    boot_to_unix: u64,
+    pub(super) boot_to_unix: u64,
     /// Store rows dropped so far as last reported, and when (at most one line per 10 s).
-    store_dropped: u64,
-    store_dropped_at: Option<std::time::Instant>,
-    webhooks: Vec<Webhook>,
+    pub(super) store_dropped: u64,
+    pub(super) store_dropped_at: Option<std::time::Instant>,
+    pub(super) webhooks: Vec<Webhook>,
 }
 
 impl Watch {
-    fn new(config: &Config, printer: Printer, metrics: Arc<Metrics>) -> Self {
+    pub(super) fn new(config: &Config, printer: Printer, metrics: Arc<Metrics>) -> Self {
         Self {
             pipeline: Pipeline::new(&config.pipeline(), Mode::Live),
             out: Sinks {
@@ -144,7 +137,7 @@ impl Watch {
     }
 
     /// Starts the configured webhooks (a missing token stops the start).
-    fn start_webhooks(&mut self, config: &Config) -> anyhow::Result<()> {
+    pub(super) fn start_webhooks(&mut self, config: &Config) -> anyhow::Result<()> {
         let node = crate::store::node_name(&config.store);
         for w in &config.alerts.webhooks {
             let hook = Webhook::start(w.clone(), node.clone()).map_err(anyhow::Error::msg)?;
@@ -155,7 +148,7 @@ impl Watch {
 
     /// Moves the rules' clock on and sends this turn's alert transitions to every sink: the
     /// output, ClickHouse, the metrics and the webhooks.
-    fn emit_alerts(&mut self, now: u64) {
+    pub(super) fn emit_alerts(&mut self, now: u64) {
         self.pipeline.tick(now, &mut self.out);
         if !self.out.alerts.is_empty() {
             let alerts = std::mem::take(&mut self.out.alerts);
@@ -188,20 +181,17 @@ impl Watch {
         if self.webhooks.is_empty() {
             return;
         }
-        let total = |f: fn(&crate::alerts::webhook::Stats) -> u64| -> u64 {
+        let total = |f: fn(&crate::webhook::Stats) -> u64| -> u64 {
             self.webhooks.iter().map(|w| f(w.stats())).sum()
         };
         use std::sync::atomic::Ordering::Relaxed;
         let metrics = &self.out.metrics;
-        metrics
-            .webhook_alerts_now("sent", total(|s| s.sent.load(Relaxed)));
-        metrics
-            .webhook_alerts_now("failed", total(|s| s.failed.load(Relaxed)));
-        metrics
-            .webhook_alerts_now("dropped", total(|s| s.dropped.load(Relaxed)));
+        metrics.webhook_alerts_now("sent", total(|s| s.sent.load(Relaxed)));
+        metrics.webhook_alerts_now("failed", total(|s| s.failed.load(Relaxed)));
+        metrics.webhook_alerts_now("dropped", total(|s| s.dropped.load(Relaxed)));
         for w in &self.webhooks {
             for ev in w.take_events() {
-                use crate::alerts::webhook::WebhookEvent as E;
+                use crate::webhook::WebhookEvent as E;
                 let text = match &ev {
                     E::Retrying {
                         url,
@@ -234,7 +224,7 @@ impl Watch {
 
     /// Reads the sidecar's own namespace's listeners (sock_diag) into the pipeline. The
     /// first read is the inventory, printed whole, not as changes.
-    fn rescan(&mut self, initial: bool) -> anyhow::Result<()> {
+    pub(super) fn rescan(&mut self, initial: bool) -> anyhow::Result<()> {
         let listeners = self.attributor.host_listeners();
         self.out.metrics.rescan(listeners.is_ok());
         let listeners = listeners.context("reading the socket inventory (sock_diag)")?;
@@ -250,7 +240,7 @@ impl Watch {
     }
 
     /// Reads the NAT rules (iptables/nftables) into the pipeline.
-    fn read_nat(&mut self, initial: bool) {
+    pub(super) fn read_nat(&mut self, initial: bool) {
         let report = read_nat_rules();
         self.out.metrics.nat_read(report.problems.len());
         self.nat_tools = report.tools_used;
@@ -265,7 +255,8 @@ impl Watch {
             self.pipeline
                 .publishes(report.publishes, now, &mut Unchanged(&mut self.out));
         } else {
-            self.pipeline.publishes(report.publishes, now, &mut self.out);
+            self.pipeline
+                .publishes(report.publishes, now, &mut self.out);
         }
         self.exposure_metrics();
     }
@@ -347,7 +338,7 @@ impl Watch {
     }
 
     /// The end of a ring-buffer batch: its records go out.
-    fn end_batch(&mut self) {
+    pub(super) fn end_batch(&mut self) {
         self.pipeline
             .end_batch(unix_ns(SystemTime::now()), &mut self.out);
     }
@@ -356,7 +347,7 @@ impl Watch {
     /// hands the lines to the pipeline, then moves the logs' checkpoints: with a store, only
     /// once the lines' rows and a mark of each log's position are written through to the
     /// spool (exactly once across kill -9: see `sources::tail`).
-    fn read_logs(&mut self, tailers: &mut [Tailer]) {
+    pub(super) fn read_logs(&mut self, tailers: &mut [Tailer]) {
         for _ in 0..8 {
             let mut lines = Vec::new();
             for t in tailers.iter_mut() {
@@ -422,7 +413,7 @@ impl Watch {
     }
 
     /// Writes this turn's rows to the spool and prints what the store reported.
-    fn flush_store(&mut self) {
+    pub(super) fn flush_store(&mut self) {
         let Some(st) = self.out.store.as_mut() else {
             return;
         };
@@ -508,7 +499,7 @@ impl Watch {
 }
 
 /// Handles every event waiting in the ring buffer, then prints the hop records of the batch.
-fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
+pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
     let now_boot = boot_ns();
     // Each record is handled in place (its payload bytes borrowed from the ring, no copy)
     // and released to the kernel as soon as it is done.
@@ -516,310 +507,4 @@ fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
         watch.on_event(decode(&item), now_boot);
     }
     watch.end_batch();
-}
-
-#[derive(Serialize)]
-struct ReadyDetail<'a> {
-    /// The capabilities the running sidecar kept after loading the probes.
-    privileges: &'a crate::probe::caps::Kept,
-    probes: &'a [String],
-    kernel: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metrics: Option<String>,
-    exposures: usize,
-    watched_ports: &'a [u16],
-    nat_tools: &'a [&'static str],
-}
-
-/// `edgewatch exposure`: the classified inventory, once. Needs no BPF.
-pub fn exposure_once(config: &Config, printer: Printer) -> anyhow::Result<usize> {
-    let mut watch = Watch::new(config, printer, Arc::new(Metrics::new()));
-    watch.rescan(true)?;
-    if config.nat.enabled {
-        watch.read_nat(true);
-    }
-    let exposures = watch.pipeline.exposures();
-    let now = unix_ns(SystemTime::now());
-    watch
-        .out
-        .printer
-        .inventory(&exposures, watch.pipeline.policy(), now);
-    watch.out.printer.flush();
-    Ok(exposures
-        .iter()
-        .filter(|e| {
-            matches!(
-                watch.pipeline.policy().assess(e),
-                crate::exposure::policy::Verdict::Drift(_)
-            )
-        })
-        .count())
-}
-
-/// `edgewatch run`: load the probes, print the inventory, then watch until SIGINT/SIGTERM.
-pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
-    let embedded_store = config.store.enabled && config.store.url.is_empty();
-    crate::probe::caps::require(embedded_store)?;
-    let metrics = Arc::new(Metrics::new());
-    let mut watch = Watch::new(&config, printer, metrics.clone());
-    watch.start_webhooks(&config)?;
-    if config.store.enabled {
-        let store = Store::start(&config.store)
-            .await
-            .context("starting the ClickHouse store")?;
-        watch.out.store = Some(store);
-    }
-
-    // Probes first, so nothing that happens during the initial scan is missed: a listener
-    // opened meanwhile is seen by both and merged by key.
-    let (probes, streams) =
-        Probes::load(&config.probes, &config.hop).context("loading the kernel probes")?;
-    let attached = probes.attached.clone();
-    let kernel = probes.kernel.clone();
-    watch.ws_flows = streams.ws_flows;
-    // What this kernel offers, and every fallback, said before anything else.
-    watch
-        .out
-        .printer
-        .status("kernel", &kernel.summary(), &kernel);
-    // Loaded: from here on the sidecar keeps only what watching needs, in every thread.
-    let kept = crate::probe::caps::drop_unneeded(crate::probe::caps::needed_after_load(
-        watch.out.store.as_ref().is_some_and(Store::runs_embedded),
-    ))
-    .context("dropping the capabilities the running sidecar no longer needs")?;
-
-    watch.rescan(true)?;
-    if config.nat.enabled {
-        watch.read_nat(true);
-    }
-    let nat_tools = watch.nat_tools.clone();
-    let now = unix_ns(SystemTime::now());
-    let exposures = watch.pipeline.exposures();
-    let policy = watch.pipeline.policy();
-    watch.out.printer.inventory(&exposures, policy, now);
-    if let Some(st) = watch.out.store.as_mut() {
-        st.inventory(now, &exposures, policy);
-    }
-    // The drift the first reads found.
-    watch.emit_alerts(now);
-
-    let metrics_addr = if config.metrics.enabled {
-        let addr = metrics::serve(metrics.clone(), config.metrics.listen)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {}", config.metrics.listen))?;
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the metrics endpoint is bound to a non-loopback address");
-        }
-        Some(addr.to_string())
-    } else {
-        None
-    };
-    let mut tailers: Vec<Tailer> = Vec::new();
-    if !config.edge.access_logs.is_empty() {
-        // The log checkpoints: ours alone, checked before use (traversable: the embedded
-        // store's data directory may live under the same state directory).
-        crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711)
-            .context("edge.state_dir")?;
-        for path in &config.edge.access_logs {
-            let name = path.to_string_lossy().replace('/', "_");
-            let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
-            let mut t = Tailer::new(path, Some(&checkpoint), StartAt::End);
-            // A position the spool holds beside the rows of its lines is newer than the
-            // checkpoint file when the last run died between the two.
-            if let Some(p) = watch
-                .out
-                .store
-                .as_ref()
-                .and_then(|st| st.spooled_tail_position(path))
-            {
-                t.resume_from(p);
-            }
-            tailers.push(t);
-        }
-    }
-    // Position every log now, before `ready`: lines the proxy writes from here on are read
-    // (and a backlog since the checkpoint, in bounded pieces).
-    watch.read_logs(&mut tailers);
-    watch.out.printer.status(
-        "ready",
-        &format!(
-            "watching ports {:?}; {} exposure(s); probes: {}; metrics: {}; {}",
-            config.exposure.watched_ports,
-            exposures.len(),
-            attached.join(", "),
-            metrics_addr.as_deref().unwrap_or("off"),
-            kept.summary()
-        ),
-        &ReadyDetail {
-            privileges: &kept,
-            probes: &attached,
-            kernel: &kernel.release,
-            metrics: metrics_addr,
-            exposures: exposures.len(),
-            watched_ports: &config.exposure.watched_ports,
-            nat_tools: &nat_tools,
-        },
-    );
-
-    // SAFETY (both): the RingBuf and the EbpfLogger own their map's file descriptor, which
-    // stays open and unchanged until they are dropped together with the AsyncFd.
-    let mut ring = unsafe { AsyncFd::register_with_interest(streams.events, Interest::READABLE) }
-        .map_err(std::io::Error::from)
-        .context("registering the ring buffer with tokio")?;
-    let mut log_fd = match streams.logger {
-        Some(l) => Some(
-            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
-                .map_err(std::io::Error::from)
-                .context("registering the eBPF log buffer")?,
-        ),
-        None => None,
-    };
-    let mut rescan = tokio::time::interval(config.exposure.rescan_interval);
-    rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    rescan.reset();
-    let mut nat = tokio::time::interval(config.nat.poll_interval);
-    nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    nat.reset();
-    let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut edge_tick = tokio::time::interval(config.edge.poll_interval);
-    edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
-    expire_tick.reset();
-    let mut snapshot_tick = tokio::time::interval(config.store.snapshot_interval);
-    snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    snapshot_tick.reset();
-    // Store reports (and aged batches) are looked at even when nothing else happens.
-    let mut store_tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    store_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    // Made once, outside the loop: a listener made anew each turn (`ctrl_c()` in the select)
-    // misses a SIGINT that arrives while the loop body runs, and the sidecar ignored Ctrl-C
-    // when it came during a busy drain.
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("installing the SIGINT handler")?;
-    let mut last_drops = crate::probe::loader::KernelDrops::default();
-
-    // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
-    // than the probe itself); this timer drains them. Exposure events still wake at once.
-    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(20));
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut watch),
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut watch);
-                guard.clear_ready();
-            }
-            guard = async {
-                match log_fd.as_mut() {
-                    Some(fd) => fd.readable_mut().await.map(Some),
-                    None => std::future::pending().await,
-                }
-            } => {
-                if let Ok(Some(mut guard)) = guard {
-                    guard.get_inner_mut().flush();
-                    guard.clear_ready();
-                }
-            }
-            _ = rescan.tick() => {
-                if let Err(e) = tokio::task::block_in_place(|| watch.rescan(false)) {
-                    tracing::warn!(error = %format!("{e:#}"), "rescan failed");
-                }
-            }
-            _ = nat.tick(), if config.nat.enabled => {
-                tokio::task::block_in_place(|| watch.read_nat(false));
-            }
-            _ = drops_tick.tick() => {
-                let drops = probes.kernel_drops();
-                metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
-                metrics.kernel_drops_now("field_read", drops.field_read);
-                metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
-                metrics.kernel_drops_now("hop_parse", drops.hop_parse);
-                let t = watch.pipeline.hop_stats();
-                metrics.limit_drops_now("hop_connections", t.evicted_connections);
-                metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);
-                metrics.limit_drops_now("hop_close_frames", t.dropped_close_frames);
-                if let Some(j) = watch.pipeline.join_stats() {
-                    metrics.limit_drops_now("join_pending", j.shed);
-                    metrics.limit_drops_now("join_duplicate_request_ids", j.duplicate_request_ids);
-                }
-                if drops != last_drops {
-                    watch.out.printer.status(
-                        "kernel_drops",
-                        &format!(
-                            "the kernel dropped events (ring buffer full: {}, field reads: {}, \
-                             hop segments: {}, unparsable hop packets: {}); the next rescan \
-                             reconciles the inventory, and the hop tracker reports the gaps",
-                            drops.ringbuf_full, drops.field_read, drops.hop_ringbuf_full, drops.hop_parse
-                        ),
-                        &serde_json::json!({
-                            "ringbuf_full": drops.ringbuf_full,
-                            "field_read": drops.field_read,
-                            "hop_ringbuf_full": drops.hop_ringbuf_full,
-                            "hop_parse": drops.hop_parse,
-                        }),
-                    );
-                    last_drops = drops;
-                }
-            }
-            _ = edge_tick.tick(), if !tailers.is_empty() => {
-                watch.read_logs(&mut tailers);
-            }
-            _ = expire_tick.tick() => {
-                let now = unix_ns(SystemTime::now());
-                let cutoff = now
-                    .saturating_sub(u64::try_from(config.hop.idle_expiry.as_nanos()).unwrap_or(u64::MAX));
-                watch.pipeline.expire_idle(cutoff, now, &mut watch.out);
-            }
-            _ = snapshot_tick.tick(), if watch.out.store.is_some() => {
-                let now = unix_ns(SystemTime::now());
-                let exposures = watch.pipeline.exposures();
-                if let Some(st) = watch.out.store.as_mut() {
-                    st.inventory(now, &exposures, watch.pipeline.policy());
-                }
-            }
-            _ = store_tick.tick(), if watch.out.store.is_some() => {}
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-        watch.emit_alerts(unix_ns(SystemTime::now()));
-        watch.flush_store();
-        watch.out.printer.flush();
-    }
-    // Events already in the ring buffer are not lost on shutdown.
-    drain(ring.get_mut(), &mut watch);
-    // What is still open is reported as it stands (sessions end `open`).
-    let now = unix_ns(SystemTime::now());
-    watch.pipeline.finish(now, &mut watch.out);
-    watch.emit_alerts(now);
-    watch.flush_store();
-    let undelivered: u64 = std::mem::take(&mut watch.webhooks)
-        .into_iter()
-        .map(|w| w.shutdown(std::time::Duration::from_secs(5)))
-        .sum();
-    if undelivered > 0 {
-        watch.out.printer.status(
-            "webhook",
-            &format!("{undelivered} alert(s) not delivered to webhooks before stopping"),
-            &serde_json::json!({ "event": "undelivered", "alerts": undelivered }),
-        );
-    }
-    if let Some(st) = watch.out.store.take() {
-        let totals = st.shutdown(config.store.timeout).await;
-        watch.out.printer.status(
-            "store_summary",
-            &format!(
-                "ClickHouse: {} row(s) spooled this run, {} sent (as {}), {} rejected, {} dropped; {} left in the spool for the next start",
-                totals.spooled, totals.sent, totals.format, totals.rejected, totals.dropped, totals.backlog_rows
-            ),
-            &totals,
-        );
-    }
-    watch
-        .out
-        .printer
-        .status("stopped", "edgewatch stopped", &serde_json::json!({}));
-    Ok(())
 }

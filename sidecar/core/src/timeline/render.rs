@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{Lane, Timeline};
-use crate::output::rfc3339;
+use crate::time::rfc3339;
 
 fn time(ts: i64) -> String {
     rfc3339(u64::try_from(ts).unwrap_or(0))

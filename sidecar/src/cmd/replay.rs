@@ -1,5 +1,5 @@
 //! The `edgewatch replay` command: a capture and access logs through the one pipeline
-//! (`edgewatch::pipeline::offline`), with a progress bar, the records and alerts as they come,
+//! (`crate::pipeline::offline`), with a progress bar, the records and alerts as they come,
 //! the incidents as they stand at the end, and summaries.
 use std::{
     collections::BTreeMap,
@@ -9,8 +9,7 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::Context as _;
-use edgewatch::{
+use crate::{
     alerts::Alert,
     config::Config,
     edge::{join::JoinedRequest, nginx::JsonFields, parse_any, EdgeRecord},
@@ -20,6 +19,7 @@ use edgewatch::{
     pipeline::{offline, Mode, Pipeline, Sink},
     store::Store,
 };
+use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// What `replay` does with the pipeline's products: prints them, counts the requests by how
@@ -167,8 +167,8 @@ fn read_logs(paths: &[PathBuf], fields: &JsonFields) -> anyhow::Result<Logs> {
         examples: Vec::new(),
     };
     for path in paths {
-        let stats = edgewatch::sources::logfile::for_each_line(path, |n, line| {
-            match parse_any(line, fields) {
+        let stats =
+            crate::sources::logfile::for_each_line(path, |n, line| match parse_any(line, fields) {
                 Ok(rec) => logs.records.push(rec),
                 Err(e) => {
                     *logs.malformed.entry(e.to_string()).or_default() += 1;
@@ -176,9 +176,8 @@ fn read_logs(paths: &[PathBuf], fields: &JsonFields) -> anyhow::Result<Logs> {
                         logs.examples.push(format!("{}:{n}: {e}", path.display()));
                     }
                 }
-            }
-        })
-        .with_context(|| format!("reading {}", path.display()))?;
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
         logs.lines += stats.lines;
         logs.parsed = logs.records.len();
         logs.non_utf8 += stats.non_utf8;
@@ -192,7 +191,7 @@ impl Logs {
         &self,
         printer: &mut Printer,
         by_kind: &BTreeMap<&'static str, u64>,
-        join: &edgewatch::edge::join::JoinStats,
+        join: &crate::edge::join::JoinStats,
     ) {
         let bad: u64 = self.malformed.values().sum();
         let (lines, non_utf8) = (self.lines, self.non_utf8);

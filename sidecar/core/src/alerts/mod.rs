@@ -303,6 +303,86 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+impl AlertsConfig {
+    /// Checks values that the types alone do not constrain.
+    pub fn validate(&self) -> crate::validate::Checked {
+        let invalid = |key: &str, value: String, reason: &str| {
+            crate::validate::Invalid::new(key, value, reason)
+        };
+        crate::validate::nonzero(&[("alerts.max_listed_values", self.max_listed_values)])?;
+        let a = self;
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
+        let positive = [
+            ("alerts.quiet_period", a.quiet_period),
+            (
+                "alerts.timeout_disconnect.min_idle",
+                a.timeout_disconnect.min_idle,
+            ),
+            ("alerts.reload_burst.window", a.reload_burst.window),
+            ("alerts.reset_storm.window", a.reset_storm.window),
+            (
+                "alerts.upstream_slowness.window",
+                a.upstream_slowness.window,
+            ),
+            (
+                "alerts.upstream_slowness.threshold",
+                a.upstream_slowness.threshold,
+            ),
+        ];
+        for (key, d) in positive {
+            if d.is_zero() {
+                return Err(invalid(key, dur(d), "must be more than 0s"));
+            }
+        }
+        let counts = [
+            (
+                "alerts.timeout_disconnect.min_sessions",
+                a.timeout_disconnect.min_sessions,
+            ),
+            (
+                "alerts.reload_burst.min_sessions",
+                a.reload_burst.min_sessions,
+            ),
+            ("alerts.reset_storm.count", a.reset_storm.count),
+            (
+                "alerts.upstream_slowness.min_samples",
+                a.upstream_slowness.min_samples,
+            ),
+        ];
+        for (key, n) in counts {
+            if n == 0 {
+                return Err(invalid(key, "0".into(), "must be at least 1"));
+            }
+        }
+        let tol = a.timeout_disconnect.tolerance;
+        if !(0.0..1.0).contains(&tol) {
+            return Err(invalid(
+                "alerts.timeout_disconnect.tolerance",
+                tol.to_string(),
+                "a fraction from 0 up to (not including) 1, e.g. 0.1 for 10%",
+            ));
+        }
+        let pct = a.upstream_slowness.percentile;
+        if !(pct > 0.0 && pct <= 100.0) {
+            return Err(invalid(
+                "alerts.upstream_slowness.percentile",
+                pct.to_string(),
+                "a percentile above 0 and at most 100, e.g. 95",
+            ));
+        }
+        for (i, w) in a.webhooks.iter().enumerate() {
+            if let Err(reason) = w.check() {
+                return Err(invalid(
+                    &format!("alerts.webhooks[{i}].url"),
+                    format!("{:?}", w.display_url()),
+                    &reason,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One rule match.
 struct Match {
     key: String,
@@ -1335,7 +1415,7 @@ mod tests {
         // The committed recording of nginx with proxy_read_timeout 2s closing an idle session.
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/hop/idle_timeout.35057.pcap"
+            "/../../tests/fixtures/hop/idle_timeout.35057.pcap"
         );
         let bytes = std::fs::read(path).expect("fixture");
         let mut records = Vec::new();

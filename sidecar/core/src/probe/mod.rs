@@ -1,0 +1,2 @@
+//! What the kernel probes write into their ring buffers, decoded.
+pub mod events;

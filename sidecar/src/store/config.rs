@@ -1,0 +1,265 @@
+//! `[store]` and `[store.embedded]`: where records are kept, how they travel, and the
+//! embedded ClickHouse.
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use edgewatch_core::validate::{self, Checked, Invalid};
+
+/// `[store]`: ClickHouse, where every record is kept.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Ship records at all.
+    pub enabled: bool,
+    /// The server's HTTP(S) URL, e.g. `https://clickhouse.example:8443`. Empty (the default):
+    /// the embedded ClickHouse that edgewatch fetches once, starts and stops itself.
+    pub url: String,
+    pub database: String,
+    /// The user (the environment variable EDGEWATCH_CLICKHOUSE_USER wins over it).
+    pub user: String,
+    /// A file whose first line is the password. The environment variable
+    /// EDGEWATCH_CLICKHOUSE_PASSWORD wins over it. Never on the command line.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Extra CA certificates (PEM) trusted for https URLs, besides the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Days rows are kept (table TTL); 0 keeps them forever. Changing it alters the tables
+    /// at the next start.
+    pub ttl_days: u32,
+    /// A cluster name: tables are created `ON CLUSTER` as Replicated `*_local` tables with
+    /// Distributed tables over them. Empty: one server.
+    pub cluster: String,
+    /// This machine's name in every row (`node`); the host name when empty.
+    pub node: String,
+    /// A batch is sealed and sent at this many rows...
+    pub batch_rows: u64,
+    /// ... or this many bytes ...
+    pub batch_bytes: u64,
+    /// ... or when its first row is this old.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_age: Duration,
+    /// Where rows wait for ClickHouse (an outage, a restart).
+    pub spool_dir: std::path::PathBuf,
+    /// The most the spool may hold; beyond it the oldest batches are dropped (and counted).
+    pub spool_max_bytes: u64,
+    /// Timeout of one request to ClickHouse.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How rows travel to ClickHouse: `native` (its columnar format: the least work for the
+    /// server, sent uncompressed), `rowbinary` (row format, LZ4-compressed: the fewest bytes on
+    /// a network) or `auto`: native to a server on this machine (a loopback URL, the embedded
+    /// one), rowbinary to any other.
+    pub format: WireFormat,
+    /// How often the whole exposure inventory is written as a snapshot.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_interval: Duration,
+    /// The embedded ClickHouse (used when `url` is empty).
+    pub embedded: EmbeddedStoreConfig,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: String::new(),
+            database: "edgewatch".to_owned(),
+            user: "default".to_owned(),
+            password_file: None,
+            ca_file: None,
+            ttl_days: 30,
+            cluster: String::new(),
+            node: String::new(),
+            batch_rows: 200_000,
+            batch_bytes: 64 << 20,
+            batch_max_age: Duration::from_secs(1),
+            spool_dir: "/var/lib/edgewatch/spool".into(),
+            spool_max_bytes: 1 << 30,
+            timeout: Duration::from_secs(30),
+            format: WireFormat::Auto,
+            snapshot_interval: Duration::from_secs(600),
+            embedded: EmbeddedStoreConfig::default(),
+        }
+    }
+}
+
+/// How rows travel to ClickHouse (`store.format`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// Native to a loopback URL, RowBinary to any other.
+    #[default]
+    Auto,
+    /// ClickHouse's columnar Native format, uncompressed.
+    Native,
+    /// RowBinary with LZ4.
+    RowBinary,
+}
+
+impl WireFormat {
+    /// The format used for a server at `url` (`auto` decided).
+    pub fn for_url(self, url: &str) -> Self {
+        match self {
+            Self::Auto => {
+                let loopback = match url::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host().map(|h| h.to_owned()))
+                {
+                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                };
+                if loopback {
+                    Self::Native
+                } else {
+                    Self::RowBinary
+                }
+            }
+            other => other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Native => "native",
+            Self::RowBinary => "rowbinary",
+        }
+    }
+}
+
+/// The embedded ClickHouse.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedStoreConfig {
+    /// Where its data lives.
+    pub data_dir: std::path::PathBuf,
+    /// Where the fetched ClickHouse build is cached.
+    pub cache_dir: std::path::PathBuf,
+    /// A libchdb.so already on the machine (no fetch).
+    pub library: Option<std::path::PathBuf>,
+    /// Its HTTP port (on 127.0.0.1 only; every request but `/ping` must authenticate as user
+    /// `edgewatch` with the password in `secret_file`).
+    pub http_port: u16,
+    /// No longer used: the native TCP port is not opened (its protocol cannot be limited to
+    /// edgewatch's user). Accepted so that older config files still load; a warning says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_port: Option<u16>,
+    /// The password of the server's `edgewatch` user: generated on first start (256 random
+    /// bits), readable by root only. `edgewatch timeline` and `replay --store` read it too.
+    pub secret_file: std::path::PathBuf,
+    /// The unprivileged account the server runs as (created with `useradd --system` if
+    /// missing; where that is impossible, uid/gid 64206).
+    pub run_as: String,
+}
+
+impl Default for EmbeddedStoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "/var/lib/edgewatch/clickhouse".into(),
+            cache_dir: "/var/cache/edgewatch".into(),
+            library: None,
+            http_port: 18123,
+            tcp_port: None,
+            secret_file: "/var/lib/edgewatch/clickhouse.secret".into(),
+            run_as: "edgewatch-ch".to_owned(),
+        }
+    }
+}
+
+/// Which credential a URL carries, if any: `user:password@` in the authority, or a
+/// password-like query parameter (ClickHouse takes `?user=..&password=..`).
+pub fn url_credentials(raw: &str) -> Option<&'static str> {
+    let url = url::Url::parse(raw).ok()?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some("user:password@");
+    }
+    url.query_pairs()
+        .find_map(|(k, _)| match k.to_ascii_lowercase().as_str() {
+            "password" | "pass" | "passwd" => Some("?password="),
+            "token" | "access_token" | "key" | "api_key" | "apikey" => Some("a token parameter"),
+            _ => None,
+        })
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Checked {
+        let st = self;
+        if !(st.url.is_empty() || st.url.starts_with("http://") || st.url.starts_with("https://")) {
+            return Err(Invalid::new(
+                "store.url",
+                format!("{:?}", st.url),
+                "must be an http:// or https:// URL (ClickHouse's HTTP interface), or empty for the embedded store",
+            ));
+        }
+        let hidden = "(hidden: it holds credentials)";
+        if let Some(key) = url_credentials(&st.url) {
+            return Err(Invalid::new(
+                "store.url",
+                hidden,
+                format!("credentials do not belong in the URL ({key}); use store.user and store.password_file or EDGEWATCH_CLICKHOUSE_PASSWORD"),
+            ));
+        }
+        if st.url.contains('@') {
+            return Err(Invalid::new(
+                "store.url",
+                hidden,
+                "credentials do not belong in the URL; use store.user and store.password_file or EDGEWATCH_CLICKHOUSE_PASSWORD",
+            ));
+        }
+        if st.database.is_empty()
+            || !st
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(Invalid::new(
+                "store.database",
+                format!("{:?}", st.database),
+                "letters, digits and underscores only",
+            ));
+        }
+        if st.batch_rows == 0 || st.batch_bytes < 4096 {
+            return Err(Invalid::new(
+                "store.batch_rows",
+                format!("{} rows / {} bytes", st.batch_rows, st.batch_bytes),
+                "batches need at least 1 row and 4096 bytes",
+            ));
+        }
+        if st.spool_max_bytes < st.batch_bytes {
+            return Err(Invalid::new(
+                "store.spool_max_bytes",
+                st.spool_max_bytes.to_string(),
+                "must hold at least one batch (store.batch_bytes)",
+            ));
+        }
+        validate::absolute("store.spool_dir", &st.spool_dir)?;
+        validate::at_least(
+            "store.batch_max_age",
+            st.batch_max_age,
+            Duration::from_millis(10),
+        )?;
+        st.embedded.validate()
+    }
+}
+
+impl EmbeddedStoreConfig {
+    pub fn validate(&self) -> Checked {
+        if self.http_port == 0 {
+            return Err(Invalid::new(
+                "store.embedded.http_port",
+                "0",
+                "the embedded server needs a fixed port",
+            ));
+        }
+        validate::absolute("store.embedded.secret_file", &self.secret_file)?;
+        if self.run_as.is_empty() || self.run_as == "root" {
+            return Err(Invalid::new(
+                "store.embedded.run_as",
+                format!("{:?}", self.run_as),
+                "must name an unprivileged account",
+            ));
+        }
+        Ok(())
+    }
+}
