@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use edgewatch::{
     hop::{ConnEventKind, ExchangeOutcome, HopRecord, SessionEnd, Side},
-    replay::{capture::CaptureError, replay, ReplaySummary},
+    pipeline::offline::replay,
+    replay::{capture::CaptureError, ReplaySummary},
 };
 
 /// A committed capture (NAME.PORT.pcap) and its upstream port.

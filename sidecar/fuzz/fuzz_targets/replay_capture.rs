@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = edgewatch::replay::replay(data, &[18789], |_| {}, |_| {});
+    let _ = edgewatch::pipeline::offline::replay(data, &[18789], |_| {}, |_| {});
 });

@@ -1410,37 +1410,6 @@ mod tests {
         assert_eq!(out[0].rule, "hop.reset_storm");
     }
 
-    #[test]
-    fn the_recorded_idle_timeout_incident_fires_in_replay() {
-        // The committed recording of nginx with proxy_read_timeout 2s closing an idle session.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/hop/idle_timeout.35057.pcap"
-        );
-        let bytes = std::fs::read(path).expect("fixture");
-        let mut records = Vec::new();
-        crate::replay::replay(&bytes[..], &[35057], |r| records.push(r.clone()), |_| {})
-            .expect("replay");
-        let mut cfg = AlertsConfig::default();
-        cfg.timeout_disconnect.min_sessions = 1;
-        let mut e = Engine::new(cfg);
-        let mut out = Vec::new();
-        for r in &records {
-            e.hop(r, &mut out);
-        }
-        assert_eq!(out.len(), 1, "{out:?}");
-        let a = &out[0];
-        assert_eq!(a.rule, "hop.timeout_disconnect");
-        let idle = a.evidence["detail"]["observed_idle_s"]
-            .as_f64()
-            .expect("idle");
-        assert!(
-            (1.5..3.0).contains(&idle),
-            "observed {idle} s, nginx was set to 2 s"
-        );
-        assert!(a.summary.contains("about 2 s"), "{}", a.summary);
-    }
-
     fn http(client_port: u16, at: u64, upgrade: bool, status: u16, ttfb: u64) -> HttpExchange {
         HttpExchange {
             conn: conn(client_port),

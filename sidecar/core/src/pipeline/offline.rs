@@ -2,9 +2,10 @@
 //! by time into one [`Pipeline`], as the live sidecar sees them (a log line reaches it after
 //! the packets that came before it, and before the ones after). Pure over its inputs: the
 //! capture is any reader, the records are already parsed.
-use super::{Pipeline, Sink};
+use super::{Mode, Pipeline, Settings, Sink};
 use crate::{
     edge::EdgeRecord,
+    hop::{tracker::TrackerLimits, HopRecord},
     replay::{
         capture::{read_capture, CaptureError},
         decode::decode,
@@ -71,4 +72,84 @@ pub fn run<R: std::io::Read + Send>(
     summary.dropped_exchanges = stats.dropped_exchanges;
     summary.dropped_close_frames = stats.dropped_close_frames;
     Ok(summary)
+}
+
+/// Replays a capture: every record goes to `on_record` in the order the tracker finished it.
+pub fn replay<R: std::io::Read + Send>(
+    input: R,
+    upstream_ports: &[u16],
+    on_record: impl FnMut(&HopRecord),
+    progress: impl FnMut(u64),
+) -> Result<ReplaySummary, CaptureError> {
+    replay_limited(
+        input,
+        upstream_ports,
+        TrackerLimits::default(),
+        on_record,
+        progress,
+    )
+}
+
+/// [`replay`] with the tracker's count limits of the config (`[hop]`): the capture through
+/// the one pipeline (`crate::pipeline`), its hop records handed to `on_record`.
+pub fn replay_limited<R: std::io::Read + Send>(
+    input: R,
+    upstream_ports: &[u16],
+    limits: TrackerLimits,
+    on_record: impl FnMut(&HopRecord),
+    progress: impl FnMut(u64),
+) -> Result<ReplaySummary, CaptureError> {
+    struct Records<F>(F);
+    impl<F: FnMut(&HopRecord)> Sink for Records<F> {
+        fn hop(&mut self, r: &HopRecord) {
+            (self.0)(r);
+        }
+    }
+    let settings = Settings {
+        hop_ports: upstream_ports.to_vec(),
+        hop_limits: limits,
+        ..Settings::default()
+    };
+    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
+    run(
+        input,
+        Vec::new(),
+        &mut pipeline,
+        &mut Records(on_record),
+        progress,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_recorded_idle_timeout_incident_fires_in_replay() {
+        // The committed recording of nginx with proxy_read_timeout 2s closing an idle session.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/hop/idle_timeout.35057.pcap"
+        );
+        let bytes = std::fs::read(path).expect("fixture");
+        let mut records = Vec::new();
+        super::offline::replay(&bytes[..], &[35057], |r| records.push(r.clone()), |_| {})
+            .expect("replay");
+        let mut cfg = crate::alerts::AlertsConfig::default();
+        cfg.timeout_disconnect.min_sessions = 1;
+        let mut e = crate::alerts::Engine::new(cfg);
+        let mut out = Vec::new();
+        for r in &records {
+            e.hop(r, &mut out);
+        }
+        assert_eq!(out.len(), 1, "{out:?}");
+        let a = &out[0];
+        assert_eq!(a.rule, "hop.timeout_disconnect");
+        let idle = a.evidence["detail"]["observed_idle_s"]
+            .as_f64()
+            .expect("idle");
+        assert!(
+            (1.5..3.0).contains(&idle),
+            "observed {idle} s, nginx was set to 2 s"
+        );
+        assert!(a.summary.contains("about 2 s"), "{}", a.summary);
+    }
 }

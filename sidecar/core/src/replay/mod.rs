@@ -1,17 +1,11 @@
 //! `edgewatch replay`: a packet capture through the same hop tracker as the live probes.
 //! `capture` reads pcap/pcapng, `decode` turns packets into TCP segments (both pure over their
-//! input); [`replay`] runs them through the pipeline's hop tracker and reports what it
-//! skipped.
+//! input), and [`ReplaySummary`] says what a replay saw and skipped. Running a capture
+//! through the tracker is the pipeline's (`crate::pipeline::offline`).
 pub mod capture;
 pub mod decode;
 
 use std::collections::BTreeMap;
-
-use crate::{
-    hop::{tracker::TrackerLimits, HopRecord},
-    pipeline::{offline, Mode, Pipeline, Settings, Sink},
-};
-use capture::CaptureError;
 
 /// What a replay saw and skipped, for the summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -32,50 +26,4 @@ pub struct ReplaySummary {
     pub evicted_connections: u64,
     pub dropped_exchanges: u64,
     pub dropped_close_frames: u64,
-}
-
-/// Replays a capture: every record goes to `on_record` in the order the tracker finished it.
-pub fn replay<R: std::io::Read + Send>(
-    input: R,
-    upstream_ports: &[u16],
-    on_record: impl FnMut(&HopRecord),
-    progress: impl FnMut(u64),
-) -> Result<ReplaySummary, CaptureError> {
-    replay_limited(
-        input,
-        upstream_ports,
-        TrackerLimits::default(),
-        on_record,
-        progress,
-    )
-}
-
-/// [`replay`] with the tracker's count limits of the config (`[hop]`): the capture through
-/// the one pipeline (`crate::pipeline`), its hop records handed to `on_record`.
-pub fn replay_limited<R: std::io::Read + Send>(
-    input: R,
-    upstream_ports: &[u16],
-    limits: TrackerLimits,
-    on_record: impl FnMut(&HopRecord),
-    progress: impl FnMut(u64),
-) -> Result<ReplaySummary, CaptureError> {
-    struct Records<F>(F);
-    impl<F: FnMut(&HopRecord)> Sink for Records<F> {
-        fn hop(&mut self, r: &HopRecord) {
-            (self.0)(r);
-        }
-    }
-    let settings = Settings {
-        hop_ports: upstream_ports.to_vec(),
-        hop_limits: limits,
-        ..Settings::default()
-    };
-    let mut pipeline = Pipeline::new(&settings, Mode::Offline);
-    offline::run(
-        input,
-        Vec::new(),
-        &mut pipeline,
-        &mut Records(on_record),
-        progress,
-    )
 }

@@ -613,6 +613,7 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
                 e,
                 json!({
                     "rule": e.detail["rule"],
+                    "dedup_key": e.detail["dedup_key"],
                     "severity": e.detail["severity"],
                     "state": e.detail["state"],
                     "at_ns": e.ts,
