@@ -45,7 +45,7 @@ fn crate_refs(code: &str) -> BTreeSet<String> {
         let start = at + i + "crate::".len();
         at = start;
         // `$crate::` in macros is the crate root too, and `edgewatch_core::` is not matched.
-        if start > 7 + 0 && start >= "crate::".len() + 1 {
+        if start > "crate::".len() {
             let before = bytes[start - "crate::".len() - 1];
             if before.is_ascii_alphanumeric() || before == b'_' {
                 continue;

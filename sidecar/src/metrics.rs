@@ -56,6 +56,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Long because it registers every metric with its help text: a list, not logic.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("edgewatch");
         let events = Family::<Labels, Counter>::default();

@@ -265,6 +265,8 @@ fn nonce() -> String {
 }
 
 /// Runs the golden path; each step is reported through `report` as it completes.
+/// Long because the golden path is one sequence of steps, each reported as it completes and
+/// each deciding whether the next can run.
 pub async fn check(
     config: &Config,
     args: &CheckArgs,

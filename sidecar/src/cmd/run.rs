@@ -33,6 +33,9 @@ struct ReadyDetail<'a> {
 }
 
 /// `edgewatch run`: load the probes, print the inventory, then watch until SIGINT/SIGTERM.
+/// Long because it is the event loop: one `select!` over every source (ring buffer, timers,
+/// logs, signals) whose arms share the loop's state, with the start before it and the
+/// orderly stop after it.
 pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
     let embedded_store = config.store.enabled && config.store.url.is_empty();
     crate::probe::caps::require(embedded_store)?;

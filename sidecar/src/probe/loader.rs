@@ -376,6 +376,8 @@ fn check_features() -> Result<(), ProbeError> {
 impl Probes {
     /// Checks kernel features, loads the object with this kernel's tracepoint layouts and
     /// attaches every program.
+    /// Long because it is one ordered sequence (feature probes, layouts, load, then each
+    /// attach with its fallback) whose every step can fail with its own message.
     pub fn load(config: &ProbeConfig, hop: &HopConfig) -> Result<(Self, ProbeStreams), ProbeError> {
         bump_memlock();
         check_features()?;

@@ -176,6 +176,8 @@ pub enum StoreEvent {
 
 /// Connects, checks the version, applies the migrations and checks every table's columns.
 /// Returns the server's version. Every error says what to do.
+/// Long because each step (connect, version, migrations, columns) has its own remedy in
+/// its error message, and they must run in this order.
 pub async fn prepare(
     client: &Client,
     opts: &SchemaOptions,
@@ -463,6 +465,8 @@ fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats))
 impl Sender {
     /// Runs until `done` resolves true (drain mode: it returns once the spool is empty after
     /// that) or forever.
+    /// Long because it is the sender's one loop: the batch order, the retry backoff and the
+    /// drain mode share its state.
     pub async fn run(self, mut done: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         let max_backoff = Duration::from_secs(30);

@@ -52,7 +52,9 @@ pub trait Sink {
 /// Discards everything.
 impl Sink for () {}
 
-/// Everything a step produced, owned, in order (tests, and drivers that keep it all).
+/// Everything a step produced, owned, in order (tests, and drivers that keep it all). Not
+/// on the live path: unboxed, so a kept list costs no allocation per item beyond its own.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     Hop(HopRecord),

@@ -131,8 +131,7 @@ mod tests {
         );
         let bytes = std::fs::read(path).expect("fixture");
         let mut records = Vec::new();
-        super::offline::replay(&bytes[..], &[35057], |r| records.push(r.clone()), |_| {})
-            .expect("replay");
+        super::replay(&bytes[..], &[35057], |r| records.push(r.clone()), |_| {}).expect("replay");
         let mut cfg = crate::alerts::AlertsConfig::default();
         cfg.timeout_disconnect.min_sessions = 1;
         let mut e = crate::alerts::Engine::new(cfg);

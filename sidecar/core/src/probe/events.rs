@@ -159,6 +159,7 @@ fn comm_string(comm: &[u8; 16]) -> String {
 }
 
 /// Decodes one ring-buffer record.
+/// Long because it is one match over the record kinds, each checked for its length.
 pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
     let header: EventHeader = read_pod(bytes)?;
     if header.version != EVENT_VERSION {

@@ -140,36 +140,41 @@ fn opt_secs(ns: Option<u64>) -> String {
     ns.map_or("-".to_owned(), secs)
 }
 
-/// Builds the timeline of `rows` that `filter` keeps.
-pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
-    let in_range = |ts: i64| ts >= filter.since_ns && ts <= filter.until_ns;
-    let port_ok = |p: u16| filter.port.is_none_or(|f| f == p);
-    // Requests the filter is about (by id, or by client through the edge log and the join),
-    // and the hop connections that carried them.
-    let wanted_ids: Option<Vec<String>> = match (&filter.request_id, &filter.client) {
-        (Some(id), _) => Some(vec![id.clone()]),
-        (None, Some(c)) => Some(
-            rows.edge
-                .iter()
-                .filter(|e| &e.client == c && !e.request_id.is_empty())
-                .map(|e| e.request_id.clone())
-                .chain(
-                    rows.requests
-                        .iter()
-                        .filter(|r| &r.client == c && !r.request_id.is_empty())
-                        .map(|r| r.request_id.clone()),
-                )
-                .collect(),
-        ),
-        (None, None) => None,
-    };
-    let id_ok = |id: &str| {
-        wanted_ids
-            .as_ref()
-            .is_none_or(|ids| ids.iter().any(|w| w == id))
-    };
-    let wanted_conns: Option<Vec<String>> =
-        wanted_ids.as_ref().map(|_| {
+/// What a filter keeps: its time range and port, and the requests (by id, or by client
+/// through the edge log and the join) and hop connections it is about.
+struct Scope<'a> {
+    filter: &'a Filter,
+    wanted_ids: Option<Vec<String>>,
+    wanted_conns: Option<Vec<String>>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(rows: &Rows, filter: &'a Filter) -> Self {
+        // Requests the filter is about (by id, or by client through the edge log and the join),
+        // and the hop connections that carried them.
+        let wanted_ids: Option<Vec<String>> = match (&filter.request_id, &filter.client) {
+            (Some(id), _) => Some(vec![id.clone()]),
+            (None, Some(c)) => Some(
+                rows.edge
+                    .iter()
+                    .filter(|e| &e.client == c && !e.request_id.is_empty())
+                    .map(|e| e.request_id.clone())
+                    .chain(
+                        rows.requests
+                            .iter()
+                            .filter(|r| &r.client == c && !r.request_id.is_empty())
+                            .map(|r| r.request_id.clone()),
+                    )
+                    .collect(),
+            ),
+            (None, None) => None,
+        };
+        let id_ok = |id: &str| {
+            wanted_ids
+                .as_ref()
+                .is_none_or(|ids| ids.iter().any(|w| w == id))
+        };
+        let wanted_conns: Option<Vec<String>> = wanted_ids.as_ref().map(|_| {
             rows.http
                 .iter()
                 .filter(|h| id_ok(&h.request_id))
@@ -185,299 +190,46 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
                 )
                 .collect()
         });
-    let conn_ok = |key: &str| {
-        wanted_conns.as_ref().is_none_or(|cs| {
+
+        Self {
+            filter,
+            wanted_ids,
+            wanted_conns,
+        }
+    }
+
+    fn in_range(&self, ts: i64) -> bool {
+        ts >= self.filter.since_ns && ts <= self.filter.until_ns
+    }
+
+    fn port_ok(&self, p: u16) -> bool {
+        self.filter.port.is_none_or(|f| f == p)
+    }
+
+    fn id_ok(&self, id: &str) -> bool {
+        self.wanted_ids
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|w| w == id))
+    }
+
+    fn conn_ok(&self, key: &str) -> bool {
+        self.wanted_conns.as_ref().is_none_or(|cs| {
             cs.iter()
                 .any(|c| c == key || key.starts_with(&format!("{c} ")))
         })
-    };
-    let scoped = wanted_ids.is_some();
+    }
+}
 
+/// Builds the timeline of `rows` that `filter` keeps.
+pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
+    let scope = Scope::new(rows, filter);
     let mut events = Vec::new();
-    if !scoped {
-        for x in &rows.exposure_changes {
-            if !in_range(x.ts) || !port_ok(x.port) {
-                continue;
-            }
-            let drift = x.verdict == "drift";
-            events.push(Event {
-                ts: x.ts,
-                lane: Lane::Host,
-                kind: "exposure",
-                notable: drift,
-                text: format!(
-                    "{} {} {}:{} {}{}{}",
-                    if x.change == "removed" { "-" } else { "+" },
-                    x.proto,
-                    x.address,
-                    x.port,
-                    x.scope,
-                    if x.comm.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" process={} ({})", x.comm, x.pid)
-                    },
-                    if drift {
-                        format!(" [drift {}]", x.rule)
-                    } else {
-                        String::new()
-                    }
-                ),
-                request_id: String::new(),
-                conn: String::new(),
-                detail: json!(x),
-            });
-        }
-    }
-    for a in &rows.alerts {
-        if !in_range(a.ts) {
-            continue;
-        }
-        let evidence: Value = serde_json::from_str(&a.evidence).unwrap_or(Value::Null);
-        let a_port = evidence["detail"]["port"]
-            .as_u64()
-            .or(evidence["port"].as_u64())
-            .and_then(|p| u16::try_from(p).ok());
-        if filter.port.is_some() && a_port.is_some_and(|p| !port_ok(p)) {
-            continue;
-        }
-        // Scoped to requests: the alerts whose evidence names one of them.
-        let mut about = String::new();
-        if let Some(ids) = &wanted_ids {
-            match ids.iter().find(|id| a.evidence.contains(id.as_str())) {
-                Some(id) => about = id.clone(),
-                None => continue,
-            }
-        }
-        events.push(Event {
-            ts: a.ts,
-            lane: Lane::Host,
-            kind: "alert",
-            notable: a.state == "firing",
-            text: format!(
-                "ALERT {} {} {}: {}",
-                a.state.to_uppercase(),
-                a.severity,
-                a.rule,
-                a.summary
-            ),
-            request_id: about,
-            conn: String::new(),
-            detail: json!({
-                "rule": a.rule, "state": a.state, "severity": a.severity,
-                "dedup_key": a.dedup_key, "summary": a.summary, "first_move": a.first_move,
-                "evidence": evidence,
-            }),
-        });
-    }
-    for e in &rows.edge {
-        let start = e
-            .request_time_ns
-            .map_or(e.ts, |t| e.ts.saturating_sub(i64::try_from(t).unwrap_or(0)));
-        if !(in_range(e.ts) || in_range(start)) || !id_ok(&e.request_id) {
-            continue;
-        }
-        if let Some(c) = &filter.client {
-            if &e.client != c {
-                continue;
-            }
-        }
-        if let Some(p) = filter.port {
-            if !e.upstream_addr.is_empty() && !e.upstream_addr.ends_with(&format!(":{p}")) {
-                continue;
-            }
-        }
-        events.push(Event {
-            ts: start,
-            lane: Lane::Client,
-            kind: "client_request",
-            notable: false,
-            text: format!(
-                "{} {} {}{}",
-                if e.client.is_empty() { "client" } else { e.client.as_str() },
-                e.method,
-                e.host,
-                e.path
-            ),
-            request_id: e.request_id.clone(),
-            conn: String::new(),
-            detail: json!({ "client": e.client, "host": e.host, "method": e.method, "path": e.path }),
-        });
-        events.push(Event {
-            ts: e.ts,
-            lane: Lane::Edge,
-            kind: "edge_request",
-            notable: e.status >= 500,
-            text: format!(
-                "edge answered {} to {} {} after {} (upstream {} connect {} header {})",
-                e.status,
-                e.method,
-                e.path,
-                opt_secs(e.request_time_ns),
-                if e.upstream_addr.is_empty() {
-                    "-"
-                } else {
-                    e.upstream_addr.as_str()
-                },
-                opt_secs(e.upstream_connect_ns),
-                opt_secs(e.upstream_header_ns),
-            ),
-            request_id: e.request_id.clone(),
-            conn: String::new(),
-            detail: json!(e),
-        });
-    }
-    for h in &rows.http {
-        let key = conn_key(&h.client_addr, h.client_port, &h.server_addr, h.server_port);
-        if !in_range(h.ts)
-            || !port_ok(h.server_port)
-            || !(id_ok(&h.request_id) || (scoped && h.request_id.is_empty() && conn_ok(&key)))
-        {
-            continue;
-        }
-        let upgraded = h.outcome == "upgraded";
-        let asked = h.upgrade_websocket && h.connection_upgrade;
-        events.push(Event {
-            ts: h.ts,
-            lane: Lane::Upstream,
-            kind: if asked || upgraded { "upgrade" } else { "http" },
-            notable: h.status.is_none_or(|s| s >= 500)
-                || (asked && !upgraded)
-                || (h.status == Some(426)),
-            text: format!(
-                "{} {} -> {} ttfb {} total {}{}",
-                h.method,
-                h.path,
-                h.status.map_or("no response".to_owned(), |s| s.to_string()),
-                opt_secs(h.ttfb_ns),
-                opt_secs(h.total_ns),
-                if asked {
-                    " (upgrade requested)"
-                } else if h.status == Some(426) {
-                    " (no Upgrade header on the hop)"
-                } else {
-                    ""
-                }
-            ),
-            request_id: h.request_id.clone(),
-            conn: key,
-            detail: json!(h),
-        });
-    }
-    for w in &rows.ws {
-        let key = conn_key(&w.client_addr, w.client_port, &w.server_addr, w.server_port);
-        if !(in_range(w.ts) || in_range(w.end_ts))
-            || !port_ok(w.server_port)
-            || !id_ok(&w.request_id)
-        {
-            continue;
-        }
-        let by = match w.end_from.as_str() {
-            "client" => "the proxy",
-            "server" => "the upstream",
-            _ => "-",
-        };
-        let closes: Vec<String> = w
-            .close_code
-            .iter()
-            .zip(&w.close_from)
-            .zip(&w.close_reason)
-            .map(|((c, f), r)| {
-                format!(
-                    "{} from {}{}",
-                    c.map_or("no code".to_owned(), |c| c.to_string()),
-                    if f == "client" { "proxy" } else { "upstream" },
-                    if r.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({r})")
-                    }
-                )
-            })
-            .collect();
-        events.push(Event {
-            ts: w.end_ts,
-            lane: Lane::Upstream,
-            kind: "ws_end",
-            notable: w.end_kind != "close_handshake",
-            text: format!(
-                "websocket {} ended: {} by {} after {} ({} idle before the end); frames proxy->upstream {} upstream->proxy {}{}",
-                w.path,
-                w.end_kind.replace('_', " "),
-                by,
-                secs(w.duration_ns),
-                secs(w.idle_before_end_ns),
-                w.client_text + w.client_binary + w.client_ping + w.client_pong + w.client_close + w.client_continuation,
-                w.server_text + w.server_binary + w.server_ping + w.server_pong + w.server_close + w.server_continuation,
-                if closes.is_empty() { String::new() } else { format!("; close {}", closes.join(", ")) }
-            ),
-            request_id: w.request_id.clone(),
-            conn: key,
-            detail: json!(w),
-        });
-    }
-    for c in &rows.conns {
-        let key = conn_key(&c.client_addr, c.client_port, &c.server_addr, c.server_port);
-        if !in_range(c.ts) || !port_ok(c.server_port) || (scoped && !conn_ok(&key)) {
-            continue;
-        }
-        let proc_text = if c.comm.is_empty() {
-            String::new()
-        } else {
-            format!(" by {} ({})", c.comm, c.pid)
-        };
-        let (kind, notable, text) = match c.kind.as_str() {
-            "connected" => {
-                let l = c.latency_ns.unwrap_or(0);
-                if l < SLOW_CONNECT_NS {
-                    continue;
-                }
-                (
-                    "connect",
-                    true,
-                    format!("slow connect: {}{proc_text}", secs(l)),
-                )
-            }
-            "refused" => (
-                "refused",
-                true,
-                format!(
-                    "connect to {}:{} refused (nothing listens){proc_text}",
-                    c.server_addr, c.server_port
-                ),
-            ),
-            "reset" => (
-                "reset",
-                true,
-                format!(
-                    "reset from the {}{proc_text}",
-                    if c.side == "client" {
-                        "proxy"
-                    } else {
-                        "upstream"
-                    }
-                ),
-            ),
-            _ => (
-                "loss",
-                false,
-                format!(
-                    "{} byte(s) not seen ({}, {} side)",
-                    c.lost_bytes, c.effect, c.side
-                ),
-            ),
-        };
-        events.push(Event {
-            ts: c.ts,
-            lane: Lane::Upstream,
-            kind,
-            notable,
-            text,
-            request_id: String::new(),
-            conn: key,
-            detail: json!(c),
-        });
-    }
+    exposure_events(rows, &scope, &mut events);
+    alert_events(rows, &scope, &mut events);
+    edge_events(rows, &scope, &mut events);
+    http_events(rows, &scope, &mut events);
+    ws_events(rows, &scope, &mut events);
+    conn_events(rows, &scope, &mut events);
     // In time order; ties by lane (client, edge, upstream, host), a change before the alert it
     // causes, then text: deterministic.
     let order = |kind: &str| match kind {
@@ -543,6 +295,336 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
         summary,
         events,
         groups,
+    }
+}
+
+/// Exposure changes (only when the timeline is not about given requests).
+fn exposure_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let port_ok = |p: u16| s.port_ok(p);
+    let scoped = s.wanted_ids.is_some();
+    if !scoped {
+        for x in &rows.exposure_changes {
+            if !in_range(x.ts) || !port_ok(x.port) {
+                continue;
+            }
+            let drift = x.verdict == "drift";
+            events.push(Event {
+                ts: x.ts,
+                lane: Lane::Host,
+                kind: "exposure",
+                notable: drift,
+                text: format!(
+                    "{} {} {}:{} {}{}{}",
+                    if x.change == "removed" { "-" } else { "+" },
+                    x.proto,
+                    x.address,
+                    x.port,
+                    x.scope,
+                    if x.comm.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" process={} ({})", x.comm, x.pid)
+                    },
+                    if drift {
+                        format!(" [drift {}]", x.rule)
+                    } else {
+                        String::new()
+                    }
+                ),
+                request_id: String::new(),
+                conn: String::new(),
+                detail: json!(x),
+            });
+        }
+    }
+}
+
+/// Alert transitions (scoped to requests: the ones whose evidence names one).
+fn alert_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let port_ok = |p: u16| s.port_ok(p);
+    let wanted_ids = &s.wanted_ids;
+    let filter = s.filter;
+    for a in &rows.alerts {
+        if !in_range(a.ts) {
+            continue;
+        }
+        let evidence: Value = serde_json::from_str(&a.evidence).unwrap_or(Value::Null);
+        let a_port = evidence["detail"]["port"]
+            .as_u64()
+            .or(evidence["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok());
+        if filter.port.is_some() && a_port.is_some_and(|p| !port_ok(p)) {
+            continue;
+        }
+        // Scoped to requests: the alerts whose evidence names one of them.
+        let mut about = String::new();
+        if let Some(ids) = &wanted_ids {
+            match ids.iter().find(|id| a.evidence.contains(id.as_str())) {
+                Some(id) => about = id.clone(),
+                None => continue,
+            }
+        }
+        events.push(Event {
+            ts: a.ts,
+            lane: Lane::Host,
+            kind: "alert",
+            notable: a.state == "firing",
+            text: format!(
+                "ALERT {} {} {}: {}",
+                a.state.to_uppercase(),
+                a.severity,
+                a.rule,
+                a.summary
+            ),
+            request_id: about,
+            conn: String::new(),
+            detail: json!({
+                "rule": a.rule, "state": a.state, "severity": a.severity,
+                "dedup_key": a.dedup_key, "summary": a.summary, "first_move": a.first_move,
+                "evidence": evidence,
+            }),
+        });
+    }
+}
+
+/// Access-log lines of the proxy.
+fn edge_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let id_ok = |id: &str| s.id_ok(id);
+    let filter = s.filter;
+    for e in &rows.edge {
+        let start = e
+            .request_time_ns
+            .map_or(e.ts, |t| e.ts.saturating_sub(i64::try_from(t).unwrap_or(0)));
+        if !(in_range(e.ts) || in_range(start)) || !id_ok(&e.request_id) {
+            continue;
+        }
+        if let Some(c) = &filter.client {
+            if &e.client != c {
+                continue;
+            }
+        }
+        if let Some(p) = filter.port {
+            if !e.upstream_addr.is_empty() && !e.upstream_addr.ends_with(&format!(":{p}")) {
+                continue;
+            }
+        }
+        events.push(Event {
+            ts: start,
+            lane: Lane::Client,
+            kind: "client_request",
+            notable: false,
+            text: format!(
+                "{} {} {}{}",
+                if e.client.is_empty() { "client" } else { e.client.as_str() },
+                e.method,
+                e.host,
+                e.path
+            ),
+            request_id: e.request_id.clone(),
+            conn: String::new(),
+            detail: json!({ "client": e.client, "host": e.host, "method": e.method, "path": e.path }),
+        });
+        events.push(Event {
+            ts: e.ts,
+            lane: Lane::Edge,
+            kind: "edge_request",
+            notable: e.status >= 500,
+            text: format!(
+                "edge answered {} to {} {} after {} (upstream {} connect {} header {})",
+                e.status,
+                e.method,
+                e.path,
+                opt_secs(e.request_time_ns),
+                if e.upstream_addr.is_empty() {
+                    "-"
+                } else {
+                    e.upstream_addr.as_str()
+                },
+                opt_secs(e.upstream_connect_ns),
+                opt_secs(e.upstream_header_ns),
+            ),
+            request_id: e.request_id.clone(),
+            conn: String::new(),
+            detail: json!(e),
+        });
+    }
+}
+
+/// HTTP exchanges on the hop.
+fn http_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let port_ok = |p: u16| s.port_ok(p);
+    let id_ok = |id: &str| s.id_ok(id);
+    let conn_ok = |key: &str| s.conn_ok(key);
+    let scoped = s.wanted_ids.is_some();
+    for h in &rows.http {
+        let key = conn_key(&h.client_addr, h.client_port, &h.server_addr, h.server_port);
+        if !in_range(h.ts)
+            || !port_ok(h.server_port)
+            || !(id_ok(&h.request_id) || (scoped && h.request_id.is_empty() && conn_ok(&key)))
+        {
+            continue;
+        }
+        let upgraded = h.outcome == "upgraded";
+        let asked = h.upgrade_websocket && h.connection_upgrade;
+        events.push(Event {
+            ts: h.ts,
+            lane: Lane::Upstream,
+            kind: if asked || upgraded { "upgrade" } else { "http" },
+            notable: h.status.is_none_or(|s| s >= 500)
+                || (asked && !upgraded)
+                || (h.status == Some(426)),
+            text: format!(
+                "{} {} -> {} ttfb {} total {}{}",
+                h.method,
+                h.path,
+                h.status.map_or("no response".to_owned(), |s| s.to_string()),
+                opt_secs(h.ttfb_ns),
+                opt_secs(h.total_ns),
+                if asked {
+                    " (upgrade requested)"
+                } else if h.status == Some(426) {
+                    " (no Upgrade header on the hop)"
+                } else {
+                    ""
+                }
+            ),
+            request_id: h.request_id.clone(),
+            conn: key,
+            detail: json!(h),
+        });
+    }
+}
+
+/// WebSocket sessions on the hop.
+fn ws_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let port_ok = |p: u16| s.port_ok(p);
+    let id_ok = |id: &str| s.id_ok(id);
+    for w in &rows.ws {
+        let key = conn_key(&w.client_addr, w.client_port, &w.server_addr, w.server_port);
+        if !(in_range(w.ts) || in_range(w.end_ts))
+            || !port_ok(w.server_port)
+            || !id_ok(&w.request_id)
+        {
+            continue;
+        }
+        let by = match w.end_from.as_str() {
+            "client" => "the proxy",
+            "server" => "the upstream",
+            _ => "-",
+        };
+        let closes: Vec<String> = w
+            .close_code
+            .iter()
+            .zip(&w.close_from)
+            .zip(&w.close_reason)
+            .map(|((c, f), r)| {
+                format!(
+                    "{} from {}{}",
+                    c.map_or("no code".to_owned(), |c| c.to_string()),
+                    if f == "client" { "proxy" } else { "upstream" },
+                    if r.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({r})")
+                    }
+                )
+            })
+            .collect();
+        events.push(Event {
+            ts: w.end_ts,
+            lane: Lane::Upstream,
+            kind: "ws_end",
+            notable: w.end_kind != "close_handshake",
+            text: format!(
+                "websocket {} ended: {} by {} after {} ({} idle before the end); frames proxy->upstream {} upstream->proxy {}{}",
+                w.path,
+                w.end_kind.replace('_', " "),
+                by,
+                secs(w.duration_ns),
+                secs(w.idle_before_end_ns),
+                w.client_text + w.client_binary + w.client_ping + w.client_pong + w.client_close + w.client_continuation,
+                w.server_text + w.server_binary + w.server_ping + w.server_pong + w.server_close + w.server_continuation,
+                if closes.is_empty() { String::new() } else { format!("; close {}", closes.join(", ")) }
+            ),
+            request_id: w.request_id.clone(),
+            conn: key,
+            detail: json!(w),
+        });
+    }
+}
+
+/// Connection events of the hop (connects, refusals, resets, losses).
+fn conn_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
+    let in_range = |ts: i64| s.in_range(ts);
+    let port_ok = |p: u16| s.port_ok(p);
+    let conn_ok = |key: &str| s.conn_ok(key);
+    let scoped = s.wanted_ids.is_some();
+    for c in &rows.conns {
+        let key = conn_key(&c.client_addr, c.client_port, &c.server_addr, c.server_port);
+        if !in_range(c.ts) || !port_ok(c.server_port) || (scoped && !conn_ok(&key)) {
+            continue;
+        }
+        let proc_text = if c.comm.is_empty() {
+            String::new()
+        } else {
+            format!(" by {} ({})", c.comm, c.pid)
+        };
+        let (kind, notable, text) = match c.kind.as_str() {
+            "connected" => {
+                let l = c.latency_ns.unwrap_or(0);
+                if l < SLOW_CONNECT_NS {
+                    continue;
+                }
+                (
+                    "connect",
+                    true,
+                    format!("slow connect: {}{proc_text}", secs(l)),
+                )
+            }
+            "refused" => (
+                "refused",
+                true,
+                format!(
+                    "connect to {}:{} refused (nothing listens){proc_text}",
+                    c.server_addr, c.server_port
+                ),
+            ),
+            "reset" => (
+                "reset",
+                true,
+                format!(
+                    "reset from the {}{proc_text}",
+                    if c.side == "client" {
+                        "proxy"
+                    } else {
+                        "upstream"
+                    }
+                ),
+            ),
+            _ => (
+                "loss",
+                false,
+                format!(
+                    "{} byte(s) not seen ({}, {} side)",
+                    c.lost_bytes, c.effect, c.side
+                ),
+            ),
+        };
+        events.push(Event {
+            ts: c.ts,
+            lane: Lane::Upstream,
+            kind,
+            notable,
+            text,
+            request_id: String::new(),
+            conn: key,
+            detail: json!(c),
+        });
     }
 }
 

@@ -1,0 +1,258 @@
+use super::*;
+use crate::{
+    edge::EdgeFormat,
+    hop::{ConnId, FrameCounts, SessionEnd, Side},
+};
+
+const S: u64 = 1_000_000_000;
+
+fn conn(server_port: u16) -> ConnId {
+    ConnId {
+        client: "127.0.0.1:40000".parse().expect("addr"),
+        server: format!("127.0.0.1:{server_port}").parse().expect("addr"),
+        first_seen_ns: 100 * S,
+    }
+}
+
+fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> EdgeRecord {
+    EdgeRecord {
+        format: EdgeFormat::NginxJson,
+        end_ts_ns: end,
+        request_id: rid.map(str::to_owned),
+        client: Some("203.0.113.9".into()),
+        host: Some("gw".into()),
+        method: Some("GET".into()),
+        path: Some(path.into()),
+        status,
+        request_time_ns: Some(S / 10),
+        upstream_addr: Some("127.0.0.1:18789".into()),
+        upstream_connect_ns: Some(0),
+        upstream_header_ns: Some(S / 100),
+        upstream_response_ns: Some(S / 10),
+        bytes_sent: Some(2),
+        upgrade: None,
+    }
+}
+
+fn exchange(rid: Option<&str>, status: u16, path: &str, ts: u64) -> HopRecord {
+    HopRecord::Http(HttpExchange {
+        conn: conn(18789),
+        index: 0,
+        request_ts_ns: ts,
+        method: "GET".into(),
+        path: path.into(),
+        host: Some("gw".into()),
+        origin: None,
+        request_id: rid.map(str::to_owned),
+        x_forwarded_for: None,
+        x_forwarded_proto: None,
+        upgrade_websocket: status == 101,
+        connection_upgrade: status == 101,
+        status: Some(status),
+        ttfb_ns: Some(S / 100),
+        total_ns: Some(S / 50),
+        request_bytes: 100,
+        response_bytes: 50,
+        outcome: if status == 101 {
+            ExchangeOutcome::Upgraded
+        } else {
+            ExchangeOutcome::Complete
+        },
+    })
+}
+
+fn session(rid: &str) -> HopRecord {
+    HopRecord::Websocket(WsSession {
+        conn: conn(18789),
+        request_id: Some(rid.into()),
+        path: "/ws".into(),
+        origin: None,
+        upgraded_ts_ns: 100 * S,
+        end_ts_ns: 160 * S,
+        duration_ns: 60 * S,
+        client_frames: FrameCounts::default(),
+        server_frames: FrameCounts::default(),
+        closes: Vec::new(),
+        end: SessionEnd::FinWithoutClose { from: Side::Client },
+        longest_idle_ns: 60 * S,
+        idle_before_end_ns: 60 * S,
+        lost_sync: false,
+    })
+}
+
+#[test]
+fn exact_join_in_either_order() {
+    for edge_first in [true, false] {
+        let mut j = Joiner::new(10 * S);
+        let mut out = Vec::new();
+        let e = edge(Some("r1"), 200, "/a", 101 * S);
+        let h = exchange(Some("r1"), 200, "/a", 100 * S + S / 20);
+        if edge_first {
+            j.edge(e, 101 * S, &mut out);
+            j.hop(h.clone(), 101 * S, &mut out);
+        } else {
+            j.hop(h.clone(), 101 * S, &mut out);
+            j.edge(e, 101 * S, &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].matched, Matched::Exact);
+        assert!(out[0].edge.is_some() && out[0].hop.is_some());
+        assert_eq!(j.pending(), 0);
+    }
+}
+
+#[test]
+fn upgrades_wait_for_their_session() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    j.hop(exchange(Some("w1"), 101, "/ws", 100 * S), 100 * S, &mut out);
+    j.edge(edge(Some("w1"), 101, "/ws", 160 * S), 160 * S, &mut out);
+    assert!(out.is_empty(), "the session has not ended yet");
+    j.hop(session("w1"), 160 * S, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].websocket.is_some());
+    assert_eq!(out[0].matched, Matched::Exact);
+}
+
+#[test]
+fn unmatched_records_are_emitted_with_a_reason() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    j.edge(edge(Some("e1"), 200, "/a", 100 * S), 100 * S, &mut out);
+    j.hop(exchange(Some("h1"), 200, "/b", 100 * S), 100 * S, &mut out);
+    j.expire(105 * S, &mut out);
+    assert!(out.is_empty(), "still inside the window");
+    j.expire(111 * S, &mut out);
+    assert_eq!(out.len(), 2);
+    let kinds: Vec<Matched> = out.iter().map(|r| r.matched).collect();
+    assert!(kinds.contains(&Matched::EdgeOnly) && kinds.contains(&Matched::HopOnly));
+    assert!(out.iter().all(|r| r.reason.is_some()));
+}
+
+#[test]
+fn edge_502_is_explained_by_a_refused_connect() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    let refused = HopRecord::Conn(ConnEvent {
+        conn: conn(18789),
+        ts_ns: 100 * S - S / 20,
+        kind: ConnEventKind::Refused,
+        process: None,
+    });
+    j.hop(refused.clone(), 100 * S, &mut out);
+    j.edge(edge(Some("x"), 502, "/", 100 * S), 100 * S, &mut out);
+    assert_eq!(out.len(), 1, "explained at once: no exchange will come");
+    j.expire(200 * S, &mut out);
+    assert_eq!(out.len(), 1);
+    // The other order: the log line is read before the refused connect arrives.
+    let mut j = Joiner::new(10 * S);
+    j.edge(edge(Some("y"), 502, "/", 100 * S), 100 * S, &mut out);
+    assert_eq!(out.len(), 1, "waits");
+    j.hop(refused, 100 * S, &mut out);
+    assert_eq!(out.len(), 2, "joined as soon as the refusal is seen");
+    assert_eq!(out[1].request_id.as_deref(), Some("y"));
+    assert!(out[1].refused.is_some());
+    assert!(out[0].refused.is_some());
+    assert!(out[0]
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.contains("refused")));
+}
+
+#[test]
+fn without_request_ids_the_fallback_infers() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    j.hop(
+        exchange(None, 200, "/a", 100 * S - S / 20),
+        100 * S,
+        &mut out,
+    );
+    // Wrong path: not this one.
+    j.edge(edge(None, 200, "/other", 100 * S), 100 * S, &mut out);
+    assert!(out.is_empty());
+    j.edge(edge(None, 200, "/a", 100 * S), 100 * S, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].matched, Matched::Inferred);
+    // Out of the edge request's time span: not inferred.
+    j.hop(exchange(None, 200, "/other", 300 * S), 300 * S, &mut out);
+    assert_eq!(out.len(), 1);
+    j.finish(&mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(j.pending(), 0);
+}
+
+#[test]
+fn a_duplicate_request_id_is_emitted_and_counted_not_replaced() {
+    let mut j = Joiner::new(30 * S);
+    let mut out = Vec::new();
+    j.edge(edge(Some("dup"), 200, "/a", 100 * S), 100 * S, &mut out);
+    j.edge(edge(Some("dup"), 200, "/b", 101 * S), 101 * S, &mut out);
+    assert_eq!(out.len(), 1, "the first one is reported at once");
+    assert_eq!(
+        out[0].edge.as_ref().and_then(|e| e.path.as_deref()),
+        Some("/a")
+    );
+    assert!(out[0]
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.contains("same request id")));
+    assert_eq!(j.stats.duplicate_request_ids, 1);
+    // The second still joins its exchange.
+    j.hop(exchange(Some("dup"), 200, "/b", 101 * S), 101 * S, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].matched, Matched::Exact);
+    // The same on the hop side.
+    j.hop(exchange(Some("h"), 200, "/c", 102 * S), 102 * S, &mut out);
+    j.hop(exchange(Some("h"), 200, "/d", 103 * S), 103 * S, &mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[2].matched, Matched::HopOnly);
+    assert_eq!(j.stats.duplicate_request_ids, 2);
+}
+
+#[test]
+fn a_flood_of_unmatched_ids_stays_within_the_limit_and_loses_no_record() {
+    let limits = JoinLimits {
+        max_pending: 1_000,
+        max_without_id: 100,
+    };
+    let mut j = Joiner::with_limits(3_600 * S, limits);
+    let mut out = Vec::new();
+    let n = 20_000u64;
+    for i in 0..n {
+        let t = 100 * S + i;
+        j.edge(edge(Some(&format!("rid-{i}")), 200, "/", t), t, &mut out);
+        j.hop(
+            exchange(Some(&format!("other-{i}")), 200, "/", t),
+            t,
+            &mut out,
+        );
+        j.edge(edge(None, 200, &format!("/x{i}"), t), t, &mut out);
+        j.expire(t, &mut out);
+        assert!(j.pending() <= 1_000 + 1, "{}", j.pending());
+    }
+    assert!(j.stats.shed > 0);
+    j.finish(&mut out);
+    // Every record came out exactly once, matched or not.
+    assert_eq!(out.len() as u64, 3 * n);
+    assert_eq!(j.pending(), 0);
+}
+
+#[test]
+fn expiry_is_by_due_time_and_keeps_open_upgrades() {
+    let mut j = Joiner::new(30 * S);
+    let mut out = Vec::new();
+    j.hop(exchange(Some("ws"), 101, "/ws", 100 * S), 100 * S, &mut out);
+    j.edge(edge(Some("late"), 200, "/", 100 * S), 100 * S, &mut out);
+    j.expire(200 * S, &mut out);
+    // The edge line expired; the upgrade waits for its session.
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].matched, Matched::EdgeOnly);
+    j.expire(400 * S, &mut out);
+    assert_eq!(out.len(), 1);
+    j.hop(session("ws"), 401 * S, &mut out);
+    j.expire(500 * S, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].matched, Matched::HopOnly);
+    assert!(out[1].websocket.is_some());
+}

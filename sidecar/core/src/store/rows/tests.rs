@@ -1,0 +1,241 @@
+use super::*;
+
+/// The serde field names of a row type, in order (what the crate sends as columns).
+fn fields<T: Serialize>(row: &T) -> Vec<String> {
+    match serde_json::to_value(row).expect("row serialises") {
+        serde_json::Value::Object(m) => m.keys().cloned().collect(),
+        _ => panic!("row is not a struct"),
+    }
+}
+
+fn check<T: Serialize>(table: &str, row: &T) {
+    let def = super::super::schema::table(table).expect("table exists");
+    let mut want: Vec<&str> = def.columns.iter().map(|c| c.name).collect();
+    let mut have = fields(row);
+    want.sort_unstable();
+    have.sort_unstable();
+    assert_eq!(have, want, "row fields and columns of {table} differ");
+}
+
+/// `Array(LowCardinality(String))` -> `Array(String)`.
+fn without_low_cardinality(ty: &str) -> String {
+    let mut t = ty.to_owned();
+    while let Some(at) = t.find("LowCardinality(") {
+        let inner = at + "LowCardinality(".len();
+        let mut depth = 1;
+        let mut end = inner;
+        for (i, ch) in t[inner..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = inner + i;
+                break;
+            }
+        }
+        t = format!("{}{}{}", &t[..at], &t[inner..end], &t[end + 1..]);
+    }
+    t
+}
+
+/// The Native block of one row has exactly the table's columns, with its types
+/// (LowCardinality is the server's business: the block carries the plain type).
+fn check_native(row: AnyRow) {
+    let table = row.table_index();
+    let name = TABLE_NAMES[table];
+    let block = native_block(table, vec![row]).expect("the block builds");
+    assert_eq!(block.num_rows(), 1);
+    let def = super::super::schema::table(name).expect("table exists");
+    let mut want: Vec<(String, String)> = def
+        .columns
+        .iter()
+        .map(|c| (c.name.to_owned(), without_low_cardinality(c.ty)))
+        .collect();
+    let mut have: Vec<(String, String)> = block
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_owned(), c.data_type().to_string()))
+        .collect();
+    want.sort();
+    have.sort();
+    assert_eq!(have, want, "Native block and columns of {name} differ");
+}
+
+#[test]
+fn native_blocks_have_the_table_columns() {
+    let exposure = ExposureRow {
+        ts: 1,
+        node: "n".into(),
+        change: "added".into(),
+        source: "probe".into(),
+        kind: "socket".into(),
+        proto: "tcp".into(),
+        address: "0.0.0.0".into(),
+        port: 18789,
+        port_end: 18789,
+        scope: "wildcard".into(),
+        family: "ipv4".into(),
+        pid: 7,
+        comm: "node".into(),
+        cmdline: "node gw".into(),
+        container: String::new(),
+        netns: 4026531840,
+        exposure_key: "k".into(),
+        verdict: "drift".into(),
+        rule: "r".into(),
+        severity: "critical".into(),
+        watched: true,
+        detail: String::new(),
+    };
+    check("exposures", &exposure);
+    check_native(AnyRow::Exposure(exposure.clone()));
+    check_native(AnyRow::ExposureChange(exposure));
+    let alert = AlertRow {
+        ts: 2,
+        node: "n".into(),
+        state: "firing".into(),
+        rule: "exposure_drift".into(),
+        severity: "critical".into(),
+        dedup_key: "d".into(),
+        summary: "s".into(),
+        first_move: "f".into(),
+        fired_at: 1,
+        evidence: "{}".into(),
+    };
+    check("alerts", &alert);
+    check_native(AnyRow::Alert(alert));
+    let conn = ConnRow::from_event(
+        "n",
+        &ConnEvent {
+            conn: conn(),
+            ts_ns: 7,
+            kind: ConnEventKind::Refused,
+            process: None,
+        },
+    );
+    check_native(AnyRow::Conn(conn));
+    // A block of another table's rows is empty, an error rather than a wrong insert.
+    match native_block(0, vec![]) {
+        Err(err) => assert_eq!(err.table, "exposures"),
+        Ok(_) => panic!("no rows, no block"),
+    }
+}
+
+fn conn() -> ConnId {
+    ConnId {
+        client: "127.0.0.1:40000".parse().expect("addr"),
+        server: "127.0.0.1:18789".parse().expect("addr"),
+        first_seen_ns: 5,
+    }
+}
+
+#[test]
+fn row_fields_are_the_table_columns() {
+    let x = HttpExchange {
+        conn: conn(),
+        index: 0,
+        request_ts_ns: 10,
+        method: "GET".into(),
+        path: "/".into(),
+        host: None,
+        origin: None,
+        request_id: Some("r1".into()),
+        x_forwarded_for: None,
+        x_forwarded_proto: None,
+        upgrade_websocket: false,
+        connection_upgrade: false,
+        status: Some(200),
+        ttfb_ns: Some(1),
+        total_ns: Some(2),
+        request_bytes: 1,
+        response_bytes: 2,
+        outcome: crate::hop::ExchangeOutcome::Complete,
+    };
+    let http = HttpRow::new("n", &x);
+    assert_eq!(http.outcome, "complete");
+    assert_eq!(http.request_id, "r1");
+    check("http_exchanges", &http);
+    check_native(AnyRow::Http(http.clone()));
+    let ev = ConnEvent {
+        conn: conn(),
+        ts_ns: 7,
+        kind: ConnEventKind::Reset { from: Side::Server },
+        process: None,
+    };
+    let c = ConnRow::from_event("n", &ev);
+    assert_eq!((c.kind.as_str(), c.side.as_str()), ("reset", "server"));
+    check("conn_events", &c);
+    let ws = WsSession {
+        conn: conn(),
+        request_id: None,
+        path: "/ws".into(),
+        origin: None,
+        upgraded_ts_ns: 1,
+        end_ts_ns: 2,
+        duration_ns: 1,
+        client_frames: Default::default(),
+        server_frames: Default::default(),
+        closes: vec![crate::hop::CloseFrame {
+            from: Side::Client,
+            ts_ns: 2,
+            code: Some(1000),
+            reason: "bye".into(),
+        }],
+        end: SessionEnd::FinWithoutClose { from: Side::Client },
+        longest_idle_ns: 0,
+        idle_before_end_ns: 0,
+        lost_sync: false,
+    };
+    let w = WsRow::new("n", &ws);
+    assert_eq!(
+        (w.end_kind.as_str(), w.end_from.as_str()),
+        ("fin_without_close", "client")
+    );
+    assert_eq!(w.close_code, vec![Some(1000)]);
+    check("ws_sessions", &w);
+    check_native(AnyRow::Ws(w.clone()));
+    let edge = EdgeRecord {
+        format: EdgeFormat::CaddyJson,
+        end_ts_ns: 100,
+        request_id: Some("r1".into()),
+        client: Some("1.2.3.4".into()),
+        host: None,
+        method: Some("GET".into()),
+        path: Some("/".into()),
+        status: 502,
+        request_time_ns: Some(40),
+        upstream_addr: None,
+        upstream_connect_ns: None,
+        upstream_header_ns: None,
+        upstream_response_ns: None,
+        bytes_sent: None,
+        upgrade: None,
+    };
+    check("edge_logs", &EdgeRow::new("n", &edge));
+    check_native(AnyRow::Edge(EdgeRow::new("n", &edge)));
+    let joined = JoinedRequest {
+        request_id: Some("r1".into()),
+        matched: crate::edge::join::Matched::Exact,
+        reason: None,
+        edge: Some(edge),
+        hop: Some(x),
+        websocket: Some(Box::new(ws)),
+        refused: None,
+    };
+    let r = RequestRow::new("n", &joined);
+    assert_eq!(r.ts, 60, "a joined request starts when the edge started it");
+    assert_eq!(r.matched, "exact");
+    assert!(r.websocket);
+    check("requests", &r);
+    check_native(AnyRow::Request(r.clone()));
+}
+
+#[test]
+fn table_names_match_the_schema() {
+    for name in TABLE_NAMES {
+        assert!(super::super::schema::table(name).is_some(), "{name}");
+    }
+    assert_eq!(TABLE_NAMES.len(), super::super::schema::TABLES.len());
+}
