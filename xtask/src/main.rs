@@ -226,7 +226,7 @@ fn test() -> Result<()> {
         "libcap2-bin",
         "python3-yaml",
     ])?;
-    let total = 6;
+    let total = 7;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(2, total, "clippy, user space (-D warnings)");
@@ -240,7 +240,24 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    step(3, total, "clippy, eBPF crate (-D warnings, panic=abort)");
+    step(
+        3,
+        total,
+        "the core is pure: edgewatch-core alone, without the sidecar's features (clippy -D warnings)",
+    );
+    // Selected alone, the core is built without the `clickhouse` feature the sidecar turns on:
+    // this proves the pipeline and everything under it compile with no runtime, kernel or
+    // network crate at all.
+    run_ok(cargo().args([
+        "clippy",
+        "--package",
+        "edgewatch-core",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step(4, total, "clippy, eBPF crate (-D warnings, panic=abort)");
     // Separately: with feature unification the panic handler would be built twice.
     run_ok(cargo().args([
         "clippy",
@@ -252,12 +269,12 @@ fn test() -> Result<()> {
         "-C",
         "panic=abort",
     ]))?;
-    step(4, total, "fuzz smoke: every fuzz target for 20 s");
+    step(5, total, "fuzz smoke: every fuzz target for 20 s");
     fuzz(20)?;
-    step(5, total, "cargo test (unit and integration, real probes)");
+    step(6, total, "cargo test (unit and integration, real probes)");
     let mut counts = cargo_test()?;
     step(
-        6,
+        7,
         total,
         "vm-test: the probes on Debian 12's 6.1 kernel under qemu",
     );
