@@ -158,7 +158,7 @@ fn timeline(
         .as_array()
         .expect("incidents")
         .iter()
-        .filter(|i| i["standing"]["state"] == "open")
+        .filter(|i| i["standing"]["state"] == "firing")
         .map(|i| {
             (
                 i["dedup_key"].as_str().unwrap_or("").to_owned(),

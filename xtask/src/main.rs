@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod gateway;
 mod vm;
 
 /// Debian packages the build and the tests need.
@@ -226,6 +227,8 @@ fn test() -> Result<()> {
         "libcap2-bin",
         "python3-yaml",
     ])?;
+    // Every diagnosis is tested against the real OpenClaw Gateway (npm, Node 24).
+    gateway::install()?;
     let total = 7;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -666,21 +666,27 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
     for e in events {
         *counts.entry(e.kind).or_default() += 1;
     }
-    // Each incident as it stands: its last transition in the range, or how it stood at the
-    // end of an offline run (evidence and counts are the ones gathered until then).
+    // Each incident as it stands: its last transition in the range, or, still firing at the
+    // end of an offline run, its evidence and counts gathered until then (the same as its
+    // firing transition when nothing joined it since, as ClickHouse would tell it).
     let mut standing: BTreeMap<&str, Value> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == "alert") {
         standing.insert(
             e.detail["dedup_key"].as_str().unwrap_or(""),
-            json!({ "state": e.detail["state"], "at_ns": e.ts, "evidence": e.detail["evidence"] }),
+            json!({
+                "state": e.detail["state"],
+                "last_match_ns": e.detail["evidence"]["last_ns"],
+                "evidence": e.detail["evidence"],
+            }),
         );
     }
     for a in open {
         if let Some(v) = standing.get_mut(a.dedup_key.as_str()) {
+            let evidence = serde_json::from_str::<Value>(&a.evidence).unwrap_or(Value::Null);
             *v = json!({
-                "state": "open",
-                "at_ns": a.ts,
-                "evidence": serde_json::from_str::<Value>(&a.evidence).unwrap_or(Value::Null),
+                "state": "firing",
+                "last_match_ns": evidence["last_ns"],
+                "evidence": evidence,
             });
         }
     }
