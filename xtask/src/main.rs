@@ -63,6 +63,9 @@ enum Task {
     /// `kernel_probes` test binary there: every probe loaded, attached and checked by its
     /// events. Reports pass or fail per probe and the kernel version. Part of `test`.
     VmTest(vm::VmArgs),
+    /// Install the real OpenClaw Gateway the tests run (npm `openclaw` on Node 24, pinned)
+    /// into /var/cache/edgewatch/openclaw. Part of `test`.
+    Gateway,
     /// Run the fuzz targets (cargo-fuzz, nightly) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -498,6 +501,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::BenchExposure { rounds } => bench::exposure(rounds),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Gateway => gateway::install().map(|dir| println!("{}", dir.display())),
         Task::VmTest(args) => {
             setup()?;
             if !is_root() {
