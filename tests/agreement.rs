@@ -7,6 +7,7 @@ mod support;
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -14,7 +15,8 @@ use std::{
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
-    hop::{start_upstream, ws_connect, Capture, Nginx, NginxSite},
+    gateway::{Gateway, GatewayConfig, Linked, PORT},
+    hop::{start_upstream, ws_connect, ws_over, Capture, Nginx, NginxSite},
     Sidecar,
 };
 
@@ -169,12 +171,15 @@ fn timeline(
     (transitions, open)
 }
 
-fn fixtures() -> Vec<(PathBuf, u16)> {
+/// Every committed recording (`NAME.PORT.pcap[ng]`), with its access logs when it has any
+/// (`logs/NAME.*.log`).
+fn fixtures() -> Vec<(PathBuf, u16, Vec<PathBuf>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
-    let mut out: Vec<(PathBuf, u16)> = std::fs::read_dir(&dir)
+    let mut out: Vec<(PathBuf, u16, Vec<PathBuf>)> = std::fs::read_dir(&dir)
         .expect("fixtures")
         .filter_map(Result::ok)
         .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
         .map(|p| {
             let port = p
                 .file_stem()
@@ -182,7 +187,26 @@ fn fixtures() -> Vec<(PathBuf, u16)> {
                 .and_then(|s| s.rsplit('.').next())
                 .and_then(|s| s.parse().ok())
                 .expect("port in the fixture's name");
-            (p, port)
+            let name = p
+                .file_name()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.split('.').next())
+                .expect("name")
+                .to_owned();
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(dir.join("logs"))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|l| {
+                            l.file_name()
+                                .and_then(|s| s.to_str())
+                                .is_some_and(|s| s.starts_with(&format!("{name}.")))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            logs.sort();
+            (p, port, logs)
         })
         .collect();
     out.sort();
@@ -204,10 +228,12 @@ fn sensitive_config() -> tempfile::NamedTempFile {
 fn replay_and_timeline_agree_on_every_committed_recording() {
     let config = sensitive_config();
     let mut incidents = 0;
-    for (pcap, port) in fixtures() {
+    let mut with_logs = 0;
+    for (pcap, port, logs) in fixtures() {
+        with_logs += usize::from(!logs.is_empty());
         for cfg in [None, Some(config.path())] {
-            let (r, r_open) = replay(&pcap, port, &[], cfg);
-            let (t, t_open) = timeline(&pcap, port, &[], cfg);
+            let (r, r_open) = replay(&pcap, port, &logs, cfg);
+            let (t, t_open) = timeline(&pcap, port, &logs, cfg);
             assert_eq!(
                 by_incident(r.clone()),
                 by_incident(t),
@@ -314,6 +340,126 @@ async fn live_replay_and_timeline_name_the_same_half_path_incident() {
     .expect("write");
     let (replayed, _) = replay(&pcap, port, &logs, Some(cfg.path()));
     let (rebuilt, _) = timeline(&pcap, port, &logs, Some(cfg.path()));
+    let live = by_incident(live);
+    let half_path: Vec<&Transition> = live
+        .values()
+        .flatten()
+        .filter(|t| t.rule == "hop.upgrade_failure")
+        .collect();
+    assert_eq!(
+        half_path
+            .iter()
+            .map(|t| t.state.as_str())
+            .collect::<Vec<_>>(),
+        ["firing", "resolved"],
+        "{live:#?}"
+    );
+    assert_eq!(live, by_incident(replayed), "live and replay disagree");
+    assert_eq!(live, by_incident(rebuilt), "live and timeline disagree");
+}
+
+/// The same on the real OpenClaw Gateway (in its own namespace, clients in another): behind
+/// nginx without the Upgrade headers it answers the upgrade with its Control UI page (200, not
+/// the 426 a stand-in gives), so only the join of the access log with the hop shows the
+/// half-path. Live, replay and timeline must still name the same critical incident.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
+    support::require_root();
+    let gw = Gateway::start(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let dir = tempfile::tempdir().expect("dir");
+    let capture = Capture::start_on(
+        dir.path(),
+        &format!("gateway_half_path.{PORT}"),
+        PORT,
+        &gw.link.host_if,
+        gw.link.ns_ip.into(),
+    );
+    let broken = Nginx::start(&NginxSite {
+        websocket_headers: false,
+        listen: Some(clients.host_ip),
+        ..NginxSite::new(gw.addr)
+    });
+    let fixed = Nginx::start(&NginxSite {
+        listen: Some(clients.host_ip),
+        ..NginxSite::new(gw.addr)
+    });
+    let logs = vec![broken.access_log_path(), fixed.access_log_path()];
+    let state = tempfile::tempdir().expect("state");
+    let config = format!(
+        "[hop]\nports = [{PORT}]\ninterfaces = [{:?}]\ndocker_bridges = false\n\
+         [edge]\naccess_logs = [{:?}, {:?}]\nstate_dir = {:?}\npoll_interval = \"50ms\"\n\
+         [exposure]\nwatched_ports = [{}]\nrescan_interval = \"1h\"\n\
+         [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n[store]\nenabled = false\n",
+        gw.link.host_if,
+        logs[0],
+        logs[1],
+        state.path(),
+        support::free_port(),
+    );
+    let mut sc = Sidecar::start(&config);
+    let host = |port: u16| format!("{}:{port}", clients.host_ip);
+    // The half-path: the Gateway never sees the Upgrade and serves its page.
+    let s = clients.connect(SocketAddr::from((clients.host_ip, broken.port)));
+    let err = ws_over(s, &host(broken.port), "/", Some("https://gw.test"))
+        .await
+        .expect_err("no 101 through the broken location");
+    assert!(err.to_string().contains("200"), "{err}");
+    let fired = sc.lines.wait_for("the half-path firing", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upgrade_failure" && v["state"] == "firing"
+    });
+    assert_eq!(fired["severity"], "critical", "{fired:#}");
+    // Fixed: the Gateway upgrades and speaks first.
+    let s = clients.connect(SocketAddr::from((clients.host_ip, fixed.port)));
+    let mut ws = ws_over(s, &host(fixed.port), "/", Some("https://gw.test"))
+        .await
+        .expect("upgrade through the fixed location");
+    let first = ws.next().await.expect("a first frame").expect("frame");
+    assert!(
+        first.to_text().unwrap_or("").contains("connect.challenge"),
+        "{first:?}"
+    );
+    sc.lines.wait_for("the half-path resolved", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upgrade_failure" && v["state"] == "resolved"
+    });
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    drop(ws);
+    log_lines(&logs[0], 1);
+    log_lines(&logs[1], 1);
+    sc.lines.wait_for("the fixed request joined", |v| {
+        v["type"] == "request" && v["edge"]["status"] == 101
+    });
+    sc.signal("TERM");
+    sc.lines.wait_for("stopped", |v| v["type"] == "stopped");
+    let pcap = capture.stop();
+    // `EDGEWATCH_SAVE_CAPTURES=tests/fixtures/hop` keeps the access logs beside the capture.
+    if let Some(dir) = std::env::var_os("EDGEWATCH_SAVE_CAPTURES") {
+        let dir = Path::new(&dir).join("logs");
+        std::fs::create_dir_all(&dir).expect("logs dir");
+        for (log, name) in logs.iter().zip(["broken", "fixed"]) {
+            std::fs::copy(log, dir.join(format!("gateway_half_path.{name}.log"))).expect("copy");
+        }
+    }
+    let live: Vec<Transition> = sc
+        .lines
+        .seen_json()
+        .iter()
+        .filter(|v| v["type"] == "alert")
+        .map(|v| transition(&v["rule"], &v["dedup_key"], &v["state"], &v["evidence"]))
+        .collect();
+    let mut cfg = tempfile::NamedTempFile::new().expect("config");
+    std::io::Write::write_all(
+        &mut cfg,
+        b"[alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n[store]\nenabled = false\n",
+    )
+    .expect("write");
+    let (replayed, _) = replay(&pcap, PORT, &logs, Some(cfg.path()));
+    let (rebuilt, _) = timeline(&pcap, PORT, &logs, Some(cfg.path()));
     let live = by_incident(live);
     let half_path: Vec<&Transition> = live
         .values()

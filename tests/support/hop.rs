@@ -225,6 +225,9 @@ pub struct NginxSite<'a> {
     pub upstream_keepalive: bool,
     /// Serve HTTPS for `gw.test` with this certificate file (what the server sends) and key.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The address nginx listens on (127.0.0.1 when unset; a veth address for clients in
+    /// another namespace).
+    pub listen: Option<std::net::Ipv4Addr>,
 }
 
 impl NginxSite<'static> {
@@ -236,6 +239,7 @@ impl NginxSite<'static> {
             read_timeout: "60s",
             upstream_keepalive: false,
             tls: None,
+            listen: None,
         }
     }
 }
@@ -267,6 +271,7 @@ impl Nginx {
     pub fn start(site: &NginxSite<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
+        let ip = site.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let d = dir.path().display();
         let ws_headers = if site.websocket_headers {
             "proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";"
@@ -309,11 +314,11 @@ impl Nginx {
             timeout = site.read_timeout,
             listen = match &site.tls {
                 Some((cert, key)) => format!(
-                    "listen 127.0.0.1:{port} ssl; server_name gw.test; ssl_certificate {}; ssl_certificate_key {};",
+                    "listen {ip}:{port} ssl; server_name gw.test; ssl_certificate {}; ssl_certificate_key {};",
                     cert.display(),
                     key.display()
                 ),
-                None => format!("listen 127.0.0.1:{port};"),
+                None => format!("listen {ip}:{port};"),
             },
             log_format = readme_snippet("nginx-log-format"),
         );
@@ -330,7 +335,7 @@ impl Nginx {
             .expect("nginx (cargo xtask setup installs nginx-light)");
         // Ready when its port accepts a connection.
         let deadline = Instant::now() + super::wait_limit();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((ip, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nginx did not start; see {d}/error.log"
@@ -515,18 +520,32 @@ pub struct Capture {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
     marker_port: u16,
+    /// Where the end marker is sent: an address whose packets cross the captured interface.
+    marker_to: std::net::IpAddr,
     pub path: PathBuf,
 }
 
 impl Capture {
-    /// Starts recording and returns once tcpdump is listening.
+    /// Starts recording on `lo` and returns once tcpdump is listening.
     pub fn start(dir: &Path, name: &str, upstream_port: u16) -> Self {
+        Self::start_on(dir, name, upstream_port, "lo", [127, 0, 0, 1].into())
+    }
+
+    /// The same on another interface (the host's end of a veth pair); `marker_to` is an
+    /// address reached through it (the peer's).
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        upstream_port: u16,
+        interface: &str,
+        marker_to: std::net::IpAddr,
+    ) -> Self {
         let path = dir.join(format!("{name}.pcap"));
         let marker_port = super::free_port();
         let mut child = Command::new("tcpdump")
             // A 128 MiB capture buffer: bursts on loopback must not be dropped by the capture.
             .args([
-                "-i", "lo", "-n", "-U", "-l", "--print", "-B", "131072", "-w",
+                "-i", interface, "-n", "-U", "-l", "--print", "-B", "131072", "-w",
             ])
             .arg(&path)
             .arg(format!(
@@ -554,6 +573,7 @@ impl Capture {
             child,
             lines: rx,
             marker_port,
+            marker_to,
             path,
         };
         capture.wait_line("listening on", |l| l.contains("listening on"));
@@ -575,9 +595,12 @@ impl Capture {
     /// Stops after every packet so far is written: a marker datagram goes through the same
     /// capture, and tcpdump printing it means everything before it is in the file.
     pub fn stop(mut self) -> PathBuf {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.send_to(b"edgewatch-capture-marker", ("127.0.0.1", self.marker_port))
-            .unwrap();
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.send_to(
+            b"edgewatch-capture-marker",
+            (self.marker_to, self.marker_port),
+        )
+        .unwrap();
         let port = self.marker_port.to_string();
         self.wait_line("the marker", |l| l.contains("UDP") && l.contains(&port));
         let _ = Command::new("kill")
@@ -630,6 +653,24 @@ pub async fn ws_connect_origin(
         .unwrap();
     req.headers_mut().insert("Origin", origin.parse().unwrap());
     tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A real WebSocket client over `stream` (connected from wherever the test chose, e.g. a
+/// client namespace) to `host` (the Host header and URL), sending `origin` when given.
+pub async fn ws_over(
+    stream: TcpStream,
+    host: &str,
+    path: &str,
+    origin: Option<&str>,
+) -> Result<WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}{path}").into_client_request().unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, stream)
         .await
         .map(|(ws, _)| ws)
 }

@@ -18,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod gateway;
 pub mod hop;
 pub mod store;
 pub mod tls;
@@ -432,7 +433,10 @@ impl Netns {
     pub fn new(tag: &str) -> Self {
         require_root();
         let name = format!("ew-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         ns.exec(&["ip", "link", "set", "lo", "up"]);

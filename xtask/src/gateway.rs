@@ -19,9 +19,8 @@ pub const NODE_VERSION: &str = "24.22.3";
 pub const DIR: &str = "/var/cache/edgewatch/openclaw";
 
 fn installed_version(dir: &Path, package: &str) -> Option<String> {
-    let text =
-        std::fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))
-            .ok()?;
+    let text = std::fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))
+        .ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v["version"].as_str().map(str::to_owned)
 }
@@ -57,7 +56,10 @@ pub fn install() -> Result<PathBuf> {
     eprintln!("  installing openclaw@{OPENCLAW_VERSION} into {DIR} (about a minute)");
     let path = format!(
         "{}:{}",
-        node.parent().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
+        node.parent()
+            .map(Path::display)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
         std::env::var("PATH").unwrap_or_default()
     );
     run_ok(
