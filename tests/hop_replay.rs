@@ -109,6 +109,25 @@ fn assert_live_agrees(mut sidecar: Sidecar, replayed: &[Value]) -> Vec<Value> {
     live.sort();
     replay.sort();
     assert_eq!(live, replay, "live and replay disagree");
+    // The same incidents too (the pipeline is one): per incident, its transitions in order
+    // (exposure drift of the machine's own listeners is live-only, and left out).
+    let incidents = |lines: &[Value]| {
+        let mut by_key: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for v in lines.iter().filter(|v| {
+            v["type"] == "alert" && !v["rule"].as_str().unwrap_or("").starts_with("exposure")
+        }) {
+            by_key
+                .entry(format!("{} {}", v["rule"], v["dedup_key"]))
+                .or_default()
+                .push(v["state"].to_string());
+        }
+        by_key
+    };
+    assert_eq!(
+        incidents(&records),
+        incidents(replayed),
+        "live and replay name different incidents"
+    );
     records
 }
 
