@@ -295,15 +295,23 @@ async fn origins_the_upstream_refuses_are_listed_with_the_missing_one() {
     );
 }
 
+/// The Gateway's own port with nothing listening: refused connects and the edge's 502 they
+/// explain are one upstream-down incident once past the grace period (1 s here), resolved by
+/// the next connect that succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_upstream_port_explains_the_edge_502_and_resolves_when_it_listens() {
+async fn the_gateways_port_refusing_is_the_upstream_down_until_it_listens() {
     support::require_root();
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let nginx = Nginx::start(&NginxSite::new(dead));
     // Resolved by the fix below, not by a quiet period.
-    let (mut sc, _state) = sidecar_quiet(dead.port(), Some(&nginx.access_log_path()), "10m", "");
+    let (mut sc, _state) = sidecar_quiet(
+        dead.port(),
+        Some(&nginx.access_log_path()),
+        "10m",
+        "[alerts.upstream_down]\ngrace = \"1s\"\n",
+    );
     assert_eq!(get(nginx.port, "/").await, "HTTP/1.1 502 Bad Gateway");
-    let fired = alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
+    let fired = alert(&mut sc.lines, "hop.upstream_down", "firing");
     assert_eq!(fired["severity"], "critical");
     let e = &items(&fired)[0];
     assert_eq!(e["upstream"], dead.to_string());
@@ -311,16 +319,22 @@ async fn a_stale_upstream_port_explains_the_edge_502_and_resolves_when_it_listen
     assert!(fired["first_move"]
         .as_str()
         .expect("move")
-        .contains("Public 502"));
+        .contains("The Gateway is down"));
     // The edge's 502 is joined to the refusal and joins the incident.
     let request = seen_or_next(&mut sc.lines, "the 502", |v| {
         v["type"] == "request" && v["edge"]["status"] == 502
     });
     assert!(request["refused"].is_object(), "{request:#}");
+    // No stale-port diagnosis: the proxy points at the Gateway's port.
+    assert!(!sc
+        .lines
+        .seen_json()
+        .iter()
+        .any(|v| v["rule"] == "hop.stale_upstream_port"));
     // The fix: the Gateway listens on that port again; the next connect resolves it.
     let _up = start_upstream_on(dead.port()).await;
     assert_eq!(get(nginx.port, "/health").await, "HTTP/1.1 200 OK");
-    let resolved = alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
+    let resolved = alert(&mut sc.lines, "hop.upstream_down", "resolved");
     assert!(resolved["evidence"]["counts"]["refused_connects"].as_u64() >= Some(1));
     assert_eq!(resolved["evidence"]["counts"]["edge_errors"], 1);
     let edge_item = items(&resolved)
@@ -328,6 +342,29 @@ async fn a_stale_upstream_port_explains_the_edge_502_and_resolves_when_it_listen
         .find(|i| i["edge_status"] == 502)
         .expect("the edge's 502 in the evidence");
     assert_eq!(edge_item["request_id"], request["request_id"]);
+}
+
+/// The proxy pointed at another port than the Gateway's: the edge's 502 names both, and the
+/// socket inventory says nothing listens where the proxy sends requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_pointed_at_another_port_is_a_stale_port_naming_both() {
+    support::require_root();
+    let gateway = start_upstream().await;
+    let stale = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let nginx = Nginx::start(&NginxSite::new(stale));
+    let (mut sc, _state) = sidecar_quiet(gateway.port(), Some(&nginx.access_log_path()), "10m", "");
+    assert_eq!(get(nginx.port, "/").await, "HTTP/1.1 502 Bad Gateway");
+    let fired = alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
+    assert_eq!(fired["severity"], "critical");
+    let summary = fired["summary"].as_str().expect("summary");
+    assert!(summary.contains(&stale.to_string()), "{summary}");
+    assert!(summary.contains("nothing listens there"), "{summary}");
+    assert!(summary.contains(&gateway.to_string()), "{summary}");
+    assert_eq!(items(&fired)[0]["edge_status"], 502);
+    // Something answers there now: resolved.
+    let _up = start_upstream_on(stale.port()).await;
+    assert_eq!(get(nginx.port, "/health").await, "HTTP/1.1 200 OK");
+    alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,20 +513,21 @@ async fn webhooks_get_alertmanager_and_json_payloads_retried_after_a_failure() {
         None,
         "10m",
         &format!(
-            "[[alerts.webhooks]]\nurl = \"http://127.0.0.1:{am_port}/api/v2/alerts\"\n\
+            "[alerts.upstream_down]\ngrace = \"0s\"\n\
+             [[alerts.webhooks]]\nurl = \"http://127.0.0.1:{am_port}/api/v2/alerts\"\n\
              bearer_token_file = {:?}\nmax_backoff = \"1s\"\n\
              [[alerts.webhooks]]\nurl = \"http://127.0.0.1:{json_port}/hook\"\nformat = \"json\"\n",
             token_file.path()
         ),
     );
-    // A connect to a port nothing listens on: the stale-port rule fires.
+    // A connect to the Gateway's port while nothing listens: the upstream is down.
     assert!(std::net::TcpStream::connect(("127.0.0.1", dead)).is_err());
-    alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
+    alert(&mut sc.lines, "hop.upstream_down", "firing");
     // Alertmanager's first POST failed: the sidecar says so and retries.
     seen_or_next(&mut sc.lines, "the webhook retry", |v| {
         v["type"] == "webhook" && v["event"] == "retrying"
     });
-    let rule = "hop.stale_upstream_port";
+    let rule = "hop.upstream_down";
     let (path, auth, a) = next_body_with(&mut am, rule, |_| true).await;
     assert_eq!(path, "/api/v2/alerts");
     assert_eq!(auth.as_deref(), Some("Bearer s3cret-token"));
@@ -512,7 +550,7 @@ async fn webhooks_get_alertmanager_and_json_payloads_retried_after_a_failure() {
     tokio::net::TcpStream::connect(("127.0.0.1", dead))
         .await
         .expect("connect");
-    alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
+    alert(&mut sc.lines, "hop.upstream_down", "resolved");
     let (_, _, ended) = next_body_with(&mut am, rule, |a| a.get("endsAt").is_some()).await;
     assert!(ended["endsAt"].as_str() >= ended["startsAt"].as_str());
     let m = sc.metrics();

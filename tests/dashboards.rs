@@ -156,7 +156,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
          [edge]\naccess_logs = [{log:?}]\nstate_dir = {:?}\npoll_interval = \"50ms\"\n\
          [exposure]\nwatched_ports = [{watched}, {}]\nrescan_interval = \"1h\"\n\
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         {}node = \"dashtest\"\nsnapshot_interval = \"1h\"\n",
+         [alerts.upstream_down]\ngrace = \"0s\"\n{}node = \"dashtest\"\nsnapshot_interval = \"1h\"\n",
         upstream.port(),
         state.path(),
         upstream.port(),
@@ -200,10 +200,10 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
     ws.next().await.expect("challenge").expect("frame");
     ws.send(Message::text("die")).await.expect("send");
     while let Some(Ok(_)) = ws.next().await {}
-    // A stale port: nothing listens on the second hop port.
+    // The upstream of the second hop port is down (no grace period here).
     assert!(std::net::TcpStream::connect(("127.0.0.1", dead)).is_err());
-    sidecar.lines.wait_for("the stale-port alert", |v| {
-        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port"
+    sidecar.lines.wait_for("the upstream-down alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upstream_down"
     });
     // Six joined requests (some may have been printed before the alert above).
     let exact = |v: &Value| v["type"] == "request" && v["matched"] == "exact";
@@ -288,7 +288,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
     for (rule, state) in [
         ("exposure.watched_port_exposed", "firing"),
         ("exposure.watched_port_exposed", "resolved"),
-        ("hop.stale_upstream_port", "firing"),
+        ("hop.upstream_down", "firing"),
     ] {
         assert!(
             alerts

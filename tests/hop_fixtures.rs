@@ -169,18 +169,23 @@ fn corrupted_packets_are_counted_drops_never_panics() {
     }
 }
 
-/// The hop rules on the recorded incidents, through the real `edgewatch replay`: the refused
-/// connect names the stale port; the healthy session and the clean keep-alive fire nothing.
+/// The hop rules on the recorded incidents, through the real `edgewatch replay`: a refused
+/// connect to the Gateway's port is the upstream down, once past the grace period (a start or
+/// restart is shorter); the healthy session and the clean keep-alive fire nothing.
 #[test]
 fn replay_reports_the_hop_rules_alerts() {
-    let run = |name: &str| -> Vec<serde_json::Value> {
+    let no_grace = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(no_grace.path(), "[alerts.upstream_down]\ngrace = \"0s\"\n").expect("write");
+    let run_with = |name: &str, config: Option<&std::path::Path>| -> Vec<serde_json::Value> {
         let (path, port) = fixture_path(name);
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgewatch"))
-            .arg("replay")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_edgewatch"));
+        cmd.arg("replay")
             .arg(&path)
-            .args(["--port", &port.to_string(), "--output", "json"])
-            .output()
-            .expect("edgewatch replay");
+            .args(["--port", &port.to_string(), "--output", "json"]);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().expect("edgewatch replay");
         assert!(
             out.status.success(),
             "{}",
@@ -192,10 +197,13 @@ fn replay_reports_the_hop_rules_alerts() {
             .filter(|v| v["type"] == "alert")
             .collect()
     };
-    let refused = run("refused");
+    let run = |name: &str| run_with(name, None);
+    // One refusal at the end of the recording: within the grace period, no alert.
+    assert!(run("refused").is_empty());
+    let refused = run_with("refused", Some(no_grace.path()));
     assert_eq!(refused.len(), 1, "{refused:?}");
     let a = &refused[0];
-    assert_eq!(a["rule"], "hop.stale_upstream_port");
+    assert_eq!(a["rule"], "hop.upstream_down");
     assert_eq!(a["state"], "firing");
     assert_eq!(a["severity"], "critical");
     let port = fixture("refused").1;

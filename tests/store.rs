@@ -183,7 +183,11 @@ fn hop_edge_and_joined_records_round_trip() {
     let ch = support::store::shared();
     let db = "t_roundtrip";
     let spool = tempfile::tempdir().unwrap();
-    let config = format!("{}ttl_days = 0\n", ch.store_config(db, spool.path()));
+    // No grace period: the refused capture's refusal is an upstream-down incident at once.
+    let config = format!(
+        "[alerts.upstream_down]\ngrace = \"0s\"\n{}ttl_days = 0\n",
+        ch.store_config(db, spool.path())
+    );
     let mut expected: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_http: Option<Value> = None;
     // Every incident of the hop fixtures, each replayed into the same database.
@@ -245,12 +249,12 @@ fn hop_edge_and_joined_records_round_trip() {
     );
     assert!(
         want("alert") >= 1,
-        "the refused capture fires the stale-port rule"
+        "the refused capture fires the upstream-down rule"
     );
     assert_eq!(n("alerts"), want("alert"), "{expected:?}");
     assert_eq!(
         ch.count(&format!(
-            "SELECT count() FROM {db}.alerts WHERE rule = 'hop.stale_upstream_port' AND state = 'firing' AND JSONExtractUInt(evidence, 'matches') >= 1"
+            "SELECT count() FROM {db}.alerts WHERE rule = 'hop.upstream_down' AND state = 'firing' AND JSONExtractUInt(evidence, 'matches') >= 1"
         )),
         1
     );
@@ -365,15 +369,18 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     let spool = tempfile::tempdir().unwrap();
     let watched = support::free_port();
     let dead = support::free_port();
-    let config = run_config(&ch.store_config(db, spool.path()))
-        .replace(
-            "[exposure]\n",
-            &format!("[exposure]\nwatched_ports = [{watched}]\n"),
-        )
-        .replace(
-            "[hop]\nenabled = false\n",
-            &format!("[hop]\nports = [{dead}]\ndocker_bridges = false\n"),
-        );
+    let config = format!(
+        "[alerts.upstream_down]\ngrace = \"0s\"\n{}",
+        run_config(&ch.store_config(db, spool.path()))
+    )
+    .replace(
+        "[exposure]\n",
+        &format!("[exposure]\nwatched_ports = [{watched}]\n"),
+    )
+    .replace(
+        "[hop]\nenabled = false\n",
+        &format!("[hop]\nports = [{dead}]\ndocker_bridges = false\n"),
+    );
     let mut sidecar = Sidecar::start(&config);
     sidecar.lines.wait_for("the store ready line", |v| {
         v["type"] == "store" && v["event"] == "ready"
@@ -388,8 +395,8 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     });
     // A hop rule's alert goes to the same table.
     assert!(std::net::TcpStream::connect(("127.0.0.1", dead)).is_err());
-    sidecar.lines.wait_for("the stale-port alert", |v| {
-        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port"
+    sidecar.lines.wait_for("the upstream-down alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upstream_down"
     });
     sidecar.signal("TERM");
     let summary = sidecar
@@ -406,7 +413,7 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     );
     assert_eq!(
         ch.query(&format!(
-            "SELECT state, JSONExtractString(evidence, 'items', 1, 'upstream') FROM {db}.alerts WHERE rule = 'hop.stale_upstream_port' FORMAT TSV"
+            "SELECT state, JSONExtractString(evidence, 'items', 1, 'upstream') FROM {db}.alerts WHERE rule = 'hop.upstream_down' FORMAT TSV"
         ))
         .trim(),
         format!("firing\t127.0.0.1:{dead}")

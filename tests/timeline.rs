@@ -219,9 +219,11 @@ fn live_exposure_drift_reads_back_in_order_with_its_cause() {
 fn the_html_page_renders_in_headless_chromium() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("timeline-artifacts");
     std::fs::create_dir_all(&dir).expect("artifact dir");
-    let page = dir.join("stale_port.html");
-    let shot = dir.join("stale_port.png");
+    let page = dir.join("upstream_down.html");
+    let shot = dir.join("upstream_down.png");
     let _ = std::fs::remove_file(&shot);
+    // No grace period: the recording's refusal is an upstream-down incident at once.
+    let config = config_file("[alerts.upstream_down]\ngrace = \"0s\"\n");
     edgewatch(
         &[
             "timeline",
@@ -234,7 +236,7 @@ fn the_html_page_renders_in_headless_chromium() {
             "--out",
             page.to_str().expect("path"),
         ],
-        None,
+        Some(config.path()),
     );
     let chromium = |extra: &[&str]| {
         let profile = tempfile::tempdir().expect("profile");
@@ -262,7 +264,7 @@ fn the_html_page_renders_in_headless_chromium() {
     // The page as the browser built it.
     let dom = chromium(&["--dump-dom"]);
     assert!(dom.contains("id=\"summary\""), "{dom}");
-    assert!(dom.contains("hop.stale_upstream_port"), "{dom}");
+    assert!(dom.contains("hop.upstream_down"), "{dom}");
     assert!(
         dom.contains("class=\"event refused lane-upstream notable\""),
         "{dom}"

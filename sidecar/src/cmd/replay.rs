@@ -10,7 +10,7 @@ use std::{
 };
 
 use crate::{
-    alerts::Alert,
+    alerts::{Alert, Notice},
     config::Config,
     edge::{join::JoinedRequest, nginx::JsonFields, parse_any, EdgeRecord},
     hop::HopRecord,
@@ -58,6 +58,9 @@ impl Sink for ReplaySink {
         if self.keep {
             self.alerts.push(a.clone());
         }
+    }
+    fn notice(&mut self, n: &Notice) {
+        self.printer.status("upstream", &n.summary, n);
     }
 }
 

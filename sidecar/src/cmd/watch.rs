@@ -6,7 +6,7 @@ use std::{sync::Arc, time::SystemTime};
 use anyhow::Context as _;
 
 use crate::{
-    alerts::Alert,
+    alerts::{Alert, Notice},
     config::Config,
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Scope},
@@ -85,6 +85,9 @@ impl Sink for Sinks {
     }
     fn alert(&mut self, a: &Alert) {
         self.alerts.push(a.clone());
+    }
+    fn notice(&mut self, n: &Notice) {
+        self.printer.status("upstream", &n.summary, n);
     }
 }
 

@@ -34,8 +34,12 @@ pub struct AlertsConfig {
     pub upgrade_failure: Toggle,
     /// Upgrades refused by the upstream for their Origin (403, or close code 1008).
     pub origin_rejected: OriginRule,
-    /// Connects to an upstream port refused (and the edge's 502/504 they explain).
+    /// The edge's 502/504 for requests the proxy sends to an address that is not the
+    /// Gateway's port.
     pub stale_upstream_port: Toggle,
+    /// The Gateway's port without a listener (refused connects, its listener gone): one
+    /// incident once it lasts longer than a normal start or restart.
+    pub upstream_down: UpstreamDownRule,
     /// Many connection resets on the hop.
     pub reset_storm: ResetStormRule,
     /// Time to first byte on the hop over a threshold at a percentile.
@@ -57,6 +61,7 @@ impl Default for AlertsConfig {
             upgrade_failure: Toggle::on(),
             origin_rejected: OriginRule::default(),
             stale_upstream_port: Toggle::on(),
+            upstream_down: UpstreamDownRule::default(),
             reset_storm: ResetStormRule::default(),
             upstream_slowness: SlownessRule::default(),
             webhooks: Vec::new(),
@@ -80,6 +85,26 @@ impl Toggle {
 impl Default for Toggle {
     fn default() -> Self {
         Self::on()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamDownRule {
+    pub enabled: bool,
+    /// How long the Gateway's port may be down before it is an alert: longer than it takes
+    /// to start or restart (the Gateway answers after 8-25 s). Back within it, one
+    /// informational `upstream` record says so.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for UpstreamDownRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            grace: Duration::from_secs(45),
+        }
     }
 }
 

@@ -113,6 +113,7 @@ impl Engine {
             self.resolve(&key, now_ns, out);
         }
         self.cooling.retain(|_, until| *until > now_ns);
+        self.upstream_advance(now_ns, out);
     }
 }
 

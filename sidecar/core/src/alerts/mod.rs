@@ -74,6 +74,7 @@ pub mod rule {
     pub const UPGRADE_FAILURE: &str = "hop.upgrade_failure";
     pub const ORIGIN_REJECTED: &str = "hop.origin_rejected";
     pub const STALE_PORT: &str = "hop.stale_upstream_port";
+    pub const UPSTREAM_DOWN: &str = "hop.upstream_down";
     pub const RESET_STORM: &str = "hop.reset_storm";
     pub const SLOWNESS: &str = "hop.upstream_slowness";
 }
@@ -94,10 +95,13 @@ const MOVE_NO_101: &str = "The upstream answered an upgrade without 101: check t
 const MOVE_ORIGIN: &str = "Rewrite gateway.controlUi.allowedOrigins to include the exact https \
     origin users type (scheme, host and port), then fully restart the Gateway; a 403 at the \
     handshake can also mean the proxy is missing from gateway.trustedProxies.";
-const MOVE_STALE_PORT: &str = "Public 502 while local curl works: the proxy points at a port \
-    nothing listens on. Walk the compose and publish maps hop by hop: is the Gateway running, \
-    on which port (`edgewatch exposure`), and does the proxy's upstream (nginx proxy_pass / \
-    Caddy reverse_proxy) match it?";
+const MOVE_STALE_PORT: &str = "Public 502 while local curl works: the proxy sends requests to a \
+    port that is not the Gateway's. Point the proxy's upstream (nginx proxy_pass / Caddy \
+    reverse_proxy) at the address the Gateway listens on (`edgewatch exposure` shows it), \
+    then reload the proxy.";
+const MOVE_UPSTREAM_DOWN: &str = "The Gateway is down: check its process and container \
+    (docker ps, docker logs, journalctl) and why it stopped (the evidence says whether it \
+    crashed and which process held the port); the proxy answers 502 until it listens again.";
 const MOVE_RESET_STORM: &str = "Find which side resets (the evidence says): an upstream that \
     crashes or restarts, a proxy limit, or a firewall; check the Gateway's logs and restarts.";
 const MOVE_SLOW: &str = "The upstream is slow to answer (the hop's time to first byte, not the \
@@ -167,6 +171,65 @@ pub struct Engine {
     ttfb: BTreeMap<u16, TtfbWindow>,
     /// Origins refused per incident key (bounded: the sender chooses them).
     origins: BTreeMap<String, DistinctValues>,
+    /// The Gateway's ports that are down now (no listener, or refusing), by port.
+    downs: BTreeMap<u16, Down>,
+    /// Connections the upstream cut recently: (when, port, evidence).
+    upstream_cuts: VecDeque<(u64, u16, Value)>,
+    /// Informational records waiting to be taken (`take_notices`).
+    notices: Vec<Notice>,
+}
+
+/// An informational record: something worth a line in the output, not an alert (the
+/// Gateway restarted within its grace period).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Notice {
+    pub at_ns: u64,
+    pub kind: &'static str,
+    pub summary: String,
+    pub detail: Value,
+}
+
+/// A Gateway port without a listener, announced or not yet.
+#[derive(Debug)]
+struct Down {
+    since_ns: u64,
+    announced: bool,
+    listener_gone: bool,
+    crash: bool,
+    process: Option<Value>,
+    refused: u64,
+    edge_errors: u64,
+    cut_sessions: u64,
+    /// Counts and evidence not yet passed to the incident.
+    new_refused: u64,
+    new_edge_errors: u64,
+    new_cut: u64,
+    pending: Vec<Value>,
+}
+
+impl Down {
+    fn new(since_ns: u64) -> Self {
+        Self {
+            since_ns,
+            announced: false,
+            listener_gone: false,
+            crash: false,
+            process: None,
+            refused: 0,
+            edge_errors: 0,
+            cut_sessions: 0,
+            new_refused: 0,
+            new_edge_errors: 0,
+            new_cut: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, evidence: Value) {
+        if self.pending.len() < MAX_EVIDENCE {
+            self.pending.push(evidence);
+        }
+    }
 }
 
 /// The distinct values an incident lists, bounded: strangers choose them (an Origin header),

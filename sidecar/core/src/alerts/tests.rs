@@ -120,25 +120,137 @@ fn sessions_far_apart_do_not_cluster() {
     assert!(out.is_empty(), "{out:?}");
 }
 
+fn refused_at(client_port: u16, at: u64) -> HopRecord {
+    HopRecord::Conn(ConnEvent {
+        conn: conn(client_port),
+        ts_ns: at,
+        kind: ConnEventKind::Refused,
+        process: None,
+    })
+}
+
+fn connected_at(client_port: u16, at: u64) -> HopRecord {
+    HopRecord::Conn(ConnEvent {
+        conn: conn(client_port),
+        ts_ns: at,
+        kind: ConnEventKind::Connected { latency_ns: 50_000 },
+        process: None,
+    })
+}
+
+fn instant_down() -> AlertsConfig {
+    let mut cfg = AlertsConfig::default();
+    cfg.upstream_down.grace = Duration::ZERO;
+    cfg
+}
+
 #[test]
-fn refused_connects_name_the_stale_port_once() {
+fn refused_connects_are_one_upstream_down_incident_once_past_the_grace_period() {
     let mut e = Engine::new(AlertsConfig::default());
     let mut out = Vec::new();
     for i in 0..3u16 {
-        e.hop(
-            &HopRecord::Conn(ConnEvent {
-                conn: conn(40000 + i),
-                ts_ns: u64::from(i) * S,
-                kind: ConnEventKind::Refused,
-                process: None,
-            }),
-            &mut out,
-        );
+        e.hop(&refused_at(40000 + i, u64::from(i) * S), &mut out);
     }
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].rule, "hop.stale_upstream_port");
+    e.advance(30 * S, &mut out);
+    assert!(out.is_empty(), "within the grace period: {out:?}");
+    e.advance(46 * S, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, "hop.upstream_down");
     assert_eq!(out[0].severity, Severity::Critical);
-    assert!(out[0].summary.contains("18789"));
+    assert!(out[0].summary.contains("18789"), "{}", out[0].summary);
+    assert!(!out[0].summary.contains("stale"), "{}", out[0].summary);
+    assert_eq!(out[0].evidence["counts"]["refused_connects"], 3);
+    e.hop(&connected_at(40010, 60 * S), &mut out);
+    assert_eq!(out[1].state, State::Resolved);
+    assert!(e.take_notices().is_empty());
+}
+
+#[test]
+fn a_start_or_restart_within_the_grace_period_is_a_notice_not_an_alert() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    // Health checks refused while the Gateway boots, then it listens.
+    for i in 0..5u16 {
+        e.hop(&refused_at(40000 + i, u64::from(i) * S), &mut out);
+    }
+    e.upstream_listener(18789, true, None, 12 * S, &mut out);
+    e.advance(100 * S, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let notices = e.take_notices();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].kind, "upstream_restart");
+    assert!(
+        notices[0].summary.contains("started"),
+        "{}",
+        notices[0].summary
+    );
+    assert_eq!(notices[0].detail["refused_connects"], 5);
+    // A restart: the listener goes and comes back.
+    e.upstream_listener(18789, false, None, 200 * S, &mut out);
+    e.upstream_listener(18789, true, None, 210 * S, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(e.take_notices()[0].summary.contains("restarted"));
+}
+
+#[test]
+fn sessions_cut_as_the_listener_goes_are_a_crash() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let cut = session(
+        1,
+        100 * S,
+        S,
+        SessionEnd::FinWithoutClose { from: Side::Server },
+    );
+    e.hop(&cut, &mut out);
+    e.upstream_listener(
+        18789,
+        false,
+        Some(serde_json::json!({ "pid": 7, "comm": "openclaw-gatewa" })),
+        100 * S + S / 2,
+        &mut out,
+    );
+    e.hop(&refused_at(40001, 101 * S), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.advance(150 * S, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let a = &out[0];
+    assert_eq!(a.rule, "hop.upstream_down");
+    assert!(a.summary.contains("crashed"), "{}", a.summary);
+    assert_eq!(a.evidence["detail"]["crash"], true);
+    assert_eq!(a.evidence["detail"]["process"]["comm"], "openclaw-gatewa");
+    assert_eq!(a.evidence["counts"]["cut_sessions"], 1);
+}
+
+#[test]
+fn an_edge_502_to_another_port_than_the_gateways_is_a_stale_port() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let line = |status: u16, at: &str| {
+        crate::edge::nginx::parse_json(
+            &format!(
+                r#"{{"msec":"{at}","request_id":"r{status}","status":"{status}","upstream_addr":"127.0.0.1:18790"}}"#
+            ),
+            &crate::edge::nginx::JsonFields::default(),
+        )
+        .expect("edge line")
+    };
+    let gw = vec!["127.0.0.1:18789".to_owned()];
+    e.edge_upstream(&line(502, "1.0"), &[18789], Some(false), &gw, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let a = &out[0];
+    assert_eq!(a.rule, "hop.stale_upstream_port");
+    assert_eq!(a.severity, Severity::Critical);
+    assert!(a.summary.contains("127.0.0.1:18790"), "{}", a.summary);
+    assert!(a.summary.contains("nothing listens there"), "{}", a.summary);
+    assert!(a.summary.contains("127.0.0.1:18789"), "{}", a.summary);
+    // The Gateway's own port is never a stale port; something answering resolves it.
+    let mut own = line(502, "2.0");
+    own.upstream_addr = Some("127.0.0.1:18789".into());
+    e.edge_upstream(&own, &[18789], Some(true), &gw, &mut out);
+    assert_eq!(out.len(), 1);
+    e.edge_upstream(&line(200, "3.0"), &[18789], Some(true), &gw, &mut out);
+    assert_eq!(out[1].state, State::Resolved);
 }
 
 #[test]
@@ -370,8 +482,8 @@ fn origin_rejections_list_the_origins_and_the_missing_one() {
 }
 
 #[test]
-fn a_stale_port_resolves_when_a_connect_succeeds_and_gathers_the_edge_502s() {
-    let mut e = Engine::new(AlertsConfig::default());
+fn an_upstream_down_resolves_when_a_connect_succeeds_and_gathers_the_edge_502s() {
+    let mut e = Engine::new(instant_down());
     let mut out = Vec::new();
     let refused = ConnEvent {
         conn: conn(40000),
@@ -402,6 +514,7 @@ fn a_stale_port_resolves_when_a_connect_succeeds_and_gathers_the_edge_502s() {
     );
     assert_eq!(out.len(), 1);
     assert!(out[0].summary.contains("refused"));
+    assert_eq!(out[0].rule, "hop.upstream_down");
     e.hop(
         &HopRecord::Conn(ConnEvent {
             conn: conn(40001),
@@ -418,7 +531,7 @@ fn a_stale_port_resolves_when_a_connect_succeeds_and_gathers_the_edge_502s() {
     assert_eq!(r.evidence["counts"]["edge_errors"], 1);
     assert_eq!(r.evidence["items"][0]["process"]["comm"], "nginx");
     assert_eq!(r.evidence["items"][1]["request_id"], "r502");
-    assert!(r.summary.contains("edge answers 502"), "{}", r.summary);
+    assert!(r.summary.contains("1 edge error"), "{}", r.summary);
 }
 
 #[test]
@@ -490,7 +603,7 @@ fn a_busy_upstream_is_judged_once_a_second_and_every_slow_exchange_counted() {
 fn cooldown_keeps_a_flapping_incident_quiet_unless_it_outlasts_it() {
     let mut e = Engine::new(AlertsConfig {
         cooldown: Duration::from_secs(100),
-        ..AlertsConfig::default()
+        ..instant_down()
     });
     let mut out = Vec::new();
     let refused = |at: u64| {
@@ -532,17 +645,13 @@ fn cooldown_keeps_a_flapping_incident_quiet_unless_it_outlasts_it() {
 
 #[test]
 fn switched_off_rules_and_switched_off_alerts_fire_nothing() {
-    let mut cfg = AlertsConfig::default();
-    cfg.stale_upstream_port.enabled = false;
+    let mut cfg = instant_down();
+    cfg.upstream_down.enabled = false;
     let mut e = Engine::new(cfg);
     let mut out = Vec::new();
-    let refused = HopRecord::Conn(ConnEvent {
-        conn: conn(40000),
-        ts_ns: S,
-        kind: ConnEventKind::Refused,
-        process: None,
-    });
+    let refused = refused_at(40000, S);
     e.hop(&refused, &mut out);
+    e.advance(100 * S, &mut out);
     assert!(out.is_empty());
     let mut e = Engine::new(AlertsConfig {
         enabled: false,

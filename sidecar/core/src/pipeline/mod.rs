@@ -13,7 +13,7 @@ pub mod offline;
 use std::net::IpAddr;
 
 use crate::{
-    alerts::{Alert, AlertsConfig, Engine},
+    alerts::{Alert, AlertsConfig, Engine, Notice},
     edge::{
         join::{JoinLimits, JoinStats, JoinedRequest, Joiner},
         nginx::JsonFields,
@@ -47,6 +47,8 @@ pub trait Sink {
     fn change(&mut self, _change: &Change, _policy: &Policy, _at_ns: u64) {}
     /// An alert transition (firing or resolved).
     fn alert(&mut self, _alert: &Alert) {}
+    /// An informational record (a Gateway restart within its grace period): not an alert.
+    fn notice(&mut self, _notice: &Notice) {}
 }
 
 /// Discards everything.
@@ -62,6 +64,7 @@ pub enum Output {
     Request(JoinedRequest),
     Change { change: Change, at_ns: u64 },
     Alert(Alert),
+    Notice(Notice),
 }
 
 impl Sink for Vec<Output> {
@@ -82,6 +85,9 @@ impl Sink for Vec<Output> {
     }
     fn alert(&mut self, a: &Alert) {
         self.push(Output::Alert(a.clone()));
+    }
+    fn notice(&mut self, n: &Notice) {
+        self.push(Output::Notice(n.clone()));
     }
 }
 
@@ -122,6 +128,10 @@ pub struct Pipeline {
     joiner: Option<Joiner>,
     engine: Engine,
     json_fields: JsonFields,
+    /// The Gateway's ports (the hop's upstream ports).
+    hop_ports: Vec<u16>,
+    /// Whether each of them had a listener when last looked at (absent: not known yet).
+    gateway_up: std::collections::BTreeMap<u16, bool>,
     /// Records the tracker finished in this batch (vectors kept for their capacity: a
     /// record is large, and regrowing them every batch showed in profiles).
     fresh: Vec<HopRecord>,
@@ -149,6 +159,8 @@ impl Pipeline {
                 .then(|| Joiner::with_limits(settings.join_window_ns, settings.join_limits)),
             engine: Engine::new(settings.alerts.clone()),
             json_fields: settings.json_fields.clone(),
+            hop_ports: settings.hop_ports.clone(),
+            gateway_up: std::collections::BTreeMap::new(),
             fresh: Vec::new(),
             deferred: Vec::new(),
             joined: Vec::new(),
@@ -276,6 +288,9 @@ impl Pipeline {
         for a in self.alerts.drain(..) {
             sink.alert(&a);
         }
+        for n in self.engine.take_notices() {
+            sink.notice(&n);
+        }
     }
 
     /// One access-log line; a malformed one is the caller's to count and report.
@@ -293,6 +308,7 @@ impl Pipeline {
     /// One access-log record.
     pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
         sink.edge(&record);
+        self.edge_upstream(&record, sink);
         if let Some(j) = self.joiner.as_mut() {
             j.edge(record, now_ns, &mut self.joined);
         }
@@ -395,12 +411,89 @@ impl Pipeline {
     }
 
     /// Judges the inventory again (changes, or only time passing) and passes drift
-    /// transitions to the alert engine.
+    /// transitions to the alert engine, and the Gateway's listeners going and coming.
     fn changed(&mut self, changes: &[Change], now_ns: u64, sink: &mut impl Sink) {
         for c in changes {
             sink.change(c, &self.policy, now_ns);
         }
         self.reconcile(now_ns, sink);
+        self.gateway_listeners(changes, now_ns, sink);
+    }
+
+    /// TCP listeners on `port`, any address and namespace.
+    fn listeners_on(&self, port: u16) -> Vec<Listener> {
+        self.inventory
+            .exposures()
+            .into_iter()
+            .filter_map(|e| match e {
+                Exposure::Listener(l)
+                    if l.port == port && l.proto == crate::exposure::Proto::Tcp =>
+                {
+                    Some(l)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Tells the alert engine when a Gateway port loses its last listener or gets one back.
+    /// The first look only learns the state (a Gateway not running when the sidecar starts is
+    /// judged by the refusals it causes, not by its absence).
+    fn gateway_listeners(&mut self, changes: &[Change], now_ns: u64, sink: &mut impl Sink) {
+        for port in self.hop_ports.clone() {
+            let up = !self.listeners_on(port).is_empty();
+            let before = self.gateway_up.insert(port, up);
+            if before.is_none() || before == Some(up) {
+                continue;
+            }
+            // Who held it (going down) or holds it (coming back).
+            let process = changes.iter().find_map(|c| match &c.exposure {
+                Exposure::Listener(l) if l.port == port => l
+                    .process
+                    .as_ref()
+                    .and_then(|p| serde_json::to_value(p).ok()),
+                _ => None,
+            });
+            self.engine
+                .upstream_listener(port, up, process, now_ns, &mut self.alerts);
+        }
+        self.emit_alerts(sink);
+    }
+
+    /// An access-log record's upstream address judged against the Gateway's ports and, when
+    /// the sidecar knows the machine's listeners (live), against what listens there.
+    fn edge_upstream(&mut self, record: &EdgeRecord, sink: &mut impl Sink) {
+        if !matches!(record.status, 502 | 504) && record.status >= 500 {
+            return;
+        }
+        let known = !self.inventory.is_empty();
+        let listening = record
+            .upstream_addr
+            .as_deref()
+            .and_then(|a| a.rsplit(',').next())
+            .and_then(|a| a.rsplit(" : ").next())
+            .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+            .filter(|_| known)
+            .map(|a| {
+                self.listeners_on(a.port())
+                    .iter()
+                    .any(|l| l.addr == a.ip() || l.addr.is_unspecified())
+            });
+        let gateway: Vec<String> = self
+            .hop_ports
+            .clone()
+            .into_iter()
+            .flat_map(|p| self.listeners_on(p))
+            .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
+            .collect();
+        self.engine.edge_upstream(
+            record,
+            &self.hop_ports,
+            listening,
+            &gateway,
+            &mut self.alerts,
+        );
+        self.emit_alerts(sink);
     }
 
     /// Exposure drift judged against the inventory as it is now.

@@ -96,13 +96,31 @@ fn the_half_path_shows_the_426_and_names_the_missing_headers() {
 }
 
 #[test]
-fn a_stale_port_is_refused_connects_and_a_critical_incident() {
+fn refused_connects_to_the_gateways_port_are_the_upstream_down() {
+    // One refusal at the end of the recording: within the grace period, no incident.
     let t = timeline("refused.43527.pcap", 43527);
+    assert!(t.summary.incidents.is_empty(), "{:?}", t.summary);
+    // With no grace period, a critical upstream-down incident after the refusal.
+    let mut settings = Settings {
+        hop_ports: vec![43527],
+        ..Settings::default()
+    };
+    settings.alerts.upstream_down.grace = std::time::Duration::ZERO;
+    let file = std::fs::File::open(fixture("refused.43527.pcap")).expect("fixture");
+    let (rows, _) = super::offline::rows(file, Vec::new(), &settings).expect("fixture");
+    let t = build(
+        &rows,
+        &Filter {
+            since_ns: 0,
+            until_ns: i64::MAX,
+            ..Filter::default()
+        },
+    );
     let r = position(&t, |e| e.kind == "refused");
     let a = position(&t, |e| e.kind == "alert");
     assert!(r <= a);
     assert_eq!(t.summary.incidents[0]["severity"], "critical");
-    assert!(t.summary.headline.contains("hop.stale_upstream_port"));
+    assert!(t.summary.headline.contains("hop.upstream_down"));
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod latency;
 mod origin;
 mod sessions;
 mod upgrade;
+mod upstream;
 
 use serde_json::{json, Value};
 
@@ -19,6 +20,9 @@ impl Engine {
         }
         match r {
             HopRecord::Websocket(s) => {
+                if let Some(evidence) = upstream::cut_by_upstream(s) {
+                    self.upstream_cut(s.conn.server.port(), evidence, s.end_ts_ns);
+                }
                 self.timeout(s, out);
                 self.reload(s, out);
                 self.origin_closed(s, out);
@@ -30,35 +34,15 @@ impl Engine {
             HopRecord::Conn(c) => {
                 let port = c.conn.server.port();
                 match &c.kind {
-                    ConnEventKind::Refused if self.cfg.stale_upstream_port.enabled => {
-                        let evidence = json!({
-                            "at_ns": c.ts_ns,
-                            "client": c.conn.client.to_string(),
-                            "upstream": c.conn.server.to_string(),
-                            "process": c.process,
-                        });
-                        self.matched(
-                            Match {
-                                key: format!("{}:{port}", rule::STALE_PORT),
-                                rule: rule::STALE_PORT,
-                                severity: Severity::Critical,
-                                summary: format!(
-                                    "connects to upstream port {port} are refused: nothing listens there"
-                                ),
-                                first_move: MOVE_STALE_PORT,
-                                at_ns: c.ts_ns,
-                                evidence: vec![evidence],
-                                counts: vec![("refused_connects", 1)],
-                                detail: json!({ "port": port }),
-                            },
-                            out,
-                        );
+                    // The tracker sees the Gateway's ports only: a refusal there is the
+                    // Gateway down (or not up yet), never a proxy pointed elsewhere.
+                    ConnEventKind::Refused if self.cfg.upstream_down.enabled => {
+                        self.upstream_refused(c, out);
                     }
                     ConnEventKind::Connected { .. } => {
-                        // Something listens again: the stale port is fixed.
-                        self.resolve(&format!("{}:{port}", rule::STALE_PORT), c.ts_ns, out);
+                        self.upstream_back(port, c.ts_ns, "a connect succeeded", out);
                     }
-                    ConnEventKind::Reset { from } if self.cfg.reset_storm.enabled => {
+                    ConnEventKind::Reset { from } => {
                         let evidence = json!({
                             "at_ns": c.ts_ns,
                             "client": c.conn.client.to_string(),
@@ -66,6 +50,12 @@ impl Engine {
                             "from": from,
                             "process": c.process,
                         });
+                        if *from == Side::Server {
+                            self.upstream_cut(port, evidence.clone(), c.ts_ns);
+                        }
+                        if !self.cfg.reset_storm.enabled {
+                            return;
+                        }
                         let window = ns(self.cfg.reset_storm.window);
                         self.resets.push_back((c.ts_ns, port, evidence.clone()));
                         let since = c.ts_ns.saturating_sub(window);
@@ -110,35 +100,19 @@ impl Engine {
         let Some(edge) = r.edge.as_ref() else {
             return;
         };
-        // The edge's 502/504 that a refused connect explains.
+        // The edge's 502/504 that a refused connect explains: the Gateway is down.
         if let Some(refused) = r.refused.as_ref() {
-            if self.cfg.stale_upstream_port.enabled && matches!(edge.status, 502 | 504) {
-                let port = refused.conn.server.port();
-                self.matched(
-                    Match {
-                        key: format!("{}:{port}", rule::STALE_PORT),
-                        rule: rule::STALE_PORT,
-                        severity: Severity::Critical,
-                        summary: format!(
-                            "the edge answers {} because connects to upstream port {port} are refused: nothing listens there",
-                            edge.status
-                        ),
-                        first_move: MOVE_STALE_PORT,
-                        at_ns: edge.end_ts_ns,
-                        evidence: vec![json!({
-                            "at_ns": edge.end_ts_ns,
-                            "request_id": edge.request_id,
-                            "edge_status": edge.status,
-                            "host": edge.host,
-                            "path": edge.path,
-                            "client": edge.client,
-                            "upstream": refused.conn.server.to_string(),
-                        })],
-                        counts: vec![("edge_errors", 1)],
-                        detail: json!({ "port": port }),
-                    },
-                    out,
-                );
+            if self.cfg.upstream_down.enabled && matches!(edge.status, 502 | 504) {
+                let evidence = json!({
+                    "at_ns": edge.end_ts_ns,
+                    "request_id": edge.request_id,
+                    "edge_status": edge.status,
+                    "host": edge.host,
+                    "path": edge.path,
+                    "client": edge.client,
+                    "upstream": refused.conn.server.to_string(),
+                });
+                self.upstream_edge_error(refused.conn.server.port(), evidence, edge.end_ts_ns, out);
             }
         }
         // Half-path: the client asked the edge for an upgrade; the hop request lacks it.
