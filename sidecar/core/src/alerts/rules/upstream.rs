@@ -56,7 +56,21 @@ impl Engine {
     /// A connect to the Gateway's port was refused.
     pub(super) fn upstream_refused(&mut self, c: &ConnEvent, out: &mut Vec<Alert>) {
         let port = c.conn.server.port();
-        let down = self.downs.entry(port).or_insert_with(|| Down::new(c.ts_ns));
+        let cut = self
+            .upstream_cuts
+            .iter()
+            .filter(|(t, p, _)| *p == port && c.ts_ns.saturating_sub(*t) <= CRASH_WINDOW_NS)
+            .count() as u64;
+        let down = self.downs.entry(port).or_insert_with(|| {
+            // Sessions cut just before the first refusal: it went away with them.
+            let mut d = Down::new(c.ts_ns);
+            if cut > 0 {
+                d.crash = true;
+                d.cut_sessions = cut;
+                d.new_cut = cut;
+            }
+            d
+        });
         down.refused += 1;
         down.new_refused += 1;
         down.push(json!({

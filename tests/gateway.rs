@@ -1,0 +1,225 @@
+//! The diagnoses on the real OpenClaw Gateway (npm `openclaw` on Node 24, in its own network
+//! namespace on 18789, nginx in front, clients in another namespace), live: a start is not an
+//! alarm, a crash is one critical incident that says so and ends when the Gateway is back,
+//! and a proxy pointed at another port is named with both ports.
+mod support;
+
+use std::net::SocketAddr;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use support::{
+    gateway::{Gateway, GatewayConfig, Linked, PORT},
+    hop::{ws_over, Nginx, NginxSite},
+    Sidecar,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The sidecar on the Gateway's hop (its veth pair), following `logs`, with this grace.
+fn sidecar(gw: &Gateway, logs: &[std::path::PathBuf], grace: &str) -> (Sidecar, tempfile::TempDir) {
+    let state = tempfile::tempdir().expect("state");
+    let logs = logs
+        .iter()
+        .map(|l| format!("{l:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sc = Sidecar::start(&format!(
+        "[hop]\nports = [{PORT}]\ninterfaces = [{:?}]\ndocker_bridges = false\n\
+         [edge]\naccess_logs = [{logs}]\nstate_dir = {:?}\npoll_interval = \"50ms\"\n\
+         [exposure]\nwatched_ports = [{}]\nrescan_interval = \"1h\"\n\
+         [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n\
+         [alerts.upstream_down]\ngrace = \"{grace}\"\n",
+        gw.link.host_if,
+        state.path(),
+        support::free_port(),
+    ));
+    (sc, state)
+}
+
+/// nginx for the clients' namespace, in front of `upstream`.
+fn nginx(clients: &Linked, upstream: SocketAddr) -> Nginx {
+    Nginx::start(&NginxSite {
+        listen: Some(clients.host_ip),
+        ..NginxSite::new(upstream)
+    })
+}
+
+/// A plain GET from the clients' namespace through nginx; the status line.
+async fn get(clients: &Linked, nginx: &Nginx, path: &str) -> String {
+    let mut s = clients.connect(SocketAddr::from((clients.host_ip, nginx.port)));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+        clients.host_ip, nginx.port
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await.expect("read");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn hop_alerts(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|v| {
+            v["type"] == "alert" && v["rule"].as_str().is_some_and(|r| r.starts_with("hop."))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
+    support::require_root();
+    let gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let front = nginx(&clients, gw.addr);
+    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    // While it boots, the proxy's connects are refused: 502.
+    assert_eq!(
+        get(&clients, &front, "/readyz").await,
+        "HTTP/1.1 502 Bad Gateway"
+    );
+    gw.wait_ready();
+    assert_eq!(get(&clients, &front, "/readyz").await, "HTTP/1.1 200 OK");
+    let notice = sc.lines.wait_for("the upstream record", |v| {
+        v["type"] == "upstream" && v["kind"] == "upstream_restart"
+    });
+    assert!(
+        notice["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("started")),
+        "{notice:#}"
+    );
+    assert!(
+        notice["detail"]["refused_connects"].as_u64() >= Some(1),
+        "{notice:#}"
+    );
+    // A healthy session, then the stop: no hop alert at all.
+    let s = clients.connect(SocketAddr::from((clients.host_ip, front.port)));
+    let mut ws = ws_over(
+        s,
+        &format!("{}:{}", clients.host_ip, front.port),
+        "/",
+        Some("https://gw.test"),
+    )
+    .await
+    .expect("upgrade");
+    ws.next().await.expect("challenge").expect("frame");
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    sc.signal("TERM");
+    sc.lines.wait_for("stopped", |v| v["type"] == "stopped");
+    let seen = sc.lines.seen_json();
+    assert!(hop_alerts(&seen).is_empty(), "{:#?}", hop_alerts(&seen));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
+    support::require_root();
+    let mut gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let front = nginx(&clients, gw.addr);
+    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "2s");
+    gw.wait_ready();
+    let host = format!("{}:{}", clients.host_ip, front.port);
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let s = clients.connect(SocketAddr::from((clients.host_ip, front.port)));
+        let mut ws = ws_over(s, &host, "/", Some("https://gw.test"))
+            .await
+            .expect("upgrade");
+        ws.next().await.expect("challenge").expect("frame");
+        sessions.push(ws);
+    }
+    // The crash.
+    gw.kill();
+    for mut ws in sessions {
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    assert_eq!(
+        get(&clients, &front, "/readyz").await,
+        "HTTP/1.1 502 Bad Gateway"
+    );
+    let fired = sc.lines.wait_for("the upstream-down alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upstream_down" && v["state"] == "firing"
+    });
+    assert_eq!(fired["severity"], "critical");
+    let summary = fired["summary"].as_str().expect("summary");
+    assert!(summary.contains("crashed"), "{summary}");
+    assert_eq!(fired["evidence"]["detail"]["crash"], true, "{fired:#}");
+    assert_eq!(
+        fired["evidence"]["detail"]["listener_gone"], true,
+        "{fired:#}"
+    );
+    assert_eq!(
+        fired["evidence"]["detail"]["process"]["comm"]
+            .as_str()
+            .map(|c| c.starts_with("openclaw") || c == "node"),
+        Some(true),
+        "{fired:#}"
+    );
+    // Back: resolved, with the tally.
+    gw.respawn();
+    gw.wait_ready();
+    let resolved = sc.lines.wait_for("the resolution", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.upstream_down" && v["state"] == "resolved"
+    });
+    assert!(
+        resolved["evidence"]["counts"]["cut_sessions"].as_u64() >= Some(1),
+        "{resolved:#}"
+    );
+    // One incident: no reset storm, no stale port beside it.
+    let seen = sc.lines.seen_json();
+    let rules: Vec<&str> = hop_alerts(&seen)
+        .iter()
+        .filter_map(|v| v["rule"].as_str())
+        .collect();
+    assert!(rules.iter().all(|r| *r == "hop.upstream_down"), "{rules:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
+    support::require_root();
+    let gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let stale = SocketAddr::from((gw.link.ns_ip, PORT + 1));
+    let front = nginx(&clients, stale);
+    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    gw.wait_ready();
+    // The Gateway is up (its listener seen), yet the edge answers 502.
+    sc.lines.wait_for("the Gateway's listener", |v| {
+        v["type"] == "change" && v["exposure"]["port"] == PORT && v["change"] == "added"
+    });
+    assert_eq!(
+        get(&clients, &front, "/readyz").await,
+        "HTTP/1.1 502 Bad Gateway"
+    );
+    let fired = sc.lines.wait_for("the stale-port alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port" && v["state"] == "firing"
+    });
+    let summary = fired["summary"].as_str().expect("summary");
+    assert!(summary.contains(&stale.to_string()), "{summary}");
+    assert!(summary.contains("nothing listens there"), "{summary}");
+    assert!(summary.contains(&format!(":{PORT}")), "{summary}");
+    assert_eq!(fired["severity"], "critical");
+    // Not the Gateway down: it was up all along.
+    let seen = sc.lines.seen_json();
+    assert!(
+        !seen.iter().any(|v| v["rule"] == "hop.upstream_down"),
+        "{:#?}",
+        hop_alerts(&seen)
+    );
+}
