@@ -419,9 +419,10 @@ fn fuzz(seconds: u32) -> Result<()> {
             }
         }
         if *target == "replay_capture" {
+            // The recordings only (their access logs live in a subdirectory).
             for entry in std::fs::read_dir(root.join("tests/fixtures/hop"))? {
                 let path = entry?.path();
-                if let Some(name) = path.file_name() {
+                if let (true, Some(name)) = (path.is_file(), path.file_name()) {
                     std::fs::copy(&path, corpus.join(name))?;
                 }
             }
