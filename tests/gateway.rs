@@ -223,3 +223,54 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
         hop_alerts(&seen)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
+    support::require_root();
+    let gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: false,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let front = nginx(&clients, gw.addr);
+    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    gw.wait_ready();
+    // The right Origin, through a proxy the Gateway does not trust: 403 at the handshake.
+    let s = clients.connect(SocketAddr::from((clients.host_ip, front.port)));
+    let err = ws_over(
+        s,
+        &format!("{}:{}", clients.host_ip, front.port),
+        "/",
+        Some("https://gw.test"),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    let fired = sc.lines.wait_for("the untrusted-proxy alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.untrusted_proxy" && v["state"] == "firing"
+    });
+    assert_eq!(fired["severity"], "critical");
+    assert_eq!(
+        fired["evidence"]["detail"]["proxy"],
+        gw.link.host_ip.to_string(),
+        "{fired:#}"
+    );
+    assert!(fired["first_move"]
+        .as_str()
+        .is_some_and(|m| m.contains("trustedProxies")));
+    // The hop record carries the code, never the body.
+    // (Printed before the alert it caused.)
+    let http = sc
+        .lines
+        .seen_json()
+        .into_iter()
+        .find(|v| v["type"] == "http" && v["status"] == 403)
+        .expect("the refused exchange");
+    assert_eq!(http["error_code"], "proxy_attribution_required", "{http:#}");
+    let seen = sc.lines.seen_json();
+    assert!(
+        !seen.iter().any(|v| v["rule"] == "hop.origin_rejected"),
+        "{:#?}",
+        hop_alerts(&seen)
+    );
+}

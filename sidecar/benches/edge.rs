@@ -58,6 +58,7 @@ fn main() {
             request_bytes: 200,
             response_bytes: 600,
             outcome: ExchangeOutcome::Complete,
+            error_code: None,
         }));
     }
     f.flush().unwrap();

@@ -51,6 +51,7 @@ fn exchange(i: u64) -> HttpExchange {
         request_bytes: 300,
         response_bytes: 100,
         outcome: ExchangeOutcome::Complete,
+        error_code: None,
     }
 }
 

@@ -62,6 +62,7 @@ fn records(now_ns: u64) -> Vec<HopRecord> {
                 request_bytes: 200,
                 response_bytes: 600,
                 outcome: ExchangeOutcome::Complete,
+                error_code: None,
             })
         })
         .collect()

@@ -34,7 +34,7 @@ use tokio_tungstenite::{
 /// upstream); anything else that is not an upgrade answers 426.
 ///
 /// Origins, like the Gateway's allowedOrigins: an upgrade whose Origin contains `forbidden`
-/// is answered 403; one whose Origin contains `blocked` gets its 101, and the client's first
+/// is answered 403 with a JSON error body whose code is `origin_not_allowed`; one whose Origin contains `blocked` gets its 101, and the client's first
 /// message is answered with close code 1008 ("origin not allowed"), as the Gateway does.
 pub async fn start_upstream() -> SocketAddr {
     start_upstream_on(0).await
@@ -93,8 +93,19 @@ async fn serve(mut stream: TcpStream) {
         let origin = header("origin").unwrap_or_default();
         match (upgrade, key) {
             (true, Some(_)) if origin.contains("forbidden") => {
+                // A JSON error body whose code says why, as upstreams that refuse an Origin
+                // at the handshake do.
+                let body =
+                    r#"{"error":{"message":"origin not allowed","type":"origin_not_allowed"}}"#;
                 let _ = stream
-                    .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n\
+                             Content-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
                     .await;
             }
             (true, Some(key)) => {

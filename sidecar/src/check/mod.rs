@@ -520,6 +520,7 @@ mod tests {
             } else {
                 ExchangeOutcome::Complete
             },
+            error_code: None,
         })
     }
 

@@ -32,8 +32,12 @@ pub struct AlertsConfig {
     /// An upgrade that did not make it: the proxy dropped Upgrade/Connection (the runbook's
     /// WebSocket half-path), or the upstream did not answer 101.
     pub upgrade_failure: Toggle,
-    /// Upgrades refused by the upstream for their Origin (403, or close code 1008).
+    /// Upgrades refused by the upstream for their Origin (close code 1008, or a 403 whose
+    /// error code says so).
     pub origin_rejected: OriginRule,
+    /// The Gateway refusing what the proxy forwards because the proxy is not in its
+    /// `trustedProxies` (a 403 with the code `proxy_attribution_required`).
+    pub untrusted_proxy: Toggle,
     /// The edge's 502/504 for requests the proxy sends to an address that is not the
     /// Gateway's port.
     pub stale_upstream_port: Toggle,
@@ -60,6 +64,7 @@ impl Default for AlertsConfig {
             reload_burst: BurstRule::default(),
             upgrade_failure: Toggle::on(),
             origin_rejected: OriginRule::default(),
+            untrusted_proxy: Toggle::on(),
             stale_upstream_port: Toggle::on(),
             upstream_down: UpstreamDownRule::default(),
             reset_storm: ResetStormRule::default(),

@@ -75,6 +75,7 @@ pub mod rule {
     pub const ORIGIN_REJECTED: &str = "hop.origin_rejected";
     pub const STALE_PORT: &str = "hop.stale_upstream_port";
     pub const UPSTREAM_DOWN: &str = "hop.upstream_down";
+    pub const UNTRUSTED_PROXY: &str = "hop.untrusted_proxy";
     pub const RESET_STORM: &str = "hop.reset_storm";
     pub const SLOWNESS: &str = "hop.upstream_slowness";
 }
@@ -91,7 +92,8 @@ const MOVE_HALF_PATH: &str = "Confirm Upgrade survives the proxy: nginx needs \
     itself).";
 const MOVE_NO_101: &str = "The upstream answered an upgrade without 101: check that the proxy \
     points at the Gateway (not another service on that port) and the Gateway's logs for the \
-    handshake error.";
+    handshake error (a 403 is a refusal at the handshake: the Gateway's auth or proxy \
+    settings).";
 const MOVE_ORIGIN: &str = "Rewrite gateway.controlUi.allowedOrigins to include the exact https \
     origin users type (scheme, host and port), then fully restart the Gateway; a 403 at the \
     handshake can also mean the proxy is missing from gateway.trustedProxies.";
@@ -99,6 +101,12 @@ const MOVE_STALE_PORT: &str = "Public 502 while local curl works: the proxy send
     port that is not the Gateway's. Point the proxy's upstream (nginx proxy_pass / Caddy \
     reverse_proxy) at the address the Gateway listens on (`edgewatch exposure` shows it), \
     then reload the proxy.";
+/// The Gateway's error code for a forwarded request from a proxy it does not trust.
+const PROXY_ATTRIBUTION_REQUIRED: &str = "proxy_attribution_required";
+const MOVE_UNTRUSTED_PROXY: &str =
+    "Add the proxy's address (the evidence's client address, as the \
+    Gateway sees it) to gateway.trustedProxies in the Gateway's config, keep the proxy setting \
+    X-Forwarded-For, then restart the Gateway. Not an Origin problem.";
 const MOVE_UPSTREAM_DOWN: &str = "The Gateway is down: check its process and container \
     (docker ps, docker logs, journalctl) and why it stopped (the evidence says whether it \
     crashed and which process held the port); the proxy answers 502 until it listens again.";

@@ -304,6 +304,7 @@ fn http(client_port: u16, at: u64, upgrade: bool, status: u16, ttfb: u64) -> Htt
         } else {
             ExchangeOutcome::Complete
         },
+        error_code: None,
     }
 }
 
@@ -406,6 +407,7 @@ fn a_flood_of_distinct_origins_keeps_a_bounded_list_and_counts_the_rest() {
     let n = 5_000u64;
     for i in 0..n {
         let mut x = http((i % 60_000) as u16, S + i * 1_000, true, 403, S / 100);
+        x.error_code = Some("origin_not_allowed".into());
         x.origin = Some(format!("https://attacker-{i}.example/{}", "x".repeat(500)));
         e.hop(&HopRecord::Http(x), &mut out);
     }
@@ -431,8 +433,9 @@ fn origin_rejections_list_the_origins_and_the_missing_one() {
     cfg.origin_rejected.allowed_origins = vec!["https://gw.example.com".into()];
     let mut e = Engine::new(cfg);
     let mut out = Vec::new();
-    // 403 at the handshake.
+    // 403 at the handshake, with a code that says Origin.
     let mut x = http(1, S, true, 403, S / 100);
+    x.error_code = Some("origin_not_allowed".into());
     x.origin = Some("https://typo.example.com".into());
     e.hop(&HopRecord::Http(x), &mut out);
     assert_eq!(out.len(), 1);
@@ -660,4 +663,39 @@ fn switched_off_rules_and_switched_off_alerts_fire_nothing() {
     e.hop(&refused, &mut out);
     e.hop(&HopRecord::Http(http(1, S, false, 426, 1)), &mut out);
     assert!(out.is_empty());
+}
+
+#[test]
+fn a_403_with_the_gateways_proxy_code_is_an_untrusted_proxy_not_an_origin() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let mut x = http(1, S, true, 403, S / 100);
+    x.origin = Some("https://gw.example.com".into());
+    x.error_code = Some("proxy_attribution_required".into());
+    e.hop(&HopRecord::Http(x.clone()), &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, "hop.untrusted_proxy");
+    assert_eq!(out[0].severity, Severity::Critical);
+    assert!(
+        out[0].summary.contains("trustedProxies"),
+        "{}",
+        out[0].summary
+    );
+    assert!(out[0].first_move.contains("trustedProxies"));
+    // A 403 with no code is a refusal at the handshake, not an Origin diagnosis.
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    x.error_code = None;
+    e.hop(&HopRecord::Http(x.clone()), &mut out);
+    assert!(
+        out.iter().all(|a| a.rule != "hop.origin_rejected"),
+        "{out:?}"
+    );
+    assert_eq!(out[0].rule, "hop.upgrade_failure");
+    // A code that says Origin is one.
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    x.error_code = Some("origin_not_allowed".into());
+    e.hop(&HopRecord::Http(x), &mut out);
+    assert_eq!(out[0].rule, "hop.origin_rejected");
 }

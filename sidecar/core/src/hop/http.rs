@@ -56,6 +56,36 @@ pub enum HttpEvent {
     },
     /// A new message start was found after a loss.
     Resynced,
+    /// The error code of a small JSON error body (its `type` or `code` string), before the
+    /// message's end: why an upstream refused, e.g. `proxy_attribution_required`.
+    ErrorCode(String),
+}
+
+/// Bodies this small (or smaller) of 4xx/5xx JSON responses are looked into for a code.
+const PEEK_BODY_MAX: u64 = 4096;
+/// Bytes of such a body kept while looking (only the code is kept after).
+const PEEK_BYTES: usize = 512;
+
+/// The value of the first `"type"` or `"code"` string key in `body` (a JSON error body),
+/// when it looks like a code: 1 to 64 of `[A-Za-z0-9_.-]`.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok().or_else(|| {
+        // Cut in the middle of a character: the valid prefix.
+        std::str::from_utf8(&body[..body.len().saturating_sub(3)]).ok()
+    })?;
+    ["\"type\"", "\"code\""].iter().find_map(|key| {
+        let at = text.find(key)? + key.len();
+        let rest = text[at..].trim_start().strip_prefix(':')?.trim_start();
+        let value = rest.strip_prefix('"')?;
+        let end = value.find('"')?;
+        let code = &value[..end];
+        (!code.is_empty()
+            && code.len() <= 64
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')))
+        .then(|| code.to_owned())
+    })
 }
 
 /// Which kind of messages this direction carries.
@@ -97,6 +127,8 @@ pub struct HttpStream {
     state: State,
     buf: Vec<u8>,
     expectations: VecDeque<Expectation>,
+    /// The start of a small error body being looked into (bounded: [`PEEK_BYTES`]).
+    peek: Option<Vec<u8>>,
 }
 
 fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
@@ -152,6 +184,7 @@ impl HttpStream {
             state: State::Head,
             buf: Vec::new(),
             expectations: VecDeque::new(),
+            peek: None,
         }
     }
 
@@ -198,9 +231,16 @@ impl HttpStream {
                 State::UntilClose => return,
                 State::Body(n) => {
                     let take = (n.min(rest.len() as u64)) as usize;
+                    if let Some(p) = self.peek.as_mut() {
+                        let room = PEEK_BYTES.saturating_sub(p.len()).min(take);
+                        p.extend_from_slice(&rest[..room]);
+                    }
                     pos += take;
                     if n - take as u64 == 0 {
                         self.state = State::Head;
+                        if let Some(code) = self.peek.take().and_then(|p| error_code(&p)) {
+                            out.push(HttpEvent::ErrorCode(code));
+                        }
                         out.push(HttpEvent::MessageEnd);
                     } else {
                         self.state = State::Body(n - take as u64);
@@ -269,6 +309,8 @@ impl HttpStream {
 
     /// Bytes that were never seen.
     pub fn gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
+        // A body with a hole is not looked into.
+        self.peek = None;
         match self.state {
             State::Body(n) if len <= n => {
                 self.state = if n == len {
@@ -296,6 +338,7 @@ impl HttpStream {
 
     fn lose(&mut self, bytes: u64, why: &'static str, out: &mut Vec<HttpEvent>) {
         self.state = State::Lost;
+        self.peek = None;
         self.buf.clear();
         out.push(HttpEvent::Lost { bytes, why });
     }
@@ -419,6 +462,18 @@ impl HttpStream {
                     State::Head
                 } else {
                     framing(resp.headers)?.unwrap_or(State::UntilClose)
+                };
+                // A small JSON error body says why (only its code is kept).
+                self.peek = match self.state {
+                    State::Body(n)
+                        if status >= 400
+                            && n <= PEEK_BODY_MAX
+                            && header_value(resp.headers, "content-type")
+                                .is_some_and(|t| t.to_ascii_lowercase().contains("json")) =>
+                    {
+                        Some(Vec::with_capacity(PEEK_BYTES.min(n as usize)))
+                    }
+                    _ => None,
                 };
                 if self.state == State::Head {
                     out.push(HttpEvent::MessageEnd);
@@ -657,5 +712,39 @@ mod tests {
                 s.feed(input, &mut out);
             }
         }
+    }
+
+    #[test]
+    fn a_small_json_error_body_gives_its_code_only() {
+        let mut s = HttpStream::new(Role::Response);
+        let body = r#"{"error":{"message":"Proxy client attribution is required.","type":"proxy_attribution_required"}}"#;
+        let head = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Split inside the body: the code still comes out, before the message end.
+        let (a, b) = body.split_at(40);
+        let out = feed_all(&mut s, &[head.as_bytes(), a.as_bytes(), b.as_bytes()]);
+        let n = out.len();
+        assert_eq!(
+            &out[n - 2..],
+            &[
+                HttpEvent::ErrorCode("proxy_attribution_required".into()),
+                HttpEvent::MessageEnd
+            ]
+        );
+        assert_eq!(error_code(br#"{"code": "E_BAD"}"#), Some("E_BAD".into()));
+        assert_eq!(error_code(br#"{"type":"has space"}"#), None);
+        assert_eq!(error_code(b"not json"), None);
+        // Not JSON, or a success: not looked into.
+        let mut s = HttpStream::new(Role::Response);
+        let out = feed_all(
+            &mut s,
+            &[b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"type\":\"hello\"}"],
+        );
+        assert!(
+            !out.iter().any(|e| matches!(e, HttpEvent::ErrorCode(_))),
+            "{out:?}"
+        );
     }
 }

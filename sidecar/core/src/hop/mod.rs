@@ -201,6 +201,10 @@ pub struct HttpExchange {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub outcome: ExchangeOutcome,
+    /// Why the upstream refused, from a small JSON error body (its code only, never the
+    /// body): e.g. `proxy_attribution_required`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
 }
 
 /// Frame counts of one direction of a WebSocket session.

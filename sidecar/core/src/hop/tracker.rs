@@ -95,6 +95,7 @@ struct PendingExchange {
     status: Option<u16>,
     request_bytes: u64,
     response_bytes: u64,
+    error_code: Option<String>,
 }
 
 struct WsTrack {
@@ -303,6 +304,7 @@ impl Conn {
                     status: None,
                     request_bytes: 0,
                     response_bytes: 0,
+                    error_code: None,
                 });
                 self.next_index += 1;
             }
@@ -338,6 +340,11 @@ impl Conn {
                     }
                     // The client speaks WebSocket from now on too.
                     self.c2s.proto = Proto::Ws(WsStream::default());
+                }
+            }
+            (Side::Server, HttpEvent::ErrorCode(code)) => {
+                if let Some(x) = self.exchanges.front_mut() {
+                    x.error_code = Some(code);
                 }
             }
             (Side::Server, HttpEvent::MessageEnd)
@@ -539,6 +546,7 @@ fn exchange_record(
         request_bytes: x.request_bytes,
         response_bytes: x.response_bytes,
         outcome,
+        error_code: x.error_code,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Upgrades: the half-path (Upgrade lost between the proxy and the upstream) and upgrades
-//! answered without 101.
+//! Upgrades: the half-path (Upgrade lost between the proxy and the upstream), upgrades
+//! answered without 101, and the Gateway refusing a proxy it does not trust (its 403 with the
+//! code `proxy_attribution_required`).
 use serde_json::json;
 
 use super::{super::*, exchange_evidence};
@@ -18,10 +19,23 @@ impl Engine {
                     out,
                 );
             }
+            self.resolve(
+                &format!("{}:{port}", rule::UNTRUSTED_PROXY),
+                x.request_ts_ns,
+                out,
+            );
             return;
         }
         let asked = x.upgrade_websocket && x.connection_upgrade;
-        if x.upgrade_websocket && x.status == Some(403) {
+        let code = x.error_code.as_deref();
+        if code == Some(PROXY_ATTRIBUTION_REQUIRED) {
+            // Any request, upgrade or not: the Gateway refuses what the proxy forwards.
+            self.untrusted_proxy(x, out);
+        } else if x.upgrade_websocket
+            && x.status == Some(403)
+            && code.is_some_and(|c| c.to_ascii_lowercase().contains("origin"))
+        {
+            // Only a code that says so makes a 403 an Origin refusal.
             self.origin_refused(x, out);
         } else if !self.cfg.upgrade_failure.enabled {
         } else if asked && x.status.is_some() {
@@ -46,6 +60,35 @@ impl Engine {
             // The upstream wants an upgrade the request does not carry: the proxy dropped it.
             self.half_path(x, None, out);
         }
+    }
+
+    /// The Gateway refused a request the proxy forwarded with X-Forwarded-For, because the
+    /// proxy's address is not in `gateway.trustedProxies`.
+    fn untrusted_proxy(&mut self, x: &HttpExchange, out: &mut Vec<Alert>) {
+        if !self.cfg.untrusted_proxy.enabled {
+            return;
+        }
+        let port = x.conn.server.port();
+        let proxy = x.conn.client.ip();
+        self.matched(
+            Match {
+                key: format!("{}:{port}", rule::UNTRUSTED_PROXY),
+                rule: rule::UNTRUSTED_PROXY,
+                severity: Severity::Critical,
+                summary: format!(
+                    "the upstream on port {port} refuses what the proxy at {proxy} forwards \
+                     ({} {PROXY_ATTRIBUTION_REQUIRED}): the proxy is not in \
+                     gateway.trustedProxies",
+                    x.status.unwrap_or(0)
+                ),
+                first_move: MOVE_UNTRUSTED_PROXY,
+                at_ns: x.request_ts_ns,
+                evidence: vec![exchange_evidence(x, None)],
+                counts: vec![("refused_requests", 1)],
+                detail: json!({ "port": port, "proxy": proxy, "code": PROXY_ATTRIBUTION_REQUIRED }),
+            },
+            out,
+        );
     }
 
     pub(super) fn half_path(

@@ -58,6 +58,7 @@ fn exchange(rid: Option<&str>, status: u16, path: &str, ts: u64) -> HopRecord {
         } else {
             ExchangeOutcome::Complete
         },
+        error_code: None,
     })
 }
 

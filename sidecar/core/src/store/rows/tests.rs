@@ -152,6 +152,7 @@ fn row_fields_are_the_table_columns() {
         request_bytes: 1,
         response_bytes: 2,
         outcome: crate::hop::ExchangeOutcome::Complete,
+        error_code: None,
     };
     let http = HttpRow::new("n", &x);
     assert_eq!(http.outcome, "complete");
