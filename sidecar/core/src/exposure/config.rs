@@ -26,6 +26,11 @@ pub struct ExposureConfig {
     /// noticed by this rescan.
     #[serde(with = "humantime_serde")]
     pub rescan_interval: Duration,
+    /// A drift finding that goes away resolves only once it stayed away this long, so a
+    /// restarting proxy (its sockets closed and reopened within a second) is not a
+    /// resolved-then-firing pair. 0 resolves at once.
+    #[serde(with = "humantime_serde")]
+    pub flap_window: Duration,
 }
 
 impl Default for ExposureConfig {
@@ -41,6 +46,7 @@ impl Default for ExposureConfig {
                 AllowRule::port(Proto::Udp, 546, "DHCPv6 client"),
             ],
             rescan_interval: Duration::from_secs(5),
+            flap_window: Duration::from_secs(2),
         }
     }
 }
@@ -111,6 +117,14 @@ impl ExposureConfig {
             "exposure.rescan_interval",
             self.rescan_interval,
             Duration::from_millis(100),
-        )
+        )?;
+        if self.flap_window > Duration::from_secs(60) {
+            return Err(Invalid::new(
+                "exposure.flap_window",
+                validate::duration(self.flap_window),
+                "at most 1m: a longer one hides real changes",
+            ));
+        }
+        Ok(())
     }
 }

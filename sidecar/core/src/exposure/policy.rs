@@ -253,9 +253,40 @@ struct Active {
 #[derive(Clone, Debug, Default)]
 pub struct DriftTracker {
     active: BTreeMap<(ExposureKey, &'static str), Active>,
+    /// A finding that went away resolves only once it stayed away this long (a restarting
+    /// proxy closes and reopens its sockets within it: no resolved-then-firing pair).
+    flap_window_ns: u64,
+    /// Findings gone since when, not resolved yet.
+    leaving: BTreeMap<(ExposureKey, &'static str), u64>,
 }
 
 impl DriftTracker {
+    /// A tracker whose resolutions wait `flap_window_ns` (0: at once).
+    pub fn with_flap_window(flap_window_ns: u64) -> Self {
+        Self {
+            flap_window_ns,
+            ..Self::default()
+        }
+    }
+
+    /// Resolves the findings that stayed away for the flap window by `now_ns`.
+    pub fn settle(&mut self, now_ns: u64) -> Vec<AlertEvent> {
+        let due: Vec<_> = self
+            .leaving
+            .iter()
+            .filter(|(_, since)| now_ns.saturating_sub(**since) >= self.flap_window_ns)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for key in due {
+            self.leaving.remove(&key);
+            if let Some(active) = self.active.remove(&key) {
+                out.push(event(AlertState::Resolved, &key, active, now_ns));
+            }
+        }
+        out
+    }
+
     /// Compares the findings on the current exposures with the firing alerts: new findings
     /// fire, findings that went away resolve. `now_ns` stamps the transitions.
     pub fn reconcile<'a>(
@@ -270,7 +301,6 @@ impl DriftTracker {
                 current.insert((exposure.key(), finding.rule), (finding, exposure));
             }
         }
-        let mut out = Vec::new();
         let gone: Vec<_> = self
             .active
             .keys()
@@ -278,11 +308,12 @@ impl DriftTracker {
             .cloned()
             .collect();
         for key in gone {
-            if let Some(active) = self.active.remove(&key) {
-                out.push(event(AlertState::Resolved, &key, active, now_ns));
-            }
+            self.leaving.entry(key).or_insert(now_ns);
         }
+        let mut out = self.settle(now_ns);
         for (key, (finding, exposure)) in current {
+            // Back within the flap window: still the same incident.
+            self.leaving.remove(&key);
             if self.active.contains_key(&key) {
                 continue;
             }
@@ -521,6 +552,27 @@ mod tests {
         assert_eq!(resolved[0].state, AlertState::Resolved);
         assert_eq!((resolved[0].fired_at_ns, resolved[0].at_ns), (2, 4));
         assert_eq!(resolved[0].dedup_key, fired[0].dedup_key);
+        assert_eq!(tracker.firing(), 0);
+    }
+
+    #[test]
+    fn a_socket_closed_and_reopened_within_the_flap_window_is_one_incident() {
+        let policy = Policy::new(&ExposureConfig::default());
+        let mut tracker = DriftTracker::with_flap_window(2_000);
+        let bad = listener("0.0.0.0", 18789, "node");
+        assert_eq!(tracker.reconcile(&policy, [&bad], 1_000).len(), 1);
+        // A restart: gone, back 500 ns later. Nothing to say.
+        assert!(tracker.reconcile(&policy, [], 2_000).is_empty());
+        assert!(tracker.reconcile(&policy, [&bad], 2_500).is_empty());
+        assert!(tracker.settle(10_000).is_empty());
+        assert_eq!(tracker.firing(), 1);
+        // Gone for good: resolved once the window passed, stamped then.
+        assert!(tracker.reconcile(&policy, [], 20_000).is_empty());
+        assert!(tracker.settle(21_000).is_empty());
+        let resolved = tracker.settle(22_000);
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].state, AlertState::Resolved);
+        assert_eq!(resolved[0].at_ns, 22_000);
         assert_eq!(tracker.firing(), 0);
     }
 }

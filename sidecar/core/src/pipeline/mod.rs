@@ -151,7 +151,9 @@ impl Pipeline {
             mode,
             policy: Policy::new(&settings.exposure),
             inventory: Inventory::default(),
-            drift: DriftTracker::default(),
+            drift: DriftTracker::with_flap_window(
+                u64::try_from(settings.exposure.flap_window.as_nanos()).unwrap_or(u64::MAX),
+            ),
             tracker,
             owners: Owners::default(),
             joiner: settings
@@ -323,6 +325,9 @@ impl Pipeline {
         }
         self.emit_joined(sink);
         self.engine.advance(now_ns, &mut self.alerts);
+        for a in self.drift.settle(now_ns) {
+            self.engine.drift(&a, &mut self.alerts);
+        }
         self.emit_alerts(sink);
     }
 
