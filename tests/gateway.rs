@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
     gateway::{Gateway, GatewayConfig, Linked, PORT},
-    hop::{ws_over, Nginx, NginxSite},
+    hop::{ws_over, Capture, Nginx, NginxSite},
     Sidecar,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,6 +62,43 @@ async fn get(clients: &Linked, nginx: &Nginx, path: &str) -> String {
         .to_owned()
 }
 
+/// tcpdump on the Gateway's hop while a scenario runs. With
+/// `EDGEWATCH_SAVE_CAPTURES=tests/fixtures/hop`, the capture and the access log become the
+/// committed recording `NAME.18789.pcap` + `logs/NAME.edge.log` (replayed by
+/// `tests/hop_fixtures.rs` with the verdict each must give).
+struct Recording {
+    name: &'static str,
+    capture: Capture,
+    _dir: tempfile::TempDir,
+}
+
+impl Recording {
+    fn start(name: &'static str, gw: &Gateway) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let capture = Capture::start_on(
+            dir.path(),
+            &format!("{name}.{PORT}"),
+            PORT,
+            &gw.link.host_if,
+            gw.link.ns_ip.into(),
+        );
+        Self {
+            name,
+            capture,
+            _dir: dir,
+        }
+    }
+
+    fn stop(self, log: &std::path::Path) {
+        self.capture.stop();
+        if let Some(dir) = std::env::var_os("EDGEWATCH_SAVE_CAPTURES") {
+            let logs = std::path::Path::new(&dir).join("logs");
+            std::fs::create_dir_all(&logs).expect("logs dir");
+            std::fs::copy(log, logs.join(format!("{}.edge.log", self.name))).expect("copy");
+        }
+    }
+}
+
 fn hop_alerts(lines: &[Value]) -> Vec<&Value> {
     lines
         .iter()
@@ -80,6 +117,7 @@ async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
     });
     let clients = Linked::new('c', 232);
     let front = nginx(&clients, gw.addr);
+    let recording = Recording::start("gateway_start", &gw);
     let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
     // While it boots, the proxy's connects are refused: 502.
     assert_eq!(
@@ -116,6 +154,7 @@ async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
     while ws.next().await.is_some() {}
     sc.signal("TERM");
     sc.lines.wait_for("stopped", |v| v["type"] == "stopped");
+    recording.stop(&front.access_log_path());
     let seen = sc.lines.seen_json();
     assert!(hop_alerts(&seen).is_empty(), "{:#?}", hop_alerts(&seen));
 }
@@ -131,6 +170,7 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
     let front = nginx(&clients, gw.addr);
     let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "2s");
     gw.wait_ready();
+    let recording = Recording::start("gateway_crash", &gw);
     let host = format!("{}:{}", clients.host_ip, front.port);
     let mut sessions = Vec::new();
     for _ in 0..2 {
@@ -178,6 +218,10 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
         resolved["evidence"]["counts"]["cut_sessions"].as_u64() >= Some(1),
         "{resolved:#}"
     );
+    // A request through the proxy works again (offline, this connect is what says so).
+    assert_eq!(get(&clients, &front, "/readyz").await, "HTTP/1.1 200 OK");
+    log_lines(&front.access_log_path(), 2);
+    recording.stop(&front.access_log_path());
     // One incident: no reset storm, no stale port beside it.
     let seen = sc.lines.seen_json();
     let rules: Vec<&str> = hop_alerts(&seen)
@@ -199,6 +243,7 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
     let front = nginx(&clients, stale);
     let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
     gw.wait_ready();
+    let recording = Recording::start("gateway_stale_port", &gw);
     // The Gateway is up (its listener seen), yet the edge answers 502.
     sc.lines.wait_for("the Gateway's listener", |v| {
         v["type"] == "change" && v["exposure"]["port"] == PORT && v["change"] == "added"
@@ -215,6 +260,8 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
     assert!(summary.contains("nothing listens there"), "{summary}");
     assert!(summary.contains(&format!(":{PORT}")), "{summary}");
     assert_eq!(fired["severity"], "critical");
+    log_lines(&front.access_log_path(), 1);
+    recording.stop(&front.access_log_path());
     // Not the Gateway down: it was up all along.
     let seen = sc.lines.seen_json();
     assert!(
@@ -235,6 +282,7 @@ async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
     let front = nginx(&clients, gw.addr);
     let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
     gw.wait_ready();
+    let recording = Recording::start("gateway_untrusted_proxy", &gw);
     // The right Origin, through a proxy the Gateway does not trust: 403 at the handshake.
     let s = clients.connect(SocketAddr::from((clients.host_ip, front.port)));
     let err = ws_over(
@@ -267,10 +315,29 @@ async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
         .find(|v| v["type"] == "http" && v["status"] == 403)
         .expect("the refused exchange");
     assert_eq!(http["error_code"], "proxy_attribution_required", "{http:#}");
+    log_lines(&front.access_log_path(), 1);
+    recording.stop(&front.access_log_path());
     let seen = sc.lines.seen_json();
     assert!(
         !seen.iter().any(|v| v["rule"] == "hop.origin_rejected"),
         "{:#?}",
         hop_alerts(&seen)
     );
+}
+
+/// Waits until `log` has `n` lines (nginx writes a line when the request ends).
+fn log_lines(log: &std::path::Path, n: usize) {
+    let deadline = std::time::Instant::now() + support::wait_limit();
+    loop {
+        let have = std::fs::read_to_string(log).map_or(0, |t| t.lines().count());
+        if have >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {have} of {n} lines",
+            log.display()
+        );
+        std::thread::yield_now();
+    }
 }

@@ -221,3 +221,89 @@ fn replay_reports_the_hop_rules_alerts() {
     assert!(run("healthy").is_empty());
     assert!(run("keepalive").is_empty());
 }
+
+/// The recordings made next to the real OpenClaw Gateway (tests/gateway.rs, with
+/// `EDGEWATCH_SAVE_CAPTURES`): the capture of its hop and nginx's access log, replayed. Each
+/// gives its verdict offline, as it did live.
+#[test]
+fn the_real_gateway_recordings_give_their_verdicts() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hop");
+    let replay = |name: &str, config: &str| -> Vec<serde_json::Value> {
+        let cfg = tempfile::NamedTempFile::new().expect("config");
+        std::fs::write(cfg.path(), config).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_edgewatch"))
+            .arg("replay")
+            .arg(dir.join(format!("{name}.18789.pcap")))
+            .args(["--port", "18789", "--output", "json", "--access-log"])
+            .arg(dir.join(format!("logs/{name}.edge.log")))
+            .arg("--config")
+            .arg(cfg.path())
+            .output()
+            .expect("edgewatch replay");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let alerts = |lines: &[serde_json::Value]| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter(|v| v["type"] == "alert")
+            .map(|v| {
+                (
+                    v["rule"].as_str().unwrap_or("").to_owned(),
+                    v["state"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |r: &str, s: &str| (r.to_owned(), s.to_owned());
+    // A healthy start: refused while it boots, then up. A record, no alert.
+    let start = replay("gateway_start", "");
+    assert!(alerts(&start).is_empty(), "{:?}", alerts(&start));
+    let record = start
+        .iter()
+        .find(|v| v["type"] == "upstream")
+        .expect("the upstream record");
+    assert!(
+        record["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("started")),
+        "{record}"
+    );
+    // The crash: one critical incident that says so, over when a request works again.
+    let crash = replay("gateway_crash", "[alerts.upstream_down]\ngrace = \"2s\"\n");
+    assert_eq!(
+        alerts(&crash),
+        [
+            pair("hop.upstream_down", "firing"),
+            pair("hop.upstream_down", "resolved")
+        ]
+    );
+    let fired = crash.iter().find(|v| v["type"] == "alert").expect("alert");
+    assert!(
+        fired["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("crashed")),
+        "{fired}"
+    );
+    assert_eq!(fired["severity"], "critical");
+    // The proxy pointed at 18790: the stale port, named from the access log.
+    let stale = replay("gateway_stale_port", "");
+    assert_eq!(alerts(&stale), [pair("hop.stale_upstream_port", "firing")]);
+    let fired = stale.iter().find(|v| v["type"] == "alert").expect("alert");
+    assert!(
+        fired["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(":18790")),
+        "{fired}"
+    );
+    // trustedProxies missing: named as such, not as an Origin problem.
+    let untrusted = replay("gateway_untrusted_proxy", "");
+    assert_eq!(alerts(&untrusted), [pair("hop.untrusted_proxy", "firing")]);
+}

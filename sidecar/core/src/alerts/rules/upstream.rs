@@ -170,9 +170,14 @@ impl Engine {
         }
         let first = !down.announced;
         down.announced = true;
-        let how = if down.crash {
+        let how = if down.crash && down.listener_gone {
             format!(
                 "crashed: it cut {} session(s) as its listener went away",
+                down.cut_sessions
+            )
+        } else if down.crash {
+            format!(
+                "crashed: it cut {} session(s), then refused connects",
                 down.cut_sessions
             )
         } else if down.listener_gone {
