@@ -367,6 +367,9 @@ async fn live_replay_and_timeline_name_the_same_half_path_incident() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
     support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
     let gw = Gateway::start(&GatewayConfig {
         trust_the_proxy: true,
         allowed_origins: vec!["https://gw.test".into()],

@@ -111,6 +111,9 @@ fn hop_alerts(lines: &[Value]) -> Vec<&Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
     support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
     let gw = Gateway::spawn(&GatewayConfig {
         trust_the_proxy: true,
         allowed_origins: vec!["https://gw.test".into()],
@@ -162,6 +165,9 @@ async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
     support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
     let mut gw = Gateway::spawn(&GatewayConfig {
         trust_the_proxy: true,
         allowed_origins: vec!["https://gw.test".into()],
@@ -234,6 +240,9 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
     support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
     let gw = Gateway::spawn(&GatewayConfig {
         trust_the_proxy: true,
         allowed_origins: vec!["https://gw.test".into()],
@@ -274,6 +283,9 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
     support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
     let gw = Gateway::spawn(&GatewayConfig {
         trust_the_proxy: false,
         allowed_origins: vec!["https://gw.test".into()],

@@ -25,6 +25,17 @@ pub const TOKEN: &str = "edgewatch-test-token-7f3a9c";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Why the real Gateway cannot be run here (`cargo xtask test` sets it when npm was not
+/// reachable), or None. A test that needs the Gateway prints the reason and skips: never
+/// silently, and never when the Gateway is merely not installed (that fails, pointing at
+/// `cargo xtask gateway`).
+pub fn unavailable() -> Option<String> {
+    let reason = std::env::var("EDGEWATCH_GATEWAY_UNAVAILABLE").ok()?;
+    eprintln!("SKIPPED: {reason}");
+    println!("SKIPPED: {reason}");
+    Some(reason)
+}
+
 /// A network namespace joined to the host by a veth pair, a /30 of private addresses.
 pub struct Linked {
     pub ns: Netns,

@@ -17,6 +17,8 @@ pub const OPENCLAW_VERSION: &str = "2026.9.6";
 pub const NODE_VERSION: &str = "24.22.3";
 /// Where they are installed (tests read the same path).
 pub const DIR: &str = "/var/cache/edgewatch/openclaw";
+/// Set (to the reason) for the tests when the install failed: they skip, saying why.
+pub const UNAVAILABLE_ENV: &str = "EDGEWATCH_GATEWAY_UNAVAILABLE";
 
 fn installed_version(dir: &Path, package: &str) -> Option<String> {
     let text = std::fs::read_to_string(dir.join("node_modules").join(package).join("package.json"))

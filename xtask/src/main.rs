@@ -230,8 +230,14 @@ fn test() -> Result<()> {
         "libcap2-bin",
         "python3-yaml",
     ])?;
-    // Every diagnosis is tested against the real OpenClaw Gateway (npm, Node 24).
-    gateway::install()?;
+    // Every diagnosis is tested against the real OpenClaw Gateway (npm, Node 24). When the
+    // registry cannot be reached, the tests that need it say so and skip (never silently).
+    if let Err(e) = gateway::install() {
+        let reason = format!("the real OpenClaw Gateway could not be installed: {e:#}");
+        eprintln!("WARNING: {reason}; the tests that need it will skip, saying so");
+        // Read by the test processes started below.
+        std::env::set_var(gateway::UNAVAILABLE_ENV, reason);
+    }
     let total = 7;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
