@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
-    gateway::{Gateway, GatewayConfig, Linked, PORT},
+    gateway::{Gateway, GatewayConfig, Linked, CONTROL_UI_CONNECT, PORT},
     hop::{ws_over, Capture, Nginx, NginxSite},
     Sidecar,
 };
@@ -352,4 +352,66 @@ fn log_lines(log: &std::path::Path, n: usize) {
         );
         std::thread::yield_now();
     }
+}
+
+/// The Control UI's first request through the proxy, with `origin`; the close code and
+/// reason the Gateway ends the session with.
+async fn control_ui_connect(clients: &Linked, front: &Nginx, origin: &str) -> (u16, String) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = clients.connect(SocketAddr::from((clients.host_ip, front.port)));
+    let host = format!("{}:{}", clients.host_ip, front.port);
+    let mut ws = ws_over(s, &host, "/", Some(origin)).await.expect("101");
+    let challenge = ws.next().await.expect("challenge").expect("frame");
+    assert!(challenge
+        .to_text()
+        .unwrap_or("")
+        .contains("connect.challenge"));
+    ws.send(Message::text(CONTROL_UI_CONNECT))
+        .await
+        .expect("send");
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Close(Some(f)) = m {
+            return (u16::from(f.code), f.reason.to_string());
+        }
+    }
+    panic!("the Gateway did not close the session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_the_gateway_refuses_is_named_and_other_policy_closes_are_not() {
+    support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
+    let gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let front = nginx(&clients, gw.addr);
+    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    gw.wait_ready();
+    let recording = Recording::start("gateway_bad_origin", &gw);
+    // The allowed Origin, no device identity: the Gateway closes 1008 for that, not for
+    // the Origin. Not an Origin incident.
+    let (code, reason) = control_ui_connect(&clients, &front, "https://gw.test").await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("device identity"), "{reason}");
+    sc.lines.wait_for("the first session", |v| {
+        v["type"] == "websocket" && v["origin"] == "https://gw.test"
+    });
+    // An Origin it does not allow: 101, then 1008 "origin not allowed".
+    let (code, reason) = control_ui_connect(&clients, &front, "https://evil.example").await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("origin not allowed"), "{reason}");
+    let fired = sc.lines.wait_for("the Origin alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.origin_rejected" && v["state"] == "firing"
+    });
+    let evidence = fired["evidence"].to_string();
+    assert!(evidence.contains("https://evil.example"), "{fired:#}");
+    assert!(!evidence.contains("https://gw.test\""), "{fired:#}");
+    assert_eq!(fired["evidence"]["counts"]["closes_1008"], 1, "{fired:#}");
+    log_lines(&front.access_log_path(), 2);
+    recording.stop(&front.access_log_path());
 }

@@ -306,4 +306,16 @@ fn the_real_gateway_recordings_give_their_verdicts() {
     // trustedProxies missing: named as such, not as an Origin problem.
     let untrusted = replay("gateway_untrusted_proxy", "");
     assert_eq!(alerts(&untrusted), [pair("hop.untrusted_proxy", "firing")]);
+    // A refused Origin (101, then 1008 "origin not allowed"), beside a 1008 for another
+    // reason (no device identity) that is not one.
+    let origin = replay("gateway_bad_origin", "");
+    assert_eq!(alerts(&origin), [pair("hop.origin_rejected", "firing")]);
+    let fired = origin.iter().find(|v| v["type"] == "alert").expect("alert");
+    assert!(
+        fired["evidence"]
+            .to_string()
+            .contains("https://evil.example"),
+        "{fired}"
+    );
+    assert_eq!(fired["evidence"]["counts"]["closes_1008"], 1, "{fired}");
 }

@@ -20,6 +20,11 @@ use super::Netns;
 pub const DIR: &str = "/var/cache/edgewatch/openclaw";
 /// The Gateway's conventional port (inside its own namespace: no clash between tests).
 pub const PORT: u16 = 18789;
+/// The first request a Control UI sends (no token): enough for the Gateway to judge the
+/// Origin. With an Origin it does not allow, it answers an error and closes 1008 "origin not
+/// allowed ..."; with an allowed one, 1008 "control ui requires device identity ...".
+pub const CONTROL_UI_CONNECT: &str = r#"{"type":"req","id":"1","method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"openclaw-control-ui","version":"1.0.0","platform":"linux","mode":"ui"},"role":"operator","scopes":[],"caps":[],"commands":[],"permissions":{}}}"#;
+
 /// The Gateway's auth token in the tests.
 pub const TOKEN: &str = "edgewatch-test-token-7f3a9c";
 

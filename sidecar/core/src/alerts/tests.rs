@@ -699,3 +699,32 @@ fn a_403_with_the_gateways_proxy_code_is_an_untrusted_proxy_not_an_origin() {
     e.hop(&HopRecord::Http(x), &mut out);
     assert_eq!(out[0].rule, "hop.origin_rejected");
 }
+
+#[test]
+fn a_1008_for_another_reason_than_the_origin_is_not_an_origin_refusal() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let HopRecord::Websocket(mut s) = session(
+        1,
+        100 * S,
+        0,
+        SessionEnd::CloseHandshake {
+            first_close_from: Side::Server,
+        },
+    ) else {
+        panic!("a session");
+    };
+    s.origin = Some("https://gw.test".into());
+    s.closes = vec![crate::hop::CloseFrame {
+        from: Side::Server,
+        ts_ns: 100 * S,
+        code: Some(1008),
+        reason: "control ui requires device identity (use HTTPS or localhost secure context)"
+            .into(),
+    }];
+    e.hop(&HopRecord::Websocket(s.clone()), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    s.closes[0].reason = "origin not allowed (open the Control UI from the gateway host)".into();
+    e.hop(&HopRecord::Websocket(s), &mut out);
+    assert_eq!(out[0].rule, "hop.origin_rejected");
+}

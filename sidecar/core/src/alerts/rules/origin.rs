@@ -21,17 +21,19 @@ impl Engine {
         );
     }
 
-    /// A session the upstream closed with 1008 (policy violation: how the Gateway refuses an
-    /// origin after the 101).
+    /// A session the upstream closed with 1008 (policy violation) saying Origin: how the
+    /// Gateway refuses an origin after the 101. It closes with 1008 for other reasons too
+    /// (invalid connect parameters, a Control UI without device identity): only a reason
+    /// that names the Origin makes it an Origin refusal.
     pub(super) fn origin_closed(&mut self, s: &WsSession, out: &mut Vec<Alert>) {
         if !self.cfg.origin_rejected.enabled {
             return;
         }
-        let Some(close) = s
-            .closes
-            .iter()
-            .find(|c| c.from == Side::Server && c.code == Some(1008))
-        else {
+        let Some(close) = s.closes.iter().find(|c| {
+            c.from == Side::Server
+                && c.code == Some(1008)
+                && c.reason.to_ascii_lowercase().contains("origin")
+        }) else {
             return;
         };
         let evidence = json!({
