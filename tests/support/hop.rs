@@ -118,13 +118,13 @@ async fn serve(mut stream: TcpStream) {
                 websocket(stream, origin.contains("blocked")).await;
                 return;
             }
-            _ if req.path == Some("/slow") => {
+            _ if req.path.and_then(|p| p.split('?').next()) == Some("/slow") => {
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;
             }
-            _ if req.path == Some("/health") => {
+            _ if req.path.and_then(|p| p.split('?').next()) == Some("/health") => {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;

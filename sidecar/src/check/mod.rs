@@ -248,6 +248,9 @@ pub fn http_step(client: &ClientResponse, view: &HopView, nonce: &str, port: u16
             evidence,
         );
     }
+    if hop.error_code.as_deref() == Some(PROXY_ATTRIBUTION_REQUIRED) {
+        return untrusted_proxy("http", status, hop, evidence);
+    }
     if status >= 500 {
         return Step::new(
             "http",
@@ -256,6 +259,22 @@ pub fn http_step(client: &ClientResponse, view: &HopView, nonce: &str, port: u16
             evidence,
         )
         .with_move("Check the Gateway's logs and health (`/readyz`).");
+    }
+    if status >= 400 {
+        // No step passes on an error, whatever else looks right.
+        return Step::new(
+            "http",
+            Status::Fail,
+            format!(
+                "the upstream answers {status}{}",
+                hop.error_code
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            ),
+            evidence,
+        )
+        .with_move("Check the Gateway's logs for why it refuses the request.");
     }
     let Some(rid) = hop.request_id.as_deref() else {
         return Step::new(
@@ -306,13 +325,34 @@ const MOVE_ORIGIN: &str = "Add the exact https origin users type (scheme, host a
     gateway.controlUi.allowedOrigins and fully restart the Gateway; a 403 at the handshake can \
     also mean the proxy is missing from gateway.trustedProxies.";
 
+/// The Gateway's error code for a forwarded request from a proxy it does not trust.
+const PROXY_ATTRIBUTION_REQUIRED: &str = "proxy_attribution_required";
+const MOVE_UNTRUSTED: &str = "Add the proxy's address (as the Gateway sees it) to \
+    gateway.trustedProxies, keep the proxy setting X-Forwarded-For, then restart the Gateway. \
+    Not an Origin problem.";
+
+/// The Gateway refused what the proxy forwarded: the proxy is not in its trustedProxies.
+fn untrusted_proxy(step: &'static str, status: u16, hop: &HttpExchange, evidence: Value) -> Step {
+    Step::new(
+        step,
+        Status::Fail,
+        format!(
+            "the upstream answers {status} {PROXY_ATTRIBUTION_REQUIRED}: the proxy at {} is not in gateway.trustedProxies",
+            hop.conn.client.ip()
+        ),
+        evidence,
+    )
+    .with_move(MOVE_UNTRUSTED)
+}
+
 /// Step 4: a real upgrade through the edge, localised with the hop when it fails.
 pub fn ws_step(client: &WsClient, view: &HopView, nonce: &str, port: u16) -> Step {
     let hop = view.exchange(nonce);
     let evidence = json!({ "client": client, "hop": hop, "passive": view.available });
     if client.status == Some(101) {
         if let Some((code, reason)) = &client.closed_with {
-            if *code == 1008 {
+            // The Gateway closes 1008 for other reasons too: only one that names the Origin.
+            if *code == 1008 && reason.to_ascii_lowercase().contains("origin") {
                 return Step::new(
                     "websocket",
                     Status::Fail,
@@ -373,17 +413,37 @@ pub fn ws_step(client: &WsClient, view: &HopView, nonce: &str, port: u16) -> Ste
         )
         .with_move(MOVE_HALF_PATH);
     }
+    if hop.error_code.as_deref() == Some(PROXY_ATTRIBUTION_REQUIRED) {
+        return untrusted_proxy("websocket", hop.status.unwrap_or(0), hop, evidence);
+    }
     if hop.status == Some(403) {
+        let code = hop.error_code.as_deref();
+        if code.is_some_and(|c| c.to_ascii_lowercase().contains("origin")) {
+            return Step::new(
+                "websocket",
+                Status::Fail,
+                format!(
+                    "{what}: the upstream refused the upgrade with 403 for Origin {} ({})",
+                    hop.origin.as_deref().unwrap_or("(none)"),
+                    code.unwrap_or("")
+                ),
+                evidence,
+            )
+            .with_move(MOVE_ORIGIN);
+        }
         return Step::new(
             "websocket",
             Status::Fail,
             format!(
-                "{what}: the upstream refused the upgrade with 403 for Origin {}",
-                hop.origin.as_deref().unwrap_or("(none)")
+                "{what}: the upstream refused the upgrade at the handshake (403{})",
+                code.map(|c| format!(" {c}")).unwrap_or_default()
             ),
             evidence,
         )
-        .with_move(MOVE_ORIGIN);
+        .with_move(
+            "Check the Gateway's logs for the refusal: its auth settings, gateway.trustedProxies \
+             (the proxy's address) and gateway.controlUi.allowedOrigins.",
+        );
     }
     Step::new(
         "websocket",
@@ -580,10 +640,43 @@ mod tests {
             origin: "https://gw.test".into(),
             ..Default::default()
         };
-        let v = view(vec![exchange("/?n=abc", true, 403, Some("r"))]);
-        let s = ws_step(&client, &v, "abc", 18789);
+        let with_code = |code: Option<&str>| {
+            let mut x = exchange("/?n=abc", true, 403, Some("r"));
+            if let HopRecord::Http(h) = &mut x {
+                h.error_code = code.map(str::to_owned);
+            }
+            view(vec![x])
+        };
+        // A 403 whose code says Origin.
+        let s = ws_step(
+            &client,
+            &with_code(Some("origin_not_allowed")),
+            "abc",
+            18789,
+        );
         assert!(s.summary.contains("403 for Origin"), "{}", s.summary);
         assert!(s.first_move.expect("move").contains("allowedOrigins"));
+        // The Gateway's refusal of an untrusted proxy: named as such, not as the Origin.
+        let s = ws_step(
+            &client,
+            &with_code(Some("proxy_attribution_required")),
+            "abc",
+            18789,
+        );
+        assert!(s.summary.contains("trustedProxies"), "{}", s.summary);
+        assert!(!s.summary.contains("Origin"), "{}", s.summary);
+        // A bare 403: refused at the handshake, no Origin diagnosis.
+        let s = ws_step(&client, &with_code(None), "abc", 18789);
+        assert!(s.summary.contains("at the handshake"), "{}", s.summary);
+        // A 1008 for another reason than the Origin is not an Origin refusal.
+        let other = WsClient {
+            status: Some(101),
+            closed_with: Some((1008, "invalid connect params".into())),
+            origin: "https://x".into(),
+            ..Default::default()
+        };
+        let s = ws_step(&other, &view(Vec::new()), "abc", 18789);
+        assert!(!s.summary.contains("refuses Origin"), "{}", s.summary);
         let client = WsClient {
             status: Some(101),
             closed_with: Some((1008, "origin not allowed".into())),
@@ -604,5 +697,25 @@ mod tests {
         assert_eq!(exit_code(&[s(Status::Pass), s(Status::Skip)]), 0);
         assert_eq!(exit_code(&[s(Status::Pass), s(Status::Warn)]), 2);
         assert_eq!(exit_code(&[s(Status::Warn), s(Status::Fail)]), 1);
+    }
+
+    #[test]
+    fn no_http_step_passes_on_an_error_status() {
+        let client = ClientResponse {
+            status: Some(403),
+            request_id: Some("r".into()),
+            ..Default::default()
+        };
+        let mut x = exchange("/?n=abc", false, 403, Some("r"));
+        let v = view(vec![x.clone()]);
+        let s = http_step(&client, &v, "abc", 18789);
+        assert_eq!(s.status, Status::Fail, "{}", s.summary);
+        if let HopRecord::Http(h) = &mut x {
+            h.error_code = Some("proxy_attribution_required".into());
+        }
+        let s = http_step(&client, &view(vec![x]), "abc", 18789);
+        assert_eq!(s.status, Status::Fail);
+        assert!(s.summary.contains("trustedProxies"), "{}", s.summary);
+        assert!(s.first_move.expect("move").contains("trustedProxies"));
     }
 }
