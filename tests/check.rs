@@ -21,11 +21,22 @@ fn check(
     ca: &Path,
     extra: &[&str],
 ) -> (i32, std::collections::BTreeMap<String, Value>, Value) {
+    check_with(edge_port, upstream_port, ca, extra, "")
+}
+
+/// [`check`] with more config (TOML appended).
+fn check_with(
+    edge_port: u16,
+    upstream_port: u16,
+    ca: &Path,
+    extra: &[&str],
+    more_config: &str,
+) -> (i32, std::collections::BTreeMap<String, Value>, Value) {
     support::require_root();
     let config = tempfile::NamedTempFile::new().expect("config");
     std::fs::write(
         config.path(),
-        "[hop]\ndocker_bridges = false\n[nat]\nenabled = false\n",
+        format!("[hop]\ndocker_bridges = false\n[nat]\nenabled = false\n{more_config}"),
     )
     .expect("write config");
     let out = Command::new(support::edgewatch_bin())
@@ -271,6 +282,41 @@ async fn an_upstream_port_with_no_listener_is_the_stale_port() {
             "{step}: {}",
             summary(&steps, step)
         );
+    }
+}
+
+/// The proxy pointed at another port than the Gateway's: with the proxy's access log in the
+/// config, the check names where the proxy sends requests and where the Gateway listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_pointed_elsewhere_is_named_with_both_ports() {
+    let pki = Pki::new();
+    let gateway = start_upstream().await;
+    let stale = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let nginx = tls_nginx(stale, &pki, Served::FullChain, "gw.test");
+    let log = nginx.access_log_path();
+    let (code, steps, _) = tokio::task::spawn_blocking(move || {
+        check_with(
+            nginx.port,
+            gateway.port(),
+            &pki.ca_file,
+            &[],
+            &format!("[edge]\naccess_logs = [{log:?}]\n"),
+        )
+    })
+    .await
+    .expect("check");
+    assert_eq!(code, 1);
+    assert_eq!(
+        status(&steps, "bind"),
+        "pass",
+        "{}",
+        summary(&steps, "bind")
+    );
+    for step in ["http", "websocket"] {
+        let s = summary(&steps, step);
+        assert_eq!(status(&steps, step), "fail", "{step}: {s}");
+        assert!(s.contains(&stale.to_string()), "{step}: {s}");
+        assert!(s.contains(&format!("listens on {gateway}")), "{step}: {s}");
     }
 }
 

@@ -135,6 +135,11 @@ pub struct HopView {
     pub available: bool,
     pub why: Option<String>,
     pub records: Vec<HopRecord>,
+    /// Where the proxy sent the check's requests, by nonce, from its access log
+    /// (`upstream_addr`), when the config names the log.
+    pub proxied_to: Vec<(String, String)>,
+    /// Where the Gateway's port has listeners (the socket inventory).
+    pub gateway: Vec<String>,
 }
 
 impl HopView {
@@ -152,6 +157,14 @@ impl HopView {
             HopRecord::Websocket(s) if s.path.contains(nonce) => Some(s),
             _ => None,
         })
+    }
+
+    /// Where the proxy sent the request marked `nonce` (its access log), if known.
+    pub fn proxied_to(&self, nonce: &str) -> Option<&str> {
+        self.proxied_to
+            .iter()
+            .find(|(n, _)| n == nonce)
+            .map(|(_, a)| a.as_str())
     }
 
     /// Refused connects to the upstream port.
@@ -174,7 +187,37 @@ const MOVE_REQUEST_ID: &str = "Forward the edge's request id upstream (nginx: \
     `proxy_set_header X-Request-ID $request_id;`, Caddy: `request_header X-Request-ID \
     {http.request.uuid}`) so the edge's log and the hop can be joined.";
 
-fn no_exchange(view: &HopView, port: u16, step: &'static str, what: &str, evidence: Value) -> Step {
+fn no_exchange(
+    view: &HopView,
+    nonce: &str,
+    port: u16,
+    step: &'static str,
+    what: &str,
+    evidence: Value,
+) -> Step {
+    // The proxy's own log says where it sent the request: elsewhere than the Gateway.
+    if let Some(to) = view.proxied_to(nonce) {
+        let last = to.rsplit(',').next().unwrap_or(to).trim();
+        let other = last
+            .parse::<std::net::SocketAddr>()
+            .map_or(true, |a| a.port() != port);
+        if other {
+            let gateway = if view.gateway.is_empty() {
+                format!("the Gateway's port is {port}, where nothing listens now")
+            } else {
+                format!("the Gateway listens on {}", view.gateway.join(", "))
+            };
+            return Step::new(
+                step,
+                Status::Fail,
+                format!(
+                    "{what}: the proxy sends the request to {last} (its access log), not to the Gateway's port {port}; {gateway} (stale upstream port)"
+                ),
+                evidence,
+            )
+            .with_move(MOVE_STALE);
+        }
+    }
     let refused = view.refused(port);
     if refused > 0 {
         return Step::new(
@@ -231,6 +274,7 @@ pub fn http_step(client: &ClientResponse, view: &HopView, nonce: &str, port: u16
     let Some(hop) = hop else {
         return no_exchange(
             view,
+            nonce,
             port,
             "http",
             &format!("the edge answered {status}"),
@@ -395,7 +439,7 @@ pub fn ws_step(client: &WsClient, view: &HopView, nonce: &str, port: u16) -> Ste
         );
     }
     let Some(hop) = hop else {
-        return no_exchange(view, port, "websocket", &what, evidence);
+        return no_exchange(view, nonce, port, "websocket", &what, evidence);
     };
     if !(hop.upgrade_websocket && hop.connection_upgrade) {
         return Step::new(
@@ -589,6 +633,7 @@ mod tests {
             available: true,
             why: None,
             records,
+            ..HopView::default()
         }
     }
 
@@ -717,5 +762,24 @@ mod tests {
         assert_eq!(s.status, Status::Fail);
         assert!(s.summary.contains("trustedProxies"), "{}", s.summary);
         assert!(s.first_move.expect("move").contains("trustedProxies"));
+    }
+
+    #[test]
+    fn a_request_the_proxy_sent_elsewhere_names_both_ports() {
+        let client = ClientResponse {
+            status: Some(502),
+            ..Default::default()
+        };
+        let mut v = view(Vec::new());
+        v.proxied_to = vec![("abc".into(), "127.0.0.1:18790".into())];
+        v.gateway = vec!["127.0.0.1:18789".into()];
+        let s = http_step(&client, &v, "abc", 18789);
+        assert_eq!(s.status, Status::Fail);
+        assert!(s.summary.contains("127.0.0.1:18790"), "{}", s.summary);
+        assert!(
+            s.summary.contains("listens on 127.0.0.1:18789"),
+            "{}",
+            s.summary
+        );
     }
 }

@@ -248,7 +248,45 @@ fn view(watch: &Option<HopWatch>, why: &Option<String>) -> HopView {
         available: watch.is_some(),
         why: why.clone(),
         records: watch.as_ref().map(HopWatch::snapshot).unwrap_or_default(),
+        ..HopView::default()
     }
+}
+
+/// Bytes read from the end of each access log when looking for the check's requests.
+const LOG_TAIL: u64 = 1 << 20;
+
+/// Where the proxy sent the requests marked with `nonces`, from the end of the configured
+/// access logs (`[edge] access_logs`): (nonce, `upstream_addr`).
+fn proxied_to(config: &Config, nonces: &[&str]) -> Vec<(String, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    for path in &config.edge.access_logs {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            continue;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)))
+            .is_err()
+        {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        if f.take(LOG_TAIL).read_to_end(&mut bytes).is_err() {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Ok(rec) = crate::edge::parse_any(line, &config.edge.json_fields) else {
+                continue;
+            };
+            let (Some(p), Some(to)) = (rec.path.as_deref(), rec.upstream_addr.as_deref()) else {
+                continue;
+            };
+            if let Some(n) = nonces.iter().find(|n| p.contains(**n)) {
+                out.push(((*n).to_owned(), to.to_owned()));
+            }
+        }
+    }
+    out
 }
 
 /// The steps after TLS, skipped for `why`.
@@ -369,10 +407,21 @@ pub async fn check(
         })
         .await;
     }
-    push(
-        http_step(&client, &view(&watch, &why), &n, port),
-        &mut steps,
-    );
+    // The proxy writes its log line when the request ends (it has: the answer came).
+    let gateway: Vec<String> = inventory
+        .exposures()
+        .iter()
+        .filter_map(|e| match e {
+            crate::exposure::Exposure::Listener(l) if l.port == port => {
+                Some(SocketAddr::new(l.addr, l.port).to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    let mut http_view = view(&watch, &why);
+    http_view.proxied_to = proxied_to(config, &[&n]);
+    http_view.gateway = gateway.clone();
+    push(http_step(&client, &http_view, &n, port), &mut steps);
 
     // 4. WebSocket through the edge.
     let origin = args.origin.clone().unwrap_or_else(|| target.origin());
@@ -396,7 +445,10 @@ pub async fn check(
         })
         .await;
     }
-    let ws_verdict = ws_step(&ws_client, &view(&watch, &why), &wn, port);
+    let mut ws_view = view(&watch, &why);
+    ws_view.proxied_to = proxied_to(config, &[&wn]);
+    ws_view.gateway = gateway;
+    let ws_verdict = ws_step(&ws_client, &ws_view, &wn, port);
     let upgraded = ws_verdict.status == Status::Pass;
     push(ws_verdict, &mut steps);
 
