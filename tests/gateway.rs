@@ -415,3 +415,106 @@ async fn an_origin_the_gateway_refuses_is_named_and_other_policy_closes_are_not(
     log_lines(&front.access_log_path(), 2);
     recording.stop(&front.access_log_path());
 }
+
+/// `edgewatch check` as an operator runs it, against nginx (TLS) in front of the real
+/// Gateway: `(step -> its JSON line)`.
+fn run_check(
+    gw: &Gateway,
+    clients: &Linked,
+    front: &Nginx,
+    ca: &std::path::Path,
+    origin: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(
+        config.path(),
+        format!(
+            "[hop]\ninterfaces = [{:?}]\ndocker_bridges = false\n[nat]\nenabled = false\n\
+             [edge]\naccess_logs = [{:?}]\n",
+            gw.link.host_if,
+            front.access_log_path()
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(support::edgewatch_bin())
+        .args(["check", "--output", "json", "--url"])
+        .arg(format!("https://gw.test:{}/", front.port))
+        .arg("--resolve")
+        .arg(format!("gw.test:{}", clients.host_ip))
+        .arg("--ca-file")
+        .arg(ca)
+        .args(["--upstream-port", &PORT.to_string(), "--origin", origin])
+        .arg("--config")
+        .arg(config.path())
+        .output()
+        .expect("edgewatch check");
+    support::json_lines(&String::from_utf8_lossy(&out.stdout))
+        .into_iter()
+        .filter(|v| v["type"] == "check_step")
+        .map(|v| (v["step"].as_str().unwrap_or("").to_owned(), v))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_refused_origin_and_an_untrusted_proxy_on_the_real_gateway() {
+    support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
+    let pki = support::tls::Pki::new();
+    let clients = Linked::new('c', 232);
+    let tls_front = |gw: &Gateway| {
+        Nginx::start(&NginxSite {
+            listen: Some(clients.host_ip),
+            tls: Some(pki.server("gw.test", support::tls::Served::FullChain)),
+            ..NginxSite::new(gw.addr)
+        })
+    };
+    let gw = Gateway::start(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let front = tls_front(&gw);
+    let step = |steps: &std::collections::BTreeMap<String, Value>, name: &str| {
+        (
+            steps[name]["status"].as_str().unwrap_or("").to_owned(),
+            steps[name]["summary"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    // A good setup: the page and the upgrade pass, and the Gateway accepted the Origin.
+    let good = run_check(&gw, &clients, &front, &pki.ca_file, "https://gw.test");
+    let (s, text) = step(&good, "http");
+    assert_eq!(s, "pass", "{text}");
+    let (s, text) = step(&good, "websocket");
+    assert_eq!(s, "pass", "{text}");
+    assert!(text.contains("accepted the Origin"), "{text}");
+    // An Origin the Gateway does not allow: it upgrades, then refuses at the first request.
+    let evil = run_check(&gw, &clients, &front, &pki.ca_file, "https://evil.example");
+    let (s, text) = step(&evil, "websocket");
+    assert_eq!(s, "fail", "{text}");
+    assert!(
+        text.contains("refuses Origin https://evil.example"),
+        "{text}"
+    );
+    // trustedProxies without the proxy: named as such, in both steps, not as the Origin.
+    drop(front);
+    drop(gw);
+    let untrusting = Gateway::start(&GatewayConfig {
+        trust_the_proxy: false,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let front = tls_front(&untrusting);
+    let refused = run_check(
+        &untrusting,
+        &clients,
+        &front,
+        &pki.ca_file,
+        "https://gw.test",
+    );
+    for name in ["http", "websocket"] {
+        let (s, text) = step(&refused, name);
+        assert_eq!(s, "fail", "{name}: {text}");
+        assert!(text.contains("trustedProxies"), "{name}: {text}");
+        assert!(!text.contains("Origin"), "{name}: {text}");
+    }
+}

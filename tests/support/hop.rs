@@ -164,6 +164,19 @@ async fn websocket(stream: TcpStream, origin_blocked: bool) {
             continue;
         }
         match msg {
+            // A Control UI's first request without credentials: refused with 1008, as the
+            // Gateway does once the Origin passed.
+            Message::Text(t) if t.contains("\"method\":\"connect\"") => {
+                use tokio_tungstenite::tungstenite::protocol::{
+                    frame::coding::CloseCode, CloseFrame,
+                };
+                let _ = ws
+                    .close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: "control ui requires device identity".into(),
+                    }))
+                    .await;
+            }
             Message::Text(t) if t.as_str() == "die" => {
                 drop(ws);
                 drop(keep);

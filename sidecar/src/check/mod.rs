@@ -360,6 +360,11 @@ pub struct WsClient {
     /// A close frame the server sent right after the upgrade (code, reason).
     pub closed_with: Option<(u16, String)>,
     pub origin: String,
+    /// The upstream spoke first with the Gateway's `connect.challenge`.
+    pub gateway: bool,
+    /// How the Gateway ended a second session in which the check sent a Control UI's first
+    /// request (no credentials): it judges the Origin there (code, reason).
+    pub connect_probe: Option<(u16, String)>,
 }
 
 const MOVE_HALF_PATH: &str = "Confirm Upgrade survives the proxy: nginx needs \
@@ -394,6 +399,21 @@ pub fn ws_step(client: &WsClient, view: &HopView, nonce: &str, port: u16) -> Ste
     let hop = view.exchange(nonce);
     let evidence = json!({ "client": client, "hop": hop, "passive": view.available });
     if client.status == Some(101) {
+        // The Gateway judges the Origin only at the first request: the probe's close says.
+        if let Some((code, reason)) = &client.connect_probe {
+            if *code == 1008 && reason.to_ascii_lowercase().contains("origin") {
+                return Step::new(
+                    "websocket",
+                    Status::Fail,
+                    format!(
+                        "upgraded, but the Gateway refuses Origin {} at the first request (1008: {reason})",
+                        client.origin
+                    ),
+                    evidence,
+                )
+                .with_move(MOVE_ORIGIN);
+            }
+        }
         if let Some((code, reason)) = &client.closed_with {
             // The Gateway closes 1008 for other reasons too: only one that names the Origin.
             if *code == 1008 && reason.to_ascii_lowercase().contains("origin") {
@@ -415,10 +435,19 @@ pub fn ws_step(client: &WsClient, view: &HopView, nonce: &str, port: u16) -> Ste
                 evidence,
             );
         }
+        let probed = match &client.connect_probe {
+            Some((code, reason)) => format!(
+                "; the Gateway accepted the Origin at the first request (it then ended the check's unauthenticated session: {code} {reason})"
+            ),
+            None if client.gateway => {
+                "; the Gateway's Origin check could not be probed".to_owned()
+            }
+            None => String::new(),
+        };
         return Step::new(
             "websocket",
             Status::Pass,
-            format!("upgraded (101) with Origin {}", client.origin),
+            format!("upgraded (101) with Origin {}{probed}", client.origin),
             evidence,
         );
     }

@@ -448,6 +448,19 @@ pub async fn check(
     let mut ws_view = view(&watch, &why);
     ws_view.proxied_to = proxied_to(config, &[&wn]);
     ws_view.gateway = gateway;
+    let mut ws_client = ws_client;
+    if ws_client.gateway && ws_client.status == Some(101) {
+        ws_client.connect_probe = connect_probe(
+            &connector,
+            addr,
+            &target,
+            // Its own nonce: the idle step looks the main session up by `wn`.
+            &target.marked(&(nonce() + "probe")),
+            &origin,
+            args.timeout,
+        )
+        .await;
+    }
     let ws_verdict = ws_step(&ws_client, &ws_view, &wn, port);
     let upgraded = ws_verdict.status == Status::Pass;
     push(ws_verdict, &mut steps);
@@ -631,6 +644,9 @@ async fn upgrade(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"connect.challenge\"") => {
+                client.gateway = true;
+            }
             Ok(Some(Ok(Message::Close(c)))) => {
                 client.closed_with = Some(
                     c.map(|c| (u16::from(c.code), c.reason.to_string()))
@@ -651,6 +667,49 @@ async fn upgrade(
         }
     }
     (client, Some(ws))
+}
+
+/// The first request a Control UI sends, without credentials: the Gateway judges the Origin
+/// before anything else, and ends the session with 1008 either way (the reason says why).
+const CONTROL_UI_CONNECT: &str = r#"{"type":"req","id":"edgewatch-check","method":"connect","params":{"minProtocol":4,"maxProtocol":4,"client":{"id":"openclaw-control-ui","version":"edgewatch-check","platform":"linux","mode":"ui"},"role":"operator","scopes":[],"caps":[],"commands":[],"permissions":{}}}"#;
+
+/// A second session with the same Origin in which the check answers the Gateway's challenge
+/// with a Control UI's first request: how the Gateway ends it (code, reason), if it does
+/// within the timeout.
+async fn connect_probe(
+    connector: &Connector,
+    addr: SocketAddr,
+    t: &Target,
+    path: &str,
+    origin: &str,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let attempt = async {
+        let stream = connector.connect(addr, &t.host).await.ok()?;
+        let mut req = format!("wss://{}{path}", t.authority())
+            .into_client_request()
+            .ok()?;
+        req.headers_mut().insert("Origin", origin.parse().ok()?);
+        let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.ok()?;
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) if t.contains("\"connect.challenge\"") => {
+                    ws.send(Message::text(CONTROL_UI_CONNECT)).await.ok()?;
+                }
+                Message::Close(c) => {
+                    return c.map(|c| (u16::from(c.code), c.reason.to_string()));
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    // The Gateway answers at once; an upstream that does not speak its protocol is not
+    // waited for long.
+    tokio::time::timeout(timeout.min(Duration::from_secs(3)), attempt)
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]
