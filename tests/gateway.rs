@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
     gateway::{Gateway, GatewayConfig, Linked, CONTROL_UI_CONNECT, PORT},
-    hop::{ws_over, Capture, Nginx, NginxSite},
+    hop::{ws_over, Caddy, Capture, Nginx, NginxSite},
     Sidecar,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -425,20 +425,37 @@ fn run_check(
     ca: &std::path::Path,
     origin: &str,
 ) -> std::collections::BTreeMap<String, Value> {
+    run_check_on(
+        gw,
+        clients,
+        front.port,
+        &front.access_log_path(),
+        ca,
+        origin,
+    )
+}
+
+fn run_check_on(
+    gw: &Gateway,
+    clients: &Linked,
+    front_port: u16,
+    access_log: &std::path::Path,
+    ca: &std::path::Path,
+    origin: &str,
+) -> std::collections::BTreeMap<String, Value> {
     let config = tempfile::NamedTempFile::new().expect("config");
     std::fs::write(
         config.path(),
         format!(
             "[hop]\ninterfaces = [{:?}]\ndocker_bridges = false\n[nat]\nenabled = false\n\
              [edge]\naccess_logs = [{:?}]\n",
-            gw.link.host_if,
-            front.access_log_path()
+            gw.link.host_if, access_log
         ),
     )
     .expect("write");
     let out = std::process::Command::new(support::edgewatch_bin())
         .args(["check", "--output", "json", "--url"])
-        .arg(format!("https://gw.test:{}/", front.port))
+        .arg(format!("https://gw.test:{front_port}/"))
         .arg("--resolve")
         .arg(format!("gw.test:{}", clients.host_ip))
         .arg("--ca-file")
@@ -488,6 +505,22 @@ async fn check_names_a_refused_origin_and_an_untrusted_proxy_on_the_real_gateway
     let (s, text) = step(&good, "websocket");
     assert_eq!(s, "pass", "{text}");
     assert!(text.contains("accepted the Origin"), "{text}");
+    // The same through Caddy (the README's Caddyfile): a good Caddy passes too.
+    let (cert, key) = pki.server("gw.test", support::tls::Served::FullChain);
+    let caddy = Caddy::start_tls_on(gw.addr, &cert, &key, clients.host_ip);
+    let via_caddy = run_check_on(
+        &gw,
+        &clients,
+        caddy.port,
+        &caddy.dir.path().join("access.log"),
+        &pki.ca_file,
+        "https://gw.test",
+    );
+    for name in ["http", "websocket"] {
+        let (s, text) = step(&via_caddy, name);
+        assert_eq!(s, "pass", "Caddy {name}: {text}");
+    }
+    drop(caddy);
     // An Origin the Gateway does not allow: it upgrades, then refuses at the first request.
     let evil = run_check(&gw, &clients, &front, &pki.ca_file, "https://evil.example");
     let (s, text) = step(&evil, "websocket");

@@ -449,14 +449,34 @@ impl Caddy {
 
     /// HTTPS for `gw.test` on loopback with this certificate file and key (no ACME).
     pub fn start_tls(upstream: SocketAddr, cert: &Path, key: &Path) -> Self {
-        Self::start_site(upstream, None, Some((cert, key)))
+        Self::start_site(
+            upstream,
+            None,
+            Some((cert, key)),
+            std::net::Ipv4Addr::LOCALHOST,
+        )
+    }
+
+    /// The same, listening on `bind` (a veth address for clients in another namespace).
+    pub fn start_tls_on(
+        upstream: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        bind: std::net::Ipv4Addr,
+    ) -> Self {
+        Self::start_site(upstream, None, Some((cert, key)), bind)
     }
 
     fn start_with(upstream: SocketAddr, admin: Option<u16>) -> Self {
-        Self::start_site(upstream, admin, None)
+        Self::start_site(upstream, admin, None, std::net::Ipv4Addr::LOCALHOST)
     }
 
-    fn start_site(upstream: SocketAddr, admin: Option<u16>, tls: Option<(&Path, &Path)>) -> Self {
+    fn start_site(
+        upstream: SocketAddr,
+        admin: Option<u16>,
+        tls: Option<(&Path, &Path)>,
+        bind: std::net::Ipv4Addr,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let address = match tls {
@@ -475,7 +495,7 @@ impl Caddy {
             site = site.replacen(
                 "{\n",
                 &format!(
-                    "{{\n\tbind 127.0.0.1\n\ttls {} {}\n",
+                    "{{\n\tbind {bind}\n\ttls {} {}\n",
                     cert.display(),
                     key.display()
                 ),
@@ -505,7 +525,7 @@ impl Caddy {
             .spawn()
             .expect("caddy (cargo xtask setup installs it)");
         let deadline = Instant::now() + super::wait_limit();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((bind, port)).is_err() {
             assert!(Instant::now() < deadline, "caddy did not start");
             std::thread::yield_now();
         }
