@@ -517,39 +517,6 @@ impl Conn {
     }
 }
 
-fn exchange_record(
-    conn: &ConnId,
-    x: PendingExchange,
-    ts: u64,
-    outcome: ExchangeOutcome,
-) -> HttpExchange {
-    let done = matches!(
-        outcome,
-        ExchangeOutcome::Complete | ExchangeOutcome::Upgraded
-    );
-    HttpExchange {
-        conn: conn.clone(),
-        index: x.index,
-        request_ts_ns: x.request_ts,
-        method: x.head.method,
-        path: x.head.path,
-        host: x.head.host,
-        origin: x.head.origin,
-        request_id: x.head.request_id,
-        x_forwarded_for: x.head.x_forwarded_for,
-        x_forwarded_proto: x.head.x_forwarded_proto,
-        upgrade_websocket: x.head.upgrade_websocket,
-        connection_upgrade: x.head.connection_upgrade,
-        status: x.status,
-        ttfb_ns: x.response_start_ts.map(|t| t.saturating_sub(x.request_ts)),
-        total_ns: done.then(|| ts.saturating_sub(x.request_ts)),
-        request_bytes: x.request_bytes,
-        response_bytes: x.response_bytes,
-        outcome,
-        error_code: x.error_code,
-    }
-}
-
 /// Follows every connection to or from the upstream ports.
 pub struct Tracker {
     ports: Vec<u16>,
@@ -797,5 +764,8 @@ impl Tracker {
 
 #[cfg(test)]
 mod follow_tests;
+mod record;
+use record::exchange_record;
+
 #[cfg(test)]
 pub(crate) mod tests;
