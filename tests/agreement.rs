@@ -260,23 +260,6 @@ fn replay_and_timeline_agree_on_every_committed_recording() {
     assert!(with_logs >= 1, "no recording comes with its access logs");
 }
 
-/// Waits until `log` has `n` lines (nginx writes a line when the request ends).
-fn log_lines(log: &Path, n: usize) {
-    let deadline = std::time::Instant::now() + support::wait_limit();
-    loop {
-        let have = std::fs::read_to_string(log).map_or(0, |t| t.lines().count());
-        if have >= n {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} has {have} of {n} lines",
-            log.display()
-        );
-        std::thread::yield_now();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_replay_and_timeline_name_the_same_half_path_incident() {
     support::require_root();
@@ -317,8 +300,8 @@ async fn live_replay_and_timeline_name_the_same_half_path_incident() {
     ws.close(None).await.expect("close");
     while ws.next().await.is_some() {}
     drop(ws);
-    log_lines(&logs[0], 1);
-    log_lines(&logs[1], 1);
+    broken.wait_log_lines(1);
+    fixed.wait_log_lines(1);
     // Live has read both logs (their joined requests are out) before it stops.
     sc.lines.wait_for("the fixed request joined", |v| {
         v["type"] == "request" && v["edge"]["status"] == 101
@@ -326,38 +309,7 @@ async fn live_replay_and_timeline_name_the_same_half_path_incident() {
     sc.signal("TERM");
     sc.lines.wait_for("stopped", |v| v["type"] == "stopped");
     let pcap = capture.stop();
-    let live: Vec<Transition> = sc
-        .lines
-        .seen_json()
-        .iter()
-        .filter(|v| v["type"] == "alert")
-        .map(|v| transition(&v["rule"], &v["dedup_key"], &v["state"], &v["evidence"]))
-        .collect();
-
-    let mut cfg = tempfile::NamedTempFile::new().expect("config");
-    std::io::Write::write_all(
-        &mut cfg,
-        b"[alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n[store]\nenabled = false\n",
-    )
-    .expect("write");
-    let (replayed, _) = replay(&pcap, port, &logs, Some(cfg.path()));
-    let (rebuilt, _) = timeline(&pcap, port, &logs, Some(cfg.path()));
-    let live = by_incident(live);
-    let half_path: Vec<&Transition> = live
-        .values()
-        .flatten()
-        .filter(|t| t.rule == "hop.upgrade_failure")
-        .collect();
-    assert_eq!(
-        half_path
-            .iter()
-            .map(|t| t.state.as_str())
-            .collect::<Vec<_>>(),
-        ["firing", "resolved"],
-        "{live:#?}"
-    );
-    assert_eq!(live, by_incident(replayed), "live and replay disagree");
-    assert_eq!(live, by_incident(rebuilt), "live and timeline disagree");
+    assert_three_agree(&sc, &pcap, port, &logs);
 }
 
 /// The same on the real OpenClaw Gateway (in its own namespace, clients in another): behind
@@ -434,8 +386,8 @@ async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
     ws.close(None).await.expect("close");
     while ws.next().await.is_some() {}
     drop(ws);
-    log_lines(&logs[0], 1);
-    log_lines(&logs[1], 1);
+    broken.wait_log_lines(1);
+    fixed.wait_log_lines(1);
     sc.lines.wait_for("the fixed request joined", |v| {
         v["type"] == "request" && v["edge"]["status"] == 101
     });
@@ -450,6 +402,12 @@ async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
             std::fs::copy(log, dir.join(format!("gateway_half_path.{name}.log"))).expect("copy");
         }
     }
+    assert_three_agree(&sc, &pcap, PORT, &logs);
+}
+
+/// The live sidecar's alert transitions (it has stopped) against `replay` and `timeline` of
+/// the recording with the same logs: the half-path fired and resolved, and all three agree.
+fn assert_three_agree(sc: &Sidecar, pcap: &Path, port: u16, logs: &[PathBuf]) {
     let live: Vec<Transition> = sc
         .lines
         .seen_json()
@@ -463,8 +421,8 @@ async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
         b"[alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n[store]\nenabled = false\n",
     )
     .expect("write");
-    let (replayed, _) = replay(&pcap, PORT, &logs, Some(cfg.path()));
-    let (rebuilt, _) = timeline(&pcap, PORT, &logs, Some(cfg.path()));
+    let (replayed, _) = replay(pcap, port, logs, Some(cfg.path()));
+    let (rebuilt, _) = timeline(pcap, port, logs, Some(cfg.path()));
     let live = by_incident(live);
     let half_path: Vec<&Transition> = live
         .values()

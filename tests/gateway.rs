@@ -62,6 +62,36 @@ async fn get(clients: &Linked, nginx: &Nginx, path: &str) -> String {
         .to_owned()
 }
 
+/// A Gateway (its namespace and veth pair ready, not yet waited for), clients in another
+/// namespace, nginx in front of the Gateway's `port` (18789, or another for a stale
+/// `proxy_pass`), and the sidecar on the hop with this grace for the upstream-down rule.
+struct Lab {
+    gw: Gateway,
+    clients: Linked,
+    front: Nginx,
+    sc: Sidecar,
+    _state: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new(trust_the_proxy: bool, port: u16, grace: &str) -> Self {
+        let gw = Gateway::spawn(&GatewayConfig {
+            trust_the_proxy,
+            allowed_origins: vec!["https://gw.test".into()],
+        });
+        let clients = Linked::new('c', 232);
+        let front = nginx(&clients, SocketAddr::from((gw.link.ns_ip, port)));
+        let (sc, _state) = sidecar(&gw, &[front.access_log_path()], grace);
+        Self {
+            gw,
+            clients,
+            front,
+            sc,
+            _state,
+        }
+    }
+}
+
 /// tcpdump on the Gateway's hop while a scenario runs. With
 /// `EDGEWATCH_SAVE_CAPTURES=tests/fixtures/hop`, the capture and the access log become the
 /// committed recording `NAME.18789.pcap` + `logs/NAME.edge.log` (replayed by
@@ -114,14 +144,14 @@ async fn a_gateway_start_is_an_upstream_record_not_an_alarm() {
     if support::gateway::unavailable().is_some() {
         return;
     }
-    let gw = Gateway::spawn(&GatewayConfig {
-        trust_the_proxy: true,
-        allowed_origins: vec!["https://gw.test".into()],
-    });
-    let clients = Linked::new('c', 232);
-    let front = nginx(&clients, gw.addr);
+    let Lab {
+        gw,
+        clients,
+        front,
+        mut sc,
+        _state,
+    } = Lab::new(true, PORT, "45s");
     let recording = Recording::start("gateway_start", &gw);
-    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
     // While it boots, the proxy's connects are refused: 502.
     assert_eq!(
         get(&clients, &front, "/readyz").await,
@@ -168,13 +198,13 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
     if support::gateway::unavailable().is_some() {
         return;
     }
-    let mut gw = Gateway::spawn(&GatewayConfig {
-        trust_the_proxy: true,
-        allowed_origins: vec!["https://gw.test".into()],
-    });
-    let clients = Linked::new('c', 232);
-    let front = nginx(&clients, gw.addr);
-    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "2s");
+    let Lab {
+        mut gw,
+        clients,
+        front,
+        mut sc,
+        _state,
+    } = Lab::new(true, PORT, "2s");
     gw.wait_ready();
     let recording = Recording::start("gateway_crash", &gw);
     let host = format!("{}:{}", clients.host_ip, front.port);
@@ -226,7 +256,7 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
     );
     // A request through the proxy works again (offline, this connect is what says so).
     assert_eq!(get(&clients, &front, "/readyz").await, "HTTP/1.1 200 OK");
-    log_lines(&front.access_log_path(), 2);
+    front.wait_log_lines(2);
     recording.stop(&front.access_log_path());
     // One incident: no reset storm, no stale port beside it.
     let seen = sc.lines.seen_json();
@@ -243,14 +273,14 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
     if support::gateway::unavailable().is_some() {
         return;
     }
-    let gw = Gateway::spawn(&GatewayConfig {
-        trust_the_proxy: true,
-        allowed_origins: vec!["https://gw.test".into()],
-    });
-    let clients = Linked::new('c', 232);
+    let Lab {
+        gw,
+        clients,
+        front,
+        mut sc,
+        _state,
+    } = Lab::new(true, PORT + 1, "45s");
     let stale = SocketAddr::from((gw.link.ns_ip, PORT + 1));
-    let front = nginx(&clients, stale);
-    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
     gw.wait_ready();
     let recording = Recording::start("gateway_stale_port", &gw);
     // The Gateway is up (its listener seen), yet the edge answers 502.
@@ -269,7 +299,7 @@ async fn a_proxy_pointed_at_another_port_names_it_and_the_gateways() {
     assert!(summary.contains("nothing listens there"), "{summary}");
     assert!(summary.contains(&format!(":{PORT}")), "{summary}");
     assert_eq!(fired["severity"], "critical");
-    log_lines(&front.access_log_path(), 1);
+    front.wait_log_lines(1);
     recording.stop(&front.access_log_path());
     // Not the Gateway down: it was up all along.
     let seen = sc.lines.seen_json();
@@ -286,13 +316,13 @@ async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
     if support::gateway::unavailable().is_some() {
         return;
     }
-    let gw = Gateway::spawn(&GatewayConfig {
-        trust_the_proxy: false,
-        allowed_origins: vec!["https://gw.test".into()],
-    });
-    let clients = Linked::new('c', 232);
-    let front = nginx(&clients, gw.addr);
-    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    let Lab {
+        gw,
+        clients,
+        front,
+        mut sc,
+        _state,
+    } = Lab::new(false, PORT, "45s");
     gw.wait_ready();
     let recording = Recording::start("gateway_untrusted_proxy", &gw);
     // The right Origin, through a proxy the Gateway does not trust: 403 at the handshake.
@@ -327,7 +357,7 @@ async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
         .find(|v| v["type"] == "http" && v["status"] == 403)
         .expect("the refused exchange");
     assert_eq!(http["error_code"], "proxy_attribution_required", "{http:#}");
-    log_lines(&front.access_log_path(), 1);
+    front.wait_log_lines(1);
     recording.stop(&front.access_log_path());
     let seen = sc.lines.seen_json();
     assert!(
@@ -335,23 +365,6 @@ async fn a_proxy_missing_from_trusted_proxies_is_named_not_an_origin_problem() {
         "{:#?}",
         hop_alerts(&seen)
     );
-}
-
-/// Waits until `log` has `n` lines (nginx writes a line when the request ends).
-fn log_lines(log: &std::path::Path, n: usize) {
-    let deadline = std::time::Instant::now() + support::wait_limit();
-    loop {
-        let have = std::fs::read_to_string(log).map_or(0, |t| t.lines().count());
-        if have >= n {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} has {have} of {n} lines",
-            log.display()
-        );
-        std::thread::yield_now();
-    }
 }
 
 /// The Control UI's first request through the proxy, with `origin`; the close code and
@@ -384,13 +397,13 @@ async fn an_origin_the_gateway_refuses_is_named_and_other_policy_closes_are_not(
     if support::gateway::unavailable().is_some() {
         return;
     }
-    let gw = Gateway::spawn(&GatewayConfig {
-        trust_the_proxy: true,
-        allowed_origins: vec!["https://gw.test".into()],
-    });
-    let clients = Linked::new('c', 232);
-    let front = nginx(&clients, gw.addr);
-    let (mut sc, _state) = sidecar(&gw, &[front.access_log_path()], "45s");
+    let Lab {
+        gw,
+        clients,
+        front,
+        mut sc,
+        _state,
+    } = Lab::new(true, PORT, "45s");
     gw.wait_ready();
     let recording = Recording::start("gateway_bad_origin", &gw);
     // The allowed Origin, no device identity: the Gateway closes 1008 for that, not for
@@ -412,7 +425,7 @@ async fn an_origin_the_gateway_refuses_is_named_and_other_policy_closes_are_not(
     assert!(evidence.contains("https://evil.example"), "{fired:#}");
     assert!(!evidence.contains("https://gw.test\""), "{fired:#}");
     assert_eq!(fired["evidence"]["counts"]["closes_1008"], 1, "{fired:#}");
-    log_lines(&front.access_log_path(), 2);
+    front.wait_log_lines(2);
     recording.stop(&front.access_log_path());
 }
 

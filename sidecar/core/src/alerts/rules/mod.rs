@@ -103,15 +103,7 @@ impl Engine {
         // The edge's 502/504 that a refused connect explains: the Gateway is down.
         if let Some(refused) = r.refused.as_ref() {
             if self.cfg.upstream_down.enabled && matches!(edge.status, 502 | 504) {
-                let evidence = json!({
-                    "at_ns": edge.end_ts_ns,
-                    "request_id": edge.request_id,
-                    "edge_status": edge.status,
-                    "host": edge.host,
-                    "path": edge.path,
-                    "client": edge.client,
-                    "upstream": refused.conn.server.to_string(),
-                });
+                let evidence = edge_evidence(edge, &refused.conn.server.to_string());
                 self.upstream_edge_error(refused.conn.server.port(), evidence, edge.end_ts_ns, out);
             }
         }
@@ -143,6 +135,19 @@ pub(super) fn exchange_evidence(x: &HttpExchange, edge_status: Option<u16>) -> V
         "status": x.status,
         "edge_status": edge_status,
         "ttfb_s": x.ttfb_ns.map(secs),
+    })
+}
+
+/// An access-log record as evidence, with the upstream address it went to.
+pub(super) fn edge_evidence(edge: &crate::edge::EdgeRecord, upstream: &str) -> Value {
+    json!({
+        "at_ns": edge.end_ts_ns,
+        "request_id": edge.request_id,
+        "edge_status": edge.status,
+        "host": edge.host,
+        "path": edge.path,
+        "client": edge.client,
+        "upstream": upstream,
     })
 }
 

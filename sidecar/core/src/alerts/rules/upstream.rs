@@ -13,7 +13,7 @@
 //!   the socket inventory adds whether anything listens there.
 use serde_json::json;
 
-use super::{super::*, session_evidence};
+use super::{super::*, edge_evidence, session_evidence};
 use crate::{edge::EdgeRecord, hop::ConnEvent};
 
 /// Upstream cuts this close to the listener going away make it a crash.
@@ -294,15 +294,7 @@ impl Engine {
                 ),
                 first_move: MOVE_STALE_PORT,
                 at_ns: edge.end_ts_ns,
-                evidence: vec![json!({
-                    "at_ns": edge.end_ts_ns,
-                    "request_id": edge.request_id,
-                    "edge_status": edge.status,
-                    "host": edge.host,
-                    "path": edge.path,
-                    "client": edge.client,
-                    "upstream": upstream.to_string(),
-                })],
+                evidence: vec![edge_evidence(edge, &upstream.to_string())],
                 counts: vec![("edge_errors", 1)],
                 detail: json!({
                     "upstream": upstream.to_string(),
