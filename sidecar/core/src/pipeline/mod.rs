@@ -468,7 +468,16 @@ impl Pipeline {
     /// An access-log record's upstream address judged against the Gateway's ports and, when
     /// the sidecar knows the machine's listeners (live), against what listens there.
     fn edge_upstream(&mut self, record: &EdgeRecord, sink: &mut impl Sink) {
-        if !matches!(record.status, 502 | 504) && record.status >= 500 {
+        // Most lines are neither an error nor the end of a stale port: nothing to do (and
+        // nothing looked up) for them.
+        let error = matches!(record.status, 502 | 504);
+        if !error && (record.status >= 500 || !self.engine.stale_port_open()) {
+            return;
+        }
+        if !error {
+            self.engine
+                .edge_upstream(record, &self.hop_ports, None, &[], &mut self.alerts);
+            self.emit_alerts(sink);
             return;
         }
         let known = !self.inventory.is_empty();

@@ -308,6 +308,11 @@ impl Engine {
         );
     }
 
+    /// Whether a stale-port incident is open (its end can come from any access-log line).
+    pub fn stale_port_open(&self) -> bool {
+        self.open.keys().any(|k| k.starts_with(rule::STALE_PORT))
+    }
+
     /// Informational records (not alerts) since the last call.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
