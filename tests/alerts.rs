@@ -360,11 +360,17 @@ async fn a_proxy_pointed_at_another_port_is_a_stale_port_naming_both() {
     assert!(summary.contains(&stale.to_string()), "{summary}");
     assert!(summary.contains("nothing listens there"), "{summary}");
     assert!(summary.contains(&gateway.to_string()), "{summary}");
-    assert_eq!(items(&fired)[0]["edge_status"], 502);
-    // Something answers there now: resolved.
+    // Something answers there now: resolved, with both views in the evidence: nginx's
+    // failed connect (the kernel) and the edge's 502 (its access log).
     let _up = start_upstream_on(stale.port()).await;
     assert_eq!(get(nginx.port, "/health").await, "HTTP/1.1 200 OK");
-    alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
+    let resolved = alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
+    let all = items(&resolved);
+    assert!(all.iter().any(|i| i["edge_status"] == 502), "{resolved:#}");
+    assert!(
+        all.iter().any(|i| i["process"]["comm"] == "nginx"),
+        "{resolved:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,3 +274,40 @@ fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
         assert!(sent >= 2, "sent {sent} with the 6.10 layout: {metrics}");
     }
 }
+
+/// A connect that fails to a port that is not the hop's: the kernel keeps its owner while it
+/// runs and reports only the failure, named. From a reverse proxy (here a thread named
+/// `nginx`, as the kernel names tasks by their thread name) to a local address, it is the
+/// stale upstream port, told without any access log.
+#[test]
+fn a_proxys_failed_connect_elsewhere_is_named_by_the_kernel() {
+    support::require_root();
+    let gateway = free_port();
+    let stale = free_port();
+    let mut sidecar = sidecar(&[gateway], &[]);
+    check_kernel_line(&sidecar);
+    let err = std::thread::Builder::new()
+        .name("nginx".into())
+        .spawn(move || TcpStream::connect(("127.0.0.1", stale)).expect_err("refused"))
+        .expect("thread")
+        .join()
+        .expect("join");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let fired = sidecar.lines.wait_for("the stale-port alert", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port"
+    });
+    let summary = fired["summary"].as_str().expect("summary");
+    assert!(summary.contains(&format!("127.0.0.1:{stale}")), "{summary}");
+    assert!(summary.starts_with("nginx"), "{summary}");
+    assert_eq!(
+        fired["evidence"]["items"][0]["process"]["pid"],
+        std::process::id(),
+        "{fired}"
+    );
+    // A connect that succeeds costs no event: only the failure was counted.
+    let metrics = sidecar.metrics();
+    assert!(
+        counter(&metrics, "edgewatch_events_total{kind=\"connect_failed\"}") >= 1,
+        "{metrics}"
+    );
+}

@@ -32,6 +32,10 @@ pub mod kind {
     /// A connect() to an upstream port ended (`SYN_SENT -> ESTABLISHED` or `-> CLOSE`), now
     /// with its local port ([`crate::SockStateEvent`]; joined to the start by `sock_id`).
     pub const CONNECT_END: u32 = 8;
+    /// A connect() to any other port failed (`SYN_SENT -> CLOSE`: refused, unreachable or
+    /// timed out), with the process that called it ([`crate::SockStateEvent`]). Connects that
+    /// succeed cost no event: the kernel keeps their owner only until they end.
+    pub const CONNECT_FAILED: u32 = 9;
 }
 
 /// Frame headers one [`HopWsEvent`] carries at most; a segment with more falls back to a

@@ -33,6 +33,20 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
 
+/// Who called connect() on a socket to a port that is not the hop's, until the connect ends
+/// (then removed): a failure is reported with its process, a success costs nothing more.
+#[map]
+static CONNECTING: LruHashMap<u64, ConnectOwner> = LruHashMap::with_max_entries(4096, 0);
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ConnectOwner {
+    pid: u32,
+    tgid: u32,
+    cgroup_id: u64,
+    comm: [u8; 16],
+}
+
 /// Field offsets of `sock:inet_sock_set_state`, filled in by the loader from
 /// /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
 #[no_mangle]
@@ -107,17 +121,42 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
     let connecting = oldstate == tcp_state::CLOSE && newstate == tcp_state::SYN_SENT;
     let connected = oldstate == tcp_state::SYN_SENT
         && (newstate == tcp_state::ESTABLISHED || newstate == tcp_state::CLOSE);
+    // Connects to other ports: their owner is kept in the kernel while they run, and only a
+    // failure (a stale upstream port anywhere) reaches user space, with that owner.
+    let mut owner: Option<ConnectOwner> = None;
     let kind = if opened || closed {
         kind::LISTEN_CHANGE
     } else if connecting || connected {
         let dport: u16 = read(ctx, layout.dport)?;
-        if !is_hop_port(dport) {
-            return Ok(());
-        }
-        if connecting {
-            kind::CONNECT_START
+        if is_hop_port(dport) {
+            if connecting {
+                kind::CONNECT_START
+            } else {
+                kind::CONNECT_END
+            }
         } else {
-            kind::CONNECT_END
+            let sock_id: u64 = read(ctx, layout.skaddr)?;
+            if connecting {
+                let pid_tgid = bpf_get_current_pid_tgid();
+                let started = ConnectOwner {
+                    pid: pid_tgid as u32,
+                    tgid: (pid_tgid >> 32) as u32,
+                    // SAFETY: helper without preconditions.
+                    cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                    comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+                };
+                // A full map evicts its least recently used entry: at worst a failure is
+                // reported without its process.
+                let _ = CONNECTING.insert(sock_id, started, 0);
+                return Ok(());
+            }
+            // SAFETY: the value is copied out before the entry is removed.
+            owner = unsafe { CONNECTING.get(sock_id) }.copied();
+            let _ = CONNECTING.remove(sock_id);
+            if newstate != tcp_state::CLOSE {
+                return Ok(());
+            }
+            kind::CONNECT_FAILED
         }
     } else {
         return Ok(());
@@ -135,6 +174,19 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
         daddr = read(ctx, layout.daddr_v6)?;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
+    // A failed connect ends in whatever context the answer arrived in: its owner is the one
+    // kept at its start (none when the map evicted it).
+    let (pid, tgid, cgroup_id, comm) = match owner {
+        Some(o) => (o.pid, o.tgid, o.cgroup_id, o.comm),
+        None if kind == kind::CONNECT_FAILED => (0, 0, 0, [0u8; 16]),
+        None => (
+            pid_tgid as u32,
+            (pid_tgid >> 32) as u32,
+            // SAFETY: helper without preconditions.
+            unsafe { bpf_get_current_cgroup_id() },
+            bpf_get_current_comm().unwrap_or([0u8; 16]),
+        ),
+    };
     let event = SockStateEvent {
         header: EventHeader {
             kind,
@@ -143,10 +195,9 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
             // SAFETY: helper without preconditions.
             ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         },
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        // SAFETY: helper without preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        pid,
+        tgid,
+        cgroup_id,
         sock_id: read(ctx, layout.skaddr)?,
         oldstate,
         newstate,
@@ -156,7 +207,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), u32> {
         protocol: read(ctx, layout.protocol)?,
         saddr,
         daddr,
-        comm: bpf_get_current_comm().unwrap_or([0u8; 16]),
+        comm,
     };
     match EVENTS.reserve::<SockStateEvent>(0) {
         Some(mut entry) => {

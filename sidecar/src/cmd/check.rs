@@ -199,7 +199,10 @@ impl HopWatch {
                             let ts = packet.ts_boot_ns.saturating_add(boot_to_unix);
                             pipeline.hop_packet(&packet, ts);
                         }
-                        Ok(ProbeEvent::Conn(trace)) => pipeline.conn_trace(&trace),
+                        Ok(ProbeEvent::Conn(trace)) => {
+                            let ts = trace.ts_boot_ns.saturating_add(boot_to_unix);
+                            pipeline.conn_trace(&trace, ts, &mut out);
+                        }
                         _ => {}
                     }
                 }

@@ -300,13 +300,15 @@ impl Watch {
                     match trace.what {
                         ConnTraceKind::ConnectStart => "connect_start",
                         ConnTraceKind::ConnectEnd => "connect_end",
+                        ConnTraceKind::ConnectFailed => "connect_failed",
                         ConnTraceKind::ResetSent => "reset_sent",
                         ConnTraceKind::ResetReceived => "reset_received",
                     },
                     lag,
                 );
                 tracing::debug!(?trace.what, %trace.local, %trace.remote, pid = trace.pid, comm = %trace.comm, "connection trace");
-                self.pipeline.conn_trace(&trace);
+                let ts = trace.ts_boot_ns.saturating_add(self.boot_to_unix);
+                self.pipeline.conn_trace(&trace, ts, &mut self.out);
             }
             Ok(ProbeEvent::ListenChange(ev)) => {
                 let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;

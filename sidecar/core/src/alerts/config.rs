@@ -40,7 +40,7 @@ pub struct AlertsConfig {
     pub untrusted_proxy: Toggle,
     /// The edge's 502/504 for requests the proxy sends to an address that is not the
     /// Gateway's port.
-    pub stale_upstream_port: Toggle,
+    pub stale_upstream_port: StaleRule,
     /// The Gateway's port without a listener (refused connects, its listener gone): one
     /// incident once it lasts longer than a normal start or restart.
     pub upstream_down: UpstreamDownRule,
@@ -65,7 +65,7 @@ impl Default for AlertsConfig {
             upgrade_failure: Toggle::on(),
             origin_rejected: OriginRule::default(),
             untrusted_proxy: Toggle::on(),
-            stale_upstream_port: Toggle::on(),
+            stale_upstream_port: StaleRule::default(),
             upstream_down: UpstreamDownRule::default(),
             reset_storm: ResetStormRule::default(),
             upstream_slowness: SlownessRule::default(),
@@ -90,6 +90,29 @@ impl Toggle {
 impl Default for Toggle {
     fn default() -> Self {
         Self::on()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StaleRule {
+    pub enabled: bool,
+    /// The reverse proxies' process names (`comm`): their failed connects to a loopback or
+    /// private address that is not the Gateway's port are a stale upstream port, seen in the
+    /// kernel without an access log.
+    pub proxies: Vec<String>,
+}
+
+impl Default for StaleRule {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            proxies: [
+                "nginx", "caddy", "haproxy", "traefik", "envoy", "httpd", "apache2",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        }
     }
 }
 
@@ -289,6 +312,18 @@ impl AlertsConfig {
                 "alerts.upstream_slowness.percentile",
                 pct.to_string(),
                 "a percentile above 0 and at most 100, e.g. 95",
+            ));
+        }
+        if let Some(p) = a
+            .stale_upstream_port
+            .proxies
+            .iter()
+            .find(|p| p.is_empty() || p.len() > 15)
+        {
+            return Err(invalid(
+                "alerts.stale_upstream_port.proxies",
+                format!("{p:?}"),
+                "a process name (comm) has 1 to 15 characters",
             ));
         }
         for (i, w) in a.webhooks.iter().enumerate() {

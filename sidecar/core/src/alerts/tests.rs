@@ -728,3 +728,38 @@ fn a_1008_for_another_reason_than_the_origin_is_not_an_origin_refusal() {
     e.hop(&HopRecord::Websocket(s), &mut out);
     assert_eq!(out[0].rule, "hop.origin_rejected");
 }
+
+#[test]
+fn a_proxys_failed_connect_to_a_local_address_elsewhere_is_a_stale_port() {
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let nginx = crate::hop::ProcessRef {
+        pid: 42,
+        comm: "nginx".into(),
+    };
+    let gw = vec!["127.0.0.1:18789".to_owned()];
+    let to = |a: &str| a.parse::<std::net::SocketAddr>().expect("addr");
+    // Not a proxy, the Gateway's own port, or a public address: not judged here.
+    let node = crate::hop::ProcessRef {
+        pid: 7,
+        comm: "node".into(),
+    };
+    e.proxy_connect_failed(to("127.0.0.1:18790"), &node, S, &[18789], &gw, &mut out);
+    e.proxy_connect_failed(to("127.0.0.1:18789"), &nginx, S, &[18789], &gw, &mut out);
+    e.proxy_connect_failed(to("203.0.113.5:443"), &nginx, S, &[18789], &gw, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.proxy_connect_failed(to("127.0.0.1:18790"), &nginx, S, &[18789], &gw, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].rule, "hop.stale_upstream_port");
+    assert_eq!(out[0].dedup_key, "hop.stale_upstream_port:127.0.0.1:18790");
+    assert!(
+        out[0].summary.contains("nginx (pid 42)"),
+        "{}",
+        out[0].summary
+    );
+    assert!(
+        out[0].summary.contains("listens on 127.0.0.1:18789"),
+        "{}",
+        out[0].summary
+    );
+}

@@ -223,13 +223,32 @@ impl Pipeline {
         packet.each_segment(ts_ns, |s| tracker.segment(s, fresh));
     }
 
-    /// A connect or reset trace from the kernel: who owns the connection.
-    pub fn conn_trace(&mut self, trace: &ConnTrace) {
+    /// A connect or reset trace from the kernel, stamped `ts_ns` (Unix time): who owns the
+    /// connection; a proxy's failed connect elsewhere is judged at once.
+    pub fn conn_trace(&mut self, trace: &ConnTrace, ts_ns: u64, sink: &mut impl Sink) {
         let process = ProcessRef {
             pid: trace.pid,
             comm: trace.comm.clone(),
         };
         match trace.what {
+            ConnTraceKind::ConnectFailed => {
+                let gateway: Vec<String> = self
+                    .hop_ports
+                    .clone()
+                    .into_iter()
+                    .flat_map(|p| self.listeners_on(p))
+                    .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
+                    .collect();
+                self.engine.proxy_connect_failed(
+                    trace.remote,
+                    &process,
+                    ts_ns,
+                    &self.hop_ports,
+                    &gateway,
+                    &mut self.alerts,
+                );
+                self.emit_alerts(sink);
+            }
             ConnTraceKind::ConnectStart => self.owners.connect_start(trace.sock_id, process),
             ConnTraceKind::ConnectEnd => {
                 self.owners

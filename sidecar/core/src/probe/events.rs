@@ -91,6 +91,9 @@ pub enum ConnTraceKind {
     ConnectStart,
     /// connect() ended (established or failed), with the local port.
     ConnectEnd,
+    /// A connect() to a port that is not the hop's failed (refused, unreachable, timed out),
+    /// with the process that called it (pid 0 and no name when the kernel lost track).
+    ConnectFailed,
     ResetSent,
     ResetReceived,
 }
@@ -190,14 +193,14 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
                 comm: comm_string(&e.comm),
             }))
         }
-        kind::CONNECT_START | kind::CONNECT_END => {
+        kind::CONNECT_START | kind::CONNECT_END | kind::CONNECT_FAILED => {
             let e: SockStateEvent = read_pod(bytes)?;
             Ok(ProbeEvent::Conn(ConnTrace {
                 ts_boot_ns: e.header.ts_ns,
-                what: if header.kind == kind::CONNECT_START {
-                    ConnTraceKind::ConnectStart
-                } else {
-                    ConnTraceKind::ConnectEnd
+                what: match header.kind {
+                    kind::CONNECT_START => ConnTraceKind::ConnectStart,
+                    kind::CONNECT_END => ConnTraceKind::ConnectEnd,
+                    _ => ConnTraceKind::ConnectFailed,
                 },
                 sock_id: e.sock_id,
                 local: std::net::SocketAddr::new(addr(e.family, &e.saddr)?, e.sport),

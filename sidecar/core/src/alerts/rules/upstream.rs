@@ -308,6 +308,61 @@ impl Engine {
         );
     }
 
+    /// A connect that failed, seen in the kernel, to an address that is not the Gateway's
+    /// port: from a reverse proxy (`stale_upstream_port.proxies`) to a loopback or private
+    /// address, it is the stale upstream port, the same incident the edge's 502s name.
+    pub fn proxy_connect_failed(
+        &mut self,
+        remote: std::net::SocketAddr,
+        process: &crate::hop::ProcessRef,
+        at_ns: u64,
+        hop_ports: &[u16],
+        gateway: &[String],
+        out: &mut Vec<Alert>,
+    ) {
+        let rule_cfg = &self.cfg.stale_upstream_port;
+        let judged = self.cfg.enabled
+            && rule_cfg.enabled
+            && !hop_ports.contains(&remote.port())
+            && rule_cfg.proxies.contains(&process.comm)
+            && local_address(remote.ip());
+        if !judged {
+            return;
+        }
+        let gateway_text = if gateway.is_empty() {
+            format!("the Gateway's port is {}", list_ports(hop_ports))
+        } else {
+            format!("the Gateway listens on {}", gateway.join(", "))
+        };
+        self.matched(
+            Match {
+                key: format!("{}:{remote}", rule::STALE_PORT),
+                rule: rule::STALE_PORT,
+                severity: Severity::Critical,
+                summary: format!(
+                    "{} (pid {}) connects to {remote} and the connect fails: nothing listens there; {gateway_text}",
+                    process.comm, process.pid
+                ),
+                first_move: MOVE_STALE_PORT,
+                at_ns,
+                evidence: vec![json!({
+                    "at_ns": at_ns,
+                    "upstream": remote.to_string(),
+                    "process": process,
+                })],
+                counts: vec![("failed_connects", 1)],
+                detail: json!({
+                    "upstream": remote.to_string(),
+                    "port": remote.port(),
+                    "listening": false,
+                    "gateway": gateway,
+                    "gateway_ports": hop_ports,
+                }),
+            },
+            out,
+        );
+    }
+
     /// Whether a stale-port incident is open (its end can come from any access-log line).
     pub fn stale_port_open(&self) -> bool {
         self.open.keys().any(|k| k.starts_with(rule::STALE_PORT))
@@ -316,6 +371,20 @@ impl Engine {
     /// Informational records (not alerts) since the last call.
     pub fn take_notices(&mut self) -> Vec<Notice> {
         std::mem::take(&mut self.notices)
+    }
+}
+
+/// Loopback, private (RFC 1918, unique local) or link-local: where a local upstream lives.
+fn local_address(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a.is_loopback() || a.is_private() || a.is_link_local(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback()
+                || (a.segments()[0] & 0xfe00) == 0xfc00
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_private())
+        }
     }
 }
 
