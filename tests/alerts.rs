@@ -352,9 +352,22 @@ async fn a_proxy_pointed_at_another_port_is_a_stale_port_naming_both() {
     let gateway = start_upstream().await;
     let stale = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let nginx = Nginx::start(&NginxSite::new(stale));
-    let (mut sc, _state) = sidecar_quiet(gateway.port(), Some(&nginx.access_log_path()), "10m", "");
+    let (mut sc, _state) = sidecar_quiet(
+        gateway.port(),
+        Some(&nginx.access_log_path()),
+        "10m",
+        "[alerts.stale_upstream_port]\nproxies = [\"nginx\"]\n",
+    );
     assert_eq!(get(nginx.port, "/").await, "HTTP/1.1 502 Bad Gateway");
-    let fired = alert(&mut sc.lines, "hop.stale_upstream_port", "firing");
+    // (Other tests' nginx fail to connect to their own dead ports meanwhile: this one's key.)
+    let key = format!("hop.stale_upstream_port:{stale}");
+    let of_key = |state: &'static str| {
+        let key = key.clone();
+        move |v: &Value| {
+            v["type"] == "alert" && v["dedup_key"] == key.as_str() && v["state"] == state
+        }
+    };
+    let fired = sc.lines.wait_for("the stale-port alert", of_key("firing"));
     assert_eq!(fired["severity"], "critical");
     let summary = fired["summary"].as_str().expect("summary");
     assert!(summary.contains(&stale.to_string()), "{summary}");
@@ -364,7 +377,7 @@ async fn a_proxy_pointed_at_another_port_is_a_stale_port_naming_both() {
     // failed connect (the kernel) and the edge's 502 (its access log).
     let _up = start_upstream_on(stale.port()).await;
     assert_eq!(get(nginx.port, "/health").await, "HTTP/1.1 200 OK");
-    let resolved = alert(&mut sc.lines, "hop.stale_upstream_port", "resolved");
+    let resolved = sc.lines.wait_for("its resolution", of_key("resolved"));
     let all = items(&resolved);
     assert!(all.iter().any(|i| i["edge_status"] == 502), "{resolved:#}");
     assert!(

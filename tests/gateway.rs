@@ -29,7 +29,8 @@ fn sidecar(gw: &Gateway, logs: &[std::path::PathBuf], grace: &str) -> (Sidecar, 
          [exposure]\nwatched_ports = [{}]\nrescan_interval = \"1h\"\n\
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n\
-         [alerts.upstream_down]\ngrace = \"{grace}\"\n",
+         [alerts.upstream_down]\ngrace = \"{grace}\"\n\
+         [alerts.stale_upstream_port]\nproxies = [\"nginx\"]\n",
         gw.link.host_if,
         state.path(),
         support::free_port(),

@@ -284,7 +284,12 @@ fn a_proxys_failed_connect_elsewhere_is_named_by_the_kernel() {
     support::require_root();
     let gateway = free_port();
     let stale = free_port();
-    let mut sidecar = sidecar(&[gateway], &[]);
+    let mut sidecar = Sidecar::start(&format!(
+        "[hop]\nports = [{gateway}]\ninterfaces = [\"lo\"]\ndocker_bridges = false\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [alerts.stale_upstream_port]\nproxies = [\"nginx\"]\n"
+    ));
     check_kernel_line(&sidecar);
     let err = std::thread::Builder::new()
         .name("nginx".into())
@@ -293,8 +298,9 @@ fn a_proxys_failed_connect_elsewhere_is_named_by_the_kernel() {
         .join()
         .expect("join");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let key = format!("hop.stale_upstream_port:127.0.0.1:{stale}");
     let fired = sidecar.lines.wait_for("the stale-port alert", |v| {
-        v["type"] == "alert" && v["rule"] == "hop.stale_upstream_port"
+        v["type"] == "alert" && v["dedup_key"] == key.as_str()
     });
     let summary = fired["summary"].as_str().expect("summary");
     assert!(summary.contains(&format!("127.0.0.1:{stale}")), "{summary}");

@@ -184,6 +184,12 @@ impl Sidecar {
         if !config.contains("[store]") {
             file.write_all(b"\n[store]\nenabled = false\n").unwrap();
         }
+        // The probes see every process: another test's nginx failing to connect to its own
+        // dead port would be a stale port here too. Only tests about that judge proxies.
+        if !config.contains("stale_upstream_port") {
+            file.write_all(b"\n[alerts.stale_upstream_port]\nproxies = []\n")
+                .unwrap();
+        }
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");

@@ -270,7 +270,11 @@ impl Engine {
             self.resolve(&key, edge.end_ts_ns, out);
             return;
         }
-        if !matches!(edge.status, 502 | 504) || listening == Some(true) {
+        // Something listening there now (the line may be read after the fix) only keeps a
+        // new incident from opening; an open one still gets the 502 as evidence.
+        if !matches!(edge.status, 502 | 504)
+            || (listening == Some(true) && !self.open.contains_key(&key))
+        {
             return;
         }
         let nothing = if listening == Some(false) {
