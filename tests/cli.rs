@@ -148,3 +148,38 @@ fn replay_join_counts_malformed_access_log_lines() {
     assert_eq!(malformed, 2);
     assert_eq!(summary["requests"]["hop_only"], 3, "{summary}");
 }
+
+#[test]
+fn log_level_flags_and_a_bad_edgewatch_log() {
+    // -v / -q are accepted everywhere (global) and change only stderr's detail.
+    for flag in ["-v", "-vv", "-q", "-qq"] {
+        let (code, out, err) = edgewatch(&[flag, "check-config"]);
+        assert_eq!(code, 0, "{flag}: {err}");
+        assert!(out.contains("[exposure]"), "{flag}: {out}");
+    }
+    let (code, _, err) = edgewatch(&["-v", "-q", "check-config"]);
+    assert_eq!(code, 2, "-v and -q together are refused: {err}");
+    // A value that is not a filter is refused, saying why, instead of silently ignored.
+    let out = Command::new(edgewatch_bin())
+        .arg("check-config")
+        .env("EDGEWATCH_LOG", "loud")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EDGEWATCH_LOG") && err.contains("loud"),
+        "{err}"
+    );
+    let out = Command::new(edgewatch_bin())
+        .arg("check-config")
+        .env("EDGEWATCH_LOG", "edgewatch=debug,warn")
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -28,11 +28,19 @@ const EXIT_DRIFT: u8 = 3;
         CAP_SYS_PTRACE, plus CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL for the embedded \
         store) in the host's network and PID namespaces; once the probes are loaded it keeps \
         only what watching needs.",
-    after_help = "Logs go to stderr; set EDGEWATCH_LOG (e.g. debug) to change their level."
+    after_help = "Logs go to stderr at level info: -v for debug (-vv trace), -q for warnings \
+        only (-qq errors). EDGEWATCH_LOG (a tracing filter, e.g. `debug` or \
+        `edgewatch=debug,info`) wins over both; a value that is not one is refused."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log detail on stderr (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Less log detail on stderr (-q warnings, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
 }
 
 #[derive(Args)]
@@ -136,18 +144,47 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     })
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// The log filter: EDGEWATCH_LOG when set (refused, with the reason, when it is not a filter),
+/// else the level -v/-q ask for.
+fn log_filter(env: Option<&str>, verbose: u8, quiet: u8) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if let Some(text) = env {
+        // A bare word must be a level: `loud` would otherwise be taken as a target name and
+        // silently log nothing new.
+        for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let bare = !directive.contains(['=', '[', ':']);
+            if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "EDGEWATCH_LOG={text:?}: {directive:?} is not a level (one of {})",
+                    LEVELS.join(", ")
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(text)
+            .map_err(|e| format!("EDGEWATCH_LOG={text:?} is not a log filter: {e}"))?;
+        return Ok(text.to_owned());
+    }
+    let level = (3 + i32::from(verbose) - i32::from(quiet)).clamp(1, 5);
+    Ok(LEVELS[usize::try_from(level).unwrap_or(3)].to_owned())
+}
+
+fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let env = std::env::var("EDGEWATCH_LOG").ok();
+    match log_filter(env.as_deref(), cli.verbose, cli.quiet) {
+        Ok(filter) => init_logging(&filter),
+        Err(e) => {
+            eprintln!("edgewatch: error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -203,8 +203,10 @@ fn run(args: Vec<String>) -> Result<()> {
     let bin = workspace_root().join("target/release/edgewatch");
     eprintln!("xtask: {} {}", bin.display(), args.join(" "));
     let status = run_status(Command::new(&bin).args(&args))?;
+    // edgewatch's own exit status is the answer (3: `exposure` found drift): passed through
+    // as it is, without an error or a backtrace of ours.
     if !status.success() {
-        bail!("edgewatch exited with {status}");
+        std::process::exit(status.code().unwrap_or(1));
     }
     Ok(())
 }

@@ -85,38 +85,47 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("https://")
-            .with_context(|| format!("--url {url:?} must start with https://"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+    /// Parses `--url` with the `url` crate: https only, no credentials; IPv6 literals,
+    /// the query (kept in the path) and a fragment (dropped: never sent) as URLs have them.
+    pub fn parse(raw: &str) -> anyhow::Result<Self> {
+        let url = url::Url::parse(raw).with_context(|| format!("--url {raw:?} is not a URL"))?;
+        anyhow::ensure!(
+            url.scheme() == "https",
+            "--url {raw:?} must start with https://"
+        );
+        anyhow::ensure!(
+            url.username().is_empty() && url.password().is_none(),
+            "--url must not carry credentials"
+        );
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => d.to_owned(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => anyhow::bail!("--url {raw:?} has no host"),
         };
-        anyhow::ensure!(!authority.contains('@'), "--url must not carry credentials");
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse()
-                    .with_context(|| format!("--url port {p:?} is not a port"))?,
-            ),
-            _ => (authority, 443),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        anyhow::ensure!(!host.is_empty(), "--url {url:?} has no host");
+        let mut path = url.path().to_owned();
+        if let Some(q) = url.query() {
+            path.push('?');
+            path.push_str(q);
+        }
         Ok(Self {
-            host: host.to_owned(),
-            port,
-            path: path.to_owned(),
+            host,
+            port: url.port_or_known_default().unwrap_or(443),
+            path,
         })
     }
 
-    /// The `Host` header and the browser's origin.
+    /// The `Host` header and the browser's origin (an IPv6 literal in brackets).
     fn authority(&self) -> String {
-        if self.port == 443 {
-            self.host.clone()
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
         } else {
-            format!("{}:{}", self.host, self.port)
+            self.host.clone()
+        };
+        if self.port == 443 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
         }
     }
 
@@ -732,6 +741,20 @@ mod tests {
         assert_eq!(t.origin(), "https://gw.test:8443");
         assert_eq!(t.marked("n"), "/ui?x=1&edgewatch_check=n");
         assert!(Target::parse("http://gw.test").is_err());
+        // An IPv6 literal, with and without a port.
+        let t = Target::parse("https://[::1]").expect("url");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("::1", 443, "/")
+        );
+        assert_eq!(t.origin(), "https://[::1]");
+        let t = Target::parse("https://[::1]:8443/x").expect("url");
+        assert_eq!((t.host.as_str(), t.port), ("::1", 8443));
+        assert_eq!(t.authority(), "[::1]:8443");
+        // A query without a path is the query, not part of the host; a fragment is dropped.
+        let t = Target::parse("https://gw.test?x=1#frag").expect("url");
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("gw.test", "/?x=1"));
+        assert!(Target::parse("https://user@gw.test").is_err());
         assert!(Target::parse("https://u:p@gw.test").is_err());
         assert!(Target::parse("https://gw.test:x").is_err());
     }
