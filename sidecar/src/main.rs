@@ -53,6 +53,18 @@ struct Common {
     output: Format,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Also print every hop record (connect, HTTP exchange, WebSocket session) and joined
+    /// request on stdout. Without it, stdout (in a container, the log pipeline) carries the
+    /// inventory, its changes, alerts and status lines; the store gets every record either
+    /// way.
+    #[arg(long)]
+    records: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the kernel probes and watch live: print the exposure inventory, then one line per
@@ -61,7 +73,7 @@ enum Command {
     /// edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123 (password-protected, see
     /// the README's "The embedded store") and stops; set `store.url`
     /// for your own server, `store.enabled = false` for none. Stops on SIGINT/SIGTERM.
-    Run(Common),
+    Run(RunArgs),
     /// Print the classified exposure inventory once and exit (no BPF needed). Exit status 0:
     /// no drift; 3: drift found; 1: error.
     Exposure(Common),
@@ -196,7 +208,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(common) => {
+        Command::Run(RunArgs { common, records }) => {
             let config = load_config(common.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -209,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::spawn(edgewatch::cmd::run::run(
                     config,
                     Printer::stdout(common.output),
+                    records,
                 ))
                 .await
                 .map_err(|e| anyhow::anyhow!("the watch loop failed: {e}"))?

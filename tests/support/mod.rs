@@ -198,7 +198,8 @@ impl Sidecar {
             }
             None => Command::new(edgewatch_bin()),
         };
-        cmd.args(["run", "--output", "json", "--config"])
+        // Every record on stdout: the tests read them.
+        cmd.args(["run", "--output", "json", "--records", "--config"])
             .arg(file.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -36,11 +36,13 @@ struct ReadyDetail<'a> {
 /// Long because it is the event loop: one `select!` over every source (ring buffer, timers,
 /// logs, signals) whose arms share the loop's state, with the start before it and the
 /// orderly stop after it.
-pub async fn run(config: Config, printer: Printer) -> anyhow::Result<()> {
+/// `records`: print every hop record and joined request too (`--records`).
+pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Result<()> {
     let embedded_store = config.store.enabled && config.store.url.is_empty();
     crate::probe::caps::require(embedded_store)?;
     let metrics = Arc::new(Metrics::new());
     let mut watch = Watch::new(&config, printer, metrics.clone());
+    watch.out.records = records;
     watch.start_webhooks(&config)?;
     if config.store.enabled {
         let store = Store::start(&config.store)

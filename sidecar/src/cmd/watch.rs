@@ -57,11 +57,15 @@ pub(super) struct Sinks {
     pub(super) store: Option<Store>,
     /// This turn's alert transitions.
     pub(super) alerts: Vec<Alert>,
+    /// Print hop records and joined requests too (`run --records`).
+    pub(super) records: bool,
 }
 
 impl Sink for Sinks {
     fn hop(&mut self, r: &HopRecord) {
-        self.printer.hop(r);
+        if self.records {
+            self.printer.hop(r);
+        }
         if let Some(st) = self.store.as_mut() {
             st.hop(r);
         }
@@ -72,7 +76,9 @@ impl Sink for Sinks {
         }
     }
     fn request(&mut self, r: &JoinedRequest) {
-        self.printer.request(r);
+        if self.records {
+            self.printer.request(r);
+        }
         if let Some(st) = self.store.as_mut() {
             st.request(r);
         }
@@ -127,6 +133,7 @@ impl Watch {
                 metrics,
                 store: None,
                 alerts: Vec::new(),
+                records: false,
             },
             attributor: Attributor::new(),
             last_nat_problems: Vec::new(),
