@@ -264,6 +264,36 @@ fn view(watch: &Option<HopWatch>, why: &Option<String>) -> HopView {
     }
 }
 
+/// Waits (bounded) until the hop saw the request marked `nonce`, or a refused connect.
+async fn seen_on_hop(watch: &Option<HopWatch>, nonce: &str) {
+    if let Some(w) = watch {
+        w.wait(Duration::from_secs(3), |r| {
+            r.iter().any(|x| match x {
+                HopRecord::Http(e) => e.path.contains(nonce),
+                HopRecord::Conn(c) => c.kind == crate::hop::ConnEventKind::Refused,
+                _ => false,
+            })
+        })
+        .await;
+    }
+}
+
+/// What the hop saw, where the proxy's log says it sent the request marked `nonce`, and
+/// where the Gateway listens.
+fn view_of(
+    watch: &Option<HopWatch>,
+    why: &Option<String>,
+    config: &Config,
+    nonce: &str,
+    gateway: &[String],
+) -> HopView {
+    HopView {
+        proxied_to: proxied_to(config, &[nonce]),
+        gateway: gateway.to_vec(),
+        ..view(watch, why)
+    }
+}
+
 /// Bytes read from the end of each access log when looking for the check's requests.
 const LOG_TAIL: u64 = 1 << 20;
 
@@ -409,16 +439,7 @@ pub async fn check(
     // 3. HTTP through the edge.
     let n = nonce();
     let client = http_once(&connector, addr, &target, &target.marked(&n), args.timeout).await;
-    if let Some(w) = &watch {
-        w.wait(Duration::from_secs(3), |r| {
-            r.iter()
-                .any(|x| matches!(x, HopRecord::Http(e) if e.path.contains(&n)))
-                || r.iter().any(|x| {
-                    matches!(x, HopRecord::Conn(c) if c.kind == crate::hop::ConnEventKind::Refused)
-                })
-        })
-        .await;
-    }
+    seen_on_hop(&watch, &n).await;
     // The proxy writes its log line when the request ends (it has: the answer came).
     let gateway: Vec<String> = inventory
         .exposures()
@@ -430,9 +451,7 @@ pub async fn check(
             _ => None,
         })
         .collect();
-    let mut http_view = view(&watch, &why);
-    http_view.proxied_to = proxied_to(config, &[&n]);
-    http_view.gateway = gateway.clone();
+    let http_view = view_of(&watch, &why, config, &n, &gateway);
     push(http_step(&client, &http_view, &n, port), &mut steps);
 
     // 4. WebSocket through the edge.
@@ -447,19 +466,8 @@ pub async fn check(
         args.timeout,
     )
     .await;
-    if let Some(w) = &watch {
-        w.wait(Duration::from_secs(3), |r| {
-            r.iter()
-                .any(|x| matches!(x, HopRecord::Http(e) if e.path.contains(&wn)))
-                || r.iter().any(|x| {
-                    matches!(x, HopRecord::Conn(c) if c.kind == crate::hop::ConnEventKind::Refused)
-                })
-        })
-        .await;
-    }
-    let mut ws_view = view(&watch, &why);
-    ws_view.proxied_to = proxied_to(config, &[&wn]);
-    ws_view.gateway = gateway;
+    seen_on_hop(&watch, &wn).await;
+    let ws_view = view_of(&watch, &why, config, &wn, &gateway);
     let mut ws_client = ws_client;
     if ws_client.gateway && ws_client.status == Some(101) {
         ws_client.connect_probe = connect_probe(
