@@ -288,7 +288,7 @@ fn view_of(
     gateway: &[String],
 ) -> HopView {
     HopView {
-        proxied_to: proxied_to(config, &[nonce]),
+        proxied_to: proxied_to(config, nonce),
         gateway: gateway.to_vec(),
         ..view(watch, why)
     }
@@ -297,9 +297,9 @@ fn view_of(
 /// Bytes read from the end of each access log when looking for the check's requests.
 const LOG_TAIL: u64 = 1 << 20;
 
-/// Where the proxy sent the requests marked with `nonces`, from the end of the configured
-/// access logs (`[edge] access_logs`): (nonce, `upstream_addr`).
-fn proxied_to(config: &Config, nonces: &[&str]) -> Vec<(String, String)> {
+/// Where the proxy sent the request marked `nonce`, from the end of the configured access
+/// logs (`[edge] access_logs`): (nonce, `upstream_addr`).
+fn proxied_to(config: &Config, nonce: &str) -> Vec<(String, String)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut out = Vec::new();
     for path in &config.edge.access_logs {
@@ -323,8 +323,8 @@ fn proxied_to(config: &Config, nonces: &[&str]) -> Vec<(String, String)> {
             let (Some(p), Some(to)) = (rec.path.as_deref(), rec.upstream_addr.as_deref()) else {
                 continue;
             };
-            if let Some(n) = nonces.iter().find(|n| p.contains(**n)) {
-                out.push(((*n).to_owned(), to.to_owned()));
+            if p.contains(nonce) {
+                out.push((nonce.to_owned(), to.to_owned()));
             }
         }
     }

@@ -54,43 +54,6 @@ pub trait Sink {
 /// Discards everything.
 impl Sink for () {}
 
-/// Everything a step produced, owned, in order (tests, and drivers that keep it all). Not
-/// on the live path: unboxed, so a kept list costs no allocation per item beyond its own.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Output {
-    Hop(HopRecord),
-    Edge(EdgeRecord),
-    Request(JoinedRequest),
-    Change { change: Change, at_ns: u64 },
-    Alert(Alert),
-    Notice(Notice),
-}
-
-impl Sink for Vec<Output> {
-    fn hop(&mut self, r: &HopRecord) {
-        self.push(Output::Hop(r.clone()));
-    }
-    fn edge(&mut self, r: &EdgeRecord) {
-        self.push(Output::Edge(r.clone()));
-    }
-    fn request(&mut self, r: &JoinedRequest) {
-        self.push(Output::Request(r.clone()));
-    }
-    fn change(&mut self, c: &Change, _policy: &Policy, at_ns: u64) {
-        self.push(Output::Change {
-            change: c.clone(),
-            at_ns,
-        });
-    }
-    fn alert(&mut self, a: &Alert) {
-        self.push(Output::Alert(a.clone()));
-    }
-    fn notice(&mut self, n: &Notice) {
-        self.push(Output::Notice(n.clone()));
-    }
-}
-
 /// What the pipeline is built from: the config sections of the components it owns.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
