@@ -988,8 +988,9 @@ fn https_with_a_private_ca_from_the_config() {
     let err = endpoint(Some(empty))
         .client(db)
         .expect_err("no certificate");
+    let err = format!("{err:#}");
     assert!(
-        err.to_string().contains("holds no PEM certificate"),
+        err.contains("store.ca_file") && err.contains("empty.pem holds no certificate"),
         "{err}"
     );
 }

@@ -285,14 +285,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             let addr = addr.unwrap_or(config.metrics.listen);
             let url = format!("http://{addr}/healthz");
-            let agent = edgewatch::outbound::agent(Some(std::time::Duration::from_secs(3)), true);
-            match agent.get(&url).call() {
-                Ok(r) if r.status().is_success() => {
+            let http = edgewatch::outbound::Http::new(None, std::time::Duration::from_secs(3))?;
+            let answer = edgewatch::outbound::block_on(http.get_text(&url))?;
+            match answer {
+                Ok(a) if (200..300).contains(&a.status) => {
                     println!("edgewatch at {addr} is up");
                     Ok(ExitCode::SUCCESS)
                 }
-                Ok(r) => anyhow::bail!("{url} answered {}", r.status()),
-                Err(e) => anyhow::bail!("{url}: {e}"),
+                Ok(a) => anyhow::bail!("{url} answered {}", a.status),
+                Err(e) => anyhow::bail!("{url}: {e:#}"),
             }
         }
         Command::CheckConfig { config } => {

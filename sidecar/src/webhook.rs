@@ -197,34 +197,55 @@ enum Outcome {
     Permanent(String),
 }
 
-fn post(agent: &ureq::Agent, cfg: &WebhookConfig, token: Option<&str>, body: &Value) -> Outcome {
-    let mut req = agent
-        .post(&cfg.url)
-        .header("content-type", "application/json");
-    if let Some(t) = token {
-        req = req.header("authorization", &format!("Bearer {t}"));
-    }
-    match req.send(body.to_string()) {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match status {
-                200..=299 => Outcome::Ok,
-                408 | 429 | 500..=599 => Outcome::Transient(format!("HTTP {status}")),
-                _ => Outcome::Permanent(format!("HTTP {status}")),
-            }
-        }
-        Err(e) => Outcome::Transient(e.to_string()),
+/// One POST, on the delivery thread's own runtime.
+fn post(
+    runtime: &tokio::runtime::Runtime,
+    http: &crate::outbound::Http,
+    cfg: &WebhookConfig,
+    token: Option<&str>,
+    body: &Value,
+) -> Outcome {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("authorization", b)])
+        .unwrap_or_default();
+    match runtime.block_on(http.post_json(&cfg.url, &headers, body.to_string())) {
+        Ok(status) => match status {
+            200..=299 => Outcome::Ok,
+            408 | 429 | 500..=599 => Outcome::Transient(format!("HTTP {status}")),
+            _ => Outcome::Permanent(format!("HTTP {status}")),
+        },
+        Err(e) => Outcome::Transient(format!("{e:#}")),
     }
 }
 
 fn deliver(cfg: &WebhookConfig, node: &str, token: Option<&str>, shared: &Shared) {
-    let agent = crate::outbound::agent(Some(cfg.timeout), false);
     let report = |e: WebhookEvent| {
         if let Ok(mut ev) = shared.events.lock() {
             ev.push(e);
         }
     };
     let url = cfg.display_url();
+    // The thread's own current-thread runtime: delivery never competes with the watch loop's
+    // workers, and a slow receiver only ever blocks this thread.
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| Ok((rt, crate::outbound::Http::new(None, cfg.timeout)?)));
+    let (runtime, http) = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(%url, "webhook delivery cannot start: {e:#}");
+            report(WebhookEvent::Failed {
+                url: url.clone(),
+                alerts: 0,
+                reason: format!("cannot start delivery: {e:#}"),
+            });
+            return;
+        }
+    };
     loop {
         // Wait for work (or the end).
         let (batch, closing) = {
@@ -248,7 +269,7 @@ fn deliver(cfg: &WebhookConfig, node: &str, token: Option<&str>, shared: &Shared
         let mut backoff = Duration::from_secs(1);
         loop {
             attempt += 1;
-            match post(&agent, cfg, token, &body) {
+            match post(&runtime, &http, cfg, token, &body) {
                 Outcome::Ok => {
                     shared
                         .stats

@@ -1,11 +1,10 @@
 //! Step 2, TLS at the edge. The handshake records the chain the edge serves and what a
-//! verifying client (rustls' WebPKI verifier with the system roots, plus a CA file for private
-//! setups) says about it, and goes on either way so the later steps still run; `tls_step` (pure)
-//! tells an incomplete chain, a self-signed certificate, a name mismatch and an expired or
+//! verifying client (rustls' WebPKI verifier with `outbound`'s roots: the machine's, plus a CA
+//! file for private setups) says about it, and goes on either way so the later steps still
+//! run; `tls_step` (pure) tells an incomplete chain, a self-signed certificate, a name mismatch and an expired or
 //! expiring certificate apart.
 use std::{
     net::SocketAddr,
-    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -297,32 +296,8 @@ impl ServerCertVerifier for Recorder {
     }
 }
 
-/// The roots a client trusts: the system's, plus a CA file for private setups.
-pub fn roots(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).with_context(|| format!("reading --ca-file {}", path.display()))?;
-        let mut added = 0;
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: CertificateDer<'static> = cert
-                .with_context(|| format!("--ca-file {} is not PEM certificates", path.display()))?;
-            roots.add(cert).with_context(|| {
-                format!("a certificate in --ca-file {} is not a CA", path.display())
-            })?;
-            added += 1;
-        }
-        anyhow::ensure!(
-            added > 0,
-            "--ca-file {} holds no certificate",
-            path.display()
-        );
-    }
-    Ok(roots)
-}
+/// The roots a client trusts: the same policy as every other outbound connection.
+pub use crate::outbound::roots;
 
 /// A TLS connector that records the chain (see [`Recorder`]); every connection made with it
 /// completes even when the chain does not verify.
@@ -333,7 +308,7 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(roots: RootCertStore, alpn_http1: bool) -> anyhow::Result<Self> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::outbound::provider();
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .context("building the certificate verifier")?;

@@ -10,7 +10,6 @@ use std::{
 
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 use crate::check::{
@@ -556,38 +555,32 @@ async fn http_once(
     path: &str,
     timeout: Duration,
 ) -> ClientResponse {
+    // hyper over check's own handshake: the chain must be seen (and the step go on) even
+    // when it does not verify, which no verifying client would allow.
     let attempt = async {
-        let mut s = connector.connect(addr, &t.host).await?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgewatch-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            t.authority()
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf).await?;
-            anyhow::ensure!(
-                n > 0 || !head.is_empty(),
-                "the edge closed without answering"
-            );
-            head.extend_from_slice(&buf[..n]);
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&head) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let rid = resp
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
-                        .map(|h| String::from_utf8_lossy(h.value).into_owned());
-                    return Ok::<_, anyhow::Error>((resp.code, rid));
-                }
-                Ok(httparse::Status::Partial) if n > 0 && head.len() < 64 * 1024 => {}
-                Ok(httparse::Status::Partial) => anyhow::bail!("incomplete response head"),
-                Err(e) => anyhow::bail!("not an HTTP response: {e}"),
-            }
-        }
+        let tls = connector.connect(addr, &t.host).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .context("HTTP/1.1 over TLS")?;
+        let conn = tokio::spawn(conn);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, t.authority())
+            .header(http::header::USER_AGENT, "edgewatch-check")
+            .header(http::header::ACCEPT, "*/*")
+            .header(http::header::CONNECTION, "close")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .with_context(|| format!("{path:?} is not a request path"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("the edge closed without answering")?;
+        conn.abort();
+        let rid = response
+            .headers()
+            .get("x-request-id")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Ok::<_, anyhow::Error>((Some(response.status().as_u16()), rid))
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok((status, request_id))) => ClientResponse {

@@ -44,53 +44,11 @@ impl std::fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// The `clickhouse` crate's client: HTTP(S) with LZ4 for RowBinary inserts, rustls for https
-    /// (the platform's web roots plus `ca_file`).
+    /// (the machine's roots plus `ca_file`, through `outbound`).
     pub fn client(&self, database: &str) -> anyhow::Result<Client> {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(self.timeout));
-        // The public web roots, the machine's trust store, and `ca_file`.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let native = rustls_native_certs::load_native_certs();
-        let (added, _) = roots.add_parsable_certificates(native.certs);
-        tracing::debug!(
-            added,
-            errors = native.errors.len(),
-            "loaded the machine's CA certificates"
-        );
-        if let Some(ca) = &self.ca_file {
-            use rustls::pki_types::{pem::PemObject, CertificateDer};
-            let mut n = 0;
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading store.ca_file {}", ca.display()))?
-            {
-                let cert =
-                    cert.with_context(|| format!("parsing store.ca_file {}", ca.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("adding a CA from {}", ca.display()))?;
-                n += 1;
-            }
-            anyhow::ensure!(
-                n > 0,
-                "store.ca_file {} holds no PEM certificate",
-                ca.display()
-            );
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        // The one root-store policy (the machine's roots plus `ca_file`), see `outbound`.
+        let https = crate::outbound::connector(self.ca_file.as_deref(), self.timeout)
+            .context("store.ca_file")?;
         let hyper =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_millis(2_500))

@@ -160,17 +160,6 @@ pub fn ensure_library(cache_dir: &Path) -> anyhow::Result<PathBuf> {
 
 pub(super) fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let agent = crate::outbound::download_agent();
-    let mut response = agent
-        .get(url)
-        .call()
-        .with_context(|| format!("downloading {url} (or set store.url to a ClickHouse server you run, store.embedded.library to a libchdb.so you have, or store.enabled = false to run without a store)"))?;
-    let total: Option<u64> = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let mut body = response.body_mut().with_config().limit(1 << 31).reader();
     let mut out = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -179,28 +168,33 @@ pub(super) fn fetch(url: &str, to: &Path) -> anyhow::Result<()> {
         .open(to)
         .with_context(|| format!("creating {}", to.display()))?;
     let mut hasher = sha2::Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let total = std::cell::Cell::new(None);
     let mut done = 0u64;
     let mut next_report = 0u64;
-    loop {
-        let n = body
-            .read(&mut buf)
-            .with_context(|| format!("downloading {url}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .with_context(|| format!("writing {}", to.display()))?;
-        done += n as u64;
-        if done >= next_report {
-            match total {
-                Some(t) => tracing::info!("downloaded {} of {} MB", done >> 20, t >> 20),
-                None => tracing::info!("downloaded {} MB", done >> 20),
+    // Bounded waits for the connection, the answer and each chunk, and a long one for the
+    // whole body: a registry that hangs fails with a message instead of hanging the start.
+    let http = crate::outbound::Http::new(None, Duration::from_secs(60))?;
+    crate::outbound::block_on(http.download(
+        url,
+        1 << 31,
+        Duration::from_secs(15 * 60),
+        |length| total.set(length),
+        |chunk| {
+            hasher.update(chunk);
+            out.write_all(chunk)
+                .with_context(|| format!("writing {}", to.display()))?;
+            done += chunk.len() as u64;
+            if done >= next_report {
+                match total.get() {
+                    Some(t) => tracing::info!("downloaded {} of {} MB", done >> 20, t >> 20),
+                    None => tracing::info!("downloaded {} MB", done >> 20),
+                }
+                next_report = done + (32 << 20);
             }
-            next_report = done + (32 << 20);
-        }
-    }
+            Ok(())
+        },
+    ))?
+    .with_context(|| format!("downloading {url} (or set store.url to a ClickHouse server you run, store.embedded.library to a libchdb.so you have, or store.enabled = false to run without a store)"))?;
     out.sync_all().context("writing the ClickHouse package")?;
     if !verify(&hasher.finalize()) {
         let _ = std::fs::remove_file(to);
