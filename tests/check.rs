@@ -46,7 +46,7 @@ fn check_with(
         .arg("gw.test:127.0.0.1")
         .arg("--ca-file")
         .arg(ca)
-        .args(["--upstream-port", &upstream_port.to_string()])
+        .args(["--port", &upstream_port.to_string()])
         .arg("--config")
         .arg(config.path())
         .args(extra)

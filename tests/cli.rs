@@ -183,3 +183,178 @@ fn log_level_flags_and_a_bad_edgewatch_log() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn one_config_flag_and_the_same_names_everywhere() {
+    // --config is global: before or after the command, for every command.
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(b"[exposure]\nwatched_ports = [4242]\n")
+        .expect("write");
+    let path = file.path().to_str().expect("utf-8 path");
+    for args in [
+        vec!["--config", path, "check-config"],
+        vec!["check-config", "--config", path],
+        vec!["-c", path, "check-config"],
+    ] {
+        let (code, out, err) = edgewatch(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("watched_ports = [4242]"), "{args:?}: {out}");
+    }
+    // --output and --port are the names; timeline's --format and --upstream-port and check's
+    // --upstream-port still work, and are not advertised.
+    for command in ["run", "exposure", "replay", "check", "timeline"] {
+        let (code, out, _) = edgewatch(&[command, "--help"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("--output"), "{command}: {out}");
+        assert!(out.contains("--config"), "{command}: {out}");
+        assert!(
+            !out.contains("--format") && !out.contains("--upstream-port"),
+            "{command}: {out}"
+        );
+    }
+    for command in ["replay", "check", "timeline"] {
+        let (_, out, _) = edgewatch(&[command, "--help"]);
+        assert!(out.contains("-p, --port <PORT>"), "{command}: {out}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pcap = dir.path().join("empty.pcap");
+    // A valid pcap with no packet: the global header only (little-endian, Ethernet).
+    let mut header = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0];
+    header.extend([0u8; 8]);
+    header.extend(65535u32.to_le_bytes());
+    header.extend(1u32.to_le_bytes());
+    std::fs::write(&pcap, header).expect("write pcap");
+    let pcap = pcap.to_str().expect("utf-8 path");
+    let old = [
+        "timeline",
+        "--pcap",
+        pcap,
+        "--upstream-port",
+        "4242",
+        "--format",
+        "json",
+    ];
+    let new = [
+        "timeline", "--pcap", pcap, "--port", "4242", "--output", "json",
+    ];
+    let (code_old, out_old, err) = edgewatch(&old);
+    assert_eq!(code_old, 0, "{err}");
+    let (code_new, out_new, err) = edgewatch(&new);
+    assert_eq!(code_new, 0, "{err}");
+    let json = |s: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(s).expect("timeline json");
+        v["summary"]["generated_at"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(json(&out_old), json(&out_new), "the aliases mean the same");
+    assert_eq!(json(&out_new)["type"], "timeline");
+    // A usage error is exit status 2, naming the flag.
+    let (code, _, err) = edgewatch(&["timeline", "--formatt", "json"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--formatt"), "{err}");
+}
+
+#[test]
+fn help_is_wrapped_and_summarises_every_command() {
+    let out = Command::new(edgewatch_bin())
+        .arg("--help")
+        .env("COLUMNS", "300")
+        .env_remove("EDGEWATCH_CONFIG")
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().all(|l| l.chars().count() <= 100),
+        "help lines are wrapped at 100 columns:\n{text}"
+    );
+    // One line per command in the list, and the whole product described, not one part.
+    for (command, words) in [
+        ("run", "Watch live"),
+        ("exposure", "exposure inventory"),
+        ("replay", "capture"),
+        ("check", "golden path"),
+        ("timeline", "Reconstruct"),
+        ("health", "healthcheck"),
+        ("check-config", "effective configuration"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(command) && l.contains(words)),
+            "{command}: {text}"
+        );
+    }
+    for word in [
+        "exposure",
+        "hop",
+        "WebSocket",
+        "ClickHouse",
+        "access logs",
+        "Alerts",
+    ] {
+        assert!(text.contains(word), "--help describes {word}: {text}");
+    }
+    // -h is the short form: summaries only.
+    let (_, short, _) = edgewatch(&["timeline", "-h"]);
+    let (_, long, _) = edgewatch(&["timeline", "--help"]);
+    assert!(short.len() < long.len(), "{short}\n---\n{long}");
+}
+
+/// The README's usage block is the command line's own synopsis; every flag the README's
+/// `edgewatch ...` lines use exists on that command.
+#[test]
+fn readme_usage_matches_the_command_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (code, _, err) = edgewatch(&["generate-docs", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 0, "{err}");
+    let usage = std::fs::read_to_string(dir.path().join("usage.txt")).expect("usage.txt");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let marker = "<!-- usage: written by `cargo xtask docs`";
+    let at = readme.find(marker).expect("the README's usage marker");
+    let block = readme[at..]
+        .split_once("```text\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .map(|(block, _)| block)
+        .expect("the usage block");
+    assert_eq!(
+        block, usage,
+        "README.md's usage block is stale: run `cargo xtask docs`"
+    );
+    // Completions and man pages are generated too.
+    for file in [
+        "completions/edgewatch.bash",
+        "completions/_edgewatch",
+        "completions/edgewatch.fish",
+        "man/edgewatch.1",
+        "man/edgewatch-timeline.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(file)).expect(file);
+        assert!(text.contains("timeline"), "{file}");
+    }
+    // Each flag on an `edgewatch COMMAND ...` line of the README exists on that command.
+    let mut helps = std::collections::HashMap::new();
+    for line in readme.lines().map(str::trim) {
+        let Some(rest) = line.strip_prefix("edgewatch ") else {
+            continue;
+        };
+        let Some(command) = rest.split_whitespace().next() else {
+            continue;
+        };
+        if command.starts_with('[') || command.starts_with('-') {
+            continue;
+        }
+        let help = helps
+            .entry(command.to_owned())
+            .or_insert_with(|| edgewatch(&[command, "--help"]).1);
+        for flag in rest
+            .split(|c: char| c.is_whitespace() || "[]|=`".contains(c))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+        {
+            let flag = flag.trim_end_matches(['.', ',', ')', ':']);
+            assert!(
+                help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+                "README: `{line}` uses {flag}, which `edgewatch {command}` does not have"
+            );
+        }
+    }
+}

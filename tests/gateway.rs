@@ -474,7 +474,7 @@ fn run_check_on(
         .arg(format!("gw.test:{}", clients.host_ip))
         .arg("--ca-file")
         .arg(ca)
-        .args(["--upstream-port", &PORT.to_string(), "--origin", origin])
+        .args(["--port", &PORT.to_string(), "--origin", origin])
         .arg("--config")
         .arg(config.path())
         .output()

@@ -267,6 +267,50 @@ async fn healthy_upgrade_messages_and_clean_close() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_prints_hop_records_only_with_records() {
+    support::require_root();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite::new(upstream));
+    let mut sidecar = Sidecar::start_quiet(&format!(
+        "[hop]\nports = [{}]\ndocker_bridges = false\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        upstream.port()
+    ));
+    get_health(nginx.port, 3).await;
+    // The pipeline made the records (its counter says so) ...
+    let made = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("edgewatch_records_total{kind=\"http\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while made(&sidecar.metrics()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no http records counted: {}",
+            sidecar.metrics()
+        );
+        tokio::task::yield_now().await;
+    }
+    sidecar.signal("TERM");
+    let stopped = sidecar
+        .lines
+        .wait_for("the stopped line", |v| v["type"] == "stopped");
+    assert!(stopped["records"]["http"].as_u64() >= Some(3), "{stopped}");
+    // ... and stdout, the log pipeline, carried none of them.
+    let lines = sidecar.lines.seen_json();
+    for kind in ["http", "websocket", "conn", "request"] {
+        assert!(
+            lines.iter().all(|v| v["type"] != kind),
+            "a {kind} record on stdout without --records: {lines:#?}"
+        );
+    }
+    assert!(lines.iter().any(|v| v["type"] == "exposure"), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_without_upgrade_headers_breaks_the_handshake() {
     support::require_root();
     let upstream = start_upstream().await;

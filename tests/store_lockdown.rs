@@ -428,7 +428,7 @@ fn the_default_store_end_to_end_and_a_foreign_listener() {
                 "--port",
                 &watched.to_string(),
             ])
-            .args(["--format", "json", "--config"])
+            .args(["--output", "json", "--config"])
             .arg(cfg.path())
             .output()
             .expect("timeline");

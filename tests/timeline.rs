@@ -58,13 +58,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
     let pcap = support::fixture("idle_timeout.35057.pcap");
     let offline: Value = serde_json::from_str(&edgewatch(
         &[
-            "timeline",
-            "--pcap",
-            &pcap,
-            "--upstream-port",
-            "35057",
-            "--format",
-            "json",
+            "timeline", "--pcap", &pcap, "--port", "35057", "--output", "json",
         ],
         Some(config.path()),
     ))
@@ -98,7 +92,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
             &fmt(since),
             "--until",
             &fmt(until),
-            "--format",
+            "--output",
             "json",
         ],
         Some(config.path()),
@@ -113,7 +107,7 @@ fn offline_and_clickhouse_give_the_same_timeline() {
         .find_map(|e| e["request_id"].as_str())
         .expect("a request id");
     let one: Value = serde_json::from_str(&edgewatch(
-        &["timeline", "--request-id", rid, "--format", "json"],
+        &["timeline", "--request-id", rid, "--output", "json"],
         Some(config.path()),
     ))
     .expect("request JSON");
@@ -158,7 +152,7 @@ fn live_exposure_drift_reads_back_in_order_with_its_cause() {
             "-10m",
             "--port",
             &watched.to_string(),
-            "--format",
+            "--output",
             "json",
         ],
         Some(config.path()),
@@ -229,9 +223,9 @@ fn the_html_page_renders_in_headless_chromium() {
             "timeline",
             "--pcap",
             &support::fixture("refused.43527.pcap"),
-            "--upstream-port",
+            "--port",
             "43527",
-            "--format",
+            "--output",
             "html",
             "--out",
             page.to_str().expect("path"),

@@ -20,21 +20,40 @@ const EXIT_DRIFT: u8 = 3;
 #[command(
     name = "edgewatch",
     version,
-    about = "eBPF sidecar that watches a WebSocket gateway behind a reverse proxy",
-    long_about = "edgewatch watches which ports are reachable from outside (listening sockets on \
-        wildcard or public addresses, and ports Docker publishes through netfilter DNAT with no \
-        socket at all) and alerts within a second when the Gateway's port (18789 by default) \
-        drifts off loopback.\n\nRun it as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and \
-        CAP_SYS_PTRACE, plus CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL for the embedded \
-        store) in the host's network and PID namespaces; once the probes are loaded it keeps \
-        only what watching needs.",
+    propagate_version = true,
+    max_term_width = 100,
+    about = "eBPF sidecar that watches a WebSocket gateway behind a TLS-terminating reverse proxy",
+    long_about = "eBPF sidecar that watches a WebSocket gateway (the OpenClaw Gateway on \
+        127.0.0.1:18789 by default) behind a TLS-terminating reverse proxy (Caddy or nginx).\n\n\
+        Kernel probes watch which ports are reachable from outside (wildcard listeners, and \
+        ports Docker publishes through DNAT with no socket at all), the proxy-to-upstream hop \
+        (connects, HTTP exchanges, WebSocket upgrades and frames, resets, latency), and the \
+        edge's access logs are joined with it by request id. Alerts name the failure (exposure \
+        drift, half-configured upgrades, stale upstream ports, proxy timeouts, rejected \
+        origins, an upstream that is down); everything goes to ClickHouse (an embedded, \
+        locked-down one by default) for timelines.\n\n\
+        Run it as root (or with CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN and CAP_SYS_PTRACE, plus \
+        CAP_SETUID, CAP_SETGID, CAP_CHOWN and CAP_KILL for the embedded store) in the host's \
+        network and PID namespaces; once the probes are loaded it keeps only what watching \
+        needs. `exposure`, `replay`, `timeline --pcap`, `health` and `check-config` need no \
+        privilege.",
     after_help = "Logs go to stderr at level info: -v for debug (-vv trace), -q for warnings \
         only (-qq errors). EDGEWATCH_LOG (a tracing filter, e.g. `debug` or \
-        `edgewatch=debug,info`) wins over both; a value that is not one is refused."
+        `edgewatch=debug,info`) wins over both; a value that is not one is refused (exit 2)."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// TOML config file, for every command (without one: the embedded default, which watches
+    /// port 18789).
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "EDGEWATCH_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
     /// More log detail on stderr (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     verbose: u8,
@@ -44,10 +63,7 @@ struct Cli {
 }
 
 #[derive(Args)]
-struct Common {
-    /// TOML config file; without one the embedded default watches port 18789.
-    #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
+struct OutputArg {
     /// Output format on stdout.
     #[arg(long, short, value_enum, default_value = "text")]
     output: Format,
@@ -56,7 +72,7 @@ struct Common {
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
-    common: Common,
+    out: OutputArg,
     /// Also print every hop record (connect, HTTP exchange, WebSocket session) and joined
     /// request on stdout. Without it, stdout (in a container, the log pipeline) carries the
     /// inventory, its changes, alerts and status lines; the store gets every record either
@@ -67,19 +83,27 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the kernel probes and watch live: print the exposure inventory, then one line per
-    /// change and an alert line when a drift starts or ends, and the hop's records. Every
-    /// record also goes to ClickHouse (`[store]`): by default a local ClickHouse 26.7 that
-    /// edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123 (password-protected, see
-    /// the README's "The embedded store") and stops; set `store.url`
+    /// Watch live: exposure, the hop, alerts, and the store (the main job).
+    ///
+    /// Loads the kernel probes and prints the exposure inventory, then one line per change and
+    /// an alert line when an incident starts or ends (--records adds every hop record and
+    /// joined request). Every record also goes to ClickHouse (`[store]`): by default a local
+    /// ClickHouse 26.7 that edgewatch fetches once (~178 MB), starts on 127.0.0.1:18123
+    /// (password-protected, see the README's "The embedded store") and stops; set `store.url`
     /// for your own server, `store.enabled = false` for none. Stops on SIGINT/SIGTERM.
     Run(RunArgs),
-    /// Print the classified exposure inventory once and exit (no BPF needed). Exit status 0:
-    /// no drift; 3: drift found; 1: error.
-    Exposure(Common),
-    /// Run a packet capture of the proxy-to-upstream hop (pcap or pcapng, as `tcpdump -w`
-    /// writes it) through the same tracker as the live probes: HTTP exchanges, WebSocket
-    /// sessions, connection events, and what could not be seen. Deterministic.
+    /// Print the exposure inventory once and exit (exit status 3: drift).
+    ///
+    /// Every listening socket and Docker DNAT publish, classified (loopback, private,
+    /// wildcard, public), with the process behind it and whether it is drift for a watched
+    /// port. No BPF needed. Exit status 0: no drift; 3: drift found; 1: error.
+    Exposure(OutputArg),
+    /// Run a capture of the hop (and access logs) through the live pipeline, offline.
+    ///
+    /// A packet capture of the proxy-to-upstream hop (pcap or pcapng, as `tcpdump -w` writes
+    /// it) goes through the same pipeline as the live probes: HTTP exchanges, WebSocket
+    /// sessions, connection events, joined requests, alerts, and what could not be seen.
+    /// Deterministic.
     Replay {
         /// The capture file.
         capture: PathBuf,
@@ -87,66 +111,167 @@ enum Command {
         /// ports, 18789).
         #[arg(long = "port", short, value_name = "PORT")]
         ports: Vec<u16>,
-        /// TOML config file (for its watched ports).
-        #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
         /// The edge proxy's access log(s) of the same period (nginx JSON, edgewatch_combined,
         /// or Caddy JSON; detected per line): each request is joined with the hop by request
         /// id and printed as a `request` record.
         #[arg(long = "access-log", value_name = "FILE")]
         access_logs: Vec<PathBuf>,
         /// How long a record waits for its other half, in the data's time.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         join_window: std::time::Duration,
         /// Also ship every record (hop, access-log and joined) to the store configured in
         /// `[store]` (the embedded ClickHouse by default), wait until it has them, and print a
         /// `store_summary`. Uses its own spool (`<store.spool_dir>-replay`).
         #[arg(long)]
         store: bool,
-        /// Output format on stdout.
-        #[arg(long, short, value_enum, default_value = "text")]
-        output: Format,
+        #[command(flatten)]
+        out: OutputArg,
     },
     /// Internal: the embedded ClickHouse server process that `run` starts and stops. Started
     /// as root; verifies the library, writes the locked-down configuration, then drops to
     /// `--run-as` before loading it.
     #[command(hide = true)]
     EmbeddedClickhouse(edgewatch::store::embedded::ServerArgs),
-    /// The runbook's golden path as one command: walks bind, TLS, HTTP, WebSocket and (with
-    /// --idle) idle survival through the edge, each step pass/warn/fail with its evidence and
-    /// the first move, while the kernel probes watch the hop to say which layer failed (run
-    /// as root for that; without the probes the active steps still run). Exit status 0 only
-    /// when every step passes, 2 with warnings only, 1 when a step fails: usable as a deploy
-    /// gate.
+    /// Walk the golden path through the edge; a deploy gate (exit 0/2/1).
+    ///
+    /// Walks bind, TLS, HTTP, WebSocket and (with --idle) idle survival through the edge,
+    /// each step pass/warn/fail with its evidence and the first move, while the kernel probes
+    /// watch the hop to say which layer failed (run as root for that; without the probes the
+    /// active steps still run). Exit status 0 only when every step passes, 2 with warnings
+    /// only, 1 when a step fails.
     Check {
         #[command(flatten)]
         args: edgewatch::cmd::check::CheckArgs,
         #[command(flatten)]
-        common: Common,
+        out: OutputArg,
     },
-    /// Reconstruct what happened in a time range (or to one request): exposure changes,
-    /// alerts, edge log records, hop exchanges, WebSocket sessions, refused connects, resets
-    /// and slow connects, in order and grouped by request and connection, with a summary on
-    /// top. From ClickHouse (`[store]`, the embedded one by default), or offline from a
-    /// capture and access logs with --pcap.
+    /// Reconstruct what happened in a time range or to one request.
+    ///
+    /// Exposure changes, alerts, edge log records, hop exchanges, WebSocket sessions, refused
+    /// connects, resets and slow connects, in order and grouped by request and connection,
+    /// with a summary on top. From ClickHouse (`[store]`, the embedded one by default), or
+    /// offline from a capture and access logs with --pcap.
     Timeline(edgewatch::cmd::timeline::TimelineArgs),
-    /// Ask a running sidecar whether it is up (its loopback /healthz): exit 0 when it
-    /// answers, 1 when not. The container's healthcheck.
+    /// Ask a running sidecar whether it is up (the container's healthcheck).
+    ///
+    /// Asks its loopback /healthz: exit 0 when it answers, 1 when not.
     Health {
         /// The sidecar's metrics address (default: `metrics.listen` of the config,
         /// 127.0.0.1:9464).
         #[arg(long, value_name = "ADDR")]
         addr: Option<std::net::SocketAddr>,
-        /// TOML config file (for `metrics.listen`).
-        #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
     },
-    /// Validate a config file and print the effective configuration (defaults filled in).
-    CheckConfig {
-        /// The config file to check.
-        #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
+    /// Validate the config file and print the effective configuration.
+    ///
+    /// Defaults are filled in; secrets in webhook URLs are hidden. Exit status 1 with the
+    /// offending key named when the file is not valid.
+    CheckConfig,
+    /// Internal: write shell completions and man pages generated from this command line
+    /// (`cargo xtask docs` and the container image call it).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `completions/` and `man/` into.
+        dir: PathBuf,
     },
+}
+
+/// Shell completions (bash, zsh, fish) and one man page per visible command, from the clap
+/// definition above.
+fn generate_docs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory as _;
+    let completions = dir.join("completions");
+    let man = dir.join("man");
+    for d in [&completions, &man] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut cmd = Cli::command();
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        let path = clap_complete::generate_to(shell, &mut cmd, "edgewatch", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+        println!("{}", path.display());
+    }
+    cmd.build();
+    let usage = dir.join("usage.txt");
+    std::fs::write(&usage, synopsis(&cmd))
+        .with_context(|| format!("writing {}", usage.display()))?;
+    println!("{}", usage.display());
+    let mut pages = vec![(String::from("edgewatch"), cmd.clone())];
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("edgewatch-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = man.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .with_context(|| format!("rendering {name}.1"))?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// One line per visible command with its flags (the README's usage block is this text, and a
+/// test keeps the two equal).
+fn synopsis(cmd: &clap::Command) -> String {
+    let shown =
+        |a: &&clap::Arg| !a.is_hide_set() && !matches!(a.get_id().as_str(), "help" | "version");
+    let mut out = String::from("edgewatch [--config FILE] [-v|-q] COMMAND\n");
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() || sub.get_name() == "help" {
+            continue;
+        }
+        let mut line = format!("edgewatch {}", sub.get_name());
+        for arg in sub
+            .get_arguments()
+            .filter(shown)
+            .filter(|a| !a.is_global_set())
+        {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            let value = if !values.is_empty() {
+                values.join("|")
+            } else {
+                arg.get_value_names()
+                    .map(|n| n.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_else(|| arg.get_id().as_str().to_uppercase())
+            };
+            let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+            let text = match arg.get_long() {
+                None => value,
+                Some(long) if takes_value => format!("--{long} {value}"),
+                Some(long) => format!("--{long}"),
+            };
+            let repeat = if matches!(arg.get_action(), clap::ArgAction::Append) {
+                "..."
+            } else {
+                ""
+            };
+            if arg.is_required_set()
+                || arg.is_positional() && !matches!(arg.get_action(), clap::ArgAction::Append)
+            {
+                line.push_str(&format!(" {text}{repeat}"));
+            } else {
+                line.push_str(&format!(" [{text}]{repeat}"));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -208,8 +333,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(RunArgs { common, records }) => {
-            let config = load_config(common.config.as_ref())?;
+        Command::Run(RunArgs { out, records }) => {
+            let config = load_config(cli.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -220,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(async move {
                 tokio::spawn(edgewatch::cmd::run::run(
                     config,
-                    Printer::stdout(common.output),
+                    Printer::stdout(out.output),
                     records,
                 ))
                 .await
@@ -228,9 +353,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Exposure(common) => {
-            let config = load_config(common.config.as_ref())?;
-            let drift = edgewatch::cmd::exposure::run(&config, Printer::stdout(common.output))?;
+        Command::Exposure(out) => {
+            let config = load_config(cli.config.as_ref())?;
+            let drift = edgewatch::cmd::exposure::run(&config, Printer::stdout(out.output))?;
             Ok(if drift > 0 {
                 ExitCode::from(EXIT_DRIFT)
             } else {
@@ -240,13 +365,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay {
             capture,
             ports,
-            config,
             access_logs,
             join_window,
             store,
-            output,
+            out,
         } => {
-            let config = load_config(config.as_ref())?;
+            let config = load_config(cli.config.as_ref())?;
             let ports = if ports.is_empty() {
                 config.exposure.watched_ports.clone()
             } else {
@@ -259,20 +383,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 join_window,
                 &config,
                 store,
-                output,
+                out.output,
             )
         }
         Command::EmbeddedClickhouse(args) => {
             edgewatch::store::embedded::run_server(&args)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { args, common } => {
-            let config = load_config(common.config.as_ref())?;
+        Command::Check { args, out } => {
+            let config = load_config(cli.config.as_ref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let mut printer = Printer::stdout(common.output);
+            let mut printer = Printer::stdout(out.output);
             let steps = runtime.block_on(edgewatch::cmd::check::check(&config, &args, |s| {
                 printer.check_step(s)
             }))?;
@@ -280,9 +404,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             printer.check_summary(&args.url, &steps, code);
             Ok(ExitCode::from(code))
         }
-        Command::Timeline(args) => edgewatch::cmd::timeline::run(&args),
-        Command::Health { addr, config } => {
-            let config = load_config(config.as_ref())?;
+        Command::Timeline(args) => {
+            edgewatch::cmd::timeline::run(&args, &load_config(cli.config.as_ref())?)
+        }
+        Command::Health { addr } => {
+            let config = load_config(cli.config.as_ref())?;
             let addr = addr.unwrap_or(config.metrics.listen);
             let url = format!("http://{addr}/healthz");
             let http = edgewatch::outbound::Http::new(None, std::time::Duration::from_secs(3))?;
@@ -296,13 +422,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => anyhow::bail!("{url}: {e:#}"),
             }
         }
-        Command::CheckConfig { config } => {
-            let mut config = load_config(config.as_ref())?;
+        Command::CheckConfig => {
+            let mut config = load_config(cli.config.as_ref())?;
             // Printed, so with the webhooks' secrets hidden (tokens in paths and queries).
             for w in &mut config.alerts.webhooks {
                 w.url = w.display_url();
             }
             print!("{}", toml::to_string_pretty(&config)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenerateDocs { dir } => {
+            generate_docs(&dir)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -47,7 +47,12 @@ pub struct Metrics {
     store_backlog_rows: Gauge,
     store_backlog_bytes: Gauge,
     store_up: Gauge,
+    /// Per kind of [`RECORD_KINDS`], the same counters as the `records` family.
+    records: [Counter; RECORD_KINDS.len()],
 }
+
+/// The record kinds the pipeline produces, as `edgewatch_records_total{kind}` names them.
+pub const RECORD_KINDS: [&str; 6] = ["http", "websocket", "conn", "loss", "request", "edge"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -92,6 +97,15 @@ impl Metrics {
         ] {
             limit_drops.get_or_create(&label("limit", limit)).inc_by(0);
         }
+        let record_family = Family::<Labels, Counter>::default();
+        registry.register(
+            "records",
+            "Records the pipeline produced, by kind (hop exchanges, WebSocket sessions, \
+             connection events, losses, joined requests, access-log records); printed only \
+             with `run --records`, stored either way",
+            record_family.clone(),
+        );
+        let records = RECORD_KINDS.map(|k| record_family.get_or_create(&label("kind", k)).clone());
         let decode_errors = Counter::default();
         registry.register(
             "decode_errors",
@@ -199,6 +213,7 @@ impl Metrics {
             .get_or_create(&label("kind", "listen_change"))
             .clone();
         Self {
+            records,
             registry,
             events,
             hop_segments,
@@ -265,6 +280,23 @@ impl Metrics {
         };
         counter.inc();
         self.event_lag.observe(lag_seconds);
+    }
+
+    /// Counts one produced record of `RECORD_KINDS[kind]`.
+    pub fn record(&self, kind: usize) {
+        if let Some(c) = self.records.get(kind) {
+            c.inc();
+        }
+    }
+
+    /// The records produced so far, by kind.
+    pub fn record_counts(&self) -> serde_json::Value {
+        RECORD_KINDS
+            .iter()
+            .zip(&self.records)
+            .map(|(k, c)| ((*k).to_owned(), serde_json::Value::from(c.get())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     pub fn decode_error(&self) {

@@ -47,10 +47,14 @@ pub fn roots(ca_file: Option<&Path>) -> anyhow::Result<RootCertStore> {
             .with_context(|| format!("reading the CA file {}", path.display()))?;
         let mut n = 0;
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: CertificateDer<'static> = cert
-                .with_context(|| format!("the CA file {} is not PEM certificates", path.display()))?;
+            let cert: CertificateDer<'static> = cert.with_context(|| {
+                format!("the CA file {} is not PEM certificates", path.display())
+            })?;
             roots.add(cert).with_context(|| {
-                format!("a certificate in the CA file {} is not a CA", path.display())
+                format!(
+                    "a certificate in the CA file {} is not a CA",
+                    path.display()
+                )
             })?;
             n += 1;
         }
@@ -281,10 +285,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap_or_default();
         let bad = dir.join("ca.pem");
         std::fs::write(&bad, "not a certificate\n").unwrap_or_default();
-        let e = roots(Some(&bad)).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let e = roots(Some(&bad))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         assert!(e.contains("holds no certificate"), "{e}");
         let missing = dir.join("missing.pem");
-        let e = roots(Some(&missing)).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        let e = roots(Some(&missing))
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
         assert!(e.contains("missing.pem"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -302,7 +312,9 @@ mod tests {
 
     #[test]
     fn errors_do_not_carry_the_query() {
-        let uri: http::Uri = "https://hooks.example/path?token=secret".parse().unwrap_or_default();
+        let uri: http::Uri = "https://hooks.example/path?token=secret"
+            .parse()
+            .unwrap_or_default();
         assert_eq!(redact(&uri), "https://hooks.example/path");
     }
 }

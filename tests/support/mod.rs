@@ -177,6 +177,15 @@ impl Sidecar {
 
     /// The same, inside a network namespace (through nsenter, which keeps tracefs).
     pub fn start_in(netns: Option<&Netns>, config: &str) -> Self {
+        Self::start_with(netns, config, &["--records"])
+    }
+
+    /// As users run it: without `--records` (no hop records or joined requests on stdout).
+    pub fn start_quiet(config: &str) -> Self {
+        Self::start_with(None, config, &[])
+    }
+
+    fn start_with(netns: Option<&Netns>, config: &str, extra: &[&str]) -> Self {
         require_root();
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(config.as_bytes()).unwrap();
@@ -198,8 +207,10 @@ impl Sidecar {
             }
             None => Command::new(edgewatch_bin()),
         };
-        // Every record on stdout: the tests read them.
-        cmd.args(["run", "--output", "json", "--records", "--config"])
+        // With --records, every record on stdout: the tests read them.
+        cmd.args(["run", "--output", "json"])
+            .args(extra)
+            .arg("--config")
             .arg(file.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

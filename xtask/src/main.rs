@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test`.
+//! Project tasks: `cargo xtask setup | run | test | docs | ...`.
 //!
 //! Each task first makes sure the machine has what the build needs (Debian's rustc-web for
 //! the eBPF target, the `debian-web` rustup link, bpf-linker on LLVM 22, the netfilter tools
@@ -14,6 +14,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod docs;
 mod gateway;
 mod vm;
 
@@ -66,6 +67,9 @@ enum Task {
     /// Install the real OpenClaw Gateway the tests run (npm `openclaw` on Node 24, pinned)
     /// into /var/cache/edgewatch/openclaw. Part of `test`.
     Gateway,
+    /// Generate shell completions (bash, zsh, fish) and man pages from edgewatch's command
+    /// line into target/docs, and write the README's usage block from it.
+    Docs,
     /// Run the fuzz targets (cargo-fuzz, nightly) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -510,6 +514,7 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::BenchExposure { rounds } => bench::exposure(rounds),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Docs => docs::docs().map(|_| ()),
         Task::Gateway => gateway::install().map(|dir| println!("{}", dir.display())),
         Task::VmTest(args) => {
             setup()?;

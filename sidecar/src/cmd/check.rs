@@ -57,13 +57,18 @@ pub struct CheckArgs {
     pub idle: Option<Duration>,
     /// The Gateway's port on the upstream side (default: the config's first hop port,
     /// 18789).
-    #[arg(long, value_name = "PORT")]
+    #[arg(
+        long = "port",
+        short = 'p',
+        value_name = "PORT",
+        alias = "upstream-port"
+    )]
     pub upstream_port: Option<u16>,
     /// Do not load the kernel probes (no root needed; failures are then not localised).
     #[arg(long)]
     pub no_passive: bool,
     /// Time limit of each network operation.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 

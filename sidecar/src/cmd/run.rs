@@ -298,9 +298,10 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
             &totals,
         );
     }
-    watch
-        .out
-        .printer
-        .status("stopped", "edgewatch stopped", &serde_json::json!({}));
+    watch.out.printer.status(
+        "stopped",
+        "edgewatch stopped",
+        &serde_json::json!({ "records": watch.out.metrics.record_counts() }),
+    );
     Ok(())
 }

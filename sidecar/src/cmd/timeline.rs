@@ -32,14 +32,16 @@ pub struct TimelineArgs {
     /// Only this request (its edge record, exchanges, session, and its connection's events).
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
-    /// Only this upstream port (or exposure port).
-    #[arg(long, value_name = "PORT")]
-    port: Option<u16>,
+    /// Only this upstream port (or exposure port); repeatable. With --pcap, also the
+    /// upstream port(s) of the capture (default: the config's hop ports).
+    #[arg(long = "port", short, value_name = "PORT", alias = "upstream-port")]
+    ports: Vec<u16>,
     /// Only the requests of this client address (as the edge logged it).
     #[arg(long, value_name = "IP")]
     client: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    format: TimelineFormat,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "text", alias = "format")]
+    output: TimelineFormat,
     /// Write to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
@@ -49,19 +51,10 @@ pub struct TimelineArgs {
     /// Offline: the proxy's access log(s) of the same period, joined by request id.
     #[arg(long = "access-log", value_name = "FILE", requires = "pcap")]
     access_logs: Vec<PathBuf>,
-    /// Offline: the upstream port(s) in the capture (default: the config's hop ports).
-    #[arg(long = "upstream-port", value_name = "PORT", requires = "pcap")]
-    upstream_ports: Vec<u16>,
-    /// TOML config file (`[store]` for ClickHouse, `[alerts]` for the offline rules).
-    #[arg(long, short, env = "EDGEWATCH_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
 }
 
-pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
-    let config = match &args.config {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::default(),
-    };
+/// `config`: `[store]` for ClickHouse, `[hop]` and `[alerts]` for the offline pipeline.
+pub fn run(args: &TimelineArgs, config: &crate::config::Config) -> anyhow::Result<ExitCode> {
     let now = i64::try_from(unix_ns(SystemTime::now())).unwrap_or(i64::MAX);
     let time = |t: &Option<String>, default: i64| -> anyhow::Result<i64> {
         match t {
@@ -70,12 +63,12 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (rows, note) = if let Some(pcap) = &args.pcap {
-        let ports = if args.upstream_ports.is_empty() {
+        let ports = if args.ports.is_empty() {
             config.hop.ports.clone()
         } else {
-            args.upstream_ports.clone()
+            args.ports.clone()
         };
-        let (rows, report) = source::offline(pcap, &ports, &args.access_logs, &config)?;
+        let (rows, report) = source::offline(pcap, &ports, &args.access_logs, config)?;
         if report.malformed_lines > 0 {
             eprintln!(
                 "edgewatch: {} access-log line(s) could not be read and were skipped",
@@ -95,7 +88,7 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
             since_ns: time(&args.since, 0)?,
             until_ns: time(&args.until, i64::MAX)?,
             request_id: args.request_id.clone(),
-            port: args.port,
+            ports: args.ports.clone(),
             client: args.client.clone(),
         };
         (build(&rows, &filter), None)
@@ -125,7 +118,7 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
                 since_ns: since,
                 until_ns: until,
                 request_id: args.request_id.clone(),
-                port: args.port,
+                ports: args.ports.clone(),
                 client: args.client.clone(),
             };
             let (rows, cut) = source::clickhouse(&config.store, &filter)
@@ -145,7 +138,7 @@ pub fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
         eprintln!("edgewatch: {n}");
     }
     let to_terminal = args.out.is_none() && std::io::stdout().is_terminal();
-    let body = match args.format {
+    let body = match args.output {
         TimelineFormat::Text => {
             render::text(&rows, to_terminal && std::env::var_os("NO_COLOR").is_none())
         }

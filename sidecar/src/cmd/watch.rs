@@ -63,6 +63,12 @@ pub(super) struct Sinks {
 
 impl Sink for Sinks {
     fn hop(&mut self, r: &HopRecord) {
+        self.metrics.record(match r {
+            HopRecord::Http(_) => 0,
+            HopRecord::Websocket(_) => 1,
+            HopRecord::Conn(_) => 2,
+            HopRecord::Loss(_) => 3,
+        });
         if self.records {
             self.printer.hop(r);
         }
@@ -71,11 +77,13 @@ impl Sink for Sinks {
         }
     }
     fn edge(&mut self, r: &EdgeRecord) {
+        self.metrics.record(5);
         if let Some(st) = self.store.as_mut() {
             st.edge(r);
         }
     }
     fn request(&mut self, r: &JoinedRequest) {
+        self.metrics.record(4);
         if self.records {
             self.printer.request(r);
         }

@@ -35,8 +35,8 @@ pub struct Filter {
     pub since_ns: i64,
     pub until_ns: i64,
     pub request_id: Option<String>,
-    /// An upstream port (hop records) or an exposure's port.
-    pub port: Option<u16>,
+    /// Upstream ports (hop records) or exposure ports; empty: all.
+    pub ports: Vec<u16>,
     /// A client address as the edge logged it.
     pub client: Option<String>,
 }
@@ -203,7 +203,7 @@ impl<'a> Scope<'a> {
     }
 
     fn port_ok(&self, p: u16) -> bool {
-        self.filter.port.is_none_or(|f| f == p)
+        self.filter.ports.is_empty() || self.filter.ports.contains(&p)
     }
 
     fn id_ok(&self, id: &str) -> bool {
@@ -355,7 +355,7 @@ fn alert_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             .as_u64()
             .or(evidence["port"].as_u64())
             .and_then(|p| u16::try_from(p).ok());
-        if filter.port.is_some() && a_port.is_some_and(|p| !port_ok(p)) {
+        if !filter.ports.is_empty() && a_port.is_some_and(|p| !port_ok(p)) {
             continue;
         }
         // Scoped to requests: the alerts whose evidence names one of them.
@@ -406,8 +406,13 @@ fn edge_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
                 continue;
             }
         }
-        if let Some(p) = filter.port {
-            if !e.upstream_addr.is_empty() && !e.upstream_addr.ends_with(&format!(":{p}")) {
+        if !filter.ports.is_empty() && !e.upstream_addr.is_empty() {
+            let port = e
+                .upstream_addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok());
+            if !port.is_some_and(|p| filter.ports.contains(&p)) {
                 continue;
             }
         }
