@@ -17,5 +17,6 @@ pub mod output;
 pub mod probe;
 pub mod sources;
 pub mod store;
+pub mod throttle;
 pub mod timeline;
 pub mod webhook;

@@ -342,11 +342,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Spawned, not run by `block_on` itself: a future given to `block_on` runs on
             // this thread while the workers drive the timers and the ring buffer's fd, so
             // every drain tick would wake a worker and then this thread. A task wakes once.
+            let span = tracing::info_span!(
+                "run",
+                hop_ports = ?config.hop.ports,
+                watched = ?config.exposure.watched_ports
+            );
             runtime.block_on(async move {
-                tokio::spawn(edgewatch::cmd::run::run(
-                    config,
-                    Printer::stdout(out.output),
-                    records,
+                tokio::spawn(tracing::Instrument::instrument(
+                    edgewatch::cmd::run::run(config, Printer::stdout(out.output), records),
+                    span,
                 ))
                 .await
                 .map_err(|e| anyhow::anyhow!("the watch loop failed: {e}"))?
@@ -371,6 +375,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out,
         } => {
             let config = load_config(cli.config.as_ref())?;
+            let _span =
+                tracing::info_span!("replay", capture = %capture.display(), store).entered();
             let ports = if ports.is_empty() {
                 config.exposure.watched_ports.clone()
             } else {
@@ -397,14 +403,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             let mut printer = Printer::stdout(out.output);
-            let steps = runtime.block_on(edgewatch::cmd::check::check(&config, &args, |s| {
-                printer.check_step(s)
-            }))?;
+            let span = tracing::info_span!("check", url = %args.url);
+            let steps = runtime.block_on(tracing::Instrument::instrument(
+                edgewatch::cmd::check::check(&config, &args, |s| printer.check_step(s)),
+                span,
+            ))?;
             let code = edgewatch::check::exit_code(&steps);
             printer.check_summary(&args.url, &steps, code);
             Ok(ExitCode::from(code))
         }
         Command::Timeline(args) => {
+            let _span = tracing::info_span!("timeline").entered();
             edgewatch::cmd::timeline::run(&args, &load_config(cli.config.as_ref())?)
         }
         Command::Health { addr } => {

@@ -227,6 +227,7 @@ fn deliver(cfg: &WebhookConfig, node: &str, token: Option<&str>, shared: &Shared
         }
     };
     let url = cfg.display_url();
+    let _span = tracing::info_span!("webhook", url = %url, format = ?cfg.format).entered();
     // The thread's own current-thread runtime: delivery never competes with the watch loop's
     // workers, and a slow receiver only ever blocks this thread.
     let client = tokio::runtime::Builder::new_current_thread()

@@ -11,6 +11,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tracing::Instrument as _;
 
 use crate::check::{
     bind_step, http_step, idle_step,
@@ -393,7 +394,9 @@ pub async fn check(
     push(bind_step(port, &inventory.exposures(), &policy), &mut steps);
 
     // 2. TLS (first: can the edge be reached at all).
-    let reach = tokio::time::timeout(args.timeout, tokio::net::TcpStream::connect(addr)).await;
+    let reach = tokio::time::timeout(args.timeout, tokio::net::TcpStream::connect(addr))
+        .instrument(step_span("reach"))
+        .await;
     let unreachable = match reach {
         Ok(Ok(_)) => None,
         Ok(Err(e)) => Some(e.to_string()),
@@ -419,7 +422,9 @@ pub async fn check(
         return Ok(steps);
     }
     let connector = Connector::new(roots.clone(), true)?;
-    let tls = tokio::time::timeout(args.timeout, connector.connect(addr, &target.host)).await;
+    let tls = tokio::time::timeout(args.timeout, connector.connect(addr, &target.host))
+        .instrument(step_span("tls"))
+        .await;
     let (facts, tls_ok) = match tls {
         Ok(Ok(stream)) => (connector.facts(Some(&stream), None), true),
         Ok(Err(e)) => (connector.facts(None, Some(format!("{e:#}"))), false),
@@ -442,7 +447,9 @@ pub async fn check(
 
     // 3. HTTP through the edge.
     let n = nonce();
-    let client = http_once(&connector, addr, &target, &target.marked(&n), args.timeout).await;
+    let client = http_once(&connector, addr, &target, &target.marked(&n), args.timeout)
+        .instrument(step_span("http"))
+        .await;
     seen_on_hop(&watch, &n).await;
     // The proxy writes its log line when the request ends (it has: the answer came).
     let gateway: Vec<String> = inventory
@@ -469,6 +476,7 @@ pub async fn check(
         &origin,
         args.timeout,
     )
+    .instrument(step_span("websocket"))
     .await;
     seen_on_hop(&watch, &wn).await;
     let ws_view = view_of(&watch, &why, config, &wn, &gateway);
@@ -495,7 +503,10 @@ pub async fn check(
             let start = Instant::now();
             let mut close_code = None;
             let ended = loop {
-                match tokio::time::timeout_at((start + idle).into(), ws.next()).await {
+                match tokio::time::timeout_at((start + idle).into(), ws.next())
+                    .instrument(step_span("idle"))
+                    .await
+                {
                     Err(_) => break false,
                     Ok(Some(Ok(Message::Close(c)))) => {
                         close_code = c.map(|c| u16::from(c.code));
@@ -550,6 +561,11 @@ pub async fn check(
         }
     }
     Ok(steps)
+}
+
+/// The span of one step's network work (its log lines carry `check_step{step=...}`).
+fn step_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!("check_step", step)
 }
 
 /// One GET through the edge; the response head is read, the body is not kept.

@@ -130,6 +130,8 @@ pub(super) struct Watch {
     pub(super) store_dropped: u64,
     pub(super) store_dropped_at: Option<std::time::Instant>,
     pub(super) webhooks: Vec<Webhook>,
+    /// Per-record warnings, rate-limited (the totals are in the metrics).
+    pub(super) warnings: crate::throttle::Warnings,
 }
 
 impl Watch {
@@ -151,6 +153,7 @@ impl Watch {
             store_dropped: 0,
             store_dropped_at: None,
             webhooks: Vec::new(),
+            warnings: Default::default(),
         }
     }
 
@@ -332,7 +335,13 @@ impl Watch {
             }
             Err(e) => {
                 metrics.decode_error();
-                tracing::warn!(error = %e, "dropped a malformed probe record");
+                if let Some(held) = self.warnings.probe_record.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        held_back = held,
+                        "dropped a malformed probe record (all counted in edgewatch_decode_errors_total)"
+                    );
+                }
             }
         }
     }
@@ -372,7 +381,9 @@ impl Watch {
             let mut lines = Vec::new();
             for t in tailers.iter_mut() {
                 if let Err(e) = t.poll(&mut lines) {
-                    tracing::warn!(log = %t.path().display(), error = %e, "cannot read access log");
+                    if let Some(held) = self.warnings.log_read.allow(std::time::Instant::now()) {
+                        tracing::warn!(log = %t.path().display(), error = %e, held_back = held, "cannot read access log");
+                    }
                 }
             }
             self.on_edge_lines(&lines);
@@ -426,7 +437,13 @@ impl Watch {
             let parsed = self.pipeline.edge_line(line, now, &mut self.out);
             self.out.metrics.edge_line(parsed.is_ok());
             if let Err(e) = parsed {
-                tracing::warn!(error = %e, "malformed access-log line (counted, skipped)");
+                if let Some(held) = self.warnings.edge_line.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        error = %e,
+                        held_back = held,
+                        "malformed access-log line skipped (all counted in edgewatch_edge_lines_total{{result=\"malformed\"}})"
+                    );
+                }
             }
         }
         self.pipeline.tick(now, &mut self.out);

@@ -241,7 +241,9 @@ impl Store {
             prepared,
             format,
         };
-        let task = tokio::spawn(sender.run(done_rx));
+        // The sender's log lines carry `store{url=... database=...}`.
+        let span = tracing::info_span!("store", url = %url, database = %cfg.database);
+        let task = tokio::spawn(tracing::Instrument::instrument(sender.run(done_rx), span));
         Ok(Self {
             node,
             spool,

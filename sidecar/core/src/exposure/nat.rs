@@ -14,7 +14,6 @@
 //! Rules in OUTPUT, INPUT and POSTROUTING hooks only see local or outgoing traffic and are not
 //! exposure.
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::{
     classify::{classify_dest_match, Scope},
@@ -322,167 +321,243 @@ fn parse_iptables_rule(args: &[String]) -> Result<Option<RuleMatch>, ()> {
     }))
 }
 
+/// `nft -j list ruleset`, typed: only what the DNAT reading needs; every other item, key and
+/// expression (tables, sets, counters, jumps, ...) is accepted and ignored, and an operand of
+/// a shape not listed is `Operand::Other` (its rule is then reported as not understood).
+mod nft {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Ruleset {
+        pub nftables: Option<Vec<Item>>,
+    }
+
+    /// One element of the list: an object with one key naming its kind.
+    #[derive(Deserialize)]
+    pub struct Item {
+        pub chain: Option<Chain>,
+        pub rule: Option<Rule>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Chain {
+        pub family: String,
+        pub table: String,
+        pub name: String,
+        /// Base chains only.
+        pub hook: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Rule {
+        pub family: String,
+        pub table: String,
+        pub chain: String,
+        pub handle: Option<u64>,
+        #[serde(default)]
+        pub expr: Vec<Statement>,
+    }
+
+    /// One statement of a rule; the kinds read here, the others ignored.
+    #[derive(Deserialize)]
+    pub struct Statement {
+        #[serde(rename = "match")]
+        pub match_: Option<Match>,
+        pub dnat: Option<Dnat>,
+        pub xt: Option<Xt>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Match {
+        #[serde(default = "equal")]
+        pub op: String,
+        pub left: Operand,
+        pub right: Operand,
+    }
+
+    fn equal() -> String {
+        "==".to_owned()
+    }
+
+    #[derive(Deserialize)]
+    pub struct Dnat {
+        pub addr: Option<Operand>,
+        pub port: Option<Operand>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Xt {
+        pub name: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Payload {
+        #[serde(default)]
+        pub protocol: String,
+        #[serde(default)]
+        pub field: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Meta {
+        pub key: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Prefix {
+        pub addr: String,
+        pub len: u8,
+    }
+
+    /// An expression on either side of a match, or a dnat's address or port.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Operand {
+        Number(u64),
+        Text(String),
+        Payload { payload: Payload },
+        Meta { meta: Meta },
+        Set { set: Vec<Operand> },
+        Range { range: [u64; 2] },
+        Prefix { prefix: Prefix },
+        Other(serde::de::IgnoredAny),
+    }
+}
+
+use nft::Operand;
+
 /// Parses `nft -j list ruleset` output: native `dnat` statements in NAT chains.
 pub fn parse_nft_json(text: &str) -> Result<NatParse, NatParseError> {
-    let root: Value = serde_json::from_str(text).map_err(|e| NatParseError::Json(e.to_string()))?;
-    let items = root
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or(NatParseError::NoRuleset)?;
+    let root: nft::Ruleset =
+        serde_json::from_str(text).map_err(|e| NatParseError::Json(e.to_string()))?;
+    let items = root.nftables.ok_or(NatParseError::NoRuleset)?;
     // (family, table, chain) -> hook, for base chains.
-    let mut hooks = std::collections::HashMap::new();
-    for item in items {
-        if let Some(chain) = item.get("chain") {
-            if let (Some(f), Some(t), Some(n), Some(h)) = (
-                chain.get("family").and_then(Value::as_str),
-                chain.get("table").and_then(Value::as_str),
-                chain.get("name").and_then(Value::as_str),
-                chain.get("hook").and_then(Value::as_str),
-            ) {
-                hooks.insert((f.to_owned(), t.to_owned(), n.to_owned()), h.to_owned());
-            }
-        }
-    }
+    let hooks: std::collections::HashMap<(&str, &str, &str), &str> = items
+        .iter()
+        .filter_map(|i| i.chain.as_ref())
+        .filter_map(|c| {
+            let hook = c.hook.as_deref()?;
+            Some(((c.family.as_str(), c.table.as_str(), c.name.as_str()), hook))
+        })
+        .collect();
     let mut out = NatParse::default();
-    for item in items {
-        let Some(rule) = item.get("rule") else {
-            continue;
-        };
-        let field = |k: &str| {
-            rule.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let (family, table, chain) = (field("family"), field("table"), field("chain"));
-        let Some(exprs) = rule.get("expr").and_then(Value::as_array) else {
-            continue;
-        };
-        if let Some(hook) = hooks.get(&(family.clone(), table.clone(), chain.clone())) {
-            if NON_EXPOSING_HOOKS.contains(&hook.as_str()) {
+    for rule in items.iter().filter_map(|i| i.rule.as_ref()) {
+        let (family, table, chain) = (rule.family.as_str(), &rule.table, &rule.chain);
+        if let Some(hook) = hooks.get(&(family, table.as_str(), chain.as_str())) {
+            if NON_EXPOSING_HOOKS.contains(hook) {
                 continue;
             }
         }
-        let is_xt_dnat = exprs.iter().any(|e| {
-            e.get("xt")
-                .is_some_and(|xt| xt.get("name").and_then(Value::as_str) == Some("DNAT"))
+        let is_xt_dnat = rule.expr.iter().any(|e| {
+            e.xt.as_ref()
+                .is_some_and(|x| x.name.as_deref() == Some("DNAT"))
         });
         if is_xt_dnat {
             out.xt_rules_skipped += 1;
             continue;
         }
-        let Some(dnat) = exprs.iter().find_map(|e| e.get("dnat")) else {
+        let Some(dnat) = rule.expr.iter().find_map(|e| e.dnat.as_ref()) else {
             continue;
         };
-        match parse_nft_rule(exprs, dnat) {
+        match parse_nft_rule(&rule.expr, dnat) {
             Some(m) => {
-                let fam = match family.as_str() {
+                let fam = match family {
                     "ip" => "ipv4",
                     "ip6" => "ipv6",
                     other => other,
                 };
                 out.publishes
-                    .extend(m.into_publishes(NatBackend::Nftables, fam, &table, &chain));
+                    .extend(m.into_publishes(NatBackend::Nftables, fam, table, chain));
             }
             None => out.unparsed.push(format!(
                 "nft rule {family} {table} {chain} handle {}",
-                rule.get("handle").map(Value::to_string).unwrap_or_default()
+                rule.handle.map(|h| h.to_string()).unwrap_or_default()
             )),
         }
     }
     Ok(out)
 }
 
-fn nft_ports(right: &Value) -> Option<Vec<(u16, u16)>> {
-    let one = |v: &Value| -> Option<(u16, u16)> {
-        if let Some(p) = v.as_u64() {
-            let p = u16::try_from(p).ok()?;
-            return Some((p, p));
+fn nft_port(v: &Operand) -> Option<(u16, u16)> {
+    match v {
+        Operand::Number(p) => {
+            let p = u16::try_from(*p).ok()?;
+            Some((p, p))
         }
-        let range = v.get("range")?.as_array()?;
-        let a = u16::try_from(range.first()?.as_u64()?).ok()?;
-        let b = u16::try_from(range.get(1)?.as_u64()?).ok()?;
-        Some((a, b))
-    };
-    match right.get("set").and_then(Value::as_array) {
-        Some(set) => set.iter().map(one).collect(),
-        None => one(right).map(|p| vec![p]),
+        Operand::Range { range: [a, b] } => {
+            Some((u16::try_from(*a).ok()?, u16::try_from(*b).ok()?))
+        }
+        _ => None,
     }
 }
 
-fn nft_addr(right: &Value) -> Option<String> {
-    if let Some(s) = right.as_str() {
-        return Some(s.to_owned());
+fn nft_ports(right: &Operand) -> Option<Vec<(u16, u16)>> {
+    match right {
+        Operand::Set { set } => set.iter().map(nft_port).collect(),
+        other => nft_port(other).map(|p| vec![p]),
     }
-    let prefix = right.get("prefix")?;
-    Some(format!(
-        "{}/{}",
-        prefix.get("addr")?.as_str()?,
-        prefix.get("len")?.as_u64()?
-    ))
 }
 
-fn parse_nft_rule(exprs: &[Value], dnat: &Value) -> Option<RuleMatch> {
+fn nft_addr(right: &Operand) -> Option<String> {
+    match right {
+        Operand::Text(s) => Some(s.clone()),
+        Operand::Prefix { prefix } => Some(format!("{}/{}", prefix.addr, prefix.len)),
+        _ => None,
+    }
+}
+
+fn parse_nft_rule(exprs: &[nft::Statement], dnat: &nft::Dnat) -> Option<RuleMatch> {
     let mut protos = vec![Proto::Tcp, Proto::Udp];
     let mut ports = Vec::new();
     let mut dest = None;
     let mut in_iface = None;
-    for e in exprs {
-        let Some(m) = e.get("match") else {
-            continue;
-        };
-        let op = m.get("op").and_then(Value::as_str).unwrap_or("==");
-        let negated = op == "!=";
-        let left = m.get("left")?;
-        let right = m.get("right")?;
-        if let Some(payload) = left.get("payload") {
-            let protocol = payload
-                .get("protocol")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let field = payload.get("field").and_then(Value::as_str).unwrap_or("");
-            match (protocol, field) {
-                ("tcp" | "udp" | "th", "dport") => {
-                    match protocol {
-                        "tcp" => protos = vec![Proto::Tcp],
-                        "udp" => protos = vec![Proto::Udp],
-                        _ => {}
+    for m in exprs.iter().filter_map(|e| e.match_.as_ref()) {
+        let negated = m.op == "!=";
+        match &m.left {
+            Operand::Payload { payload } => {
+                match (payload.protocol.as_str(), payload.field.as_str()) {
+                    (protocol @ ("tcp" | "udp" | "th"), "dport") => {
+                        match protocol {
+                            "tcp" => protos = vec![Proto::Tcp],
+                            "udp" => protos = vec![Proto::Udp],
+                            _ => {}
+                        }
+                        if !negated {
+                            ports = nft_ports(&m.right)?;
+                        }
                     }
-                    if !negated {
-                        ports = nft_ports(right)?;
+                    ("ip" | "ip6", "daddr") => {
+                        let a = nft_addr(&m.right)?;
+                        dest = Some(if negated { format!("!{a}") } else { a });
                     }
+                    _ => {}
                 }
-                ("ip" | "ip6", "daddr") => {
-                    let a = nft_addr(right)?;
-                    dest = Some(if negated { format!("!{a}") } else { a });
-                }
-                _ => {}
             }
-        } else if let Some(meta) = left.get("meta") {
-            match meta.get("key").and_then(Value::as_str) {
-                Some("l4proto") if !negated => match right.as_str() {
-                    Some("tcp") => protos = vec![Proto::Tcp],
-                    Some("udp") => protos = vec![Proto::Udp],
+            Operand::Meta { meta } => match (meta.key.as_str(), &m.right) {
+                ("l4proto", Operand::Text(p)) if !negated => match p.as_str() {
+                    "tcp" => protos = vec![Proto::Tcp],
+                    "udp" => protos = vec![Proto::Udp],
                     _ => {}
                 },
-                Some("iifname") => {
-                    let name = right.as_str()?;
+                ("iifname", right) => {
+                    let Operand::Text(name) = right else {
+                        return None;
+                    };
                     in_iface = Some(if negated {
                         format!("!{name}")
                     } else {
-                        name.to_owned()
+                        name.clone()
                     });
                 }
                 _ => {}
-            }
+            },
+            _ => {}
         }
     }
-    let to_addr = match dnat.get("addr") {
-        Some(a) => nft_addr(a)?,
-        None => return None,
-    };
-    let to_port = match dnat.get("port") {
-        Some(p) => Some(u16::try_from(p.as_u64()?).ok()?),
+    let to_addr = nft_addr(dnat.addr.as_ref()?)?;
+    let to_port = match &dnat.port {
+        Some(Operand::Number(p)) => Some(u16::try_from(*p).ok()?),
+        Some(_) => return None,
         None => None,
     };
     Some(RuleMatch {
@@ -602,6 +677,23 @@ COMMIT
         assert_eq!(parse_nft_json("{}"), Err(NatParseError::NoRuleset));
         let empty = parse_nft_json(r#"{"nftables": []}"#).expect("empty ruleset");
         assert!(empty.publishes.is_empty());
+        assert!(matches!(
+            parse_nft_json(r#"{"nftables": "x"}"#),
+            Err(NatParseError::Json(_))
+        ));
+        // Expressions of kinds the reader does not know are accepted and ignored: a ct match
+        // (an array on the right), a statement kind it has never seen, an item kind too.
+        let odd = r#"{"nftables": [{"flowtable": {"name": "f"}}, {"rule": {"family": "ip",
+            "table": "nat", "chain": "pre", "handle": 7, "expr": [
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["new"]}},
+            {"quota": {"val": 1}}, {"dnat": {"addr": "10.0.0.9", "port": 80}}]}},
+            {"rule": {"family": "ip", "table": "nat", "chain": "pre", "handle": 8, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+            "right": {"set": [1, {"concat": [1, 2]}]}}}, {"dnat": {"addr": "10.0.0.8"}}]}}]}"#;
+        let parsed = parse_nft_json(odd).expect("odd but valid");
+        assert_eq!(parsed.publishes.len(), 2, "{:#?}", parsed.publishes);
+        assert!(parsed.publishes.iter().all(|p| p.to_addr == "10.0.0.9"));
+        assert_eq!(parsed.unparsed, ["nft rule ip nat pre handle 8"]);
     }
 
     #[test]
