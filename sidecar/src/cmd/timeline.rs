@@ -32,8 +32,8 @@ pub struct TimelineArgs {
     /// Only this request (its edge record, exchanges, session, and its connection's events).
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
-    /// Only this upstream port (or exposure port); repeatable. With --pcap, also the
-    /// upstream port(s) of the capture (default: the config's hop ports).
+    /// Only this upstream port (or exposure port); repeatable. With --pcap: the upstream
+    /// port(s) of the capture instead (default: the config's hop ports).
     #[arg(long = "port", short, value_name = "PORT", alias = "upstream-port")]
     ports: Vec<u16>,
     /// Only the requests of this client address (as the edge logged it).
@@ -84,11 +84,13 @@ pub fn run(args: &TimelineArgs, config: &crate::config::Config) -> anyhow::Resul
         if let Some(at) = report.capture_truncated_at {
             eprintln!("edgewatch: the capture is truncated at byte {at}; the timeline ends there");
         }
+        // The ports chose what the capture is decoded for; they do not filter further (an
+        // alert about the hop, such as a stale port, may name another port).
         let filter = Filter {
             since_ns: time(&args.since, 0)?,
             until_ns: time(&args.until, i64::MAX)?,
             request_id: args.request_id.clone(),
-            ports: args.ports.clone(),
+            ports: Vec::new(),
             client: args.client.clone(),
         };
         (build(&rows, &filter), None)
