@@ -219,9 +219,17 @@ fn the_dockerfile_and_compose_example_match_the_code() {
         gw.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")),
         "the Gateway is published on loopback only: {gw}"
     );
-    // The Dockerfile: two stages, the bpf-linker the set-up pins, a healthcheck, the binary.
+    assert_eq!(e["read_only"], true, "a read-only root filesystem");
+    // The Dockerfile: the source build, the shared runtime base, the `prebuilt` target that
+    // `cargo xtask image` builds, and the default (last) stage from source; the bpf-linker
+    // the set-up pins, a healthcheck, the binary.
     let docker = std::fs::read_to_string(dir.join("Dockerfile")).expect("Dockerfile");
-    assert_eq!(docker.lines().filter(|l| l.starts_with("FROM ")).count(), 2);
+    let stages: Vec<&str> = docker
+        .lines()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .filter_map(|l| l.split(" AS ").nth(1))
+        .collect();
+    assert_eq!(stages, ["build", "runtime-base", "prebuilt", "runtime"]);
     let xtask = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/src/main.rs"),
     )

@@ -306,9 +306,14 @@ fn log_filter(env: Option<&str>, verbose: u8, quiet: u8) -> Result<String, Strin
 }
 
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal as _;
+    // Colour only on a terminal: in a container or under systemd stderr is a log pipeline,
+    // where escape codes are noise.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

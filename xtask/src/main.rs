@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod docs;
 mod gateway;
+mod image;
 mod vm;
 
 /// Debian packages the build and the tests need.
@@ -70,6 +71,10 @@ enum Task {
     /// Generate shell completions (bash, zsh, fish) and man pages from edgewatch's command
     /// line into target/docs, and write the README's usage block from it.
     Docs,
+    /// Build the container image with podman, as a user without internet access would: a
+    /// Debian base made with mmdebstrap, the release binary built here, the Dockerfile's
+    /// `prebuilt` target. Prints its size. Part of `test`.
+    Image,
     /// Run the fuzz targets (cargo-fuzz, nightly) for a while each.
     Fuzz {
         /// Seconds per target.
@@ -244,7 +249,7 @@ fn test() -> Result<()> {
         // Read by the test processes started below.
         std::env::set_var(gateway::UNAVAILABLE_ENV, reason);
     }
-    let total = 7;
+    let total = 8;
     step(1, total, "cargo fmt --check");
     run_ok(cargo().args(["fmt", "--all", "--", "--check"]))?;
     step(2, total, "clippy, user space (-D warnings)");
@@ -289,10 +294,22 @@ fn test() -> Result<()> {
     ]))?;
     step(5, total, "fuzz smoke: every fuzz target for 20 s");
     fuzz(20)?;
-    step(6, total, "cargo test (unit and integration, real probes)");
-    let mut counts = cargo_test()?;
     step(
-        7,
+        6,
+        total,
+        "the container image (podman, base from Debian's archive; tests/container_image.rs runs it)",
+    );
+    let image = image::build();
+    if let Err(e) = &image {
+        eprintln!("the container image could not be built: {e:#}");
+    }
+    step(7, total, "cargo test (unit and integration, real probes)");
+    let mut counts = cargo_test()?;
+    if image.is_err() {
+        counts.failed += 1;
+    }
+    step(
+        8,
         total,
         "vm-test: the probes on Debian 12's 6.1 kernel under qemu",
     );
@@ -515,6 +532,12 @@ fn main() -> Result<()> {
         Task::BenchExposure { rounds } => bench::exposure(rounds),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Docs => docs::docs().map(|_| ()),
+        Task::Image => {
+            if !is_root() {
+                bail!("podman builds and runs the image as root here: run `cargo xtask image` as root");
+            }
+            image::build().map(|_| ())
+        }
         Task::Gateway => gateway::install().map(|dir| println!("{}", dir.display())),
         Task::VmTest(args) => {
             setup()?;
