@@ -85,6 +85,9 @@ pub fn build() -> Result<u64> {
                 .args([
                     "--variant=minbase",
                     "--quiet",
+                    // Merged /usr by mmdebstrap's own hook, not the usrmerge package (which
+                    // pulls in all of perl).
+                    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
                     // What debian:bookworm-slim leaves out.
                     "--dpkgopt=path-exclude=/usr/share/man/*",
                     "--dpkgopt=path-exclude=/usr/share/doc/*",

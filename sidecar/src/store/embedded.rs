@@ -318,6 +318,10 @@ fn prepare_data_dir(dir: &Path, user: &RunAs) -> anyhow::Result<()> {
         bail!("refusing {}: not a directory", dir.display());
     }
     if meta.uid() == 0 {
+        // Restricted while root still owns it: once it is the server's, changing its mode
+        // would need CAP_FOWNER, which the container does not grant.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
         let mut moved = 0u64;
         chown_tree(dir, user, &mut moved)?;
         if moved > 1 {
@@ -331,21 +335,25 @@ fn prepare_data_dir(dir: &Path, user: &RunAs) -> anyhow::Result<()> {
             user.name,
             user.uid
         );
+    } else if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || {
+                format!(
+                    "restricting {} (mode {:o}; without CAP_FOWNER, chmod 700 it)",
+                    dir.display(),
+                    meta.mode() & 0o7777
+                )
+            },
+        )?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting {}", dir.display()))?;
     Ok(())
 }
 
 fn chown_tree(path: &Path, user: &RunAs, moved: &mut u64) -> anyhow::Result<()> {
     let meta =
         std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
-    // Only what root owns: the earlier, root-run server's files.
-    if meta.uid() == 0 {
-        std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-            .with_context(|| format!("chown {}", path.display()))?;
-        *moved += 1;
-    }
+    // Children first: root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the container's
+    // capability set) cannot list a 0700 directory once it belongs to the server's account.
     if meta.is_dir() {
         for entry in
             std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?
@@ -353,6 +361,12 @@ fn chown_tree(path: &Path, user: &RunAs, moved: &mut u64) -> anyhow::Result<()> 
             let entry = entry.with_context(|| format!("listing {}", path.display()))?;
             chown_tree(&entry.path(), user, moved)?;
         }
+    }
+    // Only what root owns: the earlier, root-run server's files.
+    if meta.uid() == 0 {
+        std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("chown {}", path.display()))?;
+        *moved += 1;
     }
     Ok(())
 }
@@ -452,10 +466,12 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
     let hash = hex(&sha2::Sha256::digest(secret.as_bytes()));
     drop(secret);
     write_etc(&etc, &user, &users_xml(&hash, &a.database))?;
-    std::env::set_current_dir(&a.data_dir)
-        .with_context(|| format!("entering {}", a.data_dir.display()))?;
 
     drop_privileges(&user)?;
+    // As the server's account: the directory is its own and 0700, which root without
+    // CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH (the container's capability set) cannot enter.
+    std::env::set_current_dir(&a.data_dir)
+        .with_context(|| format!("entering {}", a.data_dir.display()))?;
 
     let args = [
         "clickhouse".to_owned(),
