@@ -337,11 +337,11 @@ async fn live_replay_and_timeline_agree_on_the_real_gateway_half_path() {
     );
     let broken = Nginx::start(&NginxSite {
         websocket_headers: false,
-        listen: Some(clients.host_ip),
+        listen: Some(clients.host_ip.into()),
         ..NginxSite::new(gw.addr)
     });
     let fixed = Nginx::start(&NginxSite {
-        listen: Some(clients.host_ip),
+        listen: Some(clients.host_ip.into()),
         ..NginxSite::new(gw.addr)
     });
     let logs = vec![broken.access_log_path(), fixed.access_log_path()];

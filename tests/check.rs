@@ -32,6 +32,20 @@ fn check_with(
     extra: &[&str],
     more_config: &str,
 ) -> (i32, std::collections::BTreeMap<String, Value>, Value) {
+    let url = format!("https://gw.test:{edge_port}/health");
+    let mut args = vec!["--resolve", "gw.test:127.0.0.1"];
+    args.extend(extra);
+    check_url(&url, upstream_port, ca, &args, more_config)
+}
+
+/// `edgewatch check --url URL` (no name resolution override unless `extra` has one).
+fn check_url(
+    url: &str,
+    upstream_port: u16,
+    ca: &Path,
+    extra: &[&str],
+    more_config: &str,
+) -> (i32, std::collections::BTreeMap<String, Value>, Value) {
     support::require_root();
     let config = tempfile::NamedTempFile::new().expect("config");
     std::fs::write(
@@ -40,10 +54,7 @@ fn check_with(
     )
     .expect("write config");
     let out = Command::new(support::edgewatch_bin())
-        .args(["check", "--output", "json", "--url"])
-        .arg(format!("https://gw.test:{edge_port}/health"))
-        .arg("--resolve")
-        .arg("gw.test:127.0.0.1")
+        .args(["check", "--output", "json", "--url", url])
         .arg("--ca-file")
         .arg(ca)
         .args(["--port", &upstream_port.to_string()])
@@ -119,6 +130,39 @@ async fn a_correct_nginx_setup_passes_every_step() {
         "the upstream saw the browser's origin"
     );
     assert!(summary(&steps, "idle").contains("survived"));
+}
+
+/// An edge on an IPv6 literal (`https://[::1]:PORT`, no port-less or bracket confusion, the
+/// certificate's IP SAN verified) passes like a named one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_literal_edge_passes_every_step() {
+    let pki = Pki::new();
+    let upstream = start_upstream().await;
+    let nginx = Nginx::start(&NginxSite {
+        tls: Some(pki.server("::1", Served::FullChain)),
+        listen: Some(std::net::Ipv6Addr::LOCALHOST.into()),
+        ..NginxSite::new(upstream)
+    });
+    let url = format!("https://[::1]:{}/health", nginx.port);
+    let (code, steps, last) = tokio::task::spawn_blocking(move || {
+        check_url(&url, upstream.port(), &pki.ca_file, &[], "")
+    })
+    .await
+    .expect("check");
+    for step in ["bind", "tls", "http", "websocket"] {
+        assert_eq!(status(&steps, step), "pass", "{step}: {:#}", steps[step]);
+    }
+    assert_eq!(code, 0, "{last}");
+    assert!(
+        summary(&steps, "tls").contains("verified for ::1"),
+        "{}",
+        summary(&steps, "tls")
+    );
+    assert_eq!(
+        steps["websocket"]["evidence"]["hop"]["origin"],
+        format!("https://[::1]:{}", nginx.port),
+        "the browser's origin for an IPv6 literal"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,7 +41,7 @@ fn sidecar(gw: &Gateway, logs: &[std::path::PathBuf], grace: &str) -> (Sidecar, 
 /// nginx for the clients' namespace, in front of `upstream`.
 fn nginx(clients: &Linked, upstream: SocketAddr) -> Nginx {
     Nginx::start(&NginxSite {
-        listen: Some(clients.host_ip),
+        listen: Some(clients.host_ip.into()),
         ..NginxSite::new(upstream)
     })
 }
@@ -496,7 +496,7 @@ async fn check_names_a_refused_origin_and_an_untrusted_proxy_on_the_real_gateway
     let clients = Linked::new('c', 232);
     let tls_front = |gw: &Gateway| {
         Nginx::start(&NginxSite {
-            listen: Some(clients.host_ip),
+            listen: Some(clients.host_ip.into()),
             tls: Some(pki.server("gw.test", support::tls::Served::FullChain)),
             ..NginxSite::new(gw.addr)
         })

@@ -5,7 +5,7 @@
 //! (`output`, `store`, `webhook`, `metrics`). Everything that gives records their meaning is
 //! in the pure core crate, `edgewatch_core`, re-exported here under its own module names.
 //! See ARCHITECTURE.md for the data flow.
-pub use edgewatch_core::{alerts, edge, exposure, hop, pipeline, replay};
+pub use edgewatch_core::{alerts, edge, exposure, hop, pipeline, proxy, replay};
 
 pub mod check;
 pub mod cmd;

@@ -13,7 +13,7 @@ use edgewatch::{
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Exit status of `edgewatch exposure` when it found drift.
+/// Exit status of `edgewatch exposure` when it found drift (and of `proxies` with findings).
 const EXIT_DRIFT: u8 = 3;
 
 #[derive(Parser)]
@@ -98,6 +98,21 @@ enum Command {
     /// wildcard, public), with the process behind it and whether it is drift for a watched
     /// port. No BPF needed. Exit status 0: no drift; 3: drift found; 1: error.
     Exposure(OutputArg),
+    /// Read the edge proxy's configuration: routes and what in them will break the Gateway.
+    ///
+    /// Finds the running nginx masters (their -c/-p, read through /proc/PID/root, includes
+    /// followed) or reads --proxy-config FILE, resolves every location that proxies (listen ->
+    /// location -> upstream -> who listens there) and reports `config.*` findings, each citing
+    /// file:line with the first move: a stale upstream port, a WebSocket half-path, a read or
+    /// send timeout under --min-read-timeout, X-Request-ID not forwarded or not logged, the
+    /// Gateway proxied on a non-loopback address. Exit status 0: no finding; 3: findings; 1: a
+    /// configuration could not be read (said with its file:line).
+    Proxies {
+        #[command(flatten)]
+        args: edgewatch::cmd::proxies::ProxiesArgs,
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Run a capture of the hop (and access logs) through the live pipeline, offline.
     ///
     /// A packet capture of the proxy-to-upstream hop (pcap or pcapng, as `tcpdump -w` writes
@@ -173,6 +188,30 @@ enum Command {
         /// Directory to write `completions/` and `man/` into.
         dir: PathBuf,
     },
+}
+
+/// `edgewatch health`: the running sidecar's loopback /healthz.
+fn health(addr: Option<std::net::SocketAddr>, config: &Config) -> anyhow::Result<ExitCode> {
+    let addr = addr.unwrap_or(config.metrics.listen);
+    let url = format!("http://{addr}/healthz");
+    let http = edgewatch::outbound::Http::new(None, std::time::Duration::from_secs(3))?;
+    match edgewatch::outbound::block_on(http.get_text(&url))? {
+        Ok(a) if (200..300).contains(&a.status) => {
+            println!("edgewatch at {addr} is up");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(a) => anyhow::bail!("{url} answered {}", a.status),
+        Err(e) => anyhow::bail!("{url}: {e:#}"),
+    }
+}
+
+/// `edgewatch check-config`: the effective configuration, webhook secrets hidden.
+fn check_config(mut config: Config) -> anyhow::Result<ExitCode> {
+    for w in &mut config.alerts.webhooks {
+        w.url = w.display_url();
+    }
+    print!("{}", toml::to_string_pretty(&config)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Shell completions (bash, zsh, fish) and one man page per visible command, from the clap
@@ -397,6 +436,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 out.output,
             )
         }
+        Command::Proxies { args, out } => {
+            let config = load_config(cli.config.as_ref())?;
+            let outcome = edgewatch::cmd::proxies::run(&config, &args, out.output)?;
+            Ok(if outcome.unreadable > 0 {
+                ExitCode::FAILURE
+            } else if outcome.findings > 0 {
+                ExitCode::from(EXIT_DRIFT)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::EmbeddedClickhouse(args) => {
             edgewatch::store::embedded::run_server(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -421,30 +471,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _span = tracing::info_span!("timeline").entered();
             edgewatch::cmd::timeline::run(&args, &load_config(cli.config.as_ref())?)
         }
-        Command::Health { addr } => {
-            let config = load_config(cli.config.as_ref())?;
-            let addr = addr.unwrap_or(config.metrics.listen);
-            let url = format!("http://{addr}/healthz");
-            let http = edgewatch::outbound::Http::new(None, std::time::Duration::from_secs(3))?;
-            let answer = edgewatch::outbound::block_on(http.get_text(&url))?;
-            match answer {
-                Ok(a) if (200..300).contains(&a.status) => {
-                    println!("edgewatch at {addr} is up");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok(a) => anyhow::bail!("{url} answered {}", a.status),
-                Err(e) => anyhow::bail!("{url}: {e:#}"),
-            }
-        }
-        Command::CheckConfig => {
-            let mut config = load_config(cli.config.as_ref())?;
-            // Printed, so with the webhooks' secrets hidden (tokens in paths and queries).
-            for w in &mut config.alerts.webhooks {
-                w.url = w.display_url();
-            }
-            print!("{}", toml::to_string_pretty(&config)?);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Health { addr } => health(addr, &load_config(cli.config.as_ref())?),
+        Command::CheckConfig => check_config(load_config(cli.config.as_ref())?),
         Command::GenerateDocs { dir } => {
             generate_docs(&dir)?;
             Ok(ExitCode::SUCCESS)

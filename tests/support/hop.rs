@@ -251,7 +251,7 @@ pub struct NginxSite<'a> {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The address nginx listens on (127.0.0.1 when unset; a veth address for clients in
     /// another namespace).
-    pub listen: Option<std::net::Ipv4Addr>,
+    pub listen: Option<std::net::IpAddr>,
 }
 
 impl NginxSite<'static> {
@@ -295,7 +295,9 @@ impl Nginx {
     pub fn start(site: &NginxSite<'_>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let ip = site.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let ip = site.listen.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        // `[::1]:port` for an IPv6 address.
+        let addr = std::net::SocketAddr::new(ip, port);
         let d = dir.path().display();
         let ws_headers = if site.websocket_headers {
             "proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";"
@@ -338,11 +340,11 @@ impl Nginx {
             timeout = site.read_timeout,
             listen = match &site.tls {
                 Some((cert, key)) => format!(
-                    "listen {ip}:{port} ssl; server_name gw.test; ssl_certificate {}; ssl_certificate_key {};",
+                    "listen {addr} ssl; server_name gw.test; ssl_certificate {}; ssl_certificate_key {};",
                     cert.display(),
                     key.display()
                 ),
-                None => format!("listen {ip}:{port};"),
+                None => format!("listen {addr};"),
             },
             log_format = readme_snippet("nginx-log-format"),
         );

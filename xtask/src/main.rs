@@ -377,6 +377,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "access_log_line",
     "spool_frames",
     "config",
+    "nginx_config",
 ];
 
 /// Largest input the fuzzer builds: several MiB, so limits that only large inputs reach
@@ -385,6 +386,11 @@ const FUZZ_MAX_LEN: usize = 6 << 20;
 
 /// Seeds for the text targets: real nginx and Caddy lines, and a config with every section.
 const SEEDS: &[(&str, &str, &str)] = &[
+    (
+        "nginx_config",
+        "site",
+        "http {\n  log_format edgewatch escape=json '{\"rid\":\"$request_id\"}';\n  upstream gw { server 127.0.0.1:18789; }\n  map $http_upgrade $c { default upgrade; '' close; }\n  server {\n    listen 443 ssl; server_name gw.test;\n    location / {\n      proxy_pass http://gw; proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $c;\n      proxy_read_timeout 1h30m;\n      location /api/ { proxy_pass http://[::1]:18790/; }\n    }\n  }\n}\n",
+    ),
     (
         "access_log_line",
         "nginx_json",

@@ -2,7 +2,8 @@
 //!
 //! The [`pipeline`] owns the hop tracker ([`hop`]), the join with the proxy's access logs
 //! ([`edge`]), the exposure inventory and its drift policy ([`exposure`]) and the alert rules
-//! ([`alerts`]); [`replay`] reads captures, [`timeline`] builds and renders post-incident
+//! ([`alerts`]); [`proxy`] reads the edge proxy's configuration into routes and findings;
+//! [`replay`] reads captures, [`timeline`] builds and renders post-incident
 //! timelines from [`store::rows`], and [`probe::events`] decodes the kernel's records. Each
 //! component owns its config section. The sidecar crate (`edgewatch`) holds the drivers, the
 //! probes, the sources and the sinks; this crate has no async runtime, kernel or network
@@ -13,6 +14,7 @@ pub mod exposure;
 pub mod hop;
 pub mod pipeline;
 pub mod probe;
+pub mod proxy;
 pub mod replay;
 pub mod store;
 pub mod time;

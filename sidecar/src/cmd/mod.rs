@@ -1,6 +1,7 @@
 //! The commands, one file each: drivers around the core's pipeline (I/O, clocks, sinks).
 pub mod check;
 pub mod exposure;
+pub mod proxies;
 pub mod replay;
 pub mod run;
 pub mod timeline;

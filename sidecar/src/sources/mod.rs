@@ -4,6 +4,7 @@ pub mod logfile;
 pub mod nat;
 pub mod nat_config;
 pub mod procs;
+pub mod proxies;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod tail;

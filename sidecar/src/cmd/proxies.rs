@@ -1,0 +1,233 @@
+//! `edgewatch proxies`: the running nginx masters' routes (edge listener -> location ->
+//! upstream -> who listens there) and the configuration findings (`config.*`), each citing
+//! `file:line`. Or, with `--proxy-config`, a configuration file sent in by a user.
+use std::{io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
+
+use edgewatch_core::proxy::{self, routes::routes, Facts, Finding, Route};
+use serde_json::json;
+
+use crate::{
+    config::Config,
+    output::{escape_controls, Format},
+    sources::{proxies, sockdiag},
+};
+
+/// The command line of `edgewatch proxies`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProxiesArgs {
+    /// Read this nginx configuration file (and its includes) instead of the running
+    /// masters'; repeatable. Relative includes resolve against its directory.
+    #[arg(long = "proxy-config", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Only this nginx master (by PID).
+    #[arg(long, value_name = "PID", conflicts_with = "files")]
+    pub pid: Option<u32>,
+    /// A read or send timeout under this cuts idle WebSockets (`config.short_timeout`).
+    #[arg(long, default_value = "600s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_read_timeout: Duration,
+}
+
+/// One configuration read: where from, and its routes or why not.
+struct Read {
+    source: String,
+    routes: Result<Vec<Route>, String>,
+}
+
+/// What a run found: findings (exit status 3) and configurations that could not be read
+/// (exit status 1, after everything readable was reported).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub findings: usize,
+    pub unreadable: usize,
+}
+
+pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Result<Outcome> {
+    let reads: Vec<Read> = if args.files.is_empty() {
+        proxies::nginx_masters()
+            .into_iter()
+            .filter(|m| args.pid.is_none_or(|p| p == m.pid))
+            .map(|m| Read {
+                source: format!("nginx master {} ({})", m.pid, m.conf.display()),
+                routes: proxies::load_master(&m)
+                    .map(|t| routes(&t))
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
+    } else {
+        args.files
+            .iter()
+            .map(|f| Read {
+                source: f.display().to_string(),
+                routes: proxies::load_file(f)
+                    .map(|t| routes(&t))
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
+    };
+    if reads.is_empty() {
+        anyhow::bail!(
+            "no running nginx master found{} (give its configuration with --proxy-config FILE)",
+            args.pid
+                .map(|p| format!(" with PID {p}"))
+                .unwrap_or_default()
+        );
+    }
+    let listeners: Vec<(IpAddr, u16)> = sockdiag::listeners()
+        .map_err(|e| anyhow::anyhow!("listing listening sockets: {e}"))?
+        .into_iter()
+        .filter(|s| s.proto == edgewatch_core::exposure::Proto::Tcp)
+        .map(|s| (s.addr, s.port))
+        .collect();
+    let facts = Facts {
+        listeners: &listeners,
+        gateway_ports: &config.hop.ports,
+        min_read_timeout: args.min_read_timeout,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut outcome = Outcome::default();
+    for read in &reads {
+        let routes = match &read.routes {
+            Ok(r) => r,
+            Err(e) => {
+                outcome.unreadable += 1;
+                // A configuration nginx itself would refuse is said, not skipped.
+                print(
+                    &mut out,
+                    format,
+                    "proxy_error",
+                    &json!({ "source": read.source, "error": e }),
+                    &format!("{}: cannot read: {e}", read.source),
+                )?;
+                continue;
+            }
+        };
+        let found = proxy::findings(routes, &facts);
+        outcome.findings += found.len();
+        write_routes(&mut out, format, &read.source, routes, &listeners)?;
+        for f in &found {
+            write_finding(&mut out, format, f)?;
+        }
+        if format == Format::Text && found.is_empty() {
+            writeln!(out, "no configuration findings")?;
+        }
+    }
+    Ok(outcome)
+}
+
+fn print(
+    out: &mut impl std::io::Write,
+    format: Format,
+    ty: &str,
+    value: &serde_json::Value,
+    text: &str,
+) -> std::io::Result<()> {
+    match format {
+        Format::Json => {
+            let mut v = value.clone();
+            v["type"] = ty.into();
+            writeln!(out, "{v}")
+        }
+        Format::Text => writeln!(out, "{}", escape_controls(text)),
+    }
+}
+
+fn write_routes(
+    out: &mut impl std::io::Write,
+    format: Format,
+    source: &str,
+    routes: &[Route],
+    listeners: &[(IpAddr, u16)],
+) -> std::io::Result<()> {
+    let who = |host: &str, port: u16| {
+        let listens = listeners.iter().any(|(a, p)| {
+            *p == port
+                && (a.is_unspecified()
+                    || host.parse::<IpAddr>().is_ok_and(|h| h == *a)
+                    || host == "localhost" && a.is_loopback())
+        });
+        if listens {
+            "listening"
+        } else {
+            "nothing listens"
+        }
+    };
+    if format == Format::Json {
+        for r in routes {
+            let mut v = serde_json::to_value(r).unwrap_or_default();
+            v["source"] = source.into();
+            v["type"] = "route".into();
+            for t in v["targets"].as_array_mut().into_iter().flatten() {
+                let (host, port) = (
+                    t["host"].as_str().unwrap_or_default().to_owned(),
+                    t["port"].as_u64().unwrap_or(0),
+                );
+                t["listener"] = who(&host, u16::try_from(port).unwrap_or(0)).into();
+            }
+            writeln!(out, "{v}")?;
+        }
+        return Ok(());
+    }
+    writeln!(out, "{source}:")?;
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header([
+        "listen",
+        "location",
+        "upstream",
+        "who listens",
+        "read timeout",
+        "at",
+    ]);
+    for r in routes {
+        let targets = if r.targets.is_empty() {
+            vec![(r.proxy_pass.clone(), "known at run time".to_owned())]
+        } else {
+            r.targets
+                .iter()
+                .map(|t| {
+                    (
+                        format!("{}:{}", t.host, t.port),
+                        who(&t.host, t.port).to_owned(),
+                    )
+                })
+                .collect()
+        };
+        for (target, listener) in targets {
+            table.add_row([
+                escape_controls(&r.listen.join(",")).into_owned(),
+                escape_controls(&r.location).into_owned(),
+                escape_controls(&target).into_owned(),
+                listener,
+                format!("{}s", r.read_timeout.value.as_secs_f64()),
+                r.location_at.to_string(),
+            ]);
+        }
+    }
+    writeln!(out, "{table}")
+}
+
+fn write_finding(
+    out: &mut impl std::io::Write,
+    format: Format,
+    f: &Finding,
+) -> std::io::Result<()> {
+    let value = json!({
+        "rule": f.rule,
+        "severity": f.severity.as_str(),
+        "at": f.at.to_string(),
+        "file": f.at.file,
+        "line": f.at.line,
+        "summary": f.summary,
+        "first_move": f.first_move,
+        "evidence": f.evidence,
+    });
+    let text = format!(
+        "{} {} at {}: {}\n  first move: {}",
+        f.severity.as_str().to_uppercase(),
+        f.rule,
+        f.at,
+        f.summary,
+        f.first_move
+    );
+    print(out, format, "config_finding", &value, &text)
+}
