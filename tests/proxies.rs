@@ -9,8 +9,14 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use futures_util::StreamExt;
 use serde_json::Value;
-use support::{edgewatch_bin, free_port, json_lines};
+use support::{
+    edgewatch_bin, free_port,
+    gateway::{Gateway, GatewayConfig, Linked, PORT},
+    hop::ws_over,
+    json_lines, Sidecar,
+};
 
 /// A real nginx master (not `master_process off`: the command line must be the master's).
 struct Master {
@@ -21,6 +27,11 @@ struct Master {
 
 impl Master {
     fn start(site: &str, log_format: &str) -> Self {
+        Self::start_on(site, log_format, std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// `site` listens on `ip`:EDGE.
+    fn start_on(site: &str, log_format: &str, ip: std::net::Ipv4Addr) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let d = dir.path().display().to_string();
         std::fs::create_dir(dir.path().join("conf.d")).expect("conf.d");
@@ -36,7 +47,7 @@ impl Master {
             .spawn()
             .expect("nginx (cargo xtask setup installs nginx-light)");
         let deadline = std::time::Instant::now() + support::wait_limit();
-        while std::net::TcpStream::connect(("127.0.0.1", edge)).is_err() {
+        while std::net::TcpStream::connect((ip, edge)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "nginx did not start: {d}/error.log"
@@ -245,4 +256,95 @@ fn a_configuration_nginx_would_refuse_is_an_error_with_its_line() {
             .is_some_and(|e| e.contains("bad.conf:4") && e.contains("not terminated")),
         "{err}"
     );
+}
+
+/// The real Gateway behind a real nginx master whose WebSocket location has a 3 s read
+/// timeout: the sidecar reads the configuration at start (the finding, with its line), names
+/// the first idle session's cut by that directive, and resolves the finding after the file is
+/// fixed and nginx reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolves_it() {
+    support::require_root();
+    if support::gateway::unavailable().is_some() {
+        return;
+    }
+    let gw = Gateway::spawn(&GatewayConfig {
+        trust_the_proxy: true,
+        allowed_origins: vec!["https://gw.test".into()],
+    });
+    let clients = Linked::new('c', 232);
+    let site = |read: &str| {
+        format!(
+            "server {{\n    listen {}:EDGE;\n    location / {{\n        proxy_pass http://{}:{PORT};\n        \
+             proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
+             proxy_set_header Connection \"upgrade\";\n        proxy_set_header X-Request-ID $request_id;\n        \
+             proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_read_timeout {read};\n        \
+             proxy_send_timeout 3600s;\n    }}\n}}\n",
+            clients.host_ip, gw.link.ns_ip
+        )
+    };
+    let nginx = Master::start_on(&site("3s"), LOG_FORMAT, clients.host_ip);
+    let gw_conf = nginx
+        .dir
+        .path()
+        .join("conf.d/gw.conf")
+        .display()
+        .to_string();
+    let mut sc = Sidecar::start(&format!(
+        "[hop]\nports = [{PORT}]\ninterfaces = [{:?}]\ndocker_bridges = false\n\
+         [exposure]\nwatched_ports = [{}]\nrescan_interval = \"1h\"\n\
+         [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+         [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n\
+         [proxy]\npoll_interval = \"200ms\"\n",
+        gw.link.host_if,
+        free_port(),
+    ));
+    // At start, before `ready`: the short read timeout, at its line (10 of gw.conf).
+    let is_ours = |v: &Value, state: &str| {
+        v["type"] == "alert"
+            && v["rule"] == "config.short_timeout"
+            && v["state"] == state
+            && v["evidence"]["detail"]["file"] == gw_conf.as_str()
+    };
+    let started = sc.lines.seen_json();
+    let finding = started
+        .iter()
+        .find(|v| is_ours(v, "firing"))
+        .unwrap_or_else(|| panic!("no config.short_timeout at start: {started:#?}"));
+    assert_eq!(finding["evidence"]["detail"]["line"], 10, "{finding:#}");
+    let key = finding["dedup_key"].clone();
+
+    // One session, idle after the Gateway's challenge: nginx cuts it after 3 s, and the
+    // first one is enough to name the cause.
+    gw.wait_ready();
+    let host = format!("{}:{}", clients.host_ip, nginx.edge);
+    let s = clients.connect(std::net::SocketAddr::from((clients.host_ip, nginx.edge)));
+    let mut ws = ws_over(s, &host, "/", Some("https://gw.test"))
+        .await
+        .expect("101 through nginx");
+    ws.next().await.expect("the challenge").expect("a frame");
+    while let Some(Ok(_)) = ws.next().await {}
+    let alert = sc.lines.wait_for("the timeout diagnosis", |v| {
+        v["type"] == "alert" && v["rule"] == "hop.timeout_disconnect" && v["state"] == "firing"
+    });
+    let summary = alert["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("proxy_read_timeout 3 s") && summary.contains(&format!("{gw_conf}:10")),
+        "{alert:#}"
+    );
+    assert_eq!(
+        alert["evidence"]["counts"]["sessions"], 1,
+        "the first session: {alert:#}"
+    );
+    assert_eq!(
+        alert["evidence"]["detail"]["directive"],
+        "proxy_read_timeout"
+    );
+
+    // Fixed and reloaded: the finding resolves.
+    nginx.reload(&site("3600s"), LOG_FORMAT);
+    let resolved = sc
+        .lines
+        .wait_for("the finding resolved", |v| is_ours(v, "resolved"));
+    assert_eq!(resolved["dedup_key"], key);
 }

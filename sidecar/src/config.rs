@@ -66,6 +66,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Alert rules, their lifecycle and webhooks.
     pub alerts: AlertsConfig,
+    /// The edge proxy's configuration (routes and `config.*` findings).
+    pub proxy: edgewatch_core::proxy::config::ProxyConfig,
 }
 
 impl Config {
@@ -98,6 +100,7 @@ impl Config {
             self.probes.validate(),
             self.store.validate(),
             self.alerts.validate(),
+            self.proxy.validate(),
         ];
         match sections.into_iter().find_map(Result::err) {
             Some(Invalid { key, value, reason }) => Err(ConfigError::Invalid {

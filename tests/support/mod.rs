@@ -199,6 +199,11 @@ impl Sidecar {
             file.write_all(b"\n[alerts.stale_upstream_port]\nproxies = []\n")
                 .unwrap();
         }
+        // Likewise the proxy configuration: every nginx master on the machine (another
+        // test's) would be read. Only tests about that read it.
+        if !config.contains("[proxy]") {
+            file.write_all(b"\n[proxy]\nenabled = false\n").unwrap();
+        }
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");

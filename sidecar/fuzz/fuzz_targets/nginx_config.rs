@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(tree) = nginx::parse(&text, "fuzz.conf") {
         let listeners = [(std::net::IpAddr::from([127, 0, 0, 1]), 18789)];
         let facts = Facts {
-            listeners: &listeners,
+            listeners: Some(&listeners),
             gateway_ports: &[18789],
             min_read_timeout: std::time::Duration::from_secs(600),
         };

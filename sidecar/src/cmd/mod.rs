@@ -2,6 +2,7 @@
 pub mod check;
 pub mod exposure;
 pub mod proxies;
+mod proxy_watch;
 pub mod replay;
 pub mod run;
 pub mod timeline;

@@ -22,9 +22,10 @@ pub struct ProxiesArgs {
     /// Only this nginx master (by PID).
     #[arg(long, value_name = "PID", conflicts_with = "files")]
     pub pid: Option<u32>,
-    /// A read or send timeout under this cuts idle WebSockets (`config.short_timeout`).
-    #[arg(long, default_value = "600s", value_name = "DURATION", value_parser = humantime::parse_duration)]
-    pub min_read_timeout: Duration,
+    /// A read or send timeout under this cuts idle WebSockets (`config.short_timeout`;
+    /// default: `proxy.min_read_timeout` of the config, 600 s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_read_timeout: Option<Duration>,
 }
 
 /// One configuration read: where from, and its routes or why not.
@@ -79,9 +80,11 @@ pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Resul
         .map(|s| (s.addr, s.port))
         .collect();
     let facts = Facts {
-        listeners: &listeners,
+        listeners: Some(&listeners),
         gateway_ports: &config.hop.ports,
-        min_read_timeout: args.min_read_timeout,
+        min_read_timeout: args
+            .min_read_timeout
+            .unwrap_or(config.proxy.min_read_timeout),
     };
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::default();

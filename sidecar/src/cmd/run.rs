@@ -83,6 +83,11 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
     }
     // The drift the first reads found.
     watch.emit_alerts(now);
+    // The proxy's configuration: its findings are incidents from the start.
+    let mut proxy_watch = super::proxy_watch::ProxyWatch::new();
+    if config.proxy.enabled {
+        poll_proxy(&mut proxy_watch, &config, &mut watch);
+    }
 
     let metrics_addr = if config.metrics.enabled {
         let addr = metrics::serve(metrics.clone(), config.metrics.listen)
@@ -161,6 +166,9 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
     let mut nat = tokio::time::interval(config.nat.poll_interval);
     nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     nat.reset();
+    let mut proxy_tick = tokio::time::interval(config.proxy.poll_interval);
+    proxy_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    proxy_tick.reset();
     let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut edge_tick = tokio::time::interval(config.edge.poll_interval);
     edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -208,6 +216,9 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
                 if let Err(e) = tokio::task::block_in_place(|| watch.rescan(false)) {
                     tracing::warn!(error = %format!("{e:#}"), "rescan failed");
                 }
+            }
+            _ = proxy_tick.tick(), if config.proxy.enabled => {
+                tokio::task::block_in_place(|| poll_proxy(&mut proxy_watch, &config, &mut watch));
             }
             _ = nat.tick(), if config.nat.enabled => {
                 tokio::task::block_in_place(|| watch.read_nat(false));
@@ -304,4 +315,20 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
         &serde_json::json!({ "records": watch.out.metrics.record_counts() }),
     );
     Ok(())
+}
+
+/// Looks at the proxy's configuration; what changed goes to the pipeline (its `config.*`
+/// incidents open or resolve) and is said.
+fn poll_proxy(proxy: &mut super::proxy_watch::ProxyWatch, config: &Config, watch: &mut Watch) {
+    let poll = proxy.poll(config);
+    if let Some((text, detail)) = poll.said {
+        watch.out.printer.status("proxy", &text, &detail);
+    }
+    if let Some((routes, findings)) = poll.update {
+        let now = unix_ns(SystemTime::now());
+        watch
+            .pipeline
+            .proxy_config(routes, &findings, now, &mut watch.out);
+        watch.emit_alerts(now);
+    }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use edgewatch_core::proxy::nginx::{self, Directive, Files, ParseError};
 
 /// A running nginx master.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct NginxMaster {
     pub pid: u32,
     /// The configuration file, as nginx sees it.
@@ -62,21 +62,25 @@ pub fn nginx_masters() -> Vec<NginxMaster> {
     out
 }
 
-/// Reads files under a root directory (a process's `/proc/PID/root`, or `/`).
+/// Reads files under a root directory (a process's `/proc/PID/root`, or `/`), remembering
+/// which (so a change to any of them can be noticed).
 pub struct RootFiles {
     root: PathBuf,
+    read: Vec<PathBuf>,
 }
 
 impl RootFiles {
     pub fn of_process(pid: u32) -> Self {
         Self {
             root: PathBuf::from(format!("/proc/{pid}/root")),
+            read: Vec::new(),
         }
     }
 
     pub fn host() -> Self {
         Self {
             root: PathBuf::from("/"),
+            read: Vec::new(),
         }
     }
 
@@ -91,6 +95,7 @@ const MAX_FILE: u64 = 4 << 20;
 impl Files for RootFiles {
     fn read(&mut self, path: &Path) -> std::io::Result<String> {
         let real = self.under(path);
+        self.read.push(real.clone());
         let len = std::fs::metadata(&real)?.len();
         if len > MAX_FILE {
             return Err(std::io::Error::other(format!(
@@ -126,7 +131,34 @@ impl Files for RootFiles {
 
 /// A master's whole configuration, includes followed.
 pub fn load_master(m: &NginxMaster) -> Result<Vec<Directive>, ParseError> {
-    nginx::load(&m.conf, &m.prefix, &mut RootFiles::of_process(m.pid))
+    load_master_files(m).0
+}
+
+/// The same, with the files it read (as this process reaches them).
+pub fn load_master_files(m: &NginxMaster) -> (Result<Vec<Directive>, ParseError>, Vec<PathBuf>) {
+    let mut files = RootFiles::of_process(m.pid);
+    let tree = nginx::load(&m.conf, &m.prefix, &mut files);
+    (tree, files.read)
+}
+
+/// What changes when the configuration nginx runs may have: the masters, their workers (a
+/// reload starts new ones), and the size and time of every file read last time.
+pub fn fingerprint(masters: &[NginxMaster], files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for m in masters {
+        m.hash(&mut h);
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", m.pid))
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    for f in files {
+        match std::fs::metadata(f) {
+            Ok(meta) => (meta.len(), meta.modified().ok()).hash(&mut h),
+            Err(e) => e.kind().hash(&mut h),
+        }
+    }
+    h.finish()
 }
 
 /// A configuration file given by the user (offline), read from this machine.

@@ -106,6 +106,8 @@ impl Engine {
         let done: Vec<String> = self
             .open
             .iter()
+            // Configuration findings end when a re-read no longer has them, not by silence.
+            .filter(|(_, i)| !i.rule.starts_with("config."))
             .filter(|(_, i)| now_ns.saturating_sub(i.last_match_ns) >= quiet)
             .map(|(k, _)| k.clone())
             .collect();

@@ -185,6 +185,8 @@ pub struct Engine {
     upstream_cuts: VecDeque<(u64, u16, Value)>,
     /// Informational records waiting to be taken (`take_notices`).
     notices: Vec<Notice>,
+    /// The proxy's routes as last read (`proxy_config`), for citing directives.
+    proxy_routes: Vec<crate::proxy::Route>,
 }
 
 /// An informational record: something worth a line in the output, not an alert (the

@@ -313,6 +313,20 @@ impl Pipeline {
         self.emit_alerts(sink);
     }
 
+    /// The edge proxy's configuration as read now (`proxy`): its findings open or resolve
+    /// `config.*` incidents, and the runtime rules cite its routes from here on.
+    pub fn proxy_config(
+        &mut self,
+        routes: Vec<crate::proxy::Route>,
+        findings: &[crate::proxy::Finding],
+        now_ns: u64,
+        sink: &mut impl Sink,
+    ) {
+        self.engine
+            .proxy_config(routes, findings, now_ns, &mut self.alerts);
+        self.emit_alerts(sink);
+    }
+
     /// Reports the hop connections idle since `cutoff_ns` as they stand, and forgets them.
     pub fn expire_idle(&mut self, cutoff_ns: u64, now_ns: u64, sink: &mut impl Sink) {
         self.tracker.expire(cutoff_ns, &mut self.fresh);

@@ -11,8 +11,9 @@ use crate::exposure::policy::Severity;
 /// What the findings are checked against.
 #[derive(Clone, Debug)]
 pub struct Facts<'a> {
-    /// Listening TCP sockets on this machine (address, port).
-    pub listeners: &'a [(IpAddr, u16)],
+    /// Listening TCP sockets on this machine (address, port); None offline (a configuration
+    /// sent in without its machine: nothing is judged by what listens).
+    pub listeners: Option<&'a [(IpAddr, u16)]>,
     /// The Gateway's port(s) (the hop's upstream ports).
     pub gateway_ports: &'a [u16],
     /// A read timeout under this cuts idle WebSockets (the runbook: 600 s or more).
@@ -82,6 +83,7 @@ pub fn findings(routes: &[Route], facts: &Facts<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     let gateway_listens: Vec<String> = facts
         .listeners
+        .unwrap_or_default()
         .iter()
         .filter(|(_, p)| facts.gateway_ports.contains(p))
         .map(|(a, p)| std::net::SocketAddr::new(*a, *p).to_string())
@@ -116,13 +118,21 @@ pub fn findings(routes: &[Route], facts: &Facts<'_>) -> Vec<Finding> {
     out
 }
 
-/// A loopback target nothing listens on.
+/// A loopback target nothing listens on. Not the Gateway's own port: nothing there is the
+/// Gateway down or restarting (`hop.upstream_down`, with its grace period), not the
+/// configuration.
 fn stale(r: &Route, facts: &Facts<'_>, gateway_listens: &[String], out: &mut Vec<Finding>) {
+    let Some(listeners) = facts.listeners else {
+        return;
+    };
     for t in &r.targets {
-        if !is_loopback(&t.host) || listening(&t.host, t.port, facts.listeners) {
+        if facts.gateway_ports.contains(&t.port)
+            || !is_loopback(&t.host)
+            || listening(&t.host, t.port, listeners)
+        {
             continue;
         }
-        let elsewhere = !gateway_listens.is_empty() && !facts.gateway_ports.contains(&t.port);
+        let elsewhere = !gateway_listens.is_empty();
         let summary = if elsewhere {
             format!(
                 "{} {} proxies to {}:{}, where nothing listens; the Gateway listens on {}",
@@ -140,7 +150,7 @@ fn stale(r: &Route, facts: &Facts<'_>, gateway_listens: &[String], out: &mut Vec
         };
         out.push(Finding {
             rule: "config.stale_upstream_port",
-            severity: if elsewhere || facts.gateway_ports.contains(&t.port) {
+            severity: if elsewhere {
                 Severity::Critical
             } else {
                 Severity::Warning
@@ -288,7 +298,7 @@ mod tests {
 
     fn facts(listeners: &[(IpAddr, u16)]) -> Facts<'_> {
         Facts {
-            listeners,
+            listeners: Some(listeners),
             gateway_ports: &[18789],
             min_read_timeout: Duration::from_secs(600),
         }
@@ -345,14 +355,30 @@ mod tests {
         let r = routes(&tree);
         assert_eq!(r.len(), 1);
         assert_eq!(findings(&r, &facts(&listeners)), []);
-        // The same site with the Gateway down: the stale port, without a better port to name.
-        let f = findings(&r, &facts(&[]));
+        // The same site with the Gateway down: that is the Gateway down (a runtime incident
+        // with its grace period), not the configuration.
+        assert_eq!(findings(&r, &facts(&[])), []);
+        // A typo'd port with the Gateway down too: stale, without a better port to name.
+        let typo = text.replace("127.0.0.1:18789", "127.0.0.1:18798");
+        let tree = parse(&typo, "t.conf").unwrap_or_default();
+        let f: Vec<_> = findings(&routes(&tree), &facts(&[]))
+            .into_iter()
+            .filter(|f| f.rule == "config.stale_upstream_port")
+            .collect();
         assert_eq!(f.len(), 1);
         assert!(
             f[0].summary.contains("every request gets a 502"),
             "{}",
             f[0].summary
         );
+        // Offline, nothing is judged by what listens.
+        let offline = Facts {
+            listeners: None,
+            ..facts(&[])
+        };
+        assert!(findings(&routes(&tree), &offline)
+            .iter()
+            .all(|f| f.rule != "config.stale_upstream_port"));
         // Proxying the Gateway's port on another host: it listens beyond loopback.
         let remote = text.replace("127.0.0.1:18789", "10.0.0.5:18789");
         let tree = parse(&remote, "r.conf").unwrap_or_default();

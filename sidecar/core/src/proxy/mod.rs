@@ -5,6 +5,7 @@
 //! the tree into the locations that proxy, with inheritance applied; [`findings`] checks them
 //! against what listens on this machine and the Gateway's port, each finding citing
 //! `file:line` and the runbook's first move (rule family `config.*`).
+pub mod config;
 pub mod findings;
 pub mod nginx;
 pub mod routes;

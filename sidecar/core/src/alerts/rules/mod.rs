@@ -2,6 +2,7 @@
 //! then the families: upgrades (`upgrade`), Origins (`origin`), WebSocket session ends
 //! (`sessions`), and upstream latency (`latency`). Each rule opens or joins incidents through
 //! the engine (`super::engine`).
+mod config;
 mod latency;
 mod origin;
 mod sessions;

@@ -18,7 +18,11 @@ impl Engine {
         if !by_proxy || s.idle_before_end_ns < ns(r.min_idle) {
             return;
         }
+        // The proxy's configuration says which timeout this is: the first session is enough.
         let (min_sessions, tol) = (r.min_sessions, r.tolerance);
+        if self.configured_timeout(s, out) {
+            return;
+        }
         let port = s.conn.server.port();
         let evidence = session_evidence(s);
         self.idle_closes

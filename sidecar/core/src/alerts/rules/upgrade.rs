@@ -105,13 +105,15 @@ impl Engine {
                 severity: Severity::Critical,
                 summary: format!(
                     "WebSocket half-path: upgrade requests reach upstream port {port} without \
-                     Upgrade/Connection (the proxy drops them), so no 101 comes back"
+                     Upgrade/Connection (the proxy drops them), so no 101 comes back{}",
+                    self.cite_text(port)
                 ),
                 first_move: MOVE_HALF_PATH,
                 at_ns: x.request_ts_ns,
                 evidence: vec![exchange_evidence(x, edge_status)],
                 counts: vec![("failed_upgrades", 1)],
-                detail: json!({ "port": port }),
+                // The locations that send requests there, when the configuration is known.
+                detail: json!({ "port": port, "proxy_config": self.cite(port) }),
             },
             out,
         );

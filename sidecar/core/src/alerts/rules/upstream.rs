@@ -293,8 +293,9 @@ impl Engine {
                 rule: rule::STALE_PORT,
                 severity: Severity::Critical,
                 summary: format!(
-                    "the edge answers {} because the proxy sends requests to {upstream}{nothing}; {gateway_text}",
-                    edge.status
+                    "the edge answers {} because the proxy sends requests to {upstream}{nothing}; {gateway_text}{}",
+                    edge.status,
+                    self.cite_text(upstream.port())
                 ),
                 first_move: MOVE_STALE_PORT,
                 at_ns: edge.end_ts_ns,
@@ -306,6 +307,7 @@ impl Engine {
                     "listening": listening,
                     "gateway": gateway,
                     "gateway_ports": hop_ports,
+                    "proxy_config": self.cite(upstream.port()),
                 }),
             },
             out,
@@ -344,8 +346,10 @@ impl Engine {
                 rule: rule::STALE_PORT,
                 severity: Severity::Critical,
                 summary: format!(
-                    "{} (pid {}) connects to {remote} and the connect fails: nothing listens there; {gateway_text}",
-                    process.comm, process.pid
+                    "{} (pid {}) connects to {remote} and the connect fails: nothing listens there; {gateway_text}{}",
+                    process.comm,
+                    process.pid,
+                    self.cite_text(remote.port())
                 ),
                 first_move: MOVE_STALE_PORT,
                 at_ns,
@@ -361,6 +365,7 @@ impl Engine {
                     "listening": false,
                     "gateway": gateway,
                     "gateway_ports": hop_ports,
+                    "proxy_config": self.cite(remote.port()),
                 }),
             },
             out,
