@@ -231,11 +231,48 @@ fn findings_from_a_running_nginx_cite_their_lines_and_go_after_a_fixing_reload()
     assert_eq!(code, 3);
     assert_eq!(findings(&offline), findings(&lines));
 
+    // `check` has a proxy step from the same model: the half-path fails it, at its line.
+    let proxy_step = || {
+        let out = Command::new(edgewatch_bin())
+            .args([
+                "check",
+                "--no-passive",
+                "--timeout",
+                "2s",
+                "--output",
+                "json",
+            ])
+            .args(["--url", &format!("https://127.0.0.1:{}/", nginx.edge)])
+            .args(["--port", &gw.to_string()])
+            .output()
+            .expect("edgewatch check");
+        json_lines(&String::from_utf8_lossy(&out.stdout))
+            .into_iter()
+            .find(|v| v["type"] == "check_step" && v["step"] == "proxy")
+            .expect("a proxy step")
+    };
+    let step = proxy_step();
+    assert_eq!(step["status"], "fail", "{step:#}");
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("half") || s.contains("Upgrade")),
+        "{step:#}"
+    );
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("gw.conf:")),
+        "{step:#}"
+    );
+
     // Fixed and reloaded: nothing left.
     nginx.reload(&site(FIXED), LOG_FORMAT);
     let (code, lines) = proxies(&["--pid", &nginx.pid()], gw);
     assert_eq!(findings(&lines), [], "{lines:#?}");
     assert_eq!(code, 0);
+    let step = proxy_step();
+    assert_eq!(step["status"], "pass", "{step:#}");
     drop(gateway);
 }
 
@@ -347,4 +384,122 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
         .lines
         .wait_for("the finding resolved", |v| is_ours(v, "resolved"));
     assert_eq!(resolved["dedup_key"], key);
+}
+
+/// Offline, a capture and the configuration sent in with it: `replay` and `timeline --pcap`
+/// give the configuration's findings and name the directive on the first idle cut, as live.
+/// (The recording is `tests/hop_replay.rs`'s nginx with `proxy_read_timeout 2s` in front of
+/// the stand-in upstream; the same diagnosis on the real Gateway is the live test above.)
+#[test]
+fn offline_the_configuration_sent_with_a_capture_is_cited() {
+    let dir = tempfile::tempdir().expect("dir");
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        "http {\n  server {\n    listen 80;\n    location / {\n      proxy_pass http://127.0.0.1:35057;\n      \
+         proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n      \
+         proxy_set_header Connection \"upgrade\";\n      proxy_set_header X-Request-ID $request_id;\n      \
+         proxy_read_timeout 2s;\n      proxy_send_timeout 3600s;\n    }\n  }\n}\n",
+    )
+    .expect("write");
+    let conf = conf.to_str().expect("path");
+    let pcap = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/hop/idle_timeout.35057.pcap"
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(edgewatch_bin())
+            .args(args)
+            .output()
+            .expect("edgewatch");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fired = |lines: &[Value]| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = lines
+            .iter()
+            .filter(|v| v["type"] == "alert" && v["state"] == "firing")
+            .map(|v| {
+                (
+                    v["rule"].as_str().unwrap_or_default().to_owned(),
+                    v["summary"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let replay = json_lines(&run(&[
+        "replay",
+        pcap,
+        "--port",
+        "35057",
+        "--output",
+        "json",
+        "--proxy-config",
+        conf,
+    ]));
+    let alerts = fired(&replay);
+    let timeout = alerts
+        .iter()
+        .find(|(r, _)| r == "hop.timeout_disconnect")
+        .unwrap_or_else(|| panic!("the first idle cut is diagnosed: {alerts:#?}"));
+    assert!(
+        timeout
+            .1
+            .contains(&format!("proxy_read_timeout 2 s in location / ({conf}:10)")),
+        "{}",
+        timeout.1
+    );
+    assert!(
+        alerts
+            .iter()
+            .any(|(r, s)| r == "config.short_timeout" && s.contains(&format!("{conf}:10"))),
+        "{alerts:#?}"
+    );
+    // The timeline of the same capture and configuration has the same alerts.
+    let timeline: Value = serde_json::from_str(&run(&[
+        "timeline",
+        "--pcap",
+        pcap,
+        "--port",
+        "35057",
+        "--output",
+        "json",
+        "--proxy-config",
+        conf,
+    ]))
+    .expect("timeline JSON");
+    let mut from_timeline: Vec<(String, String)> = timeline["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["kind"] == "alert" && e["detail"]["state"] == "firing")
+        .map(|e| {
+            (
+                e["detail"]["rule"].as_str().unwrap_or_default().to_owned(),
+                e["detail"]["summary"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    from_timeline.sort();
+    assert_eq!(from_timeline, alerts);
+    // Without the configuration one session is not a cluster: no diagnosis.
+    let bare = json_lines(&run(&[
+        "replay", pcap, "--port", "35057", "--output", "json",
+    ]));
+    assert!(
+        fired(&bare)
+            .iter()
+            .all(|(r, _)| r != "hop.timeout_disconnect"),
+        "{:#?}",
+        fired(&bare)
+    );
 }

@@ -125,6 +125,8 @@ impl Config {
             join_limits: self.edge.limits(),
             json_fields: self.edge.json_fields.clone(),
             alerts: self.alerts.clone(),
+            // Live, the configuration is read by the run loop (`cmd::proxy_watch`).
+            proxy: None,
         }
     }
 }

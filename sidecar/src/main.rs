@@ -131,6 +131,10 @@ enum Command {
         /// id and printed as a `request` record.
         #[arg(long = "access-log", value_name = "FILE")]
         access_logs: Vec<PathBuf>,
+        /// The edge proxy's configuration of the same machine (nginx; repeatable): its
+        /// findings are reported and the diagnoses cite its lines, as live.
+        #[arg(long = "proxy-config", value_name = "FILE")]
+        proxy_config: Vec<PathBuf>,
         /// How long a record waits for its other half, in the data's time.
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
         join_window: std::time::Duration,
@@ -149,11 +153,11 @@ enum Command {
     EmbeddedClickhouse(edgewatch::store::embedded::ServerArgs),
     /// Walk the golden path through the edge; a deploy gate (exit 0/2/1).
     ///
-    /// Walks bind, TLS, HTTP, WebSocket and (with --idle) idle survival through the edge,
-    /// each step pass/warn/fail with its evidence and the first move, while the kernel probes
-    /// watch the hop to say which layer failed (run as root for that; without the probes the
-    /// active steps still run). Exit status 0 only when every step passes, 2 with warnings
-    /// only, 1 when a step fails.
+    /// Walks bind, the proxy's configuration, TLS, HTTP, WebSocket and (with --idle) idle survival
+    /// through the edge, each step pass/warn/fail with its evidence and the first move, while the
+    /// kernel probes watch the hop to say which layer failed (run as root for that; without the
+    /// probes the active steps still run). Exit status 0 only when every step passes, 2 with
+    /// warnings only, 1 when a step fails.
     Check {
         #[command(flatten)]
         args: edgewatch::cmd::check::CheckArgs,
@@ -414,6 +418,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             capture,
             ports,
             access_logs,
+            proxy_config,
             join_window,
             store,
             out,
@@ -426,11 +431,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ports
             };
+            let proxy = edgewatch::sources::proxies::offline_model(
+                &proxy_config,
+                &ports,
+                config.proxy.min_read_timeout,
+            )?;
             edgewatch::cmd::replay::run(
                 &capture,
-                &ports,
-                &access_logs,
-                join_window,
+                &edgewatch::cmd::replay::Inputs {
+                    ports: &ports,
+                    access_logs: &access_logs,
+                    join_window,
+                    proxy,
+                },
                 &config,
                 store,
                 out.output,

@@ -39,7 +39,7 @@ impl Status {
 /// One step of the golden path.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Step {
-    /// `bind`, `tls`, `http`, `websocket`, `idle`.
+    /// `bind`, `proxy`, `tls`, `http`, `websocket`, `idle`.
     pub step: &'static str,
     pub status: Status,
     pub summary: String,
@@ -114,6 +114,89 @@ pub fn bind_step(port: u16, exposures: &[Exposure], policy: &Policy) -> Step {
         "bind",
         Status::Pass,
         format!("upstream port {port} listens on loopback only and nothing publishes it"),
+        evidence,
+    )
+}
+
+/// The proxy's configuration as `check` read it.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyFacts {
+    /// Configurations read (nginx masters).
+    pub sources: Vec<String>,
+    /// Those that could not be read, with why.
+    pub unreadable: Vec<String>,
+    /// Locations that proxy to the upstream port.
+    pub routes_to_port: Vec<String>,
+    pub findings: Vec<edgewatch_core::proxy::Finding>,
+}
+
+/// Step 2: the proxy's configuration, read as it runs: `config.*` findings fail (critical) or
+/// warn; no proxy configuration found is a skip.
+pub fn proxy_step(port: u16, facts: &ProxyFacts) -> Step {
+    let evidence = json!({
+        "sources": facts.sources,
+        "unreadable": facts.unreadable,
+        "routes_to_port": facts.routes_to_port,
+        "findings": facts.findings.iter().map(|f| json!({
+            "rule": f.rule,
+            "severity": f.severity.as_str(),
+            "at": f.at.to_string(),
+            "summary": f.summary,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(worst) = facts.findings.iter().max_by_key(|f| f.severity) {
+        let status = if worst.severity == crate::exposure::policy::Severity::Critical {
+            Status::Fail
+        } else {
+            Status::Warn
+        };
+        let more = match facts.findings.len() {
+            1 => String::new(),
+            n => format!(" (and {} more finding(s))", n - 1),
+        };
+        return Step::new(
+            "proxy",
+            status,
+            format!("{} at {}{more}", worst.summary, worst.at),
+            evidence,
+        )
+        .with_move(worst.first_move);
+    }
+    if !facts.unreadable.is_empty() {
+        return Step::new(
+            "proxy",
+            Status::Warn,
+            format!(
+                "the proxy's configuration could not be read: {}",
+                facts.unreadable.join("; ")
+            ),
+            evidence,
+        );
+    }
+    if facts.sources.is_empty() {
+        return Step::new(
+            "proxy",
+            Status::Skip,
+            "no running nginx master found (only nginx's configuration is read)".to_owned(),
+            evidence,
+        );
+    }
+    if facts.routes_to_port.is_empty() {
+        return Step::new(
+            "proxy",
+            Status::Warn,
+            format!("no nginx location proxies to upstream port {port}"),
+            evidence,
+        )
+        .with_move(MOVE_NOT_LISTENING);
+    }
+    Step::new(
+        "proxy",
+        Status::Pass,
+        format!(
+            "{} proxies to port {port} with the WebSocket headers, the request id and long timeouts",
+            facts.routes_to_port.join(", ")
+        ),
         evidence,
     )
 }

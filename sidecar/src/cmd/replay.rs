@@ -64,15 +64,27 @@ impl Sink for ReplaySink {
     }
 }
 
+/// What goes with the capture.
+pub struct Inputs<'a> {
+    /// The upstream ports of the hop.
+    pub ports: &'a [u16],
+    pub access_logs: &'a [PathBuf],
+    pub join_window: std::time::Duration,
+    /// The proxy's configuration (`--proxy-config`): routes and findings.
+    pub proxy: Option<(
+        Vec<edgewatch_core::proxy::Route>,
+        Vec<edgewatch_core::proxy::Finding>,
+    )>,
+}
+
 pub fn run(
     capture: &Path,
-    ports: &[u16],
-    access_logs: &[PathBuf],
-    join_window: std::time::Duration,
+    inputs: &Inputs<'_>,
     config: &Config,
     to_store: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
+    let (ports, access_logs, join_window) = (inputs.ports, inputs.access_logs, inputs.join_window);
     let file = File::open(capture).with_context(|| format!("opening {}", capture.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut logs = read_logs(access_logs, &config.edge.json_fields)?;
@@ -80,6 +92,7 @@ pub fn run(
     settings.hop_ports = ports.to_vec();
     settings.join = !access_logs.is_empty();
     settings.join_window_ns = u64::try_from(join_window.as_nanos()).unwrap_or(u64::MAX);
+    settings.proxy = inputs.proxy.clone();
     let mut pipeline = Pipeline::new(&settings, Mode::Offline);
     let mut sink = ReplaySink {
         printer: Printer::stdout(format),

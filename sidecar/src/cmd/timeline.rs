@@ -48,6 +48,10 @@ pub struct TimelineArgs {
     /// Offline: a capture of the hop (pcap or pcapng), instead of ClickHouse.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
+    /// Offline: the edge proxy's configuration (nginx; repeatable): its findings and the
+    /// diagnoses' citations of its lines, as live.
+    #[arg(long = "proxy-config", value_name = "FILE", requires = "pcap")]
+    proxy_config: Vec<PathBuf>,
     /// Offline: the proxy's access log(s) of the same period, joined by request id.
     #[arg(long = "access-log", value_name = "FILE", requires = "pcap")]
     access_logs: Vec<PathBuf>,
@@ -68,7 +72,12 @@ pub fn run(args: &TimelineArgs, config: &crate::config::Config) -> anyhow::Resul
         } else {
             args.ports.clone()
         };
-        let (rows, report) = source::offline(pcap, &ports, &args.access_logs, config)?;
+        let proxy = crate::sources::proxies::offline_model(
+            &args.proxy_config,
+            &ports,
+            config.proxy.min_read_timeout,
+        )?;
+        let (rows, report) = source::offline(pcap, &ports, &args.access_logs, proxy, config)?;
         if report.malformed_lines > 0 {
             eprintln!(
                 "edgewatch: {} access-log line(s) could not be read and were skipped",

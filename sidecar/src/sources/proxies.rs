@@ -167,6 +167,35 @@ pub fn load_file(conf: &Path) -> Result<Vec<Directive>, ParseError> {
     nginx::load(conf, &prefix, &mut RootFiles::host())
 }
 
+/// Configuration files sent in with a capture (`--proxy-config`): their routes and the
+/// findings that need no machine (nothing is judged by what listens).
+pub fn offline_model(
+    files: &[PathBuf],
+    gateway_ports: &[u16],
+    min_read_timeout: std::time::Duration,
+) -> anyhow::Result<
+    Option<(
+        Vec<edgewatch_core::proxy::Route>,
+        Vec<edgewatch_core::proxy::Finding>,
+    )>,
+> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut routes = Vec::new();
+    for f in files {
+        let tree = load_file(f).map_err(|e| anyhow::anyhow!("--proxy-config: {e}"))?;
+        routes.extend(edgewatch_core::proxy::routes::routes(&tree));
+    }
+    let facts = edgewatch_core::proxy::Facts {
+        listeners: None,
+        gateway_ports,
+        min_read_timeout,
+    };
+    let findings = edgewatch_core::proxy::findings(&routes, &facts);
+    Ok(Some((routes, findings)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,10 @@ pub fn offline(
     pcap: &Path,
     ports: &[u16],
     logs: &[PathBuf],
+    proxy: Option<(
+        Vec<edgewatch_core::proxy::Route>,
+        Vec<edgewatch_core::proxy::Finding>,
+    )>,
     config: &crate::config::Config,
 ) -> anyhow::Result<(Rows, OfflineReport)> {
     let fields = &config.edge.json_fields;
@@ -50,6 +54,7 @@ pub fn offline(
     let mut settings = config.pipeline();
     settings.hop_ports = ports.to_vec();
     settings.join = !logs.is_empty();
+    settings.proxy = proxy;
     let (rows, summary) = edgewatch_core::timeline::offline::rows(
         BufReader::with_capacity(1 << 20, file),
         edges,

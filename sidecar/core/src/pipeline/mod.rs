@@ -67,6 +67,9 @@ pub struct Settings {
     pub join_limits: JoinLimits,
     pub json_fields: JsonFields,
     pub alerts: AlertsConfig,
+    /// The proxy's configuration given up front (offline, `--proxy-config`): its routes are
+    /// cited from the start, its findings open at the data's first time.
+    pub proxy: Option<(Vec<crate::proxy::Route>, Vec<crate::proxy::Finding>)>,
 }
 
 /// Live or offline: the only two differences between them, stated.
@@ -102,6 +105,8 @@ pub struct Pipeline {
     deferred: Vec<HopRecord>,
     joined: Vec<JoinedRequest>,
     alerts: Vec<Alert>,
+    /// Findings of a configuration given up front, waiting for the data's first time.
+    pending_findings: Option<(Vec<crate::proxy::Route>, Vec<crate::proxy::Finding>)>,
 }
 
 impl Pipeline {
@@ -109,6 +114,10 @@ impl Pipeline {
         let mut tracker = Tracker::new(&settings.hop_ports).with_limits(settings.hop_limits);
         if mode == Mode::Live {
             tracker = tracker.with_kernel_hints();
+        }
+        let mut engine = Engine::new(settings.alerts.clone());
+        if let Some((routes, _)) = &settings.proxy {
+            engine.proxy_config(routes.clone(), &[], 0, &mut Vec::new());
         }
         Self {
             mode,
@@ -122,7 +131,7 @@ impl Pipeline {
             joiner: settings
                 .join
                 .then(|| Joiner::with_limits(settings.join_window_ns, settings.join_limits)),
-            engine: Engine::new(settings.alerts.clone()),
+            engine,
             json_fields: settings.json_fields.clone(),
             hop_ports: settings.hop_ports.clone(),
             gateway_up: std::collections::BTreeMap::new(),
@@ -130,6 +139,7 @@ impl Pipeline {
             deferred: Vec::new(),
             joined: Vec::new(),
             alerts: Vec::new(),
+            pending_findings: settings.proxy.clone(),
         }
     }
 
@@ -302,6 +312,12 @@ impl Pipeline {
     /// Moves time on: requests whose other side did not come within the join window go out
     /// alone, and incidents quiet for their quiet period resolve.
     pub fn tick(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        if now_ns > 0 {
+            if let Some((routes, findings)) = self.pending_findings.take() {
+                self.engine
+                    .proxy_config(routes, &findings, now_ns, &mut self.alerts);
+            }
+        }
         if let Some(j) = self.joiner.as_mut() {
             j.expire(now_ns, &mut self.joined);
         }

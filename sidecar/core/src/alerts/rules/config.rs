@@ -49,7 +49,11 @@ impl Engine {
                     key,
                     rule: f.rule,
                     severity: f.severity,
-                    summary: format!("{} ({})", f.summary, f.at),
+                    summary: if f.summary.contains(&f.at.to_string()) {
+                        f.summary.clone()
+                    } else {
+                        format!("{} ({})", f.summary, f.at)
+                    },
                     first_move: f.first_move,
                     at_ns: now_ns,
                     evidence: vec![f.evidence.clone()],
