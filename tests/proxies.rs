@@ -320,21 +320,26 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
             clients.host_ip, gw.link.ns_ip
         )
     };
-    let nginx = Master::start_on(&site("3s"), LOG_FORMAT, clients.host_ip);
+    // The README's JSON log format: the sidecar takes this log for the join by itself.
+    let log_format = support::hop::readme_snippet("nginx-log-format");
+    let nginx = Master::start_on(&site("3s"), &log_format, clients.host_ip);
     let gw_conf = nginx
         .dir
         .path()
         .join("conf.d/gw.conf")
         .display()
         .to_string();
+    let state = tempfile::tempdir().expect("state");
     let mut sc = Sidecar::start(&format!(
         "[hop]\nports = [{PORT}]\ninterfaces = [{:?}]\ndocker_bridges = false\n\
          [exposure]\nwatched_ports = [{}]\nrescan_interval = \"1h\"\n\
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n\
-         [proxy]\npoll_interval = \"200ms\"\n",
+         [proxy]\npoll_interval = \"200ms\"\n\
+         [edge]\nstate_dir = {:?}\npoll_interval = \"50ms\"\n",
         gw.link.host_if,
         free_port(),
+        state.path(),
     ));
     // At start, before `ready`: the short read timeout, at its line (10 of gw.conf).
     let is_ours = |v: &Value, state: &str| {
@@ -350,6 +355,15 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
         .unwrap_or_else(|| panic!("no config.short_timeout at start: {started:#?}"));
     assert_eq!(finding["evidence"]["detail"]["line"], 10, "{finding:#}");
     let key = finding["dedup_key"].clone();
+    // No [edge] access_logs: the one nginx writes for the Gateway's location is taken.
+    let access_log = nginx.dir.path().join("access.log").display().to_string();
+    assert!(
+        started.iter().any(|v| v["type"] == "edge"
+            && v["access_logs"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p == access_log.as_str()))),
+        "the access log taken from the configuration: {started:#?}"
+    );
 
     // One session, idle after the Gateway's challenge: nginx cuts it after 3 s, and the
     // first one is enough to name the cause.
@@ -377,9 +391,14 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
         alert["evidence"]["detail"]["directive"],
         "proxy_read_timeout"
     );
+    // nginx logs the tunnel when it closes; the discovered log joins it to the hop by id.
+    let joined = sc.lines.wait_for("the joined request", |v| {
+        v["type"] == "request" && v["matched"] == "exact"
+    });
+    assert_eq!(joined["edge"]["status"], 101, "{joined:#}");
 
     // Fixed and reloaded: the finding resolves.
-    nginx.reload(&site("3600s"), LOG_FORMAT);
+    nginx.reload(&site("3600s"), &log_format);
     let resolved = sc
         .lines
         .wait_for("the finding resolved", |v| is_ours(v, "resolved"));

@@ -37,7 +37,13 @@ struct ReadyDetail<'a> {
 /// logs, signals) whose arms share the loop's state, with the start before it and the
 /// orderly stop after it.
 /// `records`: print every hop record and joined request too (`--records`).
-pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow::Result<()> {
+    // Without `[edge] access_logs`, the ones the proxy's configuration writes for the
+    // Gateway's locations (in a format the join reads).
+    let discovered_logs = config.edge.access_logs.is_empty() && config.proxy.enabled;
+    if discovered_logs {
+        config.edge.access_logs = crate::sources::proxies::gateway_access_logs(&config.hop.ports);
+    }
     let embedded_store = config.store.enabled && config.store.url.is_empty();
     crate::probe::caps::require(embedded_store)?;
     let metrics = Arc::new(Metrics::new());
@@ -63,6 +69,22 @@ pub async fn run(config: Config, printer: Printer, records: bool) -> anyhow::Res
         .out
         .printer
         .status("kernel", &kernel.summary(), &kernel);
+    if discovered_logs && !config.edge.access_logs.is_empty() {
+        watch.out.printer.status(
+            "edge",
+            &format!(
+                "access logs from the proxy's configuration (set [edge] access_logs to choose): {}",
+                config
+                    .edge
+                    .access_logs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &serde_json::json!({ "event": "discovered", "access_logs": config.edge.access_logs }),
+        );
+    }
     // Loaded: from here on the sidecar keeps only what watching needs, in every thread.
     let kept = crate::probe::caps::drop_unneeded(crate::probe::caps::needed_after_load(
         watch.out.store.as_ref().is_some_and(Store::runs_embedded),

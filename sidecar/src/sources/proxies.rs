@@ -167,6 +167,44 @@ pub fn load_file(conf: &Path) -> Result<Vec<Directive>, ParseError> {
     nginx::load(conf, &prefix, &mut RootFiles::host())
 }
 
+/// The access logs of the running masters' locations that proxy to `ports`, in a format the
+/// join reads (JSON with `$request_id`, as the README's `log_format edgewatch`), as this
+/// process reaches them: the path itself in the same mount namespace, else through
+/// `/proc/PID/root`.
+pub fn gateway_access_logs(ports: &[u16]) -> Vec<PathBuf> {
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut out = Vec::new();
+    for m in nginx_masters() {
+        let Ok(tree) = load_master(&m) else { continue };
+        let same_ns = own_ns.is_some()
+            && std::fs::read_link(format!("/proc/{}/ns/mnt", m.pid)).ok() == own_ns;
+        for r in edgewatch_core::proxy::routes::routes(&tree) {
+            if !r.targets.iter().any(|t| ports.contains(&t.port)) {
+                continue;
+            }
+            for log in &r.access_logs {
+                let joinable = log
+                    .format_text
+                    .as_deref()
+                    .is_some_and(|t| t.trim_start().starts_with('{') && t.contains("$request_id"));
+                let path = Path::new(&log.path);
+                if !joinable || !path.is_absolute() {
+                    continue;
+                }
+                let reach = if same_ns {
+                    path.to_path_buf()
+                } else {
+                    RootFiles::of_process(m.pid).under(path)
+                };
+                if !out.contains(&reach) {
+                    out.push(reach);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Configuration files sent in with a capture (`--proxy-config`): their routes and the
 /// findings that need no machine (nothing is judged by what listens).
 pub fn offline_model(

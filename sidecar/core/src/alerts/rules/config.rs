@@ -8,10 +8,13 @@ use serde_json::{json, Value};
 use super::{super::*, session_evidence};
 use crate::proxy::{Finding, Route};
 
-/// How far a session's idle time may be from a configured timeout and still be it: nginx's
-/// timers fire on time, the rest is the hop's timestamps (1 s, or 5% of long timeouts).
-fn slack(timeout: Duration) -> Duration {
-    Duration::from_secs(1).max(timeout / 20)
+/// Whether a session's idle time is a configured timeout: a timer never fires early (half a
+/// second for the hop's timestamps), and late by the event loop's delay on a busy machine (2 s,
+/// or 10% of long timeouts).
+fn is_timeout(idle: Duration, timeout: Duration) -> bool {
+    let early = Duration::from_millis(500);
+    let late = Duration::from_secs(2).max(timeout / 10);
+    idle + early >= timeout && idle <= timeout + late
 }
 
 impl Engine {
@@ -117,7 +120,7 @@ impl Engine {
                 ("proxy_send_timeout", &r.send_timeout),
             ]
             .into_iter()
-            .find(|(_, t)| idle.abs_diff(t.value) <= slack(t.value))
+            .find(|(_, t)| is_timeout(idle, t.value))
             .map(|(name, t)| (r.clone(), name, t.clone()))
         });
         let Some((route, directive, timeout)) = found else {
@@ -167,5 +170,31 @@ impl Engine {
             out,
         );
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timer_fires_late_never_early() {
+        let t = Duration::from_secs(60);
+        assert!(is_timeout(Duration::from_millis(60_300), t));
+        assert!(is_timeout(Duration::from_millis(59_700), t));
+        assert!(
+            is_timeout(Duration::from_secs(65), t),
+            "late on a busy machine"
+        );
+        assert!(
+            !is_timeout(Duration::from_secs(58), t),
+            "a timer never fires 2 s early"
+        );
+        assert!(!is_timeout(Duration::from_secs(67), t));
+        assert!(is_timeout(
+            Duration::from_millis(4_500),
+            Duration::from_secs(3)
+        ));
+        assert!(!is_timeout(Duration::from_secs(6), Duration::from_secs(3)));
     }
 }
