@@ -510,7 +510,14 @@ fn parse_test_result(line: &str, into: &mut TestCounts) {
 fn cargo_test() -> Result<TestCounts> {
     use std::io::{BufRead, BufReader};
     let mut child = cargo()
-        .args(["test", "--workspace", "--exclude", "edgewatch-ebpf"])
+        // Every binary runs even after one fails: the summary counts them all.
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "edgewatch-ebpf",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("cannot start cargo test")?;

@@ -392,7 +392,10 @@ pub async fn check(
         inventory.replace_publishes(read_nat_rules().publishes);
     }
     push(bind_step(port, &inventory.exposures(), &policy), &mut steps);
-    push(proxy_step(port, &proxy_facts(config, port)), &mut steps);
+    push(
+        proxy_step(port, &super::proxies::check_facts(config, port)),
+        &mut steps,
+    );
 
     // 2. TLS (first: can the edge be reached at all).
     let reach = tokio::time::timeout(args.timeout, tokio::net::TcpStream::connect(addr))
@@ -562,42 +565,6 @@ pub async fn check(
         }
     }
     Ok(steps)
-}
-
-/// The running nginx masters' configuration, its routes to `port` and its findings.
-fn proxy_facts(config: &Config, port: u16) -> crate::check::ProxyFacts {
-    use crate::sources::proxies;
-    let mut facts = crate::check::ProxyFacts::default();
-    let mut routes = Vec::new();
-    for m in proxies::nginx_masters() {
-        let source = format!("nginx master {} ({})", m.pid, m.conf.display());
-        match proxies::load_master(&m) {
-            Ok(tree) => routes.extend(edgewatch_core::proxy::routes::routes(&tree)),
-            Err(e) => facts.unreadable.push(format!("{source}: {e}")),
-        }
-        facts.sources.push(source);
-    }
-    facts.routes_to_port = routes
-        .iter()
-        .filter(|r| r.targets.iter().any(|t| t.port == port))
-        .map(|r| format!("location {} ({})", r.location, r.location_at))
-        .collect();
-    let listeners: Option<Vec<(std::net::IpAddr, u16)>> =
-        crate::sources::sockdiag::listeners().ok().map(|l| {
-            l.into_iter()
-                .filter(|s| s.proto == crate::exposure::Proto::Tcp)
-                .map(|s| (s.addr, s.port))
-                .collect()
-        });
-    facts.findings = edgewatch_core::proxy::findings(
-        &routes,
-        &edgewatch_core::proxy::Facts {
-            listeners: listeners.as_deref(),
-            gateway_ports: &[port],
-            min_read_timeout: config.proxy.min_read_timeout,
-        },
-    );
-    facts
 }
 
 /// The span of one step's network work (its log lines carry `check_step{step=...}`).

@@ -234,3 +234,39 @@ fn write_finding(
     );
     print(out, format, "config_finding", &value, &text)
 }
+
+/// The running nginx masters' configuration, its routes to `port` and its findings.
+pub(crate) fn check_facts(config: &Config, port: u16) -> crate::check::ProxyFacts {
+    use crate::sources::proxies;
+    let mut facts = crate::check::ProxyFacts::default();
+    let mut routes = Vec::new();
+    for m in proxies::nginx_masters() {
+        let source = format!("nginx master {} ({})", m.pid, m.conf.display());
+        match proxies::load_master(&m) {
+            Ok(tree) => routes.extend(edgewatch_core::proxy::routes::routes(&tree)),
+            Err(e) => facts.unreadable.push(format!("{source}: {e}")),
+        }
+        facts.sources.push(source);
+    }
+    facts.routes_to_port = routes
+        .iter()
+        .filter(|r| r.targets.iter().any(|t| t.port == port))
+        .map(|r| format!("location {} ({})", r.location, r.location_at))
+        .collect();
+    let listeners: Option<Vec<(std::net::IpAddr, u16)>> =
+        crate::sources::sockdiag::listeners().ok().map(|l| {
+            l.into_iter()
+                .filter(|s| s.proto == crate::exposure::Proto::Tcp)
+                .map(|s| (s.addr, s.port))
+                .collect()
+        });
+    facts.findings = edgewatch_core::proxy::findings(
+        &routes,
+        &edgewatch_core::proxy::Facts {
+            listeners: listeners.as_deref(),
+            gateway_ports: &[port],
+            min_read_timeout: config.proxy.min_read_timeout,
+        },
+    );
+    facts
+}
