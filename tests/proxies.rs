@@ -523,3 +523,143 @@ fn offline_the_configuration_sent_with_a_capture_is_cited() {
         fired(&bare)
     );
 }
+
+/// A real Caddy (Debian's 2.6) started with `config`; stopped when dropped.
+struct CaddyProc {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl CaddyProc {
+    fn start(name: &str, config: &str, edge: u16) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join(name);
+        std::fs::write(&file, config).expect("write");
+        let mut cmd = Command::new("caddy");
+        cmd.args(["run", "--config"]).arg(&file);
+        if name == "Caddyfile" {
+            cmd.args(["--adapter", "caddyfile"]);
+        }
+        let child = cmd
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("caddy (cargo xtask setup installs it)");
+        let deadline = std::time::Instant::now() + support::wait_limit();
+        while std::net::TcpStream::connect(("127.0.0.1", edge)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "caddy did not start");
+            std::thread::yield_now();
+        }
+        Self { child, _dir: dir }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    fn file(&self, name: &str) -> String {
+        self._dir.path().join(name).display().to_string()
+    }
+}
+
+impl Drop for CaddyProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Caddy read as it runs: through its admin API (a Caddyfile), or its JSON config file when
+/// the API is off; the same findings as nginx's where they apply (Caddy forwards the upgrade
+/// itself: never a half-path), each at the JSON path of the object; a Caddyfile with the API
+/// off is said to be unreadable, not skipped.
+#[test]
+fn caddy_through_its_admin_api_and_its_json_file() {
+    support::require_root();
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gw = gateway.local_addr().expect("addr").port();
+    let (edge, admin, stale) = (free_port(), free_port(), free_port());
+    let caddy = CaddyProc::start(
+        "Caddyfile",
+        &format!(
+            "{{\n\tadmin 127.0.0.1:{admin}\n}}\n:{edge} {{\n\thandle /old/* {{\n\t\treverse_proxy 127.0.0.1:{stale}\n\t}}\n\
+             \thandle {{\n\t\treverse_proxy 127.0.0.1:{gw}\n\t}}\n}}\n"
+        ),
+        edge,
+    );
+    let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
+    assert_eq!(code, 3, "{lines:#?}");
+    let routes: Vec<&Value> = lines.iter().filter(|v| v["type"] == "route").collect();
+    assert_eq!(routes.len(), 2, "{routes:#?}");
+    assert!(routes.iter().all(|r| r["proxy"] == "caddy"));
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .filter(|v| v["type"] == "config_finding")
+        .map(|v| {
+            (
+                v["rule"].as_str().unwrap_or(""),
+                v["at"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:#?}");
+    let api = format!("caddy admin 127.0.0.1:{admin} /config/apps/http/servers/");
+    assert!(
+        got.iter().any(|(r, at)| *r == "config.stale_upstream_port"
+            && at.starts_with(&api)
+            && at.ends_with("/upstreams/0/dial")),
+        "{got:#?}"
+    );
+    assert!(
+        got.iter()
+            .any(|(r, at)| *r == "config.request_id_not_forwarded" && at.starts_with(&api)),
+        "{got:#?}"
+    );
+    drop(caddy);
+
+    // A JSON config with the admin API off: read from the file, paths into it.
+    let edge = free_port();
+    let json = format!(
+        r#"{{"admin":{{"disabled":true}},"apps":{{"http":{{"servers":{{"gw":{{"listen":[":{edge}"],"routes":[{{"handle":[{{"handler":"reverse_proxy","upstreams":[{{"dial":"127.0.0.1:{stale}"}}]}}]}}]}}}}}}}}}}"#
+    );
+    let caddy = CaddyProc::start("caddy.json", &json, edge);
+    let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
+    assert_eq!(code, 3, "{lines:#?}");
+    let finding = lines
+        .iter()
+        .find(|v| v["rule"] == "config.stale_upstream_port")
+        .expect("the stale port");
+    assert_eq!(
+        finding["at"],
+        format!(
+            "{}#/apps/http/servers/gw/routes/0/handle/0/upstreams/0/dial",
+            caddy.file("caddy.json")
+        )
+    );
+    drop(caddy);
+
+    // A Caddyfile with the API off: unreadable, said (exit 1).
+    let edge = free_port();
+    let caddy = CaddyProc::start(
+        "Caddyfile",
+        &format!("{{\n\tadmin off\n}}\n:{edge} {{\n\treverse_proxy 127.0.0.1:{gw}\n}}\n"),
+        edge,
+    );
+    let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
+    assert_eq!(code, 1, "{lines:#?}");
+    let err = lines
+        .iter()
+        .find(|v| v["type"] == "proxy_error")
+        .expect("an error line");
+    assert!(
+        err["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin API is off")),
+        "{err}"
+    );
+    drop(gateway);
+}

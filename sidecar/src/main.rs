@@ -100,13 +100,15 @@ enum Command {
     Exposure(OutputArg),
     /// Read the edge proxy's configuration: routes and what in them will break the Gateway.
     ///
-    /// Finds the running nginx masters (their -c/-p, read through /proc/PID/root, includes
-    /// followed) or reads --proxy-config FILE, resolves every location that proxies (listen ->
-    /// location -> upstream -> who listens there) and reports `config.*` findings, each citing
-    /// file:line with the first move: a stale upstream port, a WebSocket half-path, a read or
-    /// send timeout under --min-read-timeout, X-Request-ID not forwarded or not logged, the
-    /// Gateway proxied on a non-loopback address. Exit status 0: no finding; 3: findings; 1: a
-    /// configuration could not be read (said with its file:line).
+    /// Finds the running nginx masters (their -c/-p, files read through /proc/PID/root,
+    /// includes followed) and Caddy (its admin API's running configuration, or its JSON config
+    /// file), or reads --proxy-config FILE (nginx, or Caddy's JSON), resolves every location
+    /// that proxies (listen -> location -> upstream -> who listens there) and reports
+    /// `config.*` findings, each citing file:line (Caddy: the JSON path) with the first move:
+    /// a stale upstream port, a WebSocket half-path, a read or send timeout under
+    /// --min-read-timeout, X-Request-ID not forwarded or not logged, the Gateway proxied on a
+    /// non-loopback address. Exit status 0: no finding; 3: findings; 1: a configuration could
+    /// not be read (said with where).
     Proxies {
         #[command(flatten)]
         args: edgewatch::cmd::proxies::ProxiesArgs,
@@ -131,8 +133,8 @@ enum Command {
         /// id and printed as a `request` record.
         #[arg(long = "access-log", value_name = "FILE")]
         access_logs: Vec<PathBuf>,
-        /// The edge proxy's configuration of the same machine (nginx; repeatable): its
-        /// findings are reported and the diagnoses cite its lines, as live.
+        /// The edge proxy's configuration of the same machine (nginx, or Caddy's JSON;
+        /// repeatable): its findings are reported and the diagnoses cite its lines, as live.
         #[arg(long = "proxy-config", value_name = "FILE")]
         proxy_config: Vec<PathBuf>,
         /// How long a record waits for its other half, in the data's time.

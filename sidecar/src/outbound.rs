@@ -143,13 +143,18 @@ impl Http {
 
     /// GET `url`; the body (up to 64 KiB) as text.
     pub async fn get_text(&self, url: &str) -> anyhow::Result<Answer> {
+        self.get_limited(url, 64 << 10).await
+    }
+
+    /// GET `url`; the body (up to `limit` bytes, an error beyond) as text.
+    pub async fn get_limited(&self, url: &str, limit: usize) -> anyhow::Result<Answer> {
         let request = http::Request::get(url)
             .header("user-agent", user_agent())
             .body(Full::default())
             .with_context(|| format!("{url:?} is not a URL"))?;
         let response = self.send(request).await?;
         let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), 64 << 10);
+        let body = http_body_util::Limited::new(response.into_body(), limit);
         let bytes = tokio::time::timeout(self.timeout, body.collect())
             .await
             .map_err(|_| anyhow::anyhow!("the body did not arrive within {:?}", self.timeout))?

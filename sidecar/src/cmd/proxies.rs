@@ -1,9 +1,9 @@
-//! `edgewatch proxies`: the running nginx masters' routes (edge listener -> location ->
+//! `edgewatch proxies`: the running nginx masters' and Caddy's routes (edge listener -> location ->
 //! upstream -> who listens there) and the configuration findings (`config.*`), each citing
 //! `file:line`. Or, with `--proxy-config`, a configuration file sent in by a user.
 use std::{io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
 
-use edgewatch_core::proxy::{self, routes::routes, Facts, Finding, Route};
+use edgewatch_core::proxy::{self, Facts, Finding, Route};
 use serde_json::json;
 
 use crate::{
@@ -15,11 +15,11 @@ use crate::{
 /// The command line of `edgewatch proxies`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ProxiesArgs {
-    /// Read this nginx configuration file (and its includes) instead of the running
-    /// masters'; repeatable. Relative includes resolve against its directory.
+    /// Read this configuration file instead of the running proxies': nginx (with its
+    /// includes, relative to its directory) or Caddy's JSON (`caddy adapt` output); repeatable.
     #[arg(long = "proxy-config", value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Only this nginx master (by PID).
+    /// Only this nginx master or Caddy (by PID).
     #[arg(long, value_name = "PID", conflicts_with = "files")]
     pub pid: Option<u32>,
     /// A read or send timeout under this cuts idle WebSockets (`config.short_timeout`;
@@ -44,14 +44,12 @@ pub struct Outcome {
 
 pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Result<Outcome> {
     let reads: Vec<Read> = if args.files.is_empty() {
-        proxies::nginx_masters()
+        proxies::running_proxies()
             .into_iter()
-            .filter(|m| args.pid.is_none_or(|p| p == m.pid))
-            .map(|m| Read {
-                source: format!("nginx master {} ({})", m.pid, m.conf.display()),
-                routes: proxies::load_master(&m)
-                    .map(|t| routes(&t))
-                    .map_err(|e| e.to_string()),
+            .filter(|p| args.pid.is_none_or(|pid| pid == p.pid))
+            .map(|p| Read {
+                source: p.source,
+                routes: p.routes,
             })
             .collect()
     } else {
@@ -59,15 +57,15 @@ pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Resul
             .iter()
             .map(|f| Read {
                 source: f.display().to_string(),
-                routes: proxies::load_file(f)
-                    .map(|t| routes(&t))
-                    .map_err(|e| e.to_string()),
+                routes: proxies::offline_model(std::slice::from_ref(f), &[], Duration::MAX)
+                    .map(|m| m.map(|(r, _)| r).unwrap_or_default())
+                    .map_err(|e| format!("{e:#}")),
             })
             .collect()
     };
     if reads.is_empty() {
         anyhow::bail!(
-            "no running nginx master found{} (give its configuration with --proxy-config FILE)",
+            "no running nginx master or Caddy found{} (give its configuration with --proxy-config FILE)",
             args.pid
                 .map(|p| format!(" with PID {p}"))
                 .unwrap_or_default()
@@ -201,7 +199,11 @@ fn write_routes(
                 escape_controls(&r.location).into_owned(),
                 escape_controls(&target).into_owned(),
                 listener,
-                format!("{}s", r.read_timeout.value.as_secs_f64()),
+                if r.read_timeout.value == Duration::MAX {
+                    "none".to_owned()
+                } else {
+                    format!("{}s", r.read_timeout.value.as_secs_f64())
+                },
                 r.location_at.to_string(),
             ]);
         }
@@ -237,16 +239,14 @@ fn write_finding(
 
 /// The running nginx masters' configuration, its routes to `port` and its findings.
 pub(crate) fn check_facts(config: &Config, port: u16) -> crate::check::ProxyFacts {
-    use crate::sources::proxies;
     let mut facts = crate::check::ProxyFacts::default();
     let mut routes = Vec::new();
-    for m in proxies::nginx_masters() {
-        let source = format!("nginx master {} ({})", m.pid, m.conf.display());
-        match proxies::load_master(&m) {
-            Ok(tree) => routes.extend(edgewatch_core::proxy::routes::routes(&tree)),
-            Err(e) => facts.unreadable.push(format!("{source}: {e}")),
+    for p in proxies::running_proxies() {
+        match p.routes {
+            Ok(r) => routes.extend(r),
+            Err(e) => facts.unreadable.push(e),
         }
-        facts.sources.push(source);
+        facts.sources.push(p.source);
     }
     facts.routes_to_port = routes
         .iter()

@@ -1,7 +1,8 @@
 //! The live side of the proxy's configuration: at start and on every change (a file's size
-//! or time, a master started or gone, a reload's new workers) the running nginx masters'
-//! configuration is read again; the findings are recomputed against the listeners each poll
-//! (a Gateway moved to another port makes a `proxy_pass` stale without any file changing).
+//! or time, a master started or gone, a reload's new workers, Caddy's running configuration)
+//! the running nginx masters' and Caddy's configuration is read again; the findings are
+//! recomputed against the listeners each poll (a Gateway moved to another port makes a
+//! `proxy_pass` stale without any file changing).
 //! What changed goes to the pipeline, which opens and resolves the `config.*` incidents.
 use std::{net::IpAddr, path::PathBuf};
 
@@ -42,9 +43,31 @@ impl ProxyWatch {
     }
 
     pub(super) fn poll(&mut self, config: &Config) -> Poll {
+        use std::hash::{Hash as _, Hasher as _};
         let mut said = None;
         let masters = proxies::nginx_masters();
-        let fp = proxies::fingerprint(&masters, &self.files);
+        // Caddy's running configuration is asked each poll (its admin API on loopback): a
+        // change made through the API touches no file.
+        let caddies: Vec<_> = proxies::caddy_instances()
+            .into_iter()
+            .map(|c| {
+                let loaded = proxies::load_caddy(&c);
+                (c, loaded)
+            })
+            .collect();
+        let fingerprint = |files: &[PathBuf]| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            proxies::fingerprint(&masters, files).hash(&mut h);
+            for (c, loaded) in &caddies {
+                c.hash(&mut h);
+                match loaded {
+                    Ok((_, _, digest)) => digest.hash(&mut h),
+                    Err(e) => e.hash(&mut h),
+                }
+            }
+            h.finish()
+        };
+        let fp = fingerprint(&self.files);
         if self.fingerprint != Some(fp) {
             let mut all = Vec::new();
             let mut files = Vec::new();
@@ -57,27 +80,35 @@ impl ProxyWatch {
                     Err(e) => errors.push(format!("nginx master {}: {e}", m.pid)),
                 }
             }
+            for (_, loaded) in &caddies {
+                match loaded {
+                    Ok((r, _, _)) => all.extend(r.iter().cloned()),
+                    Err(e) => errors.push(e.clone()),
+                }
+            }
             self.files = files;
             // The fingerprint of what was just read (its files' times).
-            self.fingerprint = Some(proxies::fingerprint(&masters, &self.files));
+            self.fingerprint = Some(fingerprint(&self.files));
             if errors.is_empty() {
                 said = Some((
                     format!(
-                        "proxy configuration read: {} nginx master(s), {} route(s), {} file(s)",
+                        "proxy configuration read: {} nginx master(s), {} Caddy, {} route(s), {} file(s)",
                         masters.len(),
+                        caddies.len(),
                         all.len(),
                         self.files.len()
                     ),
                     serde_json::json!({
                         "event": "read",
                         "masters": masters,
+                        "caddy": caddies.iter().map(|(c, _)| c).collect::<Vec<_>>(),
                         "routes": all.len(),
                         "files": self.files.len(),
                     }),
                 ));
                 self.routes = all;
             } else if self.errors.allow(std::time::Instant::now()).is_some() {
-                // The previous routes stay: nginx keeps running its last good configuration.
+                // The previous routes stay: the proxy keeps running its last good configuration.
                 said = Some((
                     format!("proxy configuration not read: {}", errors.join("; ")),
                     serde_json::json!({ "event": "unreadable", "errors": errors }),

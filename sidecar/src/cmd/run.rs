@@ -42,7 +42,9 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     // Gateway's locations (in a format the join reads).
     let discovered_logs = config.edge.access_logs.is_empty() && config.proxy.enabled;
     if discovered_logs {
-        config.edge.access_logs = crate::sources::proxies::gateway_access_logs(&config.hop.ports);
+        let running = crate::sources::proxies::running_proxies();
+        config.edge.access_logs =
+            crate::sources::proxies::gateway_access_logs(&running, &config.hop.ports);
     }
     let embedded_store = config.store.enabled && config.store.url.is_empty();
     crate::probe::caps::require(embedded_store)?;

@@ -48,8 +48,8 @@ pub struct TimelineArgs {
     /// Offline: a capture of the hop (pcap or pcapng), instead of ClickHouse.
     #[arg(long, value_name = "FILE")]
     pcap: Option<PathBuf>,
-    /// Offline: the edge proxy's configuration (nginx; repeatable): its findings and the
-    /// diagnoses' citations of its lines, as live.
+    /// Offline: the edge proxy's configuration (nginx, or Caddy's JSON; repeatable): its
+    /// findings and the diagnoses' citations of its lines, as live.
     #[arg(long = "proxy-config", value_name = "FILE", requires = "pcap")]
     proxy_config: Vec<PathBuf>,
     /// Offline: the proxy's access log(s) of the same period, joined by request id.

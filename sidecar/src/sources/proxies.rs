@@ -167,26 +167,70 @@ pub fn load_file(conf: &Path) -> Result<Vec<Directive>, ParseError> {
     nginx::load(conf, &prefix, &mut RootFiles::host())
 }
 
-/// The access logs of the running masters' locations that proxy to `ports`, in a format the
-/// join reads (JSON with `$request_id`, as the README's `log_format edgewatch`), as this
-/// process reaches them: the path itself in the same mount namespace, else through
-/// `/proc/PID/root`.
-pub fn gateway_access_logs(ports: &[u16]) -> Vec<PathBuf> {
-    let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
+/// One running proxy's configuration as read now.
+pub struct Running {
+    /// `nginx master PID (FILE)` or `caddy PID (SOURCE)`.
+    pub source: String,
+    pub pid: u32,
+    pub routes: Result<Vec<edgewatch_core::proxy::Route>, String>,
+    /// The files read (nginx) and a digest of what was read (Caddy's JSON): what a change
+    /// shows in.
+    pub files: Vec<PathBuf>,
+    pub digest: u64,
+}
+
+/// Every running nginx master and Caddy, read as each runs.
+pub fn running_proxies() -> Vec<Running> {
     let mut out = Vec::new();
     for m in nginx_masters() {
-        let Ok(tree) = load_master(&m) else { continue };
+        let (tree, files) = load_master_files(&m);
+        out.push(Running {
+            source: format!("nginx master {} ({})", m.pid, m.conf.display()),
+            pid: m.pid,
+            routes: tree
+                .map(|t| edgewatch_core::proxy::routes::routes(&t))
+                .map_err(|e| format!("nginx master {}: {e}", m.pid)),
+            files,
+            digest: 0,
+        });
+    }
+    for c in caddy_instances() {
+        let (source, routes, digest) = match load_caddy(&c) {
+            Ok((routes, source, digest)) => (source, Ok(routes), digest),
+            Err(e) => (format!("caddy {}", c.pid), Err(e), 0),
+        };
+        out.push(Running {
+            source,
+            pid: c.pid,
+            routes,
+            files: c
+                .config
+                .iter()
+                .map(|p| RootFiles::of_process(c.pid).under(p))
+                .collect(),
+            digest,
+        });
+    }
+    out
+}
+
+/// The access logs of the running proxies' routes to `ports`, in a format the join reads
+/// (JSON with the request id: the README's `log_format edgewatch`, Caddy's JSON log with the
+/// X-Request-Id response header), as this process reaches them: the path itself in the same
+/// mount namespace, else through `/proc/PID/root`.
+pub fn gateway_access_logs(running: &[Running], ports: &[u16]) -> Vec<PathBuf> {
+    let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let mut out = Vec::new();
+    for p in running {
+        let Ok(routes) = &p.routes else { continue };
         let same_ns = own_ns.is_some()
-            && std::fs::read_link(format!("/proc/{}/ns/mnt", m.pid)).ok() == own_ns;
-        for r in edgewatch_core::proxy::routes::routes(&tree) {
+            && std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid)).ok() == own_ns;
+        for r in routes {
             if !r.targets.iter().any(|t| ports.contains(&t.port)) {
                 continue;
             }
             for log in &r.access_logs {
-                let joinable = log
-                    .format_text
-                    .as_deref()
-                    .is_some_and(|t| t.trim_start().starts_with('{') && t.contains("$request_id"));
+                let joinable = log.json && log.request_id == Some(true);
                 let path = Path::new(&log.path);
                 if !joinable || !path.is_absolute() {
                     continue;
@@ -194,7 +238,7 @@ pub fn gateway_access_logs(ports: &[u16]) -> Vec<PathBuf> {
                 let reach = if same_ns {
                     path.to_path_buf()
                 } else {
-                    RootFiles::of_process(m.pid).under(path)
+                    RootFiles::of_process(p.pid).under(path)
                 };
                 if !out.contains(&reach) {
                     out.push(reach);
@@ -203,6 +247,174 @@ pub fn gateway_access_logs(ports: &[u16]) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A running Caddy (`caddy run`, also what `caddy start` leaves running).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct CaddyInstance {
+    pub pid: u32,
+    /// `--config`, as Caddy sees it (relative to its working directory).
+    pub config: Option<PathBuf>,
+    pub adapter: Option<String>,
+}
+
+/// Every `caddy run` process.
+pub fn caddy_instances() -> Vec<CaddyInstance> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<CaddyInstance> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if comm.trim() != "caddy" {
+                return None;
+            }
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.get(1).map(String::as_str) != Some("run") {
+                return None;
+            }
+            let flag = |f: &str| {
+                args.iter().enumerate().find_map(|(i, a)| {
+                    a.strip_prefix(&format!("{f}="))
+                        .map(str::to_owned)
+                        .or_else(|| (a == f).then(|| args.get(i + 1).cloned()).flatten())
+                })
+            };
+            let config = flag("--config").map(|c| {
+                let c = PathBuf::from(c);
+                if c.is_relative() {
+                    // Relative to its working directory, as Caddy opened it.
+                    std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .map(|cwd| cwd.join(&c))
+                        .unwrap_or(c)
+                } else {
+                    c
+                }
+            });
+            Some(CaddyInstance {
+                pid,
+                config,
+                adapter: flag("--adapter"),
+            })
+        })
+        .collect();
+    out.sort_by_key(|c| c.pid);
+    out
+}
+
+/// Whether a Caddy configuration file is JSON (its adapter, or its name).
+fn is_json(c: &CaddyInstance) -> bool {
+    match c.adapter.as_deref() {
+        Some(a) => a == "json",
+        None => c
+            .config
+            .as_ref()
+            .is_some_and(|p| p.extension().is_some_and(|e| e == "json")),
+    }
+}
+
+/// The admin endpoint a Caddy configuration declares: JSON's `admin.listen`, a Caddyfile's
+/// global `admin` option; `localhost:2019` by default; None when it is off or a socket file.
+pub fn caddy_admin(text: &str, json: bool) -> Option<String> {
+    let listen = if json {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        if v["admin"]["disabled"] == true {
+            return None;
+        }
+        v["admin"]["listen"].as_str().map(str::to_owned)
+    } else {
+        // The global options block is the file's first block when it has no site address.
+        let mut lines = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty());
+        if lines.next() == Some("{") {
+            lines
+                .take_while(|l| *l != "}")
+                .find_map(|l| l.strip_prefix("admin").map(|rest| rest.trim().to_owned()))
+                .map(|a| a.trim_end_matches('{').trim().to_owned())
+        } else {
+            None
+        }
+    };
+    match listen.as_deref() {
+        Some("off") => None,
+        Some(a) if a.starts_with("unix/") => None,
+        Some("") | None => Some("localhost:2019".to_owned()),
+        Some(a) if a.starts_with(':') => Some(format!("localhost{a}")),
+        Some(a) => Some(a.to_owned()),
+    }
+}
+
+/// One Caddy's routes: from its admin API when it answers (the configuration it runs), else
+/// from its JSON config file. A Caddyfile is only read through the admin API (adapting it would
+/// mean running the monitored binary as root). Returns the routes, the source's name and a
+/// digest of what was read (a change shows as a new digest).
+pub fn load_caddy(
+    c: &CaddyInstance,
+) -> Result<(Vec<edgewatch_core::proxy::Route>, String, u64), String> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut files = RootFiles::of_process(c.pid);
+    let file_text = c.config.as_ref().map(|p| files.read(p));
+    let json = is_json(c);
+    let admin = match &file_text {
+        Some(Ok(text)) => caddy_admin(text, json),
+        Some(Err(_)) | None => Some("localhost:2019".to_owned()),
+    };
+    let digest = |text: &str| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        h.finish()
+    };
+    let mut why = Vec::new();
+    if let Some(addr) = &admin {
+        let url = format!("http://{addr}/config/");
+        let got = crate::outbound::Http::new(None, std::time::Duration::from_secs(2))
+            .and_then(|http| crate::outbound::block_on(http.get_limited(&url, 16 << 20)))
+            .and_then(|r| r);
+        match got {
+            Ok(a) if a.status == 200 => match serde_json::from_str(&a.body) {
+                Ok(v) => {
+                    let source = format!("caddy admin {addr}");
+                    let routes =
+                        edgewatch_core::proxy::caddy::routes(&v, &format!("{source} /config"));
+                    return Ok((
+                        routes,
+                        format!("caddy {} ({source})", c.pid),
+                        digest(&a.body),
+                    ));
+                }
+                Err(e) => why.push(format!(
+                    "its admin API at {addr} answered something that is not JSON: {e}"
+                )),
+            },
+            Ok(a) => why.push(format!("its admin API at {url} answered {}", a.status)),
+            Err(e) => why.push(format!("its admin API at {url} did not answer: {e:#}")),
+        }
+    } else {
+        why.push("its admin API is off".to_owned());
+    }
+    match (&c.config, file_text) {
+        (Some(path), Some(Ok(text))) if json => match serde_json::from_str(&text) {
+            Ok(v) => {
+                let routes = edgewatch_core::proxy::caddy::routes(&v, &format!("{}#", path.display()));
+                Ok((routes, format!("caddy {} ({})", c.pid, path.display()), digest(&text)))
+            }
+            Err(e) => Err(format!("caddy {}: {} is not JSON: {e}", c.pid, path.display())),
+        },
+        (Some(path), Some(Err(e))) => Err(format!("caddy {}: {}; reading {}: {e}", c.pid, why.join("; "), path.display())),
+        _ => Err(format!(
+            "caddy {}: {}; a Caddyfile is read only through the admin API (keep `admin` on loopback)",
+            c.pid,
+            why.join("; ")
+        )),
+    }
 }
 
 /// Configuration files sent in with a capture (`--proxy-config`): their routes and the
@@ -222,6 +434,14 @@ pub fn offline_model(
     }
     let mut routes = Vec::new();
     for f in files {
+        // Caddy's JSON (`caddy adapt` output, or its config file), else nginx.
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("--proxy-config {}: {e}", f.display()))?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            let prefix = format!("{}#", f.display());
+            routes.extend(edgewatch_core::proxy::caddy::routes(&v, &prefix));
+            continue;
+        }
         let tree = load_file(f).map_err(|e| anyhow::anyhow!("--proxy-config: {e}"))?;
         routes.extend(edgewatch_core::proxy::routes::routes(&tree));
     }
@@ -237,6 +457,32 @@ pub fn offline_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caddy_admin_addresses() {
+        assert_eq!(
+            caddy_admin("gw.test {\n reverse_proxy :1\n}\n", false).as_deref(),
+            Some("localhost:2019")
+        );
+        assert_eq!(
+            caddy_admin("{\n\tadmin 127.0.0.1:2999\n}\n:80 {\n}\n", false).as_deref(),
+            Some("127.0.0.1:2999")
+        );
+        assert_eq!(caddy_admin("# c\n{\n  admin off\n}\n", false), None);
+        assert_eq!(
+            caddy_admin("{\n  admin :2020 {\n  }\n}\n", false).as_deref(),
+            Some("localhost:2020")
+        );
+        assert_eq!(caddy_admin(r#"{"admin":{"disabled":true}}"#, true), None);
+        assert_eq!(
+            caddy_admin(r#"{"admin":{"listen":"127.0.0.1:7"}}"#, true).as_deref(),
+            Some("127.0.0.1:7")
+        );
+        assert_eq!(
+            caddy_admin(r#"{"apps":{}}"#, true).as_deref(),
+            Some("localhost:2019")
+        );
+    }
 
     #[test]
     fn the_master_command_line() {

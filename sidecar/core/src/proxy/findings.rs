@@ -178,7 +178,8 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
         v.contains("upgrade") || v.starts_with('$')
     });
     let http11 = r.http_version.value == "1.1";
-    if !(upgrade && connection && http11) {
+    // Caddy forwards the upgrade itself.
+    if r.proxy != "caddy" && !(upgrade && connection && http11) {
         let mut missing = Vec::new();
         if !http11 {
             missing.push(format!(
@@ -253,17 +254,13 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
         });
     }
     for log in &r.access_logs {
-        let logged = log
-            .format_text
-            .as_deref()
-            .is_some_and(|t| t.contains("$request_id"));
-        if log.path != "off" && log.format_text.is_some() && !logged {
+        if log.path != "off" && log.request_id == Some(false) {
             out.push(Finding {
                 rule: "config.request_id_not_logged",
                 severity: Severity::Warning,
                 at: log.at.clone().unwrap_or_else(|| r.location_at.clone()),
                 summary: format!(
-                    "{} access log {} (format {}) has no $request_id: requests join the hop by time only",
+                    "{} access log {} (format {}) has no request id: requests join the hop by time only",
                     r.proxy, log.path, log.format
                 ),
                 first_move: MOVE_RID_LOG,

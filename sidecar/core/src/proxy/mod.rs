@@ -2,9 +2,11 @@
 //! the Gateway before a user finds out (pure; the sidecar finds and reads the files).
 //!
 //! [`nginx`] parses nginx's language with positions and follows `include`; [`routes`] turns
-//! the tree into the locations that proxy, with inheritance applied; [`findings`] checks them
+//! the tree into the locations that proxy, with inheritance applied; [`caddy`] reads Caddy's
+//! JSON into the same routes; [`findings`] checks them
 //! against what listens on this machine and the Gateway's port, each finding citing
 //! `file:line` and the runbook's first move (rule family `config.*`).
+pub mod caddy;
 pub mod config;
 pub mod findings;
 pub mod nginx;

@@ -15,8 +15,14 @@ pub struct Source {
 }
 
 impl std::fmt::Display for Source {
+    /// `file:line`; a JSON configuration (Caddy's) has no lines, its `file` names the object
+    /// (`caddy admin 127.0.0.1:2019 /config/apps/http/...`), shown alone.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}", self.file, self.line)
+        }
     }
 }
 

@@ -29,9 +29,34 @@ pub struct Header {
 pub struct AccessLog {
     pub path: String,
     pub format: String,
-    /// The format's text (None: a format not defined in this configuration).
+    /// The format's text (None: a format not defined in this configuration, or Caddy's JSON).
     pub format_text: Option<String>,
+    /// Whether its lines carry the request id (None: not known, the format is not here).
+    pub request_id: Option<bool>,
+    /// JSON lines (the join reads nginx's JSON formats and Caddy's).
+    pub json: bool,
     pub at: Option<Source>,
+}
+
+impl AccessLog {
+    /// An nginx `access_log` with the text of its format.
+    pub fn nginx(
+        path: String,
+        format: String,
+        format_text: Option<String>,
+        at: Option<Source>,
+    ) -> Self {
+        Self {
+            request_id: format_text.as_deref().map(|t| t.contains("$request_id")),
+            json: format_text
+                .as_deref()
+                .is_some_and(|t| t.trim_start().starts_with('{')),
+            path,
+            format,
+            format_text,
+            at,
+        }
+    }
 }
 
 /// Where a `proxy_pass` sends requests.
@@ -158,12 +183,12 @@ impl Inherited {
             .filter_map(|d| {
                 let path = d.args.first()?.clone();
                 let format = d.args.get(1).cloned().unwrap_or_else(|| "combined".into());
-                Some(AccessLog {
-                    format_text: format_text(&format, formats),
+                Some(AccessLog::nginx(
                     path,
-                    format,
-                    at: Some(d.at.clone()),
-                })
+                    format.clone(),
+                    format_text(&format, formats),
+                    Some(d.at.clone()),
+                ))
             })
             .collect();
         if !logs.is_empty() {
@@ -294,12 +319,12 @@ fn locations(level: &[Directive], inherited: &Inherited, cx: &Context<'_>, out: 
                 read_timeout: mine.read_timeout.clone(),
                 send_timeout: mine.send_timeout.clone(),
                 access_logs: mine.access_logs.clone().unwrap_or_else(|| {
-                    vec![AccessLog {
-                        path: "logs/access.log".into(),
-                        format: "combined".into(),
-                        format_text: format_text("combined", cx.formats),
-                        at: None,
-                    }]
+                    vec![AccessLog::nginx(
+                        "logs/access.log".into(),
+                        "combined".into(),
+                        format_text("combined", cx.formats),
+                        None,
+                    )]
                 }),
             });
         }
