@@ -224,6 +224,17 @@ fn findings_from_a_running_nginx_cite_their_lines_and_go_after_a_fixing_reload()
     assert_eq!(routes.len(), 2, "{routes:#?}");
     assert_eq!(routes[0]["targets"][0]["listener"], "listening");
     assert_eq!(routes[1]["targets"][0]["listener"], "nothing listens");
+    assert_eq!(
+        routes[1]["verdict"],
+        serde_json::json!(["config.stale_upstream_port"])
+    );
+    assert!(
+        routes[0]["verdict"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|r| r == "config.websocket_half_path")),
+        "{:#}",
+        routes[0]
+    );
 
     // Offline, from the files: the same findings.
     let conf = nginx.dir.path().join("nginx.conf");

@@ -104,7 +104,7 @@ pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Resul
         };
         let found = proxy::findings(routes, &facts);
         outcome.findings += found.len();
-        write_routes(&mut out, format, &read.source, routes, &listeners)?;
+        write_routes(&mut out, format, &read.source, routes, &listeners, &found)?;
         for f in &found {
             write_finding(&mut out, format, f)?;
         }
@@ -132,12 +132,24 @@ fn print(
     }
 }
 
+/// The rules of the findings about this route: its verdict.
+fn verdict(r: &Route, found: &[Finding]) -> Vec<&'static str> {
+    let mut rules: Vec<&'static str> = found
+        .iter()
+        .filter(|f| f.route == r.location_at)
+        .map(|f| f.rule)
+        .collect();
+    rules.dedup();
+    rules
+}
+
 fn write_routes(
     out: &mut impl std::io::Write,
     format: Format,
     source: &str,
     routes: &[Route],
     listeners: &[(IpAddr, u16)],
+    found: &[Finding],
 ) -> std::io::Result<()> {
     let who = |host: &str, port: u16| {
         let listens = listeners.iter().any(|(a, p)| {
@@ -156,6 +168,7 @@ fn write_routes(
         for r in routes {
             let mut v = serde_json::to_value(r).unwrap_or_default();
             v["source"] = source.into();
+            v["verdict"] = verdict(r, found).into();
             v["type"] = "route".into();
             for t in v["targets"].as_array_mut().into_iter().flatten() {
                 let (host, port) = (
@@ -178,6 +191,7 @@ fn write_routes(
         "who listens",
         "read timeout",
         "at",
+        "verdict",
     ]);
     for r in routes {
         let targets = if r.targets.is_empty() {
@@ -205,6 +219,10 @@ fn write_routes(
                     format!("{}s", r.read_timeout.value.as_secs_f64())
                 },
                 r.location_at.to_string(),
+                match verdict(r, found).as_slice() {
+                    [] => "ok".to_owned(),
+                    rules => rules.join(", "),
+                },
             ]);
         }
     }

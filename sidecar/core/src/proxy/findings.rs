@@ -30,6 +30,8 @@ pub struct Finding {
     pub summary: String,
     pub first_move: &'static str,
     pub evidence: serde_json::Value,
+    /// The route it is about (its location's position).
+    pub route: Source,
 }
 
 impl Finding {
@@ -100,6 +102,7 @@ pub fn findings(routes: &[Route], facts: &Facts<'_>) -> Vec<Finding> {
         }
         for t in to_gateway.iter().filter(|t| !is_loopback(&t.host)) {
             out.push(Finding {
+                route: r.location_at.clone(),
                 rule: "config.non_loopback_upstream",
                 severity: Severity::Critical,
                 at: t.at.clone(),
@@ -149,6 +152,7 @@ fn stale(r: &Route, facts: &Facts<'_>, gateway_listens: &[String], out: &mut Vec
             )
         };
         out.push(Finding {
+            route: r.location_at.clone(),
             rule: "config.stale_upstream_port",
             severity: if elsewhere {
                 Severity::Critical
@@ -194,6 +198,7 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
             missing.push("proxy_set_header Connection \"upgrade\"".to_owned());
         }
         out.push(Finding {
+            route: r.location_at.clone(),
             rule: "config.websocket_half_path",
             severity: Severity::Critical,
             at: r.location_at.clone(),
@@ -221,6 +226,7 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
                 ),
             };
             out.push(Finding {
+                route: r.location_at.clone(),
                 rule: "config.short_timeout",
                 severity: Severity::Warning,
                 at,
@@ -242,6 +248,7 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
     }
     if r.header("x-request-id").is_none() {
         out.push(Finding {
+            route: r.location_at.clone(),
             rule: "config.request_id_not_forwarded",
             severity: Severity::Warning,
             at: r.location_at.clone(),
@@ -256,6 +263,7 @@ fn gateway_route(r: &Route, facts: &Facts<'_>, out: &mut Vec<Finding>) {
     for log in &r.access_logs {
         if log.path != "off" && log.request_id == Some(false) {
             out.push(Finding {
+                route: r.location_at.clone(),
                 rule: "config.request_id_not_logged",
                 severity: Severity::Warning,
                 at: log.at.clone().unwrap_or_else(|| r.location_at.clone()),

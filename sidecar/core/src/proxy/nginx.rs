@@ -511,4 +511,75 @@ mod tests {
         let e = load(Path::new("/l.conf"), Path::new("/"), &mut fs).err();
         assert!(e.is_some_and(|e| e.message.contains("deeper")));
     }
+
+    /// Debian 12's own configuration (nginx-light, unchanged) with the runbook's Gateway site
+    /// enabled beside the default one: parsed whole, includes and all, one route, one finding.
+    #[test]
+    fn debian_default_configuration_with_the_gateway_site() {
+        macro_rules! fixture {
+            ($name:literal) => {
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../../tests/fixtures/nginx/debian/",
+                    $name
+                ))
+            };
+        }
+        let mut fs = Mem(vec![
+            ("/etc/nginx/nginx.conf", fixture!("nginx.conf")),
+            ("/etc/nginx/mime.types", fixture!("mime.types")),
+            ("/etc/nginx/proxy_params", fixture!("proxy_params")),
+            (
+                "/etc/nginx/modules-enabled/50-mod-http-echo.conf",
+                fixture!("50-mod-http-echo.conf"),
+            ),
+            (
+                "/etc/nginx/sites-enabled/default",
+                fixture!("sites-default"),
+            ),
+            (
+                "/etc/nginx/sites-enabled/gateway",
+                fixture!("sites-gateway"),
+            ),
+        ]);
+        let tree = load(
+            Path::new("/etc/nginx/nginx.conf"),
+            Path::new("/etc/nginx"),
+            &mut fs,
+        );
+        let tree = match tree {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let routes = crate::proxy::routes::routes(&tree);
+        assert_eq!(routes.len(), 1, "{routes:#?}");
+        let r = &routes[0];
+        assert_eq!(r.listen, ["443", "[::]:443"]);
+        assert_eq!(
+            r.location_at.to_string(),
+            "/etc/nginx/sites-enabled/gateway:20"
+        );
+        assert_eq!(
+            (r.targets[0].host.as_str(), r.targets[0].port),
+            ("127.0.0.1", 18789)
+        );
+        let listeners = [(std::net::IpAddr::from([127, 0, 0, 1]), 18789)];
+        let f = crate::proxy::findings(
+            &routes,
+            &crate::proxy::Facts {
+                listeners: Some(&listeners),
+                gateway_ports: &[18789],
+                min_read_timeout: std::time::Duration::from_secs(600),
+            },
+        );
+        // Debian's http-level access_log uses nginx's combined format: no request id.
+        let got: Vec<(&str, String)> = f.iter().map(|f| (f.rule, f.at.to_string())).collect();
+        assert_eq!(
+            got,
+            [(
+                "config.request_id_not_logged",
+                "/etc/nginx/nginx.conf:40".to_owned()
+            )]
+        );
+    }
 }
