@@ -31,24 +31,9 @@ fn manifest() -> Value {
     serde_json::from_str(&text).expect("image.json")
 }
 
-/// The compose example's `edgewatch` service, as JSON (PyYAML).
+/// The compose example's `edgewatch` service.
 fn compose_service() -> Value {
-    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose.example.yaml");
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(&compose)
-        .output()
-        .expect("python3 (cargo xtask test installs python3-yaml)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let c: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    c["services"]["edgewatch"].clone()
+    support::compose_example()["services"]["edgewatch"].clone()
 }
 
 /// Where each of the compose file's volumes is on this host, for one run.

@@ -113,6 +113,16 @@ fn proxies(args: &[&str], gateway: u16) -> (i32, Vec<Value>) {
     (out.status.code().unwrap_or(-1), json_lines(&stdout))
 }
 
+/// The `proxy_error` line's error.
+fn error_of(lines: &[Value]) -> String {
+    lines
+        .iter()
+        .find(|v| v["type"] == "proxy_error")
+        .and_then(|v| v["error"].as_str())
+        .unwrap_or_else(|| panic!("an error line: {lines:#?}"))
+        .to_owned()
+}
+
 fn findings(lines: &[Value]) -> Vec<(String, String)> {
     let mut f: Vec<(String, String)> = lines
         .iter()
@@ -294,14 +304,9 @@ fn a_configuration_nginx_would_refuse_is_an_error_with_its_line() {
     std::fs::write(&conf, "http {\n  server {\n    listen 80\n  }\n}\n").expect("write");
     let (code, lines) = proxies(&["--proxy-config", conf.to_str().expect("path")], 18789);
     assert_eq!(code, 1, "{lines:#?}");
-    let err = lines
-        .iter()
-        .find(|v| v["type"] == "proxy_error")
-        .expect("an error line");
+    let err = error_of(&lines);
     assert!(
-        err["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("bad.conf:4") && e.contains("not terminated")),
+        err.contains("bad.conf:4") && err.contains("not terminated"),
         "{err}"
     );
 }
@@ -662,15 +667,7 @@ fn caddy_through_its_admin_api_and_its_json_file() {
     );
     let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
     assert_eq!(code, 1, "{lines:#?}");
-    let err = lines
-        .iter()
-        .find(|v| v["type"] == "proxy_error")
-        .expect("an error line");
-    assert!(
-        err["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("admin API is off")),
-        "{err}"
-    );
+    let err = error_of(&lines);
+    assert!(err.contains("admin API is off"), "{err}");
     drop(gateway);
 }

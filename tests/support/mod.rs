@@ -541,3 +541,24 @@ pub fn config_watching(ports: &[u16], extra: &str) -> String {
          [metrics]\nlisten = \"127.0.0.1:0\"\n"
     )
 }
+
+/// `sidecar/deploy/compose.example.yaml` as JSON, read with Python's YAML (Debian's
+/// python3-yaml): the file must parse.
+pub fn compose_example() -> serde_json::Value {
+    let compose =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose.example.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(&compose)
+        .output()
+        .expect("python3 (cargo xtask test installs python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}

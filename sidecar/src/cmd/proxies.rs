@@ -71,12 +71,8 @@ pub fn run(config: &Config, args: &ProxiesArgs, format: Format) -> anyhow::Resul
                 .unwrap_or_default()
         );
     }
-    let listeners: Vec<(IpAddr, u16)> = sockdiag::listeners()
-        .map_err(|e| anyhow::anyhow!("listing listening sockets: {e}"))?
-        .into_iter()
-        .filter(|s| s.proto == edgewatch_core::exposure::Proto::Tcp)
-        .map(|s| (s.addr, s.port))
-        .collect();
+    let listeners =
+        sockdiag::tcp_listening().map_err(|e| anyhow::anyhow!("listing listening sockets: {e}"))?;
     let facts = Facts {
         listeners: Some(&listeners),
         gateway_ports: &config.hop.ports,
@@ -271,13 +267,7 @@ pub(crate) fn check_facts(config: &Config, port: u16) -> crate::check::ProxyFact
         .filter(|r| r.targets.iter().any(|t| t.port == port))
         .map(|r| format!("location {} ({})", r.location, r.location_at))
         .collect();
-    let listeners: Option<Vec<(std::net::IpAddr, u16)>> =
-        crate::sources::sockdiag::listeners().ok().map(|l| {
-            l.into_iter()
-                .filter(|s| s.proto == crate::exposure::Proto::Tcp)
-                .map(|s| (s.addr, s.port))
-                .collect()
-        });
+    let listeners = sockdiag::tcp_listening().ok();
     facts.findings = edgewatch_core::proxy::findings(
         &routes,
         &edgewatch_core::proxy::Facts {

@@ -4,7 +4,7 @@
 //! recomputed against the listeners each poll (a Gateway moved to another port makes a
 //! `proxy_pass` stale without any file changing).
 //! What changed goes to the pipeline, which opens and resolves the `config.*` incidents.
-use std::{net::IpAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use edgewatch_core::proxy::{self, routes::routes, Facts, Finding, Route};
 
@@ -115,12 +115,8 @@ impl ProxyWatch {
                 ));
             }
         }
-        let listeners: Option<Vec<(IpAddr, u16)>> = sockdiag::listeners().ok().map(|l| {
-            l.into_iter()
-                .filter(|s| s.proto == edgewatch_core::exposure::Proto::Tcp)
-                .map(|s| (s.addr, s.port))
-                .collect()
-        });
+        // Unknown (sock_diag failed): nothing is judged by what listens.
+        let listeners = sockdiag::tcp_listening().ok();
         let facts = Facts {
             listeners: listeners.as_deref(),
             gateway_ports: &config.hop.ports,

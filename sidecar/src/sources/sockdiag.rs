@@ -41,6 +41,15 @@ pub enum SockDiagError {
     Decode(String),
 }
 
+/// The listening TCP sockets' addresses and ports (what a proxy's upstream can reach).
+pub fn tcp_listening() -> Result<Vec<(std::net::IpAddr, u16)>, SockDiagError> {
+    Ok(listeners()?
+        .into_iter()
+        .filter(|s| s.proto == Proto::Tcp)
+        .map(|s| (s.addr, s.port))
+        .collect())
+}
+
 /// Lists listening TCP and bound UDP sockets of both families.
 pub fn listeners() -> Result<Vec<DiagSocket>, SockDiagError> {
     let mut out = Vec::new();
