@@ -244,14 +244,14 @@ fn user_agent() -> &'static str {
     concat!("edgewatch/", env!("CARGO_PKG_VERSION"))
 }
 
-/// The URI without its query (webhook tokens travel there).
+/// The URI's scheme and host only: webhook tokens travel in paths (`/services/T0/B0/XXXX`) and
+/// queries, and errors end up in logs. Callers name the URL the way they show it.
 fn redact(uri: &http::Uri) -> String {
-    format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        uri.path()
-    )
+    let host = uri.host().unwrap_or("");
+    match uri.port_u16() {
+        Some(port) => format!("{}://{host}:{port}", uri.scheme_str().unwrap_or("http")),
+        None => format!("{}://{host}", uri.scheme_str().unwrap_or("http")),
+    }
 }
 
 /// An error with its causes, hyper's "client error (Connect)" alone says too little.
@@ -266,12 +266,17 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Runs `future` to completion from synchronous code: on the runtime whose context this thread
-/// has (a `spawn_blocking` thread), else on a current-thread runtime made for it. Not for a
-/// runtime's worker threads (they must `.await`).
+/// Runs `future` to completion from synchronous code: on the multi-thread runtime whose
+/// context this thread has (a worker, through `block_in_place`; a `spawn_blocking` thread), else
+/// on a current-thread runtime made for it. A current-thread runtime's own thread cannot block
+/// on it: an error.
 pub fn block_on<F: Future>(future: F) -> anyhow::Result<F::Output> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => Ok(handle.block_on(future)),
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        Ok(_) => anyhow::bail!("cannot wait for an HTTP request on a current-thread runtime"),
         Err(_) => Ok(tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -305,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn block_on_from_anywhere() {
+        assert_eq!(block_on(async { 1 }).ok(), Some(1), "no runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build();
+        let Ok(rt) = rt else { return };
+        // From a worker (an async task that calls synchronous code), and a blocking thread.
+        let on_worker =
+            rt.block_on(async { tokio::spawn(async { block_on(async { 2 }).ok() }).await });
+        assert_eq!(on_worker.ok().flatten(), Some(2));
+        let on_blocking =
+            rt.block_on(async { tokio::task::spawn_blocking(|| block_on(async { 3 }).ok()).await });
+        assert_eq!(on_blocking.ok().flatten(), Some(3));
+    }
+
+    #[test]
     fn one_configuration_per_ca_file() {
         let a = client_config(None).ok();
         let b = client_config(None).ok();
@@ -316,10 +338,11 @@ mod tests {
     }
 
     #[test]
-    fn errors_do_not_carry_the_query() {
-        let uri: http::Uri = "https://hooks.example/path?token=secret"
-            .parse()
-            .unwrap_or_default();
-        assert_eq!(redact(&uri), "https://hooks.example/path");
+    fn errors_carry_neither_the_path_nor_the_query() {
+        let uri: http::Uri =
+            "https://user:pw@hooks.example:8443/services/T0/B0/SECRET?token=secret"
+                .parse()
+                .unwrap_or_default();
+        assert_eq!(redact(&uri), "https://hooks.example:8443");
     }
 }

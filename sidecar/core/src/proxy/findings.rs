@@ -41,8 +41,9 @@ impl Finding {
     }
 }
 
-const MOVE_STALE: &str = "Point proxy_pass (or the upstream's server) at the port the Gateway \
-    listens on (openclaw gateway status), then reload the proxy (nginx -s reload).";
+const MOVE_STALE: &str = "Point proxy_pass (or the upstream's server; Caddy: reverse_proxy) at \
+    the port the Gateway listens on (openclaw gateway status), then reload the proxy (nginx -s \
+    reload, caddy reload).";
 const MOVE_HALF: &str = "In this location: proxy_http_version 1.1; proxy_set_header Upgrade \
     $http_upgrade; proxy_set_header Connection \"upgrade\"; then reload.";
 const MOVE_TIMEOUT: &str = "Raise proxy_read_timeout and proxy_send_timeout for the WebSocket \
