@@ -589,10 +589,10 @@ impl Drop for CaddyProc {
     }
 }
 
-/// Caddy read as it runs: through its admin API (a Caddyfile), or its JSON config file when
-/// the API is off; the same findings as nginx's where they apply (Caddy forwards the upgrade
-/// itself: never a half-path), each at the JSON path of the object; a Caddyfile with the API
-/// off is said to be unreadable, not skipped.
+/// Caddy read as it runs: through its admin API (a Caddyfile), its JSON config file when the
+/// API is off, or a Caddyfile with the API off through the machine's own `caddy adapt`; the
+/// same findings as nginx's where they apply (Caddy forwards the upgrade itself: never a
+/// half-path), each at the JSON path of the object; without a way to read it, said (exit 1).
 #[test]
 fn caddy_through_its_admin_api_and_its_json_file() {
     support::require_root();
@@ -658,7 +658,7 @@ fn caddy_through_its_admin_api_and_its_json_file() {
     );
     drop(caddy);
 
-    // A Caddyfile with the API off: unreadable, said (exit 1).
+    // A Caddyfile with the API off: adapted by the machine's own `caddy adapt`.
     let edge = free_port();
     let caddy = CaddyProc::start(
         "Caddyfile",
@@ -666,8 +666,42 @@ fn caddy_through_its_admin_api_and_its_json_file() {
         edge,
     );
     let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
-    assert_eq!(code, 1, "{lines:#?}");
-    let err = error_of(&lines);
-    assert!(err.contains("admin API is off"), "{err}");
+    assert_eq!(code, 3, "{lines:#?}");
+    let finding = lines
+        .iter()
+        .find(|v| v["rule"] == "config.request_id_not_forwarded")
+        .unwrap_or_else(|| panic!("the Gateway's route without X-Request-ID: {lines:#?}"));
+    let adapted = format!(
+        "{} (caddy adapt)#/apps/http/servers/",
+        caddy.file("Caddyfile")
+    );
+    assert!(
+        finding["at"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(&adapted)),
+        "{finding:#}"
+    );
+    // Without a caddy binary of its own to adapt with: unreadable, said (exit 1).
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(config.path(), format!("[hop]\nports = [{gw}]\n")).expect("write");
+    let out = Command::new(edgewatch_bin())
+        .args([
+            "proxies",
+            "--output",
+            "json",
+            "--pid",
+            &caddy.pid(),
+            "--config",
+        ])
+        .arg(config.path())
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("edgewatch proxies");
+    assert_eq!(out.status.code(), Some(1));
+    let err = error_of(&json_lines(&String::from_utf8_lossy(&out.stdout)));
+    assert!(
+        err.contains("admin API is off") && err.contains("caddy adapt"),
+        "{err}"
+    );
     drop(gateway);
 }
