@@ -177,7 +177,7 @@ pub fn proxy_step(port: u16, facts: &ProxyFacts) -> Step {
         return Step::new(
             "proxy",
             Status::Skip,
-            "no running nginx master found (only nginx's configuration is read)".to_owned(),
+            "the edge is not served by an nginx master or Caddy on this machine (its configuration is not read)".to_owned(),
             evidence,
         );
     }

@@ -393,7 +393,7 @@ pub async fn check(
     }
     push(bind_step(port, &inventory.exposures(), &policy), &mut steps);
     push(
-        proxy_step(port, &super::proxies::check_facts(config, port)),
+        proxy_step(port, &super::proxies::check_facts(config, port, addr)),
         &mut steps,
     );
 

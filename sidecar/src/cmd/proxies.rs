@@ -252,10 +252,21 @@ fn write_finding(
 }
 
 /// The running nginx masters' configuration, its routes to `port` and its findings.
-pub(crate) fn check_facts(config: &Config, port: u16) -> crate::check::ProxyFacts {
+/// The configuration of the proxy that serves `edge` (the nginx master or Caddy holding its
+/// listening socket, on this machine), its routes to `port` and its findings. Other proxies on
+/// the machine are not this check's business.
+pub(crate) fn check_facts(
+    config: &Config,
+    port: u16,
+    edge: std::net::SocketAddr,
+) -> crate::check::ProxyFacts {
     let mut facts = crate::check::ProxyFacts::default();
+    let owners = edge_owners(edge);
     let mut routes = Vec::new();
-    for p in proxies::running_proxies() {
+    for p in proxies::running_proxies()
+        .into_iter()
+        .filter(|p| owners.contains(&p.pid))
+    {
         match p.routes {
             Ok(r) => routes.extend(r),
             Err(e) => facts.unreadable.push(e),
@@ -277,4 +288,29 @@ pub(crate) fn check_facts(config: &Config, port: u16) -> crate::check::ProxyFact
         },
     );
     facts
+}
+
+/// The processes holding the listening socket of `edge` (and their parents: nginx's workers
+/// share the master's socket).
+fn edge_owners(edge: std::net::SocketAddr) -> Vec<u32> {
+    let Ok(listeners) = sockdiag::listeners() else {
+        return Vec::new();
+    };
+    let owners = crate::sources::procs::SocketOwners::scan();
+    let mut out = Vec::new();
+    for l in listeners.iter().filter(|l| {
+        l.proto == edgewatch_core::exposure::Proto::Tcp
+            && l.port == edge.port()
+            && (l.addr == edge.ip() || l.addr.is_unspecified())
+    }) {
+        if let Some(pid) = owners.owner(l.inode) {
+            out.push(pid);
+            let parent = procfs::process::Process::new(i32::try_from(pid).unwrap_or(0))
+                .and_then(|p| p.stat())
+                .ok()
+                .and_then(|st| u32::try_from(st.ppid).ok());
+            out.extend(parent);
+        }
+    }
+    out
 }
