@@ -196,6 +196,15 @@ impl Pipeline {
         packet.each_segment(ts_ns, |s| tracker.segment(s, fresh));
     }
 
+    /// Where the Gateway's ports have listeners now (`addr:port`), for the stale-port texts.
+    fn gateway_addrs(&self) -> Vec<String> {
+        self.hop_ports
+            .iter()
+            .flat_map(|p| self.listeners_on(*p))
+            .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
+            .collect()
+    }
+
     /// A connect or reset trace from the kernel, stamped `ts_ns` (Unix time): who owns the
     /// connection; a proxy's failed connect elsewhere is judged at once.
     pub fn conn_trace(&mut self, trace: &ConnTrace, ts_ns: u64, sink: &mut impl Sink) {
@@ -205,13 +214,7 @@ impl Pipeline {
         };
         match trace.what {
             ConnTraceKind::ConnectFailed => {
-                let gateway: Vec<String> = self
-                    .hop_ports
-                    .clone()
-                    .into_iter()
-                    .flat_map(|p| self.listeners_on(p))
-                    .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
-                    .collect();
+                let gateway = self.gateway_addrs();
                 self.engine.proxy_connect_failed(
                     trace.remote,
                     &process,
@@ -505,13 +508,7 @@ impl Pipeline {
                     .iter()
                     .any(|l| l.addr == a.ip() || l.addr.is_unspecified())
             });
-        let gateway: Vec<String> = self
-            .hop_ports
-            .clone()
-            .into_iter()
-            .flat_map(|p| self.listeners_on(p))
-            .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
-            .collect();
+        let gateway = self.gateway_addrs();
         self.engine.edge_upstream(
             record,
             &self.hop_ports,

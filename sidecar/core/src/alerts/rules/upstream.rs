@@ -282,11 +282,7 @@ impl Engine {
         } else {
             ""
         };
-        let gateway_text = if gateway.is_empty() {
-            format!("the Gateway's port is {}", list_ports(hop_ports))
-        } else {
-            format!("the Gateway listens on {}", gateway.join(", "))
-        };
+        let gateway_text = gateway_text(gateway, hop_ports);
         self.matched(
             Match {
                 key,
@@ -335,11 +331,7 @@ impl Engine {
         if !judged {
             return;
         }
-        let gateway_text = if gateway.is_empty() {
-            format!("the Gateway's port is {}", list_ports(hop_ports))
-        } else {
-            format!("the Gateway listens on {}", gateway.join(", "))
-        };
+        let gateway_text = gateway_text(gateway, hop_ports);
         self.matched(
             Match {
                 key: format!("{}:{remote}", rule::STALE_PORT),
@@ -412,5 +404,14 @@ pub(super) fn cut_by_upstream(s: &WsSession) -> Option<Value> {
         SessionEnd::Reset { from: Side::Server }
         | SessionEnd::FinWithoutClose { from: Side::Server } => Some(session_evidence(s)),
         _ => None,
+    }
+}
+
+/// Where the Gateway is, for a stale-port summary.
+fn gateway_text(gateway: &[String], hop_ports: &[u16]) -> String {
+    if gateway.is_empty() {
+        format!("the Gateway's port is {}", list_ports(hop_ports))
+    } else {
+        format!("the Gateway listens on {}", gateway.join(", "))
     }
 }
