@@ -101,6 +101,7 @@ fn opts(db: &str) -> SchemaOptions {
         database: db.to_owned(),
         ttl_days: 30,
         cluster: None,
+        per_node: false,
     }
 }
 
@@ -633,6 +634,7 @@ fn cluster_ddl_parses_on_the_real_server() {
         database: "edgewatch".into(),
         ttl_days: 30,
         cluster: Some("prod".into()),
+        per_node: false,
     };
     let mut all = o.migrations_table();
     all.extend(o.migrations().into_iter().flat_map(|m| m.statements));
@@ -700,6 +702,8 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let sender = ship::Sender {
             client: c.clone(),
+            peers: Vec::new(),
+            cluster_ddl: edgewatch::store::config::ClusterDdl::Auto,
             opts: opts(db),
             node: "test".into(),
             shared: spool.shared(),

@@ -112,6 +112,7 @@ async fn prepare(client: &clickhouse::Client, database: &str, node: &str) {
             database: database.into(),
             ttl_days: 30,
             cluster: None,
+            per_node: false,
         },
         node,
     )

@@ -18,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cluster;
 pub mod gateway;
 pub mod hop;
 pub mod store;
@@ -115,6 +116,31 @@ impl Lines {
                 if pred(&v) {
                     return v;
                 }
+            }
+        }
+    }
+
+    /// Watches the output for `within`: the first JSON line matching `pred`, or `None` when
+    /// none came in that time (the output going on, or ending, meanwhile). For asserting that
+    /// something does not happen during a stated period.
+    pub fn wait_for_within(&mut self, within: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if pred(&v) {
+                            return Some(v);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => return None,
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "output ended while watching; lines seen:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }

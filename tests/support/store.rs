@@ -34,6 +34,8 @@ pub const RUN_AS: &str = "edgewatch-ch";
 
 pub struct ClickHouse {
     child: Option<Child>,
+    /// A cluster node's native port and its `remote_servers` file.
+    node: Option<(u16, PathBuf)>,
     pub http_port: u16,
     pub dir: tempfile::TempDir,
     /// The password of user `edgewatch`.
@@ -48,12 +50,44 @@ impl ClickHouse {
         let secret = embedded::load_or_create_secret(&dir.path().join("secret")).unwrap();
         let mut ch = Self {
             child: None,
+            node: None,
             http_port: free_port(),
             dir,
             secret,
         };
         ch.spawn();
         ch
+    }
+
+    /// A node of a test cluster (`support::cluster`): `secret` is the password of user
+    /// `edgewatch` on every node, `cluster_xml` its `remote_servers`, `tcp_port` the native
+    /// port the other nodes' Distributed tables reach it on. Started with [`Self::spawn`].
+    pub fn node(secret: &str, http_port: u16, tcp_port: u16, cluster_xml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let write_private = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            path
+        };
+        write_private("secret", secret);
+        let xml = write_private("cluster.xml", cluster_xml);
+        Self {
+            child: None,
+            node: Some((tcp_port, xml)),
+            http_port,
+            dir,
+            secret: secret.to_owned(),
+        }
+    }
+
+    /// Kills the server (SIGKILL: no chance to flush anything) and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn secret_file(&self) -> PathBuf {
@@ -69,10 +103,16 @@ impl ClickHouse {
         self.child.as_ref().map(Child::id)
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(edgewatch_bin())
-            .arg("embedded-clickhouse")
+        let mut cmd = Command::new(edgewatch_bin());
+        cmd.arg("embedded-clickhouse");
+        if let Some((tcp_port, xml)) = &self.node {
+            cmd.args(["--tcp-port", &tcp_port.to_string()])
+                .arg("--cluster-config")
+                .arg(xml);
+        }
+        let child = cmd
             .arg("--library")
             .arg(library())
             .arg("--data-dir")

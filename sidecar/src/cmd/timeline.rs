@@ -39,6 +39,10 @@ pub struct TimelineArgs {
     /// Only the requests of this client address (as the edge logged it).
     #[arg(long, value_name = "IP")]
     client: Option<String>,
+    /// Only this node's rows (its `store.node`, the host name by default). Without it, every
+    /// node that wrote to the store: a fleet timeline names each event's node.
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
     /// Output format.
     #[arg(long, short, value_enum, default_value = "text", alias = "format")]
     output: TimelineFormat,
@@ -101,6 +105,7 @@ pub fn run(args: &TimelineArgs, config: &crate::config::Config) -> anyhow::Resul
             request_id: args.request_id.clone(),
             ports: Vec::new(),
             client: args.client.clone(),
+            node: None,
         };
         (build(&rows, &filter), None)
     } else {
@@ -131,6 +136,7 @@ pub fn run(args: &TimelineArgs, config: &crate::config::Config) -> anyhow::Resul
                 request_id: args.request_id.clone(),
                 ports: args.ports.clone(),
                 client: args.client.clone(),
+                node: args.node.clone(),
             };
             let (rows, cut) = source::clickhouse(&config.store, &filter)
                 .await

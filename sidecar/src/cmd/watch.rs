@@ -492,7 +492,19 @@ impl Watch {
                     schema_version,
                     url,
                     format,
-                } => format!("ClickHouse {server_version} at {url} ready (schema version {schema_version}; rows go as {format})"),
+                    cluster,
+                } => {
+                    let cluster = cluster.as_ref().map_or(String::new(), |c| {
+                        format!(
+                            "; cluster {} of {} shard(s), {} DDL, {} node(s) migrated",
+                            c.name,
+                            c.shards.map_or("?".to_owned(), |n| n.to_string()),
+                            c.ddl,
+                            c.migrated_nodes
+                        )
+                    });
+                    format!("ClickHouse {server_version} at {url} ready (schema version {schema_version}; rows go as {format}{cluster})")
+                }
                 StoreEvent::Incompatible { reason } => {
                     format!("ClickHouse cannot be used: {reason}; rows wait in the spool")
                 }

@@ -26,9 +26,17 @@ pub struct StoreConfig {
     /// Days rows are kept (table TTL); 0 keeps them forever. Changing it alters the tables
     /// at the next start.
     pub ttl_days: u32,
-    /// A cluster name: tables are created `ON CLUSTER` as Replicated `*_local` tables with
-    /// Distributed tables over them. Empty: one server.
+    /// A cluster name (as in the servers' `remote_servers`): rows live in `*_local` tables on
+    /// every node and are written and read through Distributed tables of the plain names.
+    /// Empty: one server.
     pub cluster: String,
+    /// How a cluster's schema is made: `on_cluster` (a keeper: `ON CLUSTER` DDL, Replicated
+    /// tables), `per_node` (no keeper: the DDL runs on every node of `cluster_nodes`, plain
+    /// MergeTree tables) or `auto` (`on_cluster` when the server has a keeper connection).
+    pub cluster_ddl: ClusterDdl,
+    /// Per-node DDL: the HTTP(S) URL of every node of the cluster (same user and password as
+    /// `url`). Nodes not listed must be migrated by a sidecar that points at them.
+    pub cluster_nodes: Vec<String>,
     /// This machine's name in every row (`node`); the host name when empty.
     pub node: String,
     /// A batch is sealed and sent at this many rows...
@@ -68,6 +76,8 @@ impl Default for StoreConfig {
             ca_file: None,
             ttl_days: 30,
             cluster: String::new(),
+            cluster_ddl: ClusterDdl::Auto,
+            cluster_nodes: Vec::new(),
             node: String::new(),
             batch_rows: 200_000,
             batch_bytes: 64 << 20,
@@ -78,6 +88,27 @@ impl Default for StoreConfig {
             format: WireFormat::Auto,
             snapshot_interval: Duration::from_secs(600),
             embedded: EmbeddedStoreConfig::default(),
+        }
+    }
+}
+
+/// How a cluster's schema is made (`store.cluster_ddl`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterDdl {
+    /// `on_cluster` when the server reports a keeper connection, else `per_node`.
+    #[default]
+    Auto,
+    OnCluster,
+    PerNode,
+}
+
+impl ClusterDdl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::OnCluster => "on_cluster",
+            Self::PerNode => "per_node",
         }
     }
 }
@@ -231,6 +262,29 @@ impl StoreConfig {
                 "store.spool_max_bytes",
                 st.spool_max_bytes.to_string(),
                 "must hold at least one batch (store.batch_bytes)",
+            ));
+        }
+        for node in &st.cluster_nodes {
+            if !(node.starts_with("http://") || node.starts_with("https://")) {
+                return Err(Invalid::new(
+                    "store.cluster_nodes",
+                    format!("{node:?}"),
+                    "each must be an http:// or https:// URL of a cluster node",
+                ));
+            }
+            if node.contains('@') || url_credentials(node).is_some() {
+                return Err(Invalid::new(
+                    "store.cluster_nodes",
+                    hidden,
+                    "credentials do not belong in the URL; the nodes share store.user and its password",
+                ));
+            }
+        }
+        if st.cluster.is_empty() && !st.cluster_nodes.is_empty() {
+            return Err(Invalid::new(
+                "store.cluster_nodes",
+                format!("{} node(s)", st.cluster_nodes.len()),
+                "needs store.cluster (the cluster's name in the servers' remote_servers)",
             ));
         }
         validate::absolute("store.spool_dir", &st.spool_dir)?;

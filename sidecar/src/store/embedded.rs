@@ -300,6 +300,18 @@ pub struct ServerArgs {
     /// Stop when this process is no longer the parent.
     #[arg(long)]
     pub parent_pid: Option<i32>,
+    /// For testing a fleet on one machine: this server is also a node of a cluster. The
+    /// file (XML: `remote_servers` with user `edgewatch` and its password, `macros`) is
+    /// merged into the server's configuration, the native TCP port (`--tcp-port`) opens
+    /// for the other nodes' Distributed tables, and the `edgewatch` user may create
+    /// Distributed tables. Never for a production store: on the native port the in-process
+    /// session's listener controls are reachable by local users (the HTTP port's handlers
+    /// keep them out; the native port has none).
+    #[arg(long, hide = true, requires = "tcp_port")]
+    pub cluster_config: Option<PathBuf>,
+    /// The native TCP port of a cluster node (with `--cluster-config`).
+    #[arg(long, hide = true, requires = "cluster_config")]
+    pub tcp_port: Option<u16>,
 }
 
 /// Gives the data directory to `user` (mode 0700). A directory that root owned (an embedded
@@ -372,7 +384,9 @@ fn chown_tree(path: &Path, user: &RunAs, moved: &mut u64) -> anyhow::Result<()> 
 }
 
 /// Writes the generated configuration, root-owned and readable by the server's group only.
-fn write_etc(etc: &Path, user: &RunAs, users: &str) -> anyhow::Result<()> {
+/// With `cluster`, the cluster node's settings go to `config.d/cluster.xml`, which the server
+/// merges into `config.xml`.
+fn write_etc(etc: &Path, user: &RunAs, users: &str, cluster: Option<&str>) -> anyhow::Result<()> {
     if std::fs::symlink_metadata(etc).is_ok() {
         std::fs::remove_dir_all(etc).with_context(|| format!("replacing {}", etc.display()))?;
     }
@@ -383,10 +397,21 @@ fn write_etc(etc: &Path, user: &RunAs, users: &str) -> anyhow::Result<()> {
     std::os::unix::fs::chown(etc, Some(0), Some(user.gid))
         .with_context(|| format!("chown {}", etc.display()))?;
     std::fs::set_permissions(etc, std::fs::Permissions::from_mode(0o750))?;
-    for (name, text) in [
+    let mut files = vec![
         ("config.xml", config_xml(etc)),
         ("users.xml", users.to_owned()),
-    ] {
+    ];
+    if let Some(text) = cluster {
+        let dir = etc.join("config.d");
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::os::unix::fs::chown(&dir, Some(0), Some(user.gid))
+            .with_context(|| format!("chown {}", dir.display()))?;
+        files.push(("config.d/cluster.xml", text.to_owned()));
+    }
+    for (name, text) in files {
         let path = etc.join(name);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -465,7 +490,19 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
     let etc = etc_dir(&a.data_dir);
     let hash = hex(&sha2::Sha256::digest(secret.as_bytes()));
     drop(secret);
-    write_etc(&etc, &user, &users_xml(&hash, &a.database))?;
+    let cluster = match &a.cluster_config {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        ),
+        None => None,
+    };
+    write_etc(
+        &etc,
+        &user,
+        &users_xml(&hash, &a.database, cluster.is_some()),
+        cluster.as_deref(),
+    )?;
 
     drop_privileges(&user)?;
     // As the server's account: the directory is its own and 0700, which root without
@@ -473,15 +510,23 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
     std::env::set_current_dir(&a.data_dir)
         .with_context(|| format!("entering {}", a.data_dir.display()))?;
 
-    let args = [
+    let (tcp_arg, tcp_listen) = match a.tcp_port {
+        Some(p) => (format!("--tcp_port={p}"), " SYSTEM START LISTEN TCP;"),
+        None => (String::new(), ""),
+    };
+    let args: Vec<String> = [
         "clickhouse".to_owned(),
         format!("--config-file={}", etc.join("config.xml").display()),
         format!("--path={}", a.data_dir.display()),
         "--listen_host=127.0.0.1".to_owned(),
         format!("--http_port={}", a.http_port),
+        tcp_arg,
         "--multiquery".to_owned(),
-        "--query=SYSTEM START LISTEN HTTP; SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0".to_owned(),
-    ];
+        format!("--query=SYSTEM START LISTEN HTTP;{tcp_listen} SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0"),
+    ]
+    .into_iter()
+    .filter(|a| !a.is_empty())
+    .collect();
     let cargs: Vec<CString> = args
         .iter()
         .map(|a| CString::new(a.as_str()))

@@ -5,6 +5,7 @@
 //! them to the spool (the rows are then safe from a killed process); sealed batches are sent
 //! by a background task, oldest first, each with a deduplication token, and deleted once
 //! ClickHouse has them.
+pub mod cluster;
 pub mod config;
 pub mod embedded;
 pub mod ship;
@@ -19,6 +20,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    store::config::ClusterDdl,
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Exposure},
     hop::HopRecord,
@@ -85,16 +87,34 @@ pub async fn server(
 }
 
 /// A client for the server at `url` with the credentials and TLS settings of `[store]`.
+/// With a cluster, inserts into the Distributed tables are synchronous: an insert succeeds
+/// only when every shard has its rows, so the spool keeps a batch until all of them do (a
+/// retried batch is deduplicated by its token on the shards that already took it).
 pub fn client_for(cfg: &StoreConfig, url: &str) -> anyhow::Result<clickhouse::Client> {
     let (user, password) = credentials(cfg)?;
-    Endpoint {
+    let client = Endpoint {
         url: url.to_owned(),
         user,
         password,
         ca_file: cfg.ca_file.clone(),
         timeout: cfg.timeout,
     }
-    .client(&cfg.database)
+    .client(&cfg.database)?;
+    Ok(if cfg.cluster.is_empty() {
+        client
+    } else {
+        client.with_setting("insert_distributed_sync", "1")
+    })
+}
+
+/// Clients for the cluster nodes other than `url` (`store.cluster_nodes`).
+fn cluster_peers(cfg: &StoreConfig, url: &str) -> anyhow::Result<cluster::Peers> {
+    let same = |a: &str| a.trim_end_matches('/') == url.trim_end_matches('/');
+    cfg.cluster_nodes
+        .iter()
+        .filter(|n| !same(n))
+        .map(|n| Ok((n.clone(), client_for(cfg, n)?)))
+        .collect()
 }
 
 /// This machine's name in rows and alerts: `store.node`, or the host name.
@@ -136,6 +156,7 @@ pub fn schema_options(cfg: &StoreConfig) -> schema::SchemaOptions {
         database: cfg.database.clone(),
         ttl_days: cfg.ttl_days,
         cluster: (!cfg.cluster.is_empty()).then(|| cfg.cluster.clone()),
+        per_node: cfg.cluster_ddl == ClusterDdl::PerNode,
     }
 }
 
@@ -207,13 +228,18 @@ impl Store {
         }
         let (embedded, url) = server(cfg).await?;
         let client = client_for(cfg, &url)?;
+        let peers = cluster_peers(cfg, &url)?;
         let opts = schema_options(cfg);
         let first_wait = cfg.timeout.min(Duration::from_secs(10));
         let mut prepared = None;
-        match tokio::time::timeout(first_wait, ship::prepare(&client, &opts, &node)).await {
-            Ok(Ok(version)) => {
-                tracing::info!(%version, %url, "ClickHouse ready");
-                prepared = Some(version);
+        let prepare = cluster::prepare(&client, &peers, cfg.cluster_ddl, &opts, &node);
+        match tokio::time::timeout(first_wait, prepare).await {
+            Ok(Ok(ready)) => {
+                match &ready.1 {
+                    Some(c) => tracing::info!(version = %ready.0, %url, cluster = ?c, "ClickHouse ready"),
+                    None => tracing::info!(version = %ready.0, %url, "ClickHouse ready"),
+                }
+                prepared = Some(ready);
             }
             Ok(Err(PrepareError::Incompatible(reason))) => {
                 anyhow::bail!("ClickHouse at {url} cannot be used: {reason}")
@@ -231,6 +257,8 @@ impl Store {
         let format = cfg.format.for_url(&url);
         let sender = Sender {
             client,
+            peers,
+            cluster_ddl: cfg.cluster_ddl,
             opts,
             node: node.clone(),
             shared: spool.shared(),

@@ -113,6 +113,9 @@ pub enum StoreEvent {
         url: String,
         /// `native` or `rowbinary`.
         format: &'static str,
+        /// With `store.cluster`: its DDL kind, shards and the nodes migrated.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cluster: Option<super::cluster::ClusterInfo>,
     },
     /// The server cannot be used (too old, schema mismatch): nothing is sent until the
     /// operator fixes it; rows wait in the spool.
@@ -132,15 +135,21 @@ pub enum StoreEvent {
     Sent { table: String, rows: u64 },
 }
 
-/// Connects, checks the version, applies the migrations and checks every table's columns.
-/// Returns the server's version. Every error says what to do.
-/// Long because each step (connect, version, migrations, columns) has its own remedy in
-/// its error message, and they must run in this order.
+/// Connects, checks the version, applies the migrations and checks every table's columns
+/// (one server; a cluster goes through `cluster::prepare`). Returns the server's version.
 pub async fn prepare(
     client: &Client,
     opts: &SchemaOptions,
     node: &str,
 ) -> Result<String, PrepareError> {
+    let version = server_version(client).await?;
+    migrate(client, opts, node).await?;
+    check_columns(client, opts).await?;
+    Ok(version)
+}
+
+/// The server's version, checked against the oldest this schema works on.
+pub async fn server_version(client: &Client) -> Result<String, PrepareError> {
     // The version query works on every server (old ones included): plain text, no
     // compression, no schema validation.
     let plain = client
@@ -165,6 +174,15 @@ pub async fn prepare(
             schema::MIN_SERVER.1
         )));
     }
+    Ok(version)
+}
+
+/// Creates the migrations table, applies what is missing and brings the TTL to the config,
+/// on the server of `client`. Every step is idempotent: two sidecars migrating one server at
+/// once both succeed.
+/// Long because each step (migrations table, migrations, TTL) has its own remedy in its
+/// error message, and they must run in this order.
+pub async fn migrate(client: &Client, opts: &SchemaOptions, node: &str) -> Result<(), PrepareError> {
     let admin = client.clone().with_database("default");
     let ddl = |sql: String| {
         let admin = admin.clone();
@@ -188,6 +206,7 @@ pub async fn prepare(
     let mig_table = format!(
         "{}.{}",
         schema::ident(&opts.database),
+        // The Distributed table with a keeper; each node's own table per node.
         schema::ident(schema::MIGRATIONS_TABLE)
     );
     let applied: Vec<u32> = admin
@@ -258,12 +277,12 @@ pub async fn prepare(
             );
         }
     }
-    check_columns(&admin, opts).await?;
-    Ok(version)
+    Ok(())
 }
 
 /// Compares each table's columns with what this build writes.
-async fn check_columns(admin: &Client, opts: &SchemaOptions) -> Result<(), PrepareError> {
+pub async fn check_columns(client: &Client, opts: &SchemaOptions) -> Result<(), PrepareError> {
+    let admin = client.clone().with_database("default");
     #[derive(Row, serde::Deserialize)]
     struct Col {
         table: String,
@@ -304,7 +323,7 @@ async fn check_columns(admin: &Client, opts: &SchemaOptions) -> Result<(), Prepa
     }
 }
 
-fn fail(what: &str, e: clickhouse::error::Error) -> PrepareError {
+pub(super) fn fail(what: &str, e: clickhouse::error::Error) -> PrepareError {
     if is_permanent(&e) || matches!(error_code(&e), Some(516 | 497 | 192 | 194)) {
         PrepareError::Incompatible(format!("{what}: {e}"))
     } else {
@@ -400,6 +419,9 @@ pub struct SenderStats {
 /// Sends sealed batches until `stop` is set and the spool is empty (or `stop` is forced).
 pub struct Sender {
     pub client: Client,
+    /// The other nodes of a cluster with per-node DDL.
+    pub peers: super::cluster::Peers,
+    pub cluster_ddl: super::config::ClusterDdl,
     pub opts: SchemaOptions,
     pub node: String,
     pub shared: Arc<Shared>,
@@ -409,9 +431,9 @@ pub struct Sender {
     /// Longest a request may take (a server that accepts and never answers is a failure,
     /// retried like any other, not a hang).
     pub timeout: Duration,
-    /// The server version when the caller already prepared the server (no second round of
-    /// checks at start).
-    pub prepared: Option<String>,
+    /// The server version (and cluster) when the caller already prepared the server (no
+    /// second round of checks at start).
+    pub prepared: Option<(String, Option<super::cluster::ClusterInfo>)>,
     /// How rows travel (`auto` already decided from the URL).
     pub format: WireFormat,
 }
@@ -437,19 +459,27 @@ impl Sender {
             let attempt = if let Some(version) = prepared.take() {
                 Ok(version)
             } else {
-                tokio::time::timeout(self.timeout, prepare(&self.client, &self.opts, &self.node))
+                let prepare = super::cluster::prepare(
+                    &self.client,
+                    &self.peers,
+                    self.cluster_ddl,
+                    &self.opts,
+                    &self.node,
+                );
+                tokio::time::timeout(self.timeout, prepare)
                     .await
                     .unwrap_or(Err(PrepareError::Unreachable(
                         clickhouse::error::Error::TimedOut,
                     )))
             };
             match attempt {
-                Ok(version) => {
+                Ok((version, cluster)) => {
                     let _ = self.events.send(StoreEvent::Ready {
                         server_version: version,
                         schema_version: schema::latest_version(),
                         url: self.url.clone(),
                         format: self.format.as_str(),
+                        cluster,
                     });
                     break;
                 }

@@ -69,26 +69,37 @@ pub fn offline(
 /// Rows per table at most (a larger range is cut, and said).
 pub const MAX_ROWS: u64 = 200_000;
 
+/// What one read asks for: the time range, and a node when the timeline is about one.
+struct Range<'a> {
+    since: i64,
+    until: i64,
+    node: Option<&'a str>,
+}
+
 async fn fetch<T: clickhouse::RowOwned + clickhouse::RowRead>(
     client: &clickhouse::Client,
     table: &str,
-    since: i64,
-    until: i64,
+    r: &Range<'_>,
     also_end_ts: bool,
     cut: &mut Vec<String>,
 ) -> anyhow::Result<Vec<T>> {
+    let (since, until) = (r.since, r.until);
     let range = if also_end_ts {
         "((ts >= fromUnixTimestamp64Nano(?) AND ts <= fromUnixTimestamp64Nano(?)) OR (end_ts >= fromUnixTimestamp64Nano(?) AND end_ts <= fromUnixTimestamp64Nano(?)))"
     } else {
         "ts >= fromUnixTimestamp64Nano(?) AND ts <= fromUnixTimestamp64Nano(?)"
     };
+    let node = if r.node.is_some() { " AND node = ?" } else { "" };
     let sql = format!(
-        "SELECT ?fields FROM {table} WHERE {range} ORDER BY ts LIMIT {}",
+        "SELECT ?fields FROM {table} WHERE ({range}){node} ORDER BY ts LIMIT {}",
         MAX_ROWS + 1
     );
     let mut q = client.query(&sql).bind(since).bind(until);
     if also_end_ts {
         q = q.bind(since).bind(until);
+    }
+    if let Some(n) = r.node {
+        q = q.bind(n);
     }
     let mut rows: Vec<T> = q
         .fetch_all()
@@ -126,16 +137,20 @@ pub async fn request_range(
 pub async fn clickhouse(cfg: &StoreConfig, filter: &Filter) -> anyhow::Result<(Rows, Vec<String>)> {
     let (_server, url) = crate::store::server(cfg).await?;
     let client = crate::store::client_for(cfg, &url)?;
-    let (a, b) = (filter.since_ns, filter.until_ns);
+    let r = Range {
+        since: filter.since_ns,
+        until: filter.until_ns,
+        node: filter.node.as_deref(),
+    };
     let mut cut = Vec::new();
     let rows = Rows {
-        exposure_changes: fetch(&client, "exposure_changes", a, b, false, &mut cut).await?,
-        alerts: fetch(&client, "alerts", a, b, false, &mut cut).await?,
-        conns: fetch(&client, "conn_events", a, b, false, &mut cut).await?,
-        http: fetch(&client, "http_exchanges", a, b, false, &mut cut).await?,
-        ws: fetch(&client, "ws_sessions", a, b, true, &mut cut).await?,
-        edge: fetch(&client, "edge_logs", a, b, false, &mut cut).await?,
-        requests: fetch(&client, "requests", a, b, false, &mut cut).await?,
+        exposure_changes: fetch(&client, "exposure_changes", &r, false, &mut cut).await?,
+        alerts: fetch(&client, "alerts", &r, false, &mut cut).await?,
+        conns: fetch(&client, "conn_events", &r, false, &mut cut).await?,
+        http: fetch(&client, "http_exchanges", &r, false, &mut cut).await?,
+        ws: fetch(&client, "ws_sessions", &r, true, &mut cut).await?,
+        edge: fetch(&client, "edge_logs", &r, false, &mut cut).await?,
+        requests: fetch(&client, "requests", &r, false, &mut cut).await?,
         open_incidents: Vec::new(),
     };
     Ok((rows, cut))

@@ -300,8 +300,11 @@ pub struct SchemaOptions {
     pub database: String,
     /// Days to keep rows; 0 keeps them forever.
     pub ttl_days: u32,
-    /// Cluster name for `ON CLUSTER` DDL and Replicated/Distributed tables.
+    /// Cluster name: `*_local` tables with Distributed tables over them.
     pub cluster: Option<String>,
+    /// With a cluster and no keeper: every node gets its own DDL (plain MergeTree `*_local`
+    /// tables, its own `schema_migrations`), no `ON CLUSTER`, no Replicated engines.
+    pub per_node: bool,
 }
 
 /// One versioned migration.
@@ -323,10 +326,15 @@ pub fn literal(s: &str) -> String {
 }
 
 impl SchemaOptions {
+    /// A cluster with a keeper: `ON CLUSTER` DDL and Replicated engines.
+    fn replicated(&self) -> bool {
+        self.cluster.is_some() && !self.per_node
+    }
+
     fn on_cluster(&self) -> String {
         match &self.cluster {
-            Some(c) => format!(" ON CLUSTER {}", ident(c)),
-            None => String::new(),
+            Some(c) if !self.per_node => format!(" ON CLUSTER {}", ident(c)),
+            _ => String::new(),
         }
     }
 
@@ -357,21 +365,23 @@ impl SchemaOptions {
         } else {
             "MergeTree"
         };
-        match &self.cluster {
-            Some(_) => format!(
+        if self.replicated() {
+            format!(
                 "Replicated{kind}('/clickhouse/tables/{{shard}}/{}/{}', '{{replica}}')",
                 self.database, table
-            ),
-            None => format!("{kind}()"),
+            )
+        } else {
+            format!("{kind}()")
         }
     }
 
     /// Deduplication of retried inserts: replicated tables keep a window by default; plain
     /// MergeTree needs one set.
     fn dedup_setting(&self) -> &'static str {
-        match &self.cluster {
-            Some(_) => "",
-            None => ", non_replicated_deduplication_window = 10000",
+        if self.replicated() {
+            ""
+        } else {
+            ", non_replicated_deduplication_window = 10000"
         }
     }
 
@@ -470,9 +480,19 @@ impl SchemaOptions {
         ]
     }
 
+    /// Where the applied migrations are read: per node, each node's own table; with a
+    /// keeper, the Distributed table over all of them.
+    pub fn migrations_storage(&self) -> String {
+        if self.per_node {
+            MIGRATIONS_TABLE.to_owned()
+        } else {
+            self.storage_table(MIGRATIONS_TABLE)
+        }
+    }
+
     /// The table of applied migrations (created before any migration runs).
     pub fn migrations_table(&self) -> Vec<String> {
-        let storage = self.storage_table(MIGRATIONS_TABLE);
+        let storage = self.migrations_storage();
         let mut out = vec![
             format!(
                 "CREATE DATABASE IF NOT EXISTS {}{}",
@@ -486,7 +506,7 @@ impl SchemaOptions {
                 self.engine(true, &storage),
             ),
         ];
-        if let Some(c) = &self.cluster {
+        if let (Some(c), false) = (&self.cluster, self.per_node) {
             out.push(self.distributed(MIGRATIONS_TABLE, c, "version"));
         }
         out
@@ -521,6 +541,7 @@ pub fn latest_version() -> u32 {
         database: String::new(),
         ttl_days: 0,
         cluster: None,
+        per_node: false,
     }
     .migrations()
     .iter()
@@ -551,6 +572,7 @@ mod tests {
             database: "ew".into(),
             ttl_days: 14,
             cluster: cluster.map(str::to_owned),
+            per_node: false,
         }
     }
 
@@ -634,6 +656,39 @@ mod tests {
         assert!(o
             .ttl_statement("alerts")
             .contains("`alerts_local` ON CLUSTER `prod`"));
+    }
+
+    #[test]
+    fn cluster_ddl_without_a_keeper_is_per_node() {
+        let o = SchemaOptions {
+            per_node: true,
+            ..opts(Some("fleet"))
+        };
+        let all: Vec<String> = o
+            .migrations()
+            .into_iter()
+            .flat_map(|m| m.statements)
+            .collect();
+        for s in &all {
+            assert!(!s.contains("ON CLUSTER"), "{s}");
+            assert!(!s.contains("Replicated"), "{s}");
+            assert!(s.contains("IF NOT EXISTS"), "{s}");
+        }
+        let local = all
+            .iter()
+            .find(|s| s.contains("`ew`.`http_exchanges_local`\n"))
+            .expect("local table");
+        assert!(local.contains("ENGINE = MergeTree()"), "{local}");
+        assert!(local.contains("non_replicated_deduplication_window"), "{local}");
+        assert!(all.iter().any(|s| s.contains(
+            "`ew`.`http_exchanges` AS `ew`.`http_exchanges_local`\nENGINE = Distributed('fleet', 'ew', 'http_exchanges_local', cityHash64(request_id))"
+        )));
+        // Each node keeps its own record of what it has applied.
+        let mig = o.migrations_table();
+        assert_eq!(o.migrations_storage(), "schema_migrations");
+        assert_eq!(mig.len(), 2, "{mig:?}");
+        assert!(mig[1].contains("`ew`.`schema_migrations`\n") && mig[1].contains("ReplacingMergeTree()"));
+        assert!(!o.ttl_statement("alerts").contains("ON CLUSTER"));
     }
 
     #[test]

@@ -3,8 +3,13 @@
 //! and the ClickHouse path give the same timeline), an ordered, grouped timeline out with a
 //! summary on top. `render` writes it as text, JSON or a self-contained HTML page; `offline`
 //! makes the rows of a capture; the sidecar's `timeline::source` reads them (I/O).
+mod fleet;
 pub mod offline;
 pub mod render;
+mod when;
+
+pub use fleet::build;
+pub use when::parse_time;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +44,8 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// A client address as the edge logged it.
     pub client: Option<String>,
+    /// Only the rows of this node (`store.node`); all nodes when `None`.
+    pub node: Option<String>,
 }
 
 /// Which swimlane an event belongs to.
@@ -84,6 +91,9 @@ pub struct Event {
     /// The hop connection (`proxy addr:port -> upstream addr:port`), when known.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub conn: String,
+    /// The node it happened on, in a timeline of several nodes.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub detail: Value,
 }
 
@@ -119,6 +129,9 @@ pub struct Timeline {
     pub summary: Summary,
     pub events: Vec<Event>,
     pub groups: Vec<Group>,
+    /// The nodes whose rows it shows (`store.node` of each sidecar).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
 }
 
 /// A connect slower than this is a latency outlier (shown); faster ones are not listed.
@@ -221,7 +234,42 @@ impl<'a> Scope<'a> {
 }
 
 /// Builds the timeline of `rows` that `filter` keeps.
-pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
+/// In time order; ties by lane (client, edge, upstream, host), a change before the alert it
+/// causes, then text, then node: deterministic.
+fn sort_events(events: &mut [Event]) {
+    let order = |kind: &str| match kind {
+        "exposure" => 0,
+        "alert" => 2,
+        _ => 1,
+    };
+    events.sort_by(|a, b| {
+        (a.ts, a.lane, order(a.kind), a.kind, &a.text, &a.node).cmp(&(
+            b.ts,
+            b.lane,
+            order(b.kind),
+            b.kind,
+            &b.text,
+            &b.node,
+        ))
+    });
+}
+
+/// The first and last time a timeline shows: the filter's, or the data's own span when the
+/// range is open.
+fn span(events: &[Event], filter: &Filter) -> (i64, i64) {
+    let since_ns = match events.first() {
+        Some(e) if filter.since_ns <= 0 => e.ts,
+        _ => filter.since_ns,
+    };
+    let until_ns = match events.last() {
+        Some(e) if filter.until_ns == i64::MAX => e.ts,
+        _ => filter.until_ns,
+    };
+    (since_ns, until_ns)
+}
+
+/// The timeline of one node's rows (`fleet::build` splits and merges several).
+fn build_one(rows: &Rows, filter: &Filter) -> Timeline {
     let scope = Scope::new(rows, filter);
     let mut events = Vec::new();
     exposure_events(rows, &scope, &mut events);
@@ -230,22 +278,7 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
     http_events(rows, &scope, &mut events);
     ws_events(rows, &scope, &mut events);
     conn_events(rows, &scope, &mut events);
-    // In time order; ties by lane (client, edge, upstream, host), a change before the alert it
-    // causes, then text: deterministic.
-    let order = |kind: &str| match kind {
-        "exposure" => 0,
-        "alert" => 2,
-        _ => 1,
-    };
-    events.sort_by(|a, b| {
-        (a.ts, a.lane, order(a.kind), a.kind, &a.text).cmp(&(
-            b.ts,
-            b.lane,
-            order(b.kind),
-            b.kind,
-            &b.text,
-        ))
-    });
+    sort_events(&mut events);
     // Events of a connection that carried exactly one request carry its id (a keep-alive
     // connection with several requests keeps them apart).
     let mut ids_of_conn: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
@@ -280,21 +313,14 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
     }
     let groups = groups(&events, rows);
     let summary = summarize(&events, &rows.open_incidents);
-    // An open range shows the data's own span.
-    let since_ns = match events.first() {
-        Some(e) if filter.since_ns <= 0 => e.ts,
-        _ => filter.since_ns,
-    };
-    let until_ns = match events.last() {
-        Some(e) if filter.until_ns == i64::MAX => e.ts,
-        _ => filter.until_ns,
-    };
+    let (since_ns, until_ns) = span(&events, filter);
     Timeline {
         since_ns,
         until_ns,
         summary,
         events,
         groups,
+        nodes: Vec::new(),
     }
 }
 
@@ -310,6 +336,7 @@ fn exposure_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             }
             let drift = x.verdict == "drift";
             events.push(Event {
+            node: String::new(),
                 ts: x.ts,
                 lane: Lane::Host,
                 kind: "exposure",
@@ -367,6 +394,7 @@ fn alert_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             }
         }
         events.push(Event {
+            node: String::new(),
             ts: a.ts,
             lane: Lane::Host,
             kind: "alert",
@@ -417,6 +445,7 @@ fn edge_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             }
         }
         events.push(Event {
+            node: String::new(),
             ts: start,
             lane: Lane::Client,
             kind: "client_request",
@@ -433,6 +462,7 @@ fn edge_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             detail: json!({ "client": e.client, "host": e.host, "method": e.method, "path": e.path }),
         });
         events.push(Event {
+            node: String::new(),
             ts: e.ts,
             lane: Lane::Edge,
             kind: "edge_request",
@@ -476,6 +506,7 @@ fn http_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
         let upgraded = h.outcome == "upgraded";
         let asked = h.upgrade_websocket && h.connection_upgrade;
         events.push(Event {
+            node: String::new(),
             ts: h.ts,
             lane: Lane::Upstream,
             kind: if asked || upgraded { "upgrade" } else { "http" },
@@ -541,6 +572,7 @@ fn ws_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             })
             .collect();
         events.push(Event {
+            node: String::new(),
             ts: w.end_ts,
             lane: Lane::Upstream,
             kind: "ws_end",
@@ -621,6 +653,7 @@ fn conn_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             ),
         };
         events.push(Event {
+            node: String::new(),
             ts: c.ts,
             lane: Lane::Upstream,
             kind,
@@ -634,25 +667,29 @@ fn conn_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
 }
 
 fn groups(events: &[Event], rows: &Rows) -> Vec<Group> {
-    let mut by_request: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    // By node too: in a fleet timeline, each machine's requests and connections are its own.
+    let mut by_request: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
     let mut by_conn: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
         if !e.request_id.is_empty() {
-            by_request.entry(e.request_id.as_str()).or_default().push(i);
+            by_request
+                .entry((e.node.as_str(), e.request_id.as_str()))
+                .or_default()
+                .push(i);
         } else if !e.conn.is_empty() {
             by_conn.entry(e.conn.as_str()).or_default().push(i);
         }
     }
     let mut out: Vec<Group> = by_request
         .into_iter()
-        .map(|(id, idx)| Group {
+        .map(|((node, id), idx)| Group {
             kind: "request",
             key: id.to_owned(),
             events: idx,
             joined: rows
                 .requests
                 .iter()
-                .find(|r| r.request_id == id)
+                .find(|r| r.request_id == id && (node.is_empty() || r.node == node))
                 .map(|r| json!(r)),
         })
         .collect();
@@ -674,10 +711,12 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
     // Each incident as it stands: its last transition in the range, or, still firing at the
     // end of an offline run, its evidence and counts gathered until then (the same as its
     // firing transition when nothing joined it since, as ClickHouse would tell it).
-    let mut standing: BTreeMap<&str, Value> = BTreeMap::new();
+    // Keyed by node and dedup key: two nodes' incidents of one rule stay two.
+    let incident_key = |e: &Event| format!("{}|{}", e.node, e.detail["dedup_key"].as_str().unwrap_or(""));
+    let mut standing: BTreeMap<String, Value> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == "alert") {
         standing.insert(
-            e.detail["dedup_key"].as_str().unwrap_or(""),
+            incident_key(e),
             json!({
                 "state": e.detail["state"],
                 "last_match_ns": e.detail["evidence"]["last_ns"],
@@ -686,7 +725,8 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
         );
     }
     for a in open {
-        if let Some(v) = standing.get_mut(a.dedup_key.as_str()) {
+        // Open incidents come from an offline run: one node, whose events carry none.
+        if let Some(v) = standing.get_mut(&format!("|{}", a.dedup_key)) {
             let evidence = serde_json::from_str::<Value>(&a.evidence).unwrap_or(Value::Null);
             *v = json!({
                 "state": "firing",
@@ -700,11 +740,9 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
     let mut incidents: Vec<(&Event, Value)> = events
         .iter()
         .filter(|e| e.kind == "alert")
-        .filter(|e| seen.insert(e.detail["dedup_key"].as_str().unwrap_or("").to_owned()))
+        .filter(|e| seen.insert(incident_key(e)))
         .map(|e| {
-            (
-                e,
-                json!({
+            let mut v = json!({
                     "rule": e.detail["rule"],
                     "dedup_key": e.detail["dedup_key"],
                     "severity": e.detail["severity"],
@@ -713,11 +751,14 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
                     "summary": e.detail["summary"],
                     "first_move": e.detail["first_move"],
                     "standing": standing
-                        .get(e.detail["dedup_key"].as_str().unwrap_or(""))
+                        .get(&incident_key(e))
                         .cloned()
                         .unwrap_or(Value::Null),
-                }),
-            )
+                });
+            if !e.node.is_empty() {
+                v["node"] = json!(e.node);
+            }
+            (e, v)
         })
         .collect();
     let rank = |s: &Value| if s == "critical" { 0 } else { 1 };
@@ -756,43 +797,3 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
 #[cfg(test)]
 mod tests;
 
-/// A time for `--since` / `--until`: `now`, a relative `-15m` (before `now_ns`), or an
-/// absolute RFC 3339 time (`2026-11-21T02:10:00Z`; without a zone it is UTC).
-pub fn parse_time(text: &str, now_ns: i64) -> Result<i64, String> {
-    let text = text.trim();
-    if text == "now" {
-        return Ok(now_ns);
-    }
-    if let Some(rel) = text.strip_prefix('-') {
-        let d = humantime::parse_duration(rel)
-            .map_err(|e| format!("{text:?} is not a relative time like -15m: {e}"))?;
-        return Ok(now_ns.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)));
-    }
-    let t = humantime::parse_rfc3339_weak(text.trim_end_matches('Z')).map_err(|e| {
-        format!("{text:?} is neither now, a relative time like -15m, nor a time like 2026-11-21T02:10:00Z: {e}")
-    })?;
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("{text:?} is before 1970"))?;
-    Ok(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-#[cfg(test)]
-mod time_tests {
-    #[test]
-    fn absolute_and_relative_times() {
-        let now = 1_795_300_000_000_000_000;
-        assert_eq!(super::parse_time("now", now), Ok(now));
-        assert_eq!(super::parse_time("-15m", now), Ok(now - 900_000_000_000));
-        assert_eq!(
-            super::parse_time("2026-11-21T02:10:00Z", now),
-            Ok(1_795_227_000_000_000_000)
-        );
-        assert_eq!(
-            super::parse_time("2026-11-21 02:10:00", now),
-            Ok(1_795_227_000_000_000_000)
-        );
-        assert!(super::parse_time("yesterday", now).is_err());
-        assert!(super::parse_time("-soon", now).is_err());
-    }
-}

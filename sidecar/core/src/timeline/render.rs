@@ -28,9 +28,12 @@ pub fn text(t: &Timeline, colour: bool) -> String {
     for i in &t.summary.incidents {
         let sev = i["severity"].as_str().unwrap_or("");
         let c = if sev == "critical" { red } else { yellow };
+        let on = i["node"]
+            .as_str()
+            .map_or(String::new(), |n| format!(" on {n}"));
         let _ = writeln!(
             s,
-            "  {c}{} {}{reset} at {}: {}",
+            "  {c}{} {}{reset}{on} at {}: {}",
             sev,
             i["rule"].as_str().unwrap_or(""),
             time(i["at_ns"].as_i64().unwrap_or(0)),
@@ -56,10 +59,26 @@ pub fn text(t: &Timeline, colour: bool) -> String {
         }
     );
     let _ = writeln!(s);
+    // A fleet timeline names each event's node in a column of its own.
+    let fleet = t.nodes.len() > 1;
+    let width = t.nodes.iter().map(String::len).max().unwrap_or(0).max(4);
+    let node_col = |n: &str| {
+        if fleet {
+            format!("{n:<width$}  ")
+        } else {
+            String::new()
+        }
+    };
+    if fleet {
+        let _ = writeln!(s, "nodes: {}", t.nodes.join(", "));
+    }
     let _ = writeln!(
         s,
-        "{bold}{:<24}  {:<8}  {:<14}  WHAT{reset}",
-        "TIME", "LANE", "REQUEST"
+        "{bold}{}{:<24}  {:<8}  {:<14}  WHAT{reset}",
+        node_col("NODE"),
+        "TIME",
+        "LANE",
+        "REQUEST"
     );
     for e in &t.events {
         let c = if !e.notable {
@@ -72,7 +91,8 @@ pub fn text(t: &Timeline, colour: bool) -> String {
         let rid: String = e.request_id.chars().take(14).collect();
         let _ = writeln!(
             s,
-            "{:<24}  {:<8}  {:<14}  {c}{}{reset}",
+            "{}{:<24}  {:<8}  {:<14}  {c}{}{reset}",
+            node_col(&e.node),
             time(e.ts),
             e.lane.as_str(),
             if rid.is_empty() { "-".to_owned() } else { rid },

@@ -179,3 +179,76 @@ fn events_are_in_time_order_and_the_html_is_self_contained() {
     let text = super::render::text(&t, false);
     assert!(text.contains("what broke:"));
 }
+
+/// The same rows renamed to another node: a second machine that saw exactly the same thing.
+fn as_node(rows: &Rows, node: &str) -> Rows {
+    let mut r = rows.clone();
+    r.exposure_changes.iter_mut().for_each(|x| x.node = node.into());
+    r.alerts.iter_mut().for_each(|x| x.node = node.into());
+    r.conns.iter_mut().for_each(|x| x.node = node.into());
+    r.http.iter_mut().for_each(|x| x.node = node.into());
+    r.ws.iter_mut().for_each(|x| x.node = node.into());
+    r.edge.iter_mut().for_each(|x| x.node = node.into());
+    r.requests.iter_mut().for_each(|x| x.node = node.into());
+    r.open_incidents.iter_mut().for_each(|x| x.node = node.into());
+    r
+}
+
+#[test]
+fn two_nodes_with_the_same_connection_stay_apart_and_one_node_is_the_single_timeline() {
+    let single = offline(&fixture("idle_timeout.35057.pcap"), 35057);
+    let a = as_node(&single, "edge-a");
+    let b = as_node(&single, "edge-b");
+    let mut both = a.clone();
+    for r in [&b] {
+        both.exposure_changes.extend(r.exposure_changes.clone());
+        both.alerts.extend(r.alerts.clone());
+        both.conns.extend(r.conns.clone());
+        both.http.extend(r.http.clone());
+        both.ws.extend(r.ws.clone());
+        both.edge.extend(r.edge.clone());
+        both.requests.extend(r.requests.clone());
+    }
+    both.open_incidents.clear();
+    let all = Filter {
+        since_ns: 0,
+        until_ns: i64::MAX,
+        ..Filter::default()
+    };
+    let fleet = build(&both, &all);
+    assert_eq!(fleet.nodes, vec!["edge-a".to_owned(), "edge-b".to_owned()]);
+    let alone = build(&a, &all);
+    assert_eq!(alone.nodes, vec!["edge-a".to_owned()]);
+    // Every event twice, once per node, each naming it.
+    assert_eq!(fleet.events.len(), 2 * alone.events.len());
+    for node in ["edge-a", "edge-b"] {
+        let mine: Vec<&super::Event> = fleet.events.iter().filter(|e| e.node == node).collect();
+        assert_eq!(mine.len(), alone.events.len(), "{node}");
+        for (m, s) in mine.iter().zip(&alone.events) {
+            assert_eq!((m.ts, m.kind, &m.text), (s.ts, s.kind, &s.text));
+        }
+    }
+    // The same requests and hop connections on two machines are two groups each (their
+    // events are the node's own), and the incident is two.
+    assert_eq!(fleet.groups.len(), 2 * alone.groups.len());
+    for g in &fleet.groups {
+        let node = &fleet.events[g.events[0]].node;
+        assert!(g.events.iter().all(|i| &fleet.events[*i].node == node), "{g:?}");
+    }
+    assert_eq!(
+        fleet.summary.incidents.len(),
+        2 * alone.summary.incidents.len()
+    );
+    assert!(fleet.summary.incidents.iter().any(|i| i["node"] == "edge-b"));
+    // --node: exactly that node's own timeline, nothing of the other.
+    let only_b = build(
+        &both,
+        &Filter {
+            node: Some("edge-b".into()),
+            ..all.clone()
+        },
+    );
+    assert_eq!(only_b.nodes, vec!["edge-b".to_owned()]);
+    assert_eq!(only_b.events, build(&b, &all).events);
+    assert!(only_b.events.iter().all(|e| e.node.is_empty()));
+}

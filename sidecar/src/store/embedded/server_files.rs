@@ -48,8 +48,14 @@ pub fn config_xml(etc: &Path) -> String {
 }
 
 /// The server's `users.xml`: `edgewatch` with the secret's SHA-256, limited to `database`;
-/// `default` only for the in-process session that opens the listener.
-pub fn users_xml(password_sha256_hex: &str, database: &str) -> String {
+/// `default` only for the in-process session that opens the listener. A cluster node's
+/// `edgewatch` may also create Distributed tables.
+pub fn users_xml(password_sha256_hex: &str, database: &str, cluster_node: bool) -> String {
+    let distributed = if cluster_node {
+        "\n                <query>GRANT TABLE ENGINE ON Distributed</query>\n                <query>GRANT SELECT ON system.clusters</query>"
+    } else {
+        ""
+    };
     format!(
         r#"<clickhouse>
     <!-- Written by edgewatch at every start of its embedded ClickHouse; edits are lost. -->
@@ -80,7 +86,7 @@ pub fn users_xml(password_sha256_hex: &str, database: &str) -> String {
                 <query>GRANT SELECT, INSERT, ALTER TABLE, CREATE DATABASE, CREATE TABLE, CREATE VIEW, DROP TABLE, DROP VIEW, OPTIMIZE ON {database}.*</query>
                 <query>GRANT TABLE ENGINE ON MergeTree</query>
                 <query>GRANT TABLE ENGINE ON ReplacingMergeTree</query>
-                <query>GRANT TABLE ENGINE ON MaterializedView</query>
+                <query>GRANT TABLE ENGINE ON MaterializedView</query>{distributed}
             </grants>
         </{USER}>
     </users>

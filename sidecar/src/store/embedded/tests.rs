@@ -24,8 +24,11 @@ fn generated_files_live_beside_the_data_directory() {
 
 #[test]
 fn users_file_grants_one_database_and_no_sources() {
-    let x = users_xml(&"ab".repeat(32), "edgewatch");
+    let x = users_xml(&"ab".repeat(32), "edgewatch", false);
     assert!(x.contains("ON edgewatch.*"), "{x}");
+    assert!(!x.contains("Distributed"), "{x}");
+    let node = users_xml(&"ab".repeat(32), "edgewatch", true);
+    assert!(node.contains("GRANT TABLE ENGINE ON Distributed"), "{node}");
     assert!(x.contains(&"ab".repeat(32)));
     let edgewatch_part = &x[x.find("<edgewatch>").expect("the user")..];
     for forbidden in [
