@@ -87,7 +87,8 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     let runs = [
         ("edge-a", 0, "healthy.37883.pcap", "37883"),
         ("edge-b", 1, "healthy_ng.37883.pcapng", "37883"),
-        ("edge-c", 2, "gateway_half_path.18789.pcap", "18789"),
+        // The real Gateway refusing an Origin, with the edge's access log.
+        ("edge-c", 2, "gateway_bad_origin.18789.pcap", "18789"),
     ];
     let spools: Vec<tempfile::TempDir> = runs.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let configs: Vec<tempfile::NamedTempFile> = runs
@@ -99,9 +100,16 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     let children: Vec<_> = runs
         .iter()
         .zip(&configs)
-        .map(|((_, _, pcap, port), cfg)| {
+        .map(|((node, _, pcap, port), cfg)| {
+            let log = support::fixture("logs/gateway_bad_origin.edge.log");
+            let logs: &[&str] = if *node == "edge-c" {
+                &["--access-log", &log]
+            } else {
+                &[]
+            };
             Command::new(support::edgewatch_bin())
                 .args(["replay", &support::fixture(pcap), "--port", port])
+                .args(logs)
                 .args(["--store", "--output", "json", "--config"])
                 .arg(cfg.path())
                 .stdout(Stdio::piped())
@@ -144,10 +152,15 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     }
     // Spread over the shards: each node's own tables hold a part, and the parts add up.
     let local: Vec<u64> = (0..3)
-        .map(|i| cluster.nodes[i].count(&format!("SELECT count() FROM {db}.conn_events_local")))
+        .map(|i| {
+            let union: Vec<String> = TABLES
+                .iter()
+                .map(|t| format!("SELECT 1 FROM {db}.{t}_local"))
+                .collect();
+            cluster.nodes[i].count(&format!("SELECT count() FROM ({})", union.join(" UNION ALL ")))
+        })
         .collect();
-    let dist = cluster.nodes[0].count(&format!("SELECT count() FROM {db}.conn_events"));
-    assert_eq!(local.iter().sum::<u64>(), dist, "{local:?}");
+    assert_eq!(local.iter().sum::<u64>(), total, "{local:?}");
     assert!(local.iter().filter(|n| **n > 0).count() >= 2, "{local:?}");
     // Every node was migrated (its own record), by whichever sidecar got there first.
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -181,19 +194,19 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     let b_events = b["events"].as_array().unwrap();
     assert!(!b_events.is_empty());
     assert_eq!(b_events.len(), per_node["edge-b"], "{per_node:?}");
-    // The half-path incident was on edge-c only: the fleet summary says where.
+    // The refused Origin was on edge-c only: the fleet summary says where.
     let incidents = all["summary"]["incidents"].as_array().unwrap();
     assert!(
         incidents
             .iter()
-            .any(|i| i["rule"] == "hop.upgrade_failure" && i["node"] == "edge-c"),
+            .any(|i| i["rule"] == "hop.origin_rejected" && i["node"] == "edge-c"),
         "{incidents:#?}"
     );
     assert!(b["summary"]["incidents"]
         .as_array()
         .unwrap()
         .iter()
-        .all(|i| i["rule"] != "hop.upgrade_failure"));
+        .all(|i| i["rule"] != "hop.origin_rejected"));
 }
 
 /// A batch sent again with the same token (an insert that failed while a node was down,
