@@ -19,7 +19,7 @@ use edgewatch::store::{
     ship,
 };
 use serde_json::Value;
-use support::{cluster::Cluster, json_lines, Sidecar};
+use support::{cluster::Cluster, json_lines, Sidecar, SocketHolder};
 
 /// The tables rows go to (read through their Distributed tables).
 const TABLES: [&str; 8] = [
@@ -315,14 +315,22 @@ fn a_node_killed_for_a_minute_loses_nothing() {
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = upstream.local_addr().unwrap().port();
     let store = cluster.store_config(0, db, spool.path(), "edge-live");
+    let watched = support::free_port();
     let mut sidecar = Sidecar::start(&format!(
         "[hop]\nports = [{port}]\n[nat]\nenabled = false\n\
-         [exposure]\nrescan_interval = \"1h\"\n\
+         [exposure]\nwatched_ports = [{watched}]\nrescan_interval = \"1h\"\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n{store}snapshot_interval = \"1h\"\n"
     ));
     sidecar.lines.wait_for("the store", |v| {
         v["type"] == "store" && v["event"] == "ready"
     });
+    // Alerts name the machine they are about.
+    let holder = SocketHolder::tcp("0.0.0.0", watched);
+    let alert = sidecar.lines.wait_for("the drift alert", |v| {
+        v["type"] == "alert" && v["state"] == "firing" && v["evidence"]["port"] == watched
+    });
+    assert_eq!(alert["node"], "edge-live", "{alert}");
+    holder.close();
     cluster.nodes[2].kill();
     // Connections on the hop: rows sharded by client address and port, so some belong to
     // the node that is gone.

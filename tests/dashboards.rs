@@ -37,7 +37,7 @@ fn dashboards() -> Vec<(String, Value)> {
 struct Values<'a> {
     from_s: i64,
     to_s: i64,
-    host: &'a str,
+    node: &'a str,
     port: u16,
     request_id: &'a str,
 }
@@ -70,7 +70,7 @@ fn expand(sql: &str, v: &Values<'_>) -> String {
         .replace("$__fromTime", &format!("toDateTime({})", v.from_s))
         .replace("$__toTime", &format!("toDateTime({})", v.to_s))
         .replace("$__interval_s", "20")
-        .replace("${host:singlequote}", &format!("'{}'", v.host))
+        .replace("${node:singlequote}", &format!("'{}'", v.node))
         .replace("${port}", &v.port.to_string())
         .replace("${request_id}", v.request_id);
     assert!(
@@ -129,6 +129,13 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
                 p["title"]
             );
             assert!(t["rawSql"].is_string(), "{file}: {} has no SQL", p["title"]);
+            // Every panel follows the node variable: one dashboard for a fleet.
+            let sql = t["rawSql"].as_str().unwrap_or("");
+            assert!(
+                sql.contains("node IN (${node:singlequote})"),
+                "{file}: {} does not follow the node variable:\n{sql}",
+                p["title"]
+            );
         }
         let vars: Vec<&str> = d["templating"]["list"]
             .as_array()
@@ -136,7 +143,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
             .iter()
             .filter_map(|v| v["name"].as_str())
             .collect();
-        for v in ["host", "port", "request_id"] {
+        for v in ["node", "port", "request_id"] {
             assert!(vars.contains(&v), "{file} lacks the {v} variable");
         }
     }
@@ -252,7 +259,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
                     &Values {
                         from_s,
                         to_s,
-                        host: "dashtest",
+                        node: "dashtest",
                         port: if raw.contains("conn_events") {
                             dead
                         } else {

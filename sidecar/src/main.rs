@@ -397,9 +397,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hop_ports = ?config.hop.ports,
                 watched = ?config.exposure.watched_ports
             );
+            let printer =
+                Printer::stdout(out.output).with_node(edgewatch::store::node_name(&config.store));
             runtime.block_on(async move {
                 tokio::spawn(tracing::Instrument::instrument(
-                    edgewatch::cmd::run::run(config, Printer::stdout(out.output), records),
+                    edgewatch::cmd::run::run(config, printer, records),
                     span,
                 ))
                 .await

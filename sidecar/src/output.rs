@@ -53,6 +53,8 @@ pub struct Printer {
     out: Box<dyn Write + Send>,
     /// One JSON line being built (reused).
     buf: Vec<u8>,
+    /// This machine's name (`store.node`), carried by every JSON alert line.
+    node: Option<String>,
 }
 
 fn verdict_text(v: &Verdict) -> String {
@@ -126,7 +128,16 @@ impl Printer {
             format,
             out,
             buf: Vec::new(),
+            node: None,
         }
+    }
+
+    /// Alerts name this node (`store.node`, the host name by default): in a fleet, the
+    /// machine an alert is about.
+    #[must_use]
+    pub fn with_node(mut self, node: String) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// Buffered stdout: lines go out in batches; [`Printer::flush`] (called after each batch,
@@ -305,16 +316,21 @@ impl Printer {
                 #[derive(Serialize)]
                 struct Timed<'a> {
                     time: String,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    node: Option<&'a str>,
                     #[serde(flatten)]
                     alert: &'a crate::alerts::Alert,
                 }
+                let node = self.node.take();
                 self.tagged(
                     "alert",
                     &Timed {
                         time: rfc3339(a.at_ns),
+                        node: node.as_deref(),
                         alert: a,
                     },
                 );
+                self.node = node;
             }
             Format::Text => {
                 let text = alert_text(
