@@ -90,11 +90,14 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
         // The real Gateway refusing an Origin, with the edge's access log.
         ("edge-c", 2, "gateway_bad_origin.18789.pcap", "18789"),
     ];
-    let spools: Vec<tempfile::TempDir> = runs.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let spools: Vec<tempfile::TempDir> =
+        runs.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let configs: Vec<tempfile::NamedTempFile> = runs
         .iter()
         .zip(&spools)
-        .map(|((node, i, _, _), spool)| config_file(&cluster.store_config(*i, db, spool.path(), node)))
+        .map(|((node, i, _, _), spool)| {
+            config_file(&cluster.store_config(*i, db, spool.path(), node))
+        })
         .collect();
     let started = std::time::Instant::now();
     let children: Vec<_> = runs
@@ -157,7 +160,10 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
                 .iter()
                 .map(|t| format!("SELECT 1 FROM {db}.{t}_local"))
                 .collect();
-            cluster.nodes[i].count(&format!("SELECT count() FROM ({})", union.join(" UNION ALL ")))
+            cluster.nodes[i].count(&format!(
+                "SELECT count() FROM ({})",
+                union.join(" UNION ALL ")
+            ))
         })
         .collect();
     assert_eq!(local.iter().sum::<u64>(), total, "{local:?}");
@@ -175,18 +181,44 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     }
     // The fleet timeline, read through node 2: every node, each event naming its own.
     let all: Value = serde_json::from_str(&edgewatch(
-        &["timeline", "--since", "2000-01-01T00:00:00Z", "--output", "json"],
+        &[
+            "timeline",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--output",
+            "json",
+        ],
         configs[2].path(),
     ))
     .unwrap();
-    assert_eq!(all["nodes"], serde_json::json!(["edge-a", "edge-b", "edge-c"]), "{}", all["nodes"]);
+    assert_eq!(
+        all["nodes"],
+        serde_json::json!(["edge-a", "edge-b", "edge-c"]),
+        "{}",
+        all["nodes"]
+    );
     let events = all["events"].as_array().unwrap();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for e in events {
-        *per_node.entry(e["node"].as_str().expect("a node on every event").to_owned()).or_default() += 1;
+        *per_node
+            .entry(
+                e["node"]
+                    .as_str()
+                    .expect("a node on every event")
+                    .to_owned(),
+            )
+            .or_default() += 1;
     }
     let b: Value = serde_json::from_str(&edgewatch(
-        &["timeline", "--since", "2000-01-01T00:00:00Z", "--node", "edge-b", "--output", "json"],
+        &[
+            "timeline",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--node",
+            "edge-b",
+            "--output",
+            "json",
+        ],
         configs[0].path(),
     ))
     .unwrap();
@@ -245,10 +277,19 @@ fn a_batch_sent_again_with_its_token_is_stored_once_on_every_shard() {
         .collect();
     let opts = edgewatch::store::schema_options(&cfg);
     let (_, info) = rt
-        .block_on(edgewatch::store::cluster::prepare(&client, &peers, cfg.cluster_ddl, &opts, "t"))
+        .block_on(edgewatch::store::cluster::prepare(
+            &client,
+            &peers,
+            cfg.cluster_ddl,
+            &opts,
+            "t",
+        ))
         .unwrap();
     let info = info.expect("a cluster");
-    assert_eq!((info.ddl, info.shards, info.migrated_nodes), ("per_node", Some(3), 3));
+    assert_eq!(
+        (info.ddl, info.shards, info.migrated_nodes),
+        ("per_node", Some(3), 3)
+    );
     let rows: Vec<AnyRow> = (0..600u16)
         .map(|i| {
             AnyRow::Conn(ConnRow {
@@ -275,10 +316,19 @@ fn a_batch_sent_again_with_its_token_is_stored_once_on_every_shard() {
     cluster.nodes[2].kill();
     let token = "fleet-run:1";
     let send = |token: &str| {
-        rt.block_on(ship::insert_rows(&client, WireFormat::Native, 2, token, rows.clone()))
+        rt.block_on(ship::insert_rows(
+            &client,
+            WireFormat::Native,
+            2,
+            token,
+            rows.clone(),
+        ))
     };
     let err = send(token).expect_err("a shard is down: the insert must fail");
-    assert!(!ship::is_permanent(&err), "a node down is not permanent: {err}");
+    assert!(
+        !ship::is_permanent(&err),
+        "a node down is not permanent: {err}"
+    );
     // ClickHouse refuses the whole synchronous insert when a shard cannot be reached; had
     // some shards taken their part, the token below still keeps them at one copy.
     let before: Vec<u64> = (0..2).map(|i| local(&cluster, i)).collect();
@@ -287,13 +337,18 @@ fn a_batch_sent_again_with_its_token_is_stored_once_on_every_shard() {
     send(token).unwrap();
     let shards: Vec<u64> = (0..3).map(|i| local(&cluster, i)).collect();
     assert_eq!(shards.iter().sum::<u64>(), 600, "{shards:?}");
-    assert!(shards.iter().all(|n| *n > 0), "spread over every shard: {shards:?}");
+    assert!(
+        shards.iter().all(|n| *n > 0),
+        "spread over every shard: {shards:?}"
+    );
     // Again, as after a crash before the spool file was deleted: nothing changes anywhere.
     send(token).unwrap();
     let again: Vec<u64> = (0..3).map(|i| local(&cluster, i)).collect();
     assert_eq!(again, shards, "a batch sent twice was stored twice");
     assert_eq!(
-        cluster.nodes[1].count(&format!("SELECT count() FROM {db}.conn_events WHERE node = 'edge-r'")),
+        cluster.nodes[1].count(&format!(
+            "SELECT count() FROM {db}.conn_events WHERE node = 'edge-r'"
+        )),
         600
     );
     // The control: another token is another batch.
@@ -347,11 +402,13 @@ fn a_node_killed_for_a_minute_loses_nothing() {
         v["type"] == "store" && v["event"] == "unavailable"
     });
     // A minute without the node: the sidecar keeps the rows and never claims recovery.
-    let recovered_early = sidecar.lines.wait_for_within(
-        Duration::from_secs(60),
-        |v| v["type"] == "store" && v["event"] == "recovered",
+    let recovered_early = sidecar.lines.wait_for_within(Duration::from_secs(60), |v| {
+        v["type"] == "store" && v["event"] == "recovered"
+    });
+    assert!(
+        recovered_early.is_none(),
+        "recovered while a shard was down: {recovered_early:?}"
     );
-    assert!(recovered_early.is_none(), "recovered while a shard was down: {recovered_early:?}");
     cluster.nodes[2].spawn();
     sidecar.lines.wait_for("the store recovering", |v| {
         v["type"] == "store" && v["event"] == "recovered"

@@ -239,6 +239,40 @@ fn main() {
     let drain_rate = RECORDS as f64 / drain.as_secs_f64();
     let spool_rate = RECORDS as f64 / spool_time.as_secs_f64();
 
+    // 4. A fleet's store: a 3-node cluster (one shard each, per-node DDL) on the same
+    // machine, every row through the Distributed tables of node 0 (synchronous inserts).
+    let cluster = support::cluster::Cluster::start(3);
+    let fleet_db = "t_bench_fleet";
+    let spool = tempfile::tempdir().unwrap();
+    let fleet = rt.block_on(async {
+        let cfg = StoreConfig {
+            cluster: support::cluster::NAME.to_owned(),
+            cluster_nodes: cluster.urls(),
+            ..store_config(
+                &cluster.nodes[0],
+                &cluster.nodes[0].url(),
+                fleet_db,
+                spool.path(),
+            )
+        };
+        let mut store = Store::start(&cfg).await.unwrap();
+        let started = Instant::now();
+        pipeline(&mut store, &recs, &metrics).await;
+        let totals = store.shutdown(Duration::from_secs(600)).await;
+        assert_eq!(totals.sent, RECORDS as u64, "{totals:?}");
+        started.elapsed()
+    });
+    let per_node: Vec<u64> = (0..3)
+        .map(|i| {
+            cluster.nodes[i].count(&format!(
+                "SELECT count() FROM {fleet_db}.http_exchanges_local"
+            ))
+        })
+        .collect();
+    assert_eq!(per_node.iter().sum::<u64>(), RECORDS as u64, "{per_node:?}");
+    let fleet_rate = RECORDS as f64 / fleet.as_secs_f64();
+    drop(cluster);
+
     println!("store benchmark: {RECORDS} HTTP exchange records, ClickHouse 26.7 on loopback");
     println!(
         "  raw clickhouse crate insert (baseline): {:>10.0} rows/s ({:.2}s)",
@@ -267,6 +301,13 @@ fn main() {
         drain_rate,
         drain.as_secs_f64(),
         drain_rate / raw_rate
+    );
+    println!(
+        "  a 3-node cluster, through Distributed:  {:>10.0} rows/s ({:.2}s) = {:.2}x one node; rows per node {:?}",
+        fleet_rate,
+        fleet.as_secs_f64(),
+        fleet_rate / e2e_rate,
+        per_node
     );
     println!(
         "  goal >= 500000 rows/s end to end: {}",

@@ -60,7 +60,13 @@ impl Cluster {
     }
 
     /// A `[store]` section that writes through node `i` (per-node DDL on all of them).
-    pub fn store_config(&self, i: usize, database: &str, spool: &std::path::Path, node: &str) -> String {
+    pub fn store_config(
+        &self,
+        i: usize,
+        database: &str,
+        spool: &std::path::Path,
+        node: &str,
+    ) -> String {
         format!(
             "{}cluster = {NAME:?}\ncluster_nodes = {:?}\nnode = {node:?}\n",
             self.nodes[i].store_config(database, spool),

@@ -123,7 +123,11 @@ impl Lines {
     /// Watches the output for `within`: the first JSON line matching `pred`, or `None` when
     /// none came in that time (the output going on, or ending, meanwhile). For asserting that
     /// something does not happen during a stated period.
-    pub fn wait_for_within(&mut self, within: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub fn wait_for_within(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

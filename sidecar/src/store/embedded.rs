@@ -492,8 +492,7 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
     drop(secret);
     let cluster = match &a.cluster_config {
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
         None => None,
     };

@@ -20,11 +20,11 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    store::config::ClusterDdl,
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Exposure},
     hop::HopRecord,
     metrics::Metrics,
+    store::config::ClusterDdl,
     store::config::{StoreConfig, WireFormat},
 };
 use rows::{AlertRow, AnyRow, EdgeRow, ExposureRow, RequestRow};
@@ -236,7 +236,9 @@ impl Store {
         match tokio::time::timeout(first_wait, prepare).await {
             Ok(Ok(ready)) => {
                 match &ready.1 {
-                    Some(c) => tracing::info!(version = %ready.0, %url, cluster = ?c, "ClickHouse ready"),
+                    Some(c) => {
+                        tracing::info!(version = %ready.0, %url, cluster = ?c, "ClickHouse ready")
+                    }
                     None => tracing::info!(version = %ready.0, %url, "ClickHouse ready"),
                 }
                 prepared = Some(ready);

@@ -182,7 +182,11 @@ pub async fn server_version(client: &Client) -> Result<String, PrepareError> {
 /// once both succeed.
 /// Long because each step (migrations table, migrations, TTL) has its own remedy in its
 /// error message, and they must run in this order.
-pub async fn migrate(client: &Client, opts: &SchemaOptions, node: &str) -> Result<(), PrepareError> {
+pub async fn migrate(
+    client: &Client,
+    opts: &SchemaOptions,
+    node: &str,
+) -> Result<(), PrepareError> {
     let admin = client.clone().with_database("default");
     let ddl = |sql: String| {
         let admin = admin.clone();

@@ -89,7 +89,11 @@ async fn fetch<T: clickhouse::RowOwned + clickhouse::RowRead>(
     } else {
         "ts >= fromUnixTimestamp64Nano(?) AND ts <= fromUnixTimestamp64Nano(?)"
     };
-    let node = if r.node.is_some() { " AND node = ?" } else { "" };
+    let node = if r.node.is_some() {
+        " AND node = ?"
+    } else {
+        ""
+    };
     let sql = format!(
         "SELECT ?fields FROM {table} WHERE ({range}){node} ORDER BY ts LIMIT {}",
         MAX_ROWS + 1

@@ -679,7 +679,10 @@ mod tests {
             .find(|s| s.contains("`ew`.`http_exchanges_local`\n"))
             .expect("local table");
         assert!(local.contains("ENGINE = MergeTree()"), "{local}");
-        assert!(local.contains("non_replicated_deduplication_window"), "{local}");
+        assert!(
+            local.contains("non_replicated_deduplication_window"),
+            "{local}"
+        );
         assert!(all.iter().any(|s| s.contains(
             "`ew`.`http_exchanges` AS `ew`.`http_exchanges_local`\nENGINE = Distributed('fleet', 'ew', 'http_exchanges_local', cityHash64(request_id))"
         )));
@@ -687,7 +690,10 @@ mod tests {
         let mig = o.migrations_table();
         assert_eq!(o.migrations_storage(), "schema_migrations");
         assert_eq!(mig.len(), 2, "{mig:?}");
-        assert!(mig[1].contains("`ew`.`schema_migrations`\n") && mig[1].contains("ReplacingMergeTree()"));
+        assert!(
+            mig[1].contains("`ew`.`schema_migrations`\n")
+                && mig[1].contains("ReplacingMergeTree()")
+        );
         assert!(!o.ttl_statement("alerts").contains("ON CLUSTER"));
     }
 

@@ -336,7 +336,7 @@ fn exposure_events(rows: &Rows, s: &Scope<'_>, events: &mut Vec<Event>) {
             }
             let drift = x.verdict == "drift";
             events.push(Event {
-            node: String::new(),
+                node: String::new(),
                 ts: x.ts,
                 lane: Lane::Host,
                 kind: "exposure",
@@ -712,7 +712,13 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
     // end of an offline run, its evidence and counts gathered until then (the same as its
     // firing transition when nothing joined it since, as ClickHouse would tell it).
     // Keyed by node and dedup key: two nodes' incidents of one rule stay two.
-    let incident_key = |e: &Event| format!("{}|{}", e.node, e.detail["dedup_key"].as_str().unwrap_or(""));
+    let incident_key = |e: &Event| {
+        format!(
+            "{}|{}",
+            e.node,
+            e.detail["dedup_key"].as_str().unwrap_or("")
+        )
+    };
     let mut standing: BTreeMap<String, Value> = BTreeMap::new();
     for e in events.iter().filter(|e| e.kind == "alert") {
         standing.insert(
@@ -743,18 +749,18 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
         .filter(|e| seen.insert(incident_key(e)))
         .map(|e| {
             let mut v = json!({
-                    "rule": e.detail["rule"],
-                    "dedup_key": e.detail["dedup_key"],
-                    "severity": e.detail["severity"],
-                    "state": e.detail["state"],
-                    "at_ns": e.ts,
-                    "summary": e.detail["summary"],
-                    "first_move": e.detail["first_move"],
-                    "standing": standing
-                        .get(&incident_key(e))
-                        .cloned()
-                        .unwrap_or(Value::Null),
-                });
+                "rule": e.detail["rule"],
+                "dedup_key": e.detail["dedup_key"],
+                "severity": e.detail["severity"],
+                "state": e.detail["state"],
+                "at_ns": e.ts,
+                "summary": e.detail["summary"],
+                "first_move": e.detail["first_move"],
+                "standing": standing
+                    .get(&incident_key(e))
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            });
             if !e.node.is_empty() {
                 v["node"] = json!(e.node);
             }
@@ -796,4 +802,3 @@ fn summarize(events: &[Event], open: &[AlertRow]) -> Summary {
 
 #[cfg(test)]
 mod tests;
-

@@ -183,14 +183,18 @@ fn events_are_in_time_order_and_the_html_is_self_contained() {
 /// The same rows renamed to another node: a second machine that saw exactly the same thing.
 fn as_node(rows: &Rows, node: &str) -> Rows {
     let mut r = rows.clone();
-    r.exposure_changes.iter_mut().for_each(|x| x.node = node.into());
+    r.exposure_changes
+        .iter_mut()
+        .for_each(|x| x.node = node.into());
     r.alerts.iter_mut().for_each(|x| x.node = node.into());
     r.conns.iter_mut().for_each(|x| x.node = node.into());
     r.http.iter_mut().for_each(|x| x.node = node.into());
     r.ws.iter_mut().for_each(|x| x.node = node.into());
     r.edge.iter_mut().for_each(|x| x.node = node.into());
     r.requests.iter_mut().for_each(|x| x.node = node.into());
-    r.open_incidents.iter_mut().for_each(|x| x.node = node.into());
+    r.open_incidents
+        .iter_mut()
+        .for_each(|x| x.node = node.into());
     r
 }
 
@@ -200,15 +204,13 @@ fn two_nodes_with_the_same_connection_stay_apart_and_one_node_is_the_single_time
     let a = as_node(&single, "edge-a");
     let b = as_node(&single, "edge-b");
     let mut both = a.clone();
-    for r in [&b] {
-        both.exposure_changes.extend(r.exposure_changes.clone());
-        both.alerts.extend(r.alerts.clone());
-        both.conns.extend(r.conns.clone());
-        both.http.extend(r.http.clone());
-        both.ws.extend(r.ws.clone());
-        both.edge.extend(r.edge.clone());
-        both.requests.extend(r.requests.clone());
-    }
+    both.exposure_changes.extend(b.exposure_changes.clone());
+    both.alerts.extend(b.alerts.clone());
+    both.conns.extend(b.conns.clone());
+    both.http.extend(b.http.clone());
+    both.ws.extend(b.ws.clone());
+    both.edge.extend(b.edge.clone());
+    both.requests.extend(b.requests.clone());
     both.open_incidents.clear();
     let all = Filter {
         since_ns: 0,
@@ -233,13 +235,20 @@ fn two_nodes_with_the_same_connection_stay_apart_and_one_node_is_the_single_time
     assert_eq!(fleet.groups.len(), 2 * alone.groups.len());
     for g in &fleet.groups {
         let node = &fleet.events[g.events[0]].node;
-        assert!(g.events.iter().all(|i| &fleet.events[*i].node == node), "{g:?}");
+        assert!(
+            g.events.iter().all(|i| &fleet.events[*i].node == node),
+            "{g:?}"
+        );
     }
     assert_eq!(
         fleet.summary.incidents.len(),
         2 * alone.summary.incidents.len()
     );
-    assert!(fleet.summary.incidents.iter().any(|i| i["node"] == "edge-b"));
+    assert!(fleet
+        .summary
+        .incidents
+        .iter()
+        .any(|i| i["node"] == "edge-b"));
     // --node: exactly that node's own timeline, nothing of the other.
     let only_b = build(
         &both,
