@@ -4,7 +4,7 @@
 //! `10.0.0.2:41000 -> 127.0.0.1:18789` hop), and so are incidents.
 use std::collections::BTreeSet;
 
-use super::{build_one, groups, sort_events, span, summarize, Filter, Rows, Timeline};
+use super::{build_one, groups, summarize, Event, Filter, Rows, Timeline};
 
 impl Rows {
     /// The distinct nodes of all rows, sorted.
@@ -80,4 +80,38 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
         groups,
         nodes,
     }
+}
+
+/// In time order; ties by lane (client, edge, upstream, host), a change before the alert it
+/// causes, then text, then node: deterministic.
+pub(super) fn sort_events(events: &mut [Event]) {
+    let order = |kind: &str| match kind {
+        "exposure" => 0,
+        "alert" => 2,
+        _ => 1,
+    };
+    events.sort_by(|a, b| {
+        (a.ts, a.lane, order(a.kind), a.kind, &a.text, &a.node).cmp(&(
+            b.ts,
+            b.lane,
+            order(b.kind),
+            b.kind,
+            &b.text,
+            &b.node,
+        ))
+    });
+}
+
+/// The first and last time a timeline shows: the filter's, or the data's own span when the
+/// range is open.
+pub(super) fn span(events: &[Event], filter: &Filter) -> (i64, i64) {
+    let since_ns = match events.first() {
+        Some(e) if filter.since_ns <= 0 => e.ts,
+        _ => filter.since_ns,
+    };
+    let until_ns = match events.last() {
+        Some(e) if filter.until_ns == i64::MAX => e.ts,
+        _ => filter.until_ns,
+    };
+    (since_ns, until_ns)
 }

@@ -9,6 +9,7 @@ pub mod render;
 mod when;
 
 pub use fleet::build;
+use fleet::{sort_events, span};
 pub use when::parse_time;
 
 use std::collections::BTreeMap;
@@ -234,40 +235,6 @@ impl<'a> Scope<'a> {
 }
 
 /// Builds the timeline of `rows` that `filter` keeps.
-/// In time order; ties by lane (client, edge, upstream, host), a change before the alert it
-/// causes, then text, then node: deterministic.
-fn sort_events(events: &mut [Event]) {
-    let order = |kind: &str| match kind {
-        "exposure" => 0,
-        "alert" => 2,
-        _ => 1,
-    };
-    events.sort_by(|a, b| {
-        (a.ts, a.lane, order(a.kind), a.kind, &a.text, &a.node).cmp(&(
-            b.ts,
-            b.lane,
-            order(b.kind),
-            b.kind,
-            &b.text,
-            &b.node,
-        ))
-    });
-}
-
-/// The first and last time a timeline shows: the filter's, or the data's own span when the
-/// range is open.
-fn span(events: &[Event], filter: &Filter) -> (i64, i64) {
-    let since_ns = match events.first() {
-        Some(e) if filter.since_ns <= 0 => e.ts,
-        _ => filter.since_ns,
-    };
-    let until_ns = match events.last() {
-        Some(e) if filter.until_ns == i64::MAX => e.ts,
-        _ => filter.until_ns,
-    };
-    (since_ns, until_ns)
-}
-
 /// The timeline of one node's rows (`fleet::build` splits and merges several).
 fn build_one(rows: &Rows, filter: &Filter) -> Timeline {
     let scope = Scope::new(rows, filter);
