@@ -427,6 +427,9 @@ url = "https://hooks.example/x"
     ),
 ];
 
+/// Fuzz runs this short (CI's smoke step) build the targets unoptimised.
+const SMOKE_SECONDS: u32 = 60;
+
 /// Runs each fuzz target for `seconds` (cargo-fuzz needs the nightly toolchain; it is
 /// installed on first use). The replay target starts from the committed captures, the text
 /// targets from [`SEEDS`].
@@ -467,6 +470,14 @@ fn fuzz(seconds: u32) -> Result<()> {
             Command::new("cargo")
                 .current_dir(root.join("sidecar"))
                 .args(["+nightly", "fuzz", "run", target])
+                // A short smoke run builds in the dev profile: a third of the build time
+                // of an optimised, instrumented one, with overflow checks on; a longer run
+                // is worth the optimised build.
+                .args(if seconds <= SMOKE_SECONDS {
+                    &["--dev"][..]
+                } else {
+                    &[][..]
+                })
                 .arg(&corpus)
                 .arg("--")
                 .arg(format!("-max_total_time={seconds}"))

@@ -32,13 +32,25 @@ pub struct ClusterInfo {
 /// The other nodes of a per-node cluster: their URL (for messages) and a client.
 pub type Peers = Vec<(String, Client)>;
 
-/// Whether the server has a keeper connection (`ON CLUSTER` and Replicated tables work).
-async fn has_keeper(client: &Client) -> bool {
-    client
+/// Whether the server has a keeper connection (`ON CLUSTER` and Replicated tables work). A
+/// server without the table has none; a user who may not read it cannot tell, and is asked
+/// to say (guessing wrong would make unreplicated tables on a replicated cluster, or the
+/// other way round).
+async fn has_keeper(client: &Client) -> Result<bool, PrepareError> {
+    match client
         .query("SELECT count() FROM system.zookeeper_connection")
         .fetch_one::<u64>()
         .await
-        .is_ok_and(|n| n > 0)
+    {
+        Ok(n) => Ok(n > 0),
+        Err(e) if error_code(&e) == Some(60) => Ok(false),
+        Err(e) if error_code(&e) == Some(497) => Err(PrepareError::Incompatible(format!(
+            "store.cluster_ddl = \"auto\" cannot tell whether the cluster has a keeper ({e}): \
+             set store.cluster_ddl to \"on_cluster\" (ClickHouse Keeper or ZooKeeper) or \
+             \"per_node\" (none), or grant SELECT ON system.zookeeper_connection"
+        ))),
+        Err(e) => Err(fail("reading system.zookeeper_connection", e)),
+    }
 }
 
 /// The number of shards the server knows for `cluster` (an unknown cluster is an error that
@@ -121,7 +133,7 @@ pub async fn prepare(
     let per_node = match ddl {
         ClusterDdl::OnCluster => false,
         ClusterDdl::PerNode => true,
-        ClusterDdl::Auto => !has_keeper(&admin).await,
+        ClusterDdl::Auto => !has_keeper(&admin).await?,
     };
     let opts = SchemaOptions {
         per_node,

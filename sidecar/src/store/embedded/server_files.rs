@@ -52,7 +52,7 @@ pub fn config_xml(etc: &Path) -> String {
 /// `edgewatch` may also create Distributed tables.
 pub fn users_xml(password_sha256_hex: &str, database: &str, cluster_node: bool) -> String {
     let distributed = if cluster_node {
-        "\n                <query>GRANT TABLE ENGINE ON Distributed</query>\n                <query>GRANT SELECT ON system.clusters</query>"
+        "\n                <query>GRANT TABLE ENGINE ON Distributed</query>\n                <query>GRANT SELECT ON system.clusters</query>\n                <query>GRANT SELECT ON system.zookeeper_connection</query>"
     } else {
         ""
     };
