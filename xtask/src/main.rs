@@ -428,7 +428,7 @@ url = "https://hooks.example/x"
 ];
 
 /// Fuzz runs this short (CI's smoke step) build the targets unoptimised.
-const SMOKE_SECONDS: u32 = 60;
+const SMOKE_SECONDS: u32 = 30;
 
 /// Runs each fuzz target for `seconds` (cargo-fuzz needs the nightly toolchain; it is
 /// installed on first use). The replay target starts from the committed captures, the text
