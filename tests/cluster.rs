@@ -15,27 +15,17 @@ use std::{
 
 use edgewatch::store::{
     config::{ClusterDdl, StoreConfig, WireFormat},
-    rows::{AnyRow, ConnRow},
+    rows::{AnyRow, ConnRow, TABLE_NAMES},
     ship,
 };
 use serde_json::Value;
-use support::{cluster::Cluster, json_lines, Sidecar, SocketHolder};
-
-/// The tables rows go to (read through their Distributed tables).
-const TABLES: [&str; 8] = [
-    "exposures",
-    "exposure_changes",
-    "conn_events",
-    "http_exchanges",
-    "ws_sessions",
-    "edge_logs",
-    "requests",
-    "alerts",
-];
+use support::{
+    cluster::Cluster, config_file, edgewatch_stdout as edgewatch, json_lines, Sidecar, SocketHolder,
+};
 
 /// Rows per node over every table, as seen through node `i`'s Distributed tables.
 fn rows_by_node(cluster: &Cluster, i: usize, db: &str) -> BTreeMap<String, u64> {
-    let union: Vec<String> = TABLES
+    let union: Vec<String> = TABLE_NAMES
         .iter()
         .map(|t| format!("SELECT node FROM {db}.{t}"))
         .collect();
@@ -49,27 +39,6 @@ fn rows_by_node(cluster: &Cluster, i: usize, db: &str) -> BTreeMap<String, u64> 
             Some((n.to_owned(), c.parse().ok()?))
         })
         .collect()
-}
-
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-    f
-}
-
-fn edgewatch(args: &[&str], config: &std::path::Path) -> String {
-    let out = Command::new(support::edgewatch_bin())
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "edgewatch {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Three sidecars (three `replay --store` of different recordings, with distinct node
@@ -156,7 +125,7 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
     // Spread over the shards: each node's own tables hold a part, and the parts add up.
     let local: Vec<u64> = (0..3)
         .map(|i| {
-            let union: Vec<String> = TABLES
+            let union: Vec<String> = TABLE_NAMES
                 .iter()
                 .map(|t| format!("SELECT 1 FROM {db}.{t}_local"))
                 .collect();
@@ -188,7 +157,7 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
             "--output",
             "json",
         ],
-        configs[2].path(),
+        Some(configs[2].path()),
     ))
     .unwrap();
     assert_eq!(
@@ -219,7 +188,7 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
             "--output",
             "json",
         ],
-        configs[0].path(),
+        Some(configs[0].path()),
     ))
     .unwrap();
     assert_eq!(b["nodes"], serde_json::json!(["edge-b"]));

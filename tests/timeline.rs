@@ -6,28 +6,7 @@ mod support;
 use std::{path::Path, process::Command};
 
 use serde_json::Value;
-use support::{Sidecar, SocketHolder};
-
-fn edgewatch(args: &[&str], config: Option<&Path>) -> String {
-    let mut cmd = Command::new(support::edgewatch_bin());
-    cmd.args(args);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let out = cmd.output().expect("edgewatch");
-    assert!(
-        out.status.success(),
-        "edgewatch {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let f = tempfile::NamedTempFile::new().expect("config");
-    std::fs::write(f.path(), text).expect("write config");
-    f
-}
+use support::{config_file, edgewatch_stdout as edgewatch, Sidecar, SocketHolder};
 
 /// The events without what depends on where they were read (the node name).
 fn essence(t: &Value) -> Vec<Value> {

@@ -565,6 +565,29 @@ pub fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// A config that watches these ports, with a free loopback metrics port.
+/// Runs `edgewatch ARGS [--config CONFIG]`, asserts it succeeded and returns its stdout.
+pub fn edgewatch_stdout(args: &[&str], config: Option<&std::path::Path>) -> String {
+    let mut cmd = Command::new(edgewatch_bin());
+    cmd.args(args);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().expect("edgewatch");
+    assert!(
+        out.status.success(),
+        "edgewatch {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A config file holding `text` (removed when dropped).
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(f.path(), text).expect("write config");
+    f
+}
+
 pub fn config_watching(ports: &[u16], extra: &str) -> String {
     format!(
         "[exposure]\nwatched_ports = {ports:?}\nrescan_interval = \"1h\"\n{extra}\n\

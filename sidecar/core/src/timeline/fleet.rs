@@ -4,7 +4,7 @@
 //! `10.0.0.2:41000 -> 127.0.0.1:18789` hop), and so are incidents.
 use std::collections::BTreeSet;
 
-use super::{build_one, groups, summarize, Event, Filter, Rows, Timeline};
+use super::{assemble, build_one, Event, Filter, Rows, Timeline};
 
 impl Rows {
     /// The distinct nodes of all rows, sorted.
@@ -69,17 +69,7 @@ pub fn build(rows: &Rows, filter: &Filter) -> Timeline {
         }));
     }
     sort_events(&mut events);
-    let groups = groups(&events, rows);
-    let summary = summarize(&events, &rows.open_incidents);
-    let (since_ns, until_ns) = span(&events, filter);
-    Timeline {
-        since_ns,
-        until_ns,
-        summary,
-        events,
-        groups,
-        nodes,
-    }
+    assemble(events, rows, filter, nodes)
 }
 
 /// In time order; ties by lane (client, edge, upstream, host), a change before the alert it

@@ -278,6 +278,11 @@ fn build_one(rows: &Rows, filter: &Filter) -> Timeline {
     for (i, id) in fill {
         events[i].request_id = id;
     }
+    assemble(events, rows, filter, Vec::new())
+}
+
+/// The timeline of ordered `events`: grouped, summarised, spanning the filter's range.
+fn assemble(events: Vec<Event>, rows: &Rows, filter: &Filter, nodes: Vec<String>) -> Timeline {
     let groups = groups(&events, rows);
     let summary = summarize(&events, &rows.open_incidents);
     let (since_ns, until_ns) = span(&events, filter);
@@ -287,7 +292,7 @@ fn build_one(rows: &Rows, filter: &Filter) -> Timeline {
         summary,
         events,
         groups,
-        nodes: Vec::new(),
+        nodes,
     }
 }
 
