@@ -398,3 +398,30 @@ fn a_node_killed_for_a_minute_loses_nothing() {
         );
     }
 }
+
+/// CI once saw a node say ready on HTTP and then exit: its native port had been taken between
+/// choosing and binding it, and `SYSTEM START LISTEN TCP` failed after the ready line. A node
+/// whose native port is taken must never say ready.
+#[test]
+fn a_node_whose_native_port_is_taken_never_says_ready() {
+    support::require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = taken.local_addr().unwrap().port();
+    let xml = format!("<clickhouse>\n<remote_servers><{NAME}><shard><replica><host>127.0.0.1</host><port>{tcp}</port></replica></shard></{NAME}></remote_servers>\n</clickhouse>\n", NAME = support::cluster::NAME);
+    let secret = edgewatch::store::embedded::load_or_create_secret(
+        &tempfile::tempdir().unwrap().path().join("secret"),
+    )
+    .unwrap();
+    let mut node =
+        support::store::ClickHouse::node(&secret, support::free_listen_port(), tcp, &xml);
+    let err = node
+        .try_spawn()
+        .expect_err("a node without its native port said ready");
+    assert!(
+        err.contains("did not start (Exited)") && err.contains("Address already in use"),
+        "{err}"
+    );
+    // Control: the same node, its port free, starts.
+    drop(taken);
+    node.try_spawn().unwrap();
+}

@@ -8,7 +8,7 @@
 //! disabled") and cannot open the interserver port Replicated tables fetch parts through.
 //! The cluster is therefore keeper-less: per-node DDL, Distributed tables, one replica per
 //! shard.
-use super::{free_port, store::ClickHouse};
+use super::{free_listen_port, store::ClickHouse};
 
 /// The cluster's name in every node's `remote_servers`.
 pub const NAME: &str = "fleet";
@@ -24,13 +24,35 @@ fn xml_escape(s: &str) -> String {
 }
 
 impl Cluster {
-    /// Starts `n` nodes, one shard each, and waits until every one answers.
+    /// Starts `n` nodes, one shard each, and waits until every one answers on both its ports.
+    /// A port taken between choosing and binding it (tests run in parallel) makes a node exit
+    /// before it is ready: the whole cluster is then made again on other ports.
     pub fn start(n: usize) -> Self {
+        let mut last = String::new();
+        for _ in 0..4 {
+            match Self::try_start(n) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("the test cluster did not start in 4 attempts; last: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<Self, String> {
         let secret = edgewatch::store::embedded::load_or_create_secret(
             &tempfile::tempdir().unwrap().path().join("secret"),
         )
         .unwrap();
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut ports: Vec<(u16, u16)> = Vec::new();
+        while ports.len() < n {
+            let pair = (free_listen_port(), free_listen_port());
+            let taken = ports
+                .iter()
+                .any(|(h, t)| [*h, *t].contains(&pair.0) || [*h, *t].contains(&pair.1));
+            if pair.0 != pair.1 && !taken {
+                ports.push(pair);
+            }
+        }
         let shards: String = ports
             .iter()
             .map(|(_, tcp)| {
@@ -49,9 +71,10 @@ impl Cluster {
             .map(|(http, tcp)| ClickHouse::node(&secret, *http, *tcp, &xml))
             .collect();
         for node in &mut nodes {
-            node.spawn();
+            // The nodes already started stop when `nodes` is dropped.
+            node.try_spawn()?;
         }
-        Self { nodes }
+        Ok(Self { nodes })
     }
 
     /// Every node's URL, for `store.cluster_nodes`.

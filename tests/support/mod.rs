@@ -62,6 +62,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port that is free on loopback now and lies below the kernel's ephemeral range, so no
+/// outgoing connection can take it before a server binds it (a [`free_port`] can be taken by
+/// any connect in between). Still only free *now*: callers retry when the bind fails.
+pub fn free_listen_port() -> u16 {
+    let lo: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = lo.saturating_sub(10_000).max(1);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mut x = seed ^ std::process::id().rotate_left(16);
+    for _ in 0..1000 {
+        // xorshift32: a spread of candidates, different per call and per process.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 10_000 + u16::try_from(x % u32::from(span)).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// Lines read from a child's stdout, parsed as JSON where possible.
 pub struct Lines {
     rx: Receiver<String>,

@@ -13,7 +13,7 @@ use std::{
 
 use edgewatch::store::embedded;
 
-use super::{edgewatch_bin, free_port};
+use super::{edgewatch_bin, free_listen_port};
 
 /// Where `cargo xtask test` (and edgewatch itself) cache the ClickHouse build.
 pub const CACHE_DIR: &str = "/var/cache/edgewatch";
@@ -51,7 +51,7 @@ impl ClickHouse {
         let mut ch = Self {
             child: None,
             node: None,
-            http_port: free_port(),
+            http_port: free_listen_port(),
             dir,
             secret,
         };
@@ -104,6 +104,14 @@ impl ClickHouse {
     }
 
     pub fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server and waits until it says every listener answers; the server's log
+    /// if it exits or times out first.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let mut cmd = Command::new(edgewatch_bin());
         cmd.arg("embedded-clickhouse");
@@ -132,13 +140,15 @@ impl ClickHouse {
         let mut child = child;
         // The server says when its listener answers.
         let ready = embedded::wait_ready(child.stdout.take().unwrap(), Duration::from_secs(120));
-        self.child = Some(child);
-        assert_eq!(
-            ready,
-            embedded::Ready::Ready,
-            "ClickHouse did not start: {}",
+        if ready == embedded::Ready::Ready {
+            self.child = Some(child);
+            return Ok(());
+        }
+        embedded::terminate(&mut child, Duration::from_secs(5));
+        Err(format!(
+            "ClickHouse did not start ({ready:?}): {}",
             std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-        );
+        ))
     }
 
     pub fn url(&self) -> String {

@@ -179,7 +179,7 @@ impl Drop for EmbeddedServer {
     }
 }
 
-/// What the server child prints on stdout once its HTTP listener answers.
+/// What the server child prints on stdout once its listeners (HTTP, and native if asked for) answer.
 pub const READY_LINE: &str = "edgewatch-clickhouse: ready";
 
 /// How waiting for the ready line ended.
@@ -552,10 +552,20 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
         )
     };
     let http_port = a.http_port;
+    let tcp_port = a.tcp_port;
     tracing::info!(http_port, data = %a.data_dir.display(), user = %user.name, uid = user.uid, "embedded ClickHouse starting");
-    // Tells the parent when the listener answers (the query below never returns).
+    // Tells the parent when every listener answers (the query below never returns). The
+    // native port is opened after the HTTP one: a server whose native port cannot be bound
+    // exits without ever saying ready.
     std::thread::spawn(move || loop {
-        if ping(http_port) {
+        let native = tcp_port.is_none_or(|p| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        });
+        if native && ping(http_port) {
             println!("{READY_LINE}");
             let _ = std::io::stdout().flush();
             return;
