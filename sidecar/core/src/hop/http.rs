@@ -135,17 +135,23 @@ fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> 
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+        .map(|h| match std::str::from_utf8(h.value) {
+            // The common case: one allocation, of the trimmed value.
+            Ok(v) => v.trim().to_owned(),
+            Err(_) => String::from_utf8_lossy(h.value).trim().to_owned(),
+        })
 }
 
+/// Whether a comma-separated header `name` lists `token` (ASCII, case-insensitive). Read in
+/// place: tokens are ASCII, so a value that is not UTF-8 is compared byte-wise, no copy.
 fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case(name))
         .any(|h| {
-            String::from_utf8_lossy(h.value)
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
+            h.value
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
         })
 }
 
@@ -403,11 +409,14 @@ impl HttpStream {
     }
 
     fn parse_head(&mut self, head: &[u8], out: &mut Vec<HttpEvent>) -> Result<(), &'static str> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Left uninitialised: httparse writes what it parses (zeroing 100 headers cost more
+        // than parsing a typical head).
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         match self.role {
             Role::Request => {
-                let mut req = httparse::Request::new(&mut headers);
-                match req.parse(head) {
+                let mut req = httparse::Request::new(&mut []);
+                match req.parse_with_uninit_headers(head, &mut headers) {
                     Ok(httparse::Status::Complete(_)) => {}
                     Ok(httparse::Status::Partial) => return Err("incomplete request head"),
                     Err(_) => return Err("malformed request head"),
@@ -433,8 +442,12 @@ impl HttpStream {
                 self.state = next;
             }
             Role::Response => {
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(head) {
+                let mut resp = httparse::Response::new(&mut []);
+                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+                    &mut resp,
+                    head,
+                    &mut headers,
+                ) {
                     Ok(httparse::Status::Complete(_)) => {}
                     Ok(httparse::Status::Partial) => return Err("incomplete response head"),
                     Err(_) => return Err("malformed response head"),

@@ -240,3 +240,26 @@ fn table_names_match_the_schema() {
     }
     assert_eq!(TABLE_NAMES.len(), super::super::schema::TABLES.len());
 }
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    use std::net::IpAddr;
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.9.99.100",
+        "255.255.255.255",
+        "192.168.1.250",
+        "::1",
+        "2001:db8::7",
+        "::ffff:127.0.0.1",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(super::ip_text(ip), ip.to_string());
+    }
+    // Every octet value, in every position.
+    for o in 0..=255u8 {
+        let ip = IpAddr::from([o, 255 - o, o / 3, o.wrapping_mul(7)]);
+        assert_eq!(super::ip_text(ip), ip.to_string());
+    }
+}
