@@ -317,3 +317,73 @@ fn a_proxys_failed_connect_elsewhere_is_named_by_the_kernel() {
         "{metrics}"
     );
 }
+
+#[test]
+fn hop_segments_the_ring_cannot_hold_are_counted_and_the_gap_reported() {
+    // A one-page ring holds one data segment's event. Freeze the sidecar, send far more
+    // segments on the hop, and let it go: the kernel must count what it could not deliver,
+    // the sidecar must say so, and the tracker must report the bytes it never saw.
+    support::require_root();
+    let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let mut sidecar = Sidecar::start(&format!(
+        "[hop]\nports = [{port}]\ninterfaces = [\"lo\"]\ndocker_bridges = false\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [probes]\nring_buffer_bytes = 4096\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 65536];
+        let mut total = 0;
+        loop {
+            let n = s.read(&mut buf).expect("read");
+            if n == 0 {
+                return total;
+            }
+            total += n;
+            let _ = tx.send(total);
+        }
+    });
+    let request = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    sidecar.signal("STOP");
+    // Pipelined requests (no responses): every one a segment of its own, each received.
+    for i in 1..=300 {
+        client.write_all(request).expect("write");
+        while rx.recv().expect("server") < i * request.len() {}
+    }
+    sidecar.signal("CONT");
+    let drops = sidecar
+        .lines
+        .wait_for("the kernel drop report", |v| v["type"] == "kernel_drops");
+    assert!(
+        drops["hop_ringbuf_full"].as_u64().is_some_and(|n| n > 0),
+        "{drops}"
+    );
+    // One more request after the gap, then the end of the connection.
+    client.write_all(request).expect("write");
+    client
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    assert_eq!(server.join().expect("server"), 301 * request.len());
+    drop(client);
+    let loss = sidecar
+        .lines
+        .wait_for("a loss record for the hop connection", |v| {
+            v["type"] == "loss"
+                && v["conn"]["server"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with(&format!(":{port}")))
+        });
+    assert!(loss["bytes"].as_u64().is_some_and(|b| b > 0), "{loss}");
+    let metrics = sidecar.metrics();
+    assert!(
+        counter(
+            &metrics,
+            "edgewatch_kernel_drops_total{reason=\"hop_ringbuf_full\"}"
+        ) > 0,
+        "{metrics}"
+    );
+}

@@ -254,7 +254,7 @@ fn addresses_are_written_as_display_writes_them() {
         "2001:db8::7",
         "::ffff:127.0.0.1",
     ] {
-        let ip: IpAddr = ip.parse().unwrap();
+        let ip: IpAddr = ip.parse().expect("an address");
         assert_eq!(super::ip_text(ip), ip.to_string());
     }
     // Every octet value, in every position.
