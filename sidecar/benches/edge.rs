@@ -128,4 +128,8 @@ fn main() {
         jq / ours,
         if median >= 1e6 { "met" } else { "not met" }
     );
+    println!(
+        "summary: edge lines_per_s={median:.0} ratio_vs_jq={:.1}",
+        jq / ours
+    );
 }

@@ -244,4 +244,5 @@ fn main() {
             "NOT met: above 2.2x"
         }
     );
+    println!("summary: floods worst_doubling={worst:.2}");
 }

@@ -317,5 +317,9 @@ fn main() {
             "NOT met"
         }
     );
+    println!(
+        "summary: store rows_per_s={e2e_rate:.0} ratio_vs_raw={:.2} cluster_rows_per_s={fleet_rate:.0}",
+        e2e_rate / raw_rate
+    );
     drop(server);
 }

@@ -242,6 +242,11 @@ impl Sidecar {
         Self::start_with(None, config, &[])
     }
 
+    /// With extra arguments to `run` (e.g. `--records`).
+    pub fn start_with_args(config: &str, extra: &[&str]) -> Self {
+        Self::start_with(None, config, extra)
+    }
+
     fn start_with(netns: Option<&Netns>, config: &str, extra: &[&str]) -> Self {
         require_root();
         let mut file = tempfile::NamedTempFile::new().unwrap();

@@ -1,5 +1,6 @@
-//! `cargo xtask bench-exposure`: figures for the live exposure watch, measured on this
-//! machine in this run (never asserted in tests: these machines are noisy).
+//! `cargo xtask bench` (every benchmark, then one summary table) and `cargo xtask
+//! bench-exposure` (figures for the live exposure watch), measured on this machine in this
+//! run (never asserted in tests: these machines are noisy).
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpListener,
@@ -10,6 +11,71 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
+
+/// The benches `cargo xtask bench` runs, in order.
+const BENCHES: [&str; 6] = ["hop", "sessions", "capacity", "edge", "store", "floods"];
+
+/// Runs every benchmark (their output passes through), then prints one table of the figures
+/// their `summary: SECTION key=value ...` lines give, with the machine they came from.
+pub fn all() -> Result<()> {
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    let mut failed = Vec::new();
+    for bench in BENCHES {
+        let mut child = crate::cargo()
+            .args(["bench", "--package", "edgewatch", "--bench", bench])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cargo bench --bench {bench}"))?;
+        let stdout = child.stdout.take().context("bench stdout")?;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            rows.extend(summary_row(&line));
+        }
+        if !child.wait()?.success() {
+            failed.push(bench);
+        }
+    }
+    exposure(50)?;
+    println!("\n== summary ({})", machine());
+    println!("{:<10} {:<28} {:>14}", "section", "figure", "value");
+    for (section, key, value) in &rows {
+        println!("{section:<10} {key:<28} {value:>14}");
+    }
+    if !failed.is_empty() {
+        bail!("benchmarks failed: {failed:?}");
+    }
+    Ok(())
+}
+
+/// `summary: SECTION k=v k=v` as (section, k, v) rows.
+fn summary_row(line: &str) -> Vec<(String, String, String)> {
+    let Some(rest) = line.strip_prefix("summary: ") else {
+        return Vec::new();
+    };
+    let mut words = rest.split_whitespace();
+    let section = words.next().unwrap_or("?").to_owned();
+    words
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (section.clone(), k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The CPU model, core count and kernel, for the table's heading.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, Linux {kernel}")
+}
 
 fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -81,11 +81,12 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark: `cargo bench
-    /// --bench hop` (replay vs tshark, live probe cost with wrk), `--bench edge` (log parsing
-    /// and join vs jq), `--bench store` (records into ClickHouse vs the raw crate insert),
-    /// `--bench floods` (hostile floods at 1x-8x: the cost of each doubling) and
-    /// `bench-exposure`.
+    /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark, then print one
+    /// summary table: `cargo bench --bench hop` (replay vs tshark, live cost per request with
+    /// wrk, TC cost per packet class), `--bench sessions` (RSS at 10,000 WebSocket sessions),
+    /// `--bench capacity` (hop packets/s with zero drops; drops counted past it), `--bench
+    /// edge` (log parsing and join vs jq), `--bench store` (records into ClickHouse vs the
+    /// raw crate insert), `--bench floods` (hostile floods at 1x-8x) and `bench-exposure`.
     Bench,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.
@@ -581,11 +582,7 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup()?;
             apt_install(&["tshark", "wrk", "jq"])?;
-            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "hop"]))?;
-            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "edge"]))?;
-            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "store"]))?;
-            run_ok(cargo().args(["bench", "--package", "edgewatch", "--bench", "floods"]))?;
-            bench::exposure(50)
+            bench::all()
         }
     }
 }
