@@ -733,7 +733,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
             fired_at: 1,
             evidence: "{}".into(),
         });
-        spool.push(&alert).unwrap();
+        spool.push(alert).unwrap();
         let rejected = loop {
             match rx.recv().await {
                 Some(ev @ ship::StoreEvent::Rejected { .. }) => break ev,
@@ -758,7 +758,7 @@ fn a_batch_refused_for_good_is_set_aside_and_reported() {
         assert!(Path::new(&moved_to).exists(), "{moved_to}");
         // The pipeline goes on: the next batch of another table arrives.
         let conn = conn_row(now_ns(), "test", "refused", 1, None);
-        spool.push(&conn).unwrap();
+        spool.push(conn).unwrap();
         loop {
             match rx.recv().await {
                 Some(ship::StoreEvent::Sent { table, rows }) if table == "conn_events" => {

@@ -294,7 +294,7 @@ impl Store {
     }
 
     fn push(&mut self, row: AnyRow) {
-        if let Err(e) = self.spool.push(&row) {
+        if let Err(e) = self.spool.push(row) {
             self.write_errors += 1;
             if self.write_errors == 1 || self.write_errors.is_power_of_two() {
                 tracing::error!(error = %e, failures = self.write_errors, "spool write failed (rows kept for the next try, or dropped and counted)");

@@ -639,7 +639,12 @@ struct SendJob {
 }
 
 impl SendJob {
-    async fn send(&self, batch: &BatchInfo) -> Result<(), SendError> {
+    /// The rows of a batch: from memory when this run wrote it and they are still there,
+    /// otherwise read back from its file.
+    async fn rows_of(&self, batch: &BatchInfo) -> Result<Vec<AnyRow>, SendError> {
+        if let Some(rows) = self.shared.take_fresh(batch.seq) {
+            return Ok(rows);
+        }
         let path = batch.path.clone();
         let frames = match tokio::task::spawn_blocking(move || read_frames(&path)).await {
             Ok(Ok(f)) => f,
@@ -660,9 +665,13 @@ impl SendJob {
                 "corrupt stretches in a spool batch skipped (their rows are lost, counted)"
             );
         }
+        Ok(frames.rows)
+    }
+
+    async fn send(&self, batch: &BatchInfo) -> Result<(), SendError> {
+        let all = self.rows_of(batch).await?;
         // Tail marks ride along in edge batches; they are not rows of any table.
-        let rows = frames
-            .rows
+        let rows = all
             .iter()
             .filter(|r| !matches!(r, AnyRow::TailMark(_)))
             .count() as u64;
@@ -673,7 +682,7 @@ impl SendJob {
                 self.format,
                 batch.table,
                 &self.shared.token(batch),
-                frames.rows,
+                all,
             ),
         )
         .await

@@ -20,7 +20,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
-    io::{Read, Write},
+    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
@@ -35,6 +35,13 @@ const HEADER: usize = MAGIC.len() + RUN_ID;
 const FRAME_HEADER: usize = 8;
 /// A frame larger than this is corruption, not a row.
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
+/// A batch written by this run keeps its rows in memory too, up to this many frame bytes, and
+/// the sender takes them from there instead of reading and decoding the file back (the file
+/// stays the authority: a retry, a recovered batch or one over the bound reads the file).
+const FRESH_MAX_BYTES: u64 = 8 << 20;
+/// Sealed batches whose rows stay in memory while they wait, at most (the oldest go first:
+/// an outage fills the spool on disk, not memory).
+const FRESH_BATCHES: usize = 2;
 
 /// Why the spool could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +107,8 @@ struct State {
     rejected: std::collections::VecDeque<(PathBuf, u64)>,
     rejected_bytes: u64,
     stats: SpoolStats,
+    /// The rows of sealed batches of this run, by sequence number (see [`FRESH_MAX_BYTES`]).
+    fresh: BTreeMap<u64, Vec<AnyRow>>,
 }
 
 impl State {
@@ -112,6 +121,7 @@ impl State {
 
     /// A batch leaves the backlog (sent, set aside or evicted).
     fn take(&mut self, seq: u64) -> Option<BatchInfo> {
+        self.fresh.remove(&seq);
         let b = self.sealed.remove(&seq)?;
         self.sealed_bytes = self.sealed_bytes.saturating_sub(b.bytes);
         self.sealed_rows = self.sealed_rows.saturating_sub(b.rows);
@@ -146,6 +156,12 @@ impl Shared {
             .cloned()?;
         s.in_flight.insert(b.seq);
         Some(b)
+    }
+
+    /// The rows of a batch this run wrote, if they are still in memory (once: a retry reads
+    /// the file).
+    pub fn take_fresh(&self, seq: u64) -> Option<Vec<AnyRow>> {
+        self.lock().fresh.remove(&seq)
     }
 
     /// The batch is in ClickHouse: forget it and delete its file.
@@ -221,6 +237,9 @@ struct OpenBatch {
     buf: Vec<u8>,
     /// Rows in `buf`, not yet in the file.
     buf_rows: u64,
+    /// Every row of the batch, while it stays within [`FRESH_MAX_BYTES`] and every write
+    /// succeeded (None after: the file alone has them).
+    mem: Option<Vec<AnyRow>>,
     opened: Instant,
     /// The directory was fsynced since this file was created.
     dir_synced: bool,
@@ -261,81 +280,15 @@ fn file_name(seq: u64, table: usize, ext: &str) -> String {
     format!("{seq:016}-{}.{ext}", TABLE_NAMES[table])
 }
 
+mod frames;
+pub use frames::{parse_frames, read_frames, Frames};
+
 fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
     let (stem, ext) = name.rsplit_once('.')?;
     let (seq, table) = stem.split_once('-')?;
     let seq = seq.parse().ok()?;
     let table = TABLE_NAMES.iter().position(|t| *t == table)?;
     Some((seq, table, ext))
-}
-
-/// A batch file as read back.
-pub struct Frames {
-    pub run: String,
-    pub rows: Vec<AnyRow>,
-    /// Bytes up to the end of the last whole, valid frame.
-    pub valid: u64,
-    /// Bytes after it (a frame cut short by a crash, or corruption).
-    pub cut: u64,
-    /// Corrupt stretches skipped between valid frames, and their bytes.
-    pub corrupt_regions: u64,
-    pub corrupt_bytes: u64,
-}
-
-/// Reads a batch file.
-pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
-    let mut data = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io(path))?;
-    parse_frames(&data).map_err(|reason| SpoolError::Corrupt {
-        path: path.display().to_string(),
-        reason: reason.to_owned(),
-    })
-}
-
-/// Parses a batch file's bytes (pure: the fuzz target's entry point). An error only for a
-/// missing or bad header; anything wrong after it is skipped or cut, and counted.
-pub fn parse_frames(data: &[u8]) -> Result<Frames, &'static str> {
-    if data.len() < HEADER || &data[..MAGIC.len()] != MAGIC {
-        return Err("not a spool batch (bad header)");
-    }
-    let run = std::str::from_utf8(&data[MAGIC.len()..HEADER])
-        .ok()
-        .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("bad run id")?
-        .to_owned();
-    let mut rows = Vec::new();
-    let mut at = HEADER;
-    let mut valid = HEADER;
-    let (mut corrupt_regions, mut corrupt_bytes) = (0u64, 0u64);
-    while data.len() - at >= FRAME_HEADER {
-        if let Some((row, next)) = frame_at(data, at) {
-            rows.push(row);
-            at = next;
-            valid = at;
-            continue;
-        }
-        // Frames are findable: a length, a CRC-32 of the payload and a payload that decodes.
-        // A bad stretch in the middle (a bit flip, a torn write another run left) is skipped
-        // to the next valid frame and counted; with none after it, it is a torn tail.
-        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(data, *p).is_some()) {
-            Some(p) => {
-                corrupt_regions += 1;
-                corrupt_bytes += (p - at) as u64;
-                at = p;
-            }
-            None => break,
-        }
-    }
-    Ok(Frames {
-        run,
-        rows,
-        valid: valid as u64,
-        cut: (data.len() - valid) as u64,
-        corrupt_regions,
-        corrupt_bytes,
-    })
 }
 
 /// Keeps the newest tail mark of each log (frames are read in order, batches in sequence).
@@ -345,23 +298,6 @@ fn collect_marks(rows: &[AnyRow], into: &mut BTreeMap<String, super::rows::TailM
             into.insert(m.path.clone(), m.clone());
         }
     }
-}
-
-/// The frame at `at` and where the next one starts, if it is whole and valid.
-fn frame_at(data: &[u8], at: usize) -> Option<(AnyRow, usize)> {
-    let head = data.get(at..at + FRAME_HEADER)?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len == 0 || len > MAX_FRAME {
-        return None;
-    }
-    let start = at + FRAME_HEADER;
-    let payload = data.get(start..start + len as usize)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    let row = postcard::from_bytes::<AnyRow>(payload).ok()?;
-    Some((row, start + len as usize))
 }
 
 impl Spool {
@@ -536,7 +472,7 @@ impl Spool {
     }
 
     /// Appends one row (buffered until [`Spool::flush`] or until its batch is full).
-    pub fn push(&mut self, row: &AnyRow) -> Result<(), SpoolError> {
+    pub fn push(&mut self, row: AnyRow) -> Result<(), SpoolError> {
         let table = row.table_index();
         if self.open[table].is_none() {
             match self.new_batch(table) {
@@ -548,13 +484,14 @@ impl Spool {
                 }
             }
         }
+        let is_mark = matches!(row, AnyRow::TailMark(_));
         let full = {
             let Some(b) = self.open[table].as_mut() else {
                 return Ok(());
             };
             let at = b.buf.len();
             b.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
-            match postcard::to_extend(row, std::mem::take(&mut b.buf)) {
+            match postcard::to_extend(&row, std::mem::take(&mut b.buf)) {
                 Ok(buf) => b.buf = buf,
                 Err(e) => {
                     // Serialising owned plain data cannot fail short of running out of
@@ -570,10 +507,15 @@ impl Spool {
             b.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
             b.rows += 1;
             b.buf_rows += 1;
+            if b.bytes + b.buf.len() as u64 > FRESH_MAX_BYTES {
+                b.mem = None;
+            } else if let Some(mem) = b.mem.as_mut() {
+                mem.push(row);
+            }
             b.rows >= self.limits.batch_rows
                 || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
         };
-        if !matches!(row, AnyRow::TailMark(_)) {
+        if !is_mark {
             self.accepted_rows += 1;
         }
         if full {
@@ -610,6 +552,7 @@ impl Spool {
             bytes: HEADER as u64,
             buf: Vec::with_capacity(64 * 1024),
             buf_rows: 0,
+            mem: Some(Vec::new()),
             opened: Instant::now(),
             dir_synced: false,
         })
@@ -634,6 +577,8 @@ impl Spool {
             }
             Err(e) => {
                 use std::io::Seek as _;
+                // The file alone says what the batch holds from now on.
+                b.mem = None;
                 let rolled = b
                     .file
                     .set_len(b.bytes)
@@ -670,7 +615,8 @@ impl Spool {
                 .and_then(|d| d.sync_all())
                 .map_err(io(&self.shared.dir))?;
         }
-        self.shared.lock().add(BatchInfo {
+        let mut st = self.shared.lock();
+        st.add(BatchInfo {
             seq: b.seq,
             run: b.run,
             table,
@@ -678,6 +624,13 @@ impl Spool {
             bytes: b.bytes,
             path: sealed,
         });
+        if let Some(mem) = b.mem {
+            st.fresh.insert(b.seq, mem);
+            while st.fresh.len() > FRESH_BATCHES {
+                st.fresh.pop_first();
+            }
+        }
+        drop(st);
         self.enforce_bound();
         self.shared.notify.notify_one();
         Ok(())

@@ -31,7 +31,7 @@ fn batches_seal_by_rows_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..25 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     s.flush().expect("flush");
     let shared = s.shared();
@@ -79,7 +79,7 @@ fn a_torn_last_frame_is_cut_on_recovery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..3 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     s.flush().expect("flush");
     drop(s);
@@ -107,7 +107,7 @@ fn a_full_spool_drops_the_oldest_and_counts() {
     l.max_bytes = 2000;
     let mut s = Spool::open(dir.path(), l).expect("open");
     for i in 0..200 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     s.flush().expect("flush");
     let st = s.stats();
@@ -132,7 +132,7 @@ fn rejected_batches_are_set_aside() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..10 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     let shared = s.shared();
     let b = shared.next_batch().expect("batch");
@@ -159,7 +159,7 @@ fn garbage_in_the_spool_is_not_a_panic() {
     let mut s1 = Spool::open(dir.path(), limits()).expect("open");
     let t1 = {
         for i in 0..10 {
-            s1.push(&row(i)).expect("push");
+            s1.push(row(i)).expect("push");
         }
         let sh = s1.shared();
         let b = sh.next_batch().expect("batch");
@@ -170,7 +170,7 @@ fn garbage_in_the_spool_is_not_a_panic() {
     drop(s1);
     let mut s2 = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..10 {
-        s2.push(&row(i)).expect("push");
+        s2.push(row(i)).expect("push");
     }
     let sh = s2.shared();
     let b = sh.next_batch().expect("batch");
@@ -190,7 +190,7 @@ fn a_corrupt_frame_in_the_middle_is_skipped_to_the_next_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..10 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     s.flush().expect("flush");
     let b = s.shared().next_batch().expect("a sealed batch of 10");
@@ -229,7 +229,7 @@ fn rejected_batches_count_against_the_bound_and_go_first() {
     let mut l = limits();
     let mut s = Spool::open(dir.path(), l).expect("open");
     for i in 0..10 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     let shared = s.shared();
     let b = shared.next_batch().expect("batch");
@@ -242,7 +242,7 @@ fn rejected_batches_count_against_the_bound_and_go_first() {
     l.max_bytes = batch_bytes * 2 + batch_bytes / 2;
     let mut s = Spool::open(dir.path(), l).expect("reopen");
     for i in 10..30 {
-        s.push(&row(i)).expect("push");
+        s.push(row(i)).expect("push");
     }
     assert!(!rejected.exists(), "the rejected batch was deleted first");
     assert_eq!(s.stats().dropped_rejected, 1);
@@ -293,7 +293,7 @@ fn a_full_disk_rolls_a_write_back_and_leaves_no_torn_frame() {
     let mut pushed = 0u64;
     for i in 0..20_000u64 {
         pushed += 1;
-        if s.push(&row(i)).is_err() || s.flush().is_err() {
+        if s.push(row(i)).is_err() || s.flush().is_err() {
             failed = true;
             break;
         }
@@ -311,4 +311,63 @@ fn a_full_disk_rolls_a_write_back_and_leaves_no_torn_frame() {
     assert_eq!(f.cut, 0);
     // Every row pushed is in the batch, or was dropped and counted: none lost silently.
     assert_eq!(f.rows.len() as u64 + dropped, pushed);
+}
+
+#[test]
+fn a_fresh_batch_hands_its_rows_over_in_memory_once_and_the_file_stays_the_authority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path(), limits()).expect("open");
+    for i in 0..30 {
+        s.push(row(i)).expect("push");
+    }
+    s.flush().expect("flush");
+    let shared = s.shared();
+    let batches: Vec<BatchInfo> = std::iter::from_fn(|| shared.next_batch()).collect();
+    assert_eq!(batches.len(), 3);
+    // Only the newest FRESH_BATCHES keep their rows in memory: an outage fills the disk.
+    assert_eq!(shared.take_fresh(batches[0].seq), None);
+    for b in &batches[1..] {
+        let mem = shared.take_fresh(b.seq).expect("rows in memory");
+        assert_eq!(
+            mem,
+            read_frames(&b.path).expect("read").rows,
+            "same rows as the file"
+        );
+        assert_eq!(
+            shared.take_fresh(b.seq),
+            None,
+            "handed over once: a retry reads the file"
+        );
+    }
+    // A batch over the memory bound is left to its file.
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let mut s2 = Spool::open(
+        dir2.path(),
+        SpoolLimits {
+            batch_rows: 1_000_000,
+            batch_bytes: 64 << 20,
+            ..limits()
+        },
+    )
+    .expect("open");
+    let big = |i: u64| {
+        let AnyRow::Alert(mut a) = row(i) else {
+            unreachable!()
+        };
+        a.evidence = "x".repeat(64 * 1024);
+        AnyRow::Alert(a)
+    };
+    let n = FRESH_MAX_BYTES / (64 * 1024) + 2;
+    for i in 0..n {
+        s2.push(big(i)).expect("push");
+    }
+    s2.seal_all().expect("seal");
+    let b = s2.shared().next_batch().expect("batch");
+    assert_eq!(b.rows, n);
+    assert_eq!(s2.shared().take_fresh(b.seq), None);
+    // A recovered batch (written by an earlier run) is read from its file.
+    drop(s);
+    let s = Spool::open(dir.path(), limits()).expect("reopen");
+    let b = s.shared().next_batch().expect("batch");
+    assert_eq!(s.shared().take_fresh(b.seq), None);
 }
