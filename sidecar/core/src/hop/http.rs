@@ -177,10 +177,11 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Option<State>, &'static s
 
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    buf[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| start + p + 4)
+    // SIMD substring search (a byte-by-byte window scan was the parser's largest self cost),
+    // with its searcher built once.
+    static END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    END.find(&buf[start..]).map(|p| start + p + 4)
 }
 
 impl HttpStream {
