@@ -170,7 +170,7 @@ fn main() {
         prepare(&native_client, native_db, node).await;
         let blocks: Vec<_> = rows
             .chunks(batch_rows() as usize)
-            .map(|c| HttpRow::block("http_exchanges", c).unwrap())
+            .map(|c| HttpRow::block("http_exchanges", &c.iter().collect::<Vec<_>>()).unwrap())
             .collect();
         let started = Instant::now();
         for block in &blocks {

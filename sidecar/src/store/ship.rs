@@ -376,7 +376,7 @@ async fn insert_native_block(
         return Ok(());
     }
     // A block that does not fit its table is a bug, not a passing condition: set aside.
-    let block = rows::native_block(table, rows)
+    let block = rows::native_block(table, &rows)
         .map_err(|e| clickhouse::error::Error::SchemaMismatch(e.to_string()))?;
     let mut insert = client
         .insert_native(TABLE_NAMES[table])

@@ -274,6 +274,9 @@ pub struct Spool {
     accepted_rows: u64,
     /// The newest tail mark of each access log found in the batches at open.
     tail_marks: BTreeMap<String, super::rows::TailMarkRow>,
+    /// Rows of the last batch sealed per table: a new batch's in-memory rows start with room
+    /// for as many (no regrowth, and no copy of every row, at each doubling).
+    fresh_hint: Vec<usize>,
 }
 
 fn file_name(seq: u64, table: usize, ext: &str) -> String {
@@ -435,6 +438,7 @@ impl Spool {
             run: new_id(),
             accepted_rows: 0,
             tail_marks,
+            fresh_hint: vec![0; TABLE_NAMES.len()],
         };
         spool.enforce_bound();
         Ok(spool)
@@ -552,7 +556,7 @@ impl Spool {
             bytes: HEADER as u64,
             buf: Vec::with_capacity(64 * 1024),
             buf_rows: 0,
-            mem: Some(Vec::new()),
+            mem: Some(Vec::with_capacity(self.fresh_hint[table])),
             opened: Instant::now(),
             dir_synced: false,
         })
@@ -625,6 +629,7 @@ impl Spool {
             path: sealed,
         });
         if let Some(mem) = b.mem {
+            self.fresh_hint[table] = mem.len();
             st.fresh.insert(b.seq, mem);
             while st.fresh.len() > FRESH_BATCHES {
                 st.fresh.pop_first();

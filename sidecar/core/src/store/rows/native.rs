@@ -6,8 +6,6 @@ use clickhouse::native::{
     Block, DataTypeNode,
 };
 
-use crate::rows_of;
-
 use super::{
     AlertRow, AnyRow, ConnRow, EdgeRow, ExposureRow, HttpRow, RequestRow, WsRow, TABLE_NAMES,
 };
@@ -61,7 +59,7 @@ fn add_column<T: Encode>(
 /// Rows of one table as one block of ClickHouse's columnar Native format: what the server
 /// ingests at the least cost (no per-row parsing). `table` names the table in errors.
 pub trait NativeRow: Sized {
-    fn block(table: &'static str, rows: &[Self]) -> Result<Block, NativeError>;
+    fn block(table: &'static str, rows: &[&Self]) -> Result<Block, NativeError>;
 }
 
 /// `native_block!(Type; field, field = |r| expr, ...)`: one column per field, named after it,
@@ -69,7 +67,7 @@ pub trait NativeRow: Sized {
 macro_rules! native_block {
     ($ty:ty; $($name:ident $(= $map:expr)?),* $(,)?) => {
         impl NativeRow for $ty {
-            fn block(table: &'static str, rows: &[Self]) -> Result<Block, NativeError> {
+            fn block(table: &'static str, rows: &[&Self]) -> Result<Block, NativeError> {
                 let mut b = BlockBuilder::new();
                 $( native_block!(@col b, rows, table, $name $(, $map)?); )*
                 b.build().map_err(|e| NativeError {
@@ -87,18 +85,31 @@ macro_rules! native_block {
     };
 }
 
-/// The Native block of rows of table `table` (an index into [`TABLE_NAMES`]).
-pub fn native_block(table: usize, rows: Vec<AnyRow>) -> Result<Block, NativeError> {
+/// References to the rows of one variant (no row is moved or copied).
+macro_rules! refs_of {
+    ($rows:expr, $variant:ident) => {
+        $rows
+            .iter()
+            .filter_map(|r| match r {
+                AnyRow::$variant(x) => Some(x),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+}
+
+/// The Native block of rows of table `table` (an index into [`TABLE_NAMES`]), read in place.
+pub fn native_block(table: usize, rows: &[AnyRow]) -> Result<Block, NativeError> {
     let name = TABLE_NAMES[table];
     match table {
-        0 => ExposureRow::block(name, &rows_of!(rows, Exposure)),
-        1 => ExposureRow::block(name, &rows_of!(rows, ExposureChange)),
-        2 => ConnRow::block(name, &rows_of!(rows, Conn)),
-        3 => HttpRow::block(name, &rows_of!(rows, Http)),
-        4 => WsRow::block(name, &rows_of!(rows, Ws)),
-        5 => EdgeRow::block(name, &rows_of!(rows, Edge)),
-        6 => RequestRow::block(name, &rows_of!(rows, Request)),
-        _ => AlertRow::block(name, &rows_of!(rows, Alert)),
+        0 => ExposureRow::block(name, &refs_of!(rows, Exposure)),
+        1 => ExposureRow::block(name, &refs_of!(rows, ExposureChange)),
+        2 => ConnRow::block(name, &refs_of!(rows, Conn)),
+        3 => HttpRow::block(name, &refs_of!(rows, Http)),
+        4 => WsRow::block(name, &refs_of!(rows, Ws)),
+        5 => EdgeRow::block(name, &refs_of!(rows, Edge)),
+        6 => RequestRow::block(name, &refs_of!(rows, Request)),
+        _ => AlertRow::block(name, &refs_of!(rows, Alert)),
     }
 }
 

@@ -45,7 +45,7 @@ fn without_low_cardinality(ty: &str) -> String {
 fn check_native(row: AnyRow) {
     let table = row.table_index();
     let name = TABLE_NAMES[table];
-    let block = native_block(table, vec![row]).expect("the block builds");
+    let block = native_block(table, &[row]).expect("the block builds");
     assert_eq!(block.num_rows(), 1);
     let def = super::super::schema::table(name).expect("table exists");
     let mut want: Vec<(String, String)> = def
@@ -117,7 +117,7 @@ fn native_blocks_have_the_table_columns() {
     );
     check_native(AnyRow::Conn(conn));
     // A block of another table's rows is empty, an error rather than a wrong insert.
-    match native_block(0, vec![]) {
+    match native_block(0, &[]) {
         Err(err) => assert_eq!(err.table, "exposures"),
         Ok(_) => panic!("no rows, no block"),
     }
