@@ -554,24 +554,7 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
     let http_port = a.http_port;
     let tcp_port = a.tcp_port;
     tracing::info!(http_port, data = %a.data_dir.display(), user = %user.name, uid = user.uid, "embedded ClickHouse starting");
-    // Tells the parent when every listener answers (the query below never returns). The
-    // native port is opened after the HTTP one: a server whose native port cannot be bound
-    // exits without ever saying ready.
-    std::thread::spawn(move || loop {
-        let native = tcp_port.is_none_or(|p| {
-            std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
-                Duration::from_millis(500),
-            )
-            .is_ok()
-        });
-        if native && ping(http_port) {
-            println!("{READY_LINE}");
-            let _ = std::io::stdout().flush();
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    });
+    announce_ready(http_port, tcp_port);
     if let Some(parent) = a.parent_pid {
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(500));
@@ -601,6 +584,27 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
         bail!("the embedded ClickHouse stopped: {msg}");
     }
     bail!("the embedded ClickHouse stopped")
+}
+
+/// Tells the parent when every listener answers (the server's query never returns). The
+/// native port is opened after the HTTP one: a server whose native port cannot be bound
+/// exits without ever saying ready.
+fn announce_ready(http_port: u16, tcp_port: Option<u16>) {
+    std::thread::spawn(move || loop {
+        let native = tcp_port.is_none_or(|p| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                Duration::from_millis(500),
+            )
+            .is_ok()
+        });
+        if native && ping(http_port) {
+            println!("{READY_LINE}");
+            let _ = std::io::stdout().flush();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    });
 }
 
 #[cfg(test)]
