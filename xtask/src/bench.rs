@@ -35,7 +35,8 @@ pub fn all() -> Result<()> {
             failed.push(bench);
         }
     }
-    exposure(50)?;
+    // The table prints even when this last one fails.
+    let exposure_result = exposure(50);
     println!("\n== summary ({})", machine());
     println!("{:<10} {:<28} {:>14}", "section", "figure", "value");
     for (section, key, value) in &rows {
@@ -44,7 +45,7 @@ pub fn all() -> Result<()> {
     if !failed.is_empty() {
         bail!("benchmarks failed: {failed:?}");
     }
-    Ok(())
+    exposure_result
 }
 
 /// `summary: SECTION k=v k=v` as (section, k, v) rows.
@@ -200,4 +201,20 @@ fn measure(rounds: usize, label: &str, store: &str) -> Result<()> {
     let _ = child.wait();
     let _ = std::fs::remove_file(&config_path);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn summary_lines_become_table_rows_and_other_lines_none() {
+        assert_eq!(
+            super::summary_row("summary: replay ratio_vs_tshark=19.5 mb_per_s=3357"),
+            vec![
+                ("replay".into(), "ratio_vs_tshark".into(), "19.5".into()),
+                ("replay".into(), "mb_per_s".into(), "3357".into()),
+            ]
+        );
+        assert!(super::summary_row("ratio: edgewatch is 19.5x faster").is_empty());
+        assert!(super::summary_row("summary: empty").is_empty());
+    }
 }
