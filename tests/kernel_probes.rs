@@ -387,3 +387,137 @@ fn hop_segments_the_ring_cannot_hold_are_counted_and_the_gap_reported() {
         "{metrics}"
     );
 }
+
+/// Waits (scraping, no sleeps) until `metric` passes `above`; returns its value.
+fn wait_metric_above(sidecar: &Sidecar, metric: &str, above: u64) -> u64 {
+    let deadline = std::time::Instant::now() + support::wait_limit();
+    loop {
+        let value = counter(&sidecar.metrics(), metric);
+        if value > above {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{metric} stayed at {value}"
+        );
+    }
+}
+
+#[test]
+fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
+    // The kernel follows a long body to its end once user space has read its head: segments
+    // wholly inside it cost no record (their length comes with the next one), and neither
+    // does a pure ACK. The exchanges must come out as if every byte had been seen: status,
+    // sizes, timings, no loss. Each body is sent in two parts around the arming (the second
+    // held back by TCP flow control or by the client), so the kernel sees most of it armed.
+    support::require_root();
+    const N: usize = 4 << 20;
+    const ARMED: &str = "edgewatch_hop_follow_armed_total{mode=\"body\"}";
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let upstream = runtime.block_on(start_upstream());
+    let port = upstream.port();
+    let mut sidecar = sidecar(&[port], &[]);
+    let mut s = TcpStream::connect(upstream).expect("connect");
+    let mut armed = counter(&sidecar.metrics(), ARMED);
+    // Downloads: with a Content-Length, and as one chunk.
+    for (path, id) in [("/bytes", "body-length"), ("/chunked", "body-chunked")] {
+        s.write_all(
+            format!("GET {path}?n={N} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {id}\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("write");
+        let head = if path == "/bytes" {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\n\r\n")
+        } else {
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{N:x}\r\n")
+        };
+        let tail = if path == "/bytes" {
+            ""
+        } else {
+            "\r\n0\r\n\r\n"
+        };
+        let total = head.len() + N + tail.len();
+        let mut got = vec![0u8; total];
+        s.read_exact(&mut got[..64 * 1024]).expect("first part");
+        assert!(got.starts_with(head.as_bytes()));
+        armed = wait_metric_above(&sidecar, ARMED, armed);
+        s.read_exact(&mut got[64 * 1024..]).expect("the rest");
+        assert!(got.ends_with(format!("b{tail}").as_bytes()));
+        let http = sidecar.lines.wait_for("the download", |v| {
+            v["type"] == "http" && v["request_id"] == id
+        });
+        assert_eq!(http["status"], 200, "{http}");
+        assert_eq!(http["outcome"], "complete", "{http}");
+        assert_eq!(http["response_bytes"], total, "{http}");
+        let (ttfb, all) = (http["ttfb_ns"].as_u64(), http["total_ns"].as_u64());
+        assert!(ttfb.is_some() && all >= ttfb, "{http}");
+    }
+    // An upload: the head and its first part, then the rest once the kernel follows it.
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-upload\r\n\
+             Content-Length: {N}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let body = vec![b'u'; N];
+    s.write_all(&body[..64 * 1024]).expect("first part");
+    wait_metric_above(&sidecar, ARMED, armed);
+    s.write_all(&body[64 * 1024..]).expect("the rest");
+    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{N}");
+    let mut got = vec![0u8; answer.len()];
+    s.read_exact(&mut got).expect("answer");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        answer,
+        "the upstream read it all"
+    );
+    let http = sidecar.lines.wait_for("the upload", |v| {
+        v["type"] == "http" && v["request_id"] == "body-upload"
+    });
+    assert_eq!(http["status"], 200, "{http}");
+    assert_eq!(http["outcome"], "complete", "{http}");
+    // And the connection goes on in step after the bodies, then both ends close it.
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-after\r\n\r\n")
+        .expect("write");
+    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut got = vec![0u8; answer.len()];
+    s.read_exact(&mut got).expect("answer");
+    assert_eq!(String::from_utf8_lossy(&got), answer);
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(
+        s.read(&mut got).expect("read"),
+        0,
+        "the upstream closes too"
+    );
+    let after = sidecar.lines.wait_for("the request after the bodies", |v| {
+        v["type"] == "http" && v["request_id"] == "body-after"
+    });
+    assert_eq!(after["status"], 200, "{after}");
+    let losses: Vec<Value> = sidecar
+        .lines
+        .seen_json()
+        .into_iter()
+        .filter(|v| v["type"] == "loss")
+        .collect();
+    assert!(losses.is_empty(), "nothing was lost: {losses:?}");
+    // The kernel's counters reach the metrics on the sidecar's next drop-counter read.
+    for what in ["payload", "pure_ack"] {
+        let name = format!("edgewatch_hop_kernel_skipped_total{{what=\"{what}\"}}");
+        wait_metric_above(&sidecar, &name, 0);
+    }
+    let metrics = sidecar.metrics();
+    assert_eq!(
+        counter(
+            &metrics,
+            "edgewatch_kernel_drops_total{reason=\"hop_ringbuf_full\"}"
+        ),
+        0,
+        "{metrics}"
+    );
+    // Far fewer records than segments: 12 MiB is at least 192 segments of 64 KiB on `lo`,
+    // each a record without the follower (and more ACKs).
+    let records = counter(&metrics, "edgewatch_events_total{kind=\"hop_segment\"}");
+    assert!(records < 150, "{records} hop records: {metrics}");
+}

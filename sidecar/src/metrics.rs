@@ -29,6 +29,8 @@ pub struct Metrics {
     hop_segments: Counter,
     listen_changes: Counter,
     kernel_drops: Family<Labels, Counter>,
+    kernel_skipped: Family<Labels, Counter>,
+    follow_armed: Family<Labels, Counter>,
     limit_drops: Family<Labels, Counter>,
     decode_errors: Counter,
     ws_follow_errors: Counter,
@@ -76,6 +78,21 @@ impl Metrics {
             "Events the kernel could not deliver (ring buffer full, field read failure)",
             kernel_drops.clone(),
         );
+        let kernel_skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "hop_kernel_skipped",
+            "Hop packets the kernel sent no record for on purpose (pure ACKs; segments wholly \
+             inside a followed WebSocket payload or HTTP body, whose length comes with the next \
+             record): not drops",
+            kernel_skipped.clone(),
+        );
+        let follow_armed = Family::<Labels, Counter>::default();
+        registry.register(
+            "hop_follow_armed",
+            "Directions handed to the kernel's follower (ws_frames: from a WebSocket frame \
+             header; body: to the end of a long HTTP body or chunk)",
+            follow_armed.clone(),
+        );
         let limit_drops = Family::<Labels, Counter>::default();
         registry.register(
             "limit_drops",
@@ -115,7 +132,7 @@ impl Metrics {
         let ws_follow_errors = Counter::default();
         registry.register(
             "ws_follow_errors",
-            "Failed writes to the kernel's WebSocket frame follower map",
+            "Failed writes to the kernel's follower map (WebSocket frames, long bodies)",
             ws_follow_errors.clone(),
         );
         let followed_segments = Counter::default();
@@ -208,6 +225,12 @@ impl Metrics {
                 .get_or_create(&label("reason", reason))
                 .inc_by(0);
         }
+        for what in ["pure_ack", "payload"] {
+            kernel_skipped.get_or_create(&label("what", what)).inc_by(0);
+        }
+        for mode in ["ws_frames", "body"] {
+            follow_armed.get_or_create(&label("mode", mode)).inc_by(0);
+        }
         let hop_segments = events.get_or_create(&label("kind", "hop_segment")).clone();
         let listen_changes = events
             .get_or_create(&label("kind", "listen_change"))
@@ -219,6 +242,8 @@ impl Metrics {
             hop_segments,
             listen_changes,
             kernel_drops,
+            kernel_skipped,
+            follow_armed,
             limit_drops,
             decode_errors,
             ws_follow_errors,
@@ -323,6 +348,11 @@ impl Metrics {
         self.followed_segments.inc();
     }
 
+    /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
+    pub fn follow_armed(&self, mode: &str) {
+        self.follow_armed.get_or_create(&label("mode", mode)).inc();
+    }
+
     /// A write to the kernel's frame follower map failed (it then copies payload prefixes).
     pub fn ws_follow_error(&self) {
         self.ws_follow_errors.inc();
@@ -332,6 +362,14 @@ impl Metrics {
     pub fn kernel_drops_now(&self, reason: &str, total: u64) {
         raise_to(
             &self.kernel_drops.get_or_create(&label("reason", reason)),
+            total,
+        );
+    }
+
+    /// Brings a counter of hop packets the kernel skipped up to the kernel's absolute value.
+    pub fn kernel_skipped_now(&self, what: &str, total: u64) {
+        raise_to(
+            &self.kernel_skipped.get_or_create(&label("what", what)),
             total,
         );
     }

@@ -124,6 +124,50 @@ async fn serve(mut stream: TcpStream) {
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;
             }
+            _ if matches!(
+                req.path.and_then(|p| p.split('?').next()),
+                Some("/bytes" | "/chunked")
+            ) =>
+            {
+                // A long body of `n` bytes: with a Content-Length, or as one chunk.
+                let path = req.path.unwrap_or_default();
+                let n: usize = path
+                    .split_once("n=")
+                    .and_then(|(_, n)| n.parse().ok())
+                    .unwrap_or(0);
+                let chunked = path.starts_with("/chunked");
+                let head = if chunked {
+                    format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n")
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")
+                };
+                if stream.write_all(head.as_bytes()).await.is_err()
+                    || stream.write_all(&vec![b'b'; n]).await.is_err()
+                    || (chunked && stream.write_all(b"\r\n0\r\n\r\n").await.is_err())
+                {
+                    return;
+                }
+            }
+            _ if req.path.and_then(|p| p.split('?').next()) == Some("/upload") => {
+                // Reads the request body (Content-Length) and says how long it was.
+                let n: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; n];
+                if stream.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let text = n.to_string();
+                let _ = stream
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
+                            text.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
             _ if req.path.and_then(|p| p.split('?').next()) == Some("/health") => {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

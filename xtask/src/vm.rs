@@ -55,6 +55,10 @@ const PROBES: &[(&str, &str)] = &[
         "a_proxys_failed_connect_elsewhere_is_named_by_the_kernel",
         "failed connects: sock:inet_sock_set_state with the CONNECTING map (a proxy's connect to another port)",
     ),
+    (
+        "long_bodies_and_pure_acks_cost_no_ring_buffer_record",
+        "hop follower: long HTTP bodies and pure ACKs cost no ring-buffer record (FOLLOWED, HOP_SKIPPED maps)",
+    ),
 ];
 /// Marker lines the guest's init prints.
 const MARK: &str = "EDGEWATCH-VM";

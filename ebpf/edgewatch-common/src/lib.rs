@@ -9,7 +9,7 @@
 use core::mem::size_of;
 
 /// Version of the event layouts below. Bumped whenever one of them changes.
-pub const EVENT_VERSION: u16 = 1;
+pub const EVENT_VERSION: u16 = 2;
 
 /// Event kind tags (the `kind` field of [`EventHeader`]).
 pub mod kind {
@@ -65,6 +65,18 @@ pub mod drop_reason {
     pub const HOP_PARSE: u32 = 3;
     /// Number of slots in the array.
     pub const COUNT: u32 = 4;
+}
+
+/// Index into the per-CPU `HOP_SKIPPED` array: hop packets the TC program deliberately sent
+/// no record for (not drops: user space loses nothing it needs).
+pub mod skip_reason {
+    /// A pure ACK (no payload, no SYN, FIN or RST).
+    pub const PURE_ACK: u32 = 0;
+    /// A segment wholly inside a WebSocket payload or an HTTP body the program follows; its
+    /// length reaches user space on the flow's next record ([`crate::HopSegmentHeader::elided`]).
+    pub const PAYLOAD: u32 = 1;
+    /// Number of slots in the array.
+    pub const COUNT: u32 = 2;
 }
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h, also printed in the
@@ -171,7 +183,11 @@ pub struct HopSegmentHeader {
     /// Network byte order; 4 bytes used for AF_INET.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub _pad: [u8; 4],
+    /// Payload bytes right before `seq` that the program sent no record for (segments wholly
+    /// inside a followed WebSocket payload or HTTP body, in sequence). User space takes them
+    /// as payload it skips, not as lost bytes. A record with no payload and no flags carries
+    /// only this (the run did not end where the flow's next segment started).
+    pub elided: u32,
 }
 const _: () = assert!(size_of::<HopSegmentHeader>() == 80);
 
@@ -185,7 +201,7 @@ pub struct HopSegmentEvent {
 const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
 
 /// A direction of an upgraded stream whose frame headers the TC program follows. Key of the
-/// `WS_FLOWS` map (source to destination, addresses in network order, ports in host order).
+/// `FOLLOWED` map (source to destination, addresses in network order, ports in host order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -198,15 +214,33 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// Value of the `WS_FLOWS` map: where the next frame header starts.
+/// How the TC program follows a direction ([`FollowedFlow::mode`]).
+pub mod follow_mode {
+    /// An upgraded (WebSocket) stream: `next_seq` is where the next frame header starts; the
+    /// program sends frame headers only and follows them from header to header.
+    pub const WS_FRAMES: u32 = 0;
+    /// An HTTP body (or chunk) of known length: `next_seq` is where it ends. Segments wholly
+    /// before it cost no record; the first that is not is sent as usual and ends the entry.
+    pub const BODY: u32 = 1;
+}
+
+/// Value of the `FOLLOWED` map: how far the program can skip a direction's payload, and the
+/// run of payload bytes it skipped and has not reported yet. User space creates an entry when
+/// it knows the position (after a `101`, after an HTTP head with a long body); the program
+/// removes it when it loses track, at the body's end, and on SYN, FIN and RST.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WsFlow {
-    /// TCP sequence number of the next frame header's first byte.
-    pub next_header_seq: u32,
-    pub _pad: u32,
+pub struct FollowedFlow {
+    /// TCP sequence number of the next frame header ([`follow_mode::WS_FRAMES`]) or of the
+    /// first byte after the body ([`follow_mode::BODY`]).
+    pub next_seq: u32,
+    /// One of [`follow_mode`].
+    pub mode: u32,
+    /// Payload bytes skipped in a row and not yet reported, ending at `elided_end`.
+    pub elided: u32,
+    pub elided_end: u32,
 }
-const _: () = assert!(size_of::<WsFlow>() == 8);
+const _: () = assert!(size_of::<FollowedFlow>() == 16);
 
 /// A segment of a followed WebSocket direction: the frame headers found in it (each at an
 /// offset within the segment's payload) and the payload of a close frame.
@@ -273,7 +307,7 @@ mod pod {
     unsafe impl aya::Pod for super::HopSegmentHeader {}
     unsafe impl aya::Pod for super::HopSegmentEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::WsFlow {}
+    unsafe impl aya::Pod for super::FollowedFlow {}
     unsafe impl aya::Pod for super::HopWsEvent {}
     unsafe impl aya::Pod for super::ResetLayout {}
     unsafe impl aya::Pod for super::ResetEvent {}

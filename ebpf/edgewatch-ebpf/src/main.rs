@@ -7,6 +7,8 @@
 #![no_std]
 #![no_main]
 
+mod follow;
+
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
@@ -20,18 +22,22 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use edgewatch_common::{
-    drop_reason, kind, tcp_state, EventHeader, FlowKey, HopSegmentEvent, HopSegmentHeader,
-    HopWsEvent, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout, WsFlow, EVENT_VERSION,
-    HOP_CAPTURE_BYTES, HOP_PORT_WORDS, WS_CLOSE_BYTES, WS_MAX_HEADERS,
+    drop_reason, follow_mode, kind, skip_reason, tcp_state, EventHeader, FlowKey, FollowedFlow,
+    HopSegmentEvent, HopSegmentHeader, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout,
+    EVENT_VERSION, HOP_CAPTURE_BYTES, HOP_PORT_WORDS,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
 /// Per-CPU counters of events the kernel could not deliver, indexed by [`drop_reason`].
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+/// Per-CPU counters of hop packets sent no record on purpose, indexed by [`skip_reason`].
+#[map]
+static HOP_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(skip_reason::COUNT, 0);
 
 /// Who called connect() on a socket to a port that is not the hop's, until the connect ends
 /// (then removed): a failure is reported with its process, a success costs nothing more.
@@ -72,6 +78,14 @@ const AF_INET6: u16 = 10;
 fn count_drop(reason: u32) {
     if let Some(slot) = DROPS.get_ptr_mut(reason) {
         // SAFETY: a per-CPU slot is only touched by this CPU, with preemption disabled.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_skip(reason: u32) {
+    if let Some(slot) = HOP_SKIPPED.get_ptr_mut(reason) {
+        // SAFETY: as in `count_drop`.
         unsafe { *slot += 1 };
     }
 }
@@ -339,11 +353,12 @@ fn is_hop_port(port: u16) -> bool {
         .is_some_and(|word| *word & (1u64 << (port & 63)) != 0)
 }
 
-/// Directions of upgraded streams whose frame headers the TC program follows, and where the
-/// next header starts. User space adds an entry when it sees a `101` (and whenever it knows the
-/// position again after the program lost it); the program removes it when it loses track.
+/// Directions the TC program follows (see [`FollowedFlow`]): upgraded streams, from frame
+/// header to frame header, and long HTTP bodies, to their end. User space adds an entry when
+/// it knows the position (a `101`, a head with a long body, or again after the program lost
+/// track); the program removes it when it loses track, at a body's end, and on SYN/FIN/RST.
 #[map]
-static WS_FLOWS: LruHashMap<FlowKey, WsFlow> = LruHashMap::with_max_entries(16384, 0);
+static FOLLOWED: LruHashMap<FlowKey, FollowedFlow> = LruHashMap::with_max_entries(16384, 0);
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -404,7 +419,7 @@ fn load_any<T>(ctx: &TcContext, offset: u32) -> Result<T, u32> {
 /// Submit flags for hop segments: no wake-up per event (user space drains the ring on a short
 /// timer), unless the ring is a quarter full.
 #[inline(always)]
-fn hop_submit_flags() -> u64 {
+pub(crate) fn hop_submit_flags() -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
     if avail > size / 4 {
@@ -436,7 +451,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
         direction,
         saddr: [0; 16],
         daddr: [0; 16],
-        _pad: [0; 4],
+        elided: 0,
     };
     let (l4_off, l4_len) = if eth_proto == ETH_P_IP {
         let vihl: u8 = load(ctx, ETH_HLEN)?;
@@ -482,7 +497,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     let off_flags: [u8; 2] = load(ctx, l4_off + 12)?;
     let tcp_hlen = u32::from(off_flags[0] >> 4) * 4;
     hdr.tcp_flags = off_flags[1];
-    let payload_off = l4_off + tcp_hlen;
+    let mut payload_off = l4_off + tcp_hlen;
     hdr.payload_len = l4_len.saturating_sub(tcp_hlen);
     let key = FlowKey {
         saddr: hdr.saddr,
@@ -492,23 +507,51 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
         family: hdr.family,
         _pad: 0,
     };
-    if hdr.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
-        // A new or reset connection on this 4-tuple starts untracked (ENOENT when it was not
-        // tracked is the common case, not an error).
-        let _ = WS_FLOWS.remove(key);
+    let control = hdr.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0;
+    if hdr.payload_len == 0 && !control {
+        // A pure ACK: user space needs no record of it (the ACKs it uses ride on segments
+        // with payload or flags).
+        count_skip(skip_reason::PURE_ACK);
+        return Ok(());
     }
-    if hdr.payload_len > 0 {
-        if let Some(flow) = WS_FLOWS.get_ptr_mut(key) {
-            if ws_segment(ctx, &hdr, flow, payload_off)? {
-                if hdr.tcp_flags & TCP_FIN != 0 {
-                    let _ = WS_FLOWS.remove(key);
-                }
-                return Ok(());
-            }
-            // Lost track: fall back to the payload prefix; user space re-arms the entry
-            // once it knows where the next header is.
-            let _ = WS_FLOWS.remove(key);
+    if hdr.tcp_flags & TCP_SYN != 0 {
+        // A new connection on this 4-tuple starts unfollowed (ENOENT when it was not
+        // followed is the common case, not an error).
+        let _ = FOLLOWED.remove(key);
+    } else if let Some(flow) = FOLLOWED.get_ptr_mut(key) {
+        if !control && follow::elide(&hdr, flow) {
+            count_skip(skip_reason::PAYLOAD);
+            return Ok(());
         }
+        follow::report_elided(&mut hdr, flow)?;
+        // SAFETY: `flow` came from a map lookup in this program run.
+        let (mode, next_seq) = unsafe { ((*flow).mode, (*flow).next_seq) };
+        if hdr.payload_len > 0
+            && hdr.tcp_flags & TCP_RST == 0
+            && mode == follow_mode::WS_FRAMES
+            && follow::ws_segment(ctx, &hdr, flow, payload_off)?
+        {
+            if hdr.tcp_flags & TCP_FIN != 0 {
+                let _ = FOLLOWED.remove(key);
+            }
+            return Ok(());
+        }
+        if mode == follow_mode::BODY {
+            // The segment that reaches past the body's end is sent from there (the body's
+            // tail in it counts as skipped): user space sees what follows the body, such as
+            // the next head or a chunk's trailer, even deep inside a long segment.
+            let ahead = next_seq.wrapping_sub(hdr.seq) as i32;
+            if ahead > 0 && (ahead as u32) < hdr.payload_len {
+                let ahead = ahead as u32;
+                hdr.elided = hdr.elided.wrapping_add(ahead);
+                hdr.seq = hdr.seq.wrapping_add(ahead);
+                hdr.payload_len -= ahead;
+                payload_off += ahead;
+            }
+        }
+        // The body ended, track was lost (user space re-arms the entry once it knows where
+        // the next header is), or the direction closes: the payload prefix goes as usual.
+        let _ = FOLLOWED.remove(key);
     }
     if hdr.payload_len == 0 {
         return match EVENTS.reserve::<HopSegmentHeader>(0) {
@@ -549,169 +592,6 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     }
     entry.submit(hop_submit_flags());
     Ok(())
-}
-
-/// Copies up to 125 bytes of a close frame's payload into `dst` (WS_CLOSE_BYTES long).
-///
-/// # Safety
-/// `dst` must point to `WS_CLOSE_BYTES` writable bytes.
-#[inline(always)]
-unsafe fn copy_close(ctx: &TcContext, off: u32, dst: *mut u8, len: u32) -> u32 {
-    let mut done = 0u32;
-    for n in [64u32, 32, 16, 8, 4, 2, 1] {
-        if len & n != 0 && done + n <= WS_CLOSE_BYTES as u32 {
-            // SAFETY: done + n <= WS_CLOSE_BYTES, checked just above.
-            if unsafe { skb_bytes(ctx, off + done, dst.add(done as usize), n) }.is_err() {
-                return done;
-            }
-            done += n;
-        }
-    }
-    done
-}
-
-/// `bpf_skb_load_bytes` of `len` bytes at `off` into `dst`.
-///
-/// # Safety
-/// `dst` must point to `len` writable bytes (the verifier checks the bound too).
-#[inline(always)]
-unsafe fn skb_bytes(ctx: &TcContext, off: u32, dst: *mut u8, len: u32) -> Result<(), ()> {
-    // SAFETY: as documented; the helper fails cleanly outside the packet.
-    let rc = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off, dst.cast(), len) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// Follows the frame headers of one segment of an upgraded stream and sends only them (and a
-/// close frame's payload). Returns `Ok(false)` when it cannot: the next header lies before
-/// this segment (a gap), a header is split across segments, or the segment has more headers
-/// than one event holds; the caller then sends the payload prefix instead.
-fn ws_segment(
-    ctx: &TcContext,
-    hdr: &HopSegmentHeader,
-    flow: *mut WsFlow,
-    payload_off: u32,
-) -> Result<bool, u32> {
-    // SAFETY: `flow` came from a map lookup in this program run.
-    let next = unsafe { (*flow).next_header_seq };
-    let rel = next.wrapping_sub(hdr.seq) as i32;
-    if rel < 0 {
-        return Ok(false);
-    }
-    let len = hdr.payload_len;
-    let Some(mut entry) = EVENTS.reserve::<HopWsEvent>(0) else {
-        return Err(drop_reason::HOP_RINGBUF_FULL);
-    };
-    let ev = entry.as_mut_ptr();
-    let mut off = rel as u32;
-    let mut n: u32 = 0;
-    let mut close_at = 0u32;
-    let mut close_want = 0u32;
-    let mut ok = true;
-    // Each header is read with at most three fixed-size loads (first two bytes, extended
-    // length, mask) straight into its slot of the reserved event, at constant offsets: no
-    // stack buffer and no variable-length copy in the loop, so the states the verifier must
-    // tell apart stay few (Linux 6.1's verifier gives up past a million instructions).
-    // SAFETY: `ev` points to a reserved HopWsEvent; every write stays inside its arrays.
-    unsafe {
-        for i in 0..WS_MAX_HEADERS {
-            if off >= len {
-                break;
-            }
-            let remaining = len - off;
-            let at = payload_off + off;
-            let slot = core::ptr::addr_of_mut!((*ev).headers[i]).cast::<u8>();
-            if remaining < 2 || skb_bytes(ctx, at, slot, 2).is_err() {
-                ok = false;
-                break;
-            }
-            let b0 = *slot;
-            let b1 = *slot.add(1);
-            let masked = b1 & 0x80 != 0;
-            let code = b1 & 0x7f;
-            let ext: u32 = if code == 126 {
-                2
-            } else if code == 127 {
-                8
-            } else {
-                0
-            };
-            let hlen = 2 + ext + if masked { 4 } else { 0 };
-            if remaining < hlen {
-                ok = false;
-                break;
-            }
-            let plen: u64 = if code == 126 {
-                if skb_bytes(ctx, at + 2, slot.add(2), 2).is_err() {
-                    ok = false;
-                    break;
-                }
-                u64::from(u16::from_be_bytes([*slot.add(2), *slot.add(3)]))
-            } else if code == 127 {
-                if skb_bytes(ctx, at + 2, slot.add(2), 8).is_err() {
-                    ok = false;
-                    break;
-                }
-                u64::from_be_bytes(core::ptr::read_unaligned(slot.add(2).cast::<[u8; 8]>()))
-            } else {
-                u64::from(code)
-            };
-            if plen > u64::from(u32::MAX / 2) {
-                ok = false;
-                break;
-            }
-            if masked {
-                // The key sits at 2, 4 or 10: three constant destinations.
-                let r = if ext == 0 {
-                    skb_bytes(ctx, at + 2, slot.add(2), 4)
-                } else if ext == 2 {
-                    skb_bytes(ctx, at + 4, slot.add(4), 4)
-                } else {
-                    skb_bytes(ctx, at + 10, slot.add(10), 4)
-                };
-                if r.is_err() {
-                    ok = false;
-                    break;
-                }
-            }
-            (*ev).header_off[i] = off;
-            (*ev).header_len[i] = hlen;
-            n += 1;
-            let start = off + hlen;
-            if b0 & 0x0f == 0x8 && plen > 0 && close_want == 0 && start < len {
-                close_at = start;
-                close_want = (plen as u32).min(len - start).min(125);
-            }
-            off = start + plen as u32;
-        }
-        if ok && close_want > 0 {
-            let close = core::ptr::addr_of_mut!((*ev).close).cast::<u8>();
-            let got = copy_close(ctx, payload_off + close_at, close, close_want);
-            (*ev).close_off = close_at;
-            (*ev).close_len = got;
-        } else {
-            (*ev).close_off = 0;
-            (*ev).close_len = 0;
-        }
-    }
-    if !ok || (n as usize == WS_MAX_HEADERS && off < len) {
-        entry.discard(0);
-        return Ok(false);
-    }
-    let mut h = *hdr;
-    h.header.kind = kind::HOP_SEGMENT_WS;
-    // SAFETY: as above.
-    unsafe {
-        core::ptr::addr_of_mut!((*ev).hdr).write(h);
-        (*ev).n_headers = n;
-        (*ev)._pad = 0;
-        (*flow).next_header_seq = hdr.seq.wrapping_add(off);
-    }
-    entry.submit(hop_submit_flags());
-    Ok(true)
 }
 
 #[cfg(not(test))]

@@ -221,7 +221,7 @@ impl HopWatch {
                     }
                 }
                 // No kernel frame follower to arm here.
-                drop(pipeline.take_ws_hints());
+                drop(pipeline.take_follow_hints());
                 pipeline.end_batch(unix_ns(SystemTime::now()), &mut out);
                 if !out.0.is_empty() {
                     if let Ok(mut r) = sink.lock() {

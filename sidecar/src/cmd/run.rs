@@ -65,7 +65,7 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
         Probes::load(&config.probes, &config.hop).context("loading the kernel probes")?;
     let attached = probes.attached.clone();
     let kernel = probes.kernel.clone();
-    watch.ws_flows = streams.ws_flows;
+    watch.followed = streams.followed;
     // What this kernel offers, and every fallback, said before anything else.
     watch
         .out
@@ -253,6 +253,9 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                 metrics.kernel_drops_now("field_read", drops.field_read);
                 metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
                 metrics.kernel_drops_now("hop_parse", drops.hop_parse);
+                let skipped = probes.hop_skipped();
+                metrics.kernel_skipped_now("pure_ack", skipped.pure_acks);
+                metrics.kernel_skipped_now("payload", skipped.payload_segments);
                 let t = watch.pipeline.hop_stats();
                 metrics.limit_drops_now("hop_connections", t.evicted_connections);
                 metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);

@@ -10,19 +10,22 @@ use crate::{
     config::Config,
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Scope},
-    hop::HopRecord,
+    hop::{tracker::FollowMode, HopRecord},
     metrics::Metrics,
     output::{unix_ns, Printer},
     pipeline::{Mode, Pipeline, Sink},
     probe::{
         boot_ns,
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
-        loader::WsFlows,
+        loader::Followed,
     },
     sources::{nat::read_nat_rules, snapshot::Attributor, tail::Tailer},
     store::{ship::StoreEvent, Store},
     webhook::Webhook,
 };
+
+/// `BPF_NOEXIST` (uapi/linux/bpf.h): create the entry only if the key has none.
+const BPF_NOEXIST: u64 = 1;
 
 fn flow_key(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> edgewatch_common::FlowKey {
     fn bytes(ip: std::net::IpAddr) -> ([u8; 16], u16) {
@@ -123,7 +126,7 @@ pub(super) struct Watch {
     pub(super) last_nat_problems: Vec<String>,
     pub(super) nat_tools: Vec<&'static str>,
     /// The kernel frame follower's map (live with the hop probe only).
-    pub(super) ws_flows: Option<WsFlows>,
+    pub(super) followed: Option<Followed>,
     /// Added to CLOCK_BOOTTIME probe timestamps to get Unix time.
     pub(super) boot_to_unix: u64,
     /// Store rows dropped so far as last reported, and when (at most one line per 10 s).
@@ -148,7 +151,7 @@ impl Watch {
             attributor: Attributor::new(),
             last_nat_problems: Vec::new(),
             nat_tools: Vec::new(),
-            ws_flows: None,
+            followed: None,
             boot_to_unix: unix_ns(SystemTime::now()).saturating_sub(boot_ns()),
             store_dropped: 0,
             store_dropped_at: None,
@@ -307,7 +310,7 @@ impl Watch {
                 }
                 let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
                 self.pipeline.hop_packet(&packet, ts);
-                self.arm_ws_follower();
+                self.arm_follower();
                 // Records go out after the whole batch (`Pipeline::end_batch`), so connection
                 // traces that the kernel wrote just after the packet can still name the
                 // process.
@@ -346,22 +349,36 @@ impl Watch {
         }
     }
 
-    /// Tells the kernel where the next frame header of each WebSocket direction starts, so it
-    /// copies only frame headers from then on.
-    fn arm_ws_follower(&mut self) {
-        let hints = self.pipeline.take_ws_hints();
-        let Some(map) = self.ws_flows.as_mut() else {
+    /// Tells the kernel what it can follow from now on: where the next frame header of a
+    /// WebSocket direction starts (it then copies frame headers only), or where a long body
+    /// ends (segments wholly inside it then cost no record). An entry the kernel already has
+    /// stays: it is one the kernel keeps in step itself, and may hold skipped bytes not yet
+    /// reported (`BPF_NOEXIST`).
+    fn arm_follower(&mut self) {
+        let hints = self.pipeline.take_follow_hints();
+        let Some(map) = self.followed.as_mut() else {
             return;
         };
         for h in hints {
             let key = flow_key(h.src, h.dst);
-            let value = edgewatch_common::WsFlow {
-                next_header_seq: h.next_header_seq,
-                _pad: 0,
+            let (mode, name) = match h.mode {
+                FollowMode::WsFrames => (edgewatch_common::follow_mode::WS_FRAMES, "ws_frames"),
+                FollowMode::Body => (edgewatch_common::follow_mode::BODY, "body"),
             };
-            if let Err(e) = map.insert(key, value, 0) {
-                self.out.metrics.ws_follow_error();
-                tracing::debug!(error = %e, "cannot arm the kernel frame follower");
+            let value = edgewatch_common::FollowedFlow {
+                next_seq: h.next_seq,
+                mode,
+                elided: 0,
+                elided_end: 0,
+            };
+            match map.insert(key, value, BPF_NOEXIST) {
+                Ok(()) => self.out.metrics.follow_armed(name),
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    self.out.metrics.ws_follow_error();
+                    tracing::debug!(error = %e, "cannot arm the kernel follower");
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use aya::{
     sys::{is_map_supported, is_program_supported},
     Ebpf, EbpfLoader,
 };
-use edgewatch_common::drop_reason;
+use edgewatch_common::{drop_reason, skip_reason};
 
 use super::tracefs::{self, FormatError};
 use crate::{hop::config::HopConfig, probe::config::ProbeConfig};
@@ -76,6 +76,7 @@ pub struct Probes {
     // Keeps programs and links alive.
     _ebpf: Ebpf,
     drops: PerCpuArray<MapData, u64>,
+    skipped: PerCpuArray<MapData, u64>,
     /// What was attached, for the start-up report.
     pub attached: Vec<String>,
     /// What this kernel offered, and what the probes fell back to.
@@ -136,13 +137,14 @@ fn reset_layout_name(mode: u32) -> &'static str {
     }
 }
 
-/// The kernel's WebSocket frame follower state, written by user space.
-pub type WsFlows = BpfHashMap<MapData, edgewatch_common::FlowKey, edgewatch_common::WsFlow>;
+/// The kernel's follower state (WebSocket frame headers, long HTTP bodies), created by user
+/// space.
+pub type Followed = BpfHashMap<MapData, edgewatch_common::FlowKey, edgewatch_common::FollowedFlow>;
 
 /// What user space reads from the probes, to be polled by the event loop.
 pub struct ProbeStreams {
-    /// Where the kernel's frame follower resumes (present when the hop probe is loaded).
-    pub ws_flows: Option<WsFlows>,
+    /// What the kernel's follower follows (present when the hop probe is loaded).
+    pub followed: Option<Followed>,
     /// Every event (see `super::events`).
     pub events: RingBuf<MapData>,
     /// Log records of the eBPF programs (aya-log), when available.
@@ -156,6 +158,13 @@ pub struct KernelDrops {
     pub field_read: u64,
     pub hop_ringbuf_full: u64,
     pub hop_parse: u64,
+}
+
+/// Hop packets the kernel sent no record for on purpose, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HopSkipped {
+    pub pure_acks: u64,
+    pub payload_segments: u64,
 }
 
 fn bump_memlock() {
@@ -504,10 +513,17 @@ impl Probes {
             name: "DROPS",
             source: Box::new(e),
         })?;
-        let ws_flows = match ebpf.take_map("WS_FLOWS") {
+        let skipped = ebpf
+            .take_map("HOP_SKIPPED")
+            .ok_or(ProbeError::MissingMap("HOP_SKIPPED"))?;
+        let skipped = PerCpuArray::try_from(skipped).map_err(|e| ProbeError::Map {
+            name: "HOP_SKIPPED",
+            source: Box::new(e),
+        })?;
+        let followed = match ebpf.take_map("FOLLOWED") {
             Some(map) if hop.enabled => {
-                Some(WsFlows::try_from(map).map_err(|e| ProbeError::Map {
-                    name: "WS_FLOWS",
+                Some(Followed::try_from(map).map_err(|e| ProbeError::Map {
+                    name: "FOLLOWED",
                     source: Box::new(e),
                 })?)
             }
@@ -517,13 +533,14 @@ impl Probes {
             Self {
                 _ebpf: ebpf,
                 drops,
+                skipped,
                 attached,
                 kernel: report,
             },
             ProbeStreams {
                 events,
                 logger,
-                ws_flows,
+                followed,
             },
         ))
     }
@@ -541,6 +558,20 @@ impl Probes {
             field_read: sum(drop_reason::FIELD_READ),
             hop_ringbuf_full: sum(drop_reason::HOP_RINGBUF_FULL),
             hop_parse: sum(drop_reason::HOP_PARSE),
+        }
+    }
+
+    /// Reads the kernel's counters of hop packets it sent no record for.
+    pub fn hop_skipped(&self) -> HopSkipped {
+        let sum = |index: u32| -> u64 {
+            self.skipped
+                .get(&index, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        HopSkipped {
+            pure_acks: sum(skip_reason::PURE_ACK),
+            payload_segments: sum(skip_reason::PAYLOAD),
         }
     }
 }

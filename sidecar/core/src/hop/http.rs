@@ -314,6 +314,19 @@ impl HttpStream {
         }
     }
 
+    /// Bytes of body (or of the current chunk) still to come that no parsing needs: a gap of
+    /// that length changes nothing. `None` when the parser is elsewhere or looks into the
+    /// body (a small error body).
+    pub fn opaque_ahead(&self) -> Option<u64> {
+        if self.peek.is_some() {
+            return None;
+        }
+        match self.state {
+            State::Body(n) | State::Chunked(ChunkState::Data(n)) => Some(n),
+            _ => None,
+        }
+    }
+
     /// Bytes that were never seen.
     pub fn gap(&mut self, len: u64, out: &mut Vec<HttpEvent>) {
         // A body with a hole is not looked into.

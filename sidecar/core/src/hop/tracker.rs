@@ -74,18 +74,35 @@ enum Proto {
 struct Direction {
     reasm: Reassembler,
     proto: Proto,
-    /// The kernel follows this (WebSocket) direction's frame headers, as far as we know.
+    /// The kernel follows this direction (its frame headers, or a body to its end), as far
+    /// as we know.
     kernel_follows: bool,
 }
 
-/// Where the next frame header of a WebSocket direction starts, for the kernel's frame
-/// follower (live only).
+/// How far the kernel can skip a direction's payload, for its follower (live only).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WsHint {
+pub struct FollowHint {
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub next_header_seq: u32,
+    /// Where the next frame header starts ([`FollowMode::WsFrames`]) or the body ends
+    /// ([`FollowMode::Body`]).
+    pub next_seq: u32,
+    pub mode: FollowMode,
 }
+
+/// What the kernel follows in a direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FollowMode {
+    /// WebSocket frames, from header to header (it sends frame headers only).
+    WsFrames,
+    /// An HTTP body or chunk of known length, to its end (segments wholly inside cost no
+    /// record; their length comes with the next one).
+    Body,
+}
+
+/// Bodies shorter than this are not handed to the kernel: arming costs a map update (a
+/// system call), which a body of a few segments does not repay.
+pub const BODY_FOLLOW_MIN: u64 = 32 * 1024;
 
 struct PendingExchange {
     index: u32,
@@ -423,9 +440,10 @@ impl Conn {
         }
     }
 
-    /// Hints for WebSocket directions the kernel does not follow but whose next header
-    /// position is known now.
-    fn hints(&mut self, out: &mut Vec<WsHint>) {
+    /// Hints for directions the kernel does not follow but could from now on: WebSocket
+    /// directions whose next header position is known, and HTTP bodies (or chunks) with at
+    /// least [`BODY_FOLLOW_MIN`] bytes still to come.
+    fn hints(&mut self, out: &mut Vec<FollowHint>) {
         let (client, server) = (self.id.client, self.id.server);
         for (dir, src, dst) in [
             (&mut self.c2s, client, server),
@@ -434,20 +452,27 @@ impl Conn {
             if dir.kernel_follows {
                 continue;
             }
-            let Proto::Ws(ws) = &dir.proto else {
-                continue;
+            let (ahead, mode) = match &dir.proto {
+                Proto::Ws(ws) => match ws.bytes_to_next_header() {
+                    Some(ahead) => (ahead, FollowMode::WsFrames),
+                    None => continue,
+                },
+                Proto::Http(http) => match http.opaque_ahead() {
+                    Some(ahead) if ahead >= BODY_FOLLOW_MIN => (ahead, FollowMode::Body),
+                    _ => continue,
+                },
             };
-            let (Some(ahead), Some(next)) = (ws.bytes_to_next_header(), dir.reasm.next_seq())
-            else {
+            let Some(next) = dir.reasm.next_seq() else {
                 continue;
             };
             let Ok(ahead) = u32::try_from(ahead) else {
                 continue;
             };
-            out.push(WsHint {
+            out.push(FollowHint {
                 src,
                 dst,
-                next_header_seq: next.wrapping_add(ahead),
+                next_seq: next.wrapping_add(ahead),
+                mode,
             });
             dir.kernel_follows = true;
         }
@@ -522,9 +547,9 @@ pub struct Tracker {
     ports: Vec<u16>,
     conns: HashMap<(SocketAddr, SocketAddr), Conn>,
     limits: TrackerLimits,
-    /// Produce [`WsHint`]s (live, where a kernel follower exists).
+    /// Produce [`FollowHint`]s (live, where a kernel follower exists).
     hints_enabled: bool,
-    hints: Vec<WsHint>,
+    hints: Vec<FollowHint>,
     pub stats: TrackerStats,
 }
 
@@ -572,7 +597,7 @@ impl Tracker {
         }
     }
 
-    /// Also produce [`WsHint`]s for the kernel's frame follower (take them with
+    /// Also produce [`FollowHint`]s for the kernel's follower (take them with
     /// [`Tracker::take_hints`]).
     pub fn with_kernel_hints(mut self) -> Self {
         self.hints_enabled = true;
@@ -580,7 +605,7 @@ impl Tracker {
     }
 
     /// Hints produced since the last call.
-    pub fn take_hints(&mut self) -> Vec<WsHint> {
+    pub fn take_hints(&mut self) -> Vec<FollowHint> {
         std::mem::take(&mut self.hints)
     }
 

@@ -28,7 +28,7 @@ use crate::{
     },
     hop::{
         owners::Owners,
-        tracker::{Tracker, TrackerLimits, TrackerStats, WsHint},
+        tracker::{FollowHint, Tracker, TrackerLimits, TrackerStats},
         HopRecord, ProcessRef, Segment,
     },
     probe::events::{ConnTrace, ConnTraceKind, HopPacket},
@@ -180,8 +180,8 @@ impl Pipeline {
         open
     }
 
-    /// Where the kernel should look for the next WebSocket frame headers (live).
-    pub fn take_ws_hints(&mut self) -> Vec<WsHint> {
+    /// What the kernel can follow from now on: WebSocket frame headers, long bodies (live).
+    pub fn take_follow_hints(&mut self) -> Vec<FollowHint> {
         self.tracker.take_hints()
     }
 

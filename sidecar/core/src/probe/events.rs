@@ -39,6 +39,9 @@ pub struct HopPacket<'a> {
     /// For a WebSocket direction the kernel follows: the frame headers (and a close frame's
     /// payload) at their offsets within the payload; `data` is then empty.
     pub pieces: Option<Vec<(u32, Vec<u8>)>>,
+    /// Payload bytes right before `seq` the kernel skipped (segments wholly inside a followed
+    /// WebSocket payload or HTTP body) and sent no record for.
+    pub elided: u32,
 }
 
 impl HopPacket<'_> {
@@ -46,7 +49,23 @@ impl HopPacket<'_> {
     /// prefix (the common case; no list is built), or one per piece for a followed WebSocket
     /// segment (the bytes between pieces are payload never copied, which the tracker skips
     /// as gaps).
+    ///
+    /// Bytes the kernel skipped before it ([`HopPacket::elided`]) come first, as a followed
+    /// segment of that length with nothing copied: the tracker skips them as payload.
     pub fn each_segment(&self, ts_ns: u64, mut f: impl FnMut(&crate::hop::Segment<'_>)) {
+        if self.elided > 0 {
+            f(&crate::hop::Segment {
+                ts_ns,
+                src: self.src,
+                dst: self.dst,
+                seq: self.seq.wrapping_sub(self.elided),
+                ack: 0,
+                flags: crate::hop::TcpFlags::default(),
+                payload_len: self.elided,
+                payload: &[],
+                followed: true,
+            });
+        }
         let base = self.segment(ts_ns);
         match &self.pieces {
             None => f(&base),
@@ -284,6 +303,7 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
                 payload_len: h.payload_len,
                 data,
                 pieces,
+                elided: h.elided,
             }))
         }
         other => Err(DecodeError::UnknownKind(other)),

@@ -22,7 +22,7 @@ fn hints_say_where_the_next_header_starts() {
         .expect("server hint");
     let s2c_resp = w.segment(4);
     assert_eq!(
-        server.next_header_seq,
+        server.next_seq,
         s2c_resp.seq.wrapping_add(s2c_resp.payload_len)
     );
     let client = hints
@@ -31,7 +31,7 @@ fn hints_say_where_the_next_header_starts() {
         .expect("client hint");
     let c2s_req = w.segment(3);
     assert_eq!(
-        client.next_header_seq,
+        client.next_seq,
         c2s_req.seq.wrapping_add(c2s_req.payload_len)
     );
     // Once armed, no new hint until the kernel falls back to prefixes again.
@@ -46,10 +46,7 @@ fn hints_say_where_the_next_header_starts() {
     t.segment(&seg, &mut out);
     let h = t.take_hints();
     assert_eq!(h.len(), 1);
-    assert_eq!(
-        h[0].next_header_seq,
-        seg.seq.wrapping_add(frame.len() as u32)
-    );
+    assert_eq!(h[0].next_seq, seg.seq.wrapping_add(frame.len() as u32));
     assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
     // Replay (no kernel) produces none.
     let mut plain = Tracker::new(&[18789]);
@@ -93,4 +90,174 @@ fn followed_segments_give_the_same_records_as_full_ones() {
     }
     t.finish(&mut out);
     assert_eq!(out, full);
+}
+
+/// The kernel's follower as the TC program runs it (see `ebpf/edgewatch-ebpf`), for the
+/// tracker to be checked against: pure ACKs cost no record; in a followed body, segments
+/// wholly inside it are skipped and their length rides on the next record, and the segment
+/// that reaches past the end is sent from the end.
+#[derive(Default)]
+struct KernelModel {
+    /// Per direction (by source): (body end, skipped run, run end).
+    followed: HashMap<SocketAddr, (u32, u32, u32)>,
+    skipped_segments: usize,
+}
+
+impl KernelModel {
+    /// What user space receives for one wire segment: nothing, or a packet (as segments).
+    fn send<'a>(&mut self, seg: &Segment<'a>) -> Option<Vec<Segment<'a>>> {
+        let f = seg.flags;
+        if seg.payload_len == 0 && !(f.syn || f.fin || f.rst) {
+            self.skipped_segments += 1;
+            return None;
+        }
+        let mut seg = seg.clone();
+        let mut elided = 0u32;
+        if let Some((end, run, run_end)) = self.followed.get(&seg.src).copied() {
+            let ahead = end.wrapping_sub(seg.seq) as i32;
+            let contiguous = run == 0 || run_end == seg.seq;
+            if !(f.syn || f.fin || f.rst) && ahead > seg.payload_len as i32 && contiguous {
+                self.followed.insert(
+                    seg.src,
+                    (
+                        end,
+                        run + seg.payload_len,
+                        seg.seq.wrapping_add(seg.payload_len),
+                    ),
+                );
+                self.skipped_segments += 1;
+                return None;
+            }
+            assert!(contiguous, "the model sends runs along only");
+            elided = run;
+            if ahead > 0 && (ahead as u32) < seg.payload_len {
+                elided += ahead as u32;
+                seg.seq = seg.seq.wrapping_add(ahead as u32);
+                seg.payload_len -= ahead as u32;
+                seg.payload = &seg.payload[ahead as usize..];
+            }
+            self.followed.remove(&seg.src);
+        }
+        let mut out = Vec::new();
+        if elided > 0 {
+            out.push(Segment {
+                seq: seg.seq.wrapping_sub(elided),
+                ack: 0,
+                flags: TcpFlags::default(),
+                payload_len: elided,
+                payload: &[],
+                followed: true,
+                ..seg.clone()
+            });
+        }
+        out.push(seg);
+        Some(out)
+    }
+
+    fn arm(&mut self, hints: Vec<FollowHint>) {
+        for h in hints {
+            assert_eq!(h.mode, FollowMode::Body);
+            self.followed.entry(h.src).or_insert((h.next_seq, 0, 0));
+        }
+    }
+}
+
+#[test]
+fn a_long_body_the_kernel_skips_gives_the_same_records_as_every_byte() {
+    // A download of 100 segments with a Content-Length, an upload with a chunked body whose
+    // end lies inside its last segment (the terminating chunk follows in it), and a request
+    // after them on the same keep-alive connection, closed by both sides.
+    let seg = 1400usize;
+    let body = vec![b'b'; 100 * seg];
+    let mut w = Wire::new(41010);
+    w.handshake().send(
+        Side::Client,
+        b"GET /file HTTP/1.1\r\nHost: up\r\nX-Request-ID: dl\r\n\r\n",
+    );
+    let mut download =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    download.extend_from_slice(&body);
+    for (i, piece) in download.chunks(seg).enumerate() {
+        w.send(Side::Server, piece);
+        if i % 2 == 1 {
+            w.raw(Side::Client, 0x10, b""); // a pure ACK
+        }
+    }
+    let mut upload = format!(
+        "POST /up HTTP/1.1\r\nHost: up\r\nX-Request-ID: ul\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    upload.extend_from_slice(&body);
+    upload.extend_from_slice(b"\r\n0\r\n\r\n");
+    for piece in upload.chunks(seg) {
+        w.send(Side::Client, piece);
+    }
+    w.send(
+        Side::Server,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .send(Side::Client, b"GET /after HTTP/1.1\r\nHost: up\r\n\r\n")
+    .send(
+        Side::Server,
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    );
+    w.fin(Side::Client).fin(Side::Server);
+    let full = w.run();
+    assert_eq!(exchanges(&full).len(), 3, "{full:?}");
+
+    let mut kernel = KernelModel::default();
+    let mut t = Tracker::new(&[18789]).with_kernel_hints();
+    let mut out = Vec::new();
+    for i in 0..w.segs.len() {
+        let wire = w.segment(i);
+        if let Some(sent) = kernel.send(&wire) {
+            for s in &sent {
+                t.segment(s, &mut out);
+            }
+        }
+        kernel.arm(t.take_hints());
+    }
+    t.finish(&mut out);
+    assert_eq!(out, full);
+    // Most of both bodies, and every pure ACK, cost no record.
+    assert!(kernel.skipped_segments > 150, "{}", kernel.skipped_segments);
+    assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
+}
+
+#[test]
+fn only_long_bodies_are_handed_to_the_kernel() {
+    let long = BODY_FOLLOW_MIN + 10;
+    let mut w = Wire::new(41011);
+    w.handshake()
+        .send(Side::Client, b"GET /a HTTP/1.1\r\nHost: up\r\n\r\n")
+        .send(
+            Side::Server,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc",
+        )
+        .send(Side::Client, b"GET /b HTTP/1.1\r\nHost: up\r\n\r\n")
+        .send(Side::Server, &[b'x'; 997])
+        .send(
+            Side::Server,
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {long}\r\n\r\nabc").as_bytes(),
+        );
+    let mut t = Tracker::new(&[18789]).with_kernel_hints();
+    let mut out = Vec::new();
+    let n = w.segs.len();
+    for i in 0..n - 1 {
+        t.segment(&w.segment(i), &mut out);
+        // The rest of /a's body is short: no hint.
+        assert!(t.take_hints().is_empty(), "after segment {i}");
+    }
+    // /b's body is long: a hint to where it ends.
+    let last = w.segment(n - 1);
+    t.segment(&last, &mut out);
+    let hints = t.take_hints();
+    assert_eq!(hints.len(), 1, "{hints:?}");
+    assert_eq!(hints[0].mode, FollowMode::Body);
+    assert_eq!(hints[0].src, w.server);
+    let end = last.seq.wrapping_add(last.payload_len);
+    assert_eq!(hints[0].next_seq, end.wrapping_add(long as u32 - 3));
+    // Armed once: no second hint.
+    assert!(t.take_hints().is_empty());
 }

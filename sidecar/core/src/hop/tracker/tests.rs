@@ -129,7 +129,7 @@ pub(crate) fn sessions(out: &[HopRecord]) -> Vec<&WsSession> {
         .collect()
 }
 
-fn exchanges(out: &[HopRecord]) -> Vec<&HttpExchange> {
+pub(crate) fn exchanges(out: &[HopRecord]) -> Vec<&HttpExchange> {
     out.iter()
         .filter_map(|r| match r {
             HopRecord::Http(x) => Some(x),
