@@ -540,8 +540,9 @@ fn with_bpf_stats<T>(f: impl FnOnce() -> T) -> T {
 
 /// The TC program's run time per packet for workloads made of (almost) one class of packet
 /// each, straight to the upstream (no proxy in between, so no packets of other ports):
-/// packets of a port not on the hop, HTTP heads (keep-alive requests), connection control
-/// (connect and close: SYN, FIN, ACK), and WebSocket frames the kernel follows.
+/// packets of a port not on the hop, HTTP heads (keep-alive requests), long bodies (segments
+/// inside them and pure ACKs, which cost no record), connection control (connect and close:
+/// SYN, FIN, ACK), and WebSocket frames the kernel follows.
 fn tc_cost_by_class(
     runtime: &tokio::runtime::Runtime,
     upstream: std::net::SocketAddr,
@@ -592,8 +593,28 @@ fn tc_cost_by_class(
             while ws.next().await.is_some() {}
         });
     };
+    let bodies = || {
+        // Long downloads: after each head, segments inside the body and the reader's pure
+        // ACKs, which the program skips (no record).
+        let mut s = std::net::TcpStream::connect(upstream).unwrap();
+        let n = 16 << 20;
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+        let mut buf = vec![0u8; head.len() + n];
+        for _ in 0..8 {
+            std::io::Write::write_all(
+                &mut s,
+                format!("GET /bytes?n={n} HTTP/1.1\r\nHost: b\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+        }
+    };
     vec![
         ("not on the hop (another port)", run(&elsewhere, &heads)),
+        (
+            "long HTTP bodies (segments inside them and pure ACKs, skipped)",
+            run(&quiet, &bodies),
+        ),
         ("HTTP heads (keep-alive requests)", run(&quiet, &heads)),
         ("connection control (connect, close)", run(&quiet, &control)),
         ("WebSocket frames, followed", run(&quiet, &frames)),
