@@ -453,14 +453,11 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
         assert!(ttfb.is_some() && all >= ttfb, "{http}");
     }
     // An upload: the head and its first part, then the rest once the kernel follows it.
-    s.write_all(
-        format!(
-            "POST /upload HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-upload\r\n\
-             Content-Length: {N}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .expect("write");
+    let upload = format!(
+        "POST /upload HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-upload\r\n\
+         Content-Length: {N}\r\n\r\n"
+    );
+    s.write_all(upload.as_bytes()).expect("write");
     let body = vec![b'u'; N];
     s.write_all(&body[..64 * 1024]).expect("first part");
     wait_metric_above(&sidecar, ARMED, armed);
@@ -478,6 +475,8 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     });
     assert_eq!(http["status"], 200, "{http}");
     assert_eq!(http["outcome"], "complete", "{http}");
+    assert_eq!(http["request_bytes"], upload.len() + N, "{http}");
+    assert_eq!(http["response_bytes"], answer.len(), "{http}");
     // And the connection goes on in step after the bodies, then both ends close it.
     s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-after\r\n\r\n")
         .expect("write");

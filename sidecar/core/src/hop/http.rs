@@ -42,8 +42,11 @@ pub enum HttpEvent {
     HeadStart,
     Request(RequestHead),
     Response(ResponseHead),
-    /// The message (head and body) is complete.
-    MessageEnd,
+    /// The message (head and body) is complete: `bytes` long on the wire, head, body and
+    /// framing (bytes never seen inside a body of known length included).
+    MessageEnd {
+        bytes: u64,
+    },
     /// The stream switched protocols (after a 101, or a 2xx to CONNECT); the rest of the
     /// chunk, from `offset`, belongs to the new protocol.
     Upgraded {
@@ -129,6 +132,8 @@ pub struct HttpStream {
     expectations: VecDeque<Expectation>,
     /// The start of a small error body being looked into (bounded: [`PEEK_BYTES`]).
     peek: Option<Vec<u8>>,
+    /// Bytes of the current message so far (from its first head byte).
+    msg_bytes: u64,
 }
 
 fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
@@ -192,6 +197,7 @@ impl HttpStream {
             buf: Vec::new(),
             expectations: VecDeque::new(),
             peek: None,
+            msg_bytes: 0,
         }
     }
 
@@ -235,7 +241,10 @@ impl HttpStream {
                     }
                     return;
                 }
-                State::UntilClose => return,
+                State::UntilClose => {
+                    self.msg_bytes += rest.len() as u64;
+                    return;
+                }
                 State::Body(n) => {
                     let take = (n.min(rest.len() as u64)) as usize;
                     if let Some(p) = self.peek.as_mut() {
@@ -243,12 +252,13 @@ impl HttpStream {
                         p.extend_from_slice(&rest[..room]);
                     }
                     pos += take;
+                    self.msg_bytes += take as u64;
                     if n - take as u64 == 0 {
                         self.state = State::Head;
                         if let Some(code) = self.peek.take().and_then(|p| error_code(&p)) {
                             out.push(HttpEvent::ErrorCode(code));
                         }
-                        out.push(HttpEvent::MessageEnd);
+                        self.end_message(out);
                     } else {
                         self.state = State::Body(n - take as u64);
                     }
@@ -276,6 +286,7 @@ impl HttpStream {
                             return;
                         }
                         out.push(HttpEvent::HeadStart);
+                        self.msg_bytes = 0;
                     }
                     let before = self.buf.len();
                     let Some(end) = find_head_end_in(&self.buf, rest) else {
@@ -284,10 +295,12 @@ impl HttpStream {
                             return;
                         }
                         self.buf.extend_from_slice(rest);
+                        self.msg_bytes += rest.len() as u64;
                         return;
                     };
                     // `end` counts bytes of `rest` that complete the head.
                     pos += end;
+                    self.msg_bytes += end as u64;
                     let parsed = if before == 0 {
                         // The whole head is in this chunk (the common case): parsed where it
                         // lies, without a copy.
@@ -333,21 +346,24 @@ impl HttpStream {
         self.peek = None;
         match self.state {
             State::Body(n) if len <= n => {
+                self.msg_bytes += len;
                 self.state = if n == len {
-                    out.push(HttpEvent::MessageEnd);
+                    self.end_message(out);
                     State::Head
                 } else {
                     State::Body(n - len)
                 };
             }
             State::Chunked(ChunkState::Data(n)) if len <= n => {
+                self.msg_bytes += len;
                 self.state = State::Chunked(if n == len {
                     ChunkState::DataEnd
                 } else {
                     ChunkState::Data(n - len)
                 });
             }
-            State::UntilClose | State::Upgraded => {}
+            State::UntilClose => self.msg_bytes += len,
+            State::Upgraded => {}
             State::Lost => out.push(HttpEvent::Lost {
                 bytes: len,
                 why: "bytes missing while out of sync",
@@ -372,6 +388,7 @@ impl HttpStream {
         match cs {
             ChunkState::Data(n) => {
                 let take = (n.min(rest.len() as u64)) as usize;
+                self.msg_bytes += take as u64;
                 self.state = State::Chunked(if n == take as u64 {
                     ChunkState::DataEnd
                 } else {
@@ -385,8 +402,10 @@ impl HttpStream {
                         return Err("chunk line too long");
                     }
                     self.buf.extend_from_slice(rest);
+                    self.msg_bytes += rest.len() as u64;
                     return Ok(rest.len());
                 };
+                self.msg_bytes += (nl + 1) as u64;
                 self.buf.extend_from_slice(&rest[..nl]);
                 let line = std::mem::take(&mut self.buf);
                 let line = String::from_utf8_lossy(&line);
@@ -410,7 +429,7 @@ impl HttpStream {
                     }
                     _ => {
                         if line.is_empty() {
-                            out.push(HttpEvent::MessageEnd);
+                            self.end_message(out);
                             State::Head
                         } else {
                             State::Chunked(ChunkState::Trailers)
@@ -451,7 +470,7 @@ impl HttpStream {
                 let next = framing(req.headers)?.unwrap_or(State::Head);
                 out.push(HttpEvent::Request(parsed));
                 if next == State::Head {
-                    out.push(HttpEvent::MessageEnd);
+                    self.end_message(out);
                 }
                 self.state = next;
             }
@@ -503,17 +522,24 @@ impl HttpStream {
                     _ => None,
                 };
                 if self.state == State::Head {
-                    out.push(HttpEvent::MessageEnd);
+                    self.end_message(out);
                 }
             }
         }
         Ok(())
     }
 
+    fn end_message(&mut self, out: &mut Vec<HttpEvent>) {
+        out.push(HttpEvent::MessageEnd {
+            bytes: self.msg_bytes,
+        });
+        self.msg_bytes = 0;
+    }
+
     /// The connection closed: a body delimited by the close ends here.
     pub fn close(&mut self, out: &mut Vec<HttpEvent>) {
         if self.state == State::UntilClose {
-            out.push(HttpEvent::MessageEnd);
+            self.end_message(out);
             self.state = State::Head;
         }
     }
@@ -570,7 +596,7 @@ mod tests {
         assert_eq!(r.x_forwarded_for.as_deref(), Some("203.0.113.9"));
         assert_eq!(r.x_forwarded_proto.as_deref(), Some("https"));
         assert!(r.upgrade_websocket && r.connection_upgrade);
-        assert_eq!(out[2], HttpEvent::MessageEnd);
+        assert!(matches!(out[2], HttpEvent::MessageEnd { .. }), "{out:?}");
         // Nothing of the credentials anywhere in what the parser produced.
         let all = format!("{out:?}");
         assert!(!all.contains("s3cret") && !all.contains("Bearer") && !all.contains("a=b"));
@@ -613,7 +639,10 @@ mod tests {
         ]
         .map(|(p, h, r)| (p.to_owned(), Some(h.to_owned()), Some(r.to_owned())));
         assert_eq!(got, want, "{out:?}");
-        let ends = out.iter().filter(|e| **e == HttpEvent::MessageEnd).count();
+        let ends = out
+            .iter()
+            .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+            .count();
         assert_eq!(ends, 3, "{out:?}");
     }
 
@@ -624,7 +653,10 @@ mod tests {
             &mut req,
             &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n"],
         );
-        let ends = out.iter().filter(|e| **e == HttpEvent::MessageEnd).count();
+        let ends = out
+            .iter()
+            .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+            .count();
         let reqs = out
             .iter()
             .filter(|e| matches!(e, HttpEvent::Request(_)))
@@ -655,7 +687,9 @@ mod tests {
             .collect();
         assert_eq!(statuses, vec![200, 204, 200]);
         assert_eq!(
-            out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(),
+            out.iter()
+                .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+                .count(),
             3,
             "{out:?}"
         );
@@ -701,7 +735,9 @@ mod tests {
             &mut out,
         );
         assert_eq!(
-            out.iter().filter(|e| **e == HttpEvent::MessageEnd).count(),
+            out.iter()
+                .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+                .count(),
             2,
             "{out:?}"
         );
@@ -757,7 +793,9 @@ mod tests {
             &out[n - 2..],
             &[
                 HttpEvent::ErrorCode("proxy_attribution_required".into()),
-                HttpEvent::MessageEnd
+                HttpEvent::MessageEnd {
+                    bytes: (head.len() + body.len()) as u64
+                }
             ]
         );
         assert_eq!(error_code(br#"{"code": "E_BAD"}"#), Some("E_BAD".into()));

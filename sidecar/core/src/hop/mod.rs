@@ -198,7 +198,9 @@ pub struct HttpExchange {
     pub ttfb_ns: Option<u64>,
     /// Request start to the end of the response.
     pub total_ns: Option<u64>,
+    /// The request's length on the wire, head and body (0 while its end was not seen).
     pub request_bytes: u64,
+    /// The response's length on the wire, head and body; for one cut short, what came.
     pub response_bytes: u64,
     pub outcome: ExchangeOutcome,
     /// Why the upstream refused, from a small JSON error body (its code only, never the

@@ -228,16 +228,11 @@ impl Conn {
             Chunk::Data(d) => d.len() as u64,
             Chunk::Gap(n) => *n,
         };
-        match side {
-            Side::Client => {
-                if let Some(x) = self.exchanges.back_mut() {
-                    x.request_bytes += len;
-                }
-            }
-            Side::Server => {
-                if let Some(x) = self.exchanges.front_mut() {
-                    x.response_bytes += len;
-                }
+        // A response's bytes count as they come (so one cut short still has a size); a
+        // message's end sets the exact length of requests and responses alike.
+        if side == Side::Server {
+            if let Some(x) = self.exchanges.front_mut() {
+                x.response_bytes += len;
             }
         }
         // Taken out for the chunk and put back after it (an upgrade's recursive call below
@@ -364,10 +359,16 @@ impl Conn {
                     x.error_code = Some(code);
                 }
             }
-            (Side::Server, HttpEvent::MessageEnd)
+            (Side::Client, HttpEvent::MessageEnd { bytes }) => {
+                if let Some(x) = self.exchanges.back_mut() {
+                    x.request_bytes = bytes;
+                }
+            }
+            (Side::Server, HttpEvent::MessageEnd { bytes })
                 if self.exchanges.front().is_some_and(|x| x.status.is_some()) =>
             {
-                if let Some(x) = self.exchanges.pop_front() {
+                if let Some(mut x) = self.exchanges.pop_front() {
+                    x.response_bytes = bytes;
                     let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Complete);
                     out.push(HopRecord::Http(record));
                 }

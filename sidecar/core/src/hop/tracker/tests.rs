@@ -480,3 +480,45 @@ fn connections_beyond_the_limit_are_reported_early_and_counted() {
     // Every connection's request is reported once, evicted or not.
     assert_eq!(exchanges(&out).len(), 1000);
 }
+
+#[test]
+fn request_and_response_sizes_are_each_messages_own() {
+    // A POST whose head and body share a segment, then a GET; the two responses arrive in
+    // one segment. Each exchange has its own message's length, head and body.
+    let post = b"POST /a HTTP/1.1\r\nHost: up\r\nContent-Length: 5\r\n\r\nhello";
+    let get = b"GET /b HTTP/1.1\r\nHost: up\r\n\r\n";
+    let first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let second = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    let mut w = Wire::new(41020);
+    let both = [&first[..], &second[..]].concat();
+    w.handshake()
+        .send(Side::Client, post)
+        .send(Side::Client, get)
+        .send(Side::Server, &both)
+        .fin(Side::Client)
+        .fin(Side::Server);
+    let out = w.run();
+    let x = exchanges(&out);
+    assert_eq!(x.len(), 2, "{out:?}");
+    assert_eq!(
+        (x[0].request_bytes, x[0].response_bytes),
+        (post.len() as u64, first.len() as u64)
+    );
+    assert_eq!(
+        (x[1].request_bytes, x[1].response_bytes),
+        (get.len() as u64, second.len() as u64)
+    );
+    // A chunked upload split across segments: the framing counts too.
+    let mut w = Wire::new(41021);
+    let head = b"PUT /c HTTP/1.1\r\nHost: up\r\nTransfer-Encoding: chunked\r\n\r\n";
+    w.handshake()
+        .send(Side::Client, head)
+        .send(Side::Client, b"3\r\nabc\r\n")
+        .send(Side::Client, b"0\r\n\r\n")
+        .send(Side::Server, first)
+        .fin(Side::Client)
+        .fin(Side::Server);
+    let out = w.run();
+    let x = exchanges(&out);
+    assert_eq!(x[0].request_bytes, (head.len() + 8 + 5) as u64, "{out:?}");
+}
