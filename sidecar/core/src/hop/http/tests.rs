@@ -1,0 +1,248 @@
+use super::*;
+
+fn feed_all(s: &mut HttpStream, parts: &[&[u8]]) -> Vec<HttpEvent> {
+    let mut out = Vec::new();
+    for p in parts {
+        s.feed(p, &mut out);
+    }
+    out
+}
+
+const UPGRADE: &[u8] = b"GET /ws?token=s3cret HTTP/1.1\r\nHost: gw.example\r\n\
+    Upgrade: websocket\r\nConnection: Upgrade\r\nOrigin: https://gw.example\r\n\
+    X-Request-ID: 0123456789abcdef0123456789abcdef\r\nX-Forwarded-For: 203.0.113.9\r\n\
+    X-Forwarded-Proto: https\r\nAuthorization: Bearer nope\r\nCookie: a=b\r\n\r\n";
+
+#[test]
+fn request_head_fields_and_redaction() {
+    let mut s = HttpStream::new(Role::Request);
+    let out = feed_all(&mut s, &[UPGRADE]);
+    let HttpEvent::Request(r) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(out[0], HttpEvent::HeadStart);
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.path, "/ws?token=REDACTED");
+    assert_eq!(r.host.as_deref(), Some("gw.example"));
+    assert_eq!(r.origin.as_deref(), Some("https://gw.example"));
+    assert_eq!(
+        r.request_id.as_deref(),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(r.x_forwarded_for.as_deref(), Some("203.0.113.9"));
+    assert_eq!(r.x_forwarded_proto.as_deref(), Some("https"));
+    assert!(r.upgrade_websocket && r.connection_upgrade);
+    assert!(matches!(out[2], HttpEvent::MessageEnd { .. }), "{out:?}");
+    // Nothing of the credentials anywhere in what the parser produced.
+    let all = format!("{out:?}");
+    assert!(!all.contains("s3cret") && !all.contains("Bearer") && !all.contains("a=b"));
+}
+
+#[test]
+fn head_split_anywhere() {
+    for split in 1..UPGRADE.len() {
+        let mut s = HttpStream::new(Role::Request);
+        let out = feed_all(&mut s, &[&UPGRADE[..split], &UPGRADE[split..]]);
+        assert!(
+            matches!(out.get(1), Some(HttpEvent::Request(_))),
+            "split at {split}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn split_and_whole_heads_alternate_on_one_stream() {
+    // A split head is assembled in the stream's buffer, a whole one parsed in place: the
+    // buffer must come back empty each time, whatever the order.
+    let mut s = HttpStream::new(Role::Request);
+    let a = b"GET /one HTTP/1.1\r\nHost: a\r\nX-Request-ID: r1\r\n\r\n";
+    let b = b"GET /two HTTP/1.1\r\nHost: b\r\nX-Request-ID: r2\r\n\r\n";
+    let c = b"GET /three HTTP/1.1\r\nHost: c\r\nX-Request-ID: r3\r\n\r\n";
+    let out = feed_all(&mut s, &[&a[..7], &a[7..], b, &c[..30], &c[30..]]);
+    let got: Vec<(String, Option<String>, Option<String>)> = out
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Request(r) => Some((r.path.clone(), r.host.clone(), r.request_id.clone())),
+            _ => None,
+        })
+        .collect();
+    let want = [
+        ("/one", "a", "r1"),
+        ("/two", "b", "r2"),
+        ("/three", "c", "r3"),
+    ]
+    .map(|(p, h, r)| (p.to_owned(), Some(h.to_owned()), Some(r.to_owned())));
+    assert_eq!(got, want, "{out:?}");
+    let ends = out
+        .iter()
+        .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+        .count();
+    assert_eq!(ends, 3, "{out:?}");
+}
+
+#[test]
+fn keep_alive_with_bodies() {
+    let mut req = HttpStream::new(Role::Request);
+    let out = feed_all(
+        &mut req,
+        &[b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /b HTTP/1.1\r\n\r\n"],
+    );
+    let ends = out
+        .iter()
+        .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+        .count();
+    let reqs = out
+        .iter()
+        .filter(|e| matches!(e, HttpEvent::Request(_)))
+        .count();
+    assert_eq!((reqs, ends), (2, 2), "{out:?}");
+
+    let mut resp = HttpStream::new(Role::Response);
+    for _ in 0..3 {
+        resp.expect(Expectation {
+            head_request: false,
+            connect_request: false,
+        });
+    }
+    let out = feed_all(
+        &mut resp,
+        &[
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            b"lo\r\n3;ext=1\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ],
+    );
+    let statuses: Vec<u16> = out
+        .iter()
+        .filter_map(|e| match e {
+            HttpEvent::Response(r) => Some(r.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, vec![200, 204, 200]);
+    assert_eq!(
+        out.iter()
+            .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+            .count(),
+        3,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn upgrade_response_hands_over_the_rest() {
+    let mut resp = HttpStream::new(Role::Response);
+    resp.expect(Expectation {
+        head_request: false,
+        connect_request: false,
+    });
+    let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n";
+    let mut data = head.to_vec();
+    data.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    let out = feed_all(&mut resp, &[&data]);
+    assert!(
+        out.contains(&HttpEvent::Upgraded { offset: head.len() }),
+        "{out:?}"
+    );
+    assert!(resp.is_upgraded());
+}
+
+#[test]
+fn gaps_in_bodies_keep_sync_and_gaps_in_heads_lose_it() {
+    let mut resp = HttpStream::new(Role::Response);
+    resp.expect(Expectation {
+        head_request: false,
+        connect_request: false,
+    });
+    resp.expect(Expectation {
+        head_request: false,
+        connect_request: false,
+    });
+    let mut out = Vec::new();
+    resp.feed(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc",
+        &mut out,
+    );
+    resp.gap(997, &mut out);
+    resp.feed(
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        &mut out,
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|e| matches!(e, HttpEvent::MessageEnd { .. }))
+            .count(),
+        2,
+        "{out:?}"
+    );
+
+    let mut req = HttpStream::new(Role::Request);
+    let mut out = Vec::new();
+    req.feed(b"GET /x HTTP/1.1\r\nHo", &mut out);
+    req.gap(10, &mut out);
+    assert!(
+        matches!(out.last(), Some(HttpEvent::Lost { .. })),
+        "{out:?}"
+    );
+    req.feed(b"garbage", &mut out);
+    req.feed(b"GET /y HTTP/1.1\r\n\r\n", &mut out);
+    assert!(out.contains(&HttpEvent::Resynced), "{out:?}");
+    assert!(matches!(out.iter().rev().nth(1), Some(HttpEvent::Request(r)) if r.path == "/y"));
+}
+
+#[test]
+fn garbage_never_panics() {
+    let inputs: [&[u8]; 6] = [
+        b"\x00\x01\x02",
+        b"GET \r\n\r\n",
+        b"HTTP/1.1 abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"GET / HTTP/1.1\r\nX: \xff\xfe\r\n\r\n",
+    ];
+    for input in inputs {
+        for role in [Role::Request, Role::Response] {
+            let mut s = HttpStream::new(role);
+            let mut out = Vec::new();
+            s.feed(input, &mut out);
+            s.gap(5, &mut out);
+            s.feed(input, &mut out);
+        }
+    }
+}
+
+#[test]
+fn a_small_json_error_body_gives_its_code_only() {
+    let mut s = HttpStream::new(Role::Response);
+    let body = r#"{"error":{"message":"Proxy client attribution is required.","type":"proxy_attribution_required"}}"#;
+    let head = format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // Split inside the body: the code still comes out, before the message end.
+    let (a, b) = body.split_at(40);
+    let out = feed_all(&mut s, &[head.as_bytes(), a.as_bytes(), b.as_bytes()]);
+    let n = out.len();
+    assert_eq!(
+        &out[n - 2..],
+        &[
+            HttpEvent::ErrorCode("proxy_attribution_required".into()),
+            HttpEvent::MessageEnd {
+                bytes: (head.len() + body.len()) as u64
+            }
+        ]
+    );
+    assert_eq!(error_code(br#"{"code": "E_BAD"}"#), Some("E_BAD".into()));
+    assert_eq!(error_code(br#"{"type":"has space"}"#), None);
+    assert_eq!(error_code(b"not json"), None);
+    // Not JSON, or a success: not looked into.
+    let mut s = HttpStream::new(Role::Response);
+    let out = feed_all(
+        &mut s,
+        &[b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"type\":\"hello\"}"],
+    );
+    assert!(
+        !out.iter().any(|e| matches!(e, HttpEvent::ErrorCode(_))),
+        "{out:?}"
+    );
+}
