@@ -591,13 +591,9 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
 /// exits without ever saying ready.
 fn announce_ready(http_port: u16, tcp_port: Option<u16>) {
     std::thread::spawn(move || loop {
-        let native = tcp_port.is_none_or(|p| {
-            std::net::TcpStream::connect_timeout(
-                &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
-                Duration::from_millis(500),
-            )
-            .is_ok()
-        });
+        // The native port must be listened on by this process (the server runs in it): a
+        // connect alone would also succeed against whoever else holds the port.
+        let native = tcp_port.is_none_or(listens_here);
         if native && ping(http_port) {
             println!("{READY_LINE}");
             let _ = std::io::stdout().flush();
@@ -605,6 +601,34 @@ fn announce_ready(http_port: u16, tcp_port: Option<u16>) {
         }
         std::thread::sleep(Duration::from_millis(50));
     });
+}
+
+/// Whether a socket of this process listens on TCP `port` on 127.0.0.1: its inode in
+/// /proc/net/tcp's LISTEN rows and among this process's open files.
+fn listens_here(port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/self/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A"))
+                .then(|| f.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir("/proc/self/fd").is_ok_and(|dir| {
+        dir.filter_map(Result::ok).any(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+        })
+    })
 }
 
 #[cfg(test)]

@@ -76,3 +76,34 @@ fn basic_auth_rule_matches_exactly_the_user() {
         assert!(!b64(other).starts_with("ZWRnZXdhdGNoO"), "{other}");
     }
 }
+
+#[test]
+fn a_port_counts_as_ours_only_when_this_process_listens_on_it() {
+    let mine = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = mine.local_addr().expect("addr").port();
+    assert!(listens_here(port));
+    drop(mine);
+    assert!(!listens_here(port));
+    // A listener of another process answers a connect but is not ours.
+    let mut other = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys\ns=socket.socket()\ns.bind(('127.0.0.1',0))\ns.listen()\n\
+             print(s.getsockname()[1],flush=True)\nsys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("port");
+    let theirs: u16 = line.trim().parse().expect("a port");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", theirs)).is_ok());
+    assert!(!listens_here(theirs));
+    drop(other.stdin.take());
+    let _ = other.wait();
+}
