@@ -27,34 +27,15 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use support::{
+    cpu_seconds,
     hop::{start_upstream, ws_connect},
-    Sidecar,
+    metric_sum, Sidecar,
 };
 use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 16;
 const DEFAULT_RING: u32 = 4 << 20;
 const SMALL_RING: u32 = 16 << 10;
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
 
 struct Run {
     packets_per_s: f64,
@@ -110,7 +91,7 @@ fn run(rt: &tokio::runtime::Runtime, port: u16, ring: u32, secs: u64) -> Run {
     // The drop counters are read every second: wait for the next reading.
     std::thread::sleep(Duration::from_millis(1500));
     let after = sidecar.metrics();
-    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    let delta = |name: &str| metric_sum(&after, name) - metric_sum(&before, name);
     Run {
         packets_per_s: delta("edgewatch_events_total{kind=\"hop_segment\"}") / elapsed,
         drops: delta("edgewatch_kernel_drops_total{reason=\"hop_ringbuf_full\"}"),

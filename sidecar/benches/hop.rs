@@ -33,7 +33,9 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use support::{
+    cpu_seconds,
     hop::{start_upstream, ws_connect, Capture, Nginx, NginxSite},
+    metric_sum,
     store::ClickHouse,
     Sidecar,
 };
@@ -150,20 +152,6 @@ fn prog_stats(pid: u32) -> Vec<(String, u64, u64)> {
         }
     }
     out
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// `WRK_PAIRS` pairs of wrk runs, without and with something attached, the order alternating
@@ -337,37 +325,20 @@ fn main() {
     live_cost(&runtime);
 }
 
-/// A counter or gauge of a metrics scrape (the sum of its series), 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until every row the sidecar spooled has been sent (the store's CPU for a run's rows
 /// is then all spent), at most 60 s.
 fn wait_rows_sent(sidecar: &Sidecar) {
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
     while Instant::now() < deadline {
         let m = sidecar.metrics();
-        let spooled = metric(&m, "edgewatch_store_rows_total{result=\"spooled\"}");
-        let sent = metric(&m, "edgewatch_store_rows_total{result=\"sent\"}");
+        let spooled = metric_sum(&m, "edgewatch_store_rows_total{result=\"spooled\"}");
+        let sent = metric_sum(&m, "edgewatch_store_rows_total{result=\"sent\"}");
         if spooled > 0.0 && sent >= spooled {
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     panic!("the sidecar's rows were not all sent within 60 s");
-}
-
-/// CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    cpu_ticks(pid) as f64 / ticks_per_second()
 }
 
 /// The live cost, as deployed: rows to a real ClickHouse, no records on stdout.

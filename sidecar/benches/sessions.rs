@@ -55,15 +55,6 @@ fn metric(text: &str, name: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
-/// The sum of every series of a metric.
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
-
 /// The soft limit of open files raised to the hard one (20,000 here): 10,000 client sockets.
 fn raise_nofile() -> u64 {
     let mut lim = libc::rlimit {
@@ -320,8 +311,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let ws_records = metric(&metrics, "edgewatch_records_total{kind=\"websocket\"}");
-    let drops = metric_sum(&metrics, "edgewatch_kernel_drops_total");
-    let limit_drops = metric_sum(&metrics, "edgewatch_limit_drops_total");
+    let drops = support::metric_sum(&metrics, "edgewatch_kernel_drops_total") as u64;
+    let limit_drops = support::metric_sum(&metrics, "edgewatch_limit_drops_total") as u64;
     let at_10k = rss.last().unwrap().1 as f64 / 1024.0;
     let per_session = (rss[3].1 as f64 - rss[0].1 as f64) * 1024.0 / STEPS[2] as f64;
     println!(

@@ -547,12 +547,7 @@ impl Probes {
 
     /// Reads the kernel's drop counters.
     pub fn kernel_drops(&self) -> KernelDrops {
-        let sum = |index: u32| -> u64 {
-            self.drops
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index| per_cpu_sum(&self.drops, index);
         KernelDrops {
             ringbuf_full: sum(drop_reason::RINGBUF_FULL),
             field_read: sum(drop_reason::FIELD_READ),
@@ -563,17 +558,20 @@ impl Probes {
 
     /// Reads the kernel's counters of hop packets it sent no record for.
     pub fn hop_skipped(&self) -> HopSkipped {
-        let sum = |index: u32| -> u64 {
-            self.skipped
-                .get(&index, 0)
-                .map(|values| values.iter().sum())
-                .unwrap_or(0)
-        };
+        let sum = |index| per_cpu_sum(&self.skipped, index);
         HopSkipped {
             pure_acks: sum(skip_reason::PURE_ACK),
             payload_segments: sum(skip_reason::PAYLOAD),
         }
     }
+}
+
+/// A per-CPU counter summed over CPUs (0 when it cannot be read).
+fn per_cpu_sum(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    array
+        .get(&index, 0)
+        .map(|values| values.iter().sum())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
