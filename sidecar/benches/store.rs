@@ -2,7 +2,8 @@
 //! 26.7 on loopback (the embedded build), against the raw insert rate of the `clickhouse`
 //! crate measured in the same run on the same server:
 //! - raw: pre-built rows, `Client::insert` in batches of `store.batch_rows` (RowBinary, LZ4), and the
-//!   same rows as pre-built Native blocks through `Client::insert_native`;
+//!   same rows as pre-built Native blocks (the spool's encoder) through the crate's
+//!   `insert_formatted_with`;
 //! - end to end: hop records through [`Store`] (row conversion, spool on disk, sender,
 //!   deduplication tokens; Native blocks, the default on loopback) until ClickHouse
 //!   confirmed every one;
@@ -25,7 +26,8 @@ use edgewatch::{
     hop::{ConnId, ExchangeOutcome, HopRecord, HttpExchange},
     metrics::Metrics,
     store::{
-        rows::{HttpRow, NativeRow},
+        config::WireFormat,
+        rows::{AnyRow, Columns, HttpRow},
         ship::{self, Endpoint},
         Store,
     },
@@ -163,20 +165,34 @@ fn main() {
             insert.end().await.unwrap();
         }
         let rowbinary = started.elapsed();
-        // The same rows as the crate's Native blocks, built ahead (the format the store uses
-        // on loopback).
+        // The same rows as Native blocks built ahead (the spool's encoder: the format the
+        // store sends to a loopback server), each sent as one insert.
         let native_db = "t_bench_raw_native";
         let native_client = client.clone().with_database(native_db);
         prepare(&native_client, native_db, node).await;
-        let blocks: Vec<_> = rows
+        let blocks: Vec<bytes::Bytes> = rows
             .chunks(batch_rows() as usize)
-            .map(|c| HttpRow::block("http_exchanges", &c.iter().collect::<Vec<_>>()).unwrap())
+            .map(|c| {
+                let mut cols = Columns::new(3);
+                for r in c {
+                    cols.push(&AnyRow::Http(r.clone()));
+                }
+                let mut block = Vec::new();
+                cols.write_block(&mut block);
+                block.into()
+            })
             .collect();
         let started = Instant::now();
-        for block in &blocks {
-            let mut insert = native_client.insert_native("http_exchanges");
-            insert.write(block).await.unwrap();
-            insert.end().await.unwrap();
+        for (i, block) in blocks.into_iter().enumerate() {
+            ship::insert_blocks(
+                &native_client,
+                WireFormat::Native,
+                3,
+                &format!("raw-{i}"),
+                vec![block],
+            )
+            .await
+            .unwrap();
         }
         (rowbinary, started.elapsed())
     });

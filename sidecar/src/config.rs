@@ -152,23 +152,19 @@ mod tests {
             "https://[2001:db8::1]:8443/",
             "http://localhost.example.com",
         ] {
-            assert_eq!(
-                WireFormat::Auto.for_url(url),
-                WireFormat::RowBinary,
-                "{url}"
-            );
+            assert_eq!(WireFormat::Auto.for_url(url), WireFormat::Lz4, "{url}");
         }
-        assert_eq!(
-            WireFormat::RowBinary.for_url("http://127.0.0.1"),
-            WireFormat::RowBinary
-        );
+        assert_eq!(WireFormat::Lz4.for_url("http://127.0.0.1"), WireFormat::Lz4);
         assert_eq!(
             WireFormat::Native.for_url("https://remote.example"),
             WireFormat::Native
         );
+        let cfg: Config = toml::from_str("[store]\nformat = \"lz4\"\n").expect("format parses");
+        assert_eq!(cfg.store.format, WireFormat::Lz4);
+        // The compressed choice's name in older versions still parses, as that choice.
         let cfg: Config =
             toml::from_str("[store]\nformat = \"rowbinary\"\n").expect("format parses");
-        assert_eq!(cfg.store.format, WireFormat::RowBinary);
+        assert_eq!(cfg.store.format, WireFormat::Lz4);
         assert!(toml::from_str::<Config>("[store]\nformat = \"csv\"\n").is_err());
     }
 

@@ -53,10 +53,11 @@ pub struct StoreConfig {
     /// Timeout of one request to ClickHouse.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// How rows travel to ClickHouse: `native` (its columnar format: the least work for the
-    /// server, sent uncompressed), `rowbinary` (row format, LZ4-compressed: the fewest bytes on
-    /// a network) or `auto`: native to a server on this machine (a loopback URL, the embedded
-    /// one), rowbinary to any other.
+    /// How rows travel to ClickHouse. They are always the spool's Native column blocks, sent
+    /// as they are: `native` (uncompressed: the least work for both sides), `lz4` (the same
+    /// blocks LZ4-compressed: the fewest bytes on a network; `rowbinary`, the row format of
+    /// older versions, is read as `lz4`) or `auto`: native to a server on this machine (a
+    /// loopback URL, the embedded one), lz4 to any other.
     pub format: WireFormat,
     /// How often the whole exposure inventory is written as a snapshot.
     #[serde(with = "humantime_serde")]
@@ -113,17 +114,20 @@ impl ClusterDdl {
     }
 }
 
-/// How rows travel to ClickHouse (`store.format`).
+/// How rows travel to ClickHouse (`store.format`): the spool's Native blocks, compressed or
+/// not.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum WireFormat {
-    /// Native to a loopback URL, RowBinary to any other.
+    /// `Native` to a loopback URL, `Lz4` to any other.
     #[default]
     Auto,
     /// ClickHouse's columnar Native format, uncompressed.
     Native,
-    /// RowBinary with LZ4.
-    RowBinary,
+    /// The same Native blocks, LZ4-compressed (ClickHouse's compressed-block format).
+    /// `rowbinary` is what older versions called the compressed choice.
+    #[serde(alias = "rowbinary")]
+    Lz4,
 }
 
 impl WireFormat {
@@ -143,7 +147,7 @@ impl WireFormat {
                 if loopback {
                     Self::Native
                 } else {
-                    Self::RowBinary
+                    Self::Lz4
                 }
             }
             other => other,
@@ -154,7 +158,7 @@ impl WireFormat {
         match self {
             Self::Auto => "auto",
             Self::Native => "native",
-            Self::RowBinary => "rowbinary",
+            Self::Lz4 => "lz4",
         }
     }
 }

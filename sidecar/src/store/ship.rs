@@ -111,7 +111,7 @@ pub enum StoreEvent {
         server_version: String,
         schema_version: u32,
         url: String,
-        /// `native` or `rowbinary`.
+        /// `native` or `lz4`.
         format: &'static str,
         /// With `store.cluster`: its DDL kind, shards and the nodes migrated.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,50 +344,76 @@ pub enum PrepareError {
     Incompatible(String),
 }
 
-async fn insert_typed<T>(
-    client: &Client,
-    table: &str,
-    token: &str,
-    rows: Vec<T>,
-) -> clickhouse::error::Result<()>
-where
-    T: Row + Serialize + for<'a> Row<Value<'a> = T>,
-{
-    let mut insert = client
-        .insert::<T>(table)
-        .await?
-        .with_setting("insert_deduplication_token", token)
-        .with_setting("insert_deduplicate", "1");
-    for r in &rows {
-        insert.write(r).await?;
-    }
-    insert.end().await
-}
-
-/// One Native block (the crate's `insert_native`, uncompressed as the crate sends it).
-async fn insert_native_block(
+/// Rows through the crate's own row encoding (RowBinary, derived from the row structs): not
+/// how the sidecar sends, but an independent encoder the tests compare its Native blocks with.
+pub async fn insert_rowbinary(
     client: &Client,
     table: usize,
     token: &str,
     rows: Vec<AnyRow>,
 ) -> clickhouse::error::Result<()> {
-    if rows.is_empty() {
-        // Nothing to send (a Native block cannot be empty; RowBinary would send nothing).
+    async fn typed<T>(
+        client: &Client,
+        table: &str,
+        token: &str,
+        rows: Vec<T>,
+    ) -> clickhouse::error::Result<()>
+    where
+        T: Row + Serialize + for<'a> Row<Value<'a> = T>,
+    {
+        let mut insert = client
+            .insert::<T>(table)
+            .await?
+            .with_setting("insert_deduplication_token", token)
+            .with_setting("insert_deduplicate", "1");
+        for r in &rows {
+            insert.write(r).await?;
+        }
+        insert.end().await
+    }
+    let name = TABLE_NAMES[table];
+    match table {
+        0 => typed(client, name, token, rows_of!(rows, Exposure)).await,
+        1 => typed(client, name, token, rows_of!(rows, ExposureChange)).await,
+        2 => typed(client, name, token, rows_of!(rows, Conn)).await,
+        3 => typed(client, name, token, rows_of!(rows, Http)).await,
+        4 => typed(client, name, token, rows_of!(rows, Ws)).await,
+        5 => typed(client, name, token, rows_of!(rows, Edge)).await,
+        6 => typed(client, name, token, rows_of!(rows, Request)).await,
+        _ => typed(client, name, token, rows_of!(rows, Alert)).await,
+    }
+}
+
+/// Sends a Native stream (blocks of table `table`, as the spool holds them) as one insert with
+/// its deduplication token, LZ4-compressed for `format` `lz4`. Nothing to send is no insert.
+pub async fn insert_blocks(
+    client: &Client,
+    format: WireFormat,
+    table: usize,
+    token: &str,
+    blocks: Vec<bytes::Bytes>,
+) -> clickhouse::error::Result<()> {
+    if blocks.is_empty() {
         return Ok(());
     }
-    // A block that does not fit its table is a bug, not a passing condition: set aside.
-    let block = rows::native_block(table, &rows)
-        .map_err(|e| clickhouse::error::Error::SchemaMismatch(e.to_string()))?;
+    let client = match format {
+        WireFormat::Lz4 => client.clone(),
+        _ => client
+            .clone()
+            .with_compression(clickhouse::Compression::None),
+    };
     let mut insert = client
-        .insert_native(TABLE_NAMES[table])
+        .insert_formatted_with(format!("INSERT INTO {} FORMAT Native", TABLE_NAMES[table]))
         .with_setting("insert_deduplication_token", token)
         .with_setting("insert_deduplicate", "1");
-    insert.write(&block).await?;
+    for block in blocks {
+        insert.send(block).await?;
+    }
     insert.end().await
 }
 
-/// Sends one batch of rows of one table in `format` (`auto` is decided by the caller; here
-/// it means Native).
+/// Sends rows of one table as one Native block (what a spool batch holds, built here from
+/// rows: for callers that have rows, not a batch).
 pub async fn insert_rows(
     client: &Client,
     format: WireFormat,
@@ -395,20 +421,18 @@ pub async fn insert_rows(
     token: &str,
     rows: Vec<AnyRow>,
 ) -> clickhouse::error::Result<()> {
-    if format != WireFormat::RowBinary {
-        return insert_native_block(client, table, token, rows).await;
+    let mut cols = rows::Columns::new(table);
+    for r in &rows {
+        cols.push(r);
     }
-    let name = TABLE_NAMES[table];
-    match table {
-        0 => insert_typed(client, name, token, rows_of!(rows, Exposure)).await,
-        1 => insert_typed(client, name, token, rows_of!(rows, ExposureChange)).await,
-        2 => insert_typed(client, name, token, rows_of!(rows, Conn)).await,
-        3 => insert_typed(client, name, token, rows_of!(rows, Http)).await,
-        4 => insert_typed(client, name, token, rows_of!(rows, Ws)).await,
-        5 => insert_typed(client, name, token, rows_of!(rows, Edge)).await,
-        6 => insert_typed(client, name, token, rows_of!(rows, Request)).await,
-        _ => insert_typed(client, name, token, rows_of!(rows, Alert)).await,
-    }
+    let mut block = Vec::new();
+    cols.write_block(&mut block);
+    let blocks = if block.is_empty() {
+        Vec::new()
+    } else {
+        vec![block.into()]
+    };
+    insert_blocks(client, format, table, token, blocks).await
 }
 
 /// The sender's running totals.
@@ -639,22 +663,19 @@ struct SendJob {
 }
 
 impl SendJob {
-    /// The rows of a batch: from memory when this run wrote it and they are still there,
-    /// otherwise read back from its file.
-    async fn rows_of(&self, batch: &BatchInfo) -> Result<Vec<AnyRow>, SendError> {
-        if let Some(rows) = self.shared.take_fresh(batch.seq) {
-            return Ok(rows);
-        }
-        let path = batch.path.clone();
-        let frames = match tokio::task::spawn_blocking(move || read_frames(&path)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
-                return Err(SendError::Unreadable(format!(
-                    "unreadable spool batch: {e}"
-                )))
-            }
-            Err(e) => return Err(SendError::Unreadable(e.to_string())),
-        };
+    /// A batch's Native blocks (as its file holds them) and its rows.
+    async fn body_of(&self, batch: &BatchInfo) -> Result<(Vec<bytes::Bytes>, u64), SendError> {
+        let (path, table) = (batch.path.clone(), batch.table);
+        let (frames, data) =
+            match tokio::task::spawn_blocking(move || read_frames(&path, table)).await {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => {
+                    return Err(SendError::Unreadable(format!(
+                        "unreadable spool batch: {e}"
+                    )))
+                }
+                Err(e) => return Err(SendError::Unreadable(e.to_string())),
+            };
         if frames.corrupt_regions > 0 {
             self.shared
                 .count_corrupt(frames.corrupt_regions, frames.corrupt_bytes);
@@ -665,24 +686,20 @@ impl SendJob {
                 "corrupt stretches in a spool batch skipped (their rows are lost, counted)"
             );
         }
-        Ok(frames.rows)
+        let rows = frames.rows;
+        Ok((frames.into_body(batch.table, data.into()), rows))
     }
 
     async fn send(&self, batch: &BatchInfo) -> Result<(), SendError> {
-        let all = self.rows_of(batch).await?;
-        // Tail marks ride along in edge batches; they are not rows of any table.
-        let rows = all
-            .iter()
-            .filter(|r| !matches!(r, AnyRow::TailMark(_)))
-            .count() as u64;
+        let (blocks, rows) = self.body_of(batch).await?;
         tokio::time::timeout(
             self.timeout,
-            insert_rows(
+            insert_blocks(
                 &self.client,
                 self.format,
                 batch.table,
                 &self.shared.token(batch),
-                all,
+                blocks,
             ),
         )
         .await

@@ -6,10 +6,12 @@
 //!   and the batch's sequence number form its `insert_deduplication_token`, so a batch sent
 //!   twice (the sidecar died between the insert and the deletion of the file) is stored once,
 //!   and a new run never reuses a token for other rows.
-//! - `<seq>-<table>.open`: the batch being filled, one per table. Rows are appended as frames
-//!   (`u32` length, `u32` CRC-32, postcard bytes) at every [`Spool::flush`] (each pipeline
-//!   turn), so they are in the kernel's page cache, safe from a killed process, within one
-//!   turn. On start, an `.open` file is recovered up to its last whole frame and sealed.
+//! - `<seq>-<table>.open`: the batch being filled, one per table. Rows are written straight
+//!   into Native columns ([`Columns`]); at every [`Spool::flush`] (each pipeline turn) the
+//!   turn's rows are appended as one frame (`u32` length, `u32` CRC-32, a kind byte and a
+//!   Native block), so they are in the kernel's page cache, safe from a killed process, within
+//!   one turn. On start, an `.open` file is recovered up to its last whole frame and sealed.
+//!   The sender sends the blocks as they are: a row is encoded once, never copied as a row.
 //! - `<seq>-<table>.batch`: sealed batches (by rows, bytes or age; fsynced), sent oldest first
 //!   and deleted once ClickHouse has them. Never rewritten, so a retry sends the same rows.
 //! - `rejected/`: batches ClickHouse refused for good (schema mismatch, unknown table), kept
@@ -26,22 +28,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::rows::{AnyRow, TABLE_NAMES};
+use super::rows::{AnyRow, Columns, TABLE_NAMES};
 
-const MAGIC: &[u8; 8] = b"EWSPOOL1";
+/// The current format (frames of Native blocks); [`frames::MAGIC_V1`] files are still read.
+const MAGIC: &[u8; 8] = b"EWSPOOL2";
 /// Length of the run id after the magic.
 const RUN_ID: usize = 32;
 const HEADER: usize = MAGIC.len() + RUN_ID;
 const FRAME_HEADER: usize = 8;
-/// A frame larger than this is corruption, not a row.
+/// A frame larger than this is corruption, not a block.
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
-/// A batch written by this run keeps its rows in memory too, up to this many frame bytes, and
-/// the sender takes them from there instead of reading and decoding the file back (the file
-/// stays the authority: a retry, a recovered batch or one over the bound reads the file).
-const FRESH_MAX_BYTES: u64 = 8 << 20;
-/// Sealed batches whose rows stay in memory while they wait, at most (the oldest go first:
-/// an outage fills the spool on disk, not memory).
-const FRESH_BATCHES: usize = 2;
+/// Rows gathered in columns are framed and written once they take this many bytes (a block
+/// stays far below [`MAX_FRAME`]).
+const WRITE_AT: usize = 1 << 20;
 
 /// Why the spool could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +106,6 @@ struct State {
     rejected: std::collections::VecDeque<(PathBuf, u64)>,
     rejected_bytes: u64,
     stats: SpoolStats,
-    /// The rows of sealed batches of this run, by sequence number (see [`FRESH_MAX_BYTES`]).
-    fresh: BTreeMap<u64, Vec<AnyRow>>,
 }
 
 impl State {
@@ -121,7 +118,6 @@ impl State {
 
     /// A batch leaves the backlog (sent, set aside or evicted).
     fn take(&mut self, seq: u64) -> Option<BatchInfo> {
-        self.fresh.remove(&seq);
         let b = self.sealed.remove(&seq)?;
         self.sealed_bytes = self.sealed_bytes.saturating_sub(b.bytes);
         self.sealed_rows = self.sealed_rows.saturating_sub(b.rows);
@@ -156,12 +152,6 @@ impl Shared {
             .cloned()?;
         s.in_flight.insert(b.seq);
         Some(b)
-    }
-
-    /// The rows of a batch this run wrote, if they are still in memory (once: a retry reads
-    /// the file).
-    pub fn take_fresh(&self, seq: u64) -> Option<Vec<AnyRow>> {
-        self.lock().fresh.remove(&seq)
     }
 
     /// The batch is in ClickHouse: forget it and delete its file.
@@ -226,6 +216,21 @@ impl Shared {
     }
 }
 
+impl OpenBatch {
+    /// The rows gathered in columns become one block frame in `buf`.
+    fn frame_rows(&mut self) {
+        if self.cols.rows() == 0 {
+            return;
+        }
+        let cols = &mut self.cols;
+        let mut rows = 0;
+        put_frame(&mut self.buf, FRAME_BLOCK, |buf| {
+            rows = cols.write_block(buf)
+        });
+        self.buf_rows += rows;
+    }
+}
+
 struct OpenBatch {
     seq: u64,
     run: String,
@@ -234,12 +239,12 @@ struct OpenBatch {
     rows: u64,
     /// Bytes in the file: always the end of a whole frame.
     bytes: u64,
+    /// Rows gathered since the last frame.
+    cols: Columns,
+    /// Whole frames not yet in the file.
     buf: Vec<u8>,
     /// Rows in `buf`, not yet in the file.
     buf_rows: u64,
-    /// Every row of the batch, while it stays within [`FRESH_MAX_BYTES`] and every write
-    /// succeeded (None after: the file alone has them).
-    mem: Option<Vec<AnyRow>>,
     opened: Instant,
     /// The directory was fsynced since this file was created.
     dir_synced: bool,
@@ -274,9 +279,9 @@ pub struct Spool {
     accepted_rows: u64,
     /// The newest tail mark of each access log found in the batches at open.
     tail_marks: BTreeMap<String, super::rows::TailMarkRow>,
-    /// Rows of the last batch sealed per table: a new batch's in-memory rows start with room
-    /// for as many (no regrowth, and no copy of every row, at each doubling).
-    fresh_hint: Vec<usize>,
+    /// Columns and frame buffers of sealed batches, kept for the next batch of their table
+    /// (their memory is reused, not freed and faulted in afresh at every batch).
+    pool: Vec<Option<(Columns, Vec<u8>)>>,
 }
 
 fn file_name(seq: u64, table: usize, ext: &str) -> String {
@@ -284,7 +289,7 @@ fn file_name(seq: u64, table: usize, ext: &str) -> String {
 }
 
 mod frames;
-pub use frames::{parse_frames, read_frames, Frames};
+pub use frames::{parse_frames, read_frames, Frames, FRAME_BLOCK, FRAME_MARK, MAGIC_V1};
 
 fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
     let (stem, ext) = name.rsplit_once('.')?;
@@ -295,12 +300,25 @@ fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
 }
 
 /// Keeps the newest tail mark of each log (frames are read in order, batches in sequence).
-fn collect_marks(rows: &[AnyRow], into: &mut BTreeMap<String, super::rows::TailMarkRow>) {
-    for r in rows {
-        if let AnyRow::TailMark(m) = r {
-            into.insert(m.path.clone(), m.clone());
-        }
+fn collect_marks(
+    marks: &[super::rows::TailMarkRow],
+    into: &mut BTreeMap<String, super::rows::TailMarkRow>,
+) {
+    for m in marks {
+        into.insert(m.path.clone(), m.clone());
     }
+}
+
+/// Appends one frame of `kind` to `buf`: its header, then what `fill` writes.
+fn put_frame(buf: &mut Vec<u8>, kind: u8, fill: impl FnOnce(&mut Vec<u8>)) {
+    let at = buf.len();
+    buf.extend_from_slice(&[0u8; FRAME_HEADER]);
+    buf.push(kind);
+    fill(buf);
+    let len = (buf.len() - at - FRAME_HEADER) as u32;
+    let crc = crc32fast::hash(&buf[at + FRAME_HEADER..]);
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 impl Spool {
@@ -344,8 +362,8 @@ impl Spool {
             next_seq = next_seq.max(seq + 1);
             match ext.as_str() {
                 "batch" => {
-                    let frames = match read_frames(&path) {
-                        Ok(r) => r,
+                    let frames = match read_frames(&path, table) {
+                        Ok((f, _)) => f,
                         Err(e) => {
                             tracing::warn!(error = %e, "unreadable spool batch set aside");
                             let dir = dir.join("rejected");
@@ -357,27 +375,27 @@ impl Spool {
                     };
                     state.stats.corrupt_regions += frames.corrupt_regions;
                     state.stats.corrupt_bytes += frames.corrupt_bytes;
-                    collect_marks(&frames.rows, &mut tail_marks);
+                    collect_marks(&frames.marks, &mut tail_marks);
                     state.add(BatchInfo {
                         seq,
                         run: frames.run,
                         table,
-                        rows: frames.rows.len() as u64,
+                        rows: frames.rows,
                         bytes: frames.valid,
                         path,
                     });
                 }
                 "open" => {
                     // Recover what a stopped (or killed) run had written.
-                    let frames = match read_frames(&path) {
-                        Ok(f) if !f.rows.is_empty() => f,
+                    let frames = match read_frames(&path, table) {
+                        Ok((f, _)) if f.rows > 0 || !f.marks.is_empty() => f,
                         _ => {
                             let _ = fs::remove_file(&path);
                             continue;
                         }
                     };
-                    collect_marks(&frames.rows, &mut tail_marks);
-                    let (valid, cut, rows) = (frames.valid, frames.cut, frames.rows.len() as u64);
+                    collect_marks(&frames.marks, &mut tail_marks);
+                    let (valid, cut, rows) = (frames.valid, frames.cut, frames.rows);
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&path)
@@ -438,7 +456,7 @@ impl Spool {
             run: new_id(),
             accepted_rows: 0,
             tail_marks,
-            fresh_hint: vec![0; TABLE_NAMES.len()],
+            pool: (0..TABLE_NAMES.len()).map(|_| None).collect(),
         };
         spool.enforce_bound();
         Ok(spool)
@@ -457,7 +475,9 @@ impl Spool {
     /// directory when the file is new), without sealing anything: what a tail checkpoint may
     /// then rely on (its marks and the edge rows before them are in that table's batch).
     pub fn write_through(&mut self, table: usize) -> Result<(), SpoolError> {
-        let had = self.open[table].as_ref().is_some_and(|b| !b.buf.is_empty());
+        let had = self.open[table]
+            .as_ref()
+            .is_some_and(|b| !b.buf.is_empty() || b.cols.rows() > 0);
         self.write_out(table)?;
         let mut new_file = false;
         if let Some(b) = self.open[table].as_mut() {
@@ -475,7 +495,8 @@ impl Spool {
         Ok(())
     }
 
-    /// Appends one row (buffered until [`Spool::flush`] or until its batch is full).
+    /// Appends one row (in its table's columns until [`Spool::flush`] or until its batch is
+    /// full).
     pub fn push(&mut self, row: AnyRow) -> Result<(), SpoolError> {
         let table = row.table_index();
         if self.open[table].is_none() {
@@ -489,45 +510,40 @@ impl Spool {
             }
         }
         let is_mark = matches!(row, AnyRow::TailMark(_));
-        let full = {
+        let (full, big) = {
             let Some(b) = self.open[table].as_mut() else {
                 return Ok(());
             };
-            let at = b.buf.len();
-            b.buf.extend_from_slice(&[0u8; FRAME_HEADER]);
-            match postcard::to_extend(&row, std::mem::take(&mut b.buf)) {
-                Ok(buf) => b.buf = buf,
-                Err(e) => {
+            if let AnyRow::TailMark(m) = &row {
+                // A mark vouches for the edge rows before it: they go in a frame first.
+                b.frame_rows();
+                match postcard::to_allocvec(m) {
+                    Ok(bytes) => put_frame(&mut b.buf, FRAME_MARK, |buf| {
+                        buf.extend_from_slice(&bytes);
+                    }),
                     // Serialising owned plain data cannot fail short of running out of
                     // memory; say so rather than hide it.
-                    tracing::error!(error = %e, "cannot encode a row for the spool");
-                    b.buf.truncate(at);
-                    return Ok(());
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a tail mark for the spool")
+                    }
                 }
+            } else {
+                b.cols.push(&row);
+                b.rows += 1;
             }
-            let len = (b.buf.len() - at - FRAME_HEADER) as u32;
-            let crc = crc32fast::hash(&b.buf[at + FRAME_HEADER..]);
-            b.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-            b.buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-            b.rows += 1;
-            b.buf_rows += 1;
-            if b.bytes + b.buf.len() as u64 > FRESH_MAX_BYTES {
-                b.mem = None;
-            } else if let Some(mem) = b.mem.as_mut() {
-                mem.push(row);
-            }
-            b.rows >= self.limits.batch_rows
-                || b.bytes + b.buf.len() as u64 >= self.limits.batch_bytes
+            let pending = b.buf.len() + b.cols.bytes();
+            (
+                b.rows >= self.limits.batch_rows
+                    || b.bytes + pending as u64 >= self.limits.batch_bytes,
+                pending >= WRITE_AT,
+            )
         };
         if !is_mark {
             self.accepted_rows += 1;
         }
         if full {
             self.seal(table)?;
-        } else if self.open[table]
-            .as_ref()
-            .is_some_and(|b| b.buf.len() >= 1 << 20)
-        {
+        } else if big {
             self.write_out(table)?;
         }
         Ok(())
@@ -547,6 +563,9 @@ impl Spool {
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(self.run.as_bytes());
         file.write_all(&header).map_err(io(&path))?;
+        let (cols, buf) = self.pool[table]
+            .take()
+            .unwrap_or_else(|| (Columns::new(table), Vec::with_capacity(64 * 1024)));
         Ok(OpenBatch {
             seq,
             run: self.run.clone(),
@@ -554,9 +573,9 @@ impl Spool {
             file,
             rows: 0,
             bytes: HEADER as u64,
-            buf: Vec::with_capacity(64 * 1024),
+            cols,
+            buf,
             buf_rows: 0,
-            mem: Some(Vec::with_capacity(self.fresh_hint[table])),
             opened: Instant::now(),
             dir_synced: false,
         })
@@ -569,6 +588,7 @@ impl Spool {
         let Some(b) = self.open[table].as_mut() else {
             return Ok(());
         };
+        b.frame_rows();
         if b.buf.is_empty() {
             return Ok(());
         }
@@ -581,8 +601,6 @@ impl Spool {
             }
             Err(e) => {
                 use std::io::Seek as _;
-                // The file alone says what the batch holds from now on.
-                b.mem = None;
                 let rolled = b
                     .file
                     .set_len(b.bytes)
@@ -619,8 +637,7 @@ impl Spool {
                 .and_then(|d| d.sync_all())
                 .map_err(io(&self.shared.dir))?;
         }
-        let mut st = self.shared.lock();
-        st.add(BatchInfo {
+        self.shared.lock().add(BatchInfo {
             seq: b.seq,
             run: b.run,
             table,
@@ -628,14 +645,8 @@ impl Spool {
             bytes: b.bytes,
             path: sealed,
         });
-        if let Some(mem) = b.mem {
-            self.fresh_hint[table] = mem.len();
-            st.fresh.insert(b.seq, mem);
-            while st.fresh.len() > FRESH_BATCHES {
-                st.fresh.pop_first();
-            }
-        }
-        drop(st);
+        // Both are empty now (written out above); their capacity serves the next batch.
+        self.pool[table] = Some((b.cols, b.buf));
         self.enforce_bound();
         self.shared.notify.notify_one();
         Ok(())
@@ -649,7 +660,7 @@ impl Spool {
             .open
             .iter()
             .flatten()
-            .map(|b| b.bytes + b.buf.len() as u64)
+            .map(|b| b.bytes + (b.buf.len() + b.cols.bytes()) as u64)
             .sum();
         let mut s = self.shared.lock();
         while s.sealed_bytes + s.rejected_bytes + open > self.limits.max_bytes {

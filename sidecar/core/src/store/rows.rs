@@ -644,10 +644,8 @@ impl AnyRow {
     }
 }
 
-#[cfg(feature = "clickhouse")]
 mod native;
-#[cfg(feature = "clickhouse")]
-pub use native::{native_block, Nanos, NativeError, NativeRow};
+pub use native::{block_rows, put_varuint, Columns, Nanos, NativeRow, NativeValue};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]
@@ -674,6 +672,5 @@ pub fn hop_row(node: &str, r: &crate::hop::HopRecord) -> AnyRow {
     }
 }
 
-// The tests build Native blocks too.
-#[cfg(all(test, feature = "clickhouse"))]
+#[cfg(test)]
 mod tests;

@@ -1,14 +1,34 @@
 //! Reading batch files back: frames found by length and CRC-32, corruption skipped and
 //! counted (pure but for [`read_frames`]'s read of the file).
-use std::{fs::File, io::Read as _, path::Path};
+//!
+//! A frame's payload starts with its kind: [`FRAME_BLOCK`], a Native block of the file's
+//! table (what is sent as it is), or [`FRAME_MARK`], a tail mark (postcard; never sent).
+//! Files of the first format ([`MAGIC_V1`], written by older versions: one postcard row per
+//! frame) are still read, so an upgrade sends what the old version spooled.
+use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
 use super::{io, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
-use crate::store::rows::AnyRow;
+use crate::store::rows::{block_rows, AnyRow, Columns, TailMarkRow};
+
+/// The first spool format: every frame one postcard [`AnyRow`].
+pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
+/// A frame holding one Native block.
+pub const FRAME_BLOCK: u8 = 1;
+/// A frame holding one tail mark.
+pub const FRAME_MARK: u8 = 2;
 
 /// A batch file as read back.
+#[derive(Debug, Default)]
 pub struct Frames {
     pub run: String,
-    pub rows: Vec<AnyRow>,
+    /// Where the Native blocks are in the file's bytes, in order.
+    pub blocks: Vec<Range<usize>>,
+    /// Rows of the table in the batch (tail marks are no rows).
+    pub rows: u64,
+    /// Tail marks, in order.
+    pub marks: Vec<TailMarkRow>,
+    /// Rows of a first-format file, to be written as a block before they are sent.
+    pub legacy: Vec<AnyRow>,
     /// Bytes up to the end of the last whole, valid frame.
     pub valid: u64,
     /// Bytes after it (a frame cut short by a crash, or corruption).
@@ -18,36 +38,80 @@ pub struct Frames {
     pub corrupt_bytes: u64,
 }
 
-/// Reads a batch file.
-pub fn read_frames(path: &Path) -> Result<Frames, SpoolError> {
+impl Frames {
+    /// The batch's rows as a Native stream, in order: the file's blocks as they are (byte
+    /// ranges of the file's `data`), or the rows of a first-format file as one block.
+    pub fn into_body(self, table: usize, data: bytes::Bytes) -> Vec<bytes::Bytes> {
+        if !self.legacy.is_empty() {
+            let mut cols = Columns::new(table);
+            for r in &self.legacy {
+                cols.push(r);
+            }
+            let mut block = Vec::new();
+            cols.write_block(&mut block);
+            return vec![block.into()];
+        }
+        self.blocks.into_iter().map(|r| data.slice(r)).collect()
+    }
+}
+
+/// Reads the batch file of table `table` (an index into the spool's tables).
+pub fn read_frames(path: &Path, table: usize) -> Result<(Frames, Vec<u8>), SpoolError> {
     let mut data = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;
-    parse_frames(&data).map_err(|reason| SpoolError::Corrupt {
+    let frames = parse_frames(&data, table).map_err(|reason| SpoolError::Corrupt {
         path: path.display().to_string(),
         reason: reason.to_owned(),
-    })
+    })?;
+    Ok((frames, data))
 }
 
-/// Parses a batch file's bytes (pure: the fuzz target's entry point). An error only for a
-/// missing or bad header; anything wrong after it is skipped or cut, and counted.
-pub fn parse_frames(data: &[u8]) -> Result<Frames, &'static str> {
-    if data.len() < HEADER || &data[..MAGIC.len()] != MAGIC {
-        return Err("not a spool batch (bad header)");
-    }
-    let run = std::str::from_utf8(&data[MAGIC.len()..HEADER])
-        .ok()
+/// One valid frame's content.
+enum Frame {
+    Block { rows: u64, range: Range<usize> },
+    Mark(TailMarkRow),
+    Row(Box<AnyRow>),
+}
+
+/// Parses the bytes of a batch file of table `table` (pure: the fuzz target's entry point).
+/// An error only for a missing or bad header; anything wrong after it is skipped or cut, and
+/// counted.
+pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
+    let v1 = match data.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => false,
+        Some(m) if m == MAGIC_V1 => true,
+        _ => return Err("not a spool batch (bad header)"),
+    };
+    let run = data
+        .get(MAGIC.len()..HEADER)
+        .and_then(|r| std::str::from_utf8(r).ok())
         .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or("bad run id")?
         .to_owned();
-    let mut rows = Vec::new();
+    let mut f = Frames {
+        run,
+        ..Frames::default()
+    };
     let mut at = HEADER;
     let mut valid = HEADER;
-    let (mut corrupt_regions, mut corrupt_bytes) = (0u64, 0u64);
     while data.len() - at >= FRAME_HEADER {
-        if let Some((row, next)) = frame_at(data, at) {
-            rows.push(row);
+        if let Some((frame, next)) = frame_at(data, at, table, v1) {
+            match frame {
+                Frame::Block { rows, range } => {
+                    f.rows += rows;
+                    f.blocks.push(range);
+                }
+                Frame::Mark(m) => f.marks.push(m),
+                Frame::Row(r) => match *r {
+                    AnyRow::TailMark(m) => f.marks.push(m),
+                    r => {
+                        f.rows += 1;
+                        f.legacy.push(r);
+                    }
+                },
+            }
             at = next;
             valid = at;
             continue;
@@ -55,27 +119,23 @@ pub fn parse_frames(data: &[u8]) -> Result<Frames, &'static str> {
         // Frames are findable: a length, a CRC-32 of the payload and a payload that decodes.
         // A bad stretch in the middle (a bit flip, a torn write another run left) is skipped
         // to the next valid frame and counted; with none after it, it is a torn tail.
-        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(data, *p).is_some()) {
+        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(data, *p, table, v1).is_some())
+        {
             Some(p) => {
-                corrupt_regions += 1;
-                corrupt_bytes += (p - at) as u64;
+                f.corrupt_regions += 1;
+                f.corrupt_bytes += (p - at) as u64;
                 at = p;
             }
             None => break,
         }
     }
-    Ok(Frames {
-        run,
-        rows,
-        valid: valid as u64,
-        cut: (data.len() - valid) as u64,
-        corrupt_regions,
-        corrupt_bytes,
-    })
+    f.valid = valid as u64;
+    f.cut = (data.len() - valid) as u64;
+    Ok(f)
 }
 
 /// The frame at `at` and where the next one starts, if it is whole and valid.
-fn frame_at(data: &[u8], at: usize) -> Option<(AnyRow, usize)> {
+fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, usize)> {
     let head = data.get(at..at + FRAME_HEADER)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -83,10 +143,24 @@ fn frame_at(data: &[u8], at: usize) -> Option<(AnyRow, usize)> {
         return None;
     }
     let start = at + FRAME_HEADER;
-    let payload = data.get(start..start + len as usize)?;
+    let end = start + len as usize;
+    let payload = data.get(start..end)?;
     if crc32fast::hash(payload) != crc {
         return None;
     }
-    let row = postcard::from_bytes::<AnyRow>(payload).ok()?;
-    Some((row, start + len as usize))
+    let frame = if v1 {
+        let row = postcard::from_bytes::<AnyRow>(payload).ok()?;
+        // A row of another table is no row of this batch.
+        (row.table_index() == table).then(|| Frame::Row(Box::new(row)))?
+    } else {
+        match payload[0] {
+            FRAME_BLOCK => Frame::Block {
+                rows: block_rows(table, &payload[1..])?,
+                range: start + 1..end,
+            },
+            FRAME_MARK => Frame::Mark(postcard::from_bytes(&payload[1..]).ok()?),
+            _ => return None,
+        }
+    };
+    Some((frame, end))
 }

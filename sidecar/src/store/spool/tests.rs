@@ -1,5 +1,5 @@
 use super::*;
-use crate::store::rows::AlertRow;
+use crate::store::rows::{AlertRow, EDGE_TABLE};
 
 fn row(i: u64) -> AnyRow {
     AnyRow::Alert(AlertRow {
@@ -14,6 +14,58 @@ fn row(i: u64) -> AnyRow {
         fired_at: 0,
         evidence: "{}".into(),
     })
+}
+
+/// The table of [`row`]'s rows.
+const ALERTS: usize = 7;
+
+fn varuint(data: &[u8], at: &mut usize) -> usize {
+    let (mut v, mut shift) = (0usize, 0);
+    loop {
+        let b = data[*at];
+        *at += 1;
+        v |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// The `dedup_key` of every row of an alerts batch, read out of its Native blocks (a decoder
+/// of its own: the alerts table has only strings and 8-byte timestamps).
+fn keys(path: &Path) -> Vec<String> {
+    let (f, data) = read_frames(path, ALERTS).expect("read");
+    let mut keys = Vec::new();
+    for block in f.into_body(ALERTS, data.into()) {
+        let mut at = 0;
+        let cols = varuint(&block, &mut at);
+        let rows = varuint(&block, &mut at);
+        for _ in 0..cols {
+            let n = varuint(&block, &mut at);
+            let name = std::str::from_utf8(&block[at..at + n])
+                .expect("name")
+                .to_owned();
+            at += n;
+            let n = varuint(&block, &mut at);
+            let ty = &block[at..at + n];
+            at += n;
+            for _ in 0..rows {
+                if ty == b"String" {
+                    let n = varuint(&block, &mut at);
+                    if name == "dedup_key" {
+                        keys.push(String::from_utf8(block[at..at + n].to_vec()).expect("utf-8"));
+                    }
+                    at += n;
+                } else {
+                    assert_eq!(ty, b"DateTime64(9)");
+                    at += 8;
+                }
+            }
+        }
+        assert_eq!(at, block.len(), "the block is read to its end");
+    }
+    keys
 }
 
 fn limits() -> SpoolLimits {
@@ -52,10 +104,13 @@ fn batches_seal_by_rows_and_survive_a_restart() {
         token,
         "tokens are stable across restarts"
     );
-    let f = read_frames(&first.path).expect("read");
-    assert_eq!(f.rows.len(), 10);
-    assert_eq!(f.rows[0], row(0));
+    let (f, _) = read_frames(&first.path, ALERTS).expect("read");
+    assert_eq!(f.rows, 10);
     assert_eq!(f.cut, 0);
+    assert_eq!(
+        keys(&first.path),
+        (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>()
+    );
     shared.done(&first).expect("done");
     assert!(!first.path.exists());
     assert_eq!(shared.backlog().0, 2);
@@ -97,7 +152,8 @@ fn a_torn_last_frame_is_cut_on_recovery() {
     assert_eq!(s.stats().recovered_rows, 3);
     assert_eq!(s.stats().truncated_bytes, 6);
     let b = s.shared().next_batch().expect("batch");
-    assert_eq!(read_frames(&b.path).expect("read").rows.len(), 3);
+    assert_eq!(read_frames(&b.path, ALERTS).expect("read").0.rows, 3);
+    assert_eq!(keys(&b.path), ["k0", "k1", "k2"]);
 }
 
 #[test]
@@ -123,8 +179,7 @@ fn a_full_spool_drops_the_oldest_and_counts() {
     );
     // The oldest went: what is left is the newest.
     let b = shared.next_batch().expect("batch");
-    let f = read_frames(&b.path).expect("read");
-    assert_eq!(f.rows[0], row(st.dropped_rows));
+    assert_eq!(keys(&b.path)[0], format!("k{}", st.dropped_rows));
 }
 
 #[test]
@@ -189,10 +244,11 @@ fn garbage_in_the_spool_is_not_a_panic() {
 fn a_corrupt_frame_in_the_middle_is_skipped_to_the_next_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
+    // A frame per row: each turn's rows are one block.
     for i in 0..10 {
         s.push(row(i)).expect("push");
+        s.flush().expect("flush");
     }
-    s.flush().expect("flush");
     let b = s.shared().next_batch().expect("a sealed batch of 10");
     drop(s);
     let mut data = fs::read(&b.path).expect("read");
@@ -204,19 +260,13 @@ fn a_corrupt_frame_in_the_middle_is_skipped_to_the_next_and_counted() {
     }
     data[at + FRAME_HEADER + 2] ^= 0x40;
     fs::write(&b.path, &data).expect("write");
-    let f = read_frames(&b.path).expect("readable");
-    assert_eq!(f.rows.len(), 9, "every frame but the bad one");
+    let (f, _) = read_frames(&b.path, ALERTS).expect("readable");
+    assert_eq!(f.rows, 9, "every frame but the bad one");
     assert_eq!(f.corrupt_regions, 1);
     assert!(f.corrupt_bytes > 0);
     assert_eq!(f.cut, 0);
-    let kept: Vec<String> = f
-        .rows
-        .iter()
-        .map(|r| match r {
-            AnyRow::Alert(a) => a.dedup_key.clone(),
-            _ => String::new(),
-        })
-        .collect();
+    let kept = keys(&b.path);
+    assert_eq!(kept.len(), 9);
     assert!(!kept.contains(&"k4".to_owned()) && kept.contains(&"k5".to_owned()));
     // Reopening counts it too.
     let s = Spool::open(dir.path(), limits()).expect("reopen");
@@ -306,68 +356,108 @@ fn a_full_disk_rolls_a_write_back_and_leaves_no_torn_frame() {
     s.seal_all().expect("seal");
     let dropped = s.stats().dropped_rows;
     let b = s.shared().next_batch().expect("batch");
-    let f = read_frames(&b.path).expect("read");
+    let (f, _) = read_frames(&b.path, ALERTS).expect("read");
     assert_eq!(f.corrupt_regions, 0, "no torn frame in the middle");
     assert_eq!(f.cut, 0);
     // Every row pushed is in the batch, or was dropped and counted: none lost silently.
-    assert_eq!(f.rows.len() as u64 + dropped, pushed);
+    assert_eq!(f.rows + dropped, pushed);
+    assert_eq!(keys(&b.path).len() as u64, f.rows);
 }
 
 #[test]
-fn a_fresh_batch_hands_its_rows_over_in_memory_once_and_the_file_stays_the_authority() {
+fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
-    for i in 0..30 {
-        s.push(row(i)).expect("push");
-    }
-    s.flush().expect("flush");
-    let shared = s.shared();
-    let batches: Vec<BatchInfo> = std::iter::from_fn(|| shared.next_batch()).collect();
-    assert_eq!(batches.len(), 3);
-    // Only the newest FRESH_BATCHES keep their rows in memory: an outage fills the disk.
-    assert_eq!(shared.take_fresh(batches[0].seq), None);
-    for b in &batches[1..] {
-        let mem = shared.take_fresh(b.seq).expect("rows in memory");
-        assert_eq!(
-            mem,
-            read_frames(&b.path).expect("read").rows,
-            "same rows as the file"
-        );
-        assert_eq!(
-            shared.take_fresh(b.seq),
-            None,
-            "handed over once: a retry reads the file"
-        );
-    }
-    // A batch over the memory bound is left to its file.
-    let dir2 = tempfile::tempdir().expect("tempdir");
-    let mut s2 = Spool::open(
-        dir2.path(),
-        SpoolLimits {
-            batch_rows: 1_000_000,
-            batch_bytes: 64 << 20,
-            ..limits()
-        },
-    )
-    .expect("open");
-    let big = |i: u64| {
-        let AnyRow::Alert(mut a) = row(i) else {
-            unreachable!()
-        };
-        a.evidence = "x".repeat(64 * 1024);
-        AnyRow::Alert(a)
+    let edge = |i: u64| {
+        AnyRow::Edge(crate::store::rows::EdgeRow {
+            ts: i as i64,
+            node: "n".into(),
+            format: "json".into(),
+            request_id: format!("r{i}"),
+            client: "203.0.113.7".into(),
+            host: "h".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            status: 200,
+            request_time_ns: Some(i),
+            upstream_addr: String::new(),
+            upstream_connect_ns: None,
+            upstream_header_ns: None,
+            upstream_response_ns: None,
+            bytes_sent: Some(1),
+        })
     };
-    let n = FRESH_MAX_BYTES / (64 * 1024) + 2;
-    for i in 0..n {
-        s2.push(big(i)).expect("push");
-    }
-    s2.seal_all().expect("seal");
-    let b = s2.shared().next_batch().expect("batch");
-    assert_eq!(b.rows, n);
-    assert_eq!(s2.shared().take_fresh(b.seq), None);
-    // A recovered batch (written by an earlier run) is read from its file.
+    let mark = |offset: u64| {
+        AnyRow::TailMark(crate::store::rows::TailMarkRow {
+            path: "/var/log/access.log".into(),
+            dev: 1,
+            inode: 2,
+            offset,
+        })
+    };
+    s.push(edge(0)).expect("push");
+    s.push(edge(1)).expect("push");
+    s.push(mark(100)).expect("mark");
+    s.push(edge(2)).expect("push");
+    s.flush().expect("flush");
+    s.push(edge(3)).expect("push");
+    s.seal_all().expect("seal");
+    let b = s.shared().next_batch().expect("batch");
+    assert_eq!(b.rows, 4, "marks are no rows");
+    let data = fs::read(&b.path).expect("read");
+    let f = parse_frames(&data, EDGE_TABLE).expect("frames");
+    // The rows before the mark, the mark, the rest of the turn, the next turn.
+    assert_eq!(f.blocks.len(), 3);
+    assert_eq!(f.marks.len(), 1);
+    assert!(f.blocks[0].end < f.blocks[1].start);
+    let rows: Vec<u64> = f
+        .blocks
+        .iter()
+        .map(|r| crate::store::rows::block_rows(EDGE_TABLE, &data[r.clone()]).expect("a block"))
+        .collect();
+    assert_eq!(rows, [2, 1, 1]);
+    // What is sent is the blocks as the file holds them, nothing re-encoded.
+    let body = f.into_body(EDGE_TABLE, data.clone().into());
+    let mut cols = Columns::new(EDGE_TABLE);
+    let mut want = Vec::new();
+    cols.push(&edge(0));
+    cols.push(&edge(1));
+    cols.write_block(&mut want);
+    assert_eq!(&body[0][..], &want[..]);
+    // The mark is found again by a new run.
     drop(s);
     let s = Spool::open(dir.path(), limits()).expect("reopen");
-    let b = s.shared().next_batch().expect("batch");
-    assert_eq!(s.shared().take_fresh(b.seq), None);
+    assert_eq!(
+        s.tail_mark("/var/log/access.log").map(|m| m.offset),
+        Some(100)
+    );
+}
+
+#[test]
+fn a_batch_an_older_version_spooled_as_rows_is_sent_as_one_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The first format: one postcard row per frame.
+    let mut data = MAGIC_V1.to_vec();
+    data.extend_from_slice(&[b'a'; RUN_ID]);
+    for i in 0..3 {
+        let payload = postcard::to_allocvec(&row(i)).expect("encode");
+        data.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        data.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        data.extend_from_slice(&payload);
+    }
+    let path = dir.path().join("0000000000000003-alerts.batch");
+    fs::write(&path, &data).expect("write");
+    let s = Spool::open(dir.path(), limits()).expect("open");
+    let b = s.shared().next_batch().expect("the old batch is sent");
+    assert_eq!((b.rows, b.run.as_str()), (3, "a".repeat(RUN_ID).as_str()));
+    assert_eq!(keys(&b.path), ["k0", "k1", "k2"]);
+    // A new run's batches come after it.
+    drop(s);
+    let mut s = Spool::open(dir.path(), limits()).expect("reopen");
+    s.push(row(9)).expect("push");
+    s.seal_all().expect("seal");
+    let shared = s.shared();
+    let old = shared.next_batch().expect("old");
+    let new = shared.next_batch().expect("new");
+    assert!(new.seq > old.seq);
 }

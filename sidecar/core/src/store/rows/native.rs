@@ -1,155 +1,491 @@
-//! Rows as blocks of ClickHouse's columnar Native format: pure encoding (rows in, a block
-//! out), built only with the `clickhouse` feature.
-use clickhouse::native::{
-    builder::BlockBuilder,
-    encode::{Encode, ValueWriter},
-    Block, DataTypeNode,
-};
+//! Rows written straight into the columns of ClickHouse's Native format: each row's fields are
+//! appended to per-column byte buffers as the row arrives, and a turn's rows leave as one block
+//! (the buffers keep their capacity for the next). What the spool writes and the sender sends
+//! is that block as it is: no row is copied, re-read or re-encoded on the way (pure: bytes in
+//! memory only).
+//!
+//! The layout is the one the `clickhouse` crate's `BlockWriter` sends for `INSERT ... FORMAT
+//! Native` over HTTP: the number of columns and rows (varuints), then per column its name, its
+//! type and its data: fixed-width values little-endian, strings as a varuint length and the
+//! bytes, `Nullable(T)` as a null map (one byte per value) and then the values (zero where
+//! null), `Array(T)` as cumulative end offsets (`UInt64`) and then the elements as a column.
+//! `LowCardinality` is the server's business: blocks carry the plain type (as the crate's do).
+use super::{AlertRow, AnyRow, ConnRow, EdgeRow, ExposureRow, HttpRow, RequestRow, WsRow};
 
-use super::{
-    AlertRow, AnyRow, ConnRow, EdgeRow, ExposureRow, HttpRow, RequestRow, WsRow, TABLE_NAMES,
-};
+/// A varuint (LEB128), as Native lengths and counts are written.
+pub fn put_varuint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
 
-/// ClickHouse `DateTime64(9)` in a Native block: Unix nanoseconds.
+/// One column of a block being built.
+#[derive(Debug)]
+pub struct ColumnBuf {
+    pub name: &'static str,
+    pub ty: &'static str,
+    /// `Array`: the cumulative end offset of every row's elements (`UInt64` each).
+    offsets: Vec<u8>,
+    /// Elements so far (the next end offset).
+    elements: u64,
+    /// `Nullable` (or `Array(Nullable)`): one byte per value, 1 = null.
+    nulls: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl ColumnBuf {
+    fn new(name: &'static str, ty: &'static str) -> Self {
+        Self {
+            name,
+            ty,
+            offsets: Vec::new(),
+            elements: 0,
+            nulls: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.offsets.clear();
+        self.elements = 0;
+        self.nulls.clear();
+        self.data.clear();
+    }
+
+    fn bytes(&self) -> usize {
+        self.offsets.len() + self.nulls.len() + self.data.len()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        put_varuint(out, self.name.len() as u64);
+        out.extend_from_slice(self.name.as_bytes());
+        put_varuint(out, self.ty.len() as u64);
+        out.extend_from_slice(self.ty.as_bytes());
+        out.extend_from_slice(&self.offsets);
+        out.extend_from_slice(&self.nulls);
+        out.extend_from_slice(&self.data);
+    }
+}
+
+/// A value of a Native column: its ClickHouse type and how it is appended.
+pub trait NativeValue {
+    const TYPE: &'static str;
+    fn put(&self, col: &mut ColumnBuf);
+}
+
+impl<T: NativeValue + ?Sized> NativeValue for &T {
+    const TYPE: &'static str = T::TYPE;
+    fn put(&self, col: &mut ColumnBuf) {
+        (**self).put(col);
+    }
+}
+
+macro_rules! fixed {
+    ($($t:ty => $name:literal),*) => {$(
+        impl NativeValue for $t {
+            const TYPE: &'static str = $name;
+            fn put(&self, col: &mut ColumnBuf) {
+                col.data.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+fixed!(u16 => "UInt16", u32 => "UInt32", u64 => "UInt64");
+
+impl NativeValue for bool {
+    const TYPE: &'static str = "Bool";
+    fn put(&self, col: &mut ColumnBuf) {
+        col.data.push(u8::from(*self));
+    }
+}
+
+impl NativeValue for str {
+    const TYPE: &'static str = "String";
+    fn put(&self, col: &mut ColumnBuf) {
+        put_varuint(&mut col.data, self.len() as u64);
+        col.data.extend_from_slice(self.as_bytes());
+    }
+}
+
+impl NativeValue for String {
+    const TYPE: &'static str = "String";
+    fn put(&self, col: &mut ColumnBuf) {
+        self.as_str().put(col);
+    }
+}
+
+/// ClickHouse `DateTime64(9)`: Unix nanoseconds.
 #[derive(Clone, Copy, Debug)]
 pub struct Nanos(pub i64);
 
-fn datetime64_9() -> DataTypeNode {
-    static TYPE: std::sync::OnceLock<DataTypeNode> = std::sync::OnceLock::new();
-    TYPE.get_or_init(|| DataTypeNode::new("DateTime64(9)").unwrap_or(DataTypeNode::Int64))
-        .clone()
-}
-
-impl Encode for Nanos {
-    fn produces() -> DataTypeNode {
-        datetime64_9()
-    }
-
-    fn encode(
-        &self,
-        writer: &mut ValueWriter<'_>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        Ok(writer.write_fixed(&self.0.to_le_bytes())?)
+impl NativeValue for Nanos {
+    const TYPE: &'static str = "DateTime64(9)";
+    fn put(&self, col: &mut ColumnBuf) {
+        col.data.extend_from_slice(&self.0.to_le_bytes());
     }
 }
 
-/// Why rows could not become a Native block (a bug in this file, never bad input: the
-/// columns are checked against the schema by a test).
-#[derive(Debug, thiserror::Error)]
-#[error("building the Native block for {table}: {reason}")]
-pub struct NativeError {
-    pub table: &'static str,
-    pub reason: String,
+macro_rules! nullable {
+    ($($t:ty => $name:literal),*) => {$(
+        impl NativeValue for Option<$t> {
+            const TYPE: &'static str = $name;
+            fn put(&self, col: &mut ColumnBuf) {
+                col.nulls.push(u8::from(self.is_none()));
+                col.data.extend_from_slice(&self.unwrap_or(0).to_le_bytes());
+            }
+        }
+    )*};
+}
+nullable!(u16 => "Nullable(UInt16)", u64 => "Nullable(UInt64)");
+
+/// An `Array` column of `T`: the row's end offset, then its elements.
+fn put_array<T: NativeValue>(items: impl ExactSizeIterator<Item = T>, col: &mut ColumnBuf) {
+    col.elements += items.len() as u64;
+    col.offsets.extend_from_slice(&col.elements.to_le_bytes());
+    for item in items {
+        item.put(col);
+    }
 }
 
-fn add_column<T: Encode>(
-    b: &mut BlockBuilder,
-    table: &'static str,
-    name: &str,
-    values: impl IntoIterator<Item = T>,
-) -> Result<(), NativeError> {
-    let err = |reason: String| NativeError { table, reason };
-    b.upsert_column::<T>(name)
-        .map_err(|e| err(format!("column {name}: {e}")))?
-        .add_all(values)
-        .map_err(|e| err(format!("column {name}: {e}")))?;
-    Ok(())
+impl NativeValue for Vec<String> {
+    const TYPE: &'static str = "Array(String)";
+    fn put(&self, col: &mut ColumnBuf) {
+        put_array(self.iter(), col);
+    }
 }
 
-/// Rows of one table as one block of ClickHouse's columnar Native format: what the server
-/// ingests at the least cost (no per-row parsing). `table` names the table in errors.
-pub trait NativeRow: Sized {
-    fn block(table: &'static str, rows: &[&Self]) -> Result<Block, NativeError>;
+impl NativeValue for Vec<Option<u16>> {
+    const TYPE: &'static str = "Array(Nullable(UInt16))";
+    fn put(&self, col: &mut ColumnBuf) {
+        put_array(self.iter(), col);
+    }
 }
 
-/// `native_block!(Type; field, field = |r| expr, ...)`: one column per field, named after it,
-/// in order; `= map` converts the value (timestamps to [`Nanos`]).
-macro_rules! native_block {
-    ($ty:ty; $($name:ident $(= $map:expr)?),* $(,)?) => {
+/// `Array(DateTime64(9))`.
+#[derive(Clone, Copy, Debug)]
+pub struct NanosArray<'a>(pub &'a [i64]);
+
+impl NativeValue for NanosArray<'_> {
+    const TYPE: &'static str = "Array(DateTime64(9))";
+    fn put(&self, col: &mut ColumnBuf) {
+        put_array(self.0.iter().map(|t| Nanos(*t)), col);
+    }
+}
+
+impl From<&i64> for Nanos {
+    fn from(t: &i64) -> Self {
+        Nanos(*t)
+    }
+}
+
+impl<'a> From<&'a Vec<i64>> for NanosArray<'a> {
+    fn from(t: &'a Vec<i64>) -> Self {
+        NanosArray(t)
+    }
+}
+
+/// The ClickHouse type of a field (read off the accessor's return type).
+fn type_of<R, T: NativeValue + ?Sized>(_: impl for<'a> Fn(&'a R) -> &'a T) -> &'static str {
+    T::TYPE
+}
+
+/// A row type of one table, as Native columns.
+pub trait NativeRow {
+    /// The table's columns, empty, in the order the row's fields are appended.
+    fn columns() -> Vec<ColumnBuf>;
+    /// Appends the row's fields, one to each column.
+    fn append(&self, cols: &mut [ColumnBuf]);
+}
+
+/// `native_row!(Type; field, field @ Wrap, ...)`: one column per field, named after it, in
+/// order; `@ Wrap` gives the field another Native type (timestamps as [`Nanos`]).
+macro_rules! native_row {
+    ($ty:ty; $($name:ident $(@ $wrap:ident)?),* $(,)?) => {
         impl NativeRow for $ty {
-            fn block(table: &'static str, rows: &[&Self]) -> Result<Block, NativeError> {
-                let mut b = BlockBuilder::new();
-                $( native_block!(@col b, rows, table, $name $(, $map)?); )*
-                b.build().map_err(|e| NativeError {
-                    table,
-                    reason: e.to_string(),
-                })
+            #[allow(
+                elided_lifetimes_in_paths,
+                reason = "`NanosArray` borrows; its type name does not depend on for how long"
+            )]
+            fn columns() -> Vec<ColumnBuf> {
+                vec![$(ColumnBuf::new(
+                    stringify!($name),
+                    native_row!(@ty $ty, $name $(, $wrap)?),
+                )),*]
+            }
+
+            fn append(&self, cols: &mut [ColumnBuf]) {
+                let mut cols = cols.iter_mut();
+                $(
+                    if let Some(c) = cols.next() {
+                        native_row!(@val self, $name $(, $wrap)?).put(c);
+                    }
+                )*
             }
         }
     };
-    (@col $b:ident, $rows:ident, $table:ident, $name:ident) => {
-        add_column(&mut $b, $table, stringify!($name), $rows.iter().map(|r| &r.$name))?
-    };
-    (@col $b:ident, $rows:ident, $table:ident, $name:ident, $map:expr) => {
-        add_column(&mut $b, $table, stringify!($name), $rows.iter().map($map))?
-    };
+    (@val $r:ident, $name:ident) => { &$r.$name };
+    (@val $r:ident, $name:ident, $wrap:ident) => { $wrap::from(&$r.$name) };
+    (@ty $ty:ty, $name:ident) => { type_of(|r: &$ty| &r.$name) };
+    (@ty $ty:ty, $name:ident, $wrap:ident) => { <$wrap as NativeValue>::TYPE };
 }
 
-/// References to the rows of one variant (no row is moved or copied).
-macro_rules! refs_of {
-    ($rows:expr, $variant:ident) => {
-        $rows
-            .iter()
-            .filter_map(|r| match r {
-                AnyRow::$variant(x) => Some(x),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
-    };
-}
-
-/// The Native block of rows of table `table` (an index into [`TABLE_NAMES`]), read in place.
-pub fn native_block(table: usize, rows: &[AnyRow]) -> Result<Block, NativeError> {
-    let name = TABLE_NAMES[table];
-    match table {
-        0 => ExposureRow::block(name, &refs_of!(rows, Exposure)),
-        1 => ExposureRow::block(name, &refs_of!(rows, ExposureChange)),
-        2 => ConnRow::block(name, &refs_of!(rows, Conn)),
-        3 => HttpRow::block(name, &refs_of!(rows, Http)),
-        4 => WsRow::block(name, &refs_of!(rows, Ws)),
-        5 => EdgeRow::block(name, &refs_of!(rows, Edge)),
-        6 => RequestRow::block(name, &refs_of!(rows, Request)),
-        _ => AlertRow::block(name, &refs_of!(rows, Alert)),
-    }
-}
-
-native_block!(ExposureRow;
-    ts = |r| Nanos(r.ts), node, change, source, kind, proto, address, port, port_end, scope,
+native_row!(ExposureRow;
+    ts @ Nanos, node, change, source, kind, proto, address, port, port_end, scope,
     family, pid, comm, cmdline, container, netns, exposure_key, verdict, rule, severity,
     watched, detail,
 );
-native_block!(ConnRow;
-    ts = |r| Nanos(r.ts), node, kind, client_addr, client_port, server_addr, server_port,
-    conn_start = |r| Nanos(r.conn_start), latency_ns, side, pid, comm, lost_bytes, effect,
+native_row!(ConnRow;
+    ts @ Nanos, node, kind, client_addr, client_port, server_addr, server_port,
+    conn_start @ Nanos, latency_ns, side, pid, comm, lost_bytes, effect,
 );
-native_block!(HttpRow;
-    ts = |r| Nanos(r.ts), node, client_addr, client_port, server_addr, server_port,
-    conn_start = |r| Nanos(r.conn_start), idx, method, path, host, origin, request_id,
+native_row!(HttpRow;
+    ts @ Nanos, node, client_addr, client_port, server_addr, server_port,
+    conn_start @ Nanos, idx, method, path, host, origin, request_id,
     x_forwarded_for, x_forwarded_proto, upgrade_websocket, connection_upgrade, status, ttfb_ns,
     total_ns, request_bytes, response_bytes, outcome,
 );
-native_block!(WsRow;
-    ts = |r| Nanos(r.ts), node, end_ts = |r| Nanos(r.end_ts), client_addr, client_port,
-    server_addr, server_port, conn_start = |r| Nanos(r.conn_start), request_id, path, origin,
+native_row!(WsRow;
+    ts @ Nanos, node, end_ts @ Nanos, client_addr, client_port,
+    server_addr, server_port, conn_start @ Nanos, request_id, path, origin,
     duration_ns, longest_idle_ns, idle_before_end_ns, end_kind, end_from, lost_sync,
     client_text, client_binary, client_continuation, client_ping, client_pong, client_close,
     client_payload_bytes, server_text, server_binary, server_continuation, server_ping,
     server_pong, server_close, server_payload_bytes, close_from,
-    close_ts = |r| r.close_ts.iter().map(|t| Nanos(*t)).collect::<Vec<_>>(),
-    close_code, close_reason,
+    close_ts @ NanosArray, close_code, close_reason,
 );
-native_block!(EdgeRow;
-    ts = |r| Nanos(r.ts), node, format, request_id, client, host, method, path, status,
+native_row!(EdgeRow;
+    ts @ Nanos, node, format, request_id, client, host, method, path, status,
     request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
     upstream_response_ns, bytes_sent,
 );
-native_block!(RequestRow;
-    ts = |r| Nanos(r.ts), node, request_id, matched, reason, client, host, method, path,
+native_row!(RequestRow;
+    ts @ Nanos, node, request_id, matched, reason, client, host, method, path,
     edge_status, edge_request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
     upstream_response_ns, wire_status, wire_ttfb_ns, wire_total_ns, upgrade_requested,
     websocket, ws_duration_ns, ws_end_kind, ws_end_from, refused, hop_client,
 );
-native_block!(AlertRow;
-    ts = |r| Nanos(r.ts), node, state, rule, severity, dedup_key, summary, first_move,
-    fired_at = |r| Nanos(r.fired_at), evidence,
+native_row!(AlertRow;
+    ts @ Nanos, node, state, rule, severity, dedup_key, summary, first_move,
+    fired_at @ Nanos, evidence,
 );
+
+/// The rows of one table being gathered into a Native block.
+#[derive(Debug)]
+pub struct Columns {
+    table: usize,
+    cols: Vec<ColumnBuf>,
+    rows: u64,
+}
+
+impl Columns {
+    /// Empty columns of table `table` (an index into [`super::TABLE_NAMES`]).
+    pub fn new(table: usize) -> Self {
+        let cols = match table {
+            0 | 1 => ExposureRow::columns(),
+            2 => ConnRow::columns(),
+            3 => HttpRow::columns(),
+            4 => WsRow::columns(),
+            5 => EdgeRow::columns(),
+            6 => RequestRow::columns(),
+            _ => AlertRow::columns(),
+        };
+        Self {
+            table,
+            cols,
+            rows: 0,
+        }
+    }
+
+    pub fn table(&self) -> usize {
+        self.table
+    }
+
+    /// Appends a row of this table. A row of another table (or a tail mark, which is no row
+    /// of any table) is refused: it goes nowhere rather than into the wrong columns.
+    pub fn push(&mut self, row: &AnyRow) -> bool {
+        if row.table_index() != self.table {
+            return false;
+        }
+        let cols = &mut self.cols;
+        match row {
+            AnyRow::Exposure(r) | AnyRow::ExposureChange(r) => r.append(cols),
+            AnyRow::Conn(r) => r.append(cols),
+            AnyRow::Http(r) => r.append(cols),
+            AnyRow::Ws(r) => r.append(cols),
+            AnyRow::Edge(r) => r.append(cols),
+            AnyRow::Request(r) => r.append(cols),
+            AnyRow::Alert(r) => r.append(cols),
+            AnyRow::TailMark(_) => return false,
+        }
+        self.rows += 1;
+        true
+    }
+
+    /// Rows gathered since the last block.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes the gathered rows take (about what their block will).
+    pub fn bytes(&self) -> usize {
+        self.cols.iter().map(ColumnBuf::bytes).sum()
+    }
+
+    /// Appends the gathered rows to `out` as one Native block and starts over (keeping the
+    /// buffers). Returns the rows written; nothing is written without rows (an empty block
+    /// ends a Native stream).
+    pub fn write_block(&mut self, out: &mut Vec<u8>) -> u64 {
+        let rows = self.rows;
+        if rows == 0 {
+            return 0;
+        }
+        out.reserve(self.bytes() + self.cols.len() * 32 + 16);
+        put_varuint(out, self.cols.len() as u64);
+        put_varuint(out, rows);
+        for c in &mut self.cols {
+            c.write(out);
+            c.clear();
+        }
+        self.rows = 0;
+        rows
+    }
+
+    /// The column names and types, in order.
+    pub fn schema(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.cols.iter().map(|c| (c.name, c.ty))
+    }
+}
+
+/// Reads a varuint at `at`; the value and where the next field starts.
+fn varuint_at(data: &[u8], mut at: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *data.get(at)?;
+        at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some((v, at));
+        }
+    }
+    None
+}
+
+/// The number of columns and rows a Native block says it has (its first two varuints), if
+/// `data` starts like a block of table `table`: as many columns as the table has, at least one
+/// row, and the first column named as the table's first.
+pub fn block_rows(table: usize, data: &[u8]) -> Option<u64> {
+    let want = Columns::new(table);
+    let (cols, at) = varuint_at(data, 0)?;
+    let (rows, at) = varuint_at(data, at)?;
+    let (name_len, at) = varuint_at(data, at)?;
+    let first = want.cols.first()?.name.as_bytes();
+    let name = data.get(at..at.checked_add(usize::try_from(name_len).ok()?)?)?;
+    (cols == want.cols.len() as u64 && rows > 0 && name == first).then_some(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column_bytes<T: NativeValue>(name: &'static str, values: &[T]) -> Vec<u8> {
+        let mut col = ColumnBuf::new(name, T::TYPE);
+        for v in values {
+            v.put(&mut col);
+        }
+        let mut out = Vec::new();
+        col.write(&mut out);
+        out
+    }
+
+    #[test]
+    fn values_are_laid_out_as_the_native_format_says() {
+        // Name and type as strings, then the values.
+        assert_eq!(
+            column_bytes("p", &[7u16, 0x0102]),
+            [&[1, b'p', 6][..], b"UInt16", &[7, 0, 2, 1]].concat()
+        );
+        // Strings: a varuint length each (two bytes from 128 on).
+        let long = "x".repeat(200);
+        assert_eq!(
+            column_bytes("s", &["ab".to_owned(), long.clone()]),
+            [
+                &[1, b's', 6][..],
+                b"String",
+                &[2, b'a', b'b', 0xc8, 0x01],
+                long.as_bytes()
+            ]
+            .concat()
+        );
+        // Nullable: the null map first, then every value (zero where null).
+        assert_eq!(
+            column_bytes("n", &[Some(5u64), None]),
+            [
+                &[1, b'n', 16][..],
+                b"Nullable(UInt64)",
+                &[0, 1],
+                &5u64.to_le_bytes(),
+                &0u64.to_le_bytes()
+            ]
+            .concat()
+        );
+        // Arrays: the cumulative end offsets, then the elements as a column of their own.
+        assert_eq!(
+            column_bytes("a", &[vec![Some(1000u16), None], vec![], vec![Some(1)]]),
+            [
+                &[1, b'a', 23][..],
+                b"Array(Nullable(UInt16))",
+                &2u64.to_le_bytes(),
+                &2u64.to_le_bytes(),
+                &3u64.to_le_bytes(),
+                &[0, 1, 0],
+                &[0xe8, 0x03, 0, 0, 1, 0]
+            ]
+            .concat()
+        );
+        assert_eq!(
+            column_bytes("t", &[NanosArray(&[-1, 2])]),
+            [
+                &[1, b't', 20][..],
+                b"Array(DateTime64(9))",
+                &2u64.to_le_bytes(),
+                &(-1i64).to_le_bytes(),
+                &2i64.to_le_bytes()
+            ]
+            .concat()
+        );
+        assert_eq!(
+            column_bytes("b", &[true, false]),
+            [&[1, b'b', 4][..], b"Bool", &[1, 0]].concat()
+        );
+    }
+
+    #[test]
+    fn a_block_counts_its_columns_and_rows_and_is_checked_by_its_first_column() {
+        let mut cols = Columns::new(7);
+        let alert = AlertRow {
+            ts: 1,
+            node: "n".into(),
+            state: "firing".into(),
+            rule: "r".into(),
+            severity: "warning".into(),
+            dedup_key: "k".into(),
+            summary: "s".into(),
+            first_move: "f".into(),
+            fired_at: 1,
+            evidence: "{}".into(),
+        };
+        for _ in 0..300 {
+            assert!(cols.push(&AnyRow::Alert(alert.clone())));
+        }
+        let mut out = Vec::new();
+        assert_eq!(cols.write_block(&mut out), 300);
+        // 10 columns, 300 rows (a two-byte varuint), then the first column's name.
+        assert_eq!(&out[..6], &[10, 0xac, 0x02, 2, b't', b's']);
+        assert_eq!(block_rows(7, &out), Some(300));
+        assert_eq!(block_rows(5, &out), None, "not a block of edge_logs");
+        assert_eq!(block_rows(7, &out[..2]), None, "cut short");
+        assert_eq!(block_rows(7, &[10, 0]), None, "no rows");
+    }
+}
