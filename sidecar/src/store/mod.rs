@@ -294,7 +294,12 @@ impl Store {
     }
 
     fn push(&mut self, row: AnyRow) {
-        if let Err(e) = self.spool.push(row) {
+        let pushed = self.spool.push(row);
+        self.count_write(pushed);
+    }
+
+    fn count_write(&mut self, pushed: Result<(), spool::SpoolError>) {
+        if let Err(e) = pushed {
             self.write_errors += 1;
             if self.write_errors == 1 || self.write_errors.is_power_of_two() {
                 tracing::error!(error = %e, failures = self.write_errors, "spool write failed (rows kept for the next try, or dropped and counted)");
@@ -326,6 +331,11 @@ impl Store {
     }
 
     pub fn hop(&mut self, r: &HopRecord) {
+        if let HopRecord::Http(x) = r {
+            // The hot path: straight into the columns, no row struct.
+            let pushed = self.spool.push_http(&self.node, x);
+            return self.count_write(pushed);
+        }
         let row = rows::hop_row(&self.node, r);
         self.push(row);
     }

@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::rows::{AnyRow, Columns, TABLE_NAMES};
+use super::rows::{AnyRow, Columns, EDGE_TABLE, HTTP_TABLE, TABLE_NAMES};
 
 /// The current format (frames of Native blocks); [`frames::MAGIC_V1`] files are still read.
 const MAGIC: &[u8; 8] = b"EWSPOOL2";
@@ -498,53 +498,78 @@ impl Spool {
     /// Appends one row (in its table's columns until [`Spool::flush`] or until its batch is
     /// full).
     pub fn push(&mut self, row: AnyRow) -> Result<(), SpoolError> {
-        let table = row.table_index();
+        match &row {
+            AnyRow::TailMark(m) => self.push_mark(m),
+            _ => self.append(row.table_index(), |cols| cols.push(&row)),
+        }
+    }
+
+    /// Appends the row of an HTTP exchange straight from the record (no row struct: the
+    /// hot path, one per proxied request).
+    pub fn push_http(
+        &mut self,
+        node: &str,
+        x: &edgewatch_core::hop::HttpExchange,
+    ) -> Result<(), SpoolError> {
+        self.append(HTTP_TABLE, |cols| cols.push_http(node, x))
+    }
+
+    /// The open batch of `table`, opened if there is none (an error drops the row it was for,
+    /// counted).
+    fn open_batch(&mut self, table: usize) -> Result<&mut OpenBatch, SpoolError> {
         if self.open[table].is_none() {
             match self.new_batch(table) {
                 Ok(b) => self.open[table] = Some(b),
                 Err(e) => {
-                    // The row has nowhere to go: dropped, and counted.
                     self.shared.lock().stats.dropped_rows += 1;
                     return Err(e);
                 }
             }
         }
-        let is_mark = matches!(row, AnyRow::TailMark(_));
-        let (full, big) = {
-            let Some(b) = self.open[table].as_mut() else {
-                return Ok(());
-            };
-            if let AnyRow::TailMark(m) = &row {
-                // A mark vouches for the edge rows before it: they go in a frame first.
-                b.frame_rows();
-                match postcard::to_allocvec(m) {
-                    Ok(bytes) => put_frame(&mut b.buf, FRAME_MARK, |buf| {
-                        buf.extend_from_slice(&bytes);
-                    }),
-                    // Serialising owned plain data cannot fail short of running out of
-                    // memory; say so rather than hide it.
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a tail mark for the spool")
-                    }
-                }
-            } else {
-                b.cols.push(&row);
-                b.rows += 1;
-            }
-            let pending = b.buf.len() + b.cols.bytes();
-            (
-                b.rows >= self.limits.batch_rows
-                    || b.bytes + pending as u64 >= self.limits.batch_bytes,
-                pending >= WRITE_AT,
-            )
-        };
-        if !is_mark {
-            self.accepted_rows += 1;
+        self.open[table].as_mut().ok_or_else(|| SpoolError::Io {
+            path: self.shared.dir.display().to_string(),
+            source: std::io::Error::other("no open batch"),
+        })
+    }
+
+    /// One row into the columns of `table` by `write` (false: not a row of that table, which
+    /// goes nowhere), then the batch sealed when full or written out when big.
+    fn append(
+        &mut self,
+        table: usize,
+        write: impl FnOnce(&mut Columns) -> bool,
+    ) -> Result<(), SpoolError> {
+        let (rows_max, bytes_max) = (self.limits.batch_rows, self.limits.batch_bytes);
+        let b = self.open_batch(table)?;
+        if !write(&mut b.cols) {
+            tracing::error!(table = TABLE_NAMES[table], "a row was handed to another table's columns (a bug): not stored");
+            return Ok(());
         }
+        b.rows += 1;
+        let pending = b.buf.len() + b.cols.bytes();
+        let full = b.rows >= rows_max || b.bytes + pending as u64 >= bytes_max;
+        self.accepted_rows += 1;
         if full {
-            self.seal(table)?;
-        } else if big {
-            self.write_out(table)?;
+            self.seal(table)
+        } else if pending >= WRITE_AT {
+            self.write_out(table)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A tail mark: it vouches for the edge rows before it, so they go in a frame first.
+    fn push_mark(&mut self, m: &super::rows::TailMarkRow) -> Result<(), SpoolError> {
+        let b = self.open_batch(EDGE_TABLE)?;
+        b.frame_rows();
+        match postcard::to_allocvec(m) {
+            Ok(bytes) => put_frame(&mut b.buf, FRAME_MARK, |buf| buf.extend_from_slice(&bytes)),
+            // Serialising owned plain data cannot fail short of running out of memory; say so
+            // rather than hide it.
+            Err(e) => tracing::error!(error = %e, "cannot encode a tail mark for the spool"),
+        }
+        if b.buf.len() + b.cols.bytes() >= WRITE_AT {
+            self.write_out(EDGE_TABLE)?;
         }
         Ok(())
     }

@@ -645,7 +645,7 @@ impl AnyRow {
 }
 
 mod native;
-pub use native::{block_rows, put_varuint, Columns, Nanos, NativeRow, NativeValue};
+pub use native::{block_rows, put_varuint, Columns, Nanos, NativeRow, NativeValue, HTTP_TABLE};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]

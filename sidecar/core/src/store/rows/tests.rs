@@ -151,6 +151,57 @@ fn conn() -> ConnId {
     }
 }
 
+/// The hot path writes an exchange's columns straight from the record; it must write what the
+/// row struct would, byte for byte (addresses of both families, fields set and not, the
+/// largest values, an upgrade).
+#[test]
+fn an_exchange_written_straight_into_columns_is_its_row() {
+    let base = HttpExchange {
+        conn: conn(),
+        index: 3,
+        request_ts_ns: u64::MAX,
+        method: "GET".into(),
+        path: "/api?token=[redacted]".into(),
+        host: Some("gw.example".into()),
+        origin: Some("https://gw.example".into()),
+        request_id: Some("0123456789abcdef0123456789abcdef".into()),
+        x_forwarded_for: Some("203.0.113.7".into()),
+        x_forwarded_proto: Some("https".into()),
+        upgrade_websocket: true,
+        connection_upgrade: true,
+        status: Some(101),
+        ttfb_ns: Some(1),
+        total_ns: None,
+        request_bytes: 200,
+        response_bytes: u64::MAX,
+        outcome: crate::hop::ExchangeOutcome::Upgraded,
+        error_code: Some("not stored".into()),
+    };
+    let mut bare = base.clone();
+    bare.conn = ConnId {
+        client: "[2001:db8::7]:40000".parse().expect("addr"),
+        server: "[::1]:18789".parse().expect("addr"),
+        first_seen_ns: 0,
+    };
+    (bare.host, bare.origin, bare.request_id) = (None, None, None);
+    (bare.x_forwarded_for, bare.x_forwarded_proto, bare.status) = (None, None, None);
+    bare.outcome = crate::hop::ExchangeOutcome::Complete;
+    let mut wide = base.clone();
+    wide.conn.client = "255.10.0.1:65535".parse().expect("addr");
+    wide.conn.server = "100.64.9.99:1".parse().expect("addr");
+    let (mut straight, mut via_row) = (Columns::new(3), Columns::new(3));
+    for x in [&base, &bare, &wide] {
+        assert!(straight.push_http("node-1", x));
+        assert!(via_row.push(&AnyRow::Http(HttpRow::new("node-1", x))));
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    assert_eq!(straight.write_block(&mut a), 3);
+    assert_eq!(via_row.write_block(&mut b), 3);
+    assert_eq!(a, b);
+    // Only the http_exchanges columns take an exchange.
+    assert!(!Columns::new(2).push_http("n", &base));
+}
+
 #[test]
 fn row_fields_are_the_table_columns() {
     let x = HttpExchange {
