@@ -10,6 +10,11 @@ use tokio::{
 };
 
 use super::watch::{drain, Watch};
+
+/// How often the ring buffer is drained while hop records come...
+const DRAIN_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
+/// ... and after a drain that found none.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::{
     config::Config,
     metrics::{self, Metrics},
@@ -201,9 +206,6 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let mut snapshot_tick = tokio::time::interval(config.store.snapshot_interval);
     snapshot_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     snapshot_tick.reset();
-    // Store reports (and aged batches) are looked at even when nothing else happens.
-    let mut store_tick = tokio::time::interval(std::time::Duration::from_millis(100));
-    store_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     // Made once, outside the loop: a listener made anew each turn (`ctrl_c()` in the select)
@@ -214,12 +216,19 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let mut last_drops = crate::probe::loader::KernelDrops::default();
 
     // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
-    // than the probe itself); this timer drains them. Exposure events still wake at once.
-    let mut drain_tick = tokio::time::interval(std::time::Duration::from_millis(20));
-    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // than the probe itself); this timer drains them: every DRAIN_BUSY while they come, every
+    // DRAIN_IDLE after a drain that found none (an idle sidecar then wakes ten times a second,
+    // which is also when store reports and aged batches are looked at). Exposure events still
+    // wake at once.
+    let drain_tick = tokio::time::sleep(DRAIN_BUSY);
+    tokio::pin!(drain_tick);
     loop {
         tokio::select! {
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut watch),
+            () = &mut drain_tick => {
+                let events = drain(ring.get_mut(), &mut watch);
+                let next = if events > 0 { DRAIN_BUSY } else { DRAIN_IDLE };
+                drain_tick.as_mut().reset(tokio::time::Instant::now() + next);
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 drain(guard.get_inner_mut(), &mut watch);
@@ -299,7 +308,6 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                     st.inventory(now, &exposures, watch.pipeline.policy());
                 }
             }
-            _ = store_tick.tick(), if watch.out.store.is_some() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }

@@ -565,12 +565,16 @@ impl Watch {
 }
 
 /// Handles every event waiting in the ring buffer, then prints the hop records of the batch.
-pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) {
+/// Returns how many events there were.
+pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) -> usize {
     let now_boot = boot_ns();
+    let mut events = 0;
     // Each record is handled in place (its payload bytes borrowed from the ring, no copy)
     // and released to the kernel as soon as it is done.
     while let Some(item) = ring.next() {
         watch.on_event(decode(&item), now_boot);
+        events += 1;
     }
     watch.end_batch();
+    events
 }

@@ -542,7 +542,10 @@ impl Spool {
         let (rows_max, bytes_max) = (self.limits.batch_rows, self.limits.batch_bytes);
         let b = self.open_batch(table)?;
         if !write(&mut b.cols) {
-            tracing::error!(table = TABLE_NAMES[table], "a row was handed to another table's columns (a bug): not stored");
+            tracing::error!(
+                table = TABLE_NAMES[table],
+                "a row was handed to another table's columns (a bug): not stored"
+            );
             return Ok(());
         }
         b.rows += 1;

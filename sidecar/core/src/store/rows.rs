@@ -1,6 +1,7 @@
 //! Records as ClickHouse rows. Pure: each record kind maps to one row type whose fields are
-//! the columns of its table in [`super::schema`] (checked by a test, and by the `clickhouse`
-//! crate's schema validation at insert time).
+//! the columns of its table in [`super::schema`] (checked by a test, and by the server, which
+//! checks every Native block's columns at insert), and rows are written into Native columns
+//! by [`Columns`].
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -645,7 +646,9 @@ impl AnyRow {
 }
 
 mod native;
-pub use native::{block_rows, put_varuint, Columns, Nanos, NativeRow, NativeValue, HTTP_TABLE};
+pub use native::{
+    block_rows, merge_blocks, put_varuint, Columns, Nanos, NativeRow, NativeValue, HTTP_TABLE,
+};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]

@@ -8,7 +8,7 @@
 use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
 use super::{io, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
-use crate::store::rows::{block_rows, AnyRow, Columns, TailMarkRow};
+use crate::store::rows::{block_rows, merge_blocks, AnyRow, Columns, TailMarkRow};
 
 /// The first spool format: every frame one postcard [`AnyRow`].
 pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
@@ -39,8 +39,9 @@ pub struct Frames {
 }
 
 impl Frames {
-    /// The batch's rows as a Native stream, in order: the file's blocks as they are (byte
-    /// ranges of the file's `data`), or the rows of a first-format file as one block.
+    /// The batch's rows as a Native stream, in order: the file's blocks merged into one (no
+    /// row decoded: their columns are concatenated), or the rows of a first-format file as one
+    /// block. Blocks that cannot be merged (none that this version wrote) go as they are.
     pub fn into_body(self, table: usize, data: bytes::Bytes) -> Vec<bytes::Bytes> {
         if !self.legacy.is_empty() {
             let mut cols = Columns::new(table);
@@ -50,6 +51,12 @@ impl Frames {
             let mut block = Vec::new();
             cols.write_block(&mut block);
             return vec![block.into()];
+        }
+        if self.blocks.len() > 1 {
+            let parts: Vec<&[u8]> = self.blocks.iter().map(|r| &data[r.clone()]).collect();
+            if let Some(one) = merge_blocks(table, &parts) {
+                return vec![one.into()];
+            }
         }
         self.blocks.into_iter().map(|r| data.slice(r)).collect()
     }

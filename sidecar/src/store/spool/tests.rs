@@ -416,13 +416,16 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
         .map(|r| crate::store::rows::block_rows(EDGE_TABLE, &data[r.clone()]).expect("a block"))
         .collect();
     assert_eq!(rows, [2, 1, 1]);
-    // What is sent is the blocks as the file holds them, nothing re-encoded.
+    // What is sent is one block of every row, in order: the blocks' columns joined, which is
+    // what writing all the rows at once would have made.
     let body = f.into_body(EDGE_TABLE, data.clone().into());
     let mut cols = Columns::new(EDGE_TABLE);
     let mut want = Vec::new();
-    cols.push(&edge(0));
-    cols.push(&edge(1));
+    for i in 0..4 {
+        cols.push(&edge(i));
+    }
     cols.write_block(&mut want);
+    assert_eq!(body.len(), 1);
     assert_eq!(&body[0][..], &want[..]);
     // The mark is found again by a new run.
     drop(s);

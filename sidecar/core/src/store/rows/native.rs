@@ -470,107 +470,214 @@ pub fn block_rows(table: usize, data: &[u8]) -> Option<u64> {
     (cols == want.cols.len() as u64 && rows > 0 && name == first).then_some(rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// How a column's values are laid out, from its type (the types [`Columns`] writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Fixed(usize),
+    Str,
+    Nullable(usize),
+    Array(Elem),
+}
 
-    fn column_bytes<T: NativeValue>(name: &'static str, values: &[T]) -> Vec<u8> {
-        let mut col = ColumnBuf::new(name, T::TYPE);
-        for v in values {
-            v.put(&mut col);
-        }
-        let mut out = Vec::new();
-        col.write(&mut out);
-        out
-    }
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Elem {
+    Fixed(usize),
+    Str,
+    Nullable(usize),
+}
 
-    #[test]
-    fn values_are_laid_out_as_the_native_format_says() {
-        // Name and type as strings, then the values.
-        assert_eq!(
-            column_bytes("p", &[7u16, 0x0102]),
-            [&[1, b'p', 6][..], b"UInt16", &[7, 0, 2, 1]].concat()
-        );
-        // Strings: a varuint length each (two bytes from 128 on).
-        let long = "x".repeat(200);
-        assert_eq!(
-            column_bytes("s", &["ab".to_owned(), long.clone()]),
-            [
-                &[1, b's', 6][..],
-                b"String",
-                &[2, b'a', b'b', 0xc8, 0x01],
-                long.as_bytes()
-            ]
-            .concat()
-        );
-        // Nullable: the null map first, then every value (zero where null).
-        assert_eq!(
-            column_bytes("n", &[Some(5u64), None]),
-            [
-                &[1, b'n', 16][..],
-                b"Nullable(UInt64)",
-                &[0, 1],
-                &5u64.to_le_bytes(),
-                &0u64.to_le_bytes()
-            ]
-            .concat()
-        );
-        // Arrays: the cumulative end offsets, then the elements as a column of their own.
-        assert_eq!(
-            column_bytes("a", &[vec![Some(1000u16), None], vec![], vec![Some(1)]]),
-            [
-                &[1, b'a', 23][..],
-                b"Array(Nullable(UInt16))",
-                &2u64.to_le_bytes(),
-                &2u64.to_le_bytes(),
-                &3u64.to_le_bytes(),
-                &[0, 1, 0],
-                &[0xe8, 0x03, 0, 0, 1, 0]
-            ]
-            .concat()
-        );
-        assert_eq!(
-            column_bytes("t", &[NanosArray(&[-1, 2])]),
-            [
-                &[1, b't', 20][..],
-                b"Array(DateTime64(9))",
-                &2u64.to_le_bytes(),
-                &(-1i64).to_le_bytes(),
-                &2i64.to_le_bytes()
-            ]
-            .concat()
-        );
-        assert_eq!(
-            column_bytes("b", &[true, false]),
-            [&[1, b'b', 4][..], b"Bool", &[1, 0]].concat()
-        );
-    }
-
-    #[test]
-    fn a_block_counts_its_columns_and_rows_and_is_checked_by_its_first_column() {
-        let mut cols = Columns::new(7);
-        let alert = AlertRow {
-            ts: 1,
-            node: "n".into(),
-            state: "firing".into(),
-            rule: "r".into(),
-            severity: "warning".into(),
-            dedup_key: "k".into(),
-            summary: "s".into(),
-            first_move: "f".into(),
-            fired_at: 1,
-            evidence: "{}".into(),
-        };
-        for _ in 0..300 {
-            assert!(cols.push(&AnyRow::Alert(alert.clone())));
-        }
-        let mut out = Vec::new();
-        assert_eq!(cols.write_block(&mut out), 300);
-        // 10 columns, 300 rows (a two-byte varuint), then the first column's name.
-        assert_eq!(&out[..6], &[10, 0xac, 0x02, 2, b't', b's']);
-        assert_eq!(block_rows(7, &out), Some(300));
-        assert_eq!(block_rows(5, &out), None, "not a block of edge_logs");
-        assert_eq!(block_rows(7, &out[..2]), None, "cut short");
-        assert_eq!(block_rows(7, &[10, 0]), None, "no rows");
+fn fixed_width(ty: &str) -> Option<usize> {
+    match ty {
+        "Bool" => Some(1),
+        "UInt16" => Some(2),
+        "UInt32" => Some(4),
+        "UInt64" | "DateTime64(9)" => Some(8),
+        _ => None,
     }
 }
+
+fn elem_of(ty: &str) -> Option<Elem> {
+    if ty == "String" {
+        return Some(Elem::Str);
+    }
+    if let Some(inner) = ty
+        .strip_prefix("Nullable(")
+        .and_then(|t| t.strip_suffix(')'))
+    {
+        return fixed_width(inner).map(Elem::Nullable);
+    }
+    fixed_width(ty).map(Elem::Fixed)
+}
+
+fn layout_of(ty: &str) -> Option<Layout> {
+    if let Some(inner) = ty.strip_prefix("Array(").and_then(|t| t.strip_suffix(')')) {
+        return elem_of(inner).map(Layout::Array);
+    }
+    Some(match elem_of(ty)? {
+        Elem::Fixed(w) => Layout::Fixed(w),
+        Elem::Str => Layout::Str,
+        Elem::Nullable(w) => Layout::Nullable(w),
+    })
+}
+
+/// `n` varuint-prefixed strings from `at`: where they end.
+fn strings_end(data: &[u8], mut at: usize, n: u64) -> Option<usize> {
+    for _ in 0..n {
+        let (len, next) = varuint_at(data, at)?;
+        at = next.checked_add(usize::try_from(len).ok()?)?;
+    }
+    (at <= data.len()).then_some(at)
+}
+
+/// One column of one block, located: the parts a merge concatenates.
+struct Located<'a> {
+    /// `Array`: the end offsets (8 bytes each) and the element count.
+    offsets: &'a [u8],
+    elements: u64,
+    /// `Nullable` (or of the elements): the null map.
+    nulls: &'a [u8],
+    data: &'a [u8],
+}
+
+/// Locates `n` values of `elem` layout at `at`; where they end.
+fn locate_values(data: &[u8], at: usize, n: u64, elem: Elem) -> Option<(&[u8], &[u8], usize)> {
+    let n_us = usize::try_from(n).ok()?;
+    match elem {
+        Elem::Fixed(w) => {
+            let end = at.checked_add(n_us.checked_mul(w)?)?;
+            Some((&[], data.get(at..end)?, end))
+        }
+        Elem::Str => {
+            let end = strings_end(data, at, n)?;
+            Some((&[], data.get(at..end)?, end))
+        }
+        Elem::Nullable(w) => {
+            let mid = at.checked_add(n_us)?;
+            let end = mid.checked_add(n_us.checked_mul(w)?)?;
+            Some((data.get(at..mid)?, data.get(mid..end)?, end))
+        }
+    }
+}
+
+/// Parses one block of the columns `want` (names and types, in order): each column located.
+fn locate_block<'a>(
+    block: &'a [u8],
+    want: &[(&'static str, &'static str, Layout)],
+) -> Option<(u64, Vec<Located<'a>>)> {
+    let (cols, at) = varuint_at(block, 0)?;
+    let (rows, mut at) = varuint_at(block, at)?;
+    if cols != want.len() as u64 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(want.len());
+    for (name, ty, layout) in want {
+        for expected in [name.as_bytes(), ty.as_bytes()] {
+            let (len, next) = varuint_at(block, at)?;
+            let end = next.checked_add(usize::try_from(len).ok()?)?;
+            if block.get(next..end)? != expected {
+                return None;
+            }
+            at = end;
+        }
+        let located = match *layout {
+            Layout::Array(elem) => {
+                let end = at.checked_add(usize::try_from(rows).ok()?.checked_mul(8)?)?;
+                let offsets = block.get(at..end)?;
+                let elements = match offsets.len() {
+                    0 => 0,
+                    n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
+                };
+                let (nulls, data, next) = locate_values(block, end, elements, elem)?;
+                at = next;
+                Located {
+                    offsets,
+                    elements,
+                    nulls,
+                    data,
+                }
+            }
+            Layout::Fixed(w) => {
+                let (nulls, data, next) = locate_values(block, at, rows, Elem::Fixed(w))?;
+                at = next;
+                Located {
+                    offsets: &[],
+                    elements: 0,
+                    nulls,
+                    data,
+                }
+            }
+            Layout::Str => {
+                let (nulls, data, next) = locate_values(block, at, rows, Elem::Str)?;
+                at = next;
+                Located {
+                    offsets: &[],
+                    elements: 0,
+                    nulls,
+                    data,
+                }
+            }
+            Layout::Nullable(w) => {
+                let (nulls, data, next) = locate_values(block, at, rows, Elem::Nullable(w))?;
+                at = next;
+                Located {
+                    offsets: &[],
+                    elements: 0,
+                    nulls,
+                    data,
+                }
+            }
+        };
+        out.push(located);
+    }
+    (at == block.len()).then_some((rows, out))
+}
+
+/// Several Native blocks of table `table` (as [`Columns::write_block`] wrote them) as one
+/// block holding all their rows, in order: what the server ingests best (a block per pipeline
+/// turn made it convert and squash dozens of small blocks per insert). `None` if a block is
+/// not one of this table's (the caller then sends them as they are).
+pub fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
+    let want: Vec<(&'static str, &'static str, Layout)> = Columns::new(table)
+        .schema()
+        .map(|(n, t)| Some((n, t, layout_of(t)?)))
+        .collect::<Option<_>>()?;
+    let mut parsed = Vec::with_capacity(blocks.len());
+    let mut rows = 0u64;
+    let mut size = 0;
+    for b in blocks {
+        let (r, cols) = locate_block(b, &want)?;
+        rows += r;
+        size += b.len();
+        parsed.push(cols);
+    }
+    let mut out = Vec::with_capacity(size);
+    put_varuint(&mut out, want.len() as u64);
+    put_varuint(&mut out, rows);
+    for (c, (name, ty, layout)) in want.iter().enumerate() {
+        put_varuint(&mut out, name.len() as u64);
+        out.extend_from_slice(name.as_bytes());
+        put_varuint(&mut out, ty.len() as u64);
+        out.extend_from_slice(ty.as_bytes());
+        if let Layout::Array(_) = layout {
+            // End offsets count on from the blocks before.
+            let mut base = 0u64;
+            for block in &parsed {
+                for o in block[c].offsets.chunks_exact(8) {
+                    let v = u64::from_le_bytes(o.try_into().ok()?);
+                    out.extend_from_slice(&(base + v).to_le_bytes());
+                }
+                base += block[c].elements;
+            }
+        }
+        for block in &parsed {
+            out.extend_from_slice(block[c].nulls);
+        }
+        for block in &parsed {
+            out.extend_from_slice(block[c].data);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
