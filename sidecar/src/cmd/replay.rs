@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     fs::File,
-    io::BufReader,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -110,7 +109,8 @@ pub fn run(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let summary = offline::run(
-        BufReader::with_capacity(1 << 20, file),
+        // Unbuffered: the capture reader reads in 1 MiB blocks itself.
+        file,
         std::mem::take(&mut logs.records),
         &mut pipeline,
         &mut sink,

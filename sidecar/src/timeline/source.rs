@@ -1,10 +1,7 @@
 //! Where a timeline's rows come from: ClickHouse (the configured server or the embedded one),
 //! or, offline, a capture of the hop and the proxy's access logs run through the same
 //! pipeline as live (tracker, join, alert rules) and turned into the same rows.
-use std::{
-    io::BufReader,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clickhouse::Row;
@@ -56,9 +53,8 @@ pub fn offline(
     settings.join = !logs.is_empty();
     settings.proxy = proxy;
     let (rows, summary) = edgewatch_core::timeline::offline::rows(
-        BufReader::with_capacity(1 << 20, file),
-        edges,
-        &settings,
+        // Unbuffered: the capture reader reads in 1 MiB blocks itself.
+        file, edges, &settings,
     )
     .with_context(|| format!("replaying {}", pcap.display()))?;
     report.hop_records = usize::try_from(summary.records).unwrap_or(usize::MAX);
