@@ -13,7 +13,7 @@ use edgewatch_core::rows_of;
 use super::{
     rows::{self, AnyRow, TABLE_NAMES},
     schema::{self, SchemaOptions},
-    spool::{read_frames, BatchInfo, Shared},
+    spool::{read_frames_into, BatchInfo, BufferPool, Shared},
 };
 
 /// How to reach the server.
@@ -541,6 +541,7 @@ impl Sender {
         backoff = Duration::from_millis(200);
         let mut failures = 0u64;
         let mut inflight = tokio::task::JoinSet::new();
+        let pool = Arc::new(BufferPool::default());
         loop {
             // Two inserts at a time while healthy (ClickHouse parses one insert on one core);
             // one at a time while failing.
@@ -551,6 +552,7 @@ impl Sender {
                 };
                 let job = SendJob {
                     client: self.client.clone(),
+                    pool: pool.clone(),
                     format: self.format,
                     shared: self.shared.clone(),
                     events: self.events.clone(),
@@ -655,6 +657,8 @@ enum SendError {
 /// What one insert task needs.
 struct SendJob {
     client: Client,
+    /// Buffers shared by the sender's inserts.
+    pool: Arc<BufferPool>,
     format: WireFormat,
     shared: Arc<Shared>,
     events: tokio::sync::mpsc::UnboundedSender<StoreEvent>,
@@ -665,9 +669,9 @@ struct SendJob {
 impl SendJob {
     /// A batch's Native blocks (as its file holds them) and its rows.
     async fn body_of(&self, batch: &BatchInfo) -> Result<(Vec<bytes::Bytes>, u64), SendError> {
-        let (path, table) = (batch.path.clone(), batch.table);
+        let (path, table, buf) = (batch.path.clone(), batch.table, self.pool.take());
         let (frames, data) =
-            match tokio::task::spawn_blocking(move || read_frames(&path, table)).await {
+            match tokio::task::spawn_blocking(move || read_frames_into(&path, table, buf)).await {
                 Ok(Ok(f)) => f,
                 Ok(Err(e)) => {
                     return Err(SendError::Unreadable(format!(
@@ -687,12 +691,13 @@ impl SendJob {
             );
         }
         let rows = frames.rows;
-        Ok((frames.into_body(batch.table, data.into()), rows))
+        Ok((frames.into_body_pooled(batch.table, data, &self.pool), rows))
     }
 
     async fn send(&self, batch: &BatchInfo) -> Result<(), SendError> {
         let (blocks, rows) = self.body_of(batch).await?;
-        tokio::time::timeout(
+        let sent = blocks.clone();
+        let inserted = tokio::time::timeout(
             self.timeout,
             insert_blocks(
                 &self.client,
@@ -703,8 +708,12 @@ impl SendJob {
             ),
         )
         .await
-        .unwrap_or(Err(clickhouse::error::Error::TimedOut))
-        .map_err(SendError::Insert)?;
+        .unwrap_or(Err(clickhouse::error::Error::TimedOut));
+        // The insert is over: its buffers serve the next batch.
+        for chunk in sent {
+            self.pool.give_bytes(chunk);
+        }
+        inserted.map_err(SendError::Insert)?;
         if let Err(e) = self.shared.done(batch) {
             tracing::warn!(error = %e, "sent batch could not be deleted (it will be deduplicated if resent)");
         }

@@ -289,7 +289,10 @@ fn file_name(seq: u64, table: usize, ext: &str) -> String {
 }
 
 mod frames;
-pub use frames::{parse_frames, read_frames, Frames, FRAME_BLOCK, FRAME_MARK, MAGIC_V1};
+pub use frames::{
+    parse_frames, read_frames, read_frames_into, BufferPool, Frames, FRAME_BLOCK, FRAME_MARK,
+    MAGIC_V1,
+};
 
 fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
     let (stem, ext) = name.rsplit_once('.')?;

@@ -647,7 +647,8 @@ impl AnyRow {
 
 mod native;
 pub use native::{
-    block_rows, merge_blocks, put_varuint, Columns, Nanos, NativeRow, NativeValue, HTTP_TABLE,
+    block_rows, merge_blocks, merge_blocks_into, put_varuint, Columns, Nanos, NativeRow,
+    NativeValue, HTTP_TABLE,
 };
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).

@@ -8,7 +8,7 @@
 use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
 use super::{io, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
-use crate::store::rows::{block_rows, merge_blocks, AnyRow, Columns, TailMarkRow};
+use crate::store::rows::{block_rows, merge_blocks_into, AnyRow, Columns, TailMarkRow};
 
 /// The first spool format: every frame one postcard [`AnyRow`].
 pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
@@ -42,29 +42,91 @@ impl Frames {
     /// The batch's rows as a Native stream, in order: the file's blocks merged into one (no
     /// row decoded: their columns are concatenated), or the rows of a first-format file as one
     /// block. Blocks that cannot be merged (none that this version wrote) go as they are.
-    pub fn into_body(self, table: usize, data: bytes::Bytes) -> Vec<bytes::Bytes> {
+    pub fn into_body(self, table: usize, data: Vec<u8>) -> Vec<bytes::Bytes> {
+        self.into_body_pooled(table, data, &BufferPool::default())
+    }
+
+    /// [`Frames::into_body`] with the merged block written into a buffer from `pool`, and the
+    /// file's bytes given back to it once merged.
+    pub fn into_body_pooled(
+        self,
+        table: usize,
+        data: Vec<u8>,
+        pool: &BufferPool,
+    ) -> Vec<bytes::Bytes> {
         if !self.legacy.is_empty() {
             let mut cols = Columns::new(table);
             for r in &self.legacy {
                 cols.push(r);
             }
-            let mut block = Vec::new();
+            let mut block = pool.take();
             cols.write_block(&mut block);
+            pool.give(data);
             return vec![block.into()];
         }
         if self.blocks.len() > 1 {
+            let mut one = pool.take();
             let parts: Vec<&[u8]> = self.blocks.iter().map(|r| &data[r.clone()]).collect();
-            if let Some(one) = merge_blocks(table, &parts) {
+            if merge_blocks_into(table, &parts, &mut one) {
+                pool.give(data);
                 return vec![one.into()];
             }
+            pool.give(one);
         }
+        let data = bytes::Bytes::from(data);
         self.blocks.into_iter().map(|r| data.slice(r)).collect()
+    }
+}
+
+/// Buffers a sender reuses from batch to batch (a batch file read back, a merged block):
+/// memory freed and mapped afresh for every batch cost a page fault per 4 KiB.
+#[derive(Debug, Default)]
+pub struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    /// Buffers kept, at most, and the largest kept (a batch of an outage's backlog is not).
+    const KEEP: usize = 4;
+    const KEEP_BYTES: usize = 16 << 20;
+
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::KEEP_BYTES {
+            return;
+        }
+        buf.clear();
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() < Self::KEEP {
+            kept.push(buf);
+        }
+    }
+
+    /// A chunk that was sent: its buffer back, when nothing else holds it any more.
+    pub fn give_bytes(&self, chunk: bytes::Bytes) {
+        if let Ok(buf) = chunk.try_into_mut() {
+            self.give(buf.into());
+        }
     }
 }
 
 /// Reads the batch file of table `table` (an index into the spool's tables).
 pub fn read_frames(path: &Path, table: usize) -> Result<(Frames, Vec<u8>), SpoolError> {
-    let mut data = Vec::new();
+    read_frames_into(path, table, Vec::new())
+}
+
+/// [`read_frames`] into `data` (cleared first; its capacity reused).
+pub fn read_frames_into(
+    path: &Path,
+    table: usize,
+    mut data: Vec<u8>,
+) -> Result<(Frames, Vec<u8>), SpoolError> {
+    data.clear();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut data))
         .map_err(io(path))?;

@@ -37,7 +37,7 @@ fn varuint(data: &[u8], at: &mut usize) -> usize {
 fn keys(path: &Path) -> Vec<String> {
     let (f, data) = read_frames(path, ALERTS).expect("read");
     let mut keys = Vec::new();
-    for block in f.into_body(ALERTS, data.into()) {
+    for block in f.into_body(ALERTS, data) {
         let mut at = 0;
         let cols = varuint(&block, &mut at);
         let rows = varuint(&block, &mut at);
@@ -418,7 +418,7 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
     assert_eq!(rows, [2, 1, 1]);
     // What is sent is one block of every row, in order: the blocks' columns joined, which is
     // what writing all the rows at once would have made.
-    let body = f.into_body(EDGE_TABLE, data.clone().into());
+    let body = f.into_body(EDGE_TABLE, data.clone());
     let mut cols = Columns::new(EDGE_TABLE);
     let mut want = Vec::new();
     for i in 0..4 {
@@ -463,4 +463,51 @@ fn a_batch_an_older_version_spooled_as_rows_is_sent_as_one_block() {
     let old = shared.next_batch().expect("old");
     let new = shared.next_batch().expect("new");
     assert!(new.seq > old.seq);
+}
+
+#[test]
+fn a_senders_buffers_are_reused_and_bounded() {
+    let pool = BufferPool::default();
+    let buf = Vec::with_capacity(1 << 20);
+    let at = buf.as_ptr();
+    pool.give(buf);
+    let again = pool.take();
+    assert_eq!(
+        (again.as_ptr(), again.capacity()),
+        (at, 1 << 20),
+        "the same memory"
+    );
+    // A sent chunk comes back once nothing else holds it, not while something does.
+    let chunk = bytes::Bytes::from(again);
+    let held = chunk.clone();
+    pool.give_bytes(chunk);
+    assert_eq!(pool.take().capacity(), 0, "still held: not reused");
+    pool.give_bytes(held);
+    let back = pool.take();
+    assert_eq!(back.as_ptr(), at);
+    drop(back);
+    // An outage's huge batch is not kept, nor more than a few buffers.
+    pool.give(Vec::with_capacity(64 << 20));
+    assert_eq!(pool.take().capacity(), 0);
+    for _ in 0..10 {
+        pool.give(Vec::with_capacity(4096));
+    }
+    let kept = std::iter::from_fn(|| Some(pool.take()))
+        .take_while(|b| b.capacity() > 0)
+        .count();
+    assert_eq!(kept, 4);
+    // A batch's body from pooled buffers is the body (merged into one block).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Spool::open(dir.path(), limits()).expect("open");
+    for i in 0..10 {
+        s.push(row(i)).expect("push");
+        s.flush().expect("flush");
+    }
+    let b = s.shared().next_batch().expect("batch");
+    let (f, data) = read_frames_into(&b.path, ALERTS, pool.take()).expect("read");
+    let (g, data2) = read_frames(&b.path, ALERTS).expect("read");
+    assert_eq!(
+        f.into_body_pooled(ALERTS, data, &pool),
+        g.into_body(ALERTS, data2)
+    );
 }

@@ -637,6 +637,22 @@ fn locate_block<'a>(
 /// turn made it convert and squash dozens of small blocks per insert). `None` if a block is
 /// not one of this table's (the caller then sends them as they are).
 pub fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    merge_blocks_into(table, blocks, &mut out).then_some(out)
+}
+
+/// [`merge_blocks`] into `out` (cleared first; its capacity reused). False, with `out` left
+/// empty, if a block is not one of this table's.
+pub fn merge_blocks_into(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let merged = merge(table, blocks, out).is_some();
+    if !merged {
+        out.clear();
+    }
+    merged
+}
+
+fn merge(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
     let want: Vec<(&'static str, &'static str, Layout)> = Columns::new(table)
         .schema()
         .map(|(n, t)| Some((n, t, layout_of(t)?)))
@@ -650,13 +666,13 @@ pub fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
         size += b.len();
         parsed.push(cols);
     }
-    let mut out = Vec::with_capacity(size);
-    put_varuint(&mut out, want.len() as u64);
-    put_varuint(&mut out, rows);
+    out.reserve(size);
+    put_varuint(out, want.len() as u64);
+    put_varuint(out, rows);
     for (c, (name, ty, layout)) in want.iter().enumerate() {
-        put_varuint(&mut out, name.len() as u64);
+        put_varuint(out, name.len() as u64);
         out.extend_from_slice(name.as_bytes());
-        put_varuint(&mut out, ty.len() as u64);
+        put_varuint(out, ty.len() as u64);
         out.extend_from_slice(ty.as_bytes());
         if let Layout::Array(_) = layout {
             // End offsets count on from the blocks before.
@@ -676,7 +692,7 @@ pub fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
             out.extend_from_slice(block[c].data);
         }
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]
