@@ -460,6 +460,6 @@ pub struct StoreTotals {
     pub backlog_batches: u64,
     pub backlog_rows: u64,
     pub backlog_bytes: u64,
-    /// How rows travel: `native` or `rowbinary`.
+    /// How rows travel: `native` (uncompressed) or `lz4`.
     pub format: &'static str,
 }
