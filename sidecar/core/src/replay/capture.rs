@@ -50,7 +50,9 @@ fn ns(secs: u64, frac: u64, resolution: u64) -> u64 {
     secs.saturating_mul(1_000_000_000).saturating_add(frac_ns)
 }
 
-/// The capture reader's buffer.
+/// The capture reader's buffer, larger than any packet block (a loopback packet is up to
+/// 64 KiB + headers; a smaller buffer has to grow). The reader reads into it straight from its
+/// input: a buffered reader in front only adds a copy of every byte (a sixth of a replay).
 const READ_BUFFER: usize = 1 << 20;
 
 /// Reads every packet; `progress` is told the bytes consumed so far now and then.
@@ -59,9 +61,7 @@ pub fn read_capture<R: Read + Send>(
     mut on_packet: impl FnMut(Packet<'_>),
     mut progress: impl FnMut(u64),
 ) -> Result<CaptureSummary, CaptureError> {
-    // Read straight from `input` into a buffer larger than any packet block (a loopback
-    // packet is up to 64 KiB + headers): a buffered reader in front only adds a copy of every
-    // byte (a sixth of a replay's time), and a buffer smaller than a block has to grow.
+    // Straight from `input`, unbuffered (see READ_BUFFER).
     let mut reader = match create_reader(READ_BUFFER, input) {
         Ok(r) => r,
         Err(PcapError::HeaderNotRecognized) | Err(PcapError::Eof) => {
