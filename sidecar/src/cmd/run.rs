@@ -10,11 +10,6 @@ use tokio::{
 };
 
 use super::watch::{drain, Watch};
-
-/// How often the ring buffer is drained while hop records come...
-const DRAIN_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
-/// ... and after a drain that found none.
-const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 use crate::{
     config::Config,
     metrics::{self, Metrics},
@@ -23,6 +18,11 @@ use crate::{
     sources::tail::{StartAt, Tailer},
     store::Store,
 };
+
+/// How often the ring buffer is drained while hop records come...
+const DRAIN_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
+/// ... and after a drain that found none.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Serialize)]
 struct ReadyDetail<'a> {

@@ -646,10 +646,7 @@ impl AnyRow {
 }
 
 mod native;
-pub use native::{
-    block_rows, merge_blocks, merge_blocks_into, put_varuint, Columns, Nanos, NativeRow,
-    NativeValue, HTTP_TABLE,
-};
+pub use native::{block_rows, merge_blocks_into, Columns, HTTP_TABLE};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]

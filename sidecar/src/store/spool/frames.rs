@@ -41,13 +41,8 @@ pub struct Frames {
 impl Frames {
     /// The batch's rows as a Native stream, in order: the file's blocks merged into one (no
     /// row decoded: their columns are concatenated), or the rows of a first-format file as one
-    /// block. Blocks that cannot be merged (none that this version wrote) go as they are.
-    pub fn into_body(self, table: usize, data: Vec<u8>) -> Vec<bytes::Bytes> {
-        self.into_body_pooled(table, data, &BufferPool::default())
-    }
-
-    /// [`Frames::into_body`] with the merged block written into a buffer from `pool`, and the
-    /// file's bytes given back to it once merged.
+    /// block. Blocks that cannot be merged (none that this version wrote) go as they are. The
+    /// block is written into a buffer from `pool`, and the file's bytes go back to it.
     pub fn into_body_pooled(
         self,
         table: usize,

@@ -37,7 +37,7 @@ fn varuint(data: &[u8], at: &mut usize) -> usize {
 fn keys(path: &Path) -> Vec<String> {
     let (f, data) = read_frames(path, ALERTS).expect("read");
     let mut keys = Vec::new();
-    for block in f.into_body(ALERTS, data) {
+    for block in f.into_body_pooled(ALERTS, data, &BufferPool::default()) {
         let mut at = 0;
         let cols = varuint(&block, &mut at);
         let rows = varuint(&block, &mut at);
@@ -418,7 +418,7 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
     assert_eq!(rows, [2, 1, 1]);
     // What is sent is one block of every row, in order: the blocks' columns joined, which is
     // what writing all the rows at once would have made.
-    let body = f.into_body(EDGE_TABLE, data.clone());
+    let body = f.into_body_pooled(EDGE_TABLE, data.clone(), &BufferPool::default());
     let mut cols = Columns::new(EDGE_TABLE);
     let mut want = Vec::new();
     for i in 0..4 {
@@ -508,6 +508,6 @@ fn a_senders_buffers_are_reused_and_bounded() {
     let (g, data2) = read_frames(&b.path, ALERTS).expect("read");
     assert_eq!(
         f.into_body_pooled(ALERTS, data, &pool),
-        g.into_body(ALERTS, data2)
+        g.into_body_pooled(ALERTS, data2, &BufferPool::default())
     );
 }

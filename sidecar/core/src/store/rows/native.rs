@@ -298,10 +298,6 @@ impl Columns {
         }
     }
 
-    pub fn table(&self) -> usize {
-        self.table
-    }
-
     /// Appends a row of this table. A row of another table (or a tail mark, which is no row
     /// of any table) is refused: it goes nowhere rather than into the wrong columns.
     pub fn push(&mut self, row: &AnyRow) -> bool {
@@ -473,9 +469,7 @@ pub fn block_rows(table: usize, data: &[u8]) -> Option<u64> {
 /// How a column's values are laid out, from its type (the types [`Columns`] writes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
-    Fixed(usize),
-    Str,
-    Nullable(usize),
+    Plain(Elem),
     Array(Elem),
 }
 
@@ -510,14 +504,10 @@ fn elem_of(ty: &str) -> Option<Elem> {
 }
 
 fn layout_of(ty: &str) -> Option<Layout> {
-    if let Some(inner) = ty.strip_prefix("Array(").and_then(|t| t.strip_suffix(')')) {
-        return elem_of(inner).map(Layout::Array);
+    match ty.strip_prefix("Array(").and_then(|t| t.strip_suffix(')')) {
+        Some(inner) => elem_of(inner).map(Layout::Array),
+        None => elem_of(ty).map(Layout::Plain),
     }
-    Some(match elem_of(ty)? {
-        Elem::Fixed(w) => Layout::Fixed(w),
-        Elem::Str => Layout::Str,
-        Elem::Nullable(w) => Layout::Nullable(w),
-    })
 }
 
 /// `n` varuint-prefixed strings from `at`: where they end.
@@ -596,28 +586,8 @@ fn locate_block<'a>(
                     data,
                 }
             }
-            Layout::Fixed(w) => {
-                let (nulls, data, next) = locate_values(block, at, rows, Elem::Fixed(w))?;
-                at = next;
-                Located {
-                    offsets: &[],
-                    elements: 0,
-                    nulls,
-                    data,
-                }
-            }
-            Layout::Str => {
-                let (nulls, data, next) = locate_values(block, at, rows, Elem::Str)?;
-                at = next;
-                Located {
-                    offsets: &[],
-                    elements: 0,
-                    nulls,
-                    data,
-                }
-            }
-            Layout::Nullable(w) => {
-                let (nulls, data, next) = locate_values(block, at, rows, Elem::Nullable(w))?;
+            Layout::Plain(elem) => {
+                let (nulls, data, next) = locate_values(block, at, rows, elem)?;
                 at = next;
                 Located {
                     offsets: &[],
@@ -633,16 +603,10 @@ fn locate_block<'a>(
 }
 
 /// Several Native blocks of table `table` (as [`Columns::write_block`] wrote them) as one
-/// block holding all their rows, in order: what the server ingests best (a block per pipeline
-/// turn made it convert and squash dozens of small blocks per insert). `None` if a block is
-/// not one of this table's (the caller then sends them as they are).
-pub fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    merge_blocks_into(table, blocks, &mut out).then_some(out)
-}
-
-/// [`merge_blocks`] into `out` (cleared first; its capacity reused). False, with `out` left
-/// empty, if a block is not one of this table's.
+/// block holding all their rows, in order, written into `out` (cleared first; its capacity
+/// reused): what the server ingests best (a block per pipeline turn made it convert and squash
+/// dozens of small blocks per insert). False, with `out` left empty, if a block is not one of
+/// this table's (the caller then sends them as they are).
 pub fn merge_blocks_into(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> bool {
     out.clear();
     let merged = merge(table, blocks, out).is_some();

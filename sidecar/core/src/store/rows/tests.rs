@@ -97,19 +97,7 @@ fn native_blocks_have_the_table_columns() {
     check("exposures", &exposure);
     check_native(AnyRow::Exposure(exposure.clone()));
     check_native(AnyRow::ExposureChange(exposure));
-    let alert = AlertRow {
-        ts: 2,
-        node: "n".into(),
-        state: "firing".into(),
-        rule: "exposure_drift".into(),
-        severity: "critical".into(),
-        dedup_key: "d".into(),
-        summary: "s".into(),
-        first_move: "f".into(),
-        fired_at: 1,
-        evidence: "{}".into(),
-    };
-    assert_eq!(alert, alert_row());
+    let alert = alert_row();
     check("alerts", &alert);
     check_native(AnyRow::Alert(alert));
     let conn = ConnRow::from_event(

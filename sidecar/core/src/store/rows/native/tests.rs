@@ -1,5 +1,10 @@
 use super::*;
 
+fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    merge_blocks_into(table, blocks, &mut out).then_some(out)
+}
+
 fn column_bytes<T: NativeValue>(name: &'static str, values: &[T]) -> Vec<u8> {
     let mut col = ColumnBuf::new(name, T::TYPE);
     for v in values {
