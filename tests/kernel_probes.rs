@@ -403,6 +403,73 @@ fn wait_metric_above(sidecar: &Sidecar, metric: &str, above: u64) -> u64 {
     }
 }
 
+/// Metric of the follower's hints for bodies.
+const ARMED: &str = "edgewatch_hop_follow_armed_total{mode=\"body\"}";
+/// Size of the bodies the follower tests move.
+const BODY: usize = 4 << 20;
+
+/// The test upstream (on the returned runtime and port), the sidecar following it, and a
+/// connection to it with a small receive buffer.
+fn body_follower() -> (tokio::runtime::Runtime, u16, Sidecar, TcpStream) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let upstream = runtime.block_on(start_upstream());
+    let sidecar = sidecar(&[upstream.port()], &[]);
+    let s = TcpStream::connect(upstream).expect("connect");
+    small_receive_buffer(&s);
+    (runtime, upstream.port(), sidecar, s)
+}
+
+/// The `loss` records the sidecar printed so far.
+fn losses(sidecar: &Sidecar) -> Vec<Value> {
+    sidecar
+        .lines
+        .seen_json()
+        .into_iter()
+        .filter(|v| v["type"] == "loss")
+        .collect()
+}
+
+/// Downloads `BODY` bytes from the test upstream's `path` (`/bytes` or `/chunked`) in two
+/// parts: the first 64 KiB, then, once the follower was armed past `armed` and `between`
+/// ran, the rest (held back by TCP flow control until then). Returns the download's `http`
+/// record, its size on the wire and the armed counter after the arming.
+fn download(
+    s: &mut TcpStream,
+    sidecar: &mut Sidecar,
+    path: &str,
+    id: &str,
+    armed: u64,
+    between: impl FnOnce(),
+) -> (Value, usize, u64) {
+    s.write_all(
+        format!("GET {path}?n={BODY} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {id}\r\n\r\n").as_bytes(),
+    )
+    .expect("write");
+    let (head, tail) = if path == "/bytes" {
+        (
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {BODY}\r\n\r\n"),
+            "",
+        )
+    } else {
+        (
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{BODY:x}\r\n"),
+            "\r\n0\r\n\r\n",
+        )
+    };
+    let total = head.len() + BODY + tail.len();
+    let mut got = vec![0u8; total];
+    s.read_exact(&mut got[..64 * 1024]).expect("first part");
+    assert!(got.starts_with(head.as_bytes()));
+    let armed = wait_metric_above(sidecar, ARMED, armed);
+    between();
+    s.read_exact(&mut got[64 * 1024..]).expect("the rest");
+    assert!(got.ends_with(format!("b{tail}").as_bytes()));
+    let http = sidecar.lines.wait_for("the download", |v| {
+        v["type"] == "http" && v["request_id"] == id
+    });
+    (http, total, armed)
+}
+
 #[test]
 fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     // The kernel follows a long body to its end once user space has read its head: segments
@@ -411,41 +478,12 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     // sizes, timings, no loss. Each body is sent in two parts around the arming (the second
     // held back by TCP flow control or by the client), so the kernel sees most of it armed.
     support::require_root();
-    const N: usize = 4 << 20;
-    const ARMED: &str = "edgewatch_hop_follow_armed_total{mode=\"body\"}";
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let upstream = runtime.block_on(start_upstream());
-    let port = upstream.port();
-    let mut sidecar = sidecar(&[port], &[]);
-    let mut s = TcpStream::connect(upstream).expect("connect");
+    let (_runtime, _, mut sidecar, mut s) = body_follower();
     let mut armed = counter(&sidecar.metrics(), ARMED);
     // Downloads: with a Content-Length, and as one chunk.
     for (path, id) in [("/bytes", "body-length"), ("/chunked", "body-chunked")] {
-        s.write_all(
-            format!("GET {path}?n={N} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {id}\r\n\r\n")
-                .as_bytes(),
-        )
-        .expect("write");
-        let head = if path == "/bytes" {
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {N}\r\n\r\n")
-        } else {
-            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{N:x}\r\n")
-        };
-        let tail = if path == "/bytes" {
-            ""
-        } else {
-            "\r\n0\r\n\r\n"
-        };
-        let total = head.len() + N + tail.len();
-        let mut got = vec![0u8; total];
-        s.read_exact(&mut got[..64 * 1024]).expect("first part");
-        assert!(got.starts_with(head.as_bytes()));
-        armed = wait_metric_above(&sidecar, ARMED, armed);
-        s.read_exact(&mut got[64 * 1024..]).expect("the rest");
-        assert!(got.ends_with(format!("b{tail}").as_bytes()));
-        let http = sidecar.lines.wait_for("the download", |v| {
-            v["type"] == "http" && v["request_id"] == id
-        });
+        let (http, total, now) = download(&mut s, &mut sidecar, path, id, armed, || ());
+        armed = now;
         assert_eq!(http["status"], 200, "{http}");
         assert_eq!(http["outcome"], "complete", "{http}");
         assert_eq!(http["response_bytes"], total, "{http}");
@@ -455,14 +493,14 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     // An upload: the head and its first part, then the rest once the kernel follows it.
     let upload = format!(
         "POST /upload HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-upload\r\n\
-         Content-Length: {N}\r\n\r\n"
+         Content-Length: {BODY}\r\n\r\n"
     );
     s.write_all(upload.as_bytes()).expect("write");
-    let body = vec![b'u'; N];
+    let body = vec![b'u'; BODY];
     s.write_all(&body[..64 * 1024]).expect("first part");
     wait_metric_above(&sidecar, ARMED, armed);
     s.write_all(&body[64 * 1024..]).expect("the rest");
-    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{N}");
+    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{BODY}");
     let mut got = vec![0u8; answer.len()];
     s.read_exact(&mut got).expect("answer");
     assert_eq!(
@@ -475,7 +513,7 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     });
     assert_eq!(http["status"], 200, "{http}");
     assert_eq!(http["outcome"], "complete", "{http}");
-    assert_eq!(http["request_bytes"], upload.len() + N, "{http}");
+    assert_eq!(http["request_bytes"], upload.len() + BODY, "{http}");
     assert_eq!(http["response_bytes"], answer.len(), "{http}");
     // And the connection goes on in step after the bodies, then both ends close it.
     s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nX-Request-ID: body-after\r\n\r\n")
@@ -494,12 +532,7 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
         v["type"] == "http" && v["request_id"] == "body-after"
     });
     assert_eq!(after["status"], 200, "{after}");
-    let losses: Vec<Value> = sidecar
-        .lines
-        .seen_json()
-        .into_iter()
-        .filter(|v| v["type"] == "loss")
-        .collect();
+    let losses = losses(&sidecar);
     assert!(losses.is_empty(), "nothing was lost: {losses:?}");
     // The kernel's counters reach the metrics on the sidecar's next drop-counter read.
     for what in ["payload", "pure_ack"] {
@@ -519,4 +552,107 @@ fn long_bodies_and_pure_acks_cost_no_ring_buffer_record() {
     // each a record without the follower (and more ACKs).
     let records = counter(&metrics, "edgewatch_events_total{kind=\"hop_segment\"}");
     assert!(records < 150, "{records} hop records: {metrics}");
+}
+
+/// Caps the socket's receive buffer (no autotuning): a download the client does not read
+/// waits on TCP flow control in the sender instead of arriving all at once.
+fn small_receive_buffer(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 64 * 1024;
+    // SAFETY: a valid socket and an int option value of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+}
+
+/// One packet from `port` on `lo` dropped by netfilter (after the TC programs saw it), so TCP
+/// sends it again: the kernel sees a retransmission. The rule goes when this is dropped.
+struct DropOnePacket {
+    port: u16,
+    rule: Vec<String>,
+}
+
+impl DropOnePacket {
+    fn from_port(port: u16) -> Self {
+        // The first packet of at least 10,000 bytes (a GSO segment of the body) that comes in
+        // on `lo` from `port` (nth mode matches packet 0 first).
+        let rule: Vec<String> = format!(
+            "PREROUTING -i lo -p tcp --sport {port} -m length --length 10000:65535 \
+             -m statistic --mode nth --every 1000000000 --packet 0 -j DROP"
+        )
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+        let status = std::process::Command::new("iptables")
+            .args(["-w", "-t", "raw", "-I"])
+            .args(&rule)
+            .status()
+            .expect("iptables (cargo xtask test installs it)");
+        assert!(status.success(), "iptables -I: {status}");
+        Self { port, rule }
+    }
+
+    /// Packets the rule dropped so far.
+    fn dropped(&self) -> u64 {
+        let out = std::process::Command::new("iptables")
+            .args(["-w", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n"])
+            .output()
+            .expect("iptables -L");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&format!("spt:{} ", self.port)))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for DropOnePacket {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(["-w", "-t", "raw", "-D"])
+            .args(&self.rule)
+            .status();
+    }
+}
+
+#[test]
+fn a_retransmission_inside_a_followed_body_keeps_it_followed() {
+    // TCP sends a segment again (a loss, a tail-loss probe): the kernel sees bytes it already
+    // skipped. The body's end is still where it was, so the follower stays armed: the segment
+    // that reaches the end is still sent from the end, and user space still sees the chunked
+    // body's last chunk line (beyond the captured prefix of a 64 KiB segment otherwise).
+    support::require_root();
+    let (_runtime, port, mut sidecar, mut s) = body_follower();
+    let armed = counter(&sidecar.metrics(), ARMED);
+    let mut drop = None;
+    let (http, total, armed) = download(
+        &mut s,
+        &mut sidecar,
+        "/chunked",
+        "body-retransmitted",
+        armed,
+        || drop = Some(DropOnePacket::from_port(port)),
+    );
+    assert_eq!(
+        drop.as_ref().map(DropOnePacket::dropped),
+        Some(1),
+        "one segment of the body was lost and sent again"
+    );
+    assert_eq!(http["outcome"], "complete", "{http}");
+    assert_eq!(http["response_bytes"], total, "{http}");
+    let losses = losses(&sidecar);
+    assert!(losses.is_empty(), "nothing was lost: {losses:?}");
+    assert_eq!(
+        counter(&sidecar.metrics(), ARMED),
+        armed,
+        "armed once: the retransmission did not disarm the follower"
+    );
 }

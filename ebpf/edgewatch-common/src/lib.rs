@@ -227,7 +227,8 @@ pub mod follow_mode {
 /// Value of the `FOLLOWED` map: how far the program can skip a direction's payload, and the
 /// run of payload bytes it skipped and has not reported yet. User space creates an entry when
 /// it knows the position (after a `101`, after an HTTP head with a long body); the program
-/// removes it when it loses track, at the body's end, and on SYN, FIN and RST.
+/// removes it when it loses track of a WebSocket direction, at the body's end, and on SYN, FIN
+/// and RST (a body's entry outlives a retransmission: its end does not move).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FollowedFlow {

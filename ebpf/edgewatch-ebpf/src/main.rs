@@ -536,6 +536,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
             }
             return Ok(());
         }
+        let mut keep = false;
         if mode == follow_mode::BODY {
             // The segment that reaches past the body's end is sent from there (the body's
             // tail in it counts as skipped): user space sees what follows the body, such as
@@ -548,10 +549,19 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
                 hdr.payload_len -= ahead;
                 payload_off += ahead;
             }
+            // A segment still wholly inside the body that could not join the run (TCP sent
+            // bytes again, or one went missing) goes as usual, and the entry stays: where the
+            // body ends does not depend on which bytes were seen. Dropping it here would let
+            // the body's end pass unfollowed until user space re-armed it, and a chunk line
+            // beyond a segment's captured prefix would be lost.
+            keep = !control && ahead > 0 && (ahead as u32) > hdr.payload_len;
         }
-        // The body ended, track was lost (user space re-arms the entry once it knows where
-        // the next header is), or the direction closes: the payload prefix goes as usual.
-        let _ = FOLLOWED.remove(key);
+        // The body ended, track was lost in a WebSocket direction (user space re-arms the
+        // entry once it knows where the next header is), or the direction closes: the
+        // payload prefix goes as usual.
+        if !keep {
+            let _ = FOLLOWED.remove(key);
+        }
     }
     if hdr.payload_len == 0 {
         return match EVENTS.reserve::<HopSegmentHeader>(0) {

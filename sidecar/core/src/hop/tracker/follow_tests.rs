@@ -94,8 +94,11 @@ fn followed_segments_give_the_same_records_as_full_ones() {
 
 /// The kernel's follower as the TC program runs it (see `ebpf/edgewatch-ebpf`), for the
 /// tracker to be checked against: pure ACKs cost no record; in a followed body, segments
-/// wholly inside it are skipped and their length rides on the next record, and the segment
-/// that reaches past the end is sent from the end.
+/// wholly inside it and in sequence are skipped and their length rides on the next record (or
+/// on one of its own when that record does not start where the run ends); a segment still
+/// inside the body that cannot join the run (a retransmission) is sent and the entry stays;
+/// the segment that reaches past the end is sent from the end and ends the entry. Sent
+/// segments carry at most the program's captured prefix.
 #[derive(Default)]
 struct KernelModel {
     /// Per direction (by source): (body end, skipped run, run end).
@@ -103,20 +106,25 @@ struct KernelModel {
     skipped_segments: usize,
 }
 
+/// Payload bytes a record holds at most (`HOP_CAPTURE_BYTES - 1`).
+const CAPTURED: usize = 2047;
+
 impl KernelModel {
     /// What user space receives for one wire segment: nothing, or a packet (as segments).
     fn send<'a>(&mut self, seg: &Segment<'a>) -> Option<Vec<Segment<'a>>> {
         let f = seg.flags;
-        if seg.payload_len == 0 && !(f.syn || f.fin || f.rst) {
+        let control = f.syn || f.fin || f.rst;
+        if seg.payload_len == 0 && !control {
             self.skipped_segments += 1;
             return None;
         }
         let mut seg = seg.clone();
+        let mut out = Vec::new();
         let mut elided = 0u32;
         if let Some((end, run, run_end)) = self.followed.get(&seg.src).copied() {
             let ahead = end.wrapping_sub(seg.seq) as i32;
             let contiguous = run == 0 || run_end == seg.seq;
-            if !(f.syn || f.fin || f.rst) && ahead > seg.payload_len as i32 && contiguous {
+            if !control && ahead > seg.payload_len as i32 && contiguous {
                 self.followed.insert(
                     seg.src,
                     (
@@ -128,28 +136,27 @@ impl KernelModel {
                 self.skipped_segments += 1;
                 return None;
             }
-            assert!(contiguous, "the model sends runs along only");
-            elided = run;
+            if contiguous {
+                elided = run;
+            } else {
+                out.push(skipped(&seg, run_end, run));
+            }
             if ahead > 0 && (ahead as u32) < seg.payload_len {
                 elided += ahead as u32;
                 seg.seq = seg.seq.wrapping_add(ahead as u32);
                 seg.payload_len -= ahead as u32;
                 seg.payload = &seg.payload[ahead as usize..];
             }
-            self.followed.remove(&seg.src);
+            if !control && ahead > 0 && ahead as u32 > seg.payload_len {
+                self.followed.insert(seg.src, (end, 0, 0));
+            } else {
+                self.followed.remove(&seg.src);
+            }
         }
-        let mut out = Vec::new();
         if elided > 0 {
-            out.push(Segment {
-                seq: seg.seq.wrapping_sub(elided),
-                ack: 0,
-                flags: TcpFlags::default(),
-                payload_len: elided,
-                payload: &[],
-                followed: true,
-                ..seg.clone()
-            });
+            out.push(skipped(&seg, seg.seq, elided));
         }
+        seg.payload = &seg.payload[..seg.payload.len().min(CAPTURED)];
         out.push(seg);
         Some(out)
     }
@@ -159,6 +166,19 @@ impl KernelModel {
             assert_eq!(h.mode, FollowMode::Body);
             self.followed.entry(h.src).or_insert((h.next_seq, 0, 0));
         }
+    }
+}
+
+/// The skipped run of `len` bytes ending at `end`, as user space turns it into a segment.
+fn skipped<'a>(seg: &Segment<'a>, end: u32, len: u32) -> Segment<'a> {
+    Segment {
+        seq: end.wrapping_sub(len),
+        ack: 0,
+        flags: TcpFlags::default(),
+        payload_len: len,
+        payload: &[],
+        followed: true,
+        ..seg.clone()
     }
 }
 
@@ -223,6 +243,62 @@ fn a_long_body_the_kernel_skips_gives_the_same_records_as_every_byte() {
     // Most of both bodies, and every pure ACK, cost no record.
     assert!(kernel.skipped_segments > 150, "{}", kernel.skipped_segments);
     assert!(!out.iter().any(|r| matches!(r, HopRecord::Loss(_))));
+}
+
+#[test]
+fn a_retransmission_inside_a_followed_body_keeps_it_followed() {
+    // A chunked download in segments longer than a record's captured prefix; its last
+    // segment holds the chunk's end and the terminating chunk. One segment near the end comes
+    // twice (TCP sent it again). User space arms the kernel only at the end of a batch of
+    // segments (a ring-buffer drain), so the kernel must keep following through the
+    // retransmission: otherwise the last segment goes unfollowed, its terminating chunk lies
+    // beyond the captured prefix, and the response cannot be told complete.
+    let seg = 4000usize;
+    let body = vec![b'c'; 60 * seg + 2500];
+    let mut w = Wire::new(41020);
+    w.handshake().send(
+        Side::Client,
+        b"GET /file HTTP/1.1\r\nHost: up\r\nX-Request-ID: dl\r\n\r\n",
+    );
+    let mut download = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    download.extend_from_slice(&body);
+    download.extend_from_slice(b"\r\n0\r\n\r\n");
+    let pieces: Vec<&[u8]> = download.chunks(seg).collect();
+    assert!(pieces.last().is_some_and(|p| p.len() > 7 + CAPTURED));
+    for (i, piece) in pieces.iter().enumerate() {
+        w.send(Side::Server, piece);
+        if i == pieces.len() - 4 {
+            let again = w.segs[w.segs.len() - 3].clone();
+            w.segs
+                .push((w.ts, again.1, again.2, again.3, again.4, again.5));
+        }
+    }
+    w.fin(Side::Client).fin(Side::Server);
+    let full = w.run();
+    let x = exchanges(&full);
+    assert_eq!(x.len(), 1, "{full:?}");
+    assert_eq!(x[0].outcome, ExchangeOutcome::Complete, "{full:?}");
+
+    let mut kernel = KernelModel::default();
+    let mut t = Tracker::new(&[18789]).with_kernel_hints();
+    let mut out = Vec::new();
+    for i in 0..w.segs.len() {
+        if let Some(sent) = kernel.send(&w.segment(i)) {
+            for s in &sent {
+                t.segment(s, &mut out);
+            }
+        }
+        if i % 8 == 7 {
+            kernel.arm(t.take_hints());
+        }
+    }
+    t.finish(&mut out);
+    assert_eq!(out, full);
+    assert!(kernel.skipped_segments > 40, "{}", kernel.skipped_segments);
 }
 
 #[test]
