@@ -136,48 +136,83 @@ pub struct HttpStream {
     msg_bytes: u64,
 }
 
-fn header_value(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| match std::str::from_utf8(h.value) {
-            // The common case: one allocation, of the trimmed value.
-            Ok(v) => v.trim().to_owned(),
-            Err(_) => String::from_utf8_lossy(h.value).trim().to_owned(),
-        })
+/// The headers a head is read for, found in one pass over them (a pass per header name cost
+/// more than the parse itself). Values borrow the head; the first of a repeated header counts,
+/// and a token counts in any of the repeats.
+#[derive(Default)]
+struct Headers<'h> {
+    host: Option<&'h [u8]>,
+    origin: Option<&'h [u8]>,
+    request_id: Option<&'h [u8]>,
+    x_forwarded_for: Option<&'h [u8]>,
+    x_forwarded_proto: Option<&'h [u8]>,
+    content_type: Option<&'h [u8]>,
+    content_length: Option<&'h [u8]>,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+    chunked: bool,
 }
 
-/// Whether a comma-separated header `name` lists `token` (ASCII, case-insensitive). Read in
+impl<'h> Headers<'h> {
+    fn scan(headers: &[httparse::Header<'h>]) -> Self {
+        let mut found = Self::default();
+        for h in headers {
+            let name = h.name.as_bytes();
+            let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
+            let first = |slot: &mut Option<&'h [u8]>| {
+                slot.get_or_insert(h.value);
+            };
+            // By length first: most names are ruled out without a comparison.
+            match name.len() {
+                4 if is("host") => first(&mut found.host),
+                6 if is("origin") => first(&mut found.origin),
+                7 if is("upgrade") => found.upgrade_websocket |= has_token(h.value, "websocket"),
+                10 if is("connection") => {
+                    found.connection_upgrade |= has_token(h.value, "upgrade");
+                }
+                12 if is("x-request-id") => first(&mut found.request_id),
+                12 if is("content-type") => first(&mut found.content_type),
+                14 if is("content-length") => first(&mut found.content_length),
+                15 if is("x-forwarded-for") => first(&mut found.x_forwarded_for),
+                17 if is("x-forwarded-proto") => first(&mut found.x_forwarded_proto),
+                17 if is("transfer-encoding") => found.chunked |= has_token(h.value, "chunked"),
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Body framing: chunked, a length, or none given.
+    fn framing(&self) -> Result<Option<State>, &'static str> {
+        if self.chunked {
+            return Ok(Some(State::Chunked(ChunkState::Size)));
+        }
+        match self.content_length {
+            Some(v) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|n| Some(if n == 0 { State::Head } else { State::Body(n) }))
+                .ok_or("bad content-length"),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A header's value as kept in a record: trimmed, and lossily decoded if it is not UTF-8.
+fn text(value: Option<&[u8]>) -> Option<String> {
+    value.map(|v| match std::str::from_utf8(v) {
+        // The common case: one allocation, of the trimmed value.
+        Ok(v) => v.trim().to_owned(),
+        Err(_) => String::from_utf8_lossy(v).trim().to_owned(),
+    })
+}
+
+/// Whether a comma-separated header value lists `token` (ASCII, case-insensitive). Read in
 /// place: tokens are ASCII, so a value that is not UTF-8 is compared byte-wise, no copy.
-fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .any(|h| {
-            h.value
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
-}
-
-/// Body framing from the headers: chunked, a length, or none given.
-fn framing(headers: &[httparse::Header<'_>]) -> Result<Option<State>, &'static str> {
-    if has_token(headers, "transfer-encoding", "chunked") {
-        return Ok(Some(State::Chunked(ChunkState::Size)));
-    }
-    // Read in place: framing is decided for every message, no copy needed.
-    let length = headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .map(|h| std::str::from_utf8(h.value).map(str::trim));
-    match length {
-        Some(v) => v
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|n| Some(if n == 0 { State::Head } else { State::Body(n) }))
-            .ok_or("bad content-length"),
-        None => Ok(None),
-    }
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
@@ -455,19 +490,20 @@ impl HttpStream {
                     Err(_) => return Err("malformed request head"),
                 }
                 let method = req.method.unwrap_or("").to_owned();
+                let found = Headers::scan(req.headers);
                 let parsed = RequestHead {
                     path: redact_target(req.path.unwrap_or("")),
-                    host: header_value(req.headers, "host"),
-                    origin: header_value(req.headers, "origin"),
-                    request_id: header_value(req.headers, "x-request-id"),
-                    x_forwarded_for: header_value(req.headers, "x-forwarded-for"),
-                    x_forwarded_proto: header_value(req.headers, "x-forwarded-proto"),
-                    upgrade_websocket: has_token(req.headers, "upgrade", "websocket"),
-                    connection_upgrade: has_token(req.headers, "connection", "upgrade"),
+                    host: text(found.host),
+                    origin: text(found.origin),
+                    request_id: text(found.request_id),
+                    x_forwarded_for: text(found.x_forwarded_for),
+                    x_forwarded_proto: text(found.x_forwarded_proto),
+                    upgrade_websocket: found.upgrade_websocket,
+                    connection_upgrade: found.connection_upgrade,
                     method,
                 };
                 // Requests without framing headers have no body.
-                let next = framing(req.headers)?.unwrap_or(State::Head);
+                let next = found.framing()?.unwrap_or(State::Head);
                 out.push(HttpEvent::Request(parsed));
                 if next == State::Head {
                     self.end_message(out);
@@ -486,6 +522,7 @@ impl HttpStream {
                     Err(_) => return Err("malformed response head"),
                 }
                 let status = resp.code.unwrap_or(0);
+                let found = Headers::scan(resp.headers);
                 out.push(HttpEvent::Response(ResponseHead { status }));
                 if status == 101 {
                     self.expectations.pop_front();
@@ -507,15 +544,16 @@ impl HttpStream {
                 self.state = if no_body {
                     State::Head
                 } else {
-                    framing(resp.headers)?.unwrap_or(State::UntilClose)
+                    found.framing()?.unwrap_or(State::UntilClose)
                 };
                 // A small JSON error body says why (only its code is kept).
                 self.peek = match self.state {
                     State::Body(n)
                         if status >= 400
                             && n <= PEEK_BODY_MAX
-                            && header_value(resp.headers, "content-type")
-                                .is_some_and(|t| t.to_ascii_lowercase().contains("json")) =>
+                            && found.content_type.is_some_and(|t| {
+                                memchr::memmem::find(&t.to_ascii_lowercase(), b"json").is_some()
+                            }) =>
                     {
                         Some(Vec::with_capacity(PEEK_BYTES.min(n as usize)))
                     }

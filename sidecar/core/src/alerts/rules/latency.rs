@@ -28,7 +28,14 @@ impl Engine {
             }
         }
         let (samples, last_eval) = self.ttfb.entry(port).or_default();
-        samples.push_back((at, ttfb, x.request_id.clone()));
+        // Only a slow sample's request id is ever shown (the evidence lists the slowest):
+        // the others keep none, which spares a copy of every request's id.
+        let id = if this_slow {
+            x.request_id.clone()
+        } else {
+            None
+        };
+        samples.push_back((at, ttfb, id));
         let since = at.saturating_sub(window);
         while samples.front().is_some_and(|(t, ..)| *t < since) || samples.len() > MAX_SAMPLES {
             samples.pop_front();

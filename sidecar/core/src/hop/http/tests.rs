@@ -39,6 +39,41 @@ fn request_head_fields_and_redaction() {
 }
 
 #[test]
+fn repeated_and_odd_headers_are_read_as_before() {
+    // The first of a repeated header counts; a token counts in any repeat; names match in
+    // any case, and a name of the same length as a wanted one is not taken for it; a body
+    // framed by a repeated Transfer-Encoding whose second says chunked is chunked.
+    let msg: &[u8] = b"POST /up HTTP/1.1\r\nHOST:  first \r\nhost: second\r\nX-Request-Ix: no\r\n\
+        x-REQUEST-id: id-1\r\nUpgrade: h2c\r\nupgrade: WebSocket\r\n\
+        Connection: keep-alive, Upgrade\r\nTransfer-Encoding: gzip\r\n\
+        transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let mut s = HttpStream::new(Role::Request);
+    let out = feed_all(&mut s, &[msg]);
+    let HttpEvent::Request(r) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(r.host.as_deref(), Some("first"));
+    assert_eq!(r.request_id.as_deref(), Some("id-1"));
+    assert_eq!(r.origin, None);
+    assert!(r.upgrade_websocket && r.connection_upgrade, "{r:?}");
+    let end = HttpEvent::MessageEnd {
+        bytes: msg.len() as u64,
+    };
+    assert_eq!(
+        out.last(),
+        Some(&end),
+        "the chunked body was read to its end: {out:?}"
+    );
+    // A Content-Length that is not a number loses sync rather than guessing.
+    let mut s = HttpStream::new(Role::Request);
+    let out = feed_all(&mut s, &[b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"]);
+    assert!(
+        out.iter().any(|e| matches!(e, HttpEvent::Lost { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn head_split_anywhere() {
     for split in 1..UPGRADE.len() {
         let mut s = HttpStream::new(Role::Request);
