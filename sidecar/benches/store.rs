@@ -47,13 +47,16 @@ fn records(now_ns: u64) -> Vec<HopRecord> {
                 index: (i % 7) as u32,
                 request_ts_ns: now_ns + i as u64 * 1000,
                 method: "GET".into(),
-                path: format!("/api/v1/items/{}?page=2", i % 5000),
+                path: format!("/api/v1/items/{}?page=2", i % 5000).into(),
                 host: Some("gw.example".into()),
                 origin: None,
-                request_id: Some(format!(
-                    "{:032x}",
-                    0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 1)
-                )),
+                request_id: Some(
+                    format!(
+                        "{:032x}",
+                        0x9e37_79b9_7f4a_7c15u128.wrapping_mul(i as u128 + 1)
+                    )
+                    .into(),
+                ),
                 x_forwarded_for: Some("203.0.113.7".into()),
                 x_forwarded_proto: Some("https".into()),
                 upgrade_websocket: false,

@@ -18,7 +18,7 @@ fn exchange(path: &str, upgrade: bool, status: u16, rid: Option<&str>) -> HopRec
         path: path.into(),
         host: Some("gw.test".into()),
         origin: Some("https://gw.test".into()),
-        request_id: rid.map(str::to_owned),
+        request_id: rid.map(Into::into),
         x_forwarded_for: None,
         x_forwarded_proto: None,
         upgrade_websocket: upgrade,

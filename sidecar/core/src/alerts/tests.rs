@@ -289,7 +289,7 @@ fn http(client_port: u16, at: u64, upgrade: bool, status: u16, ttfb: u64) -> Htt
         path: "/ws".into(),
         host: Some("gw.example.com".into()),
         origin: Some("https://gw.example.com".into()),
-        request_id: Some(format!("rid{client_port}")),
+        request_id: Some(format!("rid{client_port}").into()),
         x_forwarded_for: None,
         x_forwarded_proto: None,
         upgrade_websocket: upgrade,
@@ -408,7 +408,7 @@ fn a_flood_of_distinct_origins_keeps_a_bounded_list_and_counts_the_rest() {
     for i in 0..n {
         let mut x = http((i % 60_000) as u16, S + i * 1_000, true, 403, S / 100);
         x.error_code = Some("origin_not_allowed".into());
-        x.origin = Some(format!("https://attacker-{i}.example/{}", "x".repeat(500)));
+        x.origin = Some(format!("https://attacker-{i}.example/{}", "x".repeat(500)).into());
         e.hop(&HopRecord::Http(x), &mut out);
     }
     assert_eq!(out.len(), 1, "one incident, announced once");

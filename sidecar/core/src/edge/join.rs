@@ -316,7 +316,7 @@ impl Joiner {
                     ws: None,
                     seen_ns: now_ns,
                 };
-                let Some(rid) = entry.exchange.request_id.clone() else {
+                let Some(rid) = entry.exchange.request_id.as_deref().map(str::to_owned) else {
                     if let Some(i) = self
                         .edges_without_id
                         .iter()
@@ -595,7 +595,11 @@ fn joined(
         .edge
         .as_ref()
         .and_then(|e| e.request_id.clone())
-        .or_else(|| j.hop.as_ref().and_then(|x| x.request_id.clone()));
+        .or_else(|| {
+            j.hop
+                .as_ref()
+                .and_then(|x| x.request_id.as_deref().map(str::to_owned))
+        });
     j
 }
 

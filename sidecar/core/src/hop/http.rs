@@ -6,7 +6,9 @@
 //! that starts like a new message (a method, or `HTTP/1.`) to resynchronise.
 use std::collections::VecDeque;
 
-use super::redact::redact_target;
+use super::Text;
+
+use super::redact::redact_target_text;
 
 /// Largest head accepted; longer ones lose sync (nginx's default large buffers are 4 x 8k).
 const MAX_HEAD: usize = 64 * 1024;
@@ -18,13 +20,13 @@ const METHODS: &[&str] = &[
 /// What a request head says (credentials never kept).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
-    pub path: String,
-    pub host: Option<String>,
-    pub origin: Option<String>,
-    pub request_id: Option<String>,
-    pub x_forwarded_for: Option<String>,
-    pub x_forwarded_proto: Option<String>,
+    pub method: Text,
+    pub path: Text,
+    pub host: Option<Text>,
+    pub origin: Option<Text>,
+    pub request_id: Option<Text>,
+    pub x_forwarded_for: Option<Text>,
+    pub x_forwarded_proto: Option<Text>,
     pub upgrade_websocket: bool,
     pub connection_upgrade: bool,
 }
@@ -199,11 +201,11 @@ impl<'h> Headers<'h> {
 }
 
 /// A header's value as kept in a record: trimmed, and lossily decoded if it is not UTF-8.
-fn text(value: Option<&[u8]>) -> Option<String> {
+fn text(value: Option<&[u8]>) -> Option<Text> {
     value.map(|v| match std::str::from_utf8(v) {
-        // The common case: one allocation, of the trimmed value.
-        Ok(v) => v.trim().to_owned(),
-        Err(_) => String::from_utf8_lossy(v).trim().to_owned(),
+        // The common case: inline when short, else one allocation of the trimmed value.
+        Ok(v) => Text::from(v.trim()),
+        Err(_) => Text::from(String::from_utf8_lossy(v).trim()),
     })
 }
 
@@ -489,10 +491,10 @@ impl HttpStream {
                     Ok(httparse::Status::Partial) => return Err("incomplete request head"),
                     Err(_) => return Err("malformed request head"),
                 }
-                let method = req.method.unwrap_or("").to_owned();
+                let method = Text::from(req.method.unwrap_or(""));
                 let found = Headers::scan(req.headers);
                 let parsed = RequestHead {
-                    path: redact_target(req.path.unwrap_or("")),
+                    path: redact_target_text(req.path.unwrap_or("")),
                     host: text(found.host),
                     origin: text(found.origin),
                     request_id: text(found.request_id),

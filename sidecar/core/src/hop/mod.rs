@@ -36,6 +36,10 @@ impl TcpFlags {
     }
 }
 
+/// Text read from a head (method, path, header values): kept inline up to 24 bytes, so a
+/// request's usual Host, X-Forwarded-*, method and path cost no heap allocation.
+pub type Text = compact_str::CompactString;
+
 /// One TCP segment as seen on the wire, possibly with only a prefix of its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment<'a> {
@@ -181,14 +185,14 @@ pub struct HttpExchange {
     /// 0 for the first request on the connection (keep-alive counts up).
     pub index: u32,
     pub request_ts_ns: u64,
-    pub method: String,
+    pub method: Text,
     /// Path and query, credentials redacted.
-    pub path: String,
-    pub host: Option<String>,
-    pub origin: Option<String>,
-    pub request_id: Option<String>,
-    pub x_forwarded_for: Option<String>,
-    pub x_forwarded_proto: Option<String>,
+    pub path: Text,
+    pub host: Option<Text>,
+    pub origin: Option<Text>,
+    pub request_id: Option<Text>,
+    pub x_forwarded_for: Option<Text>,
+    pub x_forwarded_proto: Option<Text>,
     /// `Upgrade: websocket` present.
     pub upgrade_websocket: bool,
     /// `Connection` contains `upgrade`.

@@ -1,6 +1,8 @@
 //! Credential redaction for what the hop records keep: query parameters that carry secrets and
 //! user info in URLs. Headers that carry credentials (Authorization, Cookie, Set-Cookie,
 //! Proxy-Authorization, X-Api-Key) are never kept at all.
+use super::Text;
+
 const SECRET_PARAMS: &[&str] = &[
     "token",
     "access_token",
@@ -55,6 +57,16 @@ fn needs_redaction(target: &str) -> bool {
             q.split('&')
                 .any(|pair| pair.split_once('=').is_some_and(|(n, _)| is_secret(n)))
         })
+}
+
+/// [`redact_target`] into a [`Text`]: a target with nothing to redact (most) is copied, inline
+/// when short.
+pub fn redact_target_text(target: &str) -> Text {
+    if needs_redaction(target) {
+        Text::from(redact_target(target))
+    } else {
+        Text::from(target)
+    }
 }
 
 /// Redacts secret query parameter values and URL user info in a request target.

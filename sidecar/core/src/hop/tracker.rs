@@ -336,9 +336,9 @@ impl Conn {
                 if head.status == 101 {
                     if let Some(x) = self.exchanges.pop_front() {
                         self.ws = Some(WsTrack {
-                            request_id: x.head.request_id.clone(),
-                            path: x.head.path.clone(),
-                            origin: x.head.origin.clone(),
+                            request_id: x.head.request_id.as_deref().map(str::to_owned),
+                            path: x.head.path.to_string(),
+                            origin: x.head.origin.as_deref().map(str::to_owned),
                             upgraded_ts: ts,
                             client: FrameCounts::default(),
                             server: FrameCounts::default(),

@@ -282,6 +282,7 @@ pub struct HttpRow {
 
 impl HttpRow {
     pub fn new(node: &str, x: &HttpExchange) -> Self {
+        let text = |v: &Option<crate::hop::Text>| v.as_deref().unwrap_or("").to_owned();
         let (client_addr, client_port, server_addr, server_port, conn_start) = conn_cols(&x.conn);
         Self {
             ts: ns(x.request_ts_ns),
@@ -292,13 +293,13 @@ impl HttpRow {
             server_port,
             conn_start,
             idx: x.index,
-            method: x.method.clone(),
-            path: x.path.clone(),
-            host: x.host.clone().unwrap_or_default(),
-            origin: x.origin.clone().unwrap_or_default(),
-            request_id: x.request_id.clone().unwrap_or_default(),
-            x_forwarded_for: x.x_forwarded_for.clone().unwrap_or_default(),
-            x_forwarded_proto: x.x_forwarded_proto.clone().unwrap_or_default(),
+            method: x.method.to_string(),
+            path: x.path.to_string(),
+            host: text(&x.host),
+            origin: text(&x.origin),
+            request_id: text(&x.request_id),
+            x_forwarded_for: text(&x.x_forwarded_for),
+            x_forwarded_proto: text(&x.x_forwarded_proto),
             upgrade_websocket: x.upgrade_websocket,
             connection_upgrade: x.connection_upgrade,
             status: x.status,
@@ -515,15 +516,15 @@ impl RequestRow {
             client: e.and_then(|e| e.client.clone()).unwrap_or_default(),
             host: e
                 .and_then(|e| e.host.clone())
-                .or(h.and_then(|h| h.host.clone()))
+                .or(h.and_then(|h| h.host.as_deref().map(str::to_owned)))
                 .unwrap_or_default(),
             method: e
                 .and_then(|e| e.method.clone())
-                .or(h.map(|h| h.method.clone()))
+                .or(h.map(|h| h.method.to_string()))
                 .unwrap_or_default(),
             path: e
                 .and_then(|e| e.path.clone())
-                .or(h.map(|h| h.path.clone()))
+                .or(h.map(|h| h.path.to_string()))
                 .unwrap_or_default(),
             edge_status: e.map(|e| e.status),
             edge_request_time_ns: e.and_then(|e| e.request_time_ns),

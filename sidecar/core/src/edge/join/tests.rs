@@ -43,7 +43,7 @@ fn exchange(rid: Option<&str>, status: u16, path: &str, ts: u64) -> HopRecord {
         path: path.into(),
         host: Some("gw".into()),
         origin: None,
-        request_id: rid.map(str::to_owned),
+        request_id: rid.map(Into::into),
         x_forwarded_for: None,
         x_forwarded_proto: None,
         upgrade_websocket: status == 101,

@@ -94,7 +94,7 @@ fn split_and_whole_heads_alternate_on_one_stream() {
     let b = b"GET /two HTTP/1.1\r\nHost: b\r\nX-Request-ID: r2\r\n\r\n";
     let c = b"GET /three HTTP/1.1\r\nHost: c\r\nX-Request-ID: r3\r\n\r\n";
     let out = feed_all(&mut s, &[&a[..7], &a[7..], b, &c[..30], &c[30..]]);
-    let got: Vec<(String, Option<String>, Option<String>)> = out
+    let got: Vec<(Text, Option<Text>, Option<Text>)> = out
         .iter()
         .filter_map(|e| match e {
             HttpEvent::Request(r) => Some((r.path.clone(), r.host.clone(), r.request_id.clone())),
@@ -106,7 +106,7 @@ fn split_and_whole_heads_alternate_on_one_stream() {
         ("/two", "b", "r2"),
         ("/three", "c", "r3"),
     ]
-    .map(|(p, h, r)| (p.to_owned(), Some(h.to_owned()), Some(r.to_owned())));
+    .map(|(p, h, r)| (p.into(), Some(h.into()), Some(r.into())));
     assert_eq!(got, want, "{out:?}");
     let ends = out
         .iter()

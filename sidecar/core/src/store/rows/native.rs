@@ -395,7 +395,7 @@ impl Columns {
         if self.table != HTTP_TABLE {
             return false;
         }
-        fn text(v: &Option<String>) -> &str {
+        fn text(v: &Option<crate::hop::Text>) -> &str {
             v.as_deref().unwrap_or("")
         }
         let mut cols = self.cols.iter_mut();
