@@ -35,6 +35,27 @@ pub fn all() -> Result<()> {
             failed.push(bench);
         }
     }
+    // Heap allocations per request on the hot path: counted (deterministic), by a test of the
+    // core with a counting allocator, which prints its own summary line.
+    let output = crate::cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "edgewatch-core",
+            "--test",
+            "allocations",
+        ])
+        .args(["--", "--nocapture"])
+        .output()
+        .context("cargo test --test allocations")?;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("{line}");
+        rows.extend(summary_row(line));
+    }
+    if !output.status.success() {
+        failed.push("allocations");
+    }
     // The table prints even when this last one fails.
     let exposure_result = exposure(50);
     println!("\n== summary ({})", machine());
