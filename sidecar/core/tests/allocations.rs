@@ -197,8 +197,7 @@ fn allocations_per_request(id_digits: usize) -> f64 {
         measured,
         "every exchange stored"
     );
-    let per_request = made as f64 / measured as f64;
-    per_request
+    made as f64 / measured as f64
 }
 
 #[test]
