@@ -6,9 +6,7 @@
 //! that starts like a new message (a method, or `HTTP/1.`) to resynchronise.
 use std::collections::VecDeque;
 
-use super::Text;
-
-use super::redact::redact_target_text;
+use super::{redact::redact_target_text, Text};
 
 /// Largest head accepted; longer ones lose sync (nginx's default large buffers are 4 x 8k).
 const MAX_HEAD: usize = 64 * 1024;
