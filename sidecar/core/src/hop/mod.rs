@@ -64,17 +64,29 @@ pub struct Segment<'a> {
 /// payload, at offsets within the payload) into one segment per piece; the payload between
 /// pieces becomes the uncopied tail of each, so the tracker sees it as a gap. Control flags
 /// (SYN, FIN, RST) stay on the last one.
-pub fn split_followed<'a>(base: Segment<'a>, pieces: &'a [(u32, Vec<u8>)]) -> Vec<Segment<'a>> {
+pub fn split_followed<'a>(
+    base: Segment<'a>,
+    pieces: &[(u32, &'a [u8])],
+    mut f: impl FnMut(&Segment<'a>),
+) {
     let len = base.payload_len;
-    let mut bounds: Vec<(u32, &'a [u8])> = pieces
-        .iter()
-        .filter(|(off, _)| *off < len)
-        .map(|(off, bytes)| (*off, bytes.as_slice()))
-        .collect();
-    bounds.sort_by_key(|b| b.0);
-    if bounds.first().is_none_or(|b| b.0 > 0) {
-        bounds.insert(0, (0, &[]));
+    // On the stack: the kernel sends at most this many pieces per segment (any beyond are
+    // left out, and their bytes become a gap).
+    let mut bounds = [(0u32, &[][..]); edgewatch_common::WS_MAX_HEADERS + 2];
+    let mut n = 1; // bounds[0]: the payload before the first piece, if any
+    for &(off, bytes) in pieces.iter().filter(|(off, _)| *off < len) {
+        if n == bounds.len() {
+            break;
+        }
+        bounds[n] = (off, bytes);
+        n += 1;
     }
+    bounds[1..n].sort_unstable_by_key(|b| b.0);
+    let bounds = if n > 1 && bounds[1].0 == 0 {
+        &bounds[1..n]
+    } else {
+        &bounds[..n]
+    };
     let quiet = TcpFlags {
         syn: false,
         fin: false,
@@ -82,22 +94,18 @@ pub fn split_followed<'a>(base: Segment<'a>, pieces: &'a [(u32, Vec<u8>)]) -> Ve
         ..base.flags
     };
     let last = bounds.len() - 1;
-    bounds
-        .iter()
-        .enumerate()
-        .map(|(i, (off, bytes))| {
-            let end = bounds.get(i + 1).map_or(len, |n| n.0);
-            let piece_len = end.saturating_sub(*off);
-            Segment {
-                seq: base.seq.wrapping_add(*off),
-                payload_len: piece_len,
-                payload: &bytes[..bytes.len().min(piece_len as usize)],
-                flags: if i == last { base.flags } else { quiet },
-                followed: true,
-                ..base.clone()
-            }
-        })
-        .collect()
+    for (i, (off, bytes)) in bounds.iter().enumerate() {
+        let end = bounds.get(i + 1).map_or(len, |n| n.0);
+        let piece_len = end.saturating_sub(*off);
+        f(&Segment {
+            seq: base.seq.wrapping_add(*off),
+            payload_len: piece_len,
+            payload: &bytes[..bytes.len().min(piece_len as usize)],
+            flags: if i == last { base.flags } else { quiet },
+            followed: true,
+            ..base.clone()
+        });
+    }
 }
 
 /// Which end of a connection.

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgewatch_common::{
     kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, HopWsEvent, ResetEvent,
-    SockStateEvent, EVENT_VERSION, WS_MAX_HEADERS,
+    SockStateEvent, EVENT_VERSION, WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
 };
 
 /// A socket entered or left LISTEN.
@@ -20,6 +20,34 @@ pub struct ListenChange {
     pub addr: IpAddr,
     pub port: u16,
     pub comm: String,
+}
+
+/// The pieces of a followed WebSocket segment: each frame header (and a close frame's
+/// payload) at its offset within the segment's payload, in offset order, borrowed from the
+/// ring-buffer record (no copy, no allocation per segment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pieces<'a> {
+    n: usize,
+    list: [(u32, &'a [u8]); WS_MAX_HEADERS + 1],
+}
+
+impl<'a> Pieces<'a> {
+    /// Up to `WS_MAX_HEADERS + 1` pieces, sorted by offset (any beyond are dropped: their
+    /// bytes become a gap the tracker reports).
+    pub fn new(pieces: impl IntoIterator<Item = (u32, &'a [u8])>) -> Self {
+        let mut list = [(0, &[][..]); WS_MAX_HEADERS + 1];
+        let mut n = 0;
+        for (slot, piece) in list.iter_mut().zip(pieces) {
+            *slot = piece;
+            n += 1;
+        }
+        list[..n].sort_unstable_by_key(|p| p.0);
+        Self { n, list }
+    }
+
+    pub fn as_slice(&self) -> &[(u32, &'a [u8])] {
+        &self.list[..self.n]
+    }
 }
 
 /// A TCP segment of the hop, as the TC programs saw it.
@@ -38,7 +66,7 @@ pub struct HopPacket<'a> {
     pub data: &'a [u8],
     /// For a WebSocket direction the kernel follows: the frame headers (and a close frame's
     /// payload) at their offsets within the payload; `data` is then empty.
-    pub pieces: Option<Vec<(u32, Vec<u8>)>>,
+    pub pieces: Option<Pieces<'a>>,
     /// Payload bytes right before `seq` the kernel skipped (segments wholly inside a followed
     /// WebSocket payload or HTTP body) and sent no record for.
     pub elided: u32,
@@ -69,7 +97,7 @@ impl HopPacket<'_> {
         let base = self.segment(ts_ns);
         match &self.pieces {
             None => f(&base),
-            Some(pieces) => crate::hop::split_followed(base, pieces).iter().for_each(f),
+            Some(pieces) => crate::hop::split_followed(base, pieces.as_slice(), f),
         }
     }
 
@@ -117,7 +145,13 @@ pub enum ConnTraceKind {
     ResetReceived,
 }
 
-/// One decoded event.
+/// One decoded event. Made per ring-buffer record and used at once, on the stack: the hop
+/// variant's inline pieces are what spares an allocation per followed WebSocket segment, so
+/// it stays unboxed.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per record, on the stack; boxing would allocate per record"
+)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeEvent<'a> {
     ListenChange(ListenChange),
@@ -250,18 +284,21 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
             if header.kind == kind::HOP_SEGMENT_WS {
                 let e: HopWsEvent = read_pod(bytes)?;
                 let n = (e.n_headers as usize).min(WS_MAX_HEADERS);
-                let mut list: Vec<(u32, Vec<u8>)> = (0..n)
-                    .map(|i| {
-                        let len = (e.header_len[i] as usize).min(e.headers[i].len());
-                        (e.header_off[i], e.headers[i][..len].to_vec())
-                    })
-                    .collect();
-                if e.close_len > 0 {
-                    let len = (e.close_len as usize).min(e.close.len());
-                    list.push((e.close_off, e.close[..len].to_vec()));
-                }
-                list.sort_by_key(|p| p.0);
-                pieces = Some(list);
+                // Slices of the record itself (read_pod checked it holds a whole HopWsEvent).
+                let at = |field: usize, len: usize| &bytes[field..field + len];
+                let headers = std::mem::offset_of!(HopWsEvent, headers);
+                let list = (0..n).map(|i| {
+                    let len = (e.header_len[i] as usize).min(WS_HEADER_SLOT);
+                    (e.header_off[i], at(headers + i * WS_HEADER_SLOT, len))
+                });
+                let close = (e.close_len > 0).then(|| {
+                    let len = (e.close_len as usize).min(WS_CLOSE_BYTES);
+                    (
+                        e.close_off,
+                        at(std::mem::offset_of!(HopWsEvent, close), len),
+                    )
+                });
+                pieces = Some(Pieces::new(list.chain(close)));
             }
             let data = if header.kind == kind::HOP_SEGMENT_DATA {
                 let need = std::mem::size_of::<HopSegmentEvent>();
@@ -351,6 +388,87 @@ mod tests {
             daddr: [0; 16],
             comm,
         }
+    }
+
+    #[test]
+    fn a_followed_websocket_segment_decodes_to_pieces_of_its_record() {
+        // Two frame headers (written out of order) and a close payload, in a 200-byte segment.
+        let mut e = HopWsEvent {
+            hdr: HopSegmentHeader {
+                header: EventHeader {
+                    kind: kind::HOP_SEGMENT_WS,
+                    version: EVENT_VERSION,
+                    _pad: 0,
+                    ts_ns: 7,
+                },
+                ifindex: 1,
+                seq: 1000,
+                ack: 0,
+                payload_len: 200,
+                cap_len: 0,
+                sport: 18789,
+                dport: 40000,
+                family: 2,
+                tcp_flags: 0x18,
+                direction: 0,
+                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                elided: 0,
+            },
+            n_headers: 2,
+            close_off: 152,
+            close_len: 4,
+            _pad: 0,
+            header_off: [0; WS_MAX_HEADERS],
+            header_len: [0; WS_MAX_HEADERS],
+            headers: [[0; WS_HEADER_SLOT]; WS_MAX_HEADERS],
+            close: [0; WS_CLOSE_BYTES],
+        };
+        e.header_off[..2].copy_from_slice(&[150, 0]);
+        e.header_len[..2].copy_from_slice(&[2, 4]);
+        e.headers[0][..2].copy_from_slice(&[0x88, 0x04]);
+        e.headers[1][..4].copy_from_slice(&[0x82, 0x7e, 0x00, 0x90]);
+        e.close[..4].copy_from_slice(&[0x03, 0xe8, b'o', b'k']);
+        // SAFETY: HopWsEvent is repr(C) plain data; viewing it as bytes is sound.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const HopWsEvent).cast::<u8>(),
+                std::mem::size_of::<HopWsEvent>(),
+            )
+        };
+        let Ok(ProbeEvent::Hop(packet)) = decode(bytes) else {
+            panic!("decode")
+        };
+        let want: &[(u32, &[u8])] = &[
+            (0, &[0x82, 0x7e, 0x00, 0x90]),
+            (150, &[0x88, 0x04]),
+            (152, &[0x03, 0xe8, b'o', b'k']),
+        ];
+        assert_eq!(packet.pieces.as_ref().map(Pieces::as_slice), Some(want));
+        // As segments: one per piece, each up to the next; the flags on the last one.
+        let mut segments = Vec::new();
+        packet.each_segment(9, |s| {
+            segments.push((s.seq, s.payload_len, s.payload.to_vec(), s.flags.psh));
+        });
+        assert_eq!(
+            segments,
+            vec![
+                (1000, 150, vec![0x82, 0x7e, 0x00, 0x90], true),
+                (1150, 2, vec![0x88, 0x04], true),
+                (1152, 48, vec![0x03, 0xe8, b'o', b'k'], true),
+            ]
+        );
+        // More pieces than a record holds are cut, never a panic; none at all is one piece.
+        assert_eq!(
+            Pieces::new((0..20).map(|i| (i, &[][..]))).as_slice().len(),
+            9
+        );
+        let mut n = 0;
+        crate::hop::split_followed(packet.segment(9), &[], |s| {
+            assert_eq!((s.seq, s.payload_len), (1000, 200));
+            n += 1;
+        });
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -80,13 +80,11 @@ fn followed_segments_give_the_same_records_as_full_ones() {
             _ => 0,
         };
         let hlen = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
-        let mut pieces = vec![(0u32, seg.payload[..hlen].to_vec())];
+        let mut pieces = vec![(0u32, &seg.payload[..hlen])];
         if seg.payload[0] & 0x0f == 8 && seg.payload.len() > hlen {
-            pieces.push((hlen as u32, seg.payload[hlen..].to_vec()));
+            pieces.push((hlen as u32, &seg.payload[hlen..]));
         }
-        for sub in split_followed(seg.clone(), &pieces) {
-            t.segment(&sub, &mut out);
-        }
+        split_followed(seg.clone(), &pieces, |sub| t.segment(sub, &mut out));
     }
     t.finish(&mut out);
     assert_eq!(out, full);
