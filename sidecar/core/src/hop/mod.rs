@@ -61,7 +61,8 @@ pub struct Segment<'a> {
 }
 
 /// Splits a segment whose payload the kernel sent as pieces (frame headers and a close
-/// payload, at offsets within the payload) into one segment per piece; the payload between
+/// payload, at offsets within the payload, in offset order as `probe::events::Pieces` keeps
+/// them) into one segment per piece; the payload between
 /// pieces becomes the uncopied tail of each, so the tracker sees it as a gap. Control flags
 /// (SYN, FIN, RST) stay on the last one.
 pub fn split_followed<'a>(
@@ -81,7 +82,10 @@ pub fn split_followed<'a>(
         bounds[n] = (off, bytes);
         n += 1;
     }
-    bounds[1..n].sort_unstable_by_key(|b| b.0);
+    debug_assert!(
+        bounds[1..n].is_sorted_by_key(|b| b.0),
+        "pieces in offset order"
+    );
     let bounds = if n > 1 && bounds[1].0 == 0 {
         &bounds[1..n]
     } else {
