@@ -18,6 +18,10 @@
 //!    that only spins, using the same CPU as the sidecar did, takes the sidecar's place. It
 //!    tells what that much CPU costs this machine's throughput whoever spends it (this
 //!    harness's noise is a few percent on a median of ten pairs: a rough guide).
+//!
+//! `EDGEWATCH_BENCH_LIVE_ONLY=1` runs only the as-deployed pairs of section 2 (a couple of
+//! minutes, for trying a change to the live path); `EDGEWATCH_BENCH_KEEP_CAPTURE=PATH` keeps
+//! section 1's capture for profiling the replay by hand.
 #![allow(
     clippy::unwrap_used,
     reason = "a benchmark: a failure is a panic with a message"
@@ -226,6 +230,10 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    if live_only() {
+        live_cost(&runtime);
+        return;
+    }
 
     println!("== replay throughput vs tshark");
     let (capture, port) = runtime.block_on(make_capture(dir.path()));
@@ -397,6 +405,16 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         with.push(attached);
         ratios.push(100.0 * attached / base_rps);
     }
+    if live_only() {
+        println!(
+            "per-pair ratios: {ratios:.1?} % (median {:.1}%)\nsidecar CPU per proxied request, \
+             as deployed: {per_request:.2?} us (median {:.2} us); ClickHouse server: median {:.2} us",
+            median(ratios.clone()),
+            median(per_request.clone()),
+            median(store_per_request.clone())
+        );
+        return;
+    }
     // The same cost in other configurations (three runs each, median): what the store costs
     // the sidecar, and what printing every record as JSON would.
     let mut breakdown = Vec::new();
@@ -495,6 +513,11 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         breakdown[0].1, breakdown[1].1
     );
     drop(nginx);
+}
+
+/// Only the as-deployed pairs (see the module's doc).
+fn live_only() -> bool {
+    std::env::var_os("EDGEWATCH_BENCH_LIVE_ONLY").is_some_and(|v| v == "1")
 }
 
 /// Runs `f` with the kernel's per-program statistics on.

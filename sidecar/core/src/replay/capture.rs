@@ -109,7 +109,7 @@ pub fn read_capture<R: Read + Send>(
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
                         let Some(iface) = interfaces.get(epb.if_id as usize) else {
                             summary.unknown_interface += 1;
-                            reader.consume(offset);
+                            reader.consume_noshift(offset);
                             consumed += offset as u64;
                             continue;
                         };
@@ -135,7 +135,10 @@ pub fn read_capture<R: Read + Send>(
                     }
                     PcapBlockOwned::NG(_) => {}
                 }
-                reader.consume(offset);
+                // No shift here: `consume` would move the buffer's unread half to its start
+                // each time the read position passes the middle (a second copy of every
+                // byte); `refill` shifts only the partial block left at the end.
+                reader.consume_noshift(offset);
                 consumed += offset as u64;
                 if consumed - last_progress > (1 << 20) {
                     last_progress = consumed;
