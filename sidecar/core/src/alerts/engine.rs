@@ -102,6 +102,11 @@ impl Engine {
     /// Moves time on (the newest record's time, or the clock live): incidents without new
     /// evidence for the quiet period resolve, and cooldowns that ended are forgotten.
     pub fn advance(&mut self, now_ns: u64, out: &mut Vec<Alert>) {
+        // Called every pipeline turn (every packet offline): with nothing open, cooling or
+        // down there is nothing to resolve.
+        if self.open.is_empty() && self.cooling.is_empty() && self.downs.is_empty() {
+            return;
+        }
         let quiet = ns(self.cfg.quiet_period);
         let done: Vec<String> = self
             .open

@@ -271,6 +271,10 @@ impl DriftTracker {
 
     /// Resolves the findings that stayed away for the flap window by `now_ns`.
     pub fn settle(&mut self, now_ns: u64) -> Vec<AlertEvent> {
+        // Called every pipeline turn (every packet offline): nothing leaving, nothing to do.
+        if self.leaving.is_empty() {
+            return Vec::new();
+        }
         let due: Vec<_> = self
             .leaving
             .iter()

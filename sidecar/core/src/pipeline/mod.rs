@@ -272,6 +272,9 @@ impl Pipeline {
     }
 
     fn emit_joined(&mut self, sink: &mut impl Sink) {
+        if self.joined.is_empty() {
+            return;
+        }
         let mut joined = std::mem::take(&mut self.joined);
         for r in joined.drain(..) {
             sink.request(&r);

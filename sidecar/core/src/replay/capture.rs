@@ -3,7 +3,9 @@
 //! packets before the damage still count.
 use std::io::Read;
 
-use pcap_parser::{create_reader, pcapng::Block, PcapBlockOwned, PcapError};
+use pcap_parser::{
+    create_reader, pcapng::Block, traits::PcapReaderIterator, PcapBlockOwned, PcapError,
+};
 
 /// One packet of a capture.
 pub struct Packet<'a> {
@@ -109,8 +111,7 @@ pub fn read_capture<R: Read + Send>(
                     PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
                         let Some(iface) = interfaces.get(epb.if_id as usize) else {
                             summary.unknown_interface += 1;
-                            reader.consume_noshift(offset);
-                            consumed += offset as u64;
+                            consume(&mut *reader, offset, &mut consumed);
                             continue;
                         };
                         let (secs, frac) = epb.decode_ts(iface.offset, iface.resolution);
@@ -135,11 +136,7 @@ pub fn read_capture<R: Read + Send>(
                     }
                     PcapBlockOwned::NG(_) => {}
                 }
-                // No shift here: `consume` would move the buffer's unread half to its start
-                // each time the read position passes the middle (a second copy of every
-                // byte); `refill` shifts only the partial block left at the end.
-                reader.consume_noshift(offset);
-                consumed += offset as u64;
+                consume(&mut *reader, offset, &mut consumed);
                 if consumed - last_progress > (1 << 20) {
                     last_progress = consumed;
                     progress(consumed);
@@ -178,6 +175,14 @@ pub fn read_capture<R: Read + Send>(
     summary.bytes_read = consumed;
     progress(consumed);
     Ok(summary)
+}
+
+/// Moves past a block without shifting the buffer: `consume` would move the buffer's unread
+/// half to its start each time the read position passes the middle (a second copy of every
+/// byte); `refill` shifts only the partial block left at the end.
+fn consume(reader: &mut dyn PcapReaderIterator, offset: usize, consumed: &mut u64) {
+    reader.consume_noshift(offset);
+    *consumed += offset as u64;
 }
 
 fn linktype_unknown() -> i32 {
