@@ -540,7 +540,7 @@ async fn live_join_survives_log_rotation_exactly_once() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
-        upstream_keepalive: true,
+        upstream_keepalive: Some(4),
         ..NginxSite::new(upstream)
     });
     let state = tempfile::tempdir().expect("state dir");
@@ -588,7 +588,7 @@ async fn keep_alive_requests_share_one_upstream_connection() {
     let upstream = start_upstream().await;
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
-        upstream_keepalive: true,
+        upstream_keepalive: Some(4),
         ..NginxSite::new(upstream)
     });
     let capture = Capture::start(nginx.dir.path(), "keepalive", upstream.port());

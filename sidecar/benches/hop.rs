@@ -353,9 +353,13 @@ fn wait_rows_sent(sidecar: &Sidecar) {
 fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!("== live cost per proxied request (wrk through nginx, interleaved)");
     let upstream = runtime.block_on(start_upstream());
+    // An upstream pool as large as wrk's 8 connections: every request rides a kept-alive
+    // upstream connection, the workload the goal is about. (With nginx's pool smaller than
+    // the clients, it closes the surplus after a request and opens new ones: measured beside,
+    // as "connection churn".)
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
-        upstream_keepalive: true,
+        upstream_keepalive: Some(16),
         ..NginxSite::new(upstream)
     });
     let ch = ClickHouse::start();
@@ -380,6 +384,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     let mut per_request = Vec::new();
     let mut store_per_request = Vec::new();
     let mut ratios = Vec::new();
+    let mut conns_per_100 = Vec::new();
     for (base_rps, attached, (cpu, us, store_us)) in abba_pairs(nginx.port, || {
         let sidecar = Sidecar::start_quiet(&deployed);
         sidecar.lines.discard_from_now();
@@ -389,6 +394,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         wait_rows_sent(&sidecar);
         let (s1, c1) = (cpu_seconds(sidecar.pid()), cpu_seconds(ch_pid));
         let requests = rps * f64::from(WRK_SECONDS);
+        conns_per_100.push(conns_per_100_requests(&sidecar));
         (
             rps,
             (
@@ -405,16 +411,19 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         with.push(attached);
         ratios.push(100.0 * attached / base_rps);
     }
+    let conns = median(conns_per_100.clone());
     if live_only() {
         println!(
             "per-pair ratios: {ratios:.1?} % (median {:.1}%)\nsidecar CPU per proxied request, \
-             as deployed: {per_request:.2?} us (median {:.2} us); ClickHouse server: median {:.2} us",
+             as deployed: {per_request:.2?} us (median {:.2} us); ClickHouse server: median {:.2} us; \
+             {conns:.2} upstream connections per 100 requests",
             median(ratios.clone()),
             median(per_request.clone()),
             median(store_per_request.clone())
         );
         return;
     }
+    let churn = connection_churn(upstream, &deployed);
     // The same cost in other configurations (three runs each, median): what the store costs
     // the sidecar, and what printing every record as JSON would.
     let mut breakdown = Vec::new();
@@ -487,9 +496,19 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         "ClickHouse server CPU per proxied request (its own process, for the same rows): \
          median {store_us:.2} us"
     );
+    println!(
+        "upstream connections (hop connection records) per 100 proxied requests: {conns:.2} \
+         (median of the pairs; every request on a kept-alive connection: ~0)"
+    );
     for (label, us) in &breakdown {
         println!("sidecar CPU per proxied request, {label}: {us:.2} us (median of 3)");
     }
+    println!(
+        "sidecar CPU per proxied request, as deployed, with connection churn (nginx keeps 4 \
+         idle upstream connections for wrk's 8 clients): {:.2} us (median of 3), {:.1} upstream \
+         connections per 100 requests",
+        churn.0, churn.1
+    );
     let control = median(control_ratios.clone());
     let control_share = median(control_cpu.clone());
     println!(
@@ -509,10 +528,42 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     }
     println!(
         "summary: live sidecar_us_per_request={us:.2} clickhouse_us_per_request={store_us:.2} \
-         throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2}",
-        breakdown[0].1, breakdown[1].1
+         throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2} \
+         churn_us={:.2}",
+        breakdown[0].1, breakdown[1].1, churn.0
     );
     drop(nginx);
+}
+
+/// Hop connection records per 100 proxied requests (HTTP exchange records) of a sidecar's
+/// run so far: how many requests needed a new upstream connection.
+fn conns_per_100_requests(sidecar: &Sidecar) -> f64 {
+    let m = sidecar.metrics();
+    let conns = metric_sum(&m, "edgewatch_records_total{kind=\"conn\"}");
+    let http = metric_sum(&m, "edgewatch_records_total{kind=\"http\"}");
+    100.0 * conns / http.max(1.0)
+}
+
+/// The as-deployed cost when nginx's upstream pool (4) is smaller than wrk's 8 clients, so
+/// it closes and opens upstream connections as it goes: (us per request, connections per
+/// 100 requests), medians of three runs.
+fn connection_churn(upstream: std::net::SocketAddr, deployed: &str) -> (f64, f64) {
+    let nginx = Nginx::start(&NginxSite {
+        websocket_headers: false,
+        upstream_keepalive: Some(4),
+        ..NginxSite::new(upstream)
+    });
+    let (mut us, mut conns) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let sidecar = Sidecar::start_quiet(deployed);
+        sidecar.lines.discard_from_now();
+        let s0 = cpu_seconds(sidecar.pid());
+        let rps = wrk_rps(nginx.port);
+        wait_rows_sent(&sidecar);
+        us.push((cpu_seconds(sidecar.pid()) - s0) * 1e6 / (rps * f64::from(WRK_SECONDS)));
+        conns.push(conns_per_100_requests(&sidecar));
+    }
+    (median(us), median(conns))
 }
 
 /// Only the as-deployed pairs (see the module's doc).

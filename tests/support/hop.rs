@@ -289,8 +289,10 @@ pub struct NginxSite<'a> {
     /// "WebSocket half-path".
     pub websocket_headers: bool,
     pub read_timeout: &'a str,
-    /// Keep upstream connections alive between requests.
-    pub upstream_keepalive: bool,
+    /// Keep up to this many idle upstream connections alive between requests (nginx's
+    /// `keepalive N`); with more clients at once than that, nginx closes the surplus after
+    /// each request and opens new ones.
+    pub upstream_keepalive: Option<u32>,
     /// Serve HTTPS for `gw.test` with this certificate file (what the server sends) and key.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// The address nginx listens on (127.0.0.1 when unset; a veth address for clients in
@@ -305,7 +307,7 @@ impl NginxSite<'static> {
             upstream,
             websocket_headers: true,
             read_timeout: "60s",
-            upstream_keepalive: false,
+            upstream_keepalive: None,
             tls: None,
             listen: None,
         }
@@ -345,14 +347,17 @@ impl Nginx {
         let d = dir.path().display();
         let ws_headers = if site.websocket_headers {
             "proxy_set_header Upgrade $http_upgrade;\n        proxy_set_header Connection \"upgrade\";"
-        } else if site.upstream_keepalive {
+        } else if site.upstream_keepalive.is_some() {
             "proxy_set_header Connection \"\";"
         } else {
             ""
         };
-        let (upstream_block, pass) = if site.upstream_keepalive {
+        let (upstream_block, pass) = if let Some(pool) = site.upstream_keepalive {
             (
-                format!("upstream gw {{ server {}; keepalive 4; }}", site.upstream),
+                format!(
+                    "upstream gw {{ server {}; keepalive {pool}; }}",
+                    site.upstream
+                ),
                 "http://gw".to_owned(),
             )
         } else {
