@@ -9,11 +9,14 @@
 //!    and packets/s. Goal: at least 20x faster.
 //! 2. The live cost, as deployed (no records on stdout, rows to a real ClickHouse with the
 //!    production batching): wrk through nginx to an upstream on loopback, with and without
-//!    the sidecar, in ten pairs whose order alternates. Goals: throughput with the sidecar at
-//!    least 97% of without (per-pair median), and at most 1.5 us of sidecar CPU (user +
+//!    the sidecar, in ten pairs whose order alternates. nginx keeps up to 16 idle upstream
+//!    connections for wrk's 8, so every request rides a kept-alive upstream connection (the
+//!    upstream connections per 100 requests are printed). Goals: throughput with the sidecar
+//!    at least 97% of without (per-pair median), and at most 1.5 us of sidecar CPU (user +
 //!    system, until every row was sent) per proxied request. Beside it: the ClickHouse
-//!    server's own CPU per request, the sidecar's cost without a store and with every record
-//!    printed, the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
+//!    server's own CPU per request, the sidecar's cost without a store, with every record
+//!    printed, and with connection churn (a pool of 4 for the 8 clients: nginx closes and
+//!    opens upstream connections as it goes), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
 //!    cost per packet by class of packet, and a control: ten more pairs in which a thread
 //!    that only spins, using the same CPU as the sidecar did, takes the sidecar's place. It
 //!    tells what that much CPU costs this machine's throughput whoever spends it (this
