@@ -160,7 +160,7 @@ struct Incident {
     silenced: bool,
 }
 
-type TtfbWindow = (VecDeque<(u64, u64, Option<crate::hop::Text>)>, u64);
+type TtfbWindow = (VecDeque<(u64, u64, Option<crate::hop::RequestId>)>, u64);
 
 /// The rules' state.
 #[derive(Debug, Default)]

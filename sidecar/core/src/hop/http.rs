@@ -6,7 +6,7 @@
 //! that starts like a new message (a method, or `HTTP/1.`) to resynchronise.
 use std::collections::VecDeque;
 
-use super::{redact::redact_target_text, Text};
+use super::{redact::redact_target_text, RequestId, Text};
 
 /// Largest head accepted; longer ones lose sync (nginx's default large buffers are 4 x 8k).
 const MAX_HEAD: usize = 64 * 1024;
@@ -22,7 +22,7 @@ pub struct RequestHead {
     pub path: Text,
     pub host: Option<Text>,
     pub origin: Option<Text>,
-    pub request_id: Option<Text>,
+    pub request_id: Option<RequestId>,
     pub x_forwarded_for: Option<Text>,
     pub x_forwarded_proto: Option<Text>,
     pub upgrade_websocket: bool,
@@ -204,6 +204,14 @@ fn text(value: Option<&[u8]>) -> Option<Text> {
         // The common case: inline when short, else one allocation of the trimmed value.
         Ok(v) => Text::from(v.trim()),
         Err(_) => Text::from(String::from_utf8_lossy(v).trim()),
+    })
+}
+
+/// An X-Request-Id value, trimmed: inline up to 40 bytes (see `RequestId`).
+fn request_id(value: Option<&[u8]>) -> Option<RequestId> {
+    value.map(|v| match std::str::from_utf8(v) {
+        Ok(v) => RequestId::new(v.trim()),
+        Err(_) => RequestId::new(String::from_utf8_lossy(v).trim()),
     })
 }
 
@@ -495,7 +503,7 @@ impl HttpStream {
                     path: redact_target_text(req.path.unwrap_or("")),
                     host: text(found.host),
                     origin: text(found.origin),
-                    request_id: text(found.request_id),
+                    request_id: request_id(found.request_id),
                     x_forwarded_for: text(found.x_forwarded_for),
                     x_forwarded_proto: text(found.x_forwarded_proto),
                     upgrade_websocket: found.upgrade_websocket,

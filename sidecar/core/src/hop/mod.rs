@@ -6,6 +6,7 @@ pub mod http;
 pub mod owners;
 pub mod reasm;
 pub mod redact;
+pub mod request_id;
 pub mod tracker;
 pub mod ws;
 
@@ -39,6 +40,8 @@ impl TcpFlags {
 /// Text read from a head (method, path, header values): kept inline up to 24 bytes, so a
 /// request's usual Host, X-Forwarded-*, method and path cost no heap allocation.
 pub type Text = compact_str::CompactString;
+
+pub use request_id::RequestId;
 
 /// One TCP segment as seen on the wire, possibly with only a prefix of its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,7 +205,7 @@ pub struct HttpExchange {
     pub path: Text,
     pub host: Option<Text>,
     pub origin: Option<Text>,
-    pub request_id: Option<Text>,
+    pub request_id: Option<RequestId>,
     pub x_forwarded_for: Option<Text>,
     pub x_forwarded_proto: Option<Text>,
     /// `Upgrade: websocket` present.

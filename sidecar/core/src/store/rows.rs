@@ -297,7 +297,7 @@ impl HttpRow {
             path: x.path.to_string(),
             host: text(&x.host),
             origin: text(&x.origin),
-            request_id: text(&x.request_id),
+            request_id: x.request_id.as_deref().unwrap_or("").to_owned(),
             x_forwarded_for: text(&x.x_forwarded_for),
             x_forwarded_proto: text(&x.x_forwarded_proto),
             upgrade_websocket: x.upgrade_websocket,

@@ -58,7 +58,7 @@ impl Engine {
             self.resolve(&key, at, out);
             return;
         }
-        let mut slowest: Vec<&(u64, u64, Option<crate::hop::Text>)> =
+        let mut slowest: Vec<&(u64, u64, Option<crate::hop::RequestId>)> =
             samples.iter().filter(|(_, t, _)| *t > threshold).collect();
         slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
         let n = samples.len();

@@ -94,7 +94,7 @@ fn split_and_whole_heads_alternate_on_one_stream() {
     let b = b"GET /two HTTP/1.1\r\nHost: b\r\nX-Request-ID: r2\r\n\r\n";
     let c = b"GET /three HTTP/1.1\r\nHost: c\r\nX-Request-ID: r3\r\n\r\n";
     let out = feed_all(&mut s, &[&a[..7], &a[7..], b, &c[..30], &c[30..]]);
-    let got: Vec<(Text, Option<Text>, Option<Text>)> = out
+    let got: Vec<(Text, Option<Text>, Option<RequestId>)> = out
         .iter()
         .filter_map(|e| match e {
             HttpEvent::Request(r) => Some((r.path.clone(), r.host.clone(), r.request_id.clone())),

@@ -419,7 +419,7 @@ impl Columns {
             x.path.as_str(),
             text(&x.host),
             text(&x.origin),
-            text(&x.request_id),
+            x.request_id.as_deref().unwrap_or(""),
             text(&x.x_forwarded_for),
             text(&x.x_forwarded_proto),
             x.upgrade_websocket,
