@@ -200,18 +200,20 @@ impl<'h> Headers<'h> {
 
 /// A header's value as kept in a record: trimmed, and lossily decoded if it is not UTF-8.
 fn text(value: Option<&[u8]>) -> Option<Text> {
-    value.map(|v| match std::str::from_utf8(v) {
-        // The common case: inline when short, else one allocation of the trimmed value.
-        Ok(v) => Text::from(v.trim()),
-        Err(_) => Text::from(String::from_utf8_lossy(v).trim()),
-    })
+    trimmed(value, |v| Text::from(v))
 }
 
 /// An X-Request-Id value, trimmed: inline up to 40 bytes (see `RequestId`).
 fn request_id(value: Option<&[u8]>) -> Option<RequestId> {
+    trimmed(value, RequestId::new)
+}
+
+/// A header value, trimmed, made into `T`: read in place when it is UTF-8 (the common case),
+/// else through a lossy copy.
+fn trimmed<T>(value: Option<&[u8]>, make: impl Fn(&str) -> T) -> Option<T> {
     value.map(|v| match std::str::from_utf8(v) {
-        Ok(v) => RequestId::new(v.trim()),
-        Err(_) => RequestId::new(String::from_utf8_lossy(v).trim()),
+        Ok(v) => make(v.trim()),
+        Err(_) => make(String::from_utf8_lossy(v).trim()),
     })
 }
 

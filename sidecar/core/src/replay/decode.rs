@@ -5,7 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
-    EtherType, IpNumber, LaxIpSlice, LaxNetSlice, LaxSlicedPacket, TcpSlice, TransportSlice,
+    EtherType, IpNumber, LaxIpSlice, LaxIpv4Slice, LaxIpv6Slice, LaxNetSlice, LaxSlicedPacket,
+    TcpSlice, TransportSlice,
 };
 
 use crate::hop::{Segment, TcpFlags};
@@ -119,25 +120,8 @@ fn decode_ip(ts_ns: u64, data: &[u8]) -> Option<Result<Segment<'_>, Skip>> {
         return None;
     }
     let (src_ip, dst_ip, l4_len) = match &ip {
-        LaxIpSlice::Ipv4(ip) => {
-            let h = ip.header();
-            let l4 = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
-            (
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-                l4,
-            )
-        }
-        LaxIpSlice::Ipv6(ip) => {
-            let h = ip.header();
-            let ext_len = ip.extensions().slice().len();
-            let l4 = usize::from(h.payload_length()).saturating_sub(ext_len);
-            (
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-                l4,
-            )
-        }
+        LaxIpSlice::Ipv4(ip) => ipv4_ends(ip),
+        LaxIpSlice::Ipv6(ip) => ipv6_ends(ip),
     };
     let payload = ip.payload();
     if payload.fragmented {
@@ -163,29 +147,9 @@ fn decode_lax(linktype: i32, ts_ns: u64, data: &[u8]) -> Result<Segment<'_>, Ski
             Skip::NotTcp
         });
     };
-    let (src_ip, dst_ip, l4_len, fragmented) = match net {
-        LaxNetSlice::Ipv4(ip) => {
-            let h = ip.header();
-            let l4 = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
-            (
-                IpAddr::V4(h.source_addr()),
-                IpAddr::V4(h.destination_addr()),
-                l4,
-                ip.is_payload_fragmented(),
-            )
-        }
-        LaxNetSlice::Ipv6(ip) => {
-            let h = ip.header();
-            // Extension headers sit between the fixed header and the TCP header.
-            let ext_len = ip.extensions().slice().len();
-            let l4 = usize::from(h.payload_length()).saturating_sub(ext_len);
-            (
-                IpAddr::V6(h.source_addr()),
-                IpAddr::V6(h.destination_addr()),
-                l4,
-                ip.is_payload_fragmented(),
-            )
-        }
+    let ((src_ip, dst_ip, l4_len), fragmented) = match net {
+        LaxNetSlice::Ipv4(ip) => (ipv4_ends(ip), ip.is_payload_fragmented()),
+        LaxNetSlice::Ipv6(ip) => (ipv6_ends(ip), ip.is_payload_fragmented()),
         LaxNetSlice::Arp(_) => return Err(Skip::NotTcp),
     };
     if fragmented {
@@ -199,6 +163,29 @@ fn decode_lax(linktype: i32, ts_ns: u64, data: &[u8]) -> Result<Segment<'_>, Ski
         });
     };
     Ok(segment(ts_ns, src_ip, dst_ip, l4_len, tcp))
+}
+
+/// Source, destination and the TCP length the IPv4 header states (header and payload).
+fn ipv4_ends(ip: &LaxIpv4Slice<'_>) -> (IpAddr, IpAddr, usize) {
+    let h = ip.header();
+    let l4 = usize::from(h.total_len()).saturating_sub(usize::from(h.ihl()) * 4);
+    (
+        IpAddr::V4(h.source_addr()),
+        IpAddr::V4(h.destination_addr()),
+        l4,
+    )
+}
+
+/// The same for IPv6: extension headers sit between the fixed header and the TCP header.
+fn ipv6_ends(ip: &LaxIpv6Slice<'_>) -> (IpAddr, IpAddr, usize) {
+    let h = ip.header();
+    let ext_len = ip.extensions().slice().len();
+    let l4 = usize::from(h.payload_length()).saturating_sub(ext_len);
+    (
+        IpAddr::V6(h.source_addr()),
+        IpAddr::V6(h.destination_addr()),
+        l4,
+    )
 }
 
 /// The segment of a TCP slice whose IP header said `l4_len` bytes of TCP (a truncated
