@@ -4,6 +4,7 @@
 //! through the tracker is the pipeline's (`crate::pipeline::offline`).
 pub mod capture;
 pub mod decode;
+mod read_ahead;
 
 use std::collections::BTreeMap;
 
