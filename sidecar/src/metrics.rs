@@ -150,7 +150,7 @@ impl Metrics {
         let event_lag = Histogram::new([0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0]);
         registry.register(
             "event_lag_seconds",
-            "Time from the kernel event to its processing in user space",
+            "For each batch of kernel events drained, the age of its oldest event when the batch began: how far user space runs behind the kernel",
             event_lag.clone(),
         );
         let exposures = Family::<Labels, Gauge>::default();
@@ -292,18 +292,23 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// Counts one probe event (`kind` is a fixed name; the counter handle is cached).
-    pub fn event(&self, kind: &'static str, lag_seconds: f64) {
-        let counter = match kind {
-            "hop_segment" => &self.hop_segments,
-            "listen_change" => &self.listen_changes,
-            other => {
-                self.events.get_or_create(&label("kind", other)).inc();
-                self.event_lag.observe(lag_seconds);
-                return;
-            }
+    /// Counts one probe event other than a hop segment (`kind` is a fixed name).
+    pub fn event(&self, kind: &'static str) {
+        match kind {
+            "listen_change" => self.listen_changes.inc(),
+            other => self.events.get_or_create(&label("kind", other)).inc(),
         };
-        counter.inc();
+    }
+
+    /// A batch of probe events was drained: its hop segments (`followed` of them frame
+    /// headers only), and the age of its oldest event when the batch began, in seconds.
+    pub fn batch_drained(&self, hop_segments: u64, followed: u64, lag_seconds: f64) {
+        if hop_segments > 0 {
+            self.hop_segments.inc_by(hop_segments);
+        }
+        if followed > 0 {
+            self.followed_segments.inc_by(followed);
+        }
         self.event_lag.observe(lag_seconds);
     }
 
@@ -344,10 +349,6 @@ impl Metrics {
     }
 
     /// A hop segment arrived with only its frame headers (the kernel followed the frames).
-    pub fn followed_segment(&self) {
-        self.followed_segments.inc();
-    }
-
     /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
     pub fn follow_armed(&self, mode: &str) {
         self.follow_armed.get_or_create(&label("mode", mode)).inc();
@@ -460,7 +461,8 @@ mod tests {
     #[test]
     fn renders_counters() {
         let m = Metrics::new();
-        m.event("listen_change", 0.002);
+        m.event("listen_change");
+        m.batch_drained(3, 1, 0.002);
         m.kernel_drops_now("ringbuf_full", 5);
         m.kernel_drops_now("ringbuf_full", 7);
         m.kernel_drops_now("ringbuf_full", 7);
@@ -477,6 +479,14 @@ mod tests {
         assert!(text.contains("edgewatch_decode_errors_total 1"), "{text}");
         assert!(
             text.contains("edgewatch_event_lag_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgewatch_events_total{kind=\"hop_segment\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("edgewatch_hop_followed_segments_total 1"),
             "{text}"
         );
     }

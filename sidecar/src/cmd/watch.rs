@@ -299,15 +299,15 @@ impl Watch {
     }
 
     /// One record from the ring buffer.
-    fn on_event(&mut self, result: Result<ProbeEvent<'_>, DecodeError>, now_boot: u64) {
+    fn on_event(&mut self, result: Result<ProbeEvent<'_>, DecodeError>, tally: &mut Tally) {
         let metrics = &self.out.metrics;
         match result {
             Ok(ProbeEvent::Hop(packet)) => {
-                let lag = now_boot.saturating_sub(packet.ts_boot_ns) as f64 / 1e9;
-                metrics.event("hop_segment", lag);
-                if packet.pieces.is_some() {
-                    metrics.followed_segment();
-                }
+                // Counted for the batch: two or more of these a request, where a shared
+                // counter and the lag histogram's lock each cost more than a decode.
+                tally.hop_segments += 1;
+                tally.followed += u64::from(packet.pieces.is_some());
+                tally.oldest_ts = tally.oldest_ts.min(packet.ts_boot_ns);
                 let ts = packet.ts_boot_ns.saturating_add(self.boot_to_unix);
                 self.pipeline.hop_packet(&packet, ts);
                 self.arm_follower();
@@ -316,24 +316,21 @@ impl Watch {
                 // process.
             }
             Ok(ProbeEvent::Conn(trace)) => {
-                let lag = now_boot.saturating_sub(trace.ts_boot_ns) as f64 / 1e9;
-                metrics.event(
-                    match trace.what {
-                        ConnTraceKind::ConnectStart => "connect_start",
-                        ConnTraceKind::ConnectEnd => "connect_end",
-                        ConnTraceKind::ConnectFailed => "connect_failed",
-                        ConnTraceKind::ResetSent => "reset_sent",
-                        ConnTraceKind::ResetReceived => "reset_received",
-                    },
-                    lag,
-                );
+                tally.oldest_ts = tally.oldest_ts.min(trace.ts_boot_ns);
+                metrics.event(match trace.what {
+                    ConnTraceKind::ConnectStart => "connect_start",
+                    ConnTraceKind::ConnectEnd => "connect_end",
+                    ConnTraceKind::ConnectFailed => "connect_failed",
+                    ConnTraceKind::ResetSent => "reset_sent",
+                    ConnTraceKind::ResetReceived => "reset_received",
+                });
                 tracing::debug!(?trace.what, %trace.local, %trace.remote, pid = trace.pid, comm = %trace.comm, "connection trace");
                 let ts = trace.ts_boot_ns.saturating_add(self.boot_to_unix);
                 self.pipeline.conn_trace(&trace, ts, &mut self.out);
             }
             Ok(ProbeEvent::ListenChange(ev)) => {
-                let lag = now_boot.saturating_sub(ev.ts_boot_ns) as f64 / 1e9;
-                metrics.event("listen_change", lag);
+                tally.oldest_ts = tally.oldest_ts.min(ev.ts_boot_ns);
+                metrics.event("listen_change");
                 tokio::task::block_in_place(|| self.on_listen_change(&ev));
             }
             Err(e) => {
@@ -569,12 +566,38 @@ impl Watch {
 pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) -> usize {
     let now_boot = boot_ns();
     let mut events = 0;
+    let mut tally = Tally::default();
     // Each record is handled in place (its payload bytes borrowed from the ring, no copy)
     // and released to the kernel as soon as it is done.
     while let Some(item) = ring.next() {
-        watch.on_event(decode(&item), now_boot);
+        watch.on_event(decode(&item), &mut tally);
         events += 1;
+    }
+    if events > 0 {
+        let lag = now_boot.saturating_sub(tally.oldest_ts) as f64 / 1e9;
+        watch
+            .out
+            .metrics
+            .batch_drained(tally.hop_segments, tally.followed, lag);
     }
     watch.end_batch();
     events
+}
+
+/// What a drained batch held, for its metrics (counted once per batch, not per record).
+struct Tally {
+    hop_segments: u64,
+    followed: u64,
+    /// The kernel time of the batch's oldest event.
+    oldest_ts: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            hop_segments: 0,
+            followed: 0,
+            oldest_ts: u64::MAX,
+        }
+    }
 }
