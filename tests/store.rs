@@ -353,6 +353,13 @@ fn hop_edge_and_joined_records_round_trip() {
     for (k, v) in count_types(&lines) {
         *expected.entry(k).or_default() += v;
     }
+    // The replays' own spool, beside the configured one, is gone once all it held was sent.
+    let mut replay_spool = spool.path().as_os_str().to_owned();
+    replay_spool.push("-replay");
+    assert!(
+        !std::path::Path::new(&replay_spool).exists(),
+        "{replay_spool:?} left behind"
+    );
     let requests: Vec<&Value> = lines.iter().filter(|l| l["type"] == "request").collect();
     assert_eq!(requests.len(), 3);
     assert!(requests.iter().all(|r| r["matched"] == "exact"));

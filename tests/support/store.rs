@@ -18,10 +18,22 @@ use super::{edgewatch_bin, free_listen_port};
 /// Where `cargo xtask test` (and edgewatch itself) cache the ClickHouse build.
 pub const CACHE_DIR: &str = "/var/cache/edgewatch";
 
-/// One server for the whole test binary (each test uses its own database).
+/// One server for the whole test binary (each test uses its own database). A static is never
+/// dropped, so it is stopped and its directory (tens of MB) removed when the test process
+/// exits, instead of being left in the temp dir after every run.
 pub fn shared() -> &'static ClickHouse {
     static SERVER: OnceLock<ClickHouse> = OnceLock::new();
-    SERVER.get_or_init(ClickHouse::start)
+    extern "C" fn at_exit() {
+        if let Some(server) = SERVER.get() {
+            server.stop_and_remove();
+        }
+    }
+    SERVER.get_or_init(|| {
+        let server = ClickHouse::start();
+        // SAFETY: registers a plain function, without arguments, to run at exit(3).
+        unsafe { libc::atexit(at_exit) };
+        server
+    })
 }
 
 /// The cached library, fetched on first use.
@@ -149,6 +161,27 @@ impl ClickHouse {
             "ClickHouse did not start ({ready:?}): {}",
             std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
         ))
+    }
+
+    /// Stops the server through a shared reference (SIGTERM, SIGKILL after 20 s), as the
+    /// process exits, and removes its directory.
+    fn stop_and_remove(&self) {
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) on our own child, not reaped before the waitpid below.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let killer = std::thread::spawn(move || {
+                if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+                    // SAFETY: as above; still not reaped.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            });
+            // SAFETY: waits for our own child; the status is not needed.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            let _ = tx.send(());
+            let _ = killer.join();
+        }
+        let _ = std::fs::remove_dir_all(self.dir.path());
     }
 
     pub fn url(&self) -> String {

@@ -247,7 +247,7 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Metrics::new();
-    let totals = runtime.block_on(async {
+    let shipped = runtime.block_on(async {
         let mut store = Store::start(&cfg).await?;
         for r in &sink.hop {
             store.hop(r);
@@ -264,7 +264,10 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         store.flush(&metrics);
         let totals = store.shutdown(std::time::Duration::from_secs(600)).await;
         anyhow::Ok(totals)
-    })?;
+    });
+    // Every task gone, the spool's lock with them.
+    drop(runtime);
+    let totals = shipped?;
     sink.printer.status(
         "store_summary",
         &format!(
@@ -281,5 +284,27 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         totals.rejected,
         totals.dropped
     );
+    remove_spent_spool(&cfg.spool_dir);
     Ok(())
+}
+
+/// Removes the replay's spool once all it held reached ClickHouse: left, it is one more
+/// directory beside the main spool (or beside the temporary spool of every test that
+/// replays to a store). Kept while another edgewatch holds it, or if anything is in it.
+fn remove_spent_spool(dir: &Path) {
+    let lock_path = dir.join(crate::store::spool::LOCK_FILE);
+    let Ok(lock) = File::open(&lock_path) else {
+        return;
+    };
+    if lock.try_lock().is_err() {
+        return;
+    }
+    let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == crate::store::spool::LOCK_FILE)
+    });
+    if only_the_lock && std::fs::remove_file(&lock_path).is_ok() {
+        let _ = std::fs::remove_dir(dir);
+    }
 }

@@ -36,6 +36,8 @@ const MAGIC: &[u8; 8] = b"EWSPOOL2";
 const RUN_ID: usize = 32;
 const HEADER: usize = MAGIC.len() + RUN_ID;
 const FRAME_HEADER: usize = 8;
+/// The file a spool's user holds locked (one sidecar per spool).
+pub const LOCK_FILE: &str = "spool.lock";
 /// A frame larger than this is corruption, not a block.
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Rows gathered in columns are framed and written once they take this many bytes (a block
@@ -335,7 +337,7 @@ impl Spool {
             use std::os::unix::fs::PermissionsExt as _;
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         }
-        let lock_path = dir.join("spool.lock");
+        let lock_path = dir.join(LOCK_FILE);
         let lock = File::create(&lock_path).map_err(io(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
