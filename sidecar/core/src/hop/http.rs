@@ -40,7 +40,10 @@ pub struct ResponseHead {
 pub enum HttpEvent {
     /// The first byte of a message head.
     HeadStart,
-    Request(RequestHead),
+    /// A request head was parsed: [`HttpStream::take_request`] gives it (heads wait there in
+    /// order, so that the events stay small: every event pushed or moved costs its type's
+    /// full size, and a head is 200 bytes).
+    Request,
     Response(ResponseHead),
     /// The message (head and body) is complete: `bytes` long on the wire, head, body and
     /// framing (bytes never seen inside a body of known length included).
@@ -134,6 +137,8 @@ pub struct HttpStream {
     peek: Option<Vec<u8>>,
     /// Bytes of the current message so far (from its first head byte).
     msg_bytes: u64,
+    /// Request heads parsed and not yet taken, one per [`HttpEvent::Request`].
+    requests: VecDeque<RequestHead>,
 }
 
 /// The headers a head is read for, found in one pass over them (a pass per header name cost
@@ -243,7 +248,13 @@ impl HttpStream {
             expectations: VecDeque::new(),
             peek: None,
             msg_bytes: 0,
+            requests: VecDeque::new(),
         }
+    }
+
+    /// The head of the oldest [`HttpEvent::Request`] not yet taken.
+    pub fn take_request(&mut self) -> Option<RequestHead> {
+        self.requests.pop_front()
     }
 
     /// A request was seen; the response parser frames its answer with this.
@@ -514,7 +525,8 @@ impl HttpStream {
                 };
                 // Requests without framing headers have no body.
                 let next = found.framing()?.unwrap_or(State::Head);
-                out.push(HttpEvent::Request(parsed));
+                self.requests.push_back(parsed);
+                out.push(HttpEvent::Request);
                 if next == State::Head {
                     self.end_message(out);
                 }

@@ -245,8 +245,10 @@ impl Conn {
                     Chunk::Data(d) => parser.feed(d, &mut http_events),
                     Chunk::Gap(n) => parser.gap(n, &mut http_events),
                 }
-                for ev in http_events.drain(..) {
-                    if let HttpEvent::Upgraded { offset } = ev {
+                // In place: a request event holds its whole head (200 bytes), and moving each
+                // event out cost a copy of that size, whatever the event.
+                for ev in &mut http_events {
+                    if let HttpEvent::Upgraded { offset } = *ev {
                         self.dir(side).proto = Proto::Ws(WsStream::default());
                         if let Chunk::Data(d) = chunk {
                             if let Some(rest) = d.get(offset..).filter(|r| !r.is_empty()) {
@@ -257,6 +259,7 @@ impl Conn {
                     }
                     self.http_event(side, ev, ts, out);
                 }
+                http_events.clear();
             }
             Proto::Ws(parser) => {
                 match chunk {
@@ -272,10 +275,17 @@ impl Conn {
         self.ws_events = ws_events;
     }
 
-    fn http_event(&mut self, side: Side, ev: HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
+    /// Takes what it keeps out of `ev` (a request's head), leaving the rest.
+    fn http_event(&mut self, side: Side, ev: &mut HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
         match (side, ev) {
             (Side::Client, HttpEvent::HeadStart) => self.request_start_ts = Some(ts),
-            (Side::Client, HttpEvent::Request(head)) => {
+            (Side::Client, HttpEvent::Request) => {
+                let Proto::Http(parser) = &mut self.c2s.proto else {
+                    return;
+                };
+                let Some(head) = parser.take_request() else {
+                    return;
+                };
                 if let Proto::Http(resp) = &mut self.s2c.proto {
                     resp.expect(Expectation {
                         head_request: head.method == "HEAD",
@@ -356,19 +366,19 @@ impl Conn {
             }
             (Side::Server, HttpEvent::ErrorCode(code)) => {
                 if let Some(x) = self.exchanges.front_mut() {
-                    x.error_code = Some(code);
+                    x.error_code = Some(std::mem::take(code));
                 }
             }
             (Side::Client, HttpEvent::MessageEnd { bytes }) => {
                 if let Some(x) = self.exchanges.back_mut() {
-                    x.request_bytes = bytes;
+                    x.request_bytes = *bytes;
                 }
             }
             (Side::Server, HttpEvent::MessageEnd { bytes })
                 if self.exchanges.front().is_some_and(|x| x.status.is_some()) =>
             {
                 if let Some(mut x) = self.exchanges.pop_front() {
-                    x.response_bytes = bytes;
+                    x.response_bytes = *bytes;
                     let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Complete);
                     out.push(HopRecord::Http(record));
                 }
@@ -378,7 +388,7 @@ impl Conn {
                     conn: self.id.clone(),
                     side,
                     ts_ns: ts,
-                    bytes,
+                    bytes: *bytes,
                     effect: format!("http sync lost: {why}"),
                 }));
                 if side == Side::Server {
@@ -496,7 +506,7 @@ impl Conn {
         if let Proto::Http(parser) = &mut self.s2c.proto {
             let mut events = Vec::new();
             parser.close(&mut events);
-            for ev in events {
+            for ev in &mut events {
                 self.http_event(Side::Server, ev, ts, out);
             }
         }

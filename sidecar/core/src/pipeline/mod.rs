@@ -34,6 +34,23 @@ use crate::{
     probe::events::{ConnTrace, ConnTraceKind, HopPacket},
 };
 
+/// Moves a record out of its place in a batch, leaving an empty one (nothing allocated).
+fn take_record(r: &mut HopRecord) -> HopRecord {
+    let nowhere = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let empty = HopRecord::Loss(crate::hop::Loss {
+        conn: crate::hop::ConnId {
+            client: nowhere,
+            server: nowhere,
+            first_seen_ns: 0,
+        },
+        side: crate::hop::Side::Client,
+        ts_ns: 0,
+        bytes: 0,
+        effect: String::new(),
+    });
+    std::mem::replace(r, empty)
+}
+
 /// Where a step's products go. Every method has an empty default: a driver implements what
 /// it forwards (printer, store, metrics, webhooks; or rows, or a list in tests).
 pub trait Sink {
@@ -239,20 +256,24 @@ impl Pipeline {
 
     /// Emits the records of the batch (with their processes), then what they caused.
     pub fn end_batch(&mut self, now_ns: u64, sink: &mut impl Sink) {
+        // Records are handled where they lie in their batch, and moved out only to be kept:
+        // a record is 360 bytes, and moving each out cost a copy of that size.
         let mut deferred = std::mem::take(&mut self.deferred);
-        for mut r in deferred.drain(..) {
-            self.owners.enrich(&mut r);
+        for r in &mut deferred {
+            self.owners.enrich(r);
             self.emit_hop(r, now_ns, sink);
         }
+        deferred.clear();
         let mut fresh = std::mem::take(&mut self.fresh);
-        for mut r in fresh.drain(..) {
-            self.owners.enrich(&mut r);
-            if self.mode == Mode::Live && matches!(&r, HopRecord::Conn(c) if c.process.is_none()) {
-                self.deferred.push(r);
+        for r in &mut fresh {
+            self.owners.enrich(r);
+            if self.mode == Mode::Live && matches!(r, HopRecord::Conn(c) if c.process.is_none()) {
+                self.deferred.push(take_record(r));
             } else {
                 self.emit_hop(r, now_ns, sink);
             }
         }
+        fresh.clear();
         if self.deferred.is_empty() {
             self.deferred = deferred;
         }
@@ -262,12 +283,13 @@ impl Pipeline {
         self.emit_joined(sink);
     }
 
-    fn emit_hop(&mut self, r: HopRecord, now_ns: u64, sink: &mut impl Sink) {
-        sink.hop(&r);
-        self.engine.hop(&r, &mut self.alerts);
+    /// Hands a record to the sink, the rules and the join (which keeps it: moved out then).
+    fn emit_hop(&mut self, r: &mut HopRecord, now_ns: u64, sink: &mut impl Sink) {
+        sink.hop(r);
+        self.engine.hop(r, &mut self.alerts);
         self.emit_alerts(sink);
         if let Some(j) = self.joiner.as_mut() {
-            j.hop(r, now_ns, &mut self.joined);
+            j.hop(take_record(r), now_ns, &mut self.joined);
         }
     }
 
@@ -360,8 +382,8 @@ impl Pipeline {
     pub fn finish(&mut self, now_ns: u64, sink: &mut impl Sink) {
         self.tracker.finish(&mut self.fresh);
         self.end_batch(now_ns, sink);
-        for r in std::mem::take(&mut self.deferred) {
-            self.emit_hop(r, now_ns, sink);
+        for mut r in std::mem::take(&mut self.deferred) {
+            self.emit_hop(&mut r, now_ns, sink);
         }
         if let Some(j) = self.joiner.as_mut() {
             j.finish(&mut self.joined);
