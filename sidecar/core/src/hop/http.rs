@@ -213,12 +213,15 @@ fn request_id(value: Option<&[u8]>) -> Option<RequestId> {
     trimmed(value, RequestId::new)
 }
 
-/// A header value, trimmed, made into `T`: read in place when it is UTF-8 (the common case),
-/// else through a lossy copy.
+/// A header value without the whitespace around it (ASCII, as HTTP's optional whitespace is),
+/// made into `T`: read in place when it is UTF-8 (the common case), else through a lossy copy.
 fn trimmed<T>(value: Option<&[u8]>, make: impl Fn(&str) -> T) -> Option<T> {
-    value.map(|v| match std::str::from_utf8(v) {
-        Ok(v) => make(v.trim()),
-        Err(_) => make(String::from_utf8_lossy(v).trim()),
+    value.map(|v| {
+        let v = v.trim_ascii();
+        match std::str::from_utf8(v) {
+            Ok(v) => make(v),
+            Err(_) => make(&String::from_utf8_lossy(v)),
+        }
     })
 }
 
