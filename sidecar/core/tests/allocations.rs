@@ -103,10 +103,17 @@ struct Load {
     n: u64,
     /// Hex digits of each request's X-Request-Id.
     id_digits: usize,
+    /// The upstream's address (the clients' are of the same family).
+    server: SocketAddr,
 }
 
 impl Load {
     fn new(id_digits: usize) -> Self {
+        Self::on(id_digits, [127, 0, 0, 1].into())
+    }
+
+    /// The load on a hop between addresses of `ip`'s family (the upstream at `ip`).
+    fn on(id_digits: usize, ip: std::net::IpAddr) -> Self {
         let settings = Settings {
             hop_ports: vec![SERVER],
             ..Settings::default()
@@ -122,10 +129,11 @@ impl Load {
             conns: Vec::new(),
             n: 0,
             id_digits,
+            server: SocketAddr::new(ip, SERVER),
         };
-        let server = SocketAddr::from(([127, 0, 0, 1], SERVER));
+        let server = load.server;
         for i in 0..CONNECTIONS {
-            let client = SocketAddr::from(([127, 0, 0, 1], 40000 + i));
+            let client = SocketAddr::new(ip, 40000 + i);
             let (c, s) = (1000u32, 5000u32);
             load.pipeline
                 .segment(&segment(load.ts, client, server, c, 0, 0x02, b""));
@@ -139,7 +147,7 @@ impl Load {
     }
 
     fn requests(&mut self, n: u64) {
-        let server = SocketAddr::from(([127, 0, 0, 1], SERVER));
+        let server = self.server;
         let mut request = Vec::new();
         let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nhello world\n";
         for _ in 0..n {
@@ -185,7 +193,10 @@ impl Load {
 /// Heap allocations per request in steady state, over 20,000 requests after as many to warm
 /// up (buffers, maps and the alert rules' windows at their steady size).
 fn allocations_per_request(id_digits: usize) -> f64 {
-    let mut load = Load::new(id_digits);
+    allocations_per_request_on(Load::new(id_digits))
+}
+
+fn allocations_per_request_on(mut load: Load) -> f64 {
     load.requests(20_000);
     let measured = 20_000u64;
     let stored = load.store.exchanges;
@@ -222,6 +233,21 @@ fn a_request_costs_no_allocation_with_the_proxies_request_ids() {
         (0.99..1.01).contains(&long),
         "{long} allocations per request with a 48-byte id"
     );
+}
+
+#[test]
+fn a_request_over_ipv6_costs_no_allocation() {
+    // The addresses go into the row as text: IPv6 ones are formatted on the stack too.
+    let per_request =
+        allocations_per_request_on(Load::on(32, std::net::Ipv6Addr::LOCALHOST.into()));
+    // The longest text an IPv6 address takes (eight groups, 39 bytes).
+    let widest: std::net::IpAddr = "ffff:fffe:fffd:fffc:fffb:fffa:fff9:fff8"
+        .parse()
+        .expect("an address");
+    let long = allocations_per_request_on(Load::on(32, widest));
+    println!("summary: alloc per_request_ipv6={per_request:.3}");
+    assert!(per_request < 0.01, "{per_request} allocations per request");
+    assert!(long < 0.01, "{long} allocations per request");
 }
 
 /// A followed WebSocket segment as the TC program writes it: one frame header at offset 0 of

@@ -354,14 +354,27 @@ impl Columns {
     }
 }
 
-/// An address as text, as `IpAddr`'s `Display` writes it (IPv4 without a heap string).
+/// An address as text, as `IpAddr`'s `Display` writes it, without a heap string (IPv4 by
+/// hand, IPv6 through `Display` into a stack buffer).
 struct IpText(std::net::IpAddr);
 
 impl NativeValue for IpText {
     const TYPE: &'static str = "String";
     fn put(&self, col: &mut ColumnBuf) {
-        let std::net::IpAddr::V4(v4) = self.0 else {
-            return self.0.to_string().put(col);
+        let v4 = match self.0 {
+            std::net::IpAddr::V4(v4) => v4,
+            std::net::IpAddr::V6(v6) => {
+                // The longest IPv6 text is 45 bytes (eight groups, or six and an IPv4).
+                let mut text = [0u8; 45];
+                let mut rest = &mut text[..];
+                if std::io::Write::write_fmt(&mut rest, format_args!("{v6}")).is_err() {
+                    return v6.to_string().put(col);
+                }
+                let n = 45 - rest.len();
+                col.data.push(n as u8);
+                col.data.extend_from_slice(&text[..n]);
+                return;
+            }
         };
         let mut text = [0u8; 15];
         let mut n = 0;

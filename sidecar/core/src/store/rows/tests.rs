@@ -177,14 +177,20 @@ fn an_exchange_written_straight_into_columns_is_its_row() {
     let mut wide = base.clone();
     wide.conn.client = "255.10.0.1:65535".parse().expect("addr");
     wide.conn.server = "100.64.9.99:1".parse().expect("addr");
+    // The longest IPv6 texts (all eight groups; an IPv4-mapped one).
+    let mut long6 = base.clone();
+    long6.conn.client = "[ffff:fffe:fffd:fffc:fffb:fffa:fff9:fff8]:65535"
+        .parse()
+        .expect("addr");
+    long6.conn.server = "[::ffff:255.255.255.254]:1".parse().expect("addr");
     let (mut straight, mut via_row) = (Columns::new(3), Columns::new(3));
-    for x in [&base, &bare, &wide] {
+    for x in [&base, &bare, &wide, &long6] {
         assert!(straight.push_http("node-1", x));
         assert!(via_row.push(&AnyRow::Http(HttpRow::new("node-1", x))));
     }
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    assert_eq!(straight.write_block(&mut a), 3);
-    assert_eq!(via_row.write_block(&mut b), 3);
+    assert_eq!(straight.write_block(&mut a), 4);
+    assert_eq!(via_row.write_block(&mut b), 4);
     assert_eq!(a, b);
     // Only the http_exchanges columns take an exchange.
     assert!(!Columns::new(2).push_http("n", &base));
