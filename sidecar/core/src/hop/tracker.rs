@@ -104,17 +104,6 @@ pub enum FollowMode {
 /// system call), which a body of a few segments does not repay.
 pub const BODY_FOLLOW_MIN: u64 = 32 * 1024;
 
-struct PendingExchange {
-    index: u32,
-    request_ts: u64,
-    head: RequestHead,
-    response_start_ts: Option<u64>,
-    status: Option<u16>,
-    request_bytes: u64,
-    response_bytes: u64,
-    error_code: Option<String>,
-}
-
 struct WsTrack {
     request_id: Option<String>,
     path: String,
@@ -275,61 +264,64 @@ impl Conn {
         self.ws_events = ws_events;
     }
 
+    /// A request head was parsed: queued to pair with its response.
+    fn request(&mut self, ts: u64, out: &mut Vec<HopRecord>) {
+        let Proto::Http(parser) = &mut self.c2s.proto else {
+            return;
+        };
+        let Some(head) = parser.take_request() else {
+            return;
+        };
+        if let Proto::Http(resp) = &mut self.s2c.proto {
+            resp.expect(Expectation {
+                head_request: head.method == "HEAD",
+                connect_request: head.method == "CONNECT",
+            });
+        }
+        if self.unpaired {
+            self.dropped_exchanges += 1;
+            return;
+        }
+        if self.exchanges.len() >= self.limits.max_pending_exchanges {
+            // Deeper than any proxy pipelines: pairing responses with requests is
+            // given up for the rest of this connection (never guessed wrong), the
+            // waiting requests are reported incomplete, and it is said.
+            self.unpaired = true;
+            self.dropped_exchanges += 1 + self.exchanges.len() as u64;
+            out.push(HopRecord::Loss(Loss {
+                conn: self.id.clone(),
+                side: Side::Client,
+                ts_ns: ts,
+                bytes: 0,
+                effect: format!(
+                    "more than {} requests waiting for responses: the rest of this connection is not paired",
+                    self.limits.max_pending_exchanges
+                ),
+            }));
+            while let Some(x) = self.exchanges.pop_front() {
+                let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Incomplete);
+                out.push(HopRecord::Http(record));
+            }
+            return;
+        }
+        self.exchanges.push_back(PendingExchange {
+            index: self.next_index,
+            request_ts: self.request_start_ts.take().unwrap_or(ts),
+            head,
+            response_start_ts: None,
+            status: None,
+            request_bytes: 0,
+            response_bytes: 0,
+            error_code: None,
+        });
+        self.next_index += 1;
+    }
+
     /// Takes what it keeps out of `ev` (a request's head), leaving the rest.
     fn http_event(&mut self, side: Side, ev: &mut HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
         match (side, ev) {
             (Side::Client, HttpEvent::HeadStart) => self.request_start_ts = Some(ts),
-            (Side::Client, HttpEvent::Request) => {
-                let Proto::Http(parser) = &mut self.c2s.proto else {
-                    return;
-                };
-                let Some(head) = parser.take_request() else {
-                    return;
-                };
-                if let Proto::Http(resp) = &mut self.s2c.proto {
-                    resp.expect(Expectation {
-                        head_request: head.method == "HEAD",
-                        connect_request: head.method == "CONNECT",
-                    });
-                }
-                if self.unpaired {
-                    self.dropped_exchanges += 1;
-                    return;
-                }
-                if self.exchanges.len() >= self.limits.max_pending_exchanges {
-                    // Deeper than any proxy pipelines: pairing responses with requests is
-                    // given up for the rest of this connection (never guessed wrong), the
-                    // waiting requests are reported incomplete, and it is said.
-                    self.unpaired = true;
-                    self.dropped_exchanges += 1 + self.exchanges.len() as u64;
-                    out.push(HopRecord::Loss(Loss {
-                        conn: self.id.clone(),
-                        side,
-                        ts_ns: ts,
-                        bytes: 0,
-                        effect: format!(
-                            "more than {} requests waiting for responses: the rest of this connection is not paired",
-                            self.limits.max_pending_exchanges
-                        ),
-                    }));
-                    while let Some(x) = self.exchanges.pop_front() {
-                        let record = exchange_record(&self.id, x, ts, ExchangeOutcome::Incomplete);
-                        out.push(HopRecord::Http(record));
-                    }
-                    return;
-                }
-                self.exchanges.push_back(PendingExchange {
-                    index: self.next_index,
-                    request_ts: self.request_start_ts.take().unwrap_or(ts),
-                    head,
-                    response_start_ts: None,
-                    status: None,
-                    request_bytes: 0,
-                    response_bytes: 0,
-                    error_code: None,
-                });
-                self.next_index += 1;
-            }
+            (Side::Client, HttpEvent::Request) => self.request(ts, out),
             (Side::Server, HttpEvent::HeadStart) => {
                 if let Some(x) = self.exchanges.front_mut() {
                     x.response_start_ts.get_or_insert(ts);
@@ -801,7 +793,7 @@ impl Tracker {
 #[cfg(test)]
 mod follow_tests;
 mod record;
-use record::exchange_record;
+use record::{exchange_record, PendingExchange};
 
 #[cfg(test)]
 pub(crate) mod tests;

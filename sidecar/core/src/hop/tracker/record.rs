@@ -1,6 +1,18 @@
 //! A finished exchange as its record.
 use super::*;
 
+/// A request waiting for its response.
+pub(super) struct PendingExchange {
+    pub(super) index: u32,
+    pub(super) request_ts: u64,
+    pub(super) head: RequestHead,
+    pub(super) response_start_ts: Option<u64>,
+    pub(super) status: Option<u16>,
+    pub(super) request_bytes: u64,
+    pub(super) response_bytes: u64,
+    pub(super) error_code: Option<String>,
+}
+
 pub(super) fn exchange_record(
     conn: &ConnId,
     x: PendingExchange,
