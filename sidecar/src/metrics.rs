@@ -348,7 +348,6 @@ impl Metrics {
         );
     }
 
-    /// A hop segment arrived with only its frame headers (the kernel followed the frames).
     /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
     pub fn follow_armed(&self, mode: &str) {
         self.follow_armed.get_or_create(&label("mode", mode)).inc();

@@ -104,7 +104,8 @@ fn read_in_chunks<R: Read + Send>(
         while let Some(c) = chunks.next() {
             let Chunk { mut buf, len } = c.map_err(|e| CaptureError::Io(e.to_string()))?;
             if carry.len() <= head {
-                // The tail goes in the room before the chunk: one run of bytes, no copy of it.
+                // The tail (small) goes in the room before the chunk: one run of bytes, and
+                // the chunk itself is not copied.
                 let start = head - carry.len();
                 buf[start..head].copy_from_slice(&carry);
                 let data = &buf[start..head + len];
