@@ -56,6 +56,13 @@ pub fn all() -> Result<()> {
     if !output.status.success() {
         failed.push("allocations");
     }
+    match instructions() {
+        Ok(per_request) => rows.push(("instr".into(), "per_request".into(), per_request)),
+        Err(e) => {
+            eprintln!("instructions: {e:#}");
+            failed.push("instructions");
+        }
+    }
     // The table prints even when this last one fails.
     let exposure_result = exposure(50);
     println!("\n== summary ({})", machine());
@@ -67,6 +74,75 @@ pub fn all() -> Result<()> {
         bail!("benchmarks failed: {failed:?}");
     }
     exposure_result
+}
+
+/// Keep-alive requests the allocations test's `..._with_the_proxies_request_ids` runs: four
+/// loads (16-, 32-, 36- and 48-byte ids) of 20,000 to warm up and 20,000 measured.
+const INSTRUCTION_LOAD_REQUESTS: u64 = 4 * 40_000;
+
+/// Instructions the core spends per proxied keep-alive request, counted by callgrind: the same
+/// for the same binary and input whatever else the machine does, where its time is not. The
+/// load is the allocations test's (requests as nginx forwards them, through the pipeline's
+/// tracker, rules and the store's columns); only what runs inside `Pipeline::segment` and
+/// `Pipeline::end_batch` is counted, not the harness writing the requests. Prints and returns
+/// the figure.
+pub fn instructions() -> Result<String> {
+    let build = crate::cargo()
+        .args(["test", "--release", "--package", "edgewatch-core"])
+        .args(["--test", "allocations", "--no-run"])
+        .output()
+        .context("building the allocations test")?;
+    let log = String::from_utf8_lossy(&build.stderr);
+    if !build.status.success() {
+        bail!("building the allocations test failed:\n{log}");
+    }
+    let exe = log
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Executable tests/allocations.rs (")?
+                .strip_suffix(')')
+        })
+        .context("cargo did not name the allocations test's executable")?;
+    let out_file = std::env::temp_dir().join(format!("edgewatch-callgrind.{}", std::process::id()));
+    let run = Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .args([
+            "--toggle-collect=edgewatch_core::pipeline::Pipeline::segment",
+            "--toggle-collect=edgewatch_core::pipeline::Pipeline::end_batch",
+        ])
+        .arg(crate::workspace_root().join(exe))
+        .args([
+            "a_request_costs_no_allocation_with_the_proxies_request_ids",
+            "--exact",
+        ])
+        .args(["--test-threads=1"])
+        .stdout(Stdio::null())
+        .output()
+        .context("running valgrind (`cargo xtask bench` installs it)")?;
+    let _ = std::fs::remove_file(&out_file);
+    let report = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() {
+        bail!("the allocations test under callgrind failed:\n{report}");
+    }
+    let collected: u64 = report
+        .lines()
+        .find_map(|l| {
+            l.split_once("Collected :")
+                .map(|(_, n)| n.trim().parse().ok())
+        })
+        .flatten()
+        .context("callgrind reported no count")?;
+    if collected == 0 {
+        bail!("no instructions counted inside Pipeline::segment or end_batch: renamed, or inlined into the test?");
+    }
+    let per_request = collected / INSTRUCTION_LOAD_REQUESTS;
+    println!(
+        "instructions per proxied keep-alive request in the core (callgrind, {INSTRUCTION_LOAD_REQUESTS} requests through the pipeline into the store's columns): {per_request}"
+    );
+    println!("summary: instr per_request={per_request}");
+    Ok(per_request.to_string())
 }
 
 /// `summary: SECTION k=v k=v` as (section, k, v) rows.

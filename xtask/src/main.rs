@@ -81,13 +81,17 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// Install the benchmark tools (tshark, wrk, jq) and run every benchmark, then print one
+    /// Install the benchmark tools (tshark, wrk, jq, valgrind) and run every benchmark, then print one
     /// summary table: `cargo bench --bench hop` (replay vs tshark, live cost per request with
     /// wrk, TC cost per packet class), `--bench sessions` (RSS at 10,000 WebSocket sessions),
     /// `--bench capacity` (hop packets/s with zero drops; drops counted past it), `--bench
     /// edge` (log parsing and join vs jq), `--bench store` (records into ClickHouse vs the
-    /// raw crate insert), `--bench floods` (hostile floods at 1x-8x) and `bench-exposure`.
+    /// raw crate insert), `--bench floods` (hostile floods at 1x-8x), the allocations and
+    /// instructions per request (counted) and `bench-exposure`.
     Bench,
+    /// Count the instructions the core spends per proxied keep-alive request (callgrind on
+    /// the allocations test's load: deterministic, where time on a shared machine is not).
+    BenchInstructions,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.
     BenchExposure {
@@ -555,6 +559,10 @@ fn main() -> Result<()> {
         Task::Run { args } => run(args),
         Task::Test => test(),
         Task::BenchExposure { rounds } => bench::exposure(rounds),
+        Task::BenchInstructions => {
+            apt_install(&["valgrind"])?;
+            bench::instructions().map(drop)
+        }
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Docs => docs::docs().map(|_| ()),
         Task::Image => {
@@ -581,7 +589,7 @@ fn main() -> Result<()> {
         }
         Task::Bench => {
             setup()?;
-            apt_install(&["tshark", "wrk", "jq"])?;
+            apt_install(&["tshark", "wrk", "jq", "valgrind"])?;
             bench::all()
         }
     }
