@@ -163,7 +163,7 @@ impl<'h> Headers<'h> {
         let mut found = Self::default();
         for h in headers {
             let name = h.name.as_bytes();
-            let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
+            let is = |want: &str| name_is(name, want.as_bytes());
             let first = |slot: &mut Option<&'h [u8]>| {
                 slot.get_or_insert(h.value);
             };
@@ -201,6 +201,34 @@ impl<'h> Headers<'h> {
             None => Ok(None),
         }
     }
+}
+
+/// Whether a header name is `want` (lower-case letters, digits and '-') in any case, eight
+/// bytes at a time. httparse passes only token characters in names, and OR-ing 0x20 into a
+/// token character lowers a letter, leaves a digit or '-' as it is, and makes nothing else
+/// into a letter, a digit or '-': the comparison is exact.
+fn name_is(name: &[u8], want: &[u8]) -> bool {
+    const LOWER: u64 = 0x2020_2020_2020_2020;
+    fn word(s: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    if name.len() != want.len() {
+        return false;
+    }
+    if name.len() < 8 {
+        return name.iter().zip(want).all(|(a, b)| a | 0x20 == *b);
+    }
+    let mut at = 0;
+    while at + 8 < name.len() {
+        if word(name, at) | LOWER != word(want, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes (overlapping the word before when the length is no multiple).
+    word(name, name.len() - 8) | LOWER == word(want, name.len() - 8)
 }
 
 /// A header's value as kept in a record: trimmed, and lossily decoded if it is not UTF-8.

@@ -288,3 +288,44 @@ fn a_small_json_error_body_gives_its_code_only() {
         "{out:?}"
     );
 }
+
+#[test]
+fn header_names_match_as_a_case_insensitive_compare_does() {
+    // Every token character (what httparse lets into a name), at every position of every
+    // name the parser looks for, and every case of each name.
+    let tchars: Vec<u8> = (0u8..=127)
+        .filter(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c))
+        .collect();
+    let wanted = [
+        "host",
+        "origin",
+        "upgrade",
+        "connection",
+        "x-request-id",
+        "content-type",
+        "content-length",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "transfer-encoding",
+    ];
+    let mut checked = 0u32;
+    for want in wanted {
+        let w = want.as_bytes();
+        let mut name = w.to_vec();
+        for at in 0..w.len() {
+            for &c in &tchars {
+                name[at] = c;
+                assert_eq!(
+                    name_is(&name, w),
+                    name.eq_ignore_ascii_case(w),
+                    "{name:?} {want}"
+                );
+                checked += 1;
+            }
+            name[at] = w[at];
+        }
+        assert!(name_is(want.to_ascii_uppercase().as_bytes(), w));
+        assert!(!name_is(&w[1..], w) && !name_is(&[w, b"x"].concat(), w));
+    }
+    assert!(checked > 8_000, "{checked}");
+}
