@@ -234,8 +234,8 @@ impl Conn {
                     Chunk::Data(d) => parser.feed(d, &mut http_events),
                     Chunk::Gap(n) => parser.gap(n, &mut http_events),
                 }
-                // In place: a request event holds its whole head (200 bytes), and moving each
-                // event out cost a copy of that size, whatever the event.
+                // In place, not drained: a moved event costs a copy of its type's full size
+                // (request heads, 200 bytes, stay in the parser for that reason too).
                 for ev in &mut http_events {
                     if let HttpEvent::Upgraded { offset } = *ev {
                         self.dir(side).proto = Proto::Ws(WsStream::default());
@@ -317,7 +317,7 @@ impl Conn {
         self.next_index += 1;
     }
 
-    /// Takes what it keeps out of `ev` (a request's head), leaving the rest.
+    /// Takes what it keeps out of `ev` (an error code's text), leaving the rest.
     fn http_event(&mut self, side: Side, ev: &mut HttpEvent, ts: u64, out: &mut Vec<HopRecord>) {
         match (side, ev) {
             (Side::Client, HttpEvent::HeadStart) => self.request_start_ts = Some(ts),
