@@ -805,6 +805,13 @@ fn a_schema_mismatch_is_a_clear_error_at_start() {
             && err.contains("http_exchanges.idx: is String, edgewatch writes UInt32"),
         "{err}"
     );
+    // Refused at start, before a row was spooled: no empty replay spool is left behind.
+    let mut replay_spool = spool.path().as_os_str().to_owned();
+    replay_spool.push("-replay");
+    assert!(
+        !std::path::Path::new(&replay_spool).exists(),
+        "{replay_spool:?} left behind"
+    );
 }
 
 #[test]

@@ -265,8 +265,10 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         let totals = store.shutdown(std::time::Duration::from_secs(600)).await;
         anyhow::Ok(totals)
     });
-    // Every task gone, the spool's lock with them.
+    // Every task gone, the spool's lock with them. A spool left with nothing in it (all was
+    // sent, or the store failed before a row was spooled) goes; one with rows stays.
     drop(runtime);
+    remove_spent_spool(&cfg.spool_dir);
     let totals = shipped?;
     sink.printer.status(
         "store_summary",
@@ -284,11 +286,10 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         totals.rejected,
         totals.dropped
     );
-    remove_spent_spool(&cfg.spool_dir);
     Ok(())
 }
 
-/// Removes the replay's spool once all it held reached ClickHouse: left, it is one more
+/// Removes the replay's spool when nothing is in it but its lock: left, it is one more
 /// directory beside the main spool (or beside the temporary spool of every test that
 /// replays to a store). Kept while another edgewatch holds it, or if anything is in it.
 fn remove_spent_spool(dir: &Path) {
