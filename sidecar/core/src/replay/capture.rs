@@ -87,17 +87,7 @@ fn read_in_chunks<R: Read + Send>(
     on_packet: impl FnMut(Packet<'_>),
     progress: impl FnMut(u64),
 ) -> Result<CaptureSummary, CaptureError> {
-    let mut blocks = Blocks {
-        framing: Framing::Unknown,
-        on_packet,
-        progress,
-        summary: CaptureSummary::default(),
-        legacy_linktype: linktype_unknown(),
-        legacy_nanos: false,
-        interfaces: Vec::new(),
-        consumed: 0,
-        last_progress: 0,
-    };
+    let mut blocks = Blocks::new(on_packet, progress);
     with_chunks(input, chunk, head, |chunks| {
         // The unparsed tail of the chunks so far: the start of a block the next chunk ends.
         let mut carry: Vec<u8> = Vec::new();
@@ -224,6 +214,21 @@ struct Blocks<P, G> {
 }
 
 impl<P: FnMut(Packet<'_>), G: FnMut(u64)> Blocks<P, G> {
+    /// Before the first byte: the format unknown, nothing read.
+    fn new(on_packet: P, progress: G) -> Self {
+        Self {
+            framing: Framing::Unknown,
+            on_packet,
+            progress,
+            summary: CaptureSummary::default(),
+            legacy_linktype: linktype_unknown(),
+            legacy_nanos: false,
+            interfaces: Vec::new(),
+            consumed: 0,
+            last_progress: 0,
+        }
+    }
+
     /// Parses every whole block of `data` and says how many bytes they took; the rest is the
     /// start of a block that goes on in the next chunk.
     fn parse(&mut self, data: &[u8]) -> Result<usize, CaptureError> {
@@ -375,17 +380,7 @@ mod tests {
             }
             Err(e) => return Err(CaptureError::Io(format!("{e:?}"))),
         };
-        let mut blocks = Blocks {
-            framing: Framing::Unknown,
-            on_packet,
-            progress: |_| {},
-            summary: CaptureSummary::default(),
-            legacy_linktype: linktype_unknown(),
-            legacy_nanos: false,
-            interfaces: Vec::new(),
-            consumed: 0,
-            last_progress: 0,
-        };
+        let mut blocks = Blocks::new(on_packet, |_| {});
         loop {
             match reader.next() {
                 Ok((offset, block)) => {
