@@ -376,31 +376,43 @@ impl HttpStream {
                         self.msg_bytes = 0;
                     }
                     let before = self.buf.len();
-                    let Some(end) = find_head_end_in(&self.buf, rest) else {
-                        if before + rest.len() > MAX_HEAD {
-                            self.lose((before + rest.len()) as u64, "head too large", out);
-                            return;
-                        }
-                        self.buf.extend_from_slice(rest);
-                        self.msg_bytes += rest.len() as u64;
-                        return;
-                    };
-                    // `end` counts bytes of `rest` that complete the head.
-                    pos += end;
-                    self.msg_bytes += end as u64;
-                    let parsed = if before == 0 {
-                        // The whole head is in this chunk (the common case): parsed where it
-                        // lies, without a copy.
-                        self.parse_head(&rest[..end], out)
+                    // The whole head in this chunk (the common case): parsed where it lies,
+                    // httparse finding its end on the way (no search for the end first).
+                    let in_place = if before == 0 && !find_end_first() {
+                        self.parse_head(rest, false, out)
                     } else {
-                        self.buf.extend_from_slice(&rest[..end]);
-                        let head = std::mem::take(&mut self.buf);
-                        let parsed = self.parse_head(&head, out);
-                        // Put back empty, its capacity kept for the next split head.
-                        self.buf = head;
-                        self.buf.clear();
-                        parsed
+                        Ok(0)
                     };
+                    let (end, parsed) = match in_place {
+                        Ok(0) => {
+                            let Some(end) = find_head_end_in(&self.buf, rest) else {
+                                if before + rest.len() > MAX_HEAD {
+                                    self.lose((before + rest.len()) as u64, "head too large", out);
+                                    return;
+                                }
+                                self.buf.extend_from_slice(rest);
+                                self.msg_bytes += rest.len() as u64;
+                                return;
+                            };
+                            // `end` counts bytes of `rest` that complete the head.
+                            self.msg_bytes += end as u64;
+                            let parsed = if before == 0 {
+                                self.parse_head(&rest[..end], true, out)
+                            } else {
+                                self.buf.extend_from_slice(&rest[..end]);
+                                let head = std::mem::take(&mut self.buf);
+                                let parsed = self.parse_head(&head, true, out);
+                                // Put back empty, its capacity kept for the next split head.
+                                self.buf = head;
+                                self.buf.clear();
+                                parsed
+                            };
+                            (end, parsed.map(|_| ()).map_err(|(_, why)| why))
+                        }
+                        Ok(len) => (len, Ok(())),
+                        Err((len, why)) => (len, Err(why)),
+                    };
+                    pos += end;
                     if let Err(why) = parsed {
                         self.lose((before + end) as u64, why, out);
                         return;
@@ -528,94 +540,140 @@ impl HttpStream {
         }
     }
 
-    fn parse_head(&mut self, head: &[u8], out: &mut Vec<HttpEvent>) -> Result<(), &'static str> {
+    /// Parses the head at the start of `data` and returns its length.
+    ///
+    /// `whole`: `data` is the head, exactly (its end was found first). Otherwise `data` may go
+    /// on past the head: httparse finds the head's end as it parses, and `Ok(0)` says the head
+    /// is not whole in `data`, or does not end in CRLF CRLF (where the search for that end
+    /// would look further), with nothing done: the caller then looks for the end itself, so
+    /// both ways take the same bytes as the head. That head's bytes count into the message
+    /// here (the caller counted a whole one). An error carries the head's length.
+    fn parse_head(
+        &mut self,
+        data: &[u8],
+        whole: bool,
+        out: &mut Vec<HttpEvent>,
+    ) -> Result<usize, (usize, &'static str)> {
         // Left uninitialised: httparse writes what it parses (zeroing 100 headers cost more
         // than parsing a typical head).
         let mut headers =
             [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        match self.role {
-            Role::Request => {
-                let mut req = httparse::Request::new(&mut []);
-                match req.parse_with_uninit_headers(head, &mut headers) {
-                    Ok(httparse::Status::Complete(_)) => {}
-                    Ok(httparse::Status::Partial) => return Err("incomplete request head"),
-                    Err(_) => return Err("malformed request head"),
-                }
-                let method = Text::from(req.method.unwrap_or(""));
-                let found = Headers::scan(req.headers);
-                let parsed = RequestHead {
-                    path: redact_target_text(req.path.unwrap_or("")),
-                    host: text(found.host),
-                    origin: text(found.origin),
-                    request_id: request_id(found.request_id),
-                    x_forwarded_for: text(found.x_forwarded_for),
-                    x_forwarded_proto: text(found.x_forwarded_proto),
-                    upgrade_websocket: found.upgrade_websocket,
-                    connection_upgrade: found.connection_upgrade,
-                    method,
-                };
-                // Requests without framing headers have no body.
-                let next = found.framing()?.unwrap_or(State::Head);
-                self.requests.push_back(parsed);
-                out.push(HttpEvent::Request);
-                if next == State::Head {
-                    self.end_message(out);
-                }
-                self.state = next;
-            }
-            Role::Response => {
-                let mut resp = httparse::Response::new(&mut []);
-                match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-                    &mut resp,
-                    head,
-                    &mut headers,
-                ) {
-                    Ok(httparse::Status::Complete(_)) => {}
-                    Ok(httparse::Status::Partial) => return Err("incomplete response head"),
-                    Err(_) => return Err("malformed response head"),
-                }
-                let status = resp.code.unwrap_or(0);
-                let found = Headers::scan(resp.headers);
-                out.push(HttpEvent::Response(ResponseHead { status }));
-                if status == 101 {
-                    self.expectations.pop_front();
-                    self.state = State::Upgraded;
-                    return Ok(());
-                }
-                if (100..200).contains(&status) {
-                    // Interim response: the final one follows, for the same request.
-                    self.state = State::Head;
-                    return Ok(());
-                }
-                let expectation = self.expectations.pop_front();
-                if expectation.is_some_and(|e| e.connect_request) && (200..300).contains(&status) {
-                    self.state = State::Upgraded;
-                    return Ok(());
-                }
-                let no_body =
-                    expectation.is_some_and(|e| e.head_request) || status == 204 || status == 304;
-                self.state = if no_body {
-                    State::Head
-                } else {
-                    found.framing()?.unwrap_or(State::UntilClose)
-                };
-                // A small JSON error body says why (only its code is kept).
-                self.peek = match self.state {
-                    State::Body(n)
-                        if status >= 400
-                            && n <= PEEK_BODY_MAX
-                            && found.content_type.is_some_and(|t| {
-                                memchr::memmem::find(&t.to_ascii_lowercase(), b"json").is_some()
-                            }) =>
-                    {
-                        Some(Vec::with_capacity(PEEK_BYTES.min(n as usize)))
+        let (len, interpreted) =
+            match self.role {
+                Role::Request => {
+                    let mut req = httparse::Request::new(&mut []);
+                    let status = req.parse_with_uninit_headers(data, &mut headers);
+                    let len = match head_len(
+                        status,
+                        data,
+                        whole,
+                        ["incomplete request head", "malformed request head"],
+                    ) {
+                        Ok(Some(len)) => len,
+                        Ok(None) => return Ok(0),
+                        Err(why) => return Err((data.len(), why)),
+                    };
+                    if !whole {
+                        self.msg_bytes += len as u64;
                     }
-                    _ => None,
-                };
-                if self.state == State::Head {
-                    self.end_message(out);
+                    (len, self.request_head(&req, out))
                 }
+                Role::Response => {
+                    let mut resp = httparse::Response::new(&mut []);
+                    let status = httparse::ParserConfig::default()
+                        .parse_response_with_uninit_headers(&mut resp, data, &mut headers);
+                    let len = match head_len(
+                        status,
+                        data,
+                        whole,
+                        ["incomplete response head", "malformed response head"],
+                    ) {
+                        Ok(Some(len)) => len,
+                        Ok(None) => return Ok(0),
+                        Err(why) => return Err((data.len(), why)),
+                    };
+                    if !whole {
+                        self.msg_bytes += len as u64;
+                    }
+                    (len, self.response_head(&resp, out))
+                }
+            };
+        interpreted.map(|()| len).map_err(|why| (len, why))
+    }
+
+    fn request_head(
+        &mut self,
+        req: &httparse::Request<'_, '_>,
+        out: &mut Vec<HttpEvent>,
+    ) -> Result<(), &'static str> {
+        let method = Text::from(req.method.unwrap_or(""));
+        let found = Headers::scan(req.headers);
+        let parsed = RequestHead {
+            path: redact_target_text(req.path.unwrap_or("")),
+            host: text(found.host),
+            origin: text(found.origin),
+            request_id: request_id(found.request_id),
+            x_forwarded_for: text(found.x_forwarded_for),
+            x_forwarded_proto: text(found.x_forwarded_proto),
+            upgrade_websocket: found.upgrade_websocket,
+            connection_upgrade: found.connection_upgrade,
+            method,
+        };
+        // Requests without framing headers have no body.
+        let next = found.framing()?.unwrap_or(State::Head);
+        self.requests.push_back(parsed);
+        out.push(HttpEvent::Request);
+        if next == State::Head {
+            self.end_message(out);
+        }
+        self.state = next;
+        Ok(())
+    }
+
+    fn response_head(
+        &mut self,
+        resp: &httparse::Response<'_, '_>,
+        out: &mut Vec<HttpEvent>,
+    ) -> Result<(), &'static str> {
+        let status = resp.code.unwrap_or(0);
+        let found = Headers::scan(resp.headers);
+        out.push(HttpEvent::Response(ResponseHead { status }));
+        if status == 101 {
+            self.expectations.pop_front();
+            self.state = State::Upgraded;
+            return Ok(());
+        }
+        if (100..200).contains(&status) {
+            // Interim response: the final one follows, for the same request.
+            self.state = State::Head;
+            return Ok(());
+        }
+        let expectation = self.expectations.pop_front();
+        if expectation.is_some_and(|e| e.connect_request) && (200..300).contains(&status) {
+            self.state = State::Upgraded;
+            return Ok(());
+        }
+        let no_body = expectation.is_some_and(|e| e.head_request) || status == 204 || status == 304;
+        self.state = if no_body {
+            State::Head
+        } else {
+            found.framing()?.unwrap_or(State::UntilClose)
+        };
+        // A small JSON error body says why (only its code is kept).
+        self.peek = match self.state {
+            State::Body(n)
+                if status >= 400
+                    && n <= PEEK_BODY_MAX
+                    && found.content_type.is_some_and(|t| {
+                        memchr::memmem::find(&t.to_ascii_lowercase(), b"json").is_some()
+                    }) =>
+            {
+                Some(Vec::with_capacity(PEEK_BYTES.min(n as usize)))
             }
+            _ => None,
+        };
+        if self.state == State::Head {
+            self.end_message(out);
         }
         Ok(())
     }
@@ -633,6 +691,44 @@ impl HttpStream {
             self.end_message(out);
             self.state = State::Head;
         }
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set this to run the way every head went before heads were parsed in place (its
+    /// end searched for first), to hold both ways equal.
+    static FIND_END_FIRST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn find_end_first() -> bool {
+    FIND_END_FIRST.get()
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn find_end_first() -> bool {
+    false
+}
+
+/// The length of a head from httparse's answer on `data` (see [`HttpStream::parse_head`]):
+/// `Ok(None)` when not `whole` and the head is not complete in `data` or does not end in
+/// CRLF CRLF; a whole head that httparse does not take is an error.
+fn head_len(
+    status: httparse::Result<usize>,
+    data: &[u8],
+    whole: bool,
+    [incomplete, malformed]: [&'static str; 2],
+) -> Result<Option<usize>, &'static str> {
+    match (status, whole) {
+        (Ok(httparse::Status::Complete(_)), true) => Ok(Some(data.len())),
+        (Ok(httparse::Status::Complete(n)), false) if data[..n].ends_with(b"\r\n\r\n") => {
+            Ok(Some(n))
+        }
+        (_, false) => Ok(None),
+        (Ok(httparse::Status::Partial), true) => Err(incomplete),
+        (Err(_), true) => Err(malformed),
     }
 }
 

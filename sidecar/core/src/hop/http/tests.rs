@@ -329,3 +329,89 @@ fn header_names_match_as_a_case_insensitive_compare_does() {
     }
     assert!(checked > 8_000, "{checked}");
 }
+
+#[test]
+fn heads_parsed_in_place_give_what_searching_for_the_end_first_gave() {
+    // Streams of messages built from pieces that matter to where a head ends (CRLF and bare
+    // LF line ends, a CR alone, obs-text, folded lines, bodies by length and by chunks,
+    // malformed lines), fed whole and cut at random points, each way: the events, the
+    // request heads and the state after each chunk must be the same.
+    let pieces: [&[u8]; 24] = [
+        b"GET /a?token=x HTTP/1.1\r\n",
+        b"POST /up HTTP/1.1\r\n",
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n",
+        b"HTTP/1.1 404 Not Found\n",
+        b"Host: gw\r\n",
+        b"X-Request-ID: 0123456789abcdef0123456789abcdef\r\n",
+        b"Content-Length: 3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Origin: https://gw\n",
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+        b"X-Odd: \xff\xfe\r\n",
+        b" folded\r\n",
+        b"Bad Header\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n\r\n",
+        b"abc",
+        b"3\r\nabc\r\n0\r\n\r\n",
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"\x00",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let run = |role: Role, chunks: &[&[u8]], end_first: bool| {
+        FIND_END_FIRST.set(end_first);
+        let mut s = HttpStream::new(role);
+        let mut seen = Vec::new();
+        for c in chunks {
+            let mut out = Vec::new();
+            s.feed(c, &mut out);
+            let heads: Vec<RequestHead> = std::iter::from_fn(|| s.take_request()).collect();
+            seen.push(format!("{out:?} {heads:?} {:?} {:?}", s.state, s.buf));
+        }
+        FIND_END_FIRST.set(false);
+        seen
+    };
+    let mut in_place_heads = 0;
+    for _ in 0..20_000 {
+        let mut msg = Vec::new();
+        for _ in 0..(next() % 10) {
+            msg.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+        }
+        let mut cuts: Vec<usize> = (0..next() % 4)
+            .map(|_| (next() % (msg.len() as u64 + 1)) as usize)
+            .collect();
+        cuts.sort_unstable();
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        let mut from = 0;
+        for c in cuts.into_iter().chain([msg.len()]) {
+            chunks.push(&msg[from..c]);
+            from = c;
+        }
+        for role in [Role::Request, Role::Response] {
+            let fast = run(role, &chunks, false);
+            assert_eq!(
+                fast,
+                run(role, &chunks, true),
+                "{role:?} {:?}",
+                chunks
+                    .iter()
+                    .map(|c| String::from_utf8_lossy(c))
+                    .collect::<Vec<_>>()
+            );
+            in_place_heads += fast.iter().filter(|e| e.contains("MessageEnd")).count();
+        }
+    }
+    // The inputs reach the path under test.
+    assert!(in_place_heads > 1000, "{in_place_heads}");
+}
