@@ -354,6 +354,24 @@ impl Columns {
     }
 }
 
+/// Every octet's decimal text: its length, then its digits (unused ones zero).
+const OCTET_TEXT: [[u8; 4]; 256] = {
+    let mut t = [[0u8; 4]; 256];
+    let mut o = 0;
+    while o < 256 {
+        let d = [(o / 100) as u8, (o / 10 % 10) as u8, (o % 10) as u8];
+        t[o] = if o >= 100 {
+            [3, b'0' + d[0], b'0' + d[1], b'0' + d[2]]
+        } else if o >= 10 {
+            [2, b'0' + d[1], b'0' + d[2], 0]
+        } else {
+            [1, b'0' + d[2], 0, 0]
+        };
+        o += 1;
+    }
+    t
+};
+
 /// An address as text, as `IpAddr`'s `Display` writes it, without a heap string (IPv4 by
 /// hand, IPv6 through `Display` into a stack buffer).
 struct IpText(std::net::IpAddr);
@@ -376,23 +394,18 @@ impl NativeValue for IpText {
                 return;
             }
         };
-        let mut text = [0u8; 15];
+        // Each octet's digits from a table, three bytes written and as many kept as it has
+        // (one spare byte at the end for the last octet's unused ones).
+        let mut text = [0u8; 16];
         let mut n = 0;
         for (i, o) in v4.octets().into_iter().enumerate() {
             if i > 0 {
                 text[n] = b'.';
                 n += 1;
             }
-            if o >= 100 {
-                text[n] = b'0' + o / 100;
-                n += 1;
-            }
-            if o >= 10 {
-                text[n] = b'0' + o / 10 % 10;
-                n += 1;
-            }
-            text[n] = b'0' + o % 10;
-            n += 1;
+            let [len, digits @ ..] = OCTET_TEXT[usize::from(o)];
+            text[n..n + 3].copy_from_slice(&digits);
+            n += usize::from(len);
         }
         col.data.push(n as u8);
         col.data.extend_from_slice(&text[..n]);

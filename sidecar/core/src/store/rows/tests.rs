@@ -183,14 +183,33 @@ fn an_exchange_written_straight_into_columns_is_its_row() {
         .parse()
         .expect("addr");
     long6.conn.server = "[::ffff:255.255.255.254]:1".parse().expect("addr");
+    // Every octet value in every position of an IPv4 address, on both ends.
+    let octets = (0..=255u8).map(|o| {
+        let mut x = base.clone();
+        x.conn.client = (
+            std::net::Ipv4Addr::new(o, 255 - o, o / 3, o.wrapping_mul(7)),
+            1,
+        )
+            .into();
+        x.conn.server = (
+            std::net::Ipv4Addr::new(o.wrapping_mul(7), o / 3, 255 - o, o),
+            2,
+        )
+            .into();
+        x
+    });
+    let all: Vec<HttpExchange> = [base.clone(), bare, wide, long6]
+        .into_iter()
+        .chain(octets)
+        .collect();
     let (mut straight, mut via_row) = (Columns::new(3), Columns::new(3));
-    for x in [&base, &bare, &wide, &long6] {
+    for x in &all {
         assert!(straight.push_http("node-1", x));
         assert!(via_row.push(&AnyRow::Http(HttpRow::new("node-1", x))));
     }
     let (mut a, mut b) = (Vec::new(), Vec::new());
-    assert_eq!(straight.write_block(&mut a), 4);
-    assert_eq!(via_row.write_block(&mut b), 4);
+    assert_eq!(straight.write_block(&mut a), all.len() as u64);
+    assert_eq!(via_row.write_block(&mut b), all.len() as u64);
     assert_eq!(a, b);
     // Only the http_exchanges columns take an exchange.
     assert!(!Columns::new(2).push_http("n", &base));
