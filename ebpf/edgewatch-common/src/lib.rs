@@ -53,6 +53,12 @@ pub const HOP_PORT_WORDS: u32 = 65536 / 64;
 /// the start of a segment. (One less than the buffer, see the eBPF copy routine.)
 pub const HOP_CAPTURE_BYTES: usize = 2048;
 
+/// A segment whose captured payload is shorter than this goes in a record of this size
+/// ([`HopSegmentSmallEvent`]) instead of a [`HopSegmentEvent`]: most heads are a few hundred
+/// bytes, and a ring record is as long as its reservation whatever the copy filled (a quarter
+/// of the room per head: four times as many heads fit before the ring must be drained).
+pub const HOP_SMALL_CAPTURE_BYTES: usize = 512;
+
 /// Index into the per-CPU `DROPS` array: why the kernel could not deliver an event.
 pub mod drop_reason {
     /// `bpf_ringbuf_reserve` failed: user space is not keeping up, or the ring is too small.
@@ -199,6 +205,19 @@ pub struct HopSegmentEvent {
     pub data: [u8; HOP_CAPTURE_BYTES],
 }
 const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
+
+/// The same record for a shorter payload ([`HOP_SMALL_CAPTURE_BYTES`]): the same kind and
+/// layout, only shorter. User space reads `cap_len` bytes after the header, whatever the
+/// record's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HopSegmentSmallEvent {
+    pub hdr: HopSegmentHeader,
+    pub data: [u8; HOP_SMALL_CAPTURE_BYTES],
+}
+const _: () = assert!(size_of::<HopSegmentSmallEvent>() == 80 + HOP_SMALL_CAPTURE_BYTES);
+const _: () =
+    assert!(HOP_SMALL_CAPTURE_BYTES.is_power_of_two() && HOP_CAPTURE_BYTES.is_power_of_two());
 
 /// A direction of an upgraded stream whose frame headers the TC program follows. Key of the
 /// `FOLLOWED` map (source to destination, addresses in network order, ports in host order).

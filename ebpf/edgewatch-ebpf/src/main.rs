@@ -23,8 +23,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use edgewatch_common::{
     drop_reason, follow_mode, kind, skip_reason, tcp_state, EventHeader, FlowKey, FollowedFlow,
-    HopSegmentEvent, HopSegmentHeader, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout,
-    EVENT_VERSION, HOP_CAPTURE_BYTES, HOP_PORT_WORDS,
+    HopSegmentEvent, HopSegmentHeader, HopSegmentSmallEvent, ResetEvent, ResetLayout,
+    SockStateEvent, SockStateLayout, EVENT_VERSION, HOP_CAPTURE_BYTES, HOP_PORT_WORDS,
+    HOP_SMALL_CAPTURE_BYTES,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
@@ -574,23 +575,40 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
         };
     }
     let in_skb = ctx.len().saturating_sub(payload_off);
-    let mut cap = hdr.payload_len.min(in_skb);
-    if cap >= HOP_CAPTURE_BYTES as u32 {
-        cap = HOP_CAPTURE_BYTES as u32 - 1;
+    let cap = hdr.payload_len.min(in_skb);
+    if cap < HOP_SMALL_CAPTURE_BYTES as u32 {
+        send_payload::<HopSegmentSmallEvent, HOP_SMALL_CAPTURE_BYTES>(ctx, hdr, payload_off, cap)
+    } else {
+        let cap = cap.min(HOP_CAPTURE_BYTES as u32 - 1);
+        send_payload::<HopSegmentEvent, HOP_CAPTURE_BYTES>(ctx, hdr, payload_off, cap)
     }
-    let Some(mut entry) = EVENTS.reserve::<HopSegmentEvent>(0) else {
+}
+
+/// Sends the segment with the first `cap` bytes of its payload (`cap` in [1, N)) in a record
+/// of type `E`: [`HopSegmentEvent`] or [`HopSegmentSmallEvent`], the header then N bytes.
+#[inline(always)]
+fn send_payload<E: 'static, const N: usize>(
+    ctx: &TcContext,
+    mut hdr: HopSegmentHeader,
+    payload_off: u32,
+    cap: u32,
+) -> Result<(), u32> {
+    const {
+        assert!(size_of::<E>() == size_of::<HopSegmentHeader>() + N && N.is_power_of_two());
+    }
+    let Some(mut entry) = EVENTS.reserve::<E>(0) else {
         return Err(drop_reason::HOP_RINGBUF_FULL);
     };
     hdr.header.kind = kind::HOP_SEGMENT_DATA;
-    let event = entry.as_mut_ptr();
-    // One helper call with a bounded variable length: `len` is in [1, HOP_CAPTURE_BYTES] by
-    // construction (the mask makes the bound visible to the verifier whatever the compiler
-    // did with `cap` before), and equals `cap` for every `cap` in [1, HOP_CAPTURE_BYTES).
-    let len = (cap.wrapping_sub(1) & (HOP_CAPTURE_BYTES as u32 - 1)) + 1;
-    // SAFETY: `event` points to a reserved, writable HopSegmentEvent; `len` bytes fit in
-    // `data` (HOP_CAPTURE_BYTES long).
+    let event = entry.as_mut_ptr().cast::<u8>();
+    // One helper call with a bounded variable length: `len` is in [1, N] by construction
+    // (the mask makes the bound visible to the verifier whatever the compiler did with `cap`
+    // before; N is a power of two), and equals `cap` for every `cap` in [1, N).
+    let len = (cap.wrapping_sub(1) & (N as u32 - 1)) + 1;
+    // SAFETY: `event` points to a reserved, writable record of type `E`: a
+    // HopSegmentHeader followed by N bytes (asserted above); `len` bytes fit in those.
     unsafe {
-        let data = core::ptr::addr_of_mut!((*event).data).cast::<u8>();
+        let data = event.add(size_of::<HopSegmentHeader>());
         let copied =
             if bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off, data.cast(), len) == 0 {
                 len
@@ -598,7 +616,7 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
                 0
             };
         hdr.cap_len = copied;
-        core::ptr::addr_of_mut!((*event).hdr).write(hdr);
+        event.cast::<HopSegmentHeader>().write_unaligned(hdr);
     }
     entry.submit(hop_submit_flags());
     Ok(())

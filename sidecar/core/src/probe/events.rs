@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgewatch_common::{
-    kind, tcp_state, EventHeader, HopSegmentEvent, HopSegmentHeader, HopWsEvent, ResetEvent,
-    SockStateEvent, EVENT_VERSION, WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
+    kind, tcp_state, EventHeader, HopSegmentHeader, HopWsEvent, ResetEvent, SockStateEvent,
+    EVENT_VERSION, HOP_CAPTURE_BYTES, WS_CLOSE_BYTES, WS_HEADER_SLOT, WS_MAX_HEADERS,
 };
 
 /// A socket entered or left LISTEN.
@@ -301,16 +301,18 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
                 pieces = Some(Pieces::new(list.chain(close)));
             }
             let data = if header.kind == kind::HOP_SEGMENT_DATA {
-                let need = std::mem::size_of::<HopSegmentEvent>();
+                // The record is as long as the payload room the program reserved (a
+                // `HopSegmentEvent`, or a `HopSegmentSmallEvent` for a short payload): the
+                // header, then `cap_len` bytes.
+                let start = std::mem::size_of::<HopSegmentHeader>();
+                let need = start + (h.cap_len as usize).min(HOP_CAPTURE_BYTES);
                 if bytes.len() < need {
                     return Err(DecodeError::Short {
                         len: bytes.len(),
                         need,
                     });
                 }
-                let start = std::mem::size_of::<HopSegmentHeader>();
-                let n = (h.cap_len as usize).min(need - start);
-                &bytes[start..start + n]
+                &bytes[start..need]
             } else {
                 &[]
             };
@@ -351,13 +353,12 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
 mod tests {
     use super::*;
 
-    fn bytes_of(e: &SockStateEvent) -> Vec<u8> {
-        // SAFETY: SockStateEvent is repr(C) plain data; viewing it as bytes is sound.
+    /// A record's bytes; only for the `repr(C)` records of edgewatch-common, which have no
+    /// implicit padding (their size assertions there hold it).
+    fn bytes_of<T: Copy>(e: &T) -> Vec<u8> {
+        // SAFETY: T is one of those records: plain data with every byte initialised.
         unsafe {
-            std::slice::from_raw_parts(
-                (e as *const SockStateEvent).cast::<u8>(),
-                std::mem::size_of::<SockStateEvent>(),
-            )
+            std::slice::from_raw_parts((e as *const T).cast::<u8>(), std::mem::size_of::<T>())
         }
         .to_vec()
     }
@@ -469,6 +470,68 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_segment_with_payload_decodes_from_either_record_size() {
+        // The program reserves a short record for a short payload and a long one otherwise;
+        // either way the payload is the `cap_len` bytes after the header, and a record that
+        // ends before them is an error.
+        let hdr = HopSegmentHeader {
+            header: EventHeader {
+                kind: kind::HOP_SEGMENT_DATA,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 7,
+            },
+            ifindex: 1,
+            seq: 1000,
+            ack: 5,
+            payload_len: 300,
+            cap_len: 300,
+            sport: 40000,
+            dport: 18789,
+            family: 2,
+            tcp_flags: 0x18,
+            direction: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            elided: 0,
+        };
+        let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let record = |room: usize, hdr: &HopSegmentHeader| {
+            let mut bytes = vec![0xee; std::mem::size_of::<HopSegmentHeader>() + room];
+            bytes[..std::mem::size_of::<HopSegmentHeader>()].copy_from_slice(&bytes_of(hdr));
+            let start = std::mem::size_of::<HopSegmentHeader>();
+            bytes[start..start + payload.len()].copy_from_slice(&payload);
+            bytes
+        };
+        for room in [
+            edgewatch_common::HOP_SMALL_CAPTURE_BYTES,
+            edgewatch_common::HOP_CAPTURE_BYTES,
+        ] {
+            let bytes = record(room, &hdr);
+            let Ok(ProbeEvent::Hop(packet)) = decode(&bytes) else {
+                panic!("decode, room {room}")
+            };
+            let seg = packet.segment(9);
+            assert_eq!((seg.seq, seg.payload_len), (1000, 300), "room {room}");
+            assert_eq!(seg.payload, &payload[..], "room {room}");
+        }
+        // A cap_len past the record's end.
+        let mut long = hdr;
+        long.cap_len = 600;
+        assert!(matches!(
+            decode(&record(edgewatch_common::HOP_SMALL_CAPTURE_BYTES, &long)),
+            Err(DecodeError::Short { need: 680, .. })
+        ));
+        // One beyond the largest room is read as the largest room.
+        long.cap_len = u32::MAX;
+        let widest = record(edgewatch_common::HOP_CAPTURE_BYTES, &long);
+        let Ok(ProbeEvent::Hop(packet)) = decode(&widest) else {
+            panic!("decode")
+        };
+        assert_eq!(packet.segment(9).payload.len(), HOP_CAPTURE_BYTES);
     }
 
     #[test]
