@@ -53,11 +53,20 @@ pub const HOP_PORT_WORDS: u32 = 65536 / 64;
 /// the start of a segment. (One less than the buffer, see the eBPF copy routine.)
 pub const HOP_CAPTURE_BYTES: usize = 2048;
 
-/// A segment whose captured payload is shorter than this goes in a record of this size
-/// ([`HopSegmentSmallEvent`]) instead of a [`HopSegmentEvent`]: most heads are a few hundred
-/// bytes, and a ring record is as long as its reservation whatever the copy filled (a quarter
-/// of the room per head: four times as many heads fit before the ring must be drained).
-pub const HOP_SMALL_CAPTURE_BYTES: usize = 512;
+/// The payload room of the records a hop segment's payload can go in: the program takes the
+/// smallest that holds what it captured. A ring record is as long as its reservation whatever
+/// the copy filled, and most heads are a few hundred bytes: in 2,048-byte rooms, a quarter or
+/// less of the ring held payload.
+pub const HOP_PAYLOAD_ROOMS: [usize; 4] = [256, 512, 1024, HOP_CAPTURE_BYTES];
+const _: () = {
+    let mut i = 0;
+    while i < HOP_PAYLOAD_ROOMS.len() {
+        assert!(HOP_PAYLOAD_ROOMS[i].is_power_of_two());
+        assert!(i == 0 || HOP_PAYLOAD_ROOMS[i] > HOP_PAYLOAD_ROOMS[i - 1]);
+        i += 1;
+    }
+    assert!(HOP_PAYLOAD_ROOMS[HOP_PAYLOAD_ROOMS.len() - 1] == HOP_CAPTURE_BYTES);
+};
 
 /// Index into the per-CPU `DROPS` array: why the kernel could not deliver an event.
 pub mod drop_reason {
@@ -197,27 +206,18 @@ pub struct HopSegmentHeader {
 }
 const _: () = assert!(size_of::<HopSegmentHeader>() == 80);
 
-/// A hop segment with the first bytes of its payload.
+/// A hop segment with the first bytes of its payload, in a record with room for `N` of them
+/// (one of [`HOP_PAYLOAD_ROOMS`]); `hdr.cap_len` says how many were copied.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HopSegmentEvent {
+pub struct HopSegmentData<const N: usize> {
     pub hdr: HopSegmentHeader,
-    pub data: [u8; HOP_CAPTURE_BYTES],
+    pub data: [u8; N],
 }
-const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
 
-/// The same record for a shorter payload ([`HOP_SMALL_CAPTURE_BYTES`]): the same kind and
-/// layout, only shorter. User space reads `cap_len` bytes after the header, whatever the
-/// record's length.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HopSegmentSmallEvent {
-    pub hdr: HopSegmentHeader,
-    pub data: [u8; HOP_SMALL_CAPTURE_BYTES],
-}
-const _: () = assert!(size_of::<HopSegmentSmallEvent>() == 80 + HOP_SMALL_CAPTURE_BYTES);
-const _: () =
-    assert!(HOP_SMALL_CAPTURE_BYTES.is_power_of_two() && HOP_CAPTURE_BYTES.is_power_of_two());
+/// The record with the largest room.
+pub type HopSegmentEvent = HopSegmentData<HOP_CAPTURE_BYTES>;
+const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
 
 /// A direction of an upgraded stream whose frame headers the TC program follows. Key of the
 /// `FOLLOWED` map (source to destination, addresses in network order, ports in host order).

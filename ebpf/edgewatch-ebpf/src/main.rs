@@ -23,9 +23,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use edgewatch_common::{
     drop_reason, follow_mode, kind, skip_reason, tcp_state, EventHeader, FlowKey, FollowedFlow,
-    HopSegmentEvent, HopSegmentHeader, HopSegmentSmallEvent, ResetEvent, ResetLayout,
-    SockStateEvent, SockStateLayout, EVENT_VERSION, HOP_CAPTURE_BYTES, HOP_PORT_WORDS,
-    HOP_SMALL_CAPTURE_BYTES,
+    HopSegmentData, HopSegmentHeader, ResetEvent, ResetLayout, SockStateEvent, SockStateLayout,
+    EVENT_VERSION, HOP_CAPTURE_BYTES, HOP_PAYLOAD_ROOMS, HOP_PORT_WORDS,
 };
 
 /// Every event for user space. Size is set by the loader (`map_max_entries`).
@@ -576,39 +575,49 @@ fn try_hop(ctx: &TcContext, direction: u8) -> Result<(), u32> {
     }
     let in_skb = ctx.len().saturating_sub(payload_off);
     let cap = hdr.payload_len.min(in_skb);
-    if cap < HOP_SMALL_CAPTURE_BYTES as u32 {
-        send_payload::<HopSegmentSmallEvent, HOP_SMALL_CAPTURE_BYTES>(ctx, hdr, payload_off, cap)
+    // In the smallest record that holds the captured bytes.
+    const ROOMS: [usize; 4] = HOP_PAYLOAD_ROOMS;
+    if cap < ROOMS[0] as u32 {
+        send_payload::<{ ROOMS[0] }>(ctx, hdr, payload_off, cap)
+    } else if cap < ROOMS[1] as u32 {
+        send_payload::<{ ROOMS[1] }>(ctx, hdr, payload_off, cap)
+    } else if cap < ROOMS[2] as u32 {
+        send_payload::<{ ROOMS[2] }>(ctx, hdr, payload_off, cap)
     } else {
-        let cap = cap.min(HOP_CAPTURE_BYTES as u32 - 1);
-        send_payload::<HopSegmentEvent, HOP_CAPTURE_BYTES>(ctx, hdr, payload_off, cap)
+        let cap = cap.min(ROOMS[3] as u32 - 1);
+        send_payload::<{ ROOMS[3] }>(ctx, hdr, payload_off, cap)
     }
 }
 
 /// Sends the segment with the first `cap` bytes of its payload (`cap` in [1, N)) in a record
-/// of type `E`: [`HopSegmentEvent`] or [`HopSegmentSmallEvent`], the header then N bytes.
+/// with room for N (a power of two).
 #[inline(always)]
-fn send_payload<E: 'static, const N: usize>(
+fn send_payload<const N: usize>(
     ctx: &TcContext,
     mut hdr: HopSegmentHeader,
     payload_off: u32,
     cap: u32,
 ) -> Result<(), u32> {
     const {
-        assert!(size_of::<E>() == size_of::<HopSegmentHeader>() + N && N.is_power_of_two());
+        assert!(N.is_power_of_two() && N <= HOP_CAPTURE_BYTES);
     }
-    let Some(mut entry) = EVENTS.reserve::<E>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<HopSegmentData<N>>(0) else {
         return Err(drop_reason::HOP_RINGBUF_FULL);
     };
     hdr.header.kind = kind::HOP_SEGMENT_DATA;
-    let event = entry.as_mut_ptr().cast::<u8>();
+    let event = entry.as_mut_ptr();
     // One helper call with a bounded variable length: `len` is in [1, N] by construction
-    // (the mask makes the bound visible to the verifier whatever the compiler did with `cap`
-    // before; N is a power of two), and equals `cap` for every `cap` in [1, N).
+    // (the mask makes the bound visible to the verifier; N is a power of two), and equals
+    // `cap` for every `cap` in [1, N). Read through a volatile load, so the compiler cannot
+    // drop the mask from what it knows of `cap` from the caller's comparisons (it did, and the
+    // verifier, which tracks `cap` from elsewhere, rejected the unbounded copy).
+    // SAFETY: reading a local.
+    let cap = unsafe { core::ptr::read_volatile(&cap) };
     let len = (cap.wrapping_sub(1) & (N as u32 - 1)) + 1;
-    // SAFETY: `event` points to a reserved, writable record of type `E`: a
-    // HopSegmentHeader followed by N bytes (asserted above); `len` bytes fit in those.
+    // SAFETY: `event` points to a reserved, writable HopSegmentData<N>; `len` bytes fit in
+    // its `data` (N long).
     unsafe {
-        let data = event.add(size_of::<HopSegmentHeader>());
+        let data = core::ptr::addr_of_mut!((*event).data).cast::<u8>();
         let copied =
             if bpf_skb_load_bytes(ctx.skb.skb as *const _, payload_off, data.cast(), len) == 0 {
                 len
@@ -616,7 +625,7 @@ fn send_payload<E: 'static, const N: usize>(
                 0
             };
         hdr.cap_len = copied;
-        event.cast::<HopSegmentHeader>().write_unaligned(hdr);
+        core::ptr::addr_of_mut!((*event).hdr).write(hdr);
     }
     entry.submit(hop_submit_flags());
     Ok(())

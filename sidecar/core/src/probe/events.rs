@@ -301,8 +301,8 @@ pub fn decode(bytes: &[u8]) -> Result<ProbeEvent<'_>, DecodeError> {
                 pieces = Some(Pieces::new(list.chain(close)));
             }
             let data = if header.kind == kind::HOP_SEGMENT_DATA {
-                // The record is as long as the payload room the program reserved (a
-                // `HopSegmentEvent`, or a `HopSegmentSmallEvent` for a short payload): the
+                // The record is as long as the payload room the program reserved (the
+                // smallest of `HOP_PAYLOAD_ROOMS` that holds the payload it captured): the
                 // header, then `cap_len` bytes.
                 let start = std::mem::size_of::<HopSegmentHeader>();
                 let need = start + (h.cap_len as usize).min(HOP_CAPTURE_BYTES);
@@ -474,8 +474,8 @@ mod tests {
 
     #[test]
     fn a_segment_with_payload_decodes_from_either_record_size() {
-        // The program reserves a short record for a short payload and a long one otherwise;
-        // either way the payload is the `cap_len` bytes after the header, and a record that
+        // The program reserves the smallest record that holds the payload it captured; in
+        // any of them the payload is the `cap_len` bytes after the header, and a record that
         // ends before them is an error.
         let hdr = HopSegmentHeader {
             header: EventHeader {
@@ -506,10 +506,10 @@ mod tests {
             bytes[start..start + payload.len()].copy_from_slice(&payload);
             bytes
         };
-        for room in [
-            edgewatch_common::HOP_SMALL_CAPTURE_BYTES,
-            edgewatch_common::HOP_CAPTURE_BYTES,
-        ] {
+        for room in edgewatch_common::HOP_PAYLOAD_ROOMS
+            .into_iter()
+            .filter(|r| *r > 300)
+        {
             let bytes = record(room, &hdr);
             let Ok(ProbeEvent::Hop(packet)) = decode(&bytes) else {
                 panic!("decode, room {room}")
@@ -522,7 +522,7 @@ mod tests {
         let mut long = hdr;
         long.cap_len = 600;
         assert!(matches!(
-            decode(&record(edgewatch_common::HOP_SMALL_CAPTURE_BYTES, &long)),
+            decode(&record(512, &long)),
             Err(DecodeError::Short { need: 680, .. })
         ));
         // One beyond the largest room is read as the largest room.
