@@ -17,7 +17,8 @@ pub mod kind {
     pub const LISTEN_CHANGE: u32 = 1;
     /// A TCP segment on the hop with no payload ([`crate::HopSegmentHeader`] only).
     pub const HOP_SEGMENT: u32 = 2;
-    /// A TCP segment on the hop with payload ([`crate::HopSegmentEvent`]).
+    /// A TCP segment on the hop with payload ([`crate::HopSegmentData`], as long as the room
+    /// the program reserved for it).
     pub const HOP_SEGMENT_DATA: u32 = 3;
     /// A segment of an upgraded (WebSocket) stream: only its frame headers and a close frame's
     /// payload ([`crate::HopWsEvent`]).
@@ -183,7 +184,7 @@ pub struct HopSegmentHeader {
     pub ack: u32,
     /// TCP payload length on the wire.
     pub payload_len: u32,
-    /// Payload bytes copied into [`HopSegmentEvent::data`] (0 for [`kind::HOP_SEGMENT`]).
+    /// Payload bytes copied into [`HopSegmentData::data`] (0 for [`kind::HOP_SEGMENT`]).
     pub cap_len: u32,
     /// Host byte order.
     pub sport: u16,
@@ -325,7 +326,6 @@ mod pod {
     unsafe impl aya::Pod for super::SockStateEvent {}
     unsafe impl aya::Pod for super::SockStateLayout {}
     unsafe impl aya::Pod for super::HopSegmentHeader {}
-    unsafe impl aya::Pod for super::HopSegmentEvent {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FollowedFlow {}
     unsafe impl aya::Pod for super::HopWsEvent {}
