@@ -473,7 +473,7 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_with_payload_decodes_from_either_record_size() {
+    fn a_segment_with_payload_decodes_from_any_record_size() {
         // The program reserves the smallest record that holds the payload it captured; in
         // any of them the payload is the `cap_len` bytes after the header, and a record that
         // ends before them is an error.
