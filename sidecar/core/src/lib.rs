@@ -20,3 +20,6 @@ pub mod store;
 pub mod time;
 pub mod timeline;
 pub mod validate;
+
+#[cfg(test)]
+mod test_rng;

@@ -563,42 +563,57 @@ impl HttpStream {
                 Role::Request => {
                     let mut req = httparse::Request::new(&mut []);
                     let status = req.parse_with_uninit_headers(data, &mut headers);
-                    let len = match head_len(
+                    let len = match self.take_head(
                         status,
                         data,
                         whole,
                         ["incomplete request head", "malformed request head"],
                     ) {
-                        Ok(Some(len)) => len,
-                        Ok(None) => return Ok(0),
-                        Err(why) => return Err((data.len(), why)),
+                        Ok(len) => len,
+                        Err(done) => return done,
                     };
-                    if !whole {
-                        self.msg_bytes += len as u64;
-                    }
                     (len, self.request_head(&req, out))
                 }
                 Role::Response => {
                     let mut resp = httparse::Response::new(&mut []);
                     let status = httparse::ParserConfig::default()
                         .parse_response_with_uninit_headers(&mut resp, data, &mut headers);
-                    let len = match head_len(
+                    let len = match self.take_head(
                         status,
                         data,
                         whole,
                         ["incomplete response head", "malformed response head"],
                     ) {
-                        Ok(Some(len)) => len,
-                        Ok(None) => return Ok(0),
-                        Err(why) => return Err((data.len(), why)),
+                        Ok(len) => len,
+                        Err(done) => return done,
                     };
-                    if !whole {
-                        self.msg_bytes += len as u64;
-                    }
                     (len, self.response_head(&resp, out))
                 }
             };
         interpreted.map(|()| len).map_err(|why| (len, why))
+    }
+
+    /// The head's length from httparse's answer on `data` (see [`Self::parse_head`]), counted
+    /// into the message when parsed in place. `Err` holds what `parse_head` returns at once:
+    /// `Ok(0)` when not `whole` and the head is not complete in `data` or does not end in
+    /// CRLF CRLF; an error when a whole head is one httparse does not take.
+    fn take_head(
+        &mut self,
+        status: httparse::Result<usize>,
+        data: &[u8],
+        whole: bool,
+        [incomplete, malformed]: [&'static str; 2],
+    ) -> Result<usize, Result<usize, (usize, &'static str)>> {
+        match (status, whole) {
+            (Ok(httparse::Status::Complete(_)), true) => Ok(data.len()),
+            (Ok(httparse::Status::Complete(n)), false) if data[..n].ends_with(b"\r\n\r\n") => {
+                self.msg_bytes += n as u64;
+                Ok(n)
+            }
+            (_, false) => Err(Ok(0)),
+            (Ok(httparse::Status::Partial), true) => Err(Err((data.len(), incomplete))),
+            (Err(_), true) => Err(Err((data.len(), malformed))),
+        }
     }
 
     fn request_head(
@@ -710,26 +725,6 @@ fn find_end_first() -> bool {
 #[inline(always)]
 fn find_end_first() -> bool {
     false
-}
-
-/// The length of a head from httparse's answer on `data` (see [`HttpStream::parse_head`]):
-/// `Ok(None)` when not `whole` and the head is not complete in `data` or does not end in
-/// CRLF CRLF; a whole head that httparse does not take is an error.
-fn head_len(
-    status: httparse::Result<usize>,
-    data: &[u8],
-    whole: bool,
-    [incomplete, malformed]: [&'static str; 2],
-) -> Result<Option<usize>, &'static str> {
-    match (status, whole) {
-        (Ok(httparse::Status::Complete(_)), true) => Ok(Some(data.len())),
-        (Ok(httparse::Status::Complete(n)), false) if data[..n].ends_with(b"\r\n\r\n") => {
-            Ok(Some(n))
-        }
-        (_, false) => Ok(None),
-        (Ok(httparse::Status::Partial), true) => Err(incomplete),
-        (Err(_), true) => Err(malformed),
-    }
 }
 
 /// Where the head that `buf` started ends within `rest` (bytes of `rest` to take).

@@ -387,13 +387,7 @@ mod tests {
         // A stream cut into segments (some overlapping the next, some sent twice), fed in a
         // shuffled order from a start near the sequence number's wraparound: the delivered
         // bytes are the stream, once, in order, without a gap.
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::test_rng::xorshift(0x853c_49e6_748f_ea9b);
         for round in 0..2_000 {
             let stream: Vec<u8> = (0..next() % 3000 + 1).map(|_| next() as u8).collect();
             let start = u32::MAX - (next() % 2000) as u32;
@@ -405,7 +399,7 @@ mod tests {
                 let overlap = (next() % 20) as usize;
                 let to = (end + overlap).min(stream.len());
                 segs.push((at, to));
-                if next() % 5 == 0 {
+                if next().is_multiple_of(5) {
                     segs.push((at, to));
                 }
                 at = end;

@@ -391,31 +391,37 @@ mod tests {
         }
     }
 
+    /// A hop segment's header: 127.0.0.1:18789 to 127.0.0.1:40000, seq 1000, 200 bytes of
+    /// payload, none copied.
+    fn hop_header(kind: u32) -> HopSegmentHeader {
+        HopSegmentHeader {
+            header: EventHeader {
+                kind,
+                version: EVENT_VERSION,
+                _pad: 0,
+                ts_ns: 7,
+            },
+            ifindex: 1,
+            seq: 1000,
+            ack: 0,
+            payload_len: 200,
+            cap_len: 0,
+            sport: 18789,
+            dport: 40000,
+            family: 2,
+            tcp_flags: 0x18,
+            direction: 0,
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            elided: 0,
+        }
+    }
+
     #[test]
     fn a_followed_websocket_segment_decodes_to_pieces_of_its_record() {
         // Two frame headers (written out of order) and a close payload, in a 200-byte segment.
         let mut e = HopWsEvent {
-            hdr: HopSegmentHeader {
-                header: EventHeader {
-                    kind: kind::HOP_SEGMENT_WS,
-                    version: EVENT_VERSION,
-                    _pad: 0,
-                    ts_ns: 7,
-                },
-                ifindex: 1,
-                seq: 1000,
-                ack: 0,
-                payload_len: 200,
-                cap_len: 0,
-                sport: 18789,
-                dport: 40000,
-                family: 2,
-                tcp_flags: 0x18,
-                direction: 0,
-                saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                elided: 0,
-            },
+            hdr: hop_header(kind::HOP_SEGMENT_WS),
             n_headers: 2,
             close_off: 152,
             close_len: 4,
@@ -478,25 +484,12 @@ mod tests {
         // any of them the payload is the `cap_len` bytes after the header, and a record that
         // ends before them is an error.
         let hdr = HopSegmentHeader {
-            header: EventHeader {
-                kind: kind::HOP_SEGMENT_DATA,
-                version: EVENT_VERSION,
-                _pad: 0,
-                ts_ns: 7,
-            },
-            ifindex: 1,
-            seq: 1000,
             ack: 5,
             payload_len: 300,
             cap_len: 300,
             sport: 40000,
             dport: 18789,
-            family: 2,
-            tcp_flags: 0x18,
-            direction: 0,
-            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            elided: 0,
+            ..hop_header(kind::HOP_SEGMENT_DATA)
         };
         let payload: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
         let record = |room: usize, hdr: &HopSegmentHeader| {

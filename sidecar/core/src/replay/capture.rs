@@ -426,13 +426,7 @@ mod tests {
 
     #[test]
     fn chunked_reading_gives_what_pcap_parsers_reader_gives() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rand = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         let mut cases = 0;
         for bytes in fixtures() {
             let mut inputs = vec![bytes.clone()];

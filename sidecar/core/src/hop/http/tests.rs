@@ -362,13 +362,7 @@ fn heads_parsed_in_place_give_what_searching_for_the_end_first_gave() {
         b"HTTP/1.1 204 No Content\r\n\r\n",
         b"\x00",
     ];
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
     let run = |role: Role, chunks: &[&[u8]], end_first: bool| {
         FIND_END_FIRST.set(end_first);
         let mut s = HttpStream::new(role);
