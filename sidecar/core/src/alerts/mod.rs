@@ -160,7 +160,19 @@ struct Incident {
     silenced: bool,
 }
 
-type TtfbWindow = (VecDeque<(u64, u64, Option<crate::hop::RequestId>)>, u64);
+/// Time to first byte at one upstream port over the slowness rule's window.
+#[derive(Debug, Default)]
+struct TtfbWindow {
+    /// (request time, ttfb, request id of a slow one), oldest first.
+    samples: VecDeque<(u64, u64, Option<crate::hop::RequestId>)>,
+    /// How many of `samples` are over the rule's threshold, kept as samples come and go:
+    /// which side of the threshold the percentile is on follows from it (`rules::latency`).
+    slow: usize,
+    /// When (record time) the percentile was last judged.
+    last_eval: u64,
+    /// The incident's key, `hop.upstream_slowness:<port>`, made once.
+    key: String,
+}
 
 /// The rules' state.
 #[derive(Debug, Default)]
@@ -174,8 +186,7 @@ pub struct Engine {
     /// Proxy-closed sessions: (end, port, evidence).
     proxy_closes: VecDeque<(u64, u16, Value)>,
     resets: VecDeque<(u64, u16, Value)>,
-    /// Time to first byte per upstream port: (request time, ttfb, request id), and when the
-    /// percentile was last computed.
+    /// Time to first byte per upstream port.
     ttfb: BTreeMap<u16, TtfbWindow>,
     /// Origins refused per incident key (bounded: the sender chooses them).
     origins: BTreeMap<String, DistinctValues>,

@@ -17,9 +17,13 @@ impl Engine {
         let port = x.conn.server.port();
         let at = x.request_ts_ns;
         let this_slow = ttfb > threshold;
+        let w = self.ttfb.entry(port).or_insert_with(|| TtfbWindow {
+            key: format!("{}:{port}", rule::SLOWNESS),
+            ..TtfbWindow::default()
+        });
         // A slow exchange joins an open incident at once (counted, evidence kept).
         if this_slow {
-            if let Some(inc) = self.open.get_mut(&format!("{}:{port}", rule::SLOWNESS)) {
+            if let Some(inc) = self.open.get_mut(&w.key) {
                 *inc.counts.entry("slow_exchanges").or_default() += 1;
                 inc.last_match_ns = inc.last_match_ns.max(at);
                 if inc.evidence.len() < MAX_EVIDENCE {
@@ -27,7 +31,6 @@ impl Engine {
                 }
             }
         }
-        let (samples, last_eval) = self.ttfb.entry(port).or_default();
         // Only a slow sample's request id is ever shown (the evidence lists the slowest):
         // the others keep none, which spares a copy of every request's id.
         let id = if this_slow {
@@ -35,33 +38,41 @@ impl Engine {
         } else {
             None
         };
-        samples.push_back((at, ttfb, id));
+        w.samples.push_back((at, ttfb, id));
+        w.slow += usize::from(this_slow);
         let since = at.saturating_sub(window);
-        while samples.front().is_some_and(|(t, ..)| *t < since) || samples.len() > MAX_SAMPLES {
-            samples.pop_front();
-        }
-        // The percentile is computed for every exchange while the window is small, and at
-        // most once a second (of record time) when it is large.
-        if samples.len() < min.max(1)
-            || (samples.len() > 1000 && at < last_eval.saturating_add(1_000_000_000))
+        while w.samples.front().is_some_and(|(t, ..)| *t < since) || w.samples.len() > MAX_SAMPLES
         {
+            if let Some((_, t, _)) = w.samples.pop_front() {
+                w.slow -= usize::from(t > threshold);
+            }
+        }
+        // The percentile is judged for every exchange while the window is small, and at most
+        // once a second (of record time) when it is large.
+        let n = w.samples.len();
+        if n < min.max(1) || (n > 1000 && at < w.last_eval.saturating_add(1_000_000_000)) {
             return;
         }
-        *last_eval = at;
-        let mut values: Vec<u64> = samples.iter().map(|(_, t, _)| *t).collect();
-        let rank = ((pct / 100.0) * values.len() as f64).ceil() as usize;
-        let rank = rank.clamp(1, values.len()) - 1;
-        let value = *values.select_nth_unstable(rank).1;
-        let key = format!("{}:{port}", rule::SLOWNESS);
-        if value <= threshold {
+        w.last_eval = at;
+        let rank = percentile_rank(pct, n);
+        // A selection over the whole window was made here for every exchange; the count of
+        // slow samples says which side of the threshold the percentile is on, and the
+        // selection is made only when the rule matches (for the figure it reports).
+        if !percentile_over(w.slow, n, rank) {
             // Back under the threshold.
-            self.resolve(&key, at, out);
+            if self.open.contains_key(&w.key) {
+                let key = w.key.clone();
+                self.resolve(&key, at, out);
+            }
             return;
         }
+        let mut values: Vec<u64> = w.samples.iter().map(|(_, t, _)| *t).collect();
+        let value = *values.select_nth_unstable(rank).1;
+        let key = w.key.clone();
         let mut slowest: Vec<&(u64, u64, Option<crate::hop::RequestId>)> =
-            samples.iter().filter(|(_, t, _)| *t > threshold).collect();
+            w.samples.iter().filter(|(_, t, _)| *t > threshold).collect();
+        debug_assert_eq!(slowest.len(), w.slow, "the running count of slow samples");
         slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
-        let n = samples.len();
         let slow_ids: Vec<Value> = slowest
             .iter()
             .take(5)
@@ -107,5 +118,44 @@ impl Engine {
             },
             out,
         );
+    }
+}
+
+/// The 0-based rank in ascending order of the `pct`th percentile of `n` samples (`n` > 0).
+fn percentile_rank(pct: f64, n: usize) -> usize {
+    let rank = ((pct / 100.0) * n as f64).ceil() as usize;
+    rank.clamp(1, n) - 1
+}
+
+/// Whether the sample at `rank` (ascending) of `n` is over a threshold that `slow` of them are
+/// over: it is exactly when the `n - rank` samples from it up all are, so when at least
+/// `n - rank` are.
+fn percentile_over(slow: usize, n: usize, rank: usize) -> bool {
+    slow >= n - rank
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slow_count_puts_the_percentile_on_the_side_a_selection_does() {
+        let mut next = crate::test_rng::xorshift(0x5EED_2026);
+        for round in 0..20_000 {
+            let n = 1 + (next() % 300) as usize;
+            let spread = 1 + next() % 1000;
+            let values: Vec<u64> = (0..n).map(|_| next() % spread).collect();
+            let threshold = next() % spread;
+            let pct = [0.1, 1.0, 50.0, 90.0, 95.0, 99.0, 99.9, 100.0][(next() % 8) as usize];
+            let rank = percentile_rank(pct, n);
+            let slow = values.iter().filter(|v| **v > threshold).count();
+            let mut sorted = values.clone();
+            let selected = *sorted.select_nth_unstable(rank).1;
+            assert_eq!(
+                percentile_over(slow, n, rank),
+                selected > threshold,
+                "round {round}: p{pct} of {values:?} against {threshold}"
+            );
+        }
     }
 }
