@@ -193,7 +193,7 @@ impl<'h> Headers<'h> {
             return Ok(Some(State::Chunked(ChunkState::Size)));
         }
         match self.content_length {
-            Some(v) => std::str::from_utf8(v)
+            Some(v) => utf8(v)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(|n| Some(if n == 0 { State::Head } else { State::Body(n) }))
@@ -246,11 +246,23 @@ fn request_id(value: Option<&[u8]>) -> Option<RequestId> {
 fn trimmed<T>(value: Option<&[u8]>, make: impl Fn(&str) -> T) -> Option<T> {
     value.map(|v| {
         let v = v.trim_ascii();
-        match std::str::from_utf8(v) {
+        match utf8(v) {
             Ok(v) => make(v),
             Err(_) => make(&String::from_utf8_lossy(v)),
         }
     })
+}
+
+/// `std::str::from_utf8`, ASCII (nearly every header value) checked first: a word at a time,
+/// where the validation walks a value of a few dozen bytes byte by byte (it was ~120
+/// instructions a value, four or five values a request).
+fn utf8(v: &[u8]) -> Result<&str, std::str::Utf8Error> {
+    if v.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Ok(unsafe { std::str::from_utf8_unchecked(v) })
+    } else {
+        std::str::from_utf8(v)
+    }
 }
 
 /// Whether a comma-separated header value lists `token` (ASCII, case-insensitive). Read in

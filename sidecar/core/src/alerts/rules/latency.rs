@@ -41,8 +41,7 @@ impl Engine {
         w.samples.push_back((at, ttfb, id));
         w.slow += usize::from(this_slow);
         let since = at.saturating_sub(window);
-        while w.samples.front().is_some_and(|(t, ..)| *t < since) || w.samples.len() > MAX_SAMPLES
-        {
+        while w.samples.front().is_some_and(|(t, ..)| *t < since) || w.samples.len() > MAX_SAMPLES {
             if let Some((_, t, _)) = w.samples.pop_front() {
                 w.slow -= usize::from(t > threshold);
             }
@@ -69,8 +68,11 @@ impl Engine {
         let mut values: Vec<u64> = w.samples.iter().map(|(_, t, _)| *t).collect();
         let value = *values.select_nth_unstable(rank).1;
         let key = w.key.clone();
-        let mut slowest: Vec<&(u64, u64, Option<crate::hop::RequestId>)> =
-            w.samples.iter().filter(|(_, t, _)| *t > threshold).collect();
+        let mut slowest: Vec<&(u64, u64, Option<crate::hop::RequestId>)> = w
+            .samples
+            .iter()
+            .filter(|(_, t, _)| *t > threshold)
+            .collect();
         debug_assert_eq!(slowest.len(), w.slow, "the running count of slow samples");
         slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
         let slow_ids: Vec<Value> = slowest

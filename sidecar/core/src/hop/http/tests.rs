@@ -409,3 +409,32 @@ fn heads_parsed_in_place_give_what_searching_for_the_end_first_gave() {
     // The inputs reach the path under test.
     assert!(in_place_heads > 1000, "{in_place_heads}");
 }
+
+#[test]
+fn header_text_is_checked_as_from_utf8_checks_it() {
+    // ASCII, multi-byte UTF-8, and bytes that are not UTF-8, cut at every length.
+    let pieces: [&[u8]; 7] = [
+        b"gateway",
+        b" 203.0.113.7",
+        "é".as_bytes(),
+        "✓".as_bytes(),
+        b"\xff",
+        b"\xc3",
+        b"\x80",
+    ];
+    let mut next = crate::test_rng::xorshift(0xA5C1_1E77);
+    for _ in 0..20_000 {
+        let mut v = Vec::new();
+        for _ in 0..next() % 8 {
+            v.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+        }
+        for end in 0..=v.len() {
+            assert_eq!(
+                utf8(&v[..end]),
+                std::str::from_utf8(&v[..end]),
+                "{:?}",
+                &v[..end]
+            );
+        }
+    }
+}
