@@ -223,7 +223,7 @@ mod tests {
             names.push(
                 p.iter()
                     .map(|c| {
-                        if next() % 2 == 0 {
+                        if next().is_multiple_of(2) {
                             c.to_ascii_uppercase()
                         } else {
                             *c
