@@ -48,11 +48,18 @@ const SECRET_PACKED: [u128; SECRET_PARAMS.len()] = {
     let mut all = [0; SECRET_PARAMS.len()];
     let mut i = 0;
     while i < all.len() {
-        assert!(
-            SECRET_PARAMS[i].len() < 16,
-            "a secret parameter name over 15 bytes"
-        );
-        all[i] = packed(SECRET_PARAMS[i].as_bytes());
+        let name = SECRET_PARAMS[i].as_bytes();
+        assert!(name.len() < 16, "a secret parameter name over 15 bytes");
+        // Names are compared lower-cased: one written with a capital could never match.
+        let mut j = 0;
+        while j < name.len() {
+            assert!(
+                !name[j].is_ascii_uppercase(),
+                "a secret parameter name not in lower case"
+            );
+            j += 1;
+        }
+        all[i] = packed(name);
         i += 1;
     }
     all

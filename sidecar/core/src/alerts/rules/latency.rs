@@ -54,9 +54,9 @@ impl Engine {
         }
         w.last_eval = at;
         let rank = percentile_rank(pct, n);
-        // A selection over the whole window was made here for every exchange; the count of
-        // slow samples says which side of the threshold the percentile is on, and the
-        // selection is made only when the rule matches (for the figure it reports).
+        // The count of slow samples says which side of the threshold the percentile is on:
+        // the selection over the window (a pass over it and a Vec) is made only when the
+        // rule matches, for the figure it reports.
         if !percentile_over(w.slow, n, rank) {
             // Back under the threshold.
             if self.open.contains_key(&w.key) {
