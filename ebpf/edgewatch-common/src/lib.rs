@@ -215,10 +215,7 @@ pub struct HopSegmentData<const N: usize> {
     pub hdr: HopSegmentHeader,
     pub data: [u8; N],
 }
-
-/// The record with the largest room.
-pub type HopSegmentEvent = HopSegmentData<HOP_CAPTURE_BYTES>;
-const _: () = assert!(size_of::<HopSegmentEvent>() == 80 + HOP_CAPTURE_BYTES);
+const _: () = assert!(size_of::<HopSegmentData<HOP_CAPTURE_BYTES>>() == 80 + HOP_CAPTURE_BYTES);
 
 /// A direction of an upgraded stream whose frame headers the TC program follows. Key of the
 /// `FOLLOWED` map (source to destination, addresses in network order, ports in host order).
