@@ -22,20 +22,55 @@ fn label(key: &str, value: &str) -> Labels {
     vec![(key.to_owned(), value.to_owned())]
 }
 
+/// The members of a counter family for a closed set of label values, looked up once, at
+/// start. A lookup in the family takes its lock, makes the label (two `String`s) and hashes
+/// it: the sidecar brings store and drop counters up to date on every turn of its loop, and
+/// counts access-log lines and connection events one by one.
+struct Members<const N: usize> {
+    family: Family<Labels, Counter>,
+    key: &'static str,
+    values: [&'static str; N],
+    counters: [Counter; N],
+}
+
+impl<const N: usize> Members<N> {
+    /// Creates every member, so that a scrape shows zero rather than nothing.
+    fn new(family: &Family<Labels, Counter>, key: &'static str, values: [&'static str; N]) -> Self {
+        Self {
+            family: family.clone(),
+            key,
+            values,
+            counters: values.map(|v| family.get_or_create(&label(key, v)).clone()),
+        }
+    }
+
+    /// Runs `f` on the member for `value` (one outside the set is looked up in the family).
+    fn with(&self, value: &str, f: impl FnOnce(&Counter)) {
+        match self.values.iter().position(|v| *v == value) {
+            Some(i) => f(&self.counters[i]),
+            None => f(&self.family.get_or_create(&label(self.key, value))),
+        }
+    }
+
+    /// Brings the member for `value` up to an absolute total.
+    fn raise_to(&self, value: &str, total: u64) {
+        self.with(value, |c| raise_to(c, total));
+    }
+}
+
 /// All counters; cheap to clone behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
-    events: Family<Labels, Counter>,
+    events: Members<7>,
     hop_segments: Counter,
-    listen_changes: Counter,
-    kernel_drops: Family<Labels, Counter>,
-    kernel_skipped: Family<Labels, Counter>,
-    follow_armed: Family<Labels, Counter>,
-    limit_drops: Family<Labels, Counter>,
+    kernel_drops: Members<4>,
+    kernel_skipped: Members<2>,
+    follow_armed: Members<2>,
+    limit_drops: Members<8>,
     decode_errors: Counter,
     ws_follow_errors: Counter,
     followed_segments: Counter,
-    edge_lines: Family<Labels, Counter>,
+    edge_lines: Members<3>,
     event_lag: Histogram,
     exposures: Family<Labels, Gauge>,
     alerts: Family<Labels, Counter>,
@@ -44,8 +79,8 @@ pub struct Metrics {
     rescan_errors: Counter,
     nat_reads: Counter,
     nat_problems: Gauge,
-    store_rows: Family<Labels, Counter>,
-    webhook_alerts: Family<Labels, Counter>,
+    store_rows: Members<4>,
+    webhook_alerts: Members<3>,
     store_backlog_rows: Gauge,
     store_backlog_bytes: Gauge,
     store_up: Gauge,
@@ -102,18 +137,20 @@ impl Metrics {
              while stopped, corrupt spool stretches)",
             limit_drops.clone(),
         );
-        for limit in [
-            "hop_connections",
-            "hop_pending_exchanges",
-            "hop_close_frames",
-            "join_pending",
-            "join_duplicate_request_ids",
-            "edge_overlong_lines",
-            "edge_lost_rotations",
-            "spool_corrupt_regions",
-        ] {
-            limit_drops.get_or_create(&label("limit", limit)).inc_by(0);
-        }
+        let limit_drops = Members::new(
+            &limit_drops,
+            "limit",
+            [
+                "hop_connections",
+                "hop_pending_exchanges",
+                "hop_close_frames",
+                "join_pending",
+                "join_duplicate_request_ids",
+                "edge_overlong_lines",
+                "edge_lost_rotations",
+                "spool_corrupt_regions",
+            ],
+        );
         let record_family = Family::<Labels, Counter>::default();
         registry.register(
             "records",
@@ -147,6 +184,7 @@ impl Metrics {
             "Access-log lines read, parsed or malformed",
             edge_lines.clone(),
         );
+        let edge_lines = Members::new(&edge_lines, "result", ["parsed", "malformed", "non_utf8"]);
         let event_lag = Histogram::new([0.0001, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0]);
         registry.register(
             "event_lag_seconds",
@@ -186,9 +224,11 @@ impl Metrics {
              aside for good), dropped (spool full or unwritable)",
             store_rows.clone(),
         );
-        for result in ["spooled", "sent", "rejected", "dropped"] {
-            store_rows.get_or_create(&label("result", result)).inc_by(0);
-        }
+        let store_rows = Members::new(
+            &store_rows,
+            "result",
+            ["spooled", "sent", "rejected", "dropped"],
+        );
         let webhook_alerts = Family::<Labels, Counter>::default();
         registry.register(
             "webhook_alerts",
@@ -196,6 +236,7 @@ impl Metrics {
              refused), dropped (the delivery queue was full)",
             webhook_alerts.clone(),
         );
+        let webhook_alerts = Members::new(&webhook_alerts, "result", ["sent", "failed", "dropped"]);
         let store_backlog_rows = Gauge::default();
         registry.register(
             "store_backlog_rows",
@@ -214,33 +255,39 @@ impl Metrics {
             "1 while ClickHouse accepts inserts, 0 while rows wait in the spool",
             store_up.clone(),
         );
-        // Present from the start, so a scrape shows zero rather than nothing.
-        for reason in [
-            "ringbuf_full",
-            "field_read",
-            "hop_ringbuf_full",
-            "hop_parse",
-        ] {
-            kernel_drops
-                .get_or_create(&label("reason", reason))
-                .inc_by(0);
-        }
-        for what in ["pure_ack", "payload"] {
-            kernel_skipped.get_or_create(&label("what", what)).inc_by(0);
-        }
-        for mode in ["ws_frames", "body"] {
-            follow_armed.get_or_create(&label("mode", mode)).inc_by(0);
-        }
-        let hop_segments = events.get_or_create(&label("kind", "hop_segment")).clone();
-        let listen_changes = events
-            .get_or_create(&label("kind", "listen_change"))
-            .clone();
+        let kernel_drops = Members::new(
+            &kernel_drops,
+            "reason",
+            [
+                "ringbuf_full",
+                "field_read",
+                "hop_ringbuf_full",
+                "hop_parse",
+            ],
+        );
+        let kernel_skipped = Members::new(&kernel_skipped, "what", ["pure_ack", "payload"]);
+        let follow_armed = Members::new(&follow_armed, "mode", ["ws_frames", "body"]);
+        let events = Members::new(
+            &events,
+            "kind",
+            [
+                "hop_segment",
+                "listen_change",
+                "connect_start",
+                "connect_end",
+                "connect_failed",
+                "reset_sent",
+                "reset_received",
+            ],
+        );
+        // The first member above.
+        let hop_segments = events.counters[0].clone();
+        debug_assert_eq!(events.values[0], "hop_segment");
         Self {
             records,
             registry,
             events,
             hop_segments,
-            listen_changes,
             kernel_drops,
             kernel_skipped,
             follow_armed,
@@ -267,18 +314,12 @@ impl Metrics {
 
     /// Brings a store row counter up to an absolute total.
     pub fn store_rows_now(&self, result: &str, total: u64) {
-        raise_to(
-            &self.store_rows.get_or_create(&label("result", result)),
-            total,
-        );
+        self.store_rows.raise_to(result, total);
     }
 
     /// Brings a webhook counter (summed over the webhooks) up to an absolute total.
     pub fn webhook_alerts_now(&self, result: &str, total: u64) {
-        raise_to(
-            &self.webhook_alerts.get_or_create(&label("result", result)),
-            total,
-        );
+        self.webhook_alerts.raise_to(result, total);
     }
 
     pub fn set_store_backlog(&self, rows: u64, bytes: u64) {
@@ -294,10 +335,9 @@ impl Metrics {
 
     /// Counts one probe event other than a hop segment (`kind` is a fixed name).
     pub fn event(&self, kind: &'static str) {
-        match kind {
-            "listen_change" => self.listen_changes.inc(),
-            other => self.events.get_or_create(&label("kind", other)).inc(),
-        };
+        self.events.with(kind, |c| {
+            c.inc();
+        });
     }
 
     /// A batch of probe events was drained: its hop segments (`followed` of them frame
@@ -336,21 +376,21 @@ impl Metrics {
     /// An access-log line was read (`ok`: parsed; otherwise counted as malformed).
     pub fn edge_line(&self, ok: bool) {
         self.edge_lines
-            .get_or_create(&label("result", if ok { "parsed" } else { "malformed" }))
-            .inc();
+            .with(if ok { "parsed" } else { "malformed" }, |c| {
+                c.inc();
+            });
     }
 
     /// Access-log lines so far that were not UTF-8 (read lossily, then parsed).
     pub fn edge_lines_non_utf8_now(&self, total: u64) {
-        raise_to(
-            &self.edge_lines.get_or_create(&label("result", "non_utf8")),
-            total,
-        );
+        self.edge_lines.raise_to("non_utf8", total);
     }
 
     /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
     pub fn follow_armed(&self, mode: &str) {
-        self.follow_armed.get_or_create(&label("mode", mode)).inc();
+        self.follow_armed.with(mode, |c| {
+            c.inc();
+        });
     }
 
     /// A write to the kernel's frame follower map failed (it then copies payload prefixes).
@@ -360,26 +400,17 @@ impl Metrics {
 
     /// Brings a kernel drop counter up to the kernel's absolute value.
     pub fn kernel_drops_now(&self, reason: &str, total: u64) {
-        raise_to(
-            &self.kernel_drops.get_or_create(&label("reason", reason)),
-            total,
-        );
+        self.kernel_drops.raise_to(reason, total);
     }
 
     /// Brings a counter of hop packets the kernel skipped up to the kernel's absolute value.
     pub fn kernel_skipped_now(&self, what: &str, total: u64) {
-        raise_to(
-            &self.kernel_skipped.get_or_create(&label("what", what)),
-            total,
-        );
+        self.kernel_skipped.raise_to(what, total);
     }
 
     /// A count limit's running total of what it gave up (see `hop::tracker::TrackerLimits`).
     pub fn limit_drops_now(&self, limit: &str, total: u64) {
-        raise_to(
-            &self.limit_drops.get_or_create(&label("limit", limit)),
-            total,
-        );
+        self.limit_drops.raise_to(limit, total);
     }
 
     pub fn set_exposures(&self, by_scope: &[(&str, i64)]) {
@@ -488,5 +519,41 @@ mod tests {
             text.contains("edgewatch_hop_followed_segments_total 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn members_resolved_at_start_are_the_familys() {
+        let m = Metrics::new();
+        // Present at zero before anything happened.
+        let text = m.render();
+        for line in [
+            "edgewatch_events_total{kind=\"connect_start\"} 0",
+            "edgewatch_store_rows_total{result=\"dropped\"} 0",
+            "edgewatch_webhook_alerts_total{result=\"failed\"} 0",
+            "edgewatch_edge_lines_total{result=\"non_utf8\"} 0",
+            "edgewatch_limit_drops_total{limit=\"spool_corrupt_regions\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        m.store_rows_now("sent", 5);
+        m.store_rows_now("sent", 4);
+        m.edge_line(false);
+        m.edge_line(true);
+        m.edge_line(true);
+        m.event("connect_end");
+        m.follow_armed("body");
+        // A value outside the set still counts, in the family.
+        m.limit_drops_now("not_listed", 2);
+        let text = m.render();
+        for line in [
+            "edgewatch_store_rows_total{result=\"sent\"} 5",
+            "edgewatch_edge_lines_total{result=\"malformed\"} 1",
+            "edgewatch_edge_lines_total{result=\"parsed\"} 2",
+            "edgewatch_events_total{kind=\"connect_end\"} 1",
+            "edgewatch_hop_follow_armed_total{mode=\"body\"} 1",
+            "edgewatch_limit_drops_total{limit=\"not_listed\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }
