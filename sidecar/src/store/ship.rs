@@ -669,7 +669,10 @@ struct SendJob {
 impl SendJob {
     /// A batch's Native blocks (as its file holds them) and its rows.
     async fn body_of(&self, batch: &BatchInfo) -> Result<(Vec<bytes::Bytes>, u64), SendError> {
-        let (path, table, buf) = (batch.path.clone(), batch.table, self.pool.take());
+        let buf = self
+            .pool
+            .take(usize::try_from(batch.bytes).unwrap_or(usize::MAX));
+        let (path, table) = (batch.path.clone(), batch.table);
         let (frames, data) =
             match tokio::task::spawn_blocking(move || read_frames_into(&path, table, buf)).await {
                 Ok(Ok(f)) => f,

@@ -54,14 +54,15 @@ impl Frames {
             for r in &self.legacy {
                 cols.push(r);
             }
-            let mut block = pool.take();
+            let mut block = pool.take(0);
             cols.write_block(&mut block);
             pool.give(data);
             return vec![block.into()];
         }
         if self.blocks.len() > 1 {
-            let mut one = pool.take();
             let parts: Vec<&[u8]> = self.blocks.iter().map(|r| &data[r.clone()]).collect();
+            // The merged block is the blocks' columns behind one header.
+            let mut one = pool.take(parts.iter().map(|p| p.len()).sum());
             if merge_blocks_into(table, &parts, &mut one) {
                 pool.give(data);
                 return vec![one.into()];
@@ -83,12 +84,32 @@ impl BufferPool {
     const KEEP: usize = 4;
     const KEEP_BYTES: usize = 16 << 20;
 
-    pub fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_default()
+    /// A buffer for `at_least` bytes (up to the largest kept size: a hint, not a limit): the
+    /// smallest kept one that holds them, or else the largest, grown. The tables' batches
+    /// differ in size by orders of magnitude, and a buffer that has to grow is copied and its
+    /// new pages faulted in.
+    pub fn take(&self, at_least: usize) -> Vec<u8> {
+        let at_least = at_least.min(Self::KEEP_BYTES);
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fits = kept
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= at_least)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let largest = || {
+            kept.iter()
+                .enumerate()
+                .max_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i)
+        };
+        let mut buf = match fits.or_else(largest) {
+            Some(i) => kept.swap_remove(i),
+            None => Vec::new(),
+        };
+        drop(kept);
+        buf.reserve(at_least);
+        buf
     }
 
     pub fn give(&self, mut buf: Vec<u8>) {
