@@ -94,13 +94,33 @@ fn needs_redaction(target: &str) -> bool {
             let authority_end = memchr::memchr(b'/', rest).unwrap_or(rest.len());
             memchr::memchr(b'@', &rest[..authority_end]).is_some()
         });
-    userinfo
-        || memchr::memchr(b'?', t).is_some_and(|at| {
-            let q = &t[at + 1..];
-            let q = &q[..memchr::memchr(b'#', q).unwrap_or(q.len())];
-            q.split(|b| *b == b'&')
-                .any(|pair| memchr::memchr(b'=', pair).is_some_and(|eq| is_secret(&pair[..eq])))
-        })
+    userinfo || memchr::memchr(b'?', t).is_some_and(|at| query_has_secret(&t[at + 1..]))
+}
+
+/// Whether a query (what follows the `?`; a `#` ends it) has a parameter with a secret name
+/// (the name is what precedes the first `=` of an `&`-separated pair). One pass over its
+/// bytes: a query is short, and a search per delimiter (`#`, then `=` in every pair) cost
+/// more than the bytes do.
+fn query_has_secret(q: &[u8]) -> bool {
+    let mut pair = 0;
+    let mut eq = None;
+    for (i, &b) in q.iter().enumerate() {
+        match b {
+            b'=' if eq.is_none() => eq = Some(i),
+            b'&' | b'#' => {
+                if eq.is_some_and(|e| is_secret(&q[pair..e])) {
+                    return true;
+                }
+                if b == b'#' {
+                    return false;
+                }
+                pair = i + 1;
+                eq = None;
+            }
+            _ => {}
+        }
+    }
+    eq.is_some_and(|e| is_secret(&q[pair..e]))
 }
 
 /// [`redact_target`] into a [`Text`]: a target with nothing to redact (most) is copied, inline

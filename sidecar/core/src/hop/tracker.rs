@@ -691,18 +691,22 @@ impl Tracker {
             conn.finish(ts, Ending::Closed, out);
             return;
         }
-        if !self.conns.contains_key(&key) {
-            if seg.payload_len == 0 {
-                // A pure ACK or FIN of a connection we never saw (or already finished).
-                self.stats.ignored += 1;
-                return;
+        // One lookup for a known connection (nearly every segment).
+        let conn = match self.conns.get_mut(&key) {
+            Some(conn) => conn,
+            None => {
+                if seg.payload_len == 0 {
+                    // A pure ACK or FIN of a connection we never saw (or already finished).
+                    self.stats.ignored += 1;
+                    return;
+                }
+                self.make_room(out);
+                self.stats.connections += 1;
+                self.conns
+                    .entry(key)
+                    .insert_entry(Conn::new(new_id(), self.limits))
+                    .into_mut()
             }
-            self.make_room(out);
-            self.conns.insert(key, Conn::new(new_id(), self.limits));
-            self.stats.connections += 1;
-        }
-        let Some(conn) = self.conns.get_mut(&key) else {
-            return;
         };
         conn.last_ts = ts;
         if seg.flags.syn && seg.flags.ack && from == Side::Server {
