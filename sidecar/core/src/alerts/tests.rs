@@ -603,6 +603,29 @@ fn a_busy_upstream_is_judged_once_a_second_and_every_slow_exchange_counted() {
 }
 
 #[test]
+fn a_busy_ports_slowness_window_is_allocated_once() {
+    // Made with room for the most it holds: it neither grows nor moves, however busy.
+    let mut e = Engine::new(AlertsConfig::default());
+    let mut out = Vec::new();
+    let mut t = 0;
+    let mut capacity = None;
+    for i in 0..(MAX_SAMPLES + 3000) {
+        t += S / 1000;
+        let x = http((i % 60_000) as u16, t, false, 200, S / 1000);
+        e.hop(&HopRecord::Http(x), &mut out);
+        let w = &e.ttfb[&18789];
+        assert!(w.samples.len() <= MAX_SAMPLES);
+        assert_eq!(
+            *capacity.get_or_insert(w.samples.capacity()),
+            w.samples.capacity()
+        );
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(e.ttfb[&18789].samples.len(), MAX_SAMPLES);
+    assert!(capacity.is_some_and(|c| c <= MAX_SAMPLES + 1));
+}
+
+#[test]
 fn cooldown_keeps_a_flapping_incident_quiet_unless_it_outlasts_it() {
     let mut e = Engine::new(AlertsConfig {
         cooldown: Duration::from_secs(100),

@@ -19,6 +19,11 @@ impl Engine {
         let this_slow = ttfb > threshold;
         let w = self.ttfb.entry(port).or_insert_with(|| TtfbWindow {
             key: format!("{}:{port}", rule::SLOWNESS),
+            // Room for the most it holds (one over, between a push and the trim) at once: a
+            // busy port's window grew by doubling, copying itself each time, to 16,384
+            // places where it needs 10,001, and pages a quiet port never reaches are never
+            // touched.
+            samples: VecDeque::with_capacity(MAX_SAMPLES + 1),
             ..TtfbWindow::default()
         });
         // A slow exchange joins an open incident at once (counted, evidence kept).
