@@ -54,12 +54,23 @@ pub fn require_root() {
 }
 
 /// A port that is free on loopback right now.
+///
+/// Never one it gave this process before: the kernel may give a later bind the port of an
+/// earlier one that is closed, and a test's "two free ports" were once one (its watched port
+/// was also its dead upstream, and the upstream-down alert came before the test looked).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A port that is free on loopback now and lies below the kernel's ephemeral range, so no

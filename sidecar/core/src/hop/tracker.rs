@@ -691,21 +691,18 @@ impl Tracker {
             conn.finish(ts, Ending::Closed, out);
             return;
         }
-        // One lookup for a known connection (nearly every segment).
         let conn = match self.conns.get_mut(&key) {
-            Some(conn) => conn,
+            Some(conn) => conn, // one lookup for a known connection (nearly every segment)
+            None if seg.payload_len == 0 => {
+                // A pure ACK or FIN of a connection we never saw (or already finished).
+                self.stats.ignored += 1;
+                return;
+            }
             None => {
-                if seg.payload_len == 0 {
-                    // A pure ACK or FIN of a connection we never saw (or already finished).
-                    self.stats.ignored += 1;
-                    return;
-                }
                 self.make_room(out);
                 self.stats.connections += 1;
-                self.conns
-                    .entry(key)
-                    .insert_entry(Conn::new(new_id(), self.limits))
-                    .into_mut()
+                let conn = Conn::new(new_id(), self.limits);
+                self.conns.entry(key).insert_entry(conn).into_mut()
             }
         };
         conn.last_ts = ts;

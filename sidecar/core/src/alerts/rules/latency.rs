@@ -19,10 +19,8 @@ impl Engine {
         let this_slow = ttfb > threshold;
         let w = self.ttfb.entry(port).or_insert_with(|| TtfbWindow {
             key: format!("{}:{port}", rule::SLOWNESS),
-            // Room for the most it holds (one over, between a push and the trim) at once: a
-            // busy port's window grew by doubling, copying itself each time, to 16,384
-            // places where it needs 10,001, and pages a quiet port never reaches are never
-            // touched.
+            // Room for the most it holds (one over, between push and trim): grown by doubling,
+            // it copied itself up to 16,384 places; a quiet port never touches the rest.
             samples: VecDeque::with_capacity(MAX_SAMPLES + 1),
             ..TtfbWindow::default()
         });
