@@ -13,7 +13,9 @@
 //!    connections for wrk's 8, so every request rides a kept-alive upstream connection (the
 //!    upstream connections per 100 requests are printed). Goals: throughput with the sidecar
 //!    at least 97% of without (per-pair median), and at most 1.5 us of sidecar CPU (user +
-//!    system, until every row was sent) per proxied request. Beside it: the ClickHouse
+//!    system, until every row was sent) per proxied request. Each sidecar first carries
+//!    `WARM_UP_SECONDS` of load, its rows sent, before anything of it is counted (steady
+//!    state: its maps, windows and buffers at their working size). Beside it: the ClickHouse
 //!    server's own CPU per request, the sidecar's cost without a store, with every record
 //!    printed, and with connection churn (a pool of 4 for the 8 clients: nginx closes and
 //!    opens upstream connections as it goes), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
@@ -56,6 +58,10 @@ const WRK_SECONDS: u32 = 4;
 /// Timed replays of the capture (the median is taken), and of tshark.
 const REPLAY_RUNS: usize = 11;
 const TSHARK_RUNS: usize = 5;
+/// Seconds of load a fresh sidecar carries before its cost is counted: what happens once in a
+/// sidecar's life (maps, windows and buffers growing to their working size, the store's
+/// first batches) is not what a request costs a sidecar that has been running.
+const WARM_UP_SECONDS: u32 = 2;
 /// Pairs of runs, without and with the sidecar, the order alternating from pair to pair
 /// (ABBA), so a drift of the machine's speed during the benchmark weighs on both sides.
 const WRK_PAIRS: usize = 10;
@@ -115,8 +121,13 @@ async fn make_capture(dir: &std::path::Path) -> (std::path::PathBuf, u16) {
 }
 
 fn wrk_rps(port: u16) -> f64 {
+    wrk_for(port, WRK_SECONDS)
+}
+
+/// wrk's requests per second over `seconds` of load (8 connections, one thread).
+fn wrk_for(port: u16, seconds: u32) -> f64 {
     let out = Command::new("wrk")
-        .args(["-t1", "-c8", &format!("-d{WRK_SECONDS}s")])
+        .args(["-t1", "-c8", &format!("-d{seconds}s")])
         .arg(format!("http://127.0.0.1:{port}/health"))
         .output()
         .unwrap();
@@ -352,6 +363,15 @@ fn wait_rows_sent(sidecar: &Sidecar) {
     panic!("the sidecar's rows were not all sent within 60 s");
 }
 
+/// Puts [`WARM_UP_SECONDS`] of load through a fresh sidecar and, with a store, waits until
+/// its rows are sent: what is counted after it is steady state.
+fn warm_up(sidecar: &Sidecar, port: u16, store: bool) {
+    let _ = wrk_for(port, WARM_UP_SECONDS);
+    if store {
+        wait_rows_sent(sidecar);
+    }
+}
+
 /// The live cost, as deployed: rows to a real ClickHouse, no records on stdout.
 fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!("== live cost per proxied request (wrk through nginx, interleaved)");
@@ -391,6 +411,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     for (base_rps, attached, (cpu, us, store_us)) in abba_pairs(nginx.port, || {
         let sidecar = Sidecar::start_quiet(&deployed);
         sidecar.lines.discard_from_now();
+        warm_up(&sidecar, nginx.port, true);
         let (s0, c0) = (cpu_seconds(sidecar.pid()), cpu_seconds(ch_pid));
         let rps = wrk_rps(nginx.port);
         let s_wrk = cpu_seconds(sidecar.pid()) - s0;
@@ -446,6 +467,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
             .map(|_| {
                 let sidecar = Sidecar::start_with_args(&config, args);
                 sidecar.lines.discard_from_now();
+                warm_up(&sidecar, nginx.port, false);
                 let s0 = cpu_seconds(sidecar.pid());
                 let rps = wrk_rps(nginx.port);
                 (cpu_seconds(sidecar.pid()) - s0) * 1e6 / (rps * f64::from(WRK_SECONDS))
@@ -491,7 +513,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     let us = median(per_request.clone());
     println!(
         "sidecar CPU per proxied request, as deployed (rows to ClickHouse, until every row \
-         was sent): {per_request:.2?} us (median {us:.2} us, goal: <= 1.5 us: {})",
+         was sent; after a {WARM_UP_SECONDS}-second warm-up): {per_request:.2?} us (median {us:.2} us, goal: <= 1.5 us: {})",
         if us <= 1.5 { "met" } else { "MISSED" }
     );
     let store_us = median(store_per_request.clone());
@@ -560,6 +582,7 @@ fn connection_churn(upstream: std::net::SocketAddr, deployed: &str) -> (f64, f64
     for _ in 0..3 {
         let sidecar = Sidecar::start_quiet(deployed);
         sidecar.lines.discard_from_now();
+        warm_up(&sidecar, nginx.port, true);
         let s0 = cpu_seconds(sidecar.pid());
         let rps = wrk_rps(nginx.port);
         wait_rows_sent(&sidecar);
