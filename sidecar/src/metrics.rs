@@ -52,6 +52,13 @@ impl<const N: usize> Members<N> {
         }
     }
 
+    /// Counts one for the member for `value`.
+    fn inc(&self, value: &str) {
+        self.with(value, |c| {
+            c.inc();
+        });
+    }
+
     /// Brings the member for `value` up to an absolute total.
     fn raise_to(&self, value: &str, total: u64) {
         self.with(value, |c| raise_to(c, total));
@@ -335,9 +342,7 @@ impl Metrics {
 
     /// Counts one probe event other than a hop segment (`kind` is a fixed name).
     pub fn event(&self, kind: &'static str) {
-        self.events.with(kind, |c| {
-            c.inc();
-        });
+        self.events.inc(kind);
     }
 
     /// A batch of probe events was drained: its hop segments (`followed` of them frame
@@ -375,10 +380,7 @@ impl Metrics {
 
     /// An access-log line was read (`ok`: parsed; otherwise counted as malformed).
     pub fn edge_line(&self, ok: bool) {
-        self.edge_lines
-            .with(if ok { "parsed" } else { "malformed" }, |c| {
-                c.inc();
-            });
+        self.edge_lines.inc(if ok { "parsed" } else { "malformed" });
     }
 
     /// Access-log lines so far that were not UTF-8 (read lossily, then parsed).
@@ -388,9 +390,7 @@ impl Metrics {
 
     /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
     pub fn follow_armed(&self, mode: &str) {
-        self.follow_armed.with(mode, |c| {
-            c.inc();
-        });
+        self.follow_armed.inc(mode);
     }
 
     /// A write to the kernel's frame follower map failed (it then copies payload prefixes).
