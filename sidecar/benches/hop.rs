@@ -191,7 +191,7 @@ fn abba_pairs<T>(port: u16, mut attached: impl FnMut() -> (f64, T)) -> Vec<(f64,
 }
 
 /// A control for the live cost: a thread that does nothing but spin, `share` of one core, in
-/// slices at the start of each 20 ms period (the sidecar drains its ring on a 20 ms tick), and
+/// slices at the start of each period of the sidecar's drain timer (`hop.drain_interval`), and
 /// sleeps the rest. Run in place of the sidecar, it shows what the same amount of CPU costs this
 /// machine's throughput whoever uses it. Returns the CPU it actually used, in % of one core.
 fn spin_control(share: f64, run: impl FnOnce() -> f64) -> (f64, f64) {
@@ -200,7 +200,7 @@ fn spin_control(share: f64, run: impl FnOnce() -> f64) -> (f64, f64) {
         Arc,
     };
     use std::time::Duration;
-    const PERIOD: Duration = Duration::from_millis(20);
+    const PERIOD: Duration = edgewatch::hop::config::DEFAULT_DRAIN_INTERVAL;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     let burn = PERIOD.mul_f64(share.clamp(0.0, 1.0));
@@ -537,8 +537,9 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     let control = median(control_ratios.clone());
     let control_share = median(control_cpu.clone());
     println!(
-        "control (a thread that only spins, {control_share:.1}% of one core in 20 ms slices, \
-         no sidecar): per-pair ratios {control_ratios:.1?} % (median {control:.1}%)"
+        "control (a thread that only spins, {control_share:.1}% of one core in {} ms slices, \
+         no sidecar): per-pair ratios {control_ratios:.1?} % (median {control:.1}%)",
+        edgewatch::hop::config::DEFAULT_DRAIN_INTERVAL.as_millis()
     );
     for (name, ns, cnt) in stats {
         if cnt > 0 {

@@ -96,7 +96,7 @@ fn store_config(
     }
 }
 
-/// Pushes every record as the live pipeline does (a flush per 20 ms turn's worth), then waits
+/// Pushes every record as the live pipeline does (a flush per turn of 10,000 records), then waits
 /// until the sender has delivered all of them. Returns the elapsed time and the rows sent.
 async fn pipeline(store: &mut Store, recs: &[HopRecord], metrics: &Metrics) {
     for chunk in recs.chunks(10_000) {

@@ -190,6 +190,8 @@ mod tests {
             allow = [{ port = 443, proto = "tcp", process = "caddy", reason = "edge" }]
             [nat]
             poll_interval = "500ms"
+            [hop]
+            drain_interval = "20ms"
             [probes]
             ring_buffer_bytes = 1048576
             [metrics]
@@ -209,6 +211,7 @@ mod tests {
         assert_eq!(config.exposure.rescan_interval, Duration::from_secs(2));
         assert_eq!(config.exposure.allow[0].process.as_deref(), Some("caddy"));
         assert_eq!(config.nat.poll_interval, Duration::from_millis(500));
+        assert_eq!(config.hop.drain_interval, Duration::from_millis(20));
         assert_eq!(config.metrics.listen.port(), 0);
     }
 
@@ -280,6 +283,12 @@ mod tests {
             ("[nat]\npoll_interval = \"1ms\"", "nat.poll_interval", "1ms"),
             ("[hop]\nports = [0]", "hop.ports", "0"),
             ("[hop]\ninterfaces = [\"a/b\"]", "hop.interfaces", "a/b"),
+            (
+                "[hop]\ndrain_interval = \"1ms\"",
+                "hop.drain_interval",
+                "1ms",
+            ),
+            ("[hop]\ndrain_interval = \"2s\"", "hop.drain_interval", "2s"),
             (
                 "[exposure]\nallow = [{ port = 18789 }]",
                 "exposure.allow[0].port",

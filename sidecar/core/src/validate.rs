@@ -45,6 +45,24 @@ pub fn at_least(key: &str, d: std::time::Duration, min: std::time::Duration) -> 
     Ok(())
 }
 
+/// `key` must lie within `min..=max`.
+pub fn between(
+    key: &str,
+    d: std::time::Duration,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> Checked {
+    at_least(key, d, min)?;
+    if d > max {
+        return Err(Invalid::new(
+            key,
+            duration(d),
+            format!("must be at most {}", duration(max)),
+        ));
+    }
+    Ok(())
+}
+
 /// `path` (of `key`) must be absolute.
 pub fn absolute(key: &str, path: &std::path::Path) -> Checked {
     if !path.is_absolute() {

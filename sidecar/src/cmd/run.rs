@@ -19,9 +19,8 @@ use crate::{
     store::Store,
 };
 
-/// How often the ring buffer is drained while hop records come...
-const DRAIN_BUSY: std::time::Duration = std::time::Duration::from_millis(20);
-/// ... and after a drain that found none.
+/// How often the ring buffer is drained after a drain that found none (while hop records
+/// come: `hop.drain_interval`, if that is longer).
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Serialize)]
@@ -216,17 +215,19 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let mut last_drops = crate::probe::loader::KernelDrops::default();
 
     // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
-    // than the probe itself); this timer drains them: every DRAIN_BUSY while they come, every
-    // DRAIN_IDLE after a drain that found none (an idle sidecar then wakes ten times a second,
-    // which is also when store reports and aged batches are looked at). Exposure events still
-    // wake at once.
-    let drain_tick = tokio::time::sleep(DRAIN_BUSY);
+    // than the probe itself); this timer drains them: every `hop.drain_interval` while they
+    // come, every DRAIN_IDLE after a drain that found none (an idle sidecar then wakes ten
+    // times a second, which is also when store reports and aged batches are looked at). A
+    // quarter-full ring and exposure events still wake it at once.
+    let busy = config.hop.drain_interval;
+    let idle = DRAIN_IDLE.max(busy);
+    let drain_tick = tokio::time::sleep(busy);
     tokio::pin!(drain_tick);
     loop {
         tokio::select! {
             () = &mut drain_tick => {
                 let events = drain(ring.get_mut(), &mut watch);
-                let next = if events > 0 { DRAIN_BUSY } else { DRAIN_IDLE };
+                let next = if events > 0 { busy } else { idle };
                 drain_tick.as_mut().reset(tokio::time::Instant::now() + next);
             }
             guard = ring.readable_mut() => {
