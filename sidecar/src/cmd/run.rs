@@ -19,8 +19,8 @@ use crate::{
     store::Store,
 };
 
-/// How often the ring buffer is drained after a drain that found none (while hop records
-/// come: `hop.drain_interval`, if that is longer).
+/// How often the ring buffer is drained after a drain that found none, or `hop.drain_interval`
+/// if that is longer (while hop records come it is drained every `hop.drain_interval`).
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Serialize)]
