@@ -393,7 +393,8 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
         upstream.port()
     );
-    // The store with its production batching (sealed at 1 s or 200,000 rows).
+    // The store with its production batching (sealed at `DEFAULT_BATCH_MAX_AGE`, 5 s, or 200,000
+    // rows).
     let deployed = format!(
         "{base}[store]\nurl = {:?}\ndatabase = \"t_bench_hop\"\nspool_dir = {:?}\nuser = {:?}\npassword_file = {:?}\n",
         ch.url(),
