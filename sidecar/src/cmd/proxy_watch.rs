@@ -45,10 +45,10 @@ impl ProxyWatch {
     pub(super) fn poll(&mut self, config: &Config) -> Poll {
         use std::hash::{Hash as _, Hasher as _};
         let mut said = None;
-        let masters = proxies::nginx_masters();
+        let (masters, caddies) = proxies::scan();
         // Caddy's running configuration is asked each poll (its admin API on loopback): a
         // change made through the API touches no file.
-        let caddies: Vec<_> = proxies::caddy_instances()
+        let caddies: Vec<_> = caddies
             .into_iter()
             .map(|c| {
                 let loaded = proxies::load_caddy(&c);
@@ -115,8 +115,14 @@ impl ProxyWatch {
                 ));
             }
         }
-        // Unknown (sock_diag failed): nothing is judged by what listens.
-        let listeners = sockdiag::tcp_listening().ok();
+        // Unknown (sock_diag failed): nothing is judged by what listens. Without routes
+        // nothing is judged at all, so the sockets are not listed (every poll, on a machine
+        // without a proxy).
+        let listeners = if self.routes.is_empty() {
+            None
+        } else {
+            sockdiag::tcp_listening().ok()
+        };
         let facts = Facts {
             listeners: listeners.as_deref(),
             gateway_ports: &config.hop.ports,

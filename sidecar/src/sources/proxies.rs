@@ -43,23 +43,67 @@ pub fn master_conf(cmdline: &str) -> Option<(PathBuf, PathBuf)> {
 
 /// Every nginx master on this machine (every PID namespace the sidecar sees).
 pub fn nginx_masters() -> Vec<NginxMaster> {
+    scan().0
+}
+
+/// The running proxies, in one pass over `/proc`: each process's command line is read once
+/// (nginx's master says what it is there, and `caddy run` too), and `comm` only for the few
+/// whose second argument is `run`. The proxy watch does this every `proxy.poll_interval`, so
+/// a pass costs a read per process, not two.
+pub fn scan() -> (Vec<NginxMaster>, Vec<CaddyInstance>) {
+    let (mut masters, mut caddies) = (Vec::new(), Vec::new());
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return (masters, caddies);
     };
-    let mut out: Vec<NginxMaster> = dir
+    let mut raw = Vec::new();
+    for pid in dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            let (conf, _) = master_conf(cmdline.trim())?;
-            // Relative includes resolve against the configuration file's directory.
-            let prefix = conf.parent().map(Path::to_path_buf).unwrap_or_default();
-            Some(NginxMaster { pid, conf, prefix })
-        })
-        .collect();
-    out.sort_by_key(|m| m.pid);
-    out
+    {
+        if read_proc(&format!("/proc/{pid}/cmdline"), &mut raw).is_err() || raw.is_empty() {
+            // Gone, or a kernel thread (no command line).
+            continue;
+        }
+        if let Some(m) = nginx_master(pid, &raw) {
+            masters.push(m);
+        } else if let Some(c) = caddy_instance(pid, &raw) {
+            caddies.push(c);
+        }
+    }
+    masters.sort_by_key(|m| m.pid);
+    caddies.sort_by_key(|c| c.pid);
+    (masters, caddies)
+}
+
+/// The whole of a `/proc` file into `buf`, by plain reads: `read_to_end` first asks the file's
+/// size and position (`statx`, `lseek`), two more system calls per process for a file whose
+/// size `/proc` does not know.
+fn read_proc(path: &str, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read as _;
+    buf.clear();
+    let mut f = std::fs::File::open(path)?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match f.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Process `pid` as an nginx master, by its command line (NUL-separated, as `/proc` gives it).
+fn nginx_master(pid: u32, raw: &[u8]) -> Option<NginxMaster> {
+    // nginx rewrites its argv: the master's reads `nginx: master process ...`.
+    if !raw.starts_with(b"nginx: master process") {
+        return None;
+    }
+    let cmdline = String::from_utf8_lossy(raw).replace('\0', " ");
+    let (conf, _) = master_conf(cmdline.trim())?;
+    // Relative includes resolve against the configuration file's directory.
+    let prefix = conf.parent().map(Path::to_path_buf).unwrap_or_default();
+    Some(NginxMaster { pid, conf, prefix })
 }
 
 /// Reads files under a root directory (a process's `/proc/PID/root`, or `/`), remembering
@@ -182,7 +226,8 @@ pub struct Running {
 /// Every running nginx master and Caddy, read as each runs.
 pub fn running_proxies() -> Vec<Running> {
     let mut out = Vec::new();
-    for m in nginx_masters() {
+    let (masters, caddies) = scan();
+    for m in masters {
         let (tree, files) = load_master_files(&m);
         out.push(Running {
             source: format!("nginx master {} ({})", m.pid, m.conf.display()),
@@ -194,7 +239,7 @@ pub fn running_proxies() -> Vec<Running> {
             digest: 0,
         });
     }
-    for c in caddy_instances() {
+    for c in caddies {
         let (source, routes, digest) = match load_caddy(&c) {
             Ok((routes, source, digest)) => (source, Ok(routes), digest),
             Err(e) => (format!("caddy {}", c.pid), Err(e), 0),
@@ -260,52 +305,48 @@ pub struct CaddyInstance {
 
 /// Every `caddy run` process.
 pub fn caddy_instances() -> Vec<CaddyInstance> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out: Vec<CaddyInstance> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            if comm.trim() != "caddy" {
-                return None;
-            }
-            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let args: Vec<String> = raw
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            if args.get(1).map(String::as_str) != Some("run") {
-                return None;
-            }
-            let flag = |f: &str| {
-                args.iter().enumerate().find_map(|(i, a)| {
-                    a.strip_prefix(&format!("{f}="))
-                        .map(str::to_owned)
-                        .or_else(|| (a == f).then(|| args.get(i + 1).cloned()).flatten())
-                })
-            };
-            let config = flag("--config").map(|c| {
-                let c = PathBuf::from(c);
-                if c.is_relative() {
-                    // Relative to its working directory, as Caddy opened it.
-                    std::fs::read_link(format!("/proc/{pid}/cwd"))
-                        .map(|cwd| cwd.join(&c))
-                        .unwrap_or(c)
-                } else {
-                    c
-                }
-            });
-            Some(CaddyInstance {
-                pid,
-                config,
-                adapter: flag("--adapter"),
-            })
-        })
+    scan().1
+}
+
+/// Process `pid` as a `caddy run`, by its command line (NUL-separated) and its `comm`.
+fn caddy_instance(pid: u32, raw: &[u8]) -> Option<CaddyInstance> {
+    let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
+    // Most processes are ruled out here, before anything is allocated or read.
+    if raw.split(|b| *b == 0).nth(1) != Some(b"run") {
+        return None;
+    }
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    out.sort_by_key(|c| c.pid);
-    out
+    let mut comm = Vec::new();
+    read_proc(&format!("/proc/{pid}/comm"), &mut comm).ok()?;
+    if comm.trim_ascii() != b"caddy" {
+        return None;
+    }
+    let flag = |f: &str| {
+        args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix(&format!("{f}="))
+                .map(str::to_owned)
+                .or_else(|| (a == f).then(|| args.get(i + 1).cloned()).flatten())
+        })
+    };
+    let config = flag("--config").map(|c| {
+        let c = PathBuf::from(c);
+        if c.is_relative() {
+            // Relative to its working directory, as Caddy opened it.
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .map(|cwd| cwd.join(&c))
+                .unwrap_or(c)
+        } else {
+            c
+        }
+    });
+    Some(CaddyInstance {
+        pid,
+        config,
+        adapter: flag("--adapter"),
+    })
 }
 
 /// Whether a Caddy configuration file is JSON (its adapter, or its name).

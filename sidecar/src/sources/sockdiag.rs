@@ -42,12 +42,18 @@ pub enum SockDiagError {
 }
 
 /// The listening TCP sockets' addresses and ports (what a proxy's upstream can reach).
+/// Only TCP is asked for: the proxy watch calls this every `proxy.poll_interval`, and a UDP
+/// dump walks every slot of the kernel's UDP table, however few sockets it holds.
 pub fn tcp_listening() -> Result<Vec<(std::net::IpAddr, u16)>, SockDiagError> {
-    Ok(listeners()?
-        .into_iter()
-        .filter(|s| s.proto == Proto::Tcp)
-        .map(|s| (s.addr, s.port))
-        .collect())
+    let mut out = Vec::new();
+    for family in [AF_INET, AF_INET6] {
+        out.extend(
+            dump(family, IPPROTO_TCP, StateFlags::LISTEN)?
+                .into_iter()
+                .map(|s| (s.addr, s.port)),
+        );
+    }
+    Ok(out)
 }
 
 /// Lists listening TCP and bound UDP sockets of both families.
