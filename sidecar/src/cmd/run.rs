@@ -191,15 +191,14 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let mut rescan = tokio::time::interval(config.exposure.rescan_interval);
     rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
     rescan.reset();
-    let mut nat = tokio::time::interval(config.nat.poll_interval);
-    nat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    nat.reset();
-    let mut proxy_tick = tokio::time::interval(config.proxy.poll_interval);
-    proxy_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    proxy_tick.reset();
-    let mut drops_tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut edge_tick = tokio::time::interval(config.edge.poll_interval);
-    edge_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Frequent periodic work rides the heartbeat (below) instead of timers of its own: each
+    // timer is a wake-up of its own, and on a VM a wake-up costs more than most of this work.
+    let start = std::time::Instant::now();
+    let one_second = std::time::Duration::from_secs(1);
+    let mut drops_due = Due::new(start, one_second);
+    let mut proxy_due = Due::new(start, config.proxy.poll_interval);
+    let mut nat_due = Due::new(start, config.nat.poll_interval);
+    let mut edge_due = Due::new(start, config.edge.poll_interval);
     let mut expire_tick = tokio::time::interval(std::time::Duration::from_secs(60));
     expire_tick.reset();
     let mut snapshot_tick = tokio::time::interval(config.store.snapshot_interval);
@@ -215,20 +214,47 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let mut last_drops = crate::probe::loader::KernelDrops::default();
 
     // Hop segments are submitted without a wake-up each (a wake-up per packet would cost more
-    // than the probe itself); this timer drains them: every `hop.drain_interval` while they
+    // than the probe itself); the heartbeat drains them: every `hop.drain_interval` while they
     // come, every DRAIN_IDLE after a drain that found none (an idle sidecar then wakes ten
     // times a second, which is also when store reports and aged batches are looked at). A
-    // quarter-full ring and exposure events still wake it at once.
-    let busy = config.hop.drain_interval;
-    let idle = DRAIN_IDLE.max(busy);
-    let drain_tick = tokio::time::sleep(busy);
-    tokio::pin!(drain_tick);
+    // quarter-full ring and exposure events still wake it at once. The periodic work above is
+    // done on the first beat after it is due, so no beat may be longer than its period.
+    let mut shortest = [
+        Some(one_second),
+        config.proxy.enabled.then_some(config.proxy.poll_interval),
+        config.nat.enabled.then_some(config.nat.poll_interval),
+        (!tailers.is_empty()).then_some(config.edge.poll_interval),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(one_second);
+    shortest = shortest.max(std::time::Duration::from_millis(1));
+    let busy = config.hop.drain_interval.min(shortest);
+    let idle = DRAIN_IDLE.max(config.hop.drain_interval).min(shortest);
+    let mut heartbeat =
+        super::heartbeat::Heartbeat::new(busy).context("creating the loop's heartbeat timer")?;
     loop {
         tokio::select! {
-            () = &mut drain_tick => {
+            beats = heartbeat.tick() => {
+                beats.context("reading the loop's heartbeat timer")?;
                 let events = drain(ring.get_mut(), &mut watch);
-                let next = if events > 0 { busy } else { idle };
-                drain_tick.as_mut().reset(tokio::time::Instant::now() + next);
+                heartbeat
+                    .set_period(if events > 0 { busy } else { idle })
+                    .context("setting the loop's heartbeat timer")?;
+                let now = std::time::Instant::now();
+                if drops_due.due(now) {
+                    report_drops(&probes, &metrics, &mut watch, &mut last_drops);
+                }
+                if config.proxy.enabled && proxy_due.due(now) {
+                    tokio::task::block_in_place(|| poll_proxy(&mut proxy_watch, &config, &mut watch));
+                }
+                if config.nat.enabled && nat_due.due(now) {
+                    tokio::task::block_in_place(|| watch.read_nat(false));
+                }
+                if !tailers.is_empty() && edge_due.due(now) {
+                    watch.read_logs(&mut tailers);
+                }
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -250,51 +276,6 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                 if let Err(e) = tokio::task::block_in_place(|| watch.rescan(false)) {
                     tracing::warn!(error = %format!("{e:#}"), "rescan failed");
                 }
-            }
-            _ = proxy_tick.tick(), if config.proxy.enabled => {
-                tokio::task::block_in_place(|| poll_proxy(&mut proxy_watch, &config, &mut watch));
-            }
-            _ = nat.tick(), if config.nat.enabled => {
-                tokio::task::block_in_place(|| watch.read_nat(false));
-            }
-            _ = drops_tick.tick() => {
-                let drops = probes.kernel_drops();
-                metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
-                metrics.kernel_drops_now("field_read", drops.field_read);
-                metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
-                metrics.kernel_drops_now("hop_parse", drops.hop_parse);
-                let skipped = probes.hop_skipped();
-                metrics.kernel_skipped_now("pure_ack", skipped.pure_acks);
-                metrics.kernel_skipped_now("payload", skipped.payload_segments);
-                let t = watch.pipeline.hop_stats();
-                metrics.limit_drops_now("hop_connections", t.evicted_connections);
-                metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);
-                metrics.limit_drops_now("hop_close_frames", t.dropped_close_frames);
-                if let Some(j) = watch.pipeline.join_stats() {
-                    metrics.limit_drops_now("join_pending", j.shed);
-                    metrics.limit_drops_now("join_duplicate_request_ids", j.duplicate_request_ids);
-                }
-                if drops != last_drops {
-                    watch.out.printer.status(
-                        "kernel_drops",
-                        &format!(
-                            "the kernel dropped events (ring buffer full: {}, field reads: {}, \
-                             hop segments: {}, unparsable hop packets: {}); the next rescan \
-                             reconciles the inventory, and the hop tracker reports the gaps",
-                            drops.ringbuf_full, drops.field_read, drops.hop_ringbuf_full, drops.hop_parse
-                        ),
-                        &serde_json::json!({
-                            "ringbuf_full": drops.ringbuf_full,
-                            "field_read": drops.field_read,
-                            "hop_ringbuf_full": drops.hop_ringbuf_full,
-                            "hop_parse": drops.hop_parse,
-                        }),
-                    );
-                    last_drops = drops;
-                }
-            }
-            _ = edge_tick.tick(), if !tailers.is_empty() => {
-                watch.read_logs(&mut tailers);
             }
             _ = expire_tick.tick() => {
                 let now = unix_ns(SystemTime::now());
@@ -351,6 +332,76 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
         &serde_json::json!({ "records": watch.out.metrics.record_counts() }),
     );
     Ok(())
+}
+
+/// Periodic work done on the heartbeat: due once `period` has passed since it was last done
+/// (the first time one period after the start).
+struct Due {
+    next: std::time::Instant,
+    period: std::time::Duration,
+}
+
+impl Due {
+    fn new(start: std::time::Instant, period: std::time::Duration) -> Self {
+        Self {
+            next: start + period,
+            period,
+        }
+    }
+
+    /// Whether the work is due at `now`; if so, the next time is one period after `now` (a
+    /// late beat delays the work rather than bunching it up).
+    fn due(&mut self, now: std::time::Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.period;
+        true
+    }
+}
+
+/// The kernel's drop and skip counters, and the pipeline's limit drops, into the metrics; a
+/// `kernel_drops` line when the kernel's drops grew.
+fn report_drops(
+    probes: &Probes,
+    metrics: &Metrics,
+    watch: &mut Watch,
+    last_drops: &mut crate::probe::loader::KernelDrops,
+) {
+    let drops = probes.kernel_drops();
+    metrics.kernel_drops_now("ringbuf_full", drops.ringbuf_full);
+    metrics.kernel_drops_now("field_read", drops.field_read);
+    metrics.kernel_drops_now("hop_ringbuf_full", drops.hop_ringbuf_full);
+    metrics.kernel_drops_now("hop_parse", drops.hop_parse);
+    let skipped = probes.hop_skipped();
+    metrics.kernel_skipped_now("pure_ack", skipped.pure_acks);
+    metrics.kernel_skipped_now("payload", skipped.payload_segments);
+    let t = watch.pipeline.hop_stats();
+    metrics.limit_drops_now("hop_connections", t.evicted_connections);
+    metrics.limit_drops_now("hop_pending_exchanges", t.dropped_exchanges);
+    metrics.limit_drops_now("hop_close_frames", t.dropped_close_frames);
+    if let Some(j) = watch.pipeline.join_stats() {
+        metrics.limit_drops_now("join_pending", j.shed);
+        metrics.limit_drops_now("join_duplicate_request_ids", j.duplicate_request_ids);
+    }
+    if drops != *last_drops {
+        watch.out.printer.status(
+            "kernel_drops",
+            &format!(
+                "the kernel dropped events (ring buffer full: {}, field reads: {}, \
+                 hop segments: {}, unparsable hop packets: {}); the next rescan \
+                 reconciles the inventory, and the hop tracker reports the gaps",
+                drops.ringbuf_full, drops.field_read, drops.hop_ringbuf_full, drops.hop_parse
+            ),
+            &serde_json::json!({
+                "ringbuf_full": drops.ringbuf_full,
+                "field_read": drops.field_read,
+                "hop_ringbuf_full": drops.hop_ringbuf_full,
+                "hop_parse": drops.hop_parse,
+            }),
+        );
+        *last_drops = drops;
+    }
 }
 
 /// Looks at the proxy's configuration; what changed goes to the pipeline (its `config.*`
