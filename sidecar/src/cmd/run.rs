@@ -20,7 +20,8 @@ use crate::{
 };
 
 /// How often the ring buffer is drained after a drain that found none, or `hop.drain_interval`
-/// if that is longer (while hop records come it is drained every `hop.drain_interval`).
+/// if that is longer (while hop records come it is drained every `hop.drain_interval`); never
+/// less often than the most frequent periodic work that rides the heartbeat.
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Serialize)]
@@ -219,17 +220,14 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     // times a second, which is also when store reports and aged batches are looked at). A
     // quarter-full ring and exposure events still wake it at once. The periodic work above is
     // done on the first beat after it is due, so no beat may be longer than its period.
-    let mut shortest = [
-        Some(one_second),
+    let shortest = [
         config.proxy.enabled.then_some(config.proxy.poll_interval),
         config.nat.enabled.then_some(config.nat.poll_interval),
         (!tailers.is_empty()).then_some(config.edge.poll_interval),
     ]
     .into_iter()
     .flatten()
-    .min()
-    .unwrap_or(one_second);
-    shortest = shortest.max(std::time::Duration::from_millis(1));
+    .fold(one_second, std::time::Duration::min);
     let busy = config.hop.drain_interval.min(shortest);
     let idle = DRAIN_IDLE.max(config.hop.drain_interval).min(shortest);
     let mut heartbeat =

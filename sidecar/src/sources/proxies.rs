@@ -41,12 +41,8 @@ pub fn master_conf(cmdline: &str) -> Option<(PathBuf, PathBuf)> {
     Some((conf, prefix))
 }
 
-/// Every nginx master on this machine (every PID namespace the sidecar sees).
-pub fn nginx_masters() -> Vec<NginxMaster> {
-    scan().0
-}
-
-/// The running proxies, in one pass over `/proc`: each process's command line is read once
+/// The running nginx masters and `caddy run` processes (every PID namespace the sidecar
+/// sees), in one pass over `/proc`: each process's command line is read once
 /// (nginx's master says what it is there, and `caddy run` too), and `comm` only for the few
 /// whose second argument is `run`. The proxy watch does this every `proxy.poll_interval`, so
 /// a pass costs a read per process, not two.
@@ -301,11 +297,6 @@ pub struct CaddyInstance {
     /// `--config`, as Caddy sees it (relative to its working directory).
     pub config: Option<PathBuf>,
     pub adapter: Option<String>,
-}
-
-/// Every `caddy run` process.
-pub fn caddy_instances() -> Vec<CaddyInstance> {
-    scan().1
 }
 
 /// Process `pid` as a `caddy run`, by its command line (NUL-separated) and its `comm`.
