@@ -36,6 +36,7 @@
 mod support;
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
@@ -348,27 +349,43 @@ fn main() {
 }
 
 /// Waits until every row the sidecar spooled has been sent (the store's CPU for a run's rows
-/// is then all spent), at most 60 s.
-fn wait_rows_sent(sidecar: &Sidecar) {
+/// is then all spent), at most 60 s. It watches the spool directory, which costs the sidecar
+/// nothing, until no batch is open or waiting there, and then asks the metrics once that every
+/// spooled row was sent. (Polling the metrics instead, ten times a second for the second or
+/// so until the batch is sealed, put a scrape's CPU into the sidecar's figure each time.)
+fn wait_rows_sent(sidecar: &Sidecar, spool: &Path) {
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let batches_left = || {
+        std::fs::read_dir(spool)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    let name = e.file_name();
+                    let name = name.to_string_lossy();
+                    name.ends_with(".open") || name.ends_with(".batch")
+                })
+            })
+            .unwrap_or(true)
+    };
     while Instant::now() < deadline {
-        let m = sidecar.metrics();
-        let spooled = metric_sum(&m, "edgewatch_store_rows_total{result=\"spooled\"}");
-        let sent = metric_sum(&m, "edgewatch_store_rows_total{result=\"sent\"}");
-        if spooled > 0.0 && sent >= spooled {
-            return;
+        if !batches_left() {
+            let m = sidecar.metrics();
+            let spooled = metric_sum(&m, "edgewatch_store_rows_total{result=\"spooled\"}");
+            let sent = metric_sum(&m, "edgewatch_store_rows_total{result=\"sent\"}");
+            if spooled > 0.0 && sent >= spooled {
+                return;
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("the sidecar's rows were not all sent within 60 s");
 }
 
-/// Puts [`WARM_UP_SECONDS`] of load through a fresh sidecar and, with a store, waits until
-/// its rows are sent: what is counted after it is steady state.
-fn warm_up(sidecar: &Sidecar, port: u16, store: bool) {
+/// Puts [`WARM_UP_SECONDS`] of load through a fresh sidecar and, with a store (its spool
+/// directory), waits until its rows are sent: what is counted after it is steady state.
+fn warm_up(sidecar: &Sidecar, port: u16, spool: Option<&Path>) {
     let _ = wrk_for(port, WARM_UP_SECONDS);
-    if store {
-        wait_rows_sent(sidecar);
+    if let Some(spool) = spool {
+        wait_rows_sent(sidecar, spool);
     }
 }
 
@@ -412,12 +429,12 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     for (base_rps, attached, (cpu, us, store_us)) in abba_pairs(nginx.port, || {
         let sidecar = Sidecar::start_quiet(&deployed);
         sidecar.lines.discard_from_now();
-        warm_up(&sidecar, nginx.port, true);
-        let (s0, c0) = (cpu_seconds(sidecar.pid()), cpu_seconds(ch_pid));
+        warm_up(&sidecar, nginx.port, Some(spool.path()));
+        let (s0, c0) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let rps = wrk_rps(nginx.port);
-        let s_wrk = cpu_seconds(sidecar.pid()) - s0;
-        wait_rows_sent(&sidecar);
-        let (s1, c1) = (cpu_seconds(sidecar.pid()), cpu_seconds(ch_pid));
+        let s_wrk = sidecar.cpu_seconds() - s0;
+        wait_rows_sent(&sidecar, spool.path());
+        let (s1, c1) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let requests = rps * f64::from(WRK_SECONDS);
         conns_per_100.push(conns_per_100_requests(&sidecar));
         (
@@ -448,7 +465,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         );
         return;
     }
-    let churn = connection_churn(upstream, &deployed);
+    let churn = connection_churn(upstream, &deployed, spool.path());
     // The same cost in other configurations (three runs each, median): what the store costs
     // the sidecar, and what printing every record as JSON would.
     let mut breakdown = Vec::new();
@@ -468,10 +485,10 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
             .map(|_| {
                 let sidecar = Sidecar::start_with_args(&config, args);
                 sidecar.lines.discard_from_now();
-                warm_up(&sidecar, nginx.port, false);
-                let s0 = cpu_seconds(sidecar.pid());
+                warm_up(&sidecar, nginx.port, None);
+                let s0 = sidecar.cpu_seconds();
                 let rps = wrk_rps(nginx.port);
-                (cpu_seconds(sidecar.pid()) - s0) * 1e6 / (rps * f64::from(WRK_SECONDS))
+                (sidecar.cpu_seconds() - s0) * 1e6 / (rps * f64::from(WRK_SECONDS))
             })
             .collect();
         breakdown.push((label, median(runs)));
@@ -574,7 +591,7 @@ fn conns_per_100_requests(sidecar: &Sidecar) -> f64 {
 /// The as-deployed cost when nginx's upstream pool (4) is smaller than wrk's 8 clients, so
 /// it closes and opens upstream connections as it goes: (us per request, connections per
 /// 100 requests), medians of three runs.
-fn connection_churn(upstream: std::net::SocketAddr, deployed: &str) -> (f64, f64) {
+fn connection_churn(upstream: std::net::SocketAddr, deployed: &str, spool: &Path) -> (f64, f64) {
     let nginx = Nginx::start(&NginxSite {
         websocket_headers: false,
         upstream_keepalive: Some(4),
@@ -584,11 +601,11 @@ fn connection_churn(upstream: std::net::SocketAddr, deployed: &str) -> (f64, f64
     for _ in 0..3 {
         let sidecar = Sidecar::start_quiet(deployed);
         sidecar.lines.discard_from_now();
-        warm_up(&sidecar, nginx.port, true);
-        let s0 = cpu_seconds(sidecar.pid());
+        warm_up(&sidecar, nginx.port, Some(spool));
+        let s0 = sidecar.cpu_seconds();
         let rps = wrk_rps(nginx.port);
-        wait_rows_sent(&sidecar);
-        us.push((cpu_seconds(sidecar.pid()) - s0) * 1e6 / (rps * f64::from(WRK_SECONDS)));
+        wait_rows_sent(&sidecar, spool);
+        us.push((sidecar.cpu_seconds() - s0) * 1e6 / (rps * f64::from(WRK_SECONDS)));
         conns.push(conns_per_100_requests(&sidecar));
     }
     (median(us), median(conns))

@@ -3,8 +3,18 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{
+        text::{encode_eof, encode_registry},
+        DescriptorEncoder, EncodeMetric,
+    },
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+        MetricType,
+    },
     registry::Registry,
 };
 
@@ -65,9 +75,111 @@ impl<const N: usize> Members<N> {
     }
 }
 
+/// The standard `process_*` metrics every Prometheus client library exports (the names its
+/// process collectors use, unprefixed, so dashboards and alerts made for any exporter's own
+/// cost work here), read from the kernel at each scrape: CPU from `getrusage` (microseconds,
+/// every thread's, exited ones too), memory and descriptors from `/proc/self`.
+#[derive(Debug)]
+struct ProcessCollector {
+    /// Seconds since the epoch when the process started (read once).
+    start_time: Option<f64>,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        Self {
+            start_time: process_start_time(),
+        }
+    }
+}
+
+/// User plus system CPU of the whole process, in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given and has no other effect.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Resident memory in bytes (`/proc/self/statm`'s second field, in pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+fn open_fds() -> Option<i64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as i64)
+}
+
+/// The process's start (`/proc/self/stat`'s 22nd field, in clock ticks since boot) plus the
+/// boot time (`/proc/stat`'s `btime`).
+fn process_start_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the parenthesised command; starttime is the 22nd field overall.
+    let ticks: f64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(btime + ticks / hz)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let cpu = ConstCounter::new(process_cpu_seconds());
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let mut gauge = |name: &str, help: &str, v: Option<i64>| match v {
+            Some(v) => ConstGauge::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?),
+            None => Ok(()),
+        };
+        gauge(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            resident_bytes().and_then(|b| i64::try_from(b).ok()),
+        )?;
+        gauge(
+            "process_open_fds",
+            "Number of open file descriptors",
+            open_fds(),
+        )?;
+        if let Some(t) = self.start_time {
+            ConstGauge::new(t).encode(encoder.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 /// All counters; cheap to clone behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
+    /// The unprefixed `process_*` metrics.
+    process: Registry,
     events: Members<7>,
     hop_segments: Counter,
     kernel_drops: Members<4>,
@@ -290,9 +402,12 @@ impl Metrics {
         // The first member above.
         let hop_segments = events.counters[0].clone();
         debug_assert_eq!(events.values[0], "hop_segment");
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector::new()));
         Self {
             records,
             registry,
+            process,
             events,
             hop_segments,
             kernel_drops,
@@ -447,7 +562,11 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        if encode(&mut out, &self.registry).is_err() {
+        if encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out))
+            .is_err()
+        {
             out.clear();
         }
         out
@@ -519,6 +638,36 @@ mod tests {
             text.contains("edgewatch_hop_followed_segments_total 1"),
             "{text}"
         );
+    }
+
+    /// The process metrics, unprefixed, with the kernel's figures, and one end marker.
+    #[test]
+    fn renders_the_standard_process_metrics() {
+        let m = Metrics::new();
+        // Some CPU to count.
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0);
+        }
+        let text = m.render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert!(value("process_cpu_seconds_total") >= 0.03, "{text}");
+        assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+        assert!(value("process_resident_memory_bytes") > 1e6, "{text}");
+        assert!(value("process_open_fds") >= 3.0, "{text}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let started = value("process_start_time_seconds");
+        assert!(started <= now + 1.0 && started > now - 86_400.0 * 365.0, "{text}");
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "{text}");
     }
 
     #[test]
