@@ -122,7 +122,13 @@ fn open_fds() -> Option<i64> {
 fn process_start_time() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the parenthesised command; starttime is the 22nd field overall.
-    let ticks: f64 = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks: f64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
     let btime: f64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -655,19 +661,28 @@ mod tests {
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
                 .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
                 .parse()
-                .unwrap()
+                .expect("a number")
         };
         assert!(value("process_cpu_seconds_total") >= 0.03, "{text}");
-        assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
         assert!(value("process_resident_memory_bytes") > 1e6, "{text}");
         assert!(value("process_open_fds") >= 3.0, "{text}");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
+            .expect("after 1970")
             .as_secs_f64();
         let started = value("process_start_time_seconds");
-        assert!(started <= now + 1.0 && started > now - 86_400.0 * 365.0, "{text}");
-        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1, "{text}");
+        assert!(
+            started <= now + 1.0 && started > now - 86_400.0 * 365.0,
+            "{text}"
+        );
+        assert!(
+            text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1,
+            "{text}"
+        );
     }
 
     #[test]

@@ -43,6 +43,10 @@ const MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Rows gathered in columns are framed and written once they take this many bytes (a block
 /// stays far below [`MAX_FRAME`]).
 const WRITE_AT: usize = 1 << 20;
+/// The byte bounds ([`WRITE_AT`], `batch_bytes`) are checked every this many rows of a batch,
+/// so a batch or a block passes them by 31 rows at most (2 MiB with 64 KiB heads, the longest
+/// the tracker keeps: a block stays far below [`MAX_FRAME`]).
+const BYTES_CHECK_ROWS: u64 = 32;
 
 /// Why the spool could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -554,10 +558,16 @@ impl Spool {
             return Ok(());
         }
         b.rows += 1;
-        let pending = b.buf.len() + b.cols.bytes();
-        let full = b.rows >= rows_max || b.bytes + pending as u64 >= bytes_max;
+        // The byte bounds every [`BYTES_CHECK_ROWS`] rows: the sum is over every column, and
+        // this runs once per proxied request.
+        let (rows, check) = (b.rows, b.rows % BYTES_CHECK_ROWS == 0);
+        let (pending, written) = if check {
+            (b.buf.len() + b.cols.bytes(), b.bytes)
+        } else {
+            (0, 0)
+        };
         self.accepted_rows += 1;
-        if full {
+        if rows >= rows_max || (check && written + pending as u64 >= bytes_max) {
             self.seal(table)
         } else if pending >= WRITE_AT {
             self.write_out(table)

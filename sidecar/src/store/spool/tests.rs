@@ -546,3 +546,40 @@ fn a_sender_takes_the_buffer_that_fits() {
     // The hint is bounded by what is kept: a corrupt size does not reserve the address space.
     assert!(pool.take(usize::MAX).capacity() >= 16 << 20);
 }
+
+/// A batch is sealed by its bytes too, checked every [`BYTES_CHECK_ROWS`] rows: it passes
+/// `batch_bytes` by fewer than that many rows, and keeps every row.
+#[test]
+fn batches_seal_by_bytes_within_the_check_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = SpoolLimits {
+        batch_rows: 1_000_000,
+        batch_bytes: 8192,
+        ..limits()
+    };
+    let mut s = Spool::open(dir.path(), l).expect("open");
+    let shared = s.shared();
+    // The rows (about 60 bytes each in columns) until the first seal.
+    let mut pushed = 0;
+    while shared.backlog().0 == 0 {
+        s.push(row(pushed)).expect("push");
+        pushed += 1;
+        assert!(pushed < 1000, "never sealed by bytes");
+    }
+    let b = shared.next_batch().expect("batch");
+    assert_eq!(
+        b.rows, pushed,
+        "the row that crossed the check sealed the batch"
+    );
+    assert_eq!(b.rows % BYTES_CHECK_ROWS, 0, "sealed on a check");
+    // Under the bound one check earlier, over it at this one: at most a check's rows past it.
+    let per_row = b.bytes / b.rows;
+    assert!(
+        b.bytes >= l.batch_bytes && b.bytes < l.batch_bytes + (BYTES_CHECK_ROWS + 1) * per_row,
+        "{} bytes in {} rows for a bound of {}",
+        b.bytes,
+        b.rows,
+        l.batch_bytes
+    );
+    assert_eq!(keys(&b.path).len() as u64, b.rows);
+}
