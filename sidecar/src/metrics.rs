@@ -94,14 +94,15 @@ impl ProcessCollector {
 }
 
 /// User plus system CPU of the whole process, in seconds.
-pub fn process_cpu_seconds() -> f64 {
+fn process_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct it is given and has no other effect.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
         return 0.0;
     }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(u.ru_utime) + secs(u.ru_stime)
+    // Summed in whole microseconds, then divided once: the figure prints as the kernel gave it.
+    let micros = |t: libc::timeval| t.tv_sec as i64 * 1_000_000 + t.tv_usec as i64;
+    (micros(u.ru_utime) + micros(u.ru_stime)) as f64 / 1e6
 }
 
 /// Resident memory in bytes (`/proc/self/statm`'s second field, in pages).
