@@ -101,7 +101,7 @@ fn process_cpu_seconds() -> f64 {
         return 0.0;
     }
     // Summed in whole microseconds, then divided once: the figure prints as the kernel gave it.
-    let micros = |t: libc::timeval| t.tv_sec as i64 * 1_000_000 + t.tv_usec as i64;
+    let micros = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
     (micros(u.ru_utime) + micros(u.ru_stime)) as f64 / 1e6
 }
 
