@@ -13,7 +13,10 @@
 //!    connections for wrk's 8, so every request rides a kept-alive upstream connection (the
 //!    upstream connections per 100 requests are printed). Goals: throughput with the sidecar
 //!    at least 97% of without (per-pair median), and at most 1.5 us of sidecar CPU (user +
-//!    system, until every row was sent) per proxied request. Each sidecar first carries
+//!    system, until every row was sent) per proxied request. The sidecar's CPU is its own
+//!    `process_cpu_seconds_total` (`getrusage`, in microseconds; `/proc/PID/stat` counts 10 ms
+//!    ticks, a tenth of a run's figure), read once before and once after; whether every row
+//!    was sent is seen in its spool directory, then confirmed by one scrape. Each sidecar first carries
 //!    `WARM_UP_SECONDS` of load, its rows sent, before anything of it is counted (steady
 //!    state: its maps, windows and buffers at their working size). Beside it: the ClickHouse
 //!    server's own CPU per request, the sidecar's cost without a store, with every record

@@ -472,10 +472,16 @@ fn bump(stats: &std::sync::Mutex<SenderStats>, f: impl FnOnce(&mut SenderStats))
 
 impl Sender {
     /// Runs until `done` resolves true (drain mode: it returns once the spool is empty after
-    /// that) or forever.
+    /// that) or forever. Batches it leaves unsent are made durable before it returns.
+    pub async fn run(self, done: tokio::sync::watch::Receiver<bool>) {
+        let shared = self.shared.clone();
+        self.send_until_done(done).await;
+        make_durable(shared).await;
+    }
+
     /// Long because it is the sender's one loop: the batch order, the retry backoff and the
     /// drain mode share its state.
-    pub async fn run(self, mut done: tokio::sync::watch::Receiver<bool>) {
+    async fn send_until_done(self, mut done: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(200);
         let max_backoff = Duration::from_secs(30);
         // Connect, migrate, check: retried while unreachable, reported once when incompatible
@@ -595,6 +601,8 @@ impl Sender {
                 }
                 Err(SendError::Insert(e)) => {
                     self.shared.release(&batch);
+                    // It waits now, and so do the batches sealed behind it: to disk first.
+                    make_durable(self.shared.clone()).await;
                     self.client.clear_cached_metadata().await;
                     if failures == 0 {
                         let _ = self.events.send(StoreEvent::Unavailable {
@@ -640,6 +648,16 @@ impl Sender {
             reason,
             moved_to,
         });
+    }
+}
+
+/// Syncs the sealed batches that are not yet durable (see `spool`'s doc), off the runtime's
+/// threads; a failure is logged (the rows are still in the page cache and the files).
+async fn make_durable(shared: Arc<Shared>) {
+    match tokio::task::spawn_blocking(move || shared.sync_unsynced()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot sync waiting spool batches to disk"),
+        Err(e) => tracing::warn!(error = %e, "the spool sync task failed"),
     }
 }
 

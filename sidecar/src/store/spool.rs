@@ -12,8 +12,14 @@
 //!   Native block), so they are in the kernel's page cache, safe from a killed process, within
 //!   one turn. On start, an `.open` file is recovered up to its last whole frame and sealed.
 //!   The sender sends the blocks as they are: a row is encoded once, never copied as a row.
-//! - `<seq>-<table>.batch`: sealed batches (by rows, bytes or age; fsynced), sent oldest first
-//!   and deleted once ClickHouse has them. Never rewritten, so a retry sends the same rows.
+//! - `<seq>-<table>.batch`: sealed batches (by rows, bytes or age), sent oldest first and
+//!   deleted once ClickHouse has them. Never rewritten, so a retry sends the same rows. A
+//!   batch is made durable (fdatasync, and the directory's fsync for its name) before it waits
+//!   for anything: at the seal while the server is failing or batches are queued, else when
+//!   its send fails or the sender stops with it unsent. A batch that goes straight to a
+//!   healthy server is never forced to disk (it is deleted within a second or so: its pages
+//!   were never written back, no disk write at all), so a power cut loses it as it loses the
+//!   open batch's rows; a killed process loses neither (the page cache holds them).
 //! - `rejected/`: batches ClickHouse refused for good (schema mismatch, unknown table), kept
 //!   for the operator and reported, never retried.
 //!
@@ -108,6 +114,11 @@ struct State {
     sealed_bytes: u64,
     sealed_rows: u64,
     in_flight: std::collections::BTreeSet<u64>,
+    /// Sealed batches not yet made durable (see the module's doc).
+    unsynced: std::collections::BTreeSet<u64>,
+    /// The last insert succeeded and none failed since: a batch sealed with nothing waiting
+    /// before it goes straight out, unsynced.
+    sending_well: bool,
     /// Files in `rejected/`, oldest first, and their bytes (they count against the bound).
     rejected: std::collections::VecDeque<(PathBuf, u64)>,
     rejected_bytes: u64,
@@ -124,6 +135,7 @@ impl State {
 
     /// A batch leaves the backlog (sent, set aside or evicted).
     fn take(&mut self, seq: u64) -> Option<BatchInfo> {
+        self.unsynced.remove(&seq);
         let b = self.sealed.remove(&seq)?;
         self.sealed_bytes = self.sealed_bytes.saturating_sub(b.bytes);
         self.sealed_rows = self.sealed_rows.saturating_sub(b.rows);
@@ -163,6 +175,7 @@ impl Shared {
     /// The batch is in ClickHouse: forget it and delete its file.
     pub fn done(&self, b: &BatchInfo) -> Result<(), SpoolError> {
         self.forget(b);
+        self.lock().sending_well = true;
         match fs::remove_file(&b.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -186,6 +199,51 @@ impl Shared {
     /// Sending stopped without an outcome (it will be retried).
     pub fn release(&self, b: &BatchInfo) {
         self.lock().in_flight.remove(&b.seq);
+    }
+
+    /// Whether a batch sealed now may skip its fsync: inserts are succeeding and every
+    /// sealed batch is already being sent (nothing waits before it).
+    fn may_defer_sync(&self) -> bool {
+        let s = self.lock();
+        s.sending_well && s.sealed.keys().all(|k| s.in_flight.contains(k))
+    }
+
+    /// An insert failed, or the sender is stopping: every sealed batch not yet durable is
+    /// made so (its data, then the directory once), and later seals sync again until an
+    /// insert succeeds. Returns how many were synced. Blocking I/O.
+    pub fn sync_unsynced(&self) -> Result<usize, SpoolError> {
+        let paths: Vec<(u64, PathBuf)> = {
+            let mut s = self.lock();
+            s.sending_well = false;
+            s.unsynced
+                .iter()
+                .filter_map(|seq| Some((*seq, s.sealed.get(seq)?.path.clone())))
+                .collect()
+        };
+        let mut synced = Vec::new();
+        for (seq, path) in paths {
+            match File::open(&path).and_then(|f| f.sync_data()) {
+                Ok(()) => synced.push(seq),
+                // Sent and deleted meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => synced.push(seq),
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        if !synced.is_empty() {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+            let mut s = self.lock();
+            for seq in &synced {
+                s.unsynced.remove(seq);
+            }
+        }
+        Ok(synced.len())
+    }
+
+    /// Sealed batches not yet durable (see [`Self::sync_unsynced`]).
+    pub fn unsynced(&self) -> usize {
+        self.lock().unsynced.len()
     }
 
     fn forget(&self, b: &BatchInfo) {
@@ -267,7 +325,8 @@ pub struct SpoolLimits {
     pub batch_bytes: u64,
     pub batch_max_age: Duration,
     pub max_bytes: u64,
-    /// fsync sealed batches (survives power loss, not only a killed process).
+    /// Make sealed batches durable before they wait for anything (survives power loss, not
+    /// only a killed process); see the module's doc for the batches that go straight out.
     pub fsync: bool,
 }
 
@@ -385,6 +444,8 @@ impl Spool {
                     state.stats.corrupt_regions += frames.corrupt_regions;
                     state.stats.corrupt_bytes += frames.corrupt_bytes;
                     collect_marks(&frames.marks, &mut tail_marks);
+                    // A killed run may have left it unsynced (in the page cache).
+                    state.unsynced.insert(seq);
                     state.add(BatchInfo {
                         seq,
                         run: frames.run,
@@ -669,18 +730,26 @@ impl Spool {
         let Some(b) = self.open[table].take() else {
             return Ok(());
         };
-        if self.limits.fsync {
+        // Synced now unless it goes straight to a healthy server (then only if its send
+        // fails, or the sender stops first: `Shared::sync_unsynced`).
+        let deferred = self.limits.fsync && self.shared.may_defer_sync();
+        let sync = self.limits.fsync && !deferred;
+        if sync {
             b.file.sync_data().map_err(io(&b.path))?;
         }
         let sealed = self.shared.dir.join(file_name(b.seq, table, "batch"));
         fs::rename(&b.path, &sealed).map_err(io(&b.path))?;
-        if self.limits.fsync {
+        if sync {
             // The rename itself is durable only once the directory is.
             File::open(&self.shared.dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io(&self.shared.dir))?;
         }
-        self.shared.lock().add(BatchInfo {
+        let mut shared = self.shared.lock();
+        if deferred {
+            shared.unsynced.insert(b.seq);
+        }
+        shared.add(BatchInfo {
             seq: b.seq,
             run: b.run,
             table,
@@ -688,6 +757,7 @@ impl Spool {
             bytes: b.bytes,
             path: sealed,
         });
+        drop(shared);
         // Both are empty now (written out above); their capacity serves the next batch.
         self.pool[table] = Some((b.cols, b.buf));
         self.enforce_bound();

@@ -108,7 +108,18 @@ impl BufferPool {
             None => Vec::new(),
         };
         drop(kept);
-        buf.reserve(at_least);
+        if buf.capacity() < at_least {
+            // A new buffer, not a grown one: growing copies the old buffer's whole capacity
+            // (the allocator cannot know that none of it is in use), and it is then faulted in
+            // afresh anyway. A quarter more than asked, so that a batch a little larger than
+            // the last does not need another.
+            buf = Vec::with_capacity(
+                at_least
+                    .saturating_add(at_least / 4)
+                    .min(Self::KEEP_BYTES)
+                    .max(at_least),
+            );
+        }
         buf
     }
 
@@ -143,9 +154,15 @@ pub fn read_frames_into(
     mut data: Vec<u8>,
 ) -> Result<(Frames, Vec<u8>), SpoolError> {
     data.clear();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut data))
-        .map_err(io(path))?;
+    let mut file = File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len();
+    if let Ok(len) = usize::try_from(len) {
+        if data.capacity() < len {
+            // A new buffer rather than a grown one (see `BufferPool::take`).
+            data = Vec::with_capacity(len);
+        }
+    }
+    file.read_to_end(&mut data).map_err(io(path))?;
     let frames = parse_frames(&data, table).map_err(|reason| SpoolError::Corrupt {
         path: path.display().to_string(),
         reason: reason.to_owned(),

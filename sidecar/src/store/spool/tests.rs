@@ -583,3 +583,63 @@ fn batches_seal_by_bytes_within_the_check_interval() {
     );
     assert_eq!(keys(&b.path).len() as u64, b.rows);
 }
+
+/// A sealed batch is synced at the seal unless inserts are succeeding and nothing waits
+/// before it; a failure (or a stop) syncs every batch not yet durable, and seals sync again
+/// until an insert succeeds. Recovered batches count as not yet durable.
+#[test]
+fn sealed_batches_skip_the_sync_only_while_sent_straight_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let l = SpoolLimits {
+        batch_rows: 2,
+        fsync: true,
+        ..limits()
+    };
+    let mut s = Spool::open(dir.path(), l).expect("open");
+    let shared = s.shared();
+    let seal_one = |s: &mut Spool, i: u64| {
+        s.push(row(2 * i)).expect("push");
+        s.push(row(2 * i + 1)).expect("push");
+    };
+    // Before any insert succeeded: synced.
+    seal_one(&mut s, 0);
+    assert_eq!(shared.unsynced(), 0, "no insert has succeeded yet");
+    let first = shared.next_batch().expect("batch");
+    shared.done(&first).expect("done");
+    // Sending well, nothing waiting: straight out, unsynced.
+    seal_one(&mut s, 1);
+    assert_eq!(shared.unsynced(), 1, "goes straight to a healthy server");
+    let second = shared.next_batch().expect("batch");
+    // Still sending well, the one before in flight only: unsynced too.
+    seal_one(&mut s, 2);
+    assert_eq!(shared.unsynced(), 2);
+    // A batch waiting (not in flight) before the next: synced at its seal.
+    seal_one(&mut s, 3);
+    assert_eq!(
+        shared.unsynced(),
+        2,
+        "the batch sealed at seq 2 waits before it"
+    );
+    // The insert fails: both made durable, and seals sync until an insert succeeds.
+    shared.release(&second);
+    assert_eq!(shared.sync_unsynced().expect("sync"), 2);
+    assert_eq!(shared.unsynced(), 0);
+    let b = shared.next_batch().expect("batch");
+    shared.done(&b).expect("done");
+    // Success again, but two sealed batches are still waiting: synced.
+    seal_one(&mut s, 4);
+    assert_eq!(shared.unsynced(), 0);
+    while let Some(b) = shared.next_batch() {
+        shared.done(&b).expect("done");
+    }
+    seal_one(&mut s, 5);
+    assert_eq!(shared.unsynced(), 1, "the backlog is empty again");
+    // A restart finds it: not known to be durable.
+    drop(s);
+    let s = Spool::open(dir.path(), l).expect("reopen");
+    assert_eq!(s.shared().unsynced(), 1);
+    assert_eq!(s.shared().backlog_rows(), 2);
+    // Sent or synced, it leaves the set.
+    assert_eq!(s.shared().sync_unsynced().expect("sync"), 1);
+    assert_eq!(s.shared().unsynced(), 0);
+}

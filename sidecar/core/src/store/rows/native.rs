@@ -656,7 +656,10 @@ fn merge(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
         size += b.len();
         parsed.push(cols);
     }
-    out.reserve(size);
+    if out.capacity() < size {
+        // `out` is empty: a new buffer, not a grown one (growing copies the old capacity).
+        *out = Vec::with_capacity(size);
+    }
     put_varuint(out, want.len() as u64);
     put_varuint(out, rows);
     for (c, (name, ty, layout)) in want.iter().enumerate() {
