@@ -1,0 +1,216 @@
+//! What the spool's writer and its sender share: the sealed batches waiting, the ones in
+//! flight, the ones not yet durable, and the counters.
+use std::{
+    collections::BTreeMap,
+    fs::{self, File},
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+};
+
+use super::{io, SpoolError};
+
+/// A sealed batch waiting to be sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub seq: u64,
+    /// The id of the run that wrote the batch.
+    pub run: String,
+    pub table: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub path: PathBuf,
+}
+
+/// Counters the spool keeps (exported as metrics, reported on change).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Rows written to the spool (by this writer; [`super::Spool::stats`] fills it in).
+    pub accepted_rows: u64,
+    /// Rows deleted unsent because the spool was full.
+    pub dropped_rows: u64,
+    pub dropped_batches: u64,
+    /// Rows recovered from batches that were open when the sidecar last stopped.
+    pub recovered_rows: u64,
+    /// Bytes cut from the end of recovered batches (a frame half written when it died).
+    pub truncated_bytes: u64,
+    /// Corrupt stretches found inside batches and skipped to the next valid frame, and their
+    /// bytes (their rows are lost; every other frame of the batch is kept).
+    pub corrupt_regions: u64,
+    pub corrupt_bytes: u64,
+    /// Batches ClickHouse refused (kept in `rejected/`) deleted to stay within the bound.
+    pub dropped_rejected: u64,
+    /// Failed writes rolled back to the last whole frame (disk full, I/O error).
+    pub write_rollbacks: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct State {
+    pub(super) sealed: BTreeMap<u64, BatchInfo>,
+    pub(super) sealed_bytes: u64,
+    pub(super) sealed_rows: u64,
+    pub(super) in_flight: std::collections::BTreeSet<u64>,
+    /// Sealed batches not yet made durable (see the module's doc).
+    pub(super) unsynced: std::collections::BTreeSet<u64>,
+    /// The last insert succeeded and none failed since: a batch sealed with nothing waiting
+    /// before it goes straight out, unsynced.
+    pub(super) sending_well: bool,
+    /// Files in `rejected/`, oldest first, and their bytes (they count against the bound).
+    pub(super) rejected: std::collections::VecDeque<(PathBuf, u64)>,
+    pub(super) rejected_bytes: u64,
+    pub(super) stats: SpoolStats,
+}
+
+impl State {
+    /// A sealed batch joins the backlog.
+    pub(super) fn add(&mut self, b: BatchInfo) {
+        self.sealed_bytes += b.bytes;
+        self.sealed_rows += b.rows;
+        self.sealed.insert(b.seq, b);
+    }
+
+    /// A batch leaves the backlog (sent, set aside or evicted).
+    pub(super) fn take(&mut self, seq: u64) -> Option<BatchInfo> {
+        self.unsynced.remove(&seq);
+        let b = self.sealed.remove(&seq)?;
+        self.sealed_bytes = self.sealed_bytes.saturating_sub(b.bytes);
+        self.sealed_rows = self.sealed_rows.saturating_sub(b.rows);
+        Some(b)
+    }
+}
+
+/// What the spool's writer and its sender share.
+#[derive(Debug)]
+pub struct Shared {
+    pub(super) state: Mutex<State>,
+    /// Woken when a batch is sealed.
+    pub notify: tokio::sync::Notify,
+    pub(super) dir: PathBuf,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than stopping would: keep going with what is there.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest sealed batch not being sent, marked in flight (it is not evicted while
+    /// being sent).
+    pub fn next_batch(&self) -> Option<BatchInfo> {
+        let mut s = self.lock();
+        let b = s
+            .sealed
+            .values()
+            .find(|b| !s.in_flight.contains(&b.seq))
+            .cloned()?;
+        s.in_flight.insert(b.seq);
+        Some(b)
+    }
+
+    /// The batch is in ClickHouse: forget it and delete its file.
+    pub fn done(&self, b: &BatchInfo) -> Result<(), SpoolError> {
+        self.forget(b);
+        self.lock().sending_well = true;
+        match fs::remove_file(&b.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&b.path)(e)),
+        }
+    }
+
+    /// ClickHouse refused the batch for good: move it to `rejected/`. Returns where it went.
+    pub fn reject(&self, b: &BatchInfo) -> Result<PathBuf, SpoolError> {
+        self.forget(b);
+        let dir = self.dir.join("rejected");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let to = dir.join(b.path.file_name().unwrap_or_default());
+        fs::rename(&b.path, &to).map_err(io(&b.path))?;
+        let mut s = self.lock();
+        s.rejected.push_back((to.clone(), b.bytes));
+        s.rejected_bytes += b.bytes;
+        Ok(to)
+    }
+
+    /// Sending stopped without an outcome (it will be retried).
+    pub fn release(&self, b: &BatchInfo) {
+        self.lock().in_flight.remove(&b.seq);
+    }
+
+    /// Whether a batch sealed now may skip its fsync: inserts are succeeding and every
+    /// sealed batch is already being sent (nothing waits before it).
+    pub(super) fn may_defer_sync(&self) -> bool {
+        let s = self.lock();
+        s.sending_well && s.sealed.keys().all(|k| s.in_flight.contains(k))
+    }
+
+    /// An insert failed, or the sender is stopping: every sealed batch not yet durable is
+    /// made so (its data, then the directory once), and later seals sync again until an
+    /// insert succeeds. Returns how many were synced. Blocking I/O.
+    pub fn sync_unsynced(&self) -> Result<usize, SpoolError> {
+        let paths: Vec<(u64, PathBuf)> = {
+            let mut s = self.lock();
+            s.sending_well = false;
+            s.unsynced
+                .iter()
+                .filter_map(|seq| Some((*seq, s.sealed.get(seq)?.path.clone())))
+                .collect()
+        };
+        let mut synced = Vec::new();
+        for (seq, path) in paths {
+            match File::open(&path).and_then(|f| f.sync_data()) {
+                Ok(()) => synced.push(seq),
+                // Sent and deleted meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => synced.push(seq),
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        if !synced.is_empty() {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+            let mut s = self.lock();
+            for seq in &synced {
+                s.unsynced.remove(seq);
+            }
+        }
+        Ok(synced.len())
+    }
+
+    /// Sealed batches not yet durable (see [`Self::sync_unsynced`]).
+    pub fn unsynced(&self) -> usize {
+        self.lock().unsynced.len()
+    }
+
+    fn forget(&self, b: &BatchInfo) {
+        let mut s = self.lock();
+        s.take(b.seq);
+        s.in_flight.remove(&b.seq);
+    }
+
+    /// The deduplication token of a batch: stable across restarts and retries.
+    pub fn token(&self, b: &BatchInfo) -> String {
+        format!("edgewatch-{}-{}", b.run, b.seq)
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        self.lock().stats
+    }
+
+    /// A reader found corrupt stretches in a batch (see [`super::read_frames`]).
+    pub fn count_corrupt(&self, regions: u64, bytes: u64) {
+        let mut s = self.lock();
+        s.stats.corrupt_regions += regions;
+        s.stats.corrupt_bytes += bytes;
+    }
+
+    /// Sealed batches and their bytes waiting to be sent.
+    pub fn backlog(&self) -> (usize, u64) {
+        let s = self.lock();
+        (s.sealed.len(), s.sealed_bytes)
+    }
+
+    /// Rows waiting in sealed batches.
+    pub fn backlog_rows(&self) -> u64 {
+        self.lock().sealed_rows
+    }
+}
