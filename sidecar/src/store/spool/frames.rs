@@ -156,11 +156,15 @@ pub fn read_frames_into(
     data.clear();
     let mut file = File::open(path).map_err(io(path))?;
     let len = file.metadata().map_err(io(path))?.len();
-    if let Ok(len) = usize::try_from(len) {
-        if data.capacity() < len {
-            // A new buffer rather than a grown one (see `BufferPool::take`).
-            data = Vec::with_capacity(len);
-        }
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if data.capacity() < len {
+        // A new buffer rather than a grown one (see `BufferPool::take`). Fallible: a file
+        // too large for memory is an error, not an abort.
+        let mut fresh = Vec::new();
+        fresh
+            .try_reserve_exact(len)
+            .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::OutOfMemory, e)))?;
+        data = fresh;
     }
     file.read_to_end(&mut data).map_err(io(path))?;
     let frames = parse_frames(&data, table).map_err(|reason| SpoolError::Corrupt {

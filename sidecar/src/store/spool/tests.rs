@@ -643,3 +643,25 @@ fn sealed_batches_skip_the_sync_only_while_sent_straight_away() {
     assert_eq!(s.shared().sync_unsynced().expect("sync"), 1);
     assert_eq!(s.shared().unsynced(), 0);
 }
+
+/// A batch file larger than memory (a sparse 8 TiB file) is an error, set aside at start, not
+/// an abort: its buffer is reserved fallibly.
+#[test]
+fn a_batch_larger_than_memory_is_an_error_not_an_abort() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0000000000000003-alerts.batch");
+    let f = File::create(&path).expect("create");
+    if f.set_len(8 << 40).is_err() {
+        // The file system cannot hold a file this large, even sparse: nothing to test here.
+        return;
+    }
+    drop(f);
+    let err = read_frames(&path, ALERTS).expect_err("no 8 TiB buffer");
+    assert!(err.to_string().contains("0000000000000003-alerts.batch"), "{err}");
+    let s = Spool::open(dir.path(), limits()).expect("open");
+    assert!(s.shared().next_batch().is_none());
+    // Set aside in `rejected/`, where its 8 TiB are over the spool's bound: deleted, counted.
+    assert!(!path.exists());
+    assert!(!dir.path().join("rejected/0000000000000003-alerts.batch").exists());
+    assert_eq!(s.stats().dropped_rejected, 1);
+}
