@@ -657,11 +657,17 @@ fn a_batch_larger_than_memory_is_an_error_not_an_abort() {
     }
     drop(f);
     let err = read_frames(&path, ALERTS).expect_err("no 8 TiB buffer");
-    assert!(err.to_string().contains("0000000000000003-alerts.batch"), "{err}");
+    assert!(
+        err.to_string().contains("0000000000000003-alerts.batch"),
+        "{err}"
+    );
     let s = Spool::open(dir.path(), limits()).expect("open");
     assert!(s.shared().next_batch().is_none());
     // Set aside in `rejected/`, where its 8 TiB are over the spool's bound: deleted, counted.
     assert!(!path.exists());
-    assert!(!dir.path().join("rejected/0000000000000003-alerts.batch").exists());
+    assert!(!dir
+        .path()
+        .join("rejected/0000000000000003-alerts.batch")
+        .exists());
     assert_eq!(s.stats().dropped_rejected, 1);
 }
