@@ -735,7 +735,7 @@ impl SendJob {
             self.pool.give_bytes(chunk);
         }
         inserted.map_err(SendError::Insert)?;
-        if let Err(e) = self.shared.done(batch) {
+        if let Err(e) = self.shared.sent(batch) {
             tracing::warn!(error = %e, "sent batch could not be deleted (it will be deduplicated if resent)");
         }
         bump(&self.stats, |s| {

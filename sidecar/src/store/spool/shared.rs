@@ -107,10 +107,16 @@ impl Shared {
         Some(b)
     }
 
-    /// The batch is in ClickHouse: forget it and delete its file.
+    /// An insert of the batch succeeded: [`Self::done`], and batches sealed while nothing
+    /// waits may go out unsynced again.
+    pub fn sent(&self, b: &BatchInfo) -> Result<(), SpoolError> {
+        self.lock().sending_well = true;
+        self.done(b)
+    }
+
+    /// The batch is in ClickHouse (or given up): forget it and delete its file.
     pub fn done(&self, b: &BatchInfo) -> Result<(), SpoolError> {
         self.forget(b);
-        self.lock().sending_well = true;
         match fs::remove_file(&b.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

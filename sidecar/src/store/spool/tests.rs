@@ -605,7 +605,12 @@ fn sealed_batches_skip_the_sync_only_while_sent_straight_away() {
     seal_one(&mut s, 0);
     assert_eq!(shared.unsynced(), 0, "no insert has succeeded yet");
     let first = shared.next_batch().expect("batch");
+    // Given up (deleted) is not sent: still synced.
     shared.done(&first).expect("done");
+    seal_one(&mut s, 9);
+    assert_eq!(shared.unsynced(), 0, "no insert has succeeded yet");
+    let ok = shared.next_batch().expect("batch");
+    shared.sent(&ok).expect("sent");
     // Sending well, nothing waiting: straight out, unsynced.
     seal_one(&mut s, 1);
     assert_eq!(shared.unsynced(), 1, "goes straight to a healthy server");
@@ -625,12 +630,12 @@ fn sealed_batches_skip_the_sync_only_while_sent_straight_away() {
     assert_eq!(shared.sync_unsynced().expect("sync"), 2);
     assert_eq!(shared.unsynced(), 0);
     let b = shared.next_batch().expect("batch");
-    shared.done(&b).expect("done");
+    shared.sent(&b).expect("done");
     // Success again, but two sealed batches are still waiting: synced.
     seal_one(&mut s, 4);
     assert_eq!(shared.unsynced(), 0);
     while let Some(b) = shared.next_batch() {
-        shared.done(&b).expect("done");
+        shared.sent(&b).expect("done");
     }
     seal_one(&mut s, 5);
     assert_eq!(shared.unsynced(), 1, "the backlog is empty again");
