@@ -67,6 +67,11 @@ pub enum SpoolError {
     Corrupt { path: String, reason: String },
 }
 
+/// Makes the directory's entries (a new file's name, a rename) durable.
+fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.display().to_string(),
@@ -355,9 +360,7 @@ impl Spool {
             }
         }
         if new_file {
-            File::open(&self.shared.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.shared.dir))?;
+            sync_dir(&self.shared.dir)?;
         }
         Ok(())
     }
@@ -538,9 +541,7 @@ impl Spool {
         fs::rename(&b.path, &sealed).map_err(io(&b.path))?;
         if sync {
             // The rename itself is durable only once the directory is.
-            File::open(&self.shared.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.shared.dir))?;
+            sync_dir(&self.shared.dir)?;
         }
         let mut shared = self.shared.lock();
         if deferred {

@@ -113,12 +113,8 @@ impl BufferPool {
             // (the allocator cannot know that none of it is in use), and it is then faulted in
             // afresh anyway. A quarter more than asked, so that a batch a little larger than
             // the last does not need another.
-            buf = Vec::with_capacity(
-                at_least
-                    .saturating_add(at_least / 4)
-                    .min(Self::KEEP_BYTES)
-                    .max(at_least),
-            );
+            // (`at_least` is at most `KEEP_BYTES`, so this is never less than it.)
+            buf = Vec::with_capacity(at_least.saturating_add(at_least / 4).min(Self::KEEP_BYTES));
         }
         buf
     }

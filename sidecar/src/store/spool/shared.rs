@@ -171,9 +171,7 @@ impl Shared {
             }
         }
         if !synced.is_empty() {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
+            super::sync_dir(&self.dir)?;
             let mut s = self.lock();
             for seq in &synced {
                 s.unsynced.remove(seq);
@@ -183,6 +181,7 @@ impl Shared {
     }
 
     /// Sealed batches not yet durable (see [`Self::sync_unsynced`]).
+    #[cfg(test)]
     pub fn unsynced(&self) -> usize {
         self.lock().unsynced.len()
     }
