@@ -64,8 +64,11 @@ const REPLAY_RUNS: usize = 11;
 const TSHARK_RUNS: usize = 5;
 /// Seconds of load a fresh sidecar carries before its cost is counted: what happens once in a
 /// sidecar's life (maps, windows and buffers growing to their working size, the store's
-/// first batches) is not what a request costs a sidecar that has been running.
-const WARM_UP_SECONDS: u32 = 2;
+/// first batches) is not what a request costs a sidecar that has been running. As long as a
+/// counted run: a shorter warm-up leaves the store's batch buffers at the size of a smaller
+/// batch, and the counted batch then pays for fresh memory once, as a running sidecar does
+/// only when its load grows.
+const WARM_UP_SECONDS: u32 = WRK_SECONDS;
 /// Pairs of runs, without and with the sidecar, the order alternating from pair to pair
 /// (ABBA), so a drift of the machine's speed during the benchmark weighs on both sides.
 const WRK_PAIRS: usize = 10;

@@ -156,7 +156,7 @@ mod frames;
 mod shared;
 pub use frames::{
     parse_frames, read_frames, read_frames_into, BufferPool, Frames, FRAME_BLOCK, FRAME_MARK,
-    MAGIC_V1,
+    KEPT_BUFFER_BYTES, MAGIC_V1,
 };
 use shared::State;
 pub use shared::{BatchInfo, Shared, SpoolStats};

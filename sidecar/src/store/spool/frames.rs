@@ -74,6 +74,9 @@ impl Frames {
     }
 }
 
+/// The largest buffer the sender's pool keeps (see [`BufferPool`]).
+pub const KEPT_BUFFER_BYTES: usize = 16 << 20;
+
 /// Buffers a sender reuses from batch to batch (a batch file read back, a merged block):
 /// memory freed and mapped afresh for every batch cost a page fault per 4 KiB.
 #[derive(Debug, Default)]
@@ -82,7 +85,7 @@ pub struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
 impl BufferPool {
     /// Buffers kept, at most, and the largest kept (a batch of an outage's backlog is not).
     const KEEP: usize = 4;
-    const KEEP_BYTES: usize = 16 << 20;
+    const KEEP_BYTES: usize = KEPT_BUFFER_BYTES;
 
     /// A buffer for `at_least` bytes (up to the largest kept size: a hint, not a limit): the
     /// smallest kept one that holds them, or else the largest, grown. The tables' batches

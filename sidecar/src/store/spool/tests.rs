@@ -465,6 +465,31 @@ fn a_batch_an_older_version_spooled_as_rows_is_sent_as_one_block() {
     assert!(new.seq > old.seq);
 }
 
+/// A batch of the default size, passed by the rows the byte check may let through, is read
+/// back and merged in buffers the pool keeps: a busy sidecar does not map (and the kernel
+/// zero) fresh memory for every batch.
+#[test]
+fn default_batches_fit_the_senders_kept_buffers() {
+    let default = usize::try_from(crate::store::config::DEFAULT_BATCH_BYTES).expect("fits");
+    // The most a batch can pass its bound by: 31 rows of 64 KiB heads.
+    let batch = default + usize::try_from(BYTES_CHECK_ROWS - 1).expect("fits") * (64 << 10);
+    let pool = BufferPool::default();
+    for _ in 0..2 {
+        let read = pool.take(batch);
+        let merged = pool.take(batch);
+        assert!(read.capacity() >= batch && merged.capacity() >= batch);
+        let at = (read.as_ptr(), merged.as_ptr());
+        pool.give(read);
+        pool.give(merged);
+        let again = (pool.take(batch), pool.take(batch));
+        let back = (again.0.as_ptr(), again.1.as_ptr());
+        assert!(back == at || back == (at.1, at.0), "both buffers kept and reused");
+        pool.give(again.0);
+        pool.give(again.1);
+    }
+    assert!(default <= KEPT_BUFFER_BYTES);
+}
+
 #[test]
 fn a_senders_buffers_are_reused_and_bounded() {
     let pool = BufferPool::default();
