@@ -483,7 +483,10 @@ fn default_batches_fit_the_senders_kept_buffers() {
         pool.give(merged);
         let again = (pool.take(batch), pool.take(batch));
         let back = (again.0.as_ptr(), again.1.as_ptr());
-        assert!(back == at || back == (at.1, at.0), "both buffers kept and reused");
+        assert!(
+            back == at || back == (at.1, at.0),
+            "both buffers kept and reused"
+        );
         pool.give(again.0);
         pool.give(again.1);
     }
