@@ -315,6 +315,57 @@ fn a_configuration_nginx_would_refuse_is_an_error_with_its_line() {
 /// timeout: the sidecar reads the configuration at start (the finding, with its line), names
 /// the first idle session's cut by that directive, and resolves the finding after the file is
 /// fixed and nginx reloaded.
+/// The processes are listed again only when something may have started a proxy (the sidecar
+/// idles cheaply on a host with hundreds of processes): a master started after the sidecar
+/// is read when it opens its listener (the state probe's event), well before the full
+/// listing every 30 s, and its finding fires.
+#[test]
+fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
+    support::require_root();
+    let gateway = free_port();
+    let state = tempfile::tempdir().expect("state");
+    let mut sc = Sidecar::start(&format!(
+        "[hop]\nports = [{gateway}]\ndocker_bridges = false\n\
+         [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[alerts]\nquiet_period = \"10m\"\n\
+         [proxy]\npoll_interval = \"200ms\"\n[edge]\nstate_dir = {:?}\n",
+        state.path(),
+    ));
+    // The start's listing and the second look a poll later are done: from here on, only a
+    // change lists them again.
+    let scans = || support::metric_sum(&sc.metrics(), "edgewatch_proxy_scans_total");
+    let deadline = std::time::Instant::now() + support::wait_limit();
+    while scans() < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "no second listing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let site = BROKEN
+        .replace("GATEWAY", &gateway.to_string())
+        .replace("STALE", &free_port().to_string());
+    let nginx = Master::start(&site, LOG_FORMAT);
+    let gw_conf = nginx
+        .dir
+        .path()
+        .join("conf.d/gw.conf")
+        .display()
+        .to_string();
+    // Expected within a poll or two of its listen; the full listing would come ~30 s after
+    // the last one.
+    let finding = sc
+        .lines
+        .wait_for_within(std::time::Duration::from_secs(20), |v| {
+            v["type"] == "alert"
+                && v["rule"] == "config.short_timeout"
+                && v["state"] == "firing"
+                && v["evidence"]["detail"]["file"] == gw_conf.as_str()
+        });
+    assert!(
+        finding.is_some(),
+        "the master started after the sidecar was not read within 20 s: {:#?}",
+        sc.lines.seen_json()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolves_it() {
     support::require_root();

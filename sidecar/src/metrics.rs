@@ -204,6 +204,7 @@ pub struct Metrics {
     rescans: Counter,
     rescan_errors: Counter,
     nat_reads: Counter,
+    proxy_scans: Counter,
     nat_problems: Gauge,
     store_rows: Members<4>,
     webhook_alerts: Members<3>,
@@ -337,6 +338,13 @@ impl Metrics {
         );
         let nat_reads = Counter::default();
         registry.register("nat_reads", "NAT rule reads", nat_reads.clone());
+        let proxy_scans = Counter::default();
+        registry.register(
+            "proxy_scans",
+            "Listings of the processes for proxies (after a listener opened or closed, a known \
+             master's change, and every 30 s)",
+            proxy_scans.clone(),
+        );
         let nat_problems = Gauge::default();
         registry.register(
             "nat_problems",
@@ -432,6 +440,7 @@ impl Metrics {
             rescans,
             rescan_errors,
             nat_reads,
+            proxy_scans,
             nat_problems,
             store_rows,
             webhook_alerts,
@@ -557,6 +566,10 @@ impl Metrics {
         if !ok {
             self.rescan_errors.inc();
         }
+    }
+
+    pub fn proxy_scan(&self) {
+        self.proxy_scans.inc();
     }
 
     pub fn nat_read(&self, problems: usize) {

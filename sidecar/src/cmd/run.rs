@@ -115,7 +115,7 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     // The proxy's configuration: its findings are incidents from the start.
     let mut proxy_watch = super::proxy_watch::ProxyWatch::new();
     if config.proxy.enabled {
-        poll_proxy(&mut proxy_watch, &config, &mut watch);
+        poll_proxy(&mut proxy_watch, &config, &mut watch, 0);
     }
 
     let metrics_addr = if config.metrics.enabled {
@@ -245,7 +245,11 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                     report_drops(&probes, &metrics, &mut watch, &mut last_drops);
                 }
                 if config.proxy.enabled && proxy_due.due(now) {
-                    tokio::task::block_in_place(|| poll_proxy(&mut proxy_watch, &config, &mut watch));
+                    // Lost events may have been listeners opening: counted as changes.
+                    let changes = watch.listen_changes + last_drops.ringbuf_full;
+                    tokio::task::block_in_place(|| {
+                        poll_proxy(&mut proxy_watch, &config, &mut watch, changes);
+                    });
                 }
                 if config.nat.enabled && nat_due.due(now) {
                     tokio::task::block_in_place(|| watch.read_nat(false));
@@ -404,8 +408,17 @@ fn report_drops(
 
 /// Looks at the proxy's configuration; what changed goes to the pipeline (its `config.*`
 /// incidents open or resolve) and is said.
-fn poll_proxy(proxy: &mut super::proxy_watch::ProxyWatch, config: &Config, watch: &mut Watch) {
-    let poll = proxy.poll(config);
+/// `changes`: listeners opened and closed, and probe events lost, so far.
+fn poll_proxy(
+    proxy: &mut super::proxy_watch::ProxyWatch,
+    config: &Config,
+    watch: &mut Watch,
+    changes: u64,
+) {
+    let poll = proxy.poll(config, changes);
+    if poll.listed {
+        watch.out.metrics.proxy_scan();
+    }
     if let Some((text, detail)) = poll.said {
         watch.out.printer.status("proxy", &text, &detail);
     }

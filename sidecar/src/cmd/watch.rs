@@ -135,6 +135,9 @@ pub(super) struct Watch {
     pub(super) webhooks: Vec<Webhook>,
     /// Per-record warnings, rate-limited (the totals are in the metrics).
     pub(super) warnings: crate::throttle::Warnings,
+    /// Listeners opened or closed so far (probe events): a new proxy listens, so the proxy
+    /// watch lists the processes again only when this moves (see `ProxyWatch::poll`).
+    pub(super) listen_changes: u64,
 }
 
 impl Watch {
@@ -157,6 +160,7 @@ impl Watch {
             store_dropped_at: None,
             webhooks: Vec::new(),
             warnings: Default::default(),
+            listen_changes: 0,
         }
     }
 
@@ -331,6 +335,7 @@ impl Watch {
             Ok(ProbeEvent::ListenChange(ev)) => {
                 tally.oldest_ts = tally.oldest_ts.min(ev.ts_boot_ns);
                 metrics.event("listen_change");
+                self.listen_changes += 1;
                 tokio::task::block_in_place(|| self.on_listen_change(&ev));
             }
             Err(e) => {
