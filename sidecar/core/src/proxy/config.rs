@@ -12,8 +12,9 @@ use crate::validate::{self, Checked};
 pub struct ProxyConfig {
     /// Read it at all.
     pub enabled: bool,
-    /// How often the files and processes are looked at for a change (the configuration is
-    /// re-read only when one is seen).
+    /// How often the files and the known masters are looked at for a change (the
+    /// configuration is re-read only when one is seen). All processes are listed again only
+    /// after a listener opened or closed, a known master changed, or every 30 s.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// A read or send timeout under this cuts idle WebSockets (`config.short_timeout`).
