@@ -1,8 +1,8 @@
 //! The live side of the proxy's configuration: at start and on every change (a file's size
 //! or time, a master started or gone, a reload's new workers, Caddy's running configuration)
 //! the running nginx masters' and Caddy's configuration is read again; the findings are
-//! recomputed against the listeners each poll (a Gateway moved to another port makes a
-//! `proxy_pass` stale without any file changing).
+//! recomputed each poll against the listeners, listed again whenever one opened or closed (a
+//! Gateway moved to another port makes a `proxy_pass` stale without any file changing).
 //! What changed goes to the pipeline, which opens and resolves the `config.*` incidents.
 //!
 //! Listing the processes (a read of every `/proc/PID/cmdline`, ~4 us a process) is done only
