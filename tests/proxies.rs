@@ -61,6 +61,11 @@ impl Master {
         self.child.id().to_string()
     }
 
+    /// The site's file (`conf.d/gw.conf`), as findings cite it.
+    fn site_file(&self) -> String {
+        self.dir.path().join("conf.d/gw.conf").display().to_string()
+    }
+
     /// New files, then SIGHUP (nginx -s reload), waiting until the new site answers.
     fn reload(&self, site: &str, log_format: &str) {
         write(self.dir.path(), log_format, site, self.edge);
@@ -220,15 +225,7 @@ fn findings_from_a_running_nginx_cite_their_lines_and_go_after_a_fixing_reload()
         "{stale_finding}"
     );
     // The file is named as nginx sees it (its include resolved against the conf directory).
-    assert_eq!(
-        stale_finding["file"],
-        nginx
-            .dir
-            .path()
-            .join("conf.d/gw.conf")
-            .display()
-            .to_string()
-    );
+    assert_eq!(stale_finding["file"], nginx.site_file());
     // The routes: listen -> location -> upstream -> who listens.
     let routes: Vec<&Value> = lines.iter().filter(|v| v["type"] == "route").collect();
     assert_eq!(routes.len(), 2, "{routes:#?}");
@@ -343,12 +340,7 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
         .replace("GATEWAY", &gateway.to_string())
         .replace("STALE", &free_port().to_string());
     let nginx = Master::start(&site, LOG_FORMAT);
-    let gw_conf = nginx
-        .dir
-        .path()
-        .join("conf.d/gw.conf")
-        .display()
-        .to_string();
+    let gw_conf = nginx.site_file();
     // Expected within a poll or two of its listen; the full listing would come ~30 s after
     // the last one.
     let finding = sc
@@ -390,12 +382,7 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
     // The README's JSON log format: the sidecar takes this log for the join by itself.
     let log_format = support::hop::readme_snippet("nginx-log-format");
     let nginx = Master::start_on(&site("3s"), &log_format, clients.host_ip);
-    let gw_conf = nginx
-        .dir
-        .path()
-        .join("conf.d/gw.conf")
-        .display()
-        .to_string();
+    let gw_conf = nginx.site_file();
     let state = tempfile::tempdir().expect("state");
     let mut sc = Sidecar::start(&format!(
         "[hop]\nports = [{PORT}]\ninterfaces = [{:?}]\ndocker_bridges = false\n\
