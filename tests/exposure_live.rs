@@ -276,7 +276,9 @@ fn docker_proxy_in_a_container_cgroup_is_attributed() {
     // interpreter), with docker-proxy's command line, inside a cgroup named the way Docker's
     // systemd driver names a container's, listening on 0.0.0.0 and "forwarding" to a watched
     // container port.
-    let host_port = free_port();
+    // Bound on 0.0.0.0 by the holder: below the ephemeral range, so no other test's connect
+    // can hold it first (CI once saw the bind fail with a `free_port`).
+    let host_port = support::free_listen_port();
     let container_port = free_port();
     let id = format!("{:0>64x}", u128::from(std::process::id()) << 64 | 0xed9e);
     let cgroup = support::cgroup2_mount().join(format!("edgewatch-test/docker-{id}.scope"));
