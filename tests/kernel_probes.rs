@@ -388,22 +388,10 @@ fn hop_segments_the_ring_cannot_hold_are_counted_and_the_gap_reported() {
     );
 }
 
-/// Waits (scraping, no sleeps) until `metric` passes `above`; returns its value.
+/// Waits until `metric` passes `above`; returns its value.
 fn wait_metric_above(sidecar: &Sidecar, metric: &str, above: u64) -> u64 {
-    let deadline = std::time::Instant::now() + support::wait_limit();
-    loop {
-        let value = counter(&sidecar.metrics(), metric);
-        if value > above {
-            return value;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{metric} stayed at {value}"
-        );
-        // Not back to back: each scrape takes CPU from the sidecar, which must drain and arm
-        // the follower.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // Counters: whole numbers, exact in an f64.
+    sidecar.wait_metric_above(metric, above as f64) as u64
 }
 
 /// Metric of the follower's hints for bodies.

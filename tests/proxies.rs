@@ -330,12 +330,7 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
     ));
     // The start's listing and the second look a poll later are done: from here on, only a
     // change lists them again.
-    let scans = || support::metric_sum(&sc.metrics(), "edgewatch_proxy_scans_total");
-    let deadline = std::time::Instant::now() + support::wait_limit();
-    while scans() < 2.0 {
-        assert!(std::time::Instant::now() < deadline, "no second listing");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    sc.wait_metric_above("edgewatch_proxy_scans_total", 1.0);
     let site = BROKEN
         .replace("GATEWAY", &gateway.to_string())
         .replace("STALE", &free_port().to_string());

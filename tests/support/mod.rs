@@ -313,6 +313,21 @@ impl Sidecar {
         self.child.id()
     }
 
+    /// Waits (scraping, no sleeps between unchanged reads beyond a short pause) until the
+    /// metric `name` (see [`metric_sum`]) passes `above`; returns its value. The pause keeps
+    /// the scrapes from taking the CPU the sidecar needs to get there.
+    pub fn wait_metric_above(&self, name: &str, above: f64) -> f64 {
+        let deadline = Instant::now() + wait_limit();
+        loop {
+            let value = metric_sum(&self.metrics(), name);
+            if value > above {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{name} stayed at {value}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The metrics endpoint's `/metrics` text.
     pub fn metrics(&self) -> String {
         let addr = self.ready["metrics"].as_str().expect("metrics address");

@@ -85,14 +85,13 @@ pub struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
 impl BufferPool {
     /// Buffers kept, at most, and the largest kept (a batch of an outage's backlog is not).
     const KEEP: usize = 4;
-    const KEEP_BYTES: usize = KEPT_BUFFER_BYTES;
 
     /// A buffer for `at_least` bytes (up to the largest kept size: a hint, not a limit): the
     /// smallest kept one that holds them, or else the largest, grown. The tables' batches
     /// differ in size by orders of magnitude, and a buffer that has to grow is copied and its
     /// new pages faulted in.
     pub fn take(&self, at_least: usize) -> Vec<u8> {
-        let at_least = at_least.min(Self::KEEP_BYTES);
+        let at_least = at_least.min(KEPT_BUFFER_BYTES);
         let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let fits = kept
             .iter()
@@ -116,14 +115,14 @@ impl BufferPool {
             // (the allocator cannot know that none of it is in use), and it is then faulted in
             // afresh anyway. A quarter more than asked, so that a batch a little larger than
             // the last does not need another.
-            // (`at_least` is at most `KEEP_BYTES`, so this is never less than it.)
-            buf = Vec::with_capacity(at_least.saturating_add(at_least / 4).min(Self::KEEP_BYTES));
+            // (`at_least` is at most `KEPT_BUFFER_BYTES`, so this is never less than it.)
+            buf = Vec::with_capacity(at_least.saturating_add(at_least / 4).min(KEPT_BUFFER_BYTES));
         }
         buf
     }
 
     pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > Self::KEEP_BYTES {
+        if buf.capacity() == 0 || buf.capacity() > KEPT_BUFFER_BYTES {
             return;
         }
         buf.clear();
