@@ -313,9 +313,8 @@ impl Sidecar {
         self.child.id()
     }
 
-    /// Waits (scraping, no sleeps between unchanged reads beyond a short pause) until the
-    /// metric `name` (see [`metric_sum`]) passes `above`; returns its value. The pause keeps
-    /// the scrapes from taking the CPU the sidecar needs to get there.
+    /// Waits until the metric `name` (see [`metric_sum`]) passes `above`, and returns its
+    /// value. The scrapes are 10 ms apart: each takes CPU the sidecar needs to get there.
     pub fn wait_metric_above(&self, name: &str, above: f64) -> f64 {
         let deadline = Instant::now() + wait_limit();
         loop {
