@@ -252,17 +252,10 @@ async fn healthy_upgrade_messages_and_clean_close() {
     // Never the payload: the 100 kB message and the token are nowhere in the output.
     let all = serde_json::to_string(&records).expect("json");
     assert!(!all.contains("xxxxxxxxxx") && !all.contains("secret-value"));
-    // After the 101 the kernel followed the frames: it sent headers, not payloads.
-    let metrics = sidecar.metrics();
-    let followed = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("edgewatch_hop_followed_segments_total "))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(
-        followed > 0,
-        "no segment followed by the kernel:\n{metrics}"
-    );
+    // After the 101 the kernel followed the frames: it sent headers, not payloads. The
+    // sidecar may still be draining the session's records (CI saw it 18 segments behind on a
+    // loaded machine), so this waits for the count, with the usual deadline.
+    sidecar.wait_metric_above("edgewatch_hop_followed_segments_total", 0.0);
     assert_live_agrees(sidecar, &records);
 }
 
