@@ -77,6 +77,29 @@ struct Direction {
     /// The kernel follows this direction (its frame headers, or a body to its end), as far
     /// as we know.
     kernel_follows: bool,
+    /// Where the body handed to the kernel ends, while it follows one.
+    body_end: Option<u32>,
+}
+
+impl Direction {
+    /// A segment the kernel sent as usual (not cut by its frame follower). The kernel does
+    /// not follow this direction (any more), unless it is a segment wholly inside the body
+    /// the kernel was handed: the kernel sent it before the entry was there (the ring buffer
+    /// is read behind the wire) or because TCP sent its bytes again, and it keeps the entry to
+    /// the body's end. Re-arming on such a segment would cost a map write each, and plant a
+    /// stale entry once the kernel has passed the end. (Should the kernel lose the entry
+    /// inside the body, its LRU map being full, the rest of that body costs records, not
+    /// bytes: the next body is handed over again.)
+    fn unfollowed(&mut self, seg: &Segment<'_>) {
+        let seg_end = seg.seq.wrapping_add(seg.payload_len);
+        let inside = self
+            .body_end
+            .is_some_and(|end| (end.wrapping_sub(seg_end) as i32) > 0);
+        if !inside {
+            self.kernel_follows = false;
+            self.body_end = None;
+        }
+    }
 }
 
 /// How far the kernel can skip a direction's payload, for its follower (live only).
@@ -164,11 +187,13 @@ impl Conn {
                 reasm: Reassembler::default(),
                 proto: Proto::Http(HttpStream::new(Role::Request)),
                 kernel_follows: false,
+                body_end: None,
             },
             s2c: Direction {
                 reasm: Reassembler::default(),
                 proto: Proto::Http(HttpStream::new(Role::Response)),
                 kernel_follows: false,
+                body_end: None,
             },
             exchanges: VecDeque::new(),
             next_index: 0,
@@ -478,6 +503,7 @@ impl Conn {
                 mode,
             });
             dir.kernel_follows = true;
+            dir.body_end = (mode == FollowMode::Body).then_some(next.wrapping_add(ahead));
         }
     }
 
@@ -728,8 +754,7 @@ impl Tracker {
         }
         if seg.payload_len > 0 {
             if !seg.followed {
-                // Payload prefix: the kernel does not follow this direction (any more).
-                conn.dir(from).kernel_follows = false;
+                conn.dir(from).unfollowed(seg);
             }
             conn.data(from, seg, out);
             if self.hints_enabled {
