@@ -129,10 +129,23 @@ pub struct SpoolLimits {
     pub fsync: bool,
 }
 
+/// The spool directory's lock (`flock` on [`LOCK_FILE`]), released when dropped. Released
+/// explicitly, not only by closing the file: a child that another thread forks in between
+/// holds a copy of the descriptor until it execs, and with it the lock, so a spool opened
+/// again in the same process could find its directory "in use". The unlock acts on the lock
+/// itself, whatever copies exist.
+struct DirLock(File);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 /// The writing side: the pipeline pushes rows here.
 pub struct Spool {
     /// Held for the spool's lifetime: one writer per spool directory.
-    _lock: File,
+    _lock: DirLock,
     shared: Arc<Shared>,
     limits: SpoolLimits,
     open: Vec<Option<OpenBatch>>,
@@ -320,7 +333,7 @@ impl Spool {
             dir: dir.to_owned(),
         });
         let mut spool = Self {
-            _lock: lock,
+            _lock: DirLock(lock),
             shared,
             limits,
             open: (0..TABLE_NAMES.len()).map(|_| None).collect(),

@@ -130,6 +130,40 @@ fn one_writer_per_spool() {
 }
 
 #[test]
+fn a_closed_spool_opens_again_while_another_thread_forks_children() {
+    // A child forked by another thread holds a copy of every descriptor until it execs, the
+    // lock file's too (close-on-exec or not): closing the file alone would leave the lock
+    // held, and the next open here found the directory "in use" (a rare test flake, and
+    // ~4% of reopens in this loop).
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let forks = Arc::new(AtomicU32::new(0));
+    let forker = {
+        let (stop, forks) = (Arc::clone(&stop), Arc::clone(&forks));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::process::Command::new("true").status();
+                forks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    // At least 500 opens, and at least 200 children forked meanwhile.
+    let (mut opens, mut failed) = (0, 0);
+    let start = forks.load(Ordering::Relaxed);
+    while opens < 500 || forks.load(Ordering::Relaxed) < start + 200 {
+        match Spool::open(dir.path(), limits()) {
+            Ok(s) => drop(s),
+            Err(_) => failed += 1,
+        }
+        opens += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    forker.join().expect("forker");
+    assert_eq!(failed, 0, "of {opens} opens");
+}
+
+#[test]
 fn a_torn_last_frame_is_cut_on_recovery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
