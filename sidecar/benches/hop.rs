@@ -19,7 +19,7 @@
 //!    was sent is seen in its spool directory, then confirmed by one scrape. Each sidecar first carries
 //!    `WARM_UP_SECONDS` of load, its rows sent, before anything of it is counted (steady
 //!    state: its maps, windows and buffers at their working size). Beside it: the ClickHouse
-//!    server's own CPU per request, the sidecar's cost without a store, with every record
+//!    server's own CPU per request and at rest (ms a second, with no rows), the sidecar's cost without a store, with every record
 //!    printed, and with connection churn (a pool of 4 for the 8 clients: nginx closes and
 //!    opens upstream connections as it goes), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
 //!    cost per packet by class of packet, and a control: ten more pairs in which a thread
@@ -518,6 +518,13 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         control_ratios.push(100.0 * attached_rps / base_rps);
         control_cpu.push(used);
     }
+    // The ClickHouse server at rest (the control pairs insert nothing): what it costs the
+    // machine when there are no rows, in ms of CPU a second. /proc counts 10 ms ticks, so
+    // IDLE_SECONDS of it.
+    const IDLE_SECONDS: u64 = 20;
+    let c0 = cpu_seconds(ch_pid);
+    std::thread::sleep(std::time::Duration::from_secs(IDLE_SECONDS));
+    let ch_idle_ms = (cpu_seconds(ch_pid) - c0) * 1e3 / IDLE_SECONDS as f64;
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!("without sidecar: {without:.0?} req/s (median {wo:.0})");
     println!("with sidecar:    {with:.0?} req/s (median {w:.0})");
@@ -544,6 +551,10 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!(
         "ClickHouse server CPU per proxied request (its own process, for the same rows): \
          median {store_us:.2} us"
+    );
+    println!(
+        "ClickHouse server CPU at rest (no rows, {IDLE_SECONDS} s after the control pairs): \
+         {ch_idle_ms:.1} ms a second"
     );
     println!(
         "upstream connections (hop connection records) per 100 proxied requests: {conns:.2} \
@@ -579,7 +590,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!(
         "summary: live sidecar_us_per_request={us:.2} clickhouse_us_per_request={store_us:.2} \
          throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2} \
-         churn_us={:.2}",
+         churn_us={:.2} clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
         breakdown[0].1, breakdown[1].1, churn.0
     );
     drop(nginx);

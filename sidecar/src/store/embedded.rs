@@ -521,7 +521,11 @@ pub fn run_server(a: &ServerArgs) -> anyhow::Result<()> {
         format!("--http_port={}", a.http_port),
         tcp_arg,
         "--multiquery".to_owned(),
-        format!("--query=SYSTEM START LISTEN HTTP;{tcp_listen} SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0"),
+        // The call stays alive on a query that sleeps a second per row. `interactive_delay`
+        // (how often clickhouse-local's main thread looks at the running query, 100 ms by
+        // default) at a second: a tenth of the wake-ups, with the stop as prompt (the parent
+        // watch and signals do not wait on it).
+        format!("--query=SYSTEM START LISTEN HTTP;{tcp_listen} SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1, max_execution_time = 0, interactive_delay = 1000000"),
     ]
     .into_iter()
     .filter(|a| !a.is_empty())
