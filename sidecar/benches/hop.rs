@@ -522,9 +522,18 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     // machine when there are no rows, in ms of CPU a second. /proc counts 10 ms ticks, so
     // IDLE_SECONDS of it.
     const IDLE_SECONDS: u64 = 20;
-    let c0 = cpu_seconds(ch_pid);
+    let (c0, threads0) = (cpu_seconds(ch_pid), ticks_by_thread(ch_pid));
     std::thread::sleep(std::time::Duration::from_secs(IDLE_SECONDS));
     let ch_idle_ms = (cpu_seconds(ch_pid) - c0) * 1e3 / IDLE_SECONDS as f64;
+    let mut idle_threads: Vec<(String, u64)> = ticks_by_thread(ch_pid)
+        .into_iter()
+        .map(|(name, t)| {
+            let before = threads0.get(&name).copied().unwrap_or(0);
+            (name, t.saturating_sub(before))
+        })
+        .filter(|(_, t)| *t > 0)
+        .collect();
+    idle_threads.sort_by_key(|t| std::cmp::Reverse(t.1));
     let (w, wo) = (median(with.clone()), median(without.clone()));
     println!("without sidecar: {without:.0?} req/s (median {wo:.0})");
     println!("with sidecar:    {with:.0?} req/s (median {w:.0})");
@@ -554,7 +563,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     );
     println!(
         "ClickHouse server CPU at rest (no rows, {IDLE_SECONDS} s after the control pairs): \
-         {ch_idle_ms:.1} ms a second"
+         {ch_idle_ms:.1} ms a second; by thread (10 ms ticks): {idle_threads:?}"
     );
     println!(
         "upstream connections (hop connection records) per 100 proxied requests: {conns:.2} \
@@ -594,6 +603,28 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         breakdown[0].1, breakdown[1].1, churn.0
     );
     drop(nginx);
+}
+
+/// A process's CPU ticks (user + system) by thread name, summed over its threads.
+fn ticks_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let name = head[open + 1..].to_owned();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        *by_name.entry(name).or_insert(0) += ticks;
+    }
+    by_name
 }
 
 /// Hop connection records per 100 proxied requests (HTTP exchange records) of a sidecar's
