@@ -66,42 +66,6 @@ impl Default for TrackerLimits {
     }
 }
 
-enum Proto {
-    Http(HttpStream),
-    Ws(WsStream),
-}
-
-struct Direction {
-    reasm: Reassembler,
-    proto: Proto,
-    /// The kernel follows this direction (its frame headers, or a body to its end), as far
-    /// as we know.
-    kernel_follows: bool,
-    /// Where the body handed to the kernel ends, while it follows one.
-    body_end: Option<u32>,
-}
-
-impl Direction {
-    /// A segment the kernel sent as usual (not cut by its frame follower). The kernel does
-    /// not follow this direction (any more), unless it is a segment wholly inside the body
-    /// the kernel was handed: the kernel sent it before the entry was there (the ring buffer
-    /// is read behind the wire) or because TCP sent its bytes again, and it keeps the entry to
-    /// the body's end. Re-arming on such a segment would cost a map write each, and plant a
-    /// stale entry once the kernel has passed the end. (Should the kernel lose the entry
-    /// inside the body, its LRU map being full, the rest of that body costs records, not
-    /// bytes: the next body is handed over again.)
-    fn unfollowed(&mut self, seg: &Segment<'_>) {
-        let seg_end = seg.seq.wrapping_add(seg.payload_len);
-        let inside = self
-            .body_end
-            .is_some_and(|end| (end.wrapping_sub(seg_end) as i32) > 0);
-        if !inside {
-            self.kernel_follows = false;
-            self.body_end = None;
-        }
-    }
-}
-
 /// How far the kernel can skip a direction's payload, for its follower (live only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FollowHint {
@@ -816,9 +780,11 @@ impl Tracker {
     }
 }
 
+mod direction;
 #[cfg(test)]
 mod follow_tests;
 mod record;
+use direction::{Direction, Proto};
 use record::{exchange_record, PendingExchange};
 
 #[cfg(test)]

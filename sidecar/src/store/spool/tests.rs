@@ -143,7 +143,9 @@ fn a_closed_spool_opens_again_while_another_thread_forks_children() {
         let (stop, forks) = (Arc::clone(&stop), Arc::clone(&forks));
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                let _ = std::process::Command::new("true").status();
+                std::process::Command::new("true")
+                    .status()
+                    .expect("run true");
                 forks.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -151,7 +153,7 @@ fn a_closed_spool_opens_again_while_another_thread_forks_children() {
     // At least 500 opens, and at least 200 children forked meanwhile.
     let (mut opens, mut failed) = (0, 0);
     let start = forks.load(Ordering::Relaxed);
-    while opens < 500 || forks.load(Ordering::Relaxed) < start + 200 {
+    while (opens < 500 || forks.load(Ordering::Relaxed) < start + 200) && !forker.is_finished() {
         match Spool::open(dir.path(), limits()) {
             Ok(s) => drop(s),
             Err(_) => failed += 1,
@@ -160,6 +162,7 @@ fn a_closed_spool_opens_again_while_another_thread_forks_children() {
     }
     stop.store(true, Ordering::Relaxed);
     forker.join().expect("forker");
+    assert!(forks.load(Ordering::Relaxed) >= start + 200);
     assert_eq!(failed, 0, "of {opens} opens");
 }
 
