@@ -54,6 +54,20 @@ impl Master {
             );
             std::thread::yield_now();
         }
+        // nginx binds before it becomes the master: it retitles itself `nginx: master
+        // process ...` (what the sidecar knows a master by) only after the listen. A sidecar
+        // started in between would find no master (CI on 849d716, on a loaded machine).
+        let title = format!("/proc/{}/cmdline", child.id());
+        while !std::fs::read(&title)
+            .expect("nginx's command line")
+            .starts_with(b"nginx: master process")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nginx did not become its master: {d}/error.log"
+            );
+            std::thread::yield_now();
+        }
         Self { child, dir, edge }
     }
 
@@ -315,7 +329,9 @@ fn a_configuration_nginx_would_refuse_is_an_error_with_its_line() {
 /// The processes are listed again only when something may have started a proxy (the sidecar
 /// idles cheaply on a host with hundreds of processes): a master started after the sidecar
 /// is read when it opens its listener (the state probe's event), well before the full
-/// listing every 30 s, and its finding fires.
+/// listing every 30 s, and its finding fires. Its access log (the README's format, no
+/// `[edge] access_logs`) is read from then on: the join is not left without the edge's lines
+/// because the proxy started after the sidecar.
 #[test]
 fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
     support::require_root();
@@ -334,7 +350,7 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
     let site = BROKEN
         .replace("GATEWAY", &gateway.to_string())
         .replace("STALE", &free_port().to_string());
-    let nginx = Master::start(&site, LOG_FORMAT);
+    let nginx = Master::start(&site, &support::hop::readme_snippet("nginx-log-format"));
     let gw_conf = nginx.site_file();
     // Expected within a poll or two of its listen; the full listing would come ~30 s after
     // the last one.
@@ -351,6 +367,39 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
         "the master started after the sidecar was not read within 20 s: {:#?}",
         sc.lines.seen_json()
     );
+    let access_log = nginx.dir.path().join("access.log").display().to_string();
+    let is_discovered = |v: &Value| {
+        v["type"] == "edge"
+            && v["event"] == "discovered"
+            && v["access_logs"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p == access_log.as_str()))
+    };
+    // Said in the poll that read the configuration, before its findings (so usually seen).
+    let discovered = sc.lines.seen_json().iter().any(is_discovered)
+        || sc
+            .lines
+            .wait_for_within(std::time::Duration::from_secs(20), is_discovered)
+            .is_some();
+    assert!(
+        discovered,
+        "the late master's access log was not taken: {:#?}",
+        sc.lines.seen_json()
+    );
+    // A request through it (502: nothing listens on the Gateway's port) writes a line, which
+    // the sidecar reads.
+    let parsed = "edgewatch_edge_lines_total{result=\"parsed\"}";
+    assert_eq!(support::metric_sum(&sc.metrics(), parsed), 0.0);
+    let mut edge = std::net::TcpStream::connect(("127.0.0.1", nginx.edge)).expect("connect");
+    std::io::Write::write_all(
+        &mut edge,
+        b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .expect("request");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut edge, &mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+    sc.wait_metric_above(parsed, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 //! the running nginx masters' and Caddy's configuration is read again; the findings are
 //! recomputed each poll against the listeners, listed again whenever one opened or closed (a
 //! Gateway moved to another port makes a `proxy_pass` stale without any file changing).
-//! What changed goes to the pipeline, which opens and resolves the `config.*` incidents.
+//! What changed goes to the pipeline, which opens and resolves the `config.*` incidents; each
+//! re-read also names the joinable access logs of the routes to the Gateway's ports, which the
+//! driver follows when it takes them from the configuration.
 //!
 //! Listing the processes (a read of every `/proc/PID/cmdline`, ~4 us a process) is done only
 //! when something may have started a proxy: a listener opened or closed (a proxy listens;
@@ -87,6 +89,9 @@ pub(super) struct Poll {
     pub update: Option<(Vec<Route>, Vec<Finding>)>,
     /// A line for the output (the configuration read, or why not).
     pub said: Option<(String, serde_json::Value)>,
+    /// When the configuration was read again: the joinable access logs its routes to the
+    /// Gateway's ports write (as this process reaches them), of every proxy that could be read.
+    pub access_logs: Option<Vec<PathBuf>>,
 }
 
 impl ProxyWatch {
@@ -159,7 +164,9 @@ impl ProxyWatch {
             masters_fp.unwrap_or_else(|| proxies::fingerprint(&masters, &self.files));
         let fp = fingerprint(masters_fp);
         let reread = self.fingerprint != Some(fp);
+        let mut access_logs = None;
         if reread {
+            let mut logs = Vec::new();
             let mut all = Vec::new();
             let mut files = Vec::new();
             let mut errors = Vec::new();
@@ -167,17 +174,25 @@ impl ProxyWatch {
                 let (tree, read) = proxies::load_master_files(m);
                 files.extend(read);
                 match tree {
-                    Ok(t) => all.extend(routes(&t)),
+                    Ok(t) => {
+                        let read = routes(&t);
+                        proxies::access_logs_of(m.pid, &read, &config.hop.ports, &mut logs);
+                        all.extend(read);
+                    }
                     Err(e) => errors.push(format!("nginx master {}: {e}", m.pid)),
                 }
             }
-            for (_, loaded) in &caddies {
+            for (c, loaded) in &caddies {
                 match loaded {
-                    Ok((r, _, _)) => all.extend(r.iter().cloned()),
+                    Ok((r, _, _)) => {
+                        proxies::access_logs_of(c.pid, r, &config.hop.ports, &mut logs);
+                        all.extend(r.iter().cloned());
+                    }
                     Err(e) => errors.push(e.clone()),
                 }
             }
             self.files = files;
+            access_logs = Some(logs);
             // The fingerprint of what was just read (its files' times).
             masters_fp = proxies::fingerprint(&masters, &self.files);
             self.fingerprint = Some(fingerprint(masters_fp));
@@ -232,6 +247,7 @@ impl ProxyWatch {
             listed,
             update,
             said,
+            access_logs,
         }
     }
 }

@@ -112,10 +112,22 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     }
     // The drift the first reads found.
     watch.emit_alerts(now);
-    // The proxy's configuration: its findings are incidents from the start.
+    let mut tailers: Vec<Tailer> = Vec::new();
+    if !config.edge.access_logs.is_empty() {
+        // The log checkpoints: ours alone, checked before use (traversable: the embedded
+        // store's data directory may live under the same state directory).
+        crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711)
+            .context("edge.state_dir")?;
+        for path in &config.edge.access_logs {
+            tailers.push(open_tailer(&config, &watch, path));
+        }
+    }
+    // The proxy's configuration: its findings are incidents from the start. Without
+    // `[edge] access_logs`, the logs of a proxy started (or reloaded) later are read too.
     let mut proxy_watch = super::proxy_watch::ProxyWatch::new();
     if config.proxy.enabled {
-        poll_proxy(&mut proxy_watch, &config, &mut watch, 0);
+        let late_logs = discovered_logs.then_some(&mut tailers);
+        poll_proxy(&mut proxy_watch, &config, &mut watch, 0, late_logs);
     }
 
     let metrics_addr = if config.metrics.enabled {
@@ -129,29 +141,6 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     } else {
         None
     };
-    let mut tailers: Vec<Tailer> = Vec::new();
-    if !config.edge.access_logs.is_empty() {
-        // The log checkpoints: ours alone, checked before use (traversable: the embedded
-        // store's data directory may live under the same state directory).
-        crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711)
-            .context("edge.state_dir")?;
-        for path in &config.edge.access_logs {
-            let name = path.to_string_lossy().replace('/', "_");
-            let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
-            let mut t = Tailer::new(path, Some(&checkpoint), StartAt::End);
-            // A position the spool holds beside the rows of its lines is newer than the
-            // checkpoint file when the last run died between the two.
-            if let Some(p) = watch
-                .out
-                .store
-                .as_ref()
-                .and_then(|st| st.spooled_tail_position(path))
-            {
-                t.resume_from(p);
-            }
-            tailers.push(t);
-        }
-    }
     // Position every log now, before `ready`: lines the proxy writes from here on are read
     // (and a backlog since the checkpoint, in bounded pieces).
     watch.read_logs(&mut tailers);
@@ -223,7 +212,7 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let shortest = [
         config.proxy.enabled.then_some(config.proxy.poll_interval),
         config.nat.enabled.then_some(config.nat.poll_interval),
-        (!tailers.is_empty()).then_some(config.edge.poll_interval),
+        (discovered_logs || !tailers.is_empty()).then_some(config.edge.poll_interval),
     ]
     .into_iter()
     .flatten()
@@ -248,7 +237,8 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                     // Lost events may have been listeners opening: counted as changes.
                     let changes = watch.listen_changes + last_drops.ringbuf_full;
                     tokio::task::block_in_place(|| {
-                        poll_proxy(&mut proxy_watch, &config, &mut watch, changes);
+                        let late_logs = discovered_logs.then_some(&mut tailers);
+                        poll_proxy(&mut proxy_watch, &config, &mut watch, changes, late_logs);
                     });
                 }
                 if config.nat.enabled && nat_due.due(now) {
@@ -406,16 +396,66 @@ fn report_drops(
     }
 }
 
+/// A tailer of the access log at `path`: from its checkpoint in `edge.state_dir` (or the
+/// spool's newer position), else from its end.
+fn open_tailer(config: &Config, watch: &Watch, path: &std::path::Path) -> Tailer {
+    let name = path.to_string_lossy().replace('/', "_");
+    let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
+    let mut t = Tailer::new(path, Some(&checkpoint), StartAt::End);
+    // A position the spool holds beside the rows of its lines is newer than the checkpoint
+    // file when the last run died between the two.
+    if let Some(p) = watch
+        .out
+        .store
+        .as_ref()
+        .and_then(|st| st.spooled_tail_position(path))
+    {
+        t.resume_from(p);
+    }
+    t
+}
+
 /// Looks at the proxy's configuration; what changed goes to the pipeline (its `config.*`
 /// incidents open or resolve) and is said.
 /// `changes`: listeners opened and closed, and probe events lost, so far.
+/// `late_logs` (the access logs were taken from the proxy's configuration): the tailers, to
+/// which the logs of a proxy started or reloaded since are added, read from their end on.
 fn poll_proxy(
     proxy: &mut super::proxy_watch::ProxyWatch,
     config: &Config,
     watch: &mut Watch,
     changes: u64,
+    late_logs: Option<&mut Vec<Tailer>>,
 ) {
     let poll = proxy.poll(config, changes);
+    if let (Some(tailers), Some(logs)) = (late_logs, &poll.access_logs) {
+        let new: Vec<&std::path::PathBuf> = logs
+            .iter()
+            .filter(|p| !tailers.iter().any(|t| t.path() == p.as_path()))
+            .collect();
+        if !new.is_empty() {
+            match crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711) {
+                Ok(()) => {
+                    tailers.extend(new.iter().map(|p| open_tailer(config, watch, p)));
+                    // Positioned now (at their end): a line written from here on is read.
+                    watch.read_logs(tailers);
+                    watch.out.printer.status(
+                        "edge",
+                        &format!(
+                            "access logs from the proxy's configuration, read from now on (set [edge] access_logs to choose): {}",
+                            new.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                        ),
+                        &serde_json::json!({ "event": "discovered", "access_logs": new }),
+                    );
+                }
+                // Tried again when the configuration is next read.
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "edge.state_dir: the proxy's new access logs are not read"
+                ),
+            }
+        }
+    }
     if poll.listed {
         watch.out.metrics.proxy_scan();
     }

@@ -260,34 +260,48 @@ pub fn running_proxies() -> Vec<Running> {
 /// X-Request-Id response header), as this process reaches them: the path itself in the same
 /// mount namespace, else through `/proc/PID/root`.
 pub fn gateway_access_logs(running: &[Running], ports: &[u16]) -> Vec<PathBuf> {
-    let own_ns = std::fs::read_link("/proc/self/ns/mnt").ok();
     let mut out = Vec::new();
     for p in running {
-        let Ok(routes) = &p.routes else { continue };
-        let same_ns = own_ns.is_some()
-            && std::fs::read_link(format!("/proc/{}/ns/mnt", p.pid)).ok() == own_ns;
-        for r in routes {
-            if !r.targets.iter().any(|t| ports.contains(&t.port)) {
-                continue;
-            }
-            for log in &r.access_logs {
-                let joinable = log.json && log.request_id == Some(true);
-                let path = Path::new(&log.path);
-                if !joinable || !path.is_absolute() {
-                    continue;
-                }
-                let reach = if same_ns {
-                    path.to_path_buf()
-                } else {
-                    RootFiles::of_process(p.pid).under(path)
-                };
-                if !out.contains(&reach) {
-                    out.push(reach);
-                }
-            }
+        if let Ok(routes) = &p.routes {
+            access_logs_of(p.pid, routes, ports, &mut out);
         }
     }
     out
+}
+
+/// The joinable access logs of one proxy process's `routes` to `ports` (see
+/// [`gateway_access_logs`]), added to `out` unless already there.
+pub fn access_logs_of(
+    pid: u32,
+    routes: &[edgewatch_core::proxy::Route],
+    ports: &[u16],
+    out: &mut Vec<PathBuf>,
+) {
+    let mut same_ns = None;
+    for r in routes {
+        if !r.targets.iter().any(|t| ports.contains(&t.port)) {
+            continue;
+        }
+        for log in &r.access_logs {
+            let joinable = log.json && log.request_id == Some(true);
+            let path = Path::new(&log.path);
+            if !joinable || !path.is_absolute() {
+                continue;
+            }
+            let same = *same_ns.get_or_insert_with(|| {
+                let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+                own.is_some() && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == own
+            });
+            let reach = if same {
+                path.to_path_buf()
+            } else {
+                RootFiles::of_process(pid).under(path)
+            };
+            if !out.contains(&reach) {
+                out.push(reach);
+            }
+        }
+    }
 }
 
 /// A running Caddy (`caddy run`, also what `caddy start` leaves running).
