@@ -301,7 +301,7 @@ async fn origins_the_upstream_refuses_are_listed_with_the_missing_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateways_port_refusing_is_the_upstream_down_until_it_listens() {
     support::require_root();
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let nginx = Nginx::start(&NginxSite::new(dead));
     // Resolved by the fix below, not by a quiet period.
     let (mut sc, _state) = sidecar_quiet(
@@ -350,7 +350,7 @@ async fn the_gateways_port_refusing_is_the_upstream_down_until_it_listens() {
 async fn a_proxy_pointed_at_another_port_is_a_stale_port_naming_both() {
     support::require_root();
     let gateway = start_upstream().await;
-    let stale = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let stale = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let nginx = Nginx::start(&NginxSite::new(stale));
     let (mut sc, _state) = sidecar_quiet(
         gateway.port(),
@@ -526,7 +526,7 @@ async fn webhooks_get_alertmanager_and_json_payloads_retried_after_a_failure() {
     let (json_port, mut plain) = receiver(0).await;
     let token_file = tempfile::NamedTempFile::new().expect("token file");
     std::fs::write(token_file.path(), "s3cret-token\n").expect("write token");
-    let dead = support::free_port();
+    let dead = support::closed_port();
     let (mut sc, _state) = sidecar_quiet(
         dead,
         None,

@@ -309,7 +309,7 @@ async fn an_upstream_rejecting_the_origin_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_port_with_no_listener_is_the_stale_port() {
     let pki = Pki::new();
-    let dead = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let dead = SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let nginx = tls_nginx(dead, &pki, Served::FullChain, "gw.test");
     let (code, steps, _) =
         tokio::task::spawn_blocking(move || check(nginx.port, dead.port(), &pki.ca_file, &[]))
@@ -335,7 +335,7 @@ async fn an_upstream_port_with_no_listener_is_the_stale_port() {
 async fn a_proxy_pointed_elsewhere_is_named_with_both_ports() {
     let pki = Pki::new();
     let gateway = start_upstream().await;
-    let stale = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let stale = SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let nginx = tls_nginx(stale, &pki, Served::FullChain, "gw.test");
     let log = nginx.access_log_path();
     let (code, steps, _) = tokio::task::spawn_blocking(move || {

@@ -154,7 +154,7 @@ async fn every_panel_runs_and_shows_what_the_scenario_did() {
     let spool = tempfile::tempdir().expect("spool");
     let state = tempfile::tempdir().expect("state");
     let upstream = start_upstream().await;
-    let dead = support::free_port();
+    let dead = support::closed_port();
     let watched = support::free_port();
     let nginx = Nginx::start(&NginxSite::new(upstream));
     let log = nginx.access_log_path();

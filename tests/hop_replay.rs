@@ -384,7 +384,7 @@ async fn short_read_timeout_closes_idle_session_without_close_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_upstream_port_is_refused() {
     support::require_root();
-    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], support::closed_port()));
     let nginx = Nginx::start(&NginxSite::new(dead));
     let capture = Capture::start(nginx.dir.path(), "refused", dead.port());
     let sidecar = live(dead.port());

@@ -15,7 +15,7 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use support::{free_port, hop::start_upstream, Sidecar};
+use support::{closed_port, free_port, hop::start_upstream, Sidecar};
 use tokio_tungstenite::tungstenite::{protocol::CloseFrame, Message};
 
 /// The WebSocket path as the hop records show it: the token in the query redacted.
@@ -234,7 +234,7 @@ async fn hop_probes_see_an_http_request_and_a_websocket_upgrade() {
 #[test]
 fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
     support::require_root();
-    let dead = free_port();
+    let dead = closed_port();
     let live_listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
     let live = live_listener.local_addr().expect("addr").port();
     let mut sidecar = sidecar(&[dead, live], &[]);
@@ -283,7 +283,7 @@ fn reset_tracepoints_fire_on_a_refused_connect_and_an_abort() {
 fn a_proxys_failed_connect_elsewhere_is_named_by_the_kernel() {
     support::require_root();
     let gateway = free_port();
-    let stale = free_port();
+    let stale = closed_port();
     let mut sidecar = Sidecar::start(&format!(
         "[hop]\nports = [{gateway}]\ninterfaces = [\"lo\"]\ndocker_bridges = false\n\
          [exposure]\nrescan_interval = \"1h\"\n[nat]\nenabled = false\n\

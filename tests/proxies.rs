@@ -12,7 +12,7 @@ use std::{
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
-    edgewatch_bin, free_port,
+    closed_port, edgewatch_bin, free_port,
     gateway::{Gateway, GatewayConfig, Linked, PORT},
     hop::ws_over,
     json_lines, Sidecar,
@@ -196,7 +196,7 @@ fn findings_from_a_running_nginx_cite_their_lines_and_go_after_a_fixing_reload()
     // The Gateway's stand-in: something listening on its port.
     let gateway = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let gw = gateway.local_addr().expect("addr").port();
-    let stale = free_port();
+    let stale = closed_port();
     let site = |t: &str| {
         t.replace("GATEWAY", &gw.to_string())
             .replace("STALE", &stale.to_string())
@@ -349,7 +349,7 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
     sc.wait_metric_above("edgewatch_proxy_scans_total", 1.0);
     let site = BROKEN
         .replace("GATEWAY", &gateway.to_string())
-        .replace("STALE", &free_port().to_string());
+        .replace("STALE", &closed_port().to_string());
     let nginx = Master::start(&site, &support::hop::readme_snippet("nginx-log-format"));
     let gw_conf = nginx.site_file();
     // Expected within a poll or two of its listen; the full listing would come ~30 s after

@@ -498,7 +498,7 @@ fn live_exposure_changes_and_alerts_reach_clickhouse() {
     let db = "t_live";
     let spool = tempfile::tempdir().unwrap();
     let watched = support::free_port();
-    let dead = support::free_port();
+    let dead = support::closed_port();
     let config = format!(
         "[alerts.upstream_down]\ngrace = \"0s\"\n{}",
         run_config(&ch.store_config(db, spool.path()))
@@ -1184,7 +1184,7 @@ fn a_server_that_never_answers_is_a_timeout_and_rows_wait_in_the_spool() {
 fn a_full_spool_drops_the_oldest_rows_and_counts_them() {
     // Nothing listens: every batch waits, and the spool only holds so much.
     let spool = tempfile::tempdir().unwrap();
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dead = format!("http://127.0.0.1:{}", support::closed_port());
     let config = format!(
         "{}batch_rows = 1\nbatch_bytes = 4096\nspool_max_bytes = 4096\n",
         store_config(&dead, "t_full", spool.path())
@@ -1231,7 +1231,7 @@ fn a_full_spool_drops_the_oldest_rows_and_counts_them() {
 #[test]
 fn live_spool_overflow_is_reported_not_silent() {
     let spool = tempfile::tempdir().unwrap();
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dead = format!("http://127.0.0.1:{}", support::closed_port());
     let config = format!(
         "{}batch_rows = 1\nbatch_bytes = 4096\nspool_max_bytes = 4096\n",
         run_config(&store_config(&dead, "t_overflow", spool.path()))

@@ -59,18 +59,31 @@ pub fn require_root() {
 /// earlier one that is closed, and a test's "two free ports" were once one (its watched port
 /// was also its dead upstream, and the upstream-down alert came before the test looked).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+        if given(port) {
             return port;
         }
     }
+}
+
+/// Whether `port` was not given out before in this process (and is now).
+fn given(port: u16) -> bool {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port)
+}
+
+/// A port for a dead or stale upstream: nothing listens on it, and nothing takes it by
+/// chance. A [`free_port`] is in the ephemeral range, so once released any `bind(0)` (a
+/// metrics endpoint, a server) may get it; CI on 3c466b2 found one listening. This one is a
+/// [`free_listen_port`], below that range, that no test of this process is given again.
+pub fn closed_port() -> u16 {
+    free_listen_port()
 }
 
 /// A port that is free on loopback now and lies below the kernel's ephemeral range, so no
@@ -93,7 +106,7 @@ pub fn free_listen_port() -> u16 {
         x ^= x >> 17;
         x ^= x << 5;
         let port = 10_000 + u16::try_from(x % u32::from(span)).unwrap();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && given(port) {
             return port;
         }
     }
