@@ -84,6 +84,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Stops with a clear message when a tool the benchmark runs is not on PATH (a fresh machine
+/// where `cargo bench` was run before `cargo xtask bench`, which installs them).
+fn require_tools(tools: &[&str]) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !std::env::split_paths(&path).any(|d| d.join(t).is_file()))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "hop benchmark: {} not found on PATH; `cargo xtask bench` installs the benchmark \
+             tools (or: apt-get install tshark wrk nginx-light)",
+            missing.join(", ")
+        );
+        std::process::exit(2);
+    }
+}
+
 fn time_cmd(cmd: &mut Command) -> f64 {
     let start = Instant::now();
     let status = cmd
@@ -245,6 +264,7 @@ fn thread_cpu_seconds() -> f64 {
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful here.
     support::require_root();
+    require_tools(&["tshark", "wrk", "nginx"]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
