@@ -400,6 +400,9 @@ fn live_a_master_started_after_the_sidecar_is_read_when_it_listens() {
     std::io::Read::read_to_string(&mut edge, &mut response).expect("response");
     assert!(response.starts_with("HTTP/1.1 502"), "{response}");
     sc.wait_metric_above(parsed, 0.0);
+    // And joined: with no hop side (nothing answered), the request goes out alone once the
+    // join window has passed. Without a join (no log at start) no request record is made.
+    sc.wait_metric_above("edgewatch_records_total{kind=\"request\"}", 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

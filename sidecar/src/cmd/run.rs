@@ -436,6 +436,10 @@ fn poll_proxy(
         if !new.is_empty() {
             match crate::store::embedded::ensure_private_dir(&config.edge.state_dir, 0o711) {
                 Ok(()) => {
+                    // Without a log at start the pipeline was made without the join.
+                    watch
+                        .pipeline
+                        .join_from_now(config.edge.join_window_ns(), config.edge.limits());
                     tailers.extend(new.iter().map(|p| open_tailer(config, watch, p)));
                     // Positioned now (at their end): a line written from here on is read.
                     watch.read_logs(tailers);

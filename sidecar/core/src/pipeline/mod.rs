@@ -174,6 +174,14 @@ impl Pipeline {
         &self.tracker.stats
     }
 
+    /// Joins access-log records with the hop from here on, if it did not already (live: the
+    /// first access log was found after the start, in the proxy's configuration).
+    pub fn join_from_now(&mut self, window_ns: u64, limits: JoinLimits) {
+        if self.joiner.is_none() {
+            self.joiner = Some(Joiner::with_limits(window_ns, limits));
+        }
+    }
+
     /// What the join gave up (when access logs are joined).
     pub fn join_stats(&self) -> Option<&JoinStats> {
         self.joiner.as_ref().map(|j| &j.stats)
