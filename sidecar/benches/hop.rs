@@ -635,14 +635,11 @@ fn ticks_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+        let (Some((head, _)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
             continue;
         };
         let name = head[open + 1..].to_owned();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        *by_name.entry(name).or_insert(0) += ticks;
+        *by_name.entry(name).or_insert(0) += support::stat_ticks(&stat).unwrap_or(0);
     }
     by_name
 }

@@ -718,13 +718,18 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// User + system clock ticks from a `/proc/.../stat` line (a process's or a thread's).
+pub fn stat_ticks(stat: &str) -> Option<u64> {
+    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised comm: state is field 3; utime 14, stime 15.
-    let rest = stat.rsplit_once(')').unwrap().1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let ticks = stat_ticks(&stat).unwrap();
     // SAFETY: sysconf has no preconditions.
     ticks as f64 / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
