@@ -438,13 +438,16 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     );
     // The store with its production batching (sealed at `DEFAULT_BATCH_MAX_AGE`, 5 s, or 200,000
     // rows).
-    let deployed = format!(
-        "{base}[store]\nurl = {:?}\ndatabase = \"t_bench_hop\"\nspool_dir = {:?}\nuser = {:?}\npassword_file = {:?}\n",
-        ch.url(),
-        spool.path().display().to_string(),
-        edgewatch::store::embedded::USER,
-        ch.secret_file().display().to_string()
-    );
+    let store_section = |spool: &Path| {
+        format!(
+            "[store]\nurl = {:?}\ndatabase = \"t_bench_hop\"\nspool_dir = {:?}\nuser = {:?}\npassword_file = {:?}\n",
+            ch.url(),
+            spool.display().to_string(),
+            edgewatch::store::embedded::USER,
+            ch.secret_file().display().to_string()
+        )
+    };
+    let deployed = format!("{base}{}", store_section(spool.path()));
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut sidecar_cpu = Vec::new();
@@ -492,6 +495,12 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         return;
     }
     let churn = connection_churn(upstream, &deployed, spool.path());
+    let joined = log_joined(
+        |spool| format!("{base}{}", store_section(spool)),
+        &nginx.access_log_path(),
+        nginx.port,
+        ch_pid,
+    );
     // The same cost in other configurations (three runs each, median): what the store costs
     // the sidecar, and what printing every record as JSON would.
     let mut breakdown = Vec::new();
@@ -598,6 +607,12 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
          connections per 100 requests",
         churn.0, churn.1
     );
+    println!(
+        "sidecar CPU per proxied request, as deployed with nginx's access log joined (the \
+         README's log format; two more rows a request, edge_logs and requests): {:.2} us \
+         (median of 3); ClickHouse server: {:.2} us; sidecar RSS after the run: {:.1} MiB",
+        joined.sidecar_us, joined.clickhouse_us, joined.rss_mib
+    );
     let control = median(control_ratios.clone());
     let control_share = median(control_cpu.clone());
     println!(
@@ -619,8 +634,9 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!(
         "summary: live sidecar_us_per_request={us:.2} clickhouse_us_per_request={store_us:.2} \
          throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2} \
-         churn_us={:.2} clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
-        breakdown[0].1, breakdown[1].1, churn.0
+         churn_us={:.2} log_joined_us={:.2} log_joined_clickhouse_us={:.2} \
+         clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
+        breakdown[0].1, breakdown[1].1, churn.0, joined.sidecar_us, joined.clickhouse_us
     );
     drop(nginx);
 }
@@ -674,6 +690,78 @@ fn connection_churn(upstream: std::net::SocketAddr, deployed: &str, spool: &Path
         conns.push(conns_per_100_requests(&sidecar));
     }
     (median(us), median(conns))
+}
+
+/// What one run with nginx's access log joined cost: sidecar and ClickHouse CPU per request
+/// (us), and the sidecar's RSS after it (MiB).
+struct LogJoined {
+    sidecar_us: f64,
+    clickhouse_us: f64,
+    rss_mib: f64,
+}
+
+/// The as-deployed cost with the access log followed and joined, as the README sets a
+/// deployment up: nginx's log in the README's format (`log_format edgewatch`, which the bench's
+/// nginx always writes) named in `[edge] access_logs`. Per request that adds the log line's
+/// parse and join and two rows (`edge_logs` and the joined `requests`), each with its
+/// `request_index` row in ClickHouse. Medians of three runs, each with a fresh spool and log
+/// state (so no run starts behind on lines of the runs before it).
+fn log_joined(deployed: impl Fn(&Path) -> String, log: &Path, port: u16, ch_pid: u32) -> LogJoined {
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let spool = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let config = format!(
+            "{}[edge]\naccess_logs = [{:?}]\nstate_dir = {:?}\n",
+            deployed(spool.path()),
+            log.display().to_string(),
+            state.path().display().to_string()
+        );
+        let sidecar = Sidecar::start_quiet(&config);
+        sidecar.lines.discard_from_now();
+        warm_up(&sidecar, port, Some(spool.path()));
+        let joined0 = metric_sum(
+            &sidecar.metrics(),
+            "edgewatch_records_total{kind=\"request\"}",
+        );
+        let (s0, c0) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
+        let rps = wrk_rps(port);
+        wait_rows_sent(&sidecar, spool.path());
+        let (s1, c1) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
+        let requests = rps * f64::from(WRK_SECONDS);
+        let joined = metric_sum(
+            &sidecar.metrics(),
+            "edgewatch_records_total{kind=\"request\"}",
+        ) - joined0;
+        // A figure for the join only if the run's requests were joined (by id: wrk's requests
+        // all went through nginx, which logged each).
+        assert!(
+            joined >= 0.9 * requests,
+            "{joined} requests joined of ~{requests:.0}: the log was not followed"
+        );
+        runs.push(LogJoined {
+            sidecar_us: (s1 - s0) * 1e6 / requests,
+            clickhouse_us: (c1 - c0) * 1e6 / requests,
+            rss_mib: rss_kib(sidecar.pid()) / 1024.0,
+        });
+    }
+    LogJoined {
+        sidecar_us: median(runs.iter().map(|r| r.sidecar_us).collect()),
+        clickhouse_us: median(runs.iter().map(|r| r.clickhouse_us).collect()),
+        rss_mib: median(runs.iter().map(|r| r.rss_mib).collect()),
+    }
+}
+
+/// A process's resident set (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// Only the as-deployed pairs (see the module's doc).

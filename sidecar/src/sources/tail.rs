@@ -128,6 +128,9 @@ struct Reading {
     skipping: bool,
 }
 
+/// The largest read buffer kept between reads while they are small.
+const KEEP_BUFFER: usize = 256 << 10;
+
 /// One followed file.
 pub struct Tailer {
     path: PathBuf,
@@ -141,6 +144,8 @@ pub struct Tailer {
     /// The unfinished last line of the last read (only used when the file is rotated away
     /// before that line got its newline).
     partial: Vec<u8>,
+    /// The bytes of the last read (kept for the next: see `read_lines`).
+    buf: Vec<u8>,
     start_at: StartAt,
     /// A position to resume from that is newer than the checkpoint file (see [`Tailer::resume_from`]).
     resume: Option<Checkpoint>,
@@ -168,6 +173,7 @@ impl Tailer {
             rotated: None,
             rotated_next: std::collections::VecDeque::new(),
             partial: Vec::new(),
+            buf: Vec::new(),
             start_at,
             resume: None,
             appeared_later: false,
@@ -319,6 +325,7 @@ impl Tailer {
         while let Some(r) = self.rotated.as_mut() {
             let more = read_lines(
                 r,
+                &mut self.buf,
                 &mut self.partial,
                 out,
                 &mut self.overlong_lines,
@@ -356,6 +363,7 @@ impl Tailer {
         }
         if read_lines(
             r,
+            &mut self.buf,
             &mut self.partial,
             out,
             &mut self.overlong_lines,
@@ -374,6 +382,7 @@ impl Tailer {
                     if let Some(r) = self.current.as_mut() {
                         self.behind = read_lines(
                             r,
+                            &mut self.buf,
                             &mut self.partial,
                             out,
                             &mut self.overlong_lines,
@@ -409,6 +418,7 @@ fn decode_line(line: &[u8], non_utf8: &mut u64) -> String {
 /// Reads complete lines from `r.offset` (at most [`CHUNK`] bytes); true when more is waiting.
 fn read_lines(
     r: &mut Reading,
+    buf: &mut Vec<u8>,
     partial: &mut Vec<u8>,
     out: &mut Vec<String>,
     overlong: &mut u64,
@@ -420,12 +430,18 @@ fn read_lines(
     }
     let want = (len - r.offset).min(CHUNK);
     r.file.seek(SeekFrom::Start(r.offset))?;
-    let mut buf = Vec::with_capacity(want as usize);
-    (&mut r.file).take(want).read_to_end(&mut buf)?;
+    // The buffer is kept from read to read (a fresh one each time cost page faults on every
+    // poll of a busy log); one grown by a catch-up read is let go once reads are small again.
+    if buf.capacity() > KEEP_BUFFER && (want as usize) < KEEP_BUFFER {
+        *buf = Vec::new();
+    }
+    buf.clear();
+    (&mut r.file).take(want).read_to_end(buf)?;
+    let buf = &buf[..];
     let mut consumed = 0;
     if r.skipping {
         // The rest of an overlong line.
-        match buf.iter().position(|b| *b == b'\n') {
+        match memchr::memchr(b'\n', buf) {
             Some(i) => {
                 consumed = i + 1;
                 r.skipping = false;
@@ -436,15 +452,14 @@ fn read_lines(
             }
         }
     }
-    for (i, b) in buf.iter().enumerate().skip(consumed) {
-        if *b == b'\n' {
-            let mut line = &buf[consumed..i];
-            if line.last() == Some(&b'\r') {
-                line = &line[..line.len() - 1];
-            }
-            out.push(decode_line(line, non_utf8));
-            consumed = i + 1;
+    let start = consumed;
+    for i in memchr::memchr_iter(b'\n', &buf[start..]).map(|i| start + i) {
+        let mut line = &buf[consumed..i];
+        if line.last() == Some(&b'\r') {
+            line = &line[..line.len() - 1];
         }
+        out.push(decode_line(line, non_utf8));
+        consumed = i + 1;
     }
     if consumed == 0 && buf.len() as u64 == CHUNK {
         // A whole chunk without a newline: a line no proxy writes. Skipped to its end.

@@ -257,3 +257,39 @@ fn expiry_is_by_due_time_and_keeps_open_upgrades() {
     assert_eq!(out[1].matched, Matched::HopOnly);
     assert!(out[1].websocket.is_some());
 }
+
+#[test]
+fn matched_records_leave_no_window_of_reminders_behind() {
+    // 200,000 requests inside one 30 s window, every exchange matched by its log line at
+    // once, and one edge line in 1,000 left waiting (its exchange never comes).
+    let mut j = Joiner::new(30 * S);
+    let mut out = Vec::new();
+    let n = 200_000u64;
+    let mut waiting = 0;
+    for i in 0..n {
+        let t = 100 * S + i * 100_000;
+        let rid = format!("{i:032x}");
+        j.hop(exchange(Some(&rid), 200, "/", t), t, &mut out);
+        j.edge(edge(Some(&rid), 200, "/", t), t, &mut out);
+        if i % 1_000 == 0 {
+            j.edge(edge(Some(&format!("lone-{i}")), 200, "/", t), t, &mut out);
+            waiting += 1;
+        }
+        // Before the cleaning, one reminder per exchange stayed for the whole window.
+        assert!(
+            j.reminders() <= 2 * j.pending() + 2 * 4_096,
+            "{}",
+            j.reminders()
+        );
+    }
+    assert_eq!(out.len() as u64, n);
+    assert!(out.iter().all(|r| r.matched == Matched::Exact));
+    assert_eq!(j.pending(), waiting);
+    // The lone lines still expire, each once, after the window.
+    j.expire(100 * S + n * 100_000 + 31 * S, &mut out);
+    assert_eq!(out.len() as u64, n + waiting as u64);
+    assert!(out[n as usize..]
+        .iter()
+        .all(|r| r.matched == Matched::EdgeOnly));
+    assert_eq!(j.pending(), 0);
+}
