@@ -27,7 +27,7 @@ use crate::{
     store::config::ClusterDdl,
     store::config::{StoreConfig, WireFormat},
 };
-use rows::{AlertRow, AnyRow, EdgeRow, ExposureRow, RequestRow};
+use rows::{AlertRow, AnyRow, ExposureRow};
 use ship::{Endpoint, PrepareError, Sender, SenderStats, StoreEvent};
 use spool::{Spool, SpoolLimits};
 
@@ -373,14 +373,17 @@ impl Store {
             .context("writing the spool through before a log checkpoint")
     }
 
+    /// Straight into the columns, like an exchange (one per proxied request when a log is
+    /// followed).
     pub fn edge(&mut self, e: &EdgeRecord) {
-        let row = EdgeRow::new(&self.node, e);
-        self.push(AnyRow::Edge(row));
+        let pushed = self.spool.push_edge(&self.node, e);
+        self.count_write(pushed);
     }
 
+    /// Straight into the columns, like an exchange.
     pub fn request(&mut self, r: &JoinedRequest) {
-        let row = RequestRow::new(&self.node, r);
-        self.push(AnyRow::Request(row));
+        let pushed = self.spool.push_request(&self.node, r);
+        self.count_write(pushed);
     }
 
     /// Writes buffered rows to disk now (before an alert is shown, so nothing the operator

@@ -34,7 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::rows::{AnyRow, Columns, EDGE_TABLE, HTTP_TABLE, TABLE_NAMES};
+use super::rows::{AnyRow, Columns, EDGE_TABLE, HTTP_TABLE, REQUEST_TABLE, TABLE_NAMES};
 
 /// The current format (frames of Native blocks); [`frames::MAGIC_V1`] files are still read.
 const MAGIC: &[u8; 8] = b"EWSPOOL2";
@@ -395,6 +395,25 @@ impl Spool {
         x: &edgewatch_core::hop::HttpExchange,
     ) -> Result<(), SpoolError> {
         self.append(HTTP_TABLE, |cols| cols.push_http(node, x))
+    }
+
+    /// Appends the row of an access-log record straight from it (one per proxied request
+    /// when a log is followed).
+    pub fn push_edge(
+        &mut self,
+        node: &str,
+        e: &edgewatch_core::edge::EdgeRecord,
+    ) -> Result<(), SpoolError> {
+        self.append(EDGE_TABLE, |cols| cols.push_edge(node, e))
+    }
+
+    /// Appends the row of a joined request straight from it.
+    pub fn push_request(
+        &mut self,
+        node: &str,
+        r: &edgewatch_core::edge::join::JoinedRequest,
+    ) -> Result<(), SpoolError> {
+        self.append(REQUEST_TABLE, |cols| cols.push_request(node, r))
     }
 
     /// The open batch of `table`, opened if there is none (an error drops the row it was for,

@@ -17,6 +17,17 @@ pub enum EdgeFormat {
     CaddyJson,
 }
 
+impl EdgeFormat {
+    /// As the `edge_logs.format` column says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeFormat::NginxJson => "nginx_json",
+            EdgeFormat::NginxCombined => "nginx_combined",
+            EdgeFormat::CaddyJson => "caddy_json",
+        }
+    }
+}
+
 /// One request as the edge proxy logged it.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EdgeRecord {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    edge::{join::JoinedRequest, EdgeFormat, EdgeRecord},
+    edge::{join::JoinedRequest, EdgeRecord},
     exposure::{
         inventory::{Change, ChangeKind, ChangeSource},
         policy::{Policy, Verdict},
@@ -18,11 +18,15 @@ fn ns(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn side(s: Side) -> String {
+fn side_str(s: Side) -> &'static str {
     match s {
-        Side::Client => "client".into(),
-        Side::Server => "server".into(),
+        Side::Client => "client",
+        Side::Server => "server",
     }
+}
+
+fn side(s: Side) -> String {
+    side_str(s).into()
 }
 
 /// `exposures` and `exposure_changes`.
@@ -355,13 +359,18 @@ pub struct WsRow {
 
 /// How a session ended, as (end_kind, end_from).
 pub fn session_end(end: &SessionEnd) -> (&'static str, String) {
+    let (kind, from) = session_end_str(end);
+    (kind, from.to_owned())
+}
+
+fn session_end_str(end: &SessionEnd) -> (&'static str, &'static str) {
     match end {
         SessionEnd::CloseHandshake { first_close_from } => {
-            ("close_handshake", side(*first_close_from))
+            ("close_handshake", side_str(*first_close_from))
         }
-        SessionEnd::FinWithoutClose { from } => ("fin_without_close", side(*from)),
-        SessionEnd::Reset { from } => ("reset", side(*from)),
-        SessionEnd::Open => ("open", String::new()),
+        SessionEnd::FinWithoutClose { from } => ("fin_without_close", side_str(*from)),
+        SessionEnd::Reset { from } => ("reset", side_str(*from)),
+        SessionEnd::Open => ("open", ""),
     }
 }
 
@@ -437,12 +446,7 @@ impl EdgeRow {
         Self {
             ts: ns(e.end_ts_ns),
             node: node.to_owned(),
-            format: match e.format {
-                EdgeFormat::NginxJson => "nginx_json",
-                EdgeFormat::NginxCombined => "nginx_combined",
-                EdgeFormat::CaddyJson => "caddy_json",
-            }
-            .to_owned(),
+            format: e.format.as_str().to_owned(),
             request_id: e.request_id.clone().unwrap_or_default(),
             client: e.client.clone().unwrap_or_default(),
             host: e.host.clone().unwrap_or_default(),
@@ -490,8 +494,37 @@ pub struct RequestRow {
     pub hop_client: String,
 }
 
-impl RequestRow {
-    pub fn new(node: &str, r: &JoinedRequest) -> Self {
+/// The `requests` columns of a joined request, borrowed from it: what [`RequestRow::new`]
+/// copies into a row and [`Columns::push_request`] appends straight, so both say the same.
+pub(crate) struct RequestView<'a> {
+    pub ts: i64,
+    pub request_id: &'a str,
+    pub matched: &'static str,
+    pub reason: &'a str,
+    pub client: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub edge_status: Option<u16>,
+    pub edge_request_time_ns: Option<u64>,
+    pub upstream_addr: &'a str,
+    pub upstream_connect_ns: Option<u64>,
+    pub upstream_header_ns: Option<u64>,
+    pub upstream_response_ns: Option<u64>,
+    pub wire_status: Option<u16>,
+    pub wire_ttfb_ns: Option<u64>,
+    pub wire_total_ns: Option<u64>,
+    pub upgrade_requested: bool,
+    pub websocket: bool,
+    pub ws_duration_ns: Option<u64>,
+    pub ws_end_kind: &'static str,
+    pub ws_end_from: &'static str,
+    pub refused: bool,
+    pub hop_client: Option<std::net::SocketAddr>,
+}
+
+impl<'a> RequestView<'a> {
+    pub fn of(r: &'a JoinedRequest) -> Self {
         let e = r.edge.as_ref();
         let h = r.hop.as_ref();
         let ts = e
@@ -499,52 +532,81 @@ impl RequestRow {
             .or(h.map(|h| h.request_ts_ns))
             .or(r.refused.as_ref().map(|c| c.ts_ns))
             .unwrap_or(0);
+        let text = |v: Option<&'a str>| v.unwrap_or("");
         let (ws_end_kind, ws_end_from) = r
             .websocket
             .as_ref()
-            .map(|w| {
-                let (k, f) = session_end(&w.end);
-                (k.to_owned(), f)
-            })
+            .map(|w| session_end_str(&w.end))
             .unwrap_or_default();
         Self {
             ts: ns(ts),
-            node: node.to_owned(),
-            request_id: r.request_id.clone().unwrap_or_default(),
-            matched: r.matched.as_str().to_owned(),
-            reason: r.reason.clone().unwrap_or_default(),
-            client: e.and_then(|e| e.client.clone()).unwrap_or_default(),
-            host: e
-                .and_then(|e| e.host.clone())
-                .or(h.and_then(|h| h.host.as_deref().map(str::to_owned)))
-                .unwrap_or_default(),
-            method: e
-                .and_then(|e| e.method.clone())
-                .or(h.map(|h| h.method.to_string()))
-                .unwrap_or_default(),
-            path: e
-                .and_then(|e| e.path.clone())
-                .or(h.map(|h| h.path.to_string()))
-                .unwrap_or_default(),
+            request_id: text(r.request_id.as_deref()),
+            matched: r.matched.as_str(),
+            reason: text(r.reason.as_deref()),
+            client: text(e.and_then(|e| e.client.as_deref())),
+            host: text(
+                e.and_then(|e| e.host.as_deref())
+                    .or(h.and_then(|h| h.host.as_deref())),
+            ),
+            method: text(
+                e.and_then(|e| e.method.as_deref())
+                    .or(h.map(|h| h.method.as_str())),
+            ),
+            path: text(
+                e.and_then(|e| e.path.as_deref())
+                    .or(h.map(|h| h.path.as_str())),
+            ),
             edge_status: e.map(|e| e.status),
             edge_request_time_ns: e.and_then(|e| e.request_time_ns),
-            upstream_addr: e.and_then(|e| e.upstream_addr.clone()).unwrap_or_default(),
+            upstream_addr: text(e.and_then(|e| e.upstream_addr.as_deref())),
             upstream_connect_ns: e.and_then(|e| e.upstream_connect_ns),
             upstream_header_ns: e.and_then(|e| e.upstream_header_ns),
             upstream_response_ns: e.and_then(|e| e.upstream_response_ns),
             wire_status: h.and_then(|h| h.status),
             wire_ttfb_ns: h.and_then(|h| h.ttfb_ns),
             wire_total_ns: h.and_then(|h| h.total_ns),
-            upgrade_requested: h.map(|h| h.upgrade_websocket).unwrap_or(false),
+            upgrade_requested: h.is_some_and(|h| h.upgrade_websocket),
             websocket: r.websocket.is_some(),
             ws_duration_ns: r.websocket.as_ref().map(|w| w.duration_ns),
             ws_end_kind,
             ws_end_from,
             refused: r.refused.is_some(),
             hop_client: h
-                .map(|h| h.conn.client.to_string())
-                .or(r.refused.as_ref().map(|c| c.conn.client.to_string()))
-                .unwrap_or_default(),
+                .map(|h| h.conn.client)
+                .or(r.refused.as_ref().map(|c| c.conn.client)),
+        }
+    }
+}
+
+impl RequestRow {
+    pub fn new(node: &str, r: &JoinedRequest) -> Self {
+        let v = RequestView::of(r);
+        Self {
+            ts: v.ts,
+            node: node.to_owned(),
+            request_id: v.request_id.to_owned(),
+            matched: v.matched.to_owned(),
+            reason: v.reason.to_owned(),
+            client: v.client.to_owned(),
+            host: v.host.to_owned(),
+            method: v.method.to_owned(),
+            path: v.path.to_owned(),
+            edge_status: v.edge_status,
+            edge_request_time_ns: v.edge_request_time_ns,
+            upstream_addr: v.upstream_addr.to_owned(),
+            upstream_connect_ns: v.upstream_connect_ns,
+            upstream_header_ns: v.upstream_header_ns,
+            upstream_response_ns: v.upstream_response_ns,
+            wire_status: v.wire_status,
+            wire_ttfb_ns: v.wire_ttfb_ns,
+            wire_total_ns: v.wire_total_ns,
+            upgrade_requested: v.upgrade_requested,
+            websocket: v.websocket,
+            ws_duration_ns: v.ws_duration_ns,
+            ws_end_kind: v.ws_end_kind.to_owned(),
+            ws_end_from: v.ws_end_from.to_owned(),
+            refused: v.refused,
+            hop_client: v.hop_client.map(|a| a.to_string()).unwrap_or_default(),
         }
     }
 }
@@ -635,7 +697,7 @@ impl AnyRow {
             AnyRow::Http(_) => 3,
             AnyRow::Ws(_) => 4,
             AnyRow::Edge(_) | AnyRow::TailMark(_) => EDGE_TABLE,
-            AnyRow::Request(_) => 6,
+            AnyRow::Request(_) => REQUEST_TABLE,
             AnyRow::Alert(_) => 7,
         }
     }
@@ -647,7 +709,7 @@ impl AnyRow {
 }
 
 mod native;
-pub use native::{block_rows, merge_blocks_into, Columns, HTTP_TABLE};
+pub use native::{block_rows, merge_blocks_into, Columns, HTTP_TABLE, REQUEST_TABLE};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::edge::EdgeFormat;
 
 /// The serde field names of a row type, in order (what the crate sends as columns).
 fn fields<T: Serialize>(row: &T) -> Vec<String> {
@@ -139,12 +140,9 @@ fn conn() -> ConnId {
     }
 }
 
-/// The hot path writes an exchange's columns straight from the record; it must write what the
-/// row struct would, byte for byte (addresses of both families, fields set and not, the
-/// largest values, an upgrade).
-#[test]
-fn an_exchange_written_straight_into_columns_is_its_row() {
-    let base = HttpExchange {
+/// An upgrade with every field set and the largest values.
+fn exchange() -> HttpExchange {
+    HttpExchange {
         conn: conn(),
         index: 3,
         request_ts_ns: u64::MAX,
@@ -164,7 +162,15 @@ fn an_exchange_written_straight_into_columns_is_its_row() {
         response_bytes: u64::MAX,
         outcome: crate::hop::ExchangeOutcome::Upgraded,
         error_code: Some("not stored".into()),
-    };
+    }
+}
+
+/// The hot path writes an exchange's columns straight from the record; it must write what the
+/// row struct would, byte for byte (addresses of both families, fields set and not, the
+/// largest values, an upgrade).
+#[test]
+fn an_exchange_written_straight_into_columns_is_its_row() {
+    let base = exchange();
     let mut bare = base.clone();
     bare.conn = ConnId {
         client: "[2001:db8::7]:40000".parse().expect("addr"),
@@ -213,6 +219,146 @@ fn an_exchange_written_straight_into_columns_is_its_row() {
     assert_eq!(a, b);
     // Only the http_exchanges columns take an exchange.
     assert!(!Columns::new(2).push_http("n", &base));
+}
+
+/// Appended straight and through the row struct, the same rows give the same block.
+fn same_block<T>(
+    table: usize,
+    records: &[T],
+    straight: impl Fn(&mut Columns, &T) -> bool,
+    row: impl Fn(&T) -> AnyRow,
+) {
+    let (mut a_cols, mut b_cols) = (Columns::new(table), Columns::new(table));
+    for r in records {
+        assert!(straight(&mut a_cols, r));
+        assert!(b_cols.push(&row(r)));
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    assert_eq!(a_cols.write_block(&mut a), records.len() as u64);
+    assert_eq!(b_cols.write_block(&mut b), records.len() as u64);
+    assert_eq!(a, b);
+}
+
+/// With a log followed, each request's edge row and joined row are appended straight from
+/// the records too: byte for byte what their row structs write (every join outcome, fields
+/// set and not, hop clients of both families and none).
+#[test]
+fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
+    let full = EdgeRecord {
+        format: EdgeFormat::NginxJson,
+        end_ts_ns: 1_796_397_995_104_000_000,
+        request_id: Some("d0ec41b0ba396334c5e0f75ced406f07".into()),
+        client: Some("203.0.113.9".into()),
+        host: Some("gw.example".into()),
+        method: Some("GET".into()),
+        path: Some("/ws?token=[redacted]".into()),
+        status: 101,
+        request_time_ns: Some(60_000_000_000),
+        upstream_addr: Some("127.0.0.1:18789".into()),
+        upstream_connect_ns: Some(1_000_000),
+        upstream_header_ns: Some(2_000_000),
+        upstream_response_ns: Some(60_000_000_000),
+        bytes_sent: Some(u64::MAX),
+        upgrade: Some("websocket".into()),
+    };
+    let bare = EdgeRecord {
+        format: EdgeFormat::NginxCombined,
+        end_ts_ns: 0,
+        request_id: None,
+        client: None,
+        host: None,
+        method: None,
+        path: None,
+        status: 502,
+        request_time_ns: None,
+        upstream_addr: None,
+        upstream_connect_ns: None,
+        upstream_header_ns: None,
+        upstream_response_ns: None,
+        bytes_sent: None,
+        upgrade: None,
+    };
+    let caddy = EdgeRecord {
+        format: EdgeFormat::CaddyJson,
+        host: None,
+        ..full.clone()
+    };
+    let edges = [full.clone(), bare.clone(), caddy];
+    same_block(
+        EDGE_TABLE,
+        &edges,
+        |c, e| c.push_edge("node-1", e),
+        |e| AnyRow::Edge(EdgeRow::new("node-1", e)),
+    );
+
+    let ws = WsSession {
+        conn: conn(),
+        request_id: full.request_id.clone(),
+        path: "/ws".into(),
+        origin: None,
+        upgraded_ts_ns: 1,
+        end_ts_ns: 2,
+        duration_ns: 60_000_000_000,
+        client_frames: Default::default(),
+        server_frames: Default::default(),
+        closes: Vec::new(),
+        end: SessionEnd::CloseHandshake {
+            first_close_from: Side::Server,
+        },
+        longest_idle_ns: 0,
+        idle_before_end_ns: 0,
+        lost_sync: false,
+    };
+    let mut v6 = exchange();
+    v6.conn.client = "[2001:db8::7]:40000".parse().expect("addr");
+    let mut scoped = exchange();
+    scoped.conn.client = "[fe80::1%4294967295]:65535".parse().expect("addr");
+    let mut no_host = exchange();
+    no_host.host = None;
+    let refused = ConnEvent {
+        conn: ConnId {
+            client: "10.0.0.255:1".parse().expect("addr"),
+            ..conn()
+        },
+        ts_ns: 7,
+        kind: ConnEventKind::Refused,
+        process: None,
+    };
+    let join =
+        |matched, reason: Option<&str>, edge: Option<&EdgeRecord>, hop: Option<&HttpExchange>| {
+            JoinedRequest {
+                request_id: edge.and_then(|e| e.request_id.clone()),
+                matched,
+                reason: reason.map(str::to_owned),
+                edge: edge.cloned(),
+                hop: hop.cloned(),
+                websocket: None,
+                refused: None,
+            }
+        };
+    use crate::edge::join::Matched;
+    let mut upgraded = join(Matched::Exact, None, Some(&full), Some(&exchange()));
+    upgraded.websocket = Some(Box::new(ws));
+    let mut explained = join(Matched::EdgeOnly, Some("refused"), Some(&bare), None);
+    explained.refused = Some(Box::new(refused));
+    let joined = [
+        upgraded,
+        join(Matched::Exact, None, Some(&bare), Some(&no_host)),
+        join(Matched::EdgeOnly, Some("no exchange"), Some(&full), None),
+        join(Matched::HopOnly, Some("no line"), None, Some(&v6)),
+        join(Matched::Inferred, None, Some(&full), Some(&scoped)),
+        explained,
+        join(Matched::EdgeOnly, None, None, None),
+    ];
+    same_block(
+        REQUEST_TABLE,
+        &joined,
+        |c, r| c.push_request("node-1", r),
+        |r| AnyRow::Request(RequestRow::new("node-1", r)),
+    );
+    // Only their own tables' columns take them.
+    assert!(!Columns::new(HTTP_TABLE).push_edge("n", &full));
+    assert!(!Columns::new(EDGE_TABLE).push_request("n", &joined[0]));
 }
 
 #[test]
