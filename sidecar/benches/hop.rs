@@ -20,8 +20,10 @@
 //!    `WARM_UP_SECONDS` of load, its rows sent, before anything of it is counted (steady
 //!    state: its maps, windows and buffers at their working size). Beside it: the ClickHouse
 //!    server's own CPU per request and at rest (ms a second, with no rows), the sidecar's cost without a store, with every record
-//!    printed, and with connection churn (a pool of 4 for the 8 clients: nginx closes and
-//!    opens upstream connections as it goes), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
+//!    printed, with connection churn (a pool of 4 for the 8 clients: nginx closes and
+//!    opens upstream connections as it goes), and with nginx's access log followed and joined
+//!    (the README's setup: a log line parsed and joined and two more rows a request; with the
+//!    store's CPU and the sidecar's RSS after it), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
 //!    cost per packet by class of packet, and a control: ten more pairs in which a thread
 //!    that only spins, using the same CPU as the sidecar did, takes the sidecar's place. It
 //!    tells what that much CPU costs this machine's throughput whoever spends it (this

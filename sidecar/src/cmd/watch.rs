@@ -19,7 +19,11 @@ use crate::{
         events::{decode, ConnTraceKind, DecodeError, ListenChange, ProbeEvent},
         loader::Followed,
     },
-    sources::{nat::read_nat_rules, snapshot::Attributor, tail::Tailer},
+    sources::{
+        nat::read_nat_rules,
+        snapshot::Attributor,
+        tail::{Lines, Tailer},
+    },
     store::{ship::StoreEvent, Store},
     webhook::Webhook,
 };
@@ -138,6 +142,8 @@ pub(super) struct Watch {
     /// Listeners opened or closed so far (probe events): a new proxy listens, so the proxy
     /// watch lists the processes again only when this moves (see `ProxyWatch::poll`).
     pub(super) listen_changes: u64,
+    /// The access-log lines of a round of reads (kept for the next round).
+    lines: Lines,
 }
 
 impl Watch {
@@ -161,6 +167,7 @@ impl Watch {
             webhooks: Vec::new(),
             warnings: Default::default(),
             listen_changes: 0,
+            lines: Lines::default(),
         }
     }
 
@@ -396,8 +403,10 @@ impl Watch {
     /// once the lines' rows and a mark of each log's position are written through to the
     /// spool (exactly once across kill -9: see `sources::tail`).
     pub(super) fn read_logs(&mut self, tailers: &mut [Tailer]) {
+        // One text for all the lines of a round, kept from round to round (see `Lines`).
+        let mut lines = std::mem::take(&mut self.lines);
         for _ in 0..8 {
-            let mut lines = Vec::new();
+            lines.clear();
             for t in tailers.iter_mut() {
                 if let Err(e) = t.poll(&mut lines) {
                     if let Some(held) = self.warnings.log_read.allow(std::time::Instant::now()) {
@@ -433,6 +442,8 @@ impl Watch {
                 break;
             }
         }
+        lines.clear();
+        self.lines = lines;
         let t = tailers.iter().fold((0, 0, 0), |a, t| {
             (
                 a.0 + t.non_utf8_lines,
@@ -447,9 +458,9 @@ impl Watch {
     }
 
     /// New access-log lines: parsed (malformed ones counted and reported), then joined.
-    fn on_edge_lines(&mut self, lines: &[String]) {
+    fn on_edge_lines(&mut self, lines: &Lines) {
         let now = unix_ns(SystemTime::now());
-        for line in lines {
+        for line in lines.iter() {
             if line.trim().is_empty() {
                 continue;
             }

@@ -316,7 +316,7 @@ impl Tailer {
 
     /// Reads what was appended since the last call (at most [`CHUNK`] bytes); complete lines
     /// go to `out`. The checkpoint does not move: see [`Tailer::commit`].
-    pub fn poll(&mut self, out: &mut Vec<String>) -> std::io::Result<()> {
+    pub fn poll(&mut self, out: &mut Lines) -> std::io::Result<()> {
         if self.current.is_none() && !self.open(true)? {
             return Ok(());
         }
@@ -397,21 +397,59 @@ impl Tailer {
     }
 
     /// An old file ended without a newline: that last line is complete.
-    fn end_of_old_file(&mut self, out: &mut Vec<String>) {
+    fn end_of_old_file(&mut self, out: &mut Lines) {
         if !self.partial.is_empty() {
-            out.push(decode_line(&self.partial, &mut self.non_utf8_lines));
+            out.push(&self.partial, &mut self.non_utf8_lines);
             self.partial.clear();
         }
     }
 }
 
-fn decode_line(line: &[u8], non_utf8: &mut u64) -> String {
-    match std::str::from_utf8(line) {
-        Ok(s) => s.to_owned(),
-        Err(_) => {
-            *non_utf8 += 1;
-            String::from_utf8_lossy(line).into_owned()
+/// Lines read from the logs: one text and where each line ends in it, so a busy log costs no
+/// string per line. Lines that are not UTF-8 are decoded lossily (and counted).
+#[derive(Debug, Default)]
+pub struct Lines {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Lines {
+    fn push(&mut self, line: &[u8], non_utf8: &mut u64) {
+        match std::str::from_utf8(line) {
+            Ok(s) => self.text.push_str(s),
+            Err(_) => {
+                *non_utf8 += 1;
+                self.text.push_str(&String::from_utf8_lossy(line));
+            }
         }
+        self.ends.push(self.text.len());
+    }
+
+    /// The lines, in the order they were read.
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let line = &self.text[start..end];
+            start = end;
+            line
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Empties it for the next read, keeping its memory unless a catch-up read grew it.
+    pub fn clear(&mut self) {
+        if self.text.capacity() > KEEP_BUFFER {
+            *self = Self::default();
+        }
+        self.text.clear();
+        self.ends.clear();
     }
 }
 
@@ -420,7 +458,7 @@ fn read_lines(
     r: &mut Reading,
     buf: &mut Vec<u8>,
     partial: &mut Vec<u8>,
-    out: &mut Vec<String>,
+    out: &mut Lines,
     overlong: &mut u64,
     non_utf8: &mut u64,
 ) -> std::io::Result<bool> {
@@ -458,7 +496,7 @@ fn read_lines(
         if line.last() == Some(&b'\r') {
             line = &line[..line.len() - 1];
         }
-        out.push(decode_line(line, non_utf8));
+        out.push(line, non_utf8);
         consumed = i + 1;
     }
     if consumed == 0 && buf.len() as u64 == CHUNK {
@@ -495,8 +533,9 @@ mod tests {
     /// Reads what is there and commits it (what the live loop does once the records are
     /// durable).
     fn poll(t: &mut Tailer) -> Vec<String> {
-        let mut out = Vec::new();
-        t.poll(&mut out).expect("poll");
+        let mut lines = Lines::default();
+        t.poll(&mut lines).expect("poll");
+        let out: Vec<String> = lines.iter().map(str::to_owned).collect();
         t.commit().expect("commit");
         out
     }
@@ -592,9 +631,9 @@ mod tests {
         let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
         assert_eq!(poll(&mut t), vec!["1", "2"]);
         append(&log, "3\n4\n");
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         t.poll(&mut out).expect("poll");
-        assert_eq!(out, vec!["3", "4"]);
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec!["3", "4"]);
         let mark = t.position().expect("position");
         drop(t); // killed before the commit
         let mut again = Tailer::new(&log, Some(&cp), StartAt::Beginning);
@@ -658,7 +697,7 @@ mod tests {
         let mut total = 0;
         let mut rounds = 0;
         loop {
-            let mut out = Vec::new();
+            let mut out = Lines::default();
             t.poll(&mut out).expect("poll");
             assert!(out.len() as u64 * 1000 <= CHUNK, "one piece at most");
             total += out.len();
@@ -672,14 +711,14 @@ mod tests {
         // A line longer than a piece: skipped, counted; the next line is read.
         append(&log, &"y".repeat(CHUNK as usize + 10));
         append(&log, "\nafter\n");
-        let mut got = Vec::new();
+        let mut got = Lines::default();
         loop {
             t.poll(&mut got).expect("poll");
             if !t.behind() {
                 break;
             }
         }
-        assert_eq!(got, vec!["after"]);
+        assert_eq!(got.iter().collect::<Vec<_>>(), vec!["after"]);
         assert_eq!(t.overlong_lines, 1);
     }
 }
