@@ -442,7 +442,7 @@ impl Watch {
                 break;
             }
         }
-        lines.clear();
+        // Kept with the last round's lines: `Lines::clear` sizes its memory by them.
         self.lines = lines;
         let t = tailers.iter().fold((0, 0, 0), |a, t| {
             (

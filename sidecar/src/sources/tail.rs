@@ -443,9 +443,11 @@ impl Lines {
         self.ends.is_empty()
     }
 
-    /// Empties it for the next read, keeping its memory unless a catch-up read grew it.
+    /// Empties it for the next round, keeping its memory while rounds fill a good part of it
+    /// (a busy log's rounds, megabytes each), letting it go once they do not (the round after
+    /// a catch-up read, or a log gone quiet).
     pub fn clear(&mut self) {
-        if self.text.capacity() > KEEP_BUFFER {
+        if self.text.capacity() > KEEP_BUFFER && self.text.len() < self.text.capacity() / 4 {
             *self = Self::default();
         }
         self.text.clear();
@@ -538,6 +540,29 @@ mod tests {
         let out: Vec<String> = lines.iter().map(str::to_owned).collect();
         t.commit().expect("commit");
         out
+    }
+
+    #[test]
+    fn lines_keep_their_memory_while_rounds_fill_it() {
+        let mut lines = Lines::default();
+        let mut non_utf8 = 0;
+        for _ in 0..1024 {
+            lines.push(&[b'x'; 999], &mut non_utf8);
+        }
+        let busy = lines.text.capacity();
+        assert!(busy >= 1024 * 999);
+        lines.clear();
+        assert!(lines.is_empty());
+        assert_eq!(lines.text.capacity(), busy, "a busy round's memory is kept");
+        lines.push(b"small", &mut non_utf8);
+        lines.push(b"\xff", &mut non_utf8);
+        assert_eq!(lines.iter().collect::<Vec<_>>(), vec!["small", "\u{fffd}"]);
+        assert_eq!(non_utf8, 1);
+        lines.clear();
+        assert!(
+            lines.text.capacity() <= KEEP_BUFFER,
+            "a quiet round lets it go"
+        );
     }
 
     #[test]
