@@ -744,7 +744,7 @@ fn log_joined(deployed: impl Fn(&Path) -> String, log: &Path, port: u16, ch_pid:
         runs.push(LogJoined {
             sidecar_us: (s1 - s0) * 1e6 / requests,
             clickhouse_us: (c1 - c0) * 1e6 / requests,
-            rss_mib: rss_kib(sidecar.pid()) / 1024.0,
+            rss_mib: support::rss_kib(sidecar.pid()) as f64 / 1024.0,
         });
     }
     LogJoined {
@@ -752,18 +752,6 @@ fn log_joined(deployed: impl Fn(&Path) -> String, log: &Path, port: u16, ch_pid:
         clickhouse_us: median(runs.iter().map(|r| r.clickhouse_us).collect()),
         rss_mib: median(runs.iter().map(|r| r.rss_mib).collect()),
     }
-}
-
-/// A process's resident set (VmRSS), in KiB.
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(f64::NAN)
 }
 
 /// Only the as-deployed pairs (see the module's doc).

@@ -28,23 +28,13 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use support::{hop::ws_connect, store::ClickHouse, Sidecar};
+use support::{hop::ws_connect, rss_kib, store::ClickHouse, Sidecar};
 use tokio_tungstenite::tungstenite::Message;
 
 const STEPS: [usize; 3] = [1_000, 5_000, 10_000];
 /// Each session sends a frame this often (with a per-session offset, so they spread).
 const FRAME_EVERY: Duration = Duration::from_secs(5);
 const GOAL_MIB: f64 = 64.0;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
 
 /// The value of one metric line (`name{labels}`), 0 when absent.
 fn metric(text: &str, name: &str) -> u64 {
