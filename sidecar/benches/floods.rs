@@ -124,7 +124,7 @@ fn request_ids(n: u64) -> Duration {
         .map(|i| EdgeRecord {
             format: EdgeFormat::NginxJson,
             end_ts_ns: S + i * 1_000,
-            request_id: Some(format!("{i:032x}")),
+            request_id: Some(format!("{i:032x}").into()),
             client: Some("203.0.113.7".into()),
             host: Some("gw.example".into()),
             method: Some("GET".into()),

@@ -57,7 +57,10 @@ pub fn all() -> Result<()> {
         failed.push("allocations");
     }
     match instructions() {
-        Ok(per_request) => rows.push(("instr".into(), "per_request".into(), per_request)),
+        Ok((per_request, per_logged)) => {
+            rows.push(("instr".into(), "per_request".into(), per_request));
+            rows.push(("instr".into(), "per_logged_request".into(), per_logged));
+        }
         Err(e) => {
             eprintln!("instructions: {e:#}");
             failed.push("instructions");
@@ -76,10 +79,16 @@ pub fn all() -> Result<()> {
     exposure_result
 }
 
-/// Keep-alive requests counted: the measured part of the last load the allocations test's
-/// `..._with_the_proxies_request_ids` runs (nginx's 32-digit request ids), after 20,000 that
-/// warm the pipeline up.
+/// Keep-alive requests counted: the measured part of the last load each counted test of the
+/// allocations test runs (nginx's 32-digit request ids), after 20,000 that warm the pipeline
+/// up.
 const INSTRUCTION_LOAD_REQUESTS: u64 = 20_000;
+
+/// The pipeline's entry points a request goes through, hop only: what callgrind counts.
+const HOP_ENTRIES: [&str; 2] = [
+    "edgewatch_core::pipeline::Pipeline::segment",
+    "edgewatch_core::pipeline::Pipeline::end_batch",
+];
 
 /// Instructions the core spends per proxied keep-alive request, counted by callgrind: the same
 /// for the same binary and input whatever else the machine does, where its time is not. The
@@ -88,8 +97,35 @@ const INSTRUCTION_LOAD_REQUESTS: u64 = 20_000;
 /// `Pipeline::end_batch` is counted, not the harness writing the requests, and only in steady
 /// state: callgrind dumps its counters each time the test enters
 /// `instructions_counted_from_here` (after a load's warm-up), and the part after the last
-/// one is the count. Prints and returns the figure.
-pub fn instructions() -> Result<String> {
+/// one is the count. The same again with nginx's access-log line of each request followed,
+/// parsed, joined and stored (the README's setup; `Pipeline::edge_line` and `tick` counted
+/// too). Prints and returns both figures.
+pub fn instructions() -> Result<(String, String)> {
+    let hop = instructions_of(
+        "a_request_costs_no_allocation_with_the_proxies_request_ids",
+        &HOP_ENTRIES,
+    )?;
+    println!(
+        "instructions per proxied keep-alive request in the core (callgrind, {INSTRUCTION_LOAD_REQUESTS} requests in steady state through the pipeline into the store's columns): {hop}"
+    );
+    let logged = instructions_of(
+        "a_request_with_its_access_log_line_joined_costs_no_allocation",
+        &[
+            HOP_ENTRIES[0],
+            HOP_ENTRIES[1],
+            "edgewatch_core::pipeline::Pipeline::edge_line",
+            "edgewatch_core::pipeline::Pipeline::tick",
+        ],
+    )?;
+    println!(
+        "instructions per proxied keep-alive request with its access-log line joined (the same, plus the line parsed, joined by request id, an edge row and a joined row): {logged}"
+    );
+    println!("summary: instr per_request={hop} per_logged_request={logged}");
+    Ok((hop.to_string(), logged.to_string()))
+}
+
+/// Instructions per request inside `entries`, in the last measured load of `test`.
+fn instructions_of(test: &str, entries: &[&str]) -> Result<u64> {
     let build = crate::cargo()
         .args(["test", "--release", "--package", "edgewatch-core"])
         .args(["--test", "allocations", "--no-run"])
@@ -111,16 +147,10 @@ pub fn instructions() -> Result<String> {
     let run = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out_file.display()))
-        .args([
-            "--toggle-collect=edgewatch_core::pipeline::Pipeline::segment",
-            "--toggle-collect=edgewatch_core::pipeline::Pipeline::end_batch",
-            "--dump-before=allocations::instructions_counted_from_here",
-        ])
+        .args(entries.iter().map(|e| format!("--toggle-collect={e}")))
+        .arg("--dump-before=allocations::instructions_counted_from_here")
         .arg(crate::workspace_root().join(exe))
-        .args([
-            "a_request_costs_no_allocation_with_the_proxies_request_ids",
-            "--exact",
-        ])
+        .args([test, "--exact"])
         .args(["--test-threads=1"])
         .stdout(Stdio::null())
         .output()
@@ -147,14 +177,9 @@ pub fn instructions() -> Result<String> {
     }
     let collected = collected.context("callgrind wrote no total")?;
     if collected == 0 {
-        bail!("no instructions counted inside Pipeline::segment or end_batch: renamed, or inlined into the test?");
+        bail!("no instructions counted inside {entries:?}: renamed, or inlined into the test?");
     }
-    let per_request = collected / INSTRUCTION_LOAD_REQUESTS;
-    println!(
-        "instructions per proxied keep-alive request in the core (callgrind, {INSTRUCTION_LOAD_REQUESTS} requests in steady state through the pipeline into the store's columns): {per_request}"
-    );
-    println!("summary: instr per_request={per_request}");
-    Ok(per_request.to_string())
+    Ok(collected / INSTRUCTION_LOAD_REQUESTS)
 }
 
 /// `summary: SECTION k=v k=v` as (section, k, v) rows.

@@ -89,8 +89,9 @@ enum Task {
     /// raw crate insert), `--bench floods` (hostile floods at 1x-8x), the allocations and
     /// instructions per request (counted) and `bench-exposure`.
     Bench,
-    /// Count the instructions the core spends per proxied keep-alive request (callgrind on
-    /// the allocations test's load: deterministic, where time on a shared machine is not).
+    /// Count the instructions the core spends per proxied keep-alive request, without and with
+    /// its access-log line joined (callgrind on the allocations test's loads: deterministic,
+    /// where time on a shared machine is not).
     BenchInstructions,
     /// Measure the live exposure watch (release build, as root): the time from `listen()` on
     /// a watched port to the alert line, and the sidecar's resident memory while idle.

@@ -5,14 +5,16 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     cell::Cell,
+    fmt::Write as _,
     io::Write,
     net::SocketAddr,
 };
 
 use edgewatch_core::{
+    edge::{join::JoinedRequest, EdgeRecord},
     hop::{HopRecord, Segment, TcpFlags},
     pipeline::{Mode, Pipeline, Settings, Sink},
-    store::rows::{Columns, HTTP_TABLE},
+    store::rows::{Columns, EDGE_TABLE, HTTP_TABLE, REQUEST_TABLE},
 };
 
 struct Counting;
@@ -58,12 +60,27 @@ struct Store {
     columns: Columns,
     block: Vec<u8>,
     exchanges: u64,
+    /// The access-log lines' table and the joined requests' (when the log is followed).
+    edges: Columns,
+    requests: Columns,
+    edge_rows: u64,
+    joined_exact: u64,
 }
 
 impl Sink for Store {
     fn hop(&mut self, record: &HopRecord) {
         if let HopRecord::Http(x) = record {
             self.exchanges += u64::from(self.columns.push_http("node-1", x));
+        }
+    }
+    fn edge(&mut self, record: &EdgeRecord) {
+        self.edge_rows += u64::from(self.edges.push_edge("node-1", record));
+    }
+    fn request(&mut self, request: &JoinedRequest) {
+        if self.requests.push_request("node-1", request)
+            && request.matched == edgewatch_core::edge::join::Matched::Exact
+        {
+            self.joined_exact += 1;
         }
     }
 }
@@ -105,6 +122,10 @@ struct Load {
     id_digits: usize,
     /// The upstream's address (the clients' are of the same family).
     server: SocketAddr,
+    /// nginx's access-log lines for the requests of the batch (the README's JSON layout),
+    /// followed and joined when `Some`: one text and the lines' ends, reused, as the tail
+    /// hands a round's lines over.
+    log: Option<(String, Vec<usize>)>,
 }
 
 impl Load {
@@ -114,8 +135,21 @@ impl Load {
 
     /// The load on a hop between addresses of `ip`'s family (the upstream at `ip`).
     fn on(id_digits: usize, ip: std::net::IpAddr) -> Self {
+        Self::with(id_digits, ip, false)
+    }
+
+    /// The load with nginx's access log followed and joined by request id, as the README
+    /// sets the sidecar up: each request also an access-log line, an edge row and a joined
+    /// request row.
+    fn with_log(id_digits: usize) -> Self {
+        Self::with(id_digits, [127, 0, 0, 1].into(), true)
+    }
+
+    fn with(id_digits: usize, ip: std::net::IpAddr, log: bool) -> Self {
         let settings = Settings {
             hop_ports: vec![SERVER],
+            join: log,
+            join_window_ns: 30_000_000_000,
             ..Settings::default()
         };
         let mut load = Self {
@@ -124,12 +158,17 @@ impl Load {
                 columns: Columns::new(HTTP_TABLE),
                 block: Vec::new(),
                 exchanges: 0,
+                edges: Columns::new(EDGE_TABLE),
+                requests: Columns::new(REQUEST_TABLE),
+                edge_rows: 0,
+                joined_exact: 0,
             },
             ts: 1_000_000_000,
             conns: Vec::new(),
             n: 0,
             id_digits,
             server: SocketAddr::new(ip, SERVER),
+            log: log.then(|| (String::new(), Vec::new())),
         };
         let server = load.server;
         for i in 0..CONNECTIONS {
@@ -175,6 +214,27 @@ impl Load {
                 .segment(&segment(self.ts, server, client, s, c, 0x18, response));
             let s = s.wrapping_add(response.len() as u32);
             self.conns[i] = (client, c, s);
+            if let Some((text, ends)) = self.log.as_mut() {
+                // As nginx 1.22 writes the README's `log_format edgewatch escape=json`.
+                write!(
+                    text,
+                    "{{\"msec\":\"{}.{:03}\",\"request_id\":\"{:0w$x}\",\
+                     \"remote_addr\":\"203.0.113.{}\",\"host\":\"gateway.example.com\",\
+                     \"request_method\":\"GET\",\"request_uri\":\"/api/v1/status?page={}\",\
+                     \"status\":\"200\",\"request_time\":\"0.001\",\
+                     \"upstream_addr\":\"127.0.0.1:18789\",\"upstream_connect_time\":\"0.000\",\
+                     \"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\
+                     \"body_bytes_sent\":\"12\",\"http_upgrade\":\"\"}}",
+                    self.ts / 1_000_000_000,
+                    self.ts / 1_000_000 % 1000,
+                    self.n,
+                    self.n % 250,
+                    self.n % 7,
+                    w = self.id_digits,
+                )
+                .expect("a String takes any write");
+                ends.push(text.len());
+            }
             self.n += 1;
             if self.n.is_multiple_of(180) {
                 self.end_batch();
@@ -185,8 +245,24 @@ impl Load {
 
     fn end_batch(&mut self) {
         self.pipeline.end_batch(self.ts, &mut self.store);
+        if let Some((text, ends)) = self.log.as_mut() {
+            // The batch's log lines come after its exchanges, as nginx logs a request once
+            // it has ended.
+            let mut start = 0;
+            for &end in ends.iter() {
+                self.pipeline
+                    .edge_line(&text[start..end], self.ts, &mut self.store)
+                    .expect("the README's layout parses");
+                start = end;
+            }
+            text.clear();
+            ends.clear();
+            self.pipeline.tick(self.ts, &mut self.store);
+        }
         self.store.block.clear();
         self.store.columns.write_block(&mut self.store.block);
+        self.store.edges.write_block(&mut self.store.block);
+        self.store.requests.write_block(&mut self.store.block);
     }
 }
 
@@ -206,6 +282,10 @@ fn instructions_counted_from_here() {
 }
 
 fn allocations_per_request_on(mut load: Load) -> f64 {
+    measure(&mut load)
+}
+
+fn measure(load: &mut Load) -> f64 {
     load.requests(20_000);
     instructions_counted_from_here();
     let measured = 20_000u64;
@@ -243,6 +323,35 @@ fn a_request_costs_no_allocation_with_the_proxies_request_ids() {
     assert!(
         (0.99..1.01).contains(&long),
         "{long} allocations per request with a 48-byte id"
+    );
+}
+
+#[test]
+fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
+    // The README's setup: nginx's JSON access log followed. Each request is also a line
+    // parsed (borrowed fields, the record's strings inline), joined by its request id (the
+    // id inline, in the join's maps and reminders too), an edge row and a joined row.
+    let per_request = |id_digits: usize| {
+        let mut load = Load::with_log(id_digits);
+        let made = measure(&mut load);
+        // Every line became a row, and every request was joined exactly (not timed out).
+        assert_eq!(load.store.edge_rows, load.n, "edge rows");
+        assert_eq!(load.store.joined_exact, load.n, "exact joins");
+        made
+    };
+    let long = per_request(48);
+    // Last: `cargo xtask bench-instructions` counts this load's measured requests.
+    let nginx = per_request(32);
+    println!("summary: alloc per_logged_request_id32={nginx:.3} per_logged_request_id48={long:.3}");
+    assert!(
+        nginx < 0.01,
+        "{nginx} allocations per request with its line"
+    );
+    // A 48-byte id is on the heap wherever it is kept: the exchange's, the line's record's,
+    // and the join's reminder, at most (which shows the count counts here too).
+    assert!(
+        (1.99..4.01).contains(&long),
+        "{long} allocations per request with its line and a 48-byte id"
     );
 }
 

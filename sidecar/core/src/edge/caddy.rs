@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::{seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
-use crate::hop::redact::redact_target;
+use crate::hop::{redact::redact_target_text, RequestId, Text};
 
 fn header<'a>(headers: Option<&'a Value>, name: &str) -> Option<&'a str> {
     headers?
@@ -36,7 +36,7 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
         value: ts_text.clone(),
     })?;
     let request = v.get("request").ok_or(LineError::Missing("request"))?;
-    let s = |k: &str| request.get(k).and_then(Value::as_str).map(str::to_owned);
+    let s = |k: &str| request.get(k).and_then(Value::as_str).map(Text::from);
     let headers = request.get("headers");
     let resp_headers = v.get("resp_headers");
     let status = v
@@ -54,11 +54,14 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
         end_ts_ns,
         request_id: header(resp_headers, "x-request-id")
             .or_else(|| header(headers, "x-request-id"))
-            .map(str::to_owned),
+            .map(RequestId::new),
         client: s("client_ip").or_else(|| s("remote_ip")),
         host: s("host"),
         method: s("method"),
-        path: s("uri").map(|u| redact_target(&u)),
+        path: request
+            .get("uri")
+            .and_then(Value::as_str)
+            .map(redact_target_text),
         status,
         request_time_ns: duration_ns,
         upstream_addr: None,
@@ -66,7 +69,7 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
         upstream_header_ns: None,
         upstream_response_ns: None,
         bytes_sent: v.get("size").and_then(Value::as_u64),
-        upgrade: header(headers, "upgrade").map(str::to_owned),
+        upgrade: header(headers, "upgrade").map(Text::from),
     })
 }
 

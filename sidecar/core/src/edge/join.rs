@@ -17,7 +17,9 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 
 use super::EdgeRecord;
-use crate::hop::{ConnEvent, ConnEventKind, ExchangeOutcome, HopRecord, HttpExchange, WsSession};
+use crate::hop::{
+    ConnEvent, ConnEventKind, ExchangeOutcome, HopRecord, HttpExchange, RequestId, WsSession,
+};
 
 /// How a joined request was put together.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -48,7 +50,7 @@ impl Matched {
 /// One request with both views.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct JoinedRequest {
-    pub request_id: Option<String>,
+    pub request_id: Option<RequestId>,
     pub matched: Matched,
     /// Why something is missing, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,7 +132,7 @@ pub struct JoinStats {
 /// a 30 s window, 1.5 million ids and ~100 MB before this).
 #[derive(Default)]
 struct Due {
-    q: VecDeque<(u64, String)>,
+    q: VecDeque<(u64, RequestId)>,
     /// The length at which the queue is cleaned next.
     clean_at: usize,
 }
@@ -140,7 +142,7 @@ impl Due {
     /// growth between two): a cleaning then costs at most a few lookups per reminder pushed.
     const SLACK: usize = 4_096;
 
-    fn push<V>(&mut self, at: u64, rid: String, waiting: &HashMap<String, V>) {
+    fn push<V>(&mut self, at: u64, rid: RequestId, waiting: &HashMap<RequestId, V>) {
         if self.q.len() >= self.clean_at.max(Self::SLACK) {
             self.q.retain(|(_, r)| waiting.contains_key(r));
             self.clean_at = 2 * self.q.len() + Self::SLACK;
@@ -149,7 +151,7 @@ impl Due {
     }
 
     /// The oldest reminder's id when it is older than `cutoff`.
-    fn pop_before(&mut self, cutoff: u64) -> Option<String> {
+    fn pop_before(&mut self, cutoff: u64) -> Option<RequestId> {
         if self.q.front().is_some_and(|(t, _)| *t < cutoff) {
             self.q.pop_front().map(|(_, rid)| rid)
         } else {
@@ -163,8 +165,8 @@ pub struct Joiner {
     window_ns: u64,
     limits: JoinLimits,
     pub stats: JoinStats,
-    edges: HashMap<String, (EdgeRecord, u64)>,
-    hops: HashMap<String, HopEntry>,
+    edges: HashMap<RequestId, (EdgeRecord, u64)>,
+    hops: HashMap<RequestId, HopEntry>,
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
     /// scanning the maps (linear in the records, however many wait).
     edge_due: Due,
@@ -172,7 +174,7 @@ pub struct Joiner {
     edges_without_id: VecDeque<(EdgeRecord, u64)>,
     hops_without_id: VecDeque<HopEntry>,
     /// Sessions whose exchange has not been seen (yet), by request id.
-    orphan_ws: HashMap<String, (WsSession, u64)>,
+    orphan_ws: HashMap<RequestId, (WsSession, u64)>,
     orphan_due: Due,
     refused: VecDeque<(ConnEvent, u64)>,
     /// Waiting edge records with status 502/504 (a refused connect may explain them).
@@ -207,7 +209,7 @@ impl Joiner {
     /// Keeps an edge record waiting under `rid`; one already waiting under it is emitted.
     fn wait_edge(
         &mut self,
-        rid: String,
+        rid: RequestId,
         rec: EdgeRecord,
         now_ns: u64,
         out: &mut Vec<JoinedRequest>,
@@ -230,7 +232,7 @@ impl Joiner {
     }
 
     /// Keeps a hop exchange waiting under `rid`; one already waiting under it is emitted.
-    fn wait_hop(&mut self, rid: String, entry: HopEntry, out: &mut Vec<JoinedRequest>) {
+    fn wait_hop(&mut self, rid: RequestId, entry: HopEntry, out: &mut Vec<JoinedRequest>) {
         let now_ns = entry.seen_ns;
         self.hop_due.push(now_ns, rid.clone(), &self.hops);
         if let Some(old) = self.hops.insert(rid, entry) {
@@ -341,7 +343,7 @@ impl Joiner {
                         return;
                     }
                 }
-                let rid = rid.to_owned();
+                let rid = RequestId::new(rid);
                 self.wait_edge(rid, rec, now_ns, out);
             }
         }
@@ -357,7 +359,7 @@ impl Joiner {
                     ws: None,
                     seen_ns: now_ns,
                 };
-                let Some(rid) = entry.exchange.request_id.as_deref().map(str::to_owned) else {
+                let Some(rid) = entry.exchange.request_id.clone() else {
                     if let Some(i) = self
                         .edges_without_id
                         .iter()
@@ -398,7 +400,7 @@ impl Joiner {
                 self.wait_hop(rid, entry, out);
             }
             HopRecord::Websocket(s) => {
-                let Some(rid) = s.request_id.clone() else {
+                let Some(rid) = s.request_id.as_deref().map(RequestId::new) else {
                     return;
                 };
                 match self.hops.get_mut(&rid) {
@@ -430,7 +432,7 @@ impl Joiner {
                     return;
                 }
                 // An edge 502/504 that came first and waits for an exchange that will not come.
-                let explained: Vec<String> = self
+                let explained: Vec<RequestId> = self
                     .edges
                     .iter()
                     .filter(|(rid, (e, _))| {
@@ -542,7 +544,7 @@ impl Joiner {
     pub fn finish(&mut self, out: &mut Vec<JoinedRequest>) {
         self.expire(u64::MAX, out);
         // Upgraded exchanges whose session never ended.
-        let rest: Vec<String> = self.hops.keys().cloned().collect();
+        let rest: Vec<RequestId> = self.hops.keys().cloned().collect();
         for rid in rest {
             if let Some(h) = self.hops.remove(&rid) {
                 out.push(joined(
@@ -628,11 +630,7 @@ fn joined(
         .edge
         .as_ref()
         .and_then(|e| e.request_id.clone())
-        .or_else(|| {
-            j.hop
-                .as_ref()
-                .and_then(|x| x.request_id.as_deref().map(str::to_owned))
-        });
+        .or_else(|| j.hop.as_ref().and_then(|x| x.request_id.clone()));
     j
 }
 

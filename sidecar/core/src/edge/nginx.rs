@@ -21,8 +21,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{present, seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
-use crate::hop::redact::redact_target;
+use super::{present, present_str, seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
+use crate::hop::{redact::redact_target_text, RequestId, Text};
 
 /// Which JSON keys hold which value (for layouts other than edgewatch's).
 #[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -88,59 +88,68 @@ impl JsonFields {
 }
 
 /// A JSON value as text (nginx writes every value as a string; other tools write numbers).
-fn text(v: &Value) -> Option<String> {
+fn text(v: &Value) -> Option<Text> {
     match v {
         Value::String(s) => present(s),
-        Value::Number(n) => Some(n.to_string()),
+        Value::Number(n) => Some(Text::from(n.to_string())),
         _ => None,
     }
 }
+
+/// A JSON string value, borrowed from the line unless it had escapes to undo. (serde borrows
+/// a `Cow<str>` only where it is the field's own type: inside an `Option` it would make a
+/// `String` of every value, 13 allocations a line.)
+#[derive(Deserialize)]
+struct Field<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
 
 /// The README's layout, deserialised straight into borrowed strings (no intermediate JSON
 /// tree): the fast path when the field names are the defaults.
 #[derive(Deserialize)]
 struct DefaultLine<'a> {
     #[serde(borrow)]
-    msec: Option<std::borrow::Cow<'a, str>>,
+    msec: Option<Field<'a>>,
     #[serde(borrow)]
-    request_id: Option<std::borrow::Cow<'a, str>>,
+    request_id: Option<Field<'a>>,
     #[serde(borrow)]
-    remote_addr: Option<std::borrow::Cow<'a, str>>,
+    remote_addr: Option<Field<'a>>,
     #[serde(borrow)]
-    host: Option<std::borrow::Cow<'a, str>>,
+    host: Option<Field<'a>>,
     #[serde(borrow)]
-    request_method: Option<std::borrow::Cow<'a, str>>,
+    request_method: Option<Field<'a>>,
     #[serde(borrow)]
-    request_uri: Option<std::borrow::Cow<'a, str>>,
+    request_uri: Option<Field<'a>>,
     #[serde(borrow)]
-    status: Option<std::borrow::Cow<'a, str>>,
+    status: Option<Field<'a>>,
     #[serde(borrow)]
-    request_time: Option<std::borrow::Cow<'a, str>>,
+    request_time: Option<Field<'a>>,
     #[serde(borrow)]
-    upstream_addr: Option<std::borrow::Cow<'a, str>>,
+    upstream_addr: Option<Field<'a>>,
     #[serde(borrow)]
-    upstream_connect_time: Option<std::borrow::Cow<'a, str>>,
+    upstream_connect_time: Option<Field<'a>>,
     #[serde(borrow)]
-    upstream_header_time: Option<std::borrow::Cow<'a, str>>,
+    upstream_header_time: Option<Field<'a>>,
     #[serde(borrow)]
-    upstream_response_time: Option<std::borrow::Cow<'a, str>>,
+    upstream_response_time: Option<Field<'a>>,
     #[serde(borrow)]
-    body_bytes_sent: Option<std::borrow::Cow<'a, str>>,
+    body_bytes_sent: Option<Field<'a>>,
     #[serde(borrow)]
-    http_upgrade: Option<std::borrow::Cow<'a, str>>,
+    http_upgrade: Option<Field<'a>>,
 }
 
 fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
     let l: DefaultLine<'_> =
         serde_json::from_str(line).map_err(|e| LineError::Json(e.to_string()))?;
-    let opt = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(present);
-    let secs = |v: &Option<std::borrow::Cow<'_, str>>| v.as_deref().and_then(seconds_to_ns);
-    let time = l.msec.as_deref().ok_or(LineError::Missing("time"))?;
+    fn field<'b>(v: &'b Option<Field<'_>>) -> Option<&'b str> {
+        v.as_ref().map(|f| &*f.0)
+    }
+    let opt = |v: &Option<Field<'_>>| field(v).and_then(present);
+    let secs = |v: &Option<Field<'_>>| field(v).and_then(seconds_to_ns);
+    let time = field(&l.msec).ok_or(LineError::Missing("time"))?;
     let end_ts_ns = seconds_to_ns(time).ok_or_else(|| LineError::Bad {
         field: "time",
         value: time.to_owned(),
     })?;
-    let status_text = l.status.as_deref().ok_or(LineError::Missing("status"))?;
+    let status_text = field(&l.status).ok_or(LineError::Missing("status"))?;
     let status = status_text.trim().parse().map_err(|_| LineError::Bad {
         field: "status",
         value: status_text.to_owned(),
@@ -148,23 +157,23 @@ fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
     Ok(EdgeRecord {
         format: EdgeFormat::NginxJson,
         end_ts_ns,
-        request_id: opt(&l.request_id),
+        request_id: field(&l.request_id)
+            .and_then(present_str)
+            .map(RequestId::new),
         client: opt(&l.remote_addr),
         host: opt(&l.host),
         method: opt(&l.request_method),
-        path: l
-            .request_uri
-            .as_deref()
+        path: field(&l.request_uri)
             .map(str::trim)
             .filter(|p| !p.is_empty() && *p != "-")
-            .map(redact_target),
+            .map(redact_target_text),
         status,
         request_time_ns: secs(&l.request_time),
         upstream_addr: opt(&l.upstream_addr),
         upstream_connect_ns: secs(&l.upstream_connect_time),
         upstream_header_ns: secs(&l.upstream_header_time),
         upstream_response_ns: secs(&l.upstream_response_time),
-        bytes_sent: l.body_bytes_sent.as_deref().and_then(|b| b.parse().ok()),
+        bytes_sent: field(&l.body_bytes_sent).and_then(|b| b.parse().ok()),
         upgrade: opt(&l.http_upgrade),
     })
 }
@@ -185,21 +194,21 @@ pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineErr
     let time = get(&fields.time).ok_or(LineError::Missing("time"))?;
     let end_ts_ns = seconds_to_ns(&time).ok_or_else(|| LineError::Bad {
         field: "time",
-        value: time.clone(),
+        value: time.to_string(),
     })?;
     let status_text = get(&fields.status).ok_or(LineError::Missing("status"))?;
     let status = status_text.parse().map_err(|_| LineError::Bad {
         field: "status",
-        value: status_text.clone(),
+        value: status_text.to_string(),
     })?;
     Ok(EdgeRecord {
         format: EdgeFormat::NginxJson,
         end_ts_ns,
-        request_id: get(&fields.request_id),
+        request_id: get(&fields.request_id).map(|r| RequestId::new(&r)),
         client: get(&fields.client),
         host: get(&fields.host),
         method: get(&fields.method),
-        path: get(&fields.path).map(|p| redact_target(&p)),
+        path: get(&fields.path).map(|p| redact_target_text(&p)),
         status,
         request_time_ns: get(&fields.request_time).and_then(|t| seconds_to_ns(&t)),
         upstream_addr: get(&fields.upstream_addr),
@@ -285,7 +294,7 @@ pub fn parse_combined(line: &str) -> Result<EdgeRecord, LineError> {
     }
     let mut request = t[4].splitn(3, ' ');
     let method = request.next().and_then(present);
-    let path = request.next().and_then(present).map(|p| redact_target(&p));
+    let path = request.next().and_then(present_str).map(redact_target_text);
     let status = t[5].parse().map_err(|_| LineError::Bad {
         field: "status",
         value: t[5].clone(),
@@ -297,7 +306,7 @@ pub fn parse_combined(line: &str) -> Result<EdgeRecord, LineError> {
     Ok(EdgeRecord {
         format: EdgeFormat::NginxCombined,
         end_ts_ns,
-        request_id: present(&t[10]),
+        request_id: present_str(&t[10]).map(RequestId::new),
         client: present(&t[0]),
         host: None,
         method,

@@ -18,7 +18,7 @@ fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> EdgeRecord {
     EdgeRecord {
         format: EdgeFormat::NginxJson,
         end_ts_ns: end,
-        request_id: rid.map(str::to_owned),
+        request_id: rid.map(RequestId::new),
         client: Some("203.0.113.9".into()),
         host: Some("gw".into()),
         method: Some("GET".into()),

@@ -293,7 +293,7 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
 
     let ws = WsSession {
         conn: conn(),
-        request_id: full.request_id.clone(),
+        request_id: full.request_id.as_deref().map(str::to_owned),
         path: "/ws".into(),
         origin: None,
         upgraded_ts_ns: 1,

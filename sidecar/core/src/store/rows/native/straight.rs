@@ -170,7 +170,7 @@ impl Columns {
         if self.table != super::super::EDGE_TABLE {
             return false;
         }
-        fn text(v: &Option<String>) -> &str {
+        fn text<T: std::ops::Deref<Target = str>>(v: &Option<T>) -> &str {
             v.as_deref().unwrap_or("")
         }
         put_all!(self.cols;
