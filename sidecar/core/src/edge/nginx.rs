@@ -556,9 +556,9 @@ mod tests {
                 if i > 0 {
                     line.push(',');
                 }
-                let v = match k {
-                    &"msec" if next(4) > 0 => "1795280000.123",
-                    &"status" if next(4) > 0 => "200",
+                let v = match *k {
+                    "msec" if next(4) > 0 => "1795280000.123",
+                    "status" if next(4) > 0 => "200",
                     _ if next(40) == 0 => escaped[next(escaped.len())],
                     _ => values[next(values.len())],
                 };
