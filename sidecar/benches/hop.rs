@@ -61,9 +61,10 @@ use tokio_tungstenite::tungstenite::Message;
 const SESSIONS: usize = 8;
 const MESSAGES_PER_SESSION: usize = 25_000;
 const WRK_SECONDS: u32 = 4;
-/// Timed replays of the capture (the median is taken), and of tshark.
-const REPLAY_RUNS: usize = 11;
+/// Timed runs of tshark on the capture, each between two timed replays of ours (medians
+/// taken).
 const TSHARK_RUNS: usize = 5;
+const REPLAY_RUNS: usize = 2 * TSHARK_RUNS;
 /// Seconds of load a fresh sidecar carries before its cost is counted: what happens once in a
 /// sidecar's life (maps, windows and buffers growing to their working size, the store's
 /// first batches) is not what a request costs a sidecar that has been running. As long as a
@@ -315,32 +316,34 @@ fn main() {
         "server frames (+ challenges)"
     );
     // Timed after the check above, which also brought the capture into the page cache: both
-    // tools then read it from memory. Ours takes a few hundredths of a second, where a
+    // tools then read it from memory. The capture is written back to disk first (tcpdump's
+    // pages are dirty, and their writeback would run beside the first timed runs only). The
+    // two tools take turns, ours before and after each tshark run, so that a slow spell of
+    // the machine weighs on both sides. Ours takes about a tenth of a second, where a
     // millisecond of scheduling moves the ratio, hence more runs than tshark's.
-    let ours = median(
-        (0..REPLAY_RUNS)
-            .map(|_| {
-                time_cmd(Command::new(&bin).arg("replay").arg(&capture).args([
-                    "--port",
-                    &port.to_string(),
-                    "--output",
-                    "json",
-                ]))
-            })
-            .collect(),
-    );
-    let tshark = median(
-        (0..TSHARK_RUNS)
-            .map(|_| {
-                time_cmd(Command::new("tshark").arg("-r").arg(&capture).args([
-                    "-d",
-                    &format!("tcp.port=={port},http"),
-                    "-Y",
-                    "websocket",
-                ]))
-            })
-            .collect(),
-    );
+    std::fs::File::open(&capture).unwrap().sync_all().unwrap();
+    let time_ours = || {
+        time_cmd(Command::new(&bin).arg("replay").arg(&capture).args([
+            "--port",
+            &port.to_string(),
+            "--output",
+            "json",
+        ]))
+    };
+    let (mut ours, mut tshark) = (Vec::new(), Vec::new());
+    for _ in 0..TSHARK_RUNS {
+        ours.push(time_ours());
+        tshark.push(time_cmd(
+            Command::new("tshark").arg("-r").arg(&capture).args([
+                "-d",
+                &format!("tcp.port=={port},http"),
+                "-Y",
+                "websocket",
+            ]),
+        ));
+        ours.push(time_ours());
+    }
+    let (ours, tshark) = (median(ours), median(tshark));
     let packets = edgewatch::replay::capture::read_capture(
         std::fs::File::open(&capture).unwrap(),
         |_| {},

@@ -110,6 +110,13 @@ fn segment(
     }
 }
 
+/// Whose access log a load writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxy {
+    Nginx,
+    Caddy,
+}
+
 /// Drives keep-alive connections through the pipeline, `per_batch` requests a batch.
 struct Load {
     pipeline: Pipeline,
@@ -125,7 +132,7 @@ struct Load {
     /// nginx's access-log lines for the requests of the batch (the README's JSON layout),
     /// followed and joined when `Some`: one text and the lines' ends, reused, as the tail
     /// hands a round's lines over.
-    log: Option<(String, Vec<usize>)>,
+    log: Option<(String, Vec<usize>, Proxy)>,
 }
 
 impl Load {
@@ -135,20 +142,20 @@ impl Load {
 
     /// The load on a hop between addresses of `ip`'s family (the upstream at `ip`).
     fn on(id_digits: usize, ip: std::net::IpAddr) -> Self {
-        Self::with(id_digits, ip, false)
+        Self::with(id_digits, ip, None)
     }
 
     /// The load with nginx's access log followed and joined by request id, as the README
     /// sets the sidecar up: each request also an access-log line, an edge row and a joined
     /// request row.
-    fn with_log(id_digits: usize) -> Self {
-        Self::with(id_digits, [127, 0, 0, 1].into(), true)
+    fn with_log(id_digits: usize, proxy: Proxy) -> Self {
+        Self::with(id_digits, [127, 0, 0, 1].into(), Some(proxy))
     }
 
-    fn with(id_digits: usize, ip: std::net::IpAddr, log: bool) -> Self {
+    fn with(id_digits: usize, ip: std::net::IpAddr, log: Option<Proxy>) -> Self {
         let settings = Settings {
             hop_ports: vec![SERVER],
-            join: log,
+            join: log.is_some(),
             join_window_ns: 30_000_000_000,
             ..Settings::default()
         };
@@ -168,7 +175,7 @@ impl Load {
             n: 0,
             id_digits,
             server: SocketAddr::new(ip, SERVER),
-            log: log.then(|| (String::new(), Vec::new())),
+            log: log.map(|proxy| (String::new(), Vec::new(), proxy)),
         };
         let server = load.server;
         for i in 0..CONNECTIONS {
@@ -214,7 +221,36 @@ impl Load {
                 .segment(&segment(self.ts, server, client, s, c, 0x18, response));
             let s = s.wrapping_add(response.len() as u32);
             self.conns[i] = (client, c, s);
-            if let Some((text, ends)) = self.log.as_mut() {
+            if let Some((text, ends, proxy)) = self.log.as_mut() {
+                if *proxy == Proxy::Caddy {
+                    // As Caddy 2.6 writes its access log with the README's Caddyfile (the
+                    // request id in the response's headers).
+                    write!(
+                        text,
+                        "{{\"level\":\"info\",\"ts\":{}.{:03},\"logger\":\"http.log.access.log0\",\
+                         \"msg\":\"handled request\",\"request\":{{\"remote_ip\":\"127.0.0.1\",\
+                         \"remote_port\":\"50334\",\"client_ip\":\"203.0.113.{}\",\
+                         \"proto\":\"HTTP/1.1\",\"method\":\"GET\",\"host\":\"gateway.example.com\",\
+                         \"uri\":\"/api/v1/status?page={}\",\"headers\":{{\"User-Agent\":[\"wrk\"],\
+                         \"Accept\":[\"*/*\"]}}}},\"bytes_read\":0,\"user_id\":\"\",\
+                         \"duration\":0.0012,\"size\":12,\"status\":200,\"resp_headers\":{{\
+                         \"Server\":[\"Caddy\"],\"X-Request-Id\":[\"{:0w$x}\"],\
+                         \"Content-Type\":[\"text/plain\"]}}}}",
+                        self.ts / 1_000_000_000,
+                        self.ts / 1_000_000 % 1000,
+                        self.n % 250,
+                        self.n % 7,
+                        self.n,
+                        w = self.id_digits,
+                    )
+                    .expect("a String takes any write");
+                    ends.push(text.len());
+                    self.n += 1;
+                    if self.n.is_multiple_of(180) {
+                        self.end_batch();
+                    }
+                    continue;
+                }
                 // As nginx 1.22 writes the README's `log_format edgewatch escape=json`.
                 write!(
                     text,
@@ -245,7 +281,7 @@ impl Load {
 
     fn end_batch(&mut self) {
         self.pipeline.end_batch(self.ts, &mut self.store);
-        if let Some((text, ends)) = self.log.as_mut() {
+        if let Some((text, ends, _)) = self.log.as_mut() {
             // The batch's log lines come after its exchanges, as nginx logs a request once
             // it has ended.
             let mut start = 0;
@@ -331,21 +367,30 @@ fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
     // The README's setup: nginx's JSON access log followed. Each request is also a line
     // parsed (borrowed fields, the record's strings inline), joined by its request id (the
     // id inline, in the join's maps and reminders too), an edge row and a joined row.
-    let per_request = |id_digits: usize| {
-        let mut load = Load::with_log(id_digits);
+    let per_request = |id_digits: usize, proxy: Proxy| {
+        let mut load = Load::with_log(id_digits, proxy);
         let made = measure(&mut load);
         // Every line became a row, and every request was joined exactly (not timed out).
         assert_eq!(load.store.edge_rows, load.n, "edge rows");
         assert_eq!(load.store.joined_exact, load.n, "exact joins");
         made
     };
-    let long = per_request(48);
+    let long = per_request(48, Proxy::Nginx);
+    // Caddy's line, its request id a UUID's length (36 characters).
+    let caddy = per_request(36, Proxy::Caddy);
     // Last: `cargo xtask bench-instructions` counts this load's measured requests.
-    let nginx = per_request(32);
-    println!("summary: alloc per_logged_request_id32={nginx:.3} per_logged_request_id48={long:.3}");
+    let nginx = per_request(32, Proxy::Nginx);
+    println!(
+        "summary: alloc per_logged_request_id32={nginx:.3} per_logged_request_id48={long:.3} \
+         per_caddy_logged_request={caddy:.3}"
+    );
     assert!(
         nginx < 0.01,
         "{nginx} allocations per request with its line"
+    );
+    assert!(
+        caddy < 0.01,
+        "{caddy} allocations per request with its Caddy line"
     );
     // A 48-byte id is on the heap wherever it is kept: the exchange's, the line's record's,
     // and the join's reminder, at most (which shows the count counts here too).
