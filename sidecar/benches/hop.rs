@@ -5,8 +5,8 @@
 //!
 //! 1. Replay throughput on a large capture of real WebSocket traffic (real nginx, a real
 //!    WebSocket upstream and clients, recorded with tcpdump) versus
-//!    `tshark -r CAPTURE -Y websocket` on the same file, medians of several runs, with MB/s
-//!    and packets/s. Goal: at least 20x faster.
+//!    `tshark -r CAPTURE -Y websocket` on the same file, medians of several runs taken in
+//!    turns (ours, tshark, ours), with MB/s and packets/s. Goal: at least 20x faster.
 //! 2. The live cost, as deployed (no records on stdout, rows to a real ClickHouse with the
 //!    production batching): wrk through nginx to an upstream on loopback, with and without
 //!    the sidecar, in ten pairs whose order alternates. nginx keeps up to 16 idle upstream
