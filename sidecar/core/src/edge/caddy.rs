@@ -9,7 +9,7 @@ use std::{borrow::Cow, fmt::Write as _};
 
 use serde_json::Value;
 
-use super::{seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
+use super::{seconds_to_ns, EdgeFormat, EdgeRecord, Field, LineError};
 use crate::hop::{redact::redact_target_text, RequestId, Text};
 
 fn header<'a>(headers: Option<&'a Value>, name: &str) -> Option<&'a str> {
@@ -30,10 +30,6 @@ pub fn parse(line: &str) -> Result<EdgeRecord, LineError> {
         .and_then(|l| l.record())
         .unwrap_or_else(|| parse_tree(line))
 }
-
-/// A JSON string value, borrowed from the line unless it had escapes to undo.
-#[derive(serde::Deserialize)]
-struct Field<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// The parts of an access-log line edgewatch reads, borrowed from the line: the usual line
 /// costs no JSON tree and no allocation. Its types are strict (a number where a number is

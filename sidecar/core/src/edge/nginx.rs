@@ -21,7 +21,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{present, present_str, seconds_to_ns, EdgeFormat, EdgeRecord, LineError};
+use super::{present, present_str, seconds_to_ns, EdgeFormat, EdgeRecord, Field, LineError};
 use crate::hop::{redact::redact_target_text, RequestId, Text};
 
 /// Which JSON keys hold which value (for layouts other than edgewatch's).
@@ -95,12 +95,6 @@ fn text(v: &Value) -> Option<Text> {
         _ => None,
     }
 }
-
-/// A JSON string value, borrowed from the line unless it had escapes to undo. (serde borrows
-/// a `Cow<str>` only where it is the field's own type: inside an `Option` it would make a
-/// `String` of every value, 13 allocations a line.)
-#[derive(Deserialize)]
-struct Field<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
 
 /// The README's layout, deserialised straight into borrowed strings (no intermediate JSON
 /// tree): the fast path when the field names are the defaults.
