@@ -244,31 +244,26 @@ impl Load {
                         w = self.id_digits,
                     )
                     .expect("a String takes any write");
-                    ends.push(text.len());
-                    self.n += 1;
-                    if self.n.is_multiple_of(180) {
-                        self.end_batch();
-                    }
-                    continue;
-                }
-                // As nginx 1.22 writes the README's `log_format edgewatch escape=json`.
-                write!(
-                    text,
-                    "{{\"msec\":\"{}.{:03}\",\"request_id\":\"{:0w$x}\",\
+                } else {
+                    // As nginx 1.22 writes the README's `log_format edgewatch escape=json`.
+                    write!(
+                        text,
+                        "{{\"msec\":\"{}.{:03}\",\"request_id\":\"{:0w$x}\",\
                      \"remote_addr\":\"203.0.113.{}\",\"host\":\"gateway.example.com\",\
                      \"request_method\":\"GET\",\"request_uri\":\"/api/v1/status?page={}\",\
                      \"status\":\"200\",\"request_time\":\"0.001\",\
                      \"upstream_addr\":\"127.0.0.1:18789\",\"upstream_connect_time\":\"0.000\",\
                      \"upstream_header_time\":\"0.001\",\"upstream_response_time\":\"0.001\",\
                      \"body_bytes_sent\":\"12\",\"http_upgrade\":\"\"}}",
-                    self.ts / 1_000_000_000,
-                    self.ts / 1_000_000 % 1000,
-                    self.n,
-                    self.n % 250,
-                    self.n % 7,
-                    w = self.id_digits,
-                )
-                .expect("a String takes any write");
+                        self.ts / 1_000_000_000,
+                        self.ts / 1_000_000 % 1000,
+                        self.n,
+                        self.n % 250,
+                        self.n % 7,
+                        w = self.id_digits,
+                    )
+                    .expect("a String takes any write");
+                }
                 ends.push(text.len());
             }
             self.n += 1;

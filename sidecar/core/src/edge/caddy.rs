@@ -280,37 +280,46 @@ mod tests {
         );
     }
 
-    /// A generator's next number below `n` (xorshift).
-    fn below(rng: &std::cell::Cell<u64>, n: usize) -> usize {
-        let mut x = rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        rng.set(x);
-        (x % n as u64) as usize
-    }
+    /// Lines' parts chosen by a xorshift generator.
+    struct Gen(std::cell::Cell<u64>);
 
-    /// A header map of up to three headers, named in any case, mostly as Caddy writes them.
-    fn header_map(rng: &std::cell::Cell<u64>) -> String {
-        let next = |n: usize| below(rng, n);
-        let pick = |options: &[&str]| options[next(options.len())].to_owned();
-        // Mostly what Caddy writes, one time in eight something else.
-        let vary = |usual: &str, others: &[&str]| {
-            if next(8) == 0 {
-                pick(others)
+    impl Gen {
+        /// The next number below `n`.
+        fn below(&self, n: usize) -> usize {
+            let mut x = self.0.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0.set(x);
+            (x % n as u64) as usize
+        }
+
+        fn pick(&self, options: &[&str]) -> String {
+            options[self.below(options.len())].to_owned()
+        }
+
+        /// Mostly what Caddy writes, one time in eight something else.
+        fn vary(&self, usual: &str, others: &[&str]) -> String {
+            if self.below(8) == 0 {
+                self.pick(others)
             } else {
                 usual.to_owned()
             }
-        };
+        }
+    }
+
+    /// A header map of up to three headers, named in any case, mostly as Caddy writes them.
+    fn header_map(g: &Gen) -> String {
         let mut h = String::from("{");
-        let n = pick(&["0", "1", "2", "3", "3", "3"])
+        let n = g
+            .pick(&["0", "1", "2", "3", "3", "3"])
             .parse::<usize>()
             .expect("n");
         for i in 0..n {
             if i > 0 {
                 h.push(',');
             }
-            let name = pick(&[
+            let name = g.pick(&[
                 "\"X-Request-Id\"",
                 "\"x-request-id\"",
                 "\"X-REQUEST-ID\"",
@@ -320,7 +329,7 @@ mod tests {
                 "\"Content-Length\"",
                 "\"X-Request-\\u0049d\"",
             ]);
-            let value = vary(
+            let value = g.vary(
                 "[\"6f1d2c3b-0a4e-4f5a-9b8c-7d6e5f4a3b2c\"]",
                 &[
                     "[\"websocket\"]",
@@ -341,29 +350,19 @@ mod tests {
     }
 
     /// An access-log line mostly as Caddy 2.6 writes it, one part in eight something else.
-    fn caddy_line(rng: &std::cell::Cell<u64>) -> String {
-        let next = |n: usize| below(rng, n);
-        let pick = |options: &[&str]| options[next(options.len())].to_owned();
-        // Mostly what Caddy writes, one time in eight something else.
-        let vary = |usual: &str, others: &[&str]| {
-            if next(8) == 0 {
-                pick(others)
-            } else {
-                usual.to_owned()
-            }
-        };
+    fn caddy_line(g: &Gen) -> String {
         let mut fields: Vec<String> = vec!["\"level\":\"info\"".into()];
         let mut add = |key: &str, value: Option<String>| {
             if let Some(v) = value {
                 fields.push(format!("\"{key}\":{v}"));
             }
         };
-        let logger = vary(
+        let logger = g.vary(
             "\"http.log.access.log0\"",
             &["\"http.log.access\"", "\"tls\"", "5", "null", ""],
         );
         add("logger", (!logger.is_empty()).then_some(logger));
-        let ts = vary(
+        let ts = g.vary(
             "1795280000.25",
             &[
                 "1795280000",
@@ -377,7 +376,7 @@ mod tests {
         );
         add("ts", (!ts.is_empty()).then_some(ts));
         let mut request = String::from("{");
-        request.push_str(&vary(
+        request.push_str(&g.vary(
             "\"remote_ip\":\"127.0.0.1\",\"client_ip\":\"203.0.113.9\",",
             &[
                 "\"remote_ip\":\"127.0.0.1\",",
@@ -386,7 +385,7 @@ mod tests {
                 "",
             ],
         ));
-        request.push_str(&vary(
+        request.push_str(&g.vary(
             "\"method\":\"GET\",\"host\":\"gw.example\",\"uri\":\"/?token=x\",",
             &[
                 "\"method\":\"GET\",\"uri\":\"/ws\",\"uri\":\"/again\",",
@@ -394,9 +393,9 @@ mod tests {
                 "\"method\":null,",
             ],
         ));
-        request.push_str(&format!("\"headers\":{}", header_map(rng)));
+        request.push_str(&format!("\"headers\":{}", header_map(g)));
         request.push('}');
-        let request = match next(12) {
+        let request = match g.below(12) {
             0 => "null".to_owned(),
             1 => String::new(),
             2 => "\"GET /\"".to_owned(),
@@ -404,31 +403,31 @@ mod tests {
         };
         add("request", (!request.is_empty()).then_some(request));
         add("msg", Some("\"handled request\"".into()));
-        let status = vary(
+        let status = g.vary(
             "200",
             &["0", "101", "70000", "-1", "\"200\"", "200.0", "null", ""],
         );
         add("status", (!status.is_empty()).then_some(status));
-        let duration = vary("0.0021", &["1e-05", "\"0.1\"", "null", "", "3"]);
+        let duration = g.vary("0.0021", &["1e-05", "\"0.1\"", "null", "", "3"]);
         add("duration", (!duration.is_empty()).then_some(duration));
-        let size = vary("12", &["0", "-1", "1.5", "null", ""]);
+        let size = g.vary("12", &["0", "-1", "1.5", "null", ""]);
         add("size", (!size.is_empty()).then_some(size));
-        let resp = match next(5) {
+        let resp = match g.below(5) {
             0 => String::new(),
             1 => "null".to_owned(),
-            _ => header_map(rng),
+            _ => header_map(g),
         };
         add("resp_headers", (!resp.is_empty()).then_some(resp));
-        if next(20) == 0 {
-            let again = fields[next(fields.len())].clone();
+        if g.below(20) == 0 {
+            let again = fields[g.below(fields.len())].clone();
             fields.push(again);
         }
         let mut line = format!("{{{}}}", fields.join(","));
-        match next(20) {
+        match g.below(20) {
             0 => line.push_str(" x"),
             1 => line.push('\n'),
             2 => {
-                let mut at = next(line.len());
+                let mut at = g.below(line.len());
                 while !line.is_char_boundary(at) {
                     at -= 1;
                 }
@@ -444,10 +443,10 @@ mod tests {
     /// trailing bytes and truncation.
     #[test]
     fn the_borrowed_read_agrees_with_the_tree_on_every_line() {
-        let rng = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15u64);
+        let g = Gen(std::cell::Cell::new(0x9e37_79b9_7f4a_7c15u64));
         let (mut borrowed, mut total) = (0, 0);
         for _ in 0..20_000 {
-            let line = caddy_line(&rng);
+            let line = caddy_line(&g);
             total += 1;
             let by_tree = parse_tree(&line);
             if let Some(r) = serde_json::from_str::<Line<'_>>(&line)
