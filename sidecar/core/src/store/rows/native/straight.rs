@@ -33,18 +33,7 @@ impl NativeValue for IpText {
     fn put(&self, col: &mut ColumnBuf) {
         let v4 = match self.0 {
             std::net::IpAddr::V4(v4) => v4,
-            std::net::IpAddr::V6(v6) => {
-                // The longest IPv6 text is 45 bytes (eight groups, or six and an IPv4).
-                let mut text = [0u8; 45];
-                let mut rest = &mut text[..];
-                if std::io::Write::write_fmt(&mut rest, format_args!("{v6}")).is_err() {
-                    return v6.to_string().put(col);
-                }
-                let n = 45 - rest.len();
-                col.data.push(n as u8);
-                col.data.extend_from_slice(&text[..n]);
-                return;
-            }
+            std::net::IpAddr::V6(v6) => return put_display(col, &v6),
         };
         let mut text = [0u8; 16];
         let n = v4_text(v4, &mut text);
@@ -93,19 +82,23 @@ impl NativeValue for SockText {
                 col.data.push(len as u8);
                 col.data.extend_from_slice(&text[..len]);
             }
-            Some(a) => {
-                // "[" 45 bytes of address, "%" and a 10-digit scope id, "]:" and 5 of port.
-                let mut text = [0u8; 72];
-                let mut rest = &mut text[..];
-                if std::io::Write::write_fmt(&mut rest, format_args!("{a}")).is_err() {
-                    return a.to_string().put(col);
-                }
-                let n = 72 - rest.len();
-                col.data.push(n as u8);
-                col.data.extend_from_slice(&text[..n]);
-            }
+            Some(a) => put_display(col, &a),
         }
     }
+}
+
+/// An IPv6 address's or socket address's text, as its `Display` writes it, through a stack
+/// buffer: "[" 45 bytes of address, "%" and a 10-digit scope id, "]:" and 5 of port at most
+/// (anything longer goes through a heap string).
+fn put_display(col: &mut ColumnBuf, value: &dyn std::fmt::Display) {
+    let mut text = [0u8; 72];
+    let mut rest = &mut text[..];
+    if std::io::Write::write_fmt(&mut rest, format_args!("{value}")).is_err() {
+        return value.to_string().put(col);
+    }
+    let n = 72 - rest.len();
+    col.data.push(n as u8);
+    col.data.extend_from_slice(&text[..n]);
 }
 
 /// Appends values to the columns in order, one each (the hot paths below, which append
