@@ -96,6 +96,15 @@ pub enum LineError {
 pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, LineError> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('{') {
+        // A line in exactly the README's nginx layout is nginx's, found without searching it
+        // for Caddy's `"logger"`: none of its values can hold that (the scan takes no
+        // escaped quote). Anything else, including such a line with an unusable value, goes
+        // the general way below.
+        if fields.is_default() {
+            if let Some(rec) = nginx::scan_default(trimmed) {
+                return Ok(rec);
+            }
+        }
         if trimmed.contains("\"logger\"") {
             return caddy::parse(trimmed);
         }

@@ -251,6 +251,14 @@ fn parse_default(line: &str) -> Result<EdgeRecord, LineError> {
     parse_default_serde(line)
 }
 
+/// A line in exactly the README's layout (see [`scan_readme_layout`]) with usable values, as
+/// a record; `None` for any other line.
+pub(super) fn scan_default(line: &str) -> Option<EdgeRecord> {
+    ReadmeValues(scan_readme_layout(line)?.map(Some))
+        .record()
+        .ok()
+}
+
 /// [`parse_default`] by serde_json alone.
 fn parse_default_serde(line: &str) -> Result<EdgeRecord, LineError> {
     let l: DefaultLine<'_> =
@@ -542,7 +550,8 @@ mod tests {
                 1 => {
                     keys.remove(next(14));
                 }
-                2 => keys.insert(next(15), "extra"),
+                // Caddy's key among nginx's: the line is then read as Caddy's.
+                2 => keys.insert(next(15), ["extra", "logger"][next(2)]),
                 _ => {}
             }
             let mut line = String::from("{");
@@ -586,6 +595,21 @@ mod tests {
                 assert_eq!(ReadmeValues(v.map(Some)).record(), by_serde, "{line}");
             }
             assert_eq!(parse_default(&line), by_serde, "{line}");
+            // `parse_any` takes a scanned line as nginx's before it looks for Caddy's
+            // `"logger"`: the same as looking first.
+            let trimmed = line.trim_start();
+            let looking_first = if !trimmed.starts_with('{') {
+                parse_combined(trimmed)
+            } else if trimmed.contains("\"logger\"") {
+                super::super::caddy::parse(trimmed)
+            } else {
+                parse_json(trimmed, &JsonFields::default())
+            };
+            assert_eq!(
+                super::super::parse_any(&line, &JsonFields::default()),
+                looking_first,
+                "{line}"
+            );
         }
         // Most unmutated lines have no escape in them and take the scan.
         assert!(scanned > total / 10, "{scanned} of {total} lines scanned");

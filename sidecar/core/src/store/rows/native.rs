@@ -428,8 +428,15 @@ fn layout_of(ty: &str) -> Option<Layout> {
 /// `n` varuint-prefixed strings from `at`: where they end.
 fn strings_end(data: &[u8], mut at: usize, n: u64) -> Option<usize> {
     for _ in 0..n {
-        let (len, next) = varuint_at(data, at)?;
-        at = next.checked_add(usize::try_from(len).ok()?)?;
+        // Most strings are shorter than 128 bytes: a one-byte length, read here without the
+        // general varuint loop (the sender walks every string of every block it merges).
+        at = match data.get(at) {
+            Some(&len) if len < 0x80 => at + 1 + usize::from(len),
+            _ => {
+                let (len, next) = varuint_at(data, at)?;
+                next.checked_add(usize::try_from(len).ok()?)?
+            }
+        };
     }
     (at <= data.len()).then_some(at)
 }

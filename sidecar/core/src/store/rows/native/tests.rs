@@ -143,6 +143,14 @@ fn blocks_merged_are_one_block_of_all_their_rows() {
     assert_eq!(merge_blocks(4, &[&want]), Some(want.clone()));
     assert_eq!(merge_blocks(3, &refs), None);
     assert_eq!(merge_blocks(4, &[&want[..want.len() - 1]]), None);
+    // Cut anywhere (inside a string's length or its bytes included): refused, not misread.
+    for cut in 0..want.len() {
+        assert_eq!(
+            merge_blocks(4, &[&blocks[0], &want[..cut]]),
+            None,
+            "cut at {cut}"
+        );
+    }
     // Every table's columns have a layout the merge knows.
     for table in 0..8 {
         assert!(
