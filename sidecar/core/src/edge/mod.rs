@@ -116,6 +116,43 @@ pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, L
 /// Seconds as nginx and Caddy print them (`0.123`; nginx prints `-` for none and a
 /// comma/colon-separated list when it tried several upstreams: the last one counts).
 pub fn seconds_to_ns(text: &str) -> Option<u64> {
+    plain_seconds(text.as_bytes()).or_else(|| seconds_to_ns_general(text))
+}
+
+/// What nginx and Caddy print all day (`0.123`, `1795280000.123`: digits, then a dot and
+/// digits or nothing) as nanoseconds, in one pass; `None` for anything else (lists, `-`,
+/// spaces, exponents, more than 18 digits of seconds), which [`seconds_to_ns_general`] reads.
+/// Digits after the ninth of the fraction are cut, as there.
+fn plain_seconds(b: &[u8]) -> Option<u64> {
+    let int_len = b
+        .iter()
+        .position(|c| !c.is_ascii_digit())
+        .unwrap_or(b.len());
+    if int_len == 0 || int_len > 18 {
+        return None;
+    }
+    let secs = b[..int_len]
+        .iter()
+        .fold(0u64, |s, &c| s * 10 + u64::from(c - b'0'));
+    let mut nanos = 0u64;
+    if let Some((&dot, fraction)) = b[int_len..].split_first() {
+        if dot != b'.' {
+            return None;
+        }
+        let mut scale = 100_000_000u64;
+        for &c in fraction {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            nanos += u64::from(c - b'0') * scale;
+            scale /= 10;
+        }
+    }
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
+/// [`seconds_to_ns`] for any text.
+fn seconds_to_ns_general(text: &str) -> Option<u64> {
     let bytes = text.as_bytes();
     let start = bytes
         .iter()
@@ -165,6 +202,16 @@ pub fn seconds_to_ns(text: &str) -> Option<u64> {
 #[derive(serde::Deserialize)]
 struct Field<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
 
+/// `str::trim`, without decoding the ends when they are visible ASCII (nearly every value):
+/// then there is nothing to trim.
+fn trim(v: &str) -> &str {
+    match v.as_bytes() {
+        [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => v,
+        [only] if only.is_ascii_graphic() => v,
+        _ => v.trim(),
+    }
+}
+
 /// `Some` for a value that is there (not empty, not `-`).
 fn present(v: &str) -> Option<Text> {
     present_str(v).map(Text::from)
@@ -172,13 +219,74 @@ fn present(v: &str) -> Option<Text> {
 
 /// The value itself when it is there (not empty, not `-`), trimmed.
 fn present_str(v: &str) -> Option<&str> {
-    let v = v.trim();
+    let v = trim(v);
     (!v.is_empty() && v != "-").then_some(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass reading of plain seconds gives what the general one gives, on every
+    /// text of digits, dots, separators, spaces, signs and exponents tried.
+    #[test]
+    fn plain_seconds_agree_with_the_general_reading() {
+        let alphabet = b"0123456789012345678901234567890123456789..,: -eE+";
+        let mut rng = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = |n: usize| (rng() % n as u64) as usize;
+        let mut plain = 0;
+        for _ in 0..200_000 {
+            let len = next(26);
+            let text: String = (0..len)
+                .map(|_| char::from(alphabet[next(alphabet.len())]))
+                .collect();
+            let fast = plain_seconds(text.as_bytes());
+            if fast.is_some() {
+                plain += 1;
+                assert_eq!(fast, seconds_to_ns_general(&text), "{text:?}");
+            }
+            assert_eq!(
+                seconds_to_ns(&text),
+                seconds_to_ns_general(&text),
+                "{text:?}"
+            );
+        }
+        for text in [
+            "0.000",
+            "5.",
+            "18446744073.709551615",
+            "999999999999999999.9",
+            "1.0000000009",
+        ] {
+            assert_eq!(
+                plain_seconds(text.as_bytes()),
+                seconds_to_ns_general(text),
+                "{text}"
+            );
+        }
+        assert!(plain > 1_000, "{plain} plain texts");
+    }
+
+    #[test]
+    fn trimming_is_str_trim() {
+        for v in [
+            "",
+            " ",
+            "a",
+            " a",
+            "a ",
+            "ab",
+            "a b",
+            "\u{2003}a",
+            "a\u{85}",
+            "é",
+            "\ta\n",
+            "-",
+            "é ",
+        ] {
+            assert_eq!(trim(v), v.trim(), "{v:?}");
+        }
+    }
 
     #[test]
     fn nginx_time_values() {

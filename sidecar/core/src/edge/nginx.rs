@@ -131,6 +131,7 @@ struct DefaultLine<'a> {
 }
 
 /// The README layout's keys, in the order its `log_format` writes them.
+#[cfg(test)]
 const README_KEYS: [&str; 14] = [
     "msec",
     "request_id",
@@ -155,31 +156,70 @@ const README_KEYS: [&str; 14] = [
 /// test holds the two to that); it only spares the general decoder's per-key and per-byte
 /// work on the lines nginx writes all day: about half a line's instructions.
 fn scan_readme_layout(line: &str) -> Option<[&str; 14]> {
-    let mut rest = line.strip_prefix('{')?;
+    let mut rest = line;
     let mut values = [""; 14];
-    for (i, key) in README_KEYS.iter().enumerate() {
-        if i > 0 {
-            rest = rest.strip_prefix(',')?;
-        }
-        rest = rest
-            .strip_prefix('"')?
-            .strip_prefix(key)?
-            .strip_prefix("\":\"")?;
-        // The value ends at the first quote; a backslash before it is an escape to undo.
-        let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
-        let (value, after) = rest.split_at(end);
-        // Raw control characters are not JSON (nginx escapes them): serde_json's to reject.
-        if after.as_bytes()[0] != b'"' || value.bytes().any(|b| b < 0x20) {
-            return None;
-        }
-        values[i] = value;
-        rest = &after[1..];
+    for (i, opening) in README_OPENINGS.iter().enumerate() {
+        rest = rest.strip_prefix(opening)?;
+        let end = plain_value_end(rest.as_bytes())?;
+        // Cut at an ASCII quote: char boundaries both.
+        values[i] = &rest[..end];
+        rest = &rest[end + 1..];
     }
     let rest = rest.strip_prefix('}')?;
     // serde_json allows whitespace after the value, and nothing else.
     rest.bytes()
         .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
         .then_some(values)
+}
+
+/// What precedes each value of the README layout: the key, quoted, after `{` or `,`.
+const README_OPENINGS: [&str; 14] = [
+    "{\"msec\":\"",
+    ",\"request_id\":\"",
+    ",\"remote_addr\":\"",
+    ",\"host\":\"",
+    ",\"request_method\":\"",
+    ",\"request_uri\":\"",
+    ",\"status\":\"",
+    ",\"request_time\":\"",
+    ",\"upstream_addr\":\"",
+    ",\"upstream_connect_time\":\"",
+    ",\"upstream_header_time\":\"",
+    ",\"upstream_response_time\":\"",
+    ",\"body_bytes_sent\":\"",
+    ",\"http_upgrade\":\"",
+];
+
+/// Where a JSON string value that starts `b` ends (its closing quote), if nothing in it
+/// needs serde_json: no backslash (an escape to undo) and no raw control character (not
+/// JSON). Eight bytes at a time: the first byte of a word that is a quote, a backslash or
+/// below 0x20 is its lowest flagged byte (the flags above a true one can be false, not
+/// those below it).
+fn plain_value_end(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut words = b.chunks_exact(8);
+    let mut at = 0;
+    for word in words.by_ref() {
+        let w = u64::from_le_bytes(word.try_into().ok()?);
+        let flagged = zero_bytes(w ^ (ONES * u64::from(b'"')))
+            | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+            | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+        if flagged != 0 {
+            let first = at + (flagged.trailing_zeros() / 8) as usize;
+            return (b[first] == b'"').then_some(first);
+        }
+        at += 8;
+    }
+    for (i, &c) in words.remainder().iter().enumerate() {
+        match c {
+            b'"' => return Some(at + i),
+            b'\\' | 0..=0x1f => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The README layout's values (each `None` when the line had no such key).
@@ -217,10 +257,12 @@ impl<'a> ReadmeValues<'a> {
             value: time.to_owned(),
         })?;
         let status_text = status.ok_or(LineError::Missing("status"))?;
-        let status = status_text.trim().parse().map_err(|_| LineError::Bad {
-            field: "status",
-            value: status_text.to_owned(),
-        })?;
+        let status = super::trim(status_text)
+            .parse()
+            .map_err(|_| LineError::Bad {
+                field: "status",
+                value: status_text.to_owned(),
+            })?;
         Ok(EdgeRecord {
             format: EdgeFormat::NginxJson,
             end_ts_ns,
@@ -229,7 +271,7 @@ impl<'a> ReadmeValues<'a> {
             host: opt(host),
             method: opt(request_method),
             path: request_uri
-                .map(str::trim)
+                .map(super::trim)
                 .filter(|p| !p.is_empty() && *p != "-")
                 .map(redact_target_text),
             status,
@@ -512,6 +554,52 @@ mod tests {
     /// lines as nginx writes them, and mutations of them (escapes, control characters, keys
     /// missing, extra or out of order, numbers, nulls, trailing bytes, truncation), each read
     /// both ways.
+    #[test]
+    fn the_openings_are_the_keys_quoted() {
+        for (i, (opening, key)) in README_OPENINGS.iter().zip(README_KEYS).enumerate() {
+            let before = if i == 0 { '{' } else { ',' };
+            assert_eq!(*opening, format!("{before}\"{key}\":\""));
+        }
+    }
+
+    /// The word-at-a-time search finds what a byte-at-a-time one does, wherever the quote,
+    /// backslash or control byte falls in or across the words, with UTF-8 around it.
+    #[test]
+    fn plain_value_ends_where_a_byte_search_says() {
+        let by_bytes = |b: &[u8]| match b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        {
+            Some(i) if b[i] == b'"' => Some(i),
+            _ => None,
+        };
+        let pieces: [&[u8]; 10] = [
+            b"a",
+            b"\"",
+            b"\\",
+            b"\x1f",
+            b"\x00",
+            b" ",
+            b"\x7f",
+            "é".as_bytes(),
+            b"!",
+            b"\xa2",
+        ];
+        let mut rng = crate::test_rng::xorshift(0x0E7D_5CA1);
+        let mut next = |n: usize| (rng() % n as u64) as usize;
+        for _ in 0..100_000 {
+            let mut b = Vec::new();
+            for _ in 0..next(40) {
+                // Mostly plain bytes, as in real values.
+                let p = if next(4) == 0 {
+                    pieces[next(pieces.len())]
+                } else {
+                    b"x"
+                };
+                b.extend_from_slice(p);
+            }
+            assert_eq!(plain_value_end(&b), by_bytes(&b), "{b:?}");
+        }
+    }
+
     #[test]
     fn the_layout_scan_agrees_with_serde_json_on_every_line() {
         let values = [
