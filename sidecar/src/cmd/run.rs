@@ -286,6 +286,7 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
             _ = sigterm.recv() => break,
         }
         watch.emit_alerts(unix_ns(SystemTime::now()));
+        watch.out.publish_counts();
         watch.flush_store();
         watch.out.printer.flush();
     }
@@ -295,6 +296,7 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     let now = unix_ns(SystemTime::now());
     watch.pipeline.finish(now, &mut watch.out);
     watch.emit_alerts(now);
+    watch.out.publish_counts();
     watch.flush_store();
     let undelivered: u64 = std::mem::take(&mut watch.webhooks)
         .into_iter()

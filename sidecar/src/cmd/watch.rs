@@ -11,7 +11,7 @@ use crate::{
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Scope},
     hop::{tracker::FollowMode, HopRecord},
-    metrics::Metrics,
+    metrics::{Metrics, RECORD_KINDS},
     output::{unix_ns, Printer},
     pipeline::{Mode, Pipeline, Sink},
     probe::{
@@ -66,16 +66,30 @@ pub(super) struct Sinks {
     pub(super) alerts: Vec<Alert>,
     /// Print hop records and joined requests too (`run --records`).
     pub(super) records: bool,
+    /// This turn's records by kind of `metrics::RECORD_KINDS`, added to the shared counters
+    /// at the end of the turn (`publish_counts`), not with a locked increment each.
+    pub(super) counts: [u64; RECORD_KINDS.len()],
+}
+
+impl Sinks {
+    /// Adds this turn's record counts to the metrics (before the turn's output is flushed:
+    /// whoever sees a record printed sees it counted).
+    pub(super) fn publish_counts(&mut self) {
+        if self.counts != [0; RECORD_KINDS.len()] {
+            self.metrics.records(&self.counts);
+            self.counts = [0; RECORD_KINDS.len()];
+        }
+    }
 }
 
 impl Sink for Sinks {
     fn hop(&mut self, r: &HopRecord) {
-        self.metrics.record(match r {
+        self.counts[match r {
             HopRecord::Http(_) => 0,
             HopRecord::Websocket(_) => 1,
             HopRecord::Conn(_) => 2,
             HopRecord::Loss(_) => 3,
-        });
+        }] += 1;
         if self.records {
             self.printer.hop(r);
         }
@@ -84,13 +98,13 @@ impl Sink for Sinks {
         }
     }
     fn edge(&mut self, r: &EdgeRecord) {
-        self.metrics.record(5);
+        self.counts[5] += 1;
         if let Some(st) = self.store.as_mut() {
             st.edge(r);
         }
     }
     fn request(&mut self, r: &JoinedRequest) {
-        self.metrics.record(4);
+        self.counts[4] += 1;
         if self.records {
             self.printer.request(r);
         }
@@ -156,6 +170,7 @@ impl Watch {
                 store: None,
                 alerts: Vec::new(),
                 records: false,
+                counts: [0; RECORD_KINDS.len()],
             },
             attributor: Attributor::new(),
             last_nat_problems: Vec::new(),
@@ -460,12 +475,18 @@ impl Watch {
     /// New access-log lines: parsed (malformed ones counted and reported), then joined.
     fn on_edge_lines(&mut self, lines: &Lines) {
         let now = unix_ns(SystemTime::now());
+        // Counted for the round, not with a locked increment a line.
+        let (mut parsed_lines, mut malformed) = (0, 0);
         for line in lines.iter() {
             if line.trim().is_empty() {
                 continue;
             }
             let parsed = self.pipeline.edge_line(line, now, &mut self.out);
-            self.out.metrics.edge_line(parsed.is_ok());
+            if parsed.is_ok() {
+                parsed_lines += 1;
+            } else {
+                malformed += 1;
+            }
             if let Err(e) = parsed {
                 if let Some(held) = self.warnings.edge_line.allow(std::time::Instant::now()) {
                     tracing::warn!(
@@ -476,6 +497,7 @@ impl Watch {
                 }
             }
         }
+        self.out.metrics.edge_lines(parsed_lines, malformed);
         self.pipeline.tick(now, &mut self.out);
     }
 
