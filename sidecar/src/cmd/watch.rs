@@ -481,19 +481,17 @@ impl Watch {
             if line.trim().is_empty() {
                 continue;
             }
-            let parsed = self.pipeline.edge_line(line, now, &mut self.out);
-            if parsed.is_ok() {
-                parsed_lines += 1;
-            } else {
-                malformed += 1;
-            }
-            if let Err(e) = parsed {
-                if let Some(held) = self.warnings.edge_line.allow(std::time::Instant::now()) {
-                    tracing::warn!(
-                        error = %e,
-                        held_back = held,
-                        "malformed access-log line skipped (all counted in edgewatch_edge_lines_total{{result=\"malformed\"}})"
-                    );
+            match self.pipeline.edge_line(line, now, &mut self.out) {
+                Ok(()) => parsed_lines += 1,
+                Err(e) => {
+                    malformed += 1;
+                    if let Some(held) = self.warnings.edge_line.allow(std::time::Instant::now()) {
+                        tracing::warn!(
+                            error = %e,
+                            held_back = held,
+                            "malformed access-log line skipped (all counted in edgewatch_edge_lines_total{{result=\"malformed\"}})"
+                        );
+                    }
                 }
             }
         }
