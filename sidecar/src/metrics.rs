@@ -512,11 +512,6 @@ impl Metrics {
         self.decode_errors.inc();
     }
 
-    /// An access-log line was read (`ok`: parsed; otherwise counted as malformed).
-    pub fn edge_line(&self, ok: bool) {
-        self.edge_lines(u64::from(ok), u64::from(!ok));
-    }
-
     /// Counts access-log lines parsed and malformed (a round of reads at once).
     pub fn edge_lines(&self, parsed: u64, malformed: u64) {
         for (result, n) in [("parsed", parsed), ("malformed", malformed)] {
@@ -729,9 +724,9 @@ mod tests {
         }
         m.store_rows_now("sent", 5);
         m.store_rows_now("sent", 4);
-        m.edge_line(false);
+        m.edge_lines(0, 1);
         m.edge_lines(1, 0);
-        m.edge_line(true);
+        m.edge_lines(1, 0);
         m.records(&[3, 0, 0, 0, 1, 2]);
         m.records(&[1, 0, 0, 0, 0, 0]);
         m.event("connect_end");

@@ -286,10 +286,7 @@ mod tests {
     impl Gen {
         /// The next number below `n`.
         fn below(&self, n: usize) -> usize {
-            let mut x = self.0.get();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = crate::test_rng::step(self.0.get());
             self.0.set(x);
             (x % n as u64) as usize
         }

@@ -619,13 +619,8 @@ mod tests {
         ];
         // Values nginx writes with escapes (`escape=json`): rarer, as in real logs.
         let escaped = ["a\"b", "c\\d", "tab\there", "\u{1}", "/x?y=\"z\""];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rng = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: usize| (rng() % n as u64) as usize;
         let (mut scanned, mut total) = (0, 0);
         for _ in 0..20_000 {
             let mut keys: Vec<&str> = README_KEYS.to_vec();
