@@ -12,10 +12,13 @@
 //!   502/504 with no exchange is joined to a refused connect to its upstream in its time span.
 use std::collections::VecDeque;
 
+mod waits;
+
 use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
+use self::waits::{HopWaits, Taken};
 use super::EdgeRecord;
 use crate::hop::{
     ConnEvent, ConnEventKind, ExchangeOutcome, HopRecord, HttpExchange, RequestId, WsSession,
@@ -142,9 +145,9 @@ impl Due {
     /// growth between two): a cleaning then costs at most a few lookups per reminder pushed.
     const SLACK: usize = 4_096;
 
-    fn push<V>(&mut self, at: u64, rid: RequestId, waiting: &HashMap<RequestId, V>) {
+    fn push(&mut self, at: u64, rid: RequestId, waiting: &impl Waiting) {
         if self.q.len() >= self.clean_at.max(Self::SLACK) {
-            self.q.retain(|(_, r)| waiting.contains_key(r));
+            self.q.retain(|(_, r)| waiting.waits(r));
             self.clean_at = 2 * self.q.len() + Self::SLACK;
         }
         self.q.push_back((at, rid));
@@ -160,13 +163,31 @@ impl Due {
     }
 }
 
+/// Where records wait by request id (for cleaning [`Due`]).
+trait Waiting {
+    fn waits(&self, rid: &str) -> bool;
+}
+
+impl<V> Waiting for HashMap<RequestId, V> {
+    fn waits(&self, rid: &str) -> bool {
+        self.contains_key(rid)
+    }
+}
+
+impl Waiting for HopWaits {
+    fn waits(&self, rid: &str) -> bool {
+        self.contains_key(rid)
+    }
+}
+
 /// The join state.
 pub struct Joiner {
     window_ns: u64,
     limits: JoinLimits,
     pub stats: JoinStats,
     edges: HashMap<RequestId, (EdgeRecord, u64)>,
-    hops: HashMap<RequestId, HopEntry>,
+    /// Exchanges waiting for their line, young ones in arrival order (see [`waits`]).
+    hops: HopWaits,
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
     /// scanning the maps (linear in the records, however many wait).
     edge_due: Due,
@@ -194,7 +215,7 @@ impl Joiner {
             limits,
             stats: JoinStats::default(),
             edges: HashMap::default(),
-            hops: HashMap::default(),
+            hops: HopWaits::new(waits::YOUNG_NS),
             edge_due: Due::default(),
             hop_due: Due::default(),
             edges_without_id: VecDeque::new(),
@@ -323,19 +344,18 @@ impl Joiner {
             return;
         };
         // One lookup in the common case (the exchange is there and complete).
-        match self.hops.remove_entry(rid) {
-            Some((key, h)) if h.complete() => {
+        match self.hops.take_complete(rid) {
+            Taken::Complete(key, h) => {
                 // The map's key becomes the record's id: no copy.
                 let mut j = joined_without_id(Some(rec), Some(h), Matched::Exact, None);
                 j.request_id = Some(key);
                 out.push(j);
             }
-            Some((key, h)) => {
+            Taken::Waiting(key) => {
                 // An upgrade still waiting for its session: both wait.
-                self.hops.insert(key.clone(), h);
                 self.wait_edge(key, rec, now_ns, out);
             }
-            None => {
+            Taken::Absent => {
                 // A 502/504 that a refused connect already explains: no exchange will come.
                 if matches!(rec.status, 502 | 504) {
                     if let Some(c) = self.refused_for(&rec) {
@@ -544,16 +564,13 @@ impl Joiner {
     pub fn finish(&mut self, out: &mut Vec<JoinedRequest>) {
         self.expire(u64::MAX, out);
         // Upgraded exchanges whose session never ended.
-        let rest: Vec<RequestId> = self.hops.keys().cloned().collect();
-        for rid in rest {
-            if let Some(h) = self.hops.remove(&rid) {
-                out.push(joined(
-                    None,
-                    Some(h),
-                    Matched::HopOnly,
-                    Some("websocket still open, no edge log line yet".into()),
-                ));
-            }
+        for h in self.hops.take_all() {
+            out.push(joined(
+                None,
+                Some(h),
+                Matched::HopOnly,
+                Some("websocket still open, no edge log line yet".into()),
+            ));
         }
     }
 

@@ -1,0 +1,356 @@
+//! The hop exchanges waiting for their access-log line, by request id.
+//!
+//! An exchange waits about one log poll (a quarter second) for its line, and lines come in
+//! about the order the exchanges did. Kept by value in a hash map, each ~500-byte exchange was
+//! written to a random place that had gone cold, and read back from it a quarter second later:
+//! the join's largest cost with a log followed (a tenth of the sidecar's time in a profile).
+//! Here the young ones lie in a ring in arrival order, written and read back in sequence, and
+//! the map holds only their arrival numbers. Those still waiting after [`YOUNG_NS`] (upgrades
+//! waiting for their session, lines that are late or never come) move to a map of their own,
+//! so one long wait does not hold the ring open behind it. Where an exchange lies changes no
+//! result: every lookup sees both.
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::HopEntry;
+use crate::hop::RequestId;
+
+/// How long an exchange stays in the ring (by its arrival) before it moves to the map. Two
+/// log polls: long enough that nearly every line finds its exchange there, short enough that
+/// the ring holds little more than what waits.
+pub const YOUNG_NS: u64 = 500_000_000;
+
+/// What [`HopWaits::take_complete`] found under a request id.
+pub(super) enum Taken {
+    /// The exchange, complete, taken out (with the map's key: no copy of the id).
+    Complete(RequestId, HopEntry),
+    /// An upgrade still waiting for its session: left where it is (the id, copied).
+    Waiting(RequestId),
+    Absent,
+}
+
+/// Exchanges waiting for their other half, by request id (see the module's doc).
+pub(super) struct HopWaits {
+    /// Young exchanges in arrival order, each with its arrival time; `None` once taken.
+    ring: VecDeque<(u64, Option<HopEntry>)>,
+    /// The arrival number of `ring[0]`.
+    base: u64,
+    /// The arrival numbers of the exchanges in the ring, by request id.
+    young: HashMap<RequestId, u64>,
+    /// Exchanges that waited longer than `young_ns`.
+    old: HashMap<RequestId, HopEntry>,
+    young_ns: u64,
+}
+
+impl HopWaits {
+    pub(super) fn new(young_ns: u64) -> Self {
+        Self {
+            ring: VecDeque::new(),
+            base: 0,
+            young: HashMap::default(),
+            old: HashMap::default(),
+            young_ns,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps `entry` waiting under `rid` (arrived at its `seen_ns`); returns the exchange that
+    /// waited under it before, if one did.
+    pub(super) fn insert(&mut self, rid: RequestId, entry: HopEntry) -> Option<HopEntry> {
+        let arrived = entry.seen_ns;
+        self.settle(arrived);
+        let before = if self.old.is_empty() {
+            None
+        } else {
+            self.old.remove(&rid)
+        };
+        let seq = self.base + self.ring.len() as u64;
+        self.ring.push_back((arrived, Some(entry)));
+        match self.young.insert(rid, seq) {
+            Some(prev) => self.take_slot(prev),
+            None => before,
+        }
+    }
+
+    /// Takes the exchange waiting under `rid`, with the key it was kept under.
+    pub(super) fn remove_entry(&mut self, rid: &str) -> Option<(RequestId, HopEntry)> {
+        if let Some((key, seq)) = self.young.remove_entry(rid) {
+            return self.take_slot(seq).map(|e| (key, e));
+        }
+        if self.old.is_empty() {
+            return None;
+        }
+        self.old.remove_entry(rid)
+    }
+
+    pub(super) fn remove(&mut self, rid: &str) -> Option<HopEntry> {
+        self.remove_entry(rid).map(|(_, e)| e)
+    }
+
+    /// The exchange under `rid` taken out if it is complete; one lookup when it is.
+    pub(super) fn take_complete(&mut self, rid: &str) -> Taken {
+        if let Some((key, seq)) = self.young.remove_entry(rid) {
+            let complete = self
+                .slot(seq)
+                .and_then(|s| s.as_ref())
+                .map(HopEntry::complete);
+            return match complete {
+                Some(true) => match self.take_slot(seq) {
+                    Some(e) => Taken::Complete(key, e),
+                    None => Taken::Absent,
+                },
+                Some(false) => {
+                    let copy = key.clone();
+                    self.young.insert(key, seq);
+                    Taken::Waiting(copy)
+                }
+                None => Taken::Absent,
+            };
+        }
+        if self.old.is_empty() {
+            return Taken::Absent;
+        }
+        match self.old.get_key_value(rid) {
+            None => Taken::Absent,
+            Some((key, e)) if !e.complete() => Taken::Waiting(key.clone()),
+            Some(_) => match self.old.remove_entry(rid) {
+                Some((key, e)) => Taken::Complete(key, e),
+                None => Taken::Absent,
+            },
+        }
+    }
+
+    pub(super) fn get(&self, rid: &str) -> Option<&HopEntry> {
+        if let Some(seq) = self.young.get(rid) {
+            return self.slot(*seq).and_then(|s| s.as_ref());
+        }
+        self.old.get(rid)
+    }
+
+    pub(super) fn get_mut(&mut self, rid: &str) -> Option<&mut HopEntry> {
+        if let Some(seq) = self.young.get(rid).copied() {
+            let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+            return self.ring.get_mut(i).and_then(|(_, s)| s.as_mut());
+        }
+        self.old.get_mut(rid)
+    }
+
+    pub(super) fn contains_key(&self, rid: &str) -> bool {
+        self.young.contains_key(rid) || (!self.old.is_empty() && self.old.contains_key(rid))
+    }
+
+    /// Every waiting exchange: the young in arrival order, then the old.
+    pub(super) fn values(&self) -> impl Iterator<Item = &HopEntry> {
+        self.ring
+            .iter()
+            .filter_map(|(_, e)| e.as_ref())
+            .chain(self.old.values())
+    }
+
+    /// Takes every waiting exchange: the young in arrival order, then the old.
+    pub(super) fn take_all(&mut self) -> Vec<HopEntry> {
+        self.young.clear();
+        self.base += self.ring.len() as u64;
+        let mut all: Vec<HopEntry> = self.ring.drain(..).filter_map(|(_, e)| e).collect();
+        all.extend(self.old.drain().map(|(_, e)| e));
+        all
+    }
+
+    /// The ring slot of arrival number `seq`.
+    fn slot(&self, seq: u64) -> Option<&Option<HopEntry>> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.ring.get(i).map(|(_, s)| s)
+    }
+
+    /// Takes the exchange in slot `seq`, then drops the taken slots at the ring's front.
+    fn take_slot(&mut self, seq: u64) -> Option<HopEntry> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        let taken = self.ring.get_mut(i).and_then(|(_, s)| s.take());
+        debug_assert!(taken.is_some(), "a young id points at an empty slot");
+        while self.ring.front().is_some_and(|(_, s)| s.is_none()) {
+            self.ring.pop_front();
+            self.base += 1;
+        }
+        taken
+    }
+
+    /// Moves the exchanges that arrived more than `young_ns` before `now_ns` from the ring to
+    /// the map (and drops taken slots at the front).
+    fn settle(&mut self, now_ns: u64) {
+        let before = now_ns.saturating_sub(self.young_ns);
+        while let Some((at, _)) = self.ring.front() {
+            if *at >= before {
+                break;
+            }
+            let Some((_, slot)) = self.ring.pop_front() else {
+                break;
+            };
+            self.base += 1;
+            let Some(e) = slot else {
+                continue;
+            };
+            let key = e
+                .exchange
+                .request_id
+                .as_deref()
+                .and_then(|rid| self.young.remove_entry(rid))
+                .map(|(key, _)| key);
+            debug_assert!(key.is_some(), "a young exchange without its id in the map");
+            if let Some(key) = key {
+                self.old.insert(key, e);
+            }
+        }
+    }
+
+    /// Slots in the ring, taken ones included (tests: the ring stays short).
+    #[cfg(test)]
+    pub(super) fn ring_len(&self) -> usize {
+        self.ring.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hop::{ConnId, ExchangeOutcome, HttpExchange};
+
+    fn entry(rid: &str, seen_ns: u64, upgraded: bool) -> HopEntry {
+        HopEntry {
+            exchange: HttpExchange {
+                conn: ConnId {
+                    client: "127.0.0.1:40000".parse().expect("addr"),
+                    server: "127.0.0.1:18789".parse().expect("addr"),
+                    first_seen_ns: 0,
+                },
+                index: 0,
+                request_ts_ns: seen_ns,
+                method: "GET".into(),
+                path: "/".into(),
+                host: None,
+                origin: None,
+                request_id: Some(RequestId::new(rid)),
+                x_forwarded_for: None,
+                x_forwarded_proto: None,
+                upgrade_websocket: upgraded,
+                connection_upgrade: upgraded,
+                status: Some(if upgraded { 101 } else { 200 }),
+                ttfb_ns: None,
+                total_ns: None,
+                request_bytes: 0,
+                response_bytes: 0,
+                outcome: if upgraded {
+                    ExchangeOutcome::Upgraded
+                } else {
+                    ExchangeOutcome::Complete
+                },
+                error_code: None,
+            },
+            ws: None,
+            seen_ns,
+        }
+    }
+
+    /// What a waiting exchange is, for comparing with the model.
+    fn key(e: &HopEntry) -> (String, u64, bool) {
+        (
+            e.exchange.request_id.as_deref().unwrap_or("").to_owned(),
+            e.seen_ns,
+            e.complete(),
+        )
+    }
+
+    /// Random inserts, lookups, takes and session arrivals, with time moving on unevenly:
+    /// the ring-and-map gives what one plain map gives, every step.
+    #[test]
+    fn it_answers_as_one_map_would() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..20 {
+            let young = [1, 50, 1_000][round % 3];
+            let mut w = HopWaits::new(young);
+            let mut model: std::collections::HashMap<String, HopEntry> = Default::default();
+            let mut now = 0u64;
+            // Insert times within `young` of now: the ring holds no more slots than these.
+            let mut recent = VecDeque::new();
+            for _ in 0..4_000 {
+                s = crate::test_rng::step(s);
+                now += s % 7;
+                let rid = format!("r{}", (s >> 8) % 64);
+                match (s >> 20) % 6 {
+                    0 | 1 => {
+                        let upgraded = (s >> 30) % 5 == 0;
+                        let got = w.insert(RequestId::new(&rid), entry(&rid, now, upgraded));
+                        let want = model.insert(rid.clone(), entry(&rid, now, upgraded));
+                        assert_eq!(got.as_ref().map(key), want.as_ref().map(key));
+                        recent.push_back(now);
+                        while recent
+                            .front()
+                            .is_some_and(|t| *t < now.saturating_sub(young))
+                        {
+                            recent.pop_front();
+                        }
+                        assert!(
+                            w.ring_len() <= recent.len(),
+                            "young {young}: the ring holds old slots"
+                        );
+                    }
+                    2 => {
+                        let got = w.remove_entry(&rid);
+                        let want = model.remove(&rid);
+                        assert_eq!(
+                            got.as_ref().map(|(k, e)| (k.to_string(), key(e))),
+                            want.as_ref().map(|e| (rid.clone(), key(e)))
+                        );
+                    }
+                    3 => {
+                        let want = model.get(&rid).map(key);
+                        match w.take_complete(&rid) {
+                            Taken::Complete(k, e) => {
+                                assert_eq!(k.as_str(), rid);
+                                assert_eq!(Some(key(&e)), want);
+                                assert!(e.complete());
+                                model.remove(&rid);
+                            }
+                            Taken::Waiting(k) => {
+                                assert_eq!(k.as_str(), rid);
+                                assert_eq!(want.map(|k| k.2), Some(false));
+                            }
+                            Taken::Absent => assert_eq!(want, None),
+                        }
+                    }
+                    4 => {
+                        // What a session's arrival changes (the join sets `ws` and the time):
+                        // the change is seen from then on.
+                        for e in [w.get_mut(&rid), model.get_mut(&rid)].into_iter().flatten() {
+                            e.exchange.outcome = ExchangeOutcome::Complete;
+                            e.seen_ns = now;
+                        }
+                    }
+                    _ => {
+                        assert_eq!(w.get(&rid).map(key), model.get(&rid).map(key));
+                        assert_eq!(w.contains_key(&rid), model.contains_key(&rid));
+                    }
+                }
+                assert_eq!(w.len(), model.len());
+                let mut all: Vec<_> = w.values().map(key).collect();
+                let mut want: Vec<_> = model.values().map(key).collect();
+                all.sort();
+                want.sort();
+                assert_eq!(all, want);
+            }
+            let mut rest: Vec<_> = w.take_all().iter().map(key).collect();
+            let mut want: Vec<_> = model.values().map(key).collect();
+            rest.sort();
+            want.sort();
+            assert_eq!(rest, want);
+            assert!(w.is_empty());
+        }
+    }
+}
