@@ -457,7 +457,7 @@ impl Joiner {
                     .iter()
                     .filter(|(rid, (e, _))| {
                         matches!(e.status, 502 | 504)
-                            && !self.hops.contains_key(*rid)
+                            && !self.hops.contains_key(rid)
                             && self.refused_position(e).is_some()
                     })
                     .map(|(rid, _)| rid.clone())

@@ -22,6 +22,8 @@ use crate::hop::RequestId;
 pub const YOUNG_NS: u64 = 500_000_000;
 
 /// What [`HopWaits::take_complete`] found under a request id.
+// Returned and taken apart at once: boxing the exchange would cost an allocation a request.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Taken {
     /// The exchange, complete, taken out (with the map's key: no copy of the id).
     Complete(RequestId, HopEntry),
@@ -56,10 +58,6 @@ impl HopWaits {
 
     pub(super) fn len(&self) -> usize {
         self.young.len() + self.old.len()
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Keeps `entry` waiting under `rid` (arrived at its `seen_ns`); returns the exchange that
@@ -285,7 +283,7 @@ mod tests {
                 let rid = format!("r{}", (s >> 8) % 64);
                 match (s >> 20) % 6 {
                     0 | 1 => {
-                        let upgraded = (s >> 30) % 5 == 0;
+                        let upgraded = (s >> 30).is_multiple_of(5);
                         let got = w.insert(RequestId::new(&rid), entry(&rid, now, upgraded));
                         let want = model.insert(rid.clone(), entry(&rid, now, upgraded));
                         assert_eq!(got.as_ref().map(key), want.as_ref().map(key));
@@ -350,7 +348,7 @@ mod tests {
             rest.sort();
             want.sort();
             assert_eq!(rest, want);
-            assert!(w.is_empty());
+            assert_eq!(w.len(), 0);
         }
     }
 }
