@@ -86,9 +86,17 @@ impl OpenBatch {
             return;
         }
         let cols = &mut self.cols;
+        // The block's index goes in a frame after it (read before the block clears the
+        // columns): a merge then finds its columns without walking its strings, and a version
+        // that does not know the frame skips it like damage, keeping the rows.
+        let mut index = Vec::with_capacity(4 * cols.schema().count() + 8);
+        cols.write_index(&mut index);
         let mut rows = 0;
         put_frame(&mut self.buf, FRAME_BLOCK, |buf| {
             rows = cols.write_block(buf)
+        });
+        put_frame(&mut self.buf, FRAME_INDEX, |buf| {
+            buf.extend_from_slice(&index)
         });
         self.buf_rows += rows;
     }
@@ -168,8 +176,8 @@ fn file_name(seq: u64, table: usize, ext: &str) -> String {
 mod frames;
 mod shared;
 pub use frames::{
-    parse_frames, read_frames, read_frames_into, BufferPool, Frames, FRAME_BLOCK, FRAME_MARK,
-    KEPT_BUFFER_BYTES, MAGIC_V1,
+    parse_frames, read_frames, read_frames_into, BufferPool, Frames, FRAME_BLOCK, FRAME_INDEX,
+    FRAME_MARK, KEPT_BUFFER_BYTES, MAGIC_V1,
 };
 use shared::State;
 pub use shared::{BatchInfo, Shared, SpoolStats};

@@ -709,7 +709,7 @@ impl AnyRow {
 }
 
 mod native;
-pub use native::{block_rows, merge_blocks_into, Columns, HTTP_TABLE, REQUEST_TABLE};
+pub use native::{block_rows, merge_blocks_into, read_index, Columns, HTTP_TABLE, REQUEST_TABLE};
 
 /// The rows of one variant of [`AnyRow`] (a batch holds one table's rows; others are skipped).
 #[macro_export]

@@ -2,13 +2,16 @@
 //! counted (pure but for [`read_frames`]'s read of the file).
 //!
 //! A frame's payload starts with its kind: [`FRAME_BLOCK`], a Native block of the file's
-//! table (what is sent as it is), or [`FRAME_MARK`], a tail mark (postcard; never sent).
+//! table (what is sent), [`FRAME_INDEX`], the byte length of each column of the block before
+//! it (so the blocks are merged without walking their strings), or [`FRAME_MARK`], a tail mark
+//! (postcard; never sent). Versions before the index skip its frames as damage (counted) and
+//! keep every row.
 //! Files of the first format ([`MAGIC_V1`], written by older versions: one postcard row per
 //! frame) are still read, so an upgrade sends what the old version spooled.
 use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
 use super::{io, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
-use crate::store::rows::{block_rows, merge_blocks_into, AnyRow, Columns, TailMarkRow};
+use crate::store::rows::{block_rows, merge_blocks_into, read_index, AnyRow, Columns, TailMarkRow};
 
 /// The first spool format: every frame one postcard [`AnyRow`].
 pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
@@ -16,6 +19,9 @@ pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
 pub const FRAME_BLOCK: u8 = 1;
 /// A frame holding one tail mark.
 pub const FRAME_MARK: u8 = 2;
+/// A frame holding the index of the block frame just before it
+/// (`Columns::write_index`).
+pub const FRAME_INDEX: u8 = 3;
 
 /// A batch file as read back.
 #[derive(Debug, Default)]
@@ -23,6 +29,8 @@ pub struct Frames {
     pub run: String,
     /// Where the Native blocks are in the file's bytes, in order.
     pub blocks: Vec<Range<usize>>,
+    /// Each block's index (its columns' byte lengths), where the file has one.
+    pub indexes: Vec<Option<Vec<u64>>>,
     /// Rows of the table in the batch (tail marks are no rows).
     pub rows: u64,
     /// Tail marks, in order.
@@ -61,9 +69,10 @@ impl Frames {
         }
         if self.blocks.len() > 1 {
             let parts: Vec<&[u8]> = self.blocks.iter().map(|r| &data[r.clone()]).collect();
+            let sizes: Vec<Option<&[u64]>> = self.indexes.iter().map(Option::as_deref).collect();
             // The merged block is the blocks' columns behind one header.
             let mut one = pool.take(parts.iter().map(|p| p.len()).sum());
-            if merge_blocks_into(table, &parts, &mut one) {
+            if merge_blocks_into(table, &parts, &sizes, &mut one) {
                 pool.give(data);
                 return vec![one.into()];
             }
@@ -175,6 +184,7 @@ pub fn read_frames_into(
 /// One valid frame's content.
 enum Frame {
     Block { rows: u64, range: Range<usize> },
+    Index { rows: u64, sizes: Vec<u64> },
     Mark(TailMarkRow),
     Row(Box<AnyRow>),
 }
@@ -200,12 +210,26 @@ pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
     };
     let mut at = HEADER;
     let mut valid = HEADER;
+    // The rows of the block frame just read (an index frame must follow its block at once).
+    let mut last_block = None;
     while data.len() - at >= FRAME_HEADER {
         if let Some((frame, next)) = frame_at(data, at, table, v1) {
+            let block_before = last_block.take();
             match frame {
                 Frame::Block { rows, range } => {
                     f.rows += rows;
                     f.blocks.push(range);
+                    f.indexes.push(None);
+                    last_block = Some(rows);
+                }
+                Frame::Index { rows, sizes } => {
+                    // Another block's index (the one before was damaged) is not used: the
+                    // block is then merged by walking its values.
+                    if block_before == Some(rows) {
+                        if let Some(slot) = f.indexes.last_mut() {
+                            *slot = Some(sizes);
+                        }
+                    }
                 }
                 Frame::Mark(m) => f.marks.push(m),
                 Frame::Row(r) => match *r {
@@ -263,6 +287,10 @@ fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, us
                 range: start + 1..end,
             },
             FRAME_MARK => Frame::Mark(postcard::from_bytes(&payload[1..]).ok()?),
+            FRAME_INDEX => {
+                let (rows, sizes) = read_index(&payload[1..])?;
+                Frame::Index { rows, sizes }
+            }
             _ => return None,
         }
     };

@@ -68,6 +68,30 @@ fn keys(path: &Path) -> Vec<String> {
     keys
 }
 
+/// Which blocks of a batch file have their index.
+fn f_indexes(data: &[u8]) -> Vec<bool> {
+    let f = parse_frames(data, EDGE_TABLE).expect("frames");
+    f.indexes.iter().map(Option::is_some).collect()
+}
+
+/// The batch file with every index frame's kind changed to one no version knows (its CRC
+/// made good again): what a version before index frames reads.
+fn with_index_frames_unknown(data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut at = HEADER;
+    while at + FRAME_HEADER <= out.len() {
+        let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+        let payload = at + FRAME_HEADER..at + FRAME_HEADER + len;
+        if out[payload.start] == FRAME_INDEX {
+            out[payload.start] = 0x7f;
+            let crc = crc32fast::hash(&out[payload.clone()]);
+            out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        }
+        at = payload.end;
+    }
+    out
+}
+
 fn limits() -> SpoolLimits {
     SpoolLimits {
         batch_rows: 10,
@@ -289,9 +313,9 @@ fn a_corrupt_frame_in_the_middle_is_skipped_to_the_next_and_counted() {
     let b = s.shared().next_batch().expect("a sealed batch of 10");
     drop(s);
     let mut data = fs::read(&b.path).expect("read");
-    // A bit flip inside the fifth frame's payload.
+    // A bit flip inside the fifth block frame's payload (each block is followed by its index).
     let mut at = HEADER;
-    for _ in 0..4 {
+    for _ in 0..8 {
         let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]);
         at += FRAME_HEADER + len as usize;
     }
@@ -463,6 +487,17 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
     }
     cols.write_block(&mut want);
     assert_eq!(body.len(), 1);
+    assert_eq!(&body[0][..], &want[..]);
+    // Each block has its index, which the merge above went by.
+    assert_eq!(f_indexes(&data), [true, true, true]);
+    // A version that does not know index frames (here: their kind made unknown) skips them
+    // like damage and keeps every row; merged by walking the values, the same block.
+    let old = with_index_frames_unknown(&data);
+    let f = parse_frames(&old, EDGE_TABLE).expect("frames");
+    assert_eq!((f.rows, f.blocks.len(), f.marks.len()), (4, 3, 1));
+    assert!(f.corrupt_regions + u64::from(f.cut > 0) >= 3, "{f:?}");
+    assert_eq!(f.indexes, [None, None, None]);
+    let body = f.into_body_pooled(EDGE_TABLE, old.clone(), &BufferPool::default());
     assert_eq!(&body[0][..], &want[..]);
     // The mark is found again by a new run.
     drop(s);

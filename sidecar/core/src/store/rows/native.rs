@@ -54,6 +54,7 @@ impl ColumnBuf {
         self.data.clear();
     }
 
+    /// The bytes of its values (its section of a block, after its name and type).
     fn bytes(&self) -> usize {
         self.offsets.len() + self.nulls.len() + self.data.len()
     }
@@ -348,6 +349,17 @@ impl Columns {
         rows
     }
 
+    /// The index of the block [`Self::write_block`] would write now: its rows, then the
+    /// byte length of each column's values, as varuints. With it a merge finds the columns of
+    /// a block without walking its strings (see [`merge_blocks_into`]).
+    pub fn write_index(&self, out: &mut Vec<u8>) {
+        put_varuint(out, self.rows);
+        put_varuint(out, self.cols.len() as u64);
+        for c in &self.cols {
+            put_varuint(out, c.bytes() as u64);
+        }
+    }
+
     /// The column names and types, in order.
     pub fn schema(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
         self.cols.iter().map(|c| (c.name, c.ty))
@@ -471,14 +483,60 @@ fn locate_values(data: &[u8], at: usize, n: u64, elem: Elem) -> Option<(&[u8], &
     }
 }
 
-/// Parses one block of the columns `want` (names and types, in order): each column located.
+/// Splits a column's values (`section`, its byte length from the block's index) of `rows`
+/// rows into their parts, checking every length the layout fixes (a string column's is the
+/// index's word: a spool frame this version wrote, under a CRC).
+fn split_section(section: &[u8], rows: u64, layout: Layout) -> Option<Located<'_>> {
+    /// `n` values of `elem`: their null map and data.
+    fn sized(data: &[u8], n: u64, elem: Elem) -> Option<(&[u8], &[u8])> {
+        let n = usize::try_from(n).ok()?;
+        match elem {
+            Elem::Str => Some((&[], data)),
+            Elem::Fixed(w) => (data.len() == n.checked_mul(w)?).then_some((&[], data)),
+            Elem::Nullable(w) => {
+                (data.len() == n.checked_mul(w)?.checked_add(n)?).then(|| data.split_at(n))
+            }
+        }
+    }
+    match layout {
+        Layout::Plain(elem) => {
+            let (nulls, data) = sized(section, rows, elem)?;
+            Some(Located {
+                offsets: &[],
+                elements: 0,
+                nulls,
+                data,
+            })
+        }
+        Layout::Array(elem) => {
+            let n = usize::try_from(rows).ok()?.checked_mul(8)?;
+            let offsets = section.get(..n)?;
+            let elements = match offsets.len() {
+                0 => 0,
+                n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
+            };
+            let (nulls, data) = sized(&section[n..], elements, elem)?;
+            Some(Located {
+                offsets,
+                elements,
+                nulls,
+                data,
+            })
+        }
+    }
+}
+
+/// Parses one block of the columns `want` (names and types, in order): each column located,
+/// by the block's index (`sizes`: each column's bytes) when it has one, else by walking the
+/// values.
 fn locate_block<'a>(
     block: &'a [u8],
     want: &[(&'static str, &'static str, Layout)],
+    sizes: Option<&[u64]>,
 ) -> Option<(u64, Vec<Located<'a>>)> {
     let (cols, at) = varuint_at(block, 0)?;
     let (rows, mut at) = varuint_at(block, at)?;
-    if cols != want.len() as u64 {
+    if cols != want.len() as u64 || sizes.is_some_and(|s| s.len() != want.len()) {
         return None;
     }
     let mut out = Vec::with_capacity(want.len());
@@ -490,6 +548,12 @@ fn locate_block<'a>(
                 return None;
             }
             at = end;
+        }
+        if let Some(sizes) = sizes {
+            let end = at.checked_add(usize::try_from(sizes[out.len()]).ok()?)?;
+            out.push(split_section(block.get(at..end)?, rows, *layout)?);
+            at = end;
+            continue;
         }
         let located = match *layout {
             Layout::Array(elem) => {
@@ -524,21 +588,49 @@ fn locate_block<'a>(
     (at == block.len()).then_some((rows, out))
 }
 
+/// A block's index as [`Columns::write_index`] wrote it: its rows and each column's bytes.
+pub fn read_index(data: &[u8]) -> Option<(u64, Vec<u64>)> {
+    let (rows, at) = varuint_at(data, 0)?;
+    let (n, mut at) = varuint_at(data, at)?;
+    // A column's byte count takes at least a byte.
+    if n > data.len() as u64 {
+        return None;
+    }
+    let mut sizes = Vec::with_capacity(usize::try_from(n).ok()?);
+    for _ in 0..n {
+        let (size, next) = varuint_at(data, at)?;
+        sizes.push(size);
+        at = next;
+    }
+    (at == data.len()).then_some((rows, sizes))
+}
+
 /// Several Native blocks of table `table` (as [`Columns::write_block`] wrote them) as one
 /// block holding all their rows, in order, written into `out` (cleared first; its capacity
 /// reused): what the server ingests best (a block per pipeline turn made it convert and squash
 /// dozens of small blocks per insert). False, with `out` left empty, if a block is not one of
-/// this table's (the caller then sends them as they are).
-pub fn merge_blocks_into(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> bool {
+/// this table's (the caller then sends them as they are). `sizes`: each block's index
+/// ([`read_index`]) where it has one (none past its end).
+pub fn merge_blocks_into(
+    table: usize,
+    blocks: &[&[u8]],
+    sizes: &[Option<&[u64]>],
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
-    let merged = merge(table, blocks, out).is_some();
+    let merged = merge(table, blocks, sizes, out).is_some();
     if !merged {
         out.clear();
     }
     merged
 }
 
-fn merge(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
+fn merge(
+    table: usize,
+    blocks: &[&[u8]],
+    sizes: &[Option<&[u64]>],
+    out: &mut Vec<u8>,
+) -> Option<()> {
     let want: Vec<(&'static str, &'static str, Layout)> = Columns::new(table)
         .schema()
         .map(|(n, t)| Some((n, t, layout_of(t)?)))
@@ -546,8 +638,8 @@ fn merge(table: usize, blocks: &[&[u8]], out: &mut Vec<u8>) -> Option<()> {
     let mut parsed = Vec::with_capacity(blocks.len());
     let mut rows = 0u64;
     let mut size = 0;
-    for b in blocks {
-        let (r, cols) = locate_block(b, &want)?;
+    for (i, b) in blocks.iter().enumerate() {
+        let (r, cols) = locate_block(b, &want, sizes.get(i).copied().flatten())?;
         rows += r;
         size += b.len();
         parsed.push(cols);

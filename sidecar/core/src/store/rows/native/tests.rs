@@ -1,8 +1,12 @@
 use super::*;
 
 fn merge_blocks(table: usize, blocks: &[&[u8]]) -> Option<Vec<u8>> {
+    merge_indexed(table, blocks, &[])
+}
+
+fn merge_indexed(table: usize, blocks: &[&[u8]], sizes: &[Option<&[u64]>]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    merge_blocks_into(table, blocks, &mut out).then_some(out)
+    merge_blocks_into(table, blocks, sizes, &mut out).then_some(out)
 }
 
 fn column_bytes<T: NativeValue>(name: &'static str, values: &[T]) -> Vec<u8> {
@@ -122,14 +126,18 @@ fn blocks_merged_are_one_block_of_all_their_rows() {
     };
     let rows: Vec<AnyRow> = (0..10).map(ws).collect();
     let mut blocks = Vec::new();
+    let mut indexes = Vec::new();
     for chunk in rows.chunks(4) {
         let mut cols = Columns::new(4);
         for r in chunk {
             cols.push(r);
         }
+        let mut index = Vec::new();
+        cols.write_index(&mut index);
         let mut b = Vec::new();
         cols.write_block(&mut b);
         blocks.push(b);
+        indexes.push(read_index(&index).expect("an index reads back"));
     }
     let mut all = Columns::new(4);
     for r in &rows {
@@ -139,6 +147,33 @@ fn blocks_merged_are_one_block_of_all_their_rows() {
     all.write_block(&mut want);
     let refs: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
     assert_eq!(merge_blocks(4, &refs), Some(want.clone()));
+    // By the blocks' indexes (all, or some), the same block.
+    assert_eq!(indexes[0].0, 4, "the index's rows");
+    let sizes: Vec<Option<&[u64]>> = indexes.iter().map(|(_, s)| Some(s.as_slice())).collect();
+    assert_eq!(merge_indexed(4, &refs, &sizes), Some(want.clone()));
+    let some = [None, sizes[1], None];
+    assert_eq!(merge_indexed(4, &refs, &some), Some(want.clone()));
+    // An index that is not the block's: a byte moved from one column to the next, or any
+    // column one byte longer, is refused, not misread.
+    for c in 0..indexes[1].1.len() {
+        let mut moved = indexes[1].1.clone();
+        moved[c] += 1;
+        let longer = moved.clone();
+        let bad = [sizes[0], Some(longer.as_slice()), sizes[2]];
+        assert_eq!(merge_indexed(4, &refs, &bad), None, "column {c} one longer");
+        if c + 1 < moved.len() && moved[c + 1] > 0 {
+            moved[c + 1] -= 1;
+            let bad = [sizes[0], Some(moved.as_slice()), sizes[2]];
+            assert_eq!(
+                merge_indexed(4, &refs, &bad),
+                None,
+                "a byte moved past column {c}"
+            );
+        }
+    }
+    // An index of another block (another row count) is refused too.
+    let other = [Some(indexes[2].1.as_slice()), None, None];
+    assert_eq!(merge_indexed(4, &refs, &other), None);
     // One block merges into itself; a block of another table, or cut short, does not.
     assert_eq!(merge_blocks(4, &[&want]), Some(want.clone()));
     assert_eq!(merge_blocks(3, &refs), None);
