@@ -253,6 +253,8 @@ pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
                 f.corrupt_regions += 1;
                 f.corrupt_bytes += (p - at) as u64;
                 at = p;
+                // An index after damage may be of a block lost in it.
+                last_block = None;
             }
             None => break,
         }
