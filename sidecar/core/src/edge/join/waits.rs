@@ -24,11 +24,16 @@ use crate::hop::RequestId;
 /// the ring holds little more than what waits.
 pub const YOUNG_NS: u64 = 500_000_000;
 
+/// Slots the ring holds at most (~600 bytes each, taken ones included: one exchange whose line
+/// never comes keeps the slots behind it until it moves). Beyond, the oldest move to the map
+/// early: at ~65,000 requests a second and more, the ring is this and no longer `YOUNG_NS`.
+pub const MAX_RING: usize = 32_768;
+
 /// What [`HopWaits::take_complete`] found under a request id.
 // Returned and taken apart at once: boxing the exchange would cost an allocation a request.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Taken {
-    /// The exchange, complete, taken out (with the map's key: no copy of the id).
+    /// The exchange, complete, taken out (with the id it was kept under: no copy).
     Complete(RequestId, HopEntry),
     /// An upgrade still waiting for its session: left where it is (the id, copied).
     Waiting(RequestId),
@@ -49,6 +54,7 @@ pub(super) struct HopWaits {
     /// Exchanges that waited longer than `young_ns`, and those whose id's hash was taken.
     old: HashMap<RequestId, HopEntry>,
     young_ns: u64,
+    max_ring: usize,
     hash: fn(&str) -> u64,
 }
 
@@ -67,16 +73,17 @@ fn slot_id(ring: &Ring, base: u64, seq: u64) -> Option<&str> {
 
 impl HopWaits {
     pub(super) fn new(young_ns: u64) -> Self {
-        Self::with_hash(young_ns, id_hash)
+        Self::with_hash(young_ns, MAX_RING, id_hash)
     }
 
-    fn with_hash(young_ns: u64, hash: fn(&str) -> u64) -> Self {
+    fn with_hash(young_ns: u64, max_ring: usize, hash: fn(&str) -> u64) -> Self {
         Self {
             ring: VecDeque::new(),
             base: 0,
             young: HashMap::default(),
             old: HashMap::default(),
             young_ns,
+            max_ring,
             hash,
         }
     }
@@ -232,11 +239,11 @@ impl HopWaits {
     }
 
     /// Moves the exchanges that arrived more than `young_ns` before `now_ns` from the ring to
-    /// the map (and drops taken slots at the front).
+    /// the map, and the oldest while the ring is full (and drops taken slots at the front).
     fn settle(&mut self, now_ns: u64) {
         let before = now_ns.saturating_sub(self.young_ns);
         while let Some((at, _)) = self.ring.front() {
-            if *at >= before {
+            if *at >= before && self.ring.len() < self.max_ring {
                 break;
             }
             let seq = self.base;
@@ -324,11 +331,13 @@ mod tests {
         let mut s = 0x9e37_79b9_7f4a_7c15u64;
         for round in 0..24 {
             let young = [1, 50, 1_000][round % 3];
-            // Every other round, a hash that 64 ids share 3 ways: young ids collide.
+            // Every other round, a hash that 64 ids share 3 ways: young ids collide. Every
+            // fourth, a ring of 8 slots.
+            let max_ring = if round % 4 == 3 { 8 } else { MAX_RING };
             let mut w = if round % 2 == 0 {
                 HopWaits::new(young)
             } else {
-                HopWaits::with_hash(young, |id| id.len() as u64 % 3)
+                HopWaits::with_hash(young, max_ring, |id| id.len() as u64 % 3)
             };
             let mut model: std::collections::HashMap<String, HopEntry> = Default::default();
             let mut now = 0u64;
@@ -355,6 +364,7 @@ mod tests {
                             w.ring_len() <= recent.len(),
                             "young {young}: the ring holds old slots"
                         );
+                        assert!(w.ring_len() <= max_ring, "the ring over its bound");
                     }
                     2 => {
                         let got = w.remove_entry(&rid);
