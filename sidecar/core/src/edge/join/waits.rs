@@ -1,7 +1,7 @@
 //! The hop exchanges waiting for their access-log line, by request id.
 //!
 //! An exchange waits about one log poll (a quarter second) for its line, and lines come in
-//! about the order the exchanges did. Kept by value in a hash map, each ~500-byte exchange was
+//! about the order the exchanges did. Kept by value in a hash map, each ~400-byte exchange was
 //! written to a random place that had gone cold, and read back from it a quarter second later:
 //! the join's largest cost with a log followed (a tenth of the sidecar's time in a profile).
 //! Here the young ones lie in a ring in arrival order, written and read back in sequence, and
@@ -24,7 +24,7 @@ use crate::hop::RequestId;
 /// the ring holds little more than what waits.
 pub const YOUNG_NS: u64 = 500_000_000;
 
-/// Slots the ring holds at most (~600 bytes each, taken ones included: one exchange whose line
+/// Slots the ring holds at most (432 bytes each, taken ones included: one exchange whose line
 /// never comes keeps the slots behind it until it moves). Beyond, the oldest move to the map
 /// early: at ~65,000 requests a second and more, the ring is this and no longer `YOUNG_NS`.
 pub const MAX_RING: usize = 32_768;
