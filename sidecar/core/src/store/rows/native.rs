@@ -441,7 +441,7 @@ fn layout_of(ty: &str) -> Option<Layout> {
 fn strings_end(data: &[u8], mut at: usize, n: u64) -> Option<usize> {
     for _ in 0..n {
         // Most strings are shorter than 128 bytes: a one-byte length, read here without the
-        // general varuint loop (the sender walks every string of every block it merges).
+        // general varuint loop (the sender walks every string of a block it merges without an index).
         at = match data.get(at) {
             Some(&len) if len < 0x80 => at + 1 + usize::from(len),
             _ => {
@@ -463,29 +463,36 @@ struct Located<'a> {
     data: &'a [u8],
 }
 
-/// Locates `n` values of `elem` layout at `at`; where they end.
-fn locate_values(data: &[u8], at: usize, n: u64, elem: Elem) -> Option<(&[u8], &[u8], usize)> {
+/// Where `n` values of `elem` layout from `at` end (strings walked).
+fn values_end(data: &[u8], at: usize, n: u64, elem: Elem) -> Option<usize> {
     let n_us = usize::try_from(n).ok()?;
-    match elem {
-        Elem::Fixed(w) => {
-            let end = at.checked_add(n_us.checked_mul(w)?)?;
-            Some((&[], data.get(at..end)?, end))
-        }
-        Elem::Str => {
-            let end = strings_end(data, at, n)?;
-            Some((&[], data.get(at..end)?, end))
-        }
-        Elem::Nullable(w) => {
-            let mid = at.checked_add(n_us)?;
-            let end = mid.checked_add(n_us.checked_mul(w)?)?;
-            Some((data.get(at..mid)?, data.get(mid..end)?, end))
+    let end = match elem {
+        Elem::Fixed(w) => at.checked_add(n_us.checked_mul(w)?)?,
+        Elem::Str => strings_end(data, at, n)?,
+        Elem::Nullable(w) => at.checked_add(n_us.checked_mul(w)?.checked_add(n_us)?)?,
+    };
+    (end <= data.len()).then_some(end)
+}
+
+/// Where a column's values from `at` end, found by walking them (a block without an index).
+fn section_end(block: &[u8], at: usize, rows: u64, layout: Layout) -> Option<usize> {
+    match layout {
+        Layout::Plain(elem) => values_end(block, at, rows, elem),
+        Layout::Array(elem) => {
+            let end = at.checked_add(usize::try_from(rows).ok()?.checked_mul(8)?)?;
+            let offsets = block.get(at..end)?;
+            let elements = match offsets.len() {
+                0 => 0,
+                n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
+            };
+            values_end(block, end, elements, elem)
         }
     }
 }
 
-/// Splits a column's values (`section`, its byte length from the block's index) of `rows`
-/// rows into their parts, checking every length the layout fixes (a string column's is the
-/// index's word: a spool frame this version wrote, under a CRC).
+/// Splits a column's values (`section`: found by the block's index or by walking them) of
+/// `rows` rows into their parts, checking every length the layout fixes (a string column's
+/// is the index's word: a spool frame this version wrote, under a CRC).
 fn split_section(section: &[u8], rows: u64, layout: Layout) -> Option<Located<'_>> {
     /// `n` values of `elem`: their null map and data.
     fn sized(data: &[u8], n: u64, elem: Elem) -> Option<(&[u8], &[u8])> {
@@ -549,41 +556,12 @@ fn locate_block<'a>(
             }
             at = end;
         }
-        if let Some(sizes) = sizes {
-            let end = at.checked_add(usize::try_from(sizes[out.len()]).ok()?)?;
-            out.push(split_section(block.get(at..end)?, rows, *layout)?);
-            at = end;
-            continue;
-        }
-        let located = match *layout {
-            Layout::Array(elem) => {
-                let end = at.checked_add(usize::try_from(rows).ok()?.checked_mul(8)?)?;
-                let offsets = block.get(at..end)?;
-                let elements = match offsets.len() {
-                    0 => 0,
-                    n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
-                };
-                let (nulls, data, next) = locate_values(block, end, elements, elem)?;
-                at = next;
-                Located {
-                    offsets,
-                    elements,
-                    nulls,
-                    data,
-                }
-            }
-            Layout::Plain(elem) => {
-                let (nulls, data, next) = locate_values(block, at, rows, elem)?;
-                at = next;
-                Located {
-                    offsets: &[],
-                    elements: 0,
-                    nulls,
-                    data,
-                }
-            }
+        let end = match sizes {
+            Some(sizes) => at.checked_add(usize::try_from(sizes[out.len()]).ok()?)?,
+            None => section_end(block, at, rows, *layout)?,
         };
-        out.push(located);
+        out.push(split_section(block.get(at..end)?, rows, *layout)?);
+        at = end;
     }
     (at == block.len()).then_some((rows, out))
 }
