@@ -524,6 +524,16 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     let churn = connection_churn(upstream, &deployed, spool.path());
     let joined = log_joined(
         |spool| format!("{base}{}", store_section(spool)),
+        true,
+        &nginx.access_log_path(),
+        nginx.port,
+        ch_pid,
+    );
+    // The same load with the store off: what following the log (reading, parsing, the join)
+    // costs beside the hop, so the log-joined figure splits into that and the store's rows.
+    let joined_no_store = log_joined(
+        |_| format!("{base}[store]\nenabled = false\n"),
+        false,
         &nginx.access_log_path(),
         nginx.port,
         ch_pid,
@@ -640,6 +650,13 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
          (median of 3); ClickHouse server: {:.2} us; sidecar RSS after the run: {:.1} MiB",
         joined.sidecar_us, joined.clickhouse_us, joined.rss_mib
     );
+    println!(
+        "sidecar CPU per proxied request, the same with the store off (the hop, the log's \
+         reading and parsing, the join): {:.2} us (median of 3); so the store's three rows a \
+         request (columns, spool, read back, merge, insert) cost {:.2} us of it",
+        joined_no_store.sidecar_us,
+        joined.sidecar_us - joined_no_store.sidecar_us
+    );
     let control = median(control_ratios.clone());
     let control_share = median(control_cpu.clone());
     println!(
@@ -662,8 +679,13 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         "summary: live sidecar_us_per_request={us:.2} clickhouse_us_per_request={store_us:.2} \
          throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2} \
          churn_us={:.2} log_joined_us={:.2} log_joined_clickhouse_us={:.2} \
-         clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
-        breakdown[0].1, breakdown[1].1, churn.0, joined.sidecar_us, joined.clickhouse_us
+         log_joined_no_store_us={:.2} clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
+        breakdown[0].1,
+        breakdown[1].1,
+        churn.0,
+        joined.sidecar_us,
+        joined.clickhouse_us,
+        joined_no_store.sidecar_us
     );
     drop(nginx);
 }
@@ -733,7 +755,16 @@ struct LogJoined {
 /// parse and join and two rows (`edge_logs` and the joined `requests`), each with its
 /// `request_index` row in ClickHouse. Medians of three runs, each with a fresh spool and log
 /// state (so no run starts behind on lines of the runs before it).
-fn log_joined(deployed: impl Fn(&Path) -> String, log: &Path, port: u16, ch_pid: u32) -> LogJoined {
+/// `deployed`: the configuration before `[edge]`, given a spool directory. `store`: whether
+/// it has one; without, the run ends a second after the load (the log is read every 250 ms, so
+/// its last lines are in by then) instead of when the rows were sent.
+fn log_joined(
+    deployed: impl Fn(&Path) -> String,
+    store: bool,
+    log: &Path,
+    port: u16,
+    ch_pid: u32,
+) -> LogJoined {
     let mut runs = Vec::new();
     for _ in 0..3 {
         let spool = tempfile::tempdir().unwrap();
@@ -746,14 +777,18 @@ fn log_joined(deployed: impl Fn(&Path) -> String, log: &Path, port: u16, ch_pid:
         );
         let sidecar = Sidecar::start_quiet(&config);
         sidecar.lines.discard_from_now();
-        warm_up(&sidecar, port, Some(spool.path()));
+        let spool = store.then_some(spool.path());
+        warm_up(&sidecar, port, spool);
         let joined0 = metric_sum(
             &sidecar.metrics(),
             "edgewatch_records_total{kind=\"request\"}",
         );
         let (s0, c0) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let rps = wrk_rps(port);
-        wait_rows_sent(&sidecar, spool.path());
+        match spool {
+            Some(spool) => wait_rows_sent(&sidecar, spool),
+            None => std::thread::sleep(std::time::Duration::from_secs(1)),
+        }
         let (s1, c1) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let requests = rps * f64::from(WRK_SECONDS);
         let joined = metric_sum(
