@@ -47,8 +47,13 @@ pub const LOCK_FILE: &str = "spool.lock";
 /// A frame larger than this is corruption, not a block.
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 /// Rows gathered in columns are framed and written once they take this many bytes (a block
-/// stays far below [`MAX_FRAME`]).
-const WRITE_AT: usize = 1 << 20;
+/// stays far below [`MAX_FRAME`]). Small enough that a table's columns, and the frame made of
+/// them, stay in a core's cache while a turn fills them: a logged request appends to some 60
+/// columns of three tables, and with 1 MiB each they were written to memory and read back
+/// (alternated runs at ~55,000 logged requests a second: 2.40-2.74 us a request against
+/// 2.56-3.52 us with 1 MiB, lower in 6 of 7 pairs). A block's header (its columns' names and
+/// types, under 1 KiB) and index frame are then under 1% of it.
+const WRITE_AT: usize = 128 << 10;
 /// The byte bounds ([`WRITE_AT`], `batch_bytes`) are checked every this many rows of a batch,
 /// so a batch or a block passes them by 31 rows at most (2 MiB with 64 KiB heads, the longest
 /// the tracker keeps: a block stays far below [`MAX_FRAME`]).
