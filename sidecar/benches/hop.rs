@@ -433,6 +433,30 @@ fn wait_rows_sent(sidecar: &Sidecar, spool: &Path) {
     panic!("the sidecar's rows were not all sent within 60 s");
 }
 
+/// Waits until the sidecar's checkpoint of `log` (in its `edge.state_dir`, `state`) is at the
+/// log's end: every line written so far was read and joined. The checkpoint is a file, read
+/// from outside, so the wait costs the sidecar nothing (a metrics scrape would).
+fn wait_log_read(state: &Path, log: &Path) {
+    let end = std::fs::metadata(log).unwrap().len();
+    let name = log.to_string_lossy().replace('/', "_");
+    let checkpoint = state.join(format!("{name}.checkpoint"));
+    let offset = || -> Option<u64> {
+        let text = std::fs::read_to_string(&checkpoint).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["offset"].as_u64()
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if offset().is_some_and(|o| o >= end) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "the sidecar did not read {} to its end within 60 s",
+        log.display()
+    );
+}
+
 /// Puts [`WARM_UP_SECONDS`] of load through a fresh sidecar and, with a store (its spool
 /// directory), waits until its rows are sent: what is counted after it is steady state.
 fn warm_up(sidecar: &Sidecar, port: u16, spool: Option<&Path>) {
@@ -756,8 +780,8 @@ struct LogJoined {
 /// `request_index` row in ClickHouse. Medians of three runs, each with a fresh spool and log
 /// state (so no run starts behind on lines of the runs before it).
 /// `deployed`: the configuration before `[edge]`, given a spool directory. `store`: whether
-/// it has one; without, the run ends a second after the load (the log is read every 250 ms, so
-/// its last lines are in by then) instead of when the rows were sent.
+/// it has one; without, the run ends when the log's lines were all read (its checkpoint at the
+/// log's end) instead of when the rows were sent.
 fn log_joined(
     deployed: impl Fn(&Path) -> String,
     store: bool,
@@ -787,7 +811,7 @@ fn log_joined(
         let rps = wrk_rps(port);
         match spool {
             Some(spool) => wait_rows_sent(&sidecar, spool),
-            None => std::thread::sleep(std::time::Duration::from_secs(1)),
+            None => wait_log_read(state.path(), log),
         }
         let (s1, c1) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let requests = rps * f64::from(WRK_SECONDS);

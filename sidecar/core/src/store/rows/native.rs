@@ -474,18 +474,23 @@ fn values_end(data: &[u8], at: usize, n: u64, elem: Elem) -> Option<usize> {
     (end <= data.len()).then_some(end)
 }
 
+/// An array column's elements in all: its last row's end offset (0 for no rows).
+fn last_offset(offsets: &[u8]) -> Option<u64> {
+    match offsets.len() {
+        0 => Some(0),
+        n => Some(u64::from_le_bytes(
+            offsets.get(n.checked_sub(8)?..)?.try_into().ok()?,
+        )),
+    }
+}
+
 /// Where a column's values from `at` end, found by walking them (a block without an index).
 fn section_end(block: &[u8], at: usize, rows: u64, layout: Layout) -> Option<usize> {
     match layout {
         Layout::Plain(elem) => values_end(block, at, rows, elem),
         Layout::Array(elem) => {
             let end = at.checked_add(usize::try_from(rows).ok()?.checked_mul(8)?)?;
-            let offsets = block.get(at..end)?;
-            let elements = match offsets.len() {
-                0 => 0,
-                n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
-            };
-            values_end(block, end, elements, elem)
+            values_end(block, end, last_offset(block.get(at..end)?)?, elem)
         }
     }
 }
@@ -518,10 +523,7 @@ fn split_section(section: &[u8], rows: u64, layout: Layout) -> Option<Located<'_
         Layout::Array(elem) => {
             let n = usize::try_from(rows).ok()?.checked_mul(8)?;
             let offsets = section.get(..n)?;
-            let elements = match offsets.len() {
-                0 => 0,
-                n => u64::from_le_bytes(offsets[n - 8..].try_into().ok()?),
-            };
+            let elements = last_offset(offsets)?;
             let (nulls, data) = sized(&section[n..], elements, elem)?;
             Some(Located {
                 offsets,
