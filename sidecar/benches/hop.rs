@@ -671,15 +671,21 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!(
         "sidecar CPU per proxied request, as deployed with nginx's access log joined (the \
          README's log format; two more rows a request, edge_logs and requests): {:.2} us \
-         (median of 3); ClickHouse server: {:.2} us; sidecar RSS after the run: {:.1} MiB",
-        joined.sidecar_us, joined.clickhouse_us, joined.rss_mib
+         (median of 3; {:.2} us of it the sidecar's CPU at rest over the {:.1} s until the rows \
+         were sent); ClickHouse server: {:.2} us; sidecar RSS after the run: {:.1} MiB",
+        joined.sidecar_us, joined.at_rest_us, joined.waited_s, joined.clickhouse_us, joined.rss_mib
     );
     println!(
         "sidecar CPU per proxied request, the same with the store off (the hop, the log's \
-         reading and parsing, the join): {:.2} us (median of 3); so the store's three rows a \
-         request (columns, spool, read back, merge, insert) cost {:.2} us of it",
+         reading and parsing, the join): {:.2} us (median of 3; {:.2} us of it at rest over the \
+         {:.1} s until the log was read); so the store's three rows a request (columns, spool, \
+         read back, merge, insert) cost {:.2} us of it, {:.2} us without the CPU at rest",
         joined_no_store.sidecar_us,
-        joined.sidecar_us - joined_no_store.sidecar_us
+        joined_no_store.at_rest_us,
+        joined_no_store.waited_s,
+        joined.sidecar_us - joined_no_store.sidecar_us,
+        (joined.sidecar_us - joined.at_rest_us)
+            - (joined_no_store.sidecar_us - joined_no_store.at_rest_us)
     );
     let control = median(control_ratios.clone());
     let control_share = median(control_cpu.clone());
@@ -703,13 +709,16 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         "summary: live sidecar_us_per_request={us:.2} clickhouse_us_per_request={store_us:.2} \
          throughput_pct={pair_median:.1} control_pct={control:.1} no_store_us={:.2} records_json_us={:.2} \
          churn_us={:.2} log_joined_us={:.2} log_joined_clickhouse_us={:.2} \
-         log_joined_no_store_us={:.2} clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
+         log_joined_no_store_us={:.2} log_joined_at_rest_us={:.2} \
+         log_joined_no_store_at_rest_us={:.2} clickhouse_idle_ms_per_s={ch_idle_ms:.1}",
         breakdown[0].1,
         breakdown[1].1,
         churn.0,
         joined.sidecar_us,
         joined.clickhouse_us,
-        joined_no_store.sidecar_us
+        joined_no_store.sidecar_us,
+        joined.at_rest_us,
+        joined_no_store.at_rest_us
     );
     drop(nginx);
 }
@@ -766,12 +775,20 @@ fn connection_churn(upstream: std::net::SocketAddr, deployed: &str, spool: &Path
 }
 
 /// What one run with nginx's access log joined cost: sidecar and ClickHouse CPU per request
-/// (us), and the sidecar's RSS after it (MiB).
+/// (us), and the sidecar's RSS after it (MiB). `at_rest_us`: the part of `sidecar_us` that the
+/// sidecar spends at rest anyway (its timers and polls, measured for [`AT_REST_SECONDS`] once
+/// the run is over) during the wait after the load (`waited_s`, until the rows were sent or
+/// the log read): with the store the wait is the batches' age, seconds, without it a log poll.
 struct LogJoined {
     sidecar_us: f64,
+    at_rest_us: f64,
+    waited_s: f64,
     clickhouse_us: f64,
     rss_mib: f64,
 }
+
+/// How long the sidecar's CPU at rest is measured after a log-joined run.
+const AT_REST_SECONDS: u64 = 2;
 
 /// The as-deployed cost with the access log followed and joined, as the README sets a
 /// deployment up: nginx's log in the README's format (`log_format edgewatch`, which the bench's
@@ -809,12 +826,17 @@ fn log_joined(
         );
         let (s0, c0) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let rps = wrk_rps(port);
+        let load_end = Instant::now();
         match spool {
             Some(spool) => wait_rows_sent(&sidecar, spool),
             None => wait_log_read(state.path(), log),
         }
+        let waited_s = load_end.elapsed().as_secs_f64();
         let (s1, c1) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let requests = rps * f64::from(WRK_SECONDS);
+        // The sidecar at rest, before the metrics are scraped (a scrape costs it CPU).
+        std::thread::sleep(std::time::Duration::from_secs(AT_REST_SECONDS));
+        let at_rest_per_s = (sidecar.cpu_seconds() - s1) / AT_REST_SECONDS as f64;
         let joined = metric_sum(
             &sidecar.metrics(),
             "edgewatch_records_total{kind=\"request\"}",
@@ -827,12 +849,16 @@ fn log_joined(
         );
         runs.push(LogJoined {
             sidecar_us: (s1 - s0) * 1e6 / requests,
+            at_rest_us: at_rest_per_s * waited_s * 1e6 / requests,
+            waited_s,
             clickhouse_us: (c1 - c0) * 1e6 / requests,
             rss_mib: support::rss_kib(sidecar.pid()) as f64 / 1024.0,
         });
     }
     LogJoined {
         sidecar_us: median(runs.iter().map(|r| r.sidecar_us).collect()),
+        at_rest_us: median(runs.iter().map(|r| r.at_rest_us).collect()),
+        waited_s: median(runs.iter().map(|r| r.waited_s).collect()),
         clickhouse_us: median(runs.iter().map(|r| r.clickhouse_us).collect()),
         rss_mib: median(runs.iter().map(|r| r.rss_mib).collect()),
     }
