@@ -407,7 +407,6 @@ fn main() {
 /// spooled row was sent. (Polling the metrics instead, ten times a second for the second or
 /// so until the batch is sealed, put a scrape's CPU into the sidecar's figure each time.)
 fn wait_rows_sent(sidecar: &Sidecar, spool: &Path) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
     let batches_left = || {
         std::fs::read_dir(spool)
             .map(|d| {
@@ -419,42 +418,35 @@ fn wait_rows_sent(sidecar: &Sidecar, spool: &Path) {
             })
             .unwrap_or(true)
     };
-    while Instant::now() < deadline {
-        if !batches_left() {
+    poll_until("the sidecar's rows were all sent", || {
+        !batches_left() && {
             let m = sidecar.metrics();
             let spooled = metric_sum(&m, "edgewatch_store_rows_total{result=\"spooled\"}");
             let sent = metric_sum(&m, "edgewatch_store_rows_total{result=\"sent\"}");
-            if spooled > 0.0 && sent >= spooled {
-                return;
-            }
+            spooled > 0.0 && sent >= spooled
         }
+    });
+}
+
+/// Checks `done` every 50 ms until it holds; panics after 60 s.
+fn poll_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 60 s: {what}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("the sidecar's rows were not all sent within 60 s");
 }
 
 /// Waits until the sidecar's checkpoint of `log` (in its `edge.state_dir`, `state`) is at the
 /// log's end: every line written so far was read and joined. The checkpoint is a file, read
 /// from outside, so the wait costs the sidecar nothing (a metrics scrape would).
 fn wait_log_read(state: &Path, log: &Path) {
+    use edgewatch::sources::tail::{checkpoint_path, read_checkpoint};
     let end = std::fs::metadata(log).unwrap().len();
-    let name = log.to_string_lossy().replace('/', "_");
-    let checkpoint = state.join(format!("{name}.checkpoint"));
-    let offset = || -> Option<u64> {
-        let text = std::fs::read_to_string(&checkpoint).ok()?;
-        serde_json::from_str::<serde_json::Value>(&text).ok()?["offset"].as_u64()
-    };
-    let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if offset().is_some_and(|o| o >= end) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!(
-        "the sidecar did not read {} to its end within 60 s",
-        log.display()
-    );
+    let checkpoint = checkpoint_path(state, log);
+    poll_until("the sidecar read the access log to its end", || {
+        read_checkpoint(&checkpoint).is_some_and(|c| c.offset >= end)
+    });
 }
 
 /// Puts [`WARM_UP_SECONDS`] of load through a fresh sidecar and, with a store (its spool

@@ -401,8 +401,7 @@ fn report_drops(
 /// A tailer of the access log at `path`: from its checkpoint in `edge.state_dir` (or the
 /// spool's newer position), else from its end.
 fn open_tailer(config: &Config, watch: &Watch, path: &std::path::Path) -> Tailer {
-    let name = path.to_string_lossy().replace('/', "_");
-    let checkpoint = config.edge.state_dir.join(format!("{name}.checkpoint"));
+    let checkpoint = crate::sources::tail::checkpoint_path(&config.edge.state_dir, path);
     let mut t = Tailer::new(path, Some(&checkpoint), StartAt::End);
     // A position the spool holds beside the rows of its lines is newer than the checkpoint
     // file when the last run died between the two.

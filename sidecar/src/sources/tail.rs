@@ -44,6 +44,18 @@ impl Checkpoint {
     }
 }
 
+/// The checkpoint file of the log at `log` in the state directory `state_dir` (the log's path
+/// with each `/` as `_`, then `.checkpoint`).
+pub fn checkpoint_path(state_dir: &Path, log: &Path) -> PathBuf {
+    let name = log.to_string_lossy().replace('/', "_");
+    state_dir.join(format!("{name}.checkpoint"))
+}
+
+/// The checkpoint in the file at `path`, if there is a readable one.
+pub fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
 /// Where to start without a usable checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartAt {
@@ -218,8 +230,7 @@ impl Tailer {
     }
 
     fn load_checkpoint(&self) -> Option<Checkpoint> {
-        let text = std::fs::read_to_string(self.checkpoint_path.as_ref()?).ok()?;
-        serde_json::from_str(&text).ok()
+        read_checkpoint(self.checkpoint_path.as_ref()?)
     }
 
     /// Makes the position the checkpoint (atomically: a temporary file, fsynced, renamed,
