@@ -369,7 +369,7 @@ fn half_path_fires_from_the_hop_alone_and_from_the_join_and_a_101_resolves_it() 
         matched: crate::edge::join::Matched::Exact,
         reason: None,
         edge: Some(edge),
-        hop: Some(http(2, 11 * S, false, 400, S / 100)),
+        hop: Some(Box::new(http(2, 11 * S, false, 400, S / 100))),
         websocket: None,
         refused: None,
     };

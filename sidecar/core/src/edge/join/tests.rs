@@ -293,3 +293,34 @@ fn matched_records_leave_no_window_of_reminders_behind() {
         .all(|r| r.matched == Matched::EdgeOnly));
     assert_eq!(j.pending(), 0);
 }
+
+/// A box given back is the one the next exchange waits in (the last given back first), its old
+/// contents replaced whole; the spares are bounded.
+#[test]
+fn recycled_boxes_carry_the_next_exchanges() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    j.hop(exchange(Some("a"), 200, "/a", 100 * S), 100 * S, &mut out);
+    j.edge(edge(Some("a"), 200, "/a", 101 * S), 101 * S, &mut out);
+    let first = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    let at: *const HttpExchange = &*first;
+    j.recycle(first);
+    j.hop(exchange(Some("b"), 404, "/b", 102 * S), 102 * S, &mut out);
+    j.edge(edge(Some("b"), 404, "/b", 103 * S), 103 * S, &mut out);
+    let second = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    assert!(std::ptr::eq(at, &*second), "the spare box was not reused");
+    // Nothing of the first exchange is left in it.
+    let HopRecord::Http(want) = exchange(Some("b"), 404, "/b", 102 * S) else {
+        unreachable!()
+    };
+    assert_eq!(*second, want);
+    // A third exchange with no spare left gets a box of its own.
+    j.hop(exchange(Some("c"), 200, "/c", 104 * S), 104 * S, &mut out);
+    j.edge(edge(Some("c"), 200, "/c", 105 * S), 105 * S, &mut out);
+    let third = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    assert!(!std::ptr::eq(&*second, &*third));
+    for _ in 0..MAX_SPARE + 10 {
+        j.recycle(second.clone());
+    }
+    assert_eq!(j.spare.len(), MAX_SPARE);
+}

@@ -8,7 +8,10 @@
 //! a map holds only their ids' hashes and arrival numbers. Those still waiting after
 //! [`YOUNG_NS`] (upgrades waiting for their session, lines that are late or never come) move
 //! to a map of their own, so one long wait does not hold the ring open behind it. Where an
-//! exchange lies changes no result: every lookup sees both.
+//! exchange lies changes no result: every lookup sees both. The exchange itself is in a box
+//! from the join's pool of spare ones (see `Joiner::recycle`): a slot is its id, its arrival,
+//! and pointers, ~90 bytes to write and read where it held the whole exchange (432 bytes, each
+//! one copied several times on the way in and out).
 use std::{
     collections::{hash_map::Entry, VecDeque},
     hash::BuildHasher,
@@ -24,7 +27,7 @@ use crate::hop::RequestId;
 /// the ring holds little more than what waits.
 pub const YOUNG_NS: u64 = 500_000_000;
 
-/// Slots the ring holds at most (432 bytes each, taken ones included: one exchange whose line
+/// Slots the ring holds at most (~90 bytes each, taken ones included: one exchange whose line
 /// never comes keeps the slots behind it until it moves). Beyond, the oldest move to the map
 /// early: at ~65,000 requests a second and more, the ring is this and no longer `YOUNG_NS`.
 pub const MAX_RING: usize = 32_768;
@@ -281,7 +284,7 @@ mod tests {
 
     fn entry(rid: &str, seen_ns: u64, upgraded: bool) -> HopEntry {
         HopEntry {
-            exchange: HttpExchange {
+            exchange: Box::new(HttpExchange {
                 conn: ConnId {
                     client: "127.0.0.1:40000".parse().expect("addr"),
                     server: "127.0.0.1:18789".parse().expect("addr"),
@@ -309,7 +312,7 @@ mod tests {
                     ExchangeOutcome::Complete
                 },
                 error_code: None,
-            },
+            }),
             ws: None,
             seen_ns,
         }

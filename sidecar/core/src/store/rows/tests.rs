@@ -331,7 +331,7 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
                 matched,
                 reason: reason.map(str::to_owned),
                 edge: edge.cloned(),
-                hop: hop.cloned(),
+                hop: hop.cloned().map(Box::new),
                 websocket: None,
                 refused: None,
             }
@@ -451,7 +451,7 @@ fn row_fields_are_the_table_columns() {
         matched: crate::edge::join::Matched::Exact,
         reason: None,
         edge: Some(edge),
-        hop: Some(x),
+        hop: Some(Box::new(x)),
         websocket: Some(Box::new(ws)),
         refused: None,
     };
