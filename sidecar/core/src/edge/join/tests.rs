@@ -302,12 +302,18 @@ fn recycled_boxes_carry_the_next_exchanges() {
     let mut out = Vec::new();
     j.hop(exchange(Some("a"), 200, "/a", 100 * S), 100 * S, &mut out);
     j.edge(edge(Some("a"), 200, "/a", 101 * S), 101 * S, &mut out);
-    let first = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    let first = out
+        .pop()
+        .and_then(|r| r.hop)
+        .expect("joined with its exchange");
     let at: *const HttpExchange = &*first;
     j.recycle(first);
     j.hop(exchange(Some("b"), 404, "/b", 102 * S), 102 * S, &mut out);
     j.edge(edge(Some("b"), 404, "/b", 103 * S), 103 * S, &mut out);
-    let second = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    let second = out
+        .pop()
+        .and_then(|r| r.hop)
+        .expect("joined with its exchange");
     assert!(std::ptr::eq(at, &*second), "the spare box was not reused");
     // Nothing of the first exchange is left in it.
     let HopRecord::Http(want) = exchange(Some("b"), 404, "/b", 102 * S) else {
@@ -317,7 +323,10 @@ fn recycled_boxes_carry_the_next_exchanges() {
     // A third exchange with no spare left gets a box of its own.
     j.hop(exchange(Some("c"), 200, "/c", 104 * S), 104 * S, &mut out);
     j.edge(edge(Some("c"), 200, "/c", 105 * S), 105 * S, &mut out);
-    let third = out.pop().and_then(|r| r.hop).expect("joined with its exchange");
+    let third = out
+        .pop()
+        .and_then(|r| r.hop)
+        .expect("joined with its exchange");
     assert!(!std::ptr::eq(&*second, &*third));
     for _ in 0..MAX_SPARE + 10 {
         j.recycle(second.clone());
