@@ -10,7 +10,7 @@
 //! to a map of their own, so one long wait does not hold the ring open behind it. Where an
 //! exchange lies changes no result: every lookup sees both. The exchange itself is in a box
 //! from the join's pool of spare ones (see `Joiner::recycle`): a slot is its id, its arrival,
-//! and pointers, ~90 bytes to write and read where it held the whole exchange (432 bytes, each
+//! and pointers, 80 bytes to write and read where it held the whole exchange (432 bytes, each
 //! one copied several times on the way in and out).
 use std::{
     collections::{hash_map::Entry, VecDeque},
@@ -27,7 +27,7 @@ use crate::hop::RequestId;
 /// the ring holds little more than what waits.
 pub const YOUNG_NS: u64 = 500_000_000;
 
-/// Slots the ring holds at most (~90 bytes each, taken ones included: one exchange whose line
+/// Slots the ring holds at most (80 bytes each, taken ones included: one exchange whose line
 /// never comes keeps the slots behind it until it moves). Beyond, the oldest move to the map
 /// early: at ~65,000 requests a second and more, the ring is this and no longer `YOUNG_NS`.
 pub const MAX_RING: usize = 32_768;
@@ -325,6 +325,14 @@ mod tests {
             e.seen_ns,
             e.complete(),
         )
+    }
+
+    /// A ring slot holds the exchange's id and pointers, not the exchange: what the ring writes
+    /// and reads back a log poll later, cold, stays small.
+    #[test]
+    fn a_slot_is_small() {
+        let slot = std::mem::size_of::<(u64, Option<(RequestId, HopEntry)>)>();
+        assert!(slot <= 96, "a ring slot is {slot} bytes");
     }
 
     /// Random inserts, lookups, takes and session arrivals, with time moving on unevenly:
