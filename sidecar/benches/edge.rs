@@ -86,12 +86,8 @@ fn main() {
             joiner.edge(rec, now, &mut out);
             parsed += 1;
             joined += out.len();
-            // As the pipeline does once a request is handled: the exchange's box goes back.
-            for r in &mut out {
-                if let Some(x) = r.hop.take() {
-                    joiner.recycle(x);
-                }
-            }
+            // As the pipeline does once requests are handled: the exchanges' boxes go back.
+            joiner.recycle_handled(&mut out);
             out.clear();
         }
         let secs = start.elapsed().as_secs_f64();

@@ -251,6 +251,16 @@ impl Joiner {
         }
     }
 
+    /// Gives back the exchange boxes of joined requests that have been handled (each request's
+    /// `hop` is taken; the rest of it is left as it was).
+    pub fn recycle_handled(&mut self, handled: &mut [JoinedRequest]) {
+        for r in handled {
+            if let Some(x) = r.hop.take() {
+                self.recycle(x);
+            }
+        }
+    }
+
     /// `x` in a box, a spare one when there is one.
     fn boxed(&mut self, x: HttpExchange) -> Box<HttpExchange> {
         match self.spare.pop() {

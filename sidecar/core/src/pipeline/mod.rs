@@ -308,13 +308,13 @@ impl Pipeline {
         let mut joined = std::mem::take(&mut self.joined);
         // Handled where they lie (a joined request is ~400 bytes: moving each out is a copy);
         // then each exchange's box goes back to the join for the next exchange to wait in.
-        for r in &mut joined {
+        for r in &joined {
             sink.request(r);
             self.engine.request(r, &mut self.alerts);
             self.emit_alerts(sink);
-            if let (Some(x), Some(j)) = (r.hop.take(), self.joiner.as_mut()) {
-                j.recycle(x);
-            }
+        }
+        if let Some(j) = self.joiner.as_mut() {
+            j.recycle_handled(&mut joined);
         }
         joined.clear();
         self.joined = joined;

@@ -298,35 +298,28 @@ fn matched_records_leave_no_window_of_reminders_behind() {
 /// contents replaced whole; the spares are bounded.
 #[test]
 fn recycled_boxes_carry_the_next_exchanges() {
+    /// An exchange and its line (`rid` is also the path), joined: the exchange's box.
+    fn join_one(j: &mut Joiner, rid: &str, status: u16, at: u64) -> Box<HttpExchange> {
+        let mut out = Vec::new();
+        j.hop(exchange(Some(rid), status, rid, at), at, &mut out);
+        j.edge(edge(Some(rid), status, rid, at + S), at + S, &mut out);
+        out.pop()
+            .and_then(|r| r.hop)
+            .expect("joined with its exchange")
+    }
     let mut j = Joiner::new(10 * S);
-    let mut out = Vec::new();
-    j.hop(exchange(Some("a"), 200, "/a", 100 * S), 100 * S, &mut out);
-    j.edge(edge(Some("a"), 200, "/a", 101 * S), 101 * S, &mut out);
-    let first = out
-        .pop()
-        .and_then(|r| r.hop)
-        .expect("joined with its exchange");
+    let first = join_one(&mut j, "/a", 200, 100 * S);
     let at: *const HttpExchange = &*first;
     j.recycle(first);
-    j.hop(exchange(Some("b"), 404, "/b", 102 * S), 102 * S, &mut out);
-    j.edge(edge(Some("b"), 404, "/b", 103 * S), 103 * S, &mut out);
-    let second = out
-        .pop()
-        .and_then(|r| r.hop)
-        .expect("joined with its exchange");
+    let second = join_one(&mut j, "/b", 404, 102 * S);
     assert!(std::ptr::eq(at, &*second), "the spare box was not reused");
     // Nothing of the first exchange is left in it.
-    let HopRecord::Http(want) = exchange(Some("b"), 404, "/b", 102 * S) else {
+    let HopRecord::Http(want) = exchange(Some("/b"), 404, "/b", 102 * S) else {
         unreachable!()
     };
     assert_eq!(*second, want);
     // A third exchange with no spare left gets a box of its own.
-    j.hop(exchange(Some("c"), 200, "/c", 104 * S), 104 * S, &mut out);
-    j.edge(edge(Some("c"), 200, "/c", 105 * S), 105 * S, &mut out);
-    let third = out
-        .pop()
-        .and_then(|r| r.hop)
-        .expect("joined with its exchange");
+    let third = join_one(&mut j, "/c", 200, 104 * S);
     assert!(!std::ptr::eq(&*second, &*third));
     for _ in 0..MAX_SPARE + 10 {
         j.recycle(second.clone());
