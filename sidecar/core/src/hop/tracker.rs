@@ -538,7 +538,10 @@ impl Conn {
 /// Follows every connection to or from the upstream ports.
 pub struct Tracker {
     ports: Vec<u16>,
-    conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    /// Boxed: a connection's state is ~950 bytes, and the map's buckets held it inline (a
+    /// table of 16,384 buckets for 10,000 connections, each bucket a connection's size, every
+    /// growth moving them all).
+    conns: HashMap<(SocketAddr, SocketAddr), Box<Conn>>,
     limits: TrackerLimits,
     /// Produce [`FollowHint`]s (live, where a kernel follower exists).
     hints_enabled: bool,
@@ -639,7 +642,7 @@ impl Tracker {
                 old.finish(ts, Ending::EndOfInput, out);
             }
             self.make_room(out);
-            let mut conn = Conn::new(new_id(), self.limits);
+            let mut conn = Box::new(Conn::new(new_id(), self.limits));
             conn.syn_ts = Some(ts);
             conn.c2s.reasm.start_at(seg.seq.wrapping_add(1));
             conn.last_ts = ts;
@@ -691,7 +694,7 @@ impl Tracker {
             None => {
                 self.make_room(out);
                 self.stats.connections += 1;
-                let conn = Conn::new(new_id(), self.limits);
+                let conn = Box::new(Conn::new(new_id(), self.limits));
                 self.conns.entry(key).insert_entry(conn).into_mut()
             }
         };
@@ -750,7 +753,7 @@ impl Tracker {
 
     /// The input ended: emits every connection's records as they stand.
     pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        let mut conns: Vec<Conn> = self.conns.drain().map(|(_, c)| c).collect();
+        let mut conns: Vec<Box<Conn>> = self.conns.drain().map(|(_, c)| c).collect();
         conns.sort_by_key(|c| c.id.first_seen_ns);
         for conn in conns {
             let ts = conn.last_ts;

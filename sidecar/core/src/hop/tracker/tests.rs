@@ -522,3 +522,16 @@ fn request_and_response_sizes_are_each_messages_own() {
     let x = exchanges(&out);
     assert_eq!(x[0].request_bytes, (head.len() + 8 + 5) as u64, "{out:?}");
 }
+
+#[test]
+fn a_connection_waits_in_a_box_not_in_the_maps_bucket() {
+    fn bucket<K, V, S>(_: &std::collections::HashMap<K, V, S>) -> usize {
+        std::mem::size_of::<(K, V)>()
+    }
+    let tracker = Tracker::new(&[18789]);
+    // The key (two addresses) and a pointer: a connection's ~950 bytes inline made every
+    // bucket of the table, empty or not, that large.
+    let b = bucket(&tracker.conns);
+    assert!(b <= 80, "a bucket of the connection map is {b} bytes");
+    assert!(std::mem::size_of::<Conn>() > 4 * b);
+}
