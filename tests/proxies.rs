@@ -632,30 +632,62 @@ struct CaddyProc {
 }
 
 impl CaddyProc {
-    fn start(name: &str, config: &str, edge: u16) -> Self {
+    /// Starts Caddy with the config that `config(edge, admin)` gives for two fresh ports and
+    /// waits until it listens on `edge`; returns it with its `admin` port. A port taken
+    /// between `free_port` and Caddy's bind (another test's server, or a connection's local
+    /// port) makes Caddy exit with "address already in use": then again with fresh ports, at
+    /// most three times. Any other exit fails the test with Caddy's own last lines.
+    fn start(name: &str, config: impl Fn(u16, u16) -> String) -> (Self, u16) {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let (edge, admin) = (free_port(), free_port());
+            match Self::try_start(name, &config(edge, admin), edge) {
+                Ok(caddy) => return (caddy, admin),
+                Err(said) if said.contains("address already in use") => last = said,
+                Err(said) => panic!("caddy exited before it listened on {edge}: {said}"),
+            }
+        }
+        panic!("caddy found its ports taken three times: {last}")
+    }
+
+    /// One start: `Err` with Caddy's last lines if it exits before it listens on `edge`.
+    fn try_start(name: &str, config: &str, edge: u16) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join(name);
         std::fs::write(&file, config).expect("write");
+        let log = dir.path().join("caddy.err");
         let mut cmd = Command::new("caddy");
         cmd.args(["run", "--config"]).arg(&file);
         if name == "Caddyfile" {
             cmd.args(["--adapter", "caddyfile"]);
         }
-        let child = cmd
+        let mut child = cmd
             .env("HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path())
             .env("XDG_DATA_HOME", dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("caddy.err"))
             .spawn()
             .expect("caddy (cargo xtask setup installs it)");
+        let said = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
         let deadline = std::time::Instant::now() + support::wait_limit();
         while std::net::TcpStream::connect(("127.0.0.1", edge)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "caddy did not start");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("{status}: {}", said()));
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("caddy did not listen on {edge}: {}", said());
+            }
             std::thread::yield_now();
         }
-        Self { child, _dir: dir }
+        Ok(Self { child, _dir: dir })
     }
 
     fn pid(&self) -> String {
@@ -683,15 +715,13 @@ fn caddy_through_its_admin_api_and_its_json_file() {
     support::require_root();
     let gateway = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let gw = gateway.local_addr().expect("addr").port();
-    let (edge, admin, stale) = (free_port(), free_port(), free_port());
-    let caddy = CaddyProc::start(
-        "Caddyfile",
-        &format!(
+    let stale = free_port();
+    let (caddy, admin) = CaddyProc::start("Caddyfile", |edge, admin| {
+        format!(
             "{{\n\tadmin 127.0.0.1:{admin}\n}}\n:{edge} {{\n\thandle /old/* {{\n\t\treverse_proxy 127.0.0.1:{stale}\n\t}}\n\
              \thandle {{\n\t\treverse_proxy 127.0.0.1:{gw}\n\t}}\n}}\n"
-        ),
-        edge,
-    );
+        )
+    });
     let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
     assert_eq!(code, 3, "{lines:#?}");
     let routes: Vec<&Value> = lines.iter().filter(|v| v["type"] == "route").collect();
@@ -723,11 +753,11 @@ fn caddy_through_its_admin_api_and_its_json_file() {
     drop(caddy);
 
     // A JSON config with the admin API off: read from the file, paths into it.
-    let edge = free_port();
-    let json = format!(
-        r#"{{"admin":{{"disabled":true}},"apps":{{"http":{{"servers":{{"gw":{{"listen":[":{edge}"],"routes":[{{"handle":[{{"handler":"reverse_proxy","upstreams":[{{"dial":"127.0.0.1:{stale}"}}]}}]}}]}}}}}}}}}}"#
-    );
-    let caddy = CaddyProc::start("caddy.json", &json, edge);
+    let (caddy, _) = CaddyProc::start("caddy.json", |edge, _| {
+        format!(
+            r#"{{"admin":{{"disabled":true}},"apps":{{"http":{{"servers":{{"gw":{{"listen":[":{edge}"],"routes":[{{"handle":[{{"handler":"reverse_proxy","upstreams":[{{"dial":"127.0.0.1:{stale}"}}]}}]}}]}}}}}}}}}}"#
+        )
+    });
     let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
     assert_eq!(code, 3, "{lines:#?}");
     let finding = lines
@@ -744,12 +774,9 @@ fn caddy_through_its_admin_api_and_its_json_file() {
     drop(caddy);
 
     // A Caddyfile with the API off: adapted by the machine's own `caddy adapt`.
-    let edge = free_port();
-    let caddy = CaddyProc::start(
-        "Caddyfile",
-        &format!("{{\n\tadmin off\n}}\n:{edge} {{\n\treverse_proxy 127.0.0.1:{gw}\n}}\n"),
-        edge,
-    );
+    let (caddy, _) = CaddyProc::start("Caddyfile", |edge, _| {
+        format!("{{\n\tadmin off\n}}\n:{edge} {{\n\treverse_proxy 127.0.0.1:{gw}\n}}\n")
+    });
     let (code, lines) = proxies(&["--pid", &caddy.pid()], gw);
     assert_eq!(code, 3, "{lines:#?}");
     let finding = lines
