@@ -633,14 +633,15 @@ struct CaddyProc {
 
 impl CaddyProc {
     /// Starts Caddy with the config that `config(edge, admin)` gives for two fresh ports and
-    /// waits until it listens on `edge`; returns it with its `admin` port. A port taken
-    /// between `free_port` and Caddy's bind (another test's server, or a connection's local
-    /// port) makes Caddy exit with "address already in use": then again with fresh ports, at
-    /// most three times. Any other exit fails the test with Caddy's own last lines.
+    /// waits until it listens on `edge`; returns it with its `admin` port. The ports are
+    /// `free_listen_port`s, below the ephemeral range, so no connection's local port takes
+    /// them; one another server binds first makes Caddy exit with "address already in use":
+    /// then again with fresh ports, at most three times. Any other exit fails the test with
+    /// Caddy's own last lines.
     fn start(name: &str, config: impl Fn(u16, u16) -> String) -> (Self, u16) {
         let mut last = String::new();
         for _ in 0..3 {
-            let (edge, admin) = (free_port(), free_port());
+            let (edge, admin) = (support::free_listen_port(), support::free_listen_port());
             match Self::try_start(name, &config(edge, admin), edge) {
                 Ok(caddy) => return (caddy, admin),
                 Err(said) if said.contains("address already in use") => last = said,
