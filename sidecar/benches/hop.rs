@@ -25,7 +25,8 @@
 //!    server's own CPU per request and at rest (ms a second, with no rows), the sidecar's cost without a store, with every record
 //!    printed, with connection churn (a pool of 4 for the 8 clients: nginx closes and
 //!    opens upstream connections as it goes), and with nginx's access log followed and joined
-//!    (the README's setup: a log line parsed and joined and two more rows a request; with the
+//!    (the README's setup: a log line parsed and joined and one more row a request, the line's
+//!    carrying its request, ClickHouse's view making the `requests` row; with the
 //!    store's CPU and the sidecar's RSS after it), the probes' run time per run (kernel.bpf_stats_enabled), the TC program's
 //!    cost per packet by class of packet, and a control: ten more pairs in which a thread
 //!    that only spins, using the same CPU as the sidecar did, takes the sidecar's place. It
@@ -662,7 +663,8 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     );
     println!(
         "sidecar CPU per proxied request, as deployed with nginx's access log joined (the \
-         README's log format; two more rows a request, edge_logs and requests): {:.2} us \
+         README's log format; one more row a request, the edge_logs row that carries its \
+         request): {:.2} us \
          (median of 3; {:.2} us of it the sidecar's CPU at rest over the {:.1} s until the rows \
          were sent); ClickHouse server: {:.2} us; sidecar RSS after the run: {:.1} MiB",
         joined.sidecar_us, joined.at_rest_us, joined.waited_s, joined.clickhouse_us, joined.rss_mib
@@ -670,7 +672,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
     println!(
         "sidecar CPU per proxied request, the same with the store off (the hop, the log's \
          reading and parsing, the join): {:.2} us (median of 3; {:.2} us of it at rest over the \
-         {:.1} s until the log was read); so the store's three rows a request (columns, spool, \
+         {:.1} s until the log was read); so the store's two rows a request (columns, spool, \
          read back, merge, insert) cost {:.2} us of it, {:.2} us without the CPU at rest",
         joined_no_store.sidecar_us,
         joined_no_store.at_rest_us,
@@ -785,8 +787,8 @@ const AT_REST_SECONDS: u64 = 2;
 /// The as-deployed cost with the access log followed and joined, as the README sets a
 /// deployment up: nginx's log in the README's format (`log_format edgewatch`, which the bench's
 /// nginx always writes) named in `[edge] access_logs`. Per request that adds the log line's
-/// parse and join and two rows (`edge_logs` and the joined `requests`), each with its
-/// `request_index` row in ClickHouse. Medians of three runs, each with a fresh spool and log
+/// parse and join and one row (`edge_logs`, carrying the joined request: ClickHouse's view
+/// makes its `requests` row), each with its `request_index` rows in ClickHouse. Medians of three runs, each with a fresh spool and log
 /// state (so no run starts behind on lines of the runs before it).
 /// `deployed`: the configuration before `[edge]`, given a spool directory. `store`: whether
 /// it has one; without, the run ends when the log's lines were all read (its checkpoint at the

@@ -65,6 +65,8 @@ struct Store {
     requests: Columns,
     edge_rows: u64,
     joined_exact: u64,
+    /// Lines stored with their requests, one row each.
+    folded: u64,
 }
 
 impl Sink for Store {
@@ -81,6 +83,17 @@ impl Sink for Store {
             && request.matched == edgewatch_core::edge::join::Matched::Exact
         {
             self.joined_exact += 1;
+        }
+    }
+    fn edge_joined(&mut self, request: &JoinedRequest) {
+        // As the sidecar's store: one row, the line's with its request.
+        if self.edges.push_edge_joined("node-1", request) {
+            self.edge_rows += 1;
+            self.folded += 1;
+            self.joined_exact +=
+                u64::from(request.matched == edgewatch_core::edge::join::Matched::Exact);
+        } else {
+            panic!("a request joined as its line came is one row: {request:?}");
         }
     }
 }
@@ -169,6 +182,7 @@ impl Load {
                 requests: Columns::new(REQUEST_TABLE),
                 edge_rows: 0,
                 joined_exact: 0,
+                folded: 0,
             },
             ts: 1_000_000_000,
             conns: Vec::new(),
@@ -361,13 +375,18 @@ fn a_request_costs_no_allocation_with_the_proxies_request_ids() {
 fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
     // The README's setup: nginx's JSON access log followed. Each request is also a line
     // parsed (borrowed fields, the record's strings inline), joined by its request id (the
-    // id inline, in the join's maps and reminders too), an edge row and a joined row.
+    // id inline, in the join's maps and reminders too), and one edge row that carries it.
     let per_request = |id_digits: usize, proxy: Proxy| {
         let mut load = Load::with_log(id_digits, proxy);
         let made = measure(&mut load);
         // Every line became a row, and every request was joined exactly (not timed out).
         assert_eq!(load.store.edge_rows, load.n, "edge rows");
         assert_eq!(load.store.joined_exact, load.n, "exact joins");
+        // Each line came after its exchange: one row a request, the line's with its request.
+        assert_eq!(
+            load.store.folded, load.n,
+            "lines stored with their requests"
+        );
         made
     };
     let long = per_request(48, Proxy::Nginx);

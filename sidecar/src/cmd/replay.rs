@@ -30,6 +30,8 @@ struct ReplaySink {
     hop: Vec<HopRecord>,
     edges: Vec<EdgeRecord>,
     joined: Vec<JoinedRequest>,
+    /// Requests joined as their lines came (stored as one row with the line, as live).
+    joined_with_line: Vec<JoinedRequest>,
     alerts: Vec<Alert>,
 }
 
@@ -50,6 +52,13 @@ impl Sink for ReplaySink {
         *self.requests.entry(r.matched.as_str()).or_default() += 1;
         if self.keep {
             self.joined.push(r.clone());
+        }
+    }
+    fn edge_joined(&mut self, r: &JoinedRequest) {
+        self.printer.request(r);
+        *self.requests.entry(r.matched.as_str()).or_default() += 1;
+        if self.keep {
+            self.joined_with_line.push(r.clone());
         }
     }
     fn alert(&mut self, a: &Alert) {
@@ -100,6 +109,7 @@ pub fn run(
         hop: Vec::new(),
         edges: Vec::new(),
         joined: Vec::new(),
+        joined_with_line: Vec::new(),
         alerts: Vec::new(),
     };
     // Drawn only when stderr is a terminal; hidden in pipes and tests.
@@ -257,6 +267,9 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
         }
         for j in &sink.joined {
             store.request(j);
+        }
+        for j in &sink.joined_with_line {
+            store.edge_joined(j);
         }
         for a in &sink.alerts {
             store.alert(a);

@@ -112,6 +112,16 @@ impl Sink for Sinks {
             st.request(r);
         }
     }
+    fn edge_joined(&mut self, r: &JoinedRequest) {
+        self.counts[5] += 1;
+        self.counts[4] += 1;
+        if self.records {
+            self.printer.request(r);
+        }
+        if let Some(st) = self.store.as_mut() {
+            st.edge_joined(r);
+        }
+    }
     fn change(&mut self, c: &Change, policy: &Policy, at_ns: u64) {
         self.printer.change(c, policy, at_ns);
         if let Some(st) = self.store.as_mut() {

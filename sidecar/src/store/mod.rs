@@ -386,6 +386,22 @@ impl Store {
         self.count_write(pushed);
     }
 
+    /// A line joined as it came, with its request: one `edge_logs` row that carries the
+    /// request (ClickHouse makes its `requests` row: see `schema::REQUEST_FROM_EDGE`), or the
+    /// two rows where the request's cannot be made of the line's.
+    pub fn edge_joined(&mut self, r: &JoinedRequest) {
+        match self.spool.push_edge_joined(&self.node, r) {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(e) = r.edge.as_ref() {
+                    self.edge(e);
+                }
+                self.request(r);
+            }
+            Err(e) => self.count_write(Err(e)),
+        }
+    }
+
     /// Writes buffered rows to disk now (before an alert is shown, so nothing the operator
     /// saw can be lost to a crash).
     pub fn write_now(&mut self) {

@@ -420,6 +420,17 @@ impl Spool {
         self.append(EDGE_TABLE, |cols| cols.push_edge(node, e))
     }
 
+    /// Appends a line's row that carries its joined request (`r.edge` the line), straight from
+    /// it; `Ok(false)`, nothing appended, where the request's row cannot be made of it (see
+    /// `Columns::push_edge_joined`).
+    pub fn push_edge_joined(
+        &mut self,
+        node: &str,
+        r: &edgewatch_core::edge::join::JoinedRequest,
+    ) -> Result<bool, SpoolError> {
+        self.append_if(EDGE_TABLE, |cols| cols.push_edge_joined(node, r))
+    }
+
     /// Appends the row of a joined request straight from it.
     pub fn push_request(
         &mut self,
@@ -454,14 +465,25 @@ impl Spool {
         table: usize,
         write: impl FnOnce(&mut Columns) -> bool,
     ) -> Result<(), SpoolError> {
-        let (rows_max, bytes_max) = (self.limits.batch_rows, self.limits.batch_bytes);
-        let b = self.open_batch(table)?;
-        if !write(&mut b.cols) {
+        if !self.append_if(table, write)? {
             tracing::error!(
                 table = TABLE_NAMES[table],
                 "a row was handed to another table's columns (a bug): not stored"
             );
-            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// [`Spool::append`] of a row that `write` may refuse (false: nothing appended).
+    fn append_if(
+        &mut self,
+        table: usize,
+        write: impl FnOnce(&mut Columns) -> bool,
+    ) -> Result<bool, SpoolError> {
+        let (rows_max, bytes_max) = (self.limits.batch_rows, self.limits.batch_bytes);
+        let b = self.open_batch(table)?;
+        if !write(&mut b.cols) {
+            return Ok(false);
         }
         b.rows += 1;
         // The byte bounds every [`BYTES_CHECK_ROWS`] rows: the sum is over every column, and
@@ -474,12 +496,11 @@ impl Spool {
         };
         self.accepted_rows += 1;
         if rows >= rows_max || (check && written + pending as u64 >= bytes_max) {
-            self.seal(table)
+            self.seal(table)?;
         } else if pending >= WRITE_AT {
-            self.write_out(table)
-        } else {
-            Ok(())
+            self.write_out(table)?;
         }
+        Ok(true)
     }
 
     /// A tail mark: it vouches for the edge rows before it, so they go in a frame first.

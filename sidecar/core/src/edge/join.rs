@@ -365,6 +365,14 @@ impl Joiner {
             + self.orphan_ws.len()
     }
 
+    /// Whether [`Joiner::edge`] would join `rec` at once with an exchange that waits for it,
+    /// complete, by its request id: its request is then the one request that call gives.
+    pub fn joins_at_once(&self, rec: &EdgeRecord) -> bool {
+        rec.request_id
+            .as_deref()
+            .is_some_and(|rid| self.hops.peek_complete(rid))
+    }
+
     /// An edge access-log record arrived.
     pub fn edge(&mut self, rec: EdgeRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
         let Some(rid) = rec.request_id.as_deref() else {

@@ -60,6 +60,15 @@ pub trait Sink {
     fn edge(&mut self, _record: &EdgeRecord) {}
     /// A request joined across the edge and the hop.
     fn request(&mut self, _request: &JoinedRequest) {}
+    /// An access-log record joined the moment it came, with an exchange that waited for it:
+    /// `request.edge` is the record. In place of [`Sink::edge`] and [`Sink::request`], so that
+    /// a driver can keep the two as one (the store writes one row). By default, the two.
+    fn edge_joined(&mut self, request: &JoinedRequest) {
+        if let Some(e) = request.edge.as_ref() {
+            self.edge(e);
+        }
+        self.request(request);
+    }
     /// A change of the exposure inventory, judged by `policy`.
     fn change(&mut self, _change: &Change, _policy: &Policy, _at_ns: u64) {}
     /// An alert transition (firing or resolved).
@@ -302,14 +311,25 @@ impl Pipeline {
     }
 
     fn emit_joined(&mut self, sink: &mut impl Sink) {
+        self.emit_joined_after(false, sink);
+    }
+
+    /// `with_line`: the first request is a line's, joined as it came, and goes to the sink
+    /// with it ([`Sink::edge_joined`]).
+    fn emit_joined_after(&mut self, with_line: bool, sink: &mut impl Sink) {
         if self.joined.is_empty() {
             return;
         }
         let mut joined = std::mem::take(&mut self.joined);
+        debug_assert!(!with_line || joined.first().is_some_and(|r| r.edge.is_some()));
         // Handled where they lie (a joined request is ~400 bytes: moving each out is a copy);
         // then each exchange's box goes back to the join for the next exchange to wait in.
-        for r in &joined {
-            sink.request(r);
+        for (i, r) in joined.iter().enumerate() {
+            if with_line && i == 0 {
+                sink.edge_joined(r);
+            } else {
+                sink.request(r);
+            }
             self.engine.request(r, &mut self.alerts);
             self.emit_alerts(sink);
         }
@@ -343,12 +363,20 @@ impl Pipeline {
 
     /// One access-log record.
     pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
-        sink.edge(&record);
+        // The common case: the line's exchange waits for it, complete. The line then goes to
+        // the sink with its request, after the join (the store writes the two as one row).
+        let at_once = self
+            .joiner
+            .as_ref()
+            .is_some_and(|j| j.joins_at_once(&record));
+        if !at_once {
+            sink.edge(&record);
+        }
         self.edge_upstream(&record, sink);
         if let Some(j) = self.joiner.as_mut() {
             j.edge(record, now_ns, &mut self.joined);
         }
-        self.emit_joined(sink);
+        self.emit_joined_after(at_once, sink);
     }
 
     /// Moves time on: requests whose other side did not come within the join window go out

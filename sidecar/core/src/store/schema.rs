@@ -7,12 +7,15 @@
 //! and the plain names are `Distributed` tables over them, so queries and inserts look the same
 //! in both modes.
 
-/// One column: name and ClickHouse type (with its codec, if any).
+/// One column: name and ClickHouse type (with its codec and its default, if any).
 #[derive(Clone, Copy, Debug)]
 pub struct Column {
     pub name: &'static str,
     pub ty: &'static str,
     pub codec: Option<&'static str>,
+    /// `DEFAULT` expression: a row written without the column gets it (rows spooled before
+    /// the column was, and writers of the line's columns alone).
+    pub default: Option<&'static str>,
 }
 
 const fn col(name: &'static str, ty: &'static str) -> Column {
@@ -20,6 +23,7 @@ const fn col(name: &'static str, ty: &'static str) -> Column {
         name,
         ty,
         codec: None,
+        default: None,
     }
 }
 
@@ -28,6 +32,36 @@ const fn col_c(name: &'static str, ty: &'static str, codec: &'static str) -> Col
         name,
         ty,
         codec: Some(codec),
+        default: None,
+    }
+}
+
+/// A column with a default (and its codec, if any).
+const fn col_d(
+    name: &'static str,
+    ty: &'static str,
+    codec: Option<&'static str>,
+    default: &'static str,
+) -> Column {
+    Column {
+        name,
+        ty,
+        codec,
+        default: Some(default),
+    }
+}
+
+impl Column {
+    /// The column as `CREATE TABLE` and `ADD COLUMN` write it.
+    fn definition(&self) -> String {
+        let mut d = format!("{} {}", ident(self.name), self.ty);
+        if let Some(v) = self.default {
+            d.push_str(&format!(" DEFAULT {v}"));
+        }
+        if let Some(c) = self.codec {
+            d.push_str(&format!(" CODEC({c})"));
+        }
+        d
     }
 }
 
@@ -84,6 +118,79 @@ const EXPOSURE_COLUMNS: &[Column] = columns![
     col("watched", "Bool"),
     col_c("detail", "String", "ZSTD(3)"),
 ];
+
+/// The join's columns of an `edge_logs` row (see `rows::EdgeJoinRow`): filled when the line's
+/// request was joined as the line was read, which then is the request's only row the sidecar
+/// writes; [`REQUEST_FROM_EDGE`] makes its `requests` row. Added to tables made before them by
+/// migration 3.
+const EDGE_JOIN_COLUMNS: [Column; 13] = [
+    col_d("joined", "Bool", None, "false"),
+    col_d("matched", "LowCardinality(String)", None, "''"),
+    col_d("reason", "LowCardinality(String)", None, "''"),
+    col_d("wire_status", "Nullable(UInt16)", None, "NULL"),
+    col_d(
+        "wire_ttfb_ns",
+        "Nullable(UInt64)",
+        Some("T64, ZSTD(1)"),
+        "NULL",
+    ),
+    col_d(
+        "wire_total_ns",
+        "Nullable(UInt64)",
+        Some("T64, ZSTD(1)"),
+        "NULL",
+    ),
+    col_d("upgrade_requested", "Bool", None, "false"),
+    col_d("websocket", "Bool", None, "false"),
+    col_d(
+        "ws_duration_ns",
+        "Nullable(UInt64)",
+        Some("T64, ZSTD(1)"),
+        "NULL",
+    ),
+    col_d("ws_end_kind", "LowCardinality(String)", None, "''"),
+    col_d("ws_end_from", "LowCardinality(String)", None, "''"),
+    col_d("refused", "Bool", None, "false"),
+    col_d("hop_client", "String", None, "''"),
+];
+
+/// Each `requests` column, in order, as made of an `edge_logs` row that carries its request
+/// (`joined`): the view `requests_from_edge_logs_mv` selects these. A request starts when
+/// the edge started it (the line's end less its request time); the rest are the line's
+/// columns or its join's, by name.
+pub const REQUEST_FROM_EDGE: &[(&str, &str)] = &[
+    (
+        "ts",
+        "fromUnixTimestamp64Nano(greatest(toUnixTimestamp64Nano(ts) - toInt64(ifNull(request_time_ns, 0)), toInt64(0)))",
+    ),
+    ("node", "node"),
+    ("request_id", "request_id"),
+    ("matched", "matched"),
+    ("reason", "reason"),
+    ("client", "client"),
+    ("host", "host"),
+    ("method", "method"),
+    ("path", "path"),
+    ("edge_status", "toNullable(status)"),
+    ("edge_request_time_ns", "request_time_ns"),
+    ("upstream_addr", "upstream_addr"),
+    ("upstream_connect_ns", "upstream_connect_ns"),
+    ("upstream_header_ns", "upstream_header_ns"),
+    ("upstream_response_ns", "upstream_response_ns"),
+    ("wire_status", "wire_status"),
+    ("wire_ttfb_ns", "wire_ttfb_ns"),
+    ("wire_total_ns", "wire_total_ns"),
+    ("upgrade_requested", "upgrade_requested"),
+    ("websocket", "websocket"),
+    ("ws_duration_ns", "ws_duration_ns"),
+    ("ws_end_kind", "ws_end_kind"),
+    ("ws_end_from", "ws_end_from"),
+    ("refused", "refused"),
+    ("hop_client", "hop_client"),
+];
+
+/// The view that makes `requests` rows of `edge_logs` rows that carry their request.
+pub const REQUEST_FROM_EDGE_VIEW: &str = "requests_from_edge_logs_mv";
 
 /// Every table of records, in creation order.
 pub const TABLES: &[Table] = &[
@@ -221,6 +328,19 @@ pub const TABLES: &[Table] = &[
             col_c("upstream_header_ns", "Nullable(UInt64)", "T64, ZSTD(1)"),
             col_c("upstream_response_ns", "Nullable(UInt64)", "T64, ZSTD(1)"),
             col_c("bytes_sent", "Nullable(UInt64)", "T64, ZSTD(1)"),
+            EDGE_JOIN_COLUMNS[0],
+            EDGE_JOIN_COLUMNS[1],
+            EDGE_JOIN_COLUMNS[2],
+            EDGE_JOIN_COLUMNS[3],
+            EDGE_JOIN_COLUMNS[4],
+            EDGE_JOIN_COLUMNS[5],
+            EDGE_JOIN_COLUMNS[6],
+            EDGE_JOIN_COLUMNS[7],
+            EDGE_JOIN_COLUMNS[8],
+            EDGE_JOIN_COLUMNS[9],
+            EDGE_JOIN_COLUMNS[10],
+            EDGE_JOIN_COLUMNS[11],
+            EDGE_JOIN_COLUMNS[12],
         ],
         order_by: "(host, ts)",
         bloom: &["request_id", "client"],
@@ -390,10 +510,7 @@ impl SchemaOptions {
         let mut cols: Vec<String> = t
             .columns
             .iter()
-            .map(|c| match c.codec {
-                Some(codec) => format!("    {} {} CODEC({codec})", ident(c.name), c.ty),
-                None => format!("    {} {}", ident(c.name), c.ty),
-            })
+            .map(|c| format!("    {}", c.definition()))
             .collect();
         for b in t.bloom {
             cols.push(format!(
@@ -477,7 +594,77 @@ impl SchemaOptions {
                 name: "request id lookup",
                 statements: second,
             },
+            Migration {
+                version: 3,
+                name: "requests made of the lines that carry them",
+                statements: self.request_from_edge(),
+            },
         ]
+    }
+
+    /// Migration 3: the join's columns on `edge_logs` (made with the table since; added to a
+    /// table made before them), and the view that makes a `requests` row of each line's row
+    /// that carries its request. The view sits on the storage table, like the lookup's: both
+    /// tables are sharded by the request id, so a line's request lands on its shard.
+    fn request_from_edge(&self) -> Vec<String> {
+        let add: Vec<String> = EDGE_JOIN_COLUMNS
+            .iter()
+            .map(|c| format!("ADD COLUMN IF NOT EXISTS {}", c.definition()))
+            .collect();
+        let mut out = vec![format!(
+            "ALTER TABLE {}{}
+    {}",
+            self.qualified(&self.storage_table("edge_logs")),
+            self.on_cluster(),
+            add.join(
+                ",
+    "
+            )
+        )];
+        if self.cluster.is_some() {
+            // The Distributed table's columns too (no codecs: it stores nothing).
+            let plain: Vec<String> = EDGE_JOIN_COLUMNS
+                .iter()
+                .map(|c| {
+                    let d = c
+                        .default
+                        .map(|v| format!(" DEFAULT {v}"))
+                        .unwrap_or_default();
+                    format!("ADD COLUMN IF NOT EXISTS {} {}{d}", ident(c.name), c.ty)
+                })
+                .collect();
+            out.push(format!(
+                "ALTER TABLE {}{}
+    {}",
+                self.qualified("edge_logs"),
+                self.on_cluster(),
+                plain.join(
+                    ",
+    "
+                )
+            ));
+        }
+        let select: Vec<String> = REQUEST_FROM_EDGE
+            .iter()
+            .map(|(name, expr)| {
+                if name == expr {
+                    ident(name)
+                } else {
+                    format!("{expr} AS {}", ident(name))
+                }
+            })
+            .collect();
+        out.push(format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {}{} TO {}
+AS SELECT {}
+FROM {} WHERE joined",
+            self.qualified(REQUEST_FROM_EDGE_VIEW),
+            self.on_cluster(),
+            self.qualified(&self.storage_table("requests")),
+            select.join(", "),
+            self.qualified(&self.storage_table("edge_logs")),
+        ));
+        out
     }
 
     /// Where the applied migrations are read: per node, each node's own table; with a
@@ -695,6 +882,52 @@ mod tests {
                 && mig[1].contains("ReplacingMergeTree()")
         );
         assert!(!o.ttl_statement("alerts").contains("ON CLUSTER"));
+    }
+
+    /// The view makes every `requests` column, in order, of `edge_logs` columns that exist.
+    #[test]
+    fn requests_are_made_of_the_lines_columns() {
+        let requests: Vec<&str> = table("requests")
+            .expect("requests")
+            .columns
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        let made: Vec<&str> = REQUEST_FROM_EDGE.iter().map(|(n, _)| *n).collect();
+        assert_eq!(made, requests);
+        let edge = table("edge_logs").expect("edge_logs");
+        for (name, expr) in REQUEST_FROM_EDGE {
+            if name == expr {
+                assert!(
+                    edge.columns.iter().any(|c| c.name == *name),
+                    "edge_logs has no {name}"
+                );
+            }
+        }
+        for o in [opts(None), opts(Some("prod"))] {
+            let m = o.migrations();
+            let third = m.iter().find(|m| m.version == 3).expect("migration 3");
+            let view = third.statements.last().expect("the view");
+            let (to, from) = if o.cluster.is_some() {
+                ("`ew`.`requests_local`", "`ew`.`edge_logs_local`")
+            } else {
+                ("`ew`.`requests`", "`ew`.`edge_logs`")
+            };
+            assert!(
+                view.contains("`requests_from_edge_logs_mv`")
+                    && view.contains(&format!("TO {to}\n"))
+                    && view.contains(&format!("FROM {from} WHERE joined")),
+                "{view}"
+            );
+            // A table made before the columns gets them; one made with them is left alone.
+            for s in &third.statements[..third.statements.len() - 1] {
+                assert_eq!(s.matches("ADD COLUMN IF NOT EXISTS").count(), 13, "{s}");
+            }
+            assert_eq!(
+                third.statements.len(),
+                if o.cluster.is_some() { 3 } else { 2 }
+            );
+        }
     }
 
     #[test]

@@ -326,3 +326,77 @@ fn recycled_boxes_carry_the_next_exchanges() {
     }
     assert_eq!(j.spare.len(), MAX_SPARE);
 }
+
+/// `joins_at_once` says what `edge` then does: true exactly when the line's call gives one
+/// request, the line's, joined with its exchange (the pipeline hands the two to the sink as
+/// one on that promise).
+#[test]
+fn joins_at_once_says_what_the_line_will_do() {
+    let young = 100 * S;
+    let old = young + waits::YOUNG_NS + S;
+    // What, the exchanges that came, the line's id, when it comes, what it does.
+    type Case<'a> = (&'a str, Vec<HopRecord>, Option<&'a str>, u64, bool);
+    let cases: [Case<'_>; 7] = [
+        ("no exchange yet", vec![], Some("a"), young, false),
+        (
+            "a complete exchange",
+            vec![exchange(Some("b"), 200, "/b", young)],
+            Some("b"),
+            young,
+            true,
+        ),
+        (
+            "an exchange that waited long (the old map)",
+            vec![exchange(Some("c"), 200, "/c", young)],
+            Some("c"),
+            old,
+            true,
+        ),
+        (
+            "an upgrade without its session",
+            vec![exchange(Some("d"), 101, "/ws", young)],
+            Some("d"),
+            young,
+            false,
+        ),
+        (
+            "an upgrade with its session",
+            vec![exchange(Some("e"), 101, "/ws", young), session("e")],
+            Some("e"),
+            young,
+            true,
+        ),
+        (
+            "another id's exchange",
+            vec![exchange(Some("f"), 200, "/f", young)],
+            Some("g"),
+            young,
+            false,
+        ),
+        (
+            "a line without an id",
+            vec![exchange(None, 200, "/h", young)],
+            None,
+            young,
+            false,
+        ),
+    ];
+    for (what, hops, rid, at, want) in cases {
+        let mut j = Joiner::new(30 * S);
+        let mut out = Vec::new();
+        for h in hops {
+            j.hop(h, young, &mut out);
+        }
+        // Time moves on (the old map's case): a later exchange settles the ring.
+        j.hop(exchange(Some("later"), 200, "/later", at), at, &mut out);
+        assert!(out.is_empty(), "{what}");
+        let e = edge(rid, 200, "/x", at + S / 10);
+        assert_eq!(j.joins_at_once(&e), want, "{what}");
+        j.edge(e, at + S / 10, &mut out);
+        let joined_now = out.len() == 1
+            && out[0].edge.is_some()
+            && out[0].hop.is_some()
+            && out[0].request_id.as_deref() == rid;
+        assert_eq!(joined_now, want, "{what}: {out:?}");
+    }
+}

@@ -10,7 +10,9 @@
 //! bytes, `Nullable(T)` as a null map (one byte per value) and then the values (zero where
 //! null), `Array(T)` as cumulative end offsets (`UInt64`) and then the elements as a column.
 //! `LowCardinality` is the server's business: blocks carry the plain type (as the crate's do).
-use super::{AlertRow, AnyRow, ConnRow, EdgeRow, ExposureRow, HttpRow, RequestRow, WsRow};
+use super::{
+    AlertRow, AnyRow, ConnRow, EdgeJoinRow, EdgeRow, ExposureRow, HttpRow, RequestRow, WsRow,
+};
 
 /// A varuint (LEB128), as Native lengths and counts are written.
 pub fn put_varuint(out: &mut Vec<u8>, mut v: u64) {
@@ -261,6 +263,13 @@ native_row!(EdgeRow;
     request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
     upstream_response_ns, bytes_sent,
 );
+native_row!(EdgeJoinRow;
+    joined, matched, reason, wire_status, wire_ttfb_ns, wire_total_ns, upgrade_requested,
+    websocket, ws_duration_ns, ws_end_kind, ws_end_from, refused, hop_client,
+);
+/// `edge_logs` columns that are the line's ([`EdgeRow`]'s); the join's ([`EdgeJoinRow`]'s)
+/// follow them.
+pub(crate) const EDGE_LINE_COLUMNS: usize = 15;
 native_row!(RequestRow;
     ts @ Nanos, node, request_id, matched, reason, client, host, method, path,
     edge_status, edge_request_time_ns, upstream_addr, upstream_connect_ns, upstream_header_ns,
@@ -288,7 +297,11 @@ impl Columns {
             2 => ConnRow::columns(),
             3 => HttpRow::columns(),
             4 => WsRow::columns(),
-            5 => EdgeRow::columns(),
+            5 => {
+                let mut cols = EdgeRow::columns();
+                cols.extend(EdgeJoinRow::columns());
+                cols
+            }
             6 => RequestRow::columns(),
             _ => AlertRow::columns(),
         };
@@ -311,13 +324,26 @@ impl Columns {
             AnyRow::Conn(r) => r.append(cols),
             AnyRow::Http(r) => r.append(cols),
             AnyRow::Ws(r) => r.append(cols),
-            AnyRow::Edge(r) => r.append(cols),
+            AnyRow::Edge(r) => {
+                // A line's row on its own: its join's columns empty.
+                r.append(cols);
+                EdgeJoinRow::default().append(&mut cols[EDGE_LINE_COLUMNS..]);
+            }
             AnyRow::Request(r) => r.append(cols),
             AnyRow::Alert(r) => r.append(cols),
             AnyRow::TailMark(_) => return false,
         }
         self.rows += 1;
         true
+    }
+
+    /// Appends a line's row with its join's columns (what [`Columns::push_edge_joined`]
+    /// writes straight, for the tests that hold the two together).
+    #[cfg(test)]
+    pub(crate) fn push_edge_with(&mut self, r: &EdgeRow, j: &EdgeJoinRow) {
+        r.append(&mut self.cols);
+        j.append(&mut self.cols[EDGE_LINE_COLUMNS..]);
+        self.rows += 1;
     }
 
     /// Rows gathered since the last block.

@@ -10,9 +10,12 @@ fn fields<T: Serialize>(row: &T) -> Vec<String> {
 }
 
 fn check<T: Serialize>(table: &str, row: &T) {
+    check_fields(table, fields(row));
+}
+
+fn check_fields(table: &str, mut have: Vec<String>) {
     let def = super::super::schema::table(table).expect("table exists");
     let mut want: Vec<&str> = def.columns.iter().map(|c| c.name).collect();
-    let mut have = fields(row);
     want.sort_unstable();
     have.sort_unstable();
     assert_eq!(have, want, "row fields and columns of {table} differ");
@@ -359,6 +362,37 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
     // Only their own tables' columns take them.
     assert!(!Columns::new(HTTP_TABLE).push_edge("n", &full));
     assert!(!Columns::new(EDGE_TABLE).push_request("n", &joined[0]));
+
+    // A request with its line, as one `edge_logs` row that carries the join: byte for byte the
+    // line's row and `EdgeJoinRow::of`, and only where ClickHouse can make the request's row
+    // from it (the line's id, host, method and path are the request's).
+    let (mut straight, mut rows) = (Columns::new(EDGE_TABLE), Columns::new(EDGE_TABLE));
+    let mut folded = Vec::new();
+    for (i, r) in joined.iter().enumerate() {
+        let of = EdgeJoinRow::of(r);
+        assert_eq!(
+            straight.push_edge_joined("node-1", r),
+            of.is_some(),
+            "request {i}"
+        );
+        if let (Some(j), Some(e)) = (of, r.edge.as_ref()) {
+            assert!(j.joined);
+            rows.push_edge_with(&EdgeRow::new("node-1", e), &j);
+            folded.push(i);
+        }
+    }
+    // Not the line without its method when the exchange has one, not a request without its
+    // line.
+    assert_eq!(folded, [0, 2, 4, 5]);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    assert_eq!(straight.write_block(&mut a), 4);
+    assert_eq!(rows.write_block(&mut b), 4);
+    assert_eq!(a, b);
+    assert!(!Columns::new(REQUEST_TABLE).push_edge_joined("n", &joined[0]));
+    assert_eq!(
+        EdgeJoinRow::of(&joined[0]).map(|j| j.matched),
+        Some("exact".into())
+    );
 }
 
 #[test]
@@ -444,7 +478,15 @@ fn row_fields_are_the_table_columns() {
         bytes_sent: None,
         upgrade: None,
     };
-    check("edge_logs", &EdgeRow::new("n", &edge));
+    // An `edge_logs` row: the line's columns, then its join's.
+    check_fields(
+        "edge_logs",
+        [
+            fields(&EdgeRow::new("n", &edge)),
+            fields(&EdgeJoinRow::default()),
+        ]
+        .concat(),
+    );
     check_native(AnyRow::Edge(EdgeRow::new("n", &edge)));
     let joined = JoinedRequest {
         request_id: Some("r1".into()),

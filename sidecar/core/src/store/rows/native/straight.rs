@@ -3,7 +3,7 @@
 //! without a row struct or a string copied on the way: the hot paths. Unit tests hold each to
 //! its row struct's bytes.
 #[cfg(doc)]
-use super::super::{EdgeRow, HttpRow, RequestRow};
+use super::super::{EdgeJoinRow, EdgeRow, HttpRow, RequestRow};
 use super::{ColumnBuf, Columns, Nanos, NativeValue};
 
 /// Every octet's decimal text: its length, then its digits (unused ones zero).
@@ -182,6 +182,73 @@ impl Columns {
             e.upstream_header_ns,
             e.upstream_response_ns,
             e.bytes_sent,
+            // The join's columns, empty (`EdgeJoinRow::default()`).
+            false,
+            "",
+            "",
+            None::<u16>,
+            None::<u64>,
+            None::<u64>,
+            false,
+            false,
+            None::<u64>,
+            "",
+            "",
+            false,
+            "",
+        );
+        self.rows += 1;
+        true
+    }
+
+    /// The row of an access-log record that carries its request, joined as the line was read
+    /// (the columns [`EdgeRow::new`] and [`EdgeJoinRow::of`] fill, in their order): the one
+    /// row of a logged request, ClickHouse making its `requests` row. A test holds the two to
+    /// the same bytes. Refused (false) unless these are `edge_logs` columns, `r` has its line,
+    /// and the request's row can be made from this one ([`EdgeJoinRow::of`]).
+    pub fn push_edge_joined(&mut self, node: &str, r: &crate::edge::join::JoinedRequest) -> bool {
+        if self.table != super::super::EDGE_TABLE {
+            return false;
+        }
+        let Some(e) = r.edge.as_ref() else {
+            return false;
+        };
+        let v = super::super::RequestView::of(r);
+        if !v.folds_into(e) {
+            return false;
+        }
+        fn text<T: std::ops::Deref<Target = str>>(v: &Option<T>) -> &str {
+            v.as_deref().unwrap_or("")
+        }
+        put_all!(self.cols;
+            Nanos(super::super::ns(e.end_ts_ns)),
+            node,
+            e.format.as_str(),
+            text(&e.request_id),
+            text(&e.client),
+            text(&e.host),
+            text(&e.method),
+            text(&e.path),
+            e.status,
+            e.request_time_ns,
+            text(&e.upstream_addr),
+            e.upstream_connect_ns,
+            e.upstream_header_ns,
+            e.upstream_response_ns,
+            e.bytes_sent,
+            true,
+            v.matched,
+            v.reason,
+            v.wire_status,
+            v.wire_ttfb_ns,
+            v.wire_total_ns,
+            v.upgrade_requested,
+            v.websocket,
+            v.ws_duration_ns,
+            v.ws_end_kind,
+            v.ws_end_from,
+            v.refused,
+            SockText(v.hop_client),
         );
         self.rows += 1;
         true
