@@ -41,6 +41,70 @@ fn rows_by_node(cluster: &Cluster, i: usize, db: &str) -> BTreeMap<String, u64> 
         .collect()
 }
 
+/// Lines that carry their requests, written through node 1's Distributed `edge_logs`: each
+/// shard's view makes the `requests` rows of its own lines (the two tables are sharded alike),
+/// and every node's Distributed `requests` sees each one once, as the request's own row says.
+fn lines_with_their_requests_through_the_cluster(cluster: &Cluster, db: &str) {
+    let spool = tempfile::tempdir().unwrap();
+    let cfg = edgewatch::config::Config::from_toml_str(
+        &cluster.store_config(1, db, spool.path(), "edge-d"),
+        "test",
+    )
+    .unwrap();
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    let requests = support::store::joined_with_their_lines(now);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let totals = rt.block_on(async {
+        let mut st = edgewatch::store::Store::start(&cfg.store).await.unwrap();
+        for r in &requests {
+            st.edge_joined(r);
+        }
+        st.flush(&edgewatch::metrics::Metrics::new());
+        st.shutdown(Duration::from_secs(60)).await
+    });
+    let n = requests.len() as u64;
+    assert_eq!((totals.sent, totals.backlog_rows), (n, 0), "{totals:?}");
+    let local: Vec<u64> = (0..3)
+        .map(|i| {
+            cluster.nodes[i].count(&format!(
+                "SELECT count() FROM {db}.requests_local WHERE node = 'edge-d'"
+            ))
+        })
+        .collect();
+    assert!(local.iter().filter(|c| **c > 0).count() >= 2, "{local:?}");
+    for (i, (node, local)) in cluster.nodes.iter().zip(&local).enumerate() {
+        assert_eq!(
+            node.count(&format!(
+                "SELECT count() FROM {db}.requests WHERE node = 'edge-d'"
+            )),
+            n,
+            "through node {i}"
+        );
+        // Each request's row where its line's is: on the line's shard.
+        assert_eq!(
+            node.count(&format!(
+                "SELECT count() FROM {db}.edge_logs_local AS e INNER JOIN {db}.requests_local AS r ON e.request_id = r.request_id AND e.path = r.path WHERE e.node = 'edge-d' AND r.node = 'edge-d'"
+            )),
+            *local,
+            "node {i}"
+        );
+    }
+    let exact = cluster.nodes[0].count(&format!(
+        "SELECT count() FROM {db}.requests WHERE node = 'edge-d' AND matched = 'exact' AND wire_status IS NOT NULL"
+    ));
+    assert_eq!(exact, n / 5 * 2, "the exact joins carried their exchanges");
+}
+
 /// Three sidecars (three `replay --store` of different recordings, with distinct node
 /// names, each pointed at another node) start at once against an empty cluster: they
 /// migrate every node at the same time without tripping over each other, every row arrives
@@ -118,9 +182,16 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
         "three sidecars wrote {total} rows through the cluster in {elapsed:.2} s ({:.0} rows/s in all)",
         total as f64 / elapsed
     );
-    // Exactly once, and the same from every node.
+    // Exactly once, and the same from every node: the rows the sidecars sent, and a
+    // `requests` row the view made of each line's row that carries its request.
+    let mut stored = spooled.clone();
+    for (node, n) in &mut stored {
+        *n += cluster.nodes[0].count(&format!(
+            "SELECT count() FROM {db}.edge_logs WHERE joined AND node = '{node}'"
+        ));
+    }
     for i in 0..3 {
-        assert_eq!(rows_by_node(&cluster, i, db), spooled, "through node {i}");
+        assert_eq!(rows_by_node(&cluster, i, db), stored, "through node {i}");
     }
     // Spread over the shards: each node's own tables hold a part, and the parts add up.
     let local: Vec<u64> = (0..3)
@@ -135,7 +206,11 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
             ))
         })
         .collect();
-    assert_eq!(local.iter().sum::<u64>(), total, "{local:?}");
+    assert_eq!(
+        local.iter().sum::<u64>(),
+        stored.values().sum::<u64>(),
+        "{local:?}"
+    );
     assert!(local.iter().filter(|n| **n > 0).count() >= 2, "{local:?}");
     // Every node was migrated (its own record), by whichever sidecar got there first.
     for (i, node) in cluster.nodes.iter().enumerate() {
@@ -144,7 +219,7 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
                 "SELECT DISTINCT version FROM {db}.schema_migrations ORDER BY version FORMAT TabSeparated"
             ))
             .trim(),
-            "1\n2",
+            "1\n2\n3",
             "node {i}"
         );
     }
@@ -208,6 +283,8 @@ fn three_sidecars_at_once_write_every_row_exactly_once_through_the_distributed_t
         .unwrap()
         .iter()
         .all(|i| i["rule"] != "hop.origin_rejected"));
+    // Last: a fourth node name would change the fleet timeline above.
+    lines_with_their_requests_through_the_cluster(&cluster, db);
 }
 
 /// A batch sent again with the same token (an insert that failed while a node was down,

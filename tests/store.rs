@@ -1381,158 +1381,6 @@ fn access_log_lines_reach_clickhouse_exactly_once_across_kill_9_and_rotations() 
     assert!(rotations >= 4);
 }
 
-/// Requests joined as their lines came, as varied as the join makes them: exact with an
-/// exchange, an upgrade with its session, a refused connect's, the edge's alone, inferred
-/// without an id; times set and not, IPv4 and IPv6 hop clients.
-fn joined_with_their_lines(now: i64) -> Vec<edgewatch::edge::join::JoinedRequest> {
-    use edgewatch::{
-        edge::{
-            join::{JoinedRequest, Matched},
-            EdgeFormat, EdgeRecord,
-        },
-        hop::{
-            ConnEvent, ConnEventKind, ConnId, ExchangeOutcome, HttpExchange, SessionEnd, Side,
-            WsSession,
-        },
-    };
-    let now = u64::try_from(now).unwrap();
-    let s = 1_000_000_000u64;
-    let conn = |client: &str| ConnId {
-        client: client.parse().unwrap(),
-        server: "127.0.0.1:18789".parse().unwrap(),
-        first_seen_ns: now - 10 * s,
-    };
-    let line = |i: u64, rid: Option<&str>, status: u16, time: Option<u64>| EdgeRecord {
-        format: EdgeFormat::NginxJson,
-        end_ts_ns: now + i * s,
-        request_id: rid.map(Into::into),
-        client: Some(format!("203.0.113.{i}").as_str().into()),
-        host: Some("gw.example".into()),
-        method: Some("GET".into()),
-        path: Some(format!("/api/{i}?token=[redacted]").as_str().into()),
-        status,
-        request_time_ns: time,
-        upstream_addr: Some("127.0.0.1:18789".into()),
-        upstream_connect_ns: time.map(|_| 1_000),
-        upstream_header_ns: time.map(|t| t / 2),
-        upstream_response_ns: time,
-        bytes_sent: Some(512 + i),
-        upgrade: None,
-    };
-    let exchange = |i: u64, rid: Option<&str>, client: &str, status: u16| HttpExchange {
-        conn: conn(client),
-        index: 0,
-        request_ts_ns: now + i * s - s / 10,
-        method: "GET".into(),
-        path: format!("/api/{i}?token=[redacted]").as_str().into(),
-        host: Some("gw.example".into()),
-        origin: None,
-        request_id: rid.map(Into::into),
-        x_forwarded_for: None,
-        x_forwarded_proto: None,
-        upgrade_websocket: status == 101,
-        connection_upgrade: status == 101,
-        status: Some(status),
-        ttfb_ns: Some(2_000_000 + i),
-        total_ns: Some(3_000_000 + i),
-        request_bytes: 100,
-        response_bytes: 50,
-        outcome: if status == 101 {
-            ExchangeOutcome::Upgraded
-        } else {
-            ExchangeOutcome::Complete
-        },
-        error_code: None,
-    };
-    let join = |rid: Option<&str>,
-                matched: Matched,
-                reason: Option<&str>,
-                edge: EdgeRecord,
-                hop: Option<HttpExchange>| JoinedRequest {
-        request_id: rid.map(Into::into),
-        matched,
-        reason: reason.map(str::to_owned),
-        edge: Some(edge),
-        hop: hop.map(Box::new),
-        websocket: None,
-        refused: None,
-    };
-    let rid = |i: u64| format!("{:032x}", 0xfeed_0000u64 + i);
-    let mut out = Vec::new();
-    for i in 0..40u64 {
-        let id = rid(i);
-        let r = Some(id.as_str());
-        out.push(match i % 5 {
-            0 => join(
-                r,
-                Matched::Exact,
-                None,
-                line(i, r, 200, Some(4_000_000)),
-                Some(exchange(i, r, "127.0.0.1:40000", 200)),
-            ),
-            1 => {
-                let mut j = join(
-                    r,
-                    Matched::Exact,
-                    None,
-                    line(i, r, 101, Some(60 * s)),
-                    Some(exchange(i, r, "[2001:db8::7]:40001", 101)),
-                );
-                j.websocket = Some(Box::new(WsSession {
-                    conn: conn("[2001:db8::7]:40001"),
-                    request_id: Some(id.clone()),
-                    path: "/ws".into(),
-                    origin: None,
-                    upgraded_ts_ns: now,
-                    end_ts_ns: now + 60 * s,
-                    duration_ns: 60 * s - i,
-                    client_frames: Default::default(),
-                    server_frames: Default::default(),
-                    closes: Vec::new(),
-                    end: SessionEnd::CloseHandshake {
-                        first_close_from: Side::Server,
-                    },
-                    longest_idle_ns: 0,
-                    idle_before_end_ns: 0,
-                    lost_sync: false,
-                }));
-                j
-            }
-            2 => {
-                let mut j = join(
-                    r,
-                    Matched::EdgeOnly,
-                    Some("the upstream refused the connection"),
-                    line(i, r, 502, None),
-                    None,
-                );
-                j.refused = Some(Box::new(ConnEvent {
-                    conn: conn("127.0.0.1:40002"),
-                    ts_ns: now + i * s - s,
-                    kind: ConnEventKind::Refused,
-                    process: None,
-                }));
-                j
-            }
-            3 => join(
-                r,
-                Matched::EdgeOnly,
-                Some("no exchange within the join window"),
-                line(i, r, 504, Some(60 * s)),
-                None,
-            ),
-            _ => join(
-                None,
-                Matched::Inferred,
-                None,
-                line(i, None, 200, Some(4_000_000)),
-                Some(exchange(i, None, "127.0.0.1:40004", 200)),
-            ),
-        });
-    }
-    out
-}
-
 /// A line stored with its request as one `edge_logs` row (the common case live: the line's
 /// exchange waited for it) makes, through ClickHouse's view, the very `requests` row that the
 /// request's own row is, and the same line's row: every column, for every join outcome
@@ -1541,7 +1389,7 @@ fn joined_with_their_lines(now: i64) -> Vec<edgewatch::edge::join::JoinedRequest
 fn a_line_that_carries_its_request_makes_the_same_requests_row() {
     let ch = support::store::shared();
     let db = "t_fold";
-    let requests = joined_with_their_lines(now_ns());
+    let requests = support::store::joined_with_their_lines(now_ns());
     let rt = runtime();
     for (node, one_row) in [("apart", false), ("one-row", true)] {
         let spool = tempfile::tempdir().unwrap();
@@ -1664,7 +1512,7 @@ fn an_older_database_is_brought_to_the_lines_that_carry_their_requests() {
     let spool = tempfile::tempdir().unwrap();
     let cfg = edgewatch::config::Config::from_toml_str(&ch.store_config(db, spool.path()), "test")
         .unwrap();
-    let requests = joined_with_their_lines(now_ns());
+    let requests = support::store::joined_with_their_lines(now_ns());
     rt.block_on(async {
         let mut st = edgewatch::store::Store::start(&cfg.store).await.unwrap();
         st.edge_joined(&requests[0]);

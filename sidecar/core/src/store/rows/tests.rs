@@ -242,11 +242,8 @@ fn same_block<T>(
     assert_eq!(a, b);
 }
 
-/// With a log followed, each request's edge row and joined row are appended straight from
-/// the records too: byte for byte what their row structs write (every join outcome, fields
-/// set and not, hop clients of both families and none).
-#[test]
-fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
+/// Access-log records: every field set, none set, and Caddy's without a host.
+fn edge_samples() -> (EdgeRecord, EdgeRecord, EdgeRecord) {
     let full = EdgeRecord {
         format: EdgeFormat::NginxJson,
         end_ts_ns: 1_796_397_995_104_000_000,
@@ -286,14 +283,13 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
         host: None,
         ..full.clone()
     };
-    let edges = [full.clone(), bare.clone(), caddy];
-    same_block(
-        EDGE_TABLE,
-        &edges,
-        |c, e| c.push_edge("node-1", e),
-        |e| AnyRow::Edge(EdgeRow::new("node-1", e)),
-    );
+    (full, bare, caddy)
+}
 
+/// Joined requests of every join outcome, fields set and not, hop clients of both families
+/// and none.
+fn joined_samples(full: &EdgeRecord, bare: &EdgeRecord) -> [JoinedRequest; 7] {
+    let (full, bare) = (full.clone(), bare.clone());
     let ws = WsSession {
         conn: conn(),
         request_id: full.request_id.as_deref().map(str::to_owned),
@@ -344,7 +340,7 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
     upgraded.websocket = Some(Box::new(ws));
     let mut explained = join(Matched::EdgeOnly, Some("refused"), Some(&bare), None);
     explained.refused = Some(Box::new(refused));
-    let joined = [
+    [
         upgraded,
         join(Matched::Exact, None, Some(&bare), Some(&no_host)),
         join(Matched::EdgeOnly, Some("no exchange"), Some(&full), None),
@@ -352,7 +348,24 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
         join(Matched::Inferred, None, Some(&full), Some(&scoped)),
         explained,
         join(Matched::EdgeOnly, None, None, None),
-    ];
+    ]
+}
+
+/// With a log followed, each request's edge row and joined row are appended straight from
+/// the records too: byte for byte what their row structs write (every join outcome, fields
+/// set and not, hop clients of both families and none).
+#[test]
+fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
+    let (full, bare, caddy) = edge_samples();
+    let edges = [full.clone(), bare.clone(), caddy];
+    same_block(
+        EDGE_TABLE,
+        &edges,
+        |c, e| c.push_edge("node-1", e),
+        |e| AnyRow::Edge(EdgeRow::new("node-1", e)),
+    );
+
+    let joined = joined_samples(&full, &bare);
     same_block(
         REQUEST_TABLE,
         &joined,
@@ -362,7 +375,12 @@ fn edge_and_joined_rows_written_straight_into_columns_are_their_rows() {
     // Only their own tables' columns take them.
     assert!(!Columns::new(HTTP_TABLE).push_edge("n", &full));
     assert!(!Columns::new(EDGE_TABLE).push_request("n", &joined[0]));
+}
 
+#[test]
+fn a_line_with_its_request_written_straight_into_columns_is_its_rows() {
+    let (full, bare, _) = edge_samples();
+    let joined = joined_samples(&full, &bare);
     // A request with its line, as one `edge_logs` row that carries the join: byte for byte the
     // line's row and `EdgeJoinRow::of`, and only where ClickHouse can make the request's row
     // from it (the line's id, host, method and path are the request's).
