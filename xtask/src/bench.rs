@@ -118,7 +118,7 @@ pub fn instructions() -> Result<(String, String)> {
         ],
     )?;
     println!(
-        "instructions per proxied keep-alive request with its access-log line joined (the same, plus the line parsed, joined by request id, an edge row and a joined row): {logged}"
+        "instructions per proxied keep-alive request with its access-log line joined (the same, plus the line parsed, joined by request id, and its edge row carrying the joined request): {logged}"
     );
     println!("summary: instr per_request={hop} per_logged_request={logged}");
     Ok((hop.to_string(), logged.to_string()))
