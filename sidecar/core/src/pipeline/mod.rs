@@ -311,21 +311,21 @@ impl Pipeline {
     }
 
     fn emit_joined(&mut self, sink: &mut impl Sink) {
-        self.emit_joined_after(false, sink);
+        self.emit_joined_after(None, sink);
     }
 
-    /// `with_line`: the first request is a line's, joined as it came, and goes to the sink
-    /// with it ([`Sink::edge_joined`]).
-    fn emit_joined_after(&mut self, with_line: bool, sink: &mut impl Sink) {
+    /// `line_at`: the position of a line's request, joined as the line came, which goes to
+    /// the sink with it ([`Sink::edge_joined`]).
+    fn emit_joined_after(&mut self, line_at: Option<usize>, sink: &mut impl Sink) {
         if self.joined.is_empty() {
             return;
         }
         let mut joined = std::mem::take(&mut self.joined);
-        debug_assert!(!with_line || joined.first().is_some_and(|r| r.edge.is_some()));
+        debug_assert!(line_at.is_none_or(|i| joined.get(i).is_some_and(|r| r.edge.is_some())));
         // Handled where they lie (a joined request is ~400 bytes: moving each out is a copy);
         // then each exchange's box goes back to the join for the next exchange to wait in.
         for (i, r) in joined.iter().enumerate() {
-            if with_line && i == 0 {
+            if line_at == Some(i) {
                 sink.edge_joined(r);
             } else {
                 sink.request(r);
@@ -373,10 +373,12 @@ impl Pipeline {
             sink.edge(&record);
         }
         self.edge_upstream(&record, sink);
+        // Where the join puts the line's request (the one request it gives for it then).
+        let line_at = at_once.then_some(self.joined.len());
         if let Some(j) = self.joiner.as_mut() {
             j.edge(record, now_ns, &mut self.joined);
         }
-        self.emit_joined_after(at_once, sink);
+        self.emit_joined_after(line_at, sink);
     }
 
     /// Moves time on: requests whose other side did not come within the join window go out

@@ -122,6 +122,106 @@ pub fn replay_limited<R: std::io::Read + Send>(
 
 #[cfg(test)]
 mod tests {
+    use crate::{
+        edge::{join::JoinedRequest, EdgeFormat, EdgeRecord},
+        hop::HopRecord,
+        pipeline::{Mode, Pipeline, Settings, Sink},
+    };
+
+    /// What a driver is handed, in order: `L` a line alone, `R` a request alone, `J` a line
+    /// with its request.
+    #[derive(Default)]
+    struct Calls {
+        order: String,
+        joined: Vec<JoinedRequest>,
+    }
+
+    impl Sink for Calls {
+        fn edge(&mut self, _: &EdgeRecord) {
+            self.order.push('L');
+        }
+        fn request(&mut self, _: &JoinedRequest) {
+            self.order.push('R');
+        }
+        fn edge_joined(&mut self, r: &JoinedRequest) {
+            self.order.push('J');
+            self.joined.push(r.clone());
+        }
+    }
+
+    fn line(rid: &str, end_ts_ns: u64) -> EdgeRecord {
+        EdgeRecord {
+            format: EdgeFormat::NginxJson,
+            end_ts_ns,
+            request_id: Some(rid.into()),
+            client: Some("203.0.113.7".into()),
+            host: Some("gw.example".into()),
+            method: Some("GET".into()),
+            path: Some("/".into()),
+            status: 200,
+            request_time_ns: Some(1_000_000),
+            upstream_addr: Some("127.0.0.1:44379".into()),
+            upstream_connect_ns: None,
+            upstream_header_ns: None,
+            upstream_response_ns: None,
+            bytes_sent: Some(1),
+            upgrade: None,
+        }
+    }
+
+    /// A line whose exchange waited for it, complete, reaches the sink once, with its request
+    /// (`edge_joined`, never `edge`); a line that comes first waits, reaches it alone, and its
+    /// request after; a line no exchange ever matches goes alone, then its request, alone, at
+    /// the end.
+    #[test]
+    fn a_line_joined_as_it_comes_goes_to_the_sink_with_its_request() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/hop/keepalive.44379.pcap"
+        );
+        let bytes = std::fs::read(path).expect("fixture");
+        let mut exchanges = Vec::new();
+        super::replay(
+            &bytes[..],
+            &[44379],
+            |r| {
+                if let HopRecord::Http(x) = r {
+                    exchanges.push(x.clone());
+                }
+            },
+            |_| {},
+        )
+        .expect("replay");
+        assert_eq!(exchanges.len(), 3);
+        let rid = |i: usize| exchanges[i].request_id.clone().expect("an id").to_string();
+        let done = |i: usize| exchanges[i].request_ts_ns + exchanges[i].total_ns.expect("total");
+        let edges = vec![
+            // Logged before its request was even sent: it waits for the exchange.
+            line(&rid(0), exchanges[0].request_ts_ns - 1),
+            line(&rid(1), done(1) + 1),
+            line(&rid(2), done(2) + 1),
+            line("no-such-exchange", done(2) + 2),
+        ];
+        let settings = Settings {
+            hop_ports: vec![44379],
+            join: true,
+            join_window_ns: 10_000_000_000,
+            ..Settings::default()
+        };
+        let mut pipeline = Pipeline::new(&settings, Mode::Offline);
+        let mut calls = Calls::default();
+        super::run(&bytes[..], edges, &mut pipeline, &mut calls, |_| {}).expect("run");
+        assert_eq!(calls.order, "LRJJLR");
+        for (r, i) in calls.joined.iter().zip([1, 2]) {
+            let (e, h) = (
+                r.edge.as_ref().expect("line"),
+                r.hop.as_ref().expect("exchange"),
+            );
+            assert_eq!(e.request_id.as_deref(), Some(rid(i).as_str()));
+            assert_eq!(h.request_id, exchanges[i].request_id);
+        }
+    }
+
     #[test]
     fn the_recorded_idle_timeout_incident_fires_in_replay() {
         // The committed recording of nginx with proxy_read_timeout 2s closing an idle session.
