@@ -4,7 +4,7 @@
 //! its row struct's bytes.
 #[cfg(doc)]
 use super::super::{EdgeJoinRow, EdgeRow, HttpRow, RequestRow};
-use super::{ColumnBuf, Columns, Nanos, NativeValue};
+use super::{ColumnBuf, Columns, Nanos, NativeValue, EDGE_LINE_COLUMNS};
 
 /// Every octet's decimal text: its length, then its digits (unused ones zero).
 const OCTET_TEXT: [[u8; 4]; 256] = {
@@ -114,6 +114,30 @@ macro_rules! put_all {
     }};
 }
 
+/// A line's own columns of its `edge_logs` row ([`EdgeRow::new`]'s, in its order).
+fn put_line(cols: &mut [ColumnBuf], node: &str, e: &crate::edge::EdgeRecord) {
+    fn text<T: std::ops::Deref<Target = str>>(v: &Option<T>) -> &str {
+        v.as_deref().unwrap_or("")
+    }
+    put_all!(cols;
+        Nanos(super::super::ns(e.end_ts_ns)),
+        node,
+        e.format.as_str(),
+        text(&e.request_id),
+        text(&e.client),
+        text(&e.host),
+        text(&e.method),
+        text(&e.path),
+        e.status,
+        e.request_time_ns,
+        text(&e.upstream_addr),
+        e.upstream_connect_ns,
+        e.upstream_header_ns,
+        e.upstream_response_ns,
+        e.bytes_sent,
+    );
+}
+
 impl Columns {
     /// The row of an HTTP exchange, appended straight from the record: the columns
     /// [`HttpRow::new`] fills, in its order, with no row struct and no string copied on the
@@ -156,33 +180,17 @@ impl Columns {
     }
 
     /// The row of an access-log record, appended straight from it (the columns
-    /// [`EdgeRow::new`] fills, in its order; one per proxied request when a log is followed). A
-    /// test holds the two to the same bytes. Refused (false) unless these are `edge_logs`
-    /// columns.
+    /// [`EdgeRow::new`] fills, in its order, and the join's empty; one per proxied request
+    /// when a log is followed and the line waited for its exchange). A test holds the two to
+    /// the same bytes. Refused (false) unless these are `edge_logs` columns.
     pub fn push_edge(&mut self, node: &str, e: &crate::edge::EdgeRecord) -> bool {
         if self.table != super::super::EDGE_TABLE {
             return false;
         }
-        fn text<T: std::ops::Deref<Target = str>>(v: &Option<T>) -> &str {
-            v.as_deref().unwrap_or("")
-        }
-        put_all!(self.cols;
-            Nanos(super::super::ns(e.end_ts_ns)),
-            node,
-            e.format.as_str(),
-            text(&e.request_id),
-            text(&e.client),
-            text(&e.host),
-            text(&e.method),
-            text(&e.path),
-            e.status,
-            e.request_time_ns,
-            text(&e.upstream_addr),
-            e.upstream_connect_ns,
-            e.upstream_header_ns,
-            e.upstream_response_ns,
-            e.bytes_sent,
-            // The join's columns, empty (`EdgeJoinRow::default()`).
+        let (line, join) = self.cols.split_at_mut(EDGE_LINE_COLUMNS);
+        put_line(line, node, e);
+        // The join's columns, empty (`EdgeJoinRow::default()`).
+        put_all!(join;
             false,
             "",
             "",
@@ -217,25 +225,9 @@ impl Columns {
         if !v.folds_into(e) {
             return false;
         }
-        fn text<T: std::ops::Deref<Target = str>>(v: &Option<T>) -> &str {
-            v.as_deref().unwrap_or("")
-        }
-        put_all!(self.cols;
-            Nanos(super::super::ns(e.end_ts_ns)),
-            node,
-            e.format.as_str(),
-            text(&e.request_id),
-            text(&e.client),
-            text(&e.host),
-            text(&e.method),
-            text(&e.path),
-            e.status,
-            e.request_time_ns,
-            text(&e.upstream_addr),
-            e.upstream_connect_ns,
-            e.upstream_header_ns,
-            e.upstream_response_ns,
-            e.bytes_sent,
+        let (line, join) = self.cols.split_at_mut(EDGE_LINE_COLUMNS);
+        put_line(line, node, e);
+        put_all!(join;
             true,
             v.matched,
             v.reason,
