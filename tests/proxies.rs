@@ -656,38 +656,12 @@ impl CaddyProc {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join(name);
         std::fs::write(&file, config).expect("write");
-        let log = dir.path().join("caddy.err");
-        let mut cmd = Command::new("caddy");
-        cmd.args(["run", "--config"]).arg(&file);
-        if name == "Caddyfile" {
-            cmd.args(["--adapter", "caddyfile"]);
-        }
-        let mut child = cmd
-            .env("HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("caddy.err"))
-            .spawn()
-            .expect("caddy (cargo xtask setup installs it)");
-        let said = || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(5)..].join("\n")
-        };
-        let deadline = std::time::Instant::now() + support::wait_limit();
-        while std::net::TcpStream::connect(("127.0.0.1", edge)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("{status}: {}", said()));
-            }
-            if std::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("caddy did not listen on {edge}: {}", said());
-            }
-            std::thread::yield_now();
-        }
+        let child = support::hop::run_caddy(
+            dir.path(),
+            &file,
+            name == "Caddyfile",
+            (std::net::Ipv4Addr::LOCALHOST.into(), edge),
+        )?;
         Ok(Self { child, _dir: dir })
     }
 

@@ -22,6 +22,10 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+// (This process starts no Caddy: any free port does.)
+fn free_listen_port() -> u16 {
+    free_port()
+}
 fn edgewatch_bin() -> PathBuf {
     PathBuf::from("edgewatch")
 }

@@ -472,13 +472,13 @@ pub struct Caddy {
 
 impl Caddy {
     pub fn start(upstream: SocketAddr) -> Self {
-        Self::start_with(upstream, None)
+        Self::start_site(upstream, false, None, std::net::Ipv4Addr::LOCALHOST).0
     }
 
     /// With its admin endpoint on a port of its own, so the test can `caddy reload` it.
     pub fn start_reloadable(upstream: SocketAddr) -> (Self, u16) {
-        let admin = super::free_port();
-        (Self::start_with(upstream, Some(admin)), admin)
+        let (caddy, admin) = Self::start_site(upstream, true, None, std::net::Ipv4Addr::LOCALHOST);
+        (caddy, admin.expect("an admin port"))
     }
 
     /// `caddy reload --force` through the admin endpoint (what a deploy does).
@@ -502,10 +502,11 @@ impl Caddy {
     pub fn start_tls(upstream: SocketAddr, cert: &Path, key: &Path) -> Self {
         Self::start_site(
             upstream,
-            None,
+            false,
             Some((cert, key)),
             std::net::Ipv4Addr::LOCALHOST,
         )
+        .0
     }
 
     /// The same, listening on `bind` (a veth address for clients in another namespace).
@@ -515,21 +516,44 @@ impl Caddy {
         key: &Path,
         bind: std::net::Ipv4Addr,
     ) -> Self {
-        Self::start_site(upstream, None, Some((cert, key)), bind)
+        Self::start_site(upstream, false, Some((cert, key)), bind).0
     }
 
-    fn start_with(upstream: SocketAddr, admin: Option<u16>) -> Self {
-        Self::start_site(upstream, admin, None, std::net::Ipv4Addr::LOCALHOST)
-    }
-
+    /// Starts Caddy on fresh ports (`free_listen_port`s, below the ephemeral range): its site
+    /// on `bind`, and its admin endpoint when `admin`. One that another server binds first
+    /// makes Caddy exit with "address already in use": then again with fresh ports, at most
+    /// three times (see [`run_caddy`]).
     fn start_site(
         upstream: SocketAddr,
+        admin: bool,
+        tls: Option<(&Path, &Path)>,
+        bind: std::net::Ipv4Addr,
+    ) -> (Self, Option<u16>) {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = super::free_listen_port();
+            let admin = admin.then(super::free_listen_port);
+            let caddyfile = Self::write_caddyfile(dir.path(), upstream, port, admin, tls, bind);
+            match run_caddy(dir.path(), &caddyfile, true, (bind.into(), port)) {
+                Ok(child) => return (Self { child, port, dir }, admin),
+                Err(said) if said.contains("address already in use") => last = said,
+                Err(said) => panic!("caddy exited before it listened on {port}: {said}"),
+            }
+        }
+        panic!("caddy found its ports taken three times: {last}")
+    }
+
+    /// The README's Caddyfile for this test in `dir`: site address, upstream and log path
+    /// substituted; no admin endpoint unless `admin`. Returns its path.
+    fn write_caddyfile(
+        dir: &Path,
+        upstream: SocketAddr,
+        port: u16,
         admin: Option<u16>,
         tls: Option<(&Path, &Path)>,
         bind: std::net::Ipv4Addr,
-    ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
+    ) -> PathBuf {
         let address = match tls {
             Some(_) => format!("https://gw.test:{port}"),
             None => format!("http://127.0.0.1:{port}"),
@@ -539,9 +563,8 @@ impl Caddy {
             .replace("127.0.0.1:18789", &upstream.to_string())
             .replace(
                 "/var/log/caddy/access.log",
-                &dir.path().join("access.log").display().to_string(),
+                &dir.join("access.log").display().to_string(),
             );
-        let caddyfile = dir.path().join("Caddyfile");
         if let Some((cert, key)) = tls {
             site = site.replacen(
                 "{\n",
@@ -559,28 +582,13 @@ impl Caddy {
         } else {
             ""
         };
+        let caddyfile = dir.join("Caddyfile");
         std::fs::write(
             &caddyfile,
             format!("{{\n\tadmin {admin}\n{globals}}}\n{site}"),
         )
         .unwrap();
-        let child = Command::new("caddy")
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&caddyfile)
-            .env("HOME", dir.path())
-            .env("XDG_DATA_HOME", dir.path())
-            .env("XDG_CONFIG_HOME", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("caddy (cargo xtask setup installs it)");
-        let deadline = Instant::now() + super::wait_limit();
-        while std::net::TcpStream::connect((bind, port)).is_err() {
-            assert!(Instant::now() < deadline, "caddy did not start");
-            std::thread::yield_now();
-        }
-        Self { child, port, dir }
+        caddyfile
     }
 
     /// Waits until the access log has `n` lines and returns its path.
@@ -608,6 +616,52 @@ impl Drop for Caddy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `caddy run` on `config` (a Caddyfile when `caddyfile`, else JSON) with `dir` as its
+/// home and its stderr in `dir/caddy.err`, and waits until it listens on `listen`. `Err` with
+/// its exit status and last lines if it exits first (say, "address already in use": a port
+/// another server bound between the test's choice and Caddy's bind). A Caddy that neither
+/// listens nor exits within the wait limit fails the test, with its last lines.
+pub fn run_caddy(
+    dir: &Path,
+    config: &Path,
+    caddyfile: bool,
+    listen: (std::net::IpAddr, u16),
+) -> Result<Child, String> {
+    let log = dir.join("caddy.err");
+    let mut cmd = Command::new("caddy");
+    cmd.args(["run", "--config"]).arg(config);
+    if caddyfile {
+        cmd.args(["--adapter", "caddyfile"]);
+    }
+    let mut child = cmd
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir)
+        .env("XDG_DATA_HOME", dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("caddy.err"))
+        .spawn()
+        .expect("caddy (cargo xtask setup installs it)");
+    let said = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    };
+    let deadline = Instant::now() + super::wait_limit();
+    while std::net::TcpStream::connect(listen).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{status}: {}", said()));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("caddy did not listen on {listen:?}: {}", said());
+        }
+        std::thread::yield_now();
+    }
+    Ok(child)
 }
 
 /// tcpdump recording one upstream port on `lo` into a pcap file.
