@@ -7,8 +7,9 @@ use crate::edge::{join::JoinedRequest, EdgeRecord};
 /// The join's columns of an `edge_logs` row. Filled (`joined` true) when the line's request
 /// was joined the moment the line was read, the common case: the row then carries the whole
 /// request, and ClickHouse makes its `requests` row (`requests_from_edge_logs_mv`, see
-/// [`super::schema::request_from_edge`]), so the sidecar writes one row a logged request where
-/// it wrote two. Empty otherwise (the request's own row is written when it is joined).
+/// [`crate::store::schema::REQUEST_FROM_EDGE`]), so the sidecar writes one row for the line
+/// and its request where it wrote two. Empty otherwise (the request's own row is written when
+/// it is joined).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EdgeJoinRow {
     pub joined: bool,
