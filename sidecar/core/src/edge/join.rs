@@ -365,17 +365,24 @@ impl Joiner {
             + self.orphan_ws.len()
     }
 
-    /// Whether [`Joiner::edge`] would join `rec` at once with an exchange that waits for it,
-    /// complete, by its request id: its request is then the one request that call gives.
-    pub fn joins_at_once(&self, rec: &EdgeRecord) -> bool {
-        rec.request_id
-            .as_deref()
-            .is_some_and(|rid| self.hops.peek_complete(rid))
-    }
-
     /// An edge access-log record arrived.
     pub fn edge(&mut self, rec: EdgeRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        self.edge_or(rec, now_ns, out, |_| {});
+    }
+
+    /// [`Joiner::edge`], telling the two cases apart with one lookup: true when `rec` joined
+    /// at once, by its request id, an exchange that waited for it complete (its request is
+    /// the one this call pushed); otherwise `alone` gets the record first, before it waits or
+    /// joins some other way, and the call returns false.
+    pub fn edge_or(
+        &mut self,
+        rec: EdgeRecord,
+        now_ns: u64,
+        out: &mut Vec<JoinedRequest>,
+        alone: impl FnOnce(&EdgeRecord),
+    ) -> bool {
         let Some(rid) = rec.request_id.as_deref() else {
+            alone(&rec);
             if let Some(i) = self
                 .hops_without_id
                 .iter()
@@ -384,7 +391,7 @@ impl Joiner {
                 if let Some(h) = self.hops_without_id.remove(i) {
                     out.push(joined(Some(rec), Some(h), Matched::Inferred, None));
                 }
-                return;
+                return false;
             }
             if self.edges_without_id.len() >= self.limits.max_without_id {
                 if let Some((e, _)) = self.edges_without_id.pop_front() {
@@ -394,7 +401,7 @@ impl Joiner {
             }
             self.edges_without_id.push_back((rec, now_ns));
             self.shed_if_full(now_ns, out);
-            return;
+            return false;
         };
         // One lookup in the common case (the exchange is there and complete).
         match self.hops.take_complete(rid) {
@@ -403,21 +410,26 @@ impl Joiner {
                 let mut j = joined_without_id(Some(rec), Some(h), Matched::Exact, None);
                 j.request_id = Some(key);
                 out.push(j);
+                true
             }
             Taken::Waiting(key) => {
                 // An upgrade still waiting for its session: both wait.
+                alone(&rec);
                 self.wait_edge(key, rec, now_ns, out);
+                false
             }
             Taken::Absent => {
+                alone(&rec);
                 // A 502/504 that a refused connect already explains: no exchange will come.
                 if matches!(rec.status, 502 | 504) {
                     if let Some(c) = self.refused_for(&rec) {
                         out.push(refused_join(rec, c));
-                        return;
+                        return false;
                     }
                 }
                 let rid = RequestId::new(rid);
                 self.wait_edge(rid, rec, now_ns, out);
+                false
             }
         }
     }

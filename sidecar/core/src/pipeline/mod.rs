@@ -363,22 +363,23 @@ impl Pipeline {
 
     /// One access-log record.
     pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
-        // The common case: the line's exchange waits for it, complete. The line then goes to
-        // the sink with its request, after the join (the store writes the two as one row).
-        let at_once = self
-            .joiner
-            .as_ref()
-            .is_some_and(|j| j.joins_at_once(&record));
-        if !at_once {
+        if self.joiner.is_none() {
             sink.edge(&record);
+            self.edge_upstream(&record, sink);
+            return;
         }
+        // (Before the join, which takes the record: a line that goes alone reaches the sink
+        // after the alerts its upstream address raises.)
         self.edge_upstream(&record, sink);
-        // Where the join puts the line's request (the one request it gives for it then).
-        let line_at = at_once.then_some(self.joined.len());
-        if let Some(j) = self.joiner.as_mut() {
-            j.edge(record, now_ns, &mut self.joined);
-        }
-        self.emit_joined_after(line_at, sink);
+        let Some(j) = self.joiner.as_mut() else {
+            return;
+        };
+        // The common case: the line's exchange waited for it, complete. The line then goes to
+        // the sink with its request, after the join (the store writes the two as one row);
+        // any other line goes alone first.
+        let line_at = self.joined.len();
+        let at_once = j.edge_or(record, now_ns, &mut self.joined, |e| sink.edge(e));
+        self.emit_joined_after(at_once.then_some(line_at), sink);
     }
 
     /// Moves time on: requests whose other side did not come within the join window go out

@@ -327,11 +327,11 @@ fn recycled_boxes_carry_the_next_exchanges() {
     assert_eq!(j.spare.len(), MAX_SPARE);
 }
 
-/// `joins_at_once` says what `edge` then does: true exactly when the line's call gives one
-/// request, the line's, joined with its exchange (the pipeline hands the two to the sink as
-/// one on that promise).
+/// `edge_or` says what it did: true exactly when the line's call gave one request, the
+/// line's, joined with its exchange (the pipeline hands the two to the sink as one on that
+/// promise); otherwise the line went to `alone` first, once.
 #[test]
-fn joins_at_once_says_what_the_line_will_do() {
+fn edge_or_says_whether_the_line_joined_at_once() {
     let young = 100 * S;
     let old = young + waits::YOUNG_NS + S;
     // What, the exchanges that came, the line's id, when it comes, what it does.
@@ -391,8 +391,10 @@ fn joins_at_once_says_what_the_line_will_do() {
         j.hop(exchange(Some("later"), 200, "/later", at), at, &mut out);
         assert!(out.is_empty(), "{what}");
         let e = edge(rid, 200, "/x", at + S / 10);
-        assert_eq!(j.joins_at_once(&e), want, "{what}");
-        j.edge(e, at + S / 10, &mut out);
+        let mut alone = 0;
+        let at_once = j.edge_or(e, at + S / 10, &mut out, |_| alone += 1);
+        assert_eq!(at_once, want, "{what}");
+        assert_eq!(alone, usize::from(!want), "{what}");
         let joined_now = out.len() == 1
             && out[0].edge.is_some()
             && out[0].hop.is_some()

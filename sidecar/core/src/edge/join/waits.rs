@@ -178,20 +178,6 @@ impl HopWaits {
         }
     }
 
-    /// Whether [`HopWaits::take_complete`] would give `rid`'s exchange, complete, now (the
-    /// same lookups, nothing taken).
-    pub(super) fn peek_complete(&self, rid: &str) -> bool {
-        if let Some(seq) = self.young.get(&(self.hash)(rid)) {
-            let i = usize::try_from(seq.saturating_sub(self.base)).unwrap_or(usize::MAX);
-            if let Some((key, e)) = self.ring.get(i).and_then(|(_, e)| e.as_ref()) {
-                if key.as_str() == rid {
-                    return e.complete();
-                }
-            }
-        }
-        !self.old.is_empty() && self.old.get(rid).is_some_and(HopEntry::complete)
-    }
-
     pub(super) fn get(&self, rid: &str) -> Option<&HopEntry> {
         match self.young_seq(rid) {
             Some(seq) => self.slot(seq).and_then(|s| s.as_ref()).map(|(_, e)| e),

@@ -138,6 +138,27 @@ fn put_line(cols: &mut [ColumnBuf], node: &str, e: &crate::edge::EdgeRecord) {
     );
 }
 
+/// Where the columns [`put_wire`] writes start in a `requests` row.
+const WIRE_AT: usize = 15;
+
+/// A joined request's columns from the wire on, the same in its `requests` row and in its
+/// line's `edge_logs` row: its status and times on the hop, its upgrade and session, a
+/// refused connect, the hop's client.
+fn put_wire(cols: &mut [ColumnBuf], v: &super::super::RequestView<'_>) {
+    put_all!(cols;
+        v.wire_status,
+        v.wire_ttfb_ns,
+        v.wire_total_ns,
+        v.upgrade_requested,
+        v.websocket,
+        v.ws_duration_ns,
+        v.ws_end_kind,
+        v.ws_end_from,
+        v.refused,
+        SockText(v.hop_client),
+    );
+}
+
 impl Columns {
     /// The row of an HTTP exchange, appended straight from the record: the columns
     /// [`HttpRow::new`] fills, in its order, with no row struct and no string copied on the
@@ -227,21 +248,9 @@ impl Columns {
         }
         let (line, join) = self.cols.split_at_mut(EDGE_LINE_COLUMNS);
         put_line(line, node, e);
-        put_all!(join;
-            true,
-            v.matched,
-            v.reason,
-            v.wire_status,
-            v.wire_ttfb_ns,
-            v.wire_total_ns,
-            v.upgrade_requested,
-            v.websocket,
-            v.ws_duration_ns,
-            v.ws_end_kind,
-            v.ws_end_from,
-            v.refused,
-            SockText(v.hop_client),
-        );
+        let (head, wire) = join.split_at_mut(3);
+        put_all!(head; true, v.matched, v.reason);
+        put_wire(wire, &v);
         self.rows += 1;
         true
     }
@@ -270,17 +279,8 @@ impl Columns {
             v.upstream_connect_ns,
             v.upstream_header_ns,
             v.upstream_response_ns,
-            v.wire_status,
-            v.wire_ttfb_ns,
-            v.wire_total_ns,
-            v.upgrade_requested,
-            v.websocket,
-            v.ws_duration_ns,
-            v.ws_end_kind,
-            v.ws_end_from,
-            v.refused,
-            SockText(v.hop_client),
         );
+        put_wire(&mut self.cols[WIRE_AT..], &v);
         self.rows += 1;
         true
     }
