@@ -187,7 +187,11 @@ pub struct Joiner {
     window_ns: u64,
     limits: JoinLimits,
     pub stats: JoinStats,
-    edges: HashMap<RequestId, (EdgeRecord, u64)>,
+    /// Lines waiting for their exchange, each in a box of its own: inline, a line's ~370
+    /// bytes made every bucket of the table that large (26 MB of table, and every growth
+    /// moving them all, at 40,000 lines whose ids never come). A line rarely waits: its
+    /// exchange is nearly always drained before it is read.
+    edges: HashMap<RequestId, Box<(EdgeRecord, u64)>>,
     /// Exchanges waiting for their line, young ones in arrival order (see [`waits`]).
     hops: HopWaits,
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
@@ -284,7 +288,8 @@ impl Joiner {
             self.waiting_5xx += 1;
         }
         self.edge_due.push(now_ns, rid.clone(), &self.edges);
-        if let Some((old, _)) = self.edges.insert(rid, (rec, now_ns)) {
+        if let Some(old) = self.edges.insert(rid, Box::new((rec, now_ns))) {
+            let (old, _) = *old;
             self.stats.duplicate_request_ids += 1;
             self.edge_left(&old);
             let mut j = self.edge_unmatched_or_partial(old, None);
@@ -322,7 +327,7 @@ impl Joiner {
 
     /// Takes the edge record waiting under `rid`.
     fn take_edge(&mut self, rid: &str) -> Option<(EdgeRecord, u64)> {
-        let e = self.edges.remove(rid)?;
+        let e = *self.edges.remove(rid)?;
         self.edge_left(&e.0);
         Some(e)
     }
@@ -336,7 +341,7 @@ impl Joiner {
         let mut seen: Vec<u64> = self
             .edges
             .values()
-            .map(|(_, s)| *s)
+            .map(|waiting| waiting.1)
             .chain(self.hops.values().map(|h| h.seen_ns))
             .chain(self.orphan_ws.values().map(|(_, s)| *s))
             .chain(self.edges_without_id.iter().map(|(_, s)| *s))
@@ -520,22 +525,23 @@ impl Joiner {
                 let explained: Vec<RequestId> = self
                     .edges
                     .iter()
-                    .filter(|(rid, (e, _))| {
-                        matches!(e.status, 502 | 504)
+                    .filter(|(rid, waiting)| {
+                        matches!(waiting.0.status, 502 | 504)
                             && !self.hops.contains_key(rid)
-                            && self.refused_position(e).is_some()
+                            && self.refused_position(&waiting.0).is_some()
                     })
                     .map(|(rid, _)| rid.clone())
                     .collect();
                 for rid in explained {
-                    if let Some((e, seen)) = self.edges.remove(&rid) {
-                        match self.refused_for(&e) {
+                    if let Some(waiting) = self.edges.remove(&rid) {
+                        match self.refused_for(&waiting.0) {
                             Some(c) => {
+                                let (e, _) = *waiting;
                                 self.edge_left(&e);
                                 out.push(refused_join(e, c));
                             }
                             None => {
-                                self.edges.insert(rid, (e, seen));
+                                self.edges.insert(rid, waiting);
                             }
                         }
                     }
@@ -562,7 +568,11 @@ impl Joiner {
     fn expire_before(&mut self, cutoff: u64, all: bool, out: &mut Vec<JoinedRequest>) {
         while let Some(rid) = self.edge_due.pop_before(cutoff) {
             // A newer reminder exists for a record that waits since later.
-            if self.edges.get(&rid).is_some_and(|(_, s)| *s < cutoff) {
+            if self
+                .edges
+                .get(&rid)
+                .is_some_and(|waiting| waiting.1 < cutoff)
+            {
                 if let Some((e, _)) = self.take_edge(&rid) {
                     let h = self.hops.remove(&rid);
                     out.push(self.edge_unmatched_or_partial(e, h));

@@ -481,6 +481,85 @@ fn connections_beyond_the_limit_are_reported_early_and_counted() {
     assert_eq!(exchanges(&out).len(), 1000);
 }
 
+/// Ports of the connections whose exchanges `out` holds, in order.
+fn exchange_ports(out: &[HopRecord]) -> Vec<u16> {
+    exchanges(out)
+        .iter()
+        .map(|x| x.conn.client.port())
+        .collect()
+}
+
+#[test]
+fn eviction_takes_the_least_recently_active_oldest_first() {
+    // 16 connections (the limit), connection i opened and sent a request at i ms (`starts`);
+    // the first two are active again later; a 17th makes room for itself: an eighth (2) go.
+    let run = |starts: [u64; 16]| {
+        let limits = TrackerLimits {
+            max_connections: 16,
+            ..TrackerLimits::default()
+        };
+        let mut t = Tracker::new(&[18789]).with_limits(limits);
+        let mut out = Vec::new();
+        let mut wires: Vec<Wire> = (0..16u16)
+            .map(|i| {
+                let mut w = Wire::new(30_000 + i);
+                w.tick(starts[usize::from(i)] * 1_000_000)
+                    .handshake()
+                    .send(Side::Client, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+                w
+            })
+            .collect();
+        for w in &wires {
+            for i in 0..w.segs.len() {
+                t.segment(&w.segment(i), &mut out);
+            }
+        }
+        for w in &mut wires[..2] {
+            let from = w.segs.len();
+            w.tick(100_000_000)
+                .send(Side::Client, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+            for i in from..w.segs.len() {
+                t.segment(&w.segment(i), &mut out);
+            }
+        }
+        assert!(exchanges(&out).is_empty(), "{out:?}");
+        out.clear();
+        let mut late = Wire::new(30_016);
+        late.tick(200_000_000).handshake();
+        for i in 0..late.segs.len() {
+            t.segment(&late.segment(i), &mut out);
+        }
+        (t, out)
+    };
+    // Connections 2 and 3 were the least recently active (0 and 1 were opened first).
+    let starts: [u64; 16] = std::array::from_fn(|i| i as u64);
+    let (t, out) = run(starts);
+    assert_eq!(exchange_ports(&out), [30_002, 30_002 + 1]);
+    assert_eq!(t.stats.evicted_connections, 2);
+    assert_eq!(t.conns.len(), 15);
+    // Three tied for least recently active: two of them go, as many as the round takes.
+    let mut starts = starts;
+    starts[2..5].fill(2);
+    let (mut t, out) = run(starts);
+    let gone = exchange_ports(&out);
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(
+        gone.iter().all(|p| (30_002..30_005).contains(p)),
+        "{gone:?}"
+    );
+    assert_eq!(t.stats.evicted_connections, 2);
+    let mut rest = Vec::new();
+    t.finish(&mut rest);
+    let mut all: Vec<u16> = gone.into_iter().chain(exchange_ports(&rest)).collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all.len(),
+        16,
+        "every connection's request reported once: {all:?}"
+    );
+}
+
 #[test]
 fn request_and_response_sizes_are_each_messages_own() {
     // A POST whose head and body share a segment, then a GET; the two responses arrive in
