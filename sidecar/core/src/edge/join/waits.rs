@@ -5,22 +5,22 @@
 //! written to a random place that had gone cold, and read back from it a quarter second later:
 //! the join's largest cost with a log followed (a tenth of the sidecar's time in a profile).
 //! Here the young ones lie in a ring in arrival order, written and read back in sequence, and
-//! a map holds only their ids' hashes and arrival numbers. Those still waiting after
+//! a table of 8-byte slots finds them by id (see `index`). Those still waiting after
 //! [`YOUNG_NS`] (upgrades waiting for their session, lines that are late or never come) move
 //! to a map of their own, so one long wait does not hold the ring open behind it. Where an
 //! exchange lies changes no result: every lookup sees both. The exchange itself is in a box
 //! from the join's pool of spare ones (see `Joiner::recycle`): a slot is its id, its arrival,
 //! and pointers, 80 bytes to write and read where it held the whole exchange (432 bytes, each
 //! one copied several times on the way in and out).
-use std::{
-    collections::{hash_map::Entry, VecDeque},
-    hash::BuildHasher,
-};
+use std::{collections::VecDeque, hash::BuildHasher};
 
 use rustc_hash::FxHashMap as HashMap;
 
 use super::HopEntry;
 use crate::hop::RequestId;
+
+mod index;
+use index::YoungIndex;
 
 /// How long an exchange stays in the ring (by its arrival) before it moves to the map. Two
 /// log polls: long enough that nearly every line finds its exchange there, short enough that
@@ -50,18 +50,17 @@ pub(super) struct HopWaits {
     ring: Ring,
     /// The arrival number of `ring[0]`.
     base: u64,
-    /// The arrival numbers of the exchanges in the ring, by their id's hash: 16 bytes an
-    /// entry, where the id itself took 48 (the slot holds the id, and is compared). An id whose
-    /// hash another young exchange has waits in `old`.
-    young: HashMap<u64, u64>,
-    /// Exchanges that waited longer than `young_ns`, and those whose id's hash was taken.
+    /// The arrival numbers of the exchanges in the ring, found by id: 8 bytes an entry, where
+    /// the id itself took 48 (the slot holds the id, and is compared).
+    young: YoungIndex,
+    /// Exchanges that waited longer than `young_ns`.
     old: HashMap<RequestId, HopEntry>,
     young_ns: u64,
     max_ring: usize,
     hash: fn(&str) -> u64,
 }
 
-/// The hash `young` keys an id by.
+/// The hash `young` finds an id by.
 fn id_hash(rid: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(rid)
 }
@@ -83,7 +82,7 @@ impl HopWaits {
         Self {
             ring: VecDeque::new(),
             base: 0,
-            young: HashMap::default(),
+            young: YoungIndex::new(),
             old: HashMap::default(),
             young_ns,
             max_ring,
@@ -95,10 +94,17 @@ impl HopWaits {
         self.young.len() + self.old.len()
     }
 
+    /// The index position and arrival number of the young exchange under `rid`.
+    fn find_young(&self, rid: &str) -> Option<(usize, u64)> {
+        let (ring, base) = (&self.ring, self.base);
+        self.young.find((self.hash)(rid), base, |seq| {
+            slot_id(ring, base, seq) == Some(rid)
+        })
+    }
+
     /// The arrival number of the young exchange under `rid`.
     fn young_seq(&self, rid: &str) -> Option<u64> {
-        let seq = *self.young.get(&(self.hash)(rid))?;
-        (slot_id(&self.ring, self.base, seq) == Some(rid)).then_some(seq)
+        self.find_young(rid).map(|(_, seq)| seq)
     }
 
     /// Keeps `entry` waiting under `rid` (arrived at its `seen_ns`); returns the exchange that
@@ -107,9 +113,9 @@ impl HopWaits {
         let arrived = entry.seen_ns;
         self.settle(arrived);
         let seq = self.base + self.ring.len() as u64;
-        match self.young.entry((self.hash)(&rid)) {
-            Entry::Vacant(v) => {
-                v.insert(seq);
+        match self.find_young(&rid) {
+            None => {
+                self.young.insert((self.hash)(&rid), seq);
                 let before = if self.old.is_empty() {
                     None
                 } else {
@@ -118,23 +124,18 @@ impl HopWaits {
                 self.ring.push_back((arrived, Some((rid, entry))));
                 before
             }
-            Entry::Occupied(mut o) => {
-                if slot_id(&self.ring, self.base, *o.get()) == Some(rid.as_str()) {
-                    let prev = o.insert(seq);
-                    self.ring.push_back((arrived, Some((rid, entry))));
-                    self.take_slot(prev).map(|(_, e)| e)
-                } else {
-                    // Another young id with the same hash.
-                    self.old.insert(rid, entry)
-                }
+            Some((pos, prev)) => {
+                self.young.set(pos, seq);
+                self.ring.push_back((arrived, Some((rid, entry))));
+                self.take_slot(prev).map(|(_, e)| e)
             }
         }
     }
 
     /// Takes the exchange waiting under `rid`, with its id.
     pub(super) fn remove_entry(&mut self, rid: &str) -> Option<(RequestId, HopEntry)> {
-        if let Some(seq) = self.young_seq(rid) {
-            self.young.remove(&(self.hash)(rid));
+        if let Some((pos, seq)) = self.find_young(rid) {
+            self.young.remove_at(pos);
             return self.take_slot(seq);
         }
         if self.old.is_empty() {
@@ -149,20 +150,17 @@ impl HopWaits {
 
     /// The exchange under `rid` taken out if it is complete; one lookup when it is.
     pub(super) fn take_complete(&mut self, rid: &str) -> Taken {
-        if let Entry::Occupied(o) = self.young.entry((self.hash)(rid)) {
-            let seq = *o.get();
-            let i = usize::try_from(seq.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        if let Some((pos, seq)) = self.find_young(rid) {
+            let i = usize::try_from(seq - self.base).unwrap_or(usize::MAX);
             if let Some((key, e)) = self.ring.get(i).and_then(|(_, e)| e.as_ref()) {
-                if key.as_str() == rid {
-                    if !e.complete() {
-                        return Taken::Waiting(key.clone());
-                    }
-                    o.remove();
-                    return match self.take_slot(seq) {
-                        Some((key, e)) => Taken::Complete(key, e),
-                        None => Taken::Absent,
-                    };
+                if !e.complete() {
+                    return Taken::Waiting(key.clone());
                 }
+                self.young.remove_at(pos);
+                return match self.take_slot(seq) {
+                    Some((key, e)) => Taken::Complete(key, e),
+                    None => Taken::Absent,
+                };
             }
         }
         if self.old.is_empty() {
@@ -257,14 +255,10 @@ impl HopWaits {
             let Some((rid, e)) = slot else {
                 continue;
             };
-            let h = (self.hash)(&rid);
-            debug_assert_eq!(
-                self.young.get(&h),
-                Some(&seq),
-                "a young exchange not indexed"
-            );
-            if self.young.get(&h) == Some(&seq) {
-                self.young.remove(&h);
+            let pos = self.young.position((self.hash)(&rid), seq);
+            debug_assert!(pos.is_some(), "a young exchange not indexed");
+            if let Some(pos) = pos {
+                self.young.remove_at(pos);
             }
             self.old.insert(rid, e);
         }

@@ -608,8 +608,8 @@ fn a_connection_waits_in_a_box_not_in_the_maps_bucket() {
         std::mem::size_of::<(K, V)>()
     }
     let tracker = Tracker::new(&[18789]);
-    // The key (two addresses) and a pointer: a connection's ~950 bytes inline made every
-    // bucket of the table, empty or not, that large.
+    // The key (two addresses), a pointer and the last segment's time: a connection's ~950
+    // bytes inline made every bucket of the table, empty or not, that large.
     let b = bucket(&tracker.conns);
     assert!(b <= 80, "a bucket of the connection map is {b} bytes");
     assert!(std::mem::size_of::<Conn>() > 4 * b);
