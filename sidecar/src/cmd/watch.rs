@@ -487,12 +487,33 @@ impl Watch {
         let now = unix_ns(SystemTime::now());
         // Counted for the round, not with a locked increment a line.
         let (mut parsed_lines, mut malformed) = (0, 0);
-        for line in lines.iter() {
-            if line.trim().is_empty() {
-                continue;
+        let mut lines = lines.iter().filter(|line| !line.trim().is_empty());
+        // Two lines are read ahead. The join's place for the exchange of the second is asked
+        // for from memory, and the exchange itself of the first (whose place was asked for a
+        // line before): those reads, cold (the exchange came a log poll ago), are then under
+        // way while this line is joined and stored.
+        let mut next = lines.next().map(|line| self.pipeline.parse_line(line));
+        if let Some(Ok(record)) = &next {
+            self.pipeline.prefetch_edge(record);
+        }
+        let mut after = lines.next().map(|line| self.pipeline.parse_line(line));
+        if let Some(Ok(record)) = &after {
+            self.pipeline.prefetch_edge(record);
+        }
+        while let Some(this) = next.take() {
+            next = after.take();
+            after = lines.next().map(|line| self.pipeline.parse_line(line));
+            if let Some(Ok(record)) = &after {
+                self.pipeline.prefetch_edge(record);
             }
-            match self.pipeline.edge_line(line, now, &mut self.out) {
-                Ok(()) => parsed_lines += 1,
+            if let Some(Ok(record)) = &next {
+                self.pipeline.prefetch_exchange(record);
+            }
+            match this {
+                Ok(record) => {
+                    self.pipeline.edge_record(record, now, &mut self.out);
+                    parsed_lines += 1;
+                }
                 Err(e) => {
                     malformed += 1;
                     if let Some(held) = self.warnings.edge_line.allow(std::time::Instant::now()) {

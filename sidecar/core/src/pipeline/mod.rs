@@ -282,7 +282,15 @@ impl Pipeline {
         }
         deferred.clear();
         let mut fresh = std::mem::take(&mut self.fresh);
-        for r in &mut fresh {
+        for i in 0..fresh.len() {
+            // The join's place for the next exchange asked for from memory while this one is
+            // handled (see `Joiner::prefetch`).
+            if let (Some(j), Some(HopRecord::Http(next))) = (&self.joiner, fresh.get(i + 1)) {
+                if let Some(rid) = &next.request_id {
+                    j.prefetch(rid);
+                }
+            }
+            let r = &mut fresh[i];
             self.owners.enrich(r);
             if self.mode == Mode::Live && matches!(r, HopRecord::Conn(c) if c.process.is_none()) {
                 self.deferred.push(take_record(r));
@@ -356,9 +364,31 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> Result<(), LineError> {
-        let record = crate::edge::parse_any(line, &self.json_fields)?;
+        let record = self.parse_line(line)?;
         self.edge_record(record, now_ns, sink);
         Ok(())
+    }
+
+    /// An access-log line read into its record, for [`Pipeline::edge_record`].
+    pub fn parse_line(&self, line: &str) -> Result<EdgeRecord, LineError> {
+        crate::edge::parse_any(line, &self.json_fields)
+    }
+
+    /// Asks memory for where the join will look for `record`'s exchange, without waiting:
+    /// a caller with lines in hand calls it with the next line's record before it hands this
+    /// line's to [`Pipeline::edge_record`] (see `Joiner::prefetch`). Changes no result.
+    pub fn prefetch_edge(&self, record: &EdgeRecord) {
+        if let (Some(j), Some(rid)) = (&self.joiner, &record.request_id) {
+            j.prefetch(rid);
+        }
+    }
+
+    /// The second step of [`Pipeline::prefetch_edge`], a line later: asks memory for the
+    /// exchange the join has waiting for `record` (see `Joiner::prefetch_exchange`).
+    pub fn prefetch_exchange(&self, record: &EdgeRecord) {
+        if let (Some(j), Some(rid)) = (&self.joiner, &record.request_id) {
+            j.prefetch_exchange(rid);
+        }
     }
 
     /// One access-log record.
