@@ -576,42 +576,6 @@ impl Tracker {
         self
     }
 
-    /// At [`TrackerLimits::max_connections`]: reports the least recently active eighth of
-    /// the connections as they stand and forgets them (counted).
-    fn make_room(&mut self, out: &mut Vec<HopRecord>) {
-        let max = self.limits.max_connections.max(1);
-        if self.conns.len() < max {
-            return;
-        }
-        // The cutoff from the times alone (8 bytes a connection where the keys made 72), then
-        // one pass over the buckets takes the connections at or before it: as many as `evict`,
-        // ties included up to that count.
-        let mut seen: Vec<u64> = self.conns.values().map(|(seen, _)| *seen).collect();
-        let evict = (max / 8).max(1).min(seen.len());
-        let (below, &mut cutoff, _) = seen.select_nth_unstable(evict - 1);
-        let mut ties = evict - below.iter().filter(|s| **s < cutoff).count();
-        let mut gone: Vec<(ConnKey, Held)> = self
-            .conns
-            .extract_if(|_, (seen, _)| {
-                *seen < cutoff
-                    || (*seen == cutoff && ties > 0 && {
-                        ties -= 1;
-                        true
-                    })
-            })
-            .collect();
-        // Oldest first, as they stood.
-        gone.sort_unstable_by_key(|(key, (seen, _))| (*seen, *key));
-        for (_, (_, conn)) in gone {
-            let ts = conn.last_ts;
-            self.account(&conn);
-            self.stats.evicted_connections += 1;
-            let before = out.len();
-            conn.finish(ts, Ending::EndOfInput, out);
-            self.stats.records += (out.len() - before) as u64;
-        }
-    }
-
     /// Also produce [`FollowHint`]s for the kernel's follower (take them with
     /// [`Tracker::take_hints`]).
     pub fn with_kernel_hints(mut self) -> Self {
@@ -773,47 +737,10 @@ impl Tracker {
             self.stats.duplicate_bytes += d.reasm.stats.duplicate_bytes;
         }
     }
-
-    /// The input ended: emits every connection's records as they stand.
-    pub fn finish(&mut self, out: &mut Vec<HopRecord>) {
-        // Each connection's start read once, beside its box: sorting by a key inside the boxes
-        // read two cold boxes a comparison, n log n of them (a flood of 40,000 new connections
-        // cost 2.5x one of 20,000).
-        let mut conns: Vec<(u64, Box<Conn>)> = self
-            .conns
-            .drain()
-            .map(|(_, (_, c))| (c.id.first_seen_ns, c))
-            .collect();
-        conns.sort_unstable_by_key(|(first_seen, _)| *first_seen);
-        for (_, conn) in conns {
-            let ts = conn.last_ts;
-            self.account(&conn);
-            let before = out.len();
-            conn.finish(ts, Ending::EndOfInput, out);
-            self.stats.records += (out.len() - before) as u64;
-        }
-    }
-
-    /// Emits connections idle since before `cutoff_ns` (the live path calls this periodically
-    /// so a connection whose end was never seen does not stay forever).
-    pub fn expire(&mut self, cutoff_ns: u64, out: &mut Vec<HopRecord>) {
-        let stale: Vec<_> = self
-            .conns
-            .iter()
-            .filter(|(_, (seen, _))| *seen < cutoff_ns)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            if let Some((_, conn)) = self.conns.remove(&key) {
-                let ts = conn.last_ts;
-                self.account(&conn);
-                conn.finish(ts, Ending::EndOfInput, out);
-            }
-        }
-    }
 }
 
 mod direction;
+mod ending;
 #[cfg(test)]
 mod follow_tests;
 mod record;
