@@ -118,7 +118,6 @@ struct Conn {
     fin_client: bool,
     fin_server: bool,
     reset_from: Option<Side>,
-    last_ts: u64,
     /// The parsers' events of one chunk (kept from chunk to chunk: no allocation each).
     http_events: Vec<HttpEvent>,
     ws_events: Vec<WsEvent>,
@@ -167,7 +166,6 @@ impl Conn {
             fin_client: false,
             fin_server: false,
             reset_from: None,
-            last_ts: 0,
             http_events: Vec::new(),
             ws_events: Vec::new(),
         }
@@ -541,7 +539,7 @@ pub struct Tracker {
     /// Boxed: a connection's state is ~950 bytes, and the map's buckets held it inline (a
     /// table of 16,384 buckets for 10,000 connections, each bucket a connection's size, every
     /// growth moving them all).
-    /// Beside each box, the time of its last segment (also the box's `last_ts`): eviction
+    /// Beside each box, the time of its last segment (nowhere else): eviction
     /// and expiry scan the buckets in order and read no box (a flood's eviction round read
     /// every box, cold, to find the least recently active).
     conns: HashMap<ConnKey, Held>,
@@ -628,7 +626,6 @@ impl Tracker {
             let mut conn = Box::new(Conn::new(new_id(), self.limits));
             conn.syn_ts = Some(ts);
             conn.c2s.reasm.start_at(seg.seq.wrapping_add(1));
-            conn.last_ts = ts;
             self.conns.insert(key, (ts, conn));
             self.stats.connections += 1;
             return;
@@ -685,7 +682,6 @@ impl Tracker {
                 &mut self.conns.entry(key).insert_entry((ts, conn)).into_mut().1
             }
         };
-        conn.last_ts = ts;
         if seg.flags.syn && seg.flags.ack && from == Side::Server {
             conn.s2c.reasm.start_at(seg.seq.wrapping_add(1));
             if !conn.synack_seen {

@@ -401,14 +401,15 @@ impl Pipeline {
         // (Before the join, which takes the record: a line that goes alone reaches the sink
         // after the alerts its upstream address raises.)
         self.edge_upstream(&record, sink);
-        let Some(j) = self.joiner.as_mut() else {
-            return;
-        };
         // The common case: the line's exchange waited for it, complete. The line then goes to
         // the sink with its request, after the join (the store writes the two as one row);
         // any other line goes alone first.
         let line_at = self.joined.len();
-        let at_once = j.edge_or(record, now_ns, &mut self.joined, |e| sink.edge(e));
+        let joined = &mut self.joined;
+        let at_once = self
+            .joiner
+            .as_mut()
+            .is_some_and(|j| j.edge_or(record, now_ns, joined, |e| sink.edge(e)));
         self.emit_joined_after(at_once.then_some(line_at), sink);
     }
 

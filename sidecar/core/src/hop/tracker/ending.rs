@@ -1,6 +1,6 @@
 //! How connections leave the tracker other than by their own end: evicted at the count
 //! limit, expired when idle, or reported as they stand when the input ends.
-use super::{Conn, ConnKey, Ending, Held, Tracker};
+use super::{ConnKey, Ending, Held, Tracker};
 use crate::hop::HopRecord;
 
 impl Tracker {
@@ -31,8 +31,7 @@ impl Tracker {
             .collect();
         // Oldest first, as they stood.
         gone.sort_unstable_by_key(|(key, (seen, _))| (*seen, *key));
-        for (_, (_, conn)) in gone {
-            let ts = conn.last_ts;
+        for (_, (ts, conn)) in gone {
             self.account(&conn);
             self.stats.evicted_connections += 1;
             let before = out.len();
@@ -46,14 +45,13 @@ impl Tracker {
         // Each connection's start read once, beside its box: sorting by a key inside the boxes
         // read two cold boxes a comparison, n log n of them (a flood of 40,000 new connections
         // cost 2.5x one of 20,000).
-        let mut conns: Vec<(u64, Box<Conn>)> = self
+        let mut conns: Vec<(u64, Held)> = self
             .conns
             .drain()
-            .map(|(_, (_, c))| (c.id.first_seen_ns, c))
+            .map(|(_, (last, c))| (c.id.first_seen_ns, (last, c)))
             .collect();
         conns.sort_unstable_by_key(|(first_seen, _)| *first_seen);
-        for (_, conn) in conns {
-            let ts = conn.last_ts;
+        for (_, (ts, conn)) in conns {
             self.account(&conn);
             let before = out.len();
             conn.finish(ts, Ending::EndOfInput, out);
@@ -71,8 +69,7 @@ impl Tracker {
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
-            if let Some((_, conn)) = self.conns.remove(&key) {
-                let ts = conn.last_ts;
+            if let Some((ts, conn)) = self.conns.remove(&key) {
                 self.account(&conn);
                 conn.finish(ts, Ending::EndOfInput, out);
             }
