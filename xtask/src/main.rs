@@ -126,6 +126,32 @@ pub(crate) fn output_of(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Says when the disk is short for a full run, and keeps no incremental caches.
+fn check_disk_and_caches() {
+    // A clean checkout was 6.1 GB after a full run (the test binaries 2.3 GB, the clippy
+    // metadata, the seven instrumented fuzz targets 2 GB, the release build, the VM image),
+    // besides the store's 566 MB library: on a machine short of disk say so now, not in a
+    // linker error later.
+    let root = workspace_root();
+    match free_gib(&root) {
+        Some(free) if free < TEST_DISK_GIB => eprintln!(
+            "WARNING: {free:.1} GiB free on the disk of {}; a full test run from a clean \
+             checkout needs about {TEST_DISK_GIB} GiB and may fail with \
+             \"No space left on device\"",
+            root.display()
+        ),
+        Some(free) => eprintln!(
+            "xtask test: {free:.1} GiB free on the disk of {}",
+            root.display()
+        ),
+        None => eprintln!("xtask test: could not read the free disk space (df)"),
+    }
+    // A full run rebuilds little between runs; its incremental caches cost 2.7 GB of disk.
+    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+    }
+}
+
 /// What a full `xtask test` from a clean checkout builds and fetches, with a margin.
 const TEST_DISK_GIB: f64 = 10.0;
 
@@ -251,27 +277,7 @@ fn test() -> Result<()> {
              namespaces: run `cargo xtask test` as root"
         );
     }
-    // A full run builds about 7 GB (the test binaries 2.3 GB, the clippy metadata, the seven
-    // instrumented fuzz targets 2 GB, the release build, the VM image) besides the store's
-    // 566 MB library: on a machine short of disk say so now, not in a linker error later.
-    let root = workspace_root();
-    match free_gib(&root) {
-        Some(free) if free < TEST_DISK_GIB => eprintln!(
-            "WARNING: {free:.1} GiB free on the disk of {}; a full test run from a clean \
-             checkout needs about {TEST_DISK_GIB} GiB and may fail with \
-             \"No space left on device\"",
-            root.display()
-        ),
-        Some(free) => eprintln!(
-            "xtask test: {free:.1} GiB free on the disk of {}",
-            root.display()
-        ),
-        None => eprintln!("xtask test: could not read the free disk space (df)"),
-    }
-    // A full run rebuilds little between runs; its incremental caches cost 2.7 GB of disk.
-    if std::env::var_os("CARGO_INCREMENTAL").is_none() {
-        std::env::set_var("CARGO_INCREMENTAL", "0");
-    }
+    check_disk_and_caches();
     // The store tests: Debian's old ClickHouse (the version check) and openssl (a private CA
     // for the TLS test); the timeline test opens its HTML page in Debian's Chromium; the
     // container test drops capabilities with capsh and reads the compose file with PyYAML.
