@@ -492,20 +492,11 @@ impl Watch {
         // for from memory, and the exchange itself of the first (whose place was asked for a
         // line before): those reads, cold (the exchange came a log poll ago), are then under
         // way while this line is joined and stored.
-        let mut next = lines.next().map(|line| self.pipeline.parse_line(line));
-        if let Some(Ok(record)) = &next {
-            self.pipeline.prefetch_edge(record);
-        }
-        let mut after = lines.next().map(|line| self.pipeline.parse_line(line));
-        if let Some(Ok(record)) = &after {
-            self.pipeline.prefetch_edge(record);
-        }
+        let mut next = lines.next().map(|line| self.pipeline.parse_ahead(line));
+        let mut after = lines.next().map(|line| self.pipeline.parse_ahead(line));
         while let Some(this) = next.take() {
             next = after.take();
-            after = lines.next().map(|line| self.pipeline.parse_line(line));
-            if let Some(Ok(record)) = &after {
-                self.pipeline.prefetch_edge(record);
-            }
+            after = lines.next().map(|line| self.pipeline.parse_ahead(line));
             if let Some(Ok(record)) = &next {
                 self.pipeline.prefetch_exchange(record);
             }

@@ -364,26 +364,26 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> Result<(), LineError> {
-        let record = self.parse_line(line)?;
+        let record = crate::edge::parse_any(line, &self.json_fields)?;
         self.edge_record(record, now_ns, sink);
         Ok(())
     }
 
-    /// An access-log line read into its record, for [`Pipeline::edge_record`].
-    pub fn parse_line(&self, line: &str) -> Result<EdgeRecord, LineError> {
-        crate::edge::parse_any(line, &self.json_fields)
-    }
-
-    /// Asks memory for where the join will look for `record`'s exchange, without waiting:
-    /// a caller with lines in hand calls it with the next line's record before it hands this
-    /// line's to [`Pipeline::edge_record`] (see `Joiner::prefetch`). Changes no result.
-    pub fn prefetch_edge(&self, record: &EdgeRecord) {
-        if let (Some(j), Some(rid)) = (&self.joiner, &record.request_id) {
-            j.prefetch(rid);
+    /// An access-log line read ahead into its record, for [`Pipeline::edge_record`]. Also asks
+    /// memory for where the join will look for the record's exchange, without waiting: a
+    /// caller with lines in hand reads the next ones with this before it hands this line's
+    /// record on (see `Joiner::prefetch`). The hint changes no result.
+    pub fn parse_ahead(&self, line: &str) -> Result<EdgeRecord, LineError> {
+        let record = crate::edge::parse_any(line, &self.json_fields);
+        if let (Some(j), Ok(r)) = (&self.joiner, &record) {
+            if let Some(rid) = &r.request_id {
+                j.prefetch(rid);
+            }
         }
+        record
     }
 
-    /// The second step of [`Pipeline::prefetch_edge`], a line later: asks memory for the
+    /// The second step of [`Pipeline::parse_ahead`], a line later: asks memory for the
     /// exchange the join has waiting for `record` (see `Joiner::prefetch_exchange`).
     pub fn prefetch_exchange(&self, record: &EdgeRecord) {
         if let (Some(j), Some(rid)) = (&self.joiner, &record.request_id) {

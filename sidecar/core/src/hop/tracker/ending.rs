@@ -62,17 +62,14 @@ impl Tracker {
     /// Emits connections idle since before `cutoff_ns` (the live path calls this periodically
     /// so a connection whose end was never seen does not stay forever).
     pub fn expire(&mut self, cutoff_ns: u64, out: &mut Vec<HopRecord>) {
-        let stale: Vec<_> = self
+        // Taken out in the one pass that finds them (as eviction does), not looked up again.
+        let stale: Vec<(ConnKey, Held)> = self
             .conns
-            .iter()
-            .filter(|(_, (seen, _))| *seen < cutoff_ns)
-            .map(|(k, _)| *k)
+            .extract_if(|_, (seen, _)| *seen < cutoff_ns)
             .collect();
-        for key in stale {
-            if let Some((ts, conn)) = self.conns.remove(&key) {
-                self.account(&conn);
-                conn.finish(ts, Ending::EndOfInput, out);
-            }
+        for (_, (ts, conn)) in stale {
+            self.account(&conn);
+            conn.finish(ts, Ending::EndOfInput, out);
         }
     }
 }
