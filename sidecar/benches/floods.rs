@@ -9,7 +9,8 @@
 //!   past its limit), each reported once (shed early, or at the end);
 //! - `close_frames`: one WebSocket session that sends close frame after close frame.
 //!
-//! `cargo bench --bench floods` (no root needed). Figures are printed, never asserted.
+//! `cargo bench --bench floods` (no root needed; `-- request_ids` runs that flood alone).
+//! Figures are printed, never asserted.
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -211,9 +212,18 @@ fn main() {
         ("request_ids", request_ids, 20_000),
         ("close_frames", close_frames, 20_000),
     ];
+    // `cargo bench --bench floods -- NAME...` runs only the floods named (cargo passes
+    // `--bench` too).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     println!("floods: time per scale (median of 5) and the ratio of each doubling (goal <= ~2.2x)");
     let mut worst = 0.0f64;
     for (name, f, base) in floods {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let times: Vec<Duration> = [1, 2, 4, 8].iter().map(|k| median(f, base * k)).collect();
         let ratios: Vec<f64> = times
             .windows(2)

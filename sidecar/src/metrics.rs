@@ -512,20 +512,20 @@ impl Metrics {
         self.decode_errors.inc();
     }
 
-    /// Counts access-log lines parsed and malformed (a round of reads at once).
-    pub fn edge_lines(&self, parsed: u64, malformed: u64) {
-        for (result, n) in [("parsed", parsed), ("malformed", malformed)] {
+    /// Counts access-log lines parsed and malformed, and those that were not UTF-8 (read
+    /// lossily, then parsed), a round of reads at once.
+    pub fn edge_lines(&self, parsed: u64, malformed: u64, non_utf8: u64) {
+        for (result, n) in [
+            ("parsed", parsed),
+            ("malformed", malformed),
+            ("non_utf8", non_utf8),
+        ] {
             if n > 0 {
                 self.edge_lines.with(result, |c| {
                     c.inc_by(n);
                 });
             }
         }
-    }
-
-    /// Access-log lines so far that were not UTF-8 (read lossily, then parsed).
-    pub fn edge_lines_non_utf8_now(&self, total: u64) {
-        self.edge_lines.raise_to("non_utf8", total);
     }
 
     /// A direction was handed to the kernel's follower (`ws_frames` or `body`).
@@ -724,9 +724,9 @@ mod tests {
         }
         m.store_rows_now("sent", 5);
         m.store_rows_now("sent", 4);
-        m.edge_lines(0, 1);
-        m.edge_lines(1, 0);
-        m.edge_lines(1, 0);
+        m.edge_lines(0, 1, 0);
+        m.edge_lines(1, 0, 1);
+        m.edge_lines(1, 0, 0);
         m.records(&[3, 0, 0, 0, 1, 2]);
         m.records(&[1, 0, 0, 0, 0, 0]);
         m.event("connect_end");
@@ -738,6 +738,7 @@ mod tests {
             "edgewatch_store_rows_total{result=\"sent\"} 5",
             "edgewatch_edge_lines_total{result=\"malformed\"} 1",
             "edgewatch_edge_lines_total{result=\"parsed\"} 2",
+            "edgewatch_edge_lines_total{result=\"non_utf8\"} 1",
             "edgewatch_records_total{kind=\"http\"} 4",
             "edgewatch_records_total{kind=\"request\"} 1",
             "edgewatch_records_total{kind=\"edge\"} 2",

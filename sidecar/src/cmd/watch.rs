@@ -1,7 +1,7 @@
 //! The live driver's state: the pipeline, its sinks (output, ClickHouse, metrics,
 //! webhooks) and the I/O that feeds it (the ring buffer, sock_diag, NAT rules, access logs).
 //! Used by `edgewatch run` and `edgewatch exposure`.
-use std::{sync::Arc, time::SystemTime};
+use std::{borrow::Cow, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 
@@ -469,34 +469,32 @@ impl Watch {
         }
         // Kept with the last round's lines: `Lines::clear` sizes its memory by them.
         self.lines = lines;
-        let t = tailers.iter().fold((0, 0, 0), |a, t| {
-            (
-                a.0 + t.non_utf8_lines,
-                a.1 + t.overlong_lines,
-                a.2 + t.lost_rotations,
-            )
+        let t = tailers.iter().fold((0, 0), |a, t| {
+            (a.0 + t.overlong_lines, a.1 + t.lost_rotations)
         });
         let metrics = &self.out.metrics;
-        metrics.edge_lines_non_utf8_now(t.0);
-        metrics.limit_drops_now("edge_overlong_lines", t.1);
-        metrics.limit_drops_now("edge_lost_rotations", t.2);
+        metrics.limit_drops_now("edge_overlong_lines", t.0);
+        metrics.limit_drops_now("edge_lost_rotations", t.1);
     }
 
     /// New access-log lines: parsed (malformed ones counted and reported), then joined.
     fn on_edge_lines(&mut self, lines: &Lines) {
         let now = unix_ns(SystemTime::now());
         // Counted for the round, not with a locked increment a line.
-        let (mut parsed_lines, mut malformed) = (0, 0);
-        let mut lines = lines.iter().filter(|line| !line.trim().is_empty());
+        let (mut parsed_lines, mut malformed, mut non_utf8) = (0, 0, 0);
+        let mut lines = lines
+            .iter()
+            .inspect(|line| non_utf8 += u64::from(matches!(line, Cow::Owned(_))))
+            .filter(|line| !line.trim().is_empty());
         // Two lines are read ahead. The join's place for the exchange of the second is asked
         // for from memory, and the exchange itself of the first (whose place was asked for a
         // line before): those reads, cold (the exchange came a log poll ago), are then under
         // way while this line is joined and stored.
-        let mut next = lines.next().map(|line| self.pipeline.parse_ahead(line));
-        let mut after = lines.next().map(|line| self.pipeline.parse_ahead(line));
+        let mut next = lines.next().map(|line| self.pipeline.parse_ahead(&line));
+        let mut after = lines.next().map(|line| self.pipeline.parse_ahead(&line));
         while let Some(this) = next.take() {
             next = after.take();
-            after = lines.next().map(|line| self.pipeline.parse_ahead(line));
+            after = lines.next().map(|line| self.pipeline.parse_ahead(&line));
             if let Some(Ok(record)) = &next {
                 self.pipeline.prefetch_exchange(record);
             }
@@ -517,7 +515,10 @@ impl Watch {
                 }
             }
         }
-        self.out.metrics.edge_lines(parsed_lines, malformed);
+        drop(lines);
+        self.out
+            .metrics
+            .edge_lines(parsed_lines, malformed, non_utf8);
         self.pipeline.tick(now, &mut self.out);
     }
 

@@ -16,6 +16,7 @@
 //!   sidecar: in the spool, with a mark of the position beside them; see ARCHITECTURE.md). The
 //!   checkpoint file is written atomically and fsynced, with its directory.
 use std::{
+    borrow::Cow,
     fs::File,
     io::{Read, Seek, SeekFrom, Write as _},
     os::unix::fs::MetadataExt,
@@ -156,8 +157,6 @@ pub struct Tailer {
     /// The unfinished last line of the last read (only used when the file is rotated away
     /// before that line got its newline).
     partial: Vec<u8>,
-    /// The bytes of the last read (kept for the next: see `read_lines`).
-    buf: Vec<u8>,
     start_at: StartAt,
     /// A position to resume from that is newer than the checkpoint file (see [`Tailer::resume_from`]).
     resume: Option<Checkpoint>,
@@ -170,8 +169,6 @@ pub struct Tailer {
     pub rotations: u64,
     /// Lines longer than [`CHUNK`], skipped.
     pub overlong_lines: u64,
-    /// Lines that were not UTF-8 (decoded lossily).
-    pub non_utf8_lines: u64,
     /// Rotations while stopped whose old file was gone: its unread lines were lost.
     pub lost_rotations: u64,
 }
@@ -185,7 +182,6 @@ impl Tailer {
             rotated: None,
             rotated_next: std::collections::VecDeque::new(),
             partial: Vec::new(),
-            buf: Vec::new(),
             start_at,
             resume: None,
             appeared_later: false,
@@ -193,7 +189,6 @@ impl Tailer {
             committed: None,
             rotations: 0,
             overlong_lines: 0,
-            non_utf8_lines: 0,
             lost_rotations: 0,
         }
     }
@@ -334,14 +329,7 @@ impl Tailer {
         self.behind = false;
         // Files rotated away while we were stopped, each to its end, oldest first.
         while let Some(r) = self.rotated.as_mut() {
-            let more = read_lines(
-                r,
-                &mut self.buf,
-                &mut self.partial,
-                out,
-                &mut self.overlong_lines,
-                &mut self.non_utf8_lines,
-            )?;
+            let more = read_lines(r, &mut self.partial, out, &mut self.overlong_lines)?;
             if more {
                 self.behind = true;
                 return Ok(());
@@ -372,14 +360,7 @@ impl Tailer {
             r.skipping = false;
             self.partial.clear();
         }
-        if read_lines(
-            r,
-            &mut self.buf,
-            &mut self.partial,
-            out,
-            &mut self.overlong_lines,
-            &mut self.non_utf8_lines,
-        )? {
+        if read_lines(r, &mut self.partial, out, &mut self.overlong_lines)? {
             self.behind = true;
             return Ok(());
         }
@@ -391,14 +372,8 @@ impl Tailer {
                 self.end_of_old_file(out);
                 if self.open(false)? {
                     if let Some(r) = self.current.as_mut() {
-                        self.behind = read_lines(
-                            r,
-                            &mut self.buf,
-                            &mut self.partial,
-                            out,
-                            &mut self.overlong_lines,
-                            &mut self.non_utf8_lines,
-                        )?;
+                        self.behind =
+                            read_lines(r, &mut self.partial, out, &mut self.overlong_lines)?;
                     }
                 }
             }
@@ -410,70 +385,68 @@ impl Tailer {
     /// An old file ended without a newline: that last line is complete.
     fn end_of_old_file(&mut self, out: &mut Lines) {
         if !self.partial.is_empty() {
-            out.push(&self.partial, &mut self.non_utf8_lines);
+            out.push(&self.partial);
             self.partial.clear();
         }
     }
 }
 
-/// Lines read from the logs: one text and where each line ends in it, so a busy log costs no
-/// string per line. Lines that are not UTF-8 are decoded lossily (and counted).
+/// Lines read from the logs: the bytes as read and where each line lies in them, so a busy log
+/// costs no string per line and no copy: the file is read straight into this buffer. Each
+/// line is checked for UTF-8 when it is handed out, just before it is parsed (where it is
+/// hot in the cache); one that is not UTF-8 is decoded lossily, and the caller counts it.
 #[derive(Debug, Default)]
 pub struct Lines {
-    text: String,
-    ends: Vec<usize>,
+    bytes: Vec<u8>,
+    /// Each line's start and end in `bytes` (its newline, and a `\r` before it, left out).
+    spans: Vec<(usize, usize)>,
 }
 
 impl Lines {
-    fn push(&mut self, line: &[u8], non_utf8: &mut u64) {
-        match std::str::from_utf8(line) {
-            Ok(s) => self.text.push_str(s),
-            Err(_) => {
-                *non_utf8 += 1;
-                self.text.push_str(&String::from_utf8_lossy(line));
-            }
-        }
-        self.ends.push(self.text.len());
+    /// A line from elsewhere (the unfinished last line of a rotated-away file).
+    fn push(&mut self, line: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(line);
+        self.spans.push((start, self.bytes.len()));
     }
 
-    /// The lines, in the order they were read.
-    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let line = &self.text[start..end];
-            start = end;
-            line
+    /// The lines, in the order they were read: borrowed where they are UTF-8, decoded lossily
+    /// (owned) where they are not.
+    pub fn iter(&self) -> impl Iterator<Item = Cow<'_, str>> + '_ {
+        // `from_utf8` first: `from_utf8_lossy` checks a byte at a time where it checks words.
+        self.spans.iter().map(|&(start, end)| {
+            let line = &self.bytes[start..end];
+            std::str::from_utf8(line).map_or_else(|_| String::from_utf8_lossy(line), Cow::Borrowed)
         })
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.spans.is_empty()
     }
 
     /// Empties it for the next round, keeping its memory while rounds fill a good part of it
     /// (a busy log's rounds, megabytes each), letting it go once they do not (the round after
     /// a catch-up read, or a log gone quiet).
     pub fn clear(&mut self) {
-        if self.text.capacity() > KEEP_BUFFER && self.text.len() < self.text.capacity() / 4 {
+        if self.bytes.capacity() > KEEP_BUFFER && self.bytes.len() < self.bytes.capacity() / 4 {
             *self = Self::default();
         }
-        self.text.clear();
-        self.ends.clear();
+        self.bytes.clear();
+        self.spans.clear();
     }
 }
 
-/// Reads complete lines from `r.offset` (at most [`CHUNK`] bytes); true when more is waiting.
+/// Reads complete lines from `r.offset` (at most [`CHUNK`] bytes) straight into `out`'s
+/// buffer; true when more is waiting.
 fn read_lines(
     r: &mut Reading,
-    buf: &mut Vec<u8>,
     partial: &mut Vec<u8>,
     out: &mut Lines,
     overlong: &mut u64,
-    non_utf8: &mut u64,
 ) -> std::io::Result<bool> {
     let len = r.file.metadata()?.len();
     if len <= r.offset {
@@ -481,42 +454,50 @@ fn read_lines(
     }
     let want = (len - r.offset).min(CHUNK);
     r.file.seek(SeekFrom::Start(r.offset))?;
-    // The buffer is kept from read to read (a fresh one each time cost page faults on every
-    // poll of a busy log); one grown by a catch-up read is let go once reads are small again.
-    if buf.capacity() > KEEP_BUFFER && (want as usize) < KEEP_BUFFER {
-        *buf = Vec::new();
+    // Appended to the round's buffer (kept from round to round: see `Lines::clear`); what is
+    // not a complete line is cut off again below.
+    let base = out.bytes.len();
+    out.bytes.reserve(want as usize);
+    let read = (&mut r.file).take(want).read_to_end(&mut out.bytes);
+    let read_len = out.bytes.len() - base;
+    if let Err(e) = read {
+        out.bytes.truncate(base);
+        return Err(e);
     }
-    buf.clear();
-    (&mut r.file).take(want).read_to_end(buf)?;
-    let buf = &buf[..];
     let mut consumed = 0;
     if r.skipping {
         // The rest of an overlong line.
-        match memchr::memchr(b'\n', buf) {
+        match memchr::memchr(b'\n', &out.bytes[base..]) {
             Some(i) => {
                 consumed = i + 1;
                 r.skipping = false;
             }
             None => {
-                r.offset += buf.len() as u64;
+                out.bytes.truncate(base);
+                r.offset += read_len as u64;
                 return Ok(r.offset < len);
             }
         }
     }
-    let start = consumed;
-    for i in memchr::memchr_iter(b'\n', &buf[start..]).map(|i| start + i) {
-        let mut line = &buf[consumed..i];
-        if line.last() == Some(&b'\r') {
-            line = &line[..line.len() - 1];
-        }
-        out.push(line, non_utf8);
-        consumed = i + 1;
+    let start = base + consumed;
+    let spans = &mut out.spans;
+    let mut line_start = start;
+    for i in memchr::memchr_iter(b'\n', &out.bytes[start..]).map(|i| start + i) {
+        let end = if i > line_start && out.bytes[i - 1] == b'\r' {
+            i - 1
+        } else {
+            i
+        };
+        spans.push((line_start, end));
+        line_start = i + 1;
     }
-    if consumed == 0 && buf.len() as u64 == CHUNK {
+    consumed = line_start - base;
+    if consumed == 0 && read_len as u64 == CHUNK {
         // A whole chunk without a newline: a line no proxy writes. Skipped to its end.
+        out.bytes.truncate(base);
         *overlong += 1;
         r.skipping = true;
-        r.offset += buf.len() as u64;
+        r.offset += read_len as u64;
         partial.clear();
         return Ok(r.offset < len);
     }
@@ -524,8 +505,9 @@ fn read_lines(
     // again next time, from the offset, so nothing needs carrying between reads.
     r.offset += consumed as u64;
     partial.clear();
-    partial.extend_from_slice(&buf[consumed..]);
-    Ok(r.offset + ((buf.len() - consumed) as u64) < len)
+    partial.extend_from_slice(&out.bytes[base + consumed..]);
+    out.bytes.truncate(base + consumed);
+    Ok(r.offset + ((read_len - consumed) as u64) < len)
 }
 
 #[cfg(test)]
@@ -548,7 +530,7 @@ mod tests {
     fn poll(t: &mut Tailer) -> Vec<String> {
         let mut lines = Lines::default();
         t.poll(&mut lines).expect("poll");
-        let out: Vec<String> = lines.iter().map(str::to_owned).collect();
+        let out: Vec<String> = lines.iter().map(Cow::into_owned).collect();
         t.commit().expect("commit");
         out
     }
@@ -556,24 +538,58 @@ mod tests {
     #[test]
     fn lines_keep_their_memory_while_rounds_fill_it() {
         let mut lines = Lines::default();
-        let mut non_utf8 = 0;
         for _ in 0..1024 {
-            lines.push(&[b'x'; 999], &mut non_utf8);
+            lines.push(&[b'x'; 999]);
         }
-        let busy = lines.text.capacity();
+        let busy = lines.bytes.capacity();
         assert!(busy >= 1024 * 999);
         lines.clear();
         assert!(lines.is_empty());
-        assert_eq!(lines.text.capacity(), busy, "a busy round's memory is kept");
-        lines.push(b"small", &mut non_utf8);
-        lines.push(b"\xff", &mut non_utf8);
+        assert_eq!(
+            lines.bytes.capacity(),
+            busy,
+            "a busy round's memory is kept"
+        );
+        lines.push(b"small");
+        lines.push(b"\xff");
         assert_eq!(lines.iter().collect::<Vec<_>>(), vec!["small", "\u{fffd}"]);
-        assert_eq!(non_utf8, 1);
         lines.clear();
         assert!(
-            lines.text.capacity() <= KEEP_BUFFER,
+            lines.bytes.capacity() <= KEEP_BUFFER,
             "a quiet round lets it go"
         );
+    }
+
+    #[test]
+    fn lines_are_read_in_place_and_only_bad_ones_are_decoded() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (a, b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+        std::fs::write(&a, b"one\r\nbad \xff line\n\r\nhalf").expect("write a");
+        append(&b, "two\nthree");
+        let mut ta = Tailer::new(&a, None, StartAt::Beginning);
+        let mut tb = Tailer::new(&b, None, StartAt::Beginning);
+        // Two logs into one round's lines: the second read goes after the first's lines, and
+        // each read's unfinished last line is cut off again.
+        let mut lines = Lines::default();
+        ta.poll(&mut lines).expect("poll a");
+        tb.poll(&mut lines).expect("poll b");
+        let got: Vec<Cow<'_, str>> = lines.iter().collect();
+        assert_eq!(got, vec!["one", "bad \u{fffd} line", "", "two"]);
+        assert!(
+            matches!(got[0], Cow::Borrowed(_)),
+            "a UTF-8 line is not copied"
+        );
+        assert!(
+            matches!(got[1], Cow::Owned(_)),
+            "a bad one is decoded lossily"
+        );
+        assert_eq!(lines.bytes, b"one\r\nbad \xff line\n\r\ntwo\n");
+        append(&a, "\n");
+        append(&b, "\n");
+        lines.clear();
+        ta.poll(&mut lines).expect("poll a");
+        tb.poll(&mut lines).expect("poll b");
+        assert_eq!(lines.iter().collect::<Vec<_>>(), vec!["half", "three"]);
     }
 
     #[test]

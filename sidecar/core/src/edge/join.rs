@@ -535,17 +535,18 @@ impl Joiner {
     /// `all`: upgraded exchanges still waiting for their session go too (shedding).
     fn expire_before(&mut self, cutoff: u64, all: bool, out: &mut Vec<JoinedRequest>) {
         while let Some(rid) = self.edge_due.pop_before(cutoff) {
-            // A newer reminder exists for a record that waits since later.
-            if self
-                .edges
-                .get(&rid)
-                .is_some_and(|waiting| waiting.1 < cutoff)
-            {
-                if let Some((e, _)) = self.take_edge(&rid) {
-                    let h = self.hops.remove(&rid);
-                    out.push(self.edge_unmatched_or_partial(e, h));
-                }
+            // One lookup: a newer reminder exists for a record that waits since later.
+            let std::collections::hash_map::Entry::Occupied(waiting) = self.edges.entry(rid) else {
+                continue;
+            };
+            if waiting.get().1 >= cutoff {
+                continue;
             }
+            let (rid, waiting) = waiting.remove_entry();
+            let (e, _) = *waiting;
+            self.edge_left(&e);
+            let h = self.hops.remove(&rid);
+            out.push(self.edge_unmatched_or_partial(e, h));
         }
         let mut again = Vec::new();
         while let Some(rid) = self.hop_due.pop_before(cutoff) {
@@ -605,6 +606,9 @@ impl Joiner {
 
     /// The input ended: everything still waiting is emitted.
     pub fn finish(&mut self, out: &mut Vec<JoinedRequest>) {
+        // Everything that waits comes out: room for it at once, not by doublings that move
+        // what is already out (~400 bytes a request).
+        out.reserve(self.pending());
         self.expire(u64::MAX, out);
         // Upgraded exchanges whose session never ended.
         for h in self.hops.take_all() {

@@ -24,7 +24,11 @@ impl Due {
     const SLACK: usize = 4_096;
 
     pub(super) fn push(&mut self, at: u64, rid: RequestId, waiting: &impl Waiting) {
-        if self.q.len() >= self.clean_at.max(Self::SLACK) {
+        // Every waiting record has a reminder here, so a queue no more than twice what waits
+        // has at most half to drop: then it is not cleaned yet, which spares a flood of
+        // records that all wait (ids that never match) a lookup of each reminder at every
+        // cleaning, while the queue stays within about twice what waits.
+        if self.q.len() >= self.clean_at.max(Self::SLACK) && self.q.len() > 2 * waiting.count() {
             self.q.retain(|(_, r)| waiting.waits(r));
             self.clean_at = 2 * self.q.len() + Self::SLACK;
         }
@@ -44,16 +48,77 @@ impl Due {
 /// Where records wait by request id (for cleaning [`Due`]).
 pub(super) trait Waiting {
     fn waits(&self, rid: &str) -> bool;
+    /// How many records wait.
+    fn count(&self) -> usize;
 }
 
 impl<V> Waiting for HashMap<RequestId, V> {
     fn waits(&self, rid: &str) -> bool {
         self.contains_key(rid)
     }
+    fn count(&self) -> usize {
+        self.len()
+    }
 }
 
 impl Waiting for HopWaits {
     fn waits(&self, rid: &str) -> bool {
         self.contains_key(rid)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// Records waiting under ids `0..waiting`, counting the lookups made in them.
+    struct Ids {
+        waiting: usize,
+        lookups: Cell<usize>,
+    }
+
+    impl Waiting for Ids {
+        fn waits(&self, rid: &str) -> bool {
+            self.lookups.set(self.lookups.get() + 1);
+            rid.parse::<usize>().is_ok_and(|i| i < self.waiting)
+        }
+        fn count(&self) -> usize {
+            self.waiting
+        }
+    }
+
+    #[test]
+    fn a_queue_of_records_that_all_wait_is_not_looked_through() {
+        let mut due = Due::default();
+        let mut ids = Ids {
+            waiting: 0,
+            lookups: Cell::new(0),
+        };
+        // A flood of ids that never match: each waits, so no cleaning could drop a reminder.
+        for i in 0..50_000 {
+            due.push(i as u64, RequestId::from(i.to_string()), &ids);
+            ids.waiting = i + 1;
+        }
+        assert_eq!(ids.lookups.get(), 0, "no reminder looked up");
+        assert_eq!(due.q.len(), 50_000);
+        // Then all but 1,000 leave (matched or expired): the next push cleans the queue.
+        ids.waiting = 1_000;
+        due.push(50_000, RequestId::from("50000"), &ids);
+        assert_eq!(ids.lookups.get(), 50_000);
+        assert_eq!(due.q.len(), 1_001);
+        // And the queue stays within about twice what waits, plus the slack.
+        for i in 50_001..100_000 {
+            due.push(i as u64, RequestId::from(i.to_string()), &ids);
+            assert!(
+                due.q.len() <= 2 * ids.waiting + 2 * Due::SLACK + 1,
+                "{}",
+                due.q.len()
+            );
+        }
     }
 }
