@@ -94,13 +94,23 @@ pub enum LineError {
 /// Parses a line of any supported layout: Caddy JSON (has a `logger`), other JSON objects
 /// with `fields` (the README's nginx layout by default), else the `edgewatch_combined` layout.
 pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, LineError> {
+    parse_any_with(line, fields, fields.is_default())
+}
+
+/// [`parse_any`] for a caller that knows already whether `fields` are the README's names
+/// (`readme_fields`: [`nginx::JsonFields::is_default`], fourteen string compares a line).
+pub fn parse_any_with(
+    line: &str,
+    fields: &nginx::JsonFields,
+    readme_fields: bool,
+) -> Result<EdgeRecord, LineError> {
     let trimmed = line.trim_start();
     if trimmed.starts_with('{') {
         // A line in exactly the README's nginx layout is nginx's, found without searching it
         // for Caddy's `"logger"`: none of its values can hold that (the scan takes no
         // escaped quote). Anything else, including such a line with an unusable value, goes
         // the general way below.
-        if fields.is_default() {
+        if readme_fields {
             if let Some(rec) = nginx::scan_default(trimmed) {
                 return Ok(rec);
             }

@@ -158,13 +158,19 @@ const README_KEYS: [&str; 14] = [
 fn scan_readme_layout(line: &str) -> Option<[&str; 14]> {
     let mut rest = line;
     let mut values = [""; 14];
-    for (i, opening) in README_OPENINGS.iter().enumerate() {
-        rest = rest.strip_prefix(opening)?;
-        let end = plain_value_end(rest.as_bytes())?;
-        // Cut at an ASCII quote: char boundaries both.
-        values[i] = &rest[..end];
-        rest = &rest[end + 1..];
+    // Unrolled, so each key's length is known where it is compared: a few word compares in
+    // place of a call to `memcmp` (~370 instructions a line in fourteen calls).
+    macro_rules! value {
+        ($($i:literal)*) => {$({
+            const OPENING: &str = README_OPENINGS[$i];
+            rest = rest.strip_prefix(OPENING)?;
+            let end = plain_value_end(rest.as_bytes())?;
+            // Cut at an ASCII quote: char boundaries both.
+            values[$i] = &rest[..end];
+            rest = &rest[end + 1..];
+        })*};
     }
+    value!(0 1 2 3 4 5 6 7 8 9 10 11 12 13);
     let rest = rest.strip_prefix('}')?;
     // serde_json allows whitespace after the value, and nothing else.
     rest.bytes()

@@ -120,6 +120,8 @@ pub struct Pipeline {
     joiner: Option<Joiner>,
     engine: Engine,
     json_fields: JsonFields,
+    /// Whether `json_fields` are the README's names (known once, not compared per line).
+    readme_fields: bool,
     /// The Gateway's ports (the hop's upstream ports).
     hop_ports: Vec<u16>,
     /// Whether each of them had a listener when last looked at (absent: not known yet).
@@ -159,6 +161,7 @@ impl Pipeline {
                 .then(|| Joiner::with_limits(settings.join_window_ns, settings.join_limits)),
             engine,
             json_fields: settings.json_fields.clone(),
+            readme_fields: settings.json_fields.is_default(),
             hop_ports: settings.hop_ports.clone(),
             gateway_up: std::collections::BTreeMap::new(),
             fresh: Vec::new(),
@@ -364,7 +367,7 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> Result<(), LineError> {
-        let record = crate::edge::parse_any(line, &self.json_fields)?;
+        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields)?;
         self.edge_record(record, now_ns, sink);
         Ok(())
     }
@@ -374,7 +377,7 @@ impl Pipeline {
     /// caller with lines in hand reads the next ones with this before it hands this line's
     /// record on (see `Joiner::prefetch`). The hint changes no result.
     pub fn parse_ahead(&self, line: &str) -> Result<EdgeRecord, LineError> {
-        let record = crate::edge::parse_any(line, &self.json_fields);
+        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields);
         if let (Some(j), Ok(r)) = (&self.joiner, &record) {
             if let Some(rid) = &r.request_id {
                 j.prefetch(rid);
