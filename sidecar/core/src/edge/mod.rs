@@ -134,28 +134,46 @@ pub fn seconds_to_ns(text: &str) -> Option<u64> {
 /// spaces, exponents, more than 18 digits of seconds), which [`seconds_to_ns_general`] reads.
 /// Digits after the ninth of the fraction are cut, as there.
 fn plain_seconds(b: &[u8]) -> Option<u64> {
-    let int_len = b
-        .iter()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(b.len());
+    /// What each of the fraction's first nine digits is worth in nanoseconds.
+    const NANOS: [u64; 9] = [
+        100_000_000,
+        10_000_000,
+        1_000_000,
+        100_000,
+        10_000,
+        1_000,
+        100,
+        10,
+        1,
+    ];
+    // One pass, no division: the seconds wrap past 18 digits, and are then refused.
+    let mut secs = 0u64;
+    let mut int_len = 0;
+    for &c in b {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        secs = secs.wrapping_mul(10).wrapping_add(u64::from(d));
+        int_len += 1;
+    }
     if int_len == 0 || int_len > 18 {
         return None;
     }
-    let secs = b[..int_len]
-        .iter()
-        .fold(0u64, |s, &c| s * 10 + u64::from(c - b'0'));
     let mut nanos = 0u64;
     if let Some((&dot, fraction)) = b[int_len..].split_first() {
         if dot != b'.' {
             return None;
         }
-        let mut scale = 100_000_000u64;
-        for &c in fraction {
-            if !c.is_ascii_digit() {
+        for (i, &c) in fraction.iter().enumerate() {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
                 return None;
             }
-            nanos += u64::from(c - b'0') * scale;
-            scale /= 10;
+            // Digits after the ninth are checked, and cut.
+            if let Some(worth) = NANOS.get(i) {
+                nanos += u64::from(d) * worth;
+            }
         }
     }
     secs.checked_mul(1_000_000_000)?.checked_add(nanos)
