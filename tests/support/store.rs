@@ -339,8 +339,8 @@ pub fn joined_with_their_lines(now: i64) -> Vec<edgewatch::edge::join::JoinedReq
                 hop: Option<HttpExchange>| JoinedRequest {
         request_id: rid.map(Into::into),
         matched,
-        reason: reason.map(str::to_owned),
-        edge: Some(edge),
+        reason: reason.map(|r| r.to_owned().into()),
+        edge: Some(Box::new(edge)),
         hop: hop.map(Box::new),
         websocket: None,
         refused: None,

@@ -500,7 +500,7 @@ impl Watch {
             }
             match this {
                 Ok(record) => {
-                    self.pipeline.edge_record(record, now, &mut self.out);
+                    self.pipeline.edge_boxed(record, now, &mut self.out);
                     parsed_lines += 1;
                 }
                 Err(e) => {

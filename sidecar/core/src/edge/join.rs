@@ -10,7 +10,7 @@
 //!   logged one.
 //! - Unmatched records are still emitted once `window` has passed, with the reason; an edge
 //!   502/504 with no exchange is joined to a refused connect to its upstream in its time span.
-use std::collections::VecDeque;
+use std::{borrow::Cow, collections::VecDeque};
 
 mod due;
 mod waits;
@@ -57,10 +57,13 @@ impl Matched {
 pub struct JoinedRequest {
     pub request_id: Option<RequestId>,
     pub matched: Matched,
-    /// Why something is missing, when it is.
+    /// Why something is missing, when it is (most reasons are fixed texts: no allocation).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub edge: Option<EdgeRecord>,
+    pub reason: Option<Cow<'static, str>>,
+    /// Boxed, like `hop`: a line's record (~290 bytes) is copied once, into a box from the
+    /// join's pool (see [`Joiner::boxed_edge`]), and moves on as a pointer; inline, it made
+    /// every request ~400 bytes, copied wherever one moved or was emitted.
+    pub edge: Option<Box<EdgeRecord>>,
     /// Boxed: an exchange waits for its log line in a box from the join's pool, and moves on
     /// as a pointer (see [`Joiner::recycle`]); a 360-byte value was copied at each step.
     pub hop: Option<Box<HttpExchange>>,
@@ -83,14 +86,17 @@ impl HopEntry {
 }
 
 /// An edge 502/504 explained by a refused connect.
-fn refused_join(e: EdgeRecord, c: ConnEvent) -> JoinedRequest {
+fn refused_join(e: Box<EdgeRecord>, c: ConnEvent) -> JoinedRequest {
     JoinedRequest {
         request_id: e.request_id.clone(),
         matched: Matched::Inferred,
-        reason: Some(format!(
+        reason: Some(
+            format!(
             "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
             c.conn.server
-        )),
+        )
+            .into(),
+        ),
         edge: Some(e),
         hop: None,
         websocket: None,
@@ -141,14 +147,16 @@ pub struct Joiner {
     /// bytes made every bucket of the table that large (26 MB of table, and every growth
     /// moving them all, at 40,000 lines whose ids never come). A line rarely waits: its
     /// exchange is nearly always drained before it is read.
-    edges: HashMap<RequestId, Box<(EdgeRecord, u64)>>,
+    /// Since when each waits is kept in the table, beside the box: shedding and expiry read
+    /// it for every waiting line they look at, and a box's is a cache miss each.
+    edges: HashMap<RequestId, (u64, Box<EdgeRecord>)>,
     /// Exchanges waiting for their line, young ones in arrival order (see [`waits`]).
     hops: HopWaits,
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
     /// scanning the maps (linear in the records, however many wait).
     edge_due: Due,
     hop_due: Due,
-    edges_without_id: VecDeque<(EdgeRecord, u64)>,
+    edges_without_id: VecDeque<(Box<EdgeRecord>, u64)>,
     hops_without_id: VecDeque<HopEntry>,
     /// Sessions whose exchange has not been seen (yet), by request id.
     orphan_ws: HashMap<RequestId, (WsSession, u64)>,
@@ -163,10 +171,17 @@ pub struct Joiner {
         reason = "a pool of the boxes themselves: each is handed out and given back whole"
     )]
     spare: Vec<Box<HttpExchange>>,
+    /// The same for the lines' records: a line waits, and goes out with its request, in a box
+    /// (a request is then 112 bytes, not ~400, wherever it moves or is emitted).
+    #[allow(
+        clippy::vec_box,
+        reason = "a pool of the boxes themselves: each is handed out and given back whole"
+    )]
+    spare_edges: Vec<Box<EdgeRecord>>,
 }
 
-/// Spare exchange boxes kept at most (~430 bytes each, 7 MiB): half a second of requests at
-/// ~30,000 a second. A log poll gives back at once the boxes of the requests since the one
+/// Spare exchange boxes kept at most (~370 bytes each, 6 MiB), and as many of the lines' (~300
+/// bytes each, 5 MiB): half a second of requests at ~30,000 a second. A log poll gives back at once the boxes of the requests since the one
 /// before, 200 or 300 ms as the drain's beats fall (with a quarter second's 8,192 kept, the
 /// allocation of new ones was 1% of the sidecar's samples at 29,000 requests a second). At
 /// higher rates the rest are freed and allocated again.
@@ -195,6 +210,7 @@ impl Joiner {
             refused: VecDeque::new(),
             waiting_5xx: 0,
             spare: Vec::new(),
+            spare_edges: Vec::new(),
         }
     }
 
@@ -207,12 +223,17 @@ impl Joiner {
         }
     }
 
-    /// Gives back the exchange boxes of joined requests that have been handled (each request's
-    /// `hop` is taken; the rest of it is left as it was).
+    /// Gives back the exchange and line boxes of joined requests that have been handled (each
+    /// request's `hop` and `edge` are taken; the rest of it is left as it was).
     pub fn recycle_handled(&mut self, handled: &mut [JoinedRequest]) {
         for r in handled {
             if let Some(x) = r.hop.take() {
                 self.recycle(x);
+            }
+            if let Some(e) = r.edge.take() {
+                if self.spare_edges.len() < MAX_SPARE {
+                    self.spare_edges.push(e);
+                }
             }
         }
     }
@@ -244,11 +265,23 @@ impl Joiner {
         }
     }
 
+    /// `rec` in a box for [`Joiner::edge_or`], a spare one when there is one (the boxes of
+    /// handled requests' lines come back by [`Joiner::recycle_handled`]).
+    pub fn boxed_edge(&mut self, rec: EdgeRecord) -> Box<EdgeRecord> {
+        match self.spare_edges.pop() {
+            Some(mut b) => {
+                *b = rec;
+                b
+            }
+            None => Box::new(rec),
+        }
+    }
+
     /// Keeps an edge record waiting under `rid`; one already waiting under it is emitted.
     fn wait_edge(
         &mut self,
         rid: RequestId,
-        rec: EdgeRecord,
+        rec: Box<EdgeRecord>,
         now_ns: u64,
         out: &mut Vec<JoinedRequest>,
     ) {
@@ -256,15 +289,17 @@ impl Joiner {
             self.waiting_5xx += 1;
         }
         self.edge_due.push(now_ns, rid.clone(), &self.edges);
-        if let Some(old) = self.edges.insert(rid, Box::new((rec, now_ns))) {
-            let (old, _) = *old;
+        if let Some((_, old)) = self.edges.insert(rid, (now_ns, rec)) {
             self.stats.duplicate_request_ids += 1;
             self.edge_left(&old);
             let mut j = self.edge_unmatched_or_partial(old, None);
-            j.reason = Some(format!(
-                "another edge log line carried the same request id; {}",
-                j.reason.as_deref().unwrap_or("")
-            ));
+            j.reason = Some(
+                format!(
+                    "another edge log line carried the same request id; {}",
+                    j.reason.as_deref().unwrap_or("")
+                )
+                .into(),
+            );
             out.push(j);
         }
         self.shed_if_full(now_ns, out);
@@ -294,10 +329,10 @@ impl Joiner {
     }
 
     /// Takes the edge record waiting under `rid`.
-    fn take_edge(&mut self, rid: &str) -> Option<(EdgeRecord, u64)> {
-        let e = *self.edges.remove(rid)?;
-        self.edge_left(&e.0);
-        Some(e)
+    fn take_edge(&mut self, rid: &str) -> Option<(Box<EdgeRecord>, u64)> {
+        let (seen_ns, e) = self.edges.remove(rid)?;
+        self.edge_left(&e);
+        Some((e, seen_ns))
     }
 
     /// Over [`JoinLimits::max_pending`]: the oldest eighth of what waits goes out now.
@@ -309,7 +344,7 @@ impl Joiner {
         let mut seen: Vec<u64> = self
             .edges
             .values()
-            .map(|waiting| waiting.1)
+            .map(|waiting| waiting.0)
             .chain(self.hops.values().map(|h| h.seen_ns))
             .chain(self.orphan_ws.values().map(|(_, s)| *s))
             .chain(self.edges_without_id.iter().map(|(_, s)| *s))
@@ -340,6 +375,7 @@ impl Joiner {
 
     /// An edge access-log record arrived.
     pub fn edge(&mut self, rec: EdgeRecord, now_ns: u64, out: &mut Vec<JoinedRequest>) {
+        let rec = self.boxed_edge(rec);
         self.edge_or(rec, now_ns, out, |_| {});
     }
 
@@ -349,7 +385,7 @@ impl Joiner {
     /// joins some other way, and the call returns false.
     pub fn edge_or(
         &mut self,
-        rec: EdgeRecord,
+        rec: Box<EdgeRecord>,
         now_ns: u64,
         out: &mut Vec<JoinedRequest>,
         alone: impl FnOnce(&EdgeRecord),
@@ -494,17 +530,17 @@ impl Joiner {
                     .edges
                     .iter()
                     .filter(|(rid, waiting)| {
-                        matches!(waiting.0.status, 502 | 504)
+                        matches!(waiting.1.status, 502 | 504)
                             && !self.hops.contains_key(rid)
-                            && self.refused_position(&waiting.0).is_some()
+                            && self.refused_position(&waiting.1).is_some()
                     })
                     .map(|(rid, _)| rid.clone())
                     .collect();
                 for rid in explained {
                     if let Some(waiting) = self.edges.remove(&rid) {
-                        match self.refused_for(&waiting.0) {
+                        match self.refused_for(&waiting.1) {
                             Some(c) => {
-                                let (e, _) = *waiting;
+                                let e = waiting.1;
                                 self.edge_left(&e);
                                 out.push(refused_join(e, c));
                             }
@@ -539,11 +575,10 @@ impl Joiner {
             let std::collections::hash_map::Entry::Occupied(waiting) = self.edges.entry(rid) else {
                 continue;
             };
-            if waiting.get().1 >= cutoff {
+            if waiting.get().0 >= cutoff {
                 continue;
             }
-            let (rid, waiting) = waiting.remove_entry();
-            let (e, _) = *waiting;
+            let (rid, (_, e)) = waiting.remove_entry();
             self.edge_left(&e);
             let h = self.hops.remove(&rid);
             out.push(self.edge_unmatched_or_partial(e, h));
@@ -607,7 +642,7 @@ impl Joiner {
     /// The input ended: everything still waiting is emitted.
     pub fn finish(&mut self, out: &mut Vec<JoinedRequest>) {
         // Everything that waits comes out: room for it at once, not by doublings that move
-        // what is already out (~400 bytes a request).
+        // what is already out.
         out.reserve(self.pending());
         self.expire(u64::MAX, out);
         // Upgraded exchanges whose session never ended.
@@ -621,7 +656,11 @@ impl Joiner {
         }
     }
 
-    fn edge_unmatched_or_partial(&mut self, e: EdgeRecord, h: Option<HopEntry>) -> JoinedRequest {
+    fn edge_unmatched_or_partial(
+        &mut self,
+        e: Box<EdgeRecord>,
+        h: Option<HopEntry>,
+    ) -> JoinedRequest {
         if let Some(h) = h {
             // The exchange came but its WebSocket session did not.
             return joined(
@@ -684,10 +723,10 @@ fn infers(e: &EdgeRecord, x: &HttpExchange) -> bool {
 }
 
 fn joined(
-    e: Option<EdgeRecord>,
+    e: Option<Box<EdgeRecord>>,
     h: Option<HopEntry>,
     matched: Matched,
-    reason: Option<String>,
+    reason: Option<Cow<'static, str>>,
 ) -> JoinedRequest {
     let mut j = joined_without_id(e, h, matched, reason);
     j.request_id = j
@@ -700,10 +739,10 @@ fn joined(
 
 /// [`joined`] with `request_id` left for the caller to set.
 fn joined_without_id(
-    e: Option<EdgeRecord>,
+    e: Option<Box<EdgeRecord>>,
     h: Option<HopEntry>,
     matched: Matched,
-    reason: Option<String>,
+    reason: Option<Cow<'static, str>>,
 ) -> JoinedRequest {
     let (hop, websocket) = match h {
         Some(h) => (Some(h.exchange), h.ws),

@@ -333,8 +333,8 @@ impl Pipeline {
         }
         let mut joined = std::mem::take(&mut self.joined);
         debug_assert!(line_at.is_none_or(|i| joined.get(i).is_some_and(|r| r.edge.is_some())));
-        // Handled where they lie (a joined request is ~400 bytes: moving each out is a copy);
-        // then each exchange's box goes back to the join for the next exchange to wait in.
+        // Handled where they lie; then each exchange's and line's box goes back to the join for
+        // the next ones.
         for (i, r) in joined.iter().enumerate() {
             if line_at == Some(i) {
                 sink.edge_joined(r);
@@ -372,18 +372,21 @@ impl Pipeline {
         Ok(())
     }
 
-    /// An access-log line read ahead into its record, for [`Pipeline::edge_record`]. Also asks
-    /// memory for where the join will look for the record's exchange, without waiting: a
-    /// caller with lines in hand reads the next ones with this before it hands this line's
-    /// record on (see `Joiner::prefetch`). The hint changes no result.
-    pub fn parse_ahead(&self, line: &str) -> Result<EdgeRecord, LineError> {
-        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields);
-        if let (Some(j), Ok(r)) = (&self.joiner, &record) {
-            if let Some(rid) = &r.request_id {
-                j.prefetch(rid);
-            }
+    /// An access-log line read ahead into its record, for [`Pipeline::edge_boxed`]: in a box
+    /// from the join's spares, so that the record (~290 bytes) is copied once, into it, and
+    /// moves on as a pointer from there (read ahead, joined, emitted). Also asks memory for
+    /// where the join will look for the record's exchange, without waiting: a caller with
+    /// lines in hand reads the next ones with this before it hands this line's record on (see
+    /// `Joiner::prefetch`). The hint changes no result.
+    pub fn parse_ahead(&mut self, line: &str) -> Result<Box<EdgeRecord>, LineError> {
+        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields)?;
+        let Some(j) = self.joiner.as_mut() else {
+            return Ok(Box::new(record));
+        };
+        if let Some(rid) = &record.request_id {
+            j.prefetch(rid);
         }
-        record
+        Ok(j.boxed_edge(record))
     }
 
     /// The second step of [`Pipeline::parse_ahead`], a line later: asks memory for the
@@ -396,6 +399,17 @@ impl Pipeline {
 
     /// One access-log record.
     pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
+        let Some(j) = self.joiner.as_mut() else {
+            sink.edge(&record);
+            self.edge_upstream(&record, sink);
+            return;
+        };
+        let record = j.boxed_edge(record);
+        self.edge_boxed(record, now_ns, sink);
+    }
+
+    /// One access-log record, in a box (see [`Pipeline::parse_ahead`]).
+    pub fn edge_boxed(&mut self, record: Box<EdgeRecord>, now_ns: u64, sink: &mut impl Sink) {
         if self.joiner.is_none() {
             sink.edge(&record);
             self.edge_upstream(&record, sink);

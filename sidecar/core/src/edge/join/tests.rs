@@ -327,6 +327,40 @@ fn recycled_boxes_carry_the_next_exchanges() {
     assert_eq!(j.spare.len(), MAX_SPARE);
 }
 
+/// The same for the lines' boxes: a line that waited goes out in the box it waited in, and a
+/// handled request's box carries the next line, its old contents replaced whole.
+#[test]
+fn a_lines_box_goes_out_with_its_request_and_comes_back_for_the_next_line() {
+    let mut j = Joiner::new(10 * S);
+    let mut out = Vec::new();
+    // The line comes first, waits (boxed), then its exchange comes: the request carries it.
+    let line = j.boxed_edge(edge(Some("/a"), 200, "/a", 100 * S));
+    let at: *const EdgeRecord = &*line;
+    assert!(!j.edge_or(line, 100 * S, &mut out, |_| {}));
+    assert!(out.is_empty());
+    j.hop(exchange(Some("/a"), 200, "/a", 100 * S), 100 * S, &mut out);
+    let [first] = &mut out[..] else {
+        panic!("one request: {out:?}")
+    };
+    assert_eq!(first.matched, Matched::Exact);
+    let waited = first.edge.as_deref().expect("the line");
+    assert!(
+        std::ptr::eq(at, waited),
+        "the line was copied out of its box"
+    );
+    j.recycle_handled(&mut out);
+    assert!(
+        out[0].edge.is_none() && out[0].hop.is_none(),
+        "both boxes taken back"
+    );
+    out.clear();
+    // The next line is read into that box, nothing of the first left in it.
+    let want = edge(Some("/b"), 404, "/b", 102 * S);
+    let next = j.boxed_edge(want.clone());
+    assert!(std::ptr::eq(at, &*next), "the spare box was not reused");
+    assert_eq!(*next, want);
+}
+
 /// `edge_or` says what it did: true exactly when the line's call gave one request, the
 /// line's, joined with its exchange (the pipeline hands the two to the sink as one on that
 /// promise); otherwise the line went to `alone` first, once.
@@ -392,7 +426,7 @@ fn edge_or_says_whether_the_line_joined_at_once() {
         assert!(out.is_empty(), "{what}");
         let e = edge(rid, 200, "/x", at + S / 10);
         let mut alone = 0;
-        let at_once = j.edge_or(e, at + S / 10, &mut out, |_| alone += 1);
+        let at_once = j.edge_or(Box::new(e), at + S / 10, &mut out, |_| alone += 1);
         assert_eq!(at_once, want, "{what}");
         assert_eq!(alone, usize::from(!want), "{what}");
         let joined_now = out.len() == 1
