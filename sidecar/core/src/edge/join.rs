@@ -12,6 +12,7 @@
 //!   502/504 with no exchange is joined to a refused connect to its upstream in its time span.
 use std::{borrow::Cow, collections::VecDeque};
 
+mod all;
 mod due;
 mod waits;
 
@@ -19,6 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::Serialize;
 
+pub use self::all::{join_all, join_all_limited};
 use self::due::Due;
 use self::waits::{HopWaits, Taken};
 use super::EdgeRecord;
@@ -757,55 +759,6 @@ fn joined_without_id(
         websocket,
         refused: None,
     }
-}
-
-/// Joins whole sets offline (`edgewatch replay --access-log`): both sides merged in time
-/// order, the window measured in the data's own time, so the result is deterministic.
-pub fn join_all(hop: Vec<HopRecord>, edges: Vec<EdgeRecord>, window_ns: u64) -> Vec<JoinedRequest> {
-    join_all_limited(hop, edges, window_ns, JoinLimits::default()).0
-}
-
-/// [`join_all`] with the count limits of the config (`[edge]`), and what the join gave up.
-pub fn join_all_limited(
-    mut hop: Vec<HopRecord>,
-    mut edges: Vec<EdgeRecord>,
-    window_ns: u64,
-    limits: JoinLimits,
-) -> (Vec<JoinedRequest>, JoinStats) {
-    edges.sort_by_key(|e| e.end_ts_ns);
-    hop.sort_by_key(HopRecord::end_ts_ns);
-    let hop_sorted = hop;
-    let mut joiner = Joiner::with_limits(window_ns, limits);
-    let mut out = Vec::new();
-    let mut edges = edges.into_iter().peekable();
-    let mut hops = hop_sorted.into_iter().peekable();
-    loop {
-        let next_edge = edges.peek().map(|e| e.end_ts_ns);
-        let next_hop = hops.peek().map(|r| r.end_ts_ns());
-        match (next_edge, next_hop) {
-            (None, None) => break,
-            (Some(e), Some(h)) if h <= e => {
-                if let Some(r) = hops.next() {
-                    joiner.hop(r, h, &mut out);
-                    joiner.expire(h, &mut out);
-                }
-            }
-            (Some(e), _) => {
-                if let Some(rec) = edges.next() {
-                    joiner.edge(rec, e, &mut out);
-                    joiner.expire(e, &mut out);
-                }
-            }
-            (None, Some(h)) => {
-                if let Some(r) = hops.next() {
-                    joiner.hop(r, h, &mut out);
-                    joiner.expire(h, &mut out);
-                }
-            }
-        }
-    }
-    joiner.finish(&mut out);
-    (out, joiner.stats)
 }
 
 #[cfg(test)]
