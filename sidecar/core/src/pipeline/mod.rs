@@ -399,12 +399,11 @@ impl Pipeline {
 
     /// One access-log record.
     pub fn edge_record(&mut self, record: EdgeRecord, now_ns: u64, sink: &mut impl Sink) {
-        let Some(j) = self.joiner.as_mut() else {
-            sink.edge(&record);
-            self.edge_upstream(&record, sink);
-            return;
+        let record = match self.joiner.as_mut() {
+            Some(j) => j.boxed_edge(record),
+            // (Not joined: logs are read only when they are, so this is no path of the live loop.)
+            None => Box::new(record),
         };
-        let record = j.boxed_edge(record);
         self.edge_boxed(record, now_ns, sink);
     }
 
