@@ -89,16 +89,14 @@ impl HopEntry {
 
 /// An edge 502/504 explained by a refused connect.
 fn refused_join(e: Box<EdgeRecord>, c: ConnEvent) -> JoinedRequest {
+    let reason = format!(
+        "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
+        c.conn.server
+    );
     JoinedRequest {
         request_id: e.request_id.clone(),
         matched: Matched::Inferred,
-        reason: Some(
-            format!(
-            "the proxy's connect to {} was refused: nothing listens there (stale upstream port)",
-            c.conn.server
-        )
-            .into(),
-        ),
+        reason: Some(reason.into()),
         edge: Some(e),
         hop: None,
         websocket: None,
@@ -183,10 +181,11 @@ pub struct Joiner {
 }
 
 /// Spare exchange boxes kept at most (~370 bytes each, 6 MiB), and as many of the lines' (~300
-/// bytes each, 5 MiB): half a second of requests at ~30,000 a second. A log poll gives back at once the boxes of the requests since the one
-/// before, 200 or 300 ms as the drain's beats fall (with a quarter second's 8,192 kept, the
-/// allocation of new ones was 1% of the sidecar's samples at 29,000 requests a second). At
-/// higher rates the rest are freed and allocated again.
+/// bytes each, 5 MiB): half a second of requests at ~30,000 a second. A log poll gives back at
+/// once the boxes of the requests since the one before, 200 or 300 ms as the drain's beats
+/// fall (with a quarter second's 8,192 kept, the allocation of new ones was 1% of the
+/// sidecar's samples at 29,000 requests a second). At higher rates the rest are freed and
+/// allocated again.
 pub const MAX_SPARE: usize = 16_384;
 
 impl Joiner {
