@@ -307,9 +307,7 @@ const LOG_TAIL: u64 = 1 << 20;
 fn proxied_to(config: &Config, nonce: &str) -> Vec<(String, String)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut out = Vec::new();
-    let fields = &config.edge.json_fields;
-    // Known once, not compared on every line.
-    let readme_fields = fields.is_default();
+    let parser = crate::edge::LineParser::new(config.edge.json_fields.clone());
     for path in &config.edge.access_logs {
         let Ok(mut f) = std::fs::File::open(path) else {
             continue;
@@ -325,7 +323,7 @@ fn proxied_to(config: &Config, nonce: &str) -> Vec<(String, String)> {
             continue;
         }
         for line in String::from_utf8_lossy(&bytes).lines() {
-            let Ok(rec) = crate::edge::parse_any_with(line, fields, readme_fields) else {
+            let Ok(rec) = parser.parse(line) else {
                 continue;
             };
             let (Some(p), Some(to)) = (rec.path.as_deref(), rec.upstream_addr.as_deref()) else {

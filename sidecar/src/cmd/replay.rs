@@ -11,7 +11,7 @@ use std::{
 use crate::{
     alerts::{Alert, Notice},
     config::Config,
-    edge::{join::JoinedRequest, nginx::JsonFields, parse_any_with, EdgeRecord},
+    edge::{join::JoinedRequest, nginx::JsonFields, EdgeRecord, LineParser},
     hop::HopRecord,
     metrics::Metrics,
     output::{Format, Printer},
@@ -192,11 +192,10 @@ fn read_logs(paths: &[PathBuf], fields: &JsonFields) -> anyhow::Result<Logs> {
         malformed: BTreeMap::new(),
         examples: Vec::new(),
     };
-    // Known once, not compared on every line.
-    let readme_fields = fields.is_default();
+    let parser = LineParser::new(fields.clone());
     for path in paths {
-        let stats = crate::sources::logfile::for_each_line(path, |n, line| {
-            match parse_any_with(line, fields, readme_fields) {
+        let stats =
+            crate::sources::logfile::for_each_line(path, |n, line| match parser.parse(line) {
                 Ok(rec) => logs.records.push(rec),
                 Err(e) => {
                     *logs.malformed.entry(e.to_string()).or_default() += 1;
@@ -204,9 +203,8 @@ fn read_logs(paths: &[PathBuf], fields: &JsonFields) -> anyhow::Result<Logs> {
                         logs.examples.push(format!("{}:{n}: {e}", path.display()));
                     }
                 }
-            }
-        })
-        .with_context(|| format!("reading {}", path.display()))?;
+            })
+            .with_context(|| format!("reading {}", path.display()))?;
         logs.lines += stats.lines;
         logs.parsed = logs.records.len();
         logs.non_utf8 += stats.non_utf8;

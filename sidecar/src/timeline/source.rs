@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clickhouse::Row;
 
 use super::{Filter, Rows};
-use crate::{edge::parse_any_with, store::config::StoreConfig};
+use crate::{edge::LineParser, store::config::StoreConfig};
 
 /// What the offline source could not use (said, never hidden).
 #[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
@@ -32,23 +32,20 @@ pub fn offline(
     )>,
     config: &crate::config::Config,
 ) -> anyhow::Result<(Rows, OfflineReport)> {
-    let fields = &config.edge.json_fields;
-    // Known once, not compared on every line.
-    let readme_fields = fields.is_default();
+    let parser = LineParser::new(config.edge.json_fields.clone());
     let file = std::fs::File::open(pcap).with_context(|| format!("opening {}", pcap.display()))?;
     let mut report = OfflineReport::default();
     let mut edges = Vec::new();
     for log in logs {
-        let stats = crate::sources::logfile::for_each_line(log, |_, line| {
-            match parse_any_with(line, fields, readme_fields) {
+        let stats =
+            crate::sources::logfile::for_each_line(log, |_, line| match parser.parse(line) {
                 Ok(r) => {
                     report.edge_lines += 1;
                     edges.push(r);
                 }
                 Err(_) => report.malformed_lines += 1,
-            }
-        })
-        .with_context(|| format!("reading {}", log.display()))?;
+            })
+            .with_context(|| format!("reading {}", log.display()))?;
         report.non_utf8_lines += stats.non_utf8 as usize;
     }
     let mut settings = config.pipeline();

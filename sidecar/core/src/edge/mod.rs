@@ -91,36 +91,46 @@ pub enum LineError {
     Layout(&'static str),
 }
 
-/// Parses a line of any supported layout: Caddy JSON (has a `logger`), other JSON objects
-/// with `fields` (the README's nginx layout by default), else the `edgewatch_combined` layout.
-pub fn parse_any(line: &str, fields: &nginx::JsonFields) -> Result<EdgeRecord, LineError> {
-    parse_any_with(line, fields, fields.is_default())
+/// Parses lines of any supported layout: Caddy JSON (has a `logger`), other JSON objects with
+/// the configured field names (the README's nginx layout by default), else the
+/// `edgewatch_combined` layout. Whether the names are the README's is worked out once, when
+/// the parser is made ([`nginx::JsonFields::is_default`], fourteen string compares), not per
+/// line.
+#[derive(Clone, Debug)]
+pub struct LineParser {
+    fields: nginx::JsonFields,
+    readme_fields: bool,
 }
 
-/// [`parse_any`] for a caller that knows already whether `fields` are the README's names
-/// (`readme_fields`: [`nginx::JsonFields::is_default`], fourteen string compares a line).
-pub fn parse_any_with(
-    line: &str,
-    fields: &nginx::JsonFields,
-    readme_fields: bool,
-) -> Result<EdgeRecord, LineError> {
-    let trimmed = line.trim_start();
-    if trimmed.starts_with('{') {
-        // A line in exactly the README's nginx layout is nginx's, found without searching it
-        // for Caddy's `"logger"`: none of its values can hold that (the scan takes no
-        // escaped quote). Anything else, including such a line with an unusable value, goes
-        // the general way below.
-        if readme_fields {
-            if let Some(rec) = nginx::scan_default(trimmed) {
-                return Ok(rec);
-            }
+impl LineParser {
+    pub fn new(fields: nginx::JsonFields) -> Self {
+        let readme_fields = fields.is_default();
+        Self {
+            fields,
+            readme_fields,
         }
-        if trimmed.contains("\"logger\"") {
-            return caddy::parse(trimmed);
-        }
-        return nginx::parse_json(trimmed, fields);
     }
-    nginx::parse_combined(trimmed)
+
+    /// One line.
+    pub fn parse(&self, line: &str) -> Result<EdgeRecord, LineError> {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('{') {
+            // A line in exactly the README's nginx layout is nginx's, found without searching
+            // it for Caddy's `"logger"`: none of its values can hold that (the scan takes no
+            // escaped quote). Anything else, including such a line with an unusable value,
+            // goes the general way below.
+            if self.readme_fields {
+                if let Some(rec) = nginx::scan_default(trimmed) {
+                    return Ok(rec);
+                }
+            }
+            if trimmed.contains("\"logger\"") {
+                return caddy::parse(trimmed);
+            }
+            return nginx::parse_json(trimmed, &self.fields);
+        }
+        nginx::parse_combined(trimmed)
+    }
 }
 
 /// Seconds as nginx and Caddy print them (`0.123`; nginx prints `-` for none and a

@@ -628,6 +628,7 @@ mod tests {
         let mut rng = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         let mut next = |n: usize| (rng() % n as u64) as usize;
         let (mut scanned, mut total) = (0, 0);
+        let readme = super::super::LineParser::new(JsonFields::default());
         for _ in 0..20_000 {
             let mut keys: Vec<&str> = README_KEYS.to_vec();
             let mutation = next(10);
@@ -684,7 +685,7 @@ mod tests {
                 assert_eq!(ReadmeValues(v.map(Some)).record(), by_serde, "{line}");
             }
             assert_eq!(parse_default(&line), by_serde, "{line}");
-            // `parse_any` takes a scanned line as nginx's before it looks for Caddy's
+            // `LineParser` takes a scanned line as nginx's before it looks for Caddy's
             // `"logger"`: the same as looking first.
             let trimmed = line.trim_start();
             let looking_first = if !trimmed.starts_with('{') {
@@ -694,11 +695,7 @@ mod tests {
             } else {
                 parse_json(trimmed, &JsonFields::default())
             };
-            assert_eq!(
-                super::super::parse_any(&line, &JsonFields::default()),
-                looking_first,
-                "{line}"
-            );
+            assert_eq!(readme.parse(&line), looking_first, "{line}");
         }
         // Most unmutated lines have no escape in them and take the scan.
         assert!(scanned > total / 10, "{scanned} of {total} lines scanned");

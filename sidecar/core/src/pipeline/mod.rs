@@ -119,9 +119,7 @@ pub struct Pipeline {
     owners: Owners,
     joiner: Option<Joiner>,
     engine: Engine,
-    json_fields: JsonFields,
-    /// Whether `json_fields` are the README's names (known once, not compared per line).
-    readme_fields: bool,
+    lines: crate::edge::LineParser,
     /// The Gateway's ports (the hop's upstream ports).
     hop_ports: Vec<u16>,
     /// Whether each of them had a listener when last looked at (absent: not known yet).
@@ -160,8 +158,7 @@ impl Pipeline {
                 .join
                 .then(|| Joiner::with_limits(settings.join_window_ns, settings.join_limits)),
             engine,
-            json_fields: settings.json_fields.clone(),
-            readme_fields: settings.json_fields.is_default(),
+            lines: crate::edge::LineParser::new(settings.json_fields.clone()),
             hop_ports: settings.hop_ports.clone(),
             gateway_up: std::collections::BTreeMap::new(),
             fresh: Vec::new(),
@@ -367,7 +364,7 @@ impl Pipeline {
         now_ns: u64,
         sink: &mut impl Sink,
     ) -> Result<(), LineError> {
-        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields)?;
+        let record = self.lines.parse(line)?;
         self.edge_record(record, now_ns, sink);
         Ok(())
     }
@@ -379,7 +376,7 @@ impl Pipeline {
     /// lines in hand reads the next ones with this before it hands this line's record on (see
     /// `Joiner::prefetch`). The hint changes no result.
     pub fn parse_ahead(&mut self, line: &str) -> Result<Box<EdgeRecord>, LineError> {
-        let record = crate::edge::parse_any_with(line, &self.json_fields, self.readme_fields)?;
+        let record = self.lines.parse(line)?;
         let Some(j) = self.joiner.as_mut() else {
             return Ok(Box::new(record));
         };
