@@ -14,6 +14,7 @@ use std::{borrow::Cow, collections::VecDeque};
 
 mod all;
 mod due;
+mod lines;
 mod waits;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use self::all::{join_all, join_all_limited};
 use self::due::Due;
+use self::lines::LineWaits;
 use self::waits::{HopWaits, Taken};
 use super::EdgeRecord;
 use crate::hop::{
@@ -148,13 +150,14 @@ pub struct Joiner {
     /// moving them all, at 40,000 lines whose ids never come). A line rarely waits: its
     /// exchange is nearly always drained before it is read.
     /// Since when each waits is kept in the table, beside the box: shedding and expiry read
-    /// it for every waiting line they look at, and a box's is a cache miss each.
-    edges: HashMap<RequestId, (u64, Box<EdgeRecord>)>,
+    /// it for every waiting line they look at, and a box's is a cache miss each. The id is
+    /// the one in the box (see [`lines`]).
+    edges: LineWaits,
     /// Exchanges waiting for their line, young ones in arrival order (see [`waits`]).
     hops: HopWaits,
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
     /// scanning the maps (linear in the records, however many wait).
-    edge_due: Due,
+    edge_due: Due<u64>,
     hop_due: Due,
     edges_without_id: VecDeque<(Box<EdgeRecord>, u64)>,
     hops_without_id: VecDeque<HopEntry>,
@@ -200,7 +203,7 @@ impl Joiner {
             window_ns,
             limits,
             stats: JoinStats::default(),
-            edges: HashMap::default(),
+            edges: LineWaits::default(),
             hops: HopWaits::new(waits::YOUNG_NS),
             edge_due: Due::default(),
             hop_due: Due::default(),
@@ -278,10 +281,11 @@ impl Joiner {
         }
     }
 
-    /// Keeps an edge record waiting under `rid`; one already waiting under it is emitted.
+    /// Keeps an edge record waiting under its request id, whose hash is `hash`; one already
+    /// waiting under it is emitted.
     fn wait_edge(
         &mut self,
-        rid: RequestId,
+        hash: u64,
         rec: Box<EdgeRecord>,
         now_ns: u64,
         out: &mut Vec<JoinedRequest>,
@@ -289,8 +293,8 @@ impl Joiner {
         if matches!(rec.status, 502 | 504) {
             self.waiting_5xx += 1;
         }
-        self.edge_due.push(now_ns, rid.clone(), &self.edges);
-        if let Some((_, old)) = self.edges.insert(rid, (now_ns, rec)) {
+        self.edge_due.push(now_ns, hash, &self.edges);
+        if let Some((_, old)) = self.edges.insert(hash, now_ns, rec) {
             self.stats.duplicate_request_ids += 1;
             self.edge_left(&old);
             let mut j = self.edge_unmatched_or_partial(old, None);
@@ -344,8 +348,7 @@ impl Joiner {
         }
         let mut seen: Vec<u64> = self
             .edges
-            .values()
-            .map(|waiting| waiting.0)
+            .seen_times()
             .chain(self.hops.values().map(|h| h.seen_ns))
             .chain(self.orphan_ws.values().map(|(_, s)| *s))
             .chain(self.edges_without_id.iter().map(|(_, s)| *s))
@@ -425,7 +428,8 @@ impl Joiner {
             Taken::Waiting(key) => {
                 // An upgrade still waiting for its session: both wait.
                 alone(&rec);
-                self.wait_edge(key, rec, now_ns, out);
+                let hash = self.edges.hash(&key);
+                self.wait_edge(hash, rec, now_ns, out);
                 false
             }
             Taken::Absent => {
@@ -437,8 +441,8 @@ impl Joiner {
                         return false;
                     }
                 }
-                let rid = RequestId::new(rid);
-                self.wait_edge(rid, rec, now_ns, out);
+                let hash = self.edges.hash(rid);
+                self.wait_edge(hash, rec, now_ns, out);
                 false
             }
         }
@@ -529,24 +533,27 @@ impl Joiner {
                 // An edge 502/504 that came first and waits for an exchange that will not come.
                 let explained: Vec<RequestId> = self
                     .edges
-                    .iter()
-                    .filter(|(rid, waiting)| {
-                        matches!(waiting.1.status, 502 | 504)
-                            && !self.hops.contains_key(rid)
-                            && self.refused_position(&waiting.1).is_some()
+                    .records()
+                    .filter(|e| {
+                        matches!(e.status, 502 | 504)
+                            && e.request_id
+                                .as_deref()
+                                .is_some_and(|rid| !self.hops.contains_key(rid))
+                            && self.refused_position(e).is_some()
                     })
-                    .map(|(rid, _)| rid.clone())
+                    .filter_map(|e| e.request_id.clone())
                     .collect();
                 for rid in explained {
-                    if let Some(waiting) = self.edges.remove(&rid) {
-                        match self.refused_for(&waiting.1) {
+                    if let Some((seen_ns, e)) = self.edges.remove(&rid) {
+                        match self.refused_for(&e) {
                             Some(c) => {
-                                let e = waiting.1;
                                 self.edge_left(&e);
                                 out.push(refused_join(e, c));
                             }
                             None => {
-                                self.edges.insert(rid, waiting);
+                                // Back as it was (its reminder is still queued).
+                                let hash = self.edges.hash(&rid);
+                                self.edges.insert(hash, seen_ns, e);
                             }
                         }
                     }
@@ -571,17 +578,16 @@ impl Joiner {
     /// work is proportional to what is emitted (plus reminders of records already gone).
     /// `all`: upgraded exchanges still waiting for their session go too (shedding).
     fn expire_before(&mut self, cutoff: u64, all: bool, out: &mut Vec<JoinedRequest>) {
-        while let Some(rid) = self.edge_due.pop_before(cutoff) {
+        while let Some(hash) = self.edge_due.pop_before(cutoff) {
             // One lookup: a newer reminder exists for a record that waits since later.
-            let std::collections::hash_map::Entry::Occupied(waiting) = self.edges.entry(rid) else {
+            let Some(e) = self.edges.remove_due(hash, cutoff) else {
                 continue;
             };
-            if waiting.get().0 >= cutoff {
-                continue;
-            }
-            let (rid, (_, e)) = waiting.remove_entry();
             self.edge_left(&e);
-            let h = self.hops.remove(&rid);
+            let h = match e.request_id.as_deref() {
+                Some(rid) if self.hops.len() > 0 => self.hops.remove(rid),
+                _ => None,
+            };
             out.push(self.edge_unmatched_or_partial(e, h));
         }
         let mut again = Vec::new();

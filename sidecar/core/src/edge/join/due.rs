@@ -6,24 +6,33 @@ use rustc_hash::FxHashMap as HashMap;
 use super::waits::HopWaits;
 use crate::hop::RequestId;
 
-/// Reminders to look at a waiting record again, oldest first, by request id. A record that
+/// Reminders to look at a waiting record again, oldest first, by a key that finds it (its
+/// request id; a waiting line's, the id's hash: 16 bytes a reminder, not 56). A record that
 /// leaves by a match keeps its reminder (finding it in the queue would cost a scan); those
 /// are dropped in bulk once the queue has doubled since it was last cleaned, so the queue
 /// holds about what still waits, not every id of the window (at 50,000 requests a second and
 /// a 30 s window, 1.5 million ids and ~100 MB before this).
-#[derive(Default)]
-pub(super) struct Due {
-    pub(super) q: VecDeque<(u64, RequestId)>,
+pub(super) struct Due<K = RequestId> {
+    pub(super) q: VecDeque<(u64, K)>,
     /// The length at which the queue is cleaned next.
     clean_at: usize,
 }
 
-impl Due {
+impl<K> Default for Due<K> {
+    fn default() -> Self {
+        Self {
+            q: VecDeque::new(),
+            clean_at: 0,
+        }
+    }
+}
+
+impl<K> Due<K> {
     /// Room for this many reminders before the first cleaning (and always at least this much
     /// growth between two): a cleaning then costs at most a few lookups per reminder pushed.
     const SLACK: usize = 4_096;
 
-    pub(super) fn push(&mut self, at: u64, rid: RequestId, waiting: &impl Waiting) {
+    pub(super) fn push(&mut self, at: u64, key: K, waiting: &impl Waiting<K>) {
         // Every waiting record has a reminder here, so a queue no more than twice what waits
         // has at most half to drop: then it is not cleaned yet, which spares a flood of
         // records that all wait (ids that never match) a lookup of each reminder at every
@@ -32,28 +41,29 @@ impl Due {
             self.q.retain(|(_, r)| waiting.waits(r));
             self.clean_at = 2 * self.q.len() + Self::SLACK;
         }
-        self.q.push_back((at, rid));
+        self.q.push_back((at, key));
     }
 
-    /// The oldest reminder's id when it is older than `cutoff`.
-    pub(super) fn pop_before(&mut self, cutoff: u64) -> Option<RequestId> {
+    /// The oldest reminder's key when it is older than `cutoff`.
+    pub(super) fn pop_before(&mut self, cutoff: u64) -> Option<K> {
         if self.q.front().is_some_and(|(t, _)| *t < cutoff) {
-            self.q.pop_front().map(|(_, rid)| rid)
+            self.q.pop_front().map(|(_, key)| key)
         } else {
             None
         }
     }
 }
 
-/// Where records wait by request id (for cleaning [`Due`]).
-pub(super) trait Waiting {
-    fn waits(&self, rid: &str) -> bool;
+/// Where records wait by key `K` (for cleaning [`Due`]).
+pub(super) trait Waiting<K = RequestId> {
+    /// Some record waits under `key`.
+    fn waits(&self, key: &K) -> bool;
     /// How many records wait.
     fn count(&self) -> usize;
 }
 
 impl<V> Waiting for HashMap<RequestId, V> {
-    fn waits(&self, rid: &str) -> bool {
+    fn waits(&self, rid: &RequestId) -> bool {
         self.contains_key(rid)
     }
     fn count(&self) -> usize {
@@ -62,7 +72,7 @@ impl<V> Waiting for HashMap<RequestId, V> {
 }
 
 impl Waiting for HopWaits {
-    fn waits(&self, rid: &str) -> bool {
+    fn waits(&self, rid: &RequestId) -> bool {
         self.contains_key(rid)
     }
     fn count(&self) -> usize {
@@ -83,7 +93,7 @@ mod tests {
     }
 
     impl Waiting for Ids {
-        fn waits(&self, rid: &str) -> bool {
+        fn waits(&self, rid: &RequestId) -> bool {
             self.lookups.set(self.lookups.get() + 1);
             rid.parse::<usize>().is_ok_and(|i| i < self.waiting)
         }
@@ -115,7 +125,7 @@ mod tests {
         for i in 50_001..100_000 {
             due.push(i as u64, RequestId::from(i.to_string()), &ids);
             assert!(
-                due.q.len() <= 2 * ids.waiting + 2 * Due::SLACK + 1,
+                due.q.len() <= 2 * ids.waiting + 2 * Due::<RequestId>::SLACK + 1,
                 "{}",
                 due.q.len()
             );

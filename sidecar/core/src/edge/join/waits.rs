@@ -79,8 +79,8 @@ fn prefetch<T>(x: &T, lines: usize) {
     }
 }
 
-/// The hash `young` finds an id by.
-fn id_hash(rid: &str) -> u64 {
+/// The hash `young` finds an id by (and the waiting lines' table, `super::lines`).
+pub(super) fn id_hash(rid: &str) -> u64 {
     rustc_hash::FxBuildHasher.hash_one(rid)
 }
 
