@@ -3,9 +3,10 @@
 //! A line waits in a box (its record is ~290 bytes); the table holds, per line, the id's
 //! hash, since when it waits, and the box: 24 bytes a bucket. Keyed by the id itself it held
 //! the id too (48 bytes inline), 64 bytes a bucket: 4 MiB at 40,000 lines whose exchange never
-//! comes, past a core's L2 cache, so that every lookup and insert of a flood went to memory
-//! (`cargo bench --bench floods`). The id is compared in the box, which is read only when the
-//! whole 64-bit hash matches: on a hit, which takes the box anyway, or on a collision.
+//! comes, past a core's L2 cache (2 MiB on the development VM), so that a flood's every lookup
+//! and insert went further out (`cargo bench --bench floods`). The id is compared in the box,
+//! which is read only when the whole 64-bit hash matches: on a hit, which takes the box anyway,
+//! or on a collision.
 use hashbrown::HashTable;
 
 use super::{due::Waiting, waits::id_hash, EdgeRecord};
@@ -54,30 +55,27 @@ impl LineWaits {
     }
 
     /// `rec` waits from `seen_ns` under its request id, whose hash is `hash`. The line that
-    /// waited under the same id, if any, is handed back with since when it waited. (A record
-    /// without an id is not kept: the join keeps those apart, and hands none here.)
+    /// waited under the same id, if any, is handed back with since when it waited.
     pub(super) fn insert(
         &mut self,
         hash: u64,
         seen_ns: u64,
         rec: Box<EdgeRecord>,
     ) -> Option<(u64, Box<EdgeRecord>)> {
-        let Some(rid) = rec.request_id.as_deref() else {
-            debug_assert!(false, "a line without a request id waits by time, not here");
-            return None;
+        debug_assert_eq!(rec.request_id.as_deref().map(self.hash), Some(hash));
+        // (The join keeps lines without an id apart and hands none here; one would still
+        // wait, under `hash`, and leave by its reminder, never found by an id.)
+        let there = match rec.request_id.as_deref() {
+            Some(rid) => self.table.find_mut(hash, |l| is(l, hash, rid)),
+            None => None,
         };
-        debug_assert_eq!(hash, (self.hash)(rid));
-        match self.table.find_mut(hash, |l| is(l, hash, rid)) {
-            Some(there) => {
-                let old = std::mem::replace(there, Line { hash, seen_ns, rec });
-                Some((old.seen_ns, old.rec))
-            }
-            None => {
-                let line = Line { hash, seen_ns, rec };
-                self.table.insert_unique(hash, line, |l| l.hash);
-                None
-            }
+        if let Some(there) = there {
+            let old = std::mem::replace(there, Line { hash, seen_ns, rec });
+            return Some((old.seen_ns, old.rec));
         }
+        self.table
+            .insert_unique(hash, Line { hash, seen_ns, rec }, |l| l.hash);
+        None
     }
 
     /// Takes the line waiting under `rid`, with since when it waited.
