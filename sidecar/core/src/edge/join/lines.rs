@@ -132,26 +132,9 @@ impl Waiting<u64> for LineWaits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::EdgeFormat;
 
     fn line(rid: &str, status: u16) -> Box<EdgeRecord> {
-        Box::new(EdgeRecord {
-            format: EdgeFormat::NginxJson,
-            end_ts_ns: 0,
-            request_id: Some(rid.into()),
-            client: None,
-            host: None,
-            method: None,
-            path: None,
-            status,
-            request_time_ns: None,
-            upstream_addr: None,
-            upstream_connect_ns: None,
-            upstream_header_ns: None,
-            upstream_response_ns: None,
-            bytes_sent: None,
-            upgrade: None,
-        })
+        Box::new(super::super::tests::edge(Some(rid), status, "/", 0))
     }
 
     /// Every id hashes alike: lines are told apart by the id in their box alone.

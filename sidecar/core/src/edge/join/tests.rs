@@ -14,7 +14,8 @@ fn conn(server_port: u16) -> ConnId {
     }
 }
 
-fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> EdgeRecord {
+/// A line of the README's layout (also the waiting lines' table's tests', `super::lines`).
+pub(super) fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> EdgeRecord {
     EdgeRecord {
         format: EdgeFormat::NginxJson,
         end_ts_ns: end,
