@@ -584,10 +584,10 @@ impl Joiner {
                 continue;
             };
             self.edge_left(&e);
-            let h = match e.request_id.as_deref() {
-                Some(rid) if self.hops.len() > 0 => self.hops.remove(rid),
-                _ => None,
-            };
+            let h = e
+                .request_id
+                .as_deref()
+                .and_then(|rid| self.hops.remove(rid));
             out.push(self.edge_unmatched_or_partial(e, h));
         }
         let mut again = Vec::new();

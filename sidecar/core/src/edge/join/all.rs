@@ -17,34 +17,27 @@ pub fn join_all_limited(
 ) -> (Vec<JoinedRequest>, JoinStats) {
     edges.sort_by_key(|e| e.end_ts_ns);
     hop.sort_by_key(HopRecord::end_ts_ns);
-    let hop_sorted = hop;
     let mut joiner = Joiner::with_limits(window_ns, limits);
     let mut out = Vec::new();
     let mut edges = edges.into_iter().peekable();
-    let mut hops = hop_sorted.into_iter().peekable();
+    let mut hops = hop.into_iter().peekable();
     loop {
         let next_edge = edges.peek().map(|e| e.end_ts_ns);
         let next_hop = hops.peek().map(|r| r.end_ts_ns());
-        match (next_edge, next_hop) {
+        // The earlier of the two goes first; a hop record before a line of the same time.
+        let edge_first = match (next_edge, next_hop) {
             (None, None) => break,
-            (Some(e), Some(h)) if h <= e => {
-                if let Some(r) = hops.next() {
-                    joiner.hop(r, h, &mut out);
-                    joiner.expire(h, &mut out);
-                }
+            (Some(e), Some(h)) => e < h,
+            (e, _) => e.is_some(),
+        };
+        if edge_first {
+            if let (Some(rec), Some(e)) = (edges.next(), next_edge) {
+                joiner.edge(rec, e, &mut out);
+                joiner.expire(e, &mut out);
             }
-            (Some(e), _) => {
-                if let Some(rec) = edges.next() {
-                    joiner.edge(rec, e, &mut out);
-                    joiner.expire(e, &mut out);
-                }
-            }
-            (None, Some(h)) => {
-                if let Some(r) = hops.next() {
-                    joiner.hop(r, h, &mut out);
-                    joiner.expire(h, &mut out);
-                }
-            }
+        } else if let (Some(r), Some(h)) = (hops.next(), next_hop) {
+            joiner.hop(r, h, &mut out);
+            joiner.expire(h, &mut out);
         }
     }
     joiner.finish(&mut out);
