@@ -13,10 +13,9 @@ use edgewatch::{
     hop::{ConnId, ExchangeOutcome, HopRecord, HttpExchange},
 };
 
-/// The allocator the `edgewatch` binary uses (main.rs), so the figures are the product's (this
-/// benchmark ran on glibc's malloc before 2026-12-06).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator of the `edgewatch` binary, set up as it sets it up (no huge pages), so
+// the figures are the product's (`edgewatch::allocator`).
+edgewatch::product_allocator!();
 
 const LINES: usize = 1_000_000;
 

@@ -22,9 +22,9 @@ use edgewatch::{
     hop::{tracker::Tracker, ConnId, ExchangeOutcome, HopRecord, HttpExchange, Segment, TcpFlags},
 };
 
-/// The allocator the `edgewatch` binary uses (main.rs), so the figures are the product's.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// The allocator of the `edgewatch` binary, set up as it sets it up (no huge pages), so
+// the figures are the product's (`edgewatch::allocator`).
+edgewatch::product_allocator!();
 
 const S: u64 = 1_000_000_000;
 

@@ -230,6 +230,9 @@ fn main() {
     let up = Arc::new(AtomicU64::new(0));
     let frames = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    // Read after the settling time each step below gets too: a sidecar just started still
+    // holds what starting freed until its allocator's next purge.
+    std::thread::sleep(FRAME_EVERY * 2);
     let mut rss = vec![(0usize, rss_kib(pid))];
     println!("== sidecar memory with concurrent WebSocket sessions (nginx -> test upstream)");
     println!("sessions      0: RSS {:6.1} MiB", rss[0].1 as f64 / 1024.0);

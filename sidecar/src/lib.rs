@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for the data flow.
 pub use edgewatch_core::{alerts, edge, exposure, hop, pipeline, proxy, replay};
 
+pub mod allocator;
 pub mod check;
 pub mod cmd;
 pub mod config;

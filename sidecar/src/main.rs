@@ -7,35 +7,8 @@ use edgewatch::{
     output::{Format, Printer},
 };
 
-/// mimalloc instead of glibc's malloc: the live path allocates a few short strings per
-/// HTTP exchange and frees them a batch later, a pattern on which glibc leaves its per-thread
-/// cache and takes its slow path (the largest share of the sidecar's own CPU in profiles).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc v3's `mi_option_arena_reserve` (its index in `mi_option_e`), whose default is
-/// 1 GiB, given in KiB.
-const MI_OPTION_ARENA_RESERVE: libmimalloc_sys::mi_option_t = 23;
-const MI_ARENA_RESERVE_DEFAULT_KIB: std::ffi::c_long = 1 << 20;
-
-/// Before the first allocation (an `.init_array` entry runs before `main` and before the Rust
-/// runtime allocates): no up-front arena. With its default 1 GiB arena, eagerly committed and
-/// backed by transparent huge pages, mimalloc alone held ~30 MiB of the idle sidecar's RSS
-/// (53 MiB idle, 23 MiB without; `cargo bench --bench sessions` prints the RSS under load).
-/// Only done when the option at that index has the arena reserve's default, so a different
-/// mimalloc (another index) is left as it is.
-extern "C" fn small_arenas() {
-    // SAFETY: mimalloc's option calls have no preconditions and may run before any allocation.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_ARENA_RESERVE) == MI_ARENA_RESERVE_DEFAULT_KIB {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_RESERVE, 0);
-        }
-    }
-}
-
-#[used]
-#[unsafe(link_section = ".init_array")]
-static SMALL_ARENAS: extern "C" fn() = small_arenas;
+// The product's allocator: mimalloc, no transparent huge pages (see `edgewatch::allocator`).
+edgewatch::product_allocator!();
 
 /// Exit status of `edgewatch exposure` when it found drift (and of `proxies` with findings).
 const EXIT_DRIFT: u8 = 3;

@@ -165,6 +165,9 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
         },
     );
 
+    // What starting freed goes back to the OS now, not at the allocator's next purge.
+    crate::allocator::release_freed(true);
+
     // SAFETY (both): the RingBuf and the EbpfLogger own their map's file descriptor, which
     // stays open and unchanged until they are dropped together with the AsyncFd.
     let mut ring = unsafe { AsyncFd::register_with_interest(streams.events, Interest::READABLE) }
@@ -232,6 +235,8 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
                 let now = std::time::Instant::now();
                 if drops_due.due(now) {
                     report_drops(&probes, &metrics, &mut watch, &mut last_drops);
+                    // Freed heap whose delay has passed goes back to the OS, busy or idle.
+                    crate::allocator::release_freed(false);
                 }
                 if config.proxy.enabled && proxy_due.due(now) {
                     // Lost events may have been listeners opening: counted as changes.
