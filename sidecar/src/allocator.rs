@@ -44,7 +44,8 @@ pub extern "C" fn no_huge_pages() {
 /// mimalloc's purge delay. mimalloc purges its arena only as it allocates, and an idle sidecar
 /// hardly does: the live loop calls this once when it is ready and then once a second. Without
 /// it, `cargo bench --bench sessions` measured 58.3 MiB at 10,000 sessions, 53.0-53.6 with it
-/// (52.6 with no arena at all). A no-op for memory that another allocator holds.
+/// (52.6 on the last VM, with no arena at all). A no-op for memory that another allocator
+/// holds.
 pub fn release_freed(now: bool) {
     // SAFETY: no preconditions; it only purges memory mimalloc holds and nothing points into.
     unsafe { libmimalloc_sys::mi_collect(now) }
