@@ -34,7 +34,9 @@
 //!    harness's noise is a few percent on a median of ten pairs: a rough guide).
 //!
 //! `EDGEWATCH_BENCH_LIVE_ONLY=1` runs only the as-deployed pairs of section 2 (a couple of
-//! minutes, for trying a change to the live path); `EDGEWATCH_BENCH_KEEP_CAPTURE=PATH` keeps
+//! minutes, for trying a change to the live path), `EDGEWATCH_BENCH_LIVE_ONLY=log` only its
+//! log-joined runs, with and without the store (a few minutes, for trying a change to the
+//! log's path); `EDGEWATCH_BENCH_KEEP_CAPTURE=PATH` keeps
 //! section 1's capture for profiling the replay by hand.
 #![allow(
     clippy::unwrap_used,
@@ -281,7 +283,7 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    if live_only() {
+    if live_only() || log_only() {
         live_cost(&runtime);
         return;
     }
@@ -492,6 +494,41 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         )
     };
     let deployed = format!("{base}{}", store_section(spool.path()));
+    // The log-joined runs, with the store and with it off (the hop, the log's read and
+    // parse, the join), so the log-joined figure splits into that and the store's rows.
+    let log_joined_runs = || {
+        let log = nginx.access_log_path();
+        (
+            log_joined(
+                |spool| format!("{base}{}", store_section(spool)),
+                true,
+                &log,
+                nginx.port,
+                ch_pid,
+            ),
+            log_joined(
+                |_| format!("{base}[store]\nenabled = false\n"),
+                false,
+                &log,
+                nginx.port,
+                ch_pid,
+            ),
+        )
+    };
+    if log_only() {
+        let (joined, no_store) = log_joined_runs();
+        println!(
+            "sidecar CPU per proxied request, log joined: {:.2} us (runs {:.2?}; {:.2} us at \
+             rest); ClickHouse server {:.2} us; with the store off: {:.2} us (runs {:.2?})",
+            joined.sidecar_us,
+            joined.runs,
+            joined.at_rest_us,
+            joined.clickhouse_us,
+            no_store.sidecar_us,
+            no_store.runs
+        );
+        return;
+    }
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut sidecar_cpu = Vec::new();
@@ -539,22 +576,7 @@ fn live_cost(runtime: &tokio::runtime::Runtime) {
         return;
     }
     let churn = connection_churn(upstream, &deployed, spool.path());
-    let joined = log_joined(
-        |spool| format!("{base}{}", store_section(spool)),
-        true,
-        &nginx.access_log_path(),
-        nginx.port,
-        ch_pid,
-    );
-    // The same load with the store off: what following the log (reading, parsing, the join)
-    // costs beside the hop, so the log-joined figure splits into that and the store's rows.
-    let joined_no_store = log_joined(
-        |_| format!("{base}[store]\nenabled = false\n"),
-        false,
-        &nginx.access_log_path(),
-        nginx.port,
-        ch_pid,
-    );
+    let (joined, joined_no_store) = log_joined_runs();
     // The same cost in other configurations (three runs each, median): what the store costs
     // the sidecar, and what printing every record as JSON would.
     let mut breakdown = Vec::new();
@@ -779,6 +801,8 @@ struct LogJoined {
     waited_s: f64,
     clickhouse_us: f64,
     rss_mib: f64,
+    /// Each run's `sidecar_us`, in the order they ran.
+    runs: Vec<f64>,
 }
 
 /// How long the sidecar's CPU at rest is measured after a log-joined run.
@@ -847,6 +871,7 @@ fn log_joined(
             waited_s,
             clickhouse_us: (c1 - c0) * 1e6 / requests,
             rss_mib: support::rss_kib(sidecar.pid()) as f64 / 1024.0,
+            runs: Vec::new(),
         });
     }
     LogJoined {
@@ -855,12 +880,18 @@ fn log_joined(
         waited_s: median(runs.iter().map(|r| r.waited_s).collect()),
         clickhouse_us: median(runs.iter().map(|r| r.clickhouse_us).collect()),
         rss_mib: median(runs.iter().map(|r| r.rss_mib).collect()),
+        runs: runs.iter().map(|r| r.sidecar_us).collect(),
     }
 }
 
 /// Only the as-deployed pairs (see the module's doc).
 fn live_only() -> bool {
     std::env::var_os("EDGEWATCH_BENCH_LIVE_ONLY").is_some_and(|v| v == "1")
+}
+
+/// Only the log-joined runs (see the module's doc).
+fn log_only() -> bool {
+    std::env::var_os("EDGEWATCH_BENCH_LIVE_ONLY").is_some_and(|v| v == "log")
 }
 
 /// Runs `f` with the kernel's per-program statistics on.

@@ -1,5 +1,6 @@
 //! I/O at the edges: what the kernel, /proc and the netfilter tools say, turned into the
 //! pure model's types.
+pub mod checkpoint;
 pub mod logfile;
 pub mod nat;
 pub mod nat_config;

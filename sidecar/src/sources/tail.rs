@@ -14,48 +14,21 @@
 //! - The position moves when lines are handed out, and becomes the checkpoint only at
 //!   [`Tailer::commit`], which the caller makes once the lines' records are durable (the live
 //!   sidecar: in the spool, with a mark of the position beside them; see ARCHITECTURE.md). The
-//!   checkpoint file is written atomically and fsynced, with its directory.
+//!   checkpoint file holds two slots, written in turn in place and fdatasynced (see
+//!   [`CheckpointFile`]): a torn write leaves the other slot, the checkpoint before.
 use std::{
     borrow::Cow,
     fs::File,
-    io::{Read, Seek, SeekFrom, Write as _},
+    io::{Read, Seek, SeekFrom},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use super::checkpoint::CheckpointFile;
+pub use super::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint};
 
 /// Bytes read from a log per call: a large backlog is read in pieces this size.
 pub const CHUNK: u64 = 4 << 20;
-
-/// Where reading stood: the file (device and inode) and the offset after the last complete
-/// line handed out.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// 0 in checkpoints written before the device was recorded (then only the inode counts).
-    #[serde(default)]
-    pub dev: u64,
-    pub inode: u64,
-    pub offset: u64,
-}
-
-impl Checkpoint {
-    fn names(&self, meta: &std::fs::Metadata) -> bool {
-        self.inode == meta.ino() && (self.dev == 0 || self.dev == meta.dev())
-    }
-}
-
-/// The checkpoint file of the log at `log` in the state directory `state_dir` (the log's path
-/// with each `/` as `_`, then `.checkpoint`).
-pub fn checkpoint_path(state_dir: &Path, log: &Path) -> PathBuf {
-    let name = log.to_string_lossy().replace('/', "_");
-    state_dir.join(format!("{name}.checkpoint"))
-}
-
-/// The checkpoint in the file at `path`, if there is a readable one.
-pub fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
 
 /// Where to start without a usable checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +121,8 @@ const KEEP_BUFFER: usize = 256 << 10;
 pub struct Tailer {
     path: PathBuf,
     checkpoint_path: Option<PathBuf>,
+    /// The checkpoint file, open from the first commit on (see [`CheckpointFile`]).
+    checkpoint_file: Option<CheckpointFile>,
     /// The file the path names (once opened).
     current: Option<Reading>,
     /// A file rotated away while we were stopped, read to its end first.
@@ -178,6 +153,7 @@ impl Tailer {
         Self {
             path: path.to_owned(),
             checkpoint_path: checkpoint_path.map(Path::to_owned),
+            checkpoint_file: None,
             current: None,
             rotated: None,
             rotated_next: std::collections::VecDeque::new(),
@@ -228,8 +204,8 @@ impl Tailer {
         read_checkpoint(self.checkpoint_path.as_ref()?)
     }
 
-    /// Makes the position the checkpoint (atomically: a temporary file, fsynced, renamed,
-    /// then the directory fsynced).
+    /// Makes the position the checkpoint, durably: into the checkpoint file's older slot, in
+    /// place ([`CheckpointFile`]; the file is opened at the first commit and kept open).
     pub fn commit(&mut self) -> std::io::Result<()> {
         let Some(cp) = self.position() else {
             return Ok(());
@@ -238,14 +214,21 @@ impl Tailer {
             return Ok(());
         }
         if let Some(path) = &self.checkpoint_path {
-            let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&cp).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
+            // Opened again after a failed write, or when the file was removed meanwhile.
+            let file = match self.checkpoint_file.take().filter(|f| !f.removed()) {
+                Some(mut f) => {
+                    f.write(cp)?;
+                    f
+                }
+                None => {
+                    let (mut f, written) = CheckpointFile::open(path, cp)?;
+                    if !written {
+                        f.write(cp)?;
+                    }
+                    f
+                }
+            };
+            self.checkpoint_file = Some(file);
         }
         self.committed = Some(cp);
         Ok(())
@@ -511,12 +494,12 @@ fn read_lines(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::io::Write;
 
     use super::*;
 
-    fn append(path: &Path, text: &str) {
+    pub(in crate::sources) fn append(path: &Path, text: &str) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -527,7 +510,7 @@ mod tests {
 
     /// Reads what is there and commits it (what the live loop does once the records are
     /// durable).
-    fn poll(t: &mut Tailer) -> Vec<String> {
+    pub(in crate::sources) fn poll(t: &mut Tailer) -> Vec<String> {
         let mut lines = Lines::default();
         t.poll(&mut lines).expect("poll");
         let out: Vec<String> = lines.iter().map(Cow::into_owned).collect();
@@ -726,13 +709,15 @@ mod tests {
         append(&log, "e4\n");
         let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
         assert_eq!(poll(&mut t), vec!["e2", "e3", "e4"]);
-        // Rotated twice while stopped, the old file compressed away: said and counted, and
-        // the new file is read from its start (not its end).
+        // Rotated while stopped, the old file compressed away: said and counted, and the new
+        // file is read from its start (not its end). In logrotate's order: the new file is
+        // created (the proxy reopens its log) before the old one is compressed and removed,
+        // so the new one cannot be given the old one's inode number.
         drop(t);
         append(&log, "f\n");
         std::fs::rename(&log, dir.path().join("gone")).expect("rotate");
-        std::fs::remove_file(dir.path().join("gone")).expect("compress away");
         append(&log, "g\n");
+        std::fs::remove_file(dir.path().join("gone")).expect("compress away");
         let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
         assert_eq!(poll(&mut t), vec!["g"]);
         assert_eq!(t.lost_rotations, 1);
