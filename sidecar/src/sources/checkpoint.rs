@@ -37,16 +37,21 @@ pub fn checkpoint_path(state_dir: &Path, log: &Path) -> PathBuf {
 /// The checkpoint in the file at `path`, if there is a readable one (either format: the
 /// slots of [`CheckpointFile`], or the JSON object earlier versions wrote).
 pub fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .ok()?
-        .take(CHECKPOINT_FILE_LEN as u64 + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
+    let bytes = read_head(&File::open(path).ok()?).ok()?;
     match newest_slot(&bytes) {
         Some((_, cp)) => Some(cp),
         None => serde_json::from_slice(&bytes).ok(),
     }
+}
+
+/// A checkpoint file's bytes, one more than the slots' file holds at most (so that a longer
+/// file is told from it).
+fn read_head(mut file: &File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    (&mut file)
+        .take(CHECKPOINT_FILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// The checkpoint file: two slots, each at the start of a 512-byte sector of its own, written
@@ -122,10 +127,7 @@ impl CheckpointFile {
             .write(true)
             .open(path)
         {
-            let mut bytes = Vec::new();
-            (&file)
-                .take(CHECKPOINT_FILE_LEN as u64 + 1)
-                .read_to_end(&mut bytes)?;
+            let bytes = read_head(&file)?;
             if bytes.len() == CHECKPOINT_FILE_LEN {
                 if let Some((seq, _)) = newest_slot(&bytes) {
                     return Ok((Self { file, seq }, false));
