@@ -1,6 +1,7 @@
-//! A followed log's checkpoint: where reading stood (the file's device and inode, the offset
-//! after the last line handed out), kept in a file of the state directory that is written in
-//! place, in two slots taken in turn, and read back at start (see [`CheckpointFile`]).
+//! A followed log's checkpoint: where reading stood (the file's device and inode, its first
+//! bytes' length and CRC, the offset after the last line handed out), kept in a file of the
+//! state directory that is written in place, in two slots taken in turn, and read back at
+//! start (see [`CheckpointFile`]).
 use std::{
     fs::File,
     io::{Read, Write as _},
@@ -10,8 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-/// Where reading stood: the file (device and inode) and the offset after the last complete
-/// line handed out.
+/// Where reading stood: the file (device and inode, and how it begins) and the offset after
+/// the last complete line handed out.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Checkpoint {
     /// 0 in checkpoints written before the device was recorded (then only the inode counts).
@@ -19,11 +20,74 @@ pub struct Checkpoint {
     pub dev: u64,
     pub inode: u64,
     pub offset: u64,
+    /// How the file begins (none in checkpoints written before it was recorded).
+    #[serde(default)]
+    pub head: FileHead,
 }
 
 impl Checkpoint {
+    /// Whether `meta` is of the file this names (by device and inode only: see
+    /// [`FileHead`] for the rest).
     pub(super) fn names(&self, meta: &std::fs::Metadata) -> bool {
         self.inode == meta.ino() && (self.dev == 0 || self.dev == meta.dev())
+    }
+
+    /// Whether `file`, with metadata `meta`, is the file this names: its device and inode,
+    /// and its first bytes as they were.
+    pub(super) fn is(&self, file: &File, meta: &std::fs::Metadata) -> std::io::Result<bool> {
+        Ok(self.names(meta) && self.head.matches(file)?)
+    }
+}
+
+/// Bytes at the start of a followed file that tell it from a later file given the same inode
+/// number (one deleted while edgewatch was stopped, its number reused by the next log), or
+/// from itself emptied and written again: a log's first lines hold times and request ids.
+pub const HEAD_BYTES: u32 = 1024;
+
+/// How a followed file begins: the length and CRC-32 of its first bytes, up to [`HEAD_BYTES`]
+/// and never past the lines already read (which a log never changes). Length 0: not known
+/// (nothing read yet, or a checkpoint from before it was recorded), and then any file matches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct FileHead {
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl FileHead {
+    /// The head of `file`'s first `len` bytes (at most [`HEAD_BYTES`]), or `None` when it is
+    /// shorter.
+    fn of(file: &File, len: u32) -> std::io::Result<Option<Self>> {
+        let mut buf = [0u8; HEAD_BYTES as usize];
+        let Some(bytes) = buf.get_mut(..len as usize) else {
+            return Ok(None);
+        };
+        match file.read_exact_at(bytes, 0) {
+            Ok(()) => Ok(Some(Self {
+                len,
+                crc: crc32fast::hash(bytes),
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `file` begins this way (any file does when the head is not known, or longer
+    /// than this version records: then only the device and inode tell).
+    pub(super) fn matches(&self, file: &File) -> std::io::Result<bool> {
+        if self.len == 0 || self.len > HEAD_BYTES {
+            return Ok(true);
+        }
+        Ok(Self::of(file, self.len)? == Some(*self))
+    }
+
+    /// This head, grown to cover `file` up to `offset` (at most [`HEAD_BYTES`]) if it covers
+    /// less: one read of at most that much while a file is young, none after.
+    pub(super) fn grown(self, file: &File, offset: u64) -> std::io::Result<Self> {
+        let want = offset.min(u64::from(HEAD_BYTES)) as u32;
+        if want <= self.len {
+            return Ok(self);
+        }
+        Ok(Self::of(file, want)?.unwrap_or(self))
     }
 }
 
@@ -61,8 +125,9 @@ fn read_head(mut file: &File) -> std::io::Result<Vec<u8>> {
 /// temporary file renamed over the old, which earlier versions wrote at every commit: an
 /// inode allocated, two fsyncs and the directory's, four times a second per log).
 ///
-/// A slot: `EWCKPT02`, then the sequence, device, inode and offset (little-endian u64s), then
-/// the CRC-32 of those 40 bytes.
+/// A slot: `EWCKPT03`, then the sequence, device, inode and offset (little-endian u64s), the
+/// head's length and CRC (u32s), then the CRC-32 of those 48 bytes. Slots of the format
+/// before (`EWCKPT02`: no head, the CRC after 40 bytes) are read too.
 #[derive(Debug)]
 pub(super) struct CheckpointFile {
     file: File,
@@ -70,8 +135,11 @@ pub(super) struct CheckpointFile {
     seq: u64,
 }
 
-const SLOT_MAGIC: &[u8; 8] = b"EWCKPT02";
-const SLOT_LEN: usize = 44;
+const SLOT_MAGIC: &[u8; 8] = b"EWCKPT03";
+const SLOT_LEN: usize = 52;
+/// The format before: no head.
+const SLOT_MAGIC_V2: &[u8; 8] = b"EWCKPT02";
+const SLOT_LEN_V2: usize = 44;
 /// Where the second slot starts: a sector of its own.
 const SLOT_STRIDE: usize = 512;
 const CHECKPOINT_FILE_LEN: usize = SLOT_STRIDE + SLOT_LEN;
@@ -82,14 +150,24 @@ fn encode_slot(seq: u64, cp: Checkpoint) -> [u8; SLOT_LEN] {
     for (i, v) in [seq, cp.dev, cp.inode, cp.offset].into_iter().enumerate() {
         slot[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
-    let crc = crc32fast::hash(&slot[..40]);
-    slot[40..].copy_from_slice(&crc.to_le_bytes());
+    slot[40..44].copy_from_slice(&cp.head.len.to_le_bytes());
+    slot[44..48].copy_from_slice(&cp.head.crc.to_le_bytes());
+    let crc = crc32fast::hash(&slot[..48]);
+    slot[48..].copy_from_slice(&crc.to_le_bytes());
     slot
 }
 
 fn decode_slot(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
-    let slot = bytes.get(..SLOT_LEN)?;
-    if &slot[..8] != SLOT_MAGIC || crc32fast::hash(&slot[..40]).to_le_bytes() != slot[40..] {
+    let magic = bytes.get(..8)?;
+    let len = if magic == SLOT_MAGIC {
+        SLOT_LEN
+    } else if magic == SLOT_MAGIC_V2 {
+        SLOT_LEN_V2
+    } else {
+        return None;
+    };
+    let slot = bytes.get(..len)?;
+    if crc32fast::hash(&slot[..len - 4]).to_le_bytes() != slot[len - 4..] {
         return None;
     }
     let word = |i: usize| {
@@ -97,12 +175,22 @@ fn decode_slot(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
         w.copy_from_slice(&slot[8 + 8 * i..16 + 8 * i]);
         u64::from_le_bytes(w)
     };
+    let half = |at: usize| u32::from_le_bytes([slot[at], slot[at + 1], slot[at + 2], slot[at + 3]]);
+    let head = if len == SLOT_LEN {
+        FileHead {
+            len: half(40),
+            crc: half(44),
+        }
+    } else {
+        FileHead::default()
+    };
     Some((
         word(0),
         Checkpoint {
             dev: word(1),
             inode: word(2),
             offset: word(3),
+            head,
         },
     ))
 }
@@ -118,7 +206,8 @@ fn newest_slot(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
 
 impl CheckpointFile {
     /// Opens the checkpoint file at `path` for writing in place, after its newest slot. A
-    /// file that is missing, in the earlier JSON format or unreadable is replaced atomically
+    /// file that is missing, in an earlier format (the JSON object, or the slots without the
+    /// head, a file of another length) or unreadable is replaced atomically
     /// (a temporary file with `first` in a slot, fsynced, renamed, the directory fsynced):
     /// then `first` is already written.
     pub(super) fn open(path: &Path, first: Checkpoint) -> std::io::Result<(Self, bool)> {
@@ -254,5 +343,84 @@ mod tests {
         append(&log, "3\n");
         assert_eq!(poll(&mut again), vec!["3"]);
         assert_eq!(read_checkpoint(&cp), again.position());
+    }
+
+    #[test]
+    fn a_file_that_begins_otherwise_under_the_checkpoint_s_inode_is_another_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let cp = dir.path().join("cp");
+        append(&log, "old 1\nold 2\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(poll(&mut t), vec!["old 1", "old 2"]);
+        let head = read_checkpoint(&cp).expect("checkpoint").head;
+        assert_eq!(head.len, 12, "the head covers what was read");
+        assert_eq!(head.crc, crc32fast::hash(b"old 1\nold 2\n"));
+        drop(t);
+        // While stopped, the inode the checkpoint names holds another log, longer than the
+        // offset (here the file written again in place; a new log given a deleted one's inode
+        // number is the same to the follower): read from its start, the loss said and
+        // counted. By device, inode and offset alone it resumed at byte 12 ("new 3").
+        let inode = std::fs::metadata(&log).expect("log").ino();
+        std::fs::write(&log, "new 1\nnew 2\nnew 3\n").expect("rewrite");
+        assert_eq!(std::fs::metadata(&log).expect("log").ino(), inode);
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
+        assert_eq!(poll(&mut t), vec!["new 1", "new 2", "new 3"]);
+        assert_eq!(t.lost_rotations, 1);
+        // The head grows with what is read, up to HEAD_BYTES, and moves with the checkpoint.
+        let long = format!("{}\n", "x".repeat(2 * HEAD_BYTES as usize));
+        append(&log, &long);
+        poll(&mut t);
+        let cp_now = read_checkpoint(&cp).expect("checkpoint");
+        let bytes = std::fs::read(&log).expect("log");
+        assert_eq!(cp_now.head.len, HEAD_BYTES);
+        assert_eq!(
+            cp_now.head.crc,
+            crc32fast::hash(&bytes[..HEAD_BYTES as usize])
+        );
+        // The same file, as it began: resumed where it was.
+        drop(t);
+        append(&log, "new 4\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(poll(&mut t), vec!["new 4"]);
+        assert_eq!(t.lost_rotations, 0);
+        // Rotated while stopped, the old file removed before the proxy creates the new log
+        // (the order in which ext4 may hand the new file the old one's inode number): read
+        // from its start, the loss counted, whether or not the number was reused.
+        drop(t);
+        append(&log, "new 5\n");
+        std::fs::rename(&log, dir.path().join("access.log.1")).expect("rotate");
+        std::fs::remove_file(dir.path().join("access.log.1")).expect("remove");
+        append(&log, "next 1\n");
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::End);
+        assert_eq!(poll(&mut t), vec!["next 1"]);
+        assert_eq!(t.lost_rotations, 1);
+    }
+
+    #[test]
+    fn a_slot_of_the_format_without_the_head_is_resumed_and_its_file_rewritten() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        let cp = dir.path().join("cp");
+        append(&log, "1\n2\n");
+        let meta = std::fs::metadata(&log).expect("log");
+        // The slot the version before wrote, after line 1 (sequence 5, in the second slot).
+        let mut slot = Vec::from(&SLOT_MAGIC_V2[..]);
+        for v in [5, meta.dev(), meta.ino(), 2] {
+            slot.extend_from_slice(&u64::to_le_bytes(v));
+        }
+        slot.extend_from_slice(&crc32fast::hash(&slot).to_le_bytes());
+        assert_eq!(slot.len(), SLOT_LEN_V2);
+        let mut image = vec![0u8; SLOT_STRIDE];
+        image.extend_from_slice(&slot);
+        std::fs::write(&cp, &image).expect("old checkpoint");
+        let old = read_checkpoint(&cp).expect("read");
+        assert_eq!((old.offset, old.head), (2, FileHead::default()));
+        let mut t = Tailer::new(&log, Some(&cp), StartAt::Beginning);
+        assert_eq!(poll(&mut t), vec!["2"], "resumed after line 1");
+        let bytes = std::fs::read(&cp).expect("read");
+        assert_eq!(bytes.len(), CHECKPOINT_FILE_LEN, "replaced by this format");
+        let (_, now) = newest_slot(&bytes).expect("slot");
+        assert_eq!((now.offset, now.head.len), (4, 4));
     }
 }

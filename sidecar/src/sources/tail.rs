@@ -3,10 +3,12 @@
 //!
 //! - Rename-and-create rotation (logrotate's default, then nginx reopens on USR1): the old file
 //!   is read to its end through the descriptor still open, then the new file from its start.
-//! - Rotation while edgewatch was stopped: the checkpoint names the file by device and inode;
-//!   if the path now names another file, the old one is looked for in the same directory
-//!   (`access.log.1`, `access.log-20261202`, ...), read from the checkpoint to its end, then
-//!   the new file from its start. If it is gone, that is said (and counted), never silent.
+//! - Rotation while edgewatch was stopped: the checkpoint names the file by device and inode,
+//!   and by how it begins ([`FileHead`]: a new file given a deleted one's inode number, or
+//!   the file emptied and written again, is another file); if the path now names another
+//!   file, the old one is looked for in the same directory (`access.log.1`,
+//!   `access.log-20261202`, ...), read from the checkpoint to its end, then the new file from
+//!   its start. If it is gone, that is said (and counted), never silent.
 //! - copytruncate: the file shrinks under the offset; reading restarts at 0.
 //! - A partial last line waits until its newline arrives.
 //! - Bounded memory: at most [`CHUNK`] bytes are read per call ([`Tailer::behind`] says that
@@ -25,7 +27,7 @@ use std::{
 };
 
 use super::checkpoint::CheckpointFile;
-pub use super::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint};
+pub use super::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, FileHead};
 
 /// Bytes read from a log per call: a large backlog is read in pieces this size.
 pub const CHUNK: u64 = 4 << 20;
@@ -52,13 +54,15 @@ fn line_start_before_end(file: &File, len: u64) -> std::io::Result<u64> {
     })
 }
 
-/// The file in `dir` with this device and inode (a log rotated away while we were stopped).
+/// The file in `dir` with this device and inode that begins as it did (a log rotated away
+/// while we were stopped).
 fn find_by_inode(dir: &Path, cp: &Checkpoint) -> Option<(PathBuf, File)> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && cp.names(&meta) {
             let path = entry.path();
-            return File::open(&path).ok().map(|f| (path, f));
+            let file = File::open(&path).ok()?;
+            return cp.head.matches(&file).ok()?.then_some((path, file));
         }
     }
     None
@@ -110,6 +114,8 @@ struct Reading {
     dev: u64,
     inode: u64,
     offset: u64,
+    /// How the file begins, up to the offset (see [`FileHead`]).
+    head: FileHead,
     /// Inside a line longer than [`CHUNK`], being skipped up to its newline.
     skipping: bool,
 }
@@ -192,6 +198,7 @@ impl Tailer {
             dev: r.dev,
             inode: r.inode,
             offset: r.offset,
+            head: r.head,
         })
     }
 
@@ -240,6 +247,7 @@ impl Tailer {
             dev: meta.dev(),
             inode: meta.ino(),
             offset,
+            head: FileHead::default(),
             skipping: false,
             file,
         })
@@ -258,19 +266,21 @@ impl Tailer {
         };
         let meta = file.metadata()?;
         let mut offset = 0;
+        let mut head = FileHead::default();
         if first {
             let saved = self.resume.take().or_else(|| self.load_checkpoint());
             match saved {
-                Some(cp) if cp.names(&meta) => {
+                Some(cp) if cp.is(&file, &meta)? => {
                     // The same file: where we were (unless it was truncated meanwhile).
-                    offset = if cp.offset <= meta.len() {
-                        cp.offset
-                    } else {
-                        0
-                    };
+                    if cp.offset <= meta.len() {
+                        (offset, head) = (cp.offset, cp.head);
+                    }
                     self.committed = Some(cp);
                 }
                 Some(cp) => {
+                    if cp.names(&meta) {
+                        tracing::warn!(log = %self.path.display(), "the log has the device and inode the checkpoint names but begins otherwise: a new file given the old one's inode number (the old one deleted while edgewatch was stopped), or the file emptied and written again");
+                    }
                     // Rotated while we were stopped: finish the old file first.
                     let dir = self.path.parent().unwrap_or(Path::new("."));
                     match find_by_inode(dir, &cp) {
@@ -279,7 +289,9 @@ impl Tailer {
                             self.rotated_next =
                                 rotated_since(&self.path, &old_meta, Some(meta.ino())).into();
                             tracing::info!(log = %self.path.display(), rotated = %old.display(), then = ?self.rotated_next, "the log rotated while edgewatch was stopped: reading the rest of the old file first");
-                            self.rotated = Some(Self::reading(f, cp.offset)?);
+                            let mut old = Self::reading(f, cp.offset)?;
+                            old.head = cp.head;
+                            self.rotated = Some(old);
                         }
                         None => {
                             self.lost_rotations += 1;
@@ -299,7 +311,9 @@ impl Tailer {
             }
         }
         self.partial.clear();
-        self.current = Some(Self::reading(file, offset)?);
+        let mut reading = Self::reading(file, offset)?;
+        reading.head = head;
+        self.current = Some(reading);
         Ok(true)
     }
 
@@ -340,6 +354,7 @@ impl Tailer {
             // copytruncate: the file was emptied (and maybe written again) under us.
             self.rotations += 1;
             r.offset = 0;
+            r.head = FileHead::default();
             r.skipping = false;
             self.partial.clear();
         }
@@ -424,8 +439,19 @@ impl Lines {
 }
 
 /// Reads complete lines from `r.offset` (at most [`CHUNK`] bytes) straight into `out`'s
-/// buffer; true when more is waiting.
+/// buffer, and grows the file's head to the new offset; true when more is waiting.
 fn read_lines(
+    r: &mut Reading,
+    partial: &mut Vec<u8>,
+    out: &mut Lines,
+    overlong: &mut u64,
+) -> std::io::Result<bool> {
+    let more = read_lines_only(r, partial, out, overlong)?;
+    r.head = r.head.grown(&r.file, r.offset)?;
+    Ok(more)
+}
+
+fn read_lines_only(
     r: &mut Reading,
     partial: &mut Vec<u8>,
     out: &mut Lines,

@@ -348,6 +348,8 @@ impl Store {
             dev: cp.dev,
             inode: cp.inode,
             offset: cp.offset,
+            head_len: cp.head.len,
+            head_crc: cp.head.crc,
         }));
     }
 
@@ -361,6 +363,10 @@ impl Store {
                 dev: m.dev,
                 inode: m.inode,
                 offset: m.offset,
+                head: crate::sources::tail::FileHead {
+                    len: m.head_len,
+                    crc: m.head_crc,
+                },
             }
         })
     }

@@ -507,7 +507,7 @@ impl Spool {
     fn push_mark(&mut self, m: &super::rows::TailMarkRow) -> Result<(), SpoolError> {
         let b = self.open_batch(EDGE_TABLE)?;
         b.frame_rows();
-        match postcard::to_allocvec(m) {
+        match frames::encode_mark(m) {
             Ok(bytes) => put_frame(&mut b.buf, FRAME_MARK, |buf| buf.extend_from_slice(&bytes)),
             // Serialising owned plain data cannot fail short of running out of memory; say so
             // rather than hide it.

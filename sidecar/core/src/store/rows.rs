@@ -655,6 +655,15 @@ pub struct TailMarkRow {
     pub dev: u64,
     pub inode: u64,
     pub offset: u64,
+    /// How the file begins: the length and CRC-32 of its first bytes (0 and 0: not known; see
+    /// `sources::checkpoint::FileHead`). Not in this row's serde form, which the first spool
+    /// format stored whole and a mark frame still starts with: the frame carries them after
+    /// it (`store::spool::frames`), where versions before them, which read that form alone,
+    /// leave them.
+    #[serde(skip)]
+    pub head_len: u32,
+    #[serde(skip)]
+    pub head_crc: u32,
 }
 
 /// Every row kind, tagged with its table: what the spool holds. New kinds go at the end (the

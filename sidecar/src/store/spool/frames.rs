@@ -264,6 +264,23 @@ pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
     Ok(f)
 }
 
+/// A tail mark frame's payload (after its kind): the mark's serde form (postcard), then its
+/// file head's length and CRC (postcard), which versions before the head leave unread.
+pub fn encode_mark(m: &TailMarkRow) -> Result<Vec<u8>, postcard::Error> {
+    let bytes = postcard::to_allocvec(m)?;
+    postcard::to_extend(&(m.head_len, m.head_crc), bytes)
+}
+
+/// The mark in a mark frame's payload (after its kind); without the head (a mark an earlier
+/// version wrote), its head is not known (0).
+fn decode_mark(payload: &[u8]) -> Option<TailMarkRow> {
+    let (mut m, rest) = postcard::take_from_bytes::<TailMarkRow>(payload).ok()?;
+    if !rest.is_empty() {
+        (m.head_len, m.head_crc) = postcard::from_bytes(rest).ok()?;
+    }
+    Some(m)
+}
+
 /// The frame at `at` and where the next one starts, if it is whole and valid.
 fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, usize)> {
     let head = data.get(at..at + FRAME_HEADER)?;
@@ -288,7 +305,7 @@ fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, us
                 rows: block_rows(table, &payload[1..])?,
                 range: start + 1..end,
             },
-            FRAME_MARK => Frame::Mark(postcard::from_bytes(&payload[1..]).ok()?),
+            FRAME_MARK => Frame::Mark(decode_mark(&payload[1..])?),
             FRAME_INDEX => {
                 let (rows, sizes) = read_index(&payload[1..])?;
                 Frame::Index { rows, sizes }
@@ -297,4 +314,50 @@ fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, us
         }
     };
     Some((frame, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{rows::EDGE_TABLE, spool::RUN_ID};
+
+    #[test]
+    fn a_tail_mark_s_file_head_rides_after_the_form_earlier_versions_read() {
+        let mark = TailMarkRow {
+            path: "/var/log/access.log".into(),
+            dev: 1,
+            inode: 2,
+            offset: 300,
+            head_len: 300,
+            head_crc: 7,
+        };
+        let payload = encode_mark(&mark).expect("encode");
+        // What a version before the head reads of it: the mark without its head.
+        let before: TailMarkRow = postcard::from_bytes(&payload).expect("old");
+        assert_eq!((before.offset, before.head_len), (300, 0));
+        // A mark that version wrote (its form alone): read with the head not known.
+        let old = postcard::to_allocvec(&mark).expect("old form");
+        assert!(old.len() < payload.len());
+        let frame = |payload: &[u8]| {
+            let mut data = MAGIC.to_vec();
+            data.extend_from_slice(&[b'a'; RUN_ID]);
+            let mut body = vec![FRAME_MARK];
+            body.extend_from_slice(payload);
+            data.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            data.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+            data.extend_from_slice(&body);
+            parse_frames(&data, EDGE_TABLE).expect("frames").marks
+        };
+        assert_eq!(frame(&payload), vec![mark.clone()]);
+        let read_old = frame(&old);
+        assert_eq!(read_old.len(), 1);
+        assert_eq!(
+            (
+                read_old[0].offset,
+                read_old[0].head_len,
+                read_old[0].head_crc
+            ),
+            (300, 0, 0)
+        );
+    }
 }

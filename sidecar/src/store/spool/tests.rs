@@ -454,6 +454,8 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
             dev: 1,
             inode: 2,
             offset,
+            head_len: 64,
+            head_crc: 0xdead_beef,
         })
     };
     s.push(edge(0)).expect("push");
@@ -503,8 +505,9 @@ fn a_batch_is_sent_as_the_blocks_its_file_holds_with_tail_marks_in_order() {
     drop(s);
     let s = Spool::open(dir.path(), limits()).expect("reopen");
     assert_eq!(
-        s.tail_mark("/var/log/access.log").map(|m| m.offset),
-        Some(100)
+        s.tail_mark("/var/log/access.log")
+            .map(|m| (m.offset, m.head_len, m.head_crc)),
+        Some((100, 64, 0xdead_beef))
     );
 }
 
