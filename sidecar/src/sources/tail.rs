@@ -268,7 +268,8 @@ impl Tailer {
         let mut offset = 0;
         let mut head = FileHead::default();
         if first {
-            let saved = self.resume.take().or_else(|| self.load_checkpoint());
+            // Kept until the file is open: a read that fails here is tried again next poll.
+            let saved = self.resume.or_else(|| self.load_checkpoint());
             match saved {
                 Some(cp) if cp.is(&file, &meta)? => {
                     // The same file: where we were (unless it was truncated meanwhile).
@@ -314,6 +315,7 @@ impl Tailer {
         let mut reading = Self::reading(file, offset)?;
         reading.head = head;
         self.current = Some(reading);
+        self.resume = None;
         Ok(true)
     }
 
