@@ -125,9 +125,11 @@ fn read_head(mut file: &File) -> std::io::Result<Vec<u8>> {
 /// temporary file renamed over the old, which earlier versions wrote at every commit: an
 /// inode allocated, two fsyncs and the directory's, four times a second per log).
 ///
-/// A slot: `EWCKPT03`, then the sequence, device, inode and offset (little-endian u64s), the
-/// head's length and CRC (u32s), then the CRC-32 of those 48 bytes. Slots of the format
-/// before (`EWCKPT02`: no head, the CRC after 40 bytes) are read too.
+/// A slot: `EWCKPT02`, then the sequence, device, inode and offset (little-endian u64s) and
+/// the CRC-32 of those 40 bytes (the slot as versions before the head wrote and read it, so
+/// that they still read this one's), then the head's length and CRC (u32s) and the CRC-32 of
+/// the slot's 52 bytes before it. A slot without a valid head part (one that a version before
+/// wrote) has its head not known.
 #[derive(Debug)]
 pub(super) struct CheckpointFile {
     file: File,
@@ -135,11 +137,10 @@ pub(super) struct CheckpointFile {
     seq: u64,
 }
 
-const SLOT_MAGIC: &[u8; 8] = b"EWCKPT03";
-const SLOT_LEN: usize = 52;
-/// The format before: no head.
-const SLOT_MAGIC_V2: &[u8; 8] = b"EWCKPT02";
-const SLOT_LEN_V2: usize = 44;
+const SLOT_MAGIC: &[u8; 8] = b"EWCKPT02";
+/// The part that versions before the head read.
+const SLOT_MAIN: usize = 44;
+const SLOT_LEN: usize = SLOT_MAIN + 12;
 /// Where the second slot starts: a sector of its own.
 const SLOT_STRIDE: usize = 512;
 const CHECKPOINT_FILE_LEN: usize = SLOT_STRIDE + SLOT_LEN;
@@ -150,39 +151,32 @@ fn encode_slot(seq: u64, cp: Checkpoint) -> [u8; SLOT_LEN] {
     for (i, v) in [seq, cp.dev, cp.inode, cp.offset].into_iter().enumerate() {
         slot[8 + 8 * i..16 + 8 * i].copy_from_slice(&v.to_le_bytes());
     }
-    slot[40..44].copy_from_slice(&cp.head.len.to_le_bytes());
-    slot[44..48].copy_from_slice(&cp.head.crc.to_le_bytes());
-    let crc = crc32fast::hash(&slot[..48]);
-    slot[48..].copy_from_slice(&crc.to_le_bytes());
+    let crc = crc32fast::hash(&slot[..40]);
+    slot[40..44].copy_from_slice(&crc.to_le_bytes());
+    slot[44..48].copy_from_slice(&cp.head.len.to_le_bytes());
+    slot[48..52].copy_from_slice(&cp.head.crc.to_le_bytes());
+    let crc = crc32fast::hash(&slot[..52]);
+    slot[52..].copy_from_slice(&crc.to_le_bytes());
     slot
 }
 
 fn decode_slot(bytes: &[u8]) -> Option<(u64, Checkpoint)> {
-    let magic = bytes.get(..8)?;
-    let len = if magic == SLOT_MAGIC {
-        SLOT_LEN
-    } else if magic == SLOT_MAGIC_V2 {
-        SLOT_LEN_V2
-    } else {
-        return None;
-    };
-    let slot = bytes.get(..len)?;
-    if crc32fast::hash(&slot[..len - 4]).to_le_bytes() != slot[len - 4..] {
+    let main = bytes.get(..SLOT_MAIN)?;
+    if &main[..8] != SLOT_MAGIC || crc32fast::hash(&main[..40]).to_le_bytes() != main[40..] {
         return None;
     }
     let word = |i: usize| {
         let mut w = [0u8; 8];
-        w.copy_from_slice(&slot[8 + 8 * i..16 + 8 * i]);
+        w.copy_from_slice(&main[8 + 8 * i..16 + 8 * i]);
         u64::from_le_bytes(w)
     };
-    let half = |at: usize| u32::from_le_bytes([slot[at], slot[at + 1], slot[at + 2], slot[at + 3]]);
-    let head = if len == SLOT_LEN {
-        FileHead {
-            len: half(40),
-            crc: half(44),
-        }
-    } else {
-        FileHead::default()
+    let half = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let head = match bytes.get(..SLOT_LEN) {
+        Some(slot) if crc32fast::hash(&slot[..52]).to_le_bytes() == slot[52..] => FileHead {
+            len: half(slot, 44),
+            crc: half(slot, 48),
+        },
+        _ => FileHead::default(),
     };
     Some((
         word(0),
@@ -284,6 +278,15 @@ mod tests {
         assert_eq!(decode_slot(&bytes), Some((2, positions[2])));
         assert_eq!(decode_slot(&bytes[SLOT_STRIDE..]), Some((1, positions[1])));
         assert_eq!(read_checkpoint(&cp), Some(positions[2]));
+        // The head part damaged alone: the position holds, the head is not known.
+        let mut damaged = bytes.clone();
+        damaged[46] ^= 0xff;
+        std::fs::write(&cp, &damaged).expect("damage");
+        let read = read_checkpoint(&cp).expect("read");
+        assert_eq!(
+            (read.offset, read.head),
+            (positions[2].offset, FileHead::default())
+        );
         // A write torn in the newest slot: its CRC fails, the checkpoint before is read.
         let mut torn = bytes.clone();
         torn[30] ^= 0xff;
@@ -398,21 +401,23 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_of_the_format_without_the_head_is_resumed_and_its_file_rewritten() {
+    fn slots_are_read_both_ways_across_the_version_before_the_head() {
         let dir = tempfile::tempdir().expect("dir");
         let log = dir.path().join("access.log");
         let cp = dir.path().join("cp");
         append(&log, "1\n2\n");
         let meta = std::fs::metadata(&log).expect("log");
-        // The slot the version before wrote, after line 1 (sequence 5, in the second slot).
-        let mut slot = Vec::from(&SLOT_MAGIC_V2[..]);
-        for v in [5, meta.dev(), meta.ino(), 2] {
-            slot.extend_from_slice(&u64::to_le_bytes(v));
-        }
-        slot.extend_from_slice(&crc32fast::hash(&slot).to_le_bytes());
-        assert_eq!(slot.len(), SLOT_LEN_V2);
+        // The slot the version before wrote, after line 1 (sequence 5, in the second slot):
+        // this one's without the head part, which that version never read.
+        let with_head = Checkpoint {
+            dev: meta.dev(),
+            inode: meta.ino(),
+            offset: 2,
+            head: FileHead { len: 2, crc: 9 },
+        };
+        let slot = encode_slot(5, with_head);
         let mut image = vec![0u8; SLOT_STRIDE];
-        image.extend_from_slice(&slot);
+        image.extend_from_slice(&slot[..SLOT_MAIN]);
         std::fs::write(&cp, &image).expect("old checkpoint");
         let old = read_checkpoint(&cp).expect("read");
         assert_eq!((old.offset, old.head), (2, FileHead::default()));
@@ -420,7 +425,14 @@ mod tests {
         assert_eq!(poll(&mut t), vec!["2"], "resumed after line 1");
         let bytes = std::fs::read(&cp).expect("read");
         assert_eq!(bytes.len(), CHECKPOINT_FILE_LEN, "replaced by this format");
-        let (_, now) = newest_slot(&bytes).expect("slot");
+        let (seq, now) = newest_slot(&bytes).expect("slot");
         assert_eq!((now.offset, now.head.len), (4, 4));
+        // What the version before reads of it (its magic, the CRC of its 40 bytes, the
+        // offset in the last of them): the same position.
+        let at = (seq % 2) as usize * SLOT_STRIDE;
+        let main = &bytes[at..at + SLOT_MAIN];
+        assert_eq!(&main[..8], b"EWCKPT02");
+        assert_eq!(crc32fast::hash(&main[..40]).to_le_bytes(), main[40..44]);
+        assert_eq!(main[32..40], 4u64.to_le_bytes());
     }
 }
