@@ -6,6 +6,7 @@ pub mod nat;
 pub mod nat_config;
 pub mod procs;
 pub mod proxies;
+mod rotated;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod tail;

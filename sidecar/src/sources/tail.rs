@@ -9,7 +9,10 @@
 //!   file, the old one is looked for in the same directory (`access.log.1`,
 //!   `access.log-20261202`, ...), read from the checkpoint to its end, then the new file from
 //!   its start. If it is gone, that is said (and counted), never silent.
-//! - copytruncate: the file shrinks under the offset; reading restarts at 0.
+//! - copytruncate: the file shrinks under the offset; the rest of it is read from the copy
+//!   beside it (`access.log.1`, found by how it begins, see [`FileHead`]), when there is one,
+//!   then the file from 0. While stopped, the same: the checkpoint's file now begins
+//!   otherwise, and the copy is found the same way.
 //! - A partial last line waits until its newline arrives.
 //! - Bounded memory: at most [`CHUNK`] bytes are read per call ([`Tailer::behind`] says that
 //!   more is waiting); a line longer than that is skipped and counted.
@@ -28,6 +31,7 @@ use std::{
 
 use super::checkpoint::CheckpointFile;
 pub use super::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, FileHead};
+use super::rotated::{find_old, rotated_since};
 
 /// Bytes read from a log per call: a large backlog is read in pieces this size.
 pub const CHUNK: u64 = 4 << 20;
@@ -52,60 +56,6 @@ fn line_start_before_end(file: &File, len: u64) -> std::io::Result<u64> {
         None if back == len => 0,
         None => len,
     })
-}
-
-/// The file in `dir` with this device and inode that begins as it did (a log rotated away
-/// while we were stopped).
-fn find_by_inode(dir: &Path, cp: &Checkpoint) -> Option<(PathBuf, File)> {
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_file() && cp.names(&meta) {
-            let path = entry.path();
-            let file = File::open(&path).ok()?;
-            return cp.head.matches(&file).ok()?.then_some((path, file));
-        }
-    }
-    None
-}
-
-/// Files that rotation made of the log after `after` (rotated more than once while we were
-/// stopped): named like the log plus a suffix (`access.log.1`, `access.log-20261202`), not
-/// compressed, not the current file, and changed (renamed, written) no earlier than `after`
-/// was: the inode change time, which a rename sets, orders rotations (the modification time
-/// does not: two files written within one clock tick share it); oldest first.
-fn rotated_since(log: &Path, after: &std::fs::Metadata, current: Option<u64>) -> Vec<PathBuf> {
-    let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
-        return Vec::new();
-    };
-    let name = name.to_string_lossy();
-    let changed = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
-    let mut found: Vec<((i64, i64), PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let suffix = file.strip_prefix(name.as_ref())?;
-            if !(suffix.starts_with('.') || suffix.starts_with('-')) {
-                return None;
-            }
-            if [".gz", ".bz2", ".xz", ".zst", ".lz4", ".z"]
-                .iter()
-                .any(|c| file.ends_with(c))
-            {
-                return None;
-            }
-            let meta = e.metadata().ok()?;
-            let same = meta.ino() == after.ino() && meta.dev() == after.dev();
-            (meta.is_file()
-                && !same
-                && Some(meta.ino()) != current
-                && changed(&meta) >= changed(after))
-            .then(|| (changed(&meta), e.path()))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
 }
 
 /// What reading one file has reached.
@@ -279,20 +229,21 @@ impl Tailer {
                     self.committed = Some(cp);
                 }
                 Some(cp) => {
-                    if cp.names(&meta) {
-                        tracing::warn!(log = %self.path.display(), "the log has the device and inode the checkpoint names but begins otherwise: a new file given the old one's inode number (the old one deleted while edgewatch was stopped), or the file emptied and written again");
-                    }
-                    // Rotated while we were stopped: finish the old file first.
-                    let dir = self.path.parent().unwrap_or(Path::new("."));
-                    match find_by_inode(dir, &cp) {
-                        Some((old, f)) => {
+                    // Rotated while we were stopped (renamed, or copied and emptied): the rest
+                    // of the old file first.
+                    match find_old(&self.path, &cp, meta.ino()) {
+                        Some((old, f, copy)) => {
                             let old_meta = f.metadata()?;
                             self.rotated_next =
                                 rotated_since(&self.path, &old_meta, Some(meta.ino())).into();
-                            tracing::info!(log = %self.path.display(), rotated = %old.display(), then = ?self.rotated_next, "the log rotated while edgewatch was stopped: reading the rest of the old file first");
+                            tracing::info!(log = %self.path.display(), rotated = %old.display(), copy, then = ?self.rotated_next, "the log rotated while edgewatch was stopped: reading the rest of the old file first");
                             let mut old = Self::reading(f, cp.offset)?;
                             old.head = cp.head;
                             self.rotated = Some(old);
+                        }
+                        None if cp.names(&meta) => {
+                            self.lost_rotations += 1;
+                            tracing::warn!(log = %self.path.display(), "the log has the device and inode the checkpoint names but begins otherwise (a new file given the old one's inode number, the old one deleted while edgewatch was stopped; or the log emptied and written again, with no copy of it beside it): its lines after the checkpoint are lost; it is read from its start");
                         }
                         None => {
                             self.lost_rotations += 1;
@@ -352,13 +303,31 @@ impl Tailer {
             return Ok(());
         };
         let len = r.file.metadata()?.len();
-        if len < r.offset {
-            // copytruncate: the file was emptied (and maybe written again) under us.
+        // (The head: one read of at most 1 KiB a poll, for a file emptied and written past
+        // the offset again between two polls.)
+        if len < r.offset || !r.head.matches(&r.file)? {
+            // copytruncate: the file was emptied (and maybe written again) under us. What it
+            // held past the offset is in the copy logrotate made beside it, when there is one
+            // (found by how it begins): read first, from the offset.
             self.rotations += 1;
+            let was = Checkpoint {
+                dev: r.dev,
+                inode: r.inode,
+                offset: r.offset,
+                head: r.head,
+            };
+            let copy = find_old(&self.path, &was, r.inode).filter(|(_, _, copy)| *copy);
             r.offset = 0;
             r.head = FileHead::default();
             r.skipping = false;
             self.partial.clear();
+            if let Some((path, f, _)) = copy {
+                tracing::info!(log = %self.path.display(), copy = %path.display(), "the log was copied and emptied: reading the rest of the copy first");
+                let mut copy = Self::reading(f, was.offset)?;
+                copy.head = was.head;
+                self.rotated = Some(copy);
+                return self.poll(out);
+            }
         }
         if read_lines(r, &mut self.partial, out, &mut self.overlong_lines)? {
             self.behind = true;
