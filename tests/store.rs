@@ -1315,7 +1315,15 @@ fn access_log_lines_reach_clickhouse_exactly_once_across_kill_9_and_rotations() 
     let mut rotations = 0;
     let mut rotate = |log: &Path| {
         rotations += 1;
-        std::fs::rename(log, log.with_extension(format!("log.{rotations}"))).unwrap();
+        let to = log.with_extension(format!("log.{rotations}"));
+        // Every other rotation as logrotate's `copytruncate` (copied, then emptied in place):
+        // while stopped in round 1, while running in round 3.
+        if rotations % 2 == 0 {
+            std::fs::copy(log, &to).unwrap();
+            std::fs::File::create(log).unwrap();
+        } else {
+            std::fs::rename(log, &to).unwrap();
+        }
     };
     for round in 0..6u64 {
         // While stopped: lines, and in odd rounds a rotation first (the checkpoint then names
