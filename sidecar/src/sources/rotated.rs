@@ -20,6 +20,11 @@ fn rotated_name(name: &str, file: &str) -> bool {
             .any(|c| file.ends_with(c))
 }
 
+/// When a file's inode last changed (a rename, a write): what orders rotations.
+fn changed(m: &std::fs::Metadata) -> (i64, i64) {
+    (m.ctime(), m.ctime_nsec())
+}
+
 /// The file the checkpoint `cp` of the log at `log` names, rotated away while we were
 /// stopped, and whether it is a copy: first the file in the log's directory with its device
 /// and inode that begins as it did (renamed: `access.log.1`); else, when its head is known, a
@@ -57,7 +62,7 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
             cp.head
                 .matches(&file)
                 .ok()?
-                .then(|| ((meta.ctime(), meta.ctime_nsec()), e.path(), file))
+                .then(|| (changed(&meta), e.path(), file))
         })
         .collect();
     let (_, path, file) = copies.into_iter().min_by_key(|c| c.0)?;
@@ -78,7 +83,6 @@ pub(super) fn rotated_since(
         return Vec::new();
     };
     let name = name.to_string_lossy();
-    let changed = |m: &std::fs::Metadata| (m.ctime(), m.ctime_nsec());
     let mut found: Vec<((i64, i64), PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
