@@ -418,7 +418,8 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
     let clients = Linked::new('c', 232);
     let site = |read: &str| {
         format!(
-            "server {{\n    listen {}:EDGE;\n    location / {{\n        proxy_pass http://{}:{PORT};\n        \
+            "server {{\n    listen {}:EDGE; location = /moved {{ return 301 /; }}\n    \
+             location / {{\n        proxy_pass http://{}:{PORT};\n        \
              proxy_http_version 1.1;\n        proxy_set_header Upgrade $http_upgrade;\n        \
              proxy_set_header Connection \"upgrade\";\n        proxy_set_header X-Request-ID $request_id;\n        \
              proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_read_timeout {read};\n        \
@@ -437,7 +438,7 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
          [nat]\nenabled = false\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
          [alerts]\nquiet_period = \"10m\"\ncooldown = \"0s\"\n\
          [proxy]\npoll_interval = \"200ms\"\n\
-         [edge]\nstate_dir = {:?}\npoll_interval = \"50ms\"\n",
+         [edge]\nstate_dir = {:?}\npoll_interval = \"50ms\"\njoin_window = \"10m\"\n",
         gw.link.host_if,
         free_port(),
         state.path(),
@@ -466,11 +467,42 @@ async fn live_the_first_idle_cut_names_the_directive_and_a_fixing_reload_resolve
         "the access log taken from the configuration: {started:#?}"
     );
 
+    // A request nginx answers itself (`return 301`): real nginx logs its `$upstream_addr`
+    // empty, and its request goes out at once, not after the join window (10 minutes here)
+    // in which no exchange could come.
+    let edge_addr = std::net::SocketAddr::from((clients.host_ip, nginx.edge));
+    let mut moved = clients.connect(edge_addr);
+    tokio::io::AsyncWriteExt::write_all(
+        &mut moved,
+        b"GET /moved HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    let mut response = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut moved, &mut response)
+        .await
+        .expect("response");
+    assert!(response.starts_with("HTTP/1.1 301"), "{response}");
+    let served = sc
+        .lines
+        .wait_for_within(std::time::Duration::from_secs(60), |v| {
+            v["type"] == "request" && v["edge"]["path"] == "/moved"
+        })
+        .unwrap_or_else(|| panic!("the 301's request waited: {:#?}", sc.lines.seen_json()));
+    assert_eq!(served["matched"], "edge_only", "{served:#}");
+    assert_eq!(served["edge"]["no_upstream"], true, "{served:#}");
+    assert!(
+        served["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("itself")),
+        "{served:#}"
+    );
+
     // One session, idle after the Gateway's challenge: nginx cuts it after 3 s, and the
     // first one is enough to name the cause.
     gw.wait_ready();
     let host = format!("{}:{}", clients.host_ip, nginx.edge);
-    let s = clients.connect(std::net::SocketAddr::from((clients.host_ip, nginx.edge)));
+    let s = clients.connect(edge_addr);
     let mut ws = ws_over(s, &host, "/", Some("https://gw.test"))
         .await
         .expect("101 through nginx");

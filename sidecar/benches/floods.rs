@@ -133,6 +133,7 @@ fn request_ids(n: u64) -> Duration {
             status: 200,
             request_time_ns: Some(1_000_000),
             upstream_addr: Some("127.0.0.1:18789".into()),
+            no_upstream: false,
             upstream_connect_ns: Some(0),
             upstream_header_ns: Some(1_000_000),
             upstream_response_ns: Some(1_000_000),

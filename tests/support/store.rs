@@ -301,6 +301,7 @@ pub fn joined_with_their_lines(now: i64) -> Vec<edgewatch::edge::join::JoinedReq
         status,
         request_time_ns: time,
         upstream_addr: Some("127.0.0.1:18789".into()),
+        no_upstream: false,
         upstream_connect_ns: time.map(|_| 1_000),
         upstream_header_ns: time.map(|t| t / 2),
         upstream_response_ns: time,

@@ -183,6 +183,7 @@ impl Line<'_> {
                 .as_ref()
                 .and_then(|n| seconds_to_ns(&number_text(n))),
             upstream_addr: None,
+            no_upstream: false,
             upstream_connect_ns: None,
             upstream_header_ns: None,
             upstream_response_ns: None,
@@ -238,6 +239,7 @@ fn parse_tree(line: &str) -> Result<EdgeRecord, LineError> {
         status,
         request_time_ns: duration_ns,
         upstream_addr: None,
+        no_upstream: false,
         upstream_connect_ns: None,
         upstream_header_ns: None,
         upstream_response_ns: None,

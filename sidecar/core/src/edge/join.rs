@@ -396,6 +396,10 @@ impl Joiner {
     ) -> bool {
         let Some(rid) = rec.request_id.as_deref() else {
             alone(&rec);
+            if rec.no_upstream {
+                out.push(served_by_the_proxy(rec));
+                return false;
+            }
             if let Some(i) = self
                 .hops_without_id
                 .iter()
@@ -440,6 +444,12 @@ impl Joiner {
                         out.push(refused_join(rec, c));
                         return false;
                     }
+                }
+                // The proxy answered it itself: nothing will come to wait for (and a flood of
+                // such lines would otherwise fill the table and shed what does wait).
+                if rec.no_upstream {
+                    out.push(served_by_the_proxy(rec));
+                    return false;
                 }
                 let hash = self.edges.hash(rid);
                 self.wait_edge(hash, rec, now_ns, out);
@@ -710,6 +720,16 @@ impl Joiner {
         let i = self.refused_position(e)?;
         self.refused.remove(i).map(|(c, _)| c)
     }
+}
+
+/// A line whose log says the proxy used no upstream, out at once: no exchange can be its.
+fn served_by_the_proxy(e: Box<EdgeRecord>) -> JoinedRequest {
+    joined(
+        Some(e),
+        None,
+        Matched::EdgeOnly,
+        Some("the proxy answered it itself (its log names no upstream)".into()),
+    )
 }
 
 /// Whether an edge record without request id (or a hop exchange without one) is plausibly the

@@ -51,6 +51,12 @@ pub struct EdgeRecord {
     pub request_time_ns: Option<u64>,
     /// The upstream the proxy used, as logged (`$upstream_addr`).
     pub upstream_addr: Option<Text>,
+    /// The log says the proxy used no upstream: nginx logged `$upstream_addr` empty or `-`
+    /// (it answered itself: a redirect, a file, a `return`, an error of its own), so no
+    /// exchange on the hop can be this request's. False when the log does not say (the field
+    /// is not in its layout; Caddy's logs never say).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_upstream: bool,
     /// `$upstream_connect_time` (the last attempt's, when the proxy retried).
     pub upstream_connect_ns: Option<u64>,
     /// `$upstream_header_time`.

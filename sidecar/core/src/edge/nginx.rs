@@ -283,6 +283,7 @@ impl<'a> ReadmeValues<'a> {
             status,
             request_time_ns: secs(request_time),
             upstream_addr: opt(upstream_addr),
+            no_upstream: upstream_addr.is_some_and(|u| present_str(u).is_none()),
             upstream_connect_ns: secs(upstream_connect_time),
             upstream_header_ns: secs(upstream_header_time),
             upstream_response_ns: secs(upstream_response_time),
@@ -348,6 +349,10 @@ pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineErr
         status,
         request_time_ns: get(&fields.request_time).and_then(|t| seconds_to_ns(&t)),
         upstream_addr: get(&fields.upstream_addr),
+        no_upstream: obj
+            .get(&fields.upstream_addr)
+            .and_then(Value::as_str)
+            .is_some_and(|u| present_str(u).is_none()),
         upstream_connect_ns: get(&fields.upstream_connect_time).and_then(|t| seconds_to_ns(&t)),
         upstream_header_ns: get(&fields.upstream_header_time).and_then(|t| seconds_to_ns(&t)),
         upstream_response_ns: get(&fields.upstream_response_time).and_then(|t| seconds_to_ns(&t)),
@@ -450,6 +455,7 @@ pub fn parse_combined(line: &str) -> Result<EdgeRecord, LineError> {
         status,
         request_time_ns: seconds_to_ns(&t[11]),
         upstream_addr: present(&t[12]),
+        no_upstream: present_str(&t[12]).is_none(),
         upstream_connect_ns: seconds_to_ns(&t[13]),
         upstream_header_ns: seconds_to_ns(&t[14]),
         upstream_response_ns: t.get(15).and_then(|v| seconds_to_ns(v)),
@@ -499,6 +505,45 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_logged_no_upstream_says_so() {
+        // A `return 301` as nginx writes it with escape=json (no upstream: empty); the same
+        // fields in another order (serde_json's path); `-` as the default escaping writes it.
+        let served = JSON_LINE.replace("127.0.0.1:18789", "");
+        let readme = served.replace('}', r#","http_upgrade":""}"#);
+        assert!(
+            scan_readme_layout(&readme).is_some(),
+            "the README layout's own path"
+        );
+        let reordered = r#"{"status":"404","msec":"1795280000.5","upstream_addr":"-"}"#;
+        for line in [served.as_str(), readme.as_str(), reordered] {
+            let r = parse_json(line, &JsonFields::default()).expect("line");
+            assert!(r.no_upstream, "{line}");
+            assert_eq!(r.upstream_addr, None);
+        }
+        // Proxied, or not saying: not known to have no upstream.
+        let unsaid = r#"{"status":"200","msec":"1795280000.5"}"#;
+        for line in [JSON_LINE, unsaid] {
+            assert!(
+                !parse_json(line, &JsonFields::default())
+                    .expect("line")
+                    .no_upstream
+            );
+        }
+        // Named fields: the upstream's key logged empty, or not there.
+        let fields = JsonFields {
+            upstream_addr: "up".into(),
+            ..JsonFields::default()
+        };
+        let r = parse_json(r#"{"msec":"1.5","status":"301","up":""}"#, &fields).expect("line");
+        assert!(r.no_upstream);
+        let r = parse_json(r#"{"msec":"1.5","status":"301"}"#, &fields).expect("line");
+        assert!(!r.no_upstream);
+        // The combined layout: `-`.
+        let line = r#"203.0.113.9 - - [21/Nov/2026:17:05:44 +0000] "GET / HTTP/1.1" 301 162 "-" "curl/8.5" 1795280000.250 f21815902ca10442e4c97ad52defe3bf 0.000 - - - -"#;
+        assert!(parse_combined(line).expect("line").no_upstream);
+    }
+
+    #[test]
     fn bad_json_lines_are_errors() {
         let f = JsonFields::default();
         assert!(f.is_default());
@@ -541,6 +586,7 @@ mod tests {
             Some("f21815902ca10442e4c97ad52defe3bf")
         );
         assert_eq!(r.upstream_addr.as_deref(), Some("127.0.0.1:18790"));
+        assert!(!r.no_upstream);
         assert_eq!(r.upstream_connect_ns, None);
         assert_eq!(r.upstream_response_ns, Some(1_000_000));
         assert_eq!(r.end_ts_ns, 1_795_280_000_250_000_000);

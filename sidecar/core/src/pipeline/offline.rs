@@ -161,6 +161,7 @@ mod tests {
             status: 200,
             request_time_ns: Some(1_000_000),
             upstream_addr: Some("127.0.0.1:44379".into()),
+            no_upstream: false,
             upstream_connect_ns: None,
             upstream_header_ns: None,
             upstream_response_ns: None,

@@ -27,6 +27,7 @@ pub(super) fn edge(rid: Option<&str>, status: u16, path: &str, end: u64) -> Edge
         status,
         request_time_ns: Some(S / 10),
         upstream_addr: Some("127.0.0.1:18789".into()),
+        no_upstream: false,
         upstream_connect_ns: Some(0),
         upstream_header_ns: Some(S / 100),
         upstream_response_ns: Some(S / 10),
@@ -238,6 +239,81 @@ fn a_flood_of_unmatched_ids_stays_within_the_limit_and_loses_no_record() {
     // Every record came out exactly once, matched or not.
     assert_eq!(out.len() as u64, 3 * n);
     assert_eq!(j.pending(), 0);
+}
+
+/// A line of a request nginx answered itself (`$upstream_addr` logged empty).
+fn answered_by_the_proxy(rid: Option<&str>, path: &str, end: u64) -> EdgeRecord {
+    EdgeRecord {
+        upstream_addr: None,
+        upstream_connect_ns: None,
+        upstream_header_ns: None,
+        upstream_response_ns: None,
+        no_upstream: true,
+        ..edge(rid, 301, path, end)
+    }
+}
+
+#[test]
+fn a_line_that_names_no_upstream_goes_out_at_once() {
+    for rid in [Some("r301"), None] {
+        let mut j = Joiner::new(30 * S);
+        let mut out = Vec::new();
+        j.edge(answered_by_the_proxy(rid, "/", 101 * S), 101 * S, &mut out);
+        assert_eq!(out.len(), 1, "{rid:?}");
+        assert_eq!(out[0].matched, Matched::EdgeOnly);
+        assert!(
+            out[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("itself")),
+            "{:?}",
+            out[0].reason
+        );
+        assert_eq!(j.pending(), 0);
+    }
+    // A line that does not say waits for its exchange, as before.
+    let mut j = Joiner::new(30 * S);
+    let mut out = Vec::new();
+    let unsaid = EdgeRecord {
+        upstream_addr: None,
+        ..edge(Some("r"), 200, "/", 101 * S)
+    };
+    j.edge(unsaid, 101 * S, &mut out);
+    assert!(out.is_empty());
+    j.hop(exchange(Some("r"), 200, "/", 101 * S), 101 * S, &mut out);
+    assert_eq!(out[0].matched, Matched::Exact);
+}
+
+#[test]
+fn lines_the_proxy_answered_itself_shed_nothing_that_waits() {
+    // A WebSocket's exchange waits for its session's end; redirects and files nginx serves
+    // itself come by the thousand meanwhile (a window is 30 s by default).
+    let limits = JoinLimits {
+        max_pending: 64,
+        max_without_id: 16,
+    };
+    let mut j = Joiner::with_limits(3_600 * S, limits);
+    let mut out = Vec::new();
+    j.hop(
+        exchange(Some("ws1"), 101, "/ws", 100 * S),
+        100 * S,
+        &mut out,
+    );
+    for i in 0..1_000u64 {
+        let t = 101 * S + i;
+        let rid = format!("r{i}");
+        let rid = (i % 2 == 0).then_some(rid.as_str());
+        j.edge(answered_by_the_proxy(rid, "/", t), t, &mut out);
+        j.expire(t, &mut out);
+    }
+    assert_eq!(out.len(), 1_000);
+    assert_eq!(j.stats.shed, 0);
+    j.edge(edge(Some("ws1"), 101, "/ws", 160 * S), 160 * S, &mut out);
+    j.hop(session("ws1"), 160 * S, &mut out);
+    let ws = out.last().expect("the session's request");
+    assert_eq!(ws.request_id.as_deref(), Some("ws1"));
+    assert_eq!(ws.matched, Matched::Exact);
+    assert!(ws.websocket.is_some() && ws.edge.is_some() && ws.hop.is_some());
 }
 
 #[test]
