@@ -20,6 +20,67 @@ fn rotated_name(name: &str, file: &str) -> bool {
             .any(|c| file.ends_with(c))
 }
 
+/// Opens a file found by name in a log's directory, as root: not through a symbolic link,
+/// and never blocking on a FIFO, put in its place after it was listed (the directory may be
+/// the proxy's own to write, as Caddy's may be); only a regular file is read.
+pub(super) fn open_found(path: &Path) -> std::io::Result<File> {
+    open_regular(path, false)
+}
+
+/// Opens the followed log at `path`. Only a regular file is read (never a pipe, a terminal
+/// or a device: the official nginx image links its logs to `/dev/stdout`), and a symbolic
+/// link is followed only where only root can have put it: in a directory that anyone else
+/// may write (Caddy's own log directory, a bind mount a container's user owns), whoever
+/// writes there could otherwise point edgewatch, which reads as root, at any file.
+pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let root_only = std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    open_regular(path, root_only).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "a symbolic link in {}, a directory others than root can write: not followed (name the file it points to)",
+                    dir.display()
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
+fn open_regular(path: &Path, follow: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow | libc::O_NONBLOCK)
+        .open(path)?;
+    use std::os::unix::fs::FileTypeExt;
+    let kind = file.metadata()?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device (a terminal? /dev/stdout?)"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}: an access log is read from a regular file"),
+    ))
+}
+
 /// When a file's inode last changed (a rename, a write): what orders rotations.
 fn changed(m: &std::fs::Metadata) -> (i64, i64) {
     (m.ctime(), m.ctime_nsec())
@@ -38,10 +99,13 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && cp.names(&meta) {
             let path = entry.path();
-            let Ok(file) = File::open(&path) else {
+            let Ok(file) = open_found(&path) else {
                 continue;
             };
-            if cp.head.matches(&file).unwrap_or(false) {
+            // Still the file listed (not another put in its place since).
+            if file.metadata().is_ok_and(|m| cp.names(&m))
+                && cp.head.matches(&file).unwrap_or(false)
+            {
                 return Some((path, file, false));
             }
         }
@@ -58,7 +122,11 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
             if !meta.is_file() || meta.ino() == current || meta.len() < cp.offset {
                 return None;
             }
-            let file = File::open(e.path()).ok()?;
+            let file = open_found(&e.path()).ok()?;
+            let opened = file.metadata().ok()?;
+            if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
+                return None;
+            }
             cp.head
                 .matches(&file)
                 .ok()?
@@ -115,6 +183,82 @@ mod tests {
     fn copytruncate(log: &std::path::Path, copy: &str) {
         std::fs::copy(log, log.with_file_name(copy)).expect("copy");
         std::fs::File::create(log).expect("truncate");
+    }
+
+    #[test]
+    fn a_followed_log_s_link_is_followed_only_where_only_root_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let real = dir.path().join("real.log");
+        std::fs::write(&real, "a line\n").expect("log");
+        // A directory the proxy's own user may write (as Caddy's /var/log/caddy).
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("shared");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let own = dir.path().join("own");
+        std::fs::create_dir(&own).expect("own");
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for d in [&shared, &own] {
+            std::os::unix::fs::symlink(&real, d.join("access.log")).expect("symlink");
+        }
+        let e = super::open_log(&shared.join("access.log")).expect_err("not followed");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // Root's own directory (when the test runs as root, as CI does): root's choice.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert_eq!(super::open_log(&own.join("access.log")).is_ok(), root);
+        // A Tailer on the link in the shared directory says why, and reads nothing.
+        let mut t = Tailer::new(&shared.join("access.log"), None, StartAt::Beginning);
+        let mut lines = crate::sources::tail::Lines::default();
+        let e = t.poll(&mut lines).expect_err("refused");
+        assert!(e.to_string().contains("not followed"), "{e}");
+        assert_eq!(lines.iter().count(), 0);
+        // A link (in root's directory) to a terminal or pipe, as nginx's image has
+        // `/dev/stdout`: refused at once, not read.
+        let fifo = own.join("pipe");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(super::open_log(&fifo).map(drop).map_err(|e| e.to_string()));
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the FIFO's open returned");
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("FIFO")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn a_found_file_is_opened_only_as_a_regular_file_never_through_a_link() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = dir.path().join("access.log");
+        std::fs::write(&log, "a line\n").expect("log");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a line\n").expect("secret");
+        let link = dir.path().join("access.log.1");
+        std::os::unix::fs::symlink(&secret, &link).expect("symlink");
+        let fifo = dir.path().join("access.log.2");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        assert!(super::open_found(&log).is_ok());
+        assert!(
+            super::open_found(&link).is_err(),
+            "a symbolic link is not followed"
+        );
+        // A FIFO with no writer: a plain open would wait for one forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(super::open_found(&fifo).is_err());
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the FIFO's open returned");
+        assert!(refused, "a FIFO is not read");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::{
 
 use super::checkpoint::CheckpointFile;
 pub use super::checkpoint::{checkpoint_path, read_checkpoint, Checkpoint, FileHead};
-use super::rotated::{find_old, rotated_since};
+use super::rotated::{find_old, open_log, rotated_since};
 
 /// Bytes read from a log per call: a large backlog is read in pieces this size.
 pub const CHUNK: u64 = 4 << 20;
@@ -206,7 +206,7 @@ impl Tailer {
     /// Opens the path. On the first open, the start comes from the checkpoint (or the spool's
     /// mark), following a rotation that happened while stopped.
     fn open(&mut self, first: bool) -> std::io::Result<bool> {
-        let file = match File::open(&self.path) {
+        let file = match open_log(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.appeared_later = true;
@@ -287,7 +287,7 @@ impl Tailer {
             self.end_of_old_file(out);
             self.rotated = None;
             while let Some(next) = self.rotated_next.pop_front() {
-                match File::open(&next) {
+                match super::rotated::open_found(&next) {
                     Ok(f) => {
                         self.rotated = Some(Self::reading(f, 0)?);
                         break;
@@ -337,9 +337,11 @@ impl Tailer {
         // end just above; continue with the new one from its start.
         match std::fs::metadata(&self.path) {
             Ok(meta) if meta.ino() != r.inode || meta.dev() != r.dev => {
-                self.rotations += 1;
                 self.end_of_old_file(out);
+                // Counted once the new file is open (a path that cannot be opened yet is
+                // looked at again next poll, and is not another rotation each time).
                 if self.open(false)? {
+                    self.rotations += 1;
                     if let Some(r) = self.current.as_mut() {
                         self.behind =
                             read_lines(r, &mut self.partial, out, &mut self.overlong_lines)?;
