@@ -185,6 +185,23 @@ mod tests {
         std::fs::File::create(log).expect("truncate");
     }
 
+    /// A FIFO at `path`, and the outcome of opening it with `open` on another thread: a
+    /// plain open of a FIFO with no writer would wait for one forever.
+    fn open_a_fifo(
+        path: std::path::PathBuf,
+        open: fn(&std::path::Path) -> std::io::Result<std::fs::File>,
+    ) -> Result<(), String> {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open(&path).map(drop).map_err(|e| e.to_string()));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the FIFO's open returned")
+    }
+
     #[test]
     fn a_followed_log_s_link_is_followed_only_where_only_root_can_write() {
         use std::os::unix::fs::PermissionsExt;
@@ -215,17 +232,7 @@ mod tests {
         assert_eq!(lines.iter().count(), 0);
         // A link (in root's directory) to a terminal or pipe, as nginx's image has
         // `/dev/stdout`: refused at once, not read.
-        let fifo = own.join("pipe");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(super::open_log(&fifo).map(drop).map_err(|e| e.to_string()));
-        });
-        let refused = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the FIFO's open returned");
+        let refused = open_a_fifo(own.join("pipe"), super::open_log);
         assert!(
             refused.as_ref().is_err_and(|e| e.contains("FIFO")),
             "{refused:?}"
@@ -241,24 +248,13 @@ mod tests {
         std::fs::write(&secret, "a line\n").expect("secret");
         let link = dir.path().join("access.log.1");
         std::os::unix::fs::symlink(&secret, &link).expect("symlink");
-        let fifo = dir.path().join("access.log.2");
-        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
         assert!(super::open_found(&log).is_ok());
         assert!(
             super::open_found(&link).is_err(),
             "a symbolic link is not followed"
         );
-        // A FIFO with no writer: a plain open would wait for one forever.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(super::open_found(&fifo).is_err());
-        });
-        let refused = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("the FIFO's open returned");
-        assert!(refused, "a FIFO is not read");
+        let fifo = open_a_fifo(dir.path().join("access.log.2"), super::open_found);
+        assert!(fifo.is_err(), "a FIFO is not read");
     }
 
     #[test]
