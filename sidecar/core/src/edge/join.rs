@@ -383,10 +383,11 @@ impl Joiner {
         self.edge_or(rec, now_ns, out, |_| {});
     }
 
-    /// [`Joiner::edge`], telling the two cases apart with one lookup: true when `rec` joined
-    /// at once, by its request id, an exchange that waited for it complete (its request is
-    /// the one this call pushed); otherwise `alone` gets the record first, before it waits or
-    /// joins some other way, and the call returns false.
+    /// [`Joiner::edge`], telling the two cases apart with one lookup: true when `rec`'s
+    /// request is complete at once (joined by its request id to an exchange that waited for
+    /// it complete, or a line whose log names no upstream, alone for good) and is the one
+    /// this call pushed; otherwise `alone` gets the record first, before it waits or joins
+    /// some other way, and the call returns false.
     pub fn edge_or(
         &mut self,
         rec: Box<EdgeRecord>,
@@ -394,12 +395,15 @@ impl Joiner {
         out: &mut Vec<JoinedRequest>,
         alone: impl FnOnce(&EdgeRecord),
     ) -> bool {
+        // The proxy answered it itself: nothing will come to wait for (a flood of such lines
+        // would otherwise fill the table and shed what does wait), and its request is
+        // complete now, out with the line.
+        if rec.no_upstream {
+            out.push(served_by_the_proxy(rec));
+            return true;
+        }
         let Some(rid) = rec.request_id.as_deref() else {
             alone(&rec);
-            if rec.no_upstream {
-                out.push(served_by_the_proxy(rec));
-                return false;
-            }
             if let Some(i) = self
                 .hops_without_id
                 .iter()
@@ -444,12 +448,6 @@ impl Joiner {
                         out.push(refused_join(rec, c));
                         return false;
                     }
-                }
-                // The proxy answered it itself: nothing will come to wait for (and a flood of
-                // such lines would otherwise fill the table and shed what does wait).
-                if rec.no_upstream {
-                    out.push(served_by_the_proxy(rec));
-                    return false;
                 }
                 let hash = self.edges.hash(rid);
                 self.wait_edge(hash, rec, now_ns, out);

@@ -414,9 +414,10 @@ impl Pipeline {
         // (Before the join, which takes the record: a line that goes alone reaches the sink
         // after the alerts its upstream address raises.)
         self.edge_upstream(&record, sink);
-        // The common case: the line's exchange waited for it, complete. The line then goes to
-        // the sink with its request, after the join (the store writes the two as one row);
-        // any other line goes alone first.
+        // The common case: the line's exchange waited for it, complete (or the line names no
+        // upstream: its request is complete alone). The line then goes to the sink with its
+        // request, after the join (the store writes the two as one row); any other line goes
+        // alone first.
         let line_at = self.joined.len();
         let joined = &mut self.joined;
         let at_once = self

@@ -258,7 +258,14 @@ fn a_line_that_names_no_upstream_goes_out_at_once() {
     for rid in [Some("r301"), None] {
         let mut j = Joiner::new(30 * S);
         let mut out = Vec::new();
-        j.edge(answered_by_the_proxy(rid, "/", 101 * S), 101 * S, &mut out);
+        // Complete at once: the line goes with its request (one row), never alone first.
+        let line = Box::new(answered_by_the_proxy(rid, "/", 101 * S));
+        let mut alone = 0;
+        assert!(
+            j.edge_or(line, 101 * S, &mut out, |_| alone += 1),
+            "{rid:?}"
+        );
+        assert_eq!(alone, 0);
         assert_eq!(out.len(), 1, "{rid:?}");
         assert_eq!(out[0].matched, Matched::EdgeOnly);
         assert!(
