@@ -269,6 +269,7 @@ impl<'a> ReadmeValues<'a> {
                 field: "status",
                 value: status_text.to_owned(),
             })?;
+        let upstream = opt(upstream_addr);
         Ok(EdgeRecord {
             format: EdgeFormat::NginxJson,
             end_ts_ns,
@@ -282,8 +283,9 @@ impl<'a> ReadmeValues<'a> {
                 .map(redact_target_text),
             status,
             request_time_ns: secs(request_time),
-            upstream_addr: opt(upstream_addr),
-            no_upstream: upstream_addr.is_some_and(|u| present_str(u).is_none()),
+            // Logged, but empty or `-`: no upstream.
+            no_upstream: upstream.is_none() && upstream_addr.is_some(),
+            upstream_addr: upstream,
             upstream_connect_ns: secs(upstream_connect_time),
             upstream_header_ns: secs(upstream_header_time),
             upstream_response_ns: secs(upstream_response_time),
