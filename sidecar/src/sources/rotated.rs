@@ -54,13 +54,12 @@ pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
 }
 
 fn open_regular(path: &Path, follow: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nofollow | libc::O_NONBLOCK)
         .open(path)?;
-    use std::os::unix::fs::FileTypeExt;
     let kind = file.metadata()?.file_type();
     let what = if kind.is_file() {
         return Ok(file);
