@@ -60,8 +60,9 @@ pub trait Sink {
     fn edge(&mut self, _record: &EdgeRecord) {}
     /// A request joined across the edge and the hop.
     fn request(&mut self, _request: &JoinedRequest) {}
-    /// An access-log record joined the moment it came, with an exchange that waited for it:
-    /// `request.edge` is the record. In place of [`Sink::edge`] and [`Sink::request`], so that
+    /// An access-log record whose request was complete the moment it came (joined with an
+    /// exchange that waited for it, or a line whose log names no upstream): `request.edge`
+    /// is the record. In place of [`Sink::edge`] and [`Sink::request`], so that
     /// a driver can keep the two as one (the store writes one row). By default, the two.
     fn edge_joined(&mut self, request: &JoinedRequest) {
         if let Some(e) = request.edge.as_ref() {
