@@ -27,6 +27,14 @@ pub(super) fn open_found(path: &Path) -> std::io::Result<File> {
     open_regular(path, false)
 }
 
+/// The file listed in a log's directory as `listed`, opened as [`open_found`] opens, if it
+/// is still that file (not another put in its place since it was listed).
+fn open_listed(path: &Path, listed: &std::fs::Metadata) -> Option<File> {
+    let file = open_found(path).ok()?;
+    let opened = file.metadata().ok()?;
+    ((opened.dev(), opened.ino()) == (listed.dev(), listed.ino())).then_some(file)
+}
+
 /// Opens the followed log at `path`. Only a regular file is read (never a pipe, a terminal
 /// or a device: the official nginx image links its logs to `/dev/stdout`), and a symbolic
 /// link is followed only where only root can have put it: in a directory that anyone else
@@ -98,13 +106,10 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && cp.names(&meta) {
             let path = entry.path();
-            let Ok(file) = open_found(&path) else {
+            let Some(file) = open_listed(&path, &meta) else {
                 continue;
             };
-            // Still the file listed (not another put in its place since).
-            if file.metadata().is_ok_and(|m| cp.names(&m))
-                && cp.head.matches(&file).unwrap_or(false)
-            {
+            if cp.head.matches(&file).unwrap_or(false) {
                 return Some((path, file, false));
             }
         }
@@ -121,11 +126,7 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
             if !meta.is_file() || meta.ino() == current || meta.len() < cp.offset {
                 return None;
             }
-            let file = open_found(&e.path()).ok()?;
-            let opened = file.metadata().ok()?;
-            if (opened.dev(), opened.ino()) != (meta.dev(), meta.ino()) {
-                return None;
-            }
+            let file = open_listed(&e.path(), &meta)?;
             cp.head
                 .matches(&file)
                 .ok()?
