@@ -330,6 +330,7 @@ pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineErr
         .as_object()
         .ok_or(LineError::Layout("not a JSON object"))?;
     let get = |key: &str| obj.get(key).and_then(text);
+    let upstream = obj.get(&fields.upstream_addr);
     let time = get(&fields.time).ok_or(LineError::Missing("time"))?;
     let end_ts_ns = seconds_to_ns(&time).ok_or_else(|| LineError::Bad {
         field: "time",
@@ -350,9 +351,8 @@ pub fn parse_json(line: &str, fields: &JsonFields) -> Result<EdgeRecord, LineErr
         path: get(&fields.path).map(|p| redact_target_text(&p)),
         status,
         request_time_ns: get(&fields.request_time).and_then(|t| seconds_to_ns(&t)),
-        upstream_addr: get(&fields.upstream_addr),
-        no_upstream: obj
-            .get(&fields.upstream_addr)
+        upstream_addr: upstream.and_then(text),
+        no_upstream: upstream
             .and_then(Value::as_str)
             .is_some_and(|u| present_str(u).is_none()),
         upstream_connect_ns: get(&fields.upstream_connect_time).and_then(|t| seconds_to_ns(&t)),
