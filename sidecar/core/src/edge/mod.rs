@@ -133,7 +133,8 @@ impl LineParser {
             if trimmed.contains("\"logger\"") {
                 return caddy::parse(trimmed);
             }
-            return nginx::parse_json(trimmed, &self.fields);
+            // The scan above has turned this line down already: not again.
+            return nginx::parse_json_unscanned(trimmed, &self.fields, self.readme_fields);
         }
         nginx::parse_combined(trimmed)
     }
