@@ -565,14 +565,26 @@ async fn live_join_survives_log_rotation_exactly_once() {
         .and_then(|mut f| std::io::Write::write_all(&mut f, b"not a log line\n"))
         .expect("append garbage");
     get_health(nginx.port, 1).await;
-    sidecar
+    let r = sidecar
         .lines
         .wait_for("the request after the garbage", |v| v["type"] == "request");
+    assert_eq!(r["matched"], "exact", "{r}");
     let metrics = sidecar.metrics();
     assert!(
         metrics.contains("edgewatch_edge_lines_total{result=\"malformed\"} 1"),
         "{metrics}"
     );
+    // Each of the nine requests counted once, by how it was joined (a record printed is
+    // counted before it is printed).
+    for (matched, n) in [
+        ("exact", 9),
+        ("inferred", 0),
+        ("edge_only", 0),
+        ("hop_only", 0),
+    ] {
+        let line = format!("edgewatch_joined_requests_total{{matched=\"{matched}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line}{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

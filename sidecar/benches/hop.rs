@@ -805,6 +805,9 @@ struct LogJoined {
     runs: Vec<f64>,
 }
 
+/// The sidecar's count of requests joined by request id.
+const JOINED_EXACT: &str = "edgewatch_joined_requests_total{matched=\"exact\"}";
+
 /// How long the sidecar's CPU at rest is measured after a log-joined run.
 const AT_REST_SECONDS: u64 = 2;
 
@@ -838,10 +841,7 @@ fn log_joined(
         sidecar.lines.discard_from_now();
         let spool = store.then_some(spool.path());
         warm_up(&sidecar, port, spool);
-        let joined0 = metric_sum(
-            &sidecar.metrics(),
-            "edgewatch_records_total{kind=\"request\"}",
-        );
+        let joined0 = metric_sum(&sidecar.metrics(), JOINED_EXACT);
         let (s0, c0) = (sidecar.cpu_seconds(), cpu_seconds(ch_pid));
         let rps = wrk_rps(port);
         let load_end = Instant::now();
@@ -855,15 +855,14 @@ fn log_joined(
         // The sidecar at rest, before the metrics are scraped (a scrape costs it CPU).
         std::thread::sleep(std::time::Duration::from_secs(AT_REST_SECONDS));
         let at_rest_per_s = (sidecar.cpu_seconds() - s1) / AT_REST_SECONDS as f64;
-        let joined = metric_sum(
-            &sidecar.metrics(),
-            "edgewatch_records_total{kind=\"request\"}",
-        ) - joined0;
-        // A figure for the join only if the run's requests were joined (by id: wrk's requests
-        // all went through nginx, which logged each).
+        let joined = metric_sum(&sidecar.metrics(), JOINED_EXACT) - joined0;
+        // A figure for the join only if the run's requests were joined by id (wrk's requests
+        // all went through nginx, which logged each): a request the join did not pair (two
+        // records, each alone) is not the work the figure is of.
         assert!(
             joined >= 0.9 * requests,
-            "{joined} requests joined of ~{requests:.0}: the log was not followed"
+            "{joined} requests joined by id of ~{requests:.0}: the log was not followed, or \
+             the ids did not match"
         );
         runs.push(LogJoined {
             sidecar_us: (s1 - s0) * 1e6 / requests,

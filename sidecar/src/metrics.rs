@@ -2,6 +2,8 @@
 //! endpoint (`/metrics`, plus `/healthz`). Every drop anywhere in the pipeline is counted here.
 use std::{net::SocketAddr, sync::Arc};
 
+use edgewatch_core::edge::join::Matched;
+
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -213,10 +215,26 @@ pub struct Metrics {
     store_up: Gauge,
     /// Per kind of [`RECORD_KINDS`], the same counters as the `records` family.
     records: [Counter; RECORD_KINDS.len()],
+    /// Joined requests by how they were put together, in [`MATCHED`]'s order.
+    joined: Members<4>,
 }
 
 /// The record kinds the pipeline produces, as `edgewatch_records_total{kind}` names them.
 pub const RECORD_KINDS: [&str; 6] = ["http", "websocket", "conn", "loss", "request", "edge"];
+
+/// How a joined request was put together, as `edgewatch_joined_requests_total{matched}` names
+/// it: indexed by [`matched_index`].
+pub const MATCHED: [&str; 4] = ["exact", "inferred", "edge_only", "hop_only"];
+
+/// The index in [`MATCHED`] of how a request was joined.
+pub fn matched_index(m: Matched) -> usize {
+    match m {
+        Matched::Exact => 0,
+        Matched::Inferred => 1,
+        Matched::EdgeOnly => 2,
+        Matched::HopOnly => 3,
+    }
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -287,6 +305,17 @@ impl Metrics {
             record_family.clone(),
         );
         let records = RECORD_KINDS.map(|k| record_family.get_or_create(&label("kind", k)).clone());
+        let joined = Family::<Labels, Counter>::default();
+        registry.register(
+            "joined_requests",
+            "Joined requests by how the hop and the access log were put together: exact (by \
+             request id), inferred (by time, method, path and upstream), edge_only (only the \
+             access log saw it), hop_only (only the hop saw it). A share of edge_only and \
+             hop_only that grows means the id is not forwarded, or a log is not followed; \
+             each record's reason says which",
+            joined.clone(),
+        );
+        let joined = Members::new(&joined, "matched", MATCHED);
         let decode_errors = Counter::default();
         registry.register(
             "decode_errors",
@@ -421,6 +450,7 @@ impl Metrics {
         process.register_collector(Box::new(ProcessCollector::new()));
         Self {
             records,
+            joined,
             registry,
             process,
             events,
@@ -496,6 +526,25 @@ impl Metrics {
                 c.inc_by(n);
             }
         }
+    }
+
+    /// Counts joined requests, `counts[k]` of `MATCHED[k]` (a turn's, added at once).
+    pub fn joined(&self, counts: &[u64; MATCHED.len()]) {
+        for (c, &n) in self.joined.counters.iter().zip(counts) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+    }
+
+    /// The joined requests so far, by how they were joined.
+    pub fn joined_counts(&self) -> serde_json::Value {
+        MATCHED
+            .iter()
+            .zip(&self.joined.counters)
+            .map(|(k, c)| ((*k).to_owned(), serde_json::Value::from(c.get())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
     }
 
     /// The records produced so far, by kind.
@@ -637,6 +686,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_joined_family_names_each_match_as_the_records_do() {
+        for m in [
+            Matched::Exact,
+            Matched::Inferred,
+            Matched::EdgeOnly,
+            Matched::HopOnly,
+        ] {
+            assert_eq!(MATCHED[matched_index(m)], m.as_str());
+        }
+    }
+
+    #[test]
     fn renders_counters() {
         let m = Metrics::new();
         m.event("listen_change");
@@ -729,6 +790,8 @@ mod tests {
         m.edge_lines(1, 0, 0);
         m.records(&[3, 0, 0, 0, 1, 2]);
         m.records(&[1, 0, 0, 0, 0, 0]);
+        m.joined(&[2, 0, 1, 0]);
+        m.joined(&[1, 0, 0, 4]);
         m.event("connect_end");
         m.follow_armed("body");
         // A value outside the set still counts, in the family.
@@ -742,6 +805,10 @@ mod tests {
             "edgewatch_records_total{kind=\"http\"} 4",
             "edgewatch_records_total{kind=\"request\"} 1",
             "edgewatch_records_total{kind=\"edge\"} 2",
+            "edgewatch_joined_requests_total{matched=\"exact\"} 3",
+            "edgewatch_joined_requests_total{matched=\"inferred\"} 0",
+            "edgewatch_joined_requests_total{matched=\"edge_only\"} 1",
+            "edgewatch_joined_requests_total{matched=\"hop_only\"} 4",
             "edgewatch_records_total{kind=\"conn\"} 0",
             "edgewatch_events_total{kind=\"connect_end\"} 1",
             "edgewatch_hop_follow_armed_total{mode=\"body\"} 1",

@@ -328,7 +328,10 @@ pub async fn run(mut config: Config, printer: Printer, records: bool) -> anyhow:
     watch.out.printer.status(
         "stopped",
         "edgewatch stopped",
-        &serde_json::json!({ "records": watch.out.metrics.record_counts() }),
+        &serde_json::json!({
+            "records": watch.out.metrics.record_counts(),
+            "joined": watch.out.metrics.joined_counts(),
+        }),
     );
     Ok(())
 }

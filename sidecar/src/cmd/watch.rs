@@ -11,7 +11,7 @@ use crate::{
     edge::{join::JoinedRequest, EdgeRecord},
     exposure::{inventory::Change, policy::Policy, Scope},
     hop::{tracker::FollowMode, HopRecord},
-    metrics::{Metrics, RECORD_KINDS},
+    metrics::{matched_index, Metrics, MATCHED, RECORD_KINDS},
     output::{unix_ns, Printer},
     pipeline::{Mode, Pipeline, Sink},
     probe::{
@@ -69,6 +69,9 @@ pub(super) struct Sinks {
     /// This turn's records by kind of `metrics::RECORD_KINDS`, added to the shared counters
     /// at the end of the turn (`publish_counts`), not with a locked increment each.
     pub(super) counts: [u64; RECORD_KINDS.len()],
+    /// This turn's joined requests by how they were joined, of `metrics::MATCHED`, added
+    /// with `counts`.
+    pub(super) joined: [u64; MATCHED.len()],
 }
 
 impl Sinks {
@@ -78,6 +81,10 @@ impl Sinks {
         if self.counts != [0; RECORD_KINDS.len()] {
             self.metrics.records(&self.counts);
             self.counts = [0; RECORD_KINDS.len()];
+        }
+        if self.joined != [0; MATCHED.len()] {
+            self.metrics.joined(&self.joined);
+            self.joined = [0; MATCHED.len()];
         }
     }
 }
@@ -105,6 +112,7 @@ impl Sink for Sinks {
     }
     fn request(&mut self, r: &JoinedRequest) {
         self.counts[4] += 1;
+        self.joined[matched_index(r.matched)] += 1;
         if self.records {
             self.printer.request(r);
         }
@@ -115,6 +123,7 @@ impl Sink for Sinks {
     fn edge_joined(&mut self, r: &JoinedRequest) {
         self.counts[5] += 1;
         self.counts[4] += 1;
+        self.joined[matched_index(r.matched)] += 1;
         if self.records {
             self.printer.request(r);
         }
@@ -181,6 +190,7 @@ impl Watch {
                 alerts: Vec::new(),
                 records: false,
                 counts: [0; RECORD_KINDS.len()],
+                joined: [0; MATCHED.len()],
             },
             attributor: Attributor::new(),
             last_nat_problems: Vec::new(),
