@@ -585,6 +585,13 @@ async fn live_join_survives_log_rotation_exactly_once() {
         let line = format!("edgewatch_joined_requests_total{{matched=\"{matched}\"}} {n}\n");
         assert!(metrics.contains(&line), "{line}{metrics}");
     }
+    // The stopped line says the same.
+    sidecar.signal("TERM");
+    let stopped = sidecar
+        .lines
+        .wait_for("the stopped line", |v| v["type"] == "stopped");
+    assert_eq!(stopped["joined"]["exact"], 9, "{stopped}");
+    assert_eq!(stopped["joined"]["hop_only"], 0, "{stopped}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

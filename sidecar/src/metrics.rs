@@ -2,8 +2,6 @@
 //! endpoint (`/metrics`, plus `/healthz`). Every drop anywhere in the pipeline is counted here.
 use std::{net::SocketAddr, sync::Arc};
 
-use edgewatch_core::edge::join::Matched;
-
 use prometheus_client::{
     collector::Collector,
     encoding::{
@@ -19,6 +17,8 @@ use prometheus_client::{
     },
     registry::Registry,
 };
+
+use crate::edge::join::Matched;
 
 type Labels = Vec<(String, String)>;
 

@@ -155,6 +155,7 @@ const README_KEYS: [&str; 14] = [
 /// damage). What this accepts is valid JSON that serde_json reads to the same values (a
 /// test holds the two to that); it only spares the general decoder's per-key and per-byte
 /// work on the lines nginx writes all day: about half a line's instructions.
+///
 /// Not inlined: inlined into its one caller (`scan_default`), the same code counted 71 more
 /// instructions a logged request (15,004 against 14,933, `cargo xtask bench-instructions`).
 #[inline(never)]
