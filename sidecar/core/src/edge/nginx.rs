@@ -487,9 +487,8 @@ mod tests {
     // As nginx 1.22 writes the documented log_format (escape=json).
     const JSON_LINE: &str = r#"{"msec":"1795280000.123","request_id":"a183594643e1bf34965a7337028330bc","remote_addr":"203.0.113.9","host":"gw.example","request_method":"GET","request_uri":"/ws?token=abc","status":"101","request_time":"61.004","upstream_addr":"127.0.0.1:18789","upstream_connect_time":"0.000","upstream_header_time":"0.002","upstream_response_time":"61.003","body_bytes_sent":"1234"}"#;
 
-    /// The scan's layout is the README's `log_format edgewatch` (the snippet the tests run
-    /// nginx with): a change to one without the other would send every line the README's
-    /// users log down serde_json's path, with nothing but the cost to show it.
+    /// The scan's layout is the README's `log_format edgewatch`: a change to one alone would
+    /// send the README's users' lines down serde_json's path, with only the cost to show it.
     #[test]
     fn the_readme_s_log_format_is_the_layout_the_scan_takes() {
         let readme =
@@ -502,8 +501,7 @@ mod tests {
         let body = block.split("```").nth(1).expect("the snippet's code block");
         // nginx concatenates the directive's quoted strings.
         let template: String = body.split('\'').skip(1).step_by(2).collect();
-        let mut vars = Vec::new();
-        let mut line = String::new();
+        let (mut vars, mut line) = (Vec::new(), String::new());
         let mut rest = template.as_str();
         while let Some(at) = rest.find('$') {
             let len = rest[at + 1..]
