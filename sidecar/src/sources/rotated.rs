@@ -24,7 +24,13 @@ fn rotated_name(name: &str, file: &str) -> bool {
 /// and never blocking on a FIFO, put in its place after it was listed (the directory may be
 /// the proxy's own to write, as Caddy's may be); only a regular file is read.
 pub(super) fn open_found(path: &Path) -> std::io::Result<File> {
-    open_regular(path, false)
+    use std::os::unix::fs::OpenOptionsExt;
+    regular(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?,
+    )
 }
 
 /// The file listed in a log's directory as `listed`, opened as [`open_found`] opens, if it
@@ -39,35 +45,65 @@ fn open_listed(path: &Path, listed: &std::fs::Metadata) -> Option<File> {
 /// or a device: the official nginx image links its logs to `/dev/stdout`), and a symbolic
 /// link is followed only where only root can have put it: in a directory that anyone else
 /// may write (Caddy's own log directory, a bind mount a container's user owns), whoever
-/// writes there could otherwise point edgewatch, which reads as root, at any file.
+/// writes there could otherwise point edgewatch, which reads as root, at any file. The
+/// directory judged is the one the log is then opened in (opened first, the log opened in
+/// it): a directory swapped in between, there or at any level above it, by whoever may
+/// write there, is not judged as the one before it.
 pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::{
+        ffi::OsStrExt,
+        fs::OpenOptionsExt,
+        io::{AsRawFd, FromRawFd},
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let root_only = std::fs::metadata(dir).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
-    open_regular(path, root_only).map_err(|e| {
+    let Some(name) = path.file_name() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "names no file",
+        ));
+    };
+    let dir_file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
+    let root_only = dir_file
+        .metadata()
+        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    let nofollow = if root_only { 0 } else { libc::O_NOFOLLOW };
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: a directory descriptor this function owns and a NUL-terminated name; the
+    // descriptor returned is owned by the `File` made of it, once.
+    let fd = unsafe {
+        libc::openat(
+            dir_file.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | nofollow,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ELOOP) {
-            std::io::Error::new(
+            return Err(std::io::Error::new(
                 e.kind(),
                 format!(
                     "a symbolic link in {}, a directory others than root can write: not followed (name the file it points to)",
                     dir.display()
                 ),
-            )
-        } else {
-            e
+            ));
         }
-    })
+        return Err(e);
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    regular(unsafe { File::from_raw_fd(fd) })
 }
 
-fn open_regular(path: &Path, follow: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nofollow | libc::O_NONBLOCK)
-        .open(path)?;
+/// `file` if it is a regular file; else why not.
+fn regular(file: File) -> std::io::Result<File> {
+    use std::os::unix::fs::FileTypeExt;
     let kind = file.metadata()?.file_type();
     let what = if kind.is_file() {
         return Ok(file);
@@ -237,6 +273,78 @@ mod tests {
             refused.as_ref().is_err_and(|e| e.contains("FIFO")),
             "{refused:?}"
         );
+    }
+
+    /// Whoever may write above the log's directory can swap another directory in for it
+    /// while the log is being opened: the directory judged must be the one the log is then
+    /// opened in. Here root's directory (a link to the log in it) and one anyone may write (a
+    /// link to a secret) trade places without pause while the log is opened again and again:
+    /// each open is the log or a refusal, never the secret.
+    #[test]
+    fn the_directory_judged_is_the_one_the_log_is_opened_in() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("dir");
+        let real = dir.path().join("real.log");
+        std::fs::write(&real, "the log\n").expect("log");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "the secret\n").expect("secret");
+        let (logs, other) = (dir.path().join("logs"), dir.path().join("other"));
+        for (d, mode, target) in [(&logs, 0o755, &real), (&other, 0o1777, &secret)] {
+            std::fs::create_dir(d).expect("dir");
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            std::os::unix::fs::symlink(target, d.join("access.log")).expect("symlink");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let stop = stop.clone();
+            let c = |p: &std::path::Path| {
+                std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path")
+            };
+            let (a, b) = (c(&logs), c(&other));
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: NUL-terminated paths; an atomic exchange of two directories.
+                    let r = unsafe {
+                        libc::renameat2(
+                            libc::AT_FDCWD,
+                            a.as_ptr(),
+                            libc::AT_FDCWD,
+                            b.as_ptr(),
+                            libc::RENAME_EXCHANGE,
+                        )
+                    };
+                    assert_eq!(r, 0, "renameat2: {}", std::io::Error::last_os_error());
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        // As root, root's directory is followed; as another user, neither is.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let (mut read, mut refused, mut opens) = (0, 0, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // 20,000 opens at least, and on until both directories were met.
+        while opens < 20_000 || refused == 0 || (root && read == 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{read} read, {refused} refused"
+            );
+            opens += 1;
+            match super::open_log(&logs.join("access.log")) {
+                Ok(mut f) => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut text).expect("read");
+                    assert_eq!(text, "the log\n", "read through the swapped-in directory");
+                    read += 1;
+                }
+                Err(_) => refused += 1,
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(swapper.join().expect("swapper") > 0);
+        assert_eq!(read > 0, root, "{read} read");
     }
 
     #[test]
