@@ -1,6 +1,7 @@
 //! I/O at the edges: what the kernel, /proc and the netfilter tools say, turned into the
 //! pure model's types.
 pub mod checkpoint;
+mod in_root;
 pub mod logfile;
 pub mod nat;
 pub mod nat_config;

@@ -134,15 +134,38 @@ const MAX_FILE: u64 = 4 << 20;
 
 impl Files for RootFiles {
     fn read(&mut self, path: &Path) -> std::io::Result<String> {
+        use std::{io::Read as _, os::unix::fs::OpenOptionsExt};
         let real = self.under(path);
         self.read.push(real.clone());
-        let len = std::fs::metadata(&real)?.len();
+        // Another process's root: symbolic links resolved in it (`sources::in_root`), so a
+        // link in a container's configuration names the container's file, not this
+        // machine's. Never blocking on a FIFO.
+        let file = if self.root == Path::new("/") {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&real)?
+        } else {
+            let root = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(&self.root)?;
+            super::in_root::open_in_root(&root, path.strip_prefix("/").unwrap_or(path), 0)?
+        };
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other(
+                "not a regular file: a configuration file is read from a regular file",
+            ));
+        }
+        let len = meta.len();
         if len > MAX_FILE {
             return Err(std::io::Error::other(format!(
                 "{len} bytes: larger than the {MAX_FILE}-byte limit for a configuration file"
             )));
         }
-        let bytes = std::fs::read(&real)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
@@ -587,6 +610,40 @@ pub fn offline_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A container's configuration is read as its nginx reads it: a symbolic link with an
+    /// absolute target names the container's file, never this machine's of that name.
+    #[test]
+    fn a_container_s_configuration_is_read_in_its_root() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let host = tmp.path().join("secret.conf");
+        std::fs::write(&host, "this machine's file").expect("file");
+        let ctr = tmp.path().join("ctr");
+        let inside = ctr.join(host.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(inside.parent().expect("dir")).expect("dirs");
+        std::fs::write(&inside, "events {}").expect("conf");
+        std::fs::create_dir_all(ctr.join("etc/nginx")).expect("etc/nginx");
+        std::os::unix::fs::symlink(&host, ctr.join("etc/nginx/nginx.conf")).expect("link");
+        let Some(child) = super::super::in_root::Chrooted::start(&ctr) else {
+            return;
+        };
+        let mut files = RootFiles::of_process(child.0 as u32);
+        let text = files.read(Path::new("/etc/nginx/nginx.conf"));
+        assert_eq!(text.expect("read"), "events {}");
+        // A FIFO is refused at once, not waited on.
+        let fifo = std::ffi::CString::new(
+            ctr.join("etc/nginx/fifo.conf")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .expect("path");
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = files
+            .read(Path::new("/etc/nginx/fifo.conf"))
+            .expect_err("a FIFO");
+        assert!(e.to_string().contains("regular file"), "{e}");
+    }
 
     #[test]
     fn caddy_admin_addresses() {

@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::checkpoint::Checkpoint;
+use super::{
+    checkpoint::Checkpoint,
+    in_root::{in_process_root, open_in_root, openat},
+};
 
 /// Whether `file`, a name in a log's directory, is a name rotation gives the log `name`:
 /// the name plus a suffix (`access.log.1`, `access.log-20261202`), not compressed.
@@ -22,15 +25,12 @@ fn rotated_name(name: &str, file: &str) -> bool {
 
 /// Opens a file found by name in a log's directory, as root: not through a symbolic link,
 /// and never blocking on a FIFO, put in its place after it was listed (the directory may be
-/// the proxy's own to write, as Caddy's may be); only a regular file is read.
+/// the proxy's own to write, as Caddy's may be); only a regular file is read. The directory
+/// is reached as [`open_dir`] reaches it.
 pub(super) fn open_found(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    regular(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)?,
-    )
+    let (dir, name) = dir_and_name(path)?;
+    let (dir, _) = open_dir(dir)?;
+    regular(openat(&dir, name, libc::O_NOFOLLOW)?)
 }
 
 /// The file listed in a log's directory as `listed`, opened as [`open_found`] opens, if it
@@ -43,62 +43,92 @@ fn open_listed(path: &Path, listed: &std::fs::Metadata) -> Option<File> {
 
 /// Opens the followed log at `path`. Only a regular file is read (never a pipe, a terminal
 /// or a device: the official nginx image links its logs to `/dev/stdout`), and a symbolic
-/// link is followed only where only root can have put it: in a directory that anyone else
-/// may write (Caddy's own log directory, a bind mount a container's user owns), whoever
-/// writes there could otherwise point edgewatch, which reads as root, at any file. The
-/// directory judged is the one the log is then opened in (opened first, the log opened in
-/// it): a directory swapped in between, there or at any level above it, by whoever may
-/// write there, is not judged as the one before it.
+/// link is followed only where only root can have put it: in a directory of this machine's
+/// that anyone else may write (Caddy's own log directory, a bind mount a container's user
+/// owns), whoever writes there could otherwise point edgewatch, which reads as root, at any
+/// file; in another mount namespace's (a container's, reached through `/proc/PID/root`),
+/// never. The directory judged is the one the log is then opened in (opened first, the log
+/// opened in it): a directory swapped in between, there or at any level above it, by
+/// whoever may write there, is not judged as the one before it.
 pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::{
-        ffi::OsStrExt,
-        fs::OpenOptionsExt,
-        io::{AsRawFd, FromRawFd},
-    };
+    let (dir_path, name) = dir_and_name(path)?;
+    let (dir, elsewhere) = open_dir(dir_path)?;
+    let root_only = !elsewhere
+        && dir
+            .metadata()
+            .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    let nofollow = if root_only { 0 } else { libc::O_NOFOLLOW };
+    match openat(&dir, name, nofollow) {
+        Ok(file) => regular(file),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(std::io::Error::new(
+            e.kind(),
+            if elsewhere {
+                format!(
+                    "a symbolic link in {}, another mount namespace's directory: not followed (name the file it points to)",
+                    dir_path.display()
+                )
+            } else {
+                format!(
+                    "a symbolic link in {}, a directory others than root can write: not followed (name the file it points to)",
+                    dir_path.display()
+                )
+            },
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// A log path's directory and file name.
+fn dir_and_name(path: &Path) -> std::io::Result<(&Path, &std::ffi::OsStr)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let Some(name) = path.file_name() else {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "names no file",
-        ));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    Ok((dir, name))
+}
+
+/// Opens the directory `dir`, and says whether it is another mount namespace's: under
+/// `/proc/PID/root/`, it is resolved in that root (`openat2`'s `RESOLVE_IN_ROOT`), where a
+/// symbolic link's absolute target names that process's file, as it does for the process.
+/// Walked by its path from here, such a link (put there by whoever may write in the
+/// container, its root included) would name this machine's file of that name, and
+/// edgewatch would read it as this machine's root.
+fn open_dir(dir: &Path) -> std::io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(p)
     };
-    let dir_file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)?;
-    let root_only = dir_file
-        .metadata()
-        .is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
-    let nofollow = if root_only { 0 } else { libc::O_NOFOLLOW };
-    let name = std::ffi::CString::new(name.as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: a directory descriptor this function owns and a NUL-terminated name; the
-    // descriptor returned is owned by the `File` made of it, once.
-    let fd = unsafe {
-        libc::openat(
-            dir_file.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | nofollow,
-        )
+    let Some((root, within)) = in_process_root(dir) else {
+        return Ok((open(dir)?, false));
     };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ELOOP) {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!(
-                    "a symbolic link in {}, a directory others than root can write: not followed (name the file it points to)",
-                    dir.display()
-                ),
-            ));
-        }
-        return Err(e);
+    let root = open(&root)?;
+    if within.as_os_str().is_empty() {
+        return Ok((root, true));
     }
-    // SAFETY: `fd` was just opened and nothing else owns it.
-    regular(unsafe { File::from_raw_fd(fd) })
+    Ok((open_in_root(&root, within, libc::O_DIRECTORY)?, true))
+}
+
+/// The entries of the directory `dir`, reached as [`open_dir`] reaches it, listed through
+/// its descriptor (kept open while they are read); each with its path under `dir`.
+fn list_dir(dir: &Path) -> Vec<(PathBuf, std::fs::DirEntry)> {
+    use std::os::unix::io::AsRawFd;
+    let Ok((file, _)) = open_dir(dir) else {
+        return Vec::new();
+    };
+    let listed = std::fs::read_dir(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (dir.join(e.file_name()), e))
+        .collect();
+    drop(file);
+    listed
 }
 
 /// `file` if it is a regular file; else why not.
@@ -137,11 +167,11 @@ fn changed(m: &std::fs::Metadata) -> (i64, i64) {
 /// if several do. Never the file the path names now (inode `current`).
 pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(PathBuf, File, bool)> {
     let dir = log.parent().unwrap_or(Path::new("."));
-    let entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
-    for entry in &entries {
+    let entries = list_dir(dir);
+    for (path, entry) in &entries {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && cp.names(&meta) {
-            let path = entry.path();
+            let path = path.clone();
             let Some(file) = open_listed(&path, &meta) else {
                 continue;
             };
@@ -156,17 +186,17 @@ pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(Pat
     let name = log.file_name()?.to_string_lossy();
     let copies: Vec<((i64, i64), PathBuf, File)> = entries
         .iter()
-        .filter(|e| rotated_name(&name, &e.file_name().to_string_lossy()))
-        .filter_map(|e| {
+        .filter(|(_, e)| rotated_name(&name, &e.file_name().to_string_lossy()))
+        .filter_map(|(path, e)| {
             let meta = e.metadata().ok()?;
             if !meta.is_file() || meta.ino() == current || meta.len() < cp.offset {
                 return None;
             }
-            let file = open_listed(&e.path(), &meta)?;
+            let file = open_listed(path, &meta)?;
             cp.head
                 .matches(&file)
                 .ok()?
-                .then(|| (changed(&meta), e.path(), file))
+                .then(|| (changed(&meta), path.clone(), file))
         })
         .collect();
     let (_, path, file) = copies.into_iter().min_by_key(|c| c.0)?;
@@ -187,11 +217,9 @@ pub(super) fn rotated_since(
         return Vec::new();
     };
     let name = name.to_string_lossy();
-    let mut found: Vec<((i64, i64), PathBuf)> = std::fs::read_dir(dir)
+    let mut found: Vec<((i64, i64), PathBuf)> = list_dir(dir)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
+        .filter_map(|(path, e)| {
             if !rotated_name(&name, &e.file_name().to_string_lossy()) {
                 return None;
             }
@@ -201,7 +229,7 @@ pub(super) fn rotated_since(
                 && !same
                 && Some(meta.ino()) != current
                 && changed(&meta) >= changed(after))
-            .then(|| (changed(&meta), e.path()))
+            .then(|| (changed(&meta), path))
         })
         .collect();
     found.sort();
@@ -345,6 +373,64 @@ mod tests {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(swapper.join().expect("swapper") > 0);
         assert_eq!(read > 0, root, "{read} read");
+    }
+
+    /// A container's log is reached through `/proc/PID/root`, and a symbolic link there with
+    /// an absolute target names the container's file: walked by path from here, it named
+    /// this machine's file of that name, which edgewatch then read as root.
+    #[test]
+    fn a_log_in_another_root_is_resolved_in_that_root() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let read = |f: std::io::Result<std::fs::File>| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut f.expect("opened"), &mut text).expect("read");
+            text
+        };
+        let tmp = tempfile::tempdir().expect("dir");
+        // This machine's file, at an absolute path the container's link names.
+        let host = tmp.path().join("host");
+        std::fs::create_dir(&host).expect("host");
+        std::fs::write(host.join("access.log"), "this machine's file\n").expect("file");
+        // The container's root: the same path inside it holds its log, and its
+        // /var/log/nginx is a link to that absolute path.
+        let ctr = tmp.path().join("ctr");
+        let inside = ctr.join(host.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(&inside).expect("inside");
+        std::fs::write(inside.join("access.log"), "the container's log\n").expect("log");
+        std::os::unix::fs::symlink(&host, inside.join("link.log")).expect("link");
+        std::fs::create_dir_all(ctr.join("var/log")).expect("var/log");
+        std::os::unix::fs::symlink(&host, ctr.join("var/log/nginx")).expect("link");
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&ctr)
+            .expect("root");
+        let within = std::path::Path::new("var/log/nginx");
+        let dir = super::open_in_root(&root, within, libc::O_DIRECTORY).expect("dir");
+        let log = super::openat(&dir, std::ffi::OsStr::new("access.log"), 0);
+        assert_eq!(read(log), "the container's log\n");
+        // A process whose root is the container's (as root: a child chrooted there).
+        let Some(child) = crate::sources::in_root::Chrooted::start(&ctr) else {
+            return;
+        };
+        let through = std::path::PathBuf::from(format!("/proc/{}/root/var/log/nginx", child.0));
+        let log = super::open_log(&through.join("access.log"));
+        let found = super::open_found(&through.join("access.log"));
+        let linked = super::open_log(&through.join("link.log"));
+        let listed: Vec<_> = super::list_dir(&through)
+            .into_iter()
+            .map(|(p, _)| p.file_name().map(|n| n.to_owned()))
+            .collect();
+        drop(child);
+        assert_eq!(read(log), "the container's log\n");
+        assert_eq!(read(found), "the container's log\n");
+        let e = linked.expect_err("a link in another mount namespace is not followed");
+        assert!(e.to_string().contains("another mount namespace"), "{e}");
+        assert_eq!(
+            listed.len(),
+            2,
+            "the container's directory listed: {listed:?}"
+        );
     }
 
     #[test]
