@@ -57,13 +57,19 @@ pub(crate) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::R
     };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOSYS) {
-            return Err(std::io::Error::new(
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS) => std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "this kernel has no openat2 (Linux 5.6 and later): another mount namespace's files are not read",
-            ));
-        }
-        return Err(e);
+            ),
+            // What a seccomp profile that predates openat2 answers (Docker's before 20.10).
+            Some(libc::EPERM) => std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "openat2 refused (EPERM): a seccomp profile that predates it (Docker's before \
+                 20.10) blocks it; another mount namespace's files are not read",
+            ),
+            _ => e,
+        });
     }
     // SAFETY: `fd` was just opened and nothing else owns it.
     Ok(unsafe { File::from_raw_fd(fd as i32) })
