@@ -8,8 +8,30 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// Opens `path` for reading (`flags` added: `O_DIRECTORY` for a directory), never blocking,
+/// and says whether it is another mount namespace's: a path under `/proc/PID/root/` is
+/// resolved in that root ([`open_in_root`]), any other as this process resolves it.
+pub(super) fn open(path: &Path, flags: i32) -> std::io::Result<(File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some((root, within)) = in_process_root(path) else {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | flags)
+            .open(path)?;
+        return Ok((file, false));
+    };
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(root)?;
+    if within.as_os_str().is_empty() {
+        return Ok((root, true));
+    }
+    Ok((open_in_root(&root, within, flags)?, true))
+}
+
 /// `/proc/PID/root` and the rest of `path` under it, for a path under one.
-pub(crate) fn in_process_root(path: &Path) -> Option<(PathBuf, &Path)> {
+fn in_process_root(path: &Path) -> Option<(PathBuf, &Path)> {
     let rest = path.strip_prefix("/proc/").ok()?;
     let mut parts = rest.components();
     let pid = parts.next()?.as_os_str().to_str()?;
@@ -25,7 +47,7 @@ pub(crate) fn in_process_root(path: &Path) -> Option<(PathBuf, &Path)> {
 /// `within` (relative) of the root directory `root`, opened for reading (`flags` added:
 /// `O_DIRECTORY` for a directory), every symbolic link on the way resolved inside `root`
 /// (`openat2`, Linux 5.6 and later), never blocking.
-pub(crate) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::Result<File> {
+pub(super) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::Result<File> {
     use std::os::unix::{
         ffi::OsStrExt,
         io::{AsRawFd, FromRawFd},
@@ -76,7 +98,7 @@ pub(crate) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::R
 }
 
 /// `name` in the directory `dir`, opened for reading, never blocking (`flags` added).
-pub(crate) fn openat(dir: &File, name: &std::ffi::OsStr, flags: i32) -> std::io::Result<File> {
+pub(super) fn openat(dir: &File, name: &std::ffi::OsStr, flags: i32) -> std::io::Result<File> {
     use std::os::unix::{
         ffi::OsStrExt,
         io::{AsRawFd, FromRawFd},

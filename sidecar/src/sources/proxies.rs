@@ -134,24 +134,13 @@ const MAX_FILE: u64 = 4 << 20;
 
 impl Files for RootFiles {
     fn read(&mut self, path: &Path) -> std::io::Result<String> {
-        use std::{io::Read as _, os::unix::fs::OpenOptionsExt};
+        use std::io::Read as _;
         let real = self.under(path);
         self.read.push(real.clone());
         // Another process's root: symbolic links resolved in it (`sources::in_root`), so a
         // link in a container's configuration names the container's file, not this
         // machine's. Never blocking on a FIFO.
-        let file = if self.root == Path::new("/") {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&real)?
-        } else {
-            let root = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY)
-                .open(&self.root)?;
-            super::in_root::open_in_root(&root, path.strip_prefix("/").unwrap_or(path), 0)?
-        };
+        let (file, _) = super::in_root::open(&real, 0)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(std::io::Error::other(

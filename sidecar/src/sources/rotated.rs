@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     checkpoint::Checkpoint,
-    in_root::{in_process_root, open_in_root, openat},
+    in_root::{self, openat},
 };
 
 /// Whether `file`, a name in a log's directory, is a name rotation gives the log `name`:
@@ -90,28 +90,10 @@ fn dir_and_name(path: &Path) -> std::io::Result<(&Path, &std::ffi::OsStr)> {
     Ok((dir, name))
 }
 
-/// Opens the directory `dir`, and says whether it is another mount namespace's: under
-/// `/proc/PID/root/`, it is resolved in that root (`openat2`'s `RESOLVE_IN_ROOT`), where a
-/// symbolic link's absolute target names that process's file, as it does for the process.
-/// Walked by its path from here, such a link (put there by whoever may write in the
-/// container, its root included) would name this machine's file of that name, and
-/// edgewatch would read it as this machine's root.
+/// Opens the directory `dir`, and says whether it is another mount namespace's
+/// ([`in_root::open`]: a container's, reached through `/proc/PID/root`, resolved in its root).
 fn open_dir(dir: &Path) -> std::io::Result<(File, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |p: &Path| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECTORY)
-            .open(p)
-    };
-    let Some((root, within)) = in_process_root(dir) else {
-        return Ok((open(dir)?, false));
-    };
-    let root = open(&root)?;
-    if within.as_os_str().is_empty() {
-        return Ok((root, true));
-    }
-    Ok((open_in_root(&root, within, libc::O_DIRECTORY)?, true))
+    in_root::open(dir, libc::O_DIRECTORY)
 }
 
 /// The entries of the directory `dir`, reached as [`open_dir`] reaches it, listed through
@@ -406,7 +388,8 @@ mod tests {
             .open(&ctr)
             .expect("root");
         let within = std::path::Path::new("var/log/nginx");
-        let dir = super::open_in_root(&root, within, libc::O_DIRECTORY).expect("dir");
+        let dir =
+            crate::sources::in_root::open_in_root(&root, within, libc::O_DIRECTORY).expect("dir");
         let log = super::openat(&dir, std::ffi::OsStr::new("access.log"), 0);
         assert_eq!(read(log), "the container's log\n");
         // A process whose root is the container's (as root: a child chrooted there).
