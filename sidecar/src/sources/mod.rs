@@ -1,5 +1,6 @@
 //! I/O at the edges: what the kernel, /proc and the netfilter tools say, turned into the
 //! pure model's types.
+mod caddy_adapt;
 pub mod checkpoint;
 mod in_root;
 pub mod logfile;

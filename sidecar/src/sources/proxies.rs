@@ -411,7 +411,7 @@ pub fn caddy_admin(text: &str, json: bool) -> Option<String> {
 }
 
 /// One Caddy's routes: from its admin API when it answers (the configuration it runs), else
-/// from its JSON config file, or its Caddyfile through `caddy adapt` (see [`adapt`]). Returns
+/// from its JSON config file, or its Caddyfile through `caddy adapt` (see [`super::caddy_adapt`]). Returns
 /// the routes, the source's name and a digest of what was read (a change shows as a new
 /// digest).
 pub fn load_caddy(
@@ -481,7 +481,7 @@ pub fn load_caddy(
             why.join("; "),
             path.display()
         )),
-        (Some(path), Some(Ok(_))) => match adapt(c.pid, path) {
+        (Some(path), Some(Ok(text))) => match super::caddy_adapt::adapt(c.pid, path, &text) {
             Ok(v) => {
                 let routes = edgewatch_core::proxy::caddy::routes(
                     &v,
@@ -501,62 +501,6 @@ pub fn load_caddy(
             why.join("; ")
         )),
     }
-}
-
-/// A Caddyfile turned into JSON by `caddy adapt`: the `caddy` of this machine's PATH (a
-/// system binary, run like `nft` is, with the sidecar's reduced privileges), never the
-/// monitored process's own executable.
-fn adapt(pid: u32, caddyfile: &Path) -> Result<serde_json::Value, String> {
-    let caddy = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("caddy"))
-        .find(|p| {
-            use std::os::unix::fs::MetadataExt as _;
-            // Root's, and writable by root alone.
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.uid() == 0 && m.mode() & 0o022 == 0)
-        })
-        .ok_or(
-            "the Caddyfile is read through the admin API, or `caddy adapt` with a caddy \
-                binary on the sidecar's PATH; neither is available (keep `admin` on loopback)",
-        )?;
-    let real = RootFiles::of_process(pid).under(caddyfile);
-    // Adapted again only when the file changed (the live loop asks every poll).
-    type Adapted =
-        std::collections::HashMap<PathBuf, (u64, Option<std::time::SystemTime>, serde_json::Value)>;
-    static CACHE: std::sync::OnceLock<std::sync::Mutex<Adapted>> = std::sync::OnceLock::new();
-    let stamp = std::fs::metadata(&real)
-        .map(|m| (m.len(), m.modified().ok()))
-        .map_err(|e| format!("{}: {e}", caddyfile.display()))?;
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some((len, time, v)) = cache.lock().ok().and_then(|c| c.get(&real).cloned()) {
-        if (len, time) == stamp {
-            return Ok(v);
-        }
-    }
-    let out = super::nat::output_within(
-        std::process::Command::new(&caddy)
-            .arg("adapt")
-            .arg("--config")
-            .arg(&real)
-            .args(["--adapter", "caddyfile"]),
-        std::time::Duration::from_secs(10),
-    )
-    .map_err(|e| format!("{} adapt: {e}", caddy.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} adapt {}: {}",
-            caddy.display(),
-            caddyfile.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("caddy adapt's output is not JSON: {e}"))?;
-    if let Ok(mut c) = cache.lock() {
-        c.insert(real, (stamp.0, stamp.1, v.clone()));
-    }
-    Ok(v)
 }
 
 /// Configuration files sent in with a capture (`--proxy-config`): their routes and the
