@@ -8,7 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// Opens `path` for reading (`flags` added: `O_DIRECTORY` for a directory), never blocking,
+/// Opens `path` for reading (`flags` added: `O_DIRECTORY` for a directory; `O_PATH` for its
+/// metadata alone), never blocking,
 /// and says whether it is another mount namespace's: a path under `/proc/PID/root/` is
 /// resolved in that root ([`open_in_root`]), any other as this process resolves it.
 pub(super) fn open(path: &Path, flags: i32) -> std::io::Result<(File, bool)> {
@@ -60,7 +61,12 @@ pub(super) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::R
         resolve: u64,
     }
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | flags) as u64,
+        // With O_PATH, openat2 takes no access mode and no O_NONBLOCK.
+        flags: if flags & libc::O_PATH != 0 {
+            libc::O_CLOEXEC | flags
+        } else {
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK | flags
+        } as u64,
         mode: 0,
         resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     };
@@ -95,6 +101,23 @@ pub(super) fn open_in_root(root: &File, within: &Path, flags: i32) -> std::io::R
     }
     // SAFETY: `fd` was just opened and nothing else owns it.
     Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// The entries of the directory `dir`, reached as [`open`] reaches it (`O_DIRECTORY`), listed through
+/// its descriptor (kept open while they are read); each with its path under `dir`.
+pub(super) fn list_dir(dir: &Path) -> Vec<(PathBuf, std::fs::DirEntry)> {
+    use std::os::unix::io::AsRawFd;
+    let Ok((file, _)) = open(dir, libc::O_DIRECTORY) else {
+        return Vec::new();
+    };
+    let listed = std::fs::read_dir(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (dir.join(e.file_name()), e))
+        .collect();
+    drop(file);
+    listed
 }
 
 /// `name` in the directory `dir`, opened for reading, never blocking (`flags` added).

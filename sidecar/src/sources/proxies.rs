@@ -158,26 +158,59 @@ impl Files for RootFiles {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The regular files `pattern` matches, as nginx's glob(3) finds them (sorted; a
+    /// wildcard matches no leading dot), every directory listed and every match judged in
+    /// the process's root: a link in a container to `/etc/...` lists the container's
+    /// directory, never this machine's.
     fn glob(&mut self, pattern: &Path) -> Vec<PathBuf> {
-        let real = self.under(pattern);
-        let Some(text) = real.to_str() else {
-            return Vec::new();
+        use std::path::Component;
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
         };
-        let mut out: Vec<PathBuf> = glob::glob(text)
-            .map(|paths| {
-                paths
-                    .flatten()
-                    .filter(|p| p.is_file())
-                    .filter_map(|p| {
-                        p.strip_prefix(&self.root)
-                            .ok()
-                            .map(|rel| Path::new("/").join(rel))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+        let mut found = vec![PathBuf::from("/")];
+        for part in pattern.components() {
+            let name = match part {
+                Component::Normal(n) => n,
+                Component::ParentDir => std::ffi::OsStr::new(".."),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
+            };
+            let wild = name.as_encoded_bytes().iter().any(|b| b"*?[".contains(b));
+            if !wild {
+                found.iter_mut().for_each(|p| p.push(name));
+                continue;
+            }
+            let Some(matcher) = name.to_str().and_then(|n| glob::Pattern::new(n).ok()) else {
+                return Vec::new();
+            };
+            found = found
+                .iter()
+                .flat_map(|dir| {
+                    self.list(dir)
+                        .into_iter()
+                        .filter(|n| n.to_str().is_some_and(|n| matcher.matches_with(n, options)))
+                        .map(move |n| dir.join(n))
+                })
+                .collect();
+        }
+        found.retain(|p| {
+            super::in_root::open(&self.under(p), libc::O_PATH)
+                .and_then(|(f, _)| f.metadata())
+                .is_ok_and(|m| m.is_file())
+        });
+        found.sort();
+        found
+    }
+}
+
+impl RootFiles {
+    /// The names in the directory `dir` (as the process names it), listed in its root.
+    fn list(&self, dir: &Path) -> Vec<std::ffi::OsString> {
+        super::in_root::list_dir(&self.under(dir))
+            .into_iter()
+            .map(|(_, e)| e.file_name())
+            .collect()
     }
 }
 
@@ -576,6 +609,57 @@ mod tests {
             .read(Path::new("/etc/nginx/fifo.conf"))
             .expect_err("a FIFO");
         assert!(e.to_string().contains("regular file"), "{e}");
+    }
+
+    /// An `include` glob in a container is listed in its root: through a link to a
+    /// directory with an absolute target, the container's directory, never this machine's.
+    #[test]
+    fn a_container_s_include_glob_lists_its_own_directory() {
+        let tmp = tempfile::tempdir().expect("dir");
+        let host = tmp.path().join("confs");
+        std::fs::create_dir(&host).expect("host dir");
+        std::fs::write(host.join("this-machine.conf"), "").expect("host file");
+        let ctr = tmp.path().join("ctr");
+        let inside = ctr.join(host.strip_prefix("/").expect("absolute"));
+        std::fs::create_dir_all(inside.join("sub")).expect("dirs");
+        for name in ["a.conf", "b.conf", ".hidden.conf", "c.txt"] {
+            std::fs::write(inside.join(name), "").expect("file");
+        }
+        std::os::unix::fs::symlink(host.join("a.conf"), inside.join("link.conf")).expect("ln");
+        std::fs::create_dir(inside.join("dir.conf")).expect("a directory");
+        std::fs::create_dir_all(ctr.join("etc/nginx")).expect("etc/nginx");
+        std::os::unix::fs::symlink(&host, ctr.join("etc/nginx/conf.d")).expect("link");
+        let Some(child) = super::super::in_root::Chrooted::start(&ctr) else {
+            return;
+        };
+        let mut files = RootFiles::of_process(child.0 as u32);
+        let names = |found: Vec<PathBuf>| -> Vec<String> {
+            found
+                .iter()
+                .map(|p| p.strip_prefix(&host).expect("under").display().to_string())
+                .collect()
+        };
+        let found = files.glob(Path::new("/etc/nginx/conf.d/*.conf"));
+        assert!(
+            found.iter().all(|p| p.starts_with("/etc/nginx/conf.d")),
+            "{found:?}"
+        );
+        let found: Vec<PathBuf> = found
+            .iter()
+            .map(|p| host.join(p.strip_prefix("/etc/nginx/conf.d").expect("under")))
+            .collect();
+        // The link is the container's (to its a.conf); the directory is no file.
+        assert_eq!(names(found), ["a.conf", "b.conf", "link.conf"]);
+        let found = files.glob(&host.join("*/../?.conf"));
+        assert_eq!(
+            names(found),
+            [
+                "dir.conf/../a.conf",
+                "dir.conf/../b.conf",
+                "sub/../a.conf",
+                "sub/../b.conf"
+            ]
+        );
     }
 
     #[test]

@@ -96,23 +96,6 @@ fn open_dir(dir: &Path) -> std::io::Result<(File, bool)> {
     in_root::open(dir, libc::O_DIRECTORY)
 }
 
-/// The entries of the directory `dir`, reached as [`open_dir`] reaches it, listed through
-/// its descriptor (kept open while they are read); each with its path under `dir`.
-fn list_dir(dir: &Path) -> Vec<(PathBuf, std::fs::DirEntry)> {
-    use std::os::unix::io::AsRawFd;
-    let Ok((file, _)) = open_dir(dir) else {
-        return Vec::new();
-    };
-    let listed = std::fs::read_dir(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| (dir.join(e.file_name()), e))
-        .collect();
-    drop(file);
-    listed
-}
-
 /// `file` if it is a regular file; else why not.
 fn regular(file: File) -> std::io::Result<File> {
     use std::os::unix::fs::FileTypeExt;
@@ -149,7 +132,7 @@ fn changed(m: &std::fs::Metadata) -> (i64, i64) {
 /// if several do. Never the file the path names now (inode `current`).
 pub(super) fn find_old(log: &Path, cp: &Checkpoint, current: u64) -> Option<(PathBuf, File, bool)> {
     let dir = log.parent().unwrap_or(Path::new("."));
-    let entries = list_dir(dir);
+    let entries = in_root::list_dir(dir);
     for (path, entry) in &entries {
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_file() && cp.names(&meta) {
@@ -199,7 +182,7 @@ pub(super) fn rotated_since(
         return Vec::new();
     };
     let name = name.to_string_lossy();
-    let mut found: Vec<((i64, i64), PathBuf)> = list_dir(dir)
+    let mut found: Vec<((i64, i64), PathBuf)> = in_root::list_dir(dir)
         .into_iter()
         .filter_map(|(path, e)| {
             if !rotated_name(&name, &e.file_name().to_string_lossy()) {
@@ -400,7 +383,7 @@ mod tests {
         let log = super::open_log(&through.join("access.log"));
         let found = super::open_found(&through.join("access.log"));
         let linked = super::open_log(&through.join("link.log"));
-        let listed: Vec<_> = super::list_dir(&through)
+        let listed: Vec<_> = super::in_root::list_dir(&through)
             .into_iter()
             .map(|(p, _)| p.file_name().map(|n| n.to_owned()))
             .collect();
