@@ -309,7 +309,8 @@ fn proxied_to(config: &Config, nonce: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let parser = crate::edge::LineParser::new(config.edge.json_fields.clone());
     for path in &config.edge.access_logs {
-        let Ok(mut f) = std::fs::File::open(path) else {
+        // As the live tailer opens it: a regular file, a link only where root alone writes.
+        let Ok(mut f) = crate::sources::open_log(path) else {
             continue;
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);

@@ -16,6 +16,10 @@ use std::{
     time::SystemTime,
 };
 
+/// The descriptor the child inherits the process's root as, and the path it names it by.
+const ROOT_FD: i32 = 3;
+const CHILD_ROOT: &str = "/proc/self/fd/3";
+
 /// What a Caddyfile adapted to, by its path, with the size and time it had then.
 type Adapted = HashMap<PathBuf, ((u64, Option<SystemTime>), serde_json::Value)>;
 
@@ -56,10 +60,13 @@ pub(super) fn adapt(pid: u32, caddyfile: &Path, text: &str) -> Result<serde_json
         .join()
         .map_err(|_| "the thread that runs caddy adapt panicked".to_owned())??;
     if !out.status.success() {
+        // The child's paths, named as the process's root is named everywhere else.
         return Err(format!(
             "caddy adapt {}: {}",
             caddyfile.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace(CHILD_ROOT, &format!("/proc/{pid}/root"))
         ));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -99,7 +106,6 @@ fn confined(
     env: Vec<(String, String)>,
 ) -> Result<std::process::Output, String> {
     use std::os::unix::{io::AsRawFd as _, process::CommandExt as _};
-    const ROOT_FD: i32 = 3;
     let dir = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
@@ -125,7 +131,7 @@ fn confined(
         .envs(env)
         .arg("adapt")
         .arg("--config")
-        .arg(Path::new("/proc/self/fd/3").join(within))
+        .arg(Path::new(CHILD_ROOT).join(within))
         .args(["--adapter", "caddyfile"]);
     // SAFETY: between fork and exec, dup2 and fcntl only (async-signal-safe), on a descriptor
     // that outlives the child's start.

@@ -9,6 +9,8 @@ pub mod nat_config;
 pub mod procs;
 pub mod proxies;
 mod rotated;
+/// An access log opened as the tailer opens it (see [`rotated::open_log`]).
+pub use rotated::open_log;
 pub mod snapshot;
 pub mod sockdiag;
 pub mod tail;

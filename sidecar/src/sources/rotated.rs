@@ -50,7 +50,7 @@ fn open_listed(path: &Path, listed: &std::fs::Metadata) -> Option<File> {
 /// never. The directory judged is the one the log is then opened in (opened first, the log
 /// opened in it): a directory swapped in between, there or at any level above it, by
 /// whoever may write there, is not judged as the one before it.
-pub(super) fn open_log(path: &Path) -> std::io::Result<File> {
+pub fn open_log(path: &Path) -> std::io::Result<File> {
     let (dir_path, name) = dir_and_name(path)?;
     let (dir, elsewhere) = open_dir(dir_path)?;
     let root_only = !elsewhere
