@@ -89,6 +89,18 @@ pub fn output_within(
     }
 }
 
+/// A netfilter tool's command: found on the sidecar's `PATH`, run with that `PATH` alone in
+/// its environment (never the sidecar's secrets: `EDGEWATCH_CLICKHOUSE_PASSWORD`, a webhook
+/// token).
+fn tool_command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
 /// Runs every available tool. Never fails as a whole: what could not be read is listed in
 /// `problems`.
 pub fn read_nat_rules() -> NatReport {
@@ -96,7 +108,7 @@ pub fn read_nat_rules() -> NatReport {
     let mut xt_skipped = 0;
     let mut iptables_nft_ok = false;
     for tool in TOOLS {
-        let output = match output_within(Command::new(tool.program).args(tool.args), TOOL_TIMEOUT) {
+        let output = match output_within(tool_command(tool.program).args(tool.args), TOOL_TIMEOUT) {
             Ok(o) => o,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -188,5 +200,19 @@ mod timeout_tests {
         )
         .expect("echo");
         assert_eq!(String::from_utf8_lossy(&ok.stdout), "hi\n");
+    }
+
+    /// The tools see `PATH` and nothing else of the sidecar's environment (this test's has
+    /// more: cargo sets a dozen variables).
+    #[test]
+    fn a_tool_sees_no_environment_but_path() {
+        assert!(std::env::vars_os().count() > 1);
+        let out = output_within(&mut tool_command("env"), std::time::Duration::from_secs(20))
+            .expect("env");
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect();
+        assert_eq!(names, ["PATH"]);
     }
 }
