@@ -57,10 +57,7 @@ pub fn all() -> Result<()> {
         failed.push("allocations");
     }
     match instructions() {
-        Ok((per_request, per_logged)) => {
-            rows.push(("instr".into(), "per_request".into(), per_request));
-            rows.push(("instr".into(), "per_logged_request".into(), per_logged));
-        }
+        Ok(counted) => rows.extend(counted),
         Err(e) => {
             eprintln!("instructions: {e:#}");
             failed.push("instructions");
@@ -100,7 +97,7 @@ const HOP_ENTRIES: [&str; 2] = [
 /// one is the count. The same again with nginx's access-log line of each request followed,
 /// parsed, joined and stored (the README's setup; `Pipeline::edge_line` and `tick` counted
 /// too). Prints and returns both figures.
-pub fn instructions() -> Result<(String, String)> {
+pub fn instructions() -> Result<Vec<(String, String, String)>> {
     let hop = instructions_of(
         "a_request_costs_no_allocation_with_the_proxies_request_ids",
         &HOP_ENTRIES,
@@ -108,24 +105,82 @@ pub fn instructions() -> Result<(String, String)> {
     println!(
         "instructions per proxied keep-alive request in the core (callgrind, {INSTRUCTION_LOAD_REQUESTS} requests in steady state through the pipeline into the store's columns): {hop}"
     );
-    let logged = instructions_of(
-        "a_request_with_its_access_log_line_joined_costs_no_allocation",
-        &[
-            HOP_ENTRIES[0],
-            HOP_ENTRIES[1],
-            "edgewatch_core::pipeline::Pipeline::edge_line",
-            "edgewatch_core::pipeline::Pipeline::tick",
-        ],
-    )?;
+    let logged_entries = [
+        HOP_ENTRIES[0],
+        HOP_ENTRIES[1],
+        "edgewatch_core::pipeline::Pipeline::edge_line",
+        "edgewatch_core::pipeline::Pipeline::tick",
+        "edgewatch_core::pipeline::Pipeline::flush_exchanges",
+    ];
+    let near = "a_request_with_its_access_log_line_joined_costs_no_allocation";
+    let logged = instructions_of(near, &logged_entries)?;
     println!(
         "instructions per proxied keep-alive request with its access-log line joined (the same, plus the line parsed, joined by request id, and its edge row carrying the joined request): {logged}"
     );
     println!("summary: instr per_request={hop} per_logged_request={logged}");
-    Ok((hop.to_string(), logged.to_string()))
+    let mut rows = vec![
+        ("instr".into(), "per_request".into(), hop.to_string()),
+        (
+            "instr".into(),
+            "per_logged_request".into(),
+            logged.to_string(),
+        ),
+    ];
+    // The same logged load with the caches simulated, its lines a drain behind their
+    // exchanges (180 requests), then a log poll behind (6,250), as live.
+    let behind = "a_request_with_its_line_a_log_poll_behind_costs_no_allocation";
+    let per = |n: u64| n as f64 / INSTRUCTION_LOAD_REQUESTS as f64;
+    let mut printed = Vec::new();
+    for (test, key) in [(near, "drain_behind"), (behind, "poll_behind")] {
+        let t = callgrind(test, &logged_entries, true)?;
+        let (d1, ll) = (per(t.d1_misses), per(t.ll_misses));
+        printed.push(format!(
+            "{key}: {} instructions, {d1:.1} L1 and {ll:.1} L2 data misses",
+            t.instructions / INSTRUCTION_LOAD_REQUESTS
+        ));
+        rows.push((
+            "cache".into(),
+            format!("ll_misses_{key}"),
+            format!("{ll:.1}"),
+        ));
+        rows.push((
+            "cache".into(),
+            format!("d1_misses_{key}"),
+            format!("{d1:.1}"),
+        ));
+    }
+    println!(
+        "simulated caches per logged request (callgrind, {} / {} / {}; lines a drain behind their exchanges, then a log poll, as live): {}",
+        CACHES[0],
+        CACHES[1],
+        CACHES[2],
+        printed.join("; ")
+    );
+    Ok(rows)
 }
 
 /// Instructions per request inside `entries`, in the last measured load of `test`.
 fn instructions_of(test: &str, entries: &[&str]) -> Result<u64> {
+    let totals = callgrind(test, entries, false)?;
+    Ok(totals.instructions / INSTRUCTION_LOAD_REQUESTS)
+}
+
+/// The cache geometry simulated (`--cache-sim=yes`): set here, not read from the machine, so
+/// that the counts are the same on any machine: a core's caches on this project's VMs (AMD
+/// EPYC): 32 KiB 8-way first levels for data and instructions, and its 512 KiB 8-way L2 as the
+/// last level (a miss there is a read from the shared L3 or from memory), 64-byte lines.
+const CACHES: [&str; 3] = ["--I1=32768,8,64", "--D1=32768,8,64", "--LL=524288,8,64"];
+
+/// What callgrind counted inside `entries` after the last warm-up of `test`.
+struct Totals {
+    instructions: u64,
+    /// Data reads and writes that missed the first level, then the last (with the cache
+    /// simulation only).
+    d1_misses: u64,
+    ll_misses: u64,
+}
+
+fn callgrind(test: &str, entries: &[&str], cache_sim: bool) -> Result<Totals> {
     let build = crate::cargo()
         .args(["test", "--release", "--package", "edgewatch-core"])
         .args(["--test", "allocations", "--no-run"])
@@ -144,9 +199,13 @@ fn instructions_of(test: &str, entries: &[&str]) -> Result<u64> {
         })
         .context("cargo did not name the allocations test's executable")?;
     let out_file = std::env::temp_dir().join(format!("edgewatch-callgrind.{}", std::process::id()));
-    let run = Command::new("valgrind")
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out_file.display()))
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()));
+    if cache_sim {
+        cmd.arg("--cache-sim=yes").args(CACHES);
+    }
+    let run = cmd
         .args(entries.iter().map(|e| format!("--toggle-collect={e}")))
         .arg("--dump-before=allocations::instructions_counted_from_here")
         .arg(crate::workspace_root().join(exe))
@@ -156,13 +215,7 @@ fn instructions_of(test: &str, entries: &[&str]) -> Result<u64> {
         .output()
         .context("running valgrind (`cargo xtask bench` installs it)")?;
     // The part after the last dump is `out_file`; the dumps before it are `out_file.N`.
-    let read_total = |path: &std::path::Path| -> Option<u64> {
-        std::fs::read_to_string(path).ok()?.lines().find_map(|l| {
-            l.strip_prefix("totals:")
-                .and_then(|n| n.trim().parse().ok())
-        })
-    };
-    let collected = read_total(&out_file);
+    let text = std::fs::read_to_string(&out_file).unwrap_or_default();
     let mut dumps = 0;
     while std::fs::remove_file(format!("{}.{}", out_file.display(), dumps + 1)).is_ok() {
         dumps += 1;
@@ -175,11 +228,37 @@ fn instructions_of(test: &str, entries: &[&str]) -> Result<u64> {
     if dumps == 0 {
         bail!("callgrind never dumped at allocations::instructions_counted_from_here: renamed, or inlined?");
     }
-    let collected = collected.context("callgrind wrote no total")?;
-    if collected == 0 {
+    // `events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw`, and `totals:` in that order.
+    let field = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix));
+    let events: Vec<&str> = field("events:")
+        .context("callgrind wrote no events line")?
+        .split_whitespace()
+        .collect();
+    let totals: Vec<u64> = field("totals:")
+        .context("callgrind wrote no total")?
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let total = |names: &[&str]| -> u64 {
+        events
+            .iter()
+            .zip(&totals)
+            .filter(|(e, _)| names.contains(e))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let got = Totals {
+        instructions: total(&["Ir"]),
+        d1_misses: total(&["D1mr", "D1mw"]),
+        ll_misses: total(&["DLmr", "DLmw"]),
+    };
+    if got.instructions == 0 {
         bail!("no instructions counted inside {entries:?}: renamed, or inlined into the test?");
     }
-    Ok(collected / INSTRUCTION_LOAD_REQUESTS)
+    if cache_sim && got.d1_misses == 0 {
+        bail!("the cache simulation counted no misses: events {events:?}");
+    }
+    Ok(got)
 }
 
 /// `summary: SECTION k=v k=v` as (section, k, v) rows.

@@ -10,9 +10,12 @@ use std::{
     net::SocketAddr,
 };
 
+mod common;
+
+use common::segment;
 use edgewatch_core::{
     edge::{join::JoinedRequest, EdgeRecord},
-    hop::{HopRecord, Segment, TcpFlags},
+    hop::HopRecord,
     pipeline::{Mode, Pipeline, Settings, Sink},
     store::rows::{Columns, EDGE_TABLE, HTTP_TABLE, REQUEST_TABLE},
 };
@@ -101,28 +104,6 @@ impl Sink for Store {
 const CONNECTIONS: u16 = 8;
 const SERVER: u16 = 18789;
 
-fn segment(
-    ts: u64,
-    from: SocketAddr,
-    to: SocketAddr,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-    payload: &[u8],
-) -> Segment<'_> {
-    Segment {
-        ts_ns: ts,
-        src: from,
-        dst: to,
-        seq,
-        ack,
-        flags: TcpFlags::from_byte(flags),
-        payload_len: payload.len() as u32,
-        payload,
-        followed: false,
-    }
-}
-
 /// Whose access log a load writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proxy {
@@ -146,7 +127,25 @@ struct Load {
     /// followed and joined when `Some`: one text and the lines' ends, reused, as the tail
     /// hands a round's lines over.
     log: Option<(String, Vec<usize>, Proxy)>,
+    /// Requests a batch: the ring buffer's records of as many requests drained together.
+    batch: u64,
+    /// Requests whose log lines are read together, after their exchanges' batches.
+    log_batch: u64,
+    /// Requests between two flushes of a batch's exchanges while it is read, as the live
+    /// drain flushes (`Pipeline::flush_exchanges`), if any.
+    flush_every: Option<u64>,
 }
+
+/// Requests a batch by default: a drain of the ring buffer on a lightly loaded machine.
+const BATCH: u64 = 180;
+
+/// Requests in a drain of the ring buffer at 25,000 requests a second (every 100 ms).
+const DRAIN_BATCH: u64 = 2_500;
+
+/// Requests in a log poll at 25,000 requests a second, the edge's `poll_interval` (250 ms) of
+/// them: how far behind its exchange a line comes in the live loop, where the log is read
+/// once every few drains.
+const LOG_POLL_BATCH: u64 = 6_250;
 
 impl Load {
     fn new(id_digits: usize) -> Self {
@@ -190,6 +189,9 @@ impl Load {
             id_digits,
             server: SocketAddr::new(ip, SERVER),
             log: log.map(|proxy| (String::new(), Vec::new(), proxy)),
+            batch: BATCH,
+            log_batch: BATCH,
+            flush_every: None,
         };
         let server = load.server;
         for i in 0..CONNECTIONS {
@@ -281,15 +283,29 @@ impl Load {
                 ends.push(text.len());
             }
             self.n += 1;
-            if self.n.is_multiple_of(180) {
+            if self.flush_every.is_some_and(|f| self.n.is_multiple_of(f)) {
+                self.pipeline.flush_exchanges(self.ts, &mut self.store);
+            }
+            // As the live loop: the log is read right after a drain of the ring buffer.
+            let poll = self.n.is_multiple_of(self.log_batch);
+            if poll || self.n.is_multiple_of(self.batch) {
                 self.end_batch();
+            }
+            if poll {
+                self.read_lines();
             }
         }
         self.end_batch();
+        self.read_lines();
     }
 
     fn end_batch(&mut self) {
         self.pipeline.end_batch(self.ts, &mut self.store);
+        self.store.block.clear();
+        self.store.columns.write_block(&mut self.store.block);
+    }
+
+    fn read_lines(&mut self) {
         if let Some((text, ends, _)) = self.log.as_mut() {
             // The batch's log lines come after its exchanges, as nginx logs a request once
             // it has ended.
@@ -305,7 +321,6 @@ impl Load {
             self.pipeline.tick(self.ts, &mut self.store);
         }
         self.store.block.clear();
-        self.store.columns.write_block(&mut self.store.block);
         self.store.edges.write_block(&mut self.store.block);
         self.store.requests.write_block(&mut self.store.block);
     }
@@ -371,6 +386,18 @@ fn a_request_costs_no_allocation_with_the_proxies_request_ids() {
     );
 }
 
+/// Every line of a logged load became a row, every request was joined exactly (not timed
+/// out), and each line came after its exchange: one row a request, the line's with its
+/// request.
+fn assert_all_joined(load: &Load) {
+    assert_eq!(load.store.edge_rows, load.n, "edge rows");
+    assert_eq!(load.store.joined_exact, load.n, "exact joins");
+    assert_eq!(
+        load.store.folded, load.n,
+        "lines stored with their requests"
+    );
+}
+
 #[test]
 fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
     // The README's setup: nginx's JSON access log followed. Each request is also a line
@@ -379,14 +406,7 @@ fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
     let per_request = |id_digits: usize, proxy: Proxy| {
         let mut load = Load::with_log(id_digits, proxy);
         let made = measure(&mut load);
-        // Every line became a row, and every request was joined exactly (not timed out).
-        assert_eq!(load.store.edge_rows, load.n, "edge rows");
-        assert_eq!(load.store.joined_exact, load.n, "exact joins");
-        // Each line came after its exchange: one row a request, the line's with its request.
-        assert_eq!(
-            load.store.folded, load.n,
-            "lines stored with their requests"
-        );
+        assert_all_joined(&load);
         made
     };
     let long = per_request(48, Proxy::Nginx);
@@ -411,6 +431,26 @@ fn a_request_with_its_access_log_line_joined_costs_no_allocation() {
     assert!(
         (1.99..4.01).contains(&long),
         "{long} allocations per request with its line and a 48-byte id"
+    );
+}
+
+/// The same with a log poll's requests a batch (each line 6,250 requests after its exchange
+/// at most, as live): the join holds that many exchanges in steady state without allocating,
+/// and pairs every line. `cargo xtask bench-instructions` simulates the caches on this load
+/// and on the one above: what a line costs in memory when its exchange has gone cold.
+#[test]
+fn a_request_with_its_line_a_log_poll_behind_costs_no_allocation() {
+    let mut load = Load::with_log(32, Proxy::Nginx);
+    load.batch = DRAIN_BATCH;
+    load.log_batch = LOG_POLL_BATCH;
+    // The live drain's flush every 128 records.
+    load.flush_every = Some(64);
+    let made = measure(&mut load);
+    assert_all_joined(&load);
+    println!("summary: alloc per_logged_request_poll_behind={made:.3}");
+    assert!(
+        made < 0.01,
+        "{made} allocations per request with its line a poll behind"
     );
 }
 

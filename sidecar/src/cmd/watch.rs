@@ -427,6 +427,13 @@ impl Watch {
         }
     }
 
+    /// Part of a ring-buffer batch: its exchanges go out now if nothing else is in it (see
+    /// `Pipeline::flush_exchanges`).
+    fn flush_exchanges(&mut self) {
+        self.pipeline
+            .flush_exchanges(unix_ns(SystemTime::now()), &mut self.out);
+    }
+
     /// The end of a ring-buffer batch: its records go out.
     pub(super) fn end_batch(&mut self) {
         self.pipeline
@@ -630,6 +637,10 @@ impl Watch {
     }
 }
 
+/// Ring-buffer records between two flushes of a drain's exchanges (a keep-alive request is
+/// two): each is emitted while the tracker's work on it is still in the core's caches.
+const FLUSH_EVERY: usize = 128;
+
 /// Handles every event waiting in the ring buffer, then prints the hop records of the batch.
 /// Returns how many events there were.
 pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &mut Watch) -> usize {
@@ -641,6 +652,9 @@ pub(super) fn drain(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, watch: &m
     while let Some(item) = ring.next() {
         watch.on_event(decode(&item), &mut tally);
         events += 1;
+        if events % FLUSH_EVERY == 0 {
+            watch.flush_exchanges();
+        }
     }
     if events > 0 {
         let lag = now_boot.saturating_sub(tally.oldest_ts) as f64 / 1e9;
