@@ -43,7 +43,8 @@ pub(super) fn adapt(pid: u32, caddyfile: &Path, text: &str) -> Result<serde_json
             return Ok(v);
         }
     }
-    if let Some(import) = absolute_import(text).filter(|_| !same_root(&root)) {
+    let elsewhere = !same_root(&root);
+    if let Some(import) = absolute_import(text).filter(|_| elsewhere) {
         // Caddy would look for it in this machine's root, where the sandbox refuses it; a
         // glob matching nothing there would leave its sites out without an error.
         return Err(format!(
@@ -56,7 +57,7 @@ pub(super) fn adapt(pid: u32, caddyfile: &Path, text: &str) -> Result<serde_json
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let env = environment(&environ, &placeholders(text));
     let config = real.clone();
-    let out = std::thread::spawn(move || confined(&caddy, &root, &config, env))
+    let out = std::thread::spawn(move || confined(&caddy, &root, elsewhere, &config, env))
         .join()
         .map_err(|_| "the thread that runs caddy adapt panicked".to_owned())??;
     if !out.status.success() {
@@ -98,10 +99,11 @@ fn caddy_binary() -> Result<PathBuf, String> {
 /// under `root`), reading beneath `root` only. The child reaches `root` by a descriptor it
 /// inherits as fd 3 (`/proc/self/fd/3/...`): a sandboxed process may not follow another
 /// process's `/proc/PID/root`. Refused where the kernel has no Landlock and `root` is not this
-/// process's own (a link or an absolute `import` would name this machine's files).
+/// process's own (`elsewhere`: a link or an absolute `import` would name this machine's files).
 fn confined(
     caddy: &Path,
     root: &Path,
+    elsewhere: bool,
     config: &Path,
     env: Vec<(String, String)>,
 ) -> Result<std::process::Output, String> {
@@ -113,7 +115,7 @@ fn confined(
         .map_err(|e| format!("{}: {e}", root.display()))?;
     let within = config.strip_prefix(root).unwrap_or(config);
     let status = confine(caddy, &dir).map_err(|e| format!("the sandbox for caddy adapt: {e}"))?;
-    if status.ruleset == landlock::RulesetStatus::NotEnforced && !same_root(root) {
+    if status.ruleset == landlock::RulesetStatus::NotEnforced && elsewhere {
         return Err(format!(
             "its Caddyfile is in another root (a container's), and is adapted only in a \
              Landlock sandbox, so that a link or an `import` naming an absolute path never \
