@@ -134,9 +134,15 @@ pub fn instructions() -> Result<Vec<(String, String, String)>> {
     for (test, key) in [(near, "drain_behind"), (behind, "poll_behind")] {
         let t = callgrind(test, &logged_entries, true)?;
         let (d1, ll) = (per(t.d1_misses), per(t.ll_misses));
+        let (ll_r, ll_w) = (per(t.ll_read_misses), per(t.ll_misses - t.ll_read_misses));
         printed.push(format!(
-            "{key}: {} instructions, {d1:.1} L1 and {ll:.1} L2 data misses",
+            "{key}: {} instructions, {d1:.1} L1 and {ll:.1} L2 data misses ({ll_r:.1} reads, {ll_w:.1} writes)",
             t.instructions / INSTRUCTION_LOAD_REQUESTS
+        ));
+        rows.push((
+            "cache".into(),
+            format!("ll_read_misses_{key}"),
+            format!("{ll_r:.1}"),
         ));
         rows.push((
             "cache".into(),
@@ -178,6 +184,10 @@ struct Totals {
     /// simulation only).
     d1_misses: u64,
     ll_misses: u64,
+    /// Of `ll_misses`, the reads: a load that misses holds up what needs its value, where a
+    /// store that misses waits in the core's store buffer (and a sequential stream of either is
+    /// fetched ahead by the hardware, which callgrind does not model, nor prefetches).
+    ll_read_misses: u64,
 }
 
 fn callgrind(test: &str, entries: &[&str], cache_sim: bool) -> Result<Totals> {
@@ -251,6 +261,7 @@ fn callgrind(test: &str, entries: &[&str], cache_sim: bool) -> Result<Totals> {
         instructions: total(&["Ir"]),
         d1_misses: total(&["D1mr", "D1mw"]),
         ll_misses: total(&["DLmr", "DLmw"]),
+        ll_read_misses: total(&["DLmr"]),
     };
     if got.instructions == 0 {
         bail!("no instructions counted inside {entries:?}: renamed, or inlined into the test?");

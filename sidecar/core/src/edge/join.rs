@@ -15,6 +15,7 @@ use std::{borrow::Cow, collections::VecDeque};
 mod all;
 mod due;
 mod lines;
+mod spares;
 mod waits;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -24,6 +25,7 @@ use serde::Serialize;
 pub use self::all::{join_all, join_all_limited};
 use self::due::Due;
 use self::lines::LineWaits;
+use self::spares::Spares;
 use self::waits::{HopWaits, Taken};
 use super::EdgeRecord;
 use crate::hop::{
@@ -169,11 +171,8 @@ pub struct Joiner {
     waiting_5xx: usize,
     /// Boxes of exchanges whose requests went out, for the next exchanges to wait in (see
     /// [`Joiner::recycle`]); the last one given back is used first, while it is in the caches.
-    #[allow(
-        clippy::vec_box,
-        reason = "a pool of the boxes themselves: each is handed out and given back whole"
-    )]
-    spare: Vec<Box<HttpExchange>>,
+    /// Each waits empty: its exchange is dropped as it comes back (see [`spares`]).
+    spare: Spares<HttpExchange>,
     /// The same for the lines' records: a line waits, and goes out with its request, in a box
     /// (a request is then 112 bytes, not ~400, wherever it moves or is emitted).
     #[allow(
@@ -213,18 +212,17 @@ impl Joiner {
             orphan_due: Due::default(),
             refused: VecDeque::new(),
             waiting_5xx: 0,
-            spare: Vec::new(),
+            spare: Spares::new(MAX_SPARE),
             spare_edges: Vec::new(),
         }
     }
 
     /// Gives back the box of an emitted request's exchange once the request has been handled,
     /// for the next exchange to wait in: with every box given back, an exchange costs no
-    /// allocation in steady state. (Its old contents are dropped when the box is reused.)
+    /// allocation in steady state. (Its contents are dropped now, while they are in the
+    /// caches, not when the box is reused.)
     pub fn recycle(&mut self, exchange: Box<HttpExchange>) {
-        if self.spare.len() < MAX_SPARE {
-            self.spare.push(exchange);
-        }
+        self.spare.give(exchange);
     }
 
     /// Gives back the exchange and line boxes of joined requests that have been handled (each
@@ -260,13 +258,7 @@ impl Joiner {
 
     /// `x` in a box, a spare one when there is one.
     fn boxed(&mut self, x: HttpExchange) -> Box<HttpExchange> {
-        match self.spare.pop() {
-            Some(mut b) => {
-                *b = x;
-                b
-            }
-            None => Box::new(x),
-        }
+        self.spare.boxed(x)
     }
 
     /// `rec` in a box for [`Joiner::edge_or`], a spare one when there is one (the boxes of

@@ -527,10 +527,12 @@ impl<'a> RequestView<'a> {
     pub fn of(r: &'a JoinedRequest) -> Self {
         let e = r.edge.as_ref();
         let h = r.hop.as_ref();
+        // The exchange's fields are read only where the line lacks them (`or_else`): it
+        // waited a log poll, and each of its cache lines read is a miss.
         let ts = e
             .map(|e| e.start_ts_ns().unwrap_or(e.end_ts_ns))
-            .or(h.map(|h| h.request_ts_ns))
-            .or(r.refused.as_ref().map(|c| c.ts_ns))
+            .or_else(|| h.map(|h| h.request_ts_ns))
+            .or_else(|| r.refused.as_ref().map(|c| c.ts_ns))
             .unwrap_or(0);
         let text = |v: Option<&'a str>| v.unwrap_or("");
         let (ws_end_kind, ws_end_from) = r
@@ -546,15 +548,15 @@ impl<'a> RequestView<'a> {
             client: text(e.and_then(|e| e.client.as_deref())),
             host: text(
                 e.and_then(|e| e.host.as_deref())
-                    .or(h.and_then(|h| h.host.as_deref())),
+                    .or_else(|| h.and_then(|h| h.host.as_deref())),
             ),
             method: text(
                 e.and_then(|e| e.method.as_deref())
-                    .or(h.map(|h| h.method.as_str())),
+                    .or_else(|| h.map(|h| h.method.as_str())),
             ),
             path: text(
                 e.and_then(|e| e.path.as_deref())
-                    .or(h.map(|h| h.path.as_str())),
+                    .or_else(|| h.map(|h| h.path.as_str())),
             ),
             edge_status: e.map(|e| e.status),
             edge_request_time_ns: e.and_then(|e| e.request_time_ns),

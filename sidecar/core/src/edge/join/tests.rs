@@ -395,6 +395,7 @@ fn recycled_boxes_carry_the_next_exchanges() {
     let first = join_one(&mut j, "/a", 200, 100 * S);
     let at: *const HttpExchange = &*first;
     j.recycle(first);
+    assert_eq!(j.spare.next_at(), Some(at));
     let second = join_one(&mut j, "/b", 404, 102 * S);
     assert!(std::ptr::eq(at, &*second), "the spare box was not reused");
     // Nothing of the first exchange is left in it.
