@@ -36,17 +36,16 @@ impl Engine {
         }
         // Only a slow sample's request id is ever shown (the evidence lists the slowest):
         // the others keep none, which spares a copy of every request's id.
-        let id = if this_slow {
-            x.request_id.clone()
-        } else {
-            None
-        };
-        w.samples.push_back((at, ttfb, id));
-        w.slow += usize::from(this_slow);
+        w.samples.push_back((at, ttfb));
+        if this_slow {
+            w.slow_ids.push_back(x.request_id.clone());
+        }
         let since = at.saturating_sub(window);
-        while w.samples.front().is_some_and(|(t, ..)| *t < since) || w.samples.len() > MAX_SAMPLES {
-            if let Some((_, t, _)) = w.samples.pop_front() {
-                w.slow -= usize::from(t > threshold);
+        while w.samples.front().is_some_and(|(t, _)| *t < since) || w.samples.len() > MAX_SAMPLES {
+            if let Some((_, t)) = w.samples.pop_front() {
+                if t > threshold {
+                    w.slow_ids.pop_front();
+                }
             }
         }
         // The percentile is judged for every exchange while the window is small, and at most
@@ -60,7 +59,7 @@ impl Engine {
         // The count of slow samples says which side of the threshold the percentile is on:
         // the selection over the window (a pass over it and a Vec) is made only when the
         // rule matches, for the figure it reports.
-        if !percentile_over(w.slow, n, rank) {
+        if !percentile_over(w.slow_ids.len(), n, rank) {
             // Back under the threshold.
             if self.open.contains_key(&w.key) {
                 let key = w.key.clone();
@@ -68,15 +67,18 @@ impl Engine {
             }
             return;
         }
-        let mut values: Vec<u64> = w.samples.iter().map(|(_, t, _)| *t).collect();
+        let mut values: Vec<u64> = w.samples.iter().map(|(_, t)| *t).collect();
         let value = *values.select_nth_unstable(rank).1;
         let key = w.key.clone();
-        let mut slowest: Vec<&(u64, u64, Option<crate::hop::RequestId>)> = w
+        // The slow samples, each with its id (the ids are theirs, in the same order).
+        let mut slowest: Vec<(u64, u64, &Option<crate::hop::RequestId>)> = w
             .samples
             .iter()
-            .filter(|(_, t, _)| *t > threshold)
+            .filter(|(_, t)| *t > threshold)
+            .zip(&w.slow_ids)
+            .map(|(&(at, t), id)| (at, t, id))
             .collect();
-        debug_assert_eq!(slowest.len(), w.slow, "the running count of slow samples");
+        debug_assert_eq!(slowest.len(), w.slow_ids.len(), "one id a slow sample");
         slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
         let slow_ids: Vec<Value> = slowest
             .iter()
