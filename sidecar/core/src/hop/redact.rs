@@ -41,9 +41,10 @@ const fn packed(name: &[u8]) -> u128 {
     v
 }
 
-/// [`SECRET_PARAMS`] packed: a query parameter's name is compared with all of them as 20
-/// integer comparisons (20 case-insensitive slice comparisons cost ~200 instructions a
-/// request's path).
+/// [`SECRET_PARAMS`] packed and sorted (by length first, the top byte): a query parameter's
+/// name is looked up as one 16-byte number by a binary search, five comparisons (20
+/// case-insensitive slice comparisons cost ~200 instructions a request's path, the 20 packed
+/// ones ~60).
 const SECRET_PACKED: [u128; SECRET_PARAMS.len()] = {
     let mut all = [0; SECRET_PARAMS.len()];
     let mut i = 0;
@@ -59,27 +60,48 @@ const SECRET_PACKED: [u128; SECRET_PARAMS.len()] = {
             );
             j += 1;
         }
-        all[i] = packed(name);
+        // Inserted in order.
+        let v = packed(name);
+        let mut at = i;
+        while at > 0 && all[at - 1] > v {
+            all[at] = all[at - 1];
+            at -= 1;
+        }
+        all[at] = v;
         i += 1;
     }
     all
 };
 
+/// The suffixes that make any name a secret one, as [`packed`] without the length: the last
+/// bytes of a packed name (shifted down) are compared with them whole.
+const SECRET_SUFFIXES: [(u128, usize); 3] = {
+    const fn bare(s: &str) -> (u128, usize) {
+        (packed(s.as_bytes()) & !(0xff << 120), s.len())
+    }
+    [bare("token"), bare("secret"), bare("password")]
+};
+
 fn is_secret(b: &[u8]) -> bool {
-    // Byte-wise and case-insensitive: no allocation per parameter.
-    let ends = |suffix: &str| {
-        b.len() >= suffix.len()
-            && b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-    };
-    // `packed` of the lower-cased name, made as one 16-byte word.
-    let listed = b.len() < 16 && {
-        let mut word = [0u8; 16];
-        word[..b.len()].copy_from_slice(b);
-        word.make_ascii_lowercase();
-        word[15] = b.len() as u8;
-        SECRET_PACKED.contains(&u128::from_le_bytes(word))
-    };
-    listed || ends("token") || ends("secret") || ends("password")
+    if b.len() >= 16 {
+        // Longer than any listed name: only a suffix can make it secret.
+        let ends =
+            |suffix: &str| b[b.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes());
+        return ends("token") || ends("secret") || ends("password");
+    }
+    // The lower-cased name as one 16-byte word, its bytes little-endian (no allocation per
+    // parameter): the bytes past its end are zero.
+    let mut word = [0u8; 16];
+    word[..b.len()].copy_from_slice(b);
+    word.make_ascii_lowercase();
+    let name = u128::from_le_bytes(word);
+    let len = b.len();
+    SECRET_PACKED
+        .binary_search(&(name | (len as u128) << 120))
+        .is_ok()
+        || SECRET_SUFFIXES
+            .iter()
+            .any(|&(suffix, n)| len >= n && name >> (8 * (len - n)) == suffix)
 }
 
 /// Whether a target holds anything to redact (user info, or a secret query parameter).
