@@ -199,8 +199,14 @@ fn close_frames(n: u64) -> Duration {
 /// One flood: its name, the function that builds and times it at a size, its 1x size.
 type Flood = (&'static str, fn(u64) -> Duration, u64);
 
-/// The median of five runs.
+/// The median of five runs, after one untimed run at the same size: the first run at a size
+/// pays for its memory's first touch (the allocator's arena grown, the kernel's pages faulted
+/// in and zeroed), 2-3 times a warm run's cost here, and the second often some of it, so
+/// that five runs straight gave a median of cold and warm runs, warm at one size and cold at
+/// the next (a first doubling of new connections at 2.12-2.89x in runs whose warm runs were
+/// 2.0-2.1x apart).
 fn median(f: impl Fn(u64) -> Duration, n: u64) -> Duration {
+    f(n);
     let mut runs: Vec<Duration> = (0..5).map(|_| f(n)).collect();
     runs.sort();
     runs[2]
