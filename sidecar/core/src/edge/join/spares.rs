@@ -1,12 +1,15 @@
 //! Boxes given back empty: a pool whose boxes hold nothing while they wait.
 //!
 //! An exchange's box comes back to the join once its request was handled, while its contents
-//! are in the caches (the request's row has just read them), and goes out again with a later
-//! exchange, a log poll on, when it is not: 2,500 boxes of 360 bytes each are more than a core's
-//! L2. Reusing a box that still held its old exchange dropped that exchange then, reading its
-//! texts' every cache line to learn whether one owns memory: 2.7 of the 30.7 L2 misses a logged
-//! request in the cache simulation (`cargo xtask bench-instructions`). Dropped as it comes back
-//! instead, the box waits empty, and the next exchange is written into it without a read.
+//! are in the caches (the live loop asks memory for a waiting exchange's every line a log line
+//! ahead, `Joiner::prefetch_exchange`, and the request's row has just read it), and goes out
+//! again with a later exchange, a log poll on, when it is not: 2,500 boxes of 360 bytes each
+//! are more than a core's L2. Reusing a box that still held its old exchange dropped that
+//! exchange then, reading its texts' every cache line, cold, to learn whether one owns memory.
+//! Dropped as it comes back instead, the box waits empty, and the next exchange is written
+//! into it without a read. (Callgrind's cache simulation, which models no prefetch, still
+//! counts the drop's reads as misses, now where the box comes back; the reuse's became the
+//! fetches of lines to write: `cargo xtask bench-instructions` prints reads and writes apart.)
 use std::mem::MaybeUninit;
 
 /// At most `max` boxes, each empty (its value dropped when given back).
