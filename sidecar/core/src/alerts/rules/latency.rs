@@ -70,22 +70,8 @@ impl Engine {
         let mut values: Vec<u64> = w.samples.iter().map(|(_, t)| *t).collect();
         let value = *values.select_nth_unstable(rank).1;
         let key = w.key.clone();
-        // The slow samples, each with its id (the ids are theirs, in the same order).
-        let mut slowest: Vec<(u64, u64, &Option<crate::hop::RequestId>)> = w
-            .samples
-            .iter()
-            .filter(|(_, t)| *t > threshold)
-            .zip(&w.slow_ids)
-            .map(|(&(at, t), id)| (at, t, id))
-            .collect();
-        debug_assert_eq!(slowest.len(), w.slow_ids.len(), "one id a slow sample");
-        slowest.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
-        let slow_ids: Vec<Value> = slowest
-            .iter()
-            .take(5)
-            .map(|(at, t, id)| json!({ "request_id": id, "ttfb_s": secs(*t), "at_ns": at }))
-            .collect();
-        let slow_in_window = slowest.len() as u64;
+        let slow_ids = slowest(w, threshold, 5);
+        let slow_in_window = w.slow_ids.len() as u64;
         let opening = !self.open.contains_key(&key);
         // Opening: every slow exchange in the window, this one as evidence; an open incident
         // counted its slow exchanges as they came and only takes the new figures.
@@ -126,6 +112,24 @@ impl Engine {
             out,
         );
     }
+}
+
+/// The `k` slowest samples of `w` over `threshold`, slowest first, each with its request id
+/// (the slow ids are the slow samples', in the same order).
+fn slowest(w: &TtfbWindow, threshold: u64, k: usize) -> Vec<Value> {
+    let mut slow: Vec<(u64, u64, &Option<crate::hop::RequestId>)> = w
+        .samples
+        .iter()
+        .filter(|(_, t)| *t > threshold)
+        .zip(&w.slow_ids)
+        .map(|(&(at, t), id)| (at, t, id))
+        .collect();
+    debug_assert_eq!(slow.len(), w.slow_ids.len(), "one id a slow sample");
+    slow.sort_unstable_by_key(|s| std::cmp::Reverse(s.1));
+    slow.iter()
+        .take(k)
+        .map(|(at, t, id)| json!({ "request_id": id, "ttfb_s": secs(*t), "at_ns": at }))
+        .collect()
 }
 
 /// The 0-based rank in ascending order of the `pct`th percentile of `n` samples (`n` > 0).
