@@ -298,8 +298,10 @@ impl Pipeline {
     // Never inlined: an entry point `cargo xtask bench-instructions` counts from.
     #[inline(never)]
     pub fn flush_exchanges(&mut self, now_ns: u64, sink: &mut impl Sink) -> bool {
-        let only_exchanges = self.fresh.iter().all(|r| matches!(r, HopRecord::Http(_)));
-        if !only_exchanges || !self.deferred.is_empty() {
+        // The waiting record first: while one waits, the batch grows through the drain, and
+        // a pass over it at every call would look at each record again and again.
+        if !self.deferred.is_empty() || !self.fresh.iter().all(|r| matches!(r, HopRecord::Http(_)))
+        {
             return false;
         }
         self.emit_fresh(now_ns, sink);
