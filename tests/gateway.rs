@@ -1,7 +1,8 @@
 //! The diagnoses on the real OpenClaw Gateway (npm `openclaw` on Node 24, in its own network
 //! namespace on 18789, nginx in front, clients in another namespace), live: a start is not an
-//! alarm, a crash is one critical incident that says so and ends when the Gateway is back,
-//! and a proxy pointed at another port is named with both ports.
+//! alarm, a crash is one critical incident that says so and ends when the Gateway is back
+//! (another namespace's socket on 18789 beside it changes neither), and a proxy pointed at
+//! another port is named with both ports.
 mod support;
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use support::{
     gateway::{Gateway, GatewayConfig, Linked, CONTROL_UI_CONNECT, PORT},
     hop::{ws_over, Caddy, Capture, Nginx, NginxSite},
-    Sidecar,
+    Sidecar, SocketHolder,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -207,6 +208,16 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
         _state,
     } = Lab::new(true, PORT, "2s");
     gw.wait_ready();
+    // Another container's socket on the Gateway's port, in a namespace of its own, up all
+    // along: it is not where the proxy's connections go, so it must not hide the crash.
+    let elsewhere = Linked::new('g', 231);
+    let decoy = SocketHolder::tcp_in(&elsewhere.ns, "0.0.0.0", PORT);
+    sc.lines.wait_for("the other namespace's listener", |v| {
+        v["type"] == "change"
+            && v["change"] == "added"
+            && v["exposure"]["port"] == PORT
+            && v["exposure"]["process"]["pid"] == decoy.pid
+    });
     let recording = Recording::start("gateway_crash", &gw);
     let host = format!("{}:{}", clients.host_ip, front.port);
     let mut sessions = Vec::new();
@@ -266,6 +277,7 @@ async fn a_gateway_crash_is_one_critical_incident_until_it_is_back() {
         .filter_map(|v| v["rule"].as_str())
         .collect();
     assert!(rules.iter().all(|r| *r == "hop.upstream_down"), "{rules:?}");
+    decoy.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

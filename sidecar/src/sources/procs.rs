@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use procfs::process::{FDTarget, Process};
 
 use crate::exposure::{
+    netns,
     process::{container_from_cgroup, parse_docker_proxy},
     ProcessInfo,
 };
@@ -21,6 +22,20 @@ pub fn parse_ns_link(target: &str) -> Option<u64> {
 pub fn netns_of(pid: &str) -> Option<u64> {
     let target = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
     parse_ns_link(&target.to_string_lossy())
+}
+
+/// The addresses of `pid`'s network namespace ("self" for the sidecar's), loopback left out:
+/// where a socket bound to the unspecified address there is reached. Empty when /proc cannot
+/// say (the process is gone).
+pub fn netns_addrs(pid: &str) -> Vec<std::net::IpAddr> {
+    let read = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{file}"));
+    let mut addrs = read("fib_trie")
+        .map(|t| netns::fib_trie_locals(&t))
+        .unwrap_or_default();
+    if let Ok(t) = read("if_inet6") {
+        addrs.extend(netns::if_inet6_addrs(&t));
+    }
+    addrs
 }
 
 /// Everything /proc says about one process; `None` when it is gone.

@@ -61,6 +61,7 @@ impl Attributor {
         }
         let live: std::collections::HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
         self.cache.retain(|inode, _| live.contains(inode));
+        let addrs = procs::netns_addrs("self");
         Ok(sockets
             .into_iter()
             .map(|s| Listener {
@@ -71,6 +72,7 @@ impl Attributor {
                 scope: classify(s.addr),
                 netns: self.own_netns,
                 host_netns: true,
+                netns_addrs: addrs.clone(),
                 inode: Some(s.inode),
                 uid: Some(s.uid),
                 process: self.cache.get(&s.inode).cloned().flatten(),
@@ -120,6 +122,12 @@ impl Attributor {
             scope: classify(ev.addr),
             netns,
             host_netns,
+            // Read while the process lives (a close's is gone: the inventory keeps the open's).
+            netns_addrs: if ev.opened {
+                procs::netns_addrs(&ev.tgid.to_string())
+            } else {
+                Vec::new()
+            },
             inode: diag.as_ref().map(|d| d.inode),
             uid: diag.as_ref().map(|d| d.uid),
             process,

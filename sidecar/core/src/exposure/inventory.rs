@@ -50,6 +50,11 @@ fn merge(newer: Listener, older: &Listener) -> Listener {
         inode: newer.inode.or(older.inode),
         uid: newer.uid.or(older.uid),
         netns: newer.netns.or(older.netns),
+        netns_addrs: if newer.netns_addrs.is_empty() {
+            older.netns_addrs.clone()
+        } else {
+            newer.netns_addrs
+        },
         process: newer.process.or_else(|| older.process.clone()),
         cgroup_id: newer.cgroup_id.or(older.cgroup_id),
         family: if newer.family == super::Family::Ipv6 {
@@ -62,6 +67,11 @@ fn merge(newer: Listener, older: &Listener) -> Listener {
 }
 
 impl Inventory {
+    /// Every listener, in key order.
+    pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.values()
+    }
+
     /// Every exposure, listeners first, in key order.
     pub fn exposures(&self) -> Vec<Exposure> {
         self.listeners
@@ -183,6 +193,8 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
     use crate::exposure::{classify, Family, ProcessInfo, Proto};
 
     fn l(addr: &str, port: u16, host: bool) -> Listener {
@@ -195,6 +207,7 @@ mod tests {
             scope: classify(addr),
             netns: Some(if host { 1 } else { 2 }),
             host_netns: host,
+            netns_addrs: Vec::new(),
             inode: None,
             uid: None,
             process: None,
@@ -231,6 +244,7 @@ mod tests {
             comm: "nginx".into(),
             ..Default::default()
         });
+        with_process.netns_addrs = vec![IpAddr::from([10, 0, 0, 1])];
         inv.listener_opened(with_process, ChangeSource::Probe);
         inv.listener_opened(l("0.0.0.0", 81, true), ChangeSource::Probe);
         inv.listener_opened(l("0.0.0.0", 82, false), ChangeSource::Probe);
@@ -253,6 +267,41 @@ mod tests {
         let kept = inv.listener(&l("0.0.0.0", 80, true).key()).expect("kept");
         assert_eq!(kept.inode, Some(99));
         assert_eq!(kept.comm(), Some("nginx"));
+        assert_eq!(kept.netns_addrs, vec![IpAddr::from([10, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn a_listener_is_reached_at_its_own_address_or_its_namespaces() {
+        let ip = |a: &str| -> IpAddr { a.parse().expect("addr") };
+        // The Gateway in a container: [::]:18789 (dual stack) in a namespace that owns
+        // 10.1.2.2; the same port in another container (10.1.3.2), and on the host.
+        let mut gateway = l("::", 18789, false);
+        gateway.family = Family::DualStack;
+        gateway.netns_addrs = vec![ip("10.1.2.2"), ip("fd00::2")];
+        let mut other = l("0.0.0.0", 18789, false);
+        other.netns_addrs = vec![ip("10.1.3.2")];
+        let host = l("0.0.0.0", 18789, true);
+        assert!(gateway.reached_at(ip("10.1.2.2")));
+        assert!(gateway.reached_at(ip("::ffff:10.1.2.2")));
+        assert!(gateway.reached_at(ip("fd00::2")));
+        assert!(!other.reached_at(ip("10.1.2.2")));
+        assert!(other.reached_at(ip("10.1.3.2")));
+        assert!(!other.reached_at(ip("fd00::2")), "0.0.0.0 takes no IPv6");
+        gateway.family = Family::Ipv6Only;
+        assert!(
+            !gateway.reached_at(ip("10.1.2.2")),
+            "IPV6_V6ONLY takes no IPv4"
+        );
+        // Loopback reaches the sidecar's own namespace only.
+        assert!(host.reached_at(ip("127.0.0.1")));
+        assert!(!other.reached_at(ip("127.0.0.1")));
+        assert!(l("127.0.0.1", 18789, true).reached_at(ip("127.0.0.1")));
+        assert!(!l("127.0.0.1", 18789, false).reached_at(ip("127.0.0.1")));
+        assert!(!l("127.0.0.2", 18789, true).reached_at(ip("127.0.0.1")));
+        // A namespace whose addresses are not known: an unspecified bind counts as reached.
+        assert!(host.reached_at(ip("10.1.2.2")));
+        assert!(l("10.1.2.2", 18789, false).reached_at(ip("10.1.2.2")));
+        assert!(!l("10.1.2.9", 18789, false).reached_at(ip("10.1.2.2")));
     }
 
     #[test]

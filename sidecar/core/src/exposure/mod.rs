@@ -7,6 +7,7 @@ pub mod classify;
 pub mod config;
 pub mod inventory;
 pub mod nat;
+pub mod netns;
 pub mod policy;
 pub mod process;
 
@@ -78,6 +79,10 @@ pub struct Listener {
     /// host's, when run as the documented sidecar): such a socket is only reachable through a
     /// publish (docker-proxy or DNAT), which is reported on its own.
     pub host_netns: bool,
+    /// The addresses of the socket's network namespace (its interfaces', loopback left out),
+    /// when known: where a socket bound to the unspecified address is reached from outside.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub netns_addrs: Vec<IpAddr>,
     /// Socket inode, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inode: Option<u64>,
@@ -106,6 +111,30 @@ impl Listener {
     /// The owning process's name, if known.
     pub fn comm(&self) -> Option<&str> {
         self.process.as_ref().map(|p| p.comm.as_str())
+    }
+
+    /// Whether a connection from the sidecar's namespace to `server` (on this port) lands on
+    /// this socket. A loopback address reaches only the sidecar's own namespace; another
+    /// address reaches a socket bound to it, or one bound to the unspecified address (of a
+    /// matching family) in the namespace that owns it. When that namespace's addresses are
+    /// not known, an unspecified bind counts as reached: the error is towards "listening".
+    pub fn reached_at(&self, server: IpAddr) -> bool {
+        let server = server.to_canonical();
+        if !self.addr.is_unspecified() {
+            return self.addr.to_canonical() == server
+                && (self.host_netns || !server.is_loopback());
+        }
+        let family = match (self.addr, server) {
+            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => true,
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+            (IpAddr::V6(_), IpAddr::V4(_)) => self.family != Family::Ipv6Only,
+        };
+        family
+            && if server.is_loopback() {
+                self.host_netns
+            } else {
+                self.netns_addrs.is_empty() || self.netns_addrs.contains(&server)
+            }
     }
 }
 

@@ -385,6 +385,7 @@ mod tests {
             scope: classify(addr),
             netns: None,
             host_netns: true,
+            netns_addrs: Vec::new(),
             inode: None,
             uid: None,
             process: Some(ProcessInfo {

@@ -8,6 +8,7 @@
 //! access logs, the exposure inventory with its drift tracker, and the alert engine.
 //! [`offline`] is the driver half every offline command shares: a capture and access-log
 //! records merged by time, as live sees them.
+mod gateway;
 pub mod offline;
 
 use std::net::IpAddr;
@@ -123,8 +124,11 @@ pub struct Pipeline {
     lines: crate::edge::LineParser,
     /// The Gateway's ports (the hop's upstream ports).
     hop_ports: Vec<u16>,
-    /// Whether each of them had a listener when last looked at (absent: not known yet).
+    /// Whether each of them had a listener the hop reaches when last looked at (absent: not
+    /// known yet).
     gateway_up: std::collections::BTreeMap<u16, bool>,
+    /// Where the hop's connections to those ports went.
+    targets: gateway::Targets,
     /// Records the tracker finished in this batch (vectors kept for their capacity: a
     /// record is large, and regrowing them every batch showed in profiles).
     fresh: Vec<HopRecord>,
@@ -162,6 +166,7 @@ impl Pipeline {
             lines: crate::edge::LineParser::new(settings.json_fields.clone()),
             hop_ports: settings.hop_ports.clone(),
             gateway_up: std::collections::BTreeMap::new(),
+            targets: gateway::Targets::default(),
             fresh: Vec::new(),
             deferred: Vec::new(),
             joined: Vec::new(),
@@ -229,15 +234,6 @@ impl Pipeline {
     pub fn hop_packet(&mut self, packet: &HopPacket<'_>, ts_ns: u64) {
         let (tracker, fresh) = (&mut self.tracker, &mut self.fresh);
         packet.each_segment(ts_ns, |s| tracker.segment(s, fresh));
-    }
-
-    /// Where the Gateway's ports have listeners now (`addr:port`), for the stale-port texts.
-    fn gateway_addrs(&self) -> Vec<String> {
-        self.hop_ports
-            .iter()
-            .flat_map(|p| self.listeners_on(*p))
-            .map(|l| std::net::SocketAddr::new(l.addr, l.port).to_string())
-            .collect()
     }
 
     /// A connect or reset trace from the kernel, stamped `ts_ns` (Unix time): who owns the
@@ -337,6 +333,7 @@ impl Pipeline {
 
     /// Hands a record to the sink, the rules and the join (which keeps it: moved out then).
     fn emit_hop(&mut self, r: &mut HopRecord, now_ns: u64, sink: &mut impl Sink) {
+        self.learn_target(r);
         sink.hop(r);
         self.engine.hop(r, &mut self.alerts);
         self.emit_alerts(sink);
@@ -582,46 +579,6 @@ impl Pipeline {
         self.gateway_listeners(changes, now_ns, sink);
     }
 
-    /// TCP listeners on `port`, any address and namespace.
-    fn listeners_on(&self, port: u16) -> Vec<Listener> {
-        self.inventory
-            .exposures()
-            .into_iter()
-            .filter_map(|e| match e {
-                Exposure::Listener(l)
-                    if l.port == port && l.proto == crate::exposure::Proto::Tcp =>
-                {
-                    Some(l)
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// Tells the alert engine when a Gateway port loses its last listener or gets one back.
-    /// The first look only learns the state (a Gateway not running when the sidecar starts is
-    /// judged by the refusals it causes, not by its absence).
-    fn gateway_listeners(&mut self, changes: &[Change], now_ns: u64, sink: &mut impl Sink) {
-        for port in self.hop_ports.clone() {
-            let up = !self.listeners_on(port).is_empty();
-            let before = self.gateway_up.insert(port, up);
-            if before.is_none() || before == Some(up) {
-                continue;
-            }
-            // Who held it (going down) or holds it (coming back).
-            let process = changes.iter().find_map(|c| match &c.exposure {
-                Exposure::Listener(l) if l.port == port => l
-                    .process
-                    .as_ref()
-                    .and_then(|p| serde_json::to_value(p).ok()),
-                _ => None,
-            });
-            self.engine
-                .upstream_listener(port, up, process, now_ns, &mut self.alerts);
-        }
-        self.emit_alerts(sink);
-    }
-
     /// An access-log record's upstream address judged against the Gateway's ports and, when
     /// the sidecar knows the machine's listeners (live), against what listens there.
     fn edge_upstream(&mut self, record: &EdgeRecord, sink: &mut impl Sink) {
@@ -645,11 +602,7 @@ impl Pipeline {
             .and_then(|a| a.rsplit(" : ").next())
             .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
             .filter(|_| known)
-            .map(|a| {
-                self.listeners_on(a.port())
-                    .iter()
-                    .any(|l| l.addr == a.ip() || l.addr.is_unspecified())
-            });
+            .map(|a| self.listeners_on(a.port()).any(|l| l.reached_at(a.ip())));
         let gateway = self.gateway_addrs();
         self.engine.edge_upstream(
             record,

@@ -1,0 +1,91 @@
+//! The Gateway's listener is the one the hop reaches: a listener on the same port in another
+//! network namespace (another container, a second Gateway) neither hides the Gateway's going
+//! away nor is taken for it.
+use std::{net::SocketAddr, time::Duration};
+
+mod common;
+
+use common::segment;
+use edgewatch_core::{
+    alerts::{Alert, State},
+    exposure::{classify, Family, Listener, ProcessInfo, Proto},
+    pipeline::{Mode, Pipeline, Settings, Sink},
+};
+
+#[derive(Default)]
+struct Alerts(Vec<Alert>);
+
+impl Sink for Alerts {
+    fn alert(&mut self, a: &Alert) {
+        self.0.push(a.clone());
+    }
+}
+
+/// `0.0.0.0:18789` in network namespace `netns`, which owns `10.1.<third>.2`, held by `pid`.
+fn gateway_in(netns: u64, third: u8, pid: u32) -> Listener {
+    let addr = [0, 0, 0, 0].into();
+    Listener {
+        proto: Proto::Tcp,
+        addr,
+        port: 18789,
+        family: Family::Ipv4,
+        scope: classify(addr),
+        netns: Some(netns),
+        host_netns: false,
+        netns_addrs: vec![[10, 1, third, 2].into()],
+        inode: None,
+        uid: None,
+        process: Some(ProcessInfo {
+            pid,
+            comm: "openclaw-gatewa".into(),
+            ..Default::default()
+        }),
+        cgroup_id: None,
+    }
+}
+
+#[test]
+fn the_gateway_is_the_listener_the_hop_reaches_not_any_on_its_port() {
+    let mut settings = Settings {
+        hop_ports: vec![18789],
+        ..Settings::default()
+    };
+    settings.alerts.upstream_down.grace = Duration::ZERO;
+    let mut p = Pipeline::new(&settings, Mode::Offline);
+    let mut out = Alerts::default();
+    let ts = 1_000_000_000u64;
+    let (ours, theirs) = (
+        gateway_in(4026532001, 2, 100),
+        gateway_in(4026532002, 3, 200),
+    );
+    p.listener_opened(ours.clone(), ts, &mut out);
+    p.listener_opened(theirs.clone(), ts, &mut out);
+    // The proxy connects to the Gateway in the first namespace.
+    let client = SocketAddr::from(([10, 1, 2, 1], 40100));
+    let server = SocketAddr::from(([10, 1, 2, 2], 18789));
+    p.segment(&segment(ts, client, server, 1000, 0, 0x02, b""));
+    p.segment(&segment(ts + 50_000, server, client, 5000, 1001, 0x12, b""));
+    p.end_batch(ts + 50_000, &mut out);
+    assert!(out.0.is_empty(), "{:#?}", out.0);
+    // The other namespace's listener goes: not the Gateway.
+    p.listener_closed(&theirs, 200, ts + 1_000_000, &mut out);
+    assert!(out.0.is_empty(), "{:#?}", out.0);
+    p.listener_opened(theirs.clone(), ts + 2_000_000, &mut out);
+    // The Gateway's goes while the other's stays: the Gateway is down, named by its process.
+    p.listener_closed(&ours, 100, ts + 3_000_000, &mut out);
+    let fired = out.0.first().expect("the upstream-down alert");
+    assert_eq!(
+        (fired.rule, fired.state),
+        ("hop.upstream_down", State::Firing)
+    );
+    let detail = &fired.evidence["detail"];
+    assert_eq!(detail["listener_gone"], true, "{fired:#?}");
+    assert_eq!(detail["process"]["pid"], 100, "{fired:#?}");
+    // Back: the other namespace's listener did not stand in for it meanwhile.
+    p.listener_opened(ours, ts + 4_000_000, &mut out);
+    assert_eq!(out.0.len(), 2, "{:#?}", out.0);
+    assert_eq!(
+        (out.0[1].rule, out.0[1].state),
+        ("hop.upstream_down", State::Resolved)
+    );
+}
