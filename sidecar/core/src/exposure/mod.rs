@@ -81,7 +81,9 @@ pub struct Listener {
     pub host_netns: bool,
     /// The addresses of the socket's network namespace (its interfaces', loopback left out),
     /// when known: where a socket bound to the unspecified address is reached from outside.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Only for attribution: not written to outputs (every host listener would list the
+    /// host's addresses).
+    #[serde(skip)]
     pub netns_addrs: Vec<IpAddr>,
     /// Socket inode, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
