@@ -49,10 +49,11 @@ impl Targets {
 }
 
 impl Pipeline {
-    /// Learns where a connection's or session's record says the hop went (exchanges, the
-    /// bulk of the records, say nothing new: their connection's record came first). A new
-    /// address can change which listeners count: the port's state is then learned again,
-    /// not announced (no listener came or went).
+    /// Learns where a connection's or session's record says the hop went (exchanges say
+    /// nothing new: their connection's record came first). A new address can change which
+    /// listeners count: the port's state is then learned again, not announced (no listener
+    /// came or went).
+    #[inline(never)]
     pub(super) fn learn_target(&mut self, r: &HopRecord) {
         let server = match r {
             HopRecord::Conn(c) => c.conn.server,

@@ -333,7 +333,10 @@ impl Pipeline {
 
     /// Hands a record to the sink, the rules and the join (which keeps it: moved out then).
     fn emit_hop(&mut self, r: &mut HopRecord, now_ns: u64, sink: &mut impl Sink) {
-        self.learn_target(r);
+        // Exchanges, the bulk of the records, say nothing new of where the hop goes.
+        if !matches!(r, HopRecord::Http(_)) {
+            self.learn_target(r);
+        }
         sink.hop(r);
         self.engine.hop(r, &mut self.alerts);
         self.emit_alerts(sink);
