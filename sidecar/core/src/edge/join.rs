@@ -160,6 +160,10 @@ pub struct Joiner {
     /// When to look at a waiting record again, oldest first: expiry pops these instead of
     /// scanning the maps (linear in the records, however many wait).
     edge_due: Due<u64>,
+    /// Exchanges get theirs as they leave the ring for the map (`HopWaits::moved`): one
+    /// matched in the ring, nearly all of them, never had one to push and clean away.
+    hop_aged: Due,
+    /// Exchanges looked at again later (their session came; an upgrade still waiting).
     hop_due: Due,
     edges_without_id: VecDeque<(Box<EdgeRecord>, u64)>,
     hops_without_id: VecDeque<HopEntry>,
@@ -205,6 +209,7 @@ impl Joiner {
             edges: LineWaits::default(),
             hops: HopWaits::new(waits::YOUNG_NS),
             edge_due: Due::default(),
+            hop_aged: Due::default(),
             hop_due: Due::default(),
             edges_without_id: VecDeque::new(),
             hops_without_id: VecDeque::new(),
@@ -305,8 +310,9 @@ impl Joiner {
     /// Keeps a hop exchange waiting under `rid`; one already waiting under it is emitted.
     fn wait_hop(&mut self, rid: RequestId, entry: HopEntry, out: &mut Vec<JoinedRequest>) {
         let now_ns = entry.seen_ns;
-        self.hop_due.push(now_ns, rid.clone(), &self.hops);
-        if let Some(old) = self.hops.insert(rid, entry) {
+        let old = self.hops.insert(rid, entry);
+        self.remind_moved();
+        if let Some(old) = old {
             self.stats.duplicate_request_ids += 1;
             out.push(joined(
                 None,
@@ -352,12 +358,6 @@ impl Joiner {
         let before = out.len();
         self.expire_before(cutoff, true, out);
         self.stats.shed += (out.len() - before) as u64;
-    }
-
-    /// Reminders queued (for records still waiting, and some of records already gone): at
-    /// most about twice what waits, plus a constant.
-    pub fn reminders(&self) -> usize {
-        self.edge_due.q.len() + self.hop_due.q.len() + self.orphan_due.q.len()
     }
 
     /// Records waiting for their other half.
@@ -591,7 +591,10 @@ impl Joiner {
             out.push(self.edge_unmatched_or_partial(e, h));
         }
         let mut again = Vec::new();
-        while let Some(rid) = self.hop_due.pop_before(cutoff) {
+        self.hops.settle_before(cutoff);
+        self.remind_moved();
+        while let Some(rid) = due::pop_either_before(&mut self.hop_aged, &mut self.hop_due, cutoff)
+        {
             let Some(h) = self.hops.get(&rid) else {
                 continue;
             };

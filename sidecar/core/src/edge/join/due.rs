@@ -54,6 +54,40 @@ impl<K> Due<K> {
     }
 }
 
+impl super::Joiner {
+    /// Reminders queued (for records still waiting, and some of records already gone): at
+    /// most about twice what waits, plus a constant.
+    pub fn reminders(&self) -> usize {
+        self.edge_due.q.len()
+            + self.hop_aged.q.len()
+            + self.hop_due.q.len()
+            + self.orphan_due.q.len()
+    }
+
+    /// Reminders of the exchanges that moved from the ring to the map.
+    pub(super) fn remind_moved(&mut self) {
+        if self.hops.moved.is_empty() {
+            return;
+        }
+        let mut moved = std::mem::take(&mut self.hops.moved);
+        for (at, rid) in moved.drain(..) {
+            self.hop_aged.push(at, rid, &self.hops);
+        }
+        self.hops.moved = moved;
+    }
+}
+
+/// The older of two queues' oldest reminders, when it is older than `cutoff`: their keys in
+/// the order of their times, as if they were one queue.
+pub(super) fn pop_either_before<K>(a: &mut Due<K>, b: &mut Due<K>, cutoff: u64) -> Option<K> {
+    let first = |d: &Due<K>| d.q.front().map(|(t, _)| *t);
+    match (first(a), first(b)) {
+        (Some(ta), Some(tb)) if tb < ta => b.pop_before(cutoff),
+        (Some(_), _) => a.pop_before(cutoff),
+        (None, _) => b.pop_before(cutoff),
+    }
+}
+
 /// Where records wait by key `K` (for cleaning [`Due`]).
 pub(super) trait Waiting<K = RequestId> {
     /// Some record waits under `key`.

@@ -343,6 +343,51 @@ fn expiry_is_by_due_time_and_keeps_open_upgrades() {
 }
 
 #[test]
+fn only_exchanges_that_outwait_the_ring_get_reminders_and_each_expires_on_time() {
+    let mut j = Joiner::new(30 * S);
+    let mut out = Vec::new();
+    // Each line 100 ms behind its exchange: all matched in the ring, no reminder made.
+    for i in 0..1_000u64 {
+        let t = 100 * S + i * 10_000_000;
+        let rid = format!("{i:032x}");
+        j.hop(exchange(Some(&rid), 200, "/", t), t, &mut out);
+        let t = t + 100_000_000;
+        j.edge(edge(Some(&rid), 200, "/", t), t, &mut out);
+    }
+    assert_eq!(out.len(), 1_000);
+    assert!(out.iter().all(|r| r.matched == Matched::Exact));
+    assert_eq!((j.hop_aged.q.len(), j.hop_due.q.len()), (0, 0));
+    // One whose line never comes, and nothing after it: still in the ring, it expires at
+    // its window's end, not before.
+    let lone = 200 * S;
+    j.hop(exchange(Some("lone"), 200, "/", lone), lone, &mut out);
+    j.expire(lone + 30 * S - 1, &mut out);
+    assert_eq!(out.len(), 1_000);
+    j.expire(lone + 30 * S + 1, &mut out);
+    assert_eq!(out.len(), 1_001);
+    assert_eq!(out[1_000].matched, Matched::HopOnly);
+    assert_eq!(
+        out[1_000].reason.as_deref(),
+        Some("no edge log line with this request id")
+    );
+    // One that moves to the map as later exchanges come gets a reminder then, and expires
+    // in the order of its arrival among them.
+    let t0 = 300 * S;
+    j.hop(exchange(Some("late"), 200, "/", t0), t0, &mut out);
+    for i in 1..=20u64 {
+        let t = t0 + i * 100_000_000;
+        j.hop(exchange(Some(&format!("next-{i}")), 200, "/", t), t, &mut out);
+    }
+    assert!(!j.hop_aged.q.is_empty());
+    j.expire(t0 + 30 * S + 150_000_000, &mut out);
+    let expired: Vec<_> = out[1_001..]
+        .iter()
+        .map(|r| r.request_id.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(expired, ["late", "next-1"]);
+}
+
+#[test]
 fn matched_records_leave_no_window_of_reminders_behind() {
     // 200,000 requests inside one 30 s window, every exchange matched by its log line at
     // once, and one edge line in 1,000 left waiting (its exchange never comes).

@@ -55,6 +55,9 @@ pub(super) struct HopWaits {
     young: YoungIndex,
     /// Exchanges that waited longer than `young_ns`.
     old: HashMap<RequestId, HopEntry>,
+    /// The ids of the exchanges moved to `old` since the join last took them, with their
+    /// arrival: what expiry needs reminders of (one in the ring leaves it before it is due).
+    pub(super) moved: Vec<(u64, RequestId)>,
     young_ns: u64,
     max_ring: usize,
     hash: fn(&str) -> u64,
@@ -103,6 +106,7 @@ impl HopWaits {
             base: 0,
             young: YoungIndex::new(),
             old: HashMap::default(),
+            moved: Vec::new(),
             young_ns,
             max_ring,
             hash,
@@ -285,8 +289,8 @@ impl HopWaits {
     /// the map, and the oldest while the ring is full (and drops taken slots at the front).
     fn settle(&mut self, now_ns: u64) {
         let before = now_ns.saturating_sub(self.young_ns);
-        while let Some((at, _)) = self.ring.front() {
-            if *at >= before && self.ring.len() < self.max_ring {
+        while let Some(at) = self.ring.front().map(|(at, _)| *at) {
+            if at >= before && self.ring.len() < self.max_ring {
                 break;
             }
             let seq = self.base;
@@ -302,8 +306,15 @@ impl HopWaits {
             if let Some(pos) = pos {
                 self.young.remove_at(pos);
             }
+            self.moved.push((at, rid.clone()));
             self.old.insert(rid, e);
         }
+    }
+
+    /// Moves the exchanges that arrived before `cutoff` to the map (expiry looks there, by
+    /// the reminders of `moved`).
+    pub(super) fn settle_before(&mut self, cutoff: u64) {
+        self.settle(cutoff.saturating_add(self.young_ns));
     }
 
     /// Slots in the ring, taken ones included (tests: the ring stays short).
