@@ -376,7 +376,11 @@ fn only_exchanges_that_outwait_the_ring_get_reminders_and_each_expires_on_time()
     j.hop(exchange(Some("late"), 200, "/", t0), t0, &mut out);
     for i in 1..=20u64 {
         let t = t0 + i * 100_000_000;
-        j.hop(exchange(Some(&format!("next-{i}")), 200, "/", t), t, &mut out);
+        j.hop(
+            exchange(Some(&format!("next-{i}")), 200, "/", t),
+            t,
+            &mut out,
+        );
     }
     assert!(!j.hop_aged.q.is_empty());
     j.expire(t0 + 30 * S + 150_000_000, &mut out);
