@@ -298,6 +298,14 @@ impl Watch {
         let listeners = self.attributor.host_listeners();
         self.out.metrics.rescan(listeners.is_ok());
         let listeners = listeners.context("reading the socket inventory (sock_diag)")?;
+        // Other namespaces' listeners are known from probe events; their namespaces'
+        // addresses (where the hop reaches them) are read again here.
+        self.pipeline.refresh_netns_addrs(|l| {
+            let pid = l.process.as_ref()?.pid.to_string();
+            // The same process still (a reused pid elsewhere says nothing of this one).
+            (crate::sources::procs::netns_of(&pid) == l.netns && l.netns.is_some())
+                .then(|| crate::sources::procs::netns_addrs(&pid))
+        });
         let now = unix_ns(SystemTime::now());
         if initial {
             self.pipeline

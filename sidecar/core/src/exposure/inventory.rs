@@ -72,6 +72,11 @@ impl Inventory {
         self.listeners.values()
     }
 
+    /// Every listener, to update what was learned of it (never its key's fields).
+    pub fn listeners_mut(&mut self) -> impl Iterator<Item = &mut Listener> {
+        self.listeners.values_mut()
+    }
+
     /// Every exposure, listeners first, in key order.
     pub fn exposures(&self) -> Vec<Exposure> {
         self.listeners

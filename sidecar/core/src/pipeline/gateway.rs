@@ -66,6 +66,25 @@ impl Pipeline {
         }
     }
 
+    /// Reads again the addresses of the namespaces of the listeners outside the sidecar's
+    /// (live, at each rescan: an address a namespace gained after its listener opened).
+    /// `read` gives a listener's namespace's addresses, or `None` when it cannot say (its
+    /// process is gone): the ones known are then kept. Which listeners the hop reaches may
+    /// change; the Gateway ports' states are learned again, not announced.
+    pub fn refresh_netns_addrs(&mut self, read: impl Fn(&Listener) -> Option<Vec<IpAddr>>) {
+        for l in self.inventory.listeners_mut().filter(|l| !l.host_netns) {
+            if let Some(addrs) = read(l).filter(|a| !a.is_empty()) {
+                l.netns_addrs = addrs;
+            }
+        }
+        for port in self.hop_ports.clone() {
+            if self.gateway_up.contains_key(&port) {
+                let up = self.gateway_listening(port);
+                self.gateway_up.insert(port, up);
+            }
+        }
+    }
+
     /// TCP listeners on `port`, any address and namespace.
     pub(super) fn listeners_on(&self, port: u16) -> impl Iterator<Item = &Listener> {
         self.inventory
