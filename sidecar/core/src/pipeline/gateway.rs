@@ -60,9 +60,8 @@ impl Pipeline {
             HopRecord::Websocket(s) => s.conn.server,
             HopRecord::Http(_) | HopRecord::Loss(_) => return,
         };
-        if self.targets.saw(server) && self.gateway_up.contains_key(&server.port()) {
-            let up = self.gateway_listening(server.port());
-            self.gateway_up.insert(server.port(), up);
+        if self.targets.saw(server) {
+            self.relearn(server.port());
         }
     }
 
@@ -78,10 +77,16 @@ impl Pipeline {
             }
         }
         for port in self.hop_ports.clone() {
-            if self.gateway_up.contains_key(&port) {
-                let up = self.gateway_listening(port);
-                self.gateway_up.insert(port, up);
-            }
+            self.relearn(port);
+        }
+    }
+
+    /// Learns a Gateway port's state again where it is known, without announcing it: which
+    /// listeners count changed, not the listeners.
+    fn relearn(&mut self, port: u16) {
+        if self.gateway_up.contains_key(&port) {
+            let up = self.gateway_listening(port);
+            self.gateway_up.insert(port, up);
         }
     }
 
@@ -92,9 +97,14 @@ impl Pipeline {
             .filter(move |l| l.port == port && l.proto == Proto::Tcp)
     }
 
+    /// The listeners on the Gateway's `port` that the hop reaches.
+    fn gateway_listeners_on(&self, port: u16) -> impl Iterator<Item = &Listener> {
+        self.listeners_on(port).filter(|l| self.targets.reach(l))
+    }
+
     /// Whether a listener the hop reaches holds the Gateway's `port`.
     fn gateway_listening(&self, port: u16) -> bool {
-        self.listeners_on(port).any(|l| self.targets.reach(l))
+        self.gateway_listeners_on(port).next().is_some()
     }
 
     /// Where the Gateway's ports have listeners the hop reaches (`addr:port`), for the
@@ -102,8 +112,7 @@ impl Pipeline {
     pub(super) fn gateway_addrs(&self) -> Vec<String> {
         self.hop_ports
             .iter()
-            .flat_map(|p| self.listeners_on(*p))
-            .filter(|l| self.targets.reach(l))
+            .flat_map(|p| self.gateway_listeners_on(*p))
             .map(|l| SocketAddr::new(l.addr, l.port).to_string())
             .collect()
     }
