@@ -398,16 +398,13 @@ mod tests {
             Some(1_795_280_000_123_000_000)
         );
         assert_eq!(seconds_to_ns("0.001"), Some(1_000_000));
-        for text in [
-            ".001",
-            "18446744073.709",
-            "18446744072.709",
-            "1.2.345",
-            "-1.000",
-        ] {
+        // No digit before the dot: the general reading's, not the plain one's.
+        assert_eq!(plain_seconds(b".001"), None);
+        assert_eq!(seconds_to_ns(".001"), Some(1_000_000));
+        for text in ["18446744073.709", "18446744072.709", "1.2.345", "-1.000"] {
             assert_eq!(
                 plain_seconds(text.as_bytes()),
-                seconds_to_ns_general(text).filter(|_| text != ".001"),
+                seconds_to_ns_general(text),
                 "{text}"
             );
         }
