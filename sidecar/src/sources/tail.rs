@@ -72,6 +72,9 @@ struct Reading {
 
 /// The largest read buffer kept between reads while they are small.
 const KEEP_BUFFER: usize = 256 << 10;
+/// Rounds in a row that fill less than a quarter of a larger read buffer before it is let go:
+/// ~30 s of a quiet log at the default `edge.poll_interval` (250 ms, one round a poll).
+const QUIET_ROUNDS: u32 = 120;
 
 /// One followed file.
 pub struct Tailer {
@@ -371,6 +374,8 @@ pub struct Lines {
     bytes: Vec<u8>,
     /// Each line's start and end in `bytes` (its newline, and a `\r` before it, left out).
     spans: Vec<(usize, usize)>,
+    /// Rounds in a row that filled less than a quarter of `bytes` (see [`Lines::clear`]).
+    quiet_rounds: u32,
 }
 
 impl Lines {
@@ -400,11 +405,21 @@ impl Lines {
     }
 
     /// Empties it for the next round, keeping its memory while rounds fill a good part of it
-    /// (a busy log's rounds, megabytes each), letting it go once they do not (the round after
-    /// a catch-up read, or a log gone quiet).
+    /// (a busy log's rounds, megabytes each), letting it go once [`QUIET_ROUNDS`] in a row
+    /// have not (after a catch-up read, or once a log has gone quiet). Not at the first
+    /// such round: a load that pauses for a few seconds (or a round cut short by a poll that
+    /// came early) would have its buffer grown again, copied at every doubling, a page
+    /// fault for each fresh 4 KiB, and the freed memory handed back to the OS by the
+    /// allocator a second later (~1,100 page faults a run of the hop benchmark, whose
+    /// counted load follows a pause of a few seconds).
     pub fn clear(&mut self) {
         if self.bytes.capacity() > KEEP_BUFFER && self.bytes.len() < self.bytes.capacity() / 4 {
-            *self = Self::default();
+            self.quiet_rounds += 1;
+            if self.quiet_rounds >= QUIET_ROUNDS {
+                *self = Self::default();
+            }
+        } else {
+            self.quiet_rounds = 0;
         }
         self.bytes.clear();
         self.spans.clear();
@@ -535,10 +550,31 @@ pub(super) mod tests {
         lines.push(b"small");
         lines.push(b"\xff");
         assert_eq!(lines.iter().collect::<Vec<_>>(), vec!["small", "\u{fffd}"]);
+        for _ in 1..QUIET_ROUNDS {
+            lines.clear();
+            lines.push(b"small");
+        }
+        assert_eq!(
+            lines.bytes.capacity(),
+            busy,
+            "a pause of a few quiet rounds keeps it"
+        );
+        // A busy round starts the count again.
+        for _ in 0..512 {
+            lines.push(&[b'x'; 999]);
+        }
+        for _ in 0..QUIET_ROUNDS {
+            lines.clear();
+        }
+        assert_eq!(
+            lines.bytes.capacity(),
+            busy,
+            "counted from the last busy round"
+        );
         lines.clear();
         assert!(
             lines.bytes.capacity() <= KEEP_BUFFER,
-            "a quiet round lets it go"
+            "a log quiet for long lets it go"
         );
     }
 

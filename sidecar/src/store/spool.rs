@@ -179,11 +179,13 @@ fn file_name(seq: u64, table: usize, ext: &str) -> String {
 }
 
 mod frames;
+mod pool;
 mod shared;
 pub use frames::{
-    parse_frames, read_frames, read_frames_into, BufferPool, Frames, FRAME_BLOCK, FRAME_INDEX,
-    FRAME_MARK, KEPT_BUFFER_BYTES, MAGIC_V1,
+    parse_frames, read_frames, read_frames_into, Frames, FRAME_BLOCK, FRAME_INDEX, FRAME_MARK,
+    MAGIC_V1,
 };
+pub use pool::{BufferPool, KEPT_BUFFER_BYTES};
 use shared::State;
 pub use shared::{BatchInfo, Shared, SpoolStats};
 

@@ -10,7 +10,7 @@
 //! frame) are still read, so an upgrade sends what the old version spooled.
 use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
-use super::{io, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
+use super::{io, BufferPool, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
 use crate::store::rows::{block_rows, merge_blocks_into, read_index, AnyRow, Columns, TailMarkRow};
 
 /// The first spool format: every frame one postcard [`AnyRow`].
@@ -80,72 +80,6 @@ impl Frames {
         }
         let data = bytes::Bytes::from(data);
         self.blocks.into_iter().map(|r| data.slice(r)).collect()
-    }
-}
-
-/// The largest buffer the sender's pool keeps (see [`BufferPool`]).
-pub const KEPT_BUFFER_BYTES: usize = 16 << 20;
-
-/// Buffers a sender reuses from batch to batch (a batch file read back, a merged block):
-/// memory freed and mapped afresh for every batch cost a page fault per 4 KiB.
-#[derive(Debug, Default)]
-pub struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
-
-impl BufferPool {
-    /// Buffers kept, at most, and the largest kept (a batch of an outage's backlog is not).
-    const KEEP: usize = 4;
-
-    /// A buffer for `at_least` bytes (up to the largest kept size: a hint, not a limit): the
-    /// smallest kept one that holds them, or else the largest, grown. The tables' batches
-    /// differ in size by orders of magnitude, and a buffer that has to grow is copied and its
-    /// new pages faulted in.
-    pub fn take(&self, at_least: usize) -> Vec<u8> {
-        let at_least = at_least.min(KEPT_BUFFER_BYTES);
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let fits = kept
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= at_least)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        let largest = || {
-            kept.iter()
-                .enumerate()
-                .max_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i)
-        };
-        let mut buf = match fits.or_else(largest) {
-            Some(i) => kept.swap_remove(i),
-            None => Vec::new(),
-        };
-        drop(kept);
-        if buf.capacity() < at_least {
-            // A new buffer, not a grown one: growing copies the old buffer's whole capacity
-            // (the allocator cannot know that none of it is in use), and it is then faulted in
-            // afresh anyway. A quarter more than asked, so that a batch a little larger than
-            // the last does not need another.
-            // (`at_least` is at most `KEPT_BUFFER_BYTES`, so this is never less than it.)
-            buf = Vec::with_capacity(at_least.saturating_add(at_least / 4).min(KEPT_BUFFER_BYTES));
-        }
-        buf
-    }
-
-    pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() == 0 || buf.capacity() > KEPT_BUFFER_BYTES {
-            return;
-        }
-        buf.clear();
-        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() < Self::KEEP {
-            kept.push(buf);
-        }
-    }
-
-    /// A chunk that was sent: its buffer back, when nothing else holds it any more.
-    pub fn give_bytes(&self, chunk: bytes::Bytes) {
-        if let Ok(buf) = chunk.try_into_mut() {
-            self.give(buf.into());
-        }
     }
 }
 

@@ -569,37 +569,12 @@ fn default_batches_fit_the_senders_kept_buffers() {
 }
 
 #[test]
-fn a_senders_buffers_are_reused_and_bounded() {
+fn a_batchs_body_from_pooled_buffers_is_its_body() {
+    // Kept buffers that held other bytes (a batch's body is the body, merged into one block).
     let pool = BufferPool::default();
-    let buf = Vec::with_capacity(1 << 20);
-    let at = buf.as_ptr();
-    pool.give(buf);
-    let again = pool.take(0);
-    assert_eq!(
-        (again.as_ptr(), again.capacity()),
-        (at, 1 << 20),
-        "the same memory"
-    );
-    // A sent chunk comes back once nothing else holds it, not while something does.
-    let chunk = bytes::Bytes::from(again);
-    let held = chunk.clone();
-    pool.give_bytes(chunk);
-    assert_eq!(pool.take(0).capacity(), 0, "still held: not reused");
-    pool.give_bytes(held);
-    let back = pool.take(0);
-    assert_eq!(back.as_ptr(), at);
-    drop(back);
-    // An outage's huge batch is not kept, nor more than a few buffers.
-    pool.give(Vec::with_capacity(64 << 20));
-    assert_eq!(pool.take(0).capacity(), 0);
-    for _ in 0..10 {
-        pool.give(Vec::with_capacity(4096));
+    for _ in 0..2 {
+        pool.give(vec![0xAA; 4096]);
     }
-    let kept = std::iter::from_fn(|| Some(pool.take(0)))
-        .take_while(|b| b.capacity() > 0)
-        .count();
-    assert_eq!(kept, 4);
-    // A batch's body from pooled buffers is the body (merged into one block).
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = Spool::open(dir.path(), limits()).expect("open");
     for i in 0..10 {
@@ -607,47 +582,14 @@ fn a_senders_buffers_are_reused_and_bounded() {
         s.flush().expect("flush");
     }
     let b = s.shared().next_batch().expect("batch");
-    let (f, data) = read_frames_into(&b.path, ALERTS, pool.take(0)).expect("read");
+    let kept = pool.take(usize::try_from(b.bytes).expect("fits"));
+    assert_eq!(kept.capacity(), 4096, "a kept one");
+    let (f, data) = read_frames_into(&b.path, ALERTS, kept).expect("read");
     let (g, data2) = read_frames(&b.path, ALERTS).expect("read");
     assert_eq!(
         f.into_body_pooled(ALERTS, data, &pool),
         g.into_body_pooled(ALERTS, data2, &BufferPool::default())
     );
-}
-
-#[test]
-fn a_sender_takes_the_buffer_that_fits() {
-    // Batches of the HTTP table are megabytes where the alerts' are a few hundred bytes: a
-    // buffer that grows is copied and its new pages faulted in, so the one that fits is taken.
-    let pool = BufferPool::default();
-    let (small, mid, big) = (
-        Vec::with_capacity(4 << 10),
-        Vec::with_capacity(256 << 10),
-        Vec::with_capacity(4 << 20),
-    );
-    let (s, m) = (small.as_ptr(), mid.as_ptr());
-    pool.give(big);
-    pool.give(small);
-    pool.give(mid);
-    let for_mid = pool.take(100 << 10);
-    assert_eq!(for_mid.as_ptr(), m, "the smallest that holds 100 KiB");
-    let for_small = pool.take(1);
-    assert_eq!(for_small.as_ptr(), s, "the smallest that holds a byte");
-    pool.give(for_small);
-    let for_huge = pool.take(8 << 20);
-    assert!(for_huge.capacity() >= 8 << 20, "none holds it: grown");
-    let left = pool.take(1);
-    assert_eq!(
-        left.as_ptr(),
-        s,
-        "the largest was grown, the small one left"
-    );
-    pool.give(left);
-    pool.give(for_huge);
-    pool.give(for_mid);
-    assert!(pool.take(3 << 20).capacity() >= 3 << 20);
-    // The hint is bounded by what is kept: a corrupt size does not reserve the address space.
-    assert!(pool.take(usize::MAX).capacity() >= 16 << 20);
 }
 
 /// A batch is sealed by its bytes too, checked every [`BYTES_CHECK_ROWS`] rows: it passes
