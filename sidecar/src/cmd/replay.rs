@@ -303,9 +303,10 @@ fn ship(sink: &mut ReplaySink, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Removes the replay's spool when nothing is in it but its lock: left, it is one more
-/// directory beside the main spool (or beside the temporary spool of every test that
-/// replays to a store). Kept while another edgewatch holds it, or if anything is in it.
+/// Removes the replay's spool when nothing is in it but its lock and the files of sent
+/// batches kept for reuse: left, it is one more directory beside the main spool (or beside
+/// the temporary spool of every test that replays to a store). Kept while another edgewatch
+/// holds it, or if anything else is in it.
 fn remove_spent_spool(dir: &Path) {
     let lock_path = dir.join(crate::store::spool::LOCK_FILE);
     let Ok(lock) = File::open(&lock_path) else {
@@ -314,12 +315,21 @@ fn remove_spent_spool(dir: &Path) {
     if lock.try_lock().is_err() {
         return;
     }
-    let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
-        entries
-            .filter_map(Result::ok)
-            .all(|e| e.file_name() == crate::store::spool::LOCK_FILE)
-    });
-    if only_the_lock && std::fs::remove_file(&lock_path).is_ok() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut kept = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        if crate::store::spool::is_kept_free(&name.to_string_lossy()) {
+            kept.push(e.path());
+        } else if name != crate::store::spool::LOCK_FILE {
+            return;
+        }
+    }
+    if kept.iter().all(|f| std::fs::remove_file(f).is_ok())
+        && std::fs::remove_file(&lock_path).is_ok()
+    {
         let _ = std::fs::remove_dir(dir);
     }
 }

@@ -6,15 +6,50 @@
 //! it (so the blocks are merged without walking their strings), or [`FRAME_MARK`], a tail mark
 //! (postcard; never sent). Versions before the index skip its frames as damage (counted) and
 //! keep every row.
-//! Files of the first format ([`MAGIC_V1`], written by older versions: one postcard row per
-//! frame) are still read, so an upgrade sends what the old version spooled.
+//!
+//! The current format ([`MAGIC`]) names its batch in the header (the run and the sequence
+//! number) and seeds every frame's CRC with the header's, and each write ends with an end
+//! mark (a frame header of length 0): a file reused for a later batch (see `Spool`'s
+//! recycling) may hold an earlier batch's frames after its own, and those are neither valid
+//! here nor scanned. Files of the formats before are still read, so an upgrade sends what the
+//! old version spooled: [`MAGIC_V2`] (frames of Native blocks, CRCs unseeded) and
+//! [`MAGIC_V1`] (one postcard row per frame).
 use std::{fs::File, io::Read as _, ops::Range, path::Path};
 
-use super::{io, BufferPool, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME};
+use super::{io, BufferPool, SpoolError, FRAME_HEADER, HEADER, MAGIC, MAX_FRAME, RUN_ID};
 use crate::store::rows::{block_rows, merge_blocks_into, read_index, AnyRow, Columns, TailMarkRow};
 
 /// The first spool format: every frame one postcard [`AnyRow`].
 pub const MAGIC_V1: &[u8; 8] = b"EWSPOOL1";
+/// The second: frames of Native blocks with unseeded CRCs, the header the magic and the run.
+pub const MAGIC_V2: &[u8; 8] = b"EWSPOOL2";
+/// The header's length in the formats before the current one (magic and run id).
+const HEADER_V2: usize = 8 + RUN_ID;
+
+/// The CRC seed of a current-format file: the CRC-32 of its header (magic, run, sequence).
+pub fn seed_of(header: &[u8]) -> u32 {
+    crc32fast::hash(header)
+}
+
+/// A frame's CRC: seeded with the file's header in the current format, plain before it.
+pub fn frame_crc(seed: Option<u32>, payload: &[u8]) -> u32 {
+    match seed {
+        Some(seed) => {
+            let mut h = crc32fast::Hasher::new_with_initial(seed);
+            h.update(payload);
+            h.finalize()
+        }
+        None => crc32fast::hash(payload),
+    }
+}
+
+/// The end mark that follows the last frame of every write: length 0 (no frame has it) and
+/// the seed's complement as its CRC, so an earlier batch's end mark is no end of this one.
+pub fn end_mark(seed: u32) -> [u8; FRAME_HEADER] {
+    let mut m = [0u8; FRAME_HEADER];
+    m[4..].copy_from_slice(&(!seed).to_le_bytes());
+    m
+}
 /// A frame holding one Native block.
 pub const FRAME_BLOCK: u8 = 1;
 /// A frame holding one tail mark.
@@ -41,6 +76,9 @@ pub struct Frames {
     pub valid: u64,
     /// Bytes after it (a frame cut short by a crash, or corruption).
     pub cut: u64,
+    /// Bytes from the end mark on: what a reused file held before (not this batch's, not
+    /// damage). `valid + cut + stale` is the file's length.
+    pub stale: u64,
     /// Corrupt stretches skipped between valid frames, and their bytes.
     pub corrupt_regions: u64,
     pub corrupt_bytes: u64,
@@ -108,7 +146,12 @@ pub fn read_frames_into(
         data = fresh;
     }
     file.read_to_end(&mut data).map_err(io(path))?;
-    let frames = parse_frames(&data, table).map_err(|reason| SpoolError::Corrupt {
+    // The batch the name says: a current-format header naming another is an earlier batch's
+    // content under this name (a power cut before the reused file's header reached the disk).
+    let seq = path
+        .file_name()
+        .and_then(|n| super::parse_name(&n.to_string_lossy()).map(|(seq, _, _)| seq));
+    let frames = parse_frames_of(&data, table, seq).map_err(|reason| SpoolError::Corrupt {
         path: path.display().to_string(),
         reason: reason.to_owned(),
     })?;
@@ -127,27 +170,58 @@ enum Frame {
 /// An error only for a missing or bad header; anything wrong after it is skipped or cut, and
 /// counted.
 pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
-    let v1 = match data.get(..MAGIC.len()) {
-        Some(m) if m == MAGIC => false,
-        Some(m) if m == MAGIC_V1 => true,
+    parse_frames_of(data, table, None)
+}
+
+/// [`parse_frames`] of the batch numbered `seq` (where known): a current-format header that
+/// names another batch is an error.
+pub fn parse_frames_of(
+    data: &[u8],
+    table: usize,
+    seq: Option<u64>,
+) -> Result<Frames, &'static str> {
+    let (v1, header) = match data.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => (false, HEADER),
+        Some(m) if m == MAGIC_V2 => (false, HEADER_V2),
+        Some(m) if m == MAGIC_V1 => (true, HEADER_V2),
         _ => return Err("not a spool batch (bad header)"),
     };
-    let run = data
-        .get(MAGIC.len()..HEADER)
-        .and_then(|r| std::str::from_utf8(r).ok())
-        .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("bad run id")?
-        .to_owned();
+    let hex = |r: Range<usize>| {
+        data.get(r)
+            .and_then(|r| std::str::from_utf8(r).ok())
+            .filter(|r| r.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    let run = hex(MAGIC.len()..HEADER_V2).ok_or("bad run id")?.to_owned();
+    let seed = if header == HEADER {
+        let named = hex(HEADER_V2..HEADER)
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or("bad batch number")?;
+        if seq.is_some_and(|seq| seq != named) {
+            return Err("the header names another batch (an earlier batch's content)");
+        }
+        Some(seed_of(&data[..HEADER]))
+    } else {
+        None
+    };
     let mut f = Frames {
         run,
         ..Frames::default()
     };
-    let mut at = HEADER;
-    let mut valid = HEADER;
+    let is_end =
+        |at: usize| seed.is_some_and(|s| data.get(at..at + FRAME_HEADER) == Some(&end_mark(s)[..]));
+    let mut at = header;
+    let mut valid = header;
     // The rows of the block frame just read (an index frame must follow its block at once).
     let mut last_block = None;
     while data.len() - at >= FRAME_HEADER {
-        if let Some((frame, next)) = frame_at(data, at, table, v1) {
+        if is_end(at) {
+            // What follows is an earlier batch's, or nothing. A stretch skipped to reach the
+            // mark is counted as damage (above), like one skipped to reach a frame.
+            f.valid = at as u64;
+            f.stale = (data.len() - at) as u64;
+            return Ok(f);
+        }
+        if let Some((frame, next)) = frame_at(data, at, table, v1, seed) {
             let block_before = last_block.take();
             match frame {
                 Frame::Block { rows, range } => {
@@ -181,7 +255,9 @@ pub fn parse_frames(data: &[u8], table: usize) -> Result<Frames, &'static str> {
         // Frames are findable: a length, a CRC-32 of the payload and a payload that decodes.
         // A bad stretch in the middle (a bit flip, a torn write another run left) is skipped
         // to the next valid frame and counted; with none after it, it is a torn tail.
-        match (at + 1..=data.len() - FRAME_HEADER).find(|p| frame_at(data, *p, table, v1).is_some())
+        // The scan stops at an end mark too (what is after it is an earlier batch's).
+        match (at + 1..=data.len() - FRAME_HEADER)
+            .find(|p| is_end(*p) || frame_at(data, *p, table, v1, seed).is_some())
         {
             Some(p) => {
                 f.corrupt_regions += 1;
@@ -216,7 +292,13 @@ fn decode_mark(payload: &[u8]) -> Option<TailMarkRow> {
 }
 
 /// The frame at `at` and where the next one starts, if it is whole and valid.
-fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, usize)> {
+fn frame_at(
+    data: &[u8],
+    at: usize,
+    table: usize,
+    v1: bool,
+    seed: Option<u32>,
+) -> Option<(Frame, usize)> {
     let head = data.get(at..at + FRAME_HEADER)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
@@ -226,7 +308,7 @@ fn frame_at(data: &[u8], at: usize, table: usize, v1: bool) -> Option<(Frame, us
     let start = at + FRAME_HEADER;
     let end = start + len as usize;
     let payload = data.get(start..end)?;
-    if crc32fast::hash(payload) != crc {
+    if frame_crc(seed, payload) != crc {
         return None;
     }
     let frame = if v1 {
@@ -273,7 +355,7 @@ mod tests {
         let old = postcard::to_allocvec(&mark).expect("old form");
         assert!(old.len() < payload.len());
         let frame = |payload: &[u8]| {
-            let mut data = MAGIC.to_vec();
+            let mut data = MAGIC_V2.to_vec();
             data.extend_from_slice(&[b'a'; RUN_ID]);
             let mut body = vec![FRAME_MARK];
             body.extend_from_slice(payload);

@@ -1,7 +1,7 @@
 use super::*;
 use crate::store::rows::{AlertRow, EDGE_TABLE};
 
-fn row(i: u64) -> AnyRow {
+pub(super) fn row(i: u64) -> AnyRow {
     AnyRow::Alert(AlertRow {
         ts: i as i64,
         node: "n".into(),
@@ -17,7 +17,7 @@ fn row(i: u64) -> AnyRow {
 }
 
 /// The table of [`row`]'s rows.
-const ALERTS: usize = 7;
+pub(super) const ALERTS: usize = 7;
 
 fn varuint(data: &[u8], at: &mut usize) -> usize {
     let (mut v, mut shift) = (0usize, 0);
@@ -34,7 +34,7 @@ fn varuint(data: &[u8], at: &mut usize) -> usize {
 
 /// The `dedup_key` of every row of an alerts batch, read out of its Native blocks (a decoder
 /// of its own: the alerts table has only strings and 8-byte timestamps).
-fn keys(path: &Path) -> Vec<String> {
+pub(super) fn keys(path: &Path) -> Vec<String> {
     let (f, data) = read_frames(path, ALERTS).expect("read");
     let mut keys = Vec::new();
     for block in f.into_body_pooled(ALERTS, data, &BufferPool::default()) {
@@ -78,13 +78,14 @@ fn f_indexes(data: &[u8]) -> Vec<bool> {
 /// made good again): what a version before index frames reads.
 fn with_index_frames_unknown(data: &[u8]) -> Vec<u8> {
     let mut out = data.to_vec();
+    let seed = frames::seed_of(&out[..HEADER]);
     let mut at = HEADER;
     while at + FRAME_HEADER <= out.len() {
         let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
         let payload = at + FRAME_HEADER..at + FRAME_HEADER + len;
         if out[payload.start] == FRAME_INDEX {
             out[payload.start] = 0x7f;
-            let crc = crc32fast::hash(&out[payload.clone()]);
+            let crc = frames::frame_crc(Some(seed), &out[payload.clone()]);
             out[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
         }
         at = payload.end;
@@ -92,7 +93,7 @@ fn with_index_frames_unknown(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn limits() -> SpoolLimits {
+pub(super) fn limits() -> SpoolLimits {
     SpoolLimits {
         batch_rows: 10,
         batch_bytes: 1 << 20,
@@ -205,13 +206,16 @@ fn a_torn_last_frame_is_cut_on_recovery() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "open"))
         .expect("open batch");
-    // Half a frame, as if the process died inside a write.
-    let mut f = OpenOptions::new().append(true).open(&open).expect("append");
-    f.write_all(&[40, 0, 0, 0, 1, 2]).expect("write");
+    // Part of a frame, as if the process died inside a write: a write starts at the end mark
+    // the last one left.
+    let f = OpenOptions::new().write(true).open(&open).expect("open");
+    let end = f.metadata().expect("len").len() - FRAME_HEADER as u64;
+    std::os::unix::fs::FileExt::write_all_at(&f, &[40, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3, 4], end)
+        .expect("write");
     drop(f);
     let s = Spool::open(dir.path(), limits()).expect("reopen");
     assert_eq!(s.stats().recovered_rows, 3);
-    assert_eq!(s.stats().truncated_bytes, 6);
+    assert_eq!(s.stats().truncated_bytes, 12);
     let b = s.shared().next_batch().expect("batch");
     assert_eq!(read_frames(&b.path, ALERTS).expect("read").0.rows, 3);
     assert_eq!(keys(&b.path), ["k0", "k1", "k2"]);
