@@ -190,34 +190,19 @@ pub struct Spool {
     pool: Vec<Option<(Columns, Vec<u8>)>>,
 }
 
-fn file_name(seq: u64, table: usize, ext: &str) -> String {
-    format!("{seq:016}-{}.{ext}", TABLE_NAMES[table])
-}
-
 mod frames;
+mod names;
 mod pool;
 mod shared;
 pub use frames::{
     parse_frames, read_frames, read_frames_into, Frames, FRAME_BLOCK, FRAME_INDEX, FRAME_MARK,
     MAGIC_V1,
 };
+pub use names::is_kept_free;
+use names::{file_name, new_id, parse_name};
 pub use pool::{BufferPool, KEPT_BUFFER_BYTES};
 use shared::State;
 pub use shared::{BatchInfo, Shared, SpoolStats};
-
-fn parse_name(name: &str) -> Option<(u64, usize, &str)> {
-    let (stem, ext) = name.rsplit_once('.')?;
-    let (seq, table) = stem.split_once('-')?;
-    let seq = seq.parse().ok()?;
-    let table = TABLE_NAMES.iter().position(|t| *t == table)?;
-    Some((seq, table, ext))
-}
-
-/// Whether `name` (a file in a spool directory) is a sent batch's file kept for reuse: it
-/// holds nothing unsent.
-pub fn is_kept_free(name: &str) -> bool {
-    parse_name(name).is_some_and(|(_, _, ext)| ext == "free")
-}
 
 /// Keeps the newest tail mark of each log (frames are read in order, batches in sequence).
 fn collect_marks(
@@ -781,22 +766,6 @@ impl Spool {
             ..self.shared.stats()
         }
     }
-}
-
-/// A new run id: 32 hex digits from the kernel's random UUID (the clock and pid if that is
-/// unreadable: uniqueness is what matters).
-fn new_id() -> String {
-    let id = fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .map(|s| s.trim().replace('-', ""))
-        .unwrap_or_default();
-    if id.len() == RUN_ID && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return id;
-    }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{:024x}{:08x}", t & ((1u128 << 96) - 1), std::process::id())
 }
 
 #[cfg(test)]
