@@ -8,8 +8,8 @@
 //!   once, and a new run never reuses a token for other rows.
 //! - `<seq>-<table>.open`: the batch being filled, one per table. Rows are written straight
 //!   into Native columns ([`Columns`]); at every [`Spool::flush`] (each pipeline turn) the
-//!   turn's rows are appended as one frame (`u32` length, `u32` CRC-32, a kind byte and a
-//!   Native block), so they are in the kernel's page cache, safe from a killed process, within
+//!   turn's rows are appended as one frame (`u32` length, `u32` CRC-32, `u32` check of the
+//!   length, a kind byte and a Native block), so they are in the kernel's page cache, safe from a killed process, within
 //!   one turn. Each write ends with an end mark, which the next write covers. On start, an
 //!   `.open` file is recovered up to its end mark (or its last whole frame) and sealed.
 //!   The sender sends the blocks as they are: a row is encoded once, never copied as a row.
@@ -54,7 +54,8 @@ const HEADER: usize = MAGIC.len() + RUN_ID + 16;
 /// Files of sent batches kept per table for later batches to write over (see
 /// [`Shared::sent`]).
 const FREE_PER_TABLE: usize = 2;
-const FRAME_HEADER: usize = 8;
+/// A frame's header: length, CRC and the length's check (`frames::frame_head`).
+const FRAME_HEADER: usize = 12;
 /// The file a spool's user holds locked (one sidecar per spool).
 pub const LOCK_FILE: &str = "spool.lock";
 /// A frame larger than this is corruption, not a block.
@@ -222,8 +223,7 @@ fn put_frame(buf: &mut Vec<u8>, seed: u32, kind: u8, fill: impl FnOnce(&mut Vec<
     fill(buf);
     let len = (buf.len() - at - FRAME_HEADER) as u32;
     let crc = frames::frame_crc(Some(seed), &buf[at + FRAME_HEADER..]);
-    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+    buf[at..at + FRAME_HEADER].copy_from_slice(&frames::frame_head(seed, len, crc));
 }
 
 impl Spool {
@@ -647,8 +647,10 @@ impl Spool {
             return Ok(());
         };
         // The batch ends at its last frame: the end mark, and whatever a reused file held
-        // after it, are cut.
-        b.file.set_len(b.bytes).map_err(io(&b.path))?;
+        // after it, are cut. Should that fail, the reader still stops at the end mark.
+        if let Err(e) = b.file.set_len(b.bytes) {
+            tracing::warn!(path = %b.path.display(), error = %e, "cannot cut a spool batch at its last frame (its reader stops there anyway)");
+        }
         // Synced now unless it goes straight to a healthy server (then only if its send
         // fails, or the sender stops first: `Shared::sync_unsynced`).
         let deferred = self.limits.fsync && self.shared.may_defer_sync();
