@@ -141,6 +141,9 @@ struct OpenBatch {
     opened: Instant,
     /// The directory was fsynced since this file was created.
     dir_synced: bool,
+    /// The file's length: its end mark's end, or more in a reused file (an earlier batch's
+    /// bytes after it, cut at the seal).
+    file_len: u64,
 }
 
 /// Rows kept in memory for another try after a failed write, at most (beyond, they are
@@ -295,7 +298,8 @@ impl Spool {
                         run: frames.run,
                         table,
                         rows: frames.rows,
-                        bytes: frames.valid,
+                        // The file's length (a new file's keeps its end mark).
+                        bytes: frames.valid + frames.cut + frames.stale,
                         path,
                     });
                 }
@@ -572,6 +576,11 @@ impl Spool {
             opts.create(true).truncate(true);
         }
         let file = opts.open(&path).map_err(io(&path))?;
+        let reused_len = if reused {
+            file.metadata().map_err(io(&path))?.len()
+        } else {
+            0
+        };
         let mut header = Vec::with_capacity(HEADER + FRAME_HEADER);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(self.run.as_bytes());
@@ -595,6 +604,7 @@ impl Spool {
             buf_rows: 0,
             opened: Instant::now(),
             dir_synced: false,
+            file_len: reused_len.max((HEADER + FRAME_HEADER) as u64),
         })
     }
 
@@ -618,6 +628,7 @@ impl Spool {
         match written {
             Ok(()) => {
                 b.bytes += frames as u64;
+                b.file_len = b.file_len.max(b.bytes + FRAME_HEADER as u64);
                 b.buf.clear();
                 b.buf_rows = 0;
                 Ok(())
@@ -625,6 +636,9 @@ impl Spool {
             Err(e) => {
                 // Back to the last whole frame (nothing after it: no end mark needed).
                 let rolled = b.file.set_len(b.bytes);
+                if rolled.is_ok() {
+                    b.file_len = b.bytes;
+                }
                 let mut st = self.shared.lock();
                 st.stats.write_rollbacks += 1;
                 if rolled.is_err() || b.buf.len() > MAX_RETRY_BUF {
@@ -646,10 +660,17 @@ impl Spool {
         let Some(b) = self.open[table].take() else {
             return Ok(());
         };
-        // The batch ends at its last frame: the end mark, and whatever a reused file held
-        // after it, are cut. Should that fail, the reader still stops at the end mark.
-        if let Err(e) = b.file.set_len(b.bytes) {
-            tracing::warn!(path = %b.path.display(), error = %e, "cannot cut a spool batch at its last frame (its reader stops there anyway)");
+        // Whatever a reused file held after the end mark is cut (the reader stops at the mark
+        // anyway, but the sender would read those bytes back). A new file keeps its end mark:
+        // no change of its length, nothing more for ext4 to journal.
+        let mut sealed_len = b.file_len;
+        if b.file_len > b.bytes + FRAME_HEADER as u64 {
+            match b.file.set_len(b.bytes) {
+                Ok(()) => sealed_len = b.bytes,
+                Err(e) => {
+                    tracing::warn!(path = %b.path.display(), error = %e, "cannot cut a spool batch at its last frame (its reader stops there anyway)");
+                }
+            }
         }
         // Synced now unless it goes straight to a healthy server (then only if its send
         // fails, or the sender stops first: `Shared::sync_unsynced`).
@@ -673,7 +694,7 @@ impl Spool {
             run: b.run,
             table,
             rows: b.rows,
-            bytes: b.bytes,
+            bytes: sealed_len,
             path: sealed,
         });
         drop(shared);

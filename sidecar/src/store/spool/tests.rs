@@ -82,6 +82,9 @@ fn with_index_frames_unknown(data: &[u8]) -> Vec<u8> {
     let mut at = HEADER;
     while at + FRAME_HEADER <= out.len() {
         let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+        if len == 0 {
+            break; // the end mark
+        }
         let payload = at + FRAME_HEADER..at + FRAME_HEADER + len;
         if out[payload.start] == FRAME_INDEX {
             out[payload.start] = 0x7f;
