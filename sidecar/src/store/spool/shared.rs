@@ -147,14 +147,18 @@ impl Shared {
         self.forget(b);
         let free = b.path.with_extension("free");
         match fs::rename(&b.path, &free) {
-            Ok(()) => {
-                let bytes = b.bytes;
-                self.lock().keep_free(b.table, free, bytes);
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io(&b.path)(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&b.path)(e)),
         }
+        // Counted again under the lock: two inserts end at once.
+        let mut s = self.lock();
+        if s.free_of(b.table) < super::FREE_PER_TABLE {
+            s.keep_free(b.table, free, b.bytes);
+            return Ok(());
+        }
+        drop(s);
+        fs::remove_file(&free).map_err(io(&free))
     }
 
     /// A kept file of `table` to write a new batch over (see [`Self::sent`]).
