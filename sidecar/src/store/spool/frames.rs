@@ -61,6 +61,15 @@ pub fn frame_head(seed: u32, len: u32, crc: u32) -> [u8; FRAME_HEADER] {
     h
 }
 
+/// A frame header's length: the current format's (with its seed) or the one before.
+fn frame_header_len(seed: Option<u32>) -> usize {
+    if seed.is_some() {
+        FRAME_HEADER
+    } else {
+        FRAME_HEADER_V2
+    }
+}
+
 /// The end mark that follows the last frame of every write: a frame header of length 0 (no
 /// frame has it) with the seed's complement as its CRC, so an earlier batch's end mark is no
 /// end of this one.
@@ -226,11 +235,7 @@ pub fn parse_frames_of(
     };
     let is_end =
         |at: usize| seed.is_some_and(|s| data.get(at..at + FRAME_HEADER) == Some(&end_mark(s)[..]));
-    let frame_header = if seed.is_some() {
-        FRAME_HEADER
-    } else {
-        FRAME_HEADER_V2
-    };
+    let frame_header = frame_header_len(seed);
     let mut at = header;
     let mut valid = header;
     // The rows of the block frame just read (an index frame must follow its block at once).
@@ -321,11 +326,7 @@ fn frame_at(
     v1: bool,
     seed: Option<u32>,
 ) -> Option<(Frame, usize)> {
-    let frame_header = if seed.is_some() {
-        FRAME_HEADER
-    } else {
-        FRAME_HEADER_V2
-    };
+    let frame_header = frame_header_len(seed);
     let head = data.get(at..at + frame_header)?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
