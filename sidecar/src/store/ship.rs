@@ -547,15 +547,21 @@ impl Sender {
         backoff = Duration::from_millis(200);
         let mut failures = 0u64;
         let mut inflight = tokio::task::JoinSet::new();
+        // How many of the inserts in flight are of large batches.
+        let mut large_in_flight = 0usize;
         let pool = Arc::new(BufferPool::default());
         loop {
-            // Two inserts at a time while healthy (ClickHouse parses one insert on one core);
+            // Two inserts at a time while healthy (ClickHouse parses one insert on one core),
+            // two large ones only while the sender is behind (`Shared::next_batch_beside`);
             // one at a time while failing.
             let limit = if failures == 0 { PARALLEL_INSERTS } else { 1 };
             while inflight.len() < limit {
-                let Some(batch) = self.shared.next_batch() else {
+                let Some(batch) = self.shared.next_batch_beside(large_in_flight > 0) else {
                     break;
                 };
+                if batch.is_large() {
+                    large_in_flight += 1;
+                }
                 let job = SendJob {
                     client: self.client.clone(),
                     pool: pool.clone(),
@@ -582,9 +588,13 @@ impl Sender {
                 continue;
             };
             let Ok((batch, result)) = joined else {
+                large_in_flight = 0; // (the task's batch is unknown here)
                 tracing::error!("a ClickHouse insert task failed; its batch stays in the spool");
                 continue;
             };
+            if batch.is_large() {
+                large_in_flight = large_in_flight.saturating_sub(1);
+            }
             match result {
                 Ok(()) => {
                     if failures > 0 {
@@ -617,6 +627,7 @@ impl Sender {
                             self.shared.release(&other);
                         }
                     }
+                    large_in_flight = 0;
                     // A forced stop ends retries; the batch stays in the spool for next time.
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

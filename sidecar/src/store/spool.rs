@@ -206,7 +206,7 @@ pub use names::is_kept_free;
 use names::{file_name, new_id, parse_name};
 pub use pool::{BufferPool, KEPT_BUFFER_BYTES};
 use shared::State;
-pub use shared::{BatchInfo, Shared, SpoolStats};
+pub use shared::{BatchInfo, Shared, SpoolStats, LARGE_BATCH_BYTES};
 
 /// Keeps the newest tail mark of each log (frames are read in order, batches in sequence).
 fn collect_marks(

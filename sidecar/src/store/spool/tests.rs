@@ -728,3 +728,41 @@ fn a_batch_larger_than_memory_is_an_error_not_an_abort() {
         .exists());
     assert_eq!(s.stats().dropped_rejected, 1);
 }
+
+#[test]
+fn a_large_batch_waits_for_the_large_one_in_flight_unless_the_sender_is_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Spool::open(dir.path(), limits()).expect("open");
+    let shared = s.shared();
+    let add = |seq: u64, bytes: u64| {
+        shared.lock().add(BatchInfo {
+            seq,
+            run: "r".into(),
+            table: ALERTS,
+            rows: 1,
+            bytes,
+            path: dir.path().join(format!("{seq}")),
+        })
+    };
+    let large = LARGE_BATCH_BYTES;
+    // Two large batches sealed together (an exchanges' and a lines' batch) and a small one.
+    add(1, 12 * large);
+    add(2, 10 * large);
+    add(3, 100);
+    let first = shared
+        .next_batch_beside(false)
+        .expect("the oldest, nothing in flight");
+    assert_eq!(first.seq, 1);
+    assert!(
+        shared.next_batch_beside(true).is_none(),
+        "the second large one waits for the first"
+    );
+    // A third large one behind them: the sender is behind, so two go at once.
+    add(4, 2 * large);
+    assert_eq!(shared.next_batch_beside(true).map(|b| b.seq), Some(2));
+    // Once that one is in flight, the oldest left (small) goes beside a large one at once.
+    assert_eq!(shared.next_batch_beside(true).map(|b| b.seq), Some(3));
+    // Beside small batches only, a large one goes at once.
+    assert_eq!(shared.next_batch_beside(false).map(|b| b.seq), Some(4));
+    assert!(shared.next_batch_beside(false).is_none(), "all in flight");
+}
