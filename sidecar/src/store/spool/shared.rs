@@ -139,7 +139,7 @@ impl Shared {
     /// sender is behind), and otherwise waits for it (`None`). A large batch's insert holds
     /// two buffers of its size (the file read back, then the merged block, kept until the
     /// insert ends) and takes a tenth of a second where batches come every few seconds; two at
-    /// once only made a third and fourth buffer for the tables whose batches are sealed
+    /// once only made a third buffer (at times a fourth) for the tables whose batches are sealed
     /// together (fresh memory, ~3,000 page faults for a 12 MB batch, the first time it
     /// happens), for nothing. A small batch (alerts, connection events) that is the oldest
     /// waiting goes beside a large one at once; batches still go out oldest first.
