@@ -547,8 +547,7 @@ impl Sender {
         backoff = Duration::from_millis(200);
         let mut failures = 0u64;
         let mut inflight = tokio::task::JoinSet::new();
-        // How many of the inserts in flight are of large batches.
-        let mut large_in_flight = 0usize;
+        let mut large_in_flight = 0usize; // (inserts of large batches in flight)
         let pool = Arc::new(BufferPool::default());
         loop {
             // Two inserts at a time while healthy (ClickHouse parses one insert on one core),
@@ -556,7 +555,8 @@ impl Sender {
             // one at a time while failing.
             let limit = if failures == 0 { PARALLEL_INSERTS } else { 1 };
             while inflight.len() < limit {
-                let Some(batch) = self.shared.next_batch_beside(large_in_flight > 0) else {
+                let large = large_in_flight > 0 && !inflight.is_empty();
+                let Some(batch) = self.shared.next_batch_beside(large) else {
                     break;
                 };
                 if batch.is_large() {
