@@ -718,8 +718,7 @@ impl Spool {
         let mut s = self.shared.lock();
         while s.sealed_bytes + s.rejected_bytes + s.free_bytes + open > self.limits.max_bytes {
             // Sent batches' files kept for reuse go first: they hold nothing unsent.
-            if let Some(free) = s.free.pop() {
-                s.free_bytes = s.free_bytes.saturating_sub(free.bytes);
+            if let Some(free) = s.free.len().checked_sub(1).map(|last| s.unkeep_free(last)) {
                 if let Err(e) = fs::remove_file(&free.path) {
                     tracing::warn!(path = %free.path.display(), error = %e, "cannot delete a sent spool batch's file");
                 }

@@ -97,6 +97,13 @@ impl State {
         self.free.push(FreeFile { table, path, bytes });
     }
 
+    /// The kept file at `at` in [`State::free`], no longer counted.
+    pub(super) fn unkeep_free(&mut self, at: usize) -> FreeFile {
+        let f = self.free.swap_remove(at);
+        self.free_bytes = self.free_bytes.saturating_sub(f.bytes);
+        f
+    }
+
     /// A batch leaves the backlog (sent, set aside or evicted).
     pub(super) fn take(&mut self, seq: u64) -> Option<BatchInfo> {
         self.unsynced.remove(&seq);
@@ -190,9 +197,7 @@ impl Shared {
     pub(super) fn take_free(&self, table: usize) -> Option<PathBuf> {
         let mut s = self.lock();
         let at = s.free.iter().position(|f| f.table == table)?;
-        let f = s.free.swap_remove(at);
-        s.free_bytes = s.free_bytes.saturating_sub(f.bytes);
-        Some(f.path)
+        Some(s.unkeep_free(at).path)
     }
 
     /// The batch is in ClickHouse (or given up): forget it and delete its file.

@@ -17,6 +17,17 @@ fn names(dir: &Path, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// A spool in `dir` with one batch of ten rows (`k0`..`k9`) sealed, and that batch.
+fn spool_with_a_batch(dir: &Path) -> (Spool, Arc<Shared>, BatchInfo) {
+    let mut s = Spool::open(dir, limits()).expect("open");
+    let shared = s.shared();
+    for i in 0..10 {
+        s.push(row(i)).expect("push");
+    }
+    let b = shared.next_batch().expect("sealed by rows");
+    (s, shared, b)
+}
+
 fn key_range(r: std::ops::Range<u64>) -> Vec<String> {
     r.map(|i| format!("k{i}")).collect()
 }
@@ -24,12 +35,7 @@ fn key_range(r: std::ops::Range<u64>) -> Vec<String> {
 #[test]
 fn a_sent_batchs_file_is_written_over_and_its_rows_never_come_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Spool::open(dir.path(), limits()).expect("open");
-    let shared = s.shared();
-    for i in 0..10 {
-        s.push(row(i)).expect("push");
-    }
-    let first = shared.next_batch().expect("sealed by rows");
+    let (mut s, shared, first) = spool_with_a_batch(dir.path());
     let (old_len, old_inode) = {
         let m = fs::metadata(&first.path).expect("batch");
         (m.len(), m.ino())
@@ -131,12 +137,7 @@ fn sent_files_kept_are_bounded_by_table_and_by_the_spools_bound() {
 #[test]
 fn an_earlier_batchs_bytes_after_a_power_cut_are_never_its_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Spool::open(dir.path(), limits()).expect("open");
-    let shared = s.shared();
-    for i in 0..10 {
-        s.push(row(i)).expect("push");
-    }
-    let b = shared.next_batch().expect("sealed");
+    let (s, shared, b) = spool_with_a_batch(dir.path());
     let old = fs::read(&b.path).expect("batch");
     shared.sent(&b).expect("sent");
     drop(s);
@@ -182,12 +183,7 @@ fn an_earlier_batchs_bytes_after_a_power_cut_are_never_its_rows() {
 #[test]
 fn a_write_torn_by_a_power_cut_in_a_reused_file_keeps_what_came_before() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Spool::open(dir.path(), limits()).expect("open");
-    let shared = s.shared();
-    for i in 0..10 {
-        s.push(row(i)).expect("push");
-    }
-    let first = shared.next_batch().expect("sealed");
+    let (mut s, shared, first) = spool_with_a_batch(dir.path());
     shared.sent(&first).expect("sent");
     for i in 100..104 {
         s.push(row(i)).expect("push");
@@ -228,11 +224,7 @@ fn a_write_torn_by_a_power_cut_in_a_reused_file_keeps_what_came_before() {
 #[test]
 fn a_frame_header_without_its_lengths_check_is_no_frame() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut s = Spool::open(dir.path(), limits()).expect("open");
-    for i in 0..10 {
-        s.push(row(i)).expect("push");
-    }
-    let b = s.shared().next_batch().expect("sealed");
+    let (_s, _, b) = spool_with_a_batch(dir.path());
     let mut data = fs::read(&b.path).expect("read");
     assert_eq!(parse_frames(&data, ALERTS).expect("frames").rows, 10);
     // The first frame's length check changed; its length and CRC untouched.
