@@ -9,7 +9,8 @@
 //!   past its limit), each reported once (shed early, or at the end);
 //! - `close_frames`: one WebSocket session that sends close frame after close frame.
 //!
-//! `cargo bench --bench floods` (no root needed; `-- request_ids` runs that flood alone).
+//! `cargo bench --bench floods` (no root needed; `-- request_ids` runs that flood alone;
+//! `EDGEWATCH_FLOODS_SWEEP=1` prints the cost an item at ten sizes instead, see [`sweep`]).
 //! Figures are printed, never asserted.
 use std::{
     net::SocketAddr,
@@ -199,17 +200,60 @@ fn close_frames(n: u64) -> Duration {
 /// One flood: its name, the function that builds and times it at a size, its 1x size.
 type Flood = (&'static str, fn(u64) -> Duration, u64);
 
-/// The median of five runs, after one untimed run at the same size: the first run at a size
-/// pays for its memory's first touch (the allocator's arena grown, the kernel's pages faulted
-/// in and zeroed), 2-3 times a warm run's cost here, and the second often some of it, so
-/// that five runs straight gave a median of cold and warm runs, warm at one size and cold at
-/// the next (a first doubling of new connections at 2.12-2.89x in runs whose warm runs were
-/// 2.0-2.1x apart).
-fn median(f: impl Fn(u64) -> Duration, n: u64) -> Duration {
-    f(n);
-    let mut runs: Vec<Duration> = (0..5).map(|_| f(n)).collect();
-    runs.sort();
-    runs[2]
+/// The median of seven runs at each of `sizes`, the sizes taken in turn in each round (up
+/// one round, down the next), after one untimed run of each, largest first. The untimed run:
+/// the first run at a size pays for its memory's first touch (the allocator's arena grown, the
+/// kernel's pages faulted in and zeroed), 2-3 times a warm run's cost here. The turns: a
+/// stretch of a slow machine falls on every size alike rather than on all the runs of one;
+/// with each size's five runs in a block of their own, one block on a slowed machine made a
+/// doubling 3.66x and the next 0.96x in the same run (20,000 unmatched ids at 149 ns an id,
+/// 40,000 at 273, 80,000 at 131).
+fn interleaved(f: fn(u64) -> Duration, sizes: &[u64]) -> Vec<Duration> {
+    for &n in sizes.iter().rev() {
+        f(n);
+    }
+    let mut runs: Vec<Vec<Duration>> = vec![Vec::new(); sizes.len()];
+    for round in 0..7 {
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..sizes.len()).collect()
+        } else {
+            (0..sizes.len()).rev().collect()
+        };
+        for i in order {
+            runs[i].push(f(sizes[i]));
+        }
+    }
+    runs.into_iter()
+        .map(|mut r| {
+            r.sort();
+            r[r.len() / 2]
+        })
+        .collect()
+}
+
+/// A flood's time an item, in whole nanoseconds.
+fn per_item_ns(t: Duration, n: u64) -> u64 {
+    (t.as_secs_f64() * 1e9 / n as f64).round() as u64
+}
+
+/// `EDGEWATCH_FLOODS_SWEEP=1`: a flood's cost an item at ten sizes (interleaved, as the
+/// doublings' are), a quarter of its 1x size apart up to two and a half times it (5,000 to
+/// 50,000 unmatched request ids: the join's limit, `max_pending`, is 50,000), three times
+/// over, instead of the doublings: how the cost an item rises as the flood's state grows up
+/// to the limit (past it, the doublings show it flat).
+fn sweep(name: &str, f: fn(u64) -> Duration, base: u64) {
+    let sizes: Vec<u64> = (1..=10).map(|k| base / 4 * k).collect();
+    for round in 1..=3 {
+        let costs: Vec<String> = sizes
+            .iter()
+            .zip(interleaved(f, &sizes))
+            .map(|(&n, t)| format!("{n}: {}", per_item_ns(t, n)))
+            .collect();
+        println!(
+            "  {name:<13} sweep {round}, ns an item at n = {}",
+            costs.join(", ")
+        );
+    }
 }
 
 fn main() {
@@ -225,13 +269,17 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    println!("floods: time per scale (median of 5) and the ratio of each doubling (goal <= ~2.2x)");
+    println!("floods: time per scale (median of 7, the scales interleaved) and the ratio of each doubling (goal <= ~2.2x)");
     let mut worst = 0.0f64;
     for (name, f, base) in floods {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
-        let times: Vec<Duration> = [1, 2, 4, 8].iter().map(|k| median(f, base * k)).collect();
+        if std::env::var_os("EDGEWATCH_FLOODS_SWEEP").is_some() {
+            sweep(name, f, base);
+            continue;
+        }
+        let times = interleaved(f, &[base, base * 2, base * 4, base * 8]);
         let ratios: Vec<f64> = times
             .windows(2)
             .map(|w| w[1].as_secs_f64() / w[0].as_secs_f64().max(1e-9))
@@ -239,11 +287,17 @@ fn main() {
         worst = ratios.iter().copied().fold(worst, f64::max);
         let total = times[3].as_secs_f64() / times[0].as_secs_f64().max(1e-9);
         println!(
-            "  {name:<13} n={base:>6}..{:>6}: {} | doublings {} | 1x->8x {total:.2}x (linear: 8x)",
+            "  {name:<13} n={base:>6}..{:>6}: {} | {} ns an item | doublings {} | 1x->8x {total:.2}x (linear: 8x)",
             base * 8,
             times
                 .iter()
                 .map(|t| format!("{:.1} ms", t.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(", "),
+            times
+                .iter()
+                .zip([1, 2, 4, 8])
+                .map(|(t, k)| per_item_ns(*t, base * k).to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
             ratios
