@@ -547,7 +547,6 @@ impl Sender {
         backoff = Duration::from_millis(200);
         let mut failures = 0u64;
         let mut inflight = tokio::task::JoinSet::new();
-        let mut large_in_flight = 0usize; // (inserts of large batches in flight)
         let pool = Arc::new(BufferPool::default());
         loop {
             // Two inserts at a time while healthy (ClickHouse parses one insert on one core),
@@ -555,13 +554,9 @@ impl Sender {
             // one at a time while failing.
             let limit = if failures == 0 { PARALLEL_INSERTS } else { 1 };
             while inflight.len() < limit {
-                let large = large_in_flight > 0 && !inflight.is_empty();
-                let Some(batch) = self.shared.next_batch_beside(large) else {
+                let Some(batch) = self.shared.next_batch_beside(!inflight.is_empty()) else {
                     break;
                 };
-                if batch.is_large() {
-                    large_in_flight += 1;
-                }
                 let job = SendJob {
                     client: self.client.clone(),
                     pool: pool.clone(),
@@ -588,13 +583,9 @@ impl Sender {
                 continue;
             };
             let Ok((batch, result)) = joined else {
-                large_in_flight = 0; // (the task's batch is unknown here)
                 tracing::error!("a ClickHouse insert task failed; its batch stays in the spool");
                 continue;
             };
-            if batch.is_large() {
-                large_in_flight = large_in_flight.saturating_sub(1);
-            }
             match result {
                 Ok(()) => {
                     if failures > 0 {
@@ -627,7 +618,6 @@ impl Sender {
                             self.shared.release(&other);
                         }
                     }
-                    large_in_flight = 0;
                     // A forced stop ends retries; the batch stays in the spool for next time.
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}

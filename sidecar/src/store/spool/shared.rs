@@ -140,18 +140,25 @@ impl Shared {
         self.next_batch_beside(false)
     }
 
-    /// [`Shared::next_batch`] for an insert beside others in flight, `large_in_flight` if one
-    /// of them is a large batch ([`LARGE_BATCH_BYTES`] or more): then the oldest waiting batch,
-    /// if large too, goes out beside it only when another large batch waits behind it (the
-    /// sender is behind), and otherwise waits for it (`None`). A large batch's insert holds
-    /// two buffers of its size (the file read back, then the merged block, kept until the
-    /// insert ends) and takes a tenth of a second where batches come every few seconds; two at
-    /// once only made a third buffer (at times a fourth) for the tables whose batches are sealed
-    /// together (fresh memory, ~3,000 page faults for a 12 MB batch, the first time it
-    /// happens), for nothing. A small batch (alerts, connection events) that is the oldest
-    /// waiting goes beside a large one at once; batches still go out oldest first.
-    pub fn next_batch_beside(&self, large_in_flight: bool) -> Option<BatchInfo> {
+    /// [`Shared::next_batch`] for an insert beside the sender's others, `sending` if it has any
+    /// in flight. When one of the batches in flight is large ([`LARGE_BATCH_BYTES`] or more),
+    /// the oldest waiting batch, if large too, goes out beside it only when another large batch
+    /// waits behind it (the sender is behind), and otherwise waits for it (`None`). A large
+    /// batch's insert holds two buffers of its size (the file read back, then the merged block,
+    /// kept until the insert ends) and takes a tenth of a second where batches come every few
+    /// seconds; two at once only made a third buffer (at times a fourth) for the tables whose
+    /// batches are sealed together (fresh memory, ~3,000 page faults for a 12 MB batch, the
+    /// first time it happens), for nothing. A small batch (alerts, connection events) that is
+    /// the oldest waiting goes beside a large one at once; batches still go out oldest first.
+    /// What is in flight is read from [`State::in_flight`]; `sending` false (nothing of the
+    /// sender's in flight) ignores it, so a batch left there by an insert task that panicked
+    /// never holds large batches back.
+    pub fn next_batch_beside(&self, sending: bool) -> Option<BatchInfo> {
         let mut s = self.lock();
+        let large_in_flight = sending
+            && s.in_flight
+                .iter()
+                .any(|seq| s.sealed.get(seq).is_some_and(BatchInfo::is_large));
         let mut waiting = s.sealed.values().filter(|b| !s.in_flight.contains(&b.seq));
         let b = waiting.next()?.clone();
         if large_in_flight && b.is_large() && !waiting.any(BatchInfo::is_large) {

@@ -762,7 +762,7 @@ fn a_large_batch_waits_for_the_large_one_in_flight_unless_the_sender_is_behind()
     assert_eq!(shared.next_batch_beside(true).map(|b| b.seq), Some(2));
     // Once that one is in flight, the oldest left (small) goes beside a large one at once.
     assert_eq!(shared.next_batch_beside(true).map(|b| b.seq), Some(3));
-    // Beside small batches only, a large one goes at once.
+    // With none of the sender's own inserts in flight, a large one goes at once.
     assert_eq!(shared.next_batch_beside(false).map(|b| b.seq), Some(4));
     assert!(shared.next_batch_beside(false).is_none(), "all in flight");
 }
